@@ -1,0 +1,204 @@
+//! Types shared by the eBPF programs (`kvmprof-ebpf`) and the userspace loader (`kvmprof`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes it into maps and the ring
+//! buffer, userspace reads it back byte for byte.
+#![no_std]
+
+/// Number of timed stages in one exit record.
+pub const STAGES: usize = 6;
+
+/// The stages of one VM exit cycle, as indices into [`ExitRecord::stage_ns`].
+///
+/// Nesting on a kernel with vendor hooks: `Cycle ⊃ VendorRun`, `Cycle ⊃ Handler ⊃ FastPio`.
+/// `KvmRun` is the whole KVM_RUN ioctl that ended with this exit (userspace exits only) and
+/// `Vmm` is the time the VMM spent in userspace before it called KVM_RUN again.
+pub mod stage {
+    /// One exit cycle: `vcpu_enter_guest` when it can be hooked, otherwise the interval from
+    /// the previous cycle boundary to this exit's boundary (see the report's "cycle source").
+    pub const CYCLE: usize = 0;
+    /// `svm_vcpu_run` / `vmx_vcpu_run` / `pvm_vcpu_run`: world switch + guest time.
+    pub const VENDOR_RUN: usize = 1;
+    /// `svm_handle_exit` / `handle_exit` / `vmx_handle_exit` / `pvm_handle_exit`.
+    pub const HANDLER: usize = 2;
+    /// `kvm_fast_pio`.
+    pub const FAST_PIO: usize = 3;
+    /// The KVM_RUN ioctl, from its entry to its return to userspace.
+    pub const KVM_RUN: usize = 4;
+    /// Userspace round trip: from KVM_RUN's return to the next KVM_RUN on that thread.
+    pub const VMM: usize = 5;
+}
+
+/// Stages timed by a pair of function hooks (entry + return); indices into
+/// [`ThreadState::stage_start`] and the `hook_*` programs.
+pub const HOOKED_STAGES: usize = 4;
+
+/// What a ring-buffer record is.
+pub mod kind {
+    /// A completed exit.
+    pub const EXIT: u8 = 1;
+    /// The VMM called KVM_RUN again after a userspace exit of this thread: carries the
+    /// userspace round trip (`stage_ns[VMM]`) and, for a PIO read, the port that the
+    /// completion revealed. Userspace joins it to that thread's last exit.
+    pub const RESUME: u8 = 2;
+}
+
+/// How to read [`ExitRecord::reason`].
+pub mod space {
+    /// No reason known.
+    pub const NONE: u8 = 0;
+    /// `kvm_run->exit_reason` (KVM_EXIT_*): the exit went to userspace.
+    pub const USERSPACE: u8 = 1;
+    /// VMX basic exit reason (full 32-bit value kept; flags in the high bits).
+    pub const VMX: u8 = 2;
+    /// SVM exit code.
+    pub const SVM: u8 = 3;
+    /// Derived from the KVM tracepoint that identified an in-kernel exit (PIO or MMIO)
+    /// on a kernel where `kvm:kvm_exit` does not fire (PVM).
+    pub const TRACEPOINT: u8 = 4;
+}
+
+/// Values of [`ExitRecord::reason`] in [`space::TRACEPOINT`].
+pub mod tp_reason {
+    pub const PIO: u32 = 1;
+    pub const MMIO: u32 = 2;
+}
+
+/// Bits of [`ExitRecord::flags`].
+pub mod flag {
+    /// The exit went to the VMM (KVM_RUN returned).
+    pub const USERSPACE: u32 = 1 << 0;
+    /// `io_*` fields describe a port I/O access.
+    pub const PIO: u32 = 1 << 1;
+    /// `io_*` fields describe an MMIO access.
+    pub const MMIO: u32 = 1 << 2;
+    /// The access is a write (OUT / MMIO write).
+    pub const WRITE: u32 = 1 << 3;
+    /// The cycle was measured between consecutive exits (no cycle hook).
+    pub const CYCLE_INTERVAL: u32 = 1 << 4;
+    /// KVM_RUN returned an error (e.g. -EINTR); `errno` holds it.
+    pub const ERRNO: u32 = 1 << 5;
+}
+
+/// One record in the ring buffer (96 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub kind: u8,
+    /// See [`space`].
+    pub space: u8,
+    /// Access size in bytes (PIO/MMIO), 0 otherwise.
+    pub io_size: u8,
+    pub _pad: u8,
+    /// See [`flag`].
+    pub flags: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// The vCPU file descriptor KVM_RUN was called on (userspace resolves it to the vCPU id
+    /// through `/proc/PID/fd`); -1 if not seen.
+    pub vcpu_fd: i32,
+    /// vCPU id from `kvm:kvm_exit`; -1 where that tracepoint does not fire.
+    pub vcpu_id: i32,
+    pub reason: u32,
+    /// Negative errno of KVM_RUN when [`flag::ERRNO`] is set.
+    pub errno: i32,
+    /// Monotonic (CLOCK_MONOTONIC, ns) time the record was closed.
+    pub ts_ns: u64,
+    /// Port (PIO) or guest physical address (MMIO).
+    pub io_addr: u64,
+    /// Duration of each stage in ns, 0 when not measured. See [`stage`].
+    pub stage_ns: [u64; STAGES],
+}
+
+/// Which event bounds an exit cycle in the kernel (set by userspace in [`Config`]).
+pub mod boundary {
+    /// No cycle boundary hook: each identifying event (`kvm_pio`, `kvm_mmio`) closes the
+    /// previous exit and starts the next. Used under PVM, where `kvm_exit` does not fire.
+    pub const IDENT: u32 = 0;
+    /// `kvm:kvm_entry` starts a cycle and `kvm:kvm_exit` identifies it.
+    pub const KVM_ENTRY: u32 = 1;
+    /// Entry of the vendor run function (kprobe/fentry) starts a cycle.
+    pub const VENDOR_RUN: u32 = 2;
+}
+
+/// Run-time configuration written by userspace into the `CONFIG` array before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// See [`boundary`].
+    pub boundary: u32,
+    /// `space::VMX` or `space::SVM`: how to read `kvm_exit`'s reason (0 if it never fires).
+    pub exit_space: u32,
+    /// Filter by process: only tgids in the `PIDS` map are traced. 0 traces every process.
+    pub filter_pids: u32,
+    /// Field offsets in `kvm:kvm_exit`, read from the running kernel's format file.
+    pub kvm_exit_reason_off: u32,
+    pub kvm_exit_vcpu_off: u32,
+    pub kvm_exit_isa_off: u32,
+    /// Field offsets in `kvm:kvm_pio`.
+    pub pio_rw_off: u32,
+    pub pio_port_off: u32,
+    pub pio_size_off: u32,
+    /// Field offsets in `kvm:kvm_mmio`.
+    pub mmio_type_off: u32,
+    pub mmio_len_off: u32,
+    pub mmio_gpa_off: u32,
+    /// Field offsets in `kvm:kvm_userspace_exit`.
+    pub uexit_reason_off: u32,
+    pub uexit_errno_off: u32,
+    /// Field offsets in `syscalls:sys_enter_ioctl`.
+    pub ioctl_fd_off: u32,
+    pub ioctl_cmd_off: u32,
+}
+
+/// Per-thread state kept in the kernel between events of one vCPU thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadState {
+    pub vcpu_fd: i32,
+    /// An exit has been opened (cycle started or identified) and not yet emitted.
+    pub open: u32,
+    /// The open exit has been identified (reason or I/O known).
+    pub identified: u32,
+    pub space: u32,
+    pub reason: u32,
+    pub flags: u32,
+    pub vcpu_id: i32,
+    pub io_size: u32,
+    pub io_addr: u64,
+    /// Start of the current cycle.
+    pub cycle_start_ns: u64,
+    /// KVM_RUN entry.
+    pub run_start_ns: u64,
+    /// KVM_RUN's last return to userspace, 0 when the thread is in the kernel.
+    pub user_since_ns: u64,
+    /// Set after a userspace PIO read exit: the port arrives with the completion.
+    pub await_pio_in: u32,
+    /// Set after a userspace MMIO read exit: the next `kvm_mmio` read is its completion.
+    pub await_mmio_read: u32,
+    /// Entry time of each hooked stage; 0 when not inside it.
+    pub stage_start: [u64; HOOKED_STAGES],
+    /// Durations measured for the open exit.
+    pub stage_ns: [u64; STAGES],
+}
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Records dropped because the ring buffer was full.
+    pub const LOST: u32 = 0;
+    /// Per-thread state could not be stored (map full).
+    pub const NO_STATE: u32 = 1;
+    /// A stage return without a matching entry (or an entry older than the cycle).
+    pub const UNMATCHED: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// `KVM_RUN` = `_IO(KVMIO, 0x80)`.
+pub const KVM_RUN: u64 = 0xae80;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all three are repr(C) plain integers with no padding holes left implicit.
+    unsafe impl aya::Pod for super::ExitRecord {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::ThreadState {}
+}

@@ -1,0 +1,118 @@
+//! The source-agnostic description of one VM exit. Live capture (`collect`) and imported
+//! traces (`ftrace`) both produce [`Exit`]s; `aggregate` consumes them and knows nothing of
+//! where they came from.
+use kvmprof_common::STAGES;
+use serde::{Deserialize, Serialize};
+
+/// The KVM backend that ran the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vendor {
+    /// Intel VMX (`kvm_intel`).
+    Vmx,
+    /// AMD SVM (`kvm_amd`).
+    Svm,
+    /// PVM (`CONFIG_KVM_PVM`): no hardware virtualisation extensions.
+    Pvm,
+    Unknown,
+}
+
+impl Vendor {
+    pub fn label(self) -> &'static str {
+        match self {
+            Vendor::Vmx => "Intel VMX",
+            Vendor::Svm => "AMD SVM",
+            Vendor::Pvm => "PVM",
+            Vendor::Unknown => "unknown",
+        }
+    }
+}
+
+/// The namespace an exit-reason code belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReasonSpace {
+    /// `kvm_run->exit_reason` (KVM_EXIT_*).
+    Userspace,
+    Vmx,
+    Svm,
+    /// An in-kernel exit identified only by a KVM tracepoint (`kvm_pio`, `kvm_mmio`), on a
+    /// kernel where `kvm:kvm_exit` does not fire. Codes are `kvmprof_common::tp_reason`.
+    Tracepoint,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Reason {
+    pub space: ReasonSpace,
+    pub code: u32,
+}
+
+/// The I/O access that caused an exit, where known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Access {
+    Pio { port: u16, size: u8, write: bool },
+    Mmio { gpa: u64, size: u8, write: bool },
+}
+
+/// A stage of the exit cycle (`kvmprof_common::stage` indices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Cycle,
+    VendorRun,
+    Handler,
+    FastPio,
+    KvmRun,
+    Vmm,
+}
+
+impl Stage {
+    pub const ALL: [Stage; STAGES] = [
+        Stage::Cycle,
+        Stage::VendorRun,
+        Stage::Handler,
+        Stage::FastPio,
+        Stage::KvmRun,
+        Stage::Vmm,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Short name used in tags, JSON and column headers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Cycle => "cycle",
+            Stage::VendorRun => "vendor_run",
+            Stage::Handler => "handler",
+            Stage::FastPio => "fast_pio",
+            Stage::KvmRun => "kvm_run",
+            Stage::Vmm => "vmm",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// One VM exit with whatever was measured about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    pub pid: u32,
+    pub tid: u32,
+    /// vCPU id, where it could be resolved.
+    pub vcpu: Option<u32>,
+    /// CLOCK_MONOTONIC ns (live) or trace timestamp (imported) when the exit completed.
+    pub ts_ns: u64,
+    /// The most specific reason known: the vendor reason where `kvm_exit` fired, else the
+    /// tracepoint or userspace reason.
+    pub reason: Reason,
+    /// KVM_EXIT_* when the exit went to the VMM.
+    pub userspace_reason: Option<u32>,
+    pub access: Option<Access>,
+    /// Duration of each stage in ns (`Stage::index`), `None` when not measured.
+    pub stages: [Option<u64>; STAGES],
+}
