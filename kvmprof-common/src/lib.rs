@@ -37,9 +37,11 @@ pub mod kind {
     /// A completed exit.
     pub const EXIT: u8 = 1;
     /// The VMM called KVM_RUN again after a userspace exit of this thread: carries the
-    /// userspace round trip (`stage_ns[VMM]`) and, for a PIO read, the port that the
-    /// completion revealed. Userspace joins it to that thread's last exit.
+    /// userspace round trip (`stage_ns[VMM]`). Userspace joins it to that thread's last exit.
     pub const RESUME: u8 = 2;
+    /// A PIO read that went to userspace completed after the next KVM_RUN: `kvm:kvm_pio`
+    /// fires only then for reads, so this carries the port of that thread's last exit.
+    pub const PIO_IN_DONE: u8 = 3;
 }
 
 /// How to read [`ExitRecord::reason`].
@@ -79,7 +81,7 @@ pub mod flag {
     pub const ERRNO: u32 = 1 << 5;
 }
 
-/// One record in the ring buffer (96 bytes).
+/// One record in the ring buffer (104 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitRecord {
@@ -99,8 +101,11 @@ pub struct ExitRecord {
     /// vCPU id from `kvm:kvm_exit`; -1 where that tracepoint does not fire.
     pub vcpu_id: i32,
     pub reason: u32,
+    /// `kvm_run->exit_reason` (KVM_EXIT_*) when [`flag::USERSPACE`] is set.
+    pub user_reason: u32,
     /// Negative errno of KVM_RUN when [`flag::ERRNO`] is set.
     pub errno: i32,
+    pub _pad2: u32,
     /// Monotonic (CLOCK_MONOTONIC, ns) time the record was closed.
     pub ts_ns: u64,
     /// Port (PIO) or guest physical address (MMIO).
@@ -118,6 +123,8 @@ pub mod boundary {
     pub const KVM_ENTRY: u32 = 1;
     /// Entry of the vendor run function (kprobe/fentry) starts a cycle.
     pub const VENDOR_RUN: u32 = 2;
+    /// Entry of `vcpu_enter_guest` starts a cycle (kernels where it is not inlined).
+    pub const ENTER_GUEST: u32 = 3;
 }
 
 /// Run-time configuration written by userspace into the `CONFIG` array before attaching.
@@ -126,8 +133,6 @@ pub mod boundary {
 pub struct Config {
     /// See [`boundary`].
     pub boundary: u32,
-    /// `space::VMX` or `space::SVM`: how to read `kvm_exit`'s reason (0 if it never fires).
-    pub exit_space: u32,
     /// Filter by process: only tgids in the `PIDS` map are traced. 0 traces every process.
     pub filter_pids: u32,
     /// Field offsets in `kvm:kvm_exit`, read from the running kernel's format file.
@@ -175,6 +180,11 @@ pub struct ThreadState {
     pub await_pio_in: u32,
     /// Set after a userspace MMIO read exit: the next `kvm_mmio` read is its completion.
     pub await_mmio_read: u32,
+    /// The open exit's MMIO access was an unsatisfied read (it will need userspace).
+    pub mmio_unsatisfied: u32,
+    /// The open exit's cycle is already measured: by a `vcpu_enter_guest` hook, or at
+    /// identification when identifying events are the boundary.
+    pub cycle_set: u32,
     /// Entry time of each hooked stage; 0 when not inside it.
     pub stage_start: [u64; HOOKED_STAGES],
     /// Durations measured for the open exit.

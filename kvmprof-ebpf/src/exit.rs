@@ -1,0 +1,267 @@
+//! The per-thread exit state machine. Events of one vCPU thread arrive in program order;
+//! each function here moves that thread's [`ThreadState`] forward and emits a record when
+//! an exit is complete. See `kvmprof_common::boundary` for what starts a cycle.
+use kvmprof_common::{
+    boundary, counter, flag, kind, space, stage, ExitRecord, ThreadState, HOOKED_STAGES, STAGES,
+};
+
+use crate::maps::{bump, EVENTS};
+
+pub fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}
+
+/// Writes one record; a full ring buffer is counted, never silent.
+fn emit(fill: impl FnOnce(&mut ExitRecord)) {
+    match EVENTS.reserve::<ExitRecord>(0) {
+        Some(mut entry) => {
+            let rec = entry.as_mut_ptr();
+            // SAFETY: the reservation is sizeof(ExitRecord) bytes and exclusively ours.
+            unsafe {
+                core::ptr::write_bytes(rec, 0, 1);
+                fill(&mut *rec);
+            }
+            entry.submit(0);
+        }
+        None => bump(counter::LOST),
+    }
+}
+
+fn header(r: &mut ExitRecord, k: u8, pid: u32, tid: u32, st: &ThreadState, ts: u64) {
+    r.kind = k;
+    r.pid = pid;
+    r.tid = tid;
+    r.vcpu_fd = st.vcpu_fd;
+    r.vcpu_id = st.vcpu_id;
+    r.ts_ns = ts;
+}
+
+/// Emits the open exit of `st` and clears it. `user` carries (KVM_EXIT_* reason, errno)
+/// when the exit ends in a return to userspace.
+fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i32)>) {
+    emit(|r| {
+        header(r, kind::EXIT, pid, tid, st, ts);
+        r.space = st.space as u8;
+        r.reason = st.reason;
+        r.flags = st.flags;
+        r.io_addr = st.io_addr;
+        r.io_size = st.io_size as u8;
+        let mut i = 0;
+        while i < STAGES {
+            r.stage_ns[i] = st.stage_ns[i];
+            i += 1;
+        }
+        if let Some((reason, errno)) = user {
+            r.flags |= flag::USERSPACE;
+            r.user_reason = reason;
+            if errno != 0 {
+                r.flags |= flag::ERRNO;
+                r.errno = errno;
+            }
+            if r.space == space::NONE as u8 {
+                r.space = space::USERSPACE;
+                r.reason = reason;
+            }
+        }
+    });
+    st.open = 0;
+    st.identified = 0;
+    st.space = space::NONE as u32;
+    st.reason = 0;
+    st.flags = 0;
+    st.io_addr = 0;
+    st.io_size = 0;
+    st.mmio_unsatisfied = 0;
+    st.cycle_set = 0;
+    st.stage_ns = [0; STAGES];
+}
+
+/// Starts a new cycle at `ts`: the previous open exit (handled in the kernel, since the
+/// thread did not return to userspace) is emitted first. Stage entries older than the new
+/// cycle are dropped so that a missed return cannot leak into this exit's figures.
+pub fn start_cycle(pid: u32, tid: u32, st: &mut ThreadState, ts: u64) {
+    if st.open != 0 {
+        if st.cycle_set == 0 {
+            st.stage_ns[stage::CYCLE] = ts.saturating_sub(st.cycle_start_ns);
+            st.flags |= flag::CYCLE_INTERVAL;
+        }
+        close(pid, tid, st, ts, None);
+    }
+    st.open = 1;
+    st.cycle_start_ns = ts;
+    st.stage_start = [0; HOOKED_STAGES];
+}
+
+/// The exit has been identified as an I/O access (`kvm_pio` / `kvm_mmio`).
+pub fn identify_io(
+    pid: u32,
+    tid: u32,
+    st: &mut ThreadState,
+    bound: u32,
+    ts: u64,
+    io_flags: u32,
+    addr: u64,
+    size: u32,
+) {
+    if bound == boundary::IDENT {
+        // Each identified exit is its own cycle: the interval since the previous one.
+        if st.open != 0 {
+            close(pid, tid, st, ts, None);
+        }
+        st.open = 1;
+        st.stage_ns[stage::CYCLE] = ts.saturating_sub(st.cycle_start_ns);
+        st.cycle_set = 1;
+        st.cycle_start_ns = ts;
+        st.flags |= flag::CYCLE_INTERVAL;
+        st.space = space::TRACEPOINT as u32;
+        st.reason = if io_flags & flag::PIO != 0 {
+            kvmprof_common::tp_reason::PIO
+        } else {
+            kvmprof_common::tp_reason::MMIO
+        };
+    } else if st.open == 0 {
+        // An access outside any cycle (the thread was already inside KVM_RUN when tracing
+        // began): nothing to attribute it to.
+        bump(counter::UNMATCHED);
+        return;
+    }
+    st.identified = 1;
+    st.flags |= io_flags;
+    st.io_addr = addr;
+    st.io_size = size;
+}
+
+/// `kvm:kvm_exit`: the vendor's exit reason for the open cycle.
+pub fn identify_reason(st: &mut ThreadState, bound: u32, ts: u64, sp: u32, reason: u32, vcpu: i32) {
+    if st.open == 0 {
+        bump(counter::UNMATCHED);
+        return;
+    }
+    st.identified = 1;
+    st.space = sp;
+    st.reason = reason;
+    st.vcpu_id = vcpu;
+    if bound == boundary::KVM_ENTRY {
+        // Without a vendor-run hook, kvm_entry..kvm_exit is the closest to the vendor run.
+        st.stage_ns[stage::VENDOR_RUN] = ts.saturating_sub(st.cycle_start_ns);
+    }
+}
+
+/// KVM_RUN entered: the VMM's round trip since the last return ends here.
+pub fn kvm_run_enter(pid: u32, tid: u32, st: &mut ThreadState, fd: i32, ts: u64) {
+    if st.user_since_ns != 0 {
+        let vmm = ts.saturating_sub(st.user_since_ns);
+        emit(|r| {
+            header(r, kind::RESUME, pid, tid, st, ts);
+            r.stage_ns[stage::VMM] = vmm;
+        });
+    }
+    st.vcpu_fd = fd;
+    st.user_since_ns = 0;
+    st.run_start_ns = ts;
+    st.cycle_start_ns = ts;
+    st.open = 0;
+    st.identified = 0;
+    st.flags = 0;
+    st.stage_ns = [0; STAGES];
+    st.stage_start = [0; HOOKED_STAGES];
+}
+
+/// Whether the open exit is the one that KVM_RUN is returning for.
+fn same_exit(st: &ThreadState, bound: u32, reason: u32, errno: i32) -> bool {
+    if st.open == 0 || errno != 0 || reason == KVM_EXIT_INTR {
+        return false;
+    }
+    if bound != boundary::IDENT {
+        return true;
+    }
+    // Under PVM only I/O exits are identified in the kernel; match them by kind.
+    (reason == KVM_EXIT_IO && st.flags & flag::PIO != 0)
+        || (reason == KVM_EXIT_MMIO && st.flags & flag::MMIO != 0)
+}
+
+const KVM_EXIT_IO: u32 = 2;
+const KVM_EXIT_MMIO: u32 = 6;
+const KVM_EXIT_INTR: u32 = 10;
+
+/// `kvm:kvm_userspace_exit`: KVM_RUN returns to the VMM.
+pub fn kvm_run_exit(
+    pid: u32,
+    tid: u32,
+    st: &mut ThreadState,
+    bound: u32,
+    ts: u64,
+    reason: u32,
+    errno: i32,
+) {
+    let since = ts.saturating_sub(st.cycle_start_ns);
+    let mut cycle = since;
+    if st.open != 0 && !same_exit(st, bound, reason, errno) {
+        // The open exit was handled in the kernel; this return is a separate event.
+        if st.cycle_set == 0 {
+            st.stage_ns[stage::CYCLE] = since;
+            st.flags |= flag::CYCLE_INTERVAL;
+        }
+        close(pid, tid, st, ts, None);
+        if bound != boundary::IDENT {
+            // No guest exit of its own (e.g. a signal before entry): no cycle to time.
+            cycle = 0;
+        }
+    }
+    st.open = 1;
+    if st.cycle_set == 0 && cycle != 0 {
+        st.stage_ns[stage::CYCLE] = cycle;
+        st.flags |= flag::CYCLE_INTERVAL;
+    }
+    if st.run_start_ns != 0 {
+        st.stage_ns[stage::KVM_RUN] = ts.saturating_sub(st.run_start_ns);
+    }
+    let pio_read = reason == KVM_EXIT_IO && st.flags & flag::PIO == 0;
+    let mmio_read = st.mmio_unsatisfied != 0;
+    close(pid, tid, st, ts, Some((reason, errno)));
+    st.await_pio_in = pio_read as u32;
+    st.await_mmio_read = mmio_read as u32;
+    st.user_since_ns = ts;
+    st.run_start_ns = 0;
+}
+
+/// The port of a userspace PIO read, revealed by its completion.
+pub fn pio_in_done(pid: u32, tid: u32, st: &ThreadState, ts: u64, port: u64, size: u32) {
+    emit(|r| {
+        header(r, kind::PIO_IN_DONE, pid, tid, st, ts);
+        r.flags = flag::PIO;
+        r.io_addr = port;
+        r.io_size = size as u8;
+    });
+}
+
+/// Entry of a hooked stage function.
+pub fn stage_enter(pid: u32, tid: u32, st: &mut ThreadState, bound: u32, s: usize, ts: u64) {
+    let starts_cycle = (s == stage::VENDOR_RUN && bound == boundary::VENDOR_RUN)
+        || (s == stage::CYCLE && bound == boundary::ENTER_GUEST);
+    if starts_cycle {
+        start_cycle(pid, tid, st, ts);
+    }
+    if s < HOOKED_STAGES {
+        st.stage_start[s] = ts;
+    }
+}
+
+/// Return of a hooked stage function.
+pub fn stage_exit(st: &mut ThreadState, s: usize, ts: u64) {
+    if s >= HOOKED_STAGES {
+        return;
+    }
+    let start = st.stage_start[s];
+    // A start from before this cycle belongs to a call whose return we missed.
+    if start == 0 || start < st.cycle_start_ns || st.open == 0 {
+        bump(counter::UNMATCHED);
+        return;
+    }
+    st.stage_start[s] = 0;
+    st.stage_ns[s] += ts - start;
+    if s == stage::CYCLE {
+        st.cycle_set = 1;
+    }
+}

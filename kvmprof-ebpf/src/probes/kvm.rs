@@ -1,0 +1,130 @@
+//! KVM tracepoints. Field offsets come from the running kernel's format files (`Config`).
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use kvmprof_common::{boundary, flag, space};
+
+use crate::{exit, maps};
+
+/// `kvm:kvm_pio` `rw` value of a write (OUT).
+const KVM_PIO_OUT: u32 = 1;
+/// `kvm:kvm_mmio` types.
+const MMIO_UNSATISFIED_READ: u32 = 0;
+const MMIO_READ: u32 = 1;
+const MMIO_WRITE: u32 = 2;
+/// `kvm:kvm_exit` `isa` values.
+const KVM_ISA_VMX: u32 = 1;
+
+#[tracepoint(category = "kvm", name = "kvm_userspace_exit")]
+pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
+    try_userspace_exit(&ctx).unwrap_or(0)
+}
+
+fn try_userspace_exit(ctx: &TracePointContext) -> Option<u32> {
+    let cfg = maps::config()?;
+    let (pid, tid) = maps::traced_task(cfg)?;
+    // SAFETY: offsets come from this kernel's format file for this tracepoint.
+    let reason: u32 = unsafe { ctx.read_at(cfg.uexit_reason_off as usize) }.ok()?;
+    // SAFETY: as above.
+    let errno: i32 = unsafe { ctx.read_at(cfg.uexit_errno_off as usize) }.ok()?;
+    let st = maps::thread_state(tid)?;
+    exit::kvm_run_exit(pid, tid, st, cfg.boundary, exit::now(), reason, errno);
+    Some(0)
+}
+
+#[tracepoint(category = "kvm", name = "kvm_pio")]
+pub fn kvm_pio(ctx: TracePointContext) -> u32 {
+    try_pio(&ctx).unwrap_or(0)
+}
+
+fn try_pio(ctx: &TracePointContext) -> Option<u32> {
+    let cfg = maps::config()?;
+    let (pid, tid) = maps::traced_task(cfg)?;
+    // SAFETY: offsets come from this kernel's format file for this tracepoint.
+    let (rw, port, size): (u32, u32, u32) = unsafe {
+        (
+            ctx.read_at(cfg.pio_rw_off as usize).ok()?,
+            ctx.read_at(cfg.pio_port_off as usize).ok()?,
+            ctx.read_at(cfg.pio_size_off as usize).ok()?,
+        )
+    };
+    let st = maps::thread_state(tid)?;
+    let ts = exit::now();
+    let write = rw == KVM_PIO_OUT;
+    if st.await_pio_in != 0 {
+        st.await_pio_in = 0;
+        if !write {
+            exit::pio_in_done(pid, tid, st, ts, port as u64, size);
+            return Some(0);
+        }
+    }
+    let io = flag::PIO | if write { flag::WRITE } else { 0 };
+    exit::identify_io(pid, tid, st, cfg.boundary, ts, io, port as u64, size);
+    Some(0)
+}
+
+#[tracepoint(category = "kvm", name = "kvm_mmio")]
+pub fn kvm_mmio(ctx: TracePointContext) -> u32 {
+    try_mmio(&ctx).unwrap_or(0)
+}
+
+fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
+    let cfg = maps::config()?;
+    let (pid, tid) = maps::traced_task(cfg)?;
+    // SAFETY: offsets come from this kernel's format file for this tracepoint.
+    let (ty, len, gpa): (u32, u32, u64) = unsafe {
+        (
+            ctx.read_at(cfg.mmio_type_off as usize).ok()?,
+            ctx.read_at(cfg.mmio_len_off as usize).ok()?,
+            ctx.read_at(cfg.mmio_gpa_off as usize).ok()?,
+        )
+    };
+    let st = maps::thread_state(tid)?;
+    if st.await_mmio_read != 0 {
+        st.await_mmio_read = 0;
+        if ty == MMIO_READ {
+            // The completion of the read that went to userspace, not a new exit.
+            return Some(0);
+        }
+    }
+    let io = flag::MMIO | if ty == MMIO_WRITE { flag::WRITE } else { 0 };
+    exit::identify_io(pid, tid, st, cfg.boundary, exit::now(), io, gpa, len);
+    st.mmio_unsatisfied = (ty == MMIO_UNSATISFIED_READ) as u32;
+    Some(0)
+}
+
+#[tracepoint(category = "kvm", name = "kvm_exit")]
+pub fn kvm_exit(ctx: TracePointContext) -> u32 {
+    try_exit(&ctx).unwrap_or(0)
+}
+
+fn try_exit(ctx: &TracePointContext) -> Option<u32> {
+    let cfg = maps::config()?;
+    let (_, tid) = maps::traced_task(cfg)?;
+    // SAFETY: offsets come from this kernel's format file for this tracepoint.
+    let (reason, isa, vcpu): (u32, u32, u32) = unsafe {
+        (
+            ctx.read_at(cfg.kvm_exit_reason_off as usize).ok()?,
+            ctx.read_at(cfg.kvm_exit_isa_off as usize).ok()?,
+            ctx.read_at(cfg.kvm_exit_vcpu_off as usize).ok()?,
+        )
+    };
+    let st = maps::existing_state(tid)?;
+    let sp = if isa == KVM_ISA_VMX { space::VMX } else { space::SVM };
+    exit::identify_reason(st, cfg.boundary, exit::now(), sp as u32, reason, vcpu as i32);
+    Some(0)
+}
+
+#[tracepoint(category = "kvm", name = "kvm_entry")]
+pub fn kvm_entry(ctx: TracePointContext) -> u32 {
+    try_entry(&ctx).unwrap_or(0)
+}
+
+fn try_entry(_ctx: &TracePointContext) -> Option<u32> {
+    let cfg = maps::config()?;
+    if cfg.boundary != boundary::KVM_ENTRY {
+        return Some(0);
+    }
+    let (pid, tid) = maps::traced_task(cfg)?;
+    let st = maps::existing_state(tid)?;
+    exit::start_cycle(pid, tid, st, exit::now());
+    Some(0)
+}
