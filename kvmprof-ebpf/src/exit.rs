@@ -59,7 +59,8 @@ fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i
                 r.flags |= flag::ERRNO;
                 r.errno = errno;
             }
-            if r.space == space::NONE as u8 {
+            // Without a vendor reason, the VMM's KVM_EXIT_* is the most specific one.
+            if r.space == space::NONE || r.space == space::TRACEPOINT {
                 r.space = space::USERSPACE;
                 r.reason = reason;
             }

@@ -1,0 +1,187 @@
+//! What the running kernel offers: the facts the attach planner decides from. Reading them
+//! needs no privileges beyond reading /proc and /sys; nothing here loads BPF.
+use std::{collections::HashMap, fs, path::Path};
+
+use anyhow::{bail, Context, Result};
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// Present when the kernel has CONFIG_KPROBES with the perf kprobe PMU aya attaches through.
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
+
+/// A text symbol from /proc/kallsyms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Symbol {
+    /// Module the symbol lives in, `None` for built-in code.
+    pub module: Option<String>,
+}
+
+/// Everything the planner needs to know about this kernel.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    pub release: String,
+    /// Text symbols by name (first occurrence wins).
+    pub kallsyms: HashMap<String, Symbol>,
+    /// Function names present in vmlinux BTF (fentry can target these; aya cannot target
+    /// module BTF).
+    pub btf_funcs: std::collections::HashSet<String>,
+    pub kprobes: bool,
+    /// `Some(Err(why))` when loading an fentry program was refused; `None` when untried.
+    pub fentry: Option<Result<(), String>>,
+    /// Functions ftrace can hook, when the kernel lets us read the list.
+    pub traceable: Option<std::collections::HashSet<String>>,
+    /// Tracepoints that exist (`category/name`), with their field offsets.
+    pub tracepoints: HashMap<String, HashMap<String, u32>>,
+    /// Loaded KVM vendor modules or built-in backends.
+    pub kvm_modules: Vec<String>,
+}
+
+/// The tracepoints kvmprof may use.
+pub const TRACEPOINTS: &[&str] = &[
+    "syscalls/sys_enter_ioctl",
+    "kvm/kvm_userspace_exit",
+    "kvm/kvm_pio",
+    "kvm/kvm_mmio",
+    "kvm/kvm_exit",
+    "kvm/kvm_entry",
+];
+
+impl Facts {
+    /// Reads the facts of the running kernel; `funcs` are the functions the planner may hook
+    /// (looked up in BTF one by one). Fails only when a prerequisite of every mode is missing.
+    pub fn gather(funcs: &[&str]) -> Result<Facts> {
+        ensure_tracefs()?;
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .context("read /proc/sys/kernel/osrelease")?
+            .trim()
+            .to_string();
+        let kallsyms = fs::read_to_string("/proc/kallsyms").context("read /proc/kallsyms")?;
+        let mut tracepoints = HashMap::new();
+        for tp in TRACEPOINTS {
+            let path = Path::new(TRACEFS).join("events").join(tp).join("format");
+            if let Ok(text) = fs::read_to_string(&path) {
+                tracepoints.insert(tp.to_string(), parse_format(&text));
+            }
+        }
+        let traceable = fs::read_to_string(Path::new(TRACEFS).join("available_filter_functions"))
+            .ok()
+            .map(|t| t.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect());
+        Ok(Facts {
+            release,
+            kallsyms: parse_kallsyms(&kallsyms),
+            btf_funcs: read_btf_funcs(funcs)?,
+            kprobes: Path::new(KPROBE_PMU).exists(),
+            fentry: None,
+            traceable,
+            tracepoints,
+            kvm_modules: ["kvm_intel", "kvm_amd"]
+                .into_iter()
+                .filter(|m| Path::new("/sys/module").join(m).exists())
+                .map(str::to_string)
+                .collect(),
+        })
+    }
+
+    pub fn offset(&self, tracepoint: &str, field: &str) -> Result<u32> {
+        self.tracepoints
+            .get(tracepoint)
+            .with_context(|| format!("tracepoint {tracepoint} does not exist on this kernel"))?
+            .get(field)
+            .copied()
+            .with_context(|| format!("tracepoint {tracepoint} has no field {field}"))
+    }
+}
+
+/// Mounts tracefs when it is not mounted yet (the tracepoint format files live there).
+fn ensure_tracefs() -> Result<()> {
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS])
+        .status()
+        .context("run mount for tracefs")?;
+    if !status.success() || !Path::new(TRACEFS).join("events").exists() {
+        bail!("tracefs is not mounted at {TRACEFS} and mounting it failed");
+    }
+    Ok(())
+}
+
+fn read_btf_funcs(funcs: &[&str]) -> Result<std::collections::HashSet<String>> {
+    if !Path::new(VMLINUX_BTF).exists() {
+        bail!("no kernel BTF ({VMLINUX_BTF}): kvmprof needs CONFIG_DEBUG_INFO_BTF");
+    }
+    let btf = aya::Btf::from_sys_fs().context("parse vmlinux BTF")?;
+    Ok(funcs
+        .iter()
+        .filter(|f| btf.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func).is_ok())
+        .map(|f| f.to_string())
+        .collect())
+}
+
+/// Text symbols (t/T) of /proc/kallsyms: `addr type name [module]`.
+pub fn parse_kallsyms(text: &str) -> HashMap<String, Symbol> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(_), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        if !ty.eq_ignore_ascii_case("t") {
+            continue;
+        }
+        let module = it
+            .next()
+            .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
+        out.entry(name.to_string()).or_insert(Symbol { module });
+    }
+    out
+}
+
+/// Field offsets of a tracepoint format file (`field:unsigned int port; offset:12; ...`).
+pub fn parse_format(text: &str) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("field:") else { continue };
+        let mut parts = rest.split(';');
+        let (Some(decl), Some(off)) = (parts.next(), parts.next()) else { continue };
+        let name = decl
+            .split_whitespace()
+            .last()
+            .map(|n| n.split('[').next().unwrap_or(n))
+            .unwrap_or_default();
+        if let Some(v) = off.trim().strip_prefix("offset:").and_then(|v| v.parse().ok()) {
+            out.insert(name.to_string(), v);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kallsyms_keeps_text_symbols_with_their_module() {
+        let syms = parse_kallsyms(
+            "ffffffff812ad830 T kvm_fast_pio\n\
+             ffffffffc0a01000 t svm_vcpu_run\t[kvm_amd]\n\
+             ffffffff82000000 D some_data\n",
+        );
+        assert_eq!(syms["kvm_fast_pio"].module, None);
+        assert_eq!(syms["svm_vcpu_run"].module.as_deref(), Some("kvm_amd"));
+        assert!(!syms.contains_key("some_data"));
+    }
+
+    #[test]
+    fn format_offsets_come_from_the_file() {
+        let f = "format:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+                 \tfield:unsigned int port;\toffset:12;\tsize:4;\tsigned:0;\n\
+                 \tfield:char comm[16];\toffset:20;\tsize:16;\tsigned:0;\n";
+        let o = parse_format(f);
+        assert_eq!(o["port"], 12);
+        assert_eq!(o["comm"], 20);
+        assert_eq!(o["common_type"], 0);
+    }
+}

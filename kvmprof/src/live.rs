@@ -1,0 +1,183 @@
+//! A live recording session: preflight, plan, attach, then drain the ring buffer into an
+//! [`Aggregate`] until the duration ends, a signal arrives, the targets exit or the caller
+//! stops. Shared by `record`, `top` and `demo`.
+use std::{
+    ops::ControlFlow,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use kvmprof_common::{counter, ExitRecord};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{
+    aggregate::Aggregate,
+    attach,
+    collect::{Joiner, VcpuResolver},
+    kernel::Facts,
+    model::Exit,
+    plan::{self, HookPref, Plan},
+    target::{self, Target},
+};
+
+pub struct Options {
+    pub targets: Vec<Target>,
+    pub hooks: HookPref,
+    pub duration: Option<Duration>,
+    /// How often `on_tick` runs and target liveness is checked.
+    pub tick: Duration,
+    /// Interval of the histograms in the data file's interval log.
+    pub interval: Duration,
+}
+
+/// Why recording stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Duration,
+    Signal(&'static str),
+    /// Every target process exited.
+    TargetsExited,
+    /// The `on_tick` callback asked to stop (e.g. `q` in `top`).
+    Caller,
+}
+
+/// Kernel-side counters (`kvmprof_common::counter`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub lost: u64,
+    pub no_state: u64,
+    pub unmatched: u64,
+}
+
+/// What the caller sees at each tick.
+pub struct Status<'a> {
+    pub plan: &'a Plan,
+    pub elapsed: Duration,
+    pub counters: Counters,
+    pub exited: &'a [Target],
+}
+
+pub struct Outcome {
+    pub aggregate: Aggregate,
+    pub plan: Plan,
+    pub facts: Facts,
+    pub counters: Counters,
+    pub stop: Stop,
+    pub started: SystemTime,
+    pub elapsed: Duration,
+    pub exited: Vec<Target>,
+    /// Records that referred to an exit recorded before tracing began.
+    pub orphans: u64,
+}
+
+/// Plans for this kernel, including the one fact only a load attempt reveals (fentry).
+pub fn plan_for_host(hooks: HookPref) -> Result<(Facts, Plan)> {
+    let mut facts = Facts::gather(&plan::candidate_functions())?;
+    if hooks != HookPref::Kprobe && hooks != HookPref::Tracepoint {
+        facts.fentry = attach::probe_fentry(&facts);
+    }
+    let plan = plan::plan(&facts, hooks)?;
+    Ok((facts, plan))
+}
+
+pub async fn run(
+    opts: Options,
+    mut on_tick: impl FnMut(&Aggregate, &Status) -> ControlFlow<()>,
+) -> Result<Outcome> {
+    target::preflight()?;
+    let (facts, plan) = plan_for_host(opts.hooks)?;
+    let mut ebpf = attach::load()?;
+    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+    let counters_map: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+    let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
+    attach::attach(&mut ebpf, &plan, &facts, &pids)?;
+
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let mut agg = Aggregate::new(opts.interval.as_nanos() as u64);
+    let mut joiner = Joiner::default();
+    let mut vcpus = VcpuResolver::default();
+    let mut ring = AsyncFd::new(ring).context("poll ring buffer")?;
+    let mut batch: Vec<Exit> = Vec::new();
+    let mut tick = tokio::time::interval(opts.tick);
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut exited: Vec<Target> = Vec::new();
+
+    let stop = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut joiner, &mut vcpus, &mut batch);
+                guard.clear_ready();
+                batch.drain(..).for_each(|e| agg.add(&e));
+            }
+            _ = tick.tick() => {
+                for t in &opts.targets {
+                    if !target::alive(t.pid) && !exited.contains(t) {
+                        exited.push(t.clone());
+                    }
+                }
+                if !opts.targets.is_empty() && exited.len() == opts.targets.len() {
+                    break Stop::TargetsExited;
+                }
+                if opts.duration.is_some_and(|d| t0.elapsed() >= d) {
+                    break Stop::Duration;
+                }
+                let status = Status {
+                    plan: &plan,
+                    elapsed: t0.elapsed(),
+                    counters: read_counters(&counters_map),
+                    exited: &exited,
+                };
+                if on_tick(&agg, &status).is_break() {
+                    break Stop::Caller;
+                }
+            }
+            _ = sigint.recv() => break Stop::Signal("SIGINT"),
+            _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
+        }
+    };
+    let elapsed = t0.elapsed();
+    // Detach first so no record can arrive after the final drain.
+    drop(ebpf);
+    drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
+    joiner.flush(&mut batch);
+    batch.drain(..).for_each(|e| agg.add(&e));
+    let counters = read_counters(&counters_map);
+    agg.add_lost(counters.lost);
+    Ok(Outcome {
+        aggregate: agg,
+        plan,
+        facts,
+        counters,
+        stop,
+        started,
+        elapsed,
+        exited,
+        orphans: joiner.orphans,
+    })
+}
+
+fn drain(ring: &mut RingBuf<MapData>, joiner: &mut Joiner, vcpus: &mut VcpuResolver, out: &mut Vec<Exit>) {
+    while let Some(item) = ring.next() {
+        if item.len() < std::mem::size_of::<ExitRecord>() {
+            continue;
+        }
+        // SAFETY: the kernel wrote a whole ExitRecord (checked length); unaligned read.
+        let rec: ExitRecord = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        let vcpu = vcpus.resolve(rec.pid, rec.vcpu_fd, rec.tid);
+        joiner.push(&rec, vcpu, out);
+    }
+}
+
+fn read_counters(map: &PerCpuArray<MapData, u64>) -> Counters {
+    let sum = |i: u32| map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+    Counters {
+        lost: sum(counter::LOST),
+        no_state: sum(counter::NO_STATE),
+        unmatched: sum(counter::UNMATCHED),
+    }
+}
