@@ -1,1 +1,119 @@
-pub fn placeholder() {}
+//! A tiny VMM on /dev/kvm whose guests make a known number of VM exits of
+//! each kind, so a profiler's numbers can be checked exactly.
+//!
+//! Each vCPU runs in a thread named like QEMU's ("CPU 0/KVM", ...) and runs
+//! rounds of a real-mode guest that, in this order:
+//! 1. `out`s to [`PIO_USER_PORT`] `pio_user` times (KVM_EXIT_IO, out),
+//! 2. `out`s to its own port `PIO_KERNEL_PORT_BASE + vcpu` `pio_kernel` times;
+//!    an ioeventfd there keeps these in the kernel, and its counter proves them,
+//! 3. writes a byte to [`MMIO_ADDR`], outside guest RAM, `mmio_user` times
+//!    (KVM_EXIT_MMIO),
+//! 4. `in`s from [`PIO_IN_PORT`] `pio_in` times (KVM_EXIT_IO, in),
+//! 5. `hlt`s (KVM_EXIT_HLT): one round done.
+//!
+//! The VMM creates no in-kernel irqchip, so `hlt` always reaches userspace.
+//!
+//! Stopping a vCPU sends it [`kick_signal`] (SIGRTMIN), for which `run`
+//! installs a no-op handler in the calling process.
+
+mod counts;
+mod guest;
+mod pace;
+mod ready;
+mod run;
+mod vcpu;
+mod vm;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+pub use counts::{Counts, ExitCounts, Ports, VcpuCounts};
+pub use guest::{
+    MAX_VCPUS, MMIO_ADDR, PIO_IN_PORT, PIO_IN_VALUE, PIO_KERNEL_PORT_BASE, PIO_USER_PORT,
+};
+pub use ready::{Ready, ReadyVcpu};
+pub use vcpu::kick_signal;
+
+/// What the guest does. Counts are per vCPU and per round, each at most
+/// `u32::MAX` (the guest loops on 32-bit registers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Workload {
+    /// 1..=[`MAX_VCPUS`].
+    pub vcpus: u32,
+    /// `out`s to [`PIO_USER_PORT`], each a KVM_EXIT_IO to userspace.
+    pub pio_user: u64,
+    /// `out`s to the vCPU's ioeventfd port, each handled in the kernel.
+    pub pio_kernel: u64,
+    /// Byte writes to [`MMIO_ADDR`], each a KVM_EXIT_MMIO to userspace.
+    pub mmio_user: u64,
+    /// `in`s from [`PIO_IN_PORT`], each a KVM_EXIT_IO to userspace; the VMM
+    /// answers [`PIO_IN_VALUE`].
+    pub pio_in: u64,
+    /// Caps each vCPU's average exits per second (all kinds, `hlt` included).
+    /// The VMM can only sleep at userspace exits, so in-kernel exits still come
+    /// in bursts of up to `pio_kernel`, followed by a long enough sleep.
+    pub rate: Option<u64>,
+    /// Sleep between creating the VM and vCPU threads and the first KVM_RUN,
+    /// so a profiler can attach first.
+    pub start_delay_ms: u64,
+    /// Run rounds until stopped (or `duration_ms`), instead of one round.
+    pub forever: bool,
+    /// Stop the guest this long after it starts, even mid-round.
+    pub duration_ms: Option<u64>,
+    /// Once all vCPU threads exist, and before the start delay, atomically
+    /// write a [`Ready`] JSON line here.
+    pub ready_file: Option<PathBuf>,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            vcpus: 1,
+            pio_user: 0,
+            pio_kernel: 0,
+            mmio_user: 0,
+            pio_in: 0,
+            rate: None,
+            start_delay_ms: 0,
+            forever: false,
+            duration_ms: None,
+            ready_file: None,
+        }
+    }
+}
+
+/// Asks a running [`run_until`] to stop its vCPUs and return their counts.
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    pub fn new() -> StopHandle {
+        StopHandle::default()
+    }
+
+    /// Safe to call from any thread, any number of times.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `w` to completion (or for `w.duration_ms`; a `forever` workload
+/// without a duration never returns: use [`run_until`]).
+pub fn run(w: &Workload) -> Result<Counts> {
+    run_until(w, &StopHandle::new())
+}
+
+/// Like [`run`], but returns early, with the counts so far, once `stop` is
+/// requested.
+pub fn run_until(w: &Workload, stop: &StopHandle) -> Result<Counts> {
+    run::run(w, stop)
+}

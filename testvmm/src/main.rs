@@ -1,1 +1,162 @@
-fn main() {}
+//! CLI: runs one workload and prints its counts as one JSON line on stdout.
+
+use std::path::PathBuf;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use kvmprof_testvmm::{StopHandle, Workload};
+use vmm_sys_util::signal::create_sigset;
+
+/// Runs tiny real-mode guests on /dev/kvm that make an exact number of VM
+/// exits of each kind, then prints the counts as one JSON object on stdout.
+///
+/// Each vCPU runs in a thread named "CPU <n>/KVM" and, per round: `out`s to
+/// port 0x3f8 (userspace exit), `out`s to port 0x700+<n> (an ioeventfd keeps
+/// these in the kernel; its counter proves them), writes to MMIO 0xd0000
+/// (userspace exit), `in`s from port 0x3fd (userspace exit), then `hlt`s
+/// (userspace exit). All counts are per vCPU and per round.
+///
+/// The JSON holds per-vCPU and total counts (in-kernel `out`s read from the
+/// ioeventfd counters), the ports used, wall_ns and exits_per_sec.
+///
+/// SIGINT/SIGTERM stop the vCPUs cleanly; the counts so far are printed.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// vCPUs (1..=64).
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// `out`s to port 0x3f8 per round: KVM_EXIT_IO to userspace.
+    #[arg(long, default_value_t = 0)]
+    pio_user: u64,
+    /// `out`s to port 0x700+<vcpu> per round: handled in the kernel by an ioeventfd.
+    #[arg(long, default_value_t = 0)]
+    pio_kernel: u64,
+    /// Byte writes to guest-physical 0xd0000 per round: KVM_EXIT_MMIO to userspace.
+    #[arg(long, default_value_t = 0)]
+    mmio: u64,
+    /// `in`s from port 0x3fd per round: KVM_EXIT_IO to userspace.
+    #[arg(long, default_value_t = 0)]
+    pio_in: u64,
+    /// Cap on each vCPU's average exits/s. The VMM sleeps at userspace exits;
+    /// in-kernel exits still come in bursts of up to --pio-kernel.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Wait this long after creating the VM and vCPU threads before the first
+    /// KVM_RUN, so a profiler can attach (e.g. 500ms, 2s; bare number = ms).
+    #[arg(long, value_parser = parse_millis, default_value = "0")]
+    start_delay: Duration,
+    /// Start a new round after each `hlt` until stopped or --duration ends.
+    #[arg(long)]
+    forever: bool,
+    /// Stop the guest this long after it starts (e.g. 10, 1.5s, 500ms; bare
+    /// number = seconds).
+    #[arg(long, value_parser = parse_secs)]
+    duration: Option<Duration>,
+    /// Once the vCPU threads exist, before --start-delay, write one JSON line
+    /// here: {"pid", "start_delay_ms", "vcpus": [{"index", "thread", "tid"}]}.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let stop = StopHandle::new();
+    stop_on_signals(&stop)?;
+    let workload = Workload {
+        vcpus: args.vcpus,
+        pio_user: args.pio_user,
+        pio_kernel: args.pio_kernel,
+        mmio_user: args.mmio,
+        pio_in: args.pio_in,
+        rate: args.rate,
+        start_delay_ms: millis(args.start_delay),
+        forever: args.forever,
+        duration_ms: args.duration.map(millis),
+        ready_file: args.ready_file,
+    };
+    let counts = kvmprof_testvmm::run_until(&workload, &stop)?;
+    println!(
+        "{}",
+        serde_json::to_string(&counts).context("serialize counts")?
+    );
+    Ok(())
+}
+
+/// Turns SIGINT and SIGTERM into a stop request. They are blocked in this
+/// thread before any other exists, so every thread inherits the block and
+/// only the sigwait below ever takes them.
+fn stop_on_signals(stop: &StopHandle) -> Result<()> {
+    let set = create_sigset(&[libc::SIGINT, libc::SIGTERM]).context("sigset")?;
+    // SAFETY: `set` is initialised; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc)).context("block SIGINT/SIGTERM");
+    }
+    let stop = stop.clone();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: `set` is initialised and `sig` is a valid out pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                stop.request();
+            }
+        })
+        .context("spawn the signal thread")?;
+    Ok(())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn parse_millis(s: &str) -> Result<Duration> {
+    parse_duration(s, 1e-3)
+}
+
+fn parse_secs(s: &str) -> Result<Duration> {
+    parse_duration(s, 1.0)
+}
+
+/// "500ms", "1.5s", or a bare number in `unit` seconds.
+fn parse_duration(s: &str, unit: f64) -> Result<Duration> {
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, unit)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .with_context(|| format!("not a duration: {s:?}"))?;
+    // Rejects negative, NaN and overflowing values.
+    Duration::try_from_secs_f64(value * scale).with_context(|| format!("not a duration: {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_units_or_a_default() {
+        assert_eq!(parse_millis("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_millis("500").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_millis("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_secs("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_secs("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("soon").is_err());
+        assert!(parse_secs("NaN").is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! What a run reports: exact exit counts per vCPU and in total.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::guest;
+
+/// Exits of each kind. Everything but `pio_kernel` was seen by the VMM as a
+/// return from KVM_RUN; `pio_kernel` is the ioeventfd counter, i.e. the number
+/// of `out`s KVM completed without leaving the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitCounts {
+    /// KVM_EXIT_IO, out, on [`guest::PIO_USER_PORT`].
+    pub pio_user: u64,
+    /// `out`s to the vCPU's ioeventfd port, handled in the kernel.
+    pub pio_kernel: u64,
+    /// KVM_EXIT_MMIO writes to [`guest::MMIO_ADDR`].
+    pub mmio_user: u64,
+    /// KVM_EXIT_IO, in, on [`guest::PIO_IN_PORT`].
+    pub pio_in: u64,
+    /// KVM_EXIT_HLT: one per completed round (exactly 1 per vCPU without `forever`).
+    pub hlt: u64,
+    /// Any exit the guest was not written to make; see `other_reasons`.
+    pub other: u64,
+}
+
+impl ExitCounts {
+    /// All exits, in-kernel ones included.
+    pub fn total(&self) -> u64 {
+        self.userspace() + self.pio_kernel
+    }
+
+    /// Exits that returned to the VMM.
+    pub fn userspace(&self) -> u64 {
+        self.pio_user + self.mmio_user + self.pio_in + self.hlt + self.other
+    }
+
+    fn add(&mut self, o: &ExitCounts) {
+        self.pio_user += o.pio_user;
+        self.pio_kernel += o.pio_kernel;
+        self.mmio_user += o.mmio_user;
+        self.pio_in += o.pio_in;
+        self.hlt += o.hlt;
+        self.other += o.other;
+    }
+}
+
+/// One vCPU's share of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VcpuCounts {
+    pub index: u32,
+    /// The thread's name, as QEMU names it: "CPU <index>/KVM".
+    pub thread: String,
+    /// The thread's kernel tid, as a profiler sees it.
+    pub tid: i32,
+    /// The port this vCPU's in-kernel `out`s go to.
+    pub pio_kernel_port: u16,
+    #[serde(flatten)]
+    pub exits: ExitCounts,
+    /// Unexpected exits by reason (e.g. "Shutdown", "IoOut(0x80)").
+    pub other_reasons: BTreeMap<String, u64>,
+    /// From this vCPU's first KVM_RUN to its last return.
+    pub run_ns: u64,
+}
+
+/// The ports and address the guest uses, so consumers need not hard-code them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ports {
+    pub pio_user: u16,
+    pub pio_in: u16,
+    /// Indexed by vCPU.
+    pub pio_kernel: Vec<u16>,
+    pub mmio_addr: u64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub pid: u32,
+    pub ports: Ports,
+    pub vcpus: Vec<VcpuCounts>,
+    pub total: ExitCounts,
+    pub other_reasons: BTreeMap<String, u64>,
+    /// From the first vCPU's first KVM_RUN to the last vCPU's last return.
+    pub wall_ns: u64,
+    /// `total.total()` over `wall_ns`.
+    pub exits_per_sec: f64,
+}
+
+impl Counts {
+    pub(crate) fn new(vcpus: Vec<VcpuCounts>, wall: Duration) -> Counts {
+        let mut total = ExitCounts::default();
+        let mut other_reasons = BTreeMap::new();
+        for v in &vcpus {
+            total.add(&v.exits);
+            for (reason, n) in &v.other_reasons {
+                *other_reasons.entry(reason.clone()).or_insert(0) += n;
+            }
+        }
+        let secs = wall.as_secs_f64();
+        Counts {
+            pid: std::process::id(),
+            ports: Ports {
+                pio_user: guest::PIO_USER_PORT,
+                pio_in: guest::PIO_IN_PORT,
+                pio_kernel: vcpus.iter().map(|v| v.pio_kernel_port).collect(),
+                mmio_addr: guest::MMIO_ADDR,
+            },
+            exits_per_sec: if secs > 0.0 {
+                total.total() as f64 / secs
+            } else {
+                0.0
+            },
+            wall_ns: u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX),
+            vcpus,
+            total,
+            other_reasons,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vcpu(index: u32, exits: ExitCounts, other: &[(&str, u64)]) -> VcpuCounts {
+        VcpuCounts {
+            index,
+            pio_kernel_port: guest::kernel_port(index),
+            exits,
+            other_reasons: other.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+            ..VcpuCounts::default()
+        }
+    }
+
+    #[test]
+    fn totals_sum_vcpus() {
+        let a = ExitCounts {
+            pio_user: 1,
+            pio_kernel: 2,
+            mmio_user: 3,
+            pio_in: 4,
+            hlt: 1,
+            other: 1,
+        };
+        let b = ExitCounts {
+            pio_user: 10,
+            pio_kernel: 20,
+            hlt: 1,
+            ..ExitCounts::default()
+        };
+        let c = Counts::new(
+            vec![vcpu(0, a, &[("Shutdown", 1)]), vcpu(1, b, &[])],
+            Duration::from_secs(2),
+        );
+        assert_eq!(c.total.pio_user, 11);
+        assert_eq!(c.total.pio_kernel, 22);
+        assert_eq!(c.total.hlt, 2);
+        assert_eq!(c.total.total(), 43);
+        assert_eq!(c.total.userspace(), 21);
+        assert_eq!(c.other_reasons.get("Shutdown"), Some(&1));
+        assert_eq!(
+            c.ports.pio_kernel,
+            vec![guest::kernel_port(0), guest::kernel_port(1)]
+        );
+        assert_eq!(c.exits_per_sec, 21.5);
+    }
+
+    #[test]
+    fn json_is_flat_per_vcpu_and_round_trips() {
+        let c = Counts::new(
+            vec![vcpu(
+                0,
+                ExitCounts {
+                    hlt: 1,
+                    ..Default::default()
+                },
+                &[],
+            )],
+            Duration::ZERO,
+        );
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["vcpus"][0]["hlt"], 1);
+        assert_eq!(json["total"]["pio_user"], 0);
+        assert_eq!(json["ports"]["pio_user"], 0x3f8);
+        assert_eq!(serde_json::from_value::<Counts>(json).unwrap(), c);
+    }
+}

@@ -1,0 +1,279 @@
+//! The guest: one read-only real-mode code blob shared by every vCPU, its
+//! memory layout, and the register values that select a workload.
+//!
+//! Real mode keeps the guest trivially portable: it needs no page tables, no
+//! GDT and no firmware, so it runs the same on a bare-metal host, under the
+//! PVM backend and under nested SVM inside QEMU/TCG.
+
+use kvm_bindings::{kvm_regs, kvm_sregs};
+
+/// Guest RAM: one slot at guest-physical 0. It only has to hold the code.
+pub const RAM_SIZE: usize = 0x1_0000;
+/// Where the code blob is loaded (guest-physical == linear, CS base 0).
+pub const CODE_ADDR: u64 = 0x1000;
+/// `out dx, al` to this port exits to userspace (KVM_EXIT_IO, out). COM1 THR,
+/// so a profiler's port view looks like a guest printing to a serial line.
+pub const PIO_USER_PORT: u16 = 0x3f8;
+/// `in al, dx` from this port exits to userspace (KVM_EXIT_IO, in). COM1 LSR.
+pub const PIO_IN_PORT: u16 = 0x3fd;
+/// What the VMM answers to every `in`: LSR "transmitter empty" (THRE|TEMT).
+pub const PIO_IN_VALUE: u8 = 0x60;
+/// Most vCPUs a workload may have: each needs its own in-kernel port.
+pub const MAX_VCPUS: u32 = 64;
+/// vCPU `i` writes its in-kernel port `PIO_KERNEL_PORT_BASE + i`. Each vCPU
+/// gets its own port and ioeventfd so the eventfd counter proves how many
+/// in-kernel exits *that* vCPU made.
+pub const PIO_KERNEL_PORT_BASE: u16 = 0x700;
+/// Guest-physical target of the MMIO writes: in the ISA hole, far outside
+/// the RAM slot, so KVM finds no memslot and exits with KVM_EXIT_MMIO.
+/// Real mode reaches it through DS (base = this address, offset 0).
+pub const MMIO_ADDR: u64 = 0xd_0000;
+
+/// How many iterations of each loop one round of the guest runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    pub pio_user: u32,
+    pub pio_kernel: u32,
+    pub mmio_user: u32,
+    pub pio_in: u32,
+}
+
+const fn lo(v: u16) -> u8 {
+    v.to_le_bytes()[0]
+}
+
+const fn hi(v: u16) -> u8 {
+    v.to_le_bytes()[1]
+}
+
+/// The guest, hand-assembled 16-bit code (0x66 widens an operation to 32
+/// bits so each loop can run up to 2^32-1 times). The loop counts come in
+/// registers (see [`round_regs`]), so this one blob serves every workload.
+/// Each loop is guarded by `test/jz` so a count of zero skips it. No stack.
+#[rustfmt::skip]
+pub const CODE: [u8; 53] = [
+    // 0x00  mov dx, PIO_USER_PORT
+    0xba, lo(PIO_USER_PORT), hi(PIO_USER_PORT),
+    // 0x03  test ebx, ebx            ; EBX = user PIO count
+    0x66, 0x85, 0xdb,
+    // 0x06  jz 0x0d
+    0x74, 0x05,
+    // 0x08  out dx, al               ; -> KVM_EXIT_IO (out)
+    0xee,
+    // 0x09  dec ebx
+    0x66, 0x4b,
+    // 0x0b  jnz 0x08
+    0x75, 0xfb,
+    // 0x0d  mov dx, cx               ; CX = this vCPU's ioeventfd port
+    0x89, 0xca,
+    // 0x0f  test esi, esi            ; ESI = in-kernel PIO count
+    0x66, 0x85, 0xf6,
+    // 0x12  jz 0x19
+    0x74, 0x05,
+    // 0x14  out dx, al               ; -> ioeventfd, no userspace exit
+    0xee,
+    // 0x15  dec esi
+    0x66, 0x4e,
+    // 0x17  jnz 0x14
+    0x75, 0xfb,
+    // 0x19  test edi, edi            ; EDI = MMIO write count
+    0x66, 0x85, 0xff,
+    // 0x1c  jz 0x25
+    0x74, 0x07,
+    // 0x1e  mov [0x0000], al         ; DS:0 = MMIO_ADDR -> KVM_EXIT_MMIO
+    0xa2, 0x00, 0x00,
+    // 0x21  dec edi
+    0x66, 0x4f,
+    // 0x23  jnz 0x1e
+    0x75, 0xf9,
+    // 0x25  mov dx, PIO_IN_PORT
+    0xba, lo(PIO_IN_PORT), hi(PIO_IN_PORT),
+    // 0x28  test ebp, ebp            ; EBP = IN count
+    0x66, 0x85, 0xed,
+    // 0x2b  jz 0x32
+    0x74, 0x05,
+    // 0x2d  in al, dx                ; -> KVM_EXIT_IO (in)
+    0xec,
+    // 0x2e  dec ebp
+    0x66, 0x4d,
+    // 0x30  jnz 0x2d
+    0x75, 0xfb,
+    // 0x32  hlt                      ; -> KVM_EXIT_HLT: end of round
+    0xf4,
+    // 0x33  jmp 0x32                 ; re-entering without new registers halts again
+    0xeb, 0xfd,
+];
+
+// The layout's invariants, checked at compile time.
+const _: () = {
+    assert!(
+        CODE_ADDR as usize + CODE.len() <= RAM_SIZE,
+        "code must fit in RAM"
+    );
+    assert!(MMIO_ADDR >= RAM_SIZE as u64, "MMIO must miss the RAM slot");
+    assert!(
+        MMIO_ADDR.is_multiple_of(16) && MMIO_ADDR <= 0xf_fff0,
+        "DS must reach MMIO_ADDR at offset 0"
+    );
+    let kernel_ports = (
+        PIO_KERNEL_PORT_BASE as u32,
+        PIO_KERNEL_PORT_BASE as u32 + MAX_VCPUS,
+    );
+    assert!(kernel_ports.1 <= 0x1_0000, "every vCPU needs a port");
+    assert!(PIO_USER_PORT != PIO_IN_PORT);
+    let user = PIO_USER_PORT as u32;
+    assert!(user < kernel_ports.0 || user >= kernel_ports.1);
+    let input = PIO_IN_PORT as u32;
+    assert!(input < kernel_ports.0 || input >= kernel_ports.1);
+};
+
+/// The in-kernel PIO port of vCPU `index`.
+pub fn kernel_port(index: u32) -> u16 {
+    debug_assert!(index < MAX_VCPUS);
+    PIO_KERNEL_PORT_BASE + index as u16
+}
+
+/// General registers that start one round at the top of [`CODE`].
+pub fn round_regs(round: &Round, kernel_port: u16) -> kvm_regs {
+    kvm_regs {
+        rip: CODE_ADDR,
+        // Bit 1 is reserved and must be set; interrupts stay off.
+        rflags: 0x2,
+        rbx: round.pio_user.into(),
+        rsi: round.pio_kernel.into(),
+        rdi: round.mmio_user.into(),
+        rbp: round.pio_in.into(),
+        rcx: kernel_port.into(),
+        ..Default::default()
+    }
+}
+
+/// Flat real mode: CS at linear 0 so RIP is the guest-physical address, DS at
+/// [`MMIO_ADDR`] so `mov [0], al` hits the MMIO hole.
+pub fn setup_sregs(sregs: &mut kvm_sregs) {
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    sregs.ds.base = MMIO_ADDR;
+    // Real mode requires base == selector << 4.
+    sregs.ds.selector = (MMIO_ADDR >> 4) as u16;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Event {
+        Out(u16),
+        In(u16),
+        Write(u64),
+        Hlt,
+    }
+
+    /// Interprets exactly the instructions [`CODE`] uses, recording the
+    /// accesses that would exit. Proves the hand-assembled bytes without KVM.
+    fn interpret(regs: &kvm_regs, ds_base: u64) -> Vec<Event> {
+        let mut r = [
+            regs.rax, regs.rcx, 0, regs.rbx, 0, regs.rbp, regs.rsi, regs.rdi,
+        ];
+        let mut ip = (regs.rip - CODE_ADDR) as usize;
+        let mut zf = false;
+        let mut events = Vec::new();
+        let byte = |at: usize| CODE[at];
+        let word = |at: usize| u16::from_le_bytes([CODE[at], CODE[at + 1]]);
+        let rel =
+            |ip: usize, at: usize| (ip as isize + i8::from_le_bytes([CODE[at]]) as isize) as usize;
+        loop {
+            match (byte(ip), byte(ip + 1)) {
+                (0xba, _) => {
+                    r[2] = word(ip + 1).into();
+                    ip += 3;
+                }
+                (0x89, 0xca) => {
+                    r[2] = r[1] & 0xffff;
+                    ip += 2;
+                }
+                (0x66, 0x85) => {
+                    let m = byte(ip + 2);
+                    assert_eq!(m >> 6, 3, "register operands only");
+                    zf = r[usize::from(m & 7)] & r[usize::from((m >> 3) & 7)] & 0xffff_ffff == 0;
+                    ip += 3;
+                }
+                (0x66, op @ 0x48..=0x4f) => {
+                    let reg = usize::from(op - 0x48);
+                    r[reg] = (r[reg] as u32).wrapping_sub(1).into();
+                    zf = r[reg] == 0;
+                    ip += 2;
+                }
+                (0x74, _) => ip = if zf { rel(ip + 2, ip + 1) } else { ip + 2 },
+                (0x75, _) => ip = if zf { ip + 2 } else { rel(ip + 2, ip + 1) },
+                (0xee, _) => {
+                    events.push(Event::Out(r[2] as u16));
+                    ip += 1;
+                }
+                (0xec, _) => {
+                    events.push(Event::In(r[2] as u16));
+                    ip += 1;
+                }
+                (0xa2, _) => {
+                    events.push(Event::Write(ds_base + u64::from(word(ip + 1))));
+                    ip += 3;
+                }
+                (0xf4, _) => {
+                    events.push(Event::Hlt);
+                    return events;
+                }
+                other => panic!("unexpected opcode {other:x?} at {ip:#x}"),
+            }
+        }
+    }
+
+    fn run(round: Round, port: u16) -> Vec<Event> {
+        let mut sregs = kvm_sregs::default();
+        setup_sregs(&mut sregs);
+        interpret(&round_regs(&round, port), sregs.ds.base)
+    }
+
+    #[test]
+    fn code_makes_exactly_the_requested_accesses_in_order() {
+        let round = Round {
+            pio_user: 3,
+            pio_kernel: 5,
+            mmio_user: 2,
+            pio_in: 4,
+        };
+        let port = kernel_port(1);
+        let mut want = Vec::new();
+        want.extend((0..3).map(|_| Event::Out(PIO_USER_PORT)));
+        want.extend((0..5).map(|_| Event::Out(port)));
+        want.extend((0..2).map(|_| Event::Write(MMIO_ADDR)));
+        want.extend((0..4).map(|_| Event::In(PIO_IN_PORT)));
+        want.push(Event::Hlt);
+        assert_eq!(run(round, port), want);
+    }
+
+    #[test]
+    fn zero_counts_skip_their_loop() {
+        assert_eq!(run(Round::default(), kernel_port(0)), vec![Event::Hlt]);
+        let only_mmio = Round {
+            mmio_user: 1,
+            ..Round::default()
+        };
+        assert_eq!(
+            run(only_mmio, kernel_port(0)),
+            vec![Event::Write(MMIO_ADDR), Event::Hlt]
+        );
+    }
+
+    #[test]
+    fn counts_use_all_32_bits() {
+        let regs = round_regs(
+            &Round {
+                pio_user: u32::MAX,
+                ..Round::default()
+            },
+            0,
+        );
+        assert_eq!(regs.rbx, 0xffff_ffff);
+    }
+}

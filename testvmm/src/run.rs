@@ -1,0 +1,234 @@
+//! Orchestrates a run: build the VM, start one named thread per vCPU, wait
+//! out the start delay, then watch for the end, a stop request or the deadline.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use vmm_sys_util::signal::Killable;
+
+use crate::counts::Counts;
+use crate::guest::{Round, MAX_VCPUS};
+use crate::pace;
+use crate::ready::{Ready, ReadyVcpu};
+use crate::vcpu::{self, Finished, Plan};
+use crate::vm::{Machine, Vcpu};
+use crate::{StopHandle, Workload};
+
+/// How often the watcher looks for a stop request or the deadline.
+const POLL: Duration = Duration::from_millis(10);
+/// How often a vCPU that should stop is kicked again.
+const KICK_EVERY: Duration = Duration::from_millis(1);
+
+struct VcpuThread {
+    handle: JoinHandle<Result<Finished>>,
+    go: Sender<()>,
+}
+
+pub(crate) fn run(w: &Workload, stop: &StopHandle) -> Result<Counts> {
+    let plan = plan(w)?;
+    vcpu::install_kick_handler()?;
+    // Outlives the threads: they are joined below, or, on an early error,
+    // see their `go` sender dropped and return without entering the guest.
+    let (_machine, vcpus) = Machine::new(w.vcpus)?;
+    let halt = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let threads = vcpus
+        .into_iter()
+        .map(|v| spawn(v, plan, &halt, ready_tx.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    drop(ready_tx);
+
+    let mut ready_vcpus: Vec<ReadyVcpu> = ready_rx.iter().collect();
+    ensure!(
+        ready_vcpus.len() == threads.len(),
+        "a vCPU thread died before the guest started"
+    );
+    ready_vcpus.sort_by_key(|v| v.index);
+    if let Some(path) = &w.ready_file {
+        let ready = Ready {
+            pid: std::process::id(),
+            start_delay_ms: w.start_delay_ms,
+            vcpus: ready_vcpus,
+        };
+        ready.write(path)?;
+    }
+
+    pace::sleep_unless(Duration::from_millis(w.start_delay_ms), || {
+        stop.is_requested()
+    });
+    if stop.is_requested() {
+        halt.store(true, Ordering::Relaxed);
+    }
+    for t in &threads {
+        // Fails only if the thread died; joining reports that.
+        let _ = t.go.send(());
+    }
+    // A duration too long to represent means no deadline.
+    let deadline = w
+        .duration_ms
+        .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
+    watch(&threads, &halt, stop, deadline);
+
+    let finished = threads.into_iter().map(join).collect::<Result<Vec<_>>>()?;
+    let started = finished.iter().map(|f| f.started).min();
+    let ended = finished.iter().map(|f| f.ended).max();
+    let wall = match (started, ended) {
+        (Some(s), Some(e)) => e - s,
+        _ => Duration::ZERO,
+    };
+    Ok(Counts::new(
+        finished.into_iter().map(|f| f.counts).collect(),
+        wall,
+    ))
+}
+
+/// Checks `w` and turns it into what each vCPU runs.
+fn plan(w: &Workload) -> Result<Plan> {
+    ensure!(
+        (1..=MAX_VCPUS).contains(&w.vcpus),
+        "vcpus must be 1..={MAX_VCPUS}, not {}",
+        w.vcpus
+    );
+    ensure!(w.rate != Some(0), "rate must be at least 1 exit/s");
+    let count = |name: &str, n: u64| {
+        u32::try_from(n)
+            .with_context(|| format!("{name} = {n} is more than one round can do ({})", u32::MAX))
+    };
+    Ok(Plan {
+        round: Round {
+            pio_user: count("pio_user", w.pio_user)?,
+            pio_kernel: count("pio_kernel", w.pio_kernel)?,
+            mmio_user: count("mmio_user", w.mmio_user)?,
+            pio_in: count("pio_in", w.pio_in)?,
+        },
+        forever: w.forever,
+        rate: w.rate,
+    })
+}
+
+/// Starts the thread for `vcpu`, named like QEMU's. It reports its tid on
+/// `ready`, then waits for `go` before entering the guest.
+fn spawn(
+    vcpu: Vcpu,
+    plan: Plan,
+    halt: &Arc<AtomicBool>,
+    ready: Sender<ReadyVcpu>,
+) -> Result<VcpuThread> {
+    let (go, go_rx) = mpsc::channel();
+    let halt = Arc::clone(halt);
+    let name = format!("CPU {}/KVM", vcpu.index);
+    let handle = thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            // Fails only if the VMM already gave up; `go` then fails too.
+            let _ = ready.send(ReadyVcpu {
+                index: vcpu.index,
+                thread: name,
+                tid,
+            });
+            // Dropped now so the VMM's collection of tids ends.
+            drop(ready);
+            go_rx
+                .recv()
+                .context("the VMM failed before the guest started")?;
+            let result = vcpu::run(vcpu, &plan, &halt, tid);
+            if result.is_err() {
+                // Bring the other vCPUs down too: the run has failed.
+                halt.store(true, Ordering::Relaxed);
+            }
+            result
+        })
+        .context("spawn a vCPU thread")?;
+    Ok(VcpuThread { handle, go })
+}
+
+/// Returns once every vCPU thread has ended, stopping them on request or at
+/// the deadline.
+fn watch(threads: &[VcpuThread], halt: &AtomicBool, stop: &StopHandle, deadline: Option<Instant>) {
+    loop {
+        let running: Vec<&VcpuThread> =
+            threads.iter().filter(|t| !t.handle.is_finished()).collect();
+        if running.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        if stop.is_requested() || deadline.is_some_and(|d| now >= d) {
+            halt.store(true, Ordering::Relaxed);
+        }
+        if halt.load(Ordering::Relaxed) {
+            // Kick again until each thread is out: a kick landing just before
+            // a thread re-enters KVM_RUN is lost.
+            for t in running {
+                // Fails only for a thread that has just ended.
+                let _ = t.handle.kill(vcpu::kick_signal());
+            }
+            thread::sleep(KICK_EVERY);
+        } else {
+            thread::sleep(deadline.map_or(POLL, |d| d.saturating_duration_since(now).min(POLL)));
+        }
+    }
+}
+
+fn join(t: VcpuThread) -> Result<Finished> {
+    t.handle
+        .join()
+        .map_err(|_| anyhow!("a vCPU thread panicked"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_takes_the_counts() {
+        let w = Workload {
+            vcpus: 2,
+            pio_user: 1,
+            pio_kernel: 2,
+            mmio_user: 3,
+            pio_in: 4,
+            ..Workload::default()
+        };
+        let p = plan(&w).unwrap();
+        assert_eq!(
+            p.round,
+            Round {
+                pio_user: 1,
+                pio_kernel: 2,
+                mmio_user: 3,
+                pio_in: 4
+            }
+        );
+    }
+
+    #[test]
+    fn plan_rejects_what_the_guest_cannot_do() {
+        let bad = [
+            Workload {
+                vcpus: 0,
+                ..Workload::default()
+            },
+            Workload {
+                vcpus: MAX_VCPUS + 1,
+                ..Workload::default()
+            },
+            Workload {
+                rate: Some(0),
+                ..Workload::default()
+            },
+            Workload {
+                pio_kernel: u64::from(u32::MAX) + 1,
+                ..Workload::default()
+            },
+        ];
+        for w in bad {
+            assert!(plan(&w).is_err(), "{w:?}");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! One vCPU thread's work: enter the guest, count every exit by kind, pace,
+//! and stop when asked.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use kvm_ioctls::VcpuExit;
+use libc::{c_int, c_void, siginfo_t};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use crate::counts::{ExitCounts, VcpuCounts};
+use crate::guest::{self, Round};
+use crate::pace::{self, Pacer};
+use crate::vm::Vcpu;
+
+/// What every vCPU runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    pub round: Round,
+    /// Start a new round after each `hlt` instead of finishing.
+    pub forever: bool,
+    pub rate: Option<u64>,
+}
+
+/// A vCPU's counts and when it was in the guest.
+pub(crate) struct Finished {
+    pub counts: VcpuCounts,
+    pub started: Instant,
+    pub ended: Instant,
+}
+
+/// Sent to a vCPU thread to get it out of KVM_RUN (which then fails with EINTR).
+pub fn kick_signal() -> c_int {
+    SIGRTMIN()
+}
+
+/// The kick must interrupt KVM_RUN without killing the process, so it needs
+/// a handler; the handler has nothing to do. Installing it twice is harmless.
+pub(crate) fn install_kick_handler() -> Result<()> {
+    extern "C" fn ignore(_: c_int, _: *mut siginfo_t, _: *mut c_void) {}
+    register_signal_handler(kick_signal(), ignore).context("install the vCPU kick signal handler")
+}
+
+/// Runs the guest on `vcpu` until its round ends (or forever), `stop` is set
+/// or the guest does something unexpected.
+pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> Result<Finished> {
+    let regs = guest::round_regs(&plan.round, vcpu.kernel_port);
+    vcpu.fd.set_regs(&regs).context("KVM_SET_REGS")?;
+    let mut exits = ExitCounts::default();
+    let mut other_reasons = BTreeMap::new();
+    let started = Instant::now();
+    let pacer = plan.rate.map(|rate| Pacer::new(rate, started));
+    while !stop.load(Ordering::Relaxed) {
+        let exit = match vcpu.fd.run() {
+            Ok(exit) => classify(exit),
+            // A signal (our kick) interrupted KVM_RUN, or KVM asks for a retry:
+            // no guest exit happened.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) => return Err(e).with_context(|| format!("KVM_RUN on vCPU {}", vcpu.index)),
+        };
+        match exit {
+            Exit::PioUser => exits.pio_user += 1,
+            Exit::PioIn => exits.pio_in += 1,
+            Exit::MmioUser => exits.mmio_user += 1,
+            Exit::Interrupted => continue,
+            Exit::Hlt => {
+                exits.hlt += 1;
+                if !plan.forever {
+                    break;
+                }
+                vcpu.fd.set_regs(&regs).context("KVM_SET_REGS")?;
+            }
+            Exit::Other(reason) => {
+                exits.other += 1;
+                *other_reasons.entry(reason).or_insert(0) += 1;
+                // The guest is off script; what it would do next is unknown.
+                break;
+            }
+        }
+        if let Some(pacer) = &pacer {
+            exits.pio_kernel += drain(&vcpu.ioeventfd)?;
+            pace::sleep_unless(pacer.delay(exits.total(), Instant::now()), || {
+                stop.load(Ordering::Relaxed)
+            });
+        }
+    }
+    let ended = Instant::now();
+    exits.pio_kernel += drain(&vcpu.ioeventfd)?;
+    let counts = VcpuCounts {
+        index: vcpu.index,
+        thread: thread::current().name().unwrap_or_default().to_string(),
+        tid,
+        pio_kernel_port: vcpu.kernel_port,
+        exits,
+        other_reasons,
+        run_ns: u64::try_from((ended - started).as_nanos()).unwrap_or(u64::MAX),
+    };
+    Ok(Finished {
+        counts,
+        started,
+        ended,
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Exit {
+    PioUser,
+    PioIn,
+    MmioUser,
+    Hlt,
+    Interrupted,
+    Other(String),
+}
+
+/// Sorts an exit into the kinds the guest makes on purpose. Answers `in`s
+/// on the way, as KVM completes the instruction on the next KVM_RUN.
+fn classify(exit: VcpuExit) -> Exit {
+    match exit {
+        VcpuExit::IoOut(guest::PIO_USER_PORT, _) => Exit::PioUser,
+        VcpuExit::IoIn(guest::PIO_IN_PORT, data) => {
+            data.fill(guest::PIO_IN_VALUE);
+            Exit::PioIn
+        }
+        VcpuExit::MmioWrite(guest::MMIO_ADDR, _) => Exit::MmioUser,
+        VcpuExit::Hlt => Exit::Hlt,
+        VcpuExit::Intr => Exit::Interrupted,
+        // Keep the reason short but specific: where the guest went astray.
+        VcpuExit::IoOut(port, _) => Exit::Other(format!("IoOut({port:#x})")),
+        VcpuExit::IoIn(port, _) => Exit::Other(format!("IoIn({port:#x})")),
+        VcpuExit::MmioWrite(addr, _) => Exit::Other(format!("MmioWrite({addr:#x})")),
+        VcpuExit::MmioRead(addr, _) => Exit::Other(format!("MmioRead({addr:#x})")),
+        other => Exit::Other(format!("{other:?}")),
+    }
+}
+
+/// Takes the ioeventfd's count (and resets it): `out`s KVM handled in the kernel.
+fn drain(eventfd: &EventFd) -> Result<u64> {
+    match eventfd.read() {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e).context("read ioeventfd"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_the_guest_exits() {
+        assert_eq!(
+            classify(VcpuExit::IoOut(guest::PIO_USER_PORT, &[0])),
+            Exit::PioUser
+        );
+        assert_eq!(
+            classify(VcpuExit::MmioWrite(guest::MMIO_ADDR, &[0])),
+            Exit::MmioUser
+        );
+        assert_eq!(classify(VcpuExit::Hlt), Exit::Hlt);
+        assert_eq!(classify(VcpuExit::Intr), Exit::Interrupted);
+    }
+
+    #[test]
+    fn answers_in() {
+        let mut data = [0u8];
+        assert_eq!(
+            classify(VcpuExit::IoIn(guest::PIO_IN_PORT, &mut data)),
+            Exit::PioIn
+        );
+        assert_eq!(data, [guest::PIO_IN_VALUE]);
+    }
+
+    #[test]
+    fn names_unexpected_exits() {
+        fn other(exit: VcpuExit) -> String {
+            match classify(exit) {
+                Exit::Other(reason) => reason,
+                e => panic!("{e:?} is not Other"),
+            }
+        }
+        assert_eq!(other(VcpuExit::IoOut(0x80, &[0])), "IoOut(0x80)");
+        assert_eq!(
+            other(VcpuExit::MmioRead(0xd0000, &mut [0])),
+            "MmioRead(0xd0000)"
+        );
+        assert_eq!(other(VcpuExit::Shutdown), "Shutdown");
+        assert_eq!(other(VcpuExit::Unsupported(99)), "Unsupported(99)");
+    }
+
+    #[test]
+    fn drain_counts_and_resets() {
+        let efd = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        assert_eq!(drain(&efd).unwrap(), 0);
+        efd.write(3).unwrap();
+        efd.write(2).unwrap();
+        assert_eq!(drain(&efd).unwrap(), 5);
+        assert_eq!(drain(&efd).unwrap(), 0);
+    }
+}
