@@ -94,17 +94,16 @@ pub fn start_cycle(pid: u32, tid: u32, st: &mut ThreadState, ts: u64) {
     st.stage_start = [0; HOOKED_STAGES];
 }
 
+/// An I/O access seen by `kvm_pio` / `kvm_mmio`.
+pub struct Io {
+    /// `flag::PIO` or `flag::MMIO`, plus `flag::WRITE`.
+    pub flags: u32,
+    pub addr: u64,
+    pub size: u32,
+}
+
 /// The exit has been identified as an I/O access (`kvm_pio` / `kvm_mmio`).
-pub fn identify_io(
-    pid: u32,
-    tid: u32,
-    st: &mut ThreadState,
-    bound: u32,
-    ts: u64,
-    io_flags: u32,
-    addr: u64,
-    size: u32,
-) {
+pub fn identify_io(pid: u32, tid: u32, st: &mut ThreadState, bound: u32, ts: u64, io: Io) {
     if bound == boundary::IDENT {
         // Each identified exit is its own cycle: the interval since the previous one.
         if st.open != 0 {
@@ -116,7 +115,7 @@ pub fn identify_io(
         st.cycle_start_ns = ts;
         st.flags |= flag::CYCLE_INTERVAL;
         st.space = space::TRACEPOINT as u32;
-        st.reason = if io_flags & flag::PIO != 0 {
+        st.reason = if io.flags & flag::PIO != 0 {
             kvmprof_common::tp_reason::PIO
         } else {
             kvmprof_common::tp_reason::MMIO
@@ -128,9 +127,9 @@ pub fn identify_io(
         return;
     }
     st.identified = 1;
-    st.flags |= io_flags;
-    st.io_addr = addr;
-    st.io_size = size;
+    st.flags |= io.flags;
+    st.io_addr = io.addr;
+    st.io_size = io.size;
 }
 
 /// `kvm:kvm_exit`: the vendor's exit reason for the open cycle.

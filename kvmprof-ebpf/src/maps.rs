@@ -41,7 +41,7 @@ pub fn traced_task(cfg: &Config) -> Option<(u32, u32)> {
     let tgid = (id >> 32) as u32;
     let tid = id as u32;
     // SAFETY: plain lookup; the value is only tested for presence.
-    if cfg.filter_pids != 0 && unsafe { PIDS.get(&tgid) }.is_none() {
+    if cfg.filter_pids != 0 && unsafe { PIDS.get(tgid) }.is_none() {
         return None;
     }
     Some((tgid, tid))
@@ -49,7 +49,7 @@ pub fn traced_task(cfg: &Config) -> Option<(u32, u32)> {
 
 /// The state of thread `tid`, created empty when missing.
 pub fn thread_state(tid: u32) -> Option<&'static mut ThreadState> {
-    if let Some(p) = THREADS.get_ptr_mut(&tid) {
+    if let Some(p) = THREADS.get_ptr_mut(tid) {
         // SAFETY: map value pointer valid for this program run; one thread = one writer.
         return Some(unsafe { &mut *p });
     }
@@ -58,16 +58,16 @@ pub fn thread_state(tid: u32) -> Option<&'static mut ThreadState> {
         vcpu_id: -1,
         ..ThreadState::default()
     };
-    if THREADS.insert(&tid, &fresh, 0).is_err() {
+    if THREADS.insert(tid, fresh, 0).is_err() {
         bump(counter::NO_STATE);
         return None;
     }
     // SAFETY: as above.
-    THREADS.get_ptr_mut(&tid).map(|p| unsafe { &mut *p })
+    THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
 }
 
 /// The state of thread `tid` if it exists (stage hooks never create state).
 pub fn existing_state(tid: u32) -> Option<&'static mut ThreadState> {
     // SAFETY: as in `thread_state`.
-    THREADS.get_ptr_mut(&tid).map(|p| unsafe { &mut *p })
+    THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
 }

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// The eBPF object built by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kvmprof"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kvmprof-ebpf"));
 
 /// Ring buffer size: at 100 ns per record drained, 8 MiB holds ~80k exits of backlog.
 const RING_BYTES: u32 = 8 << 20;
@@ -46,7 +46,7 @@ fn tracepoint_program(tp: &str) -> Option<&'static str> {
 
 pub fn load() -> Result<Ebpf> {
     EbpfLoader::new()
-        .set_max_entries("EVENTS", RING_BYTES)
+        .map_max_entries("EVENTS", RING_BYTES)
         .load(OBJECT)
         .map_err(|e| anyhow!("load eBPF object: {e}"))
 }
@@ -54,9 +54,10 @@ pub fn load() -> Result<Ebpf> {
 /// Tries to load one fentry program: the only way to learn whether this kernel (or its
 /// sandbox) allows BPF trampolines. The program is not attached.
 pub fn probe_fentry(facts: &Facts) -> Option<Result<(), String>> {
-    let target = facts.btf_funcs.iter().find(|f| {
-        facts.kallsyms.get(*f).is_some_and(|s| s.module.is_none())
-    })?;
+    let target = facts
+        .btf_funcs
+        .iter()
+        .find(|f| facts.kallsyms.get(*f).is_some_and(|s| s.module.is_none()))?;
     let btf = match Btf::from_sys_fs() {
         Ok(b) => b,
         Err(e) => return Some(Err(format!("vmlinux BTF: {e}"))),
@@ -72,32 +73,40 @@ pub fn probe_fentry(facts: &Facts) -> Option<Result<(), String>> {
 /// Attaches everything in `plan`, filtered to `pids` (all processes when empty).
 pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Result<()> {
     let cfg = config(plan, facts, !pids.is_empty())?;
-    let mut cfg_map: Array<_, Config> = Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
+    let mut cfg_map: Array<_, Config> =
+        Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
     cfg_map.set(0, cfg, 0)?;
-    let mut pid_map: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("PIDS").context("PIDS map")?)?;
+    let mut pid_map: HashMap<_, u32, u8> =
+        HashMap::try_from(ebpf.map_mut("PIDS").context("PIDS map")?)?;
     for p in pids {
         pid_map.insert(p, 1, 0)?;
     }
 
     for tp in &plan.tracepoints {
-        let name = tracepoint_program(tp).with_context(|| format!("no program for tracepoint {tp}"))?;
+        let name =
+            tracepoint_program(tp).with_context(|| format!("no program for tracepoint {tp}"))?;
         let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
         let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
-        prog.load().map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
+        prog.load()
+            .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
         prog.attach(cat, ev)
             .map_err(|e| anyhow!("attach tracepoint {tp}: {}", describe(&e)))?;
     }
 
     let mut btf = None;
     for sp in &plan.stages {
-        let Some(stem) = program_stem(sp.stage) else { continue };
+        let Some(stem) = program_stem(sp.stage) else {
+            continue;
+        };
         let sym = sp.symbol.as_str();
         match sp.mode {
             Mode::Kprobe => {
                 for (prefix, what) in [("kp_", "kprobe"), ("krp_", "kretprobe")] {
                     let name = format!("{prefix}{stem}");
-                    let prog: &mut KProbe = ebpf.program_mut(&name).context(name.clone())?.try_into()?;
-                    prog.load().map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
+                    let prog: &mut KProbe =
+                        ebpf.program_mut(&name).context(name.clone())?.try_into()?;
+                    prog.load()
+                        .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
                     prog.attach(sym, 0)
                         .map_err(|e| anyhow!("{what} on {sym} refused: {}", describe(&e)))?;
                 }
@@ -108,13 +117,18 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
                 }
                 let btf = btf.as_ref().context("BTF")?;
                 let name = format!("fe_{stem}");
-                let prog: &mut FEntry = ebpf.program_mut(&name).context(name.clone())?.try_into()?;
-                prog.load(sym, btf).map_err(|e| anyhow!("fentry on {sym} refused: {}", describe(&e)))?;
-                prog.attach().map_err(|e| anyhow!("fentry on {sym}: {}", describe(&e)))?;
+                let prog: &mut FEntry =
+                    ebpf.program_mut(&name).context(name.clone())?.try_into()?;
+                prog.load(sym, btf)
+                    .map_err(|e| anyhow!("fentry on {sym} refused: {}", describe(&e)))?;
+                prog.attach()
+                    .map_err(|e| anyhow!("fentry on {sym}: {}", describe(&e)))?;
                 let name = format!("fx_{stem}");
                 let prog: &mut FExit = ebpf.program_mut(&name).context(name.clone())?.try_into()?;
-                prog.load(sym, btf).map_err(|e| anyhow!("fexit on {sym} refused: {}", describe(&e)))?;
-                prog.attach().map_err(|e| anyhow!("fexit on {sym}: {}", describe(&e)))?;
+                prog.load(sym, btf)
+                    .map_err(|e| anyhow!("fexit on {sym} refused: {}", describe(&e)))?;
+                prog.attach()
+                    .map_err(|e| anyhow!("fexit on {sym}: {}", describe(&e)))?;
             }
             Mode::Tracepoint | Mode::Unavailable => {}
         }
@@ -152,8 +166,8 @@ fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
 
 /// The kernel's answer inside an aya error: the innermost OS error where there is one
 /// (aya's outer messages repeat the verifier log, which says nothing for EPERM).
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut cur: Option<&dyn std::error::Error> = Some(e);
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             return io.to_string();

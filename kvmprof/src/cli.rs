@@ -6,7 +6,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::plan::HookPref;
 
 #[derive(Parser)]
-#[command(name = "kvmprof", version, about = "eBPF profiler of KVM VM exits", propagate_version = true)]
+#[command(
+    name = "kvmprof",
+    version,
+    about = "eBPF profiler of KVM VM exits",
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -43,8 +48,19 @@ pub struct HookArgs {
 #[derive(Args)]
 pub struct RecordArgs {
     /// Process to profile: a pid or a name matched like pgrep (`qemu`). Repeatable.
-    #[arg(short, long = "pid", value_name = "PID|NAME", required = true)]
+    #[arg(
+        short,
+        long = "pid",
+        value_name = "PID|NAME",
+        required_unless_present = "command"
+    )]
     pub pids: Vec<String>,
+    /// Also write every exit as one JSON object per line (raw data for your own analysis).
+    #[arg(long, value_name = "FILE")]
+    pub exits: Option<PathBuf>,
+    /// Start this VMM command and record it from its first instruction (after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
     /// Stop after this long (`30`, `10s`, `2m`, `500ms`); default: until Ctrl-C or exit.
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -153,25 +169,33 @@ pub struct GuestArgs {
     pub pio_kernel: u64,
     #[arg(long, default_value_t = 300)]
     pub mmio: u64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 50)]
     pub pio_in: u64,
-    /// Wait before the first KVM_RUN so a profiler can attach.
-    #[arg(long, value_parser = parse_duration, default_value = "0s")]
-    pub start_delay: Duration,
+    /// Write the guest's exit counts (JSON) here instead of stdout.
+    #[arg(long)]
+    pub counts: Option<PathBuf>,
 }
 
 /// `30`, `30s`, `2m`, `1h`, `500ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration '{s}' (try 10s, 2m, 500ms)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration '{s}' (try 10s, 2m, 500ms)"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1e3,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit '{unit}' in '{s}' (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit '{unit}' in '{s}' (use ms, s, m or h)"
+            ))
+        }
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("invalid duration '{s}'"));

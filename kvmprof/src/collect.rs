@@ -86,9 +86,17 @@ pub fn to_exit(r: &ExitRecord, vcpu: Option<u32>) -> Exit {
     };
     let write = r.flags & flag::WRITE != 0;
     let access = if r.flags & flag::PIO != 0 {
-        Some(Access::Pio { port: r.io_addr as u16, size: r.io_size, write })
+        Some(Access::Pio {
+            port: r.io_addr as u16,
+            size: r.io_size,
+            write,
+        })
     } else if r.flags & flag::MMIO != 0 {
-        Some(Access::Mmio { gpa: r.io_addr, size: r.io_size, write })
+        Some(Access::Mmio {
+            gpa: r.io_addr,
+            size: r.io_size,
+            write,
+        })
     } else {
         None
     };
@@ -99,9 +107,16 @@ pub fn to_exit(r: &ExitRecord, vcpu: Option<u32>) -> Exit {
     Exit {
         pid: r.pid,
         tid: r.tid,
-        vcpu: if r.vcpu_id >= 0 { Some(r.vcpu_id as u32) } else { vcpu },
+        vcpu: if r.vcpu_id >= 0 {
+            Some(r.vcpu_id as u32)
+        } else {
+            vcpu
+        },
         ts_ns: r.ts_ns,
-        reason: Reason { space, code: r.reason },
+        reason: Reason {
+            space,
+            code: r.reason,
+        },
         userspace_reason: (r.flags & flag::USERSPACE != 0).then_some(r.user_reason),
         access,
         stages,
@@ -142,7 +157,10 @@ fn from_thread_name(pid: u32, tid: u32) -> Option<u32> {
 }
 
 pub fn parse_thread_name(comm: &str) -> Option<u32> {
-    comm.strip_prefix("CPU ")?.strip_suffix("/KVM")?.parse().ok()
+    comm.strip_prefix("CPU ")?
+        .strip_suffix("/KVM")?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -151,7 +169,14 @@ mod tests {
     use crate::model::Stage;
 
     fn rec(kind: u8, tid: u32, flags: u32) -> ExitRecord {
-        ExitRecord { kind, tid, pid: 1, flags, vcpu_id: -1, ..Default::default() }
+        ExitRecord {
+            kind,
+            tid,
+            pid: 1,
+            flags,
+            vcpu_id: -1,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -184,7 +209,14 @@ mod tests {
         d.io_addr = 0x60;
         d.io_size = 1;
         j.push(&d, None, &mut out);
-        assert_eq!(out[0].access, Some(Access::Pio { port: 0x60, size: 1, write: false }));
+        assert_eq!(
+            out[0].access,
+            Some(Access::Pio {
+                port: 0x60,
+                size: 1,
+                write: false
+            })
+        );
     }
 
     #[test]
@@ -195,7 +227,11 @@ mod tests {
         assert_eq!(out.len(), 1);
         j.push(&rec(kind::EXIT, 2, flag::USERSPACE), None, &mut out);
         j.push(&rec(kind::EXIT, 2, flag::USERSPACE), None, &mut out);
-        assert_eq!(out.len(), 2, "a second exit of the thread releases the first");
+        assert_eq!(
+            out.len(),
+            2,
+            "a second exit of the thread releases the first"
+        );
         j.flush(&mut out);
         assert_eq!(out.len(), 3);
         j.push(&rec(kind::RESUME, 9, 0), None, &mut out);

@@ -65,7 +65,12 @@ impl Facts {
         }
         let traceable = fs::read_to_string(Path::new(TRACEFS).join("available_filter_functions"))
             .ok()
-            .map(|t| t.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect());
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| l.split_whitespace().next())
+                    .map(str::to_string)
+                    .collect()
+            });
         Ok(Facts {
             release,
             kallsyms: parse_kallsyms(&kallsyms),
@@ -114,7 +119,10 @@ fn read_btf_funcs(funcs: &[&str]) -> Result<std::collections::HashSet<String>> {
     let btf = aya::Btf::from_sys_fs().context("parse vmlinux BTF")?;
     Ok(funcs
         .iter()
-        .filter(|f| btf.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func).is_ok())
+        .filter(|f| {
+            btf.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func)
+                .is_ok()
+        })
         .map(|f| f.to_string())
         .collect())
 }
@@ -143,15 +151,23 @@ pub fn parse_format(text: &str) -> HashMap<String, u32> {
     let mut out = HashMap::new();
     for line in text.lines() {
         let line = line.trim();
-        let Some(rest) = line.strip_prefix("field:") else { continue };
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
         let mut parts = rest.split(';');
-        let (Some(decl), Some(off)) = (parts.next(), parts.next()) else { continue };
+        let (Some(decl), Some(off)) = (parts.next(), parts.next()) else {
+            continue;
+        };
         let name = decl
             .split_whitespace()
             .last()
             .map(|n| n.split('[').next().unwrap_or(n))
             .unwrap_or_default();
-        if let Some(v) = off.trim().strip_prefix("offset:").and_then(|v| v.parse().ok()) {
+        if let Some(v) = off
+            .trim()
+            .strip_prefix("offset:")
+            .and_then(|v| v.parse().ok())
+        {
             out.insert(name.to_string(), v);
         }
     }

@@ -81,87 +81,137 @@ pub fn plan_for_host(hooks: HookPref) -> Result<(Facts, Plan)> {
     Ok((facts, plan))
 }
 
-pub async fn run(
+/// An attached session, not yet draining. Splitting start from run lets callers announce
+/// "recording" only once every hook is in place, and release a held child (`record -- CMD`).
+pub struct Session {
     opts: Options,
-    mut on_tick: impl FnMut(&Aggregate, &Status) -> ControlFlow<()>,
-) -> Result<Outcome> {
-    target::preflight()?;
-    let (facts, plan) = plan_for_host(opts.hooks)?;
-    let mut ebpf = attach::load()?;
-    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
-    let counters_map: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
-    let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
-    attach::attach(&mut ebpf, &plan, &facts, &pids)?;
-
-    let started = SystemTime::now();
-    let t0 = Instant::now();
-    let mut agg = Aggregate::new(opts.interval.as_nanos() as u64);
-    let mut joiner = Joiner::default();
-    let mut vcpus = VcpuResolver::default();
-    let mut ring = AsyncFd::new(ring).context("poll ring buffer")?;
-    let mut batch: Vec<Exit> = Vec::new();
-    let mut tick = tokio::time::interval(opts.tick);
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut exited: Vec<Target> = Vec::new();
-
-    let stop = loop {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut joiner, &mut vcpus, &mut batch);
-                guard.clear_ready();
-                batch.drain(..).for_each(|e| agg.add(&e));
-            }
-            _ = tick.tick() => {
-                for t in &opts.targets {
-                    if !target::alive(t.pid) && !exited.contains(t) {
-                        exited.push(t.clone());
-                    }
-                }
-                if !opts.targets.is_empty() && exited.len() == opts.targets.len() {
-                    break Stop::TargetsExited;
-                }
-                if opts.duration.is_some_and(|d| t0.elapsed() >= d) {
-                    break Stop::Duration;
-                }
-                let status = Status {
-                    plan: &plan,
-                    elapsed: t0.elapsed(),
-                    counters: read_counters(&counters_map),
-                    exited: &exited,
-                };
-                if on_tick(&agg, &status).is_break() {
-                    break Stop::Caller;
-                }
-            }
-            _ = sigint.recv() => break Stop::Signal("SIGINT"),
-            _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
-        }
-    };
-    let elapsed = t0.elapsed();
-    // Detach first so no record can arrive after the final drain.
-    drop(ebpf);
-    drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
-    joiner.flush(&mut batch);
-    batch.drain(..).for_each(|e| agg.add(&e));
-    let counters = read_counters(&counters_map);
-    agg.add_lost(counters.lost);
-    Ok(Outcome {
-        aggregate: agg,
-        plan,
-        facts,
-        counters,
-        stop,
-        started,
-        elapsed,
-        exited,
-        orphans: joiner.orphans,
-    })
+    facts: Facts,
+    plan: Plan,
+    // Held only to keep the programs attached; dropping it detaches them.
+    ebpf: aya::Ebpf,
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
 }
 
-fn drain(ring: &mut RingBuf<MapData>, joiner: &mut Joiner, vcpus: &mut VcpuResolver, out: &mut Vec<Exit>) {
+impl Session {
+    pub fn start(opts: Options) -> Result<Session> {
+        target::preflight()?;
+        let (facts, plan) = plan_for_host(opts.hooks)?;
+        let mut ebpf = attach::load()?;
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+        let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
+        attach::attach(&mut ebpf, &plan, &facts, &pids)?;
+        Ok(Session {
+            opts,
+            facts,
+            plan,
+            ebpf,
+            ring,
+            counters,
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Drains until a stop condition; `sink` also sees every exit (for `--exits`).
+    pub async fn run(
+        self,
+        mut on_tick: impl FnMut(&Aggregate, &Status) -> ControlFlow<()>,
+        mut sink: impl FnMut(&Exit) -> Result<()>,
+    ) -> Result<Outcome> {
+        let Session {
+            opts,
+            facts,
+            plan,
+            ebpf,
+            ring,
+            counters,
+        } = self;
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        let mut agg = Aggregate::new(opts.interval.as_nanos() as u64);
+        let mut joiner = Joiner::default();
+        let mut vcpus = VcpuResolver::default();
+        // SAFETY: the ring buffer map owns its fd and outlives the registration (both are
+        // dropped together at the end of this function).
+        let mut ring = unsafe { AsyncFd::register(ring) }.context("poll ring buffer")?;
+        let mut batch: Vec<Exit> = Vec::new();
+        let mut tick = tokio::time::interval(opts.tick);
+        let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+        let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+        let mut exited: Vec<Target> = Vec::new();
+
+        let stop = loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    drain(guard.get_inner_mut(), &mut joiner, &mut vcpus, &mut batch);
+                    guard.clear_ready();
+                    for e in batch.drain(..) {
+                        sink(&e)?;
+                        agg.add(&e);
+                    }
+                }
+                _ = tick.tick() => {
+                    for t in &opts.targets {
+                        if !target::alive(t.pid) && !exited.contains(t) {
+                            exited.push(t.clone());
+                        }
+                    }
+                    if !opts.targets.is_empty() && exited.len() == opts.targets.len() {
+                        break Stop::TargetsExited;
+                    }
+                    if opts.duration.is_some_and(|d| t0.elapsed() >= d) {
+                        break Stop::Duration;
+                    }
+                    let status = Status {
+                        plan: &plan,
+                        elapsed: t0.elapsed(),
+                        counters: read_counters(&counters),
+                        exited: &exited,
+                    };
+                    if on_tick(&agg, &status).is_break() {
+                        break Stop::Caller;
+                    }
+                }
+                _ = sigint.recv() => break Stop::Signal("SIGINT"),
+                _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
+            }
+        };
+        let elapsed = t0.elapsed();
+        // Detach first so no record can arrive after the final drain.
+        drop(ebpf);
+        drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
+        joiner.flush(&mut batch);
+        for e in batch.drain(..) {
+            sink(&e)?;
+            agg.add(&e);
+        }
+        let counters = read_counters(&counters);
+        agg.add_lost(counters.lost);
+        Ok(Outcome {
+            aggregate: agg,
+            plan,
+            facts,
+            counters,
+            stop,
+            started,
+            elapsed,
+            exited,
+            orphans: joiner.orphans,
+        })
+    }
+}
+
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    joiner: &mut Joiner,
+    vcpus: &mut VcpuResolver,
+    out: &mut Vec<Exit>,
+) {
     while let Some(item) = ring.next() {
         if item.len() < std::mem::size_of::<ExitRecord>() {
             continue;

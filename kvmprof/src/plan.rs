@@ -62,10 +62,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn stage(&self, s: Stage) -> Option<&StagePlan> {
-        self.stages.iter().find(|p| p.stage == s)
-    }
-
     /// One line saying how the cycle is measured, for report headers.
     pub fn cycle_source(&self) -> &'static str {
         match self.boundary {
@@ -104,7 +100,12 @@ pub fn candidate_functions() -> Vec<&'static str> {
 
 /// Plans every stage for this kernel.
 pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
-    for tp in ["syscalls/sys_enter_ioctl", "kvm/kvm_userspace_exit", "kvm/kvm_pio", "kvm/kvm_mmio"] {
+    for tp in [
+        "syscalls/sys_enter_ioctl",
+        "kvm/kvm_userspace_exit",
+        "kvm/kvm_pio",
+        "kvm/kvm_mmio",
+    ] {
         if !f.tracepoints.contains_key(tp) {
             bail!("tracepoint {tp} is missing: this kernel has no KVM tracing (CONFIG_KVM, CONFIG_FTRACE_SYSCALLS)");
         }
@@ -128,13 +129,20 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
         stages.push(plan_function(f, pref, stage, symbols, kvm_entry_usable));
     }
     if pref != HookPref::Auto && pref != HookPref::Tracepoint {
-        let forced = if pref == HookPref::Fentry { Mode::Fentry } else { Mode::Kprobe };
+        let forced = if pref == HookPref::Fentry {
+            Mode::Fentry
+        } else {
+            Mode::Kprobe
+        };
         if let Some(vr) = stages.iter().find(|s| s.stage == Stage::VendorRun) {
             if vr.mode != forced {
                 bail!(
                     "--hooks {} is impossible here: {}",
                     forced.name(),
-                    vr.rejected.iter().find(|r| r.starts_with(forced.name())).map_or("", |r| r)
+                    vr.rejected
+                        .iter()
+                        .find(|r| r.starts_with(forced.name()))
+                        .map_or("", |r| r)
                 );
             }
         }
@@ -168,21 +176,37 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
     } else {
         boundary::IDENT
     };
-    let mut tracepoints: Vec<String> = ["syscalls/sys_enter_ioctl", "kvm/kvm_userspace_exit", "kvm/kvm_pio", "kvm/kvm_mmio"]
-        .map(String::from)
-        .to_vec();
+    let mut tracepoints: Vec<String> = [
+        "syscalls/sys_enter_ioctl",
+        "kvm/kvm_userspace_exit",
+        "kvm/kvm_pio",
+        "kvm/kvm_mmio",
+    ]
+    .map(String::from)
+    .to_vec();
     if kvm_exit_usable {
         tracepoints.push("kvm/kvm_exit".into());
     }
     if boundary == boundary::KVM_ENTRY {
         tracepoints.push("kvm/kvm_entry".into());
     }
-    Ok(Plan { vendor, stages, boundary, tracepoints })
+    Ok(Plan {
+        vendor,
+        stages,
+        boundary,
+        tracepoints,
+    })
 }
 
 /// Plans one function-bounded stage: the first of `symbols` present on this kernel, then
 /// the best mode allowed by `pref`.
-fn plan_function(f: &Facts, pref: HookPref, stage: Stage, symbols: &[&str], kvm_entry: bool) -> StagePlan {
+fn plan_function(
+    f: &Facts,
+    pref: HookPref,
+    stage: Stage,
+    symbols: &[&str],
+    kvm_entry: bool,
+) -> StagePlan {
     let mut rejected = Vec::new();
     let present = symbols.iter().find(|s| f.kallsyms.contains_key(**s));
     let fallback = |rejected: Vec<String>| tracepoint_fallback(stage, symbols, kvm_entry, rejected);
@@ -196,7 +220,9 @@ fn plan_function(f: &Facts, pref: HookPref, stage: Stage, symbols: &[&str], kvm_
     let sym = sym.to_string();
     if let Some(t) = &f.traceable {
         if !t.contains(&sym) {
-            rejected.push(format!("fentry/kprobe: {sym} is notrace (not in available_filter_functions)"));
+            rejected.push(format!(
+                "fentry/kprobe: {sym} is notrace (not in available_filter_functions)"
+            ));
             return fallback(rejected);
         }
     }
@@ -207,7 +233,9 @@ fn plan_function(f: &Facts, pref: HookPref, stage: Stage, symbols: &[&str], kvm_
     let fentry_why = if !want(HookPref::Fentry) {
         Some("fentry: not requested (--hooks)".to_string())
     } else if let Some(m) = &module {
-        Some(format!("fentry: {sym} is in module {m}; aya can only fentry vmlinux functions"))
+        Some(format!(
+            "fentry: {sym} is in module {m}; aya can only fentry vmlinux functions"
+        ))
     } else if !f.btf_funcs.contains(&sym) {
         Some(format!("fentry: {sym} has no vmlinux BTF entry"))
     } else if let Some(Err(e)) = &f.fentry {
@@ -216,7 +244,14 @@ fn plan_function(f: &Facts, pref: HookPref, stage: Stage, symbols: &[&str], kvm_
         None
     };
     match fentry_why {
-        None => return StagePlan { stage, symbol: sym, mode: Mode::Fentry, rejected },
+        None => {
+            return StagePlan {
+                stage,
+                symbol: sym,
+                mode: Mode::Fentry,
+                rejected,
+            }
+        }
         Some(w) => rejected.push(w),
     }
     let kprobe_why = if !want(HookPref::Kprobe) {
@@ -227,7 +262,12 @@ fn plan_function(f: &Facts, pref: HookPref, stage: Stage, symbols: &[&str], kvm_
         None
     };
     match kprobe_why {
-        None => StagePlan { stage, symbol: sym, mode: Mode::Kprobe, rejected },
+        None => StagePlan {
+            stage,
+            symbol: sym,
+            mode: Mode::Kprobe,
+            rejected,
+        },
         Some(w) => {
             rejected.push(w);
             fallback(rejected)
@@ -235,11 +275,25 @@ fn plan_function(f: &Facts, pref: HookPref, stage: Stage, symbols: &[&str], kvm_
     }
 }
 
-fn tracepoint_fallback(stage: Stage, symbols: &[&str], kvm_entry: bool, mut rejected: Vec<String>) -> StagePlan {
+fn tracepoint_fallback(
+    stage: Stage,
+    symbols: &[&str],
+    kvm_entry: bool,
+    mut rejected: Vec<String>,
+) -> StagePlan {
     let (symbol, mode) = match stage {
-        Stage::Cycle if kvm_entry => ("kvm:kvm_entry .. next kvm:kvm_entry".to_string(), Mode::Tracepoint),
-        Stage::Cycle => ("interval between kvm:kvm_pio/kvm_mmio/KVM_RUN events".to_string(), Mode::Tracepoint),
-        Stage::VendorRun if kvm_entry => ("kvm:kvm_entry .. kvm:kvm_exit".to_string(), Mode::Tracepoint),
+        Stage::Cycle if kvm_entry => (
+            "kvm:kvm_entry .. next kvm:kvm_entry".to_string(),
+            Mode::Tracepoint,
+        ),
+        Stage::Cycle => (
+            "interval between kvm:kvm_pio/kvm_mmio/KVM_RUN events".to_string(),
+            Mode::Tracepoint,
+        ),
+        Stage::VendorRun if kvm_entry => (
+            "kvm:kvm_entry .. kvm:kvm_exit".to_string(),
+            Mode::Tracepoint,
+        ),
         _ => {
             if stage == Stage::VendorRun {
                 rejected.push("tracepoint: kvm_entry/kvm_exit do not fire for this backend".into());
@@ -247,5 +301,10 @@ fn tracepoint_fallback(stage: Stage, symbols: &[&str], kvm_entry: bool, mut reje
             (symbols.join("/"), Mode::Unavailable)
         }
     };
-    StagePlan { stage, symbol, mode, rejected }
+    StagePlan {
+        stage,
+        symbol,
+        mode,
+        rejected,
+    }
 }

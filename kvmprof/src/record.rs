@@ -1,37 +1,105 @@
 //! `kvmprof record`, `kvmprof demo` and the hidden `kvmprof guest`.
 use std::{
+    fs::File,
+    io::{BufWriter, Write},
     ops::ControlFlow,
-    process::{Command, Stdio},
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    cli::{DemoArgs, GuestArgs, RecordArgs},
+    cli::{By, DemoArgs, Format, GuestArgs, RecordArgs},
     datafile,
-    live::{self, Outcome, Stop},
+    live::{self, Outcome, Session, Stop},
+    model::Exit,
+    plan::HookPref,
+    report,
+    spawn::spawn_held,
     target::{self, Target},
 };
 
 pub async fn record(a: RecordArgs) -> Result<()> {
     target::preflight()?;
-    let targets = target::resolve(&a.pids)?;
-    let names: Vec<String> = targets.iter().map(|t| format!("{} ({})", t.pid, t.name)).collect();
-    eprintln!("kvmprof: recording {}; Ctrl-C to stop", names.join(", "));
-    let opts = live::Options {
-        targets: targets.clone(),
-        hooks: a.hooks.hooks,
-        duration: a.duration,
-        tick: Duration::from_millis(100),
-        interval: a.interval,
+    let mut targets = target::resolve(&a.pids)?;
+    let held = if a.command.is_empty() {
+        None
+    } else {
+        let h = spawn_held(&a.command)?;
+        targets.push(Target {
+            pid: h.pid(),
+            name: a.command[0].clone(),
+        });
+        Some(h)
     };
-    let out = live::run(opts, |_, _| ControlFlow::Continue(())).await?;
+    let session = Session::start(options(
+        targets.clone(),
+        a.hooks.hooks,
+        a.duration,
+        a.interval,
+    ))?;
+    announce(&session, &targets);
+    let child = held.map(|h| h.release());
+    let out = run_with_exits(session, a.exits.as_deref()).await?;
+    if let Some(mut c) = child {
+        // The recording ended with the command (or on a signal it also got): reap it.
+        let _ = c.wait();
+    }
     finish(&out, &targets, &a.output)
 }
 
+fn options(
+    targets: Vec<Target>,
+    hooks: HookPref,
+    duration: Option<Duration>,
+    interval: Duration,
+) -> live::Options {
+    live::Options {
+        targets,
+        hooks,
+        duration,
+        tick: Duration::from_millis(100),
+        interval,
+    }
+}
+
+fn announce(session: &Session, targets: &[Target]) {
+    let names: Vec<String> = targets
+        .iter()
+        .map(|t| format!("{} ({})", t.pid, t.name))
+        .collect();
+    eprintln!(
+        "kvmprof: recording {} on {}; Ctrl-C to stop",
+        names.join(", "),
+        session.plan().vendor.label()
+    );
+}
+
+/// Runs the session, writing every exit to `exits` (JSON Lines) when asked.
+async fn run_with_exits(session: Session, exits: Option<&Path>) -> Result<Outcome> {
+    let mut w = match exits {
+        Some(p) => Some(BufWriter::new(
+            File::create(p).with_context(|| format!("create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let sink = |e: &Exit| -> Result<()> {
+        if let Some(w) = w.as_mut() {
+            serde_json::to_writer(&mut *w, e)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    };
+    let out = session.run(|_, _| ControlFlow::Continue(()), sink).await?;
+    if let Some(mut w) = w {
+        w.flush().context("write the exits file")?;
+    }
+    Ok(out)
+}
+
 /// Says why recording stopped, writes the data file and a one-line summary.
-fn finish(out: &Outcome, targets: &[Target], path: &std::path::Path) -> Result<()> {
+fn finish(out: &Outcome, targets: &[Target], path: &Path) -> Result<()> {
     match &out.stop {
         Stop::TargetsExited => {
             for t in &out.exited {
@@ -56,41 +124,69 @@ fn finish(out: &Outcome, targets: &[Target], path: &std::path::Path) -> Result<(
         out.counters.lost,
         path.display()
     );
+    if out.orphans > 0 {
+        eprintln!(
+            "kvmprof: {} VMM round trips followed exits from before recording began (not counted)",
+            out.orphans
+        );
+    }
     Ok(())
 }
 
-/// Runs the built-in guest in a child process, records it to the end and prints the report
-/// next to the counts the guest itself made, so the first look is also a self-check.
+/// Runs the built-in guest, records it from its first instruction to its end, and prints
+/// the report next to the guest's own count of its exits: a first look and a self-check.
 pub async fn demo(a: DemoArgs) -> Result<()> {
     target::preflight()?;
     let exe = std::env::current_exe().context("locate the kvmprof executable")?;
-    let child = Command::new(exe)
-        .args(["guest", "--vcpus", &a.vcpus.to_string(), "--start-delay", "2s"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start the demo guest")?;
-    let t = Target { pid: child.id(), name: "kvmprof-guest".into() };
-    eprintln!("kvmprof: demo guest {} with {} vCPUs; recording it to the end", t.pid, a.vcpus);
-    let opts = live::Options {
-        targets: vec![t.clone()],
-        hooks: a.hooks.hooks,
-        duration: None,
-        tick: Duration::from_millis(50),
-        interval: Duration::from_secs(1),
+    let argv: Vec<String> = vec![
+        exe.to_string_lossy().into_owned(),
+        "guest".into(),
+        "--vcpus".into(),
+        a.vcpus.to_string(),
+        "--counts".into(),
+        counts_path(&a.output).to_string_lossy().into_owned(),
+    ];
+    let held = spawn_held(&argv)?;
+    let t = Target {
+        pid: held.pid(),
+        name: "kvmprof guest".into(),
     };
-    let out = live::run(opts, |_, _| ControlFlow::Continue(())).await?;
-    let guest = child.wait_with_output().context("wait for the demo guest")?;
-    if !guest.status.success() {
-        bail!("the demo guest failed ({})", guest.status);
+    let session = Session::start(options(
+        vec![t.clone()],
+        a.hooks.hooks,
+        None,
+        Duration::from_secs(1),
+    ))?;
+    announce(&session, std::slice::from_ref(&t));
+    let mut child = held.release();
+    let out = session
+        .run(|_, _| ControlFlow::Continue(()), |_| Ok(()))
+        .await;
+    let status = child.wait().context("wait for the demo guest")?;
+    let out = out?;
+    if !status.success() {
+        bail!("the demo guest failed ({status})");
     }
     finish(&out, &[t], &a.output)?;
     let (header, agg) = datafile::read(&a.output)?;
-    print!("{}", crate::report::render(&header, &agg, crate::cli::By::Reason, crate::cli::Format::Table));
-    println!("\nThe guest's own count of the exits it caused:\n{}", String::from_utf8_lossy(&guest.stdout).trim());
+    print!(
+        "{}",
+        report::render(&header, &agg, By::Reason, Format::Table)
+    );
+    let counts =
+        std::fs::read_to_string(counts_path(&a.output)).context("read the guest's counts")?;
+    println!(
+        "\nThe guest's own count of the exits it caused:\n{}",
+        counts.trim()
+    );
     Ok(())
 }
 
-/// The built-in test guest (`kvmprof-testvmm` as a library): prints its exact counts.
+fn counts_path(data: &Path) -> PathBuf {
+    data.with_extension("guest.json")
+}
+
+/// The built-in test guest (`kvmprof-testvmm` as a library).
 pub fn guest(a: &GuestArgs) -> Result<()> {
     let w = kvmprof_testvmm::Workload {
         vcpus: a.vcpus,
@@ -98,10 +194,13 @@ pub fn guest(a: &GuestArgs) -> Result<()> {
         pio_kernel: a.pio_kernel,
         mmio_user: a.mmio,
         pio_in: a.pio_in,
-        start_delay_ms: a.start_delay.as_millis() as u64,
         ..Default::default()
     };
     let counts = kvmprof_testvmm::run(&w)?;
-    println!("{}", serde_json::to_string_pretty(&counts)?);
+    let json = serde_json::to_string_pretty(&counts)?;
+    match &a.counts {
+        Some(p) => std::fs::write(p, json).with_context(|| format!("write {}", p.display()))?,
+        None => println!("{json}"),
+    }
     Ok(())
 }

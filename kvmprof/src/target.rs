@@ -50,13 +50,19 @@ fn by_name(pattern: &str) -> Result<Vec<Target>> {
     let mut out = Vec::new();
     for entry in fs::read_dir("/proc").context("read /proc")? {
         let Ok(entry) = entry else { continue };
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me {
             continue;
         }
-        let Some(comm) = process_name(pid) else { continue };
+        let Some(comm) = process_name(pid) else {
+            continue;
+        };
         let exe = fs::read_to_string(format!("/proc/{pid}/cmdline"))
             .ok()
             .and_then(|c| c.split('\0').next().map(str::to_string))
@@ -96,7 +102,9 @@ mod tests {
     fn unknown_pid_and_name_are_errors() {
         let e = resolve(&["4294967295".into()]).unwrap_err().to_string();
         assert!(e.contains("no process with pid"), "{e}");
-        let e = resolve(&["no-such-process-xyz".into()]).unwrap_err().to_string();
+        let e = resolve(&["no-such-process-xyz".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no running process matches"), "{e}");
     }
 

@@ -56,8 +56,13 @@ fn try_pio(ctx: &TracePointContext) -> Option<u32> {
             return Some(0);
         }
     }
-    let io = flag::PIO | if write { flag::WRITE } else { 0 };
-    exit::identify_io(pid, tid, st, cfg.boundary, ts, io, port as u64, size);
+    let flags = flag::PIO | if write { flag::WRITE } else { 0 };
+    let io = exit::Io {
+        flags,
+        addr: port as u64,
+        size,
+    };
+    exit::identify_io(pid, tid, st, cfg.boundary, ts, io);
     Some(0)
 }
 
@@ -85,8 +90,13 @@ fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
             return Some(0);
         }
     }
-    let io = flag::MMIO | if ty == MMIO_WRITE { flag::WRITE } else { 0 };
-    exit::identify_io(pid, tid, st, cfg.boundary, exit::now(), io, gpa, len);
+    let flags = flag::MMIO | if ty == MMIO_WRITE { flag::WRITE } else { 0 };
+    let io = exit::Io {
+        flags,
+        addr: gpa,
+        size: len,
+    };
+    exit::identify_io(pid, tid, st, cfg.boundary, exit::now(), io);
     st.mmio_unsatisfied = (ty == MMIO_UNSATISFIED_READ) as u32;
     Some(0)
 }
@@ -108,8 +118,19 @@ fn try_exit(ctx: &TracePointContext) -> Option<u32> {
         )
     };
     let st = maps::existing_state(tid)?;
-    let sp = if isa == KVM_ISA_VMX { space::VMX } else { space::SVM };
-    exit::identify_reason(st, cfg.boundary, exit::now(), sp as u32, reason, vcpu as i32);
+    let sp = if isa == KVM_ISA_VMX {
+        space::VMX
+    } else {
+        space::SVM
+    };
+    exit::identify_reason(
+        st,
+        cfg.boundary,
+        exit::now(),
+        sp as u32,
+        reason,
+        vcpu as i32,
+    );
     Some(0)
 }
 

@@ -49,6 +49,24 @@ macro_rules! stage_hooks {
 }
 
 stage_hooks!(stage::CYCLE, kp_cycle, krp_cycle, fe_cycle, fx_cycle);
-stage_hooks!(stage::VENDOR_RUN, kp_vendor_run, krp_vendor_run, fe_vendor_run, fx_vendor_run);
-stage_hooks!(stage::HANDLER, kp_handler, krp_handler, fe_handler, fx_handler);
-stage_hooks!(stage::FAST_PIO, kp_fast_pio, krp_fast_pio, fe_fast_pio, fx_fast_pio);
+stage_hooks!(
+    stage::VENDOR_RUN,
+    kp_vendor_run,
+    krp_vendor_run,
+    fe_vendor_run,
+    fx_vendor_run
+);
+stage_hooks!(
+    stage::HANDLER,
+    kp_handler,
+    krp_handler,
+    fe_handler,
+    fx_handler
+);
+stage_hooks!(
+    stage::FAST_PIO,
+    kp_fast_pio,
+    krp_fast_pio,
+    fe_fast_pio,
+    fx_fast_pio
+);

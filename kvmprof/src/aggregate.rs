@@ -1,0 +1,617 @@
+//! Exit statistics: exact counts and HDR latency histograms per (process, vCPU, reason) and
+//! stage, a ports/addresses table, and per-interval histograms for the time series.
+//!
+//! Knows nothing of where exits come from: live capture and trace import both feed
+//! [`Exit`]s through [`Aggregate::add`].
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use hdrhistogram::serialization::{
+    DeserializeError, Deserializer, Serializer as _, V2DeflateSerializeError, V2DeflateSerializer,
+};
+use hdrhistogram::Histogram;
+use kvmprof_common::STAGES;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Access, Exit, Reason, Stage};
+
+/// Longest duration a histogram tracks (one hour); longer values are clamped to it.
+pub const MAX_NS: u64 = 3_600 * 1_000_000_000;
+
+/// Shortest interval of the time series: the interval log stores timestamps in milliseconds.
+pub const MIN_INTERVAL_NS: u64 = 1_000_000;
+
+/// Significant decimal digits of every histogram (values are exact to ±0.1%).
+const SIGFIG: u8 = 3;
+
+/// What exits are grouped by. Every report grouping (reason, vCPU, process) is a union of keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Key {
+    pub pid: u32,
+    pub vcpu: Option<u32>,
+    pub reason: Reason,
+}
+
+/// The durations of one stage.
+#[derive(Clone, Debug)]
+pub struct StageStats {
+    /// Durations in ns, clamped to [`MAX_NS`]. `hist.len()` is the number of exits in which
+    /// the stage was measured.
+    pub hist: Histogram<u64>,
+    /// Exact sum of the recorded durations (the histogram only approximates it), for shares
+    /// of time.
+    pub sum_ns: u64,
+}
+
+impl StageStats {
+    fn new() -> Self {
+        StageStats {
+            hist: new_histogram(),
+            sum_ns: 0,
+        }
+    }
+
+    fn record(&mut self, ns: u64) {
+        record(&mut self.hist, ns);
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+    }
+
+    fn merge(&mut self, other: &StageStats) {
+        add_histogram(&mut self.hist, &other.hist);
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+    }
+}
+
+/// Everything known about the exits of one key (or a union of keys, see [`KeyStats::merge`]).
+#[derive(Clone, Debug, Default)]
+pub struct KeyStats {
+    /// Every exit, whether or not any stage was measured.
+    pub count: u64,
+    /// Exits that went to the VMM, by KVM_EXIT_* code. On SVM/VMX such exits are grouped
+    /// under the vendor reason (`io`), and this says how many of them KVM could not finish.
+    pub userspace: BTreeMap<u32, u64>,
+    /// Indexed by [`Stage::index`]; `None` when the stage was never measured.
+    pub stages: [Option<StageStats>; STAGES],
+}
+
+impl KeyStats {
+    /// Exits that went to the VMM.
+    pub fn userspace_count(&self) -> u64 {
+        self.userspace.values().sum()
+    }
+
+    pub fn stage(&self, stage: Stage) -> Option<&StageStats> {
+        self.stages[stage.index()].as_ref()
+    }
+
+    /// Adds `other` into `self` (e.g. to group keys by reason across vCPUs).
+    pub fn merge(&mut self, other: &KeyStats) {
+        self.count += other.count;
+        for (&code, &n) in &other.userspace {
+            *self.userspace.entry(code).or_default() += n;
+        }
+        for (mine, theirs) in self.stages.iter_mut().zip(&other.stages) {
+            if let Some(theirs) = theirs {
+                mine.get_or_insert_with(StageStats::new).merge(theirs);
+            }
+        }
+    }
+}
+
+/// The address space of an I/O access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoSpace {
+    Pio,
+    Mmio,
+}
+
+/// One row of the ports/addresses table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortKey {
+    pub pid: u32,
+    pub space: IoSpace,
+    /// Port (PIO) or guest physical address (MMIO).
+    pub addr: u64,
+    pub write: bool,
+    /// The exit reason the access was attributed to.
+    pub reason: Reason,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStats {
+    pub count: u64,
+    /// Accesses that the VMM handled.
+    pub userspace: u64,
+}
+
+/// All statistics of a recording.
+#[derive(Clone, Debug)]
+pub struct Aggregate {
+    interval_ns: u64,
+    keys: BTreeMap<Key, KeyStats>,
+    ports: BTreeMap<PortKey, PortStats>,
+    lost: u64,
+    /// Earliest and latest exit timestamp.
+    span: Option<(u64, u64)>,
+    intervals: Intervals,
+}
+
+impl Aggregate {
+    /// `interval_ns` is the length of one interval of the time series (at least
+    /// [`MIN_INTERVAL_NS`]). Intervals are aligned to multiples of it on the exits' clock, so
+    /// aggregates of the same clock merge interval by interval.
+    pub fn new(interval_ns: u64) -> Self {
+        Aggregate {
+            interval_ns: interval_ns.max(MIN_INTERVAL_NS),
+            keys: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            lost: 0,
+            span: None,
+            intervals: Intervals::default(),
+        }
+    }
+
+    /// Counts `e` and records each of its measured stages.
+    pub fn add(&mut self, e: &Exit) {
+        let key = Key {
+            pid: e.pid,
+            vcpu: e.vcpu,
+            reason: e.reason,
+        };
+        let idx = e.ts_ns / self.interval_ns;
+        let stats = self.keys.entry(key).or_default();
+        stats.count += 1;
+        if let Some(code) = e.userspace_reason {
+            *stats.userspace.entry(code).or_default() += 1;
+        }
+        for stage in Stage::ALL {
+            if let Some(ns) = e.stages[stage.index()] {
+                let ns = ns.min(MAX_NS);
+                stats.stages[stage.index()]
+                    .get_or_insert_with(StageStats::new)
+                    .record(ns);
+                record(self.intervals.hist(idx, key, stage), ns);
+            }
+        }
+        self.intervals.advance(idx);
+        if let Some(access) = e.access {
+            let (space, addr, write) = match access {
+                Access::Pio { port, write, .. } => (IoSpace::Pio, u64::from(port), write),
+                Access::Mmio { gpa, write, .. } => (IoSpace::Mmio, gpa, write),
+            };
+            let port = PortKey {
+                pid: e.pid,
+                space,
+                addr,
+                write,
+                reason: e.reason,
+            };
+            let stats = self.ports.entry(port).or_default();
+            stats.count += 1;
+            stats.userspace += u64::from(e.userspace_reason.is_some());
+        }
+        self.extend_span(e.ts_ns, e.ts_ns);
+    }
+
+    /// Records that `n` exits were lost (ring buffer full).
+    pub fn add_lost(&mut self, n: u64) {
+        self.lost = self.lost.saturating_add(n);
+    }
+
+    pub fn interval_ns(&self) -> u64 {
+        self.interval_ns
+    }
+
+    pub fn keys(&self) -> &BTreeMap<Key, KeyStats> {
+        &self.keys
+    }
+
+    pub fn ports(&self) -> &BTreeMap<PortKey, PortStats> {
+        &self.ports
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Earliest and latest exit timestamp, `None` before the first exit.
+    pub fn span(&self) -> Option<(u64, u64)> {
+        self.span
+    }
+
+    /// Exits counted, over all keys.
+    pub fn total_exits(&self) -> u64 {
+        self.keys.values().map(|s| s.count).sum()
+    }
+
+    /// Summed duration of `stage` over all keys: the denominator of shares of time.
+    pub fn stage_sum_ns(&self, stage: Stage) -> u64 {
+        self.keys
+            .values()
+            .filter_map(|s| s.stage(stage))
+            .fold(0, |sum, s| sum.saturating_add(s.sum_ns))
+    }
+
+    /// Calls `f(start_ns, key, stage, histogram)` for every interval histogram in order of
+    /// interval start, then key and stage. `start_ns` is on the exits' clock.
+    pub fn for_each_interval(
+        &self,
+        mut f: impl FnMut(u64, Key, Stage, &Histogram<u64>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        for (idx, key, stage) in self.intervals.ids() {
+            let hist = self.intervals.get(idx, key, stage)?;
+            f(idx * self.interval_ns, key, stage, &hist)?;
+        }
+        Ok(())
+    }
+
+    /// Restores the counters of a key saved by [`crate::datafile`]; its histograms come back
+    /// through [`Aggregate::restore_interval`].
+    pub fn restore_key(
+        &mut self,
+        key: Key,
+        count: u64,
+        userspace: BTreeMap<u32, u64>,
+        sums: [Option<u64>; STAGES],
+    ) {
+        let stats = self.keys.entry(key).or_default();
+        stats.count = count;
+        stats.userspace = userspace;
+        for (stage, sum) in stats.stages.iter_mut().zip(sums) {
+            if let Some(sum_ns) = sum {
+                stage.get_or_insert_with(StageStats::new).sum_ns = sum_ns;
+            }
+        }
+    }
+
+    /// Restores a row of the ports table saved by [`crate::datafile`].
+    pub fn restore_port(&mut self, port: PortKey, stats: PortStats) {
+        self.ports.insert(port, stats);
+    }
+
+    /// Restores the timestamp span saved by [`crate::datafile`].
+    pub fn restore_span(&mut self, first: u64, last: u64) {
+        self.extend_span(first, last);
+    }
+
+    /// Restores an interval histogram saved by [`crate::datafile`]: `hist` starts at
+    /// `start_ns` and `blob` is its compressed encoding, kept as is to spare re-encoding.
+    /// Adds to the key's totals, not to exact sums or counts.
+    pub fn restore_interval(
+        &mut self,
+        start_ns: u64,
+        key: Key,
+        stage: Stage,
+        hist: &Histogram<u64>,
+        blob: Vec<u8>,
+    ) {
+        let stats = self.keys.entry(key).or_default().stages[stage.index()]
+            .get_or_insert_with(StageStats::new);
+        add_histogram(&mut stats.hist, hist);
+        let idx = start_ns / self.interval_ns;
+        let id = (idx, key, stage);
+        let live = self
+            .intervals
+            .open
+            .get(&idx)
+            .is_some_and(|s| s.contains_key(&(key, stage)));
+        if live || self.intervals.closed.contains_key(&id) {
+            // The same series twice: add them up.
+            self.add_to_interval(start_ns, key, stage, hist);
+        } else {
+            self.intervals.closed.insert(id, blob);
+            self.intervals.newest = self.intervals.newest.max(idx);
+        }
+    }
+
+    /// Adds `hist` to the time series only.
+    fn add_to_interval(&mut self, start_ns: u64, key: Key, stage: Stage, hist: &Histogram<u64>) {
+        let idx = start_ns / self.interval_ns;
+        add_histogram(self.intervals.hist(idx, key, stage), hist);
+        self.intervals.advance(idx);
+    }
+
+    fn extend_span(&mut self, first: u64, last: u64) {
+        self.span = Some(match self.span {
+            Some((a, b)) => (a.min(first), b.max(last)),
+            None => (first, last),
+        });
+    }
+}
+
+/// Per-interval histograms. A recording may span hours of intervals times hundreds of
+/// (key, stage) series, too many live histograms (tens of KiB each) to keep, so only the
+/// two newest intervals stay live (exits from several CPUs arrive slightly out of order) and
+/// older ones are closed into their compressed V2 encoding, typically a few hundred bytes.
+/// A late exit for a closed interval reopens it.
+#[derive(Clone, Debug, Default)]
+struct Intervals {
+    /// Highest interval index seen.
+    newest: u64,
+    open: BTreeMap<u64, BTreeMap<(Key, Stage), Histogram<u64>>>,
+    closed: BTreeMap<(u64, Key, Stage), Vec<u8>>,
+}
+
+impl Intervals {
+    /// The live histogram of a series in interval `idx`, reopening it if it was closed.
+    fn hist(&mut self, idx: u64, key: Key, stage: Stage) -> &mut Histogram<u64> {
+        let closed = &mut self.closed;
+        self.open
+            .entry(idx)
+            .or_default()
+            .entry((key, stage))
+            .or_insert_with(|| {
+                closed
+                    .remove(&(idx, key, stage))
+                    // Only blobs encoded by `close_before` are stored: they decode.
+                    .and_then(|blob| decode(&blob).ok())
+                    .unwrap_or_else(new_histogram)
+            })
+    }
+
+    /// Notes that interval `idx` has been written to and closes intervals that are now old.
+    fn advance(&mut self, idx: u64) {
+        self.newest = self.newest.max(idx);
+        self.close_before(self.newest.saturating_sub(1));
+    }
+
+    fn close_before(&mut self, idx: u64) {
+        if self.open.first_key_value().is_none_or(|(&k, _)| k >= idx) {
+            return;
+        }
+        let keep = self.open.split_off(&idx);
+        for (k, series) in std::mem::replace(&mut self.open, keep) {
+            for ((key, stage), hist) in series {
+                match encode(&hist) {
+                    Ok(blob) => {
+                        self.closed.insert((k, key, stage), blob);
+                    }
+                    // Encoding into memory does not fail; should it, the interval stays live.
+                    Err(_) => {
+                        self.open.entry(k).or_default().insert((key, stage), hist);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every series of every interval, sorted.
+    fn ids(&self) -> Vec<(u64, Key, Stage)> {
+        let open = self
+            .open
+            .iter()
+            .flat_map(|(&idx, series)| series.keys().map(move |&(key, stage)| (idx, key, stage)));
+        let mut ids: Vec<_> = self.closed.keys().copied().chain(open).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn get(&self, idx: u64, key: Key, stage: Stage) -> anyhow::Result<Cow<'_, Histogram<u64>>> {
+        if let Some(hist) = self.open.get(&idx).and_then(|s| s.get(&(key, stage))) {
+            return Ok(Cow::Borrowed(hist));
+        }
+        let blob = self
+            .closed
+            .get(&(idx, key, stage))
+            .context("no such interval histogram")?;
+        Ok(Cow::Owned(decode(blob)?))
+    }
+}
+
+/// An empty histogram: values from 1 ns with [`SIGFIG`] digits, growing as larger values
+/// arrive so that memory follows the largest value seen, not the hour it could hold.
+pub fn new_histogram() -> Histogram<u64> {
+    let mut h = Histogram::new_with_bounds(1, 2, SIGFIG).expect("1..2 at 3 digits is valid");
+    h.auto(true);
+    h
+}
+
+/// Records `ns` (at most [`MAX_NS`]), growing the histogram as needed.
+fn record(h: &mut Histogram<u64>, ns: u64) {
+    if h.record(ns).is_err() {
+        // Growing fails only when the counts array would not fit in memory.
+        h.saturating_record(ns);
+    }
+}
+
+/// Adds `src` into `dst`, growing `dst` as needed.
+fn add_histogram(dst: &mut Histogram<u64>, src: &Histogram<u64>) {
+    if dst.add(src).is_err() {
+        // As in `record`: clamp rather than lose the samples.
+        for v in src.iter_recorded() {
+            dst.saturating_record_n(v.value_iterated_to(), v.count_at_value());
+        }
+    }
+}
+
+/// The compressed V2 encoding of `h` (what interval logs carry, base64'd).
+pub fn encode(h: &Histogram<u64>) -> Result<Vec<u8>, V2DeflateSerializeError> {
+    let mut blob = Vec::new();
+    V2DeflateSerializer::new().serialize(h, &mut blob)?;
+    Ok(blob)
+}
+
+/// Decodes a V2 (compressed or not) histogram; the result grows like [`new_histogram`].
+pub fn decode(blob: &[u8]) -> Result<Histogram<u64>, DeserializeError> {
+    let mut h: Histogram<u64> = Deserializer::new().deserialize(&mut &blob[..])?;
+    h.auto(true);
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ReasonSpace;
+
+    const SEC: u64 = 1_000_000_000;
+    const IO: Reason = Reason {
+        space: ReasonSpace::Svm,
+        code: 0x7b,
+    };
+    const HLT: Reason = Reason {
+        space: ReasonSpace::Svm,
+        code: 0x78,
+    };
+
+    fn exit(vcpu: u32, reason: Reason, ts_ns: u64, cycle: Option<u64>) -> Exit {
+        let mut stages = [None; STAGES];
+        stages[Stage::Cycle.index()] = cycle;
+        Exit {
+            pid: 100,
+            tid: 101,
+            vcpu: Some(vcpu),
+            ts_ns,
+            reason,
+            userspace_reason: None,
+            access: None,
+            stages,
+        }
+    }
+
+    fn key(vcpu: u32, reason: Reason) -> Key {
+        Key {
+            pid: 100,
+            vcpu: Some(vcpu),
+            reason,
+        }
+    }
+
+    /// Within the histogram's ±0.1% resolution.
+    fn close(actual: u64, expected: u64) -> bool {
+        actual.abs_diff(expected) * 1000 <= expected
+    }
+
+    #[test]
+    fn counts_every_exit_and_records_measured_stages() {
+        let mut a = Aggregate::new(SEC);
+        for i in 1..=1000 {
+            a.add(&exit(0, IO, i * 1000, Some(i * 10)));
+        }
+        a.add(&exit(0, IO, 2_000_000, None));
+        let mut e = exit(1, HLT, 3_000_000, Some(50));
+        e.userspace_reason = Some(5);
+        a.add(&e);
+
+        let io = &a.keys()[&key(0, IO)];
+        assert_eq!(io.count, 1001);
+        let cycle = io.stage(Stage::Cycle).expect("cycle measured");
+        assert_eq!(cycle.hist.len(), 1000);
+        assert_eq!(cycle.sum_ns, 10 * 1000 * 1001 / 2);
+        assert!(io.stage(Stage::Handler).is_none());
+        assert!(close(cycle.hist.value_at_quantile(0.5), 5000));
+        assert!(close(cycle.hist.value_at_quantile(0.99), 9900));
+        assert!(close(cycle.hist.max(), 10_000));
+        assert_eq!(a.keys()[&key(1, HLT)].userspace_count(), 1);
+        assert_eq!(a.total_exits(), 1002);
+        assert_eq!(a.span(), Some((1000, 3_000_000)));
+        assert_eq!(a.stage_sum_ns(Stage::Cycle), 10 * 1000 * 1001 / 2 + 50);
+    }
+
+    #[test]
+    fn share_of_time() {
+        let mut a = Aggregate::new(SEC);
+        a.add(&exit(0, IO, 1, Some(300)));
+        a.add(&exit(0, HLT, 2, Some(100)));
+        a.add(&exit(1, HLT, 3, Some(600)));
+        let total = a.stage_sum_ns(Stage::Cycle);
+        let hlt: u64 = [0, 1]
+            .map(|v| {
+                a.keys()[&key(v, HLT)]
+                    .stage(Stage::Cycle)
+                    .map_or(0, |s| s.sum_ns)
+            })
+            .iter()
+            .sum();
+        assert_eq!((hlt, total), (700, 1000));
+    }
+
+    #[test]
+    fn values_are_clamped_to_an_hour() {
+        let mut a = Aggregate::new(SEC);
+        a.add(&exit(0, IO, 1, Some(u64::MAX)));
+        let s = &a.keys()[&key(0, IO)].stages[0];
+        let s = s.as_ref().expect("recorded");
+        assert_eq!(s.sum_ns, MAX_NS);
+        assert!(close(s.hist.max(), MAX_NS));
+    }
+
+    #[test]
+    fn ports_table() {
+        let mut a = Aggregate::new(SEC);
+        let mut e = exit(0, IO, 1, None);
+        e.access = Some(Access::Pio {
+            port: 0x3f8,
+            size: 1,
+            write: true,
+        });
+        a.add(&e);
+        e.userspace_reason = Some(2);
+        a.add(&e);
+        e.access = Some(Access::Mmio {
+            gpa: 0xfee0_0000,
+            size: 4,
+            write: false,
+        });
+        a.add(&e);
+        let pio = PortKey {
+            pid: 100,
+            space: IoSpace::Pio,
+            addr: 0x3f8,
+            write: true,
+            reason: IO,
+        };
+        assert_eq!(
+            a.ports()[&pio],
+            PortStats {
+                count: 2,
+                userspace: 1
+            }
+        );
+        assert_eq!(a.ports().len(), 2);
+    }
+
+    fn interval_counts(a: &Aggregate) -> Vec<(u64, Key, u64)> {
+        let mut out = Vec::new();
+        a.for_each_interval(|start, key, _, h| {
+            out.push((start, key, h.len()));
+            Ok(())
+        })
+        .expect("intervals decode");
+        out
+    }
+
+    #[test]
+    fn intervals_close_as_time_advances_and_reopen_for_late_exits() {
+        let mut a = Aggregate::new(SEC);
+        for s in 0..10 {
+            a.add(&exit(0, IO, s * SEC + 5, Some(100)));
+            a.add(&exit(0, IO, s * SEC + 6, Some(200)));
+        }
+        assert_eq!(a.intervals.open.len(), 2);
+        assert_eq!(a.intervals.closed.len(), 8);
+        // A late exit for interval 3.
+        a.add(&exit(0, IO, 3 * SEC + 7, Some(300)));
+        let counts = interval_counts(&a);
+        assert_eq!(counts.len(), 10);
+        for (i, (start, k, n)) in counts.into_iter().enumerate() {
+            assert_eq!((start, k), (i as u64 * SEC, key(0, IO)));
+            assert_eq!(n, if i == 3 { 3 } else { 2 });
+        }
+        assert_eq!(a.intervals.open.len(), 2, "interval 3 was closed again");
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let mut h = new_histogram();
+        for v in [1, 10, 1000, 123_456, MAX_NS] {
+            record(&mut h, v);
+        }
+        let blob = encode(&h).expect("encodes");
+        let back = decode(&blob).expect("decodes");
+        assert_eq!(back, h);
+        assert!(decode(&blob[..blob.len() / 2]).is_err());
+        assert!(decode(b"garbage").is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! `flamegraph`: draws where the time of imported exit cycles goes, as an SVG flame graph
+//! (inferno) of the exit path weighted by time, and as the folded stacks it is drawn from
+//! (for `inferno-flamegraph`, speedscope and friends).
+use crate::cli::FlameArgs;
+use crate::ftrace::{self, Folded, Import};
+use crate::model::Stage;
+use anyhow::{bail, Context, Result};
+use inferno::flamegraph::{self, color::BasicPalette, Palette};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+/// `kvmprof flamegraph -i TRACE... -o OUT.svg [--folded OUT.folded]`.
+pub fn command(args: &FlameArgs) -> Result<()> {
+    let import = ftrace::import(&args.inputs)?;
+    write(&import, &args.output, args.folded.as_deref())?;
+    eprintln!(
+        "{}: {} exits ({}); {}",
+        args.output.display(),
+        import.exits.len(),
+        import.vendor.label(),
+        import.stats
+    );
+    Ok(())
+}
+
+/// Writes the flame graph of `import` to `svg`, and its folded stacks to `folded` if given.
+pub fn write(import: &Import, svg: &Path, folded: Option<&Path>) -> Result<()> {
+    if let Some(path) = folded {
+        let text = folded_text(&import.folded);
+        std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    let file = File::create(svg).with_context(|| format!("{}: cannot create", svg.display()))?;
+    let mut out = BufWriter::new(file);
+    render(import, &mut out)?;
+    out.flush()
+        .with_context(|| format!("{}: cannot write", svg.display()))
+}
+
+/// One `frame;frame;frame ns` line per stack, the format inferno and FlameGraph read.
+pub fn folded_text(folded: &Folded) -> String {
+    folded
+        .iter()
+        .map(|(stack, ns)| format!("{stack} {ns}\n"))
+        .collect()
+}
+
+fn render(import: &Import, out: impl Write) -> Result<()> {
+    if import.folded.values().all(|&ns| ns == 0) {
+        bail!("no time in the exit path to draw");
+    }
+    let mut options = flamegraph::Options::default();
+    options.title = format!("kvmprof: VM exit path ({})", import.vendor.label());
+    options.subtitle = Some(subtitle(import));
+    options.count_name = "ns".to_owned();
+    options.colors = Palette::Basic(BasicPalette::Hot);
+    // Colour by function name so that the same function looks the same in every graph.
+    options.hash = true;
+    let text = folded_text(&import.folded);
+    // inferno expects the lines sorted by stack, which a BTreeMap already gives.
+    flamegraph::from_lines(&mut options, text.lines(), out).context("drawing the flame graph")
+}
+
+/// How many exits the graph sums, and their mean cycle.
+fn subtitle(import: &Import) -> String {
+    let exits = import.exits.len();
+    let cycles: Vec<u64> = import
+        .exits
+        .iter()
+        .filter_map(|e| e.stages[Stage::Cycle.index()])
+        .collect();
+    let total_ns: u128 = cycles.iter().map(|&ns| u128::from(ns)).sum();
+    let mean_ns = total_ns / cycles.len().max(1) as u128;
+    let plural = if exits == 1 { "" } else { "s" };
+    format!(
+        "{exits} exit{plural}, mean cycle {:.3} us; width = time spent in each function",
+        mean_ns as f64 / 1000.0
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed_import(name: &str) -> Import {
+        let path = format!(
+            "{}/tests/fixtures/ftrace/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        ftrace::import(&[path]).unwrap()
+    }
+
+    #[test]
+    fn folded_lines() {
+        let folded = Folded::from([("a;b".to_owned(), 5), ("a".to_owned(), 2)]);
+        assert_eq!(folded_text(&folded), "a 2\na;b 5\n");
+    }
+
+    #[test]
+    fn svg_names_the_vendor_and_the_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svg, folded) = (dir.path().join("amd.svg"), dir.path().join("amd.folded"));
+        let import = seed_import("amd.txt");
+        write(&import, &svg, Some(&folded)).unwrap();
+
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.starts_with("<?xml"));
+        assert!(text.contains("kvmprof: VM exit path (AMD SVM)"));
+        assert!(text.contains("1 exit, mean cycle 7.915 us;"));
+        // the root spans the whole cycle, the vendor run its 3.206 us
+        assert!(text.contains("<title>vcpu_enter_guest (7,915 ns, 100.00%)</title>"));
+        assert!(text.contains("<title>svm_vcpu_run (3,206 ns, 40.51%)</title>"));
+        assert!(text.contains("<title>kvm_fast_pio (2,594 ns, 32.77%)</title>"));
+
+        let lines = std::fs::read_to_string(&folded).unwrap();
+        let total: u64 = lines
+            .lines()
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(total, 7915);
+    }
+
+    #[test]
+    fn unwritable_outputs_are_errors() {
+        let import = seed_import("intel.txt");
+        let err = write(&import, Path::new("/nonexistent/x.svg"), None).unwrap_err();
+        assert_eq!(err.to_string(), "/nonexistent/x.svg: cannot create");
+    }
+}

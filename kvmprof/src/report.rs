@@ -1,0 +1,700 @@
+//! What `kvmprof report` prints: per-group counts, rates, shares and stage latencies, the
+//! per-reason stage breakdown (cycle ⊃ vendor run + handler ⊃ PIO fast path) and the ports
+//! table, as an aligned table or as JSON with the same numbers.
+//!
+//! Both formats render one [`Report`] built from the header and aggregate, so they never
+//! disagree.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, Write as _};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
+use crate::cli::{By, Format, ReportArgs};
+use crate::datafile::{self, Header, HookUse};
+use crate::model::{Reason, ReasonSpace, Stage};
+use crate::units;
+use crate::vendor::reason_name;
+
+/// `kvmprof report`: reads the data file and prints its report.
+pub fn command(a: &ReportArgs) -> Result<()> {
+    let (h, agg) = datafile::read(&a.input)?;
+    let text = render(&h, &agg, a.by, a.format);
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `kvmprof report | head` is not an error.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("write the report to stdout"),
+    }
+}
+
+/// Renders the report of a recording.
+pub fn render(h: &Header, a: &Aggregate, by: By, format: Format) -> String {
+    let report = build(h, a, by);
+    match format {
+        Format::Table => table(&report),
+        // Plain structs with string keys and numbers: serialization cannot fail.
+        Format::Json => serde_json::to_string_pretty(&report).expect("report serializes") + "\n",
+    }
+}
+
+/// Stages of the exit cycle shown in the breakdown, with their nesting depth.
+const NESTING: [(Stage, usize); 4] = [
+    (Stage::Cycle, 0),
+    (Stage::VendorRun, 1),
+    (Stage::Handler, 1),
+    (Stage::FastPio, 2),
+];
+
+/// Rows of the ports table in the text format (JSON has them all).
+const TOP_PORTS: usize = 20;
+
+#[derive(Serialize)]
+struct Report<'a> {
+    header: &'a Header,
+    vendor_label: &'static str,
+    /// Recording length used for rates.
+    duration_ns: u64,
+    total_exits: u64,
+    lost: u64,
+    by: &'static str,
+    groups: Vec<Group>,
+    breakdown: Vec<Breakdown>,
+    ports: Vec<PortRow>,
+}
+
+#[derive(Serialize)]
+struct Group {
+    label: String,
+    pid: Option<u32>,
+    vcpu: Option<u32>,
+    reason: Option<Reason>,
+    count: u64,
+    /// Exits that went to the VMM.
+    userspace: u64,
+    rate_per_s: f64,
+    /// Share of all exits.
+    exit_share: f64,
+    /// Share of the summed cycle time of all exits; `None` when no cycle was measured.
+    cycle_time_share: Option<f64>,
+    /// Measured stages only.
+    stages: Vec<StageRow>,
+}
+
+#[derive(Serialize)]
+struct StageRow {
+    stage: Stage,
+    samples: u64,
+    sum_ns: u64,
+    mean_ns: u64,
+    p50_ns: u64,
+    p90_ns: u64,
+    p99_ns: u64,
+    p999_ns: u64,
+    max_ns: u64,
+}
+
+impl StageRow {
+    fn new(stage: Stage, s: &StageStats) -> Self {
+        let q = |q| s.hist.value_at_quantile(q);
+        let samples = s.hist.len();
+        StageRow {
+            stage,
+            samples,
+            sum_ns: s.sum_ns,
+            mean_ns: s.sum_ns.checked_div(samples).unwrap_or(0),
+            p50_ns: q(0.5),
+            p90_ns: q(0.9),
+            p99_ns: q(0.99),
+            p999_ns: q(0.999),
+            max_ns: s.hist.max(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Breakdown {
+    reason: Reason,
+    label: String,
+    count: u64,
+    stages: Vec<BreakdownRow>,
+}
+
+#[derive(Serialize)]
+struct BreakdownRow {
+    stage: Stage,
+    /// The hooked function, from the header.
+    symbol: Option<String>,
+    depth: usize,
+    samples: u64,
+    p50_ns: u64,
+    p99_ns: u64,
+    max_ns: u64,
+    /// Summed time of the stage over summed cycle time; `None` without a cycle.
+    cycle_share: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct PortRow {
+    pid: u32,
+    space: IoSpace,
+    addr: u64,
+    write: bool,
+    reason: Reason,
+    reason_name: String,
+    count: u64,
+    userspace: u64,
+}
+
+/// Group identity; its order is the tie-break of the table's order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum GroupId {
+    Reason(Reason),
+    Vcpu(u32, Option<u32>),
+    Pid(u32),
+}
+
+fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
+    let duration_ns = match (h.duration_ns, a.span()) {
+        (0, Some((first, last))) => last - first,
+        (d, _) => d,
+    };
+    let total_exits = a.total_exits();
+    let total_cycle_ns = a.stage_sum_ns(Stage::Cycle);
+
+    let mut grouped: BTreeMap<GroupId, KeyStats> = BTreeMap::new();
+    let mut by_reason: BTreeMap<Reason, KeyStats> = BTreeMap::new();
+    for (key, stats) in a.keys() {
+        let id = match by {
+            By::Reason => GroupId::Reason(key.reason),
+            By::Vcpu => GroupId::Vcpu(key.pid, key.vcpu),
+            By::Pid => GroupId::Pid(key.pid),
+        };
+        grouped.entry(id).or_default().merge(stats);
+        by_reason.entry(key.reason).or_default().merge(stats);
+    }
+
+    let mut groups: Vec<Group> = grouped
+        .into_iter()
+        .map(|(id, stats)| {
+            let (pid, vcpu, reason) = match id {
+                GroupId::Reason(r) => (None, None, Some(r)),
+                GroupId::Vcpu(p, v) => (Some(p), v, None),
+                GroupId::Pid(p) => (Some(p), None, None),
+            };
+            let cycle_ns = stats.stage(Stage::Cycle).map_or(0, |s| s.sum_ns);
+            Group {
+                label: group_label(h, id),
+                pid,
+                vcpu,
+                reason,
+                count: stats.count,
+                userspace: stats.userspace_count(),
+                rate_per_s: rate(stats.count, duration_ns),
+                exit_share: units::ratio(stats.count, total_exits),
+                cycle_time_share: (total_cycle_ns > 0)
+                    .then(|| units::ratio(cycle_ns, total_cycle_ns)),
+                stages: Stage::ALL
+                    .into_iter()
+                    .filter_map(|s| stats.stage(s).map(|st| StageRow::new(s, st)))
+                    .filter(|row| row.samples > 0)
+                    .collect(),
+            }
+        })
+        .collect();
+    // Stable sort: equal counts keep the group order.
+    groups.sort_by_key(|x| std::cmp::Reverse(x.count));
+
+    let mut breakdown: Vec<Breakdown> = by_reason
+        .iter()
+        .filter_map(|(&reason, stats)| breakdown(h, reason, stats))
+        .collect();
+    breakdown.sort_by_key(|x| std::cmp::Reverse(x.count));
+
+    let mut ports: Vec<PortRow> = a
+        .ports()
+        .iter()
+        .map(|(p, s)| PortRow {
+            pid: p.pid,
+            space: p.space,
+            addr: p.addr,
+            write: p.write,
+            reason: p.reason,
+            reason_name: reason_name(p.reason),
+            count: s.count,
+            userspace: s.userspace,
+        })
+        .collect();
+    ports.sort_by_key(|x| std::cmp::Reverse(x.count));
+
+    Report {
+        header: h,
+        vendor_label: h.vendor.label(),
+        duration_ns,
+        total_exits,
+        lost: a.lost(),
+        by: match by {
+            By::Reason => "reason",
+            By::Vcpu => "vcpu",
+            By::Pid => "pid",
+        },
+        groups,
+        breakdown,
+        ports,
+    }
+}
+
+/// Exits per second over `duration_ns`; 0 for an empty recording.
+fn rate(count: u64, duration_ns: u64) -> f64 {
+    units::ratio(count, duration_ns) * 1e9
+}
+
+fn group_label(h: &Header, id: GroupId) -> String {
+    match id {
+        GroupId::Reason(r) => reason_name(r),
+        GroupId::Vcpu(pid, Some(v)) => format!("pid {pid} vcpu {v}"),
+        GroupId::Vcpu(pid, None) => format!("pid {pid} vcpu ?"),
+        GroupId::Pid(pid) => match h.processes.iter().find(|p| p.pid == pid) {
+            Some(p) => format!("{pid} {}", p.name),
+            None => pid.to_string(),
+        },
+    }
+}
+
+/// The nested stage breakdown of one reason, `None` unless a vendor stage was measured.
+fn breakdown(h: &Header, reason: Reason, stats: &KeyStats) -> Option<Breakdown> {
+    let measured = |s| stats.stage(s).filter(|st| !st.hist.is_empty());
+    measured(Stage::VendorRun).or(measured(Stage::Handler))?;
+    let cycle_ns = measured(Stage::Cycle).map(|s| s.sum_ns);
+    let stages = NESTING
+        .into_iter()
+        .filter_map(|(stage, depth)| {
+            let st = measured(stage)?;
+            Some(BreakdownRow {
+                stage,
+                symbol: symbol(&h.hooks, stage),
+                depth,
+                samples: st.hist.len(),
+                p50_ns: st.hist.value_at_quantile(0.5),
+                p99_ns: st.hist.value_at_quantile(0.99),
+                max_ns: st.hist.max(),
+                cycle_share: cycle_ns.map(|c| units::ratio(st.sum_ns, c)),
+            })
+        })
+        .collect();
+    Some(Breakdown {
+        reason,
+        label: reason_name(reason),
+        count: stats.count,
+        stages,
+    })
+}
+
+fn symbol(hooks: &[HookUse], stage: Stage) -> Option<String> {
+    hooks
+        .iter()
+        .find(|hk| hk.stage == stage)
+        .map(|hk| hk.symbol.clone())
+}
+
+// ---- text format ------------------------------------------------------------------------
+
+/// Width of the group label column; longer labels get a line of their own.
+const LABEL_W: usize = 20;
+/// Width of the group columns before the stage columns (label, count, rate, two shares).
+const LEAD_W: usize = LABEL_W + 9 + 3 * 7;
+
+fn table(r: &Report) -> String {
+    let mut out = String::new();
+    header_lines(&mut out, r);
+    group_table(&mut out, r);
+    breakdown_table(&mut out, r);
+    ports_table(&mut out, r);
+    out
+}
+
+fn header_lines(out: &mut String, r: &Report) {
+    let h = r.header;
+    let _ = writeln!(out, "kvmprof report ({} recording)", h.source.label());
+    let _ = writeln!(
+        out,
+        "host: {}   kernel: {}   vendor: {}",
+        h.host, h.kernel, r.vendor_label
+    );
+    if h.hooks.is_empty() {
+        let _ = writeln!(out, "hooks: none");
+    } else {
+        let _ = writeln!(out, "hooks:");
+        for hk in &h.hooks {
+            let _ = writeln!(out, "  {:<11} {} [{}]", hk.stage.name(), hk.symbol, hk.mode);
+        }
+    }
+    let _ = writeln!(out, "cycle source: {}", h.cycle_source);
+    let pids: Vec<String> = h
+        .processes
+        .iter()
+        .map(|p| format!("{} ({})", p.pid, p.name))
+        .collect();
+    let pids = if pids.is_empty() {
+        "all".to_owned()
+    } else {
+        pids.join(", ")
+    };
+    let _ = writeln!(out, "duration: {}   pids: {pids}", units::ns(r.duration_ns));
+    let _ = writeln!(out, "exits: {}   lost events: {}", r.total_exits, r.lost);
+}
+
+fn group_table(out: &mut String, r: &Report) {
+    let _ = writeln!(out);
+    let first = match r.by {
+        "reason" => "reason",
+        "vcpu" => "vcpu",
+        _ => "process",
+    };
+    let _ = writeln!(
+        out,
+        "{first:<LABEL_W$}{:>9}{:>7}{:>7}{:>7}  {:<10}{:>7}{:>7}{:>7}{:>7}{:>7}",
+        "count", "rate/s", "%exits", "%time", "stage", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for g in &r.groups {
+        let mut label = g.label.clone();
+        if label.chars().count() > LABEL_W - 1 {
+            let _ = writeln!(out, "{label}");
+            label.clear();
+        }
+        let share = g
+            .cycle_time_share
+            .map_or_else(|| "-".to_owned(), units::pct);
+        let lead = format!(
+            "{label:<LABEL_W$}{:>9}{:>7}{:>7}{:>7}",
+            g.count,
+            units::si(g.rate_per_s),
+            units::pct(g.exit_share),
+            share
+        );
+        // A note under the label: how many of these exits the VMM handled.
+        let to_vmm = g.reason.is_none_or(|r| r.space != ReasonSpace::Userspace) && g.userspace > 0;
+        let note = if to_vmm {
+            format!("  {} to VMM", g.userspace)
+        } else {
+            String::new()
+        };
+        let mut lines = vec![lead];
+        lines.resize(g.stages.len().max(1 + usize::from(to_vmm)), String::new());
+        if to_vmm {
+            lines[1] = note;
+        }
+        for (i, line) in lines.iter().enumerate() {
+            let stage = g.stages.get(i).map(stage_cells).unwrap_or_default();
+            let _ = writeln!(out, "{}", format!("{line:<LEAD_W$}{stage}").trim_end());
+        }
+    }
+    let _ = writeln!(out, "%time: share of the summed cycle time of all exits");
+}
+
+fn stage_cells(s: &StageRow) -> String {
+    format!(
+        "  {:<10}{:>7}{:>7}{:>7}{:>7}{:>7}",
+        s.stage.name(),
+        units::ns(s.p50_ns),
+        units::ns(s.p90_ns),
+        units::ns(s.p99_ns),
+        units::ns(s.p999_ns),
+        units::ns(s.max_ns)
+    )
+}
+
+fn breakdown_table(out: &mut String, r: &Report) {
+    if r.breakdown.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Stage breakdown (cycle ⊃ vendor_run + handler ⊃ fast_pio)"
+    );
+    let _ = writeln!(
+        out,
+        "share: summed stage time / summed cycle time of the reason"
+    );
+    for b in &r.breakdown {
+        let _ = writeln!(out, "{} ({} exits)", b.label, b.count);
+        let _ = writeln!(
+            out,
+            "  {:<16}{:<26}{:>9}{:>9}{:>9}{:>9}",
+            "stage", "function", "p50", "p99", "max", "share"
+        );
+        for s in &b.stages {
+            let stage = format!("{}{}", "  ".repeat(s.depth), s.stage.name());
+            let symbol = s.symbol.as_deref().unwrap_or("-");
+            let share = s.cycle_share.map_or_else(|| "-".to_owned(), units::pct);
+            let _ = writeln!(
+                out,
+                "  {stage:<16}{symbol:<26}{:>9}{:>9}{:>9}{share:>9}",
+                units::ns(s.p50_ns),
+                units::ns(s.p99_ns),
+                units::ns(s.max_ns)
+            );
+        }
+    }
+}
+
+fn ports_table(out: &mut String, r: &Report) {
+    if r.ports.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Ports and addresses (top {} of {})",
+        TOP_PORTS.min(r.ports.len()),
+        r.ports.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<6}{:<20}{:<6}{:>10}{:>8}  reason",
+        "pid", "space", "address", "dir", "count", "to VMM"
+    );
+    for p in r.ports.iter().take(TOP_PORTS) {
+        let (space, dir) = match (p.space, p.write) {
+            (IoSpace::Pio, true) => ("pio", "out"),
+            (IoSpace::Pio, false) => ("pio", "in"),
+            (IoSpace::Mmio, true) => ("mmio", "write"),
+            (IoSpace::Mmio, false) => ("mmio", "read"),
+        };
+        let _ = writeln!(
+            out,
+            "{:>8}  {space:<6}{:<20}{dir:<6}{:>10}{:>8}  {}",
+            p.pid,
+            format!("{:#x}", p.addr),
+            p.count,
+            p.userspace,
+            p.reason_name
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datafile::Source;
+    use crate::model::{Access, Exit, Vendor};
+    use crate::target::Target;
+    use kvmprof_common::STAGES;
+
+    const SEC: u64 = 1_000_000_000;
+    const IO: Reason = Reason {
+        space: ReasonSpace::Svm,
+        code: 0x7b,
+    };
+    const NPF: Reason = Reason {
+        space: ReasonSpace::Svm,
+        code: 0x400,
+    };
+    const AVIC: Reason = Reason {
+        space: ReasonSpace::Svm,
+        code: 0x402,
+    };
+
+    fn header() -> Header {
+        let hook = |stage, symbol: &str, mode: &str| HookUse {
+            stage,
+            symbol: symbol.into(),
+            mode: mode.into(),
+        };
+        Header {
+            source: Source::Live,
+            host: "amd-host".into(),
+            kernel: "6.18.0".into(),
+            vendor: Vendor::Svm,
+            hooks: vec![
+                hook(Stage::Cycle, "vcpu_enter_guest", "fentry"),
+                hook(Stage::VendorRun, "svm_vcpu_run", "kprobe"),
+                hook(Stage::Handler, "svm_handle_exit", "kprobe"),
+                hook(Stage::FastPio, "kvm_fast_pio", "kprobe"),
+            ],
+            cycle_source: "vcpu_enter_guest entry to return".into(),
+            processes: vec![Target {
+                pid: 7,
+                name: "qemu".into(),
+            }],
+            start_unix_ns: 0,
+            start_ts_ns: 0,
+            duration_ns: 2 * SEC,
+        }
+    }
+
+    fn exit(vcpu: u32, reason: Reason, stages: [Option<u64>; STAGES]) -> Exit {
+        Exit {
+            pid: 7,
+            tid: 8,
+            vcpu: Some(vcpu),
+            ts_ns: SEC,
+            reason,
+            userspace_reason: None,
+            access: None,
+            stages,
+        }
+    }
+
+    /// 300 PIO exits shaped like the AMD seed trace, 100 NPF exits that went to the VMM.
+    fn sample() -> Aggregate {
+        let mut a = Aggregate::new(SEC);
+        for i in 0..300 {
+            let mut e = exit(
+                i % 2,
+                IO,
+                [Some(7915), Some(3206), Some(3116), Some(2594), None, None],
+            );
+            e.access = Some(Access::Pio {
+                port: 0x3f8,
+                size: 1,
+                write: true,
+            });
+            a.add(&e);
+        }
+        for _ in 0..100 {
+            let mut e = exit(0, NPF, [Some(20_000), None, None, None, None, None]);
+            e.userspace_reason = Some(6);
+            e.access = Some(Access::Mmio {
+                gpa: 0xfebf_0000,
+                size: 4,
+                write: false,
+            });
+            a.add(&e);
+        }
+        a
+    }
+
+    #[test]
+    fn groups_by_reason_with_rates_and_shares() {
+        let h = header();
+        let r = build(&h, &sample(), By::Reason);
+        assert_eq!(r.total_exits, 400);
+        let [io, npf] = &r.groups[..] else {
+            panic!("two reasons")
+        };
+        assert_eq!((io.label.as_str(), io.count, io.userspace), ("io", 300, 0));
+        assert_eq!(io.rate_per_s, 150.0);
+        assert_eq!(io.exit_share, 0.75);
+        let total = 300.0 * 7915.0 + 100.0 * 20_000.0;
+        assert_eq!(io.cycle_time_share, Some(300.0 * 7915.0 / total));
+        assert_eq!(io.stages.len(), 4, "stages without samples are left out");
+        assert_eq!(io.stages[0].p50_ns, 7915);
+        assert_eq!(io.stages[0].mean_ns, 7915);
+        assert_eq!((npf.label.as_str(), npf.userspace), ("npf", 100));
+        assert_eq!(npf.stages.len(), 1);
+    }
+
+    #[test]
+    fn groups_by_vcpu_and_pid() {
+        let h = header();
+        let r = build(&h, &sample(), By::Vcpu);
+        let labels: Vec<_> = r
+            .groups
+            .iter()
+            .map(|g| (g.label.as_str(), g.count))
+            .collect();
+        assert_eq!(labels, [("pid 7 vcpu 0", 250), ("pid 7 vcpu 1", 150)]);
+        let h = header();
+        let r = build(&h, &sample(), By::Pid);
+        assert_eq!(r.groups[0].label, "7 qemu");
+        assert_eq!(r.groups[0].count, 400);
+    }
+
+    #[test]
+    fn breakdown_follows_the_seed_trace() {
+        let h = header();
+        let r = build(&h, &sample(), By::Reason);
+        assert_eq!(r.breakdown.len(), 1, "npf has no vendor stage");
+        let b = &r.breakdown[0];
+        let rows: Vec<_> = b
+            .stages
+            .iter()
+            .map(|s| (s.stage, s.symbol.as_deref(), s.depth))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (Stage::Cycle, Some("vcpu_enter_guest"), 0),
+                (Stage::VendorRun, Some("svm_vcpu_run"), 1),
+                (Stage::Handler, Some("svm_handle_exit"), 1),
+                (Stage::FastPio, Some("kvm_fast_pio"), 2),
+            ]
+        );
+        assert_eq!(b.stages[1].cycle_share, Some(3206.0 / 7915.0));
+        assert_eq!(b.stages[3].cycle_share, Some(2594.0 / 7915.0));
+    }
+
+    #[test]
+    fn table_is_aligned_and_fits_100_columns() {
+        let mut a = sample();
+        a.add(&exit(1, AVIC, [Some(1500), None, None, None, None, None]));
+        let t = render(&header(), &a, By::Reason, Format::Table);
+        for line in t.lines() {
+            assert!(line.chars().count() <= 100, "too wide: {line}");
+        }
+        assert!(t.contains("kvmprof report (live recording)"));
+        assert!(t.contains("vendor: AMD SVM"));
+        assert!(t.contains("  vendor_run  svm_vcpu_run [kprobe]"));
+        assert!(t.contains("duration: 2.00s   pids: 7 (qemu)"));
+        assert!(t.contains("exits: 401   lost events: 0"));
+        let row = t.lines().find(|l| l.starts_with("io ")).expect("io row");
+        assert!(row.contains(" 300    150  74.8%  54.3%"), "{row}");
+        assert!(
+            row.contains("cycle      7.92µs 7.92µs 7.92µs 7.92µs 7.92µs"),
+            "{row}"
+        );
+        // The label too long for its column sits on its own line.
+        assert!(t.contains("\navic_unaccelerated_access\n "));
+        assert!(t.contains("  100 to VMM"));
+        // Columns line up: every stage name starts at the same column.
+        let starts: Vec<_> = t
+            .lines()
+            .filter_map(|l| ["  cycle ", "  vendor_run "].iter().find_map(|s| l.find(s)))
+            .filter(|&i| i > 40)
+            .collect();
+        assert!(
+            starts.len() >= 3 && starts.iter().all(|&i| i == starts[0]),
+            "{starts:?}"
+        );
+        assert!(t.contains("\n      fast_pio    kvm_fast_pio "));
+        assert!(t.contains("       7  pio   0x3f8               out          300       0  io"));
+        assert!(t.contains("       7  mmio  0xfebf0000          read         100     100  npf"));
+    }
+
+    #[test]
+    fn json_has_the_same_numbers() {
+        let j = render(&header(), &sample(), By::Reason, Format::Json);
+        let v: serde_json::Value = serde_json::from_str(&j).expect("valid JSON");
+        assert_eq!(v["total_exits"], 400);
+        assert_eq!(v["lost"], 0);
+        assert_eq!(v["by"], "reason");
+        assert_eq!(v["header"]["source"], "live");
+        assert_eq!(v["vendor_label"], "AMD SVM");
+        let io = &v["groups"][0];
+        assert_eq!(io["label"], "io");
+        assert_eq!(io["reason"]["space"], "svm");
+        assert_eq!(io["count"], 300);
+        assert_eq!(io["rate_per_s"], 150.0);
+        assert_eq!(io["stages"][0]["stage"], "cycle");
+        assert_eq!(io["stages"][0]["p99_ns"], 7915);
+        assert_eq!(v["breakdown"][0]["stages"][1]["symbol"], "svm_vcpu_run");
+        assert_eq!(v["ports"][0]["addr"], 0x3f8);
+        assert_eq!(v["ports"][1]["userspace"], 100);
+    }
+
+    #[test]
+    fn empty_recording() {
+        let mut h = header();
+        h.duration_ns = 0;
+        let t = render(&h, &Aggregate::new(SEC), By::Reason, Format::Table);
+        assert!(t.contains("exits: 0   lost events: 0"));
+        assert!(!t.contains("Stage breakdown"));
+        assert!(!t.contains("Ports"));
+        let j = render(&h, &Aggregate::new(SEC), By::Pid, Format::Json);
+        assert!(serde_json::from_str::<serde_json::Value>(&j).is_ok());
+    }
+}

@@ -1,0 +1,519 @@
+//! Lays a frame out as lines of text, each made of segments with a tone. `--batch` prints the
+//! text; the full-screen view draws the same lines with a style per tone, so both show the
+//! same thing and the layout is unit-tested as plain strings.
+use std::time::Duration;
+
+use crate::{
+    plan::{Mode, Plan},
+    target::Target,
+    tui::view::{self, columns, Column, Row, View},
+};
+
+/// How a segment is drawn in the full-screen view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tone {
+    Plain,
+    Title,
+    /// The column headers.
+    Heading,
+    /// The header of the column rows are sorted by.
+    Sorted,
+    Alert,
+    Dim,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seg {
+    pub text: String,
+    pub tone: Tone,
+}
+
+pub type Line = Vec<Seg>;
+
+fn seg(text: impl Into<String>, tone: Tone) -> Seg {
+    Seg {
+        text: text.into(),
+        tone,
+    }
+}
+
+fn plain(text: impl Into<String>) -> Seg {
+    seg(text, Tone::Plain)
+}
+
+/// The facts above the table.
+pub struct Summary<'a> {
+    pub plan: &'a Plan,
+    pub elapsed: Duration,
+    pub total: u64,
+    /// Exits/s over the last interval, `None` before it ended.
+    pub rate: Option<f64>,
+    pub lost: u64,
+    /// The processes watched; empty for all.
+    pub targets: &'a [Target],
+    pub exited: &'a [Target],
+}
+
+/// A laid-out frame.
+pub struct Frame {
+    pub lines: Vec<Line>,
+    /// Table columns left out because `width` was too small for them.
+    pub hidden_columns: usize,
+}
+
+/// Widest label column; longer labels are cut with `…`.
+const LABEL_MAX: usize = 24;
+/// Where columns alone cannot make the table fit, the label column narrows down to this.
+const LABEL_MIN: usize = 12;
+/// Columns every table keeps, whatever the width: label, rate, total, share.
+const KEPT_COLUMNS: usize = 4;
+
+/// The summary, a blank line and the table, no line wider than `width` (`usize::MAX` for
+/// no limit) except where even the kept columns do not fit.
+pub fn layout(s: &Summary, rows: &[Row], view: View, width: usize) -> Frame {
+    let mut lines = summary(s, width);
+    lines.push(Vec::new());
+    let (table, hidden_columns) = table(rows, view, s.total, width);
+    lines.extend(table);
+    Frame {
+        lines,
+        hidden_columns,
+    }
+}
+
+/// A frame as plain text lines, as `--batch` prints it.
+pub fn frame(s: &Summary, rows: &[Row], view: View) -> Vec<String> {
+    layout(s, rows, view, usize::MAX)
+        .lines
+        .iter()
+        .map(|l| {
+            l.iter()
+                .map(|s| s.text.as_str())
+                .collect::<String>()
+                .trim_end()
+                .to_owned()
+        })
+        .collect()
+}
+
+fn summary(s: &Summary, width: usize) -> Vec<Line> {
+    let mut lines = vec![title(s)];
+    lines.extend(
+        wrap("hooks ", &hooks(s.plan), width)
+            .into_iter()
+            .map(|l| vec![plain(l)]),
+    );
+    lines.extend(processes(s, width));
+    lines
+}
+
+/// Backend, time, exits and lost events, the latter in red when any were lost.
+fn title(s: &Summary) -> Line {
+    let lost = if s.lost > 0 { Tone::Alert } else { Tone::Plain };
+    vec![
+        seg("kvmprof top", Tone::Title),
+        plain(format!(
+            "   {}   elapsed {}   exits {}   rate {}/s   lost ",
+            s.plan.vendor.label(),
+            clock(s.elapsed),
+            s.total,
+            view::rate(s.rate)
+        )),
+        seg(s.lost.to_string(), lost),
+    ]
+}
+
+/// The processes watched, then those that exited, in red.
+fn processes(s: &Summary, width: usize) -> Vec<Line> {
+    let named = |ts: &[Target]| -> Vec<String> {
+        ts.iter().map(|t| format!("{} {}", t.pid, t.name)).collect()
+    };
+    let watched = match named(s.targets) {
+        w if w.is_empty() => vec!["all processes".to_owned()],
+        w => w,
+    };
+    let mut lines: Vec<Line> = wrap("pids  ", &watched, width)
+        .into_iter()
+        .map(|l| vec![plain(l)])
+        .collect();
+    if !s.exited.is_empty() {
+        let gone = named(s.exited).join(", ");
+        lines.push(vec![seg(format!("      exited: {gone}"), Tone::Alert)]);
+    }
+    lines
+}
+
+/// Each stage's hook as `stage=mode:symbol` (the symbol only where a function is hooked:
+/// tracepoint stages span several events), then the stages that have none.
+fn hooks(plan: &Plan) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut none = Vec::new();
+    for p in &plan.stages {
+        let (stage, mode) = (p.stage.name(), p.mode.name());
+        match p.mode {
+            Mode::Fentry | Mode::Kprobe => items.push(format!("{stage}={mode}:{}", p.symbol)),
+            Mode::Tracepoint => items.push(format!("{stage}={mode}")),
+            Mode::Unavailable => none.push(stage),
+        }
+    }
+    if !none.is_empty() {
+        items.push(format!("no hook: {}", none.join(", ")));
+    }
+    items
+}
+
+/// `h:mm:ss`, or `m:ss` under an hour.
+fn clock(d: Duration) -> String {
+    let s = d.as_secs();
+    match s / 3600 {
+        0 => format!("{}:{:02}", s / 60, s % 60),
+        h => format!("{h}:{:02}:{:02}", s / 60 % 60, s % 60),
+    }
+}
+
+/// `items` after `prefix`, two spaces apart, on as many lines as `width` needs; follow-on
+/// lines are indented like the first item.
+fn wrap(prefix: &str, items: &[String], width: usize) -> Vec<String> {
+    let indent = " ".repeat(prefix.chars().count());
+    let mut lines = vec![prefix.to_owned()];
+    for item in items {
+        let Some(line) = lines.last_mut() else { break };
+        let fresh = line.chars().count() == indent.len();
+        if !fresh && line.chars().count() + 2 + item.chars().count() > width {
+            lines.push(format!("{indent}{item}"));
+        } else {
+            if !fresh {
+                line.push_str("  ");
+            }
+            line.push_str(item);
+        }
+    }
+    lines
+}
+
+/// The two header lines and one line per row, and how many columns did not fit in `width`.
+fn table(rows: &[Row], view: View, total: u64, width: usize) -> (Vec<Line>, usize) {
+    let mut cols = columns(rows);
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| cols.iter().map(|c| c.cell(r, total)).collect())
+        .collect();
+    let mut widths = natural_widths(&cols, &cells, view);
+    let hidden = fit(&mut cols, &mut widths, width);
+    let mut lines = vec![
+        stage_header(&cols, &widths, view),
+        column_header(&cols, &widths, view),
+    ];
+    for row in &cells {
+        let text: Vec<String> = cols
+            .iter()
+            .zip(&widths)
+            .zip(row)
+            .map(|((c, &w), cell)| align(*c, cell, w))
+            .collect();
+        lines.push(vec![plain(text.join(" "))]);
+    }
+    if rows.is_empty() {
+        lines.push(vec![seg("(no exits yet)", Tone::Dim)]);
+    }
+    (lines, hidden)
+}
+
+/// Each column as wide as its header and its widest value, the label at most [`LABEL_MAX`].
+fn natural_widths(cols: &[Column], cells: &[Vec<String>], view: View) -> Vec<usize> {
+    let chars = |s: &str| s.chars().count();
+    cols.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let [stage, name] = c.header(view.group);
+            let widest = cells.iter().map(|r| chars(&r[i])).max().unwrap_or(0);
+            let w = widest.max(c.min_width()).max(chars(stage)).max(chars(name));
+            if *c == Column::Label {
+                w.min(LABEL_MAX)
+            } else {
+                w
+            }
+        })
+        .collect()
+}
+
+/// Leaves columns out from the right, then narrows the label column (the first), until the
+/// table fits `width`; returns how many columns were left out. Labels go last: a row whose
+/// label is cut may not say what it is.
+fn fit(cols: &mut Vec<Column>, widths: &mut Vec<usize>, width: usize) -> usize {
+    let used = |w: &[usize]| w.iter().sum::<usize>() + w.len().saturating_sub(1);
+    let mut hidden = 0;
+    while used(widths) > width && cols.len() > KEPT_COLUMNS {
+        cols.pop();
+        widths.pop();
+        hidden += 1;
+    }
+    let excess = used(widths).saturating_sub(width);
+    if let Some(label) = widths.first_mut() {
+        *label = label.saturating_sub(excess).max(LABEL_MIN.min(*label));
+    }
+    hidden
+}
+
+/// The first header line: each stage's name over its columns, spanning them with `─` where
+/// it has several (the cycle's p50, p99 and max).
+fn stage_header(cols: &[Column], widths: &[usize], view: View) -> Line {
+    let mut text = String::new();
+    let mut i = 0;
+    while i < cols.len() {
+        let name = cols[i].header(view.group)[0];
+        let n = cols[i..]
+            .iter()
+            .take_while(|c| c.header(view.group)[0] == name)
+            .count();
+        let span = widths[i..i + n].iter().sum::<usize>() + n - 1;
+        if i > 0 {
+            text.push(' ');
+        }
+        if n > 1 && !name.is_empty() {
+            text.push_str(&centred(name, span));
+        } else {
+            text.push_str(&format!("{name:>span$}"));
+        }
+        i += n;
+    }
+    vec![seg(text, Tone::Heading)]
+}
+
+/// `─── name ───` `width` wide.
+fn centred(name: &str, width: usize) -> String {
+    let fill = width.saturating_sub(name.chars().count() + 2);
+    let left = fill / 2;
+    format!("{} {name} {}", "─".repeat(left), "─".repeat(fill - left))
+}
+
+fn column_header(cols: &[Column], widths: &[usize], view: View) -> Line {
+    let sorted = view.sort.column();
+    let mut line = Vec::new();
+    for (i, (c, &w)) in cols.iter().zip(widths).enumerate() {
+        if i > 0 {
+            line.push(seg(" ", Tone::Heading));
+        }
+        let tone = if *c == sorted {
+            Tone::Sorted
+        } else {
+            Tone::Heading
+        };
+        line.push(seg(align(*c, c.header(view.group)[1], w), tone));
+    }
+    line
+}
+
+/// Labels to the left, cut to `width` with `…`; numbers to the right.
+fn align(c: Column, text: &str, width: usize) -> String {
+    if c != Column::Label {
+        return format!("{text:>width$}");
+    }
+    if text.chars().count() <= width {
+        return format!("{text:<width$}");
+    }
+    let cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    format!("{cut}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        aggregate::Aggregate,
+        model::{Stage, Vendor},
+        plan::StagePlan,
+        tui::view::{
+            rows,
+            tests::{add, SEC},
+            GroupBy, Rates, SortBy,
+        },
+    };
+    use std::collections::BTreeMap;
+
+    fn plan() -> Plan {
+        let stage = |stage, mode, symbol: &str| StagePlan {
+            stage,
+            symbol: symbol.to_owned(),
+            mode,
+            rejected: vec![],
+        };
+        Plan {
+            vendor: Vendor::Pvm,
+            stages: vec![
+                stage(
+                    Stage::Cycle,
+                    Mode::Tracepoint,
+                    "interval between kvm:kvm_pio/kvm_mmio/KVM_RUN events",
+                ),
+                stage(Stage::VendorRun, Mode::Kprobe, "pvm_vcpu_run"),
+                stage(Stage::Handler, Mode::Unavailable, "pvm_handle_exit"),
+                stage(Stage::FastPio, Mode::Fentry, "kvm_fast_pio"),
+            ],
+            boundary: 0,
+            tracepoints: vec![],
+        }
+    }
+
+    fn target(pid: u32, name: &str) -> Target {
+        Target {
+            pid,
+            name: name.to_owned(),
+        }
+    }
+
+    /// A batch frame after one second of 300 exits, by `view`.
+    fn render(view: View, lost: u64, exited: &[Target]) -> Vec<String> {
+        let mut agg = Aggregate::new(SEC);
+        add(&mut agg, 100);
+        let mut rates = Rates::default();
+        rates.sample(&agg, Duration::from_secs(1));
+        let targets = [target(7, "qemu"), target(8, "crosvm")];
+        let rows = rows(&agg, &rates, &BTreeMap::new(), view);
+        let plan = plan();
+        let s = Summary {
+            plan: &plan,
+            elapsed: Duration::from_secs(61),
+            total: agg.total_exits(),
+            rate: rates.total(),
+            lost,
+            targets: &targets,
+            exited,
+        };
+        frame(&s, &rows, view)
+    }
+
+    #[test]
+    fn batch_frame() {
+        let f = render(View::default(), 0, &[]);
+        let expected = [
+            "kvmprof top   PVM   elapsed 1:01   exits 300   rate 300/s   lost 0",
+            "hooks cycle=tracepoint  vendor_run=kprobe:pvm_vcpu_run  fast_pio=fentry:kvm_fast_pio  no hook: handler",
+            "pids  7 qemu  8 crosvm",
+            "",
+            "                                     ────── cycle ───────    vmm",
+            "REASON          EXITS/s TOTAL  SHARE    p50    p99    max    p50",
+            "KVM_EXIT_IO         150   150  50.0% 50.0µs 50.0µs 50.0µs 30.0µs",
+            "pio (in-kernel)     150   150  50.0% 2.00µs 2.00µs 2.00µs      -",
+        ];
+        assert_eq!(f, expected, "\n{}", f.join("\n"));
+    }
+
+    #[test]
+    fn lost_events_and_exited_processes_stand_out() {
+        let view = View {
+            group: GroupBy::Pid,
+            sort: SortBy::Total,
+        };
+        let f = render(view, 12, &[target(8, "crosvm")]);
+        assert!(f[0].ends_with("lost 12"), "{}", f[0]);
+        assert_eq!(f[3], "      exited: 8 crosvm");
+        assert!(f[6].starts_with("PROCESS "), "{}", f[6]);
+        assert!(f[7].starts_with("7       "), "{}", f[7]);
+
+        let mut agg = Aggregate::new(SEC);
+        add(&mut agg, 1);
+        let rows = rows(&agg, &Rates::default(), &BTreeMap::new(), view);
+        let plan = plan();
+        let s = Summary {
+            plan: &plan,
+            elapsed: Duration::ZERO,
+            total: 3,
+            rate: None,
+            lost: 12,
+            targets: &[],
+            exited: &[],
+        };
+        let laid = layout(&s, &rows, view, 100);
+        let lost = laid.lines[0].last().expect("lost count");
+        assert_eq!((lost.text.as_str(), lost.tone), ("12", Tone::Alert));
+        let header = &laid.lines[laid.lines.len() - 2];
+        let sorted: Vec<_> = header.iter().filter(|s| s.tone == Tone::Sorted).collect();
+        assert_eq!(sorted.len(), 1);
+        assert_eq!(sorted[0].text.trim(), "TOTAL");
+    }
+
+    #[test]
+    fn narrow_screens_lose_columns_then_label_width() {
+        let mut agg = Aggregate::new(SEC);
+        add(&mut agg, 1);
+        let view = View {
+            group: GroupBy::Vcpu,
+            sort: SortBy::Rate,
+        };
+        let by_vcpu = rows(&agg, &Rates::default(), &BTreeMap::new(), view);
+        let plan = plan();
+        let s = Summary {
+            plan: &plan,
+            elapsed: Duration::ZERO,
+            total: 3,
+            rate: None,
+            lost: 0,
+            targets: &[],
+            exited: &[],
+        };
+        let text = |l: &Line| l.iter().map(|s| s.text.as_str()).collect::<String>();
+        let wide = layout(&s, &by_vcpu, view, 100);
+        assert_eq!(wide.hidden_columns, 0);
+        assert!(wide.lines.iter().all(|l| text(l).chars().count() <= 100));
+        let narrow = layout(&s, &by_vcpu, view, 60);
+        assert_eq!(
+            narrow.hidden_columns, 2,
+            "the cycle max and the VMM stage go"
+        );
+        let narrow: Vec<String> = narrow.lines.iter().map(text).collect();
+        assert!(
+            narrow[1..].iter().all(|l| l.chars().count() <= 60),
+            "{narrow:#?}"
+        );
+        assert_eq!(
+            narrow[1],
+            "hooks cycle=tracepoint  vendor_run=kprobe:pvm_vcpu_run"
+        );
+        assert_eq!(
+            narrow[2],
+            "      fast_pio=fentry:kvm_fast_pio  no hook: handler"
+        );
+        assert_eq!(
+            narrow[6],
+            "VCPU         EXITS/s TOTAL  SHARE   →VMM    p50    p99"
+        );
+
+        // Labels stay whole while columns can go...
+        let by_reason = rows(&agg, &Rates::default(), &BTreeMap::new(), View::default());
+        let last = |width| {
+            let laid = layout(&s, &by_reason, View::default(), width);
+            let line = laid.lines.last().map(text).unwrap_or_default();
+            (laid.hidden_columns, line)
+        };
+        let line = "pio (in-kernel)       -     1  33.3% 2.00µs 2.00µs";
+        assert_eq!(last(50), (2, line.to_owned()));
+        // ... then give up width, down to 12 characters.
+        assert_eq!(
+            last(30),
+            (4, "pio (in-ker…       -     1  33.3%".to_owned())
+        );
+    }
+
+    #[test]
+    fn empty_table_says_so() {
+        let plan = plan();
+        let s = Summary {
+            plan: &plan,
+            elapsed: Duration::from_secs(3 * 3600 + 62),
+            total: 0,
+            rate: None,
+            lost: 0,
+            targets: &[],
+            exited: &[],
+        };
+        let f = frame(&s, &[], View::default());
+        assert!(
+            f[0].contains("elapsed 3:01:02   exits 0   rate -/s"),
+            "{}",
+            f[0]
+        );
+        assert_eq!(f[2], "pids  all processes");
+        assert_eq!(f.last().map(String::as_str), Some("(no exits yet)"));
+    }
+}

@@ -1,0 +1,573 @@
+//! The data of a `top` frame, independent of how it is drawn: last-interval rates from
+//! snapshot deltas, rows grouped and sorted, and the columns that have something to show.
+//! Pure, so the numbers are unit-tested without a terminal or a kernel.
+use std::{cmp::Ordering, collections::BTreeMap, time::Duration};
+
+use kvmprof_common::STAGES;
+
+use crate::{
+    aggregate::{Aggregate, Key, KeyStats},
+    model::{Reason, Stage},
+    units,
+    vendor::reason_name,
+};
+
+/// What rows are grouped by (`r`, `v`, `p`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    Reason,
+    Vcpu,
+    Pid,
+}
+
+impl GroupBy {
+    /// Title of the label column.
+    pub fn title(self) -> &'static str {
+        match self {
+            GroupBy::Reason => "REASON",
+            GroupBy::Vcpu => "VCPU",
+            GroupBy::Pid => "PROCESS",
+        }
+    }
+
+    fn id(self, key: &Key) -> RowId {
+        match self {
+            GroupBy::Reason => RowId::Reason(key.reason),
+            GroupBy::Vcpu => RowId::Vcpu(key.pid, key.vcpu),
+            GroupBy::Pid => RowId::Pid(key.pid),
+        }
+    }
+}
+
+/// The column rows are sorted by, largest first (`s` cycles through them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortBy {
+    Rate,
+    Total,
+    CycleP50,
+    CycleP99,
+    CycleMax,
+}
+
+impl SortBy {
+    pub fn next(self) -> SortBy {
+        match self {
+            SortBy::Rate => SortBy::Total,
+            SortBy::Total => SortBy::CycleP50,
+            SortBy::CycleP50 => SortBy::CycleP99,
+            SortBy::CycleP99 => SortBy::CycleMax,
+            SortBy::CycleMax => SortBy::Rate,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SortBy::Rate => "exits/s",
+            SortBy::Total => "total",
+            SortBy::CycleP50 => "cycle p50",
+            SortBy::CycleP99 => "cycle p99",
+            SortBy::CycleMax => "cycle max",
+        }
+    }
+
+    /// The column this sort key is shown in, to highlight it.
+    pub fn column(self) -> Column {
+        match self {
+            SortBy::Rate => Column::Rate,
+            SortBy::Total => Column::Total,
+            SortBy::CycleP50 => Column::Stage(Stage::Cycle, Stat::P50),
+            SortBy::CycleP99 => Column::Stage(Stage::Cycle, Stat::P99),
+            SortBy::CycleMax => Column::Stage(Stage::Cycle, Stat::Max),
+        }
+    }
+
+    /// The sort value of a row; `None` (not measured) sorts last.
+    fn value(self, row: &Row) -> Option<f64> {
+        let cycle = row.stages[Stage::Cycle.index()];
+        match self {
+            SortBy::Rate => row.rate,
+            SortBy::Total => Some(row.count as f64),
+            SortBy::CycleP50 => cycle.map(|c| c.p50 as f64),
+            SortBy::CycleP99 => cycle.map(|c| c.p99 as f64),
+            SortBy::CycleMax => cycle.map(|c| c.max as f64),
+        }
+    }
+}
+
+/// How the user is looking at the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub group: GroupBy,
+    pub sort: SortBy,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View {
+            group: GroupBy::Reason,
+            sort: SortBy::Rate,
+        }
+    }
+}
+
+/// Exits per aggregate key in the last refresh interval, from the difference of two
+/// snapshots of the (cumulative) counts. Keyed by the finest key, so every grouping gets
+/// its rates from the same interval and regrouping shows rates at once.
+#[derive(Debug, Default)]
+pub struct Rates {
+    /// Counts at the last sample, and when it was taken.
+    counts: BTreeMap<Key, u64>,
+    at: Duration,
+    /// Exits in the last interval, for keys that had any.
+    delta: BTreeMap<Key, u64>,
+    /// Length of the last interval; `None` before the first one ended.
+    secs: Option<f64>,
+}
+
+impl Rates {
+    /// Ends the current interval at `at` (time since recording began).
+    pub fn sample(&mut self, agg: &Aggregate, at: Duration) {
+        let counts: BTreeMap<Key, u64> = agg.keys().iter().map(|(k, s)| (*k, s.count)).collect();
+        self.delta = counts
+            .iter()
+            .map(|(k, &n)| {
+                (
+                    *k,
+                    n.saturating_sub(self.counts.get(k).copied().unwrap_or(0)),
+                )
+            })
+            .filter(|&(_, d)| d > 0)
+            .collect();
+        self.secs = Some(at.saturating_sub(self.at).as_secs_f64()).filter(|&s| s > 0.0);
+        self.counts = counts;
+        self.at = at;
+    }
+
+    /// Exits/s over the last interval of the keys `pick` selects.
+    fn rate(&self, mut pick: impl FnMut(&Key) -> bool) -> Option<f64> {
+        let secs = self.secs?;
+        let n: u64 = self
+            .delta
+            .iter()
+            .filter(|(k, _)| pick(k))
+            .map(|(_, &d)| d)
+            .sum();
+        Some(n as f64 / secs)
+    }
+
+    /// Exits/s of all keys over the last interval.
+    pub fn total(&self) -> Option<f64> {
+        self.rate(|_| true)
+    }
+}
+
+/// Identity of a row in its grouping; its order breaks ties so rows do not jump around.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RowId {
+    Reason(Reason),
+    Vcpu(u32, Option<u32>),
+    Pid(u32),
+}
+
+/// Percentiles of one stage of a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Latency {
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+/// One table row: a group's numbers, not yet formatted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub id: RowId,
+    pub label: String,
+    /// Exits/s in the last interval; `None` before the first interval ended.
+    pub rate: Option<f64>,
+    pub count: u64,
+    /// Exits that went to the VMM.
+    pub userspace: u64,
+    /// Since recording began; `None` for stages without samples.
+    pub stages: [Option<Latency>; STAGES],
+}
+
+/// The rows of `view.group`, sorted by `view.sort`. `names` maps pids to process names.
+pub fn rows(agg: &Aggregate, rates: &Rates, names: &BTreeMap<u32, String>, view: View) -> Vec<Row> {
+    let mut groups: BTreeMap<RowId, KeyStats> = BTreeMap::new();
+    for (key, stats) in agg.keys() {
+        groups.entry(view.group.id(key)).or_default().merge(stats);
+    }
+    let mut rows: Vec<Row> = groups
+        .into_iter()
+        .map(|(id, stats)| Row {
+            id,
+            label: label(id, names),
+            rate: rates.rate(|k| view.group.id(k) == id),
+            count: stats.count,
+            userspace: stats.userspace_count(),
+            stages: Stage::ALL.map(|s| latency(&stats, s)),
+        })
+        .collect();
+    // Ties (idle rows, first frame) fall back to totals, then to a fixed order.
+    rows.sort_by(|a, b| {
+        descending(view.sort.value(a), view.sort.value(b))
+            .then(b.count.cmp(&a.count))
+            .then(a.id.cmp(&b.id))
+    });
+    rows
+}
+
+/// Larger first, unmeasured (`None`) last.
+fn descending(a: Option<f64>, b: Option<f64>) -> Ordering {
+    match (a, b) {
+        (Some(a), Some(b)) => b.total_cmp(&a),
+        (a, b) => b.is_some().cmp(&a.is_some()),
+    }
+}
+
+fn latency(stats: &KeyStats, stage: Stage) -> Option<Latency> {
+    let h = &stats.stage(stage)?.hist;
+    (!h.is_empty()).then(|| Latency {
+        p50: h.value_at_quantile(0.5),
+        p99: h.value_at_quantile(0.99),
+        max: h.max(),
+    })
+}
+
+fn label(id: RowId, names: &BTreeMap<u32, String>) -> String {
+    match id {
+        RowId::Reason(r) => reason_name(r),
+        RowId::Vcpu(pid, Some(v)) => format!("pid {pid} vcpu {v}"),
+        RowId::Vcpu(pid, None) => format!("pid {pid} vcpu ?"),
+        RowId::Pid(pid) => match names.get(&pid) {
+            Some(name) => format!("{pid} {name}"),
+            None => pid.to_string(),
+        },
+    }
+}
+
+/// A statistic of a stage's durations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    P50,
+    P99,
+    Max,
+}
+
+/// A table column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    Label,
+    Rate,
+    Total,
+    /// Share of all exits counted.
+    Share,
+    /// Share of the row's exits that went to the VMM.
+    ToVmm,
+    Stage(Stage, Stat),
+}
+
+impl Column {
+    /// The two header lines: the stage measured (empty for other columns), then the column.
+    pub fn header(self, group: GroupBy) -> [&'static str; 2] {
+        match self {
+            Column::Label => ["", group.title()],
+            Column::Rate => ["", "EXITS/s"],
+            Column::Total => ["", "TOTAL"],
+            Column::Share => ["", "SHARE"],
+            Column::ToVmm => ["", "→VMM"],
+            Column::Stage(s, Stat::P50) => [stage_title(s), "p50"],
+            Column::Stage(s, Stat::P99) => [stage_title(s), "p99"],
+            Column::Stage(s, Stat::Max) => [stage_title(s), "max"],
+        }
+    }
+
+    /// Width of the widest value the column can have, where it is bounded, so that columns
+    /// keep their place from one frame to the next.
+    pub fn min_width(self) -> usize {
+        match self {
+            // `100.0%`
+            Column::Share | Column::ToVmm => 6,
+            // `units::ns` below an hour: `812ns`, `1.23µs`, `12.3ms`.
+            Column::Stage(..) => 6,
+            Column::Label | Column::Rate | Column::Total => 0,
+        }
+    }
+
+    /// The formatted value of `row`; `total` is the count of all exits, for shares.
+    pub fn cell(self, row: &Row, total: u64) -> String {
+        match self {
+            Column::Label => row.label.clone(),
+            Column::Rate => rate(row.rate),
+            Column::Total => row.count.to_string(),
+            Column::Share => units::pct(units::ratio(row.count, total)),
+            Column::ToVmm => units::pct(units::ratio(row.userspace, row.count)),
+            Column::Stage(s, stat) => match (row.stages[s.index()], stat) {
+                (None, _) => "-".to_owned(),
+                (Some(l), Stat::P50) => units::ns(l.p50),
+                (Some(l), Stat::P99) => units::ns(l.p99),
+                (Some(l), Stat::Max) => units::ns(l.max),
+            },
+        }
+    }
+}
+
+/// Exits/s as shown: `-` before the first interval ended, `0` (not `0.00`) when idle.
+pub fn rate(r: Option<f64>) -> String {
+    match r {
+        None => "-".to_owned(),
+        Some(0.0) => "0".to_owned(),
+        Some(r) => units::si(r),
+    }
+}
+
+/// A stage's name as a column title: `vendor_run` is shortened so that every stage column
+/// is as narrow as its values and the usual set fits 100 columns.
+fn stage_title(s: Stage) -> &'static str {
+    match s {
+        Stage::VendorRun => "vendor",
+        _ => s.name(),
+    }
+}
+
+/// The columns worth showing for `rows`, in order: the VMM share only where some row mixes
+/// exits that went to the VMM with exits that did not (elsewhere the reason says which), the
+/// cycle's p50/p99/max, then the p50 of each other stage that has samples (which stages do
+/// depends on the kernel's hooks).
+pub fn columns(rows: &[Row]) -> Vec<Column> {
+    let mut cols = vec![Column::Label, Column::Rate, Column::Total, Column::Share];
+    if rows
+        .iter()
+        .any(|r| r.userspace > 0 && r.userspace < r.count)
+    {
+        cols.push(Column::ToVmm);
+    }
+    let measured = |s: Stage| rows.iter().any(|r| r.stages[s.index()].is_some());
+    if measured(Stage::Cycle) {
+        cols.extend([Stat::P50, Stat::P99, Stat::Max].map(|st| Column::Stage(Stage::Cycle, st)));
+    }
+    cols.extend(
+        Stage::ALL
+            .into_iter()
+            .filter(|&s| s != Stage::Cycle && measured(s))
+            .map(|s| Column::Stage(s, Stat::P50)),
+    );
+    cols
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use crate::model::{Exit, ReasonSpace};
+    use kvmprof_common::tp_reason;
+
+    pub const SEC: u64 = 1_000_000_000;
+    pub const PIO_KERNEL: Reason = Reason {
+        space: ReasonSpace::Tracepoint,
+        code: tp_reason::PIO,
+    };
+    pub const KVM_EXIT_IO: Reason = Reason {
+        space: ReasonSpace::Userspace,
+        code: 2,
+    };
+
+    /// An exit of pid 7 with the given cycle and VMM round trip.
+    pub fn exit(vcpu: u32, reason: Reason, cycle: u64, vmm: Option<u64>) -> Exit {
+        let mut stages = [None; STAGES];
+        stages[Stage::Cycle.index()] = Some(cycle);
+        stages[Stage::Vmm.index()] = vmm;
+        Exit {
+            pid: 7,
+            tid: 70 + vcpu,
+            vcpu: Some(vcpu),
+            ts_ns: SEC,
+            reason,
+            userspace_reason: (reason.space == ReasonSpace::Userspace).then_some(reason.code),
+            access: None,
+            stages,
+        }
+    }
+
+    /// `n` exits of each kind on vCPU 0, half as many on vCPU 1.
+    pub fn add(agg: &mut Aggregate, n: u64) {
+        for vcpu in [0, 1] {
+            for _ in 0..n >> vcpu {
+                agg.add(&exit(vcpu, PIO_KERNEL, 2_000, None));
+                agg.add(&exit(vcpu, KVM_EXIT_IO, 50_000, Some(30_000)));
+            }
+        }
+    }
+
+    fn names() -> BTreeMap<u32, String> {
+        BTreeMap::from([(7, "qemu".to_owned())])
+    }
+
+    #[test]
+    fn rates_are_the_deltas_of_the_last_interval() {
+        let mut agg = Aggregate::new(SEC);
+        let mut rates = Rates::default();
+        assert_eq!(rates.total(), None, "no interval has ended yet");
+        add(&mut agg, 100);
+        rates.sample(&agg, Duration::from_secs(1));
+        assert_eq!(rates.total(), Some(300.0));
+        add(&mut agg, 10);
+        agg.add(&exit(2, PIO_KERNEL, 1_000, None));
+        rates.sample(&agg, Duration::from_millis(1500));
+        // 2 × (10 + 5) + 1 exits in half a second.
+        assert_eq!(rates.total(), Some(62.0));
+        let by_vcpu = View {
+            group: GroupBy::Vcpu,
+            sort: SortBy::Rate,
+        };
+        let rows = rows(&agg, &rates, &names(), by_vcpu);
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.label.as_str(), r.rate, r.count))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("pid 7 vcpu 0", Some(40.0), 220),
+                ("pid 7 vcpu 1", Some(20.0), 110),
+                ("pid 7 vcpu 2", Some(2.0), 1),
+            ]
+        );
+        rates.sample(&agg, Duration::from_secs(2));
+        assert_eq!(
+            rates.total(),
+            Some(0.0),
+            "an idle interval has a rate of zero"
+        );
+        let rows = super::rows(&agg, &rates, &names(), by_vcpu);
+        assert_eq!(Column::Rate.cell(&rows[0], 331), "0");
+    }
+
+    #[test]
+    fn groups_merge_keys_and_carry_latencies() {
+        let mut agg = Aggregate::new(SEC);
+        add(&mut agg, 100);
+        let rows = rows(&agg, &Rates::default(), &names(), View::default());
+        let [io, pio] = &rows[..] else {
+            panic!("two reasons: {rows:?}")
+        };
+        assert_eq!(
+            (pio.label.as_str(), pio.count, pio.userspace),
+            ("pio (in-kernel)", 150, 0)
+        );
+        assert_eq!(
+            (io.label.as_str(), io.count, io.userspace),
+            ("KVM_EXIT_IO", 150, 150)
+        );
+        assert_eq!(pio.rate, None);
+        let cycle = io.stages[Stage::Cycle.index()].expect("cycle measured");
+        assert_eq!(
+            (units::ns(cycle.p50), units::ns(cycle.max)),
+            ("50.0µs".into(), "50.0µs".into())
+        );
+        assert!(io.stages[Stage::Vmm.index()].is_some());
+        assert!(pio.stages[Stage::Vmm.index()].is_none());
+
+        let by_pid = View {
+            group: GroupBy::Pid,
+            sort: SortBy::Rate,
+        };
+        let rows = super::rows(&agg, &Rates::default(), &names(), by_pid);
+        assert_eq!((rows[0].label.as_str(), rows[0].count), ("7 qemu", 300));
+        let rows = super::rows(&agg, &Rates::default(), &BTreeMap::new(), by_pid);
+        assert_eq!(rows[0].label, "7", "a process without a name shows its pid");
+    }
+
+    #[test]
+    fn sorting_puts_the_largest_first_and_unmeasured_last() {
+        let mut agg = Aggregate::new(SEC);
+        let mut rates = Rates::default();
+        add(&mut agg, 10);
+        rates.sample(&agg, Duration::from_secs(1));
+        for _ in 0..5 {
+            agg.add(&exit(0, KVM_EXIT_IO, 50_000, None));
+        }
+        let mut no_cycle = exit(
+            0,
+            Reason {
+                space: ReasonSpace::None,
+                code: 0,
+            },
+            0,
+            None,
+        );
+        no_cycle.stages = [None; STAGES];
+        for _ in 0..40 {
+            agg.add(&no_cycle);
+        }
+        rates.sample(&agg, Duration::from_secs(2));
+        let order = |sort| -> Vec<String> {
+            let view = View {
+                group: GroupBy::Reason,
+                sort,
+            };
+            rows(&agg, &rates, &names(), view)
+                .into_iter()
+                .map(|r| r.label)
+                .collect()
+        };
+        assert_eq!(
+            order(SortBy::Rate),
+            ["unknown", "KVM_EXIT_IO", "pio (in-kernel)"]
+        );
+        assert_eq!(
+            order(SortBy::Total),
+            ["unknown", "KVM_EXIT_IO", "pio (in-kernel)"]
+        );
+        assert_eq!(
+            order(SortBy::CycleP50),
+            ["KVM_EXIT_IO", "pio (in-kernel)", "unknown"]
+        );
+        // Equal values keep the rows in a fixed order.
+        assert_eq!(descending(Some(1.0), Some(1.0)), Ordering::Equal);
+        let mut sort = SortBy::Rate;
+        for _ in 0..5 {
+            sort = sort.next();
+        }
+        assert_eq!(sort, SortBy::Rate, "s cycles through every sort column");
+    }
+
+    #[test]
+    fn columns_show_only_what_has_data() {
+        let mut agg = Aggregate::new(SEC);
+        add(&mut agg, 10);
+        let by_reason = rows(&agg, &Rates::default(), &names(), View::default());
+        let stage = |s, st| Column::Stage(s, st);
+        assert_eq!(
+            columns(&by_reason),
+            [
+                Column::Label,
+                Column::Rate,
+                Column::Total,
+                Column::Share,
+                stage(Stage::Cycle, Stat::P50),
+                stage(Stage::Cycle, Stat::P99),
+                stage(Stage::Cycle, Stat::Max),
+                stage(Stage::Vmm, Stat::P50),
+            ]
+        );
+        // Per vCPU, rows mix in-kernel exits with exits that went to the VMM.
+        let view = View {
+            group: GroupBy::Vcpu,
+            sort: SortBy::Rate,
+        };
+        let by_vcpu = rows(&agg, &Rates::default(), &names(), view);
+        assert!(columns(&by_vcpu).contains(&Column::ToVmm));
+        assert_eq!(Column::ToVmm.cell(&by_vcpu[0], 30), "50.0%");
+        assert_eq!(Column::Share.cell(&by_vcpu[0], 30), "66.7%");
+        assert_eq!(Column::Rate.cell(&by_vcpu[0], 30), "-");
+        assert_eq!(
+            stage(Stage::Cycle, Stat::Max).cell(&by_vcpu[0], 30),
+            "50.0µs"
+        );
+        assert_eq!(stage(Stage::Handler, Stat::P50).cell(&by_vcpu[0], 30), "-");
+        assert_eq!(
+            stage(Stage::VendorRun, Stat::P50).header(view.group),
+            ["vendor", "p50"]
+        );
+    }
+}

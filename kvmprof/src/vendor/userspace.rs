@@ -1,0 +1,68 @@
+//! `kvm_run->exit_reason` values (KVM_EXIT_*): why KVM_RUN returned to the VMM.
+
+/// Names from `include/uapi/linux/kvm.h`, without the `KVM_EXIT_` prefix, indexed by code.
+const NAMES: &[&str] = &[
+    "UNKNOWN",
+    "EXCEPTION",
+    "IO",
+    "HYPERCALL",
+    "DEBUG",
+    "HLT",
+    "MMIO",
+    "IRQ_WINDOW_OPEN",
+    "SHUTDOWN",
+    "FAIL_ENTRY",
+    "INTR",
+    "SET_TPR",
+    "TPR_ACCESS",
+    "S390_SIEIC",
+    "S390_RESET",
+    "DCR",
+    "NMI",
+    "INTERNAL_ERROR",
+    "OSI",
+    "PAPR_HCALL",
+    "S390_UCONTROL",
+    "WATCHDOG",
+    "S390_TSCH",
+    "EPR",
+    "SYSTEM_EVENT",
+    "S390_STSI",
+    "IOAPIC_EOI",
+    "HYPERV",
+    "ARM_NISV",
+    "X86_RDMSR",
+    "X86_WRMSR",
+    "DIRTY_RING_FULL",
+    "AP_RESET_HOLD",
+    "X86_BUS_LOCK",
+    "XEN",
+    "RISCV_SBI",
+    "RISCV_CSR",
+    "NOTIFY",
+    "LOONGARCH_IOCSR",
+    "MEMORY_FAULT",
+    "TDX",
+    "ARM_SEA",
+];
+
+/// The name of a KVM_EXIT_* code without its prefix, `None` when unknown.
+pub fn name(code: u32) -> Option<&'static str> {
+    NAMES.get(usize::try_from(code).ok()?).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        assert_eq!(name(0), Some("UNKNOWN"));
+        assert_eq!(name(2), Some("IO"));
+        assert_eq!(name(6), Some("MMIO"));
+        assert_eq!(name(30), Some("X86_WRMSR"));
+        assert_eq!(name(31), Some("DIRTY_RING_FULL"));
+        assert_eq!(name(39), Some("MEMORY_FAULT"));
+        assert_eq!(name(1000), None);
+    }
+}

@@ -1,0 +1,44 @@
+//! `kvmprof probes` explains, for this kernel, which hook each stage uses and why the
+//! better ones were rejected.
+use kvmprof_tests::{kvmprof, skip_without_kvm, stderr};
+
+#[test]
+fn probes_names_the_backend_and_explains_every_rejected_hook() {
+    if skip_without_kvm("probes_names_the_backend_and_explains_every_rejected_hook") {
+        return;
+    }
+    let out = kvmprof(&["probes", "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stages = plan["stages"].as_array().unwrap();
+    for s in stages {
+        if s["mode"] == "unavailable" || s["mode"] == "tracepoint" {
+            assert!(
+                !s["rejected"].as_array().unwrap().is_empty() || s["stage"] == "vmm",
+                "no reason given for {s}"
+            );
+        }
+    }
+    let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    let text = String::from_utf8(kvmprof(&["probes"]).stdout).unwrap();
+    if !kprobes {
+        assert!(text.contains("kprobes are not available"), "{text}");
+        assert!(
+            text.contains("fentry: refused") || text.contains("fentry:"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn forcing_an_impossible_hook_mode_fails_clearly() {
+    if skip_without_kvm("forcing_an_impossible_hook_mode_fails_clearly") {
+        return;
+    }
+    if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        eprintln!("skipped forcing_an_impossible_hook_mode_fails_clearly: this kernel has kprobes");
+        return;
+    }
+    let out = kvmprof(&["probes", "--hooks", "kprobe"]);
+    kvmprof_tests::assert_clean_error(&out, "--hooks kprobe is impossible here");
+}

@@ -1,0 +1,236 @@
+//! `kvmprof record` against real guests of the test VMM on this kernel: every exit the
+//! guest causes must be reported, exactly, with its reason, vCPU, port and latencies.
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    thread::sleep,
+    time::Duration,
+};
+
+use kvmprof_tests::{bin, kvmprof, report_json, scratch, skip_without_kvm, stderr};
+use serde_json::Value;
+
+const KVM_EXIT_IO: u64 = 2;
+const KVM_EXIT_HLT: u64 = 5;
+const KVM_EXIT_MMIO: u64 = 6;
+
+/// Counts of one vCPU, tallied from `--exits` by what the test VMM does.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    pio_user: u64,
+    pio_in: u64,
+    pio_kernel: u64,
+    mmio: u64,
+    hlt: u64,
+}
+
+fn tally(exits_jsonl: &str, kernel_ports: &[u64]) -> BTreeMap<u64, Tally> {
+    let mut by_vcpu: BTreeMap<u64, Tally> = BTreeMap::new();
+    for line in exits_jsonl.lines() {
+        let e: Value = serde_json::from_str(line).expect("exit JSON");
+        let vcpu = e["vcpu"].as_u64().expect("every exit has a vCPU");
+        let user = e["userspace_reason"].as_u64();
+        let t = by_vcpu.entry(vcpu).or_default();
+        let access = &e["access"];
+        if let Some(p) = access.get("Pio") {
+            let (port, write) = (p["port"].as_u64().unwrap(), p["write"].as_bool().unwrap());
+            match (port, write, user) {
+                (0x3f8, true, Some(KVM_EXIT_IO)) => t.pio_user += 1,
+                (0x3fd, false, Some(KVM_EXIT_IO)) => t.pio_in += 1,
+                (p, true, None) if kernel_ports.contains(&p) => t.pio_kernel += 1,
+                _ => {}
+            }
+        } else if let Some(m) = access.get("Mmio") {
+            if m["gpa"] == 0xd0000 && m["write"] == true && user == Some(KVM_EXIT_MMIO) {
+                t.mmio += 1;
+            }
+        } else if user == Some(KVM_EXIT_HLT) {
+            t.hlt += 1;
+        }
+    }
+    by_vcpu
+}
+
+#[test]
+fn record_reports_every_exit_of_the_test_vmm_exactly() {
+    if skip_without_kvm("record_reports_every_exit_of_the_test_vmm_exactly") {
+        return;
+    }
+    let dir = scratch("exact");
+    let (data, exits) = (dir.join("k.data"), dir.join("exits.jsonl"));
+    let vmm = bin("kvmprof-testvmm");
+    let out = Command::new(bin("kvmprof"))
+        .args([
+            "record",
+            "-o",
+            data.to_str().unwrap(),
+            "--exits",
+            exits.to_str().unwrap(),
+            "--",
+        ])
+        .arg(&vmm)
+        .args([
+            "--vcpus",
+            "2",
+            "--pio-user",
+            "1000",
+            "--pio-kernel",
+            "5000",
+            "--mmio",
+            "300",
+            "--pio-in",
+            "50",
+        ])
+        .output()
+        .expect("run kvmprof record");
+    assert!(out.status.success(), "record failed: {}", stderr(&out));
+    let counts: Value = serde_json::from_slice(&out.stdout).expect("test VMM counts on stdout");
+    let kernel_ports: Vec<u64> = counts["ports"]["pio_kernel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+
+    // Per vCPU and per kind, from the per-exit export.
+    let seen = tally(&std::fs::read_to_string(&exits).unwrap(), &kernel_ports);
+    for v in counts["vcpus"].as_array().unwrap() {
+        let idx = v["index"].as_u64().unwrap();
+        let want = Tally {
+            pio_user: v["pio_user"].as_u64().unwrap(),
+            pio_in: v["pio_in"].as_u64().unwrap(),
+            pio_kernel: v["pio_kernel"].as_u64().unwrap(),
+            mmio: v["mmio_user"].as_u64().unwrap(),
+            hlt: v["hlt"].as_u64().unwrap(),
+        };
+        assert_eq!(
+            want,
+            Tally {
+                pio_user: 1000,
+                pio_in: 50,
+                pio_kernel: 5000,
+                mmio: 300,
+                hlt: 1
+            }
+        );
+        assert_eq!(seen.get(&idx), Some(&want), "vCPU {idx}");
+    }
+
+    // The report: per vCPU totals, no loss, sane latencies.
+    let by_vcpu = report_json(&data, "vcpu");
+    assert_eq!(by_vcpu["lost"], 0);
+    let guest_total = counts["total"].as_object().unwrap();
+    let made: u64 = ["pio_user", "pio_in", "pio_kernel", "mmio_user", "hlt"]
+        .iter()
+        .map(|k| guest_total[*k].as_u64().unwrap())
+        .sum();
+    let reported = by_vcpu["total_exits"].as_u64().unwrap();
+    if by_vcpu["header"]["vendor"] == "pvm" {
+        // Under PVM only I/O and userspace exits are visible, and the guest makes no other.
+        assert_eq!(reported, made);
+    } else {
+        // Hardware backends also show exits the guest does not cause on purpose (timers).
+        assert!(reported >= made, "{reported} < {made}");
+    }
+    let duration = by_vcpu["duration_ns"].as_u64().unwrap();
+    for g in by_vcpu["groups"].as_array().unwrap() {
+        for s in g["stages"].as_array().unwrap() {
+            let (p50, max) = (s["p50_ns"].as_u64().unwrap(), s["max_ns"].as_u64().unwrap());
+            assert!(
+                p50 > 0 && max >= p50 && max < duration,
+                "{} {s}",
+                g["label"]
+            );
+        }
+    }
+
+    // By reason: the userspace round trip is measured for every PIO exit that returned.
+    let by_reason = report_json(&data, "reason");
+    let groups = by_reason["groups"].as_array().unwrap();
+    let io = groups
+        .iter()
+        .find(|g| {
+            g["userspace"].as_u64().unwrap_or(0) >= 2100
+                && g["label"].as_str().unwrap().contains("IO")
+                || g["label"] == "io"
+        })
+        .unwrap_or_else(|| panic!("no IO row in {by_reason}"));
+    let vmm = io["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "vmm")
+        .expect("vmm stage");
+    assert!(vmm["samples"].as_u64().unwrap() >= 2100);
+}
+
+#[test]
+fn record_by_name_stops_when_the_process_exits_and_keeps_the_data() {
+    if skip_without_kvm("record_by_name_stops_when_the_process_exits_and_keeps_the_data") {
+        return;
+    }
+    let dir = scratch("exits");
+    let data = dir.join("k.data");
+    let mut vmm = Command::new(bin("kvmprof-testvmm"))
+        .args([
+            "--vcpus",
+            "1",
+            "--pio-user",
+            "20",
+            "--rate",
+            "20",
+            "--start-delay",
+            "1500ms",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start test VMM");
+    let out = kvmprof(&[
+        "record",
+        "--pid",
+        &vmm.id().to_string(),
+        "-o",
+        data.to_str().unwrap(),
+    ]);
+    let _ = vmm.wait();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("exited after"), "{err}");
+    let r = report_json(&data, "reason");
+    assert!(r["total_exits"].as_u64().unwrap() >= 20, "{r}");
+}
+
+#[test]
+fn ctrl_c_stops_recording_and_keeps_everything_recorded() {
+    if skip_without_kvm("ctrl_c_stops_recording_and_keeps_everything_recorded") {
+        return;
+    }
+    let dir = scratch("sigint");
+    let data = dir.join("k.data");
+    let rec = Command::new(bin("kvmprof"))
+        .args(["record", "-o", data.to_str().unwrap(), "--"])
+        .arg(bin("kvmprof-testvmm"))
+        .args([
+            "--vcpus",
+            "1",
+            "--pio-user",
+            "100",
+            "--rate",
+            "200",
+            "--forever",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvmprof record");
+    sleep(Duration::from_secs(3));
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
+    let out = rec.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("SIGINT"), "{err}");
+    let r = report_json(&data, "reason");
+    assert_eq!(r["lost"], 0);
+    assert!(r["total_exits"].as_u64().unwrap() > 100, "{r}");
+}
