@@ -43,7 +43,11 @@ pub async fn record(a: RecordArgs) -> Result<()> {
     let child = held.map(|h| h.release());
     let out = run_with_exits(session, a.exits.as_deref()).await?;
     if let Some(mut c) = child {
-        // The recording ended with the command (or on a signal it also got): reap it.
+        if out.stop != Stop::TargetsExited {
+            // We stopped first (duration or signal): the command we started ends with us.
+            // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
         let _ = c.wait();
     }
     finish(&out, &targets, &a.output)
