@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{kernel::Facts, model::Stage, model::Vendor, vendor};
 
 /// How a stage is timed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// BPF trampoline on a vmlinux BTF function (cheapest).
@@ -17,6 +17,7 @@ pub enum Mode {
     Kprobe,
     /// Derived from tracepoints (KVM_RUN ioctl, `kvm:*`).
     Tracepoint,
+    #[default]
     Unavailable,
 }
 
@@ -118,15 +119,20 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
     let kvm_exit_usable = hooks.kvm_exit_fires && f.tracepoints.contains_key("kvm/kvm_exit");
     let kvm_entry_usable = kvm_exit_usable && f.tracepoints.contains_key("kvm/kvm_entry");
 
-    let funcs: [(Stage, &[&str]); 4] = [
-        (Stage::Cycle, &[vendor::ENTER_GUEST]),
-        (Stage::VendorRun, hooks.vendor_run),
-        (Stage::Handler, hooks.handler),
-        (Stage::FastPio, &[vendor::FAST_PIO]),
+    let funcs: [(Stage, &[&str], &str); 4] = [
+        (Stage::Cycle, &[vendor::ENTER_GUEST], vendor::KVM_MODULE),
+        (Stage::VendorRun, hooks.vendor_run, hooks.module),
+        (Stage::Handler, hooks.handler, hooks.module),
+        (Stage::FastPio, &[vendor::FAST_PIO], vendor::KVM_MODULE),
     ];
     let mut stages = Vec::new();
-    for (stage, symbols) in funcs {
-        stages.push(plan_function(f, pref, stage, symbols, kvm_entry_usable));
+    for (stage, symbols, module) in funcs {
+        stages.push(plan_function(
+            f,
+            pref,
+            (stage, symbols, module),
+            kvm_entry_usable,
+        ));
     }
     if pref != HookPref::Auto && pref != HookPref::Tracepoint {
         let forced = if pref == HookPref::Fentry {
@@ -176,6 +182,18 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
     } else {
         boundary::IDENT
     };
+    if boundary == boundary::VENDOR_RUN {
+        // The cycle is then bounded by the vendor-run hook, not by tracepoints.
+        let (vr_symbol, vr_mode) = stages
+            .iter()
+            .find(|p| p.stage == Stage::VendorRun)
+            .map(|p| (p.symbol.clone(), p.mode))
+            .unwrap_or_default();
+        if let Some(c) = stages.iter_mut().find(|p| p.stage == Stage::Cycle) {
+            c.symbol = format!("{vr_symbol} entry .. next {vr_symbol} entry (or return to VMM)");
+            c.mode = vr_mode;
+        }
+    }
     let mut tracepoints: Vec<String> = [
         "syscalls/sys_enter_ioctl",
         "kvm/kvm_userspace_exit",
@@ -198,17 +216,21 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
     })
 }
 
-/// Plans one function-bounded stage: the first of `symbols` present on this kernel, then
-/// the best mode allowed by `pref`.
+/// Plans one function-bounded stage: the first of `symbols` present on this kernel (built in,
+/// or in `module`: a same-named function of another module is not this one), then the best
+/// mode allowed by `pref`.
 fn plan_function(
     f: &Facts,
     pref: HookPref,
-    stage: Stage,
-    symbols: &[&str],
+    (stage, symbols, module): (Stage, &[&str], &str),
     kvm_entry: bool,
 ) -> StagePlan {
     let mut rejected = Vec::new();
-    let present = symbols.iter().find(|s| f.kallsyms.contains_key(**s));
+    let present = symbols.iter().find(|s| {
+        f.kallsyms
+            .get(**s)
+            .is_some_and(|sym| sym.module.as_deref().is_none_or(|m| m == module))
+    });
     let fallback = |rejected: Vec<String>| tracepoint_fallback(stage, symbols, kvm_entry, rejected);
     let Some(sym) = present else {
         rejected.push(format!(
@@ -306,5 +328,220 @@ fn tracepoint_fallback(
         symbol,
         mode,
         rejected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::Symbol;
+
+    const BASE_TPS: [&str; 4] = [
+        "syscalls/sys_enter_ioctl",
+        "kvm/kvm_userspace_exit",
+        "kvm/kvm_pio",
+        "kvm/kvm_mmio",
+    ];
+
+    /// A kernel with `syms` as `(name, module)` and every KVM tracepoint.
+    fn facts(syms: &[(&str, Option<&str>)]) -> Facts {
+        let mut f = Facts::default();
+        for (name, module) in syms {
+            f.kallsyms.insert(
+                name.to_string(),
+                Symbol {
+                    module: module.map(str::to_string),
+                },
+            );
+        }
+        for tp in BASE_TPS.iter().chain(&["kvm/kvm_exit", "kvm/kvm_entry"]) {
+            f.tracepoints.insert(tp.to_string(), Default::default());
+        }
+        f
+    }
+
+    fn pvm_host() -> Facts {
+        let mut f = facts(&[
+            ("pvm_vcpu_run", None),
+            ("pvm_handle_exit", None),
+            ("kvm_fast_pio", None),
+        ]);
+        f.btf_funcs = ["pvm_vcpu_run", "pvm_handle_exit", "kvm_fast_pio"]
+            .map(String::from)
+            .into();
+        f.fentry = Some(Err("Operation not permitted (os error 1)".into()));
+        f
+    }
+
+    fn svm_modules() -> Facts {
+        let mut f = facts(&[
+            ("svm_vcpu_run", Some("kvm_amd")),
+            ("svm_handle_exit", Some("kvm_amd")),
+            ("kvm_fast_pio", Some("kvm")),
+        ]);
+        f.kprobes = true;
+        f.kvm_modules = vec!["kvm_amd".into()];
+        f
+    }
+
+    fn stage(p: &Plan, s: Stage) -> &StagePlan {
+        p.stages
+            .iter()
+            .find(|x| x.stage == s)
+            .expect("stage planned")
+    }
+
+    #[test]
+    fn pvm_host_without_kprobes_falls_back_to_tracepoints_and_says_why() {
+        let p = plan(&pvm_host(), HookPref::Auto).unwrap();
+        assert_eq!(p.vendor, Vendor::Pvm);
+        assert_eq!(p.boundary, boundary::IDENT);
+        assert!(
+            !p.tracepoints.iter().any(|t| t == "kvm/kvm_exit"),
+            "kvm_exit never fires under PVM"
+        );
+        let vr = stage(&p, Stage::VendorRun);
+        assert_eq!(vr.mode, Mode::Unavailable);
+        assert!(
+            vr.rejected.iter().any(|r| r.contains("fentry: refused")),
+            "{:?}",
+            vr.rejected
+        );
+        assert!(vr
+            .rejected
+            .iter()
+            .any(|r| r.contains("kprobes are not available")));
+        assert_eq!(stage(&p, Stage::Cycle).mode, Mode::Tracepoint);
+        let c = stage(&p, Stage::Cycle);
+        assert!(c
+            .rejected
+            .iter()
+            .any(|r| r.contains("vcpu_enter_guest not in kallsyms")));
+    }
+
+    #[test]
+    fn svm_in_modules_uses_kprobes_and_bounds_cycles_by_the_vendor_run() {
+        let p = plan(&svm_modules(), HookPref::Auto).unwrap();
+        assert_eq!(p.vendor, Vendor::Svm);
+        assert_eq!(p.boundary, boundary::VENDOR_RUN);
+        for (s, sym) in [
+            (Stage::VendorRun, "svm_vcpu_run"),
+            (Stage::Handler, "svm_handle_exit"),
+            (Stage::FastPio, "kvm_fast_pio"),
+        ] {
+            let sp = stage(&p, s);
+            assert_eq!((sp.mode, sp.symbol.as_str()), (Mode::Kprobe, sym));
+            assert!(sp.rejected[0].contains("is in module"), "{:?}", sp.rejected);
+        }
+        assert!(stage(&p, Stage::Cycle)
+            .symbol
+            .contains("svm_vcpu_run entry"));
+        assert!(p.tracepoints.iter().any(|t| t == "kvm/kvm_exit"));
+        assert!(!p.tracepoints.iter().any(|t| t == "kvm/kvm_entry"));
+    }
+
+    #[test]
+    fn older_svm_kernels_time_handle_exit() {
+        let mut f = svm_modules();
+        f.kallsyms.remove("svm_handle_exit");
+        f.kallsyms.insert(
+            "handle_exit".into(),
+            Symbol {
+                module: Some("kvm_amd".into()),
+            },
+        );
+        let p = plan(&f, HookPref::Auto).unwrap();
+        assert_eq!(stage(&p, Stage::Handler).symbol, "handle_exit");
+        // A generic name found in another module is not the vendor's handler.
+        f.kallsyms.insert(
+            "handle_exit".into(),
+            Symbol {
+                module: Some("other".into()),
+            },
+        );
+        let p = plan(&f, HookPref::Auto).unwrap();
+        assert_eq!(stage(&p, Stage::Handler).mode, Mode::Unavailable);
+    }
+
+    #[test]
+    fn built_in_vmx_with_trampolines_uses_fentry() {
+        let mut f = facts(&[
+            ("vmx_vcpu_run", None),
+            ("vmx_handle_exit", None),
+            ("kvm_fast_pio", None),
+        ]);
+        f.btf_funcs = ["vmx_vcpu_run", "vmx_handle_exit", "kvm_fast_pio"]
+            .map(String::from)
+            .into();
+        f.fentry = Some(Ok(()));
+        f.kprobes = true;
+        let p = plan(&f, HookPref::Auto).unwrap();
+        assert_eq!(p.vendor, Vendor::Vmx);
+        assert_eq!(stage(&p, Stage::VendorRun).mode, Mode::Fentry);
+        assert_eq!(stage(&p, Stage::Handler).mode, Mode::Fentry);
+        // Forcing kprobes still works where both exist.
+        let k = plan(&f, HookPref::Kprobe).unwrap();
+        assert_eq!(stage(&k, Stage::VendorRun).mode, Mode::Kprobe);
+    }
+
+    #[test]
+    fn a_hookable_vcpu_enter_guest_bounds_the_cycle() {
+        let mut f = svm_modules();
+        f.kallsyms.insert(
+            "vcpu_enter_guest".into(),
+            Symbol {
+                module: Some("kvm".into()),
+            },
+        );
+        let p = plan(&f, HookPref::Auto).unwrap();
+        assert_eq!(p.boundary, boundary::ENTER_GUEST);
+        assert_eq!(stage(&p, Stage::Cycle).mode, Mode::Kprobe);
+    }
+
+    #[test]
+    fn forcing_tracepoints_on_svm_times_the_vendor_run_between_kvm_entry_and_kvm_exit() {
+        let p = plan(&svm_modules(), HookPref::Tracepoint).unwrap();
+        assert_eq!(p.boundary, boundary::KVM_ENTRY);
+        assert_eq!(stage(&p, Stage::VendorRun).mode, Mode::Tracepoint);
+        assert_eq!(stage(&p, Stage::Handler).mode, Mode::Unavailable);
+        assert!(p.tracepoints.iter().any(|t| t == "kvm/kvm_entry"));
+    }
+
+    #[test]
+    fn forcing_an_impossible_mode_is_an_error() {
+        let e = plan(&pvm_host(), HookPref::Kprobe).unwrap_err().to_string();
+        assert!(
+            e.contains("--hooks kprobe is impossible here: kprobe: kprobes are not available"),
+            "{e}"
+        );
+        let e = plan(&svm_modules(), HookPref::Fentry)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is in module kvm_amd"), "{e}");
+    }
+
+    #[test]
+    fn notrace_functions_are_rejected_by_name() {
+        let mut f = svm_modules();
+        f.traceable = Some(["svm_vcpu_run", "kvm_fast_pio"].map(String::from).into());
+        let p = plan(&f, HookPref::Auto).unwrap();
+        let h = stage(&p, Stage::Handler);
+        assert_eq!(h.mode, Mode::Unavailable);
+        assert!(h.rejected[0].contains("notrace"), "{:?}", h.rejected);
+    }
+
+    #[test]
+    fn a_kernel_without_kvm_tracepoints_or_backend_is_refused() {
+        let mut f = svm_modules();
+        f.tracepoints.remove("kvm/kvm_pio");
+        assert!(plan(&f, HookPref::Auto)
+            .unwrap_err()
+            .to_string()
+            .contains("kvm/kvm_pio is missing"));
+        let none = facts(&[]);
+        assert!(plan(&none, HookPref::Auto)
+            .unwrap_err()
+            .to_string()
+            .contains("no KVM backend"));
     }
 }
