@@ -70,7 +70,10 @@ fn an_unknown_duration_unit_is_a_clear_error() {
 fn a_truncated_data_file_is_a_clear_error_wherever_it_is_cut() {
     let dir = scratch("truncated");
     let full = dir.join("full.data");
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../kvmprof/tests/fixtures/ftrace/amd.txt");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../kvmprof/tests/fixtures/ftrace/amd.txt"
+    );
     let out = kvmprof(&["import-ftrace", fixture, "-o", full.to_str().unwrap()]);
     assert!(out.status.success(), "{}", kvmprof_tests::stderr(&out));
     let bytes = std::fs::read(&full).unwrap();
@@ -78,7 +81,10 @@ fn a_truncated_data_file_is_a_clear_error_wherever_it_is_cut() {
     let step = (bytes.len() / 40).max(1);
     for len in (0..bytes.len()).step_by(step) {
         std::fs::write(&cut, &bytes[..len]).unwrap();
-        assert_clean_error(&kvmprof(&["report", "-i", cut.to_str().unwrap()]), "cut.data");
+        assert_clean_error(
+            &kvmprof(&["report", "-i", cut.to_str().unwrap()]),
+            "cut.data",
+        );
     }
     let ok = kvmprof(&["report", "-i", full.to_str().unwrap()]);
     assert!(ok.status.success());
