@@ -1,1 +1,86 @@
-fn main() {}
+//! Developer and CI tasks for kvmprof, run as `cargo xtask <command>`.
+
+mod bench;
+mod checks;
+mod setup;
+mod test;
+mod util;
+mod vmtest;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer and CI tasks for kvmprof")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build and the tests need (Debian packages, the SVM kernel, nightly
+    /// rust-src, bpf-linker, virtme-ng) and mount tracefs; does nothing when all is there.
+    Setup,
+    /// The full test suite as CI runs it: fmt, clippy, cargo test, then vmtest.
+    Test,
+    /// Boot the Debian 6.1 kernel under QEMU TCG with AMD SVM and run the checks there.
+    Vmtest(VmtestArgs),
+    /// Compare guest exit rates of the test VMM alone, under kvmprof and under bpftrace.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct VmtestArgs {
+    /// Run this shell command in the VM instead of the checks (output goes to the terminal;
+    /// $KVMPROF and $TESTVMM hold the paths of the release binaries).
+    #[arg(long, value_name = "CMD")]
+    shell_cmd: Option<String>,
+    /// Run only the checks whose name contains this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    only: Vec<String>,
+    /// Kernel image to boot [default: the newest /boot/vmlinuz-6.1.0-*-amd64].
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Use the release binaries as they are instead of building them first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// User-space PIO exits per measured run (the ioeventfd workload makes 4x as many).
+    #[arg(long, default_value_t = 200_000)]
+    exits: u64,
+    /// Use the release binaries as they are instead of building them first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command and returns the exit code. A non-zero `Ok` means it ran and reported its
+/// own failures (failed checks), so `main` adds no message after the summary line.
+fn run(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Setup => setup::run().map(|()| 0),
+        Command::Test => test::run_all(),
+        Command::Vmtest(a) => vmtest::run(&vmtest::Options {
+            shell_cmd: a.shell_cmd,
+            only: a.only,
+            kernel: a.kernel,
+            build: !a.no_build,
+        }),
+        Command::Bench(a) => bench::run(a.exits, !a.no_build).map(|()| 0),
+    }
+}

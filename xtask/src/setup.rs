@@ -1,0 +1,289 @@
+//! `cargo xtask setup`: installs what the build, the tests and the bench need, idempotently.
+//! Every item prints one line: `ok: ...` when it is already there, `installing: ...` otherwise,
+//! so a second run prints only `ok` lines. Each check is a local look-up (one dpkg-query for
+//! all Debian packages); the network is used only for what is missing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{display, output, run as run_cmd, which};
+
+/// Debian packages the project needs: LLVM 22 for bpf-linker, QEMU and busybox for the SVM VM
+/// (virtme-ng builds its initramfs with busybox), bpftool to inspect programs, bpftrace for
+/// the bench.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "qemu-system-x86",
+    "bpftool",
+    "busybox-static",
+    "bpftrace",
+];
+
+/// Wanted but not required: `perf kvm stat` in the VM, the reference to compare kvmprof with.
+const APT_OPTIONAL: &[&str] = &["linux-perf"];
+
+/// The VM kernel is `linux-image-6.1.0-<abi>-amd64-unsigned`; the ABI number changes with
+/// Debian's point releases, so it is looked up, never written down.
+const KERNEL_PREFIX: &str = "linux-image-6.1.0-";
+const KERNEL_SUFFIX: &str = "-amd64-unsigned";
+
+/// The bpf-linker release known to build against Debian's LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+pub fn run() -> Result<()> {
+    apt_packages()?;
+    rust_toolchains()?;
+    bpf_linker()?;
+    virtme_ng()?;
+    tracefs()
+}
+
+/// Installed Debian packages and their versions, from one dpkg-query call.
+fn installed_packages() -> Result<HashMap<String, String>> {
+    let out =
+        output(Command::new("dpkg-query").args(["-W", "-f=${Package}\t${Status}\t${Version}\n"]))?;
+    Ok(out
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let (name, status, version) = (fields.next()?, fields.next()?, fields.next()?);
+            (status == "install ok installed").then(|| (name.to_string(), version.to_string()))
+        })
+        .collect())
+}
+
+/// The ABI number of a `linux-image-6.1.0-<abi>-amd64-unsigned` package name.
+fn kernel_abi(package: &str) -> Option<u32> {
+    package
+        .strip_prefix(KERNEL_PREFIX)?
+        .strip_suffix(KERNEL_SUFFIX)?
+        .parse()
+        .ok()
+}
+
+fn apt_packages() -> Result<()> {
+    let installed = installed_packages()?;
+    let mut wanted = Vec::new();
+    for &pkg in APT_PACKAGES {
+        match installed.get(pkg) {
+            Some(version) => println!("ok: {pkg} {version} present"),
+            None => wanted.push(pkg.to_string()),
+        }
+    }
+    let kernel = installed
+        .keys()
+        .filter(|p| kernel_abi(p).is_some())
+        .max_by_key(|p| kernel_abi(p));
+    if let Some(kernel) = kernel {
+        println!("ok: {kernel} present");
+    }
+
+    // An update only when something is missing: it is the one slow, networked step.
+    let updated = !wanted.is_empty() || kernel.is_none();
+    if updated {
+        println!("running: apt-get update");
+        run_cmd(apt_get().arg("update"))?;
+    }
+    if kernel.is_none() {
+        wanted.push(newest_kernel_package()?);
+    }
+    for &pkg in APT_OPTIONAL {
+        if let Some(version) = installed.get(pkg) {
+            println!("ok: {pkg} {version} present");
+        } else if apt_has(pkg)? {
+            wanted.push(pkg.to_string());
+        } else {
+            println!("skip: {pkg} (not available from apt)");
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    if !updated {
+        println!("running: apt-get update");
+        run_cmd(apt_get().arg("update"))?;
+    }
+    for pkg in &wanted {
+        println!("installing: {pkg} (apt)");
+    }
+    // No recommends: the kernel's would pull in apparmor and firmware, none of which the VM uses.
+    run_cmd(
+        apt_get()
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&wanted),
+    )
+}
+
+fn apt_get() -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.arg("-q").env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+/// The newest `linux-image-6.1.0-*-amd64-unsigned` that apt offers.
+fn newest_kernel_package() -> Result<String> {
+    let pattern = format!("^{KERNEL_PREFIX}[0-9]+{KERNEL_SUFFIX}$").replace('.', "\\.");
+    let out = output(Command::new("apt-cache").args(["search", "--names-only", &pattern]))?;
+    out.lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|p| kernel_abi(p).is_some())
+        .max_by_key(|p| kernel_abi(p))
+        .map(str::to_string)
+        .with_context(|| format!("apt offers no {KERNEL_PREFIX}*{KERNEL_SUFFIX} (is Debian 12 bookworm in the apt sources?)"))
+}
+
+/// Whether apt has an installation candidate for a package (a local look-up).
+fn apt_has(pkg: &str) -> Result<bool> {
+    let out = output(Command::new("apt-cache").args(["policy", pkg]))?;
+    Ok(out
+        .lines()
+        .any(|l| l.trim().starts_with("Candidate:") && !l.contains("(none)")))
+}
+
+/// Nightly with rust-src builds the eBPF crate (`-Z build-std`); clippy and rustfmt on the
+/// default toolchain run in `cargo xtask test`.
+fn rust_toolchains() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if toolchains.lines().any(|l| l.starts_with("nightly-")) {
+        println!("ok: rust nightly toolchain present");
+    } else {
+        println!("installing: rust nightly toolchain (rustup)");
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    rustup_component("rust-src", Some("nightly"))?;
+    rustup_component("clippy", None)?;
+    rustup_component("rustfmt", None)
+}
+
+fn rustup_component(component: &str, toolchain: Option<&str>) -> Result<()> {
+    let mut list = Command::new("rustup");
+    list.args(["component", "list", "--installed"]);
+    let mut add = Command::new("rustup");
+    add.args(["component", "add", component]);
+    if let Some(t) = toolchain {
+        list.args(["--toolchain", t]);
+        add.args(["--toolchain", t]);
+    }
+    let which_toolchain = toolchain.unwrap_or("default toolchain");
+    // Installed components are listed with their target triple, except rust-src.
+    let installed = output(&mut list)?;
+    if installed
+        .lines()
+        .any(|l| l == component || l.starts_with(&format!("{component}-")))
+    {
+        println!("ok: {component} ({which_toolchain}) present");
+        return Ok(());
+    }
+    println!("installing: {component} ({which_toolchain}, rustup)");
+    run_cmd(&mut add)
+}
+
+fn bpf_linker() -> Result<()> {
+    if let Ok(version) = output(Command::new("bpf-linker").arg("--version")) {
+        println!("ok: {} present", version.trim());
+        return Ok(());
+    }
+    println!("installing: bpf-linker {BPF_LINKER_VERSION} (cargo install, a few minutes)");
+    // llvm-sys finds LLVM through the prefix variable, but links only when llvm-config is also
+    // first on PATH: with the prefix alone the link failed with `unable to find library -lLLVM`.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![Path::new(LLVM_PREFIX).join("bin")];
+    dirs.extend(std::env::split_paths(&path));
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ])
+    .env("PATH", std::env::join_paths(dirs)?)
+    .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
+    run_cmd(&mut cmd)?;
+    output(Command::new("bpf-linker").arg("--version"))
+        .map(|_| ())
+        .context("bpf-linker was installed but is not on PATH (is ~/.cargo/bin on PATH?)")
+}
+
+/// virtme-ng's `vng` runs where pip put it. pip under pyenv only adds a shim on PATH after a
+/// rehash, so look in the interpreter's scripts directory as well as on PATH.
+pub fn find_vng() -> Option<PathBuf> {
+    which("vng").or_else(|| {
+        let scripts = output(Command::new("python3").args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ]))
+        .ok()?;
+        let vng = Path::new(scripts.trim()).join("vng");
+        vng.is_file().then_some(vng)
+    })
+}
+
+fn virtme_ng() -> Result<()> {
+    if let Some(vng) = find_vng() {
+        println!("ok: virtme-ng present ({})", vng.display());
+        return Ok(());
+    }
+    println!("installing: virtme-ng (pip)");
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        "--root-user-action=ignore",
+        "virtme-ng",
+    ]);
+    run_cmd(&mut cmd)?;
+    if find_vng().is_none() {
+        bail!("`{}` succeeded but no `vng` can be found", display(&cmd));
+    }
+    Ok(())
+}
+
+/// kvmprof reads tracepoint ids and formats from tracefs, which this host does not mount.
+fn tracefs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(TRACEFS))
+    {
+        println!("ok: tracefs mounted at {TRACEFS}");
+        return Ok(());
+    }
+    println!("mounting: tracefs at {TRACEFS}");
+    run_cmd(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_abi;
+
+    #[test]
+    fn kernel_abi_reads_only_the_amd64_unsigned_image() {
+        assert_eq!(kernel_abi("linux-image-6.1.0-56-amd64-unsigned"), Some(56));
+        assert_eq!(
+            kernel_abi("linux-image-6.1.0-56-cloud-amd64-unsigned"),
+            None
+        );
+        assert_eq!(kernel_abi("linux-image-6.1.0-56-amd64"), None);
+    }
+}
