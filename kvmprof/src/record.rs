@@ -177,11 +177,23 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
         "{}",
         report::render(&header, &agg, By::Reason, Format::Table)
     );
-    let counts =
-        std::fs::read_to_string(counts_path(&a.output)).context("read the guest's counts")?;
+    let path = counts_path(&a.output);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let counts: kvmprof_testvmm::Counts =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    let t = &counts.total;
     println!(
-        "\nThe guest's own count of the exits it caused:\n{}",
-        counts.trim()
+        "\nThe guest counted its own exits: {} PIO out + {} PIO in to the VMM, {} PIO in the \
+         kernel (ioeventfd), {} MMIO, {} HLT = {}; kvmprof saw {} ({} lost).",
+        t.pio_user,
+        t.pio_in,
+        t.pio_kernel,
+        t.mmio_user,
+        t.hlt,
+        t.total(),
+        agg.total_exits(),
+        agg.lost()
     );
     Ok(())
 }
