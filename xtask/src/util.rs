@@ -122,7 +122,7 @@ impl<O, E> Running<O, E> {
     }
 
     /// Waits for the child and returns its status and the writers holding its output. After
-    /// `limit` it kills the child and its children (vng runs QEMU as a child) and fails.
+    /// `limit` it kills the child and its descendants and fails.
     pub fn wait(mut self, limit: Duration) -> Result<(ExitStatus, O, E)> {
         let start = Instant::now();
         let status = loop {
@@ -130,7 +130,7 @@ impl<O, E> Running<O, E> {
                 break status;
             }
             if start.elapsed() > limit {
-                kill_with_children(self.child.id());
+                kill_tree(self.child.id());
                 let _ = self.child.wait();
                 bail!(
                     "`{}` did not finish within {} s",
@@ -147,14 +147,69 @@ impl<O, E> Running<O, E> {
     }
 }
 
-/// SIGKILL to a process and its direct children, children first. Best effort: a process that
-/// is already gone needs no killing. (Not a separate process group: Ctrl-C must still reach
-/// every process of a run from the terminal.)
-fn kill_with_children(pid: u32) {
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let mut pids: Vec<&str> = children.split_whitespace().collect();
-    let own = pid.to_string();
-    pids.push(&own);
-    let _ = Command::new("kill").arg("-KILL").args(pids).status();
+/// SIGKILL to a process and all its descendants (vng runs virtme-run, which runs QEMU).
+/// Best effort: a process that is already gone needs no killing. (Not a process group: Ctrl-C
+/// from the terminal must still reach every process of a run.)
+fn kill_tree(pid: u32) {
+    // Collected before killing anything: orphans are re-parented and could no longer be found.
+    let mut tree = vec![pid.to_string()];
+    let mut next = 0;
+    while next < tree.len() {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tree[next]))
+            .unwrap_or_default();
+        tree.extend(children.split_whitespace().map(str::to_string));
+        next += 1;
+    }
+    let _ = Command::new("kill").arg("-KILL").args(&tree).status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process's state letter from /proc, or None once it is gone.
+    fn state(pid: &str) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .next()?
+            .chars()
+            .next()
+    }
+
+    #[test]
+    fn a_child_past_its_limit_is_killed_with_all_its_descendants() {
+        // sh -> sh -> sleep, like vng -> virtme-run -> qemu.
+        let file = std::env::temp_dir().join(format!("xtask-kill-{}", std::process::id()));
+        let script = format!("sh -c 'sleep 60 & echo $! > {}; wait'", file.display());
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script]);
+        let running = spawn_piped(&mut cmd, Vec::new(), Vec::new()).unwrap();
+        let err = running.wait(Duration::from_millis(500)).unwrap_err();
+        assert!(
+            err.to_string().contains("did not finish within 0 s"),
+            "{err}"
+        );
+        let sleep = std::fs::read_to_string(&file).unwrap();
+        let _ = std::fs::remove_file(&file);
+        // Killed: gone, or a zombie whose new parent has not reaped it yet.
+        let s = state(sleep.trim());
+        assert!(matches!(s, None | Some('Z')), "sleep is still {s:?}");
+    }
+
+    #[test]
+    fn output_is_collected_while_waiting() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let (status, out, err) = spawn_piped(&mut cmd, Vec::new(), Vec::new())
+            .unwrap()
+            .wait(Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(
+            (out.as_slice(), err.as_slice()),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
+    }
 }
