@@ -5,12 +5,20 @@ use kvmprof_common::{
     boundary, counter, flag, kind, space, stage, ExitRecord, ThreadState, HOOKED_STAGES, STAGES,
 };
 
+use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+
 use crate::maps::{bump, EVENTS};
 
 pub fn now() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
 }
+
+/// Wake the reader only once this much is waiting: a wake-up per exit would cost the
+/// profiled vCPU a context switch of the reader on every exit. The reader also drains on a
+/// short timer, so records never wait long.
+const WAKEUP_BYTES: u64 = 256 << 10;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Writes one record; a full ring buffer is counted, never silent.
 fn emit(fill: impl FnOnce(&mut ExitRecord)) {
@@ -22,7 +30,12 @@ fn emit(fill: impl FnOnce(&mut ExitRecord)) {
                 core::ptr::write_bytes(rec, 0, 1);
                 fill(&mut *rec);
             }
-            entry.submit(0);
+            let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(wake as u64);
         }
         None => bump(counter::LOST),
     }

@@ -98,6 +98,11 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
         let Some(stem) = program_stem(sp.stage) else {
             continue;
         };
+        // Unless `vcpu_enter_guest` itself is hooked, the cycle is bounded by another
+        // stage's hook (or tracepoints) and has no function of its own to attach to.
+        if sp.stage == Stage::Cycle && plan.boundary != kvmprof_common::boundary::ENTER_GUEST {
+            continue;
+        }
         let sym = sp.symbol.as_str();
         match sp.mode {
             Mode::Kprobe => {

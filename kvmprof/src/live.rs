@@ -21,6 +21,9 @@ use crate::{
     target::{self, Target},
 };
 
+/// How often the ring buffer is drained without a wake-up from the kernel.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
 pub struct Options {
     pub targets: Vec<Target>,
     pub hooks: HookPref,
@@ -140,6 +143,9 @@ impl Session {
         let mut ring = unsafe { AsyncFd::register(ring) }.context("poll ring buffer")?;
         let mut batch: Vec<Exit> = Vec::new();
         let mut tick = tokio::time::interval(opts.tick);
+        // The kernel wakes us only when a lot is waiting (see `WAKEUP_BYTES` in
+        // kvmprof-ebpf), so drain on a timer too.
+        let mut poll = tokio::time::interval(DRAIN_EVERY);
         let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut exited: Vec<Target> = Vec::new();
@@ -150,10 +156,11 @@ impl Session {
                     let mut guard = guard?;
                     drain(guard.get_inner_mut(), &mut joiner, &mut vcpus, &mut batch);
                     guard.clear_ready();
-                    for e in batch.drain(..) {
-                        sink(&e)?;
-                        agg.add(&e);
-                    }
+                    absorb(&mut batch, &mut sink, &mut agg)?;
+                }
+                _ = poll.tick() => {
+                    drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
+                    absorb(&mut batch, &mut sink, &mut agg)?;
                 }
                 _ = tick.tick() => {
                     for t in &opts.targets {
@@ -186,10 +193,7 @@ impl Session {
         drop(ebpf);
         drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
         joiner.flush(&mut batch);
-        for e in batch.drain(..) {
-            sink(&e)?;
-            agg.add(&e);
-        }
+        absorb(&mut batch, &mut sink, &mut agg)?;
         let counters = read_counters(&counters);
         agg.add_lost(counters.lost);
         Ok(Outcome {
@@ -204,6 +208,19 @@ impl Session {
             orphans: joiner.orphans,
         })
     }
+}
+
+/// Hands drained exits to the per-exit sink and the aggregate.
+fn absorb(
+    batch: &mut Vec<Exit>,
+    sink: &mut impl FnMut(&Exit) -> Result<()>,
+    agg: &mut Aggregate,
+) -> Result<()> {
+    for e in batch.drain(..) {
+        sink(&e)?;
+        agg.add(&e);
+    }
+    Ok(())
 }
 
 fn drain(
