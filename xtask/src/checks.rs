@@ -106,7 +106,55 @@ pub fn checks() -> Vec<Check> {
             script: kvmprof_script(Attach::Command),
             verify: kvmprof_report,
         },
+        Check {
+            name: "kvmprof_stage_nesting",
+            script: nesting_script(),
+            verify: stage_nesting,
+        },
     ]
+}
+
+/// Records the workload with `--exits` and prints every exit (JSON Lines): the stages of
+/// each single exit are judged, not just their distributions.
+fn nesting_script() -> String {
+    format!(
+        "mkdir -p /run/nesting\n\
+         \"$KVMPROF\" record --hooks kprobe -o /run/nesting/k.data --exits /run/nesting/exits.jsonl \
+         -- \"$TESTVMM\" {} > /dev/null\n\
+         cat /run/nesting/exits.jsonl\n",
+        WORKLOAD.args()
+    )
+}
+
+/// SVM exit code of an I/O intercept.
+const SVM_EXIT_IO: u64 = 0x7b;
+
+/// Every SVM `io` exit has all four stages, and they nest as in the seed traces:
+/// fast PIO <= handler, vendor run + handler <= cycle. A stage hook removed, or its entry and
+/// return swapped, breaks this for every exit.
+fn stage_nesting(c: &Captured) -> Result<()> {
+    let w = &WORKLOAD;
+    let mut io = 0u64;
+    for (n, line) in c.stdout.lines().enumerate() {
+        let e: Value = serde_json::from_str(line).with_context(|| format!("exit line {n}"))?;
+        if e["reason"]["space"] != "svm" || e["reason"]["code"] != SVM_EXIT_IO {
+            continue;
+        }
+        io += 1;
+        let stage = |i: usize| e["stages"][i].as_u64();
+        let (Some(cycle), Some(run), Some(handler), Some(fast)) =
+            (stage(0), stage(1), stage(2), stage(3))
+        else {
+            anyhow::bail!("io exit {n} lacks a stage: {e}");
+        };
+        ensure!(
+            fast <= handler && run + handler <= cycle,
+            "io exit {n}: stages do not nest (cycle {cycle}, vendor run {run}, handler {handler}, fast PIO {fast})"
+        );
+    }
+    let want = (w.pio_user + w.pio_kernel + w.pio_in) * w.vcpus;
+    ensure!(io == want, "{io} io exits, expected {want}");
+    Ok(())
 }
 
 /// `perf kvm stat`, the reference tool, on the same workload: the anchor that says the VM's
