@@ -190,7 +190,7 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
             .map(|p| (p.symbol.clone(), p.mode))
             .unwrap_or_default();
         if let Some(c) = stages.iter_mut().find(|p| p.stage == Stage::Cycle) {
-            c.symbol = format!("{vr_symbol} entry .. next {vr_symbol} entry (or return to VMM)");
+            c.symbol = format!("{vr_symbol} .. next");
             c.mode = vr_mode;
         }
     }
@@ -433,9 +433,7 @@ mod tests {
             assert_eq!((sp.mode, sp.symbol.as_str()), (Mode::Kprobe, sym));
             assert!(sp.rejected[0].contains("is in module"), "{:?}", sp.rejected);
         }
-        assert!(stage(&p, Stage::Cycle)
-            .symbol
-            .contains("svm_vcpu_run entry"));
+        assert_eq!(stage(&p, Stage::Cycle).symbol, "svm_vcpu_run .. next");
         assert!(p.tracepoints.iter().any(|t| t == "kvm/kvm_exit"));
         assert!(!p.tracepoints.iter().any(|t| t == "kvm/kvm_entry"));
     }

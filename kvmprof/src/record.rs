@@ -27,9 +27,11 @@ pub async fn record(a: RecordArgs) -> Result<()> {
         None
     } else {
         let h = spawn_held(&a.command)?;
+        let prog = Path::new(&a.command[0]);
+        let name = prog.file_name().unwrap_or(prog.as_os_str());
         targets.push(Target {
             pid: h.pid(),
-            name: a.command[0].clone(),
+            name: name.to_string_lossy().into_owned(),
         });
         Some(h)
     };
