@@ -24,8 +24,14 @@ enum Command {
     /// Install what the build and the tests need (Debian packages, the SVM kernel, nightly
     /// rust-src, bpf-linker, virtme-ng) and mount tracefs; does nothing when all is there.
     Setup,
-    /// The full test suite as CI runs it: fmt, clippy, cargo test, then vmtest.
+    /// The full test suite as CI runs it: setup, fmt, clippy, cargo test, then vmtest.
     Test,
+    /// Set up, build kvmprof and run it: `kvmprof demo` without arguments, else the given
+    /// kvmprof command (`cargo xtask run -- record --pid qemu`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Boot the Debian 6.1 kernel under QEMU TCG with AMD SVM and run the checks there.
     Vmtest(VmtestArgs),
     /// Compare guest exit rates of the test VMM alone, under kvmprof and under bpftrace.
@@ -75,6 +81,7 @@ fn run(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Setup => setup::run().map(|()| 0),
         Command::Test => test::run_all(),
+        Command::Run { args } => test::run_kvmprof(&args),
         Command::Vmtest(a) => vmtest::run(&vmtest::Options {
             shell_cmd: a.shell_cmd,
             only: a.only,

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: everything CI runs, in order of cost, stopping at the first failure.
+//! `cargo xtask test`: everything CI runs, in order of cost, stopping at the first failure;
+//! `cargo xtask run`: build kvmprof and run it (the demo guest when no arguments are given).
 
 use anyhow::Result;
 
@@ -7,13 +8,23 @@ use crate::vmtest;
 
 /// Returns the exit code for xtask (vmtest's, once the cargo steps passed).
 pub fn run_all() -> Result<u8> {
+    // Installs whatever a fresh machine lacks; prints only "ok" lines when all is there.
+    crate::setup::run()?;
     // The eBPF crate is not a default member: it builds only for the BPF target (through
     // kvmprof's build.rs), so these commands cover the default members, not `--workspace`.
     // The integration tests in `tests/` run the built `kvmprof` and `kvmprof-testvmm`
     // binaries, which `cargo test` does not build for another package: `cargo build` does.
     for args in [
         &["fmt", "--all", "--check"][..],
-        &["clippy", "--all-targets", "--", "-D", "warnings"],
+        // --workspace also lints the eBPF crate, which type-checks on the host.
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
         &["build", "--bins"],
         &["test"],
     ] {
@@ -27,4 +38,19 @@ pub fn run_all() -> Result<u8> {
         kernel: None,
         build: true,
     })
+}
+
+/// Builds kvmprof (release) and runs it with `args`, or `demo` without any; kvmprof needs
+/// root, which `cargo xtask` already has on the machines this project runs on.
+pub fn run_kvmprof(args: &[String]) -> Result<u8> {
+    crate::setup::run()?;
+    run(cargo().args(["build", "--release", "-p", "kvmprof"]))?;
+    let exe = crate::util::target_dir().join("release/kvmprof");
+    let args: Vec<String> = if args.is_empty() {
+        vec!["demo".into()]
+    } else {
+        args.to_vec()
+    };
+    let status = std::process::Command::new(&exe).args(&args).status()?;
+    Ok(status.code().unwrap_or(1).clamp(0, 255) as u8)
 }
