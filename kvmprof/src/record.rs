@@ -130,6 +130,16 @@ fn finish(out: &Outcome, targets: &[Target], path: &Path) -> Result<()> {
         out.counters.lost,
         path.display()
     );
+    if out.aggregate.total_exits() == 0 {
+        let names: Vec<String> = targets
+            .iter()
+            .map(|t| format!("{} ({})", t.pid, t.name))
+            .collect();
+        bail!(
+            "no VM exits recorded from {}: it never ran a vCPU (KVM_RUN) while recording",
+            names.join(", ")
+        );
+    }
     if out.orphans > 0 {
         eprintln!(
             "kvmprof: {} VMM round trips followed exits from before recording began (not counted)",

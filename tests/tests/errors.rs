@@ -89,3 +89,33 @@ fn a_truncated_data_file_is_a_clear_error_wherever_it_is_cut() {
     let ok = kvmprof(&["report", "-i", full.to_str().unwrap()]);
     assert!(ok.status.success());
 }
+
+/// Recording a process that runs no vCPU says so, instead of leaving an empty report.
+#[test]
+fn recording_a_process_that_runs_no_vcpu_is_an_error_not_an_empty_report() {
+    if kvmprof_tests::skip_without_kvm(
+        "recording_a_process_that_runs_no_vcpu_is_an_error_not_an_empty_report",
+    ) {
+        return;
+    }
+    let mut sleeper = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("start sleep");
+    let data = scratch("novcpu").join("k.data");
+    let out = kvmprof(&[
+        "record",
+        "--pid",
+        &sleeper.id().to_string(),
+        "--duration",
+        "1s",
+        "-o",
+        data.to_str().unwrap(),
+    ]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let err = kvmprof_tests::stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no VM exits recorded from"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
