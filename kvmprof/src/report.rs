@@ -367,10 +367,16 @@ fn group_table(out: &mut String, r: &Report) {
         let share = g
             .cycle_time_share
             .map_or_else(|| "-".to_owned(), units::pct);
+        // A trace without timestamps has no duration: a rate would be a made-up 0.
+        let rate = if r.duration_ns == 0 {
+            "-".to_owned()
+        } else {
+            units::si(g.rate_per_s)
+        };
         let lead = format!(
             "{label:<LABEL_W$}{:>9}{:>7}{:>7}{:>7}",
             g.count,
-            units::si(g.rate_per_s),
+            rate,
             units::pct(g.exit_share),
             share
         );
