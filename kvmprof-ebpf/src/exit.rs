@@ -5,39 +5,70 @@ use kvmprof_common::{
     boundary, counter, flag, kind, space, stage, ExitRecord, ThreadState, HOOKED_STAGES, STAGES,
 };
 
-use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-
-use crate::maps::{bump, EVENTS};
+use sink::{bump, emit};
 
 pub fn now() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
 }
 
-/// Wake the reader only once this much is waiting: a wake-up per exit would cost the
-/// profiled vCPU a context switch of the reader on every exit. The reader also drains on a
-/// short timer, so records never wait long.
-const WAKEUP_BYTES: u64 = 256 << 10;
-const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Where records and counters go: the ring buffer and the counters map in the kernel.
+#[cfg(target_arch = "bpf")]
+mod sink {
+    use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    use kvmprof_common::{counter, ExitRecord};
 
-/// Writes one record; a full ring buffer is counted, never silent.
-fn emit(fill: impl FnOnce(&mut ExitRecord)) {
-    match EVENTS.reserve::<ExitRecord>(0) {
-        Some(mut entry) => {
-            let rec = entry.as_mut_ptr();
-            // SAFETY: the reservation is sizeof(ExitRecord) bytes and exclusively ours.
-            unsafe {
-                core::ptr::write_bytes(rec, 0, 1);
-                fill(&mut *rec);
+    pub use crate::maps::bump;
+    use crate::maps::EVENTS;
+
+    /// Wake the reader only once this much is waiting: a wake-up per exit would cost the
+    /// profiled vCPU a context switch of the reader on every exit. The reader also drains
+    /// on a short timer, so records never wait long.
+    const WAKEUP_BYTES: u64 = 256 << 10;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+
+    /// Writes one record; a full ring buffer is counted, never silent.
+    pub fn emit(fill: impl FnOnce(&mut ExitRecord)) {
+        match EVENTS.reserve::<ExitRecord>(0) {
+            Some(mut entry) => {
+                let rec = entry.as_mut_ptr();
+                // SAFETY: the reservation is sizeof(ExitRecord) bytes and exclusively ours.
+                unsafe {
+                    core::ptr::write_bytes(rec, 0, 1);
+                    fill(&mut *rec);
+                }
+                let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+                    BPF_RB_FORCE_WAKEUP
+                } else {
+                    BPF_RB_NO_WAKEUP
+                };
+                entry.submit(wake as u64);
             }
-            let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(wake as u64);
+            None => bump(counter::LOST),
         }
-        None => bump(counter::LOST),
+    }
+}
+
+/// On the host (unit tests of this state machine), records and counters go to a log.
+#[cfg(not(target_arch = "bpf"))]
+pub mod sink {
+    use std::cell::RefCell;
+
+    use kvmprof_common::ExitRecord;
+
+    thread_local! {
+        pub static RECORDS: RefCell<Vec<ExitRecord>> = const { RefCell::new(Vec::new()) };
+        pub static COUNTERS: RefCell<[u64; 3]> = const { RefCell::new([0; 3]) };
+    }
+
+    pub fn emit(fill: impl FnOnce(&mut ExitRecord)) {
+        let mut r = ExitRecord::default();
+        fill(&mut r);
+        RECORDS.with(|v| v.borrow_mut().push(r));
+    }
+
+    pub fn bump(idx: u32) {
+        COUNTERS.with(|c| c.borrow_mut()[idx as usize] += 1);
     }
 }
 
@@ -276,5 +307,199 @@ pub fn stage_exit(st: &mut ThreadState, s: usize, ts: u64) {
     st.stage_ns[s] += ts - start;
     if s == stage::CYCLE {
         st.cycle_set = 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The state machine driven by hand-made event sequences, as the probes would drive it.
+    use kvmprof_common::{boundary, counter, flag, kind, space, stage, ExitRecord, ThreadState};
+
+    use super::{sink, *};
+
+    const PID: u32 = 10;
+    const TID: u32 = 11;
+    const KVM_EXIT_HLT: u32 = 5;
+    const SVM_IO: u32 = 0x7b;
+
+    fn fresh() -> ThreadState {
+        sink::RECORDS.with(|r| r.borrow_mut().clear());
+        sink::COUNTERS.with(|c| *c.borrow_mut() = [0; 3]);
+        ThreadState {
+            vcpu_fd: 7,
+            vcpu_id: -1,
+            ..Default::default()
+        }
+    }
+
+    fn records() -> Vec<ExitRecord> {
+        sink::RECORDS.with(|r| r.borrow().clone())
+    }
+
+    fn unmatched() -> u64 {
+        sink::COUNTERS.with(|c| c.borrow()[counter::UNMATCHED as usize])
+    }
+
+    fn pio(port: u64, write: bool) -> Io {
+        let flags = flag::PIO | if write { flag::WRITE } else { 0 };
+        Io {
+            flags,
+            addr: port,
+            size: 1,
+        }
+    }
+
+    /// One SVM exit as the hooks see it, starting at `t`: vendor run 100..400 with kvm_exit,
+    /// handler 450..900 with kvm_fast_pio 500..800 inside.
+    fn svm_io_exit(st: &mut ThreadState, t: u64) {
+        let b = boundary::VENDOR_RUN;
+        stage_enter(PID, TID, st, b, stage::VENDOR_RUN, t + 100);
+        identify_reason(st, b, t + 390, space::SVM as u32, SVM_IO, 0);
+        stage_exit(st, stage::VENDOR_RUN, t + 400);
+        stage_enter(PID, TID, st, b, stage::HANDLER, t + 450);
+        stage_enter(PID, TID, st, b, stage::FAST_PIO, t + 500);
+        identify_io(PID, TID, st, b, t + 600, pio(0x700, true));
+        stage_exit(st, stage::FAST_PIO, t + 800);
+        stage_exit(st, stage::HANDLER, t + 900);
+    }
+
+    #[test]
+    fn svm_exits_get_every_stage_nested_and_close_at_the_next_vendor_run() {
+        let mut st = fresh();
+        kvm_run_enter(PID, TID, &mut st, 7, 0);
+        svm_io_exit(&mut st, 0);
+        assert!(
+            records().is_empty(),
+            "an exit is emitted only when the next cycle starts"
+        );
+        svm_io_exit(&mut st, 1000);
+        let r = records();
+        assert_eq!(r.len(), 1);
+        let e = r[0];
+        assert_eq!(
+            (e.kind, e.space, e.reason),
+            (kind::EXIT, space::SVM, SVM_IO)
+        );
+        assert_eq!(e.stage_ns[stage::VENDOR_RUN], 300);
+        assert_eq!(e.stage_ns[stage::HANDLER], 450);
+        assert_eq!(e.stage_ns[stage::FAST_PIO], 300);
+        assert_eq!(
+            e.stage_ns[stage::CYCLE],
+            1000,
+            "vendor-run entry to the next one"
+        );
+        assert_eq!((e.io_addr, e.flags & flag::USERSPACE), (0x700, 0));
+        assert_eq!(unmatched(), 0);
+    }
+
+    #[test]
+    fn a_missed_return_does_not_leak_into_the_next_exit() {
+        let mut st = fresh();
+        let b = boundary::VENDOR_RUN;
+        kvm_run_enter(PID, TID, &mut st, 7, 0);
+        stage_enter(PID, TID, &mut st, b, stage::VENDOR_RUN, 100);
+        stage_exit(&mut st, stage::VENDOR_RUN, 200);
+        stage_enter(PID, TID, &mut st, b, stage::HANDLER, 250);
+        // The handler's return is lost; the next cycle starts.
+        stage_enter(PID, TID, &mut st, b, stage::VENDOR_RUN, 1000);
+        stage_exit(&mut st, stage::HANDLER, 1500);
+        assert_eq!(unmatched(), 1);
+        stage_enter(PID, TID, &mut st, b, stage::VENDOR_RUN, 2000);
+        let r = records();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0].stage_ns[stage::HANDLER],
+            0,
+            "first exit: handler never returned"
+        );
+        assert_eq!(
+            r[1].stage_ns[stage::HANDLER],
+            0,
+            "second exit: not the stale entry"
+        );
+    }
+
+    #[test]
+    fn a_return_without_its_entry_is_not_a_stage() {
+        let mut st = fresh();
+        let b = boundary::VENDOR_RUN;
+        kvm_run_enter(PID, TID, &mut st, 7, 0);
+        stage_enter(PID, TID, &mut st, b, stage::VENDOR_RUN, 100);
+        // Entry and return swapped: the return comes first.
+        stage_exit(&mut st, stage::HANDLER, 300);
+        stage_enter(PID, TID, &mut st, b, stage::HANDLER, 400);
+        stage_enter(PID, TID, &mut st, b, stage::VENDOR_RUN, 1000);
+        assert_eq!(unmatched(), 1);
+        assert_eq!(records()[0].stage_ns[stage::HANDLER], 0);
+    }
+
+    #[test]
+    fn pvm_in_kernel_exits_are_timed_between_consecutive_exits() {
+        let mut st = fresh();
+        let b = boundary::IDENT;
+        kvm_run_enter(PID, TID, &mut st, 7, 1000);
+        identify_io(PID, TID, &mut st, b, 1300, pio(0x700, true));
+        identify_io(PID, TID, &mut st, b, 1700, pio(0x700, true));
+        identify_io(PID, TID, &mut st, b, 2000, pio(0x3f8, true));
+        kvm_run_exit(PID, TID, &mut st, b, 2500, 2, 0);
+        let r = records();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].stage_ns[stage::CYCLE], 300, "since KVM_RUN entry");
+        assert_eq!(r[1].stage_ns[stage::CYCLE], 400);
+        assert_eq!(r[0].flags & flag::USERSPACE, 0);
+        let user = r[2];
+        assert_eq!(
+            (user.space, user.reason, user.user_reason),
+            (space::USERSPACE, 2, 2)
+        );
+        assert_eq!(
+            (user.io_addr, user.flags & flag::USERSPACE),
+            (0x3f8, flag::USERSPACE)
+        );
+        assert_eq!(user.stage_ns[stage::CYCLE], 300);
+        assert_eq!(user.stage_ns[stage::KVM_RUN], 1500);
+        // The VMM handles it and calls KVM_RUN again: its round trip.
+        kvm_run_enter(PID, TID, &mut st, 7, 4000);
+        let resume = records()[3];
+        assert_eq!(
+            (resume.kind, resume.stage_ns[stage::VMM]),
+            (kind::RESUME, 1500)
+        );
+    }
+
+    #[test]
+    fn a_return_to_userspace_for_another_reason_closes_the_in_kernel_exit_first() {
+        let mut st = fresh();
+        let b = boundary::IDENT;
+        kvm_run_enter(PID, TID, &mut st, 7, 0);
+        identify_io(PID, TID, &mut st, b, 100, pio(0x700, true));
+        kvm_run_exit(PID, TID, &mut st, b, 300, KVM_EXIT_HLT, 0);
+        let r = records();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].space, r[0].flags & flag::USERSPACE),
+            (space::TRACEPOINT, 0)
+        );
+        assert_eq!((r[1].space, r[1].reason), (space::USERSPACE, KVM_EXIT_HLT));
+    }
+
+    #[test]
+    fn a_pio_read_to_userspace_waits_for_its_port() {
+        let mut st = fresh();
+        let b = boundary::IDENT;
+        kvm_run_enter(PID, TID, &mut st, 7, 0);
+        kvm_run_exit(PID, TID, &mut st, b, 100, 2, 0);
+        assert_eq!(
+            st.await_pio_in, 1,
+            "kvm_pio fires for reads only on completion"
+        );
+        kvm_run_enter(PID, TID, &mut st, 7, 200);
+        pio_in_done(PID, TID, &st, 210, 0x3fd, 1);
+        let r = records();
+        assert_eq!(
+            r.iter().map(|r| r.kind).collect::<Vec<_>>(),
+            [kind::EXIT, kind::RESUME, kind::PIO_IN_DONE]
+        );
+        assert_eq!(r[2].io_addr, 0x3fd);
     }
 }

@@ -27,6 +27,8 @@ pub fn run_all() -> Result<u8> {
         ],
         &["build", "--bins"],
         &["test"],
+        // The eBPF exit state machine's unit tests run on the host (not a default member).
+        &["test", "-p", "kvmprof-ebpf"],
     ] {
         println!("== cargo {}", args.join(" "));
         run(cargo().args(args))?;
