@@ -79,6 +79,10 @@ pub mod flag {
     pub const CYCLE_INTERVAL: u32 = 1 << 4;
     /// KVM_RUN returned an error (e.g. -EINTR); `errno` holds it.
     pub const ERRNO: u32 = 1 << 5;
+    /// Kernel-internal, never in a record: the open exit's start was not observed (the
+    /// thread was already inside KVM_RUN when the window opened). Such an exit is counted
+    /// in [`super::counter::UNOBSERVED`] instead of being emitted with a made-up cycle.
+    pub const UNOBSERVED: u32 = 1 << 6;
 }
 
 /// One record in the ring buffer (104 bytes).
@@ -155,6 +159,28 @@ pub struct Config {
     pub ioctl_cmd_off: u32,
 }
 
+/// The recording window, written by userspace into the `WINDOW` array (one element).
+///
+/// Every program reads the time first and then this window, and acts only when
+/// `start_ns <= now < stop_ns`: one switch turns every program on (after all are attached)
+/// and off (before any is detached) at the same instant, on the clock of the records
+/// (CLOCK_MONOTONIC, `bpf_ktime_get_ns`). `start_ns == 0` means not started; `stop_ns == 0`
+/// means no end set yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    pub start_ns: u64,
+    pub stop_ns: u64,
+}
+
+impl Window {
+    /// Whether an event at `ts` is inside the window.
+    #[inline(always)]
+    pub fn contains(&self, ts: u64) -> bool {
+        self.start_ns != 0 && ts >= self.start_ns && (self.stop_ns == 0 || ts < self.stop_ns)
+    }
+}
+
 /// Per-thread state kept in the kernel between events of one vCPU thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -199,7 +225,10 @@ pub mod counter {
     pub const NO_STATE: u32 = 1;
     /// A stage return without a matching entry (or an entry older than the cycle).
     pub const UNMATCHED: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Exits whose start was not observed (the thread was inside KVM_RUN when the window
+    /// opened): not in the recording, counted here.
+    pub const UNOBSERVED: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// `KVM_RUN` = `_IO(KVMIO, 0x80)`.
@@ -207,8 +236,9 @@ pub const KVM_RUN: u64 = 0xae80;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are repr(C) plain integers with no padding holes left implicit.
+    // SAFETY: all four are repr(C) plain integers with no padding holes left implicit.
     unsafe impl aya::Pod for super::ExitRecord {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ThreadState {}
+    unsafe impl aya::Pod for super::Window {}
 }

@@ -58,7 +58,8 @@ pub mod sink {
 
     thread_local! {
         pub static RECORDS: RefCell<Vec<ExitRecord>> = const { RefCell::new(Vec::new()) };
-        pub static COUNTERS: RefCell<[u64; 3]> = const { RefCell::new([0; 3]) };
+        pub static COUNTERS: RefCell<[u64; kvmprof_common::counter::COUNT as usize]> =
+            const { RefCell::new([0; kvmprof_common::counter::COUNT as usize]) };
     }
 
     pub fn emit(fill: impl FnOnce(&mut ExitRecord)) {
@@ -81,9 +82,41 @@ fn header(r: &mut ExitRecord, k: u8, pid: u32, tid: u32, st: &ThreadState, ts: u
     r.ts_ns = ts;
 }
 
+/// The time since the current cycle began, or 0 with the open exit marked
+/// [`flag::UNOBSERVED`] when that start was not seen. Every program acts only inside the
+/// recording window and a thread's state is created empty, so `cycle_start_ns == 0` means
+/// the thread was already inside KVM_RUN (or a stage) when the window opened: its exit
+/// began before the window and must not get a duration measured from time zero.
+fn since_cycle_start(st: &mut ThreadState, ts: u64) -> u64 {
+    if st.cycle_start_ns == 0 {
+        st.flags |= flag::UNOBSERVED;
+        return 0;
+    }
+    ts.saturating_sub(st.cycle_start_ns)
+}
+
 /// Emits the open exit of `st` and clears it. `user` carries (KVM_EXIT_* reason, errno)
-/// when the exit ends in a return to userspace.
+/// when the exit ends in a return to userspace. An exit whose start was not observed is
+/// only counted.
 fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i32)>) {
+    if st.flags & flag::UNOBSERVED != 0 {
+        bump(counter::UNOBSERVED);
+    } else {
+        emit_open(pid, tid, st, ts, user);
+    }
+    st.open = 0;
+    st.identified = 0;
+    st.space = space::NONE as u32;
+    st.reason = 0;
+    st.flags = 0;
+    st.io_addr = 0;
+    st.io_size = 0;
+    st.mmio_unsatisfied = 0;
+    st.cycle_set = 0;
+    st.stage_ns = [0; STAGES];
+}
+
+fn emit_open(pid: u32, tid: u32, st: &ThreadState, ts: u64, user: Option<(u32, i32)>) {
     emit(|r| {
         header(r, kind::EXIT, pid, tid, st, ts);
         r.space = st.space as u8;
@@ -110,16 +143,6 @@ fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i
             }
         }
     });
-    st.open = 0;
-    st.identified = 0;
-    st.space = space::NONE as u32;
-    st.reason = 0;
-    st.flags = 0;
-    st.io_addr = 0;
-    st.io_size = 0;
-    st.mmio_unsatisfied = 0;
-    st.cycle_set = 0;
-    st.stage_ns = [0; STAGES];
 }
 
 /// Starts a new cycle at `ts`: the previous open exit (handled in the kernel, since the
@@ -128,7 +151,7 @@ fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i
 pub fn start_cycle(pid: u32, tid: u32, st: &mut ThreadState, ts: u64) {
     if st.open != 0 {
         if st.cycle_set == 0 {
-            st.stage_ns[stage::CYCLE] = ts.saturating_sub(st.cycle_start_ns);
+            st.stage_ns[stage::CYCLE] = since_cycle_start(st, ts);
             st.flags |= flag::CYCLE_INTERVAL;
         }
         close(pid, tid, st, ts, None);
@@ -154,7 +177,7 @@ pub fn identify_io(pid: u32, tid: u32, st: &mut ThreadState, bound: u32, ts: u64
             close(pid, tid, st, ts, None);
         }
         st.open = 1;
-        st.stage_ns[stage::CYCLE] = ts.saturating_sub(st.cycle_start_ns);
+        st.stage_ns[stage::CYCLE] = since_cycle_start(st, ts);
         st.cycle_set = 1;
         st.cycle_start_ns = ts;
         st.flags |= flag::CYCLE_INTERVAL;
@@ -239,12 +262,12 @@ pub fn kvm_run_exit(
     reason: u32,
     errno: i32,
 ) {
-    let since = ts.saturating_sub(st.cycle_start_ns);
-    let mut cycle = since;
+    let mut cycle;
     if st.open != 0 && !same_exit(st, bound, reason, errno) {
         // The open exit was handled in the kernel; this return is a separate event.
+        cycle = since_cycle_start(st, ts);
         if st.cycle_set == 0 {
-            st.stage_ns[stage::CYCLE] = since;
+            st.stage_ns[stage::CYCLE] = cycle;
             st.flags |= flag::CYCLE_INTERVAL;
         }
         close(pid, tid, st, ts, None);
@@ -252,6 +275,8 @@ pub fn kvm_run_exit(
             // No guest exit of its own (e.g. a signal before entry): no cycle to time.
             cycle = 0;
         }
+    } else {
+        cycle = since_cycle_start(st, ts);
     }
     st.open = 1;
     if st.cycle_set == 0 && cycle != 0 {
@@ -263,10 +288,13 @@ pub fn kvm_run_exit(
     }
     let pio_read = reason == KVM_EXIT_IO && st.flags & flag::PIO == 0;
     let mmio_read = st.mmio_unsatisfied != 0;
+    let observed = st.flags & flag::UNOBSERVED == 0;
     close(pid, tid, st, ts, Some((reason, errno)));
+    // The completion of a read still comes (and must not pass for a new exit), but no round
+    // trip is joined to an exit that is not in the recording.
     st.await_pio_in = pio_read as u32;
     st.await_mmio_read = mmio_read as u32;
-    st.user_since_ns = ts;
+    st.user_since_ns = if observed { ts } else { 0 };
     st.run_start_ns = 0;
 }
 
@@ -324,7 +352,7 @@ mod tests {
 
     fn fresh() -> ThreadState {
         sink::RECORDS.with(|r| r.borrow_mut().clear());
-        sink::COUNTERS.with(|c| *c.borrow_mut() = [0; 3]);
+        sink::COUNTERS.with(|c| *c.borrow_mut() = [0; counter::COUNT as usize]);
         ThreadState {
             vcpu_fd: 7,
             vcpu_id: -1,
@@ -339,6 +367,23 @@ mod tests {
     fn unmatched() -> u64 {
         sink::COUNTERS.with(|c| c.borrow()[counter::UNMATCHED as usize])
     }
+
+    fn unobserved() -> u64 {
+        sink::COUNTERS.with(|c| c.borrow()[counter::UNOBSERVED as usize])
+    }
+
+    /// A thread first seen by the window mid-KVM_RUN: its state is created empty.
+    fn seen_mid_run() -> ThreadState {
+        let _ = fresh();
+        ThreadState {
+            vcpu_fd: -1,
+            vcpu_id: -1,
+            ..Default::default()
+        }
+    }
+
+    /// Far from zero, like the boot-time clock of a real attach.
+    const LATE: u64 = 1_949_000_000_000;
 
     fn pio(port: u64, write: bool) -> Io {
         let flags = flag::PIO | if write { flag::WRITE } else { 0 };
@@ -471,9 +516,9 @@ mod tests {
     fn a_return_to_userspace_for_another_reason_closes_the_in_kernel_exit_first() {
         let mut st = fresh();
         let b = boundary::IDENT;
-        kvm_run_enter(PID, TID, &mut st, 7, 0);
-        identify_io(PID, TID, &mut st, b, 100, pio(0x700, true));
-        kvm_run_exit(PID, TID, &mut st, b, 300, KVM_EXIT_HLT, 0);
+        kvm_run_enter(PID, TID, &mut st, 7, 1000);
+        identify_io(PID, TID, &mut st, b, 1100, pio(0x700, true));
+        kvm_run_exit(PID, TID, &mut st, b, 1300, KVM_EXIT_HLT, 0);
         let r = records();
         assert_eq!(r.len(), 2);
         assert_eq!(
@@ -487,19 +532,86 @@ mod tests {
     fn a_pio_read_to_userspace_waits_for_its_port() {
         let mut st = fresh();
         let b = boundary::IDENT;
-        kvm_run_enter(PID, TID, &mut st, 7, 0);
-        kvm_run_exit(PID, TID, &mut st, b, 100, 2, 0);
+        kvm_run_enter(PID, TID, &mut st, 7, 1000);
+        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0);
         assert_eq!(
             st.await_pio_in, 1,
             "kvm_pio fires for reads only on completion"
         );
-        kvm_run_enter(PID, TID, &mut st, 7, 200);
-        pio_in_done(PID, TID, &st, 210, 0x3fd, 1);
+        kvm_run_enter(PID, TID, &mut st, 7, 1200);
+        pio_in_done(PID, TID, &st, 1210, 0x3fd, 1);
         let r = records();
         assert_eq!(
             r.iter().map(|r| r.kind).collect::<Vec<_>>(),
             [kind::EXIT, kind::RESUME, kind::PIO_IN_DONE]
         );
         assert_eq!(r[2].io_addr, 0x3fd);
+    }
+
+    #[test]
+    fn a_userspace_exit_begun_before_the_window_is_counted_not_timed() {
+        let mut st = seen_mid_run();
+        let b = boundary::IDENT;
+        identify_io(PID, TID, &mut st, b, LATE, pio(0x3f8, true));
+        kvm_run_exit(PID, TID, &mut st, b, LATE + 100, 2, 0);
+        assert!(records().is_empty(), "no made-up cycle from time zero");
+        assert_eq!(unobserved(), 1);
+        // Its VMM round trip belongs to an exit outside the recording: no RESUME.
+        kvm_run_enter(PID, TID, &mut st, 7, LATE + 1000);
+        assert!(records().is_empty());
+        // The next exit began inside the window: recorded, timed from KVM_RUN entry.
+        identify_io(PID, TID, &mut st, b, LATE + 1300, pio(0x3f8, true));
+        kvm_run_exit(PID, TID, &mut st, b, LATE + 1400, 2, 0);
+        let r = records();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].stage_ns[stage::CYCLE], 300);
+        assert_eq!(r[0].stage_ns[stage::KVM_RUN], 400);
+        assert_eq!(r[0].flags & flag::UNOBSERVED, 0);
+        assert_eq!(unobserved(), 1);
+    }
+
+    #[test]
+    fn an_in_kernel_exit_begun_before_the_window_is_counted_and_the_next_is_timed() {
+        let mut st = seen_mid_run();
+        let b = boundary::IDENT;
+        identify_io(PID, TID, &mut st, b, LATE, pio(0x700, true));
+        identify_io(PID, TID, &mut st, b, LATE + 500, pio(0x700, true));
+        identify_io(PID, TID, &mut st, b, LATE + 900, pio(0x700, true));
+        let r = records();
+        assert_eq!(r.len(), 1, "the first is unobserved, the third still open");
+        assert_eq!(r[0].stage_ns[stage::CYCLE], 500);
+        assert_eq!(unobserved(), 1);
+    }
+
+    #[test]
+    fn a_return_with_no_exit_seen_is_unobserved_on_every_boundary() {
+        for b in [
+            boundary::IDENT,
+            boundary::KVM_ENTRY,
+            boundary::VENDOR_RUN,
+            boundary::ENTER_GUEST,
+        ] {
+            let mut st = seen_mid_run();
+            kvm_run_exit(PID, TID, &mut st, b, LATE, KVM_EXIT_HLT, 0);
+            assert!(records().is_empty(), "boundary {b}");
+            assert_eq!(unobserved(), 1, "boundary {b}");
+            assert_eq!(st.user_since_ns, 0, "boundary {b}: no round trip to join");
+        }
+    }
+
+    #[test]
+    fn a_vendor_run_begun_before_the_window_only_opens_the_next_cycle() {
+        let mut st = seen_mid_run();
+        let b = boundary::VENDOR_RUN;
+        // Mid-exit: the return of a handler whose entry came before the window.
+        stage_exit(&mut st, stage::HANDLER, LATE);
+        identify_reason(&mut st, b, LATE + 10, space::SVM as u32, SVM_IO, 0);
+        assert_eq!(unmatched(), 2);
+        svm_io_exit(&mut st, LATE + 1000);
+        svm_io_exit(&mut st, LATE + 2000);
+        let r = records();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].stage_ns[stage::CYCLE], 1000);
+        assert_eq!(unobserved(), 0);
     }
 }

@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use kvmprof_common::{counter, Config, ThreadState};
+use kvmprof_common::{counter, Config, ThreadState, Window};
 
 /// Completed exits and their joins (`kvmprof_common::kind`).
 #[map]
@@ -20,6 +20,11 @@ pub static THREADS: LruHashMap<u32, ThreadState> = LruHashMap::with_max_entries(
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
+/// The recording window (`kvmprof_common::Window`): the one switch userspace turns on after
+/// every hook is attached and off before any is detached.
+#[map]
+pub static WINDOW: Array<Window> = Array::with_max_entries(1, 0);
+
 /// Loss and consistency counters (`kvmprof_common::counter`), summed by userspace.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -33,6 +38,12 @@ pub fn bump(idx: u32) {
 
 pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
+}
+
+/// Whether an event at `ts` counts. `ts` must be read before calling: an event read at
+/// `ts >= start` then sees the window userspace wrote before `start` (see live.rs).
+pub fn in_window(ts: u64) -> bool {
+    WINDOW.get(0).is_some_and(|w| w.contains(ts))
 }
 
 /// The current (tgid, tid) if this process is traced.

@@ -103,9 +103,14 @@ pub struct Header {
     pub processes: Vec<Target>,
     /// Wall-clock start of the recording (ns since the Unix epoch; 0 when unknown).
     pub start_unix_ns: u64,
-    /// The same instant on the clock of [`crate::model::Exit::ts_ns`].
+    /// The same instant on the clock of [`crate::model::Exit::ts_ns`]. Live: the instant the
+    /// window opened, in the kernel; the recording holds exactly the exits that began and
+    /// ended in `[start_ts_ns, start_ts_ns + duration_ns)` (docs/design.md, "The window").
     pub start_ts_ns: u64,
     pub duration_ns: u64,
+    /// Exits already under way when the window opened: not in the recording, only counted.
+    #[serde(default)]
+    pub unobserved: u64,
 }
 
 impl Header {
@@ -130,8 +135,9 @@ impl Header {
             cycle_source: out.plan.cycle_source().to_owned(),
             processes: targets.to_vec(),
             start_unix_ns: nanos(since_epoch),
-            start_ts_ns: monotonic_at(out.started),
-            duration_ns: nanos(out.elapsed),
+            start_ts_ns: out.window.start_ns,
+            duration_ns: out.window.stop_ns - out.window.start_ns,
+            unobserved: out.counters.unobserved,
         }
     }
 }
@@ -144,20 +150,6 @@ fn hostname() -> String {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// CLOCK_MONOTONIC (the clock of live exit timestamps) at wall time `t`, from both clocks
-/// read now: the recording keeps only its wall-clock start.
-fn monotonic_at(t: SystemTime) -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec passed to it.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let now = Duration::new(now.tv_sec as u64, now.tv_nsec as u32);
-    let ago = SystemTime::now().duration_since(t).unwrap_or_default();
-    nanos(now.saturating_sub(ago))
 }
 
 /// The JSON of the `#[kvmprof-header]` line.
@@ -563,6 +555,7 @@ mod tests {
             start_unix_ns: 1_700_000_000 * SEC + 250_000_000,
             start_ts_ns: 5 * SEC + 100,
             duration_ns: 3 * SEC,
+            unobserved: 2,
         }
     }
 

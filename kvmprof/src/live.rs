@@ -1,14 +1,20 @@
-//! A live recording session: preflight, plan, attach, then drain the ring buffer into an
-//! [`Aggregate`] until the duration ends, a signal arrives, the targets exit or the caller
-//! stops. Shared by `record`, `top` and `demo`.
+//! A live recording session: preflight, plan, attach, open the window, then drain the ring
+//! buffer into an [`Aggregate`] until the duration ends, a signal arrives, the targets exit
+//! or the caller stops; then close the window, detach and drain the rest. Shared by
+//! `record`, `top` and `demo`.
+//!
+//! The window (`kvmprof_common::Window`) is one switch in a map that every program checks
+//! against its event's time: it opens only once every hook is attached and closes before any
+//! is detached, so all programs start and stop counting at the same instants, and those
+//! instants are the recording's stated start and end (see docs/design.md, "The window").
 use std::{
     ops::ControlFlow,
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context, Result};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use kvmprof_common::{counter, ExitRecord};
+use anyhow::{bail, Context, Result};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use kvmprof_common::{counter, ExitRecord, Window};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
@@ -23,6 +29,15 @@ use crate::{
 
 /// How often the ring buffer is drained without a wake-up from the kernel.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+/// How far ahead of the map write the window opens or closes. A program reads its event's
+/// time before the window, so an event at or after the instant written sees the new value
+/// as long as the write lands before that instant; this leaves the write ample time.
+const SWITCH_AHEAD: Duration = Duration::from_millis(20);
+
+/// Time allowed after the window closes for programs that read the window just before it
+/// closed to finish writing their records, before the programs are detached.
+const SETTLE: Duration = Duration::from_millis(5);
 
 pub struct Options {
     pub targets: Vec<Target>,
@@ -51,6 +66,8 @@ pub struct Counters {
     pub lost: u64,
     pub no_state: u64,
     pub unmatched: u64,
+    /// Exits already under way when the window opened: not recorded (see `Window`).
+    pub unobserved: u64,
 }
 
 /// What the caller sees at each tick.
@@ -67,8 +84,12 @@ pub struct Outcome {
     pub facts: Facts,
     pub counters: Counters,
     pub stop: Stop,
+    /// Wall-clock time of the window's start.
     pub started: SystemTime,
+    /// The window's length: exactly the span the recording's exits began and ended in.
     pub elapsed: Duration,
+    /// The window on the records' clock (CLOCK_MONOTONIC ns), both ends set.
+    pub window: Window,
     pub exited: Vec<Target>,
     /// Records that referred to an exit recorded before tracing began.
     pub orphans: u64,
@@ -94,17 +115,26 @@ pub struct Session {
     ebpf: aya::Ebpf,
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    switch: Array<MapData, Window>,
+    window: Window,
 }
 
 impl Session {
+    /// Attaches every hook, then opens the window; returns once it is open, so a held child
+    /// released afterwards is recorded from its first exit.
     pub fn start(opts: Options) -> Result<Session> {
+        if opts.duration == Some(Duration::ZERO) {
+            bail!("--duration 0 would record an empty window; give a positive duration");
+        }
         target::preflight()?;
         let (facts, plan) = plan_for_host(opts.hooks)?;
         let mut ebpf = attach::load()?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
+        let mut switch = Array::try_from(ebpf.take_map("WINDOW").context("WINDOW map")?)?;
         attach::attach(&mut ebpf, &plan, &facts, &pids)?;
+        let window = open_window(&mut switch, opts.duration)?;
         Ok(Session {
             opts,
             facts,
@@ -112,6 +142,8 @@ impl Session {
             ebpf,
             ring,
             counters,
+            switch,
+            window,
         })
     }
 
@@ -132,9 +164,23 @@ impl Session {
             ebpf,
             ring,
             counters,
+            mut switch,
+            mut window,
         } = self;
-        let started = SystemTime::now();
+        let started = wall_clock_at(window.start_ns);
         let t0 = Instant::now();
+        // A set duration was announced to the kernel with the start: wake just after it.
+        let deadline = match window.stop_ns {
+            0 => None,
+            stop => Some(tokio::time::Instant::now() + until(stop) + SETTLE),
+        };
+        let duration_over = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(duration_over);
         let mut agg = Aggregate::new(opts.interval.as_nanos() as u64);
         let mut joiner = Joiner::default();
         let mut vcpus = VcpuResolver::default();
@@ -154,14 +200,15 @@ impl Session {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    drain(guard.get_inner_mut(), &mut joiner, &mut vcpus, &mut batch);
+                    drain(guard.get_inner_mut(), u64::MAX, &mut joiner, &mut vcpus, &mut batch);
                     guard.clear_ready();
                     absorb(&mut batch, &mut sink, &mut agg)?;
                 }
                 _ = poll.tick() => {
-                    drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
+                    drain(ring.get_mut(), u64::MAX, &mut joiner, &mut vcpus, &mut batch);
                     absorb(&mut batch, &mut sink, &mut agg)?;
                 }
+                _ = &mut duration_over => break Stop::Duration,
                 _ = tick.tick() => {
                     for t in &opts.targets {
                         if !target::alive(t.pid) && !exited.contains(t) {
@@ -170,9 +217,6 @@ impl Session {
                     }
                     if !opts.targets.is_empty() && exited.len() == opts.targets.len() {
                         break Stop::TargetsExited;
-                    }
-                    if opts.duration.is_some_and(|d| t0.elapsed() >= d) {
-                        break Stop::Duration;
                     }
                     let status = Status {
                         plan: &plan,
@@ -188,10 +232,21 @@ impl Session {
                 _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
             }
         };
-        let elapsed = t0.elapsed();
-        // Detach first so no record can arrive after the final drain.
+        if window.stop_ns == 0 {
+            window.stop_ns = close_window(&mut switch, window)?;
+            tokio::time::sleep(until(window.stop_ns) + SETTLE).await;
+        }
+        // Every program is off now; detaching them one by one can no longer add records.
         drop(ebpf);
-        drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
+        // Records are filtered by the window's end too: should the closing write have been
+        // late (an overloaded machine), nothing that ended after the stated end gets in.
+        drain(
+            ring.get_mut(),
+            window.stop_ns,
+            &mut joiner,
+            &mut vcpus,
+            &mut batch,
+        );
         joiner.flush(&mut batch);
         absorb(&mut batch, &mut sink, &mut agg)?;
         let counters = read_counters(&counters);
@@ -203,7 +258,8 @@ impl Session {
             counters,
             stop,
             started,
-            elapsed,
+            elapsed: Duration::from_nanos(window.stop_ns - window.start_ns),
+            window,
             exited,
             orphans: joiner.orphans,
         })
@@ -223,8 +279,10 @@ fn absorb(
     Ok(())
 }
 
+/// Joins the waiting records; those closed at or after `stop_ns` are outside the window.
 fn drain(
     ring: &mut RingBuf<MapData>,
+    stop_ns: u64,
     joiner: &mut Joiner,
     vcpus: &mut VcpuResolver,
     out: &mut Vec<Exit>,
@@ -235,6 +293,9 @@ fn drain(
         }
         // SAFETY: the kernel wrote a whole ExitRecord (checked length); unaligned read.
         let rec: ExitRecord = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        if rec.ts_ns >= stop_ns {
+            continue;
+        }
         let vcpu = vcpus.resolve(rec.pid, rec.vcpu_fd, rec.tid);
         joiner.push(&rec, vcpu, out);
     }
@@ -246,5 +307,70 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Counters {
         lost: sum(counter::LOST),
         no_state: sum(counter::NO_STATE),
         unmatched: sum(counter::UNMATCHED),
+        unobserved: sum(counter::UNOBSERVED),
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and of every record.
+pub fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec passed to it.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// How long until monotonic instant `ns` (zero if past).
+fn until(ns: u64) -> Duration {
+    Duration::from_nanos(ns.saturating_sub(monotonic_ns()))
+}
+
+/// Wall-clock time of monotonic instant `ns`.
+fn wall_clock_at(ns: u64) -> SystemTime {
+    let now_mono = monotonic_ns();
+    let now = SystemTime::now();
+    if ns >= now_mono {
+        now + Duration::from_nanos(ns - now_mono)
+    } else {
+        now - Duration::from_nanos(now_mono - ns)
+    }
+}
+
+/// Writes the window's switch-on instant (and its end, when the duration is set) a little
+/// ahead of now, and waits for it: once this returns every hook counts, and none counted
+/// before.
+fn open_window(switch: &mut Array<MapData, Window>, duration: Option<Duration>) -> Result<Window> {
+    let start_ns = monotonic_ns() + SWITCH_AHEAD.as_nanos() as u64;
+    let stop_ns = match duration {
+        Some(d) => start_ns.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        None => 0,
+    };
+    let w = Window { start_ns, stop_ns };
+    write_switch(switch, w, start_ns)?;
+    std::thread::sleep(until(start_ns));
+    Ok(w)
+}
+
+/// Closes an open-ended window a little ahead of now; returns the end instant.
+fn close_window(switch: &mut Array<MapData, Window>, w: Window) -> Result<u64> {
+    let stop_ns = monotonic_ns() + SWITCH_AHEAD.as_nanos() as u64;
+    write_switch(switch, Window { stop_ns, ..w }, stop_ns)?;
+    Ok(stop_ns)
+}
+
+/// Writes the switch and says so if the write landed after `edge`, the instant it announced.
+fn write_switch(switch: &mut Array<MapData, Window>, w: Window, edge: u64) -> Result<()> {
+    switch.set(0, w, 0).context("set the recording window")?;
+    let after = monotonic_ns();
+    if after > edge {
+        // Only under extreme load. The end edge stays exact (records are filtered by time);
+        // at the start, exits of the late part show up as "unobserved start".
+        eprintln!(
+            "kvmprof: warning: the recording window was switched {} µs late",
+            (after - edge) / 1000
+        );
+    }
+    Ok(())
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
 use crate::cli::{By, Format, ReportArgs};
-use crate::datafile::{self, Header, HookUse};
+use crate::datafile::{self, Header, HookUse, Source};
 use crate::model::{Reason, ReasonSpace, Stage};
 use crate::units;
 use crate::vendor::reason_name;
@@ -344,6 +344,15 @@ fn header_lines(out: &mut String, r: &Report) {
     };
     let _ = writeln!(out, "duration: {}   pids: {pids}", units::ns(r.duration_ns));
     let _ = writeln!(out, "exits: {}   lost events: {}", r.total_exits, r.lost);
+    if h.source == Source::Live {
+        let _ = writeln!(
+            out,
+            "window: exits that began and ended in the {} above; {} already under way at \
+             its start not counted",
+            units::ns(h.duration_ns),
+            h.unobserved
+        );
+    }
 }
 
 fn group_table(out: &mut String, r: &Report) {
@@ -485,7 +494,6 @@ fn ports_table(out: &mut String, r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datafile::Source;
     use crate::model::{Access, Exit, Vendor};
     use crate::target::Target;
     use kvmprof_common::STAGES;
@@ -529,6 +537,7 @@ mod tests {
             start_unix_ns: 0,
             start_ts_ns: 0,
             duration_ns: 2 * SEC,
+            unobserved: 0,
         }
     }
 
@@ -647,6 +656,10 @@ mod tests {
         assert!(t.contains("  vendor_run  svm_vcpu_run [kprobe]"));
         assert!(t.contains("duration: 2.00s   pids: 7 (qemu)"));
         assert!(t.contains("exits: 401   lost events: 0"));
+        assert!(t.contains(
+            "window: exits that began and ended in the 2.00s above; 0 already under way at its \
+             start not counted"
+        ));
         let row = t.lines().find(|l| l.starts_with("io ")).expect("io row");
         assert!(row.contains(" 300    150  74.8%  54.3%"), "{row}");
         assert!(

@@ -20,13 +20,17 @@ pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
 
 fn try_userspace_exit(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config()?;
+    let ts = exit::now();
+    if !maps::in_window(ts) {
+        return None;
+    }
     let (pid, tid) = maps::traced_task(cfg)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let reason: u32 = unsafe { ctx.read_at(cfg.uexit_reason_off as usize) }.ok()?;
     // SAFETY: as above.
     let errno: i32 = unsafe { ctx.read_at(cfg.uexit_errno_off as usize) }.ok()?;
     let st = maps::thread_state(tid)?;
-    exit::kvm_run_exit(pid, tid, st, cfg.boundary, exit::now(), reason, errno);
+    exit::kvm_run_exit(pid, tid, st, cfg.boundary, ts, reason, errno);
     Some(0)
 }
 
@@ -37,6 +41,10 @@ pub fn kvm_pio(ctx: TracePointContext) -> u32 {
 
 fn try_pio(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config()?;
+    let ts = exit::now();
+    if !maps::in_window(ts) {
+        return None;
+    }
     let (pid, tid) = maps::traced_task(cfg)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let (rw, port, size): (u32, u32, u32) = unsafe {
@@ -47,7 +55,6 @@ fn try_pio(ctx: &TracePointContext) -> Option<u32> {
         )
     };
     let st = maps::thread_state(tid)?;
-    let ts = exit::now();
     let write = rw == KVM_PIO_OUT;
     if st.await_pio_in != 0 {
         st.await_pio_in = 0;
@@ -73,6 +80,10 @@ pub fn kvm_mmio(ctx: TracePointContext) -> u32 {
 
 fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config()?;
+    let ts = exit::now();
+    if !maps::in_window(ts) {
+        return None;
+    }
     let (pid, tid) = maps::traced_task(cfg)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let (ty, len, gpa): (u32, u32, u64) = unsafe {
@@ -96,7 +107,7 @@ fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
         addr: gpa,
         size: len,
     };
-    exit::identify_io(pid, tid, st, cfg.boundary, exit::now(), io);
+    exit::identify_io(pid, tid, st, cfg.boundary, ts, io);
     st.mmio_unsatisfied = (ty == MMIO_UNSATISFIED_READ) as u32;
     Some(0)
 }
@@ -108,6 +119,10 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
 
 fn try_exit(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config()?;
+    let ts = exit::now();
+    if !maps::in_window(ts) {
+        return None;
+    }
     let (_, tid) = maps::traced_task(cfg)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let (reason, isa, vcpu): (u32, u32, u32) = unsafe {
@@ -123,14 +138,7 @@ fn try_exit(ctx: &TracePointContext) -> Option<u32> {
     } else {
         space::SVM
     };
-    exit::identify_reason(
-        st,
-        cfg.boundary,
-        exit::now(),
-        sp as u32,
-        reason,
-        vcpu as i32,
-    );
+    exit::identify_reason(st, cfg.boundary, ts, sp as u32, reason, vcpu as i32);
     Some(0)
 }
 
@@ -144,8 +152,12 @@ fn try_entry(_ctx: &TracePointContext) -> Option<u32> {
     if cfg.boundary != boundary::KVM_ENTRY {
         return Some(0);
     }
+    let ts = exit::now();
+    if !maps::in_window(ts) {
+        return None;
+    }
     let (pid, tid) = maps::traced_task(cfg)?;
     let st = maps::existing_state(tid)?;
-    exit::start_cycle(pid, tid, st, exit::now());
+    exit::start_cycle(pid, tid, st, ts);
     Some(0)
 }

@@ -11,18 +11,26 @@ use crate::{exit, maps};
 
 fn try_enter(s: usize) -> Option<u32> {
     let cfg = maps::config()?;
+    let ts = exit::now();
+    if !maps::in_window(ts) {
+        return None;
+    }
     let (pid, tid) = maps::traced_task(cfg)?;
     // Only threads seen entering KVM_RUN have state; a hook never creates it.
     let st = maps::existing_state(tid)?;
-    exit::stage_enter(pid, tid, st, cfg.boundary, s, exit::now());
+    exit::stage_enter(pid, tid, st, cfg.boundary, s, ts);
     Some(0)
 }
 
 fn try_return(s: usize) -> Option<u32> {
     let cfg = maps::config()?;
+    let ts = exit::now();
+    if !maps::in_window(ts) {
+        return None;
+    }
     let (_, tid) = maps::traced_task(cfg)?;
     let st = maps::existing_state(tid)?;
-    exit::stage_exit(st, s, exit::now());
+    exit::stage_exit(st, s, ts);
     Some(0)
 }
 

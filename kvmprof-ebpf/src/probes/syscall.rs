@@ -16,10 +16,14 @@ fn try_kvm_run_enter(ctx: &TracePointContext) -> Option<u32> {
     if cmd & 0xffff_ffff != KVM_RUN {
         return Some(0);
     }
+    let ts = exit::now();
+    if !maps::in_window(ts) {
+        return None;
+    }
     let (pid, tid) = maps::traced_task(cfg)?;
     // SAFETY: as above.
     let fd: u64 = unsafe { ctx.read_at(cfg.ioctl_fd_off as usize) }.ok()?;
     let st = maps::thread_state(tid)?;
-    exit::kvm_run_enter(pid, tid, st, fd as i32, exit::now());
+    exit::kvm_run_enter(pid, tid, st, fd as i32, ts);
     Some(0)
 }
