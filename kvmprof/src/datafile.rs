@@ -108,9 +108,10 @@ pub struct Header {
     /// ended in `[start_ts_ns, start_ts_ns + duration_ns)` (docs/design.md, "The window").
     pub start_ts_ns: u64,
     pub duration_ns: u64,
-    /// Exits already under way when the window opened: not in the recording, only counted.
+    /// Live: exits already under way when the window opened, not in the recording, only
+    /// counted. `None` for imports and for files written before the window existed.
     #[serde(default)]
-    pub unobserved: u64,
+    pub unobserved: Option<u64>,
 }
 
 impl Header {
@@ -137,7 +138,7 @@ impl Header {
             start_unix_ns: nanos(since_epoch),
             start_ts_ns: out.window.start_ns,
             duration_ns: out.window.stop_ns - out.window.start_ns,
-            unobserved: out.counters.unobserved,
+            unobserved: Some(out.counters.unobserved),
         }
     }
 }
@@ -555,7 +556,7 @@ mod tests {
             start_unix_ns: 1_700_000_000 * SEC + 250_000_000,
             start_ts_ns: 5 * SEC + 100,
             duration_ns: 3 * SEC,
-            unobserved: 2,
+            unobserved: Some(2),
         }
     }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
 use crate::cli::{By, Format, ReportArgs};
-use crate::datafile::{self, Header, HookUse, Source};
+use crate::datafile::{self, Header, HookUse};
 use crate::model::{Reason, ReasonSpace, Stage};
 use crate::units;
 use crate::vendor::reason_name;
@@ -344,13 +344,12 @@ fn header_lines(out: &mut String, r: &Report) {
     };
     let _ = writeln!(out, "duration: {}   pids: {pids}", units::ns(r.duration_ns));
     let _ = writeln!(out, "exits: {}   lost events: {}", r.total_exits, r.lost);
-    if h.source == Source::Live {
+    if let Some(unobserved) = h.unobserved {
         let _ = writeln!(
             out,
-            "window: exits that began and ended in the {} above; {} already under way at \
-             its start not counted",
+            "window: exits that began and ended in the {} above; {unobserved} already under way \
+             at its start not counted",
             units::ns(h.duration_ns),
-            h.unobserved
         );
     }
 }
@@ -494,6 +493,7 @@ fn ports_table(out: &mut String, r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datafile::Source;
     use crate::model::{Access, Exit, Vendor};
     use crate::target::Target;
     use kvmprof_common::STAGES;
@@ -537,7 +537,7 @@ mod tests {
             start_unix_ns: 0,
             start_ts_ns: 0,
             duration_ns: 2 * SEC,
-            unobserved: 0,
+            unobserved: Some(0),
         }
     }
 

@@ -17,6 +17,7 @@
 //! installs a no-op handler in the calling process.
 
 mod counts;
+mod exitlog;
 mod guest;
 mod pace;
 mod ready;
@@ -32,6 +33,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 pub use counts::{Counts, ExitCounts, Ports, VcpuCounts};
+pub use exitlog::{Call, Outcome};
 pub use guest::{
     MAX_VCPUS, MMIO_ADDR, PIO_IN_PORT, PIO_IN_VALUE, PIO_KERNEL_PORT_BASE, PIO_USER_PORT,
 };
@@ -68,6 +70,9 @@ pub struct Workload {
     /// Once all vCPU threads exist, and before the start delay, atomically
     /// write a [`Ready`] JSON line here.
     pub ready_file: Option<PathBuf>,
+    /// When the run ends, write one line per KVM_RUN call here: vCPU, CLOCK_MONOTONIC ns
+    /// at the call and at its return, and how it ended (see `exitlog`).
+    pub exit_log: Option<PathBuf>,
 }
 
 impl Default for Workload {
@@ -83,6 +88,7 @@ impl Default for Workload {
             forever: false,
             duration_ms: None,
             ready_file: None,
+            exit_log: None,
         }
     }
 }

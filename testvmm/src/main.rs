@@ -59,6 +59,12 @@ struct Args {
     /// here: {"pid", "start_delay_ms", "vcpus": [{"index", "thread", "tid"}]}.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// When the run ends (also on SIGINT/SIGTERM), write one line per KVM_RUN
+    /// call here: "<vcpu> <call_ns> <return_ns> <outcome>", times on
+    /// CLOCK_MONOTONIC just before the call and just after its return;
+    /// outcome is pio_user, pio_in, mmio_user, hlt, interrupted or other.
+    #[arg(long)]
+    exit_log: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -76,6 +82,7 @@ fn main() -> Result<()> {
         forever: args.forever,
         duration_ms: args.duration.map(millis),
         ready_file: args.ready_file,
+        exit_log: args.exit_log,
     };
     let counts = kvmprof_testvmm::run_until(&workload, &stop)?;
     println!(

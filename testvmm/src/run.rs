@@ -11,6 +11,7 @@ use anyhow::{anyhow, ensure, Context, Result};
 use vmm_sys_util::signal::Killable;
 
 use crate::counts::Counts;
+use crate::exitlog;
 use crate::guest::{Round, MAX_VCPUS};
 use crate::pace;
 use crate::ready::{Ready, ReadyVcpu};
@@ -74,6 +75,13 @@ pub(crate) fn run(w: &Workload, stop: &StopHandle) -> Result<Counts> {
     watch(&threads, &halt, stop, deadline);
 
     let finished = threads.into_iter().map(join).collect::<Result<Vec<_>>>()?;
+    if let Some(path) = &w.exit_log {
+        let logs: Vec<(u32, &[exitlog::Call])> = finished
+            .iter()
+            .map(|f| (f.counts.index, f.log.as_slice()))
+            .collect();
+        exitlog::write(path, &logs)?;
+    }
     let started = finished.iter().map(|f| f.started).min();
     let ended = finished.iter().map(|f| f.ended).max();
     let wall = match (started, ended) {
@@ -107,6 +115,7 @@ fn plan(w: &Workload) -> Result<Plan> {
         },
         forever: w.forever,
         rate: w.rate,
+        log: w.exit_log.is_some(),
     })
 }
 

@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::counts::{ExitCounts, VcpuCounts};
+use crate::exitlog::{self, Call, Outcome};
 use crate::guest::{self, Round};
 use crate::pace::{self, Pacer};
 use crate::vm::Vcpu;
@@ -25,6 +26,8 @@ pub(crate) struct Plan {
     /// Start a new round after each `hlt` instead of finishing.
     pub forever: bool,
     pub rate: Option<u64>,
+    /// Keep an [`exitlog`] entry per KVM_RUN call.
+    pub log: bool,
 }
 
 /// A vCPU's counts and when it was in the guest.
@@ -32,6 +35,8 @@ pub(crate) struct Finished {
     pub counts: VcpuCounts,
     pub started: Instant,
     pub ended: Instant,
+    /// Every KVM_RUN call, when `Plan::log` is set.
+    pub log: Vec<Call>,
 }
 
 /// Sent to a vCPU thread to get it out of KVM_RUN (which then fails with EINTR).
@@ -55,14 +60,25 @@ pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> R
     let mut other_reasons = BTreeMap::new();
     let started = Instant::now();
     let pacer = plan.rate.map(|rate| Pacer::new(rate, started));
+    let mut log = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let exit = match vcpu.fd.run() {
+        let call_ns = if plan.log { exitlog::monotonic_ns() } else { 0 };
+        let result = vcpu.fd.run();
+        let return_ns = if plan.log { exitlog::monotonic_ns() } else { 0 };
+        let exit = match result {
             Ok(exit) => classify(exit),
             // A signal (our kick) interrupted KVM_RUN, or KVM asks for a retry:
             // no guest exit happened.
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(e) => return Err(e).with_context(|| format!("KVM_RUN on vCPU {}", vcpu.index)),
         };
+        if plan.log {
+            log.push(Call {
+                call_ns,
+                return_ns,
+                outcome: exit.outcome(),
+            });
+        }
         match exit {
             Exit::PioUser => exits.pio_user += 1,
             Exit::PioIn => exits.pio_in += 1,
@@ -104,6 +120,7 @@ pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> R
         counts,
         started,
         ended,
+        log,
     })
 }
 
@@ -115,6 +132,19 @@ enum Exit {
     Hlt,
     Interrupted,
     Other(String),
+}
+
+impl Exit {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Exit::PioUser => Outcome::PioUser,
+            Exit::PioIn => Outcome::PioIn,
+            Exit::MmioUser => Outcome::MmioUser,
+            Exit::Hlt => Outcome::Hlt,
+            Exit::Interrupted => Outcome::Interrupted,
+            Exit::Other(_) => Outcome::Other,
+        }
+    }
 }
 
 /// Sorts an exit into the kinds the guest makes on purpose. Answers `in`s
