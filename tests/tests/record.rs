@@ -179,8 +179,10 @@ fn record_by_name_stops_when_the_process_exits_and_keeps_the_data() {
             "20",
             "--rate",
             "20",
+            // Longer than kvmprof takes to attach every hook on a loaded machine: nothing
+            // counts before that.
             "--start-delay",
-            "1500ms",
+            "3s",
         ])
         .stdout(Stdio::null())
         .spawn()
