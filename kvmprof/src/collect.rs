@@ -14,10 +14,21 @@ pub struct Joiner {
     pending: HashMap<u32, Exit>,
     /// Records that referred to an exit we never saw (tracing began mid-round-trip).
     pub orphans: u64,
+    /// The window's end once known: records closed at or after it are outside the recording.
+    end_ns: Option<u64>,
 }
 
 impl Joiner {
+    /// From now on, drops records closed at or after `end_ns`. The kernel already stops at
+    /// that instant; this holds the rule even if its switch was written late.
+    pub fn end_at(&mut self, end_ns: u64) {
+        self.end_ns = Some(end_ns);
+    }
+
     pub fn push(&mut self, rec: &ExitRecord, vcpu: Option<u32>, out: &mut Vec<Exit>) {
+        if self.end_ns.is_some_and(|end| rec.ts_ns >= end) {
+            return;
+        }
         match rec.kind {
             kind::EXIT => {
                 if let Some(prev) = self.pending.remove(&rec.tid) {
@@ -236,6 +247,32 @@ mod tests {
         assert_eq!(out.len(), 3);
         j.push(&rec(kind::RESUME, 9, 0), None, &mut out);
         assert_eq!(j.orphans, 1);
+    }
+
+    #[test]
+    fn records_after_the_window_end_are_left_out_and_held_exits_keep_what_they_have() {
+        let mut j = Joiner::default();
+        let mut out = vec![];
+        let mut e = rec(kind::EXIT, 7, flag::USERSPACE);
+        e.ts_ns = 900;
+        j.push(&e, None, &mut out);
+        j.end_at(1000);
+        let mut late = rec(kind::RESUME, 7, 0);
+        late.ts_ns = 1000;
+        late.stage_ns[stage::VMM] = 100;
+        j.push(&late, None, &mut out);
+        let mut late_exit = rec(kind::EXIT, 8, flag::PIO);
+        late_exit.ts_ns = 1200;
+        j.push(&late_exit, None, &mut out);
+        assert!(out.is_empty());
+        j.flush(&mut out);
+        assert_eq!(out.len(), 1, "only the exit that ended inside the window");
+        assert_eq!(
+            out[0].stages[Stage::Vmm.index()],
+            None,
+            "its round trip ended after"
+        );
+        assert_eq!(j.orphans, 0);
     }
 
     #[test]

@@ -200,12 +200,12 @@ impl Session {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    drain(guard.get_inner_mut(), u64::MAX, &mut joiner, &mut vcpus, &mut batch);
+                    drain(guard.get_inner_mut(), &mut joiner, &mut vcpus, &mut batch);
                     guard.clear_ready();
                     absorb(&mut batch, &mut sink, &mut agg)?;
                 }
                 _ = poll.tick() => {
-                    drain(ring.get_mut(), u64::MAX, &mut joiner, &mut vcpus, &mut batch);
+                    drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
                     absorb(&mut batch, &mut sink, &mut agg)?;
                 }
                 _ = &mut duration_over => break Stop::Duration,
@@ -232,21 +232,16 @@ impl Session {
                 _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
             }
         };
-        if window.stop_ns == 0 {
+        // Stopped before a set end (signal, targets exited, caller): close the window now.
+        let ahead = SWITCH_AHEAD.as_nanos() as u64;
+        if window.stop_ns == 0 || window.stop_ns > monotonic_ns() + ahead {
             window.stop_ns = close_window(&mut switch, window)?;
-            tokio::time::sleep(until(window.stop_ns) + SETTLE).await;
         }
+        tokio::time::sleep(until(window.stop_ns) + SETTLE).await;
         // Every program is off now; detaching them one by one can no longer add records.
         drop(ebpf);
-        // Records are filtered by the window's end too: should the closing write have been
-        // late (an overloaded machine), nothing that ended after the stated end gets in.
-        drain(
-            ring.get_mut(),
-            window.stop_ns,
-            &mut joiner,
-            &mut vcpus,
-            &mut batch,
-        );
+        joiner.end_at(window.stop_ns);
+        drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
         joiner.flush(&mut batch);
         absorb(&mut batch, &mut sink, &mut agg)?;
         let counters = read_counters(&counters);
@@ -279,10 +274,8 @@ fn absorb(
     Ok(())
 }
 
-/// Joins the waiting records; those closed at or after `stop_ns` are outside the window.
 fn drain(
     ring: &mut RingBuf<MapData>,
-    stop_ns: u64,
     joiner: &mut Joiner,
     vcpus: &mut VcpuResolver,
     out: &mut Vec<Exit>,
@@ -293,9 +286,6 @@ fn drain(
         }
         // SAFETY: the kernel wrote a whole ExitRecord (checked length); unaligned read.
         let rec: ExitRecord = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        if rec.ts_ns >= stop_ns {
-            continue;
-        }
         let vcpu = vcpus.resolve(rec.pid, rec.vcpu_fd, rec.tid);
         joiner.push(&rec, vcpu, out);
     }
