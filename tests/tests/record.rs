@@ -2,6 +2,7 @@
 //! guest causes must be reported, exactly, with its reason, vCPU, port and latencies.
 use std::{
     collections::BTreeMap,
+    io::{BufRead, BufReader, Read},
     process::{Command, Stdio},
     thread::sleep,
     time::Duration,
@@ -176,13 +177,14 @@ fn record_by_name_stops_when_the_process_exits_and_keeps_the_data() {
             "--vcpus",
             "1",
             "--pio-user",
-            "20",
+            "1",
             "--rate",
             "20",
-            // Longer than kvmprof takes to attach every hook on a loaded machine: nothing
-            // counts before that.
-            "--start-delay",
-            "3s",
+            // Runs long enough for kvmprof to attach every hook on a loaded machine
+            // (nothing counts before that), then exits.
+            "--forever",
+            "--duration",
+            "6s",
         ])
         .stdout(Stdio::null())
         .spawn()
@@ -209,7 +211,7 @@ fn ctrl_c_stops_recording_and_keeps_everything_recorded() {
     }
     let dir = scratch("sigint");
     let data = dir.join("k.data");
-    let rec = Command::new(bin("kvmprof"))
+    let mut rec = Command::new(bin("kvmprof"))
         .args(["record", "-o", data.to_str().unwrap(), "--"])
         .arg(bin("kvmprof-testvmm"))
         .args([
@@ -225,13 +227,18 @@ fn ctrl_c_stops_recording_and_keeps_everything_recorded() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start kvmprof record");
+    // The VMM runs once every hook is attached and kvmprof says "recording".
+    let mut announced = String::new();
+    let mut err = BufReader::new(rec.stderr.take().expect("kvmprof stderr"));
+    err.read_line(&mut announced).expect("kvmprof stderr");
     sleep(Duration::from_secs(3));
     // SAFETY: plain kill(2) of our own child.
     unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
-    let out = rec.wait_with_output().unwrap();
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("SIGINT"), "{err}");
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("kvmprof stderr");
+    let status = rec.wait().unwrap();
+    assert!(status.success(), "{announced}{rest}");
+    assert!(rest.contains("SIGINT"), "{rest}");
     let r = report_json(&data, "reason");
     assert_eq!(r["lost"], 0);
     assert!(r["total_exits"].as_u64().unwrap() > 100, "{r}");
