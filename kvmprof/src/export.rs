@@ -139,12 +139,10 @@ pub fn percentile_distribution(h: &Histogram<u64>, ratio: f64) -> String {
         "{:>12} {:>14} {:>10} {:>14}\n\n",
         "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
     );
-    let mut total = 0u64;
-    for v in h.iter_quantiles(5) {
-        total += v.count_since_last_iteration();
-        let value = v.value_iterated_to() as f64 / ratio;
-        let q = v.quantile_iterated_to();
-        if q < 1.0 {
+    for (value, percentile, total) in java_percentiles(h, 5) {
+        let value = value as f64 / ratio;
+        let q = percentile / 100.0;
+        if percentile < 100.0 {
             let _ = writeln!(
                 out,
                 "{value:>12.digits$} {q:>2.12} {total:>10} {:>14.2}",
@@ -174,6 +172,37 @@ pub fn percentile_distribution(h: &Histogram<u64>, ratio: f64) -> String {
         h.buckets(),
         sub_buckets
     );
+    out
+}
+
+/// The steps of Java's `PercentileIterator`: (value, percentile level, count up to it).
+/// The Rust crate's quantile iterator steps in quantiles, whose rounding reaches a level one
+/// sample later than Java at exact boundaries (30% of 30 samples); tools that compare
+/// `.hgrm` files line by line expect Java's steps, so they are followed here.
+pub fn java_percentiles(h: &Histogram<u64>, ticks_per_half_distance: u32) -> Vec<(u64, f64, u64)> {
+    let total = h.len();
+    let mut out = Vec::new();
+    if total == 0 {
+        return out;
+    }
+    let mut level = 0.0f64;
+    let mut count = 0u64;
+    let mut last = 0u64;
+    for v in h.iter_recorded() {
+        count += v.count_at_value();
+        last = h.highest_equivalent(v.value_iterated_to());
+        while 100.0 * count as f64 / total as f64 >= level {
+            out.push((last, level, count));
+            // Ticks double with each halving of the distance to 100%.
+            let halvings = (100.0 / (100.0 - level)).log2() as u32;
+            let ticks = u64::from(ticks_per_half_distance) << (halvings + 1).min(62);
+            level += 100.0 / ticks as f64;
+            if count == total {
+                break; // the last value gets one step, then the 100% line
+            }
+        }
+    }
+    out.push((last, 100.0, total));
     out
 }
 
