@@ -64,7 +64,9 @@ pub struct RecordArgs {
         required_unless_present = "command"
     )]
     pub pids: Vec<String>,
-    /// Also write every exit as one JSON object per line (raw data for your own analysis).
+    /// Also write every exit as one JSON object per line (raw data for your own analysis):
+    /// reason with its name, `space`/`port` or `space`/`gpa` of the access, stages by name,
+    /// and a `schema_version`.
     #[arg(long, value_name = "FILE")]
     pub exits: Option<PathBuf>,
     /// Start this VMM command and record it from its first instruction (after `--`).

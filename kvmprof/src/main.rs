@@ -6,6 +6,7 @@ mod cli;
 mod collect;
 mod datafile;
 mod diff;
+mod exits;
 mod export;
 mod flame;
 mod ftrace;
