@@ -145,6 +145,7 @@ pub fn percentiles(out: &Path, title: &str, curves: &[Curve]) -> Result<()> {
             let mut chart = ChartBuilder::on(root)
                 .caption(title, (FONT, 28))
                 .margin(20)
+                .margin_right(60)
                 .x_label_area_size(60)
                 .y_label_area_size(100)
                 .build_cartesian_2d(
@@ -161,7 +162,7 @@ pub fn percentiles(out: &Path, title: &str, curves: &[Curve]) -> Result<()> {
                 .x_label_formatter(&|x| percentile_label(*x))
                 .y_label_formatter(&|y| units::ns(*y as u64))
                 .y_labels(12)
-                .light_line_style(RGBColor(235, 235, 235))
+                .light_line_style(RGBColor(242, 242, 242))
                 .draw()
                 .map_err(|e| fail(&e))?;
             for (i, (pts, label)) in points.iter().zip(&labels).enumerate() {
@@ -205,18 +206,14 @@ pub fn time_series(out: &Path, title: &str, lines: &[Timeline]) -> Result<()> {
         .flat_map(|l| l.rows.iter().map(|r| r.rate_per_s))
         .fold(0.0, f64::max)
         * 1.15;
-    let p99_lo = lines
-        .iter()
-        .flat_map(|l| l.rows.iter().map(|r| r.p99_ns))
-        .min()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let p99_hi = lines
+    // Linear from 0: a p99 that moves by a few percent should look like it.
+    let p99_max = lines
         .iter()
         .flat_map(|l| l.rows.iter().map(|r| r.p99_ns))
         .max()
-        .unwrap_or(1) as f64;
-    let p99_hi = p99_hi.max(p99_lo * 2.0);
+        .unwrap_or(1)
+        .max(1) as f64
+        * 1.15;
 
     macro_rules! draw {
         ($root:expr) => {{
@@ -229,7 +226,8 @@ pub fn time_series(out: &Path, title: &str, lines: &[Timeline]) -> Result<()> {
             let (top, bottom) = root.split_vertically(SIZE.1 / 2 - 20);
             let mut rate = ChartBuilder::on(&top)
                 .margin(15)
-                .x_label_area_size(40)
+                .margin_right(40)
+                .x_label_area_size(55)
                 .y_label_area_size(100)
                 .build_cartesian_2d(0f64..x_max, 0f64..rate_max.max(1.0))
                 .map_err(|e| fail(&e))?;
@@ -239,14 +237,15 @@ pub fn time_series(out: &Path, title: &str, lines: &[Timeline]) -> Result<()> {
                 .axis_desc_style((FONT, 20))
                 .label_style((FONT, 17))
                 .y_label_formatter(&|y| units::si(*y))
-                .light_line_style(RGBColor(235, 235, 235))
+                .light_line_style(RGBColor(242, 242, 242))
                 .draw()
                 .map_err(|e| fail(&e))?;
             let mut p99 = ChartBuilder::on(&bottom)
                 .margin(15)
-                .x_label_area_size(50)
+                .margin_right(40)
+                .x_label_area_size(55)
                 .y_label_area_size(100)
-                .build_cartesian_2d(0f64..x_max, (p99_lo * 0.8..p99_hi * 1.25).log_scale())
+                .build_cartesian_2d(0f64..x_max, 0f64..p99_max)
                 .map_err(|e| fail(&e))?;
             p99.configure_mesh()
                 .x_desc("seconds")
@@ -254,7 +253,7 @@ pub fn time_series(out: &Path, title: &str, lines: &[Timeline]) -> Result<()> {
                 .axis_desc_style((FONT, 20))
                 .label_style((FONT, 17))
                 .y_label_formatter(&|y| units::ns(*y as u64))
-                .light_line_style(RGBColor(235, 235, 235))
+                .light_line_style(RGBColor(242, 242, 242))
                 .draw()
                 .map_err(|e| fail(&e))?;
             for (i, l) in lines.iter().enumerate() {
