@@ -53,7 +53,9 @@ pub fn export_command(a: &ExportArgs) -> Result<()> {
             export::csv_intervals(&r.aggregate, a.by, &sel)?.into_bytes()
         }
         ExportFormat::Csv => export::csv(&r.header, &r.aggregate, a.by, &sel).into_bytes(),
-        ExportFormat::Json => export::json(&r.header, &r.aggregate, &sel, a.intervals)?.into_bytes(),
+        ExportFormat::Json => {
+            export::json(&r.header, &r.aggregate, &sel, a.intervals)?.into_bytes()
+        }
     };
     export::write_out(&a.output, &bytes)
 }
@@ -114,13 +116,17 @@ pub fn plot_command(a: &PlotArgs) -> Result<()> {
     let mut timelines = Vec::new();
     for path in &a.files {
         let r = load(std::slice::from_ref(path))?;
-        sel.check(&r.aggregate)?
-;
-        let name = path
-            .file_name()
-            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        sel.check(&r.aggregate)?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         for (what, one, stage) in choices(&r.aggregate, &sel) {
-            let label = if many { format!("{name}: {what}") } else { what };
+            let label = if many {
+                format!("{name}: {what}")
+            } else {
+                what
+            };
             if a.time_series {
                 timelines.push(Timeline {
                     label,

@@ -172,7 +172,12 @@ pub enum ExportFormat {
 #[derive(Args)]
 pub struct ExportArgs {
     /// Data file or .hlog to read (repeatable: several are merged).
-    #[arg(short, long = "input", value_name = "FILE", default_value = "kvmprof.data")]
+    #[arg(
+        short,
+        long = "input",
+        value_name = "FILE",
+        default_value = "kvmprof.data"
+    )]
     pub inputs: Vec<PathBuf>,
     #[arg(long, value_enum)]
     pub format: ExportFormat,

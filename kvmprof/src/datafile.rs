@@ -248,7 +248,9 @@ fn write_to(tmp: &Path, h: &Header, a: &Aggregate) -> Result<()> {
         .add_comment(&format!("{}{json}", &HEADER_MARK[1..]))
         .add_comment(NOTE)
         .add_comment(LOG_VERSION)
-        .with_start_time(unix_time(h.start_unix_ns))
+        // Not after the first interval: readers that count from StartTime (Python's hdrh by
+        // default) skip intervals that begin before it.
+        .with_start_time(unix_time(h.start_unix_ns.min(wall_ns(h, base_ts_ns))))
         .with_base_time(unix_time(wall_ns(h, base_ts_ns)))
         .begin_log_with(&mut out, &mut V2DeflateSerializer::new())
         .map_err(|e| fail(&e))?;

@@ -162,7 +162,10 @@ pub fn diff(a: &Side, b: &Side, sel: &Selection) -> Diff {
                 (Some((x, hx)), Some((y, hy))) => (
                     Some(Ratios {
                         exits: ratio(x.exits as f64, y.exits as f64),
-                        rate: x.rate_per_s.zip(y.rate_per_s).and_then(|(p, q)| ratio(p, q)),
+                        rate: x
+                            .rate_per_s
+                            .zip(y.rate_per_s)
+                            .and_then(|(p, q)| ratio(p, q)),
                         p50: ratio(x.p50_ns as f64, y.p50_ns as f64),
                         p99: ratio(x.p99_ns as f64, y.p99_ns as f64),
                         p999: ratio(x.p999_ns as f64, y.p999_ns as f64),
@@ -190,9 +193,8 @@ pub fn diff(a: &Side, b: &Side, sel: &Selection) -> Diff {
         })
         .collect();
     // Busiest reasons first; stages in cycle order within a reason (stable sort).
-    let busiest = |r: &Row| {
-        std::cmp::Reverse(r.a.map_or(0, |f| f.exits).max(r.b.map_or(0, |f| f.exits)))
-    };
+    let busiest =
+        |r: &Row| std::cmp::Reverse(r.a.map_or(0, |f| f.exits).max(r.b.map_or(0, |f| f.exits)));
     rows.sort_by_key(|r| (busiest(r), r.reason, r.stage));
     Diff {
         schema: "kvmprof-diff",

@@ -133,9 +133,11 @@ mod tests {
             size: 4,
             write: false,
         });
-        let v: serde_json::Value =
-            serde_json::to_value(Line::from(&e)).expect("serializes");
-        assert_eq!((v["space"].as_str(), v["gpa"].as_u64()), (Some("mmio"), Some(0xd0000)));
+        let v: serde_json::Value = serde_json::to_value(Line::from(&e)).expect("serializes");
+        assert_eq!(
+            (v["space"].as_str(), v["gpa"].as_u64()),
+            (Some("mmio"), Some(0xd0000))
+        );
         e.access = None;
         let v = serde_json::to_value(Line::from(&e)).expect("serializes");
         assert!(v.get("space").is_none());

@@ -78,7 +78,9 @@ pub fn hlog(h: &Header, a: &Aggregate) -> Result<Vec<u8>> {
     IntervalLogWriterBuilder::new()
         .add_comment(&comment)
         .add_comment("[Histogram log format version 1.3]")
-        .with_start_time(unix(h.start_unix_ns))
+        // Not after the first interval: readers that count from StartTime (Python's hdrh by
+        // default) skip intervals that begin before it.
+        .with_start_time(unix(h.start_unix_ns.min(wall_ns(h, base_ts))))
         .with_base_time(unix(wall_ns(h, base_ts)))
         .begin_log_with(&mut out, &mut V2DeflateSerializer::new())
         .map_err(|e| fail(&e))?;
@@ -456,7 +458,10 @@ mod tests {
             "       Value     Percentile TotalCount 1/(1-Percentile)"
         );
         assert_eq!(lines[1], "");
-        assert_eq!(lines[2], "       1.000 0.000000000000          1           1.00");
+        assert_eq!(
+            lines[2],
+            "       1.000 0.000000000000          1           1.00"
+        );
         let last = lines[lines.len() - 4];
         assert!(last.ends_with(" 1.000000000000       1000"), "{last}");
         assert!(text.contains("#[Max     =     1000.447, Total count    =         1000]"));

@@ -133,9 +133,11 @@ fn parse(bytes: &[u8]) -> Result<Foreign> {
 
 fn build(lines: Vec<Line>, start_time: Option<Duration>) -> Result<Foreign> {
     let interval_ns = common_length(&lines);
-    let tagged = lines
-        .iter()
-        .any(|l| l.tag.as_deref().is_some_and(|t| datafile::parse_tag(t).is_some()));
+    let tagged = lines.iter().any(|l| {
+        l.tag
+            .as_deref()
+            .is_some_and(|t| datafile::parse_tag(t).is_some())
+    });
     let mut skipped_tags: BTreeMap<String, u64> = BTreeMap::new();
     let mut series: Vec<(u64, Key, Stage, Histogram<u64>, Vec<u8>)> = Vec::new();
     let mut first = u64::MAX;
@@ -262,7 +264,10 @@ mod tests {
         assert_eq!(f.header.start_unix_ns, 1_700_000_000 * SEC);
         assert_eq!(f.header.duration_ns, 2 * SEC);
         assert_eq!(f.aggregate.interval_ns(), SEC);
-        assert_eq!(f.aggregate.span(), Some((1_700_000_000 * SEC, 1_700_000_002 * SEC)));
+        assert_eq!(
+            f.aggregate.span(),
+            Some((1_700_000_000 * SEC, 1_700_000_002 * SEC))
+        );
     }
 
     #[test]

@@ -71,8 +71,7 @@ pub fn merge(mut inputs: Vec<Input>) -> Result<(Header, Aggregate)> {
         .collect();
     let wall = |t: u64, off: i128| u64::try_from((i128::from(t) + off).max(0)).unwrap_or(u64::MAX);
 
-    let mut keys: BTreeMap<Key, (u64, BTreeMap<u32, u64>, [Option<u64>; STAGES])> =
-        BTreeMap::new();
+    let mut keys: BTreeMap<Key, (u64, BTreeMap<u32, u64>, [Option<u64>; STAGES])> = BTreeMap::new();
     let mut ports: BTreeMap<PortKey, PortStats> = BTreeMap::new();
     let mut lost = 0u64;
     let mut span: Option<(u64, u64)> = None;
@@ -113,13 +112,14 @@ pub fn merge(mut inputs: Vec<Input>) -> Result<(Header, Aggregate)> {
         merged.restore_span(f, l);
     }
     for (i, &off) in inputs.iter().zip(&offsets) {
-        i.aggregate.for_each_interval(|start_ns, key, stage, hist| {
-            // Nearest interval of the merged grid.
-            let start = wall(start_ns, off).saturating_add(interval_ns / 2);
-            let start = start - start % interval_ns;
-            merged.restore_interval(start, key, stage, hist, hlog::encode(hist)?);
-            Ok(())
-        })?;
+        i.aggregate
+            .for_each_interval(|start_ns, key, stage, hist| {
+                // Nearest interval of the merged grid.
+                let start = wall(start_ns, off).saturating_add(interval_ns / 2);
+                let start = start - start % interval_ns;
+                merged.restore_interval(start, key, stage, hist, hlog::encode(hist)?);
+                Ok(())
+            })?;
     }
     Ok((merged_header(&inputs), merged))
 }
@@ -242,7 +242,9 @@ mod tests {
     fn different_interval_lengths_do_not_merge() {
         let mut b = input("b", 1000, 900, 3, 4000);
         b.aggregate = Aggregate::new(SEC / 2);
-        let err = merge(vec![input("a", 1000, 5, 1, 1), b]).err().expect("fails");
+        let err = merge(vec![input("a", 1000, 5, 1, 1), b])
+            .err()
+            .expect("fails");
         assert!(err.to_string().contains("interval lengths differ"), "{err}");
     }
 }

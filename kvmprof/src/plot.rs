@@ -120,8 +120,18 @@ pub fn percentiles(out: &Path, title: &str, curves: &[Curve]) -> Result<()> {
     let most = curves.iter().map(|c| c.hist.len()).max().unwrap_or(1);
     let decades = (most as f64).log10().ceil().clamp(1.0, 7.0) as i32;
     let x_max = 10f64.powi(decades);
-    let lo = curves.iter().map(|c| c.hist.min()).min().unwrap_or(1).max(1);
-    let hi = curves.iter().map(|c| c.hist.max()).max().unwrap_or(1).max(lo + 1);
+    let lo = curves
+        .iter()
+        .map(|c| c.hist.min())
+        .min()
+        .unwrap_or(1)
+        .max(1);
+    let hi = curves
+        .iter()
+        .map(|c| c.hist.max())
+        .max()
+        .unwrap_or(1)
+        .max(lo + 1);
     let points: Vec<Vec<(f64, f64)>> = curves
         .iter()
         .map(|c| {
@@ -220,9 +230,7 @@ pub fn time_series(out: &Path, title: &str, lines: &[Timeline]) -> Result<()> {
             let root = $root;
             let fail = |e: &dyn std::fmt::Display| anyhow!("cannot draw: {e}");
             root.fill(&WHITE).map_err(|e| fail(&e))?;
-            let root = root
-                .titled(title, (FONT, 28))
-                .map_err(|e| fail(&e))?;
+            let root = root.titled(title, (FONT, 28)).map_err(|e| fail(&e))?;
             let (top, bottom) = root.split_vertically(SIZE.1 / 2 - 20);
             let mut rate = ChartBuilder::on(&top)
                 .margin(15)

@@ -12,8 +12,8 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
-use crate::cli::{By, Format, ReportArgs};
 use crate::analyze;
+use crate::cli::{By, Format, ReportArgs};
 use crate::datafile::{Header, HookUse};
 use crate::model::{Reason, ReasonSpace, Stage};
 use crate::series::{self, IntervalRow, Selection};

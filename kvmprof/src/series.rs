@@ -94,7 +94,12 @@ pub fn groups(a: &Aggregate, by: By, sel: &Selection) -> BTreeMap<String, GroupS
                 continue;
             };
             *g.sums.entry(stage).or_default() += st.sum_ns;
-            add(g.hists.entry(stage).or_insert_with(aggregate::new_histogram), &st.hist);
+            add(
+                g.hists
+                    .entry(stage)
+                    .or_insert_with(aggregate::new_histogram),
+                &st.hist,
+            );
         }
     }
     out
@@ -105,7 +110,10 @@ pub fn by_stage(a: &Aggregate, sel: &Selection) -> BTreeMap<Stage, Histogram<u64
     let mut out: BTreeMap<Stage, Histogram<u64>> = BTreeMap::new();
     for r in groups(a, By::Reason, sel).into_values() {
         for (stage, h) in r.hists {
-            add(out.entry(stage).or_insert_with(aggregate::new_histogram), &h);
+            add(
+                out.entry(stage).or_insert_with(aggregate::new_histogram),
+                &h,
+            );
         }
     }
     out

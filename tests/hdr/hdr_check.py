@@ -3,10 +3,13 @@
     python3 hdr_check.py read LOG        every series of an interval log
     python3 hdr_check.py write LOG MODE  writes a log (MODE: tagged or untagged), prints it as read
     python3 hdr_check.py decode FILE     one base64 compressed histogram per line
+    python3 hdr_check.py csv FILE        kvmprof's CSV export: one object per row
+    python3 hdr_check.py hgrm FILE UNIT  a .hgrm: total count, values either side of 99% (UNIT: ns per unit)
 
 Output: one JSON object per series, {"tag", "count", "p99", "max", "intervals"}, the tag ""
 for untagged histograms (decode: the line number instead), as HdrCheck.java prints.
 """
+import csv
 import io
 import json
 import sys
@@ -76,6 +79,29 @@ def decode(path):
             line(str(n), HdrHistogram.decode(b64.strip()), 1)
 
 
+def read_csv(path):
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            print(json.dumps({k: row[k] for k in ("group", "stage", "samples", "p99_ns")}))
+
+
+def read_hgrm(path, unit):
+    """A .hgrm's total count and the values (in ns) of the lines either side of 99%."""
+    count, below, above = None, None, None
+    with open(path) as f:
+        for text in f:
+            fields = text.split()
+            if len(fields) < 3 or text.startswith("#") or fields[0] == "Value":
+                continue
+            value, percentile, total = float(fields[0]) * unit, float(fields[1]), int(fields[2])
+            if percentile <= 0.99:
+                below = round(value)
+            if above is None and percentile >= 0.99:
+                above = round(value)
+            count = total
+    print(json.dumps({"count": count, "p99_below": below, "p99_above": above}))
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "read":
@@ -85,5 +111,9 @@ if __name__ == "__main__":
         read(sys.argv[2])
     elif mode == "decode":
         decode(sys.argv[2])
+    elif mode == "csv":
+        read_csv(sys.argv[2])
+    elif mode == "hgrm":
+        read_hgrm(sys.argv[2], float(sys.argv[3]))
     else:
         sys.exit("mode: read, write or decode")

@@ -147,8 +147,7 @@ fn stage_nesting(c: &Captured) -> Result<()> {
             stage("vendor_run"),
             stage("handler"),
             stage("fast_pio"),
-        )
-        else {
+        ) else {
             anyhow::bail!("io exit {n} lacks a stage: {e}");
         };
         ensure!(
