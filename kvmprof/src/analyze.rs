@@ -61,7 +61,10 @@ pub fn export_command(a: &ExportArgs) -> Result<()> {
 }
 
 pub fn diff_command(a: &DiffArgs) -> Result<()> {
-    let (ra, rb) = (load(&[a.a.clone()])?, load(&[a.b.clone()])?);
+    let (ra, rb) = (
+        load(std::slice::from_ref(&a.a))?,
+        load(std::slice::from_ref(&a.b))?,
+    );
     let sel = a.select.selection();
     let d = diff::diff(&side(&a.a, &ra), &side(&a.b, &rb), &sel);
     let text = match a.format {

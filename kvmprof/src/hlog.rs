@@ -131,6 +131,9 @@ fn parse(bytes: &[u8]) -> Result<Foreign> {
     build(lines, start_time)
 }
 
+/// A histogram of a series: start, series, histogram, its compressed encoding.
+type Series = (u64, Key, Stage, Histogram<u64>, Vec<u8>);
+
 fn build(lines: Vec<Line>, start_time: Option<Duration>) -> Result<Foreign> {
     let interval_ns = common_length(&lines);
     let tagged = lines.iter().any(|l| {
@@ -139,7 +142,7 @@ fn build(lines: Vec<Line>, start_time: Option<Duration>) -> Result<Foreign> {
             .is_some_and(|t| datafile::parse_tag(t).is_some())
     });
     let mut skipped_tags: BTreeMap<String, u64> = BTreeMap::new();
-    let mut series: Vec<(u64, Key, Stage, Histogram<u64>, Vec<u8>)> = Vec::new();
+    let mut series: Vec<Series> = Vec::new();
     let mut first = u64::MAX;
     let mut end = 0u64;
     for l in lines {

@@ -41,6 +41,9 @@ pub fn describe(inputs: &[Input]) -> String {
     format!("merged {} recordings: {}", inputs.len(), parts.join(", "))
 }
 
+/// Exits, exits to the VMM by KVM_EXIT_* code, and stage sums of one key.
+type Totals = (u64, BTreeMap<u32, u64>, [Option<u64>; STAGES]);
+
 /// Merges `inputs` (at least one). A single input comes back as it is.
 pub fn merge(mut inputs: Vec<Input>) -> Result<(Header, Aggregate)> {
     if inputs.len() == 1 {
@@ -71,7 +74,7 @@ pub fn merge(mut inputs: Vec<Input>) -> Result<(Header, Aggregate)> {
         .collect();
     let wall = |t: u64, off: i128| u64::try_from((i128::from(t) + off).max(0)).unwrap_or(u64::MAX);
 
-    let mut keys: BTreeMap<Key, (u64, BTreeMap<u32, u64>, [Option<u64>; STAGES])> = BTreeMap::new();
+    let mut keys: BTreeMap<Key, Totals> = BTreeMap::new();
     let mut ports: BTreeMap<PortKey, PortStats> = BTreeMap::new();
     let mut lost = 0u64;
     let mut span: Option<(u64, u64)> = None;
@@ -242,9 +245,7 @@ mod tests {
     fn different_interval_lengths_do_not_merge() {
         let mut b = input("b", 1000, 900, 3, 4000);
         b.aggregate = Aggregate::new(SEC / 2);
-        let err = merge(vec![input("a", 1000, 5, 1, 1), b])
-            .err()
-            .expect("fails");
+        let err = merge(vec![input("a", 1000, 5, 1, 1), b]).expect_err("fails");
         assert!(err.to_string().contains("interval lengths differ"), "{err}");
     }
 }
