@@ -3,6 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::model::Stage;
 use crate::plan::HookPref;
 
 #[derive(Parser)]
@@ -21,8 +22,16 @@ pub struct Cli {
 pub enum Cmd {
     /// Record the VM exits of VMM processes into a data file (Ctrl-C stops and keeps all).
     Record(RecordArgs),
-    /// Print per-reason, per-vCPU or per-process latency distributions from a data file.
+    /// Print per-reason, per-vCPU or per-process latency distributions from data files
+    /// (several are merged, e.g. one per host).
     Report(ReportArgs),
+    /// Write a recording as a standalone .hlog, a .hgrm percentile distribution, CSV or JSON.
+    Export(ExportArgs),
+    /// Compare two recordings per reason and stage: counts, rates, percentiles, ratios B/A.
+    Diff(DiffArgs),
+    /// Draw percentile distributions (several files overlaid) or the time series of a
+    /// recording, as SVG or PNG.
+    Plot(PlotArgs),
     /// Live top-style view of VM exits.
     Top(TopArgs),
     /// Show which hook each stage uses on this kernel, and why the others were rejected.
@@ -55,7 +64,9 @@ pub struct RecordArgs {
         required_unless_present = "command"
     )]
     pub pids: Vec<String>,
-    /// Also write every exit as one JSON object per line (raw data for your own analysis).
+    /// Also write every exit as one JSON object per line (raw data for your own analysis):
+    /// reason with its name, `space`/`port` or `space`/`gpa` of the access, stages by name,
+    /// and a `schema_version`.
     #[arg(long, value_name = "FILE")]
     pub exits: Option<PathBuf>,
     /// Start this VMM command and record it from its first instruction (after `--`).
@@ -89,14 +100,131 @@ pub enum Format {
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// Data file to read.
-    #[arg(short, long, default_value = "kvmprof.data")]
-    pub input: PathBuf,
+    /// Data files or HdrHistogram interval logs (.hlog) to read; several are merged.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Data file to read (same as a FILE; default kvmprof.data when no file is given).
+    #[arg(short, long = "input", value_name = "FILE")]
+    pub inputs: Vec<PathBuf>,
     /// Group rows by exit reason, vCPU or process.
     #[arg(long, value_enum, default_value = "reason")]
     pub by: By,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// Also print the time series the file stores: per interval, rate, p50, p99, max.
+    #[arg(long)]
+    pub intervals: bool,
+}
+
+impl ReportArgs {
+    /// The files to read: positional and `-i` alike, `kvmprof.data` when none.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        input_paths(&self.files, &self.inputs)
+    }
+}
+
+/// Positional files and `-i` files together, `kvmprof.data` when none is given.
+pub fn input_paths(files: &[PathBuf], inputs: &[PathBuf]) -> Vec<PathBuf> {
+    let all: Vec<PathBuf> = files.iter().chain(inputs).cloned().collect();
+    if all.is_empty() {
+        vec![PathBuf::from(crate::datafile::DEFAULT_PATH)]
+    } else {
+        all
+    }
+}
+
+/// Which reasons and stages a command looks at.
+#[derive(Args, Clone)]
+pub struct SelectArgs {
+    /// Only this exit reason: its name (`io`, `hlt`, `KVM_EXIT_IO`) or `<space>:<code>`
+    /// (`svm:0x7b`). Repeatable; default all.
+    #[arg(long = "reason", value_name = "REASON")]
+    pub reasons: Vec<String>,
+    /// Only this stage (cycle, vendor_run, handler, fast_pio, kvm_run, vmm). Repeatable.
+    #[arg(long = "stage", value_name = "STAGE", value_parser = parse_stage)]
+    pub stages: Vec<Stage>,
+}
+
+impl SelectArgs {
+    pub fn selection(&self) -> crate::series::Selection {
+        crate::series::Selection {
+            reasons: self.reasons.clone(),
+            stages: self.stages.clone(),
+        }
+    }
+}
+
+fn parse_stage(s: &str) -> Result<Stage, String> {
+    Stage::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown stage '{s}' (stages: {})", names.join(", "))
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Hlog,
+    Hgrm,
+    Csv,
+    Json,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Data file or .hlog to read (repeatable: several are merged).
+    #[arg(
+        short,
+        long = "input",
+        value_name = "FILE",
+        default_value = "kvmprof.data"
+    )]
+    pub inputs: Vec<PathBuf>,
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Where to write (`-`: stdout).
+    #[arg(short, long, default_value = "-")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// CSV rows: group by exit reason, vCPU or process.
+    #[arg(long, value_enum, default_value = "reason")]
+    pub by: By,
+    /// CSV: one row per interval, group and stage; JSON: add every interval's histogram.
+    #[arg(long)]
+    pub intervals: bool,
+    /// Unit of the values in a .hgrm.
+    #[arg(long, value_enum, default_value = "us")]
+    pub unit: crate::export::Unit,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The baseline recording.
+    pub a: PathBuf,
+    /// The recording compared with it.
+    pub b: PathBuf,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    /// Data files or .hlog files; their curves are overlaid.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Image to write: .svg or .png.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Plot rate and p99 per interval instead of the percentile distribution.
+    #[arg(long)]
+    pub time_series: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Title of the plot (default: what is plotted).
+    #[arg(long)]
+    pub title: Option<String>,
 }
 
 #[derive(Args)]

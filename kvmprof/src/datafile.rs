@@ -49,7 +49,7 @@ pub const DEFAULT_PATH: &str = "kvmprof.data";
 
 const FORMAT: &str = "kvmprof";
 const VERSION: u32 = 1;
-const HEADER_MARK: &str = "#[kvmprof-header] ";
+pub(crate) const HEADER_MARK: &str = "#[kvmprof-header] ";
 const END_MARK: &str = "#[kvmprof-end] ";
 /// The Java `HistogramLogWriter` writes these two lines; readers may look for them.
 const LOG_VERSION: &str = "[Histogram log format version 1.3]";
@@ -67,6 +67,9 @@ pub enum Source {
     Live,
     #[serde(rename = "ftrace import")]
     FtraceImport,
+    /// An interval log written by another HdrHistogram implementation (see `hlog`).
+    #[serde(rename = "hlog")]
+    Hlog,
 }
 
 impl Source {
@@ -74,6 +77,7 @@ impl Source {
         match self {
             Source::Live => "live",
             Source::FtraceImport => "ftrace import",
+            Source::Hlog => "hlog",
         }
     }
 }
@@ -237,7 +241,9 @@ fn write_to(tmp: &Path, h: &Header, a: &Aggregate) -> Result<()> {
         .add_comment(&format!("{}{json}", &HEADER_MARK[1..]))
         .add_comment(NOTE)
         .add_comment(LOG_VERSION)
-        .with_start_time(unix_time(h.start_unix_ns))
+        // Not after the first interval: readers that count from StartTime (Python's hdrh by
+        // default) skip intervals that begin before it.
+        .with_start_time(unix_time(h.start_unix_ns.min(wall_ns(h, base_ts_ns))))
         .with_base_time(unix_time(wall_ns(h, base_ts_ns)))
         .begin_log_with(&mut out, &mut V2DeflateSerializer::new())
         .map_err(|e| fail(&e))?;
@@ -456,8 +462,22 @@ fn interval(line: &[u8], base_ts_ns: u64, interval_ns: u64) -> Result<Option<Int
         Some(t) => Some(parse_tag(&t).with_context(|| format!("bad tag {:?}", &*t))?),
         None => None,
     };
+    let (hist, blob) = decode_histogram(entry.encoded_histogram())?;
+    // Offsets are multiples of the interval written to the millisecond: round to the nearest.
+    let offset_ns = u64::try_from(entry.start_timestamp().as_nanos()).unwrap_or(u64::MAX);
+    let intervals = offset_ns.saturating_add(interval_ns / 2) / interval_ns;
+    let start_ns = intervals
+        .checked_mul(interval_ns)
+        .and_then(|o| o.checked_add(base_ts_ns))
+        .context("interval start out of range")?;
+    Ok(series.map(|(key, stage)| (start_ns, key, stage, hist, blob)))
+}
+
+/// Decodes the base64 V2 compressed histogram of an interval log line; also returns the
+/// compressed bytes.
+pub(crate) fn decode_histogram(encoded: &str) -> Result<(Histogram<u64>, Vec<u8>)> {
     let blob = base64::engine::general_purpose::STANDARD
-        .decode(entry.encoded_histogram())
+        .decode(encoded)
         .map_err(|e| anyhow!("corrupt base64: {e}"))?;
     // The decoder trusts the length fields; check the outer one so a damaged line cannot
     // make it allocate or read far beyond the line.
@@ -471,18 +491,11 @@ fn interval(line: &[u8], base_ts_ns: u64, interval_ns: u64) -> Result<Option<Int
         bail!("corrupt histogram: not a V2 compressed histogram");
     }
     let hist = aggregate::decode(&blob).map_err(|e| anyhow!("corrupt histogram: {e}"))?;
-    // Offsets are multiples of the interval written to the millisecond: round to the nearest.
-    let offset_ns = u64::try_from(entry.start_timestamp().as_nanos()).unwrap_or(u64::MAX);
-    let intervals = offset_ns.saturating_add(interval_ns / 2) / interval_ns;
-    let start_ns = intervals
-        .checked_mul(interval_ns)
-        .and_then(|o| o.checked_add(base_ts_ns))
-        .context("interval start out of range")?;
-    Ok(series.map(|(key, stage)| (start_ns, key, stage, hist, blob)))
+    Ok((hist, blob))
 }
 
 /// The tag of a series; see the module documentation.
-fn tag(key: Key, stage: Stage) -> String {
+pub(crate) fn tag(key: Key, stage: Stage) -> String {
     let vcpu = key.vcpu.map_or_else(|| "-".to_owned(), |v| v.to_string());
     let space = space_name(key.reason.space);
     format!(
@@ -493,7 +506,7 @@ fn tag(key: Key, stage: Stage) -> String {
     )
 }
 
-fn parse_tag(tag_text: &str) -> Option<(Key, Stage)> {
+pub(crate) fn parse_tag(tag_text: &str) -> Option<(Key, Stage)> {
     let mut parts = tag_text.split('/');
     let pid = parts.next()?.strip_prefix('p')?.parse().ok()?;
     let vcpu = match parts.next()?.strip_prefix('v')? {

@@ -1,18 +1,26 @@
 //! kvmprof: an eBPF profiler of KVM VM exits.
 mod aggregate;
+mod analyze;
 mod attach;
 mod cli;
 mod collect;
 mod datafile;
+mod diff;
+mod exits;
+mod export;
 mod flame;
 mod ftrace;
+mod hlog;
 mod kernel;
 mod live;
+mod merge;
 mod model;
 mod plan;
+mod plot;
 mod probes;
 mod record;
 mod report;
+mod series;
 mod spawn;
 mod target;
 mod tui;
@@ -49,6 +57,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo(a) => rt()?.block_on(record::demo(a)),
         Cmd::Top(a) => rt()?.block_on(tui::top(a)),
         Cmd::Report(a) => report::command(&a),
+        Cmd::Export(a) => analyze::export_command(&a),
+        Cmd::Diff(a) => analyze::diff_command(&a),
+        Cmd::Plot(a) => analyze::plot_command(&a),
         Cmd::Probes(a) => {
             let (facts, plan) = live::plan_for_host(a.hooks.hooks)?;
             match a.format {

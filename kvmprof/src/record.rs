@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     cli::{By, DemoArgs, Format, GuestArgs, RecordArgs},
-    datafile,
+    datafile, exits,
     live::{self, Outcome, Session, Stop},
     model::Exit,
     plan::HookPref,
@@ -92,7 +92,7 @@ async fn run_with_exits(session: Session, exits: Option<&Path>) -> Result<Outcom
     };
     let sink = |e: &Exit| -> Result<()> {
         if let Some(w) = w.as_mut() {
-            serde_json::to_writer(&mut *w, e)?;
+            serde_json::to_writer(&mut *w, &exits::Line::from(e))?;
             w.write_all(b"\n")?;
         }
         Ok(())

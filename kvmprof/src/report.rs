@@ -12,16 +12,29 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
+use crate::analyze;
 use crate::cli::{By, Format, ReportArgs};
-use crate::datafile::{self, Header, HookUse};
+use crate::datafile::{Header, HookUse};
 use crate::model::{Reason, ReasonSpace, Stage};
+use crate::series::{self, IntervalRow, Selection};
 use crate::units;
 use crate::vendor::reason_name;
 
-/// `kvmprof report`: reads the data file and prints its report.
+/// `kvmprof report`: reads the data files (merging several) and prints their report.
 pub fn command(a: &ReportArgs) -> Result<()> {
-    let (h, agg) = datafile::read(&a.input)?;
-    let text = render(&h, &agg, a.by, a.format);
+    let r = analyze::load(&a.paths())?;
+    let intervals = if a.intervals {
+        let stage = series::default_stage(&r.aggregate);
+        let rows = series::intervals(&r.aggregate, &Selection::default(), stage)?;
+        Some(Intervals { stage, rows })
+    } else {
+        None
+    };
+    let extras = Extras {
+        merged: r.merged,
+        intervals,
+    };
+    let text = render_with(&r.header, &r.aggregate, a.by, a.format, extras);
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         // `kvmprof report | head` is not an error.
@@ -30,9 +43,32 @@ pub fn command(a: &ReportArgs) -> Result<()> {
     }
 }
 
+/// What a report shows beyond the recording itself.
+#[derive(Default, Serialize)]
+pub struct Extras {
+    /// What was merged, when the report covers several files.
+    pub merged: Option<String>,
+    /// The time series (`--intervals`).
+    pub intervals: Option<Intervals>,
+}
+
+/// Per-interval rows of one stage over all exits.
+#[derive(Serialize)]
+pub struct Intervals {
+    pub stage: Stage,
+    pub rows: Vec<IntervalRow>,
+}
+
 /// Renders the report of a recording.
 pub fn render(h: &Header, a: &Aggregate, by: By, format: Format) -> String {
-    let report = build(h, a, by);
+    render_with(h, a, by, format, Extras::default())
+}
+
+/// Renders the report of a recording with `extras`.
+pub fn render_with(h: &Header, a: &Aggregate, by: By, format: Format, extras: Extras) -> String {
+    let mut report = build(h, a, by);
+    report.merged = extras.merged;
+    report.intervals = extras.intervals;
     match format {
         Format::Table => table(&report),
         // Plain structs with string keys and numbers: serialization cannot fail.
@@ -54,6 +90,8 @@ const TOP_PORTS: usize = 20;
 #[derive(Serialize)]
 struct Report<'a> {
     header: &'a Header,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    merged: Option<String>,
     vendor_label: &'static str,
     /// Recording length used for rates.
     duration_ns: u64,
@@ -63,6 +101,8 @@ struct Report<'a> {
     groups: Vec<Group>,
     breakdown: Vec<Breakdown>,
     ports: Vec<PortRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    intervals: Option<Intervals>,
 }
 
 #[derive(Serialize)]
@@ -231,6 +271,7 @@ fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
 
     Report {
         header: h,
+        merged: None,
         vendor_label: h.vendor.label(),
         duration_ns,
         total_exits,
@@ -243,6 +284,7 @@ fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
         groups,
         breakdown,
         ports,
+        intervals: None,
     }
 }
 
@@ -312,12 +354,49 @@ fn table(r: &Report) -> String {
     group_table(&mut out, r);
     breakdown_table(&mut out, r);
     ports_table(&mut out, r);
+    intervals_table(&mut out, r);
     out
+}
+
+fn intervals_table(out: &mut String, r: &Report) {
+    let Some(iv) = &r.intervals else {
+        return;
+    };
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Intervals ({} of all exits; rate: exits with a {} measured)",
+        iv.stage.name(),
+        iv.stage.name()
+    );
+    let _ = writeln!(
+        out,
+        "{:>10}{:>10}{:>10}{:>9}{:>9}{:>9}",
+        "start", "exits", "rate/s", "p50", "p99", "max"
+    );
+    for row in &iv.rows {
+        let _ = writeln!(
+            out,
+            "{:>10}{:>10}{:>10}{:>9}{:>9}{:>9}",
+            format!("{:.1}s", row.offset_ns as f64 / 1e9),
+            row.samples,
+            units::si(row.rate_per_s),
+            units::ns(row.p50_ns),
+            units::ns(row.p99_ns),
+            units::ns(row.max_ns)
+        );
+    }
+    if iv.rows.is_empty() {
+        let _ = writeln!(out, "  (no intervals with samples)");
+    }
 }
 
 fn header_lines(out: &mut String, r: &Report) {
     let h = r.header;
     let _ = writeln!(out, "kvmprof report ({} recording)", h.source.label());
+    if let Some(m) = &r.merged {
+        let _ = writeln!(out, "{m}");
+    }
     let _ = writeln!(
         out,
         "host: {}   kernel: {}   vendor: {}",

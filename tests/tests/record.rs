@@ -32,17 +32,17 @@ fn tally(exits_jsonl: &str, kernel_ports: &[u64]) -> BTreeMap<u64, Tally> {
         let vcpu = e["vcpu"].as_u64().expect("every exit has a vCPU");
         let user = e["userspace_reason"].as_u64();
         let t = by_vcpu.entry(vcpu).or_default();
-        let access = &e["access"];
-        if let Some(p) = access.get("Pio") {
-            let (port, write) = (p["port"].as_u64().unwrap(), p["write"].as_bool().unwrap());
+        assert_eq!(e["schema_version"], 1);
+        if e["space"] == "pio" {
+            let (port, write) = (e["port"].as_u64().unwrap(), e["write"].as_bool().unwrap());
             match (port, write, user) {
                 (0x3f8, true, Some(KVM_EXIT_IO)) => t.pio_user += 1,
                 (0x3fd, false, Some(KVM_EXIT_IO)) => t.pio_in += 1,
                 (p, true, None) if kernel_ports.contains(&p) => t.pio_kernel += 1,
                 _ => {}
             }
-        } else if let Some(m) = access.get("Mmio") {
-            if m["gpa"] == 0xd0000 && m["write"] == true && user == Some(KVM_EXIT_MMIO) {
+        } else if e["space"] == "mmio" {
+            if e["gpa"] == 0xd0000 && e["write"] == true && user == Some(KVM_EXIT_MMIO) {
                 t.mmio += 1;
             }
         } else if user == Some(KVM_EXIT_HLT) {

@@ -141,10 +141,13 @@ fn stage_nesting(c: &Captured) -> Result<()> {
             continue;
         }
         io += 1;
-        let stage = |i: usize| e["stages"][i].as_u64();
-        let (Some(cycle), Some(run), Some(handler), Some(fast)) =
-            (stage(0), stage(1), stage(2), stage(3))
-        else {
+        let stage = |name: &str| e["stages"][name].as_u64();
+        let (Some(cycle), Some(run), Some(handler), Some(fast)) = (
+            stage("cycle"),
+            stage("vendor_run"),
+            stage("handler"),
+            stage("fast_pio"),
+        ) else {
             anyhow::bail!("io exit {n} lacks a stage: {e}");
         };
         ensure!(

@@ -13,7 +13,8 @@ use crate::util::{display, output, run as run_cmd, which};
 
 /// Debian packages the project needs: LLVM 22 for bpf-linker, QEMU and busybox for the SVM VM
 /// (virtme-ng builds its initramfs with busybox), bpftool to inspect programs, bpftrace for
-/// the bench.
+/// the bench, and the reference HdrHistogram (Java, with a runtime: the package does not
+/// depend on one) that the tests in `tests/tests/hdr.rs` check kvmprof's files against.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -23,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
     "bpftrace",
+    "libhdrhistogram-java",
+    "openjdk-17-jre-headless",
 ];
 
 /// Wanted but not required: `perf kvm stat` in the VM, the reference to compare kvmprof with.
@@ -44,6 +47,7 @@ pub fn run() -> Result<()> {
     rust_toolchains()?;
     bpf_linker()?;
     virtme_ng()?;
+    python_hdrh()?;
     tracefs()
 }
 
@@ -257,6 +261,29 @@ fn virtme_ng() -> Result<()> {
         bail!("`{}` succeeded but no `vng` can be found", display(&cmd));
     }
     Ok(())
+}
+
+/// Python's HdrHistogram (PyPI `hdrhistogram`, module `hdrh`): the second witness of the
+/// tests in `tests/tests/hdr.rs`.
+fn python_hdrh() -> Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import hdrh"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        println!("ok: python hdrhistogram present");
+        return Ok(());
+    }
+    println!("installing: hdrhistogram (pip)");
+    run_cmd(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        "--root-user-action=ignore",
+        "hdrhistogram",
+    ]))
 }
 
 /// kvmprof reads tracepoint ids and formats from tracefs, which this host does not mount.

@@ -1,0 +1,145 @@
+//! The JSON Lines form of one exit (`record --exits FILE`): stages by name, the access
+//! flattened, a schema version on every line so a reader can tell formats apart.
+//!
+//! ```json
+//! {"schema_version":1,"pid":7,"tid":8,"vcpu":0,"ts_ns":123,
+//!  "reason":{"space":"svm","code":123,"name":"io"},"userspace_reason":2,
+//!  "space":"pio","port":1016,"size":1,"write":true,
+//!  "stages":{"cycle":7915,"vendor_run":3206,"handler":3116,"fast_pio":2594}}
+//! ```
+//! `space`/`port` or `space`/`gpa` (with `size`, `write`) appear only when the access is
+//! known; `stages` holds only the stages measured.
+use serde::Serialize;
+
+use crate::model::{Access, Exit, Reason, Stage};
+use crate::vendor::reason_name;
+
+/// Bumped when a field changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+pub struct Line {
+    schema_version: u32,
+    pid: u32,
+    tid: u32,
+    vcpu: Option<u32>,
+    ts_ns: u64,
+    reason: NamedReason,
+    userspace_reason: Option<u32>,
+    #[serde(flatten)]
+    access: Option<FlatAccess>,
+    stages: Stages,
+}
+
+#[derive(Serialize)]
+struct NamedReason {
+    #[serde(flatten)]
+    reason: Reason,
+    name: String,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "space", rename_all = "lowercase")]
+enum FlatAccess {
+    Pio { port: u16, size: u8, write: bool },
+    Mmio { gpa: u64, size: u8, write: bool },
+}
+
+/// The measured stages by name, in the order of the exit cycle.
+#[derive(Serialize)]
+struct Stages {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cycle: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vendor_run: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handler: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fast_pio: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kvm_run: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vmm: Option<u64>,
+}
+
+impl From<&Exit> for Line {
+    fn from(e: &Exit) -> Self {
+        let s = |stage: Stage| e.stages[stage.index()];
+        Line {
+            schema_version: SCHEMA_VERSION,
+            pid: e.pid,
+            tid: e.tid,
+            vcpu: e.vcpu,
+            ts_ns: e.ts_ns,
+            reason: NamedReason {
+                reason: e.reason,
+                name: reason_name(e.reason),
+            },
+            userspace_reason: e.userspace_reason,
+            access: e.access.map(|a| match a {
+                Access::Pio { port, size, write } => FlatAccess::Pio { port, size, write },
+                Access::Mmio { gpa, size, write } => FlatAccess::Mmio { gpa, size, write },
+            }),
+            stages: Stages {
+                cycle: s(Stage::Cycle),
+                vendor_run: s(Stage::VendorRun),
+                handler: s(Stage::Handler),
+                fast_pio: s(Stage::FastPio),
+                kvm_run: s(Stage::KvmRun),
+                vmm: s(Stage::Vmm),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ReasonSpace;
+    use kvmprof_common::STAGES;
+
+    #[test]
+    fn stages_are_named_and_the_access_is_flat() {
+        let mut stages = [None; STAGES];
+        stages[Stage::Cycle.index()] = Some(7915);
+        stages[Stage::FastPio.index()] = Some(2594);
+        let mut e = Exit {
+            pid: 7,
+            tid: 8,
+            vcpu: Some(0),
+            ts_ns: 123,
+            reason: Reason {
+                space: ReasonSpace::Svm,
+                code: 0x7b,
+            },
+            userspace_reason: None,
+            access: Some(Access::Pio {
+                port: 0x3f8,
+                size: 1,
+                write: true,
+            }),
+            stages,
+        };
+        let json = serde_json::to_string(&Line::from(&e)).expect("serializes");
+        assert_eq!(
+            json,
+            "{\"schema_version\":1,\"pid\":7,\"tid\":8,\"vcpu\":0,\"ts_ns\":123,\
+             \"reason\":{\"space\":\"svm\",\"code\":123,\"name\":\"io\"},\
+             \"userspace_reason\":null,\"space\":\"pio\",\"port\":1016,\"size\":1,\
+             \"write\":true,\"stages\":{\"cycle\":7915,\"fast_pio\":2594}}"
+        );
+        e.access = Some(Access::Mmio {
+            gpa: 0xd0000,
+            size: 4,
+            write: false,
+        });
+        let v: serde_json::Value = serde_json::to_value(Line::from(&e)).expect("serializes");
+        assert_eq!(
+            (v["space"].as_str(), v["gpa"].as_u64()),
+            (Some("mmio"), Some(0xd0000))
+        );
+        e.access = None;
+        let v = serde_json::to_value(Line::from(&e)).expect("serializes");
+        assert!(v.get("space").is_none());
+    }
+}

@@ -1,0 +1,477 @@
+//! `kvmprof export`: a recording in formats other tools read.
+//!
+//! - `hlog`: a standalone HdrHistogram interval log (V2 compressed histograms, tags as in the
+//!   data file, one untagged histogram per interval with all exits' cycles), without
+//!   kvmprof's header: what Java's `HistogramLogProcessor` and Python's `hdrh` expect.
+//! - `hgrm`: the percentile distribution text HdrHistogram's `outputPercentileDistribution`
+//!   prints (and its plotters read), of the chosen reasons and one stage.
+//! - `csv`: one row per group and stage; with `--intervals`, one per interval, group and stage.
+//! - `json`: every series with its statistics and its histogram (base64 V2 compressed, which
+//!   any HdrHistogram implementation decodes), under a schema version.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Result};
+use base64::Engine as _;
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::aggregate::{self, Aggregate, Key};
+use crate::cli::By;
+use crate::datafile::{self, Header};
+use crate::model::{Reason, Stage};
+use crate::series::{self, Selection};
+use crate::vendor::reason_name;
+
+/// Version of the JSON export's layout; bumped when a field changes meaning or goes away.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// The unit of values in a `.hgrm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unit {
+    Ns,
+    Us,
+    Ms,
+}
+
+impl Unit {
+    /// ns per unit: HdrHistogram's "output value unit scaling ratio".
+    pub fn ratio(self) -> f64 {
+        match self {
+            Unit::Ns => 1.0,
+            Unit::Us => 1e3,
+            Unit::Ms => 1e6,
+        }
+    }
+}
+
+/// Wall-clock ns of `ts_ns` on the recording's clock (0 if that would precede the epoch).
+fn wall_ns(h: &Header, ts_ns: u64) -> u64 {
+    let wall = i128::from(h.start_unix_ns) + i128::from(ts_ns) - i128::from(h.start_ts_ns);
+    u64::try_from(wall.max(0)).unwrap_or(u64::MAX)
+}
+
+/// A standalone interval log of every series.
+pub fn hlog(h: &Header, a: &Aggregate) -> Result<Vec<u8>> {
+    let fail = |e: &dyn std::fmt::Display| anyhow!("write the interval log: {e}");
+    let mut first = None;
+    a.for_each_interval(|start, _, _, _| {
+        first.get_or_insert(start);
+        Ok(())
+    })?;
+    let base_ts = first.unwrap_or(h.start_ts_ns);
+    let unix = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
+    let mut out = Vec::new();
+    let comment = format!(
+        "kvmprof export of a {} recording on {} ({}): KVM exit latencies in ns, tags \
+         p<pid>/v<vcpu|->/<space>:<reason code>/<stage>; untagged: all exits' cycles",
+        h.source.label(),
+        h.host,
+        h.kernel
+    );
+    // As in the data file: the legend goes between the header the builder writes and the
+    // histograms, so two writers take turns.
+    IntervalLogWriterBuilder::new()
+        .add_comment(&comment)
+        .add_comment("[Histogram log format version 1.3]")
+        // Not after the first interval: readers that count from StartTime (Python's hdrh by
+        // default) skip intervals that begin before it.
+        .with_start_time(unix(h.start_unix_ns.min(wall_ns(h, base_ts))))
+        .with_base_time(unix(wall_ns(h, base_ts)))
+        .begin_log_with(&mut out, &mut V2DeflateSerializer::new())
+        .map_err(|e| fail(&e))?;
+    out.extend_from_slice(
+        b"\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
+    );
+    let mut serializer = V2DeflateSerializer::new();
+    let mut log = IntervalLogWriterBuilder::new()
+        .begin_log_with(&mut out, &mut serializer)
+        .map_err(|e| fail(&e))?;
+    let length = Duration::from_nanos(a.interval_ns());
+    let mut write = |start: u64, hist: &Histogram<u64>, tag: Option<&str>| -> Result<()> {
+        let offset = Duration::from_nanos(start.saturating_sub(base_ts));
+        log.write_histogram(hist, offset, length, tag.and_then(Tag::new))
+            .map_err(|e| fail(&e))
+    };
+    let mut all: Option<(u64, Histogram<u64>)> = None;
+    a.for_each_interval(|start, key, stage, hist| {
+        if let Some((s, total)) = all.take_if(|(s, _)| *s != start) {
+            write(s, &total, None)?;
+        }
+        write(start, hist, Some(&datafile::tag(key, stage)))?;
+        if stage == Stage::Cycle {
+            let (_, total) = all.get_or_insert_with(|| (start, aggregate::new_histogram()));
+            series::add(total, hist);
+        }
+        Ok(())
+    })?;
+    if let Some((s, total)) = all {
+        write(s, &total, None)?;
+    }
+    Ok(out)
+}
+
+/// The percentile distribution of the chosen reasons in one stage, as HdrHistogram's
+/// `outputPercentileDistribution(out, 5, ratio)` prints it.
+pub fn hgrm(a: &Aggregate, sel: &Selection, unit: Unit) -> Result<String> {
+    let stage = match sel.stages[..] {
+        [] => series::default_stage(a),
+        [s] => s,
+        _ => bail!("a .hgrm holds one distribution: choose one --stage"),
+    };
+    let sel = Selection {
+        stages: vec![stage],
+        ..sel.clone()
+    };
+    let h = series::by_stage(a, &sel)
+        .remove(&stage)
+        .ok_or_else(|| anyhow!("no {} samples to export", stage.name()))?;
+    Ok(percentile_distribution(&h, unit.ratio()))
+}
+
+/// HdrHistogram's percentile distribution text (Java `AbstractHistogram
+/// .outputPercentileDistribution`, 5 ticks per half distance).
+pub fn percentile_distribution(h: &Histogram<u64>, ratio: f64) -> String {
+    let digits = usize::from(h.sigfig());
+    let mut out = format!(
+        "{:>12} {:>14} {:>10} {:>14}\n\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    for (value, percentile, total) in java_percentiles(h, 5) {
+        let value = value as f64 / ratio;
+        let q = percentile / 100.0;
+        if percentile < 100.0 {
+            let _ = writeln!(
+                out,
+                "{value:>12.digits$} {q:>2.12} {total:>10} {:>14.2}",
+                1.0 / (1.0 - q)
+            );
+        } else {
+            let _ = writeln!(out, "{value:>12.digits$} {q:>2.12} {total:>10}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:>12.digits$}, StdDeviation   = {:>12.digits$}]",
+        h.mean() / ratio,
+        h.stdev() / ratio
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {:>12.digits$}, Total count    = {:>12}]",
+        h.max() as f64 / ratio,
+        h.len()
+    );
+    // Java's sub-bucket count: the power of two above 2 × 10^digits.
+    let sub_buckets = (2 * 10u64.pow(u32::from(h.sigfig()))).next_power_of_two();
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+        h.buckets(),
+        sub_buckets
+    );
+    out
+}
+
+/// The steps of Java's `PercentileIterator`: (value, percentile level, count up to it).
+/// The Rust crate's quantile iterator steps in quantiles, whose rounding reaches a level one
+/// sample later than Java at exact boundaries (30% of 30 samples); tools that compare
+/// `.hgrm` files line by line expect Java's steps, so they are followed here.
+pub fn java_percentiles(h: &Histogram<u64>, ticks_per_half_distance: u32) -> Vec<(u64, f64, u64)> {
+    let total = h.len();
+    let mut out = Vec::new();
+    if total == 0 {
+        return out;
+    }
+    let mut level = 0.0f64;
+    let mut count = 0u64;
+    let mut last = 0u64;
+    for v in h.iter_recorded() {
+        count += v.count_at_value();
+        last = h.highest_equivalent(v.value_iterated_to());
+        while 100.0 * count as f64 / total as f64 >= level {
+            out.push((last, level, count));
+            // Ticks double with each halving of the distance to 100%.
+            let halvings = (100.0 / (100.0 - level)).log2() as u32;
+            let ticks = u64::from(ticks_per_half_distance) << (halvings + 1).min(62);
+            level += 100.0 / ticks as f64;
+            if count == total {
+                break; // the last value gets one step, then the 100% line
+            }
+        }
+    }
+    out.push((last, 100.0, total));
+    out
+}
+
+/// Summary columns shared by the CSV and JSON exports.
+#[derive(Serialize)]
+struct Stats {
+    samples: u64,
+    mean_ns: f64,
+    p50_ns: u64,
+    p90_ns: u64,
+    p99_ns: u64,
+    p999_ns: u64,
+    max_ns: u64,
+}
+
+impl Stats {
+    fn of(h: &Histogram<u64>) -> Self {
+        let q = |q| h.value_at_quantile(q);
+        Stats {
+            samples: h.len(),
+            mean_ns: h.mean(),
+            p50_ns: q(0.5),
+            p90_ns: q(0.9),
+            p99_ns: q(0.99),
+            p999_ns: q(0.999),
+            max_ns: h.max(),
+        }
+    }
+}
+
+/// Recording length for rates, as the report takes it.
+fn duration_ns(h: &Header, a: &Aggregate) -> u64 {
+    match (h.duration_ns, a.span()) {
+        (0, Some((first, last))) => last - first,
+        (d, _) => d,
+    }
+}
+
+fn rate(n: u64, ns: u64) -> f64 {
+    if ns == 0 {
+        0.0
+    } else {
+        n as f64 * 1e9 / ns as f64
+    }
+}
+
+/// Quotes a CSV field when it needs it (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// One row per group and stage: exits of the group, rate, samples and percentiles in ns.
+pub fn csv(h: &Header, a: &Aggregate, by: By, sel: &Selection) -> String {
+    let dur = duration_ns(h, a);
+    let mut out = String::from(
+        "group,stage,exits,rate_per_s,samples,sum_ns,mean_ns,p50_ns,p90_ns,p99_ns,p999_ns,max_ns\n",
+    );
+    for (group, g) in series::groups(a, by, sel) {
+        for (stage, hist) in &g.hists {
+            let s = Stats::of(hist);
+            let _ = writeln!(
+                out,
+                "{},{},{},{:.3},{},{},{:.1},{},{},{},{},{}",
+                csv_field(&group),
+                stage.name(),
+                g.count,
+                rate(g.count, dur),
+                s.samples,
+                g.sums.get(stage).copied().unwrap_or(0),
+                s.mean_ns,
+                s.p50_ns,
+                s.p90_ns,
+                s.p99_ns,
+                s.p999_ns,
+                s.max_ns
+            );
+        }
+    }
+    out
+}
+
+/// One row per interval, group and stage (samples in the interval, their rate and
+/// percentiles); `start_s` counts from the first interval.
+pub fn csv_intervals(a: &Aggregate, by: By, sel: &Selection) -> Result<String> {
+    let mut per: BTreeMap<(u64, String, Stage), Histogram<u64>> = BTreeMap::new();
+    a.for_each_interval(|start, key, stage, hist| {
+        if sel.reason(key.reason) && sel.stage(stage) {
+            let id = (start, series::group_of(&key, by), stage);
+            series::add(per.entry(id).or_insert_with(aggregate::new_histogram), hist);
+        }
+        Ok(())
+    })?;
+    let base = per.keys().next().map_or(0, |k| k.0);
+    let mut out =
+        String::from("start_s,length_s,group,stage,samples,rate_per_s,p50_ns,p99_ns,max_ns\n");
+    let length = a.interval_ns();
+    for ((start, group, stage), hist) in per {
+        let s = Stats::of(&hist);
+        let _ = writeln!(
+            out,
+            "{:.3},{:.3},{},{},{},{:.3},{},{},{}",
+            (start - base) as f64 / 1e9,
+            length as f64 / 1e9,
+            csv_field(&group),
+            stage.name(),
+            s.samples,
+            rate(s.samples, length),
+            s.p50_ns,
+            s.p99_ns,
+            s.max_ns
+        );
+    }
+    Ok(out)
+}
+
+#[derive(Serialize)]
+struct JsonExport<'a> {
+    schema: &'static str,
+    schema_version: u32,
+    header: &'a Header,
+    interval_ns: u64,
+    duration_ns: u64,
+    total_exits: u64,
+    lost: u64,
+    /// One per (pid, vCPU, reason) and stage, as tagged in the interval log.
+    series: Vec<JsonSeries>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    intervals: Option<Vec<JsonInterval>>,
+}
+
+#[derive(Serialize)]
+struct JsonSeries {
+    tag: String,
+    pid: u32,
+    vcpu: Option<u32>,
+    reason: Reason,
+    reason_name: String,
+    stage: Stage,
+    /// Exits of this (pid, vCPU, reason), whether or not the stage was measured.
+    exits: u64,
+    sum_ns: u64,
+    #[serde(flatten)]
+    stats: Stats,
+    /// Base64 of the V2 compressed histogram (values in ns).
+    histogram: String,
+}
+
+#[derive(Serialize)]
+struct JsonInterval {
+    /// Interval start on the recording's clock.
+    start_ns: u64,
+    tag: String,
+    #[serde(flatten)]
+    stats: Stats,
+    histogram: String,
+}
+
+fn b64(h: &Histogram<u64>) -> Result<String> {
+    let blob = aggregate::encode(h).map_err(|e| anyhow!("encode a histogram: {e}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(blob))
+}
+
+/// Every chosen series with its statistics and histogram; with `intervals`, every interval
+/// histogram too.
+pub fn json(h: &Header, a: &Aggregate, sel: &Selection, intervals: bool) -> Result<String> {
+    let chosen = |key: &Key, stage: Stage| sel.reason(key.reason) && sel.stage(stage);
+    let mut series = Vec::new();
+    for (key, stats) in a.keys() {
+        for stage in Stage::ALL {
+            let Some(st) = stats.stage(stage).filter(|s| !s.hist.is_empty()) else {
+                continue;
+            };
+            if !chosen(key, stage) {
+                continue;
+            }
+            series.push(JsonSeries {
+                tag: datafile::tag(*key, stage),
+                pid: key.pid,
+                vcpu: key.vcpu,
+                reason: key.reason,
+                reason_name: reason_name(key.reason),
+                stage,
+                exits: stats.count,
+                sum_ns: st.sum_ns,
+                stats: Stats::of(&st.hist),
+                histogram: b64(&st.hist)?,
+            });
+        }
+    }
+    let intervals = if intervals {
+        let mut v = Vec::new();
+        a.for_each_interval(|start_ns, key, stage, hist| {
+            if chosen(&key, stage) {
+                v.push(JsonInterval {
+                    start_ns,
+                    tag: datafile::tag(key, stage),
+                    stats: Stats::of(hist),
+                    histogram: b64(hist)?,
+                });
+            }
+            Ok(())
+        })?;
+        Some(v)
+    } else {
+        None
+    };
+    let export = JsonExport {
+        schema: "kvmprof-export",
+        schema_version: JSON_SCHEMA_VERSION,
+        header: h,
+        interval_ns: a.interval_ns(),
+        duration_ns: duration_ns(h, a),
+        total_exits: a.total_exits(),
+        lost: a.lost(),
+        series,
+        intervals,
+    };
+    Ok(serde_json::to_string_pretty(&export)? + "\n")
+}
+
+/// Writes `bytes` to `path`, or stdout for `-`.
+pub fn write_out(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    if path.as_os_str() == "-" {
+        let mut out = std::io::stdout().lock();
+        return match out.write_all(bytes).and_then(|()| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => r.map_err(|e| anyhow!("write to stdout: {e}")),
+        };
+    }
+    std::fs::write(path, bytes).map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_distribution_has_java_s_layout() {
+        let mut h = aggregate::new_histogram();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).expect("records");
+        }
+        let text = percentile_distribution(&h, 1000.0);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "       Value     Percentile TotalCount 1/(1-Percentile)"
+        );
+        assert_eq!(lines[1], "");
+        assert_eq!(
+            lines[2],
+            "       1.000 0.000000000000          1           1.00"
+        );
+        let last = lines[lines.len() - 4];
+        assert!(last.ends_with(" 1.000000000000       1000"), "{last}");
+        assert!(text.contains("#[Max     =     1000.447, Total count    =         1000]"));
+        assert!(text.contains("SubBuckets     =         2048]"));
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("io"), "io");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("a\"b"), "\"a\"\"b\"");
+    }
+}

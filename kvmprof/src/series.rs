@@ -1,0 +1,176 @@
+//! Views of an [`Aggregate`] shared by the sinks (export, diff, plot, report --intervals):
+//! which reasons and stages were chosen, histograms per reason and stage, and per-interval
+//! rows of the time series.
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use hdrhistogram::Histogram;
+
+use crate::aggregate::{self, Aggregate, Key};
+use crate::cli::By;
+use crate::model::{Reason, Stage};
+use crate::vendor::reason_name;
+
+/// Reasons and stages chosen on the command line; empty means all.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Reason names (`io`, `hlt`, `KVM_EXIT_IO`) or `<space>:<code>` (`svm:0x7b`).
+    pub reasons: Vec<String>,
+    pub stages: Vec<Stage>,
+}
+
+impl Selection {
+    pub fn reason(&self, r: Reason) -> bool {
+        self.reasons.is_empty() || self.reasons.iter().any(|n| reason_matches(n, r))
+    }
+
+    pub fn stage(&self, s: Stage) -> bool {
+        self.stages.is_empty() || self.stages.contains(&s)
+    }
+
+    /// Fails when a named reason has no exits in `a`, listing those it has.
+    pub fn check(&self, a: &Aggregate) -> Result<()> {
+        for name in &self.reasons {
+            if !a.keys().keys().any(|k| reason_matches(name, k.reason)) {
+                let mut known: Vec<String> =
+                    a.keys().keys().map(|k| reason_name(k.reason)).collect();
+                known.dedup();
+                bail!(
+                    "no exits of reason {name:?} (reasons: {})",
+                    known.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn reason_matches(name: &str, r: Reason) -> bool {
+    name == reason_name(r) || name == code_label(r)
+}
+
+/// `svm:0x7b`: the reason as its tag spells it.
+pub fn code_label(r: Reason) -> String {
+    let space = serde_json::to_value(r.space)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!("{space}:{:#x}", r.code)
+}
+
+/// Exits and merged stage histograms of one group of keys.
+pub struct GroupStats {
+    pub count: u64,
+    /// Summed stage durations (exact where the recording kept them).
+    pub sums: BTreeMap<Stage, u64>,
+    pub hists: BTreeMap<Stage, Histogram<u64>>,
+}
+
+/// The label of the group `key` falls in.
+pub fn group_of(key: &Key, by: By) -> String {
+    match (by, key.vcpu) {
+        (By::Reason, _) => reason_name(key.reason),
+        (By::Vcpu, Some(v)) => format!("pid {} vcpu {v}", key.pid),
+        (By::Vcpu, None) => format!("pid {} vcpu ?", key.pid),
+        (By::Pid, _) => format!("pid {}", key.pid),
+    }
+}
+
+/// Per group: counts and stage histograms, chosen reasons and stages only.
+pub fn groups(a: &Aggregate, by: By, sel: &Selection) -> BTreeMap<String, GroupStats> {
+    let mut out: BTreeMap<String, GroupStats> = BTreeMap::new();
+    for (key, stats) in a.keys() {
+        if !sel.reason(key.reason) {
+            continue;
+        }
+        let g = out.entry(group_of(key, by)).or_insert_with(|| GroupStats {
+            count: 0,
+            sums: BTreeMap::new(),
+            hists: BTreeMap::new(),
+        });
+        g.count += stats.count;
+        for stage in Stage::ALL.into_iter().filter(|&s| sel.stage(s)) {
+            let Some(st) = stats.stage(stage).filter(|st| !st.hist.is_empty()) else {
+                continue;
+            };
+            *g.sums.entry(stage).or_default() += st.sum_ns;
+            add(
+                g.hists
+                    .entry(stage)
+                    .or_insert_with(aggregate::new_histogram),
+                &st.hist,
+            );
+        }
+    }
+    out
+}
+
+/// All chosen series of `a` merged into one histogram per stage.
+pub fn by_stage(a: &Aggregate, sel: &Selection) -> BTreeMap<Stage, Histogram<u64>> {
+    let mut out: BTreeMap<Stage, Histogram<u64>> = BTreeMap::new();
+    for r in groups(a, By::Reason, sel).into_values() {
+        for (stage, h) in r.hists {
+            add(
+                out.entry(stage).or_insert_with(aggregate::new_histogram),
+                &h,
+            );
+        }
+    }
+    out
+}
+
+/// One interval of a time series.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct IntervalRow {
+    /// Start, ns since the recording's first interval.
+    pub offset_ns: u64,
+    pub length_ns: u64,
+    pub samples: u64,
+    pub rate_per_s: f64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+/// The time series of one stage over the chosen reasons: a row per interval with samples.
+/// Intervals without any are left out (nothing was measured).
+pub fn intervals(a: &Aggregate, sel: &Selection, stage: Stage) -> Result<Vec<IntervalRow>> {
+    let mut per: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
+    a.for_each_interval(|start, key, s, h| {
+        if s == stage && sel.reason(key.reason) {
+            add(per.entry(start).or_insert_with(aggregate::new_histogram), h);
+        }
+        Ok(())
+    })?;
+    let base = per.keys().next().copied().unwrap_or(0);
+    let length_ns = a.interval_ns();
+    Ok(per
+        .into_iter()
+        .map(|(start, h)| IntervalRow {
+            offset_ns: start - base,
+            length_ns,
+            samples: h.len(),
+            rate_per_s: h.len() as f64 * 1e9 / length_ns as f64,
+            p50_ns: h.value_at_quantile(0.5),
+            p99_ns: h.value_at_quantile(0.99),
+            max_ns: h.max(),
+        })
+        .collect())
+}
+
+/// The stage a time series shows by default: the cycle, else the first stage measured.
+pub fn default_stage(a: &Aggregate) -> Stage {
+    Stage::ALL
+        .into_iter()
+        .find(|&s| a.keys().values().any(|k| k.stage(s).is_some()))
+        .unwrap_or(Stage::Cycle)
+}
+
+/// Adds `src` into `dst` (both grow as needed, so this cannot fail short of memory).
+pub fn add(dst: &mut Histogram<u64>, src: &Histogram<u64>) {
+    if dst.add(src).is_err() {
+        for v in src.iter_recorded() {
+            dst.saturating_record_n(v.value_iterated_to(), v.count_at_value());
+        }
+    }
+}
