@@ -323,6 +323,7 @@ mod tests {
             start_unix_ns: 0,
             start_ts_ns: 0,
             duration_ns: 1_000_000_000,
+            unobserved: None,
         }
     }
 

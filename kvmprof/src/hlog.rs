@@ -203,6 +203,8 @@ fn build(lines: Vec<Line>, start_time: Option<Duration>) -> Result<Foreign> {
         // The aggregate's clock is the wall clock.
         start_ts_ns: start_unix_ns,
         duration_ns: end - first,
+        // Another tool's log says nothing of exits whose start was not observed.
+        unobserved: None,
     };
     Ok(Foreign {
         header,

@@ -170,6 +170,10 @@ fn merged_header(inputs: &[Input]) -> Header {
         start_unix_ns: start,
         start_ts_ns: start,
         duration_ns: end - start,
+        unobserved: inputs
+            .iter()
+            .filter_map(|i| i.header.unobserved)
+            .reduce(|a, b| a + b),
     }
 }
 
@@ -213,6 +217,7 @@ mod tests {
                 start_unix_ns: unix_s * SEC,
                 start_ts_ns: ts_s * SEC,
                 duration_ns: SEC,
+                unobserved: None,
             },
             aggregate: a,
         }
