@@ -256,3 +256,40 @@ fn binary_prints_counts_on_sigterm() {
     };
     assert_consistent_rounds(&c, &w);
 }
+
+#[test]
+fn exit_log_has_one_timed_line_per_kvm_run_call() {
+    require_kvm!();
+    let path = temp_path("exit-log");
+    let w = Workload {
+        vcpus: 2,
+        pio_user: 3,
+        pio_kernel: 5,
+        mmio_user: 1,
+        exit_log: Some(path.clone()),
+        ..Workload::default()
+    };
+    run(&w).unwrap();
+    let text = fs::read_to_string(&path).unwrap();
+    let _ = fs::remove_file(&path);
+    for vcpu in ["0", "1"] {
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .filter(|f| f[0] == vcpu)
+            .collect();
+        let outcomes: Vec<&str> = lines.iter().map(|f| f[3]).collect();
+        // In-kernel exits never return from KVM_RUN: only the VMM's exits are lines.
+        assert_eq!(
+            outcomes,
+            ["pio_user", "pio_user", "pio_user", "mmio_user", "hlt"],
+            "vCPU {vcpu}"
+        );
+        let mut last = 0u64;
+        for f in &lines {
+            let (call, ret): (u64, u64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+            assert!(last <= call && call <= ret, "{f:?}");
+            last = ret;
+        }
+    }
+}

@@ -20,11 +20,12 @@ pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
 
 fn try_userspace_exit(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config()?;
+    let (pid, tid) = maps::traced_task(cfg)?;
+    // The time first, then the window (see `maps::in_window`).
     let ts = exit::now();
     if !maps::in_window(ts) {
         return None;
     }
-    let (pid, tid) = maps::traced_task(cfg)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let reason: u32 = unsafe { ctx.read_at(cfg.uexit_reason_off as usize) }.ok()?;
     // SAFETY: as above.
@@ -41,11 +42,12 @@ pub fn kvm_pio(ctx: TracePointContext) -> u32 {
 
 fn try_pio(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config()?;
+    let (pid, tid) = maps::traced_task(cfg)?;
+    // The time first, then the window (see `maps::in_window`).
     let ts = exit::now();
     if !maps::in_window(ts) {
         return None;
     }
-    let (pid, tid) = maps::traced_task(cfg)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let (rw, port, size): (u32, u32, u32) = unsafe {
         (
@@ -80,11 +82,12 @@ pub fn kvm_mmio(ctx: TracePointContext) -> u32 {
 
 fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config()?;
+    let (pid, tid) = maps::traced_task(cfg)?;
+    // The time first, then the window (see `maps::in_window`).
     let ts = exit::now();
     if !maps::in_window(ts) {
         return None;
     }
-    let (pid, tid) = maps::traced_task(cfg)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let (ty, len, gpa): (u32, u32, u64) = unsafe {
         (
@@ -119,11 +122,12 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
 
 fn try_exit(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config()?;
+    let (_, tid) = maps::traced_task(cfg)?;
+    // The time first, then the window (see `maps::in_window`).
     let ts = exit::now();
     if !maps::in_window(ts) {
         return None;
     }
-    let (_, tid) = maps::traced_task(cfg)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let (reason, isa, vcpu): (u32, u32, u32) = unsafe {
         (
@@ -152,11 +156,12 @@ fn try_entry(_ctx: &TracePointContext) -> Option<u32> {
     if cfg.boundary != boundary::KVM_ENTRY {
         return Some(0);
     }
+    let (pid, tid) = maps::traced_task(cfg)?;
+    // The time first, then the window (see `maps::in_window`).
     let ts = exit::now();
     if !maps::in_window(ts) {
         return None;
     }
-    let (pid, tid) = maps::traced_task(cfg)?;
     let st = maps::existing_state(tid)?;
     exit::start_cycle(pid, tid, st, ts);
     Some(0)

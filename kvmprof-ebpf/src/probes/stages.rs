@@ -11,11 +11,12 @@ use crate::{exit, maps};
 
 fn try_enter(s: usize) -> Option<u32> {
     let cfg = maps::config()?;
+    let (pid, tid) = maps::traced_task(cfg)?;
+    // The time first, then the window (see `maps::in_window`).
     let ts = exit::now();
     if !maps::in_window(ts) {
         return None;
     }
-    let (pid, tid) = maps::traced_task(cfg)?;
     // Only threads seen entering KVM_RUN have state; a hook never creates it.
     let st = maps::existing_state(tid)?;
     exit::stage_enter(pid, tid, st, cfg.boundary, s, ts);
@@ -24,11 +25,12 @@ fn try_enter(s: usize) -> Option<u32> {
 
 fn try_return(s: usize) -> Option<u32> {
     let cfg = maps::config()?;
+    let (_, tid) = maps::traced_task(cfg)?;
+    // The time first, then the window (see `maps::in_window`).
     let ts = exit::now();
     if !maps::in_window(ts) {
         return None;
     }
-    let (_, tid) = maps::traced_task(cfg)?;
     let st = maps::existing_state(tid)?;
     exit::stage_exit(st, s, ts);
     Some(0)

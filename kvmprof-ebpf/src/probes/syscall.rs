@@ -16,11 +16,12 @@ fn try_kvm_run_enter(ctx: &TracePointContext) -> Option<u32> {
     if cmd & 0xffff_ffff != KVM_RUN {
         return Some(0);
     }
+    let (pid, tid) = maps::traced_task(cfg)?;
+    // The time first, then the window (see `maps::in_window`).
     let ts = exit::now();
     if !maps::in_window(ts) {
         return None;
     }
-    let (pid, tid) = maps::traced_task(cfg)?;
     // SAFETY: as above.
     let fd: u64 = unsafe { ctx.read_at(cfg.ioctl_fd_off as usize) }.ok()?;
     let st = maps::thread_state(tid)?;
