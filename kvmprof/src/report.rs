@@ -375,10 +375,14 @@ fn intervals_table(out: &mut String, r: &Report) {
         "start", "exits", "rate/s", "p50", "p99", "max"
     );
     for row in &iv.rows {
+        // As many decimals as the interval length needs (1 s: none, 250 ms: two).
+        let decimals = (0..3)
+            .find(|&d| row.length_ns % (1_000_000_000 / 10u64.pow(d)) == 0)
+            .unwrap_or(3) as usize;
         let _ = writeln!(
             out,
             "{:>10}{:>10}{:>10}{:>9}{:>9}{:>9}",
-            format!("{:.1}s", row.offset_ns as f64 / 1e9),
+            format!("{:.decimals$}s", row.offset_ns as f64 / 1e9),
             row.samples,
             units::si(row.rate_per_s),
             units::ns(row.p50_ns),

@@ -356,6 +356,21 @@ fn report_merges_several_files_and_says_what_was_merged() {
     let j = run_ok(&["report", "--intervals", "--format", "json", s(&log)]);
     let j: Value = serde_json::from_slice(&j.stdout).expect("JSON");
     assert_eq!(j["intervals"]["rows"][4]["samples"], 1400);
+
+    // The exports carry the same time series: a CSV row and a JSON histogram per interval.
+    let csv = run_ok(&["export", "-i", s(&log), "--format", "csv", "--intervals"]);
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + 5, "{csv}");
+    assert!(
+        lines[5].starts_with("4.000,1.000,unknown,cycle,1400,1400.000,"),
+        "{csv}"
+    );
+    let e = export_json(&log, &["--intervals"]);
+    let iv = e["intervals"].as_array().expect("intervals");
+    assert_eq!(iv.len(), 5);
+    assert_eq!(iv[4]["samples"], 1400);
+    assert!(iv[4]["histogram"].as_str().unwrap().starts_with("HISTF"));
 }
 
 #[test]
