@@ -32,9 +32,9 @@ impl Selection {
     pub fn check(&self, a: &Aggregate) -> Result<()> {
         for name in &self.reasons {
             if !a.keys().keys().any(|k| reason_matches(name, k.reason)) {
-                let mut known: Vec<String> =
+                let known: std::collections::BTreeSet<String> =
                     a.keys().keys().map(|k| reason_name(k.reason)).collect();
-                known.dedup();
+                let known: Vec<String> = known.into_iter().collect();
                 bail!(
                     "no exits of reason {name:?} (reasons: {})",
                     known.join(", ")
