@@ -442,6 +442,10 @@ fn bad_input_is_a_one_line_error() {
         .map(|l| format!("{l}\n"))
         .collect::<String>();
     let foreign = write("foreign.hlog", foreign.as_bytes());
+    // Mismatched units: Java's DoubleHistogram holds floating-point values of no stated unit.
+    let double = dir.join("double.hlog");
+    java(&["write", s(&double), "double"]);
+    assert_clean_error(&kvmprof(&["report", s(&double)]), "a DoubleHistogram");
     assert_clean_error(
         &kvmprof(&["export", "-i", s(&foreign), "--format", "csv"]),
         "tags that are not kvmprof series: java-foreign",
