@@ -19,7 +19,7 @@ pub struct Loaded {
     pub header: Header,
     pub aggregate: Aggregate,
     /// What was merged, when more than one file was read.
-    pub merged: Option<String>,
+    pub merged: Option<merge::Merged>,
 }
 
 /// Reads `paths` and merges them.

@@ -15,6 +15,7 @@ use crate::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
 use crate::analyze;
 use crate::cli::{By, Format, ReportArgs};
 use crate::datafile::{Header, HookUse};
+use crate::merge::Merged;
 use crate::model::{Reason, ReasonSpace, Stage};
 use crate::series::{self, IntervalRow, Selection};
 use crate::units;
@@ -47,7 +48,7 @@ pub fn command(a: &ReportArgs) -> Result<()> {
 #[derive(Default, Serialize)]
 pub struct Extras {
     /// What was merged, when the report covers several files.
-    pub merged: Option<String>,
+    pub merged: Option<Merged>,
     /// The time series (`--intervals`).
     pub intervals: Option<Intervals>,
 }
@@ -91,7 +92,7 @@ const TOP_PORTS: usize = 20;
 struct Report<'a> {
     header: &'a Header,
     #[serde(skip_serializing_if = "Option::is_none")]
-    merged: Option<String>,
+    merged: Option<Merged>,
     vendor_label: &'static str,
     /// Recording length used for rates.
     duration_ns: u64,
@@ -399,7 +400,16 @@ fn header_lines(out: &mut String, r: &Report) {
     let h = r.header;
     let _ = writeln!(out, "kvmprof report ({} recording)", h.source.label());
     if let Some(m) = &r.merged {
-        let _ = writeln!(out, "{m}");
+        let _ = writeln!(out, "merged {} recordings:", m.files.len());
+        for f in &m.files {
+            let _ = writeln!(out, "  {f}");
+        }
+        if !m.common_clock {
+            let _ = writeln!(
+                out,
+                "  (no common clock: a file has no wall-clock start, so no rates)"
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -328,17 +328,37 @@ fn report_merges_several_files_and_says_what_was_merged() {
     let o = run_ok(&["report", s(&data), s(&log), "--format", "json"]);
     let r: Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(r["total_exits"], 30 + 6000);
-    let merged = r["merged"].as_str().expect("merged");
-    assert!(merged.starts_with("merged 2 recordings: "), "{merged}");
-    assert!(
-        merged.contains("vm.data") && merged.contains("java.hlog"),
-        "{merged}"
-    );
+    let files = r["merged"]["files"].as_array().expect("merged files");
+    assert_eq!(files.len(), 2);
+    assert!(files[0]
+        .as_str()
+        .unwrap()
+        .contains("vm.data (unknown, ftrace import, 30 exits)"));
+    assert!(files[1]
+        .as_str()
+        .unwrap()
+        .contains("java.hlog (unknown, hlog, 6000 exits)"));
+    // The ftrace import has no wall-clock start: no common clock, so no made-up rates.
+    assert_eq!(r["merged"]["common_clock"], false);
+    assert_eq!(r["duration_ns"], 0);
     let t = String::from_utf8(run_ok(&["report", s(&data), s(&log)]).stdout).unwrap();
+    let head: Vec<&str> = t.lines().skip(1).take(4).collect();
+    assert_eq!(head[0], "merged 2 recordings:", "{t}");
     assert!(
-        t.lines().nth(1).unwrap().starts_with("merged 2 recordings"),
+        head[1].ends_with("vm.data (unknown, ftrace import, 30 exits)"),
         "{t}"
     );
+    assert!(head[3].contains("no common clock"), "{t}");
+
+    // Two recordings with wall-clock starts share a clock: Java's and Python's logs cover
+    // the same five seconds.
+    let py = dir.join("python.hlog");
+    python(&["write", s(&py), "untagged"]);
+    let o = run_ok(&["report", s(&log), s(&py), "--format", "json"]);
+    let r: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(r["merged"]["common_clock"], true);
+    assert_eq!(r["duration_ns"], 5_000_000_000u64);
+    assert_eq!(r["total_exits"], 6000 + 4500);
 
     // --intervals: the five intervals of the Java log, 1200 exits/s and up.
     let t = String::from_utf8(run_ok(&["report", "--intervals", s(&log)]).stdout).unwrap();
