@@ -19,7 +19,7 @@ pub struct Loaded {
     pub header: Header,
     pub aggregate: Aggregate,
     /// What was merged, when more than one file was read.
-    pub merged: Option<String>,
+    pub merged: Option<merge::Merged>,
 }
 
 /// Reads `paths` and merges them.
@@ -66,6 +66,9 @@ pub fn diff_command(a: &DiffArgs) -> Result<()> {
         load(std::slice::from_ref(&a.b))?,
     );
     let sel = a.select.selection();
+    if let (Err(e), Err(_)) = (sel.check(&ra.aggregate), sel.check(&rb.aggregate)) {
+        return Err(e);
+    }
     let d = diff::diff(&side(&a.a, &ra), &side(&a.b, &rb), &sel);
     let text = match a.format {
         Format::Table => diff::table_text(&d),

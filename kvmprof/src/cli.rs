@@ -179,6 +179,8 @@ pub struct ExportArgs {
         default_value = "kvmprof.data"
     )]
     pub inputs: Vec<PathBuf>,
+    /// hlog: standalone interval log; hgrm: percentile distribution of the chosen reasons
+    /// in one stage; csv: a row per group and stage; json: every series and its histogram.
     #[arg(long, value_enum)]
     pub format: ExportFormat,
     /// Where to write (`-`: stdout).

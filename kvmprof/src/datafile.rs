@@ -532,7 +532,7 @@ const SPACES: [(ReasonSpace, &str); 5] = [
     (ReasonSpace::None, "none"),
 ];
 
-fn space_name(space: ReasonSpace) -> &'static str {
+pub(crate) fn space_name(space: ReasonSpace) -> &'static str {
     SPACES
         .iter()
         .find(|(s, _)| *s == space)

@@ -107,6 +107,14 @@ fn parse(bytes: &[u8]) -> Result<Foreign> {
             }
             _ => bail!("line {n}: not an interval histogram"),
         };
+        if entry.encoded_histogram().starts_with("DHIST") {
+            // Java's DoubleHistogram: values are scaled by a ratio whose unit the log does
+            // not say, so they cannot be taken as ns.
+            bail!(
+                "line {n}: a DoubleHistogram (floating-point values in a unit the log does not \
+                 give); kvmprof reads integer histograms of ns"
+            );
+        }
         let (hist, blob) = datafile::decode_histogram(entry.encoded_histogram())
             .map_err(|e| anyhow!("line {n}: {e:#}"))?;
         // As Java's HistogramLogReader: timestamps count from BaseTime; without one, they

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use kvmprof_common::STAGES;
+use serde::Serialize;
 
 use crate::aggregate::{Aggregate, Key, PortKey, PortStats};
 use crate::datafile::Header;
@@ -25,8 +26,16 @@ pub struct Input {
 }
 
 /// What a merged recording was made of, for the header of a report.
-pub fn describe(inputs: &[Input]) -> String {
-    let parts: Vec<String> = inputs
+#[derive(Clone, Debug, Serialize)]
+pub struct Merged {
+    /// `path (host, source, N exits)` per file.
+    pub files: Vec<String>,
+    /// Whether every file knows its wall-clock start; without, there are no rates.
+    pub common_clock: bool,
+}
+
+pub fn describe(inputs: &[Input]) -> Merged {
+    let files = inputs
         .iter()
         .map(|i| {
             format!(
@@ -38,7 +47,10 @@ pub fn describe(inputs: &[Input]) -> String {
             )
         })
         .collect();
-    format!("merged {} recordings: {}", inputs.len(), parts.join(", "))
+    Merged {
+        files,
+        common_clock: wall_clock_known(inputs),
+    }
 }
 
 /// Exits, exits to the VMM by KVM_EXIT_* code, and stage sums of one key.
@@ -111,7 +123,8 @@ pub fn merge(mut inputs: Vec<Input>) -> Result<(Header, Aggregate)> {
         merged.restore_port(port, stats);
     }
     merged.add_lost(lost);
-    if let Some((f, l)) = span {
+    // Without every file's wall-clock start there is no common clock: no span, no rates.
+    if let Some((f, l)) = span.filter(|_| wall_clock_known(&inputs)) {
         merged.restore_span(f, l);
     }
     for (i, &off) in inputs.iter().zip(&offsets) {
@@ -152,6 +165,11 @@ fn merged_header(inputs: &[Input]) -> Header {
             hooks.push(h.clone());
         }
     }
+    let duration_ns = if wall_clock_known(inputs) {
+        end - start
+    } else {
+        0
+    };
     Header {
         source: first.source,
         host: join(&|h| h.host.clone()),
@@ -169,12 +187,17 @@ fn merged_header(inputs: &[Input]) -> Header {
             .collect(),
         start_unix_ns: start,
         start_ts_ns: start,
-        duration_ns: end - start,
+        duration_ns,
         unobserved: inputs
             .iter()
             .filter_map(|i| i.header.unobserved)
             .reduce(|a, b| a + b),
     }
+}
+
+/// Whether every input knows its wall-clock start (an ftrace import does not).
+fn wall_clock_known(inputs: &[Input]) -> bool {
+    inputs.iter().all(|i| i.header.start_unix_ns > 0)
 }
 
 #[cfg(test)]
@@ -244,6 +267,16 @@ mod tests {
         })
         .expect("intervals");
         assert_eq!(intervals, [(1000 * SEC, 400)]);
+    }
+
+    #[test]
+    fn without_wall_clock_starts_there_is_no_duration() {
+        let mut b = input("b", 1000, 900, 3, 4000);
+        b.header.start_unix_ns = 0;
+        let inputs = vec![input("a", 1000, 5, 1, 1), b];
+        assert!(!describe(&inputs).common_clock);
+        let (h, a) = merge(inputs).expect("merges");
+        assert_eq!((h.duration_ns, a.span(), a.total_exits()), (0, None, 4));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
 use crate::analyze;
 use crate::cli::{By, Format, ReportArgs};
 use crate::datafile::{Header, HookUse};
+use crate::merge::Merged;
 use crate::model::{Reason, ReasonSpace, Stage};
 use crate::series::{self, IntervalRow, Selection};
 use crate::units;
@@ -47,7 +48,7 @@ pub fn command(a: &ReportArgs) -> Result<()> {
 #[derive(Default, Serialize)]
 pub struct Extras {
     /// What was merged, when the report covers several files.
-    pub merged: Option<String>,
+    pub merged: Option<Merged>,
     /// The time series (`--intervals`).
     pub intervals: Option<Intervals>,
 }
@@ -91,7 +92,7 @@ const TOP_PORTS: usize = 20;
 struct Report<'a> {
     header: &'a Header,
     #[serde(skip_serializing_if = "Option::is_none")]
-    merged: Option<String>,
+    merged: Option<Merged>,
     vendor_label: &'static str,
     /// Recording length used for rates.
     duration_ns: u64,
@@ -375,10 +376,14 @@ fn intervals_table(out: &mut String, r: &Report) {
         "start", "exits", "rate/s", "p50", "p99", "max"
     );
     for row in &iv.rows {
+        // As many decimals as the interval length needs (1 s: none, 250 ms: two).
+        let decimals = (0..3)
+            .find(|&d| row.length_ns % (1_000_000_000 / 10u64.pow(d)) == 0)
+            .unwrap_or(3) as usize;
         let _ = writeln!(
             out,
             "{:>10}{:>10}{:>10}{:>9}{:>9}{:>9}",
-            format!("{:.1}s", row.offset_ns as f64 / 1e9),
+            format!("{:.decimals$}s", row.offset_ns as f64 / 1e9),
             row.samples,
             units::si(row.rate_per_s),
             units::ns(row.p50_ns),
@@ -395,7 +400,16 @@ fn header_lines(out: &mut String, r: &Report) {
     let h = r.header;
     let _ = writeln!(out, "kvmprof report ({} recording)", h.source.label());
     if let Some(m) = &r.merged {
-        let _ = writeln!(out, "{m}");
+        let _ = writeln!(out, "merged {} recordings:", m.files.len());
+        for f in &m.files {
+            let _ = writeln!(out, "  {f}");
+        }
+        if !m.common_clock {
+            let _ = writeln!(
+                out,
+                "  (no common clock: a file has no wall-clock start, so no rates)"
+            );
+        }
     }
     let _ = writeln!(
         out,

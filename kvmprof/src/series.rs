@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 
 use crate::aggregate::{self, Aggregate, Key};
 use crate::cli::By;
+use crate::datafile;
 use crate::model::{Reason, Stage};
 use crate::vendor::reason_name;
 
@@ -32,9 +33,9 @@ impl Selection {
     pub fn check(&self, a: &Aggregate) -> Result<()> {
         for name in &self.reasons {
             if !a.keys().keys().any(|k| reason_matches(name, k.reason)) {
-                let mut known: Vec<String> =
+                let known: std::collections::BTreeSet<String> =
                     a.keys().keys().map(|k| reason_name(k.reason)).collect();
-                known.dedup();
+                let known: Vec<String> = known.into_iter().collect();
                 bail!(
                     "no exits of reason {name:?} (reasons: {})",
                     known.join(", ")
@@ -51,11 +52,7 @@ fn reason_matches(name: &str, r: Reason) -> bool {
 
 /// `svm:0x7b`: the reason as its tag spells it.
 pub fn code_label(r: Reason) -> String {
-    let space = serde_json::to_value(r.space)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    format!("{space}:{:#x}", r.code)
+    format!("{}:{:#x}", datafile::space_name(r.space), r.code)
 }
 
 /// Exits and merged stage histograms of one group of keys.
@@ -172,5 +169,32 @@ pub fn add(dst: &mut Histogram<u64>, src: &Histogram<u64>) {
         for v in src.iter_recorded() {
             dst.saturating_record_n(v.value_iterated_to(), v.count_at_value());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ReasonSpace;
+
+    #[test]
+    fn reasons_are_chosen_by_name_or_as_tags_spell_them() {
+        let io = Reason {
+            space: ReasonSpace::Svm,
+            code: 0x7b,
+        };
+        let user_io = Reason {
+            space: ReasonSpace::Userspace,
+            code: 2,
+        };
+        let sel = |r: &[&str]| Selection {
+            reasons: r.iter().map(|s| s.to_string()).collect(),
+            stages: Vec::new(),
+        };
+        assert!(sel(&[]).reason(io));
+        assert!(sel(&["io"]).reason(io) && !sel(&["io"]).reason(user_io));
+        assert!(sel(&["svm:0x7b"]).reason(io));
+        assert!(sel(&["KVM_EXIT_IO"]).reason(user_io) && sel(&["user:0x2"]).reason(user_io));
+        assert!(!sel(&["svm:0x7c"]).reason(io));
     }
 }

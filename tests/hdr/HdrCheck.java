@@ -3,7 +3,7 @@
 //
 //   read LOG        every series of an interval log, read with HistogramLogReader
 //   write LOG MODE  writes a log with HistogramLogWriter (MODE: tagged or untagged) and prints
-//                   its series as `read` would
+//                   its series as `read` would; MODE double: one DoubleHistogram, nothing printed
 //   decode FILE     one base64 compressed histogram per line, decoded
 //
 // Output: one JSON object per series, `{"tag":..,"count":..,"p99":..,"max":..,"intervals":..}`,
@@ -16,6 +16,7 @@ import java.util.Base64;
 import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
+import org.HdrHistogram.DoubleHistogram;
 import org.HdrHistogram.EncodableHistogram;
 import org.HdrHistogram.Histogram;
 import org.HdrHistogram.HistogramLogReader;
@@ -26,8 +27,10 @@ public class HdrCheck {
         switch (args[0]) {
             case "read" -> print(read(args[1]));
             case "write" -> {
-                write(args[1], args[2].equals("tagged"));
-                print(read(args[1]));
+                write(args[1], args[2]);
+                if (!args[2].equals("double")) {
+                    print(read(args[1]));
+                }
             }
             case "decode" -> decode(args[1]);
             default -> throw new IllegalArgumentException("mode: read, write or decode");
@@ -65,9 +68,9 @@ public class HdrCheck {
 
     /**
      * Five one-second intervals of made-up latencies in ns. Tagged: a kvmprof series, a series
-     * under a foreign tag, and untagged; untagged: only untagged histograms.
+     * under a foreign tag, and untagged; untagged: only untagged histograms; double: see below.
      */
-    static void write(String path, boolean tagged) throws Exception {
+    static void write(String path, String mode) throws Exception {
         long startMs = 1_700_000_000_000L;
         try (PrintStream out = new PrintStream(path)) {
             HistogramLogWriter w = new HistogramLogWriter(out);
@@ -77,6 +80,18 @@ public class HdrCheck {
             w.setBaseTime(startMs);
             w.outputBaseTime(startMs);
             w.outputLegend();
+            if (mode.equals("double")) {
+                // Floating-point values (here: ms), which kvmprof must refuse.
+                DoubleHistogram d = new DoubleHistogram(3);
+                for (int v = 0; v < 100; v++) {
+                    d.recordValue(0.5 + v * 0.01);
+                }
+                d.setStartTimeStamp(startMs);
+                d.setEndTimeStamp(startMs + 1000);
+                w.outputIntervalHistogram(d);
+                return;
+            }
+            boolean tagged = mode.equals("tagged");
             String[] tags = tagged
                     ? new String[] {"p7/v0/svm:0x7b/cycle", "java-foreign", null}
                     : new String[] {null};

@@ -328,17 +328,37 @@ fn report_merges_several_files_and_says_what_was_merged() {
     let o = run_ok(&["report", s(&data), s(&log), "--format", "json"]);
     let r: Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(r["total_exits"], 30 + 6000);
-    let merged = r["merged"].as_str().expect("merged");
-    assert!(merged.starts_with("merged 2 recordings: "), "{merged}");
-    assert!(
-        merged.contains("vm.data") && merged.contains("java.hlog"),
-        "{merged}"
-    );
+    let files = r["merged"]["files"].as_array().expect("merged files");
+    assert_eq!(files.len(), 2);
+    assert!(files[0]
+        .as_str()
+        .unwrap()
+        .contains("vm.data (unknown, ftrace import, 30 exits)"));
+    assert!(files[1]
+        .as_str()
+        .unwrap()
+        .contains("java.hlog (unknown, hlog, 6000 exits)"));
+    // The ftrace import has no wall-clock start: no common clock, so no made-up rates.
+    assert_eq!(r["merged"]["common_clock"], false);
+    assert_eq!(r["duration_ns"], 0);
     let t = String::from_utf8(run_ok(&["report", s(&data), s(&log)]).stdout).unwrap();
+    let head: Vec<&str> = t.lines().skip(1).take(4).collect();
+    assert_eq!(head[0], "merged 2 recordings:", "{t}");
     assert!(
-        t.lines().nth(1).unwrap().starts_with("merged 2 recordings"),
+        head[1].ends_with("vm.data (unknown, ftrace import, 30 exits)"),
         "{t}"
     );
+    assert!(head[3].contains("no common clock"), "{t}");
+
+    // Two recordings with wall-clock starts share a clock: Java's and Python's logs cover
+    // the same five seconds.
+    let py = dir.join("python.hlog");
+    python(&["write", s(&py), "untagged"]);
+    let o = run_ok(&["report", s(&log), s(&py), "--format", "json"]);
+    let r: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(r["merged"]["common_clock"], true);
+    assert_eq!(r["duration_ns"], 5_000_000_000u64);
+    assert_eq!(r["total_exits"], 6000 + 4500);
 
     // --intervals: the five intervals of the Java log, 1200 exits/s and up.
     let t = String::from_utf8(run_ok(&["report", "--intervals", s(&log)]).stdout).unwrap();
@@ -356,6 +376,21 @@ fn report_merges_several_files_and_says_what_was_merged() {
     let j = run_ok(&["report", "--intervals", "--format", "json", s(&log)]);
     let j: Value = serde_json::from_slice(&j.stdout).expect("JSON");
     assert_eq!(j["intervals"]["rows"][4]["samples"], 1400);
+
+    // The exports carry the same time series: a CSV row and a JSON histogram per interval.
+    let csv = run_ok(&["export", "-i", s(&log), "--format", "csv", "--intervals"]);
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + 5, "{csv}");
+    assert!(
+        lines[5].starts_with("4.000,1.000,unknown,cycle,1400,1400.000,"),
+        "{csv}"
+    );
+    let e = export_json(&log, &["--intervals"]);
+    let iv = e["intervals"].as_array().expect("intervals");
+    assert_eq!(iv.len(), 5);
+    assert_eq!(iv[4]["samples"], 1400);
+    assert!(iv[4]["histogram"].as_str().unwrap().starts_with("HISTF"));
 }
 
 #[test]
@@ -427,6 +462,10 @@ fn bad_input_is_a_one_line_error() {
         .map(|l| format!("{l}\n"))
         .collect::<String>();
     let foreign = write("foreign.hlog", foreign.as_bytes());
+    // Mismatched units: Java's DoubleHistogram holds floating-point values of no stated unit.
+    let double = dir.join("double.hlog");
+    java(&["write", s(&double), "double"]);
+    assert_clean_error(&kvmprof(&["report", s(&double)]), "a DoubleHistogram");
     assert_clean_error(
         &kvmprof(&["export", "-i", s(&foreign), "--format", "csv"]),
         "tags that are not kvmprof series: java-foreign",
