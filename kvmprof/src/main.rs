@@ -49,14 +49,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo(a) => rt()?.block_on(record::demo(a)),
         Cmd::Top(a) => rt()?.block_on(tui::top(a)),
         Cmd::Report(a) => report::command(&a),
-        Cmd::Probes(a) => {
-            let (facts, plan) = live::plan_for_host(a.hooks.hooks)?;
-            match a.format {
-                cli::Format::Table => print!("{}", probes::render(&plan, &facts)),
-                cli::Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-            }
-            Ok(())
-        }
+        Cmd::Probes(a) => probes::command(&a),
         Cmd::ImportFtrace(a) => ftrace::command(&a),
         Cmd::Flamegraph(a) => flame::command(&a),
         Cmd::Guest(a) => record::guest(&a),
