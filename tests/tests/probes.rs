@@ -32,7 +32,10 @@ fn probes_names_the_backend_and_explains_every_rejected_hook() {
         .unwrap_or_else(|| panic!("no fentry line in {text}"));
     let uses_fentry = stages.iter().any(|s| s["mode"] == "fentry");
     if let Some(why) = fentry.strip_prefix("refused (") {
-        assert!(why.len() > 5 && why.contains(')'), "no reason given: {fentry}");
+        assert!(
+            why.len() > 5 && why.contains(')'),
+            "no reason given: {fentry}"
+        );
         assert!(!uses_fentry, "fentry was refused but planned: {plan}");
         assert!(text.contains("- fentry: refused by the kernel"), "{text}");
     } else {
