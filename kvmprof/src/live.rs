@@ -94,6 +94,19 @@ pub struct Session {
     ebpf: aya::Ebpf,
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    /// The targets can grow (see [`Session::pid_filter`]): their exit does not stop it.
+    open: bool,
+}
+
+/// The in-kernel process filter, to watch processes found after recording began.
+pub struct PidFilter(aya::maps::HashMap<MapData, u32, u8>);
+
+impl PidFilter {
+    pub fn add(&mut self, pid: u32) -> Result<()> {
+        self.0
+            .insert(pid, 1, 0)
+            .with_context(|| format!("watch pid {pid}"))
+    }
 }
 
 impl Session {
@@ -112,7 +125,17 @@ impl Session {
             ebpf,
             ring,
             counters,
+            open: false,
         })
+    }
+
+    /// Hands out the pid filter (only effective when started with targets), for `top -p
+    /// NAME` to add processes that start later; the session then runs on when every target
+    /// has exited, since more may come.
+    pub fn pid_filter(&mut self) -> Result<PidFilter> {
+        let map = self.ebpf.take_map("PIDS").context("PIDS map")?;
+        self.open = true;
+        Ok(PidFilter(aya::maps::HashMap::try_from(map)?))
     }
 
     pub fn plan(&self) -> &Plan {
@@ -132,6 +155,7 @@ impl Session {
             ebpf,
             ring,
             counters,
+            open,
         } = self;
         let started = SystemTime::now();
         let t0 = Instant::now();
@@ -168,7 +192,7 @@ impl Session {
                             exited.push(t.clone());
                         }
                     }
-                    if !opts.targets.is_empty() && exited.len() == opts.targets.len() {
+                    if !open && !opts.targets.is_empty() && exited.len() == opts.targets.len() {
                         break Stop::TargetsExited;
                     }
                     if opts.duration.is_some_and(|d| t0.elapsed() >= d) {

@@ -305,7 +305,7 @@ mod tests {
     }
 
     fn tids(import: &Import) -> Vec<u32> {
-        only(&import).exits.iter().map(|e| e.tid).collect()
+        only(import).exits.iter().map(|e| e.tid).collect()
     }
 
     #[test]
