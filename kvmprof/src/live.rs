@@ -187,6 +187,9 @@ impl Session {
                     absorb(&mut batch, &mut sink, &mut agg)?;
                 }
                 _ = tick.tick() => {
+                    drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
+                    joiner.flush_exited(target::alive, &mut batch);
+                    absorb(&mut batch, &mut sink, &mut agg)?;
                     for t in &opts.targets {
                         if !target::alive(t.pid) && !exited.contains(t) {
                             exited.push(t.clone());
