@@ -24,13 +24,15 @@ fn skip(test: &str) -> bool {
     false
 }
 
-/// A copy of the test VMM under a name no other process on the machine has, so that
-/// `top -p NAME` sees only this test's VMMs (other tests run test VMMs at the same time).
+/// The test VMM under a name no other process on the machine has, so that `top -p NAME`
+/// sees only this test's VMMs (other tests run test VMMs at the same time). A symbolic
+/// link: the kernel names a process after the file name it was started by, and a copy
+/// could still be open for writing in a child forked meanwhile (ETXTBSY).
 fn vmm_named(dir: &Path, test: &str) -> (PathBuf, String) {
     // /proc/PID/comm keeps 15 characters.
     let name = format!("{test}{}", std::process::id() % 100_000);
     let path = dir.join(&name);
-    std::fs::copy(bin("kvmprof-testvmm"), &path).expect("copy the test VMM");
+    std::os::unix::fs::symlink(bin("kvmprof-testvmm"), &path).expect("link the test VMM");
     (path, name)
 }
 
@@ -202,6 +204,11 @@ fn exits(screen: &str) -> u64 {
         .unwrap_or_else(|| panic!("no exit count in {title}"))
 }
 
+/// Waits until the first row shown is row `first` (from 1).
+fn scrolled_to(pane: &Pane, first: usize) {
+    pane.wait_for(&format!("row {first} on top"), |s| position(s).0 == first);
+}
+
 /// `rows A-B of N` of the footer.
 fn position(screen: &str) -> (usize, usize, usize) {
     let f = footer(screen);
@@ -281,17 +288,17 @@ fn top_scrolls_filters_pauses_and_lists_every_key_in_a_terminal() {
     );
     assert!(!end_rows.is_subset(&top_rows), "End scrolled\n{end}");
     pane.keys("Home");
-    assert_eq!(position(&pane.screen()).0, 1);
+    scrolled_to(&pane, 1);
     pane.keys("Down");
     pane.keys("Down");
-    assert_eq!(position(&pane.screen()).0, 3);
+    scrolled_to(&pane, 3);
     pane.keys("Up");
-    assert_eq!(position(&pane.screen()).0, 2);
+    scrolled_to(&pane, 2);
     pane.keys("PageUp");
-    assert_eq!(position(&pane.screen()).0, 1);
+    scrolled_to(&pane, 1);
     // A page down, or as far as the last row allows.
     pane.keys("PageDown");
-    assert_eq!(position(&pane.screen()).0, (1 + page).min(24 - page + 1));
+    scrolled_to(&pane, (1 + page).min(24 - page + 1));
 
     // The display is frozen while paused; recording goes on.
     let before = exits(&pane.screen());
@@ -363,8 +370,11 @@ fn top_scrolls_filters_pauses_and_lists_every_key_in_a_terminal() {
     // Wide: more latency columns and the whole summary; the reverse order is shown.
     assert!(!s.contains("p99.9") && !s.contains("mean"), "{s}");
     pane.tmux(&["resize-window", "-t", "top", "-x", "200", "-y", "50"]);
+    pane.wait_for("the wide screen", |s| s.contains("mean"));
     pane.keys("I");
-    let wide = pane.wait_for("the wide screen", |s| s.contains("mean"));
+    let wide = pane.wait_for("the reverse order", |s| {
+        footer(s).contains("sort exits/s ↑")
+    });
     for column in ["p50", "p90", "p99", "p99.9", "max", "mean"] {
         assert!(
             wide.contains(&format!(" {column} ")) || wide.contains(&format!(" {column}\n")),
