@@ -164,7 +164,7 @@ impl Top {
             return Ok(ControlFlow::Break(()));
         }
         // Also while paused: new processes must be traced from their first exit.
-        self.watch.follow()?;
+        self.watch.follow(st.elapsed)?;
         for t in &self.watch.targets {
             self.names.entry(t.pid).or_insert_with(|| t.name.clone());
         }

@@ -16,6 +16,11 @@ use crate::{
 /// How long an exited process stays in the table, marked.
 pub const GRACE: Duration = Duration::from_secs(5);
 
+/// How often every process is matched again, not only the new ones: a process's name
+/// changes when it execs (a shell's child becomes `qemu`). Between, a tick reads only the
+/// list of pids, which stays cheap on hosts with thousands of processes.
+const RESCAN: Duration = Duration::from_secs(1);
+
 pub struct Watch {
     /// The `-p` arguments that are names, matched again at every tick.
     patterns: Vec<String>,
@@ -24,6 +29,9 @@ pub struct Watch {
     pub targets: Vec<Target>,
     /// When each process seen exited (as time since recording began).
     exited: BTreeMap<u32, Duration>,
+    /// The processes matched at the last tick, and when all are matched again.
+    checked: BTreeSet<u32>,
+    rescan: Duration,
 }
 
 impl Watch {
@@ -35,22 +43,32 @@ impl Watch {
             filter,
             targets,
             exited: BTreeMap::new(),
+            checked: BTreeSet::new(),
+            rescan: Duration::ZERO,
         }
     }
 
-    /// Adds the processes that match a name and are not watched yet.
-    pub fn follow(&mut self) -> Result<()> {
+    /// Adds the processes that match a name and are not watched yet: those started since
+    /// the last tick, and every [`RESCAN`] all of them.
+    pub fn follow(&mut self, now: Duration) -> Result<()> {
         let Some(filter) = &mut self.filter else {
             return Ok(());
         };
-        for pattern in &self.patterns {
-            for t in target::by_name(pattern)? {
-                if self.targets.iter().all(|o| o.pid != t.pid) {
-                    filter.add(t.pid)?;
-                    self.targets.push(t);
-                }
+        let all = now >= self.rescan;
+        if all {
+            self.rescan = now + RESCAN;
+        }
+        let pids: BTreeSet<u32> = target::pids()?.into_iter().collect();
+        for &pid in &pids {
+            if (!all && self.checked.contains(&pid)) || self.targets.iter().any(|t| t.pid == pid) {
+                continue;
+            }
+            if let Some(t) = self.patterns.iter().find_map(|p| target::matching(pid, p)) {
+                filter.add(pid)?;
+                self.targets.push(t);
             }
         }
+        self.checked = pids;
         Ok(())
     }
 
