@@ -459,7 +459,7 @@ fn top_by_name_follows_a_vmm_started_later_and_marks_it_when_it_exits() {
     };
     let s = pane.wait_for("the exited mark", |s| s.contains(&mark));
     assert!(s.contains(&format!("exited: {later_row}")), "{s}");
-    let s = pane.wait_for(&format!("all {made} exits counted"), |s| {
+    pane.wait_for(&format!("all {made} exits counted"), |s| {
         total(s) == Some(made)
     });
     // ... then gone after the grace period, while the first VMM stays.
