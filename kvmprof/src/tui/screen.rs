@@ -94,7 +94,8 @@ fn render(f: &mut ratatui::Frame, s: &Summary, rows: &[Row], ui: &mut Ui, legend
         rows: rows.len(),
         hidden_columns: laid.hidden_columns,
     };
-    f.render_widget(Paragraph::new(footer(ui, &shown, legend)), foot);
+    let footer = footer(ui, &shown, legend, usize::from(foot.width));
+    f.render_widget(Paragraph::new(footer), foot);
     if ui.help {
         help(f);
     }
@@ -178,8 +179,8 @@ fn bold(text: impl Into<String>) -> Span<'static> {
 
 /// The filter being typed; otherwise what the view is in (paused, filtered, sorted), where
 /// the table goes on, how to get help, and how to read the numbers. Most important first:
-/// a narrow screen cuts the end.
-fn footer(ui: &Ui, shown: &Shown, legend: &str) -> Line<'static> {
+/// a narrow screen cuts the end, and leaves out the legend unless it fits in `width` whole.
+fn footer(ui: &Ui, shown: &Shown, legend: &str, width: usize) -> Line<'static> {
     if let Some(text) = &ui.typing {
         let mut spans = vec![
             bold(" filter (regex, any case): /"),
@@ -230,6 +231,11 @@ fn footer(ui: &Ui, shown: &Shown, legend: &str) -> Line<'static> {
             style(Tone::Alert),
         ));
     }
+    let line = Line::from(spans);
+    if line.width() + legend.chars().count() > width {
+        return line;
+    }
+    let mut spans = line.spans;
     spans.push(Span::styled(legend.to_owned(), style(Tone::Dim)));
     Line::from(spans)
 }
@@ -305,20 +311,22 @@ mod tests {
     fn footer_says_what_the_view_is_in_and_what_is_off_screen() {
         let legend = "exits/s over 1.00s, latency since start";
         let mut ui = Ui::default();
-        let f = text(footer(&ui, &shown(0, 3, 0), legend));
+        let f = text(footer(&ui, &shown(0, 3, 0), legend, 100));
         assert_eq!(f, format!(" ? help  q quit  sort exits/s ↓  {legend}"));
+        let f = text(footer(&ui, &shown(0, 3, 0), legend, 60));
+        assert_eq!(f, " ? help  q quit  sort exits/s ↓  ", "no half legend");
         ui.paused = true;
         ui.filter = regex::Regex::new("vcpu 1").ok();
         ui.view.sort = SortBy::Total;
         ui.view.reverse = true;
-        let f = text(footer(&ui, &shown(5, 32, 2), legend));
+        let f = text(footer(&ui, &shown(5, 32, 2), legend, 200));
         assert!(
             f.starts_with(" PAUSED  /vcpu 1/   ? help  q quit  sort total ↑  rows 6-15 of 32  +2 columns off screen"),
             "{f}"
         );
         ui.typing = Some("vcpu (".into());
         ui.error = Some("unclosed group".into());
-        let f = text(footer(&ui, &shown(0, 3, 0), legend));
+        let f = text(footer(&ui, &shown(0, 3, 0), legend, 100));
         assert_eq!(f, " filter (regex, any case): /vcpu (█   unclosed group");
     }
 
