@@ -237,9 +237,11 @@ pub fn rows(keys: &BTreeMap<Key, KeyStats>, cx: &Context, view: View) -> Vec<Row
     }
     let mut rows: Vec<Row> = groups
         .into_iter()
-        .map(|(id, stats)| {
+        .map(|(id, stats)| (id, stats, label(id, cx.names)))
+        // The filter sees the label without the exited mark.
+        .filter(|(_, _, label)| cx.filter.is_none_or(|re| re.is_match(label)))
+        .map(|(id, stats, label)| {
             let exited = id.pid().is_some_and(|pid| cx.exited.contains(&pid));
-            let label = label(id, cx.names);
             Row {
                 id,
                 label: if exited {
@@ -254,7 +256,6 @@ pub fn rows(keys: &BTreeMap<Key, KeyStats>, cx: &Context, view: View) -> Vec<Row
                 exited,
             }
         })
-        .filter(|r| cx.filter.is_none_or(|re| re.is_match(&r.label)))
         .collect();
     rows.sort_by(|a, b| {
         let (va, vb) = (view.sort.value(a), view.sort.value(b));
@@ -658,6 +659,28 @@ pub mod tests {
             sort = sort.next();
         }
         assert_eq!(sort, SortBy::Rate, "s cycles through every sort column");
+    }
+
+    #[test]
+    fn the_filter_keeps_matching_labels_and_exited_rows_are_marked() {
+        let mut agg = Aggregate::new(SEC);
+        add(&mut agg, 10);
+        let filter = Regex::new("vcpu 1$").unwrap();
+        let cx = Context {
+            rates: &Rates::default(),
+            names: &names(),
+            exited: &BTreeSet::from([7]),
+            filter: Some(&filter),
+        };
+        let view = View {
+            group: GroupBy::Vcpu,
+            ..View::default()
+        };
+        let got: Vec<_> = rows(agg.keys(), &cx, view)
+            .into_iter()
+            .map(|r| (r.label, r.exited))
+            .collect();
+        assert_eq!(got, [("✗ pid 7 vcpu 1".to_owned(), true)]);
     }
 
     #[test]
