@@ -1,7 +1,7 @@
 //! Drains the ring buffer and turns kernel records into [`Exit`]s: joins each userspace
 //! exit with the VMM round trip that follows it (and, for PIO reads, the port that the
 //! completion reveals), and resolves vCPU ids.
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use kvmprof_common::{flag, kind, space, stage, ExitRecord, STAGES};
 
@@ -66,6 +66,26 @@ impl Joiner {
             },
             _ => self.orphans += 1,
         }
+    }
+
+    /// Emits the exits still waiting of processes that are no longer `alive`: their round
+    /// trip will never come (a recording that goes on, like `top`, would lose them).
+    pub fn flush_exited(&mut self, alive: impl Fn(u32) -> bool, out: &mut Vec<Exit>) {
+        // One look per process, however many of its vCPU threads wait.
+        let pids: BTreeSet<u32> = self.pending.values().map(|e| e.pid).collect();
+        let gone: BTreeSet<u32> = pids.into_iter().filter(|&pid| !alive(pid)).collect();
+        let dead: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, e)| gone.contains(&e.pid))
+            .map(|(&tid, _)| tid)
+            .collect();
+        let mut rest: Vec<Exit> = dead
+            .iter()
+            .filter_map(|tid| self.pending.remove(tid))
+            .collect();
+        rest.sort_by_key(|e| e.ts_ns);
+        out.extend(rest);
     }
 
     /// Emits every exit still waiting for its join (end of recording).
@@ -273,6 +293,21 @@ mod tests {
             "its round trip ended after"
         );
         assert_eq!(j.orphans, 0);
+    }
+
+    #[test]
+    fn exits_of_a_process_that_exited_are_not_held_back() {
+        let mut j = Joiner::default();
+        let mut out = vec![];
+        let mut other = rec(kind::EXIT, 3, flag::USERSPACE);
+        other.pid = 2;
+        j.push(&other, None, &mut out);
+        j.push(&rec(kind::EXIT, 2, flag::USERSPACE), None, &mut out);
+        j.flush_exited(|pid| pid != 1, &mut out);
+        let tids: Vec<u32> = out.iter().map(|e| e.tid).collect();
+        assert_eq!(tids, [2], "pid 1 exited; pid 2 may still resume");
+        j.push(&rec(kind::RESUME, 3, 0), None, &mut out);
+        assert_eq!((out.len(), j.orphans), (2, 0));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (inferno) of the exit path weighted by time, and as the folded stacks it is drawn from
 //! (for `inferno-flamegraph`, speedscope and friends).
 use crate::cli::FlameArgs;
-use crate::ftrace::{self, Folded, Import};
+use crate::ftrace::{self, Capture, Folded, Import};
 use crate::model::Stage;
 use anyhow::{bail, Context, Result};
 use inferno::flamegraph::{self, color::BasicPalette, Palette};
@@ -14,11 +14,15 @@ use std::path::Path;
 pub fn command(args: &FlameArgs) -> Result<()> {
     let import = ftrace::import(&args.inputs)?;
     write(&import, &args.output, args.folded.as_deref())?;
+    let counts: Vec<String> = import
+        .captures
+        .iter()
+        .map(|c| format!("{} exits ({})", c.exits.len(), c.vendor.label()))
+        .collect();
     eprintln!(
-        "{}: {} exits ({}); {}",
+        "{}: {}; {}",
         args.output.display(),
-        import.exits.len(),
-        import.vendor.label(),
+        counts.join(", "),
         import.stats
     );
     Ok(())
@@ -26,15 +30,33 @@ pub fn command(args: &FlameArgs) -> Result<()> {
 
 /// Writes the flame graph of `import` to `svg`, and its folded stacks to `folded` if given.
 pub fn write(import: &Import, svg: &Path, folded: Option<&Path>) -> Result<()> {
+    let stacks = stacks(import);
     if let Some(path) = folded {
-        let text = folded_text(&import.folded);
+        let text = folded_text(&stacks);
         std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))?;
     }
     let file = File::create(svg).with_context(|| format!("{}: cannot create", svg.display()))?;
     let mut out = BufWriter::new(file);
-    render(import, &mut out)?;
+    render(import, &stacks, &mut out)?;
     out.flush()
         .with_context(|| format!("{}: cannot write", svg.display()))
+}
+
+/// The folded stacks of every capture; with several vendors, each under a root frame named
+/// after its vendor, so that their exit paths stand side by side instead of mixing.
+fn stacks(import: &Import) -> Folded {
+    match &import.captures[..] {
+        [one] => one.folded.clone(),
+        several => several
+            .iter()
+            .flat_map(|c| {
+                let root = c.vendor.label();
+                c.folded
+                    .iter()
+                    .map(move |(stack, &ns)| (format!("{root};{stack}"), ns))
+            })
+            .collect(),
+    }
 }
 
 /// One `frame;frame;frame ns` line per stack, the format inferno and FlameGraph read.
@@ -45,26 +67,44 @@ pub fn folded_text(folded: &Folded) -> String {
         .collect()
 }
 
-fn render(import: &Import, out: impl Write) -> Result<()> {
-    if import.folded.values().all(|&ns| ns == 0) {
+fn render(import: &Import, stacks: &Folded, out: impl Write) -> Result<()> {
+    if stacks.values().all(|&ns| ns == 0) {
         bail!("no time in the exit path to draw");
     }
+    let vendors: Vec<&str> = import.captures.iter().map(|c| c.vendor.label()).collect();
     let mut options = flamegraph::Options::default();
-    options.title = format!("kvmprof: VM exit path ({})", import.vendor.label());
+    options.title = format!("kvmprof: VM exit path ({})", vendors.join(", "));
     options.subtitle = Some(subtitle(import));
     options.count_name = "ns".to_owned();
     options.colors = Palette::Basic(BasicPalette::Hot);
     // Colour by function name so that the same function looks the same in every graph.
     options.hash = true;
-    let text = folded_text(&import.folded);
+    let text = folded_text(stacks);
     // inferno expects the lines sorted by stack, which a BTreeMap already gives.
     flamegraph::from_lines(&mut options, text.lines(), out).context("drawing the flame graph")
 }
 
-/// How many exits the graph sums, and their mean cycle.
+/// How many exits the graph sums, and their mean cycle, per vendor where there are several.
 fn subtitle(import: &Import) -> String {
-    let exits = import.exits.len();
-    let cycles: Vec<u64> = import
+    let several = import.captures.len() > 1;
+    let parts: Vec<String> = import
+        .captures
+        .iter()
+        .map(|c| {
+            let vendor = if several {
+                format!("{}: ", c.vendor.label())
+            } else {
+                String::new()
+            };
+            format!("{vendor}{}", exits_and_mean(c))
+        })
+        .collect();
+    format!("{}; width = time spent in each function", parts.join("; "))
+}
+
+fn exits_and_mean(capture: &Capture) -> String {
+    let exits = capture.exits.len();
+    let cycles: Vec<u64> = capture
         .exits
         .iter()
         .filter_map(|e| e.stages[Stage::Cycle.index()])
@@ -73,7 +113,7 @@ fn subtitle(import: &Import) -> String {
     let mean_ns = total_ns / cycles.len().max(1) as u128;
     let plural = if exits == 1 { "" } else { "s" };
     format!(
-        "{exits} exit{plural}, mean cycle {:.3} us; width = time spent in each function",
+        "{exits} exit{plural}, mean cycle {:.3} us",
         mean_ns as f64 / 1000.0
     )
 }
@@ -88,6 +128,25 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         );
         ftrace::import(&[path]).unwrap()
+    }
+
+    #[test]
+    fn several_vendors_stand_side_by_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svg, folded) = (dir.path().join("both.svg"), dir.path().join("both.folded"));
+        write(&seed_import("amd_and_intel.txt"), &svg, Some(&folded)).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.contains("kvmprof: VM exit path (Intel VMX, AMD SVM)"));
+        assert!(text.contains(
+            "Intel VMX: 1 exit, mean cycle 7.717 us; AMD SVM: 1 exit, mean cycle 7.915 us;"
+        ));
+        assert!(text.contains("<title>AMD SVM (7,915 ns, 50.63%)</title>"));
+        assert!(text.contains("<title>Intel VMX (7,717 ns, 49.37%)</title>"));
+        let lines = std::fs::read_to_string(&folded).unwrap();
+        assert!(lines
+            .lines()
+            .all(|l| l.starts_with("AMD SVM;vcpu_enter_guest")
+                || l.starts_with("Intel VMX;vcpu_enter_guest")));
     }
 
     #[test]

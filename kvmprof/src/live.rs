@@ -117,6 +117,19 @@ pub struct Session {
     counters: PerCpuArray<MapData, u64>,
     switch: Array<MapData, Window>,
     window: Window,
+    /// The targets can grow (see [`Session::pid_filter`]): their exit does not stop it.
+    open: bool,
+}
+
+/// The in-kernel process filter, to watch processes found after recording began.
+pub struct PidFilter(aya::maps::HashMap<MapData, u32, u8>);
+
+impl PidFilter {
+    pub fn add(&mut self, pid: u32) -> Result<()> {
+        self.0
+            .insert(pid, 1, 0)
+            .with_context(|| format!("watch pid {pid}"))
+    }
 }
 
 impl Session {
@@ -144,7 +157,17 @@ impl Session {
             counters,
             switch,
             window,
+            open: false,
         })
+    }
+
+    /// Hands out the pid filter (only effective when started with targets), for `top -p
+    /// NAME` to add processes that start later; the session then runs on when every target
+    /// has exited, since more may come.
+    pub fn pid_filter(&mut self) -> Result<PidFilter> {
+        let map = self.ebpf.take_map("PIDS").context("PIDS map")?;
+        self.open = true;
+        Ok(PidFilter(aya::maps::HashMap::try_from(map)?))
     }
 
     pub fn plan(&self) -> &Plan {
@@ -166,6 +189,7 @@ impl Session {
             counters,
             mut switch,
             mut window,
+            open,
         } = self;
         let started = wall_clock_at(window.start_ns);
         let t0 = Instant::now();
@@ -210,12 +234,15 @@ impl Session {
                 }
                 _ = &mut duration_over => break Stop::Duration,
                 _ = tick.tick() => {
+                    drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
+                    joiner.flush_exited(target::alive, &mut batch);
+                    absorb(&mut batch, &mut sink, &mut agg)?;
                     for t in &opts.targets {
                         if !target::alive(t.pid) && !exited.contains(t) {
                             exited.push(t.clone());
                         }
                     }
-                    if !opts.targets.is_empty() && exited.len() == opts.targets.len() {
+                    if !open && !opts.targets.is_empty() && exited.len() == opts.targets.len() {
                         break Stop::TargetsExited;
                     }
                     let status = Status {

@@ -60,14 +60,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Export(a) => analyze::export_command(&a),
         Cmd::Diff(a) => analyze::diff_command(&a),
         Cmd::Plot(a) => analyze::plot_command(&a),
-        Cmd::Probes(a) => {
-            let (facts, plan) = live::plan_for_host(a.hooks.hooks)?;
-            match a.format {
-                cli::Format::Table => print!("{}", probes::render(&plan, &facts)),
-                cli::Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-            }
-            Ok(())
-        }
+        Cmd::Probes(a) => probes::command(&a),
         Cmd::ImportFtrace(a) => ftrace::command(&a),
         Cmd::Flamegraph(a) => flame::command(&a),
         Cmd::Guest(a) => record::guest(&a),

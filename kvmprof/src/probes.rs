@@ -1,7 +1,32 @@
 //! `kvmprof probes`: the attach plan for this host, stage by stage.
 use std::fmt::Write;
 
-use crate::{kernel::Facts, plan::Plan};
+use anyhow::{bail, Result};
+
+use crate::{
+    cli::{Format, ProbesArgs},
+    kernel::Facts,
+    live,
+    plan::Plan,
+};
+
+pub fn command(a: &ProbesArgs) -> Result<()> {
+    // Without root, the first thing to fail is mounting tracefs, whose error would send
+    // the user looking at mounts rather than at sudo.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "kvmprof probes must run as root (it reads kernel symbols and test-loads eBPF \
+             programs)"
+        );
+    }
+    let (facts, plan) = live::plan_for_host(a.hooks.hooks)?;
+    match a.format {
+        Format::Table => print!("{}", render(&plan, &facts)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+    }
+    Ok(())
+}
 
 pub fn render(plan: &Plan, facts: &Facts) -> String {
     let mut s = String::new();

@@ -5,12 +5,15 @@
 //!
 //! [`view`] turns the aggregate into rows, [`frame`] lays them out as text, [`screen`] owns
 //! the terminal; only this file does I/O between them.
+mod follow;
 mod frame;
 mod screen;
+mod since;
+mod ui;
 mod view;
 
 use std::{
-    collections::BTreeMap,
+    collections::{btree_map::Entry, BTreeMap},
     io::{self, IsTerminal, Write},
     ops::ControlFlow,
     time::Duration,
@@ -21,13 +24,15 @@ use anyhow::{bail, Result};
 use crate::{
     aggregate::Aggregate,
     cli::TopArgs,
-    live::{self, Outcome, Status, Stop},
+    live::{self, Counters, Outcome, Status, Stop},
     target::{self, Target},
     units,
 };
+use follow::Watch;
 use frame::Summary;
-use screen::{Input, Screen};
-use view::{Rates, View};
+use screen::Screen;
+use ui::{Action, Ui};
+use view::{Context, Rates, Row};
 
 /// Shorter refreshes would mostly measure the refresh itself.
 const MIN_DELAY: Duration = Duration::from_millis(100);
@@ -60,13 +65,19 @@ pub async fn top(a: TopArgs) -> Result<()> {
         interval: SERIES_INTERVAL,
     };
     // Attach before taking the screen, so that loading errors print on a normal terminal.
-    let session = live::Session::start(opts)?;
+    let mut session = live::Session::start(opts)?;
+    // `-p NAME` also watches the processes of that name that start later.
+    let filter = if !targets.is_empty() && !follow::names(&a.pids).is_empty() {
+        Some(session.pid_filter()?)
+    } else {
+        None
+    };
     let output = if a.batch {
         Output::Batch
     } else {
         Output::Screen(Screen::open()?)
     };
-    let mut top = Top::new(&a, targets, output);
+    let mut top = Top::new(&a, Watch::new(&a.pids, targets, filter), output);
     let result = session.run(|agg, st| top.tick(agg, st), |_| Ok(())).await;
     top.finish(result)
 }
@@ -81,8 +92,8 @@ struct Top {
     output: Output,
     delay: Duration,
     iterations: Option<u64>,
-    targets: Vec<Target>,
-    view: View,
+    watch: Watch,
+    ui: Ui,
     rates: Rates,
     /// Process names by pid, for rows grouped by process.
     names: BTreeMap<u32, String>,
@@ -92,23 +103,50 @@ struct Top {
     next: Duration,
     /// Whether the screen shows a frame yet.
     drawn: bool,
+    /// The aggregate at the last reset (`z`): the table counts from there.
+    base: Option<Aggregate>,
+    /// What the display shows while paused.
+    frozen: Option<Frozen>,
     /// What made `tick` stop the recording.
     error: Option<anyhow::Error>,
 }
 
+/// The data of the frame on screen when the display was paused.
+struct Frozen {
+    agg: Aggregate,
+    elapsed: Duration,
+    counters: Counters,
+}
+
+impl Frozen {
+    fn of(agg: &Aggregate, st: &Status) -> Frozen {
+        Frozen {
+            agg: agg.clone(),
+            elapsed: st.elapsed,
+            counters: st.counters,
+        }
+    }
+}
+
 impl Top {
-    fn new(a: &TopArgs, targets: Vec<Target>, output: Output) -> Top {
+    fn new(a: &TopArgs, watch: Watch, output: Output) -> Top {
         Top {
             output,
             delay: a.delay,
             iterations: a.iterations,
-            names: targets.iter().map(|t| (t.pid, t.name.clone())).collect(),
-            targets,
-            view: View::default(),
+            names: watch
+                .targets
+                .iter()
+                .map(|t| (t.pid, t.name.clone()))
+                .collect(),
+            watch,
+            ui: Ui::default(),
             rates: Rates::default(),
             frames: 0,
             next: a.delay,
             drawn: false,
+            base: None,
+            frozen: None,
             error: None,
         }
     }
@@ -125,15 +163,36 @@ impl Top {
         if self.done() {
             return Ok(ControlFlow::Break(()));
         }
+        // Also while paused: new processes must be traced from their first exit.
+        self.watch.follow(st.elapsed)?;
+        for t in &self.watch.targets {
+            self.names.entry(t.pid).or_insert_with(|| t.name.clone());
+        }
+        self.watch.check(pids(agg), st.exited, st.elapsed);
         let mut redraw = !self.drawn;
         if let Output::Screen(screen) = &mut self.output {
-            match screen.input(&mut self.view)? {
-                Input::Quit => return Ok(ControlFlow::Break(())),
-                Input::Redraw => redraw = true,
-                Input::Nothing => {}
+            let events = screen.events()?;
+            redraw |= events.resized;
+            for k in events.keys {
+                match self.ui.key(k, screen.page()) {
+                    Action::Quit => return Ok(ControlFlow::Break(())),
+                    Action::Redraw => redraw = true,
+                    Action::Pause => {
+                        self.frozen = self.ui.paused.then(|| Frozen::of(agg, st));
+                        redraw = true;
+                    }
+                    Action::Reset => {
+                        self.base = Some(agg.clone());
+                        if self.frozen.is_some() {
+                            self.frozen = Some(Frozen::of(agg, st));
+                        }
+                        redraw = true;
+                    }
+                    Action::Nothing => {}
+                }
             }
         }
-        let refresh = st.elapsed >= self.next;
+        let refresh = st.elapsed >= self.next && self.frozen.is_none();
         if refresh {
             self.refresh(agg, st.elapsed);
             // After a stall, resume the rhythm instead of catching up in a burst.
@@ -194,24 +253,65 @@ impl Top {
         self.iterations.is_some_and(|n| self.frames >= n)
     }
 
-    /// Names the processes seen for the first time (keys are sorted by pid).
+    /// Names the processes seen for the first time.
     fn learn_names(&mut self, agg: &Aggregate) {
-        let mut last = None;
-        for key in agg.keys().keys() {
-            if last != Some(key.pid) && !self.names.contains_key(&key.pid) {
-                if let Some(name) = target::process_name(key.pid) {
-                    self.names.insert(key.pid, name);
+        for pid in pids(agg) {
+            if let Entry::Vacant(slot) = self.names.entry(pid) {
+                if let Some(name) = target::process_name(pid) {
+                    slot.insert(name);
                 }
             }
-            last = Some(key.pid);
+        }
+    }
+
+    /// What a frame shows: the paused data while paused.
+    fn snapshot(&self, agg: &Aggregate, st: &Status) -> Snapshot {
+        let (agg, elapsed, counters) = match &self.frozen {
+            Some(f) => (&f.agg, f.elapsed, f.counters),
+            None => (agg, st.elapsed, st.counters),
+        };
+        let (exited, gone) = (self.watch.exited(elapsed), self.watch.gone(elapsed));
+        let keys = since::shown(agg, self.base.as_ref(), &gone);
+        let cx = Context {
+            rates: &self.rates,
+            names: &self.names,
+            exited: &exited,
+            filter: self.ui.filter.as_ref(),
+        };
+        let (targets, exited) = self
+            .watch
+            .targets
+            .iter()
+            .filter(|t| !gone.contains(&t.pid))
+            .cloned()
+            .partition(|t| !exited.contains(&t.pid));
+        Snapshot {
+            rows: view::rows(&keys, &cx, self.ui.view),
+            targets,
+            exited,
+            elapsed,
+            total: keys.values().map(|s| s.count).sum(),
+            lost: counters.lost,
+        }
+    }
+
+    fn summary<'a>(&self, snap: &'a Snapshot, st: &'a Status) -> Summary<'a> {
+        Summary {
+            plan: st.plan,
+            elapsed: snap.elapsed,
+            total: snap.total,
+            rate: self.rates.total(),
+            lost: snap.lost,
+            targets: &snap.targets,
+            exited: &snap.exited,
+            filtered: self.ui.filter.is_some(),
         }
     }
 
     /// Prints a `--batch` frame; stops quietly when stdout is closed (`| head`).
     fn print(&self, agg: &Aggregate, st: &Status) -> Result<ControlFlow<()>> {
-        let rows = view::rows(agg, &self.rates, &self.names, self.view);
-        let summary = summary(&self.targets, &self.rates, agg, st);
-        let lines = frame::frame(&summary, &rows, self.view);
+        let snap = self.snapshot(agg, st);
+        let lines = frame::frame(&self.summary(&snap, st), &snap.rows, self.ui.view);
         let mut out = io::stdout().lock();
         let written = lines
             .iter()
@@ -226,30 +326,41 @@ impl Top {
     }
 
     fn draw(&mut self, agg: &Aggregate, st: &Status) -> Result<()> {
-        let rows = view::rows(agg, &self.rates, &self.names, self.view);
-        let summary = summary(&self.targets, &self.rates, agg, st);
+        let snap = self.snapshot(agg, st);
         let refresh = units::ns(u64::try_from(self.delay.as_nanos()).unwrap_or(u64::MAX));
+        let since = if self.base.is_some() {
+            "reset"
+        } else {
+            "start"
+        };
+        let legend = format!("exits/s over {refresh}, latency since {since}");
+        let summary = self.summary(&snap, st);
         if let Output::Screen(screen) = &mut self.output {
-            screen.draw(&summary, &rows, self.view, &refresh)?;
+            screen.draw(&summary, &snap.rows, &mut self.ui, &legend)?;
         }
         self.drawn = true;
         Ok(())
     }
 }
 
-fn summary<'a>(
-    targets: &'a [Target],
-    rates: &Rates,
-    agg: &Aggregate,
-    st: &'a Status,
-) -> Summary<'a> {
-    Summary {
-        plan: st.plan,
-        elapsed: st.elapsed,
-        total: agg.total_exits(),
-        rate: rates.total(),
-        lost: st.counters.lost,
-        targets,
-        exited: st.exited,
-    }
+/// The data of one frame.
+struct Snapshot {
+    rows: Vec<Row>,
+    /// Watched processes still running, and those that exited within the grace period.
+    targets: Vec<Target>,
+    exited: Vec<Target>,
+    elapsed: Duration,
+    total: u64,
+    lost: u64,
+}
+
+/// The processes with exits in `agg`.
+fn pids(agg: &Aggregate) -> impl Iterator<Item = u32> + '_ {
+    let mut last = None;
+    // Keys are sorted by pid.
+    agg.keys().keys().filter_map(move |k| {
+        let new = last != Some(k.pid);
+        last = Some(k.pid);
+        new.then_some(k.pid)
+    })
 }

@@ -1,6 +1,6 @@
 //! `kvmprof probes` explains, for this kernel, which hook each stage uses and why the
 //! better ones were rejected.
-use kvmprof_tests::{kvmprof, skip_without_kvm, stderr};
+use kvmprof_tests::{bin, kvmprof, skip_without_kvm, stderr};
 
 #[test]
 fn probes_names_the_backend_and_explains_every_rejected_hook() {
@@ -23,11 +23,47 @@ fn probes_names_the_backend_and_explains_every_rejected_hook() {
     let text = String::from_utf8(kvmprof(&["probes"]).stdout).unwrap();
     if !kprobes {
         assert!(text.contains("kprobes are not available"), "{text}");
-        assert!(
-            text.contains("fentry: refused") || text.contains("fentry:"),
-            "{text}"
-        );
     }
+    // The load attempt's outcome is stated, and the plan agrees with it: a refusal gives
+    // the kernel's reason and no stage uses fentry; where allowed, none is refused for it.
+    let fentry = text
+        .lines()
+        .find_map(|l| l.strip_prefix("fentry: "))
+        .unwrap_or_else(|| panic!("no fentry line in {text}"));
+    let uses_fentry = stages.iter().any(|s| s["mode"] == "fentry");
+    if let Some(why) = fentry.strip_prefix("refused (") {
+        assert!(
+            why.len() > 5 && why.contains(')'),
+            "no reason given: {fentry}"
+        );
+        assert!(!uses_fentry, "fentry was refused but planned: {plan}");
+        assert!(text.contains("- fentry: refused by the kernel"), "{text}");
+    } else {
+        assert!(
+            fentry.starts_with("allowed") || fentry.starts_with("not tried"),
+            "unexpected fentry outcome: {fentry}"
+        );
+        assert!(!text.contains("fentry: refused by the kernel"), "{text}");
+    }
+}
+
+#[test]
+fn probes_without_root_says_it_needs_root() {
+    if skip_without_kvm("probes_without_root_says_it_needs_root") {
+        return;
+    }
+    // Run as `nobody`, with no supplementary groups, the way a user would forget sudo.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin("kvmprof"))
+        .arg("probes")
+        .output();
+    let Ok(out) = out else {
+        eprintln!("skipped probes_without_root_says_it_needs_root: no setpriv");
+        return;
+    };
+    kvmprof_tests::assert_clean_error(&out, "kvmprof probes must run as root");
+    assert!(!stderr(&out).contains("tracefs"), "{}", stderr(&out));
 }
 
 #[test]

@@ -14,7 +14,8 @@ use crate::util::{display, output, run as run_cmd, which};
 /// Debian packages the project needs: LLVM 22 for bpf-linker, QEMU and busybox for the SVM VM
 /// (virtme-ng builds its initramfs with busybox), bpftool to inspect programs, bpftrace for
 /// the bench, and the reference HdrHistogram (Java, with a runtime: the package does not
-/// depend on one) that the tests in `tests/tests/hdr.rs` check kvmprof's files against.
+/// depend on one) that the tests in `tests/tests/hdr.rs` check kvmprof's files against, and
+/// tmux to drive `kvmprof top` in the integration tests.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -26,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftrace",
     "libhdrhistogram-java",
     "openjdk-17-jre-headless",
+    "tmux",
 ];
 
 /// Wanted but not required: `perf kvm stat` in the VM, the reference to compare kvmprof with.

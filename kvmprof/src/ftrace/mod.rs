@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::BufReader;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Folded stacks: `vcpu_enter_guest;svm_vcpu_run` → ns spent in the last frame itself.
 pub type Folded = BTreeMap<String, u64>;
@@ -29,6 +29,14 @@ pub type Folded = BTreeMap<String, u64>;
 /// What an import found.
 #[derive(Debug)]
 pub struct Import {
+    /// One per vendor, in [`Vendor`] order: a file may hold captures of several hosts.
+    pub captures: Vec<Capture>,
+    pub stats: Stats,
+}
+
+/// The exit cycles of one vendor.
+#[derive(Debug)]
+pub struct Capture {
     /// The vendor the traced functions name (`Unknown` if none of them did).
     pub vendor: Vendor,
     /// One per complete exit cycle, in the order they ended.
@@ -36,7 +44,6 @@ pub struct Import {
     pub folded: Folded,
     /// The functions the stages were timed from, and how.
     pub timings: Vec<Timing>,
-    pub stats: Stats,
 }
 
 /// What was read, and what could not be used.
@@ -96,27 +103,53 @@ pub fn import<P: AsRef<Path>>(paths: &[P]) -> Result<Import> {
 const INTERVAL_NS: u64 = 1_000_000_000;
 
 /// `kvmprof import-ftrace FILE... -o OUT`: writes the exits of the traces as a data file
-/// that `report` reads like a live recording.
+/// that `report` reads like a live recording; one per vendor (`OUT` named after it) where
+/// the traces hold captures of several.
 pub fn command(args: &ImportArgs) -> Result<()> {
     let import = import(&args.files)?;
-    let mut aggregate = Aggregate::new(INTERVAL_NS);
-    for exit in &import.exits {
-        aggregate.add(exit);
+    let several = import.captures.len() > 1;
+    for capture in &import.captures {
+        let output = if several {
+            vendor_path(&args.output, capture.vendor)
+        } else {
+            args.output.clone()
+        };
+        let mut aggregate = Aggregate::new(INTERVAL_NS);
+        for exit in &capture.exits {
+            aggregate.add(exit);
+        }
+        datafile::write(&output, &header(capture), &aggregate)?;
+        eprintln!(
+            "kvmprof: {} exits ({}) written to {}",
+            capture.exits.len(),
+            capture.vendor.label(),
+            output.display(),
+        );
     }
-    datafile::write(&args.output, &header(&import), &aggregate)?;
-    eprintln!(
-        "kvmprof: {} exits ({}) written to {}; {}",
-        import.exits.len(),
-        import.vendor.label(),
-        args.output.display(),
-        import.stats
-    );
+    eprintln!("kvmprof: {}", import.stats);
     Ok(())
+}
+
+/// `OUT` with the vendor before its extension: `trace.data` → `trace.svm.data`.
+fn vendor_path(output: &Path, vendor: Vendor) -> PathBuf {
+    let tag = match vendor {
+        Vendor::Vmx => "vmx",
+        Vendor::Svm => "svm",
+        Vendor::Pvm => "pvm",
+        Vendor::Unknown => "unknown",
+    };
+    let mut name = output.file_stem().unwrap_or_default().to_os_string();
+    name.push(format!(".{tag}"));
+    if let Some(ext) = output.extension() {
+        name.push(".");
+        name.push(ext);
+    }
+    output.with_file_name(name)
 }
 
 /// The data file header of an import. A trace names neither host nor kernel, and shows
 /// threads rather than processes.
-fn header(import: &Import) -> Header {
+fn header(import: &Capture) -> Header {
     // Exits end at trace timestamps where the trace has them (0 otherwise); the capture
     // spans from the start of the first cycle to the end of the last.
     let timed = import.exits.iter().filter(|e| e.ts_ns > 0);
@@ -188,13 +221,21 @@ mod tests {
         reader.finish()
     }
 
+    /// The capture of a single-vendor import.
+    fn only(import: &Import) -> &Capture {
+        match &import.captures[..] {
+            [one] => one,
+            more => panic!("{} captures", more.len()),
+        }
+    }
+
     fn stage(exit: &Exit, stage: Stage) -> Option<u64> {
         exit.stages[stage.index()]
     }
 
     /// Cycle, vendor run, handler, fast PIO of each exit.
     fn stage_times(import: &Import) -> Vec<[Option<u64>; 4]> {
-        import
+        only(import)
             .exits
             .iter()
             .map(|e| {
@@ -212,15 +253,15 @@ mod tests {
     #[test]
     fn amd_seed_capture() {
         let import = import(&[fixture("amd.txt")]).unwrap();
-        assert_eq!(import.vendor, Vendor::Svm);
-        assert_eq!(import.vendor.label(), "AMD SVM");
+        assert_eq!(only(&import).vendor, Vendor::Svm);
+        assert_eq!(only(&import).vendor.label(), "AMD SVM");
         // vcpu_enter_guest 7.915 us, svm_vcpu_run 3.206 us, handle_exit 3.116 us,
         // kvm_fast_pio 2.594 us; the second cycle is cut inside handle_exit.
         assert_eq!(
             stage_times(&import),
             [[Some(7915), Some(3206), Some(3116), Some(2594)]]
         );
-        let exit = &import.exits[0];
+        let exit = &only(&import).exits[0];
         assert_eq!(
             (exit.reason.space, exit.reason.code),
             (ReasonSpace::Svm, 0x7b)
@@ -241,15 +282,15 @@ mod tests {
     #[test]
     fn intel_seed_capture() {
         let import = import_texts(&[("intel.txt", INTEL)]).unwrap();
-        assert_eq!(import.vendor, Vendor::Vmx);
-        assert_eq!(import.vendor.label(), "Intel VMX");
+        assert_eq!(only(&import).vendor, Vendor::Vmx);
+        assert_eq!(only(&import).vendor.label(), "Intel VMX");
         // vcpu_enter_guest 7.717 us, vmx_vcpu_run 2.200 us, vmx_handle_exit 3.816 us,
         // kvm_fast_pio 3.401 us (inside handle_io).
         assert_eq!(
             stage_times(&import),
             [[Some(7717), Some(2200), Some(3816), Some(3401)]]
         );
-        let exit = &import.exits[0];
+        let exit = &only(&import).exits[0];
         assert_eq!(
             (exit.reason.space, exit.reason.code),
             (ReasonSpace::Vmx, 30)
@@ -265,7 +306,7 @@ mod tests {
     }
 
     fn tids(import: &Import) -> Vec<u32> {
-        import.exits.iter().map(|e| e.tid).collect()
+        only(import).exits.iter().map(|e| e.tid).collect()
     }
 
     #[test]
@@ -274,7 +315,7 @@ mod tests {
         // (5678.100000980 → 5678.100005228) and from the last one to the return of
         // kvm_arch_vcpu_ioctl_run (→ 5678.100012096).
         let import = import(&[fixture("trace_cmd_svm.txt")]).unwrap();
-        assert_eq!(import.vendor, Vendor::Svm);
+        assert_eq!(only(&import).vendor, Vendor::Svm);
         assert_eq!(
             stage_times(&import),
             [
@@ -282,9 +323,9 @@ mod tests {
                 [Some(6868), Some(5451), Some(776), None],
             ]
         );
-        let reasons: Vec<_> = import.exits.iter().map(|e| e.reason.code).collect();
+        let reasons: Vec<_> = only(&import).exits.iter().map(|e| e.reason.code).collect();
         assert_eq!(reasons, [0x7b, 0x78]);
-        let ends: Vec<_> = import.exits.iter().map(|e| e.ts_ns).collect();
+        let ends: Vec<_> = only(&import).exits.iter().map(|e| e.ts_ns).collect();
         assert_eq!(ends, [5_678_100_005_228, 5_678_100_012_096]);
         assert_eq!(tids(&import), [1234, 1234]);
         // `cpus=2` and the kvm_exit events are expected lines
@@ -295,7 +336,7 @@ mod tests {
     #[test]
     fn ftrace_with_abstime_proc_tail_irqs_and_overhead_marks() {
         let import = import(&[fixture("ftrace_vmx_abstime.txt")]).unwrap();
-        assert_eq!(import.vendor, Vendor::Vmx);
+        assert_eq!(only(&import).vendor, Vendor::Vmx);
         // the second exit took an APIC timer interrupt inside the PIO write: `+ 14.676 us`
         assert_eq!(
             stage_times(&import),
@@ -304,9 +345,9 @@ mod tests {
                 [Some(14676), Some(1989), Some(12270), Some(12110)],
             ]
         );
-        assert!(import.exits.iter().all(|e| e.reason.code == 30));
+        assert!(only(&import).exits.iter().all(|e| e.reason.code == 30));
         // funcgraph-abstime has µs resolution
-        let ends: Vec<_> = import.exits.iter().map(|e| e.ts_ns).collect();
+        let ends: Vec<_> = only(&import).exits.iter().map(|e| e.ts_ns).collect();
         assert_eq!(ends, [91_234_500_005_000, 91_234_500_020_000]);
         assert_eq!(tids(&import), [4321, 4321]);
         assert_eq!(
@@ -316,7 +357,7 @@ mod tests {
         let irq = "vcpu_enter_guest;vmx_handle_exit;handle_io;kvm_fast_pio;emulator_pio_out;\
                    kernel_pio;kvm_io_bus_write;__kvm_io_bus_write;sysvec_apic_timer_interrupt;\
                    __sysvec_apic_timer_interrupt;hrtimer_interrupt;__hrtimer_run_queues";
-        assert_eq!(import.folded.get(irq), Some(&9500));
+        assert_eq!(only(&import).folded.get(irq), Some(&9500));
     }
 
     #[test]
@@ -425,7 +466,7 @@ mod tests {
     #[test]
     fn header_of_a_timed_capture() {
         let import = import(&[fixture("trace_cmd_svm.txt")]).unwrap();
-        let header = header(&import);
+        let header = header(only(&import));
         assert_eq!(
             header.cycle_source,
             "vendor-run entry to next vendor-run entry (or return of kvm_arch_vcpu_ioctl_run)"
@@ -451,29 +492,77 @@ mod tests {
     #[test]
     fn seed_folded_stacks_add_up_to_the_cycle() {
         let import = import_texts(&[("amd.txt", AMD)]).unwrap();
-        let total: u64 = import.folded.values().sum();
+        let total: u64 = only(&import).folded.values().sum();
         assert_eq!(total, 7915);
         assert_eq!(
-            import.folded["vcpu_enter_guest;svm_vcpu_run"],
+            only(&import).folded["vcpu_enter_guest;svm_vcpu_run"],
             3206 - 231 - 80 * 3 - 141 - 110 - 100 - 160 - 722
         );
         assert_eq!(
-            import.folded["vcpu_enter_guest;handle_exit;io_interception;kvm_fast_pio;emulator_pio_out;kernel_pio;kvm_io_bus_write;__kvm_io_bus_write;ioeventfd_write;eventfd_signal;_raw_spin_lock_irqsave"],
+            only(&import).folded["vcpu_enter_guest;handle_exit;io_interception;kvm_fast_pio;emulator_pio_out;kernel_pio;kvm_io_bus_write;__kvm_io_bus_write;ioeventfd_write;eventfd_signal;_raw_spin_lock_irqsave"],
             80
         );
-        assert!(import
+        assert!(only(&import)
             .folded
             .keys()
             .all(|k| k.starts_with("vcpu_enter_guest")));
     }
 
     #[test]
-    fn mixed_vendors_are_refused() {
-        let err = import_texts(&[("amd.txt", AMD), ("intel.txt", INTEL)]).unwrap_err();
+    fn captures_of_several_vendors_are_grouped_per_vendor() {
+        // The seed file: an AMD capture, then an Intel one, each with its code fence.
+        let import = import(&[fixture("amd_and_intel.txt")]).unwrap();
+        let got: Vec<_> = import
+            .captures
+            .iter()
+            .map(|c| (c.vendor, c.exits.len(), c.exits[0].reason.space))
+            .collect();
         assert_eq!(
-            err.to_string(),
-            "amd.txt, intel.txt: exits of more than one vendor (Intel VMX, AMD SVM); \
-             import each host's capture on its own"
+            got,
+            [
+                (Vendor::Vmx, 1, ReasonSpace::Vmx),
+                (Vendor::Svm, 1, ReasonSpace::Svm)
+            ]
+        );
+        let cycles: Vec<_> = import
+            .captures
+            .iter()
+            .map(|c| stage(&c.exits[0], Stage::Cycle))
+            .collect();
+        assert_eq!(cycles, [Some(7717), Some(7915)]);
+        // each capture keeps its own hooks and stacks
+        let (vmx, svm) = (&import.captures[0], &import.captures[1]);
+        assert!(vmx.timings.iter().any(|t| t.symbol == "vmx_vcpu_run"));
+        assert!(!vmx.timings.iter().any(|t| t.symbol == "svm_vcpu_run"));
+        assert_eq!(svm.folded.values().sum::<u64>(), 7915);
+        assert_eq!(vmx.folded.values().sum::<u64>(), 7717);
+
+        // two files, one per host, group the same way
+        let two = import_texts(&[("amd.txt", AMD), ("intel.txt", INTEL)]).unwrap();
+        let vendors: Vec<_> = two.captures.iter().map(|c| c.vendor).collect();
+        assert_eq!(vendors, [Vendor::Vmx, Vendor::Svm]);
+    }
+
+    #[test]
+    fn several_vendors_write_one_data_file_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("seed.data");
+        let args = ImportArgs {
+            files: vec![fixture("amd_and_intel.txt").into()],
+            output: output.clone(),
+        };
+        command(&args).unwrap();
+        assert!(!output.exists(), "no file mixes the vendors");
+        for (name, vendor) in [
+            ("seed.svm.data", Vendor::Svm),
+            ("seed.vmx.data", Vendor::Vmx),
+        ] {
+            let (header, aggregate) = datafile::read(&dir.path().join(name)).unwrap();
+            assert_eq!((header.vendor, aggregate.total_exits()), (vendor, 1));
+        }
+        assert_eq!(
+            vendor_path(Path::new("/a/b"), Vendor::Unknown),
+            Path::new("/a/b.unknown")
         );
     }
 

@@ -1,7 +1,7 @@
 //! Reads trace files line by line and routes each call to the tracker of its task.
 use super::parse::{self, Line};
 use super::stages::{Output, Tracker};
-use super::{Import, Stats};
+use super::{Capture, Import, Stats};
 use crate::model::Vendor;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -60,41 +60,42 @@ impl Reader {
         Ok(())
     }
 
-    /// The import of everything read, which must hold exits of one vendor.
+    /// The import of everything read, one capture per vendor.
     pub fn finish(self) -> Result<Import> {
         let Reader {
             names,
             mut stats,
             out,
         } = self;
-        let files = names.join(", ");
         stats.incomplete_calls = out.incomplete_calls;
         stats.incomplete_cycles = out.incomplete_cycles;
-        let mut vendors = out.vendors.iter();
-        let vendor = match (vendors.next(), vendors.next()) {
-            (None, _) => Vendor::Unknown,
-            (Some(&vendor), None) => vendor,
-            (Some(_), Some(_)) => {
-                let labels: Vec<_> = out.vendors.iter().map(|v| v.label()).collect();
-                bail!(
-                    "{files}: exits of more than one vendor ({}); import each host's capture on its own",
-                    labels.join(", ")
-                );
+        let mut parts = out.parts;
+        // Cycles whose functions name no vendor belong to the one the others name, if only
+        // one is named.
+        if parts.len() == 2 {
+            if let Some(unknown) = parts.remove(&Vendor::Unknown) {
+                if let Some(known) = parts.values_mut().next() {
+                    known.append(unknown);
+                }
             }
-        };
-        if out.exits.is_empty() {
+        }
+        if parts.is_empty() {
             bail!(
-                "{files}: no complete exit cycle (a vcpu_enter_guest call, or a vendor run \
-                 inside kvm_arch_vcpu_ioctl_run); {stats}"
+                "{}: no complete exit cycle (a vcpu_enter_guest call, or a vendor run \
+                 inside kvm_arch_vcpu_ioctl_run); {stats}",
+                names.join(", ")
             );
         }
-        Ok(Import {
-            vendor,
-            exits: out.exits,
-            folded: out.folded,
-            timings: out.timings.into_iter().collect(),
-            stats,
-        })
+        let captures = parts
+            .into_iter()
+            .map(|(vendor, part)| Capture {
+                vendor,
+                exits: part.exits,
+                folded: part.folded,
+                timings: part.timings.into_iter().collect(),
+            })
+            .collect();
+        Ok(Import { captures, stats })
     }
 }
 

@@ -14,19 +14,37 @@ use super::parse::{Call, Func, Record};
 use super::Folded;
 use crate::model::{Exit, Reason, ReasonSpace, Stage, Vendor};
 use kvmprof_common::STAGES;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What the trackers of an import produce.
 #[derive(Debug, Default)]
 pub struct Output {
-    pub exits: Vec<Exit>,
-    /// Vendors of the emitted cycles (those whose functions named one).
-    pub vendors: BTreeSet<Vendor>,
-    /// How the stages of the emitted cycles were timed.
-    pub timings: BTreeSet<Timing>,
-    pub folded: Folded,
+    /// The emitted cycles by the vendor their functions name (`Unknown` where none did): a
+    /// file can hold captures of several hosts.
+    pub parts: BTreeMap<Vendor, Part>,
     pub incomplete_calls: u64,
     pub incomplete_cycles: u64,
+}
+
+/// The emitted cycles of one vendor.
+#[derive(Debug, Default)]
+pub struct Part {
+    pub exits: Vec<Exit>,
+    /// How the stages of the cycles were timed.
+    pub timings: BTreeSet<Timing>,
+    pub folded: Folded,
+}
+
+impl Part {
+    /// Adds the cycles of `other`, after this part's.
+    pub fn append(&mut self, other: Part) {
+        self.exits.extend(other.exits);
+        self.timings.extend(other.timings);
+        for (stack, ns) in other.folded {
+            let total = self.folded.entry(stack).or_default();
+            *total = total.saturating_add(ns);
+        }
+    }
 }
 
 /// A stage timed from a function.
@@ -324,13 +342,16 @@ impl Tracker {
             return;
         };
         cycle.stages[Stage::Cycle.index()] = Some(cycle_ns);
-        out.vendors.extend(cycle.vendor);
-        out.timings.extend(cycle.timings);
+        let part = out
+            .parts
+            .entry(cycle.vendor.unwrap_or(Vendor::Unknown))
+            .or_default();
+        part.timings.extend(cycle.timings);
         for (stack, ns) in cycle.folded {
-            let total = out.folded.entry(stack).or_default();
+            let total = part.folded.entry(stack).or_default();
             *total = total.saturating_add(ns);
         }
-        out.exits.push(Exit {
+        part.exits.push(Exit {
             // ftrace shows the thread, not its process
             pid: 0,
             tid,
@@ -361,8 +382,17 @@ mod tests {
     use super::*;
     use crate::ftrace::parse::{parse_line, Line};
 
+    /// The output of one task, its parts in one.
+    struct Tracked {
+        exits: Vec<Exit>,
+        vendors: BTreeSet<Vendor>,
+        folded: Folded,
+        incomplete_calls: u64,
+        incomplete_cycles: u64,
+    }
+
     /// Feeds lines of one task.
-    fn track(text: &str) -> Output {
+    fn track(text: &str) -> Tracked {
         let mut tracker = Tracker::default();
         let mut out = Output::default();
         for line in text.lines() {
@@ -371,7 +401,18 @@ mod tests {
             }
         }
         tracker.finish(&mut out);
-        out
+        let vendors = out.parts.keys().copied().collect();
+        let mut all = Part::default();
+        for part in out.parts.into_values() {
+            all.append(part);
+        }
+        Tracked {
+            exits: all.exits,
+            vendors,
+            folded: all.folded,
+            incomplete_calls: out.incomplete_calls,
+            incomplete_cycles: out.incomplete_cycles,
+        }
     }
 
     fn stages(exit: &Exit) -> [Option<u64>; 4] {

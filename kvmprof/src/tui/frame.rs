@@ -52,13 +52,37 @@ pub struct Summary<'a> {
     /// The processes watched; empty for all.
     pub targets: &'a [Target],
     pub exited: &'a [Target],
+    /// Rows are filtered, so none may show although there are exits.
+    pub filtered: bool,
+}
+
+/// What a summary line tells: on a short screen, hooks make room first, then processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Title,
+    Hooks,
+    Processes,
 }
 
 /// A laid-out frame.
 pub struct Frame {
-    pub lines: Vec<Line>,
+    pub summary: Vec<(Part, Line)>,
+    /// The two column header lines.
+    pub header: Vec<Line>,
+    pub rows: Vec<Line>,
+    /// Shown instead of rows where there are none.
+    pub note: Option<Line>,
     /// Table columns left out because `width` was too small for them.
     pub hidden_columns: usize,
+}
+
+/// Which columns a table may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// The cycle's p50/p99/max.
+    Basic,
+    /// Also p90, p99.9 and mean, where the width allows.
+    Full,
 }
 
 /// Widest label column; longer labels are cut with `…`.
@@ -68,24 +92,37 @@ const LABEL_MIN: usize = 12;
 /// Columns every table keeps, whatever the width: label, rate, total, share.
 const KEPT_COLUMNS: usize = 4;
 
-/// The summary, a blank line and the table, no line wider than `width` (`usize::MAX` for
-/// no limit) except where even the kept columns do not fit.
-pub fn layout(s: &Summary, rows: &[Row], view: View, width: usize) -> Frame {
-    let mut lines = summary(s, width);
-    lines.push(Vec::new());
-    let (table, hidden_columns) = table(rows, view, s.total, width);
-    lines.extend(table);
+/// The summary and the table, no line wider than `width` (`usize::MAX` for no limit)
+/// except where even the kept columns do not fit.
+pub fn layout(s: &Summary, rows: &[Row], view: View, width: usize, detail: Detail) -> Frame {
+    let (header, lines, hidden_columns) = table(rows, view, s.total, width, detail);
+    let note = rows.is_empty().then(|| {
+        let text = if s.filtered && s.total > 0 {
+            "(no row matches the filter)"
+        } else {
+            "(no exits yet)"
+        };
+        vec![seg(text, Tone::Dim)]
+    });
     Frame {
-        lines,
+        summary: summary(s, width),
+        header,
+        rows: lines,
+        note,
         hidden_columns,
     }
 }
 
-/// A frame as plain text lines, as `--batch` prints it.
+/// A frame as plain text lines, as `--batch` prints it: the summary, a blank line, the table.
 pub fn frame(s: &Summary, rows: &[Row], view: View) -> Vec<String> {
-    layout(s, rows, view, usize::MAX)
-        .lines
-        .iter()
+    let f = layout(s, rows, view, usize::MAX, Detail::Basic);
+    f.summary
+        .into_iter()
+        .map(|(_, l)| l)
+        .chain([Vec::new()])
+        .chain(f.header)
+        .chain(f.rows)
+        .chain(f.note)
         .map(|l| {
             l.iter()
                 .map(|s| s.text.as_str())
@@ -96,14 +133,18 @@ pub fn frame(s: &Summary, rows: &[Row], view: View) -> Vec<String> {
         .collect()
 }
 
-fn summary(s: &Summary, width: usize) -> Vec<Line> {
-    let mut lines = vec![title(s)];
+fn summary(s: &Summary, width: usize) -> Vec<(Part, Line)> {
+    let mut lines = vec![(Part::Title, title(s))];
     lines.extend(
         wrap("hooks ", &hooks(s.plan), width)
             .into_iter()
-            .map(|l| vec![plain(l)]),
+            .map(|l| (Part::Hooks, vec![plain(l)])),
     );
-    lines.extend(processes(s, width));
+    lines.extend(
+        processes(s, width)
+            .into_iter()
+            .map(|l| (Part::Processes, l)),
+    );
     lines
 }
 
@@ -191,32 +232,40 @@ fn wrap(prefix: &str, items: &[String], width: usize) -> Vec<String> {
     lines
 }
 
-/// The two header lines and one line per row, and how many columns did not fit in `width`.
-fn table(rows: &[Row], view: View, total: u64, width: usize) -> (Vec<Line>, usize) {
-    let mut cols = columns(rows);
+/// The two header lines, one line per row, and how many columns did not fit in `width`.
+fn table(
+    rows: &[Row],
+    view: View,
+    total: u64,
+    width: usize,
+    detail: Detail,
+) -> (Vec<Line>, Vec<Line>, usize) {
+    let mut cols = columns(rows, detail == Detail::Full);
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| cols.iter().map(|c| c.cell(r, total)).collect())
         .collect();
     let mut widths = natural_widths(&cols, &cells, view);
     let hidden = fit(&mut cols, &mut widths, width);
-    let mut lines = vec![
+    let header = vec![
         stage_header(&cols, &widths, view),
         column_header(&cols, &widths, view),
     ];
-    for row in &cells {
-        let text: Vec<String> = cols
-            .iter()
-            .zip(&widths)
-            .zip(row)
-            .map(|((c, &w), cell)| align(*c, cell, w))
-            .collect();
-        lines.push(vec![plain(text.join(" "))]);
-    }
-    if rows.is_empty() {
-        lines.push(vec![seg("(no exits yet)", Tone::Dim)]);
-    }
-    (lines, hidden)
+    let lines = rows
+        .iter()
+        .zip(&cells)
+        .map(|(row, cells)| {
+            let text: Vec<String> = cols
+                .iter()
+                .zip(&widths)
+                .zip(cells)
+                .map(|((c, &w), cell)| align(*c, cell, w))
+                .collect();
+            let tone = if row.exited { Tone::Alert } else { Tone::Plain };
+            vec![seg(text.join(" "), tone)]
+        })
+        .collect();
+    (header, lines, hidden)
 }
 
 /// Each column as wide as its header and its widest value, the label at most [`LABEL_MAX`].
@@ -237,15 +286,18 @@ fn natural_widths(cols: &[Column], cells: &[Vec<String>], view: View) -> Vec<usi
         .collect()
 }
 
-/// Leaves columns out from the right, then narrows the label column (the first), until the
-/// table fits `width`; returns how many columns were left out. Labels go last: a row whose
-/// label is cut may not say what it is.
+/// Leaves columns out, the detail statistics first, then from the right, then narrows the
+/// label column (the first), until the table fits `width`; returns how many columns were
+/// left out. Labels go last: a row whose label is cut may not say what it is.
 fn fit(cols: &mut Vec<Column>, widths: &mut Vec<usize>, width: usize) -> usize {
     let used = |w: &[usize]| w.iter().sum::<usize>() + w.len().saturating_sub(1);
+    let detail = |c: &Column| matches!(c, Column::Stage(_, stat) if stat.is_detail());
     let mut hidden = 0;
     while used(widths) > width && cols.len() > KEPT_COLUMNS {
-        cols.pop();
-        widths.pop();
+        let last = cols.len() - 1;
+        let drop = cols.iter().rposition(detail).unwrap_or(last);
+        cols.remove(drop);
+        widths.remove(drop);
         hidden += 1;
     }
     let excess = used(widths).saturating_sub(width);
@@ -324,12 +376,22 @@ mod tests {
         model::{Stage, Vendor},
         plan::StagePlan,
         tui::view::{
-            rows,
-            tests::{add, SEC},
+            tests::{add, rows_of, SEC},
             GroupBy, Rates, SortBy,
         },
     };
     use std::collections::BTreeMap;
+
+    /// Every line of a frame, as `--batch` stacks them.
+    fn lines(f: &Frame) -> Vec<Line> {
+        let summary = f.summary.iter().map(|(_, l)| l.clone());
+        summary
+            .chain([Vec::new()])
+            .chain(f.header.iter().cloned())
+            .chain(f.rows.iter().cloned())
+            .chain(f.note.clone())
+            .collect()
+    }
 
     fn plan() -> Plan {
         let stage = |stage, mode, symbol: &str| StagePlan {
@@ -369,7 +431,7 @@ mod tests {
         let mut rates = Rates::default();
         rates.sample(&agg, Duration::from_secs(1));
         let targets = [target(7, "qemu"), target(8, "crosvm")];
-        let rows = rows(&agg, &rates, &BTreeMap::new(), view);
+        let rows = rows_of(&agg, &rates, &BTreeMap::new(), view);
         let plan = plan();
         let s = Summary {
             plan: &plan,
@@ -379,6 +441,7 @@ mod tests {
             lost,
             targets: &targets,
             exited,
+            filtered: false,
         };
         frame(&s, &rows, view)
     }
@@ -404,6 +467,7 @@ mod tests {
         let view = View {
             group: GroupBy::Pid,
             sort: SortBy::Total,
+            reverse: false,
         };
         let f = render(view, 12, &[target(8, "crosvm")]);
         assert!(f[0].ends_with("lost 12"), "{}", f[0]);
@@ -413,7 +477,7 @@ mod tests {
 
         let mut agg = Aggregate::new(SEC);
         add(&mut agg, 1);
-        let rows = rows(&agg, &Rates::default(), &BTreeMap::new(), view);
+        let rows = rows_of(&agg, &Rates::default(), &BTreeMap::new(), view);
         let plan = plan();
         let s = Summary {
             plan: &plan,
@@ -423,11 +487,12 @@ mod tests {
             lost: 12,
             targets: &[],
             exited: &[],
+            filtered: false,
         };
-        let laid = layout(&s, &rows, view, 100);
-        let lost = laid.lines[0].last().expect("lost count");
+        let laid = lines(&layout(&s, &rows, view, 100, Detail::Basic));
+        let lost = laid[0].last().expect("lost count");
         assert_eq!((lost.text.as_str(), lost.tone), ("12", Tone::Alert));
-        let header = &laid.lines[laid.lines.len() - 2];
+        let header = &laid[laid.len() - 2];
         let sorted: Vec<_> = header.iter().filter(|s| s.tone == Tone::Sorted).collect();
         assert_eq!(sorted.len(), 1);
         assert_eq!(sorted[0].text.trim(), "TOTAL");
@@ -440,8 +505,9 @@ mod tests {
         let view = View {
             group: GroupBy::Vcpu,
             sort: SortBy::Rate,
+            reverse: false,
         };
-        let by_vcpu = rows(&agg, &Rates::default(), &BTreeMap::new(), view);
+        let by_vcpu = rows_of(&agg, &Rates::default(), &BTreeMap::new(), view);
         let plan = plan();
         let s = Summary {
             plan: &plan,
@@ -451,17 +517,18 @@ mod tests {
             lost: 0,
             targets: &[],
             exited: &[],
+            filtered: false,
         };
         let text = |l: &Line| l.iter().map(|s| s.text.as_str()).collect::<String>();
-        let wide = layout(&s, &by_vcpu, view, 100);
+        let wide = layout(&s, &by_vcpu, view, 100, Detail::Basic);
         assert_eq!(wide.hidden_columns, 0);
-        assert!(wide.lines.iter().all(|l| text(l).chars().count() <= 100));
-        let narrow = layout(&s, &by_vcpu, view, 60);
+        assert!(lines(&wide).iter().all(|l| text(l).chars().count() <= 100));
+        let narrow = layout(&s, &by_vcpu, view, 60, Detail::Basic);
         assert_eq!(
             narrow.hidden_columns, 2,
             "the cycle max and the VMM stage go"
         );
-        let narrow: Vec<String> = narrow.lines.iter().map(text).collect();
+        let narrow: Vec<String> = lines(&narrow).iter().map(text).collect();
         assert!(
             narrow[1..].iter().all(|l| l.chars().count() <= 60),
             "{narrow:#?}"
@@ -480,10 +547,10 @@ mod tests {
         );
 
         // Labels stay whole while columns can go...
-        let by_reason = rows(&agg, &Rates::default(), &BTreeMap::new(), View::default());
+        let by_reason = rows_of(&agg, &Rates::default(), &BTreeMap::new(), View::default());
         let last = |width| {
-            let laid = layout(&s, &by_reason, View::default(), width);
-            let line = laid.lines.last().map(text).unwrap_or_default();
+            let laid = layout(&s, &by_reason, View::default(), width, Detail::Basic);
+            let line = lines(&laid).last().map(text).unwrap_or_default();
             (laid.hidden_columns, line)
         };
         let line = "pio (in-kernel)       -     1  33.3% 2.00µs 2.00µs";
@@ -506,6 +573,7 @@ mod tests {
             lost: 0,
             targets: &[],
             exited: &[],
+            filtered: false,
         };
         let f = frame(&s, &[], View::default());
         assert!(
@@ -515,5 +583,63 @@ mod tests {
         );
         assert_eq!(f[2], "pids  all processes");
         assert_eq!(f.last().map(String::as_str), Some("(no exits yet)"));
+    }
+
+    #[test]
+    fn wide_screens_show_more_latencies_which_go_first_when_narrow() {
+        let mut agg = Aggregate::new(SEC);
+        add(&mut agg, 10);
+        let rows = rows_of(&agg, &Rates::default(), &BTreeMap::new(), View::default());
+        let plan = plan();
+        let s = Summary {
+            plan: &plan,
+            elapsed: Duration::ZERO,
+            total: 30,
+            rate: None,
+            lost: 0,
+            targets: &[],
+            exited: &[],
+            filtered: false,
+        };
+        let text = |l: &Line| l.iter().map(|s| s.text.as_str()).collect::<String>();
+        let header = |width| {
+            let f = layout(&s, &rows, View::default(), width, Detail::Full);
+            (text(&f.header[1]).trim_end().to_owned(), f.hidden_columns)
+        };
+        let full = "REASON          EXITS/s TOTAL  SHARE    p50    p90    p99  p99.9    max   mean    vmm p50";
+        assert_eq!(header(200), (full.replace("    vmm p50", "    p50"), 0));
+        // mean, p99.9 and p90 go before the VMM stage
+        let (h, hidden) = header(80);
+        assert_eq!(hidden, 1, "{h}");
+        assert!(h.ends_with("p50    p90    p99  p99.9    max    p50"), "{h}");
+        let (h, hidden) = header(70);
+        assert_eq!(hidden, 3, "{h}");
+        assert!(h.ends_with("p50    p99    max    p50"), "{h}");
+    }
+
+    #[test]
+    fn exited_rows_stand_out_and_an_empty_filter_says_so() {
+        let mut agg = Aggregate::new(SEC);
+        add(&mut agg, 1);
+        let mut rows = rows_of(&agg, &Rates::default(), &BTreeMap::new(), View::default());
+        rows[0].exited = true;
+        let plan = plan();
+        let mut s = Summary {
+            plan: &plan,
+            elapsed: Duration::ZERO,
+            total: 3,
+            rate: None,
+            lost: 0,
+            targets: &[],
+            exited: &[],
+            filtered: true,
+        };
+        let f = layout(&s, &rows, View::default(), 100, Detail::Basic);
+        let tones: Vec<_> = f.rows.iter().map(|l| l[0].tone).collect();
+        assert_eq!(tones, [Tone::Alert, Tone::Plain]);
+        let note = |s: &Summary| frame(s, &[], View::default()).pop();
+        assert_eq!(note(&s).as_deref(), Some("(no row matches the filter)"));
+        s.total = 0;
+        assert_eq!(note(&s).as_deref(), Some("(no exits yet)"));
     }
 }

@@ -1,9 +1,14 @@
 //! The data of a `top` frame, independent of how it is drawn: last-interval rates from
 //! snapshot deltas, rows grouped and sorted, and the columns that have something to show.
 //! Pure, so the numbers are unit-tested without a terminal or a kernel.
-use std::{cmp::Ordering, collections::BTreeMap, time::Duration};
+use std::{
+    cmp::Ordering,
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use kvmprof_common::STAGES;
+use regex::Regex;
 
 use crate::{
     aggregate::{Aggregate, Key, KeyStats},
@@ -99,6 +104,8 @@ impl SortBy {
 pub struct View {
     pub group: GroupBy,
     pub sort: SortBy,
+    /// Smallest first (`I`); unmeasured rows stay last either way.
+    pub reverse: bool,
 }
 
 impl Default for View {
@@ -106,6 +113,7 @@ impl Default for View {
         View {
             group: GroupBy::Reason,
             sort: SortBy::Rate,
+            reverse: false,
         }
     }
 }
@@ -169,12 +177,26 @@ pub enum RowId {
     Pid(u32),
 }
 
+impl RowId {
+    /// The process of a row by vCPU or process.
+    fn pid(self) -> Option<u32> {
+        match self {
+            RowId::Reason(_) => None,
+            RowId::Vcpu(pid, _) | RowId::Pid(pid) => Some(pid),
+        }
+    }
+}
+
 /// Percentiles of one stage of a row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Latency {
     pub p50: u64,
+    pub p90: u64,
     pub p99: u64,
+    pub p999: u64,
     pub max: u64,
+    /// From the exact sum, not the histogram.
+    pub mean: u64,
 }
 
 /// One table row: a group's numbers, not yet formatted.
@@ -187,50 +209,80 @@ pub struct Row {
     pub count: u64,
     /// Exits that went to the VMM.
     pub userspace: u64,
-    /// Since recording began; `None` for stages without samples.
+    /// Since recording began (or the last reset); `None` for stages without samples.
     pub stages: [Option<Latency>; STAGES],
+    /// The row's process exited (rows by vCPU or process).
+    pub exited: bool,
 }
 
-/// The rows of `view.group`, sorted by `view.sort`. `names` maps pids to process names.
-pub fn rows(agg: &Aggregate, rates: &Rates, names: &BTreeMap<u32, String>, view: View) -> Vec<Row> {
+/// Marks the label of a row whose process exited.
+pub const EXITED_MARK: &str = "✗ ";
+
+/// What the rows are made of besides the statistics.
+pub struct Context<'a> {
+    pub rates: &'a Rates,
+    /// Process names by pid.
+    pub names: &'a BTreeMap<u32, String>,
+    /// Processes that exited.
+    pub exited: &'a BTreeSet<u32>,
+    /// Only rows whose label matches are kept.
+    pub filter: Option<&'a Regex>,
+}
+
+/// The rows of `view.group` from `keys` (see [`super::shown`]), sorted by `view.sort`.
+pub fn rows(keys: &BTreeMap<Key, KeyStats>, cx: &Context, view: View) -> Vec<Row> {
     let mut groups: BTreeMap<RowId, KeyStats> = BTreeMap::new();
-    for (key, stats) in agg.keys() {
+    for (key, stats) in keys {
         groups.entry(view.group.id(key)).or_default().merge(stats);
     }
     let mut rows: Vec<Row> = groups
         .into_iter()
-        .map(|(id, stats)| Row {
-            id,
-            label: label(id, names),
-            rate: rates.rate(|k| view.group.id(k) == id),
-            count: stats.count,
-            userspace: stats.userspace_count(),
-            stages: Stage::ALL.map(|s| latency(&stats, s)),
+        .map(|(id, stats)| (id, stats, label(id, cx.names)))
+        // The filter sees the label without the exited mark.
+        .filter(|(_, _, label)| cx.filter.is_none_or(|re| re.is_match(label)))
+        .map(|(id, stats, label)| {
+            let exited = id.pid().is_some_and(|pid| cx.exited.contains(&pid));
+            Row {
+                id,
+                label: if exited {
+                    format!("{EXITED_MARK}{label}")
+                } else {
+                    label
+                },
+                rate: cx.rates.rate(|k| view.group.id(k) == id),
+                count: stats.count,
+                userspace: stats.userspace_count(),
+                stages: Stage::ALL.map(|s| latency(&stats, s)),
+                exited,
+            }
         })
         .collect();
-    // Ties (idle rows, first frame) fall back to totals, then to a fixed order.
     rows.sort_by(|a, b| {
-        descending(view.sort.value(a), view.sort.value(b))
-            .then(b.count.cmp(&a.count))
-            .then(a.id.cmp(&b.id))
+        let (va, vb) = (view.sort.value(a), view.sort.value(b));
+        let measured = vb.is_some().cmp(&va.is_some());
+        // Ties (idle rows, first frame) fall back to totals, then to a fixed order.
+        let order = match (va, vb) {
+            (Some(va), Some(vb)) => vb.total_cmp(&va),
+            _ => Ordering::Equal,
+        }
+        .then(b.count.cmp(&a.count));
+        let order = if view.reverse { order.reverse() } else { order };
+        // Unmeasured rows stay last either way.
+        measured.then(order).then(a.id.cmp(&b.id))
     });
     rows
 }
 
-/// Larger first, unmeasured (`None`) last.
-fn descending(a: Option<f64>, b: Option<f64>) -> Ordering {
-    match (a, b) {
-        (Some(a), Some(b)) => b.total_cmp(&a),
-        (a, b) => b.is_some().cmp(&a.is_some()),
-    }
-}
-
 fn latency(stats: &KeyStats, stage: Stage) -> Option<Latency> {
-    let h = &stats.stage(stage)?.hist;
+    let stage = stats.stage(stage)?;
+    let h = &stage.hist;
     (!h.is_empty()).then(|| Latency {
         p50: h.value_at_quantile(0.5),
+        p90: h.value_at_quantile(0.9),
         p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
         max: h.max(),
+        mean: stage.sum_ns / h.len(),
     })
 }
 
@@ -250,8 +302,40 @@ fn label(id: RowId, names: &BTreeMap<u32, String>) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
     P50,
+    P90,
     P99,
+    P999,
     Max,
+    Mean,
+}
+
+impl Stat {
+    fn name(self) -> &'static str {
+        match self {
+            Stat::P50 => "p50",
+            Stat::P90 => "p90",
+            Stat::P99 => "p99",
+            Stat::P999 => "p99.9",
+            Stat::Max => "max",
+            Stat::Mean => "mean",
+        }
+    }
+
+    fn of(self, l: Latency) -> u64 {
+        match self {
+            Stat::P50 => l.p50,
+            Stat::P90 => l.p90,
+            Stat::P99 => l.p99,
+            Stat::P999 => l.p999,
+            Stat::Max => l.max,
+            Stat::Mean => l.mean,
+        }
+    }
+
+    /// Shown only where the screen is wide enough for them.
+    pub fn is_detail(self) -> bool {
+        matches!(self, Stat::P90 | Stat::P999 | Stat::Mean)
+    }
 }
 
 /// A table column.
@@ -276,9 +360,7 @@ impl Column {
             Column::Total => ["", "TOTAL"],
             Column::Share => ["", "SHARE"],
             Column::ToVmm => ["", "→VMM"],
-            Column::Stage(s, Stat::P50) => [stage_title(s), "p50"],
-            Column::Stage(s, Stat::P99) => [stage_title(s), "p99"],
-            Column::Stage(s, Stat::Max) => [stage_title(s), "max"],
+            Column::Stage(s, stat) => [stage_title(s), stat.name()],
         }
     }
 
@@ -302,11 +384,9 @@ impl Column {
             Column::Total => row.count.to_string(),
             Column::Share => units::pct(units::ratio(row.count, total)),
             Column::ToVmm => units::pct(units::ratio(row.userspace, row.count)),
-            Column::Stage(s, stat) => match (row.stages[s.index()], stat) {
-                (None, _) => "-".to_owned(),
-                (Some(l), Stat::P50) => units::ns(l.p50),
-                (Some(l), Stat::P99) => units::ns(l.p99),
-                (Some(l), Stat::Max) => units::ns(l.max),
+            Column::Stage(s, stat) => match row.stages[s.index()] {
+                None => "-".to_owned(),
+                Some(l) => units::ns(stat.of(l)),
             },
         }
     }
@@ -332,9 +412,9 @@ fn stage_title(s: Stage) -> &'static str {
 
 /// The columns worth showing for `rows`, in order: the VMM share only where some row mixes
 /// exits that went to the VMM with exits that did not (elsewhere the reason says which), the
-/// cycle's p50/p99/max, then the p50 of each other stage that has samples (which stages do
-/// depends on the kernel's hooks).
-pub fn columns(rows: &[Row]) -> Vec<Column> {
+/// cycle's p50/p99/max (with `detail`, p50/p90/p99/p99.9/max/mean), then the p50 of each
+/// other stage that has samples (which stages do depends on the kernel's hooks).
+pub fn columns(rows: &[Row], detail: bool) -> Vec<Column> {
     let mut cols = vec![Column::Label, Column::Rate, Column::Total, Column::Share];
     if rows
         .iter()
@@ -344,7 +424,20 @@ pub fn columns(rows: &[Row]) -> Vec<Column> {
     }
     let measured = |s: Stage| rows.iter().any(|r| r.stages[s.index()].is_some());
     if measured(Stage::Cycle) {
-        cols.extend([Stat::P50, Stat::P99, Stat::Max].map(|st| Column::Stage(Stage::Cycle, st)));
+        let stats = [
+            Stat::P50,
+            Stat::P90,
+            Stat::P99,
+            Stat::P999,
+            Stat::Max,
+            Stat::Mean,
+        ];
+        cols.extend(
+            stats
+                .into_iter()
+                .filter(|st| detail || !st.is_detail())
+                .map(|st| Column::Stage(Stage::Cycle, st)),
+        );
     }
     cols.extend(
         Stage::ALL
@@ -402,6 +495,22 @@ pub mod tests {
         BTreeMap::from([(7, "qemu".to_owned())])
     }
 
+    /// The rows of every exit in `agg`, none exited, unfiltered.
+    pub fn rows_of(
+        agg: &Aggregate,
+        rates: &Rates,
+        names: &BTreeMap<u32, String>,
+        view: View,
+    ) -> Vec<Row> {
+        let cx = Context {
+            rates,
+            names,
+            exited: &BTreeSet::new(),
+            filter: None,
+        };
+        rows(agg.keys(), &cx, view)
+    }
+
     #[test]
     fn rates_are_the_deltas_of_the_last_interval() {
         let mut agg = Aggregate::new(SEC);
@@ -418,8 +527,9 @@ pub mod tests {
         let by_vcpu = View {
             group: GroupBy::Vcpu,
             sort: SortBy::Rate,
+            reverse: false,
         };
-        let rows = rows(&agg, &rates, &names(), by_vcpu);
+        let rows = rows_of(&agg, &rates, &names(), by_vcpu);
         let got: Vec<_> = rows
             .iter()
             .map(|r| (r.label.as_str(), r.rate, r.count))
@@ -438,7 +548,7 @@ pub mod tests {
             Some(0.0),
             "an idle interval has a rate of zero"
         );
-        let rows = super::rows(&agg, &rates, &names(), by_vcpu);
+        let rows = rows_of(&agg, &rates, &names(), by_vcpu);
         assert_eq!(Column::Rate.cell(&rows[0], 331), "0");
     }
 
@@ -446,7 +556,7 @@ pub mod tests {
     fn groups_merge_keys_and_carry_latencies() {
         let mut agg = Aggregate::new(SEC);
         add(&mut agg, 100);
-        let rows = rows(&agg, &Rates::default(), &names(), View::default());
+        let rows = rows_of(&agg, &Rates::default(), &names(), View::default());
         let [io, pio] = &rows[..] else {
             panic!("two reasons: {rows:?}")
         };
@@ -470,10 +580,11 @@ pub mod tests {
         let by_pid = View {
             group: GroupBy::Pid,
             sort: SortBy::Rate,
+            reverse: false,
         };
-        let rows = super::rows(&agg, &Rates::default(), &names(), by_pid);
+        let rows = rows_of(&agg, &Rates::default(), &names(), by_pid);
         assert_eq!((rows[0].label.as_str(), rows[0].count), ("7 qemu", 300));
-        let rows = super::rows(&agg, &Rates::default(), &BTreeMap::new(), by_pid);
+        let rows = rows_of(&agg, &Rates::default(), &BTreeMap::new(), by_pid);
         assert_eq!(rows[0].label, "7", "a process without a name shows its pid");
     }
 
@@ -504,8 +615,9 @@ pub mod tests {
             let view = View {
                 group: GroupBy::Reason,
                 sort,
+                reverse: false,
             };
-            rows(&agg, &rates, &names(), view)
+            rows_of(&agg, &rates, &names(), view)
                 .into_iter()
                 .map(|r| r.label)
                 .collect()
@@ -522,8 +634,26 @@ pub mod tests {
             order(SortBy::CycleP50),
             ["KVM_EXIT_IO", "pio (in-kernel)", "unknown"]
         );
-        // Equal values keep the rows in a fixed order.
-        assert_eq!(descending(Some(1.0), Some(1.0)), Ordering::Equal);
+        let reversed = |sort| -> Vec<String> {
+            let view = View {
+                group: GroupBy::Reason,
+                sort,
+                reverse: true,
+            };
+            rows_of(&agg, &rates, &names(), view)
+                .into_iter()
+                .map(|r| r.label)
+                .collect()
+        };
+        assert_eq!(
+            reversed(SortBy::Total),
+            ["pio (in-kernel)", "KVM_EXIT_IO", "unknown"]
+        );
+        assert_eq!(
+            reversed(SortBy::CycleP50),
+            ["pio (in-kernel)", "KVM_EXIT_IO", "unknown"],
+            "unmeasured rows stay last"
+        );
         let mut sort = SortBy::Rate;
         for _ in 0..5 {
             sort = sort.next();
@@ -532,13 +662,35 @@ pub mod tests {
     }
 
     #[test]
+    fn the_filter_keeps_matching_labels_and_exited_rows_are_marked() {
+        let mut agg = Aggregate::new(SEC);
+        add(&mut agg, 10);
+        let filter = Regex::new("vcpu 1$").unwrap();
+        let cx = Context {
+            rates: &Rates::default(),
+            names: &names(),
+            exited: &BTreeSet::from([7]),
+            filter: Some(&filter),
+        };
+        let view = View {
+            group: GroupBy::Vcpu,
+            ..View::default()
+        };
+        let got: Vec<_> = rows(agg.keys(), &cx, view)
+            .into_iter()
+            .map(|r| (r.label, r.exited))
+            .collect();
+        assert_eq!(got, [("✗ pid 7 vcpu 1".to_owned(), true)]);
+    }
+
+    #[test]
     fn columns_show_only_what_has_data() {
         let mut agg = Aggregate::new(SEC);
         add(&mut agg, 10);
-        let by_reason = rows(&agg, &Rates::default(), &names(), View::default());
+        let by_reason = rows_of(&agg, &Rates::default(), &names(), View::default());
         let stage = |s, st| Column::Stage(s, st);
         assert_eq!(
-            columns(&by_reason),
+            columns(&by_reason, false),
             [
                 Column::Label,
                 Column::Rate,
@@ -554,9 +706,10 @@ pub mod tests {
         let view = View {
             group: GroupBy::Vcpu,
             sort: SortBy::Rate,
+            reverse: false,
         };
-        let by_vcpu = rows(&agg, &Rates::default(), &names(), view);
-        assert!(columns(&by_vcpu).contains(&Column::ToVmm));
+        let by_vcpu = rows_of(&agg, &Rates::default(), &names(), view);
+        assert!(columns(&by_vcpu, false).contains(&Column::ToVmm));
         assert_eq!(Column::ToVmm.cell(&by_vcpu[0], 30), "50.0%");
         assert_eq!(Column::Share.cell(&by_vcpu[0], 30), "66.7%");
         assert_eq!(Column::Rate.cell(&by_vcpu[0], 30), "-");
