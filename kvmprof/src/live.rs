@@ -94,6 +94,9 @@ pub struct Session {
     ebpf: aya::Ebpf,
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    /// When every hook was attached: the start of the recording.
+    started: SystemTime,
+    t0: Instant,
 }
 
 impl Session {
@@ -112,11 +115,22 @@ impl Session {
             ebpf,
             ring,
             counters,
+            started: SystemTime::now(),
+            t0: Instant::now(),
         })
     }
 
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    pub fn facts(&self) -> &Facts {
+        &self.facts
+    }
+
+    /// Wall-clock start of the recording, as [`Outcome::started`] will say.
+    pub fn started(&self) -> SystemTime {
+        self.started
     }
 
     /// Drains until a stop condition; `sink` also sees every exit (for `--exits`).
@@ -132,9 +146,9 @@ impl Session {
             ebpf,
             ring,
             counters,
+            started,
+            t0,
         } = self;
-        let started = SystemTime::now();
-        let t0 = Instant::now();
         let mut agg = Aggregate::new(opts.interval.as_nanos() as u64);
         let mut joiner = Joiner::default();
         let mut vcpus = VcpuResolver::default();

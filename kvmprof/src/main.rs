@@ -4,11 +4,13 @@ mod attach;
 mod cli;
 mod collect;
 mod datafile;
+mod diag;
 mod flame;
 mod ftrace;
 mod kernel;
 mod live;
 mod model;
+mod output;
 mod plan;
 mod probes;
 mod record;
@@ -32,7 +34,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the chain of causes, outermost first.
-            eprintln!("kvmprof: {e:#}");
+            diag::note!("{e:#}");
             ExitCode::FAILURE
         }
     }
@@ -52,10 +54,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Probes(a) => {
             let (facts, plan) = live::plan_for_host(a.hooks.hooks)?;
             match a.format {
-                cli::Format::Table => print!("{}", probes::render(&plan, &facts)),
-                cli::Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+                cli::Format::Table => diag::stdout(&probes::render(&plan, &facts)),
+                cli::Format::Json => {
+                    diag::stdout(&format!("{}\n", serde_json::to_string_pretty(&plan)?))
+                }
             }
-            Ok(())
         }
         Cmd::ImportFtrace(a) => ftrace::command(&a),
         Cmd::Flamegraph(a) => flame::command(&a),

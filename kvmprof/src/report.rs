@@ -21,6 +21,9 @@ use crate::vendor::reason_name;
 /// `kvmprof report`: reads the data file and prints its report.
 pub fn command(a: &ReportArgs) -> Result<()> {
     let (h, agg) = datafile::read(&a.input)?;
+    if let Some(cut) = &h.cut {
+        crate::diag::note!("{}", cut.warning(&a.input, &h));
+    }
     let text = render(&h, &agg, a.by, a.format);
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
@@ -529,6 +532,8 @@ mod tests {
             start_unix_ns: 0,
             start_ts_ns: 0,
             duration_ns: 2 * SEC,
+            stop: None,
+            cut: None,
         }
     }
 

@@ -26,6 +26,10 @@ pub fn preflight() -> Result<()> {
 pub fn resolve(specs: &[String]) -> Result<Vec<Target>> {
     let mut out: Vec<Target> = Vec::new();
     for spec in specs {
+        if spec.trim().is_empty() {
+            // An empty name would match every process on the host.
+            bail!("an empty --pid pattern matches every process: give a pid or a name");
+        }
         let found = if let Ok(pid) = spec.parse::<u32>() {
             let name = process_name(pid).with_context(|| format!("no process with pid {pid}"))?;
             vec![Target { pid, name }]
@@ -43,6 +47,46 @@ pub fn resolve(specs: &[String]) -> Result<Vec<Target>> {
         }
     }
     Ok(out)
+}
+
+/// [`resolve`], keeping only processes that run a KVM vCPU: a pid without one is an error,
+/// as is a name none of whose matches has one. Checked before recording, not after it.
+pub fn resolve_vmms(specs: &[String]) -> Result<Vec<Target>> {
+    let mut out: Vec<Target> = Vec::new();
+    for spec in specs {
+        let found = resolve(std::slice::from_ref(spec))?;
+        let (vmms, others): (Vec<Target>, Vec<Target>) =
+            found.into_iter().partition(|t| vcpu_count(t.pid) > 0);
+        if vmms.is_empty() {
+            let names: Vec<String> = others
+                .iter()
+                .take(5)
+                .map(|t| format!("{} ({})", t.pid, t.name))
+                .collect();
+            let more = if others.len() > 5 { ", ..." } else { "" };
+            bail!(
+                "'{spec}' runs no KVM vCPU: {}{more} (no anon_inode:kvm-vcpu fd in \
+                 /proc/PID/fd); start recording once the VM runs",
+                names.join(", ")
+            );
+        }
+        for t in vmms {
+            if !out.iter().any(|o| o.pid == t.pid) {
+                out.push(t);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How many KVM vCPU file descriptors `pid` holds (0 when it has none or is gone).
+pub fn vcpu_count(pid: u32) -> usize {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+        .filter(|link| link.as_os_str() == "anon_inode:kvm-vcpu")
+        .count()
 }
 
 fn by_name(pattern: &str) -> Result<Vec<Target>> {
@@ -106,6 +150,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no running process matches"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_pattern_is_an_error_not_every_process() {
+        for spec in ["", " "] {
+            let e = resolve(&[spec.into()]).unwrap_err().to_string();
+            assert!(e.contains("empty --pid pattern"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_process_without_a_vcpu_is_not_a_vm() {
+        let me = std::process::id();
+        assert_eq!(vcpu_count(me), 0);
+        let e = resolve_vmms(&[me.to_string()]).unwrap_err().to_string();
+        assert!(e.contains("runs no KVM vCPU"), "{e}");
+        assert!(e.contains(&format!("{me} (")), "{e}");
     }
 
     #[test]

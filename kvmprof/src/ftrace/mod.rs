@@ -11,7 +11,6 @@ mod parse;
 mod reader;
 mod stages;
 
-use crate::aggregate::Aggregate;
 use crate::cli::ImportArgs;
 use crate::datafile::{self, Header, HookUse, Source};
 use crate::model::{Exit, Stage, Vendor};
@@ -99,13 +98,9 @@ const INTERVAL_NS: u64 = 1_000_000_000;
 /// that `report` reads like a live recording.
 pub fn command(args: &ImportArgs) -> Result<()> {
     let import = import(&args.files)?;
-    let mut aggregate = Aggregate::new(INTERVAL_NS);
-    for exit in &import.exits {
-        aggregate.add(exit);
-    }
-    datafile::write(&args.output, &header(&import), &aggregate)?;
-    eprintln!(
-        "kvmprof: {} exits ({}) written to {}; {}",
+    datafile::write(&args.output, &header(&import), &import.exits, INTERVAL_NS)?;
+    crate::diag::note!(
+        "{} exits ({}) written to {}; {}",
         import.exits.len(),
         import.vendor.label(),
         args.output.display(),
@@ -161,6 +156,8 @@ fn header(import: &Import) -> Header {
         duration_ns: end
             .zip(start)
             .map_or(0, |(end, start)| end.saturating_sub(start)),
+        stop: Some("end of trace".to_owned()),
+        cut: None,
     }
 }
 
