@@ -95,15 +95,16 @@ fn check_executable(program: &str) -> Result<()> {
             .find(|p| p.is_file())
         {
             Some(p) => p,
-            None => bail!("{program}: command not found in PATH"),
+            None => bail!("cannot run {program}: command not found in PATH"),
         }
     };
-    let meta = std::fs::metadata(&path).map_err(|e| anyhow::anyhow!("{program}: {e}"))?;
+    let meta =
+        std::fs::metadata(&path).map_err(|e| anyhow::anyhow!("cannot run {program}: {e}"))?;
     if meta.is_dir() {
-        bail!("{program}: is a directory, not a command");
+        bail!("cannot run {program}: it is a directory");
     }
     if meta.permissions().mode() & 0o111 == 0 {
-        bail!("{program}: not executable");
+        bail!("cannot run {program}: not executable");
     }
     Ok(())
 }
@@ -144,17 +145,17 @@ mod tests {
         let e = spawn_held(&["/nonexistent".into()]).err().unwrap();
         assert_eq!(
             e.to_string(),
-            "/nonexistent: No such file or directory (os error 2)"
+            "cannot run /nonexistent: No such file or directory (os error 2)"
         );
         let e = spawn_held(&["no-such-command-xyz".into()]).err().unwrap();
         assert_eq!(
             e.to_string(),
-            "no-such-command-xyz: command not found in PATH"
+            "cannot run no-such-command-xyz: command not found in PATH"
         );
         let plain = tempfile::NamedTempFile::new().unwrap();
         let plain = plain.path().to_str().unwrap().to_owned();
         let e = spawn_held(std::slice::from_ref(&plain)).err().unwrap();
-        assert_eq!(e.to_string(), format!("{plain}: not executable"));
+        assert_eq!(e.to_string(), format!("cannot run {plain}: not executable"));
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! Which processes to profile, and the checks that must pass before anything is loaded.
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 
@@ -49,21 +53,39 @@ pub fn resolve(specs: &[String]) -> Result<Vec<Target>> {
     Ok(out)
 }
 
+/// How long a VMM that has opened KVM may take to create its first vCPU: it was just
+/// started (`qemu … & kvmprof record --pid qemu`).
+const VCPU_WAIT: Duration = Duration::from_secs(5);
+
 /// [`resolve`], keeping only processes that run a KVM vCPU: a pid without one is an error,
-/// as is a name none of whose matches has one. Checked before recording, not after it.
+/// as is a name none of whose matches has one. Checked before recording, not after it; a
+/// process that has opened KVM but has no vCPU yet gets [`VCPU_WAIT`] to create one.
 pub fn resolve_vmms(specs: &[String]) -> Result<Vec<Target>> {
     let mut out: Vec<Target> = Vec::new();
     for spec in specs {
         let found = resolve(std::slice::from_ref(spec))?;
-        let (vmms, others): (Vec<Target>, Vec<Target>) =
-            found.into_iter().partition(|t| vcpu_count(t.pid) > 0);
+        let deadline = Instant::now() + VCPU_WAIT;
+        let vmms = loop {
+            let uses: Vec<Kvm> = found.iter().map(|t| kvm_use(t.pid)).collect();
+            let vmms: Vec<&Target> = found
+                .iter()
+                .zip(&uses)
+                .filter(|(_, u)| u.vcpus > 0)
+                .map(|(t, _)| t)
+                .collect();
+            let starting = uses.iter().any(|u| u.vcpus == 0 && u.open);
+            if !vmms.is_empty() || !starting || Instant::now() >= deadline {
+                break vmms;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         if vmms.is_empty() {
-            let names: Vec<String> = others
+            let names: Vec<String> = found
                 .iter()
                 .take(5)
                 .map(|t| format!("{} ({})", t.pid, t.name))
                 .collect();
-            let more = if others.len() > 5 { ", ..." } else { "" };
+            let more = if found.len() > 5 { ", ..." } else { "" };
             bail!(
                 "'{spec}' runs no KVM vCPU: {}{more} (no anon_inode:kvm-vcpu fd in \
                  /proc/PID/fd); start recording once the VM runs",
@@ -72,21 +94,37 @@ pub fn resolve_vmms(specs: &[String]) -> Result<Vec<Target>> {
         }
         for t in vmms {
             if !out.iter().any(|o| o.pid == t.pid) {
-                out.push(t);
+                out.push(t.clone());
             }
         }
     }
     Ok(out)
 }
 
-/// How many KVM vCPU file descriptors `pid` holds (0 when it has none or is gone).
-pub fn vcpu_count(pid: u32) -> usize {
+/// What a process holds of KVM, from its file descriptors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kvm {
+    /// vCPU fds (`anon_inode:kvm-vcpu`).
+    pub vcpus: usize,
+    /// `/dev/kvm` or a VM fd is open: a VMM, perhaps still creating its vCPUs.
+    pub open: bool,
+}
+
+/// [`Kvm`] of `pid` (nothing when it is gone or its fds cannot be read).
+pub fn kvm_use(pid: u32) -> Kvm {
+    let mut k = Kvm::default();
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
+        return k;
     };
-    fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
-        .filter(|link| link.as_os_str() == "anon_inode:kvm-vcpu")
-        .count()
+    for link in fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok()) {
+        let link = link.as_os_str();
+        if link == "anon_inode:kvm-vcpu" {
+            k.vcpus += 1;
+        } else if link == "/dev/kvm" || link == "anon_inode:kvm-vm" {
+            k.open = true;
+        }
+    }
+    k
 }
 
 fn by_name(pattern: &str) -> Result<Vec<Target>> {
@@ -163,7 +201,7 @@ mod tests {
     #[test]
     fn a_process_without_a_vcpu_is_not_a_vm() {
         let me = std::process::id();
-        assert_eq!(vcpu_count(me), 0);
+        assert_eq!(kvm_use(me), Kvm::default());
         let e = resolve_vmms(&[me.to_string()]).unwrap_err().to_string();
         assert!(e.contains("runs no KVM vCPU"), "{e}");
         assert!(e.contains(&format!("{me} (")), "{e}");

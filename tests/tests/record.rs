@@ -170,7 +170,7 @@ fn record_by_name_stops_when_the_process_exits_and_keeps_the_data() {
         return;
     }
     let dir = scratch("exits");
-    let data = dir.join("k.data");
+    let (data, ready) = (dir.join("k.data"), dir.join("ready.json"));
     let mut vmm = Command::new(bin("kvmprof-testvmm"))
         .args([
             "--vcpus",
@@ -181,10 +181,19 @@ fn record_by_name_stops_when_the_process_exits_and_keeps_the_data() {
             "20",
             "--start-delay",
             "1500ms",
+            "--ready-file",
+            ready.to_str().unwrap(),
         ])
         .stdout(Stdio::null())
         .spawn()
         .expect("start test VMM");
+    // `record --pid` wants a process that runs a vCPU: wait until it has one.
+    for _ in 0..200 {
+        if ready.exists() {
+            break;
+        }
+        sleep(Duration::from_millis(50));
+    }
     let out = kvmprof(&[
         "record",
         "--pid",
