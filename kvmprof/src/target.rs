@@ -104,7 +104,7 @@ pub fn resolve_vmms(specs: &[String]) -> Result<Vec<Target>> {
 /// What a process holds of KVM, from its file descriptors.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Kvm {
-    /// vCPU fds (`anon_inode:kvm-vcpu`).
+    /// vCPU fds (`anon_inode:kvm-vcpu:N`).
     pub vcpus: usize,
     /// `/dev/kvm` or a VM fd is open: a VMM, perhaps still creating its vCPUs.
     pub open: bool,
@@ -117,8 +117,9 @@ pub fn kvm_use(pid: u32) -> Kvm {
         return k;
     };
     for link in fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok()) {
-        let link = link.as_os_str();
-        if link == "anon_inode:kvm-vcpu" {
+        let link = link.to_string_lossy();
+        // `anon_inode:kvm-vcpu:0` since Linux 4.x, `anon_inode:kvm-vcpu` before.
+        if link.starts_with("anon_inode:kvm-vcpu") {
             k.vcpus += 1;
         } else if link == "/dev/kvm" || link == "anon_inode:kvm-vm" {
             k.open = true;

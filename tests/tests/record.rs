@@ -179,8 +179,9 @@ fn record_by_name_stops_when_the_process_exits_and_keeps_the_data() {
             "20",
             "--rate",
             "20",
+            // Time for kvmprof to attach once the VMM is ready, on a loaded machine too.
             "--start-delay",
-            "1500ms",
+            "3s",
             "--ready-file",
             ready.to_str().unwrap(),
         ])
@@ -232,7 +233,18 @@ fn ctrl_c_stops_recording_and_keeps_everything_recorded() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start kvmprof record");
-    sleep(Duration::from_secs(3));
+    // Once two intervals are written (a whole second of exits), kvmprof is recording: a
+    // fixed sleep could end while a loaded machine still loads the programs.
+    let written = |n: usize| {
+        std::fs::read_to_string(&data)
+            .is_ok_and(|t| t.matches("\n#[kvmprof-checkpoint] ").count() >= n)
+    };
+    for _ in 0..600 {
+        if written(2) {
+            break;
+        }
+        sleep(Duration::from_millis(50));
+    }
     // SAFETY: plain kill(2) of our own child.
     unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
     let out = rec.wait_with_output().unwrap();
