@@ -135,6 +135,16 @@ impl Output {
         &self.path
     }
 
+    /// Whether both are the same regular file (through links or not): two writers would
+    /// interleave into garbage. Devices and FIFOs may well be shared (`/dev/null`).
+    pub fn same_file(&self, other: &Output) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), other.file.metadata()) {
+            (Ok(a), Ok(b)) => a.is_file() && a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+
     /// Flushes to disk when it is a regular file (a device or FIFO has nothing to sync).
     pub fn finish(self) -> Result<()> {
         if self.regular {
@@ -228,6 +238,18 @@ mod tests {
             .unwrap()
             .file_type()
             .is_char_device());
+    }
+
+    #[test]
+    fn the_same_file_under_two_names_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let first = open(&a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        assert!(first.same_file(&open(&b).unwrap()));
+        assert!(!first.same_file(&open(&dir.path().join("c")).unwrap()));
+        let null = open(Path::new("/dev/null")).unwrap();
+        assert!(!null.same_file(&open(Path::new("/dev/null")).unwrap()));
     }
 
     #[test]

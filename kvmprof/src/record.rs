@@ -31,6 +31,9 @@ pub async fn record(a: RecordArgs) -> Result<()> {
     // Every output is opened before anything is attached: a bad path fails now.
     let data = output::open(&a.output)?;
     let exits = a.exits.as_deref().map(output::open).transpose()?;
+    if exits.as_ref().is_some_and(|x| x.same_file(&data)) {
+        bail!("--exits and -o name the same file: {}", a.output.display());
+    }
     let mut targets = target::resolve_vmms(&a.pids)?;
     let held = if a.command.is_empty() {
         None

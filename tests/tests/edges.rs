@@ -52,6 +52,18 @@ fn vmm_pid(ready: &Path) -> u32 {
     v["pid"].as_u64().expect("pid") as u32
 }
 
+/// Kills the test VMM when the test ends, so a failing test leaves no `--forever` VMM.
+struct Reap(u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if running(self.0) {
+            // SAFETY: kill(2) of the test VMM this test started (through kvmprof).
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Running: it exists and is not a zombie.
 fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
@@ -85,6 +97,7 @@ fn a_recording_killed_with_sigkill_leaves_a_file_report_reads_up_to_the_cut() {
     let exits = dir.join("exits.jsonl");
     let (mut rec, data, ready) = record_forever(&dir, &["--exits", exits.to_str().unwrap()]);
     let vmm = vmm_pid(&ready);
+    let _reap = Reap(vmm);
     // Two whole intervals written, then kill -9 mid-recording.
     assert!(
         wait_for(30, || checkpoints(&data) >= 2),
@@ -127,13 +140,10 @@ fn the_command_started_by_record_dies_when_kvmprof_is_killed() {
     let dir = scratch("pdeathsig");
     let (mut rec, _, ready) = record_forever(&dir, &[]);
     let vmm = vmm_pid(&ready);
+    let _reap = Reap(vmm);
     assert!(running(vmm));
     sigkill(&mut rec);
     let gone = wait_for(10, || !running(vmm));
-    if !gone {
-        // SAFETY: clean up the stray VMM before failing.
-        unsafe { libc::kill(vmm as i32, libc::SIGKILL) };
-    }
     assert!(gone, "test VMM {vmm} kept running after kill -9 of kvmprof");
 }
 
@@ -143,9 +153,11 @@ fn record_shows_how_its_command_ended() {
         return;
     }
     let dir = scratch("status");
-    let (rec, _, ready) = record_forever(&dir, &[]);
+    let (mut rec, _, ready) = record_forever(&dir, &[]);
     let vmm = vmm_pid(&ready);
-    assert!(wait_for(30, || checkpoints(&dir.join("k.data")) >= 1));
+    let _reap = Reap(vmm);
+    // Recording has begun once an interval is written (or, failing that, after 5 s).
+    wait_for(5, || checkpoints(&dir.join("k.data")) >= 1);
     // SAFETY: kill(2) of the VMM kvmprof started for us.
     unsafe { libc::kill(vmm as i32, libc::SIGKILL) };
     let out = rec.wait_with_output().unwrap();
