@@ -55,13 +55,13 @@ pub async fn record(a: RecordArgs) -> Result<()> {
     announce(&session, &targets);
     let child = held.map(|h| (h.name().to_owned(), h.release()));
     let result = rec.run(session).await;
-    if let Some((name, c)) = child {
+    let ended = child.map(|(name, c)| {
         // The command ends with the recording unless it ended it.
         let ended_first = matches!(&result, Ok((out, _)) if out.stop == Stop::TargetsExited);
-        end_child(&name, c, !ended_first);
-    }
+        end_child(name, c, !ended_first)
+    });
     let (out, rec) = result?;
-    finish(&out, &targets, rec)
+    finish(&out, &targets, rec, ended.as_ref())
 }
 
 fn options(
@@ -91,15 +91,27 @@ fn announce(session: &Session, targets: &[Target]) {
     );
 }
 
+/// A command we started, once it ended: its pid, name and how it ended.
+struct Ended {
+    pid: u32,
+    name: String,
+    how: String,
+}
+
 /// Stops a command we started (when we stopped first), waits for it and says how it ended.
-fn end_child(name: &str, mut c: Child, stop_it: bool) {
+fn end_child(name: String, mut c: Child, stop_it: bool) -> Ended {
     if stop_it {
         // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
     }
-    match c.wait() {
-        Ok(status) => note!("{name} (pid {}) {}", c.id(), spawn::describe(status)),
-        Err(e) => note!("{name} (pid {}): cannot wait for it: {e}", c.id()),
+    let how = match c.wait() {
+        Ok(status) => spawn::describe(status),
+        Err(e) => format!("could not be waited for: {e}"),
+    };
+    Ended {
+        pid: c.id(),
+        name,
+        how,
     }
 }
 
@@ -247,13 +259,17 @@ impl ExitLines {
     }
 }
 
-/// Says why recording stopped, ends the data file and prints a one-line summary.
-fn finish(out: &Outcome, targets: &[Target], rec: Recorder) -> Result<()> {
+/// Says why recording stopped (and how a command we started ended), ends the data file and
+/// prints a one-line summary.
+fn finish(out: &Outcome, targets: &[Target], rec: Recorder, child: Option<&Ended>) -> Result<()> {
     match &out.stop {
         Stop::TargetsExited => {
             for t in &out.exited {
+                let how = child
+                    .filter(|c| c.pid == t.pid)
+                    .map_or("exited", |c| c.how.as_str());
                 note!(
-                    "process {} ({}) exited after {:.1} s; keeping what was recorded",
+                    "process {} ({}) {how} after {:.1} s; keeping what was recorded",
                     t.pid,
                     t.name,
                     out.elapsed.as_secs_f64()
@@ -262,6 +278,14 @@ fn finish(out: &Outcome, targets: &[Target], rec: Recorder) -> Result<()> {
         }
         Stop::Signal(sig) => note!("{sig}: stopping, keeping what was recorded"),
         Stop::Duration | Stop::Caller => {}
+    }
+    if let Some(c) = child.filter(|_| out.stop != Stop::TargetsExited) {
+        note!(
+            "{} (pid {}), ended with the recording, {}",
+            c.name,
+            c.pid,
+            c.how
+        );
     }
     let path = rec.path.clone();
     rec.finish(out)?;
@@ -324,7 +348,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     if !status.success() {
         bail!("the demo guest {}", spawn::describe(status));
     }
-    finish(&out, &[t], rec)?;
+    finish(&out, &[t], rec, None)?;
     let guest = read_counts(&counts);
     let _ = std::fs::remove_file(&counts);
     let guest = guest?;

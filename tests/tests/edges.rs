@@ -160,12 +160,15 @@ fn record_shows_how_its_command_ended() {
     wait_for(5, || checkpoints(&dir.join("k.data")) >= 1);
     // SAFETY: kill(2) of the VMM kvmprof started for us.
     unsafe { libc::kill(vmm as i32, libc::SIGKILL) };
+    if !wait_for(20, || rec.try_wait().is_ok_and(|s| s.is_some())) {
+        sigkill(&mut rec);
+    }
     let out = rec.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(
         err.contains(&format!(
-            "kvmprof-testvmm (pid {vmm}) was killed by signal 9"
+            "process {vmm} (kvmprof-testvmm) was killed by signal 9 after"
         )),
         "{err}"
     );
