@@ -343,14 +343,14 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     announce(&session, std::slice::from_ref(&t));
     let mut child = held.release();
     let result = rec.run(session).await;
-    let status = child.wait().context("wait for the demo guest")?;
-    let (out, rec) = result?;
+    let status = child.wait().context("wait for the demo guest");
+    let guest = read_counts(&counts);
+    let _ = std::fs::remove_file(&counts);
+    let (status, (out, rec)) = (status?, result?);
     if !status.success() {
         bail!("the demo guest {}", spawn::describe(status));
     }
     finish(&out, &[t], rec, None)?;
-    let guest = read_counts(&counts);
-    let _ = std::fs::remove_file(&counts);
     let guest = guest?;
     // What was recorded, as `report` reads it back; a device or FIFO cannot be read back,
     // so then the recording itself.
