@@ -214,9 +214,20 @@ fn a_closed_stderr_pipe_does_not_lose_the_recording() {
         status.success(),
         "kvmprof failed on a closed stderr: {status}"
     );
-    let r = report_json(&data, "reason");
     // Every `out` the guest made, plus its one HLT.
-    assert_eq!(r["total_exits"], 201, "{r}");
+    assert_exits(&data, 201);
+}
+
+/// The report of `data` counts the `made` exits of the test VMM: exactly under PVM, where
+/// only its exits are visible; at least as many on hardware backends, which add timers.
+fn assert_exits(data: &Path, made: u64) {
+    let r = report_json(data, "reason");
+    let total = r["total_exits"].as_u64().expect("total_exits");
+    if r["header"]["vendor"] == "pvm" {
+        assert_eq!(total, made, "{r}");
+    } else {
+        assert!(total >= made, "{r}");
+    }
 }
 
 fn mknod_null(path: &Path) {
@@ -290,7 +301,7 @@ fn a_device_node_survives_every_output_option_and_symlinks_are_followed() {
         .unwrap()
         .file_type()
         .is_symlink());
-    assert_eq!(report_json(&real, "reason")["total_exits"], 11);
+    assert_exits(&real, 11);
 }
 
 #[test]
