@@ -53,13 +53,17 @@ pub fn resolve(specs: &[String]) -> Result<Vec<Target>> {
     Ok(out)
 }
 
-/// How long a VMM that has opened KVM may take to create its first vCPU: it was just
-/// started (`qemu … & kvmprof record --pid qemu`).
+/// How long a VMM that was just started (`qemu … & kvmprof record --pid $!`) may take to
+/// create its first vCPU.
 const VCPU_WAIT: Duration = Duration::from_secs(5);
 
+/// A process younger than this that has not opened KVM yet may still be a VMM starting up.
+const YOUNG: Duration = Duration::from_secs(2);
+
 /// [`resolve`], keeping only processes that run a KVM vCPU: a pid without one is an error,
-/// as is a name none of whose matches has one. Checked before recording, not after it; a
-/// process that has opened KVM but has no vCPU yet gets [`VCPU_WAIT`] to create one.
+/// as is a name none of whose matches has one. Checked before recording, not after it. A
+/// process that has opened KVM but has no vCPU yet, or is younger than [`YOUNG`], may be a
+/// VMM starting up: it gets up to [`VCPU_WAIT`] to create one.
 pub fn resolve_vmms(specs: &[String]) -> Result<Vec<Target>> {
     let mut out: Vec<Target> = Vec::new();
     for spec in specs {
@@ -73,7 +77,10 @@ pub fn resolve_vmms(specs: &[String]) -> Result<Vec<Target>> {
                 .filter(|(_, u)| u.vcpus > 0)
                 .map(|(t, _)| t)
                 .collect();
-            let starting = uses.iter().any(|u| u.vcpus == 0 && u.open);
+            let starting = found
+                .iter()
+                .zip(&uses)
+                .any(|(t, u)| u.open || age(t.pid).is_some_and(|a| a < YOUNG));
             if !vmms.is_empty() || !starting || Instant::now() >= deadline {
                 break vmms;
             }
@@ -99,6 +106,29 @@ pub fn resolve_vmms(specs: &[String]) -> Result<Vec<Target>> {
         }
     }
     Ok(out)
+}
+
+/// How long ago `pid` started (`None` when it is gone).
+fn age(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, counted after the `(comm)` that may hold spaces.
+    let start_ticks: u64 = stat
+        .rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let uptime: f64 = fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let started = start_ticks as f64 / hz.max(1) as f64;
+    Duration::try_from_secs_f64((uptime - started).max(0.0)).ok()
 }
 
 /// What a process holds of KVM, from its file descriptors.
@@ -206,6 +236,20 @@ mod tests {
         let e = resolve_vmms(&[me.to_string()]).unwrap_err().to_string();
         assert!(e.contains("runs no KVM vCPU"), "{e}");
         assert!(e.contains(&format!("{me} (")), "{e}");
+    }
+
+    #[test]
+    fn a_process_just_started_is_young() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let a = age(child.id()).expect("age");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(a < YOUNG, "{a:?}");
+        assert!(age(1).expect("init") > Duration::from_millis(10));
+        assert_eq!(age(4_194_999), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use kvmprof_tests::{bin, kvmprof, report_json, scratch, skip_without_kvm, stderr};
+use kvmprof_tests::{bin, report_json, scratch, skip_without_kvm, stderr};
 use serde_json::Value;
 
 const KVM_EXIT_IO: u64 = 2;
@@ -178,31 +178,44 @@ fn record_by_name_stops_when_the_process_exits_and_keeps_the_data() {
             "--pio-user",
             "20",
             "--rate",
-            "20",
-            // Time for kvmprof to attach once the VMM is ready, on a loaded machine too.
-            "--start-delay",
-            "3s",
-            "--ready-file",
-            ready.to_str().unwrap(),
+            "50",
+            "--forever",
         ])
+        .args(["--ready-file", ready.to_str().unwrap()])
         .stdout(Stdio::null())
         .spawn()
         .expect("start test VMM");
     // `record --pid` wants a process that runs a vCPU: wait until it has one.
-    for _ in 0..200 {
+    for _ in 0..600 {
         if ready.exists() {
             break;
         }
         sleep(Duration::from_millis(50));
     }
-    let out = kvmprof(&[
-        "record",
-        "--pid",
-        &vmm.id().to_string(),
-        "-o",
-        data.to_str().unwrap(),
-    ]);
+    let mut rec = Command::new(bin("kvmprof"))
+        .args(["record", "--pid", &vmm.id().to_string(), "-o"])
+        .arg(&data)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvmprof record");
+    // Once two intervals are written kvmprof has recorded a whole second (>= 50 exits) of
+    // the running VMM, however long loading took; then the VMM ends (cleanly, on SIGTERM).
+    for _ in 0..600 {
+        let text = std::fs::read_to_string(&data).unwrap_or_default();
+        if text.matches("\n#[kvmprof-checkpoint] ").count() >= 2 {
+            break;
+        }
+        sleep(Duration::from_millis(50));
+    }
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(vmm.id() as i32, libc::SIGTERM) };
     let _ = vmm.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rec.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        sleep(Duration::from_millis(50));
+    }
+    let _ = rec.kill();
+    let out = rec.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("exited after"), "{err}");
