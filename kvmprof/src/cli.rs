@@ -130,8 +130,8 @@ pub struct DemoArgs {
     /// Data file to write.
     #[arg(short, long, default_value = "kvmprof-demo.data")]
     pub output: PathBuf,
-    /// Number of vCPUs of the demo guest.
-    #[arg(long, default_value_t = 2)]
+    /// Number of vCPUs of the demo guest (1 to 64).
+    #[arg(long, default_value_t = 2, value_parser = vcpus)]
     pub vcpus: u32,
     #[command(flatten)]
     pub hooks: HookArgs,
@@ -174,6 +174,15 @@ pub struct GuestArgs {
     /// Write the guest's exit counts (JSON) here instead of stdout.
     #[arg(long)]
     pub counts: Option<PathBuf>,
+}
+
+/// A vCPU count the built-in guest can run, checked before anything is recorded.
+fn vcpus(s: &str) -> Result<u32, String> {
+    let max = kvmprof_testvmm::MAX_VCPUS;
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a vCPU count from 1 to {max}")),
+    }
 }
 
 /// Longest duration accepted: a year. Longer ones are typos, and far-off deadlines overflow
