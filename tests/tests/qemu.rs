@@ -30,7 +30,7 @@ fn record_by_name_reports_qemu_port_and_mmio_exits() {
     // QEMU starts paused (-S) and resumes on a QMP `cont`, so recording sees the BIOS boot.
     sleep(Duration::from_millis(500));
     let data = scratch("qemu").join("q.data");
-    let rec = Command::new(kvmprof_tests::bin("kvmprof"))
+    let mut rec = Command::new(kvmprof_tests::bin("kvmprof"))
         .args([
             "record",
             "--pid",
@@ -43,13 +43,20 @@ fn record_by_name_reports_qemu_port_and_mmio_exits() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start kvmprof");
-    sleep(Duration::from_millis(1500));
+    // kvmprof says "recording" once every hook is attached, which on a loaded machine can
+    // take seconds: only then may the BIOS run.
+    let mut err_pipe = std::io::BufReader::new(rec.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut err_pipe, &mut first).expect("kvmprof stderr");
     {
         use std::io::Write;
         let stdin = qemu.stdin.as_mut().expect("qmp stdin");
         let _ = stdin.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"cont\"}\n");
     }
-    let out = rec.wait_with_output().expect("kvmprof");
+    let mut out = rec.wait_with_output().expect("kvmprof");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err_pipe, &mut rest).expect("kvmprof stderr");
+    out.stderr = format!("{first}{rest}").into_bytes();
     let _ = qemu.kill();
     let _ = qemu.wait();
     assert!(out.status.success(), "{}", stderr(&out));
