@@ -2,12 +2,13 @@
 //! guest causes must be reported, exactly, with its reason, vCPU, port and latencies.
 use std::{
     collections::BTreeMap,
+    io::{BufRead, BufReader, Read},
     process::{Command, Stdio},
     thread::sleep,
     time::Duration,
 };
 
-use kvmprof_tests::{bin, report_json, scratch, skip_without_kvm, stderr};
+use kvmprof_tests::{bin, kvmprof, report_json, scratch, skip_without_kvm, stderr};
 use serde_json::Value;
 
 const KVM_EXIT_IO: u64 = 2;
@@ -170,52 +171,32 @@ fn record_by_name_stops_when_the_process_exits_and_keeps_the_data() {
         return;
     }
     let dir = scratch("exits");
-    let (data, ready) = (dir.join("k.data"), dir.join("ready.json"));
+    let data = dir.join("k.data");
     let mut vmm = Command::new(bin("kvmprof-testvmm"))
         .args([
             "--vcpus",
             "1",
             "--pio-user",
-            "20",
+            "1",
             "--rate",
-            "50",
+            "20",
+            // Runs long enough for kvmprof to attach every hook on a loaded machine
+            // (nothing counts before that), then exits.
             "--forever",
+            "--duration",
+            "6s",
         ])
-        .args(["--ready-file", ready.to_str().unwrap()])
         .stdout(Stdio::null())
         .spawn()
         .expect("start test VMM");
-    // `record --pid` wants a process that runs a vCPU: wait until it has one.
-    for _ in 0..600 {
-        if ready.exists() {
-            break;
-        }
-        sleep(Duration::from_millis(50));
-    }
-    let mut rec = Command::new(bin("kvmprof"))
-        .args(["record", "--pid", &vmm.id().to_string(), "-o"])
-        .arg(&data)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kvmprof record");
-    // Once two intervals are written kvmprof has recorded a whole second (>= 50 exits) of
-    // the running VMM, however long loading took; then the VMM ends (cleanly, on SIGTERM).
-    for _ in 0..600 {
-        let text = std::fs::read_to_string(&data).unwrap_or_default();
-        if text.matches("\n#[kvmprof-checkpoint] ").count() >= 2 {
-            break;
-        }
-        sleep(Duration::from_millis(50));
-    }
-    // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(vmm.id() as i32, libc::SIGTERM) };
+    let out = kvmprof(&[
+        "record",
+        "--pid",
+        &vmm.id().to_string(),
+        "-o",
+        data.to_str().unwrap(),
+    ]);
     let _ = vmm.wait();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while rec.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-        sleep(Duration::from_millis(50));
-    }
-    let _ = rec.kill();
-    let out = rec.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("exited after"), "{err}");
@@ -230,7 +211,7 @@ fn ctrl_c_stops_recording_and_keeps_everything_recorded() {
     }
     let dir = scratch("sigint");
     let data = dir.join("k.data");
-    let rec = Command::new(bin("kvmprof"))
+    let mut rec = Command::new(bin("kvmprof"))
         .args(["record", "-o", data.to_str().unwrap(), "--"])
         .arg(bin("kvmprof-testvmm"))
         .args([
@@ -246,24 +227,18 @@ fn ctrl_c_stops_recording_and_keeps_everything_recorded() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start kvmprof record");
-    // Once two intervals are written (a whole second of exits), kvmprof is recording: a
-    // fixed sleep could end while a loaded machine still loads the programs.
-    let written = |n: usize| {
-        std::fs::read_to_string(&data)
-            .is_ok_and(|t| t.matches("\n#[kvmprof-checkpoint] ").count() >= n)
-    };
-    for _ in 0..600 {
-        if written(2) {
-            break;
-        }
-        sleep(Duration::from_millis(50));
-    }
+    // The VMM runs once every hook is attached and kvmprof says "recording".
+    let mut announced = String::new();
+    let mut err = BufReader::new(rec.stderr.take().expect("kvmprof stderr"));
+    err.read_line(&mut announced).expect("kvmprof stderr");
+    sleep(Duration::from_secs(3));
     // SAFETY: plain kill(2) of our own child.
     unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
-    let out = rec.wait_with_output().unwrap();
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("SIGINT"), "{err}");
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("kvmprof stderr");
+    let status = rec.wait().unwrap();
+    assert!(status.success(), "{announced}{rest}");
+    assert!(rest.contains("SIGINT"), "{rest}");
     let r = report_json(&data, "reason");
     assert_eq!(r["lost"], 0);
     assert!(r["total_exits"].as_u64().unwrap() > 100, "{r}");
