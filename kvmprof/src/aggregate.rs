@@ -200,10 +200,6 @@ impl Aggregate {
         self.lost = self.lost.saturating_add(n);
     }
 
-    pub fn interval_ns(&self) -> u64 {
-        self.interval_ns
-    }
-
     pub fn keys(&self) -> &BTreeMap<Key, KeyStats> {
         &self.keys
     }
@@ -214,6 +210,10 @@ impl Aggregate {
 
     pub fn lost(&self) -> u64 {
         self.lost
+    }
+
+    pub fn interval_ns(&self) -> u64 {
+        self.interval_ns
     }
 
     /// Earliest and latest exit timestamp, `None` before the first exit.
@@ -247,28 +247,36 @@ impl Aggregate {
         Ok(())
     }
 
-    /// Restores the counters of a key saved by [`crate::datafile`]; its histograms come back
-    /// through [`Aggregate::restore_interval`].
+    /// Restores the counters of a key saved by [`crate::datafile`], adding to what an
+    /// earlier block of the file restored; its histograms come back through
+    /// [`Aggregate::restore_interval`].
     pub fn restore_key(
         &mut self,
         key: Key,
         count: u64,
-        userspace: BTreeMap<u32, u64>,
+        userspace: &BTreeMap<u32, u64>,
         sums: [Option<u64>; STAGES],
     ) {
         let stats = self.keys.entry(key).or_default();
-        stats.count = count;
-        stats.userspace = userspace;
+        stats.count = stats.count.saturating_add(count);
+        for (&code, &n) in userspace {
+            let sum = stats.userspace.entry(code).or_default();
+            *sum = sum.saturating_add(n);
+        }
         for (stage, sum) in stats.stages.iter_mut().zip(sums) {
             if let Some(sum_ns) = sum {
-                stage.get_or_insert_with(StageStats::new).sum_ns = sum_ns;
+                let stage = stage.get_or_insert_with(StageStats::new);
+                stage.sum_ns = stage.sum_ns.saturating_add(sum_ns);
             }
         }
     }
 
-    /// Restores a row of the ports table saved by [`crate::datafile`].
+    /// Restores a row of the ports table saved by [`crate::datafile`], adding to what an
+    /// earlier block restored.
     pub fn restore_port(&mut self, port: PortKey, stats: PortStats) {
-        self.ports.insert(port, stats);
+        let row = self.ports.entry(port).or_default();
+        row.count = row.count.saturating_add(stats.count);
+        row.userspace = row.userspace.saturating_add(stats.userspace);
     }
 
     /// Restores the timestamp span saved by [`crate::datafile`].

@@ -27,6 +27,9 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
     let mut inputs = Vec::new();
     for path in paths {
         let (header, aggregate) = hlog::open(path)?;
+        if let Some(cut) = &header.cut {
+            crate::diag::note!("{}", cut.warning(path, &header));
+        }
         inputs.push(Input {
             path: path.clone(),
             header,

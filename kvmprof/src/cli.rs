@@ -79,7 +79,7 @@ pub struct RecordArgs {
     #[arg(short, long, default_value = "kvmprof.data")]
     pub output: PathBuf,
     /// Length of each histogram interval in the data file's interval log.
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = parse_period, default_value = "1s")]
     pub interval: Duration,
     #[command(flatten)]
     pub hooks: HookArgs,
@@ -235,7 +235,7 @@ pub struct TopArgs {
     #[arg(short, long = "pid", value_name = "PID|NAME")]
     pub pids: Vec<String>,
     /// Refresh interval.
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = parse_period, default_value = "1s")]
     pub delay: Duration,
     /// Print plain-text frames instead of the full-screen view (like `top -b`).
     #[arg(short, long)]
@@ -260,8 +260,8 @@ pub struct DemoArgs {
     /// Data file to write.
     #[arg(short, long, default_value = "kvmprof-demo.data")]
     pub output: PathBuf,
-    /// Number of vCPUs of the demo guest.
-    #[arg(long, default_value_t = 2)]
+    /// Number of vCPUs of the demo guest (1 to 64).
+    #[arg(long, default_value_t = 2, value_parser = vcpus)]
     pub vcpus: u32,
     #[command(flatten)]
     pub hooks: HookArgs,
@@ -306,7 +306,20 @@ pub struct GuestArgs {
     pub counts: Option<PathBuf>,
 }
 
-/// `30`, `30s`, `2m`, `1h`, `500ms`.
+/// A vCPU count the built-in guest can run, checked before anything is recorded.
+fn vcpus(s: &str) -> Result<u32, String> {
+    let max = kvmprof_testvmm::MAX_VCPUS;
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a vCPU count from 1 to {max}")),
+    }
+}
+
+/// Longest duration accepted: a year. Longer ones are typos, and far-off deadlines overflow
+/// the clocks timers are set on.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// `30`, `30s`, `2m`, `1h`, `500ms`, at most a year.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -327,10 +340,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration '{s}'"));
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) | Err(_) if secs.is_finite() && secs >= 0.0 => Err(format!(
+            "duration '{s}' is too long (at most a year, 8784h)"
+        )),
+        _ => Err(format!("invalid duration '{s}'")),
     }
-    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A [`parse_duration`] that repeats something, so it must be at least a millisecond.
+pub fn parse_period(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err(format!("'{s}' is too short (at least 1ms)"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -345,5 +370,31 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn absurd_durations_are_errors_not_panics() {
+        for s in [
+            "99999999999999999999",
+            "99999999999999999999h",
+            "1e400",
+            "8785h",
+        ] {
+            let e = parse_duration(s).unwrap_err();
+            assert!(e.contains("too long") || e.contains("invalid"), "{s}: {e}");
+        }
+        assert_eq!(
+            parse_duration("99999999999999999999").unwrap_err(),
+            "duration '99999999999999999999' is too long (at most a year, 8784h)"
+        );
+        assert_eq!(parse_duration("8784h"), Ok(MAX_DURATION));
+        for s in [".", "..", "1.2.3", "-1", "NaN", "inf"] {
+            assert!(parse_duration(s).is_err(), "{s}");
+        }
+        assert_eq!(
+            parse_period("0").unwrap_err(),
+            "'0' is too short (at least 1ms)"
+        );
+        assert_eq!(parse_period("1ms"), Ok(Duration::from_millis(1)));
     }
 }

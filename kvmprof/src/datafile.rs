@@ -1,8 +1,10 @@
 //! The kvmprof data file (`kvmprof.data`): a valid HdrHistogram interval log (V2 compressed
-//! histograms) that other HdrHistogram tools read, plus kvmprof's own metadata in comments.
+//! histograms) that other HdrHistogram tools read, plus kvmprof's own records in comments.
+//! It is written as the recording goes, so a recording killed at any moment leaves a file
+//! that reads up to its last whole interval:
 //!
 //! ```text
-//! #[kvmprof-header] {"format":"kvmprof","version":1,...}    recording metadata + exact counts
+//! #[kvmprof-header] {"format":"kvmprof","version":2,...}    what is known at the start
 //! #kvmprof data file: ...                                     a note for humans
 //! #[Histogram log format version 1.3]
 //! #[StartTime: 1700000000.000 (seconds since epoch)]
@@ -10,22 +12,29 @@
 //! "StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"
 //! Tag=p1234/v0/svm:0x7b/cycle,0.000,1.000,45123.000,HISTFAAAAC...
 //! 0.000,1.000,45123.000,HISTFAAAAC...                         untagged: all exits' cycles
-//! #[kvmprof-end] 2                                            number of histogram lines
+//! #[kvmprof-checkpoint] {"histograms":2,"keys":[...],...}    exact counts of that interval
+//! ...                                                         (one block per interval)
+//! #[kvmprof-end] {"histograms":2,"duration_ns":...,...}      what is known only at the end
 //! ```
 //!
-//! One tagged histogram per (key, stage) per interval, values in ns, and per interval one
-//! untagged histogram of the cycle of all exits, which generic tools read by default. A tag is
-//! `p<pid>/v<vcpu>/<space>:<code>/<stage>`: `<vcpu>` is `-` when unknown, `<space>` one of
-//! `user`, `vmx`, `svm`, `tp`, `none` (see [`ReasonSpace`]), `<code>` the reason code in hex
-//! and `<stage>` a [`Stage::name`], e.g. `p1234/v0/svm:0x7b/cycle`. Interval timestamps are
-//! seconds since BaseTime, the wall time of `base_ts_ns` on the exits' clock.
+//! Each interval is one block, written and flushed at once: its histograms, one tagged
+//! histogram per (key, stage) and one untagged histogram of the cycle of all its exits (which
+//! generic tools read by default), then a checkpoint with the exact counts of the same exits.
+//! Exits that arrive after their interval was written (a long HLT ends late) get another
+//! block with the same start; readers add them up. A tag is `p<pid>/v<vcpu>/<space>:<code>/
+//! <stage>`: `<vcpu>` is `-` when unknown, `<space>` one of `user`, `vmx`, `svm`, `tp`, `none`
+//! (see [`ReasonSpace`]), `<code>` the reason code in hex and `<stage>` a [`Stage::name`],
+//! e.g. `p1234/v0/svm:0x7b/cycle`. Interval timestamps are seconds since BaseTime, the wall
+//! time of `base_ts_ns` on the exits' clock.
 //!
-//! The end marker is written last, so a file cut at a line boundary is still detected as
-//! truncated; a file cut mid-line ends without a newline.
+//! The end record is written last. A file without it was cut (killed, crashed, disk full):
+//! the reader keeps every block up to the last checkpoint, drops the rest and says where the
+//! file was cut ([`Header::cut`]). Each checkpoint counts the histogram lines before it, so a
+//! line lost inside the kept part is an error, not a shorter recording.
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufWriter, Write as _};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -39,8 +48,10 @@ use kvmprof_common::STAGES;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{self, Aggregate, Key, PortKey, PortStats};
-use crate::live::Outcome;
-use crate::model::{Reason, ReasonSpace, Stage, Vendor};
+use crate::kernel::Facts;
+use crate::model::{Exit, Reason, ReasonSpace, Stage, Vendor};
+use crate::output;
+use crate::plan::Plan;
 use crate::target::Target;
 use crate::vendor::reason_name;
 
@@ -48,8 +59,9 @@ use crate::vendor::reason_name;
 pub const DEFAULT_PATH: &str = "kvmprof.data";
 
 const FORMAT: &str = "kvmprof";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 pub(crate) const HEADER_MARK: &str = "#[kvmprof-header] ";
+const CHECKPOINT_MARK: &str = "#[kvmprof-checkpoint] ";
 const END_MARK: &str = "#[kvmprof-end] ";
 /// The Java `HistogramLogWriter` writes these two lines; readers may look for them.
 const LOG_VERSION: &str = "[Histogram log format version 1.3]";
@@ -111,24 +123,61 @@ pub struct Header {
     /// window opened, in the kernel; the recording holds exactly the exits that began and
     /// ended in `[start_ts_ns, start_ts_ns + duration_ns)` (docs/design.md, "The window").
     pub start_ts_ns: u64,
+    /// Length of the recording. A live recording learns it at the end: its header line says
+    /// 0 and the end record has it; in a cut file, the time its whole intervals cover.
     pub duration_ns: u64,
     /// Live: exits already under way when the window opened, not in the recording, only
     /// counted. `None` for imports and for files written before the window existed.
     #[serde(default)]
     pub unobserved: Option<u64>,
+    /// Why the recording stopped (from the end record; `None` in a cut file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+    /// Set on read when the file ends without its end record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<Cut>,
+}
+
+/// Where a data file without its end record was cut, and what of it is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cut {
+    /// Lines in the file (the last one may be partial).
+    pub lines: u64,
+    /// The last line kept: the checkpoint of the last whole interval.
+    pub kept_lines: u64,
+}
+
+impl Cut {
+    /// The one-line warning `report` prints.
+    pub fn warning(&self, path: &Path, h: &Header) -> String {
+        format!(
+            "warning: {} was cut after line {} without its end record (the recording was \
+             killed or crashed): reporting its first {:.1} s, up to line {}",
+            path.display(),
+            self.lines,
+            h.duration_ns as f64 / 1e9,
+            self.kept_lines
+        )
+    }
 }
 
 impl Header {
-    /// The header of a live recording that just ended.
-    pub fn live(out: &Outcome, targets: &[Target]) -> Header {
-        let since_epoch = out.started.duration_since(UNIX_EPOCH).unwrap_or_default();
+    /// The header of a live recording whose window opened at `started` (wall clock), which is
+    /// `start_ts_ns` on the records' clock.
+    pub fn live(
+        plan: &Plan,
+        facts: &Facts,
+        started: SystemTime,
+        start_ts_ns: u64,
+        targets: &[Target],
+    ) -> Header {
+        let since_epoch = started.duration_since(UNIX_EPOCH).unwrap_or_default();
         Header {
             source: Source::Live,
             host: hostname(),
-            kernel: out.facts.release.clone(),
-            vendor: out.plan.vendor,
-            hooks: out
-                .plan
+            kernel: facts.release.clone(),
+            vendor: plan.vendor,
+            hooks: plan
                 .stages
                 .iter()
                 .map(|s| HookUse {
@@ -137,12 +186,14 @@ impl Header {
                     mode: s.mode.name().to_owned(),
                 })
                 .collect(),
-            cycle_source: out.plan.cycle_source().to_owned(),
+            cycle_source: plan.cycle_source().to_owned(),
             processes: targets.to_vec(),
             start_unix_ns: nanos(since_epoch),
-            start_ts_ns: out.window.start_ns,
-            duration_ns: out.window.stop_ns - out.window.start_ns,
-            unobserved: Some(out.counters.unobserved),
+            start_ts_ns,
+            duration_ns: 0,
+            unobserved: None,
+            stop: None,
+            cut: None,
         }
     }
 }
@@ -157,6 +208,17 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// CLOCK_MONOTONIC, the clock of live exit timestamps, now.
+pub fn monotonic_now() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec passed to it.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    nanos(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
+}
+
 /// The JSON of the `#[kvmprof-header]` line.
 #[derive(Serialize, Deserialize)]
 struct FileHeader {
@@ -167,12 +229,45 @@ struct FileHeader {
     interval_ns: u64,
     /// Start of the first interval on the exits' clock; interval timestamps count from it.
     base_ts_ns: u64,
+}
+
+/// The JSON of a `#[kvmprof-checkpoint]` line: the exact counts of the exits whose
+/// histograms precede it since the previous checkpoint.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    /// Histogram lines in the file so far.
+    histograms: u64,
+    /// Every exit that began in the first `complete_ns` of the recording is written.
+    complete_ns: u64,
+    /// Exits lost so far (ring buffer full).
+    lost: u64,
     first_ts_ns: Option<u64>,
     last_ts_ns: Option<u64>,
-    lost: u64,
-    total_exits: u64,
     keys: Vec<KeyEntry>,
     ports: Vec<PortEntry>,
+}
+
+/// The JSON of the `#[kvmprof-end]` line: what is known only when the recording ends.
+#[derive(Serialize, Deserialize)]
+struct EndRecord {
+    /// Histogram lines in the file.
+    histograms: u64,
+    duration_ns: u64,
+    stop: String,
+    lost: u64,
+    #[serde(default)]
+    unobserved: Option<u64>,
+}
+
+/// How a recording ended, for its end record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct End {
+    pub duration_ns: u64,
+    /// Why it stopped, e.g. `duration`, `SIGINT`, `targets exited`.
+    pub stop: String,
+    pub lost: u64,
+    /// Exits already under way when the window opened (see [`Header::unobserved`]).
+    pub unobserved: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -203,89 +298,163 @@ struct PortEntry {
     stats: PortStats,
 }
 
-/// Writes `h` and `a` to `path` atomically: a temporary file next to it, renamed over it.
-pub fn write(path: &Path, h: &Header, a: &Aggregate) -> Result<()> {
-    let tmp = temp_path(path);
-    let result = write_to(&tmp, h, a).and_then(|()| {
-        fs::rename(&tmp, path)
-            .map_err(|e| anyhow!("{}: cannot rename into place: {e}", path.display()))
-    });
-    if result.is_err() {
-        // Best effort: the temporary file is useless once writing failed.
-        let _ = fs::remove_file(&tmp);
+/// Writes a data file as exits arrive: [`Writer::add`] each exit, [`Writer::write_header`]
+/// once, [`Writer::write_before`] as time passes, [`Writer::finish`] at the end. Each
+/// write is a whole block handed to `out` at once, then flushed.
+pub struct Writer<W: Write> {
+    out: W,
+    interval_ns: u64,
+    /// Set by [`Writer::write_header`]: (base_ts_ns, start_ts_ns).
+    begun: Option<(u64, u64)>,
+    /// Exits not yet written, by interval index.
+    pending: BTreeMap<u64, Aggregate>,
+    histograms: u64,
+    complete_ns: u64,
+}
+
+impl<W: Write> Writer<W> {
+    /// `interval_ns` is clamped like [`Aggregate::new`] does.
+    pub fn new(out: W, interval_ns: u64) -> Self {
+        Writer {
+            out,
+            interval_ns: interval_ns.max(aggregate::MIN_INTERVAL_NS),
+            begun: None,
+            pending: BTreeMap::new(),
+            histograms: 0,
+            complete_ns: 0,
+        }
     }
-    result
-}
 
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map_or_else(|| DEFAULT_PATH.into(), |n| n.to_string_lossy());
-    path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
-}
+    /// Keeps `e` for the block of its interval.
+    pub fn add(&mut self, e: &Exit) {
+        let interval_ns = self.interval_ns;
+        self.pending
+            .entry(e.ts_ns / interval_ns)
+            .or_insert_with(|| Aggregate::new(interval_ns))
+            .add(e);
+    }
 
-fn write_to(tmp: &Path, h: &Header, a: &Aggregate) -> Result<()> {
-    let fail = |e: &dyn std::fmt::Display| anyhow!("{}: cannot write: {e}", tmp.display());
-    let file = fs::File::create(tmp).map_err(|e| fail(&e))?;
-    let mut out = BufWriter::new(file);
-    let interval_ns = a.interval_ns();
-    let base_ts_ns = a
-        .span()
-        .map_or(h.start_ts_ns, |(first, _)| first.min(h.start_ts_ns));
-    let base_ts_ns = base_ts_ns / interval_ns * interval_ns;
-    let json = serde_json::to_string(&file_header(h, a, base_ts_ns)).map_err(|e| fail(&e))?;
-
-    // The library writer puts the header comments and times first; the legend line goes
-    // between them and the histograms, so the log is written by two writers in turn.
-    IntervalLogWriterBuilder::new()
-        .add_comment(&format!("{}{json}", &HEADER_MARK[1..]))
-        .add_comment(NOTE)
-        .add_comment(LOG_VERSION)
-        // Not after the first interval: readers that count from StartTime (Python's hdrh by
-        // default) skip intervals that begin before it.
-        .with_start_time(unix_time(h.start_unix_ns.min(wall_ns(h, base_ts_ns))))
-        .with_base_time(unix_time(wall_ns(h, base_ts_ns)))
-        .begin_log_with(&mut out, &mut V2DeflateSerializer::new())
-        .map_err(|e| fail(&e))?;
-    writeln!(out, "{LEGEND}").map_err(|e| fail(&e))?;
-    let mut serializer = V2DeflateSerializer::new();
-    let mut log = IntervalLogWriterBuilder::new()
-        .begin_log_with(&mut out, &mut serializer)
-        .map_err(|e| fail(&e))?;
-    let mut histograms = 0u64;
-    let mut write = |start_ns: u64, hist: &Histogram<u64>, tag: Option<&str>| -> Result<()> {
-        let offset = Duration::from_nanos(start_ns.saturating_sub(base_ts_ns));
-        let length = Duration::from_nanos(interval_ns);
-        log.write_histogram(hist, offset, length, tag.and_then(Tag::new))
-            .map_err(|e| fail(&e))?;
-        histograms += 1;
+    /// Writes the header. Interval timestamps count from `base_ts_ns` (rounded down to an
+    /// interval); an exit that began before it is filed under the first interval.
+    pub fn write_header(&mut self, h: &Header, base_ts_ns: u64) -> Result<()> {
+        let base_ts_ns = base_ts_ns / self.interval_ns * self.interval_ns;
+        let fh = FileHeader {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            header: h.clone(),
+            interval_ns: self.interval_ns,
+            base_ts_ns,
+        };
+        let json = serde_json::to_string(&fh)?;
+        let mut block = Vec::new();
+        // The library writer puts the header comments and times first; the legend line goes
+        // between them and the histograms.
+        IntervalLogWriterBuilder::new()
+            .add_comment(&format!("{}{json}", &HEADER_MARK[1..]))
+            .add_comment(NOTE)
+            .add_comment(LOG_VERSION)
+            // Not after the first interval: readers that count from StartTime (Python's hdrh by
+            // default) skip intervals that begin before it.
+            .with_start_time(unix_time(h.start_unix_ns.min(wall_ns(h, base_ts_ns))))
+            .with_base_time(unix_time(wall_ns(h, base_ts_ns)))
+            .begin_log_with(&mut block, &mut V2DeflateSerializer::new())?;
+        writeln!(block, "{LEGEND}")?;
+        self.emit(&block)?;
+        self.begun = Some((base_ts_ns, h.start_ts_ns));
         Ok(())
-    };
-    // Generic tools read the untagged series by default (the Java HistogramLogProcessor
-    // fails without one), so each interval also gets an untagged histogram: the cycle of
-    // all its exits.
-    let mut all: Option<(u64, Histogram<u64>)> = None;
-    a.for_each_interval(|start_ns, key, stage, hist| {
-        if let Some((start, total)) = all.take_if(|(s, _)| *s != start_ns) {
+    }
+
+    /// Writes every interval that ended at or before `ts_ns` on the exits' clock, one block
+    /// each (a checkpoint alone when no exit came), so that a cut file keeps them. `lost`
+    /// is the number of exits lost so far.
+    pub fn write_before(&mut self, ts_ns: u64, lost: u64) -> Result<()> {
+        let (_, start_ts_ns) = self.begun.context("data file header not written")?;
+        let ended = ts_ns / self.interval_ns;
+        let later = self.pending.split_off(&ended);
+        let done = std::mem::replace(&mut self.pending, later);
+        let interval_ns = self.interval_ns;
+        let end_of = move |idx: u64| idx.saturating_mul(interval_ns).saturating_sub(start_ts_ns);
+        let complete_ns = end_of(ended);
+        if done.is_empty() && complete_ns > self.complete_ns {
+            self.complete_ns = complete_ns;
+            return self.write_block(&Aggregate::new(self.interval_ns), lost);
+        }
+        for (idx, a) in done {
+            // A late exit's block does not move the complete part back.
+            self.complete_ns = self.complete_ns.max(end_of(idx + 1).min(complete_ns));
+            self.write_block(&a, lost)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and the end record; returns the output.
+    pub fn finish(mut self, end: &End) -> Result<W> {
+        self.complete_ns = end.duration_ns;
+        for a in std::mem::take(&mut self.pending).into_values() {
+            self.write_block(&a, end.lost)?;
+        }
+        let rec = EndRecord {
+            histograms: self.histograms,
+            duration_ns: end.duration_ns,
+            stop: end.stop.clone(),
+            lost: end.lost,
+            unobserved: end.unobserved,
+        };
+        let line = format!("{END_MARK}{}\n", serde_json::to_string(&rec)?);
+        self.emit(line.as_bytes())?;
+        Ok(self.out)
+    }
+
+    /// One interval's histograms and its checkpoint.
+    fn write_block(&mut self, a: &Aggregate, lost: u64) -> Result<()> {
+        let (base_ts_ns, _) = self.begun.context("data file header not written")?;
+        let interval_ns = self.interval_ns;
+        let mut block = Vec::new();
+        let mut serializer = V2DeflateSerializer::new();
+        let mut log =
+            IntervalLogWriterBuilder::new().begin_log_with(&mut block, &mut serializer)?;
+        let mut histograms = 0u64;
+        let mut write = |start_ns: u64, hist: &Histogram<u64>, tag: Option<&str>| -> Result<()> {
+            let offset = Duration::from_nanos(start_ns.saturating_sub(base_ts_ns));
+            let length = Duration::from_nanos(interval_ns);
+            log.write_histogram(hist, offset, length, tag.and_then(Tag::new))
+                .map_err(|e| anyhow!("{e:?}"))?;
+            histograms += 1;
+            Ok(())
+        };
+        // Generic tools read the untagged series by default (the Java HistogramLogProcessor
+        // fails without one), so each block also has an untagged histogram: the cycle of
+        // all its exits.
+        let mut all: Option<Histogram<u64>> = None;
+        let mut start = 0;
+        a.for_each_interval(|start_ns, key, stage, hist| {
+            start = start_ns;
+            write(start_ns, hist, Some(&tag(key, stage)))?;
+            if stage == Stage::Cycle {
+                all.get_or_insert_with(aggregate::new_histogram)
+                    .add(hist)
+                    .map_err(|e| anyhow!("{e:?}"))?;
+            }
+            Ok(())
+        })?;
+        if let Some(total) = all {
             write(start, &total, None)?;
         }
-        write(start_ns, hist, Some(&tag(key, stage)))?;
-        if stage == Stage::Cycle {
-            let (_, total) = all.get_or_insert_with(|| (start_ns, aggregate::new_histogram()));
-            total.add(hist).map_err(|e| fail(&e))?;
-        }
-        Ok(())
-    })?;
-    if let Some((start, total)) = all {
-        write(start, &total, None)?;
+        drop(log);
+        self.histograms += histograms;
+        let cp = checkpoint(a, self.histograms, self.complete_ns, lost);
+        writeln!(block, "{CHECKPOINT_MARK}{}", serde_json::to_string(&cp)?)?;
+        self.emit(&block)
     }
-    log.write_comment(&format!("{}{histograms}", &END_MARK[1..]))
-        .map_err(|e| fail(&e))?;
-    let file = out.into_inner().map_err(|e| fail(e.error()))?;
-    file.sync_all().map_err(|e| fail(&e))
+
+    fn emit(&mut self, block: &[u8]) -> Result<()> {
+        self.out.write_all(block)?;
+        self.out.flush()?;
+        Ok(())
+    }
 }
 
-fn file_header(h: &Header, a: &Aggregate, base_ts_ns: u64) -> FileHeader {
+fn checkpoint(a: &Aggregate, histograms: u64, complete_ns: u64, lost: u64) -> Checkpoint {
     let keys = a
         .keys()
         .iter()
@@ -318,19 +487,37 @@ fn file_header(h: &Header, a: &Aggregate, base_ts_ns: u64) -> FileHeader {
             stats: *stats,
         })
         .collect();
-    FileHeader {
-        format: FORMAT.to_owned(),
-        version: VERSION,
-        header: h.clone(),
-        interval_ns: a.interval_ns(),
-        base_ts_ns,
+    Checkpoint {
+        histograms,
+        complete_ns,
+        lost,
         first_ts_ns: a.span().map(|s| s.0),
         last_ts_ns: a.span().map(|s| s.1),
-        lost: a.lost(),
-        total_exits: a.total_exits(),
         keys,
         ports,
     }
+}
+
+/// Writes a whole recording to `path` at once (e.g. an import): `h.duration_ns` is its length.
+pub fn write(path: &Path, h: &Header, exits: &[Exit], interval_ns: u64) -> Result<()> {
+    let out = output::open(path)?;
+    let mut w = Writer::new(out, interval_ns);
+    for e in exits {
+        w.add(e);
+    }
+    let first = exits.iter().map(|e| e.ts_ns).min();
+    let base_ts_ns = first.map_or(h.start_ts_ns, |f| f.min(h.start_ts_ns));
+    let end = End {
+        duration_ns: h.duration_ns,
+        stop: h.stop.clone().unwrap_or_else(|| "end of input".to_owned()),
+        lost: 0,
+        unobserved: h.unobserved,
+    };
+    let written = w
+        .write_header(h, base_ts_ns)
+        .and_then(|()| w.finish(&end))
+        .and_then(output::Output::finish);
+    written.map_err(|e| anyhow!("{}: cannot write: {e:#}", path.display()))
 }
 
 /// Wall-clock ns of `ts_ns` on the exits' clock (0 if that would precede the epoch).
@@ -343,17 +530,116 @@ fn unix_time(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
-/// Reads a data file written by [`write`]. Errors are one line naming the file.
+/// Reads a data file written by [`Writer`]. Errors are one line naming the file. A file cut
+/// after its first whole interval reads up to its last one, with [`Header::cut`] set.
 pub fn read(path: &Path) -> Result<(Header, Aggregate)> {
     let bytes = fs::read(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
     parse(&bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))
 }
 
 fn parse(bytes: &[u8]) -> Result<(Header, Aggregate)> {
-    let mut lines = bytes.split_inclusive(|&b| b == b'\n').zip(1..);
-    let Some((first, _)) = lines.next() else {
+    let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
+    let Some(first) = lines.first() else {
         bail!("empty file");
     };
+    let mut fh = parse_header_line(first)?;
+    let mut a = Aggregate::new(fh.interval_ns);
+    // The file is read up to its last whole record: the end record, or in a cut file the
+    // last checkpoint. Whatever follows a checkpoint without one is the cut-off tail.
+    let whole = |l: &&[u8]| {
+        l.ends_with(b"\n")
+            && (l.starts_with(CHECKPOINT_MARK.as_bytes()) || l.starts_with(END_MARK.as_bytes()))
+    };
+    let Some(last) = lines.iter().rposition(whole) else {
+        bail!(
+            "truncated: cut after line {} before its first whole interval",
+            lines.len()
+        );
+    };
+
+    let mut block: Vec<IntervalLine> = Vec::new();
+    let mut histograms = 0u64;
+    let mut checkpoint: Option<Checkpoint> = None;
+    let mut expected: BTreeMap<(Key, Stage), u64> = BTreeMap::new();
+    let mut end: Option<EndRecord> = None;
+    for (line, n) in lines[..=last].iter().zip(1u64..).skip(1) {
+        if end.is_some() {
+            bail!("line {n}: data after the end record");
+        }
+        let Some(text) = line.strip_suffix(b"\n") else {
+            bail!("line {n}: not a whole line");
+        };
+        if let Some(json) = text.strip_prefix(CHECKPOINT_MARK.as_bytes()) {
+            let cp: Checkpoint = serde_json::from_slice(json)
+                .map_err(|e| anyhow!("line {n}: bad checkpoint: {e}"))?;
+            if cp.histograms != histograms {
+                bail!(
+                    "line {n}: checkpoint counts {} histograms, the file has {histograms}",
+                    cp.histograms
+                );
+            }
+            apply_block(&mut a, &mut expected, &cp, std::mem::take(&mut block))
+                .map_err(|e| anyhow!("line {n}: {e:#}"))?;
+            checkpoint = Some(cp);
+        } else if let Some(json) = text.strip_prefix(END_MARK.as_bytes()) {
+            let rec: EndRecord = serde_json::from_slice(json)
+                .map_err(|e| anyhow!("line {n}: bad end record: {e}"))?;
+            if rec.histograms != histograms {
+                bail!(
+                    "line {n}: end record counts {} histograms, the file has {histograms}",
+                    rec.histograms
+                );
+            }
+            if !block.is_empty() {
+                bail!("line {n}: histograms without their checkpoint");
+            }
+            end = Some(rec);
+        } else if !(text.starts_with(b"#") || text.starts_with(b"\"") || text.is_empty()) {
+            let parsed = interval(line, fh.base_ts_ns, fh.interval_ns)
+                .map_err(|e| anyhow!("line {n}: {e:#}"))?;
+            // Untagged histograms sum tagged ones for other tools: nothing to restore.
+            if let Some(parsed) = parsed {
+                block.push(parsed);
+            }
+            histograms += 1;
+        }
+    }
+    if let Some(n) = (last + 2..=lines.len()).next().filter(|_| end.is_some()) {
+        bail!("line {n}: data after the end record");
+    }
+    for ((key, stage), samples) in expected {
+        let found = a.keys()[&key].stage(stage).map_or(0, |s| s.hist.len());
+        if found != samples {
+            bail!(
+                "histograms of {} hold {found} samples, the checkpoints say {samples}",
+                tag(key, stage)
+            );
+        }
+    }
+    match (end, checkpoint) {
+        (Some(end), _) => {
+            fh.header.duration_ns = end.duration_ns;
+            fh.header.stop = Some(end.stop);
+            fh.header.unobserved = end.unobserved;
+            a.add_lost(end.lost);
+        }
+        (None, Some(cp)) => {
+            fh.header.duration_ns = cp.complete_ns;
+            fh.header.stop = None;
+            fh.header.cut = Some(Cut {
+                lines: lines.len() as u64,
+                kept_lines: last as u64 + 1,
+            });
+            a.add_lost(cp.lost);
+        }
+        // `last` is a checkpoint or the end record.
+        (None, None) => bail!("truncated: no whole interval"),
+    }
+    Ok((fh.header, a))
+}
+
+/// Parses line 1, the `#[kvmprof-header]`.
+fn parse_header_line(first: &[u8]) -> Result<FileHeader> {
     let mark = HEADER_MARK.as_bytes();
     let json = first.strip_suffix(b"\n");
     if !first.starts_with(mark) && (json.is_some() || !mark.starts_with(first)) {
@@ -365,87 +651,59 @@ fn parse(bytes: &[u8]) -> Result<(Header, Aggregate)> {
     let Some(json) = json else {
         bail!("truncated: line 1 ends mid-header");
     };
-    let fh: FileHeader = serde_json::from_slice(&json[HEADER_MARK.len()..])
+    let version: serde_json::Value = serde_json::from_slice(&json[HEADER_MARK.len()..])
         .map_err(|e| anyhow!("line 1: bad header: {e}"))?;
-    if fh.format != FORMAT || fh.version != VERSION {
-        bail!("unsupported format {} version {}", fh.format, fh.version);
+    if version["format"] != FORMAT || version["version"] != VERSION {
+        bail!(
+            "unsupported format {} version {} (this kvmprof reads {FORMAT} version {VERSION})",
+            version["format"],
+            version["version"]
+        );
     }
+    let fh: FileHeader =
+        serde_json::from_value(version).map_err(|e| anyhow!("line 1: bad header: {e}"))?;
     if fh.interval_ns == 0 {
         bail!("line 1: bad header: interval_ns is 0");
     }
+    if fh.header.cut.is_some() {
+        bail!("line 1: bad header: a header cannot say where its file was cut");
+    }
+    Ok(fh)
+}
 
-    let mut a = Aggregate::new(fh.interval_ns);
-    let mut expected = BTreeMap::new();
-    for k in fh.keys {
+/// Restores one block: its histograms and the counts of its checkpoint.
+fn apply_block(
+    a: &mut Aggregate,
+    expected: &mut BTreeMap<(Key, Stage), u64>,
+    cp: &Checkpoint,
+    block: Vec<IntervalLine>,
+) -> Result<()> {
+    for k in &cp.keys {
         let mut sums = [None; STAGES];
         for (stage, s) in &k.stages {
             sums[stage.index()] = Some(s.sum_ns);
-            expected.insert((k.key, *stage), s.samples);
+            let n = expected.entry((k.key, *stage)).or_default();
+            *n = n.saturating_add(s.samples);
         }
-        a.restore_key(k.key, k.count, k.userspace, sums);
+        a.restore_key(k.key, k.count, &k.userspace, sums);
     }
-    for p in fh.ports {
+    for p in &cp.ports {
         a.restore_port(p.port, p.stats);
     }
-    a.add_lost(fh.lost);
-    if let (Some(first), Some(last)) = (fh.first_ts_ns, fh.last_ts_ns) {
+    if let (Some(first), Some(last)) = (cp.first_ts_ns, cp.last_ts_ns) {
         a.restore_span(first, last);
     }
-
-    let mut histograms = 0u64;
-    let mut last_line = 1;
-    let mut ended = false;
-    for (line, n) in lines {
-        last_line = n;
-        let Some(text) = line.strip_suffix(b"\n") else {
-            let what = if line.starts_with(b"#") {
-                "comment"
-            } else {
-                "histogram"
-            };
-            bail!("truncated: line {n} ends mid-{what}");
-        };
-        if ended {
-            bail!("line {n}: data after the end marker");
+    for (start_ns, key, stage, hist, blob) in block {
+        let listed = cp
+            .keys
+            .iter()
+            .any(|k| k.key == key && k.stages.contains_key(&stage));
+        if !listed {
+            bail!("histogram {} is not in its checkpoint", tag(key, stage));
         }
-        if let Some(count) = text.strip_prefix(END_MARK.as_bytes()) {
-            let count: u64 = std::str::from_utf8(count)
-                .ok()
-                .and_then(|c| c.parse().ok())
-                .with_context(|| format!("line {n}: bad end marker"))?;
-            if count != histograms {
-                bail!("line {n}: end marker counts {count} histograms, the file has {histograms}");
-            }
-            ended = true;
-        } else if !(text.starts_with(b"#") || text.starts_with(b"\"") || text.is_empty()) {
-            let parsed = interval(line, fh.base_ts_ns, fh.interval_ns)
-                .map_err(|e| anyhow!("line {n}: {e:#}"))?;
-            // Untagged histograms sum tagged ones for other tools: nothing to restore.
-            if let Some((start_ns, key, stage, hist, blob)) = parsed {
-                if !expected.contains_key(&(key, stage)) {
-                    bail!(
-                        "line {n}: histogram {} is not in the header",
-                        tag(key, stage)
-                    );
-                }
-                a.restore_interval(start_ns, key, stage, &hist, blob);
-            }
-            histograms += 1;
-        }
+        a.restore_interval(start_ns, key, stage, &hist, blob);
     }
-    if !ended {
-        bail!("truncated: no end marker after line {last_line}");
-    }
-    for ((key, stage), samples) in expected {
-        let found = a.keys()[&key].stage(stage).map_or(0, |s| s.hist.len());
-        if found != samples {
-            bail!(
-                "histograms of {} hold {found} samples, the header says {samples}",
-                tag(key, stage)
-            );
-        }
-    }
-    Ok((fh.header, a))
+    Ok(())
 }
 
 /// A histogram line of a series: its start on the exits' clock, series, histogram and the
@@ -487,7 +745,7 @@ pub(crate) fn decode_histogram(encoded: &str) -> Result<(Histogram<u64>, Vec<u8>
     let len = blob
         .get(4..8)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
-    if cookie != Some(V2_COMPRESSED_COOKIE) || len != Some(blob.len() - 8) {
+    if cookie != Some(V2_COMPRESSED_COOKIE) || len != blob.len().checked_sub(8) {
         bail!("corrupt histogram: not a V2 compressed histogram");
     }
     let hist = aggregate::decode(&blob).map_err(|e| anyhow!("corrupt histogram: {e}"))?;
@@ -546,7 +804,8 @@ fn space_from_name(name: &str) -> Option<ReasonSpace> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Access, Exit};
+    use crate::model::Access;
+    use std::path::PathBuf;
 
     const SEC: u64 = 1_000_000_000;
 
@@ -570,11 +829,13 @@ mod tests {
             start_ts_ns: 5 * SEC + 100,
             duration_ns: 3 * SEC,
             unobserved: Some(2),
+            stop: None,
+            cut: None,
         }
     }
 
-    fn sample() -> Aggregate {
-        let mut a = Aggregate::new(SEC);
+    /// 3000 exits, 1000 in each of the intervals starting at 5, 6 and 7 s.
+    fn sample_exits() -> Vec<Exit> {
         let reasons = [
             Reason {
                 space: ReasonSpace::Svm,
@@ -589,48 +850,59 @@ mod tests {
                 code: 0x8000_0021,
             },
         ];
-        for i in 0..3000u64 {
-            let mut stages = [None; STAGES];
-            stages[Stage::Cycle.index()] = Some(1000 + i * 7);
-            if i % 2 == 0 {
-                stages[Stage::Handler.index()] = Some(500 + i);
-            }
-            a.add(&Exit {
-                pid: 42,
-                tid: 43,
-                vcpu: (i % 5 != 0).then_some((i % 3) as u32),
-                ts_ns: 5 * SEC + 100 + i * 1_000_000,
-                reason: reasons[(i % 3) as usize],
-                userspace_reason: (i % 4 == 0).then_some(2),
-                access: Some(Access::Pio {
-                    port: 0x3f8,
-                    size: 1,
-                    write: i % 2 == 0,
-                }),
-                stages,
-            });
+        (0..3000u64)
+            .map(|i| {
+                let mut stages = [None; STAGES];
+                stages[Stage::Cycle.index()] = Some(1000 + i * 7);
+                if i % 2 == 0 {
+                    stages[Stage::Handler.index()] = Some(500 + i);
+                }
+                Exit {
+                    pid: 42,
+                    tid: 43,
+                    vcpu: (i % 5 != 0).then_some((i % 3) as u32),
+                    ts_ns: 5 * SEC + 100 + i * 1_000_000,
+                    reason: reasons[(i % 3) as usize],
+                    userspace_reason: (i % 4 == 0).then_some(2),
+                    access: Some(Access::Pio {
+                        port: 0x3f8,
+                        size: 1,
+                        write: i % 2 == 0,
+                    }),
+                    stages,
+                }
+            })
+            .collect()
+    }
+
+    fn sample() -> Aggregate {
+        let mut a = Aggregate::new(SEC);
+        for e in sample_exits() {
+            a.add(&e);
         }
-        a.add_lost(3);
         a
     }
 
     fn write_sample(dir: &Path) -> (PathBuf, Vec<u8>) {
-        let path = dir.join(DEFAULT_PATH);
-        write(&path, &header(), &sample()).expect("writes");
+        let path = dir.join("kvmprof.data");
+        write(&path, &header(), &sample_exits(), SEC).expect("writes");
         let bytes = fs::read(&path).expect("readable");
         (path, bytes)
     }
 
-    #[test]
-    fn round_trip() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (path, bytes) = write_sample(dir.path());
-        let (h, b) = read(&path).expect("reads back");
-        let a = sample();
-        assert_eq!(h, header());
-        assert_eq!(b.lost(), 3);
+    fn intervals(a: &Aggregate) -> Vec<(u64, Key, Stage, Histogram<u64>)> {
+        let mut v = Vec::new();
+        a.for_each_interval(|start, key, stage, h| {
+            v.push((start, key, stage, h.clone()));
+            Ok(())
+        })
+        .expect("intervals");
+        v
+    }
+
+    fn assert_same(a: &Aggregate, b: &Aggregate) {
         assert_eq!(b.span(), a.span());
-        assert_eq!(b.total_exits(), 3000);
+        assert_eq!(b.total_exits(), a.total_exits());
         assert_eq!(b.ports(), a.ports());
         assert_eq!(b.keys().len(), a.keys().len());
         for (key, x) in a.keys() {
@@ -647,16 +919,21 @@ mod tests {
                 }
             }
         }
-        let intervals = |a: &Aggregate| {
-            let mut v = Vec::new();
-            a.for_each_interval(|start, key, stage, h| {
-                v.push((start, key, stage, h.clone()));
-                Ok(())
-            })
-            .expect("intervals");
-            v
+        assert_eq!(intervals(a), intervals(b));
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, bytes) = write_sample(dir.path());
+        let (h, b) = read(&path).expect("reads back");
+        let want = Header {
+            stop: Some("end of input".into()),
+            ..header()
         };
-        assert_eq!(intervals(&a), intervals(&b));
+        assert_eq!(h, want);
+        assert_eq!(b.lost(), 0);
+        assert_same(&sample(), &b);
         // Nothing left behind but the file itself.
         assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 1);
 
@@ -668,7 +945,82 @@ mod tests {
             text.contains("\n2.000,1.000,21999.000,HISTF"),
             "untagged all-exit cycles"
         );
-        assert!(text.ends_with("#[kvmprof-end] 39\n"));
+        assert_eq!(text.matches("\n#[kvmprof-checkpoint] ").count(), 3);
+        assert!(text.contains("\n#[kvmprof-end] {\"histograms\":39,"));
+        assert!(text.ends_with("\"stop\":\"end of input\",\"lost\":0,\"unobserved\":2}\n"));
+    }
+
+    /// What a live recording does: header first, intervals as time passes (one with a late
+    /// exit), the end last; and what a kill at each of those moments leaves.
+    #[test]
+    fn a_file_written_as_it_goes_reads_up_to_its_last_whole_interval() {
+        let exits = sample_exits();
+        let mut w = Writer::new(Vec::new(), SEC);
+        w.write_header(&header(), header().start_ts_ns).unwrap();
+        let header_only = w.out.clone();
+        for e in &exits[..1500] {
+            w.add(e);
+        }
+        // At 6.5 s only the interval at 5 s has ended.
+        w.write_before(6 * SEC + SEC / 2, 1).unwrap();
+        let one_interval = w.out.clone();
+        for e in &exits[1500..] {
+            w.add(e);
+        }
+        w.add(&exits[10]); // late: its interval was already written
+        w.write_before(8 * SEC, 2).unwrap();
+        let end = End {
+            duration_ns: 3 * SEC,
+            stop: "SIGINT".into(),
+            lost: 2,
+            unobserved: Some(2),
+        };
+        let bytes = w.finish(&end).unwrap();
+
+        let mut want = Aggregate::new(SEC);
+        for e in exits.iter().chain([&exits[10]]) {
+            want.add(e);
+        }
+        let (h, a) = parse(&bytes).unwrap();
+        assert_eq!(
+            (h.duration_ns, h.stop.as_deref(), h.cut),
+            (3 * SEC, Some("SIGINT"), None)
+        );
+        assert_eq!(a.lost(), 2);
+        assert_same(&want, &a);
+
+        let err = parse(&header_only).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "truncated: cut after line 6 before its first whole interval"
+        );
+
+        // Killed after the first interval, mid-way through writing the next one.
+        let mut cut = one_interval.clone();
+        cut.extend_from_slice(&bytes[one_interval.len()..one_interval.len() + 300]);
+        let (h, a) = parse(&cut).unwrap();
+        let kept_lines = one_interval.iter().filter(|&&b| b == b'\n').count() as u64;
+        let c = h.cut.clone().expect("cut");
+        assert_eq!(c.kept_lines, kept_lines);
+        assert!(c.lines > kept_lines);
+        // The interval at 5 s is whole: from 5 s + 100 ns to 6 s.
+        assert_eq!((h.duration_ns, &h.stop), (SEC - 100, &None));
+        assert_eq!(a.total_exits(), 1000);
+        assert_eq!(a.lost(), 1);
+        let mut first = Aggregate::new(SEC);
+        for e in &exits[..1000] {
+            first.add(e);
+        }
+        assert_same(&first, &a);
+        let warning = c.warning(Path::new("k.data"), &h);
+        assert_eq!(
+            warning,
+            format!(
+                "warning: k.data was cut after line {} without its end record (the recording \
+                 was killed or crashed): reporting its first 1.0 s, up to line {kept_lines}",
+                c.lines
+            )
+        );
     }
 
     #[test]
@@ -707,11 +1059,12 @@ mod tests {
         err
     }
 
+    /// A cut anywhere is either an error saying so (nothing whole to read) or the whole
+    /// intervals before it, marked as cut: never a panic, never a silent shorter recording.
     #[test]
-    fn truncation_at_any_offset_is_an_error() {
+    fn a_cut_at_any_offset_is_an_error_or_a_marked_prefix() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_, bytes) = write_sample(dir.path());
-        // Every byte of the first line, both sides of every line break, a stride elsewhere.
         let header_end = bytes.iter().position(|&b| b == b'\n').expect("lines");
         let breaks = bytes.iter().enumerate().filter(|(_, &b)| b == b'\n');
         let around_breaks = breaks.flat_map(|(i, _)| [i, i + 1]);
@@ -719,13 +1072,31 @@ mod tests {
             .chain(around_breaks)
             .chain((0..bytes.len()).step_by(61));
         for cut in cuts.filter(|&c| c < bytes.len()) {
-            // `parse` is what `read` runs after reading the file (tested below).
-            let err = format!("{:#}", parse(&bytes[..cut]).expect_err("must not parse"));
-            assert!(!err.contains('\n'), "one line: {err}");
-            assert!(
-                err.contains("truncated") || err.contains("empty file"),
-                "cut {cut}: {err}"
-            );
+            let prefix = &bytes[..cut];
+            // Whole checkpoints before the cut: intervals of 1000 exits each.
+            let kept = String::from_utf8_lossy(prefix)
+                .matches("\n#[kvmprof-checkpoint] ")
+                .count() as u64;
+            let whole = prefix
+                .split_inclusive(|&b| b == b'\n')
+                .filter(|l| l.starts_with(b"#[kvmprof-checkpoint] ") && l.ends_with(b"\n"))
+                .count() as u64;
+            match parse(prefix) {
+                Ok((h, a)) => {
+                    assert!(h.cut.is_some(), "cut {cut} read as whole");
+                    assert_eq!(a.total_exits(), 1000 * whole, "cut {cut}");
+                    assert!(whole > 0 && whole <= kept);
+                }
+                Err(e) => {
+                    let err = format!("{e:#}");
+                    assert!(!err.contains('\n'), "one line: {err}");
+                    assert_eq!(whole, 0, "cut {cut}: {err}");
+                    assert!(
+                        err.contains("truncated") || err.contains("empty file"),
+                        "cut {cut}: {err}"
+                    );
+                }
+            }
         }
     }
 
@@ -744,6 +1115,8 @@ mod tests {
         let plain_hlog = "#[StartTime: 1.000 (seconds since epoch)]\nTag=a,0.1,1.0,2.0,AAAA\n";
         assert!(error_of(dir.path(), plain_hlog.as_bytes()).contains("not a kvmprof data file"));
         assert!(error_of(dir.path(), b"#[kvmprof-header] {nope}\n").contains("line 1: bad header"));
+        let v1 = text.replacen("\"version\":2", "\"version\":1", 1);
+        assert!(error_of(dir.path(), v1.as_bytes()).contains("unsupported format"));
 
         // Corrupt one histogram line in several ways.
         let (n, line) = text
@@ -761,14 +1134,36 @@ mod tests {
         let err = replace(&line.replace("Tag=p42/", "Tag=q42/"));
         assert!(err.contains(&format!("line {n}: bad tag")), "{err}");
         let err = replace(&line.replace("/cycle,", "/vmm,"));
-        assert!(err.contains(&format!("line {n}: histogram p42")), "{err}");
+        assert!(err.contains("/vmm is not in its checkpoint"), "{err}");
         let err = replace("#dropped");
         assert!(
-            err.contains("end marker counts 39 histograms, the file has 38"),
+            err.contains("checkpoint counts 13 histograms, the file has 12"),
             "{err}"
         );
         let err = error_of(dir.path(), format!("{text}trailing\n").as_bytes());
-        assert!(err.contains("data after the end marker"), "{err}");
+        assert!(err.contains("data after the end record"), "{err}");
+        let err = error_of(
+            dir.path(),
+            format!("{text}{CHECKPOINT_MARK}{{}}\n").as_bytes(),
+        );
+        assert!(err.contains("data after the end record"), "{err}");
+        let cp = text
+            .lines()
+            .find(|l| l.starts_with(CHECKPOINT_MARK))
+            .unwrap();
+        let err = replace_line(
+            dir.path(),
+            &text,
+            cp,
+            &cp.replace("\"samples\":", "\"samples\":1"),
+        );
+        assert!(err.contains("samples, the checkpoints say"), "{err}");
+        let err = replace_line(dir.path(), &text, cp, &cp[..cp.len() - 1]);
+        assert!(err.contains("bad checkpoint"), "{err}");
+    }
+
+    fn replace_line(dir: &Path, text: &str, old: &str, new: &str) -> String {
+        error_of(dir, text.replacen(old, new, 1).as_bytes())
     }
 
     #[test]
@@ -795,6 +1190,20 @@ mod tests {
                 if let Err(e) = parse(damaged.as_bytes()) {
                     assert!(!e.to_string().is_empty());
                 }
+            }
+        }
+    }
+
+    /// Any byte of any line changed: an error or a reading, never a panic.
+    #[test]
+    fn damaged_records_never_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, bytes) = write_sample(dir.path());
+        for i in (0..bytes.len()).step_by(41) {
+            for x in [b'9', b'}', b'\n'] {
+                let mut bad = bytes.clone();
+                bad[i] = x;
+                let _ = parse(&bad);
             }
         }
     }

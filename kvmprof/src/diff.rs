@@ -324,6 +324,8 @@ mod tests {
             start_ts_ns: 0,
             duration_ns: 1_000_000_000,
             unobserved: None,
+            stop: None,
+            cut: None,
         }
     }
 

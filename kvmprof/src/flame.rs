@@ -4,9 +4,9 @@
 use crate::cli::FlameArgs;
 use crate::ftrace::{self, Capture, Folded, Import};
 use crate::model::Stage;
+use crate::output;
 use anyhow::{bail, Context, Result};
 use inferno::flamegraph::{self, color::BasicPalette, Palette};
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -19,7 +19,7 @@ pub fn command(args: &FlameArgs) -> Result<()> {
         .iter()
         .map(|c| format!("{} exits ({})", c.exits.len(), c.vendor.label()))
         .collect();
-    eprintln!(
+    crate::diag::note!(
         "{}: {}; {}",
         args.output.display(),
         counts.join(", "),
@@ -31,15 +31,20 @@ pub fn command(args: &FlameArgs) -> Result<()> {
 /// Writes the flame graph of `import` to `svg`, and its folded stacks to `folded` if given.
 pub fn write(import: &Import, svg: &Path, folded: Option<&Path>) -> Result<()> {
     let stacks = stacks(import);
-    if let Some(path) = folded {
+    // Both are opened first, so a bad path fails before anything is written.
+    let svg_out = output::open(svg)?;
+    let folded_out = folded.map(output::open).transpose()?;
+    if let Some(mut out) = folded_out {
         let text = folded_text(&stacks);
-        std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))?;
+        out.write_all(text.as_bytes())
+            .with_context(|| format!("{}: cannot write", out.path().display()))?;
+        out.finish()?;
     }
-    let file = File::create(svg).with_context(|| format!("{}: cannot create", svg.display()))?;
-    let mut out = BufWriter::new(file);
+    let mut out = BufWriter::new(svg_out);
     render(import, &stacks, &mut out)?;
     out.flush()
-        .with_context(|| format!("{}: cannot write", svg.display()))
+        .with_context(|| format!("{}: cannot write", svg.display()))?;
+    out.into_inner().map_err(|e| e.into_error())?.finish()
 }
 
 /// The folded stacks of every capture; with several vendors, each under a root frame named
@@ -183,6 +188,9 @@ mod tests {
     fn unwritable_outputs_are_errors() {
         let import = seed_import("intel.txt");
         let err = write(&import, Path::new("/nonexistent/x.svg"), None).unwrap_err();
-        assert_eq!(err.to_string(), "/nonexistent/x.svg: cannot create");
+        assert_eq!(
+            err.to_string(),
+            "/nonexistent/x.svg: cannot write: the directory /nonexistent does not exist"
+        );
     }
 }

@@ -192,7 +192,7 @@ fn build(lines: Vec<Line>, start_time: Option<Duration>) -> Result<Foreign> {
     for (key, stages) in &totals {
         let count = stages.iter().flatten().map(|(n, _)| *n).max().unwrap_or(0);
         let sums = stages.map(|s| s.map(|(_, sum)| sum.round() as u64));
-        a.restore_key(*key, count, BTreeMap::new(), sums);
+        a.restore_key(*key, count, &BTreeMap::new(), sums);
     }
     for (start_ns, key, stage, hist, blob) in series {
         a.restore_interval(start_ns, key, stage, &hist, blob);
@@ -213,6 +213,8 @@ fn build(lines: Vec<Line>, start_time: Option<Duration>) -> Result<Foreign> {
         duration_ns: end - first,
         // Another tool's log says nothing of exits whose start was not observed.
         unobserved: None,
+        stop: None,
+        cut: None,
     };
     Ok(Foreign {
         header,

@@ -174,6 +174,20 @@ impl Session {
         &self.plan
     }
 
+    pub fn facts(&self) -> &Facts {
+        &self.facts
+    }
+
+    /// Wall-clock start of the recording, as [`Outcome::started`] will say.
+    pub fn started(&self) -> SystemTime {
+        wall_clock_at(self.window.start_ns)
+    }
+
+    /// The window's start on the records' clock (CLOCK_MONOTONIC ns).
+    pub fn start_ts_ns(&self) -> u64 {
+        self.window.start_ns
+    }
+
     /// Drains until a stop condition; `sink` also sees every exit (for `--exits`).
     pub async fn run(
         self,

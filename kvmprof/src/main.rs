@@ -5,6 +5,7 @@ mod attach;
 mod cli;
 mod collect;
 mod datafile;
+mod diag;
 mod diff;
 mod exits;
 mod export;
@@ -15,6 +16,7 @@ mod kernel;
 mod live;
 mod merge;
 mod model;
+mod output;
 mod plan;
 mod plot;
 mod probes;
@@ -30,20 +32,52 @@ mod vendor;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Parser;
+use clap::Parser as _;
 
 use cli::{Cli, Cmd};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the chain of causes, outermost first.
-            eprintln!("kvmprof: {e:#}");
+            diag::note!("{e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version as clap prints them; a usage error as one line, like every other error.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        // Printing help to a closed stdout is not worth a panic either.
+        let _ = e.print();
+        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    }
+    // "error: <what>\n  <detail>\n\nUsage: ...\n\nFor more information, try '--help'."
+    let text = e.render().to_string();
+    let what: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let what = what.join(" ");
+    diag::note!(
+        "{} (see --help)",
+        what.strip_prefix("error: ").unwrap_or(&what)
+    );
+    ExitCode::from(2)
 }
 
 fn run(cli: Cli) -> Result<()> {

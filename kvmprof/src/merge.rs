@@ -117,7 +117,7 @@ pub fn merge(mut inputs: Vec<Input>) -> Result<(Header, Aggregate)> {
     }
     let mut merged = Aggregate::new(interval_ns);
     for (key, (count, userspace, sums)) in keys {
-        merged.restore_key(key, count, userspace, sums);
+        merged.restore_key(key, count, &userspace, sums);
     }
     for (port, stats) in ports {
         merged.restore_port(port, stats);
@@ -192,6 +192,9 @@ fn merged_header(inputs: &[Input]) -> Header {
             .iter()
             .filter_map(|i| i.header.unobserved)
             .reduce(|a, b| a + b),
+        // Each input's own stop and cut are said when it is read; the merge has neither.
+        stop: None,
+        cut: None,
     }
 }
 
@@ -241,6 +244,8 @@ mod tests {
                 start_ts_ns: ts_s * SEC,
                 duration_ns: SEC,
                 unobserved: None,
+                stop: None,
+                cut: None,
             },
             aggregate: a,
         }

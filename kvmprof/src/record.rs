@@ -1,9 +1,9 @@
 //! `kvmprof record`, `kvmprof demo` and the hidden `kvmprof guest`.
 use std::{
-    fs::File,
-    io::{BufWriter, Write},
+    cell::RefCell,
     ops::ControlFlow,
     path::{Path, PathBuf},
+    process::Child,
     time::Duration,
 };
 
@@ -11,27 +11,38 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     cli::{By, DemoArgs, Format, GuestArgs, RecordArgs},
-    datafile, exits,
-    live::{self, Outcome, Session, Stop},
+    datafile::{self, End, Header, Writer},
+    diag::{self, note},
+    exits,
+    live::{self, Outcome, Session, Status, Stop},
     model::Exit,
+    output::{self, Output},
     plan::HookPref,
     report,
-    spawn::spawn_held,
+    spawn::{self, spawn_held},
     target::{self, Target},
 };
 
+/// How long after an interval ends it is written: exits are drained every 20 ms and
+/// joined at the next exit of their thread, so most of its late ones are in by then.
+const WRITE_AFTER: Duration = Duration::from_millis(250);
+
 pub async fn record(a: RecordArgs) -> Result<()> {
     target::preflight()?;
-    let mut targets = target::resolve(&a.pids)?;
+    // Every output is opened before anything is attached: a bad path fails now.
+    let data = output::open(&a.output)?;
+    let exits = a.exits.as_deref().map(output::open).transpose()?;
+    if exits.as_ref().is_some_and(|x| x.same_file(&data)) {
+        bail!("--exits and -o name the same file: {}", a.output.display());
+    }
+    let mut targets = target::resolve_vmms(&a.pids)?;
     let held = if a.command.is_empty() {
         None
     } else {
         let h = spawn_held(&a.command)?;
-        let prog = Path::new(&a.command[0]);
-        let name = prog.file_name().unwrap_or(prog.as_os_str());
         targets.push(Target {
             pid: h.pid(),
-            name: name.to_string_lossy().into_owned(),
+            name: h.name().to_owned(),
         });
         Some(h)
     };
@@ -41,18 +52,17 @@ pub async fn record(a: RecordArgs) -> Result<()> {
         a.duration,
         a.interval,
     ))?;
+    let rec = Recorder::start(&session, data, exits, &targets, a.interval)?;
     announce(&session, &targets);
-    let child = held.map(|h| h.release());
-    let out = run_with_exits(session, a.exits.as_deref()).await?;
-    if let Some(mut c) = child {
-        if out.stop != Stop::TargetsExited {
-            // We stopped first (duration or signal): the command we started ends with us.
-            // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
-        let _ = c.wait();
-    }
-    finish(&out, &targets, &a.output)
+    let child = held.map(|h| (h.name().to_owned(), h.release()));
+    let result = rec.run(session).await;
+    let ended = child.map(|(name, c)| {
+        // The command ends with the recording unless it ended it.
+        let ended_first = matches!(&result, Ok((out, _)) if out.stop == Stop::TargetsExited);
+        end_child(name, c, !ended_first)
+    });
+    let (out, rec) = result?;
+    finish(&out, &targets, rec, ended.as_ref())
 }
 
 fn options(
@@ -75,56 +85,220 @@ fn announce(session: &Session, targets: &[Target]) {
         .iter()
         .map(|t| format!("{} ({})", t.pid, t.name))
         .collect();
-    eprintln!(
-        "kvmprof: recording {} on {}; Ctrl-C to stop",
+    note!(
+        "recording {} on {}; Ctrl-C to stop",
         names.join(", "),
         session.plan().vendor.label()
     );
 }
 
-/// Runs the session, writing every exit to `exits` (JSON Lines) when asked.
-async fn run_with_exits(session: Session, exits: Option<&Path>) -> Result<Outcome> {
-    let mut w = match exits {
-        Some(p) => Some(BufWriter::new(
-            File::create(p).with_context(|| format!("create {}", p.display()))?,
-        )),
-        None => None,
-    };
-    let sink = |e: &Exit| -> Result<()> {
-        if let Some(w) = w.as_mut() {
-            serde_json::to_writer(&mut *w, &exits::Line::from(e))?;
-            w.write_all(b"\n")?;
-        }
-        Ok(())
-    };
-    let out = session.run(|_, _| ControlFlow::Continue(()), sink).await?;
-    if let Some(mut w) = w {
-        w.flush().context("write the exits file")?;
-    }
-    Ok(out)
+/// A command we started, once it ended: its pid, name and how it ended.
+struct Ended {
+    pid: u32,
+    name: String,
+    how: String,
 }
 
-/// Says why recording stopped, writes the data file and a one-line summary.
-fn finish(out: &Outcome, targets: &[Target], path: &Path) -> Result<()> {
+/// Stops a command we started (when we stopped first), waits for it and says how it ended.
+fn end_child(name: String, mut c: Child, stop_it: bool) -> Ended {
+    if stop_it {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    let how = match c.wait() {
+        Ok(status) => spawn::describe(status),
+        Err(e) => format!("could not be waited for: {e}"),
+    };
+    Ended {
+        pid: c.id(),
+        name,
+        how,
+    }
+}
+
+/// Writes the recording as it goes: the data file (header at the start, each interval once
+/// it has passed, the end record last) and the `--exits` JSON Lines.
+struct Recorder {
+    data: Writer<Output>,
+    path: PathBuf,
+    exits: Option<ExitLines>,
+    /// The first write error; it stops the recording.
+    error: Option<anyhow::Error>,
+}
+
+impl Recorder {
+    /// Writes the data file's header: from now on a killed recording leaves a readable file.
+    fn start(
+        session: &Session,
+        data: Output,
+        exits: Option<Output>,
+        targets: &[Target],
+        interval: Duration,
+    ) -> Result<Recorder> {
+        let path = data.path().to_owned();
+        let header = Header::live(
+            session.plan(),
+            session.facts(),
+            session.started(),
+            session.start_ts_ns(),
+            targets,
+        );
+        let interval_ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        let mut w = Writer::new(data, interval_ns);
+        w.write_header(&header, header.start_ts_ns)
+            .with_context(|| format!("write {}", path.display()))?;
+        let exits = exits.map(ExitLines::start).transpose()?;
+        Ok(Recorder {
+            data: w,
+            path,
+            exits,
+            error: None,
+        })
+    }
+
+    async fn run(self, session: Session) -> Result<(Outcome, Recorder)> {
+        let cell = RefCell::new(self);
+        let out = session
+            .run(
+                |_, st| cell.borrow_mut().tick(st),
+                |e| cell.borrow_mut().add(e),
+            )
+            .await;
+        let mut rec = cell.into_inner();
+        if let Some(e) = rec.error.take() {
+            return Err(e);
+        }
+        Ok((out?, rec))
+    }
+
+    fn add(&mut self, e: &Exit) -> Result<()> {
+        self.data.add(e);
+        match &mut self.exits {
+            Some(x) => x.add(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes what time has completed; a write error stops the recording.
+    fn tick(&mut self, st: &Status) -> ControlFlow<()> {
+        let until = datafile::monotonic_now().saturating_sub(WRITE_AFTER.as_nanos() as u64);
+        let result = self
+            .data
+            .write_before(until, st.counters.lost)
+            .with_context(|| format!("write {}", self.path.display()))
+            .and_then(|()| self.exits.as_mut().map_or(Ok(()), ExitLines::flush));
+        match result {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                self.error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// Writes the rest and the end record.
+    fn finish(self, out: &Outcome) -> Result<()> {
+        let end = End {
+            duration_ns: u64::try_from(out.elapsed.as_nanos()).unwrap_or(u64::MAX),
+            stop: stop_label(&out.stop),
+            lost: out.counters.lost,
+            unobserved: Some(out.counters.unobserved),
+        };
+        self.data
+            .finish(&end)
+            .and_then(Output::finish)
+            .with_context(|| format!("write {}", self.path.display()))?;
+        self.exits.map_or(Ok(()), ExitLines::finish)
+    }
+}
+
+fn stop_label(stop: &Stop) -> String {
+    match stop {
+        Stop::Duration => "duration".to_owned(),
+        Stop::Signal(sig) => (*sig).to_owned(),
+        Stop::TargetsExited => "targets exited".to_owned(),
+        Stop::Caller => "stopped".to_owned(),
+    }
+}
+
+/// `--exits`: one JSON object per exit and line. Only whole lines are ever handed to the
+/// file, so a killed recording leaves whole lines.
+struct ExitLines {
+    out: Output,
+    buf: Vec<u8>,
+}
+
+/// Lines are written once this much waits, and at every tick.
+const EXIT_LINES_BUFFER: usize = 1 << 20;
+
+impl ExitLines {
+    fn start(mut out: Output) -> Result<ExitLines> {
+        // The recording has begun: an old file is replaced even if no exit comes.
+        out.begin()
+            .with_context(|| format!("write {}", out.path().display()))?;
+        Ok(ExitLines {
+            out,
+            buf: Vec::new(),
+        })
+    }
+
+    fn add(&mut self, e: &Exit) -> Result<()> {
+        serde_json::to_writer(&mut self.buf, &exits::Line::from(e))?;
+        self.buf.push(b'\n');
+        if self.buf.len() >= EXIT_LINES_BUFFER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        use std::io::Write as _;
+        let r = self
+            .out
+            .write_all(&self.buf)
+            .and_then(|()| self.out.flush());
+        self.buf.clear();
+        r.with_context(|| format!("write {}", self.out.path().display()))
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.flush()?;
+        self.out.finish()
+    }
+}
+
+/// Says why recording stopped (and how a command we started ended), ends the data file and
+/// prints a one-line summary.
+fn finish(out: &Outcome, targets: &[Target], rec: Recorder, child: Option<&Ended>) -> Result<()> {
     match &out.stop {
         Stop::TargetsExited => {
             for t in &out.exited {
-                eprintln!(
-                    "kvmprof: process {} ({}) exited after {:.1} s; keeping what was recorded",
+                let how = child
+                    .filter(|c| c.pid == t.pid)
+                    .map_or("exited", |c| c.how.as_str());
+                note!(
+                    "process {} ({}) {how} after {:.1} s; keeping what was recorded",
                     t.pid,
                     t.name,
                     out.elapsed.as_secs_f64()
                 );
             }
         }
-        Stop::Signal(sig) => eprintln!("kvmprof: {sig}: stopping, keeping what was recorded"),
+        Stop::Signal(sig) => note!("{sig}: stopping, keeping what was recorded"),
         Stop::Duration | Stop::Caller => {}
     }
-    let header = datafile::Header::live(out, targets);
-    datafile::write(path, &header, &out.aggregate)
-        .with_context(|| format!("write {}", path.display()))?;
-    eprintln!(
-        "kvmprof: {} exits in {:.2} s, {} lost, written to {}",
+    if let Some(c) = child.filter(|_| out.stop != Stop::TargetsExited) {
+        note!(
+            "{} (pid {}), ended with the recording, {}",
+            c.name,
+            c.pid,
+            c.how
+        );
+    }
+    let path = rec.path.clone();
+    rec.finish(out)?;
+    note!(
+        "{} exits in {:.2} s, {} lost, written to {}",
         out.aggregate.total_exits(),
         out.elapsed.as_secs_f64(),
         out.counters.lost,
@@ -141,8 +315,8 @@ fn finish(out: &Outcome, targets: &[Target], path: &Path) -> Result<()> {
         );
     }
     if out.orphans > 0 {
-        eprintln!(
-            "kvmprof: {} VMM round trips followed exits from before recording began (not counted)",
+        note!(
+            "{} VMM round trips followed exits from before recording began (not counted)",
             out.orphans
         );
     }
@@ -153,51 +327,53 @@ fn finish(out: &Outcome, targets: &[Target], path: &Path) -> Result<()> {
 /// the report next to the guest's own count of its exits: a first look and a self-check.
 pub async fn demo(a: DemoArgs) -> Result<()> {
     target::preflight()?;
+    let data = output::open(&a.output)?;
     let exe = std::env::current_exe().context("locate the kvmprof executable")?;
+    // The guest's counts go to a scratch file of ours, never next to `-o` (which may be
+    // /dev/null).
+    let counts = std::env::temp_dir().join(format!("kvmprof-demo-{}.json", std::process::id()));
     let argv: Vec<String> = vec![
         exe.to_string_lossy().into_owned(),
         "guest".into(),
         "--vcpus".into(),
         a.vcpus.to_string(),
         "--counts".into(),
-        counts_path(&a.output).to_string_lossy().into_owned(),
+        counts.to_string_lossy().into_owned(),
     ];
     let held = spawn_held(&argv)?;
     let t = Target {
         pid: held.pid(),
         name: "kvmprof guest".into(),
     };
-    let session = Session::start(options(
-        vec![t.clone()],
-        a.hooks.hooks,
-        None,
-        Duration::from_secs(1),
-    ))?;
+    let interval = Duration::from_secs(1);
+    let session = Session::start(options(vec![t.clone()], a.hooks.hooks, None, interval))?;
+    let rec = Recorder::start(&session, data, None, std::slice::from_ref(&t), interval)?;
     announce(&session, std::slice::from_ref(&t));
     let mut child = held.release();
-    let out = session
-        .run(|_, _| ControlFlow::Continue(()), |_| Ok(()))
-        .await;
-    let status = child.wait().context("wait for the demo guest")?;
-    let out = out?;
+    let result = rec.run(session).await;
+    let status = child.wait().context("wait for the demo guest");
+    let guest = read_counts(&counts);
+    let _ = std::fs::remove_file(&counts);
+    let (status, (out, rec)) = (status?, result?);
     if !status.success() {
-        bail!("the demo guest failed ({status})");
+        bail!("the demo guest {}", spawn::describe(status));
     }
-    finish(&out, &[t], &a.output)?;
-    let (header, agg) = datafile::read(&a.output)?;
-    print!(
-        "{}",
-        report::render(&header, &agg, By::Reason, Format::Table)
-    );
-    let path = counts_path(&a.output);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    let counts: kvmprof_testvmm::Counts =
-        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    let t = &counts.total;
-    println!(
-        "\nThe guest counted its own exits: {} PIO out + {} PIO in to the VMM, {} PIO in the \
-         kernel (ioeventfd), {} MMIO, {} HLT = {}; kvmprof saw {} ({} lost).",
+    finish(&out, &[t], rec, None)?;
+    let guest = guest?;
+    // What was recorded, as `report` reads it back; a device or FIFO cannot be read back,
+    // so then the recording itself.
+    let (header, agg) = if std::fs::metadata(&a.output).is_ok_and(|m| m.is_file()) {
+        datafile::read(&a.output)?
+    } else {
+        let mut h = Header::live(&out.plan, &out.facts, out.started, out.window.start_ns, &[]);
+        h.duration_ns = u64::try_from(out.elapsed.as_nanos()).unwrap_or(u64::MAX);
+        (h, out.aggregate)
+    };
+    let t = &guest.total;
+    diag::stdout(&format!(
+        "{}\nThe guest counted its own exits: {} PIO out + {} PIO in to the VMM, {} PIO in the \
+         kernel (ioeventfd), {} MMIO, {} HLT = {}; kvmprof saw {} ({} lost).\n",
+        report::render(&header, &agg, By::Reason, Format::Table),
         t.pio_user,
         t.pio_in,
         t.pio_kernel,
@@ -206,12 +382,12 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
         t.total(),
         agg.total_exits(),
         agg.lost()
-    );
-    Ok(())
+    ))
 }
 
-fn counts_path(data: &Path) -> PathBuf {
-    data.with_extension("guest.json")
+fn read_counts(path: &Path) -> Result<kvmprof_testvmm::Counts> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
 }
 
 /// The built-in test guest (`kvmprof-testvmm` as a library).
@@ -227,8 +403,7 @@ pub fn guest(a: &GuestArgs) -> Result<()> {
     let counts = kvmprof_testvmm::run(&w)?;
     let json = serde_json::to_string_pretty(&counts)?;
     match &a.counts {
-        Some(p) => std::fs::write(p, json).with_context(|| format!("write {}", p.display()))?,
-        None => println!("{json}"),
+        Some(p) => output::write_file(p, json.as_bytes()),
+        None => diag::stdout(&format!("{json}\n")),
     }
-    Ok(())
 }

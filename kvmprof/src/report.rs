@@ -631,6 +631,8 @@ mod tests {
             start_ts_ns: 0,
             duration_ns: 2 * SEC,
             unobserved: Some(0),
+            stop: None,
+            cut: None,
         }
     }
 

@@ -1,5 +1,9 @@
 //! Which processes to profile, and the checks that must pass before anything is loaded.
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 
@@ -26,6 +30,10 @@ pub fn preflight() -> Result<()> {
 pub fn resolve(specs: &[String]) -> Result<Vec<Target>> {
     let mut out: Vec<Target> = Vec::new();
     for spec in specs {
+        if spec.trim().is_empty() {
+            // An empty name would match every process on the host.
+            bail!("an empty --pid pattern matches every process: give a pid or a name");
+        }
         let found = if let Ok(pid) = spec.parse::<u32>() {
             let name = process_name(pid).with_context(|| format!("no process with pid {pid}"))?;
             vec![Target { pid, name }]
@@ -43,6 +51,111 @@ pub fn resolve(specs: &[String]) -> Result<Vec<Target>> {
         }
     }
     Ok(out)
+}
+
+/// How long a VMM that was just started (`qemu … & kvmprof record --pid $!`) may take to
+/// create its first vCPU.
+const VCPU_WAIT: Duration = Duration::from_secs(5);
+
+/// A process younger than this that has not opened KVM yet may still be a VMM starting up.
+const YOUNG: Duration = Duration::from_secs(2);
+
+/// [`resolve`], keeping only processes that run a KVM vCPU: a pid without one is an error,
+/// as is a name none of whose matches has one. Checked before recording, not after it. A
+/// process that has opened KVM but has no vCPU yet, or is younger than [`YOUNG`], may be a
+/// VMM starting up: it gets up to [`VCPU_WAIT`] to create one.
+pub fn resolve_vmms(specs: &[String]) -> Result<Vec<Target>> {
+    let mut out: Vec<Target> = Vec::new();
+    for spec in specs {
+        let found = resolve(std::slice::from_ref(spec))?;
+        let deadline = Instant::now() + VCPU_WAIT;
+        let vmms = loop {
+            let uses: Vec<Kvm> = found.iter().map(|t| kvm_use(t.pid)).collect();
+            let vmms: Vec<&Target> = found
+                .iter()
+                .zip(&uses)
+                .filter(|(_, u)| u.vcpus > 0)
+                .map(|(t, _)| t)
+                .collect();
+            let starting = found
+                .iter()
+                .zip(&uses)
+                .any(|(t, u)| u.open || age(t.pid).is_some_and(|a| a < YOUNG));
+            if !vmms.is_empty() || !starting || Instant::now() >= deadline {
+                break vmms;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if vmms.is_empty() {
+            let names: Vec<String> = found
+                .iter()
+                .take(5)
+                .map(|t| format!("{} ({})", t.pid, t.name))
+                .collect();
+            let more = if found.len() > 5 { ", ..." } else { "" };
+            bail!(
+                "'{spec}' runs no KVM vCPU: {}{more} (no anon_inode:kvm-vcpu fd in \
+                 /proc/PID/fd); start recording once the VM runs",
+                names.join(", ")
+            );
+        }
+        for t in vmms {
+            if !out.iter().any(|o| o.pid == t.pid) {
+                out.push(t.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How long ago `pid` started (`None` when it is gone).
+fn age(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, counted after the `(comm)` that may hold spaces.
+    let start_ticks: u64 = stat
+        .rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let uptime: f64 = fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let started = start_ticks as f64 / hz.max(1) as f64;
+    Duration::try_from_secs_f64((uptime - started).max(0.0)).ok()
+}
+
+/// What a process holds of KVM, from its file descriptors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kvm {
+    /// vCPU fds (`anon_inode:kvm-vcpu:N`).
+    pub vcpus: usize,
+    /// `/dev/kvm` or a VM fd is open: a VMM, perhaps still creating its vCPUs.
+    pub open: bool,
+}
+
+/// [`Kvm`] of `pid` (nothing when it is gone or its fds cannot be read).
+pub fn kvm_use(pid: u32) -> Kvm {
+    let mut k = Kvm::default();
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return k;
+    };
+    for link in fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok()) {
+        let link = link.to_string_lossy();
+        // `anon_inode:kvm-vcpu:0` since Linux 4.x, `anon_inode:kvm-vcpu` before.
+        if link.starts_with("anon_inode:kvm-vcpu") {
+            k.vcpus += 1;
+        } else if link == "/dev/kvm" || link == "anon_inode:kvm-vm" {
+            k.open = true;
+        }
+    }
+    k
 }
 
 /// The processes whose name or executable contains `pattern`, by pid.
@@ -106,6 +219,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no running process matches"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_pattern_is_an_error_not_every_process() {
+        for spec in ["", " "] {
+            let e = resolve(&[spec.into()]).unwrap_err().to_string();
+            assert!(e.contains("empty --pid pattern"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_process_without_a_vcpu_is_not_a_vm() {
+        let me = std::process::id();
+        assert_eq!(kvm_use(me), Kvm::default());
+        let e = resolve_vmms(&[me.to_string()]).unwrap_err().to_string();
+        assert!(e.contains("runs no KVM vCPU"), "{e}");
+        assert!(e.contains(&format!("{me} (")), "{e}");
+    }
+
+    #[test]
+    fn a_process_just_started_is_young() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let a = age(child.id()).expect("age");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(a < YOUNG, "{a:?}");
+        assert!(age(1).expect("init") > Duration::from_millis(10));
+        assert_eq!(age(4_194_999), None);
     }
 
     #[test]

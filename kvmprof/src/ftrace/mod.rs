@@ -11,7 +11,6 @@ mod parse;
 mod reader;
 mod stages;
 
-use crate::aggregate::Aggregate;
 use crate::cli::ImportArgs;
 use crate::datafile::{self, Header, HookUse, Source};
 use crate::model::{Exit, Stage, Vendor};
@@ -114,19 +113,15 @@ pub fn command(args: &ImportArgs) -> Result<()> {
         } else {
             args.output.clone()
         };
-        let mut aggregate = Aggregate::new(INTERVAL_NS);
-        for exit in &capture.exits {
-            aggregate.add(exit);
-        }
-        datafile::write(&output, &header(capture), &aggregate)?;
-        eprintln!(
-            "kvmprof: {} exits ({}) written to {}",
+        datafile::write(&output, &header(capture), &capture.exits, INTERVAL_NS)?;
+        crate::diag::note!(
+            "{} exits ({}) written to {}",
             capture.exits.len(),
             capture.vendor.label(),
             output.display(),
         );
     }
-    eprintln!("kvmprof: {}", import.stats);
+    crate::diag::note!("{}", import.stats);
     Ok(())
 }
 
@@ -195,6 +190,8 @@ fn header(import: &Capture) -> Header {
             .zip(start)
             .map_or(0, |(end, start)| end.saturating_sub(start)),
         unobserved: None,
+        stop: Some("end of trace".to_owned()),
+        cut: None,
     }
 }
 
