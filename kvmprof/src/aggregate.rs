@@ -195,6 +195,16 @@ impl Aggregate {
         self.extend_span(e.ts_ns, e.ts_ns);
     }
 
+    /// Drops everything recorded about process `pid` (`serve` forgets VMs that exited).
+    pub fn forget_pid(&mut self, pid: u32) {
+        self.keys.retain(|k, _| k.pid != pid);
+        self.ports.retain(|p, _| p.pid != pid);
+        for series in self.intervals.open.values_mut() {
+            series.retain(|(k, _), _| k.pid != pid);
+        }
+        self.intervals.closed.retain(|(_, k, _), _| k.pid != pid);
+    }
+
     /// Records that `n` exits were lost (ring buffer full).
     pub fn add_lost(&mut self, n: u64) {
         self.lost = self.lost.saturating_add(n);

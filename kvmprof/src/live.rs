@@ -119,10 +119,11 @@ impl Session {
         &self.plan
     }
 
-    /// Drains until a stop condition; `sink` also sees every exit (for `--exits`).
+    /// Drains until a stop condition; `sink` also sees every exit (for `--exits`). `on_tick`
+    /// may change the aggregate (`serve` forgets VMs that exited).
     pub async fn run(
         self,
-        mut on_tick: impl FnMut(&Aggregate, &Status) -> ControlFlow<()>,
+        mut on_tick: impl FnMut(&mut Aggregate, &Status) -> ControlFlow<()>,
         mut sink: impl FnMut(&Exit) -> Result<()>,
     ) -> Result<Outcome> {
         let Session {
@@ -180,7 +181,7 @@ impl Session {
                         counters: read_counters(&counters),
                         exited: &exited,
                     };
-                    if on_tick(&agg, &status).is_break() {
+                    if on_tick(&mut agg, &status).is_break() {
                         break Stop::Caller;
                     }
                 }

@@ -13,11 +13,13 @@ mod plan;
 mod probes;
 mod record;
 mod report;
+mod serve;
 mod spawn;
 mod target;
 mod tui;
 mod units;
 mod vendor;
+mod vmname;
 
 use std::process::ExitCode;
 
@@ -48,6 +50,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Record(a) => rt()?.block_on(record::record(a)),
         Cmd::Demo(a) => rt()?.block_on(record::demo(a)),
         Cmd::Top(a) => rt()?.block_on(tui::top(a)),
+        Cmd::Serve(a) => rt()?.block_on(serve::serve(a)),
         Cmd::Report(a) => report::command(&a),
         Cmd::Probes(a) => {
             let (facts, plan) = live::plan_for_host(a.hooks.hooks)?;
