@@ -57,6 +57,26 @@ impl Joiner {
         }
     }
 
+    /// Emits the exits waiting for a join in processes that have exited (`gone`): no join
+    /// can come any more, and a long-running session would otherwise hold each vCPU's last
+    /// exit until it stops.
+    pub fn flush_exited(&mut self, gone: impl Fn(u32) -> bool, out: &mut Vec<Exit>) {
+        let mut pids: Vec<u32> = self.pending.values().map(|e| e.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids.retain(|&pid| gone(pid));
+        if pids.is_empty() {
+            return;
+        }
+        let mut done: Vec<Exit> = self
+            .pending
+            .extract_if(|_, e| pids.binary_search(&e.pid).is_ok())
+            .map(|(_, e)| e)
+            .collect();
+        done.sort_by_key(|e| e.ts_ns);
+        out.extend(done);
+    }
+
     /// Emits every exit still waiting for its join (end of recording).
     pub fn flush(&mut self, out: &mut Vec<Exit>) {
         let mut rest: Vec<Exit> = self.pending.drain().map(|(_, e)| e).collect();
@@ -236,6 +256,23 @@ mod tests {
         assert_eq!(out.len(), 3);
         j.push(&rec(kind::RESUME, 9, 0), None, &mut out);
         assert_eq!(j.orphans, 1);
+    }
+
+    #[test]
+    fn the_last_exit_of_an_exited_process_is_released_at_once() {
+        let mut j = Joiner::default();
+        let mut out = vec![];
+        let mut e = rec(kind::EXIT, 2, flag::USERSPACE);
+        j.push(&e, None, &mut out);
+        e.pid = 5;
+        e.tid = 6;
+        j.push(&e, None, &mut out);
+        j.flush_exited(|pid| pid == 9, &mut out);
+        assert!(out.is_empty(), "both processes still run");
+        j.flush_exited(|pid| pid == 5, &mut out);
+        assert_eq!(out.iter().map(|e| e.pid).collect::<Vec<_>>(), [5]);
+        j.flush(&mut out);
+        assert_eq!(out.len(), 2);
     }
 
     #[test]

@@ -164,6 +164,8 @@ impl Session {
                     absorb(&mut batch, &mut sink, &mut agg)?;
                 }
                 _ = tick.tick() => {
+                    joiner.flush_exited(|pid| !target::alive(pid), &mut batch);
+                    absorb(&mut batch, &mut sink, &mut agg)?;
                     for t in &opts.targets {
                         if !target::alive(t.pid) && !exited.contains(t) {
                             exited.push(t.clone());
