@@ -13,7 +13,7 @@ use crate::util::{display, output, run as run_cmd, which};
 
 /// Debian packages the project needs: LLVM 22 for bpf-linker, QEMU and busybox for the SVM VM
 /// (virtme-ng builds its initramfs with busybox), bpftool to inspect programs, bpftrace for
-/// the bench.
+/// the bench, prometheus to scrape `kvmprof serve` in its integration test.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -23,6 +23,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
     "bpftrace",
+    "prometheus",
 ];
 
 /// Wanted but not required: `perf kvm stat` in the VM, the reference to compare kvmprof with.
