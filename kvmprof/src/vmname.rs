@@ -38,12 +38,14 @@ pub fn guest_name(args: &[String]) -> Option<String> {
             flag.strip_prefix("name=")
         }
     })?;
-    let name = option_list(value).into_iter().find_map(|opt| match opt.split_once('=') {
-        Some(("guest", v)) => Some(v.to_string()),
-        // The first element without a key is QEMU's implied `guest=`.
-        None => Some(opt),
-        Some(_) => None,
-    })?;
+    let name = option_list(value)
+        .into_iter()
+        .find_map(|opt| match opt.split_once('=') {
+            Some(("guest", v)) => Some(v.to_string()),
+            // The first element without a key is QEMU's implied `guest=`.
+            None => Some(opt),
+            Some(_) => None,
+        })?;
     (!name.is_empty()).then_some(name)
 }
 
@@ -76,7 +78,10 @@ mod tests {
 
     #[test]
     fn reads_qemu_and_libvirt_guest_names() {
-        assert_eq!(name("qemu-system-x86_64 -m 1G -name web1"), Some("web1".into()));
+        assert_eq!(
+            name("qemu-system-x86_64 -m 1G -name web1"),
+            Some("web1".into())
+        );
         // libvirt's form.
         assert_eq!(
             name("/usr/bin/qemu-system-x86_64 -name guest=db-7,debug-threads=on -S"),

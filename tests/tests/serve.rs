@@ -134,7 +134,14 @@ fn run_vmm(vcpus: &str) -> Value {
     let out = Command::new(bin("kvmprof-testvmm"))
         // The rate keeps the VMM alive for about a second, long enough for kvmprof to read
         // each vCPU's id from /proc while it still exists.
-        .args(["--vcpus", vcpus, "--pio-user", "300", "--pio-kernel", "2000"])
+        .args([
+            "--vcpus",
+            vcpus,
+            "--pio-user",
+            "300",
+            "--pio-kernel",
+            "2000",
+        ])
         .args(["--mmio", "100", "--pio-in", "20", "--rate", "500"])
         .output()
         .expect("run the test VMM");
@@ -274,9 +281,40 @@ fn prometheus_gets_the_exact_exit_count_and_the_p99_bucket_of_the_test_vmm() {
         .collect();
     bounds.sort_by(f64::total_cmp);
     bounds.dedup();
-    let hi = bounds.iter().copied().find(|&b| b >= p99).expect("p99 below 50 ms");
-    let lo = bounds.iter().copied().rev().find(|&b| b < p99).unwrap_or(0.0);
-    eprintln!("pid {pid}: {made} exits; record p99 {p99_ns} ns; Prometheus p99 {q:e} s; bucket ({lo:e}, {hi:e}]");
+    let hi = bounds
+        .iter()
+        .copied()
+        .find(|&b| b >= p99)
+        .expect("p99 below 50 ms");
+    let lo = bounds
+        .iter()
+        .copied()
+        .rev()
+        .find(|&b| b < p99)
+        .unwrap_or(0.0);
+    // `record` and `serve` time the same exits with their own programs, whose timestamps
+    // differ by the other session's run time (tens of ns): a p99 within 1% of a bound may
+    // fall on either side of it, so the neighbouring bucket counts then too.
+    let near = |b: f64| (p99 - b).abs() <= b / 100.0;
+    let lo = if near(lo) {
+        bounds
+            .iter()
+            .copied()
+            .rev()
+            .find(|&b| b < lo)
+            .unwrap_or(0.0)
+    } else {
+        lo
+    };
+    let hi = if near(hi) {
+        bounds.iter().copied().find(|&b| b > hi).unwrap_or(hi)
+    } else {
+        hi
+    };
+    eprintln!(
+        "pid {pid}: {made} exits; record p99 {p99_ns} ns; Prometheus p99 {q:e} s; \
+         bucket ({lo:e}, {hi:e}]"
+    );
     assert!(
         lo <= q && q <= hi,
         "Prometheus p99 {q:e} s outside ({lo:e}, {hi:e}], the bucket of kvmprof's p99 {p99:e} s"
@@ -305,14 +343,19 @@ fn a_vmm_that_exits_leaves_metrics_after_the_grace_period_and_a_new_one_appears(
         assert_eq!(served_exits(&metrics, pid), want);
     }
     assert!(
-        metrics.contains(&format!("pid=\"{pid}\",process=\"kvmprof-testvmm\",guest=\"\"")),
+        metrics.contains(&format!(
+            "pid=\"{pid}\",process=\"kvmprof-testvmm\",guest=\"\""
+        )),
         "VM labels: {metrics}"
     );
 
     let gone = wait_for(Duration::from_secs(30), || {
         get(&url, &[]).filter(|m| !m.contains(&format!("pid=\"{pid}\"")))
     });
-    assert!(gone.is_some(), "pid {pid} still served 30 s after it exited");
+    assert!(
+        gone.is_some(),
+        "pid {pid} still served 30 s after it exited"
+    );
     let after = exited.elapsed();
     // Expired at the first 1 s tick past the grace period; the VMM's exit was seen up to a
     // tick before the test saw it.
@@ -331,15 +374,25 @@ fn a_vmm_that_exits_leaves_metrics_after_the_grace_period_and_a_new_one_appears(
         assert_eq!(served_exits(&metrics, pid2), want2);
     }
     assert!(
-        metrics.contains(&format!("pid=\"{pid2}\",process=\"kvmprof-testvmm\",guest=\"\",vcpu=\"1\"")),
+        metrics.contains(&format!(
+            "pid=\"{pid2}\",process=\"kvmprof-testvmm\",guest=\"\",vcpu=\"1\""
+        )),
         "per-vCPU counts: {metrics}"
     );
     assert!(metrics.contains("kvmprof_lost_exits_total 0"));
     assert!(metrics.contains("kvmprof_self_cpu_seconds_total{mode=\"user\"}"));
 
     let status = serve.stop().expect("serve stops on SIGTERM");
-    assert!(status.success(), "serve on SIGTERM: {status}; {}", serve.log());
-    assert!(serve.log().contains("every hook detached"), "{}", serve.log());
+    assert!(
+        status.success(),
+        "serve on SIGTERM: {status}; {}",
+        serve.log()
+    );
+    assert!(
+        serve.log().contains("every hook detached"),
+        "{}",
+        serve.log()
+    );
 }
 
 #[test]

@@ -73,10 +73,8 @@ mod tests {
         h.record(1).unwrap();
         let c = counts(&h);
         assert_eq!(c[0], 2, "1 ns and 100 ns");
-        for i in 1..b.len() {
-            // 2 just above the previous bound, 1 right at this one.
-            assert_eq!(c[i], 3, "bucket {i}");
-        }
+        // 2 just above the previous bound, 1 right at this one.
+        assert!(c[1..b.len()].iter().all(|&n| n == 3), "{c:?}");
         assert_eq!(c[BUCKETS - 1], 2 + 1);
         assert_eq!(c.iter().sum::<u64>(), h.len());
     }

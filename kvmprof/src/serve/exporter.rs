@@ -96,12 +96,9 @@ fn encode_latency(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         labels.push(("reason", l.reason.clone()));
         labels.push(("stage", l.stage.name().to_string()));
         let counts: Vec<(f64, u64)> = bounds.iter().copied().zip(l.buckets).collect();
-        family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-            l.sum_ns as f64 / 1e9,
-            l.count,
-            &counts,
-            None,
-        )?;
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(l.sum_ns as f64 / 1e9, l.count, &counts, None)?;
     }
     Ok(())
 }

@@ -35,7 +35,11 @@ pub async fn run(
 async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     match exporter::render(&registry) {
         Ok(body) => ([(CONTENT_TYPE, OPENMETRICS)], body).into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "could not encode metrics\n").into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not encode metrics\n",
+        )
+            .into_response(),
     }
 }
 

@@ -156,7 +156,10 @@ mod tests {
         );
         assert_eq!(s.latency.len(), 1);
         let l = &s.latency[0];
-        assert_eq!((l.reason.as_str(), l.stage, l.count), ("io", Stage::Cycle, 20));
+        assert_eq!(
+            (l.reason.as_str(), l.stage, l.count),
+            ("io", Stage::Cycle, 20)
+        );
         assert_eq!(l.sum_ns, 10 * 1_500 + 10 * 3_000 + 45);
         // 1.5 µs ≤ 2 µs; 3 µs ≤ 5 µs.
         assert_eq!((l.buckets[4], l.buckets[5]), (10, 10));

@@ -101,7 +101,10 @@ mod tests {
             agg.add(&exit(pid));
             vms.saw(pid);
         }
-        assert!(!vms.known()[&me].name.process.is_empty(), "named from /proc");
+        assert!(
+            !vms.known()[&me].name.process.is_empty(),
+            "named from /proc"
+        );
         let t0 = Instant::now();
         let alive = |pid| pid == me;
         vms.expire(&mut agg, t0, alive);
@@ -109,7 +112,10 @@ mod tests {
         assert_eq!(vms.known().len(), 2, "within the grace period");
         vms.expire(&mut agg, t0 + Duration::from_secs(30), alive);
         assert_eq!(vms.known().keys().copied().collect::<Vec<_>>(), [me]);
-        assert!(agg.keys().keys().all(|k| k.pid == me), "forgotten by the aggregate");
+        assert!(
+            agg.keys().keys().all(|k| k.pid == me),
+            "forgotten by the aggregate"
+        );
         // A VM whose process comes back (or whose pid is reused) starts a new grace period.
         agg.add(&exit(dead));
         vms.saw(dead);
