@@ -328,17 +328,21 @@ fn a_vmm_that_exits_leaves_metrics_after_the_grace_period_and_a_new_one_appears(
         return;
     }
     let dir = scratch("serve-grace");
-    let grace = Duration::from_secs(5);
-    let (mut serve, url) = start_serve(&dir, &["--grace", "5s"]);
+    let grace = Duration::from_secs(8);
+    let (mut serve, url) = start_serve(&dir, &["--grace", "8s"]);
     let exact = pvm();
 
     let first = run_vmm("1");
     let exited = Instant::now();
     let (pid, want) = (first["pid"].as_u64().unwrap(), made(&first));
-    let metrics = wait_for(Duration::from_secs(4), || {
+    let metrics = wait_for(Duration::from_secs(6), || {
         get(&url, &[]).filter(|m| served_exits(m, pid) >= want)
     })
     .expect("the VMM's exits are served after it exited, within the grace period");
+    assert!(
+        exited.elapsed() < grace,
+        "too slow to check within the grace period"
+    );
     if exact {
         assert_eq!(served_exits(&metrics, pid), want);
     }
@@ -366,7 +370,7 @@ fn a_vmm_that_exits_leaves_metrics_after_the_grace_period_and_a_new_one_appears(
 
     let second = run_vmm("2");
     let (pid2, want2) = (second["pid"].as_u64().unwrap(), made(&second));
-    let metrics = wait_for(Duration::from_secs(4), || {
+    let metrics = wait_for(Duration::from_secs(6), || {
         get(&url, &[]).filter(|m| served_exits(m, pid2) >= want2)
     })
     .expect("a VMM started later is served");
