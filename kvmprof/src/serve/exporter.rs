@@ -128,3 +128,90 @@ pub fn render(registry: &prometheus_client::registry::Registry) -> Result<String
     prometheus_client::encoding::text::encode(&mut out, registry)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        model::Stage,
+        serve::snapshot::{ExitCount, Latency},
+        vmname::VmName,
+    };
+
+    fn text(s: Snapshot) -> String {
+        let exporter = Exporter::default();
+        *exporter.snapshot.lock().unwrap() = s;
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(exporter));
+        render(&registry).unwrap()
+    }
+
+    #[test]
+    fn openmetrics_with_vm_labels_and_cumulative_exact_buckets() {
+        let vm = Vm {
+            pid: 42,
+            name: VmName {
+                process: "qemu-system-x86".into(),
+                guest: "web1".into(),
+            },
+        };
+        let mut buckets = [0; buckets::BUCKETS];
+        buckets[3] = 5; // ≤ 1 µs
+        buckets[5] = 2; // ≤ 5.003 µs
+        buckets[buckets::BUCKETS - 1] = 1; // above 50 ms
+        let snap = Snapshot {
+            vms: BTreeMap::from([(42, vm)]),
+            exits: vec![ExitCount {
+                pid: 42,
+                vcpu: Some(Some(1)),
+                reason: "io".into(),
+                count: 8,
+            }],
+            latency: vec![Latency {
+                pid: 42,
+                reason: "io".into(),
+                stage: Stage::Cycle,
+                buckets,
+                count: 8,
+                sum_ns: 1_500_000_000,
+            }],
+            lost: 3,
+        };
+        let t = text(snap);
+        let vm = r#"pid="42",process="qemu-system-x86",guest="web1""#;
+        let has = |line: String| assert!(t.lines().any(|l| l == line), "{line} not in\n{t}");
+        has(format!(
+            r#"kvmprof_exits_total{{{vm},vcpu="1",reason="io"}} 8"#
+        ));
+        let h = "kvmprof_exit_latency_seconds";
+        let l = format!(r#"{vm},reason="io",stage="cycle""#);
+        has(format!(r#"{h}_bucket{{le="5e-7",{l}}} 0"#));
+        has(format!(r#"{h}_bucket{{le="0.000001",{l}}} 5"#));
+        has(format!(r#"{h}_bucket{{le="0.000002",{l}}} 5"#));
+        has(format!(r#"{h}_bucket{{le="0.000005003",{l}}} 7"#));
+        has(format!(r#"{h}_bucket{{le="0.050003967",{l}}} 7"#));
+        has(format!(r#"{h}_bucket{{le="+Inf",{l}}} 8"#));
+        has(format!(r#"{h}_count{{{l}}} 8"#));
+        has(format!(r#"{h}_sum{{{l}}} 1.5"#));
+        has("kvmprof_lost_exits_total 3".into());
+        assert!(t.contains("# TYPE kvmprof_exit_latency_seconds histogram"));
+        assert!(t.contains(r#"kvmprof_self_cpu_seconds_total{mode="user"} "#));
+        assert!(t.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_vm_without_a_name_yet_is_not_served() {
+        let snap = Snapshot {
+            exits: vec![ExitCount {
+                pid: 7,
+                vcpu: None,
+                reason: "io".into(),
+                count: 1,
+            }],
+            ..Snapshot::default()
+        };
+        assert!(!text(snap).contains("pid=\"7\""));
+    }
+}
