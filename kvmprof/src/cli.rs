@@ -124,8 +124,8 @@ pub struct ServeArgs {
     /// Address to serve /metrics on.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
-    /// Serve only these processes (pid or name, resolved at start; stops when all exited).
-    /// Default: every VMM on the host, including those that start later.
+    /// Serve only these processes (pid, or name matched like pgrep: processes that start
+    /// later under it are added). Default: every VMM on the host, including later ones.
     #[arg(short, long = "pid", value_name = "PID|NAME")]
     pub pids: Vec<String>,
     /// Leave out the vCPU label of exit counts (bounded cardinality on big hosts).

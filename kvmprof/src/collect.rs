@@ -57,24 +57,21 @@ impl Joiner {
         }
     }
 
-    /// Emits the exits waiting for a join in processes that have exited (`gone`): no join
-    /// can come any more, and a long-running session would otherwise hold each vCPU's last
-    /// exit until it stops.
-    pub fn flush_exited(&mut self, gone: impl Fn(u32) -> bool, out: &mut Vec<Exit>) {
-        let mut pids: Vec<u32> = self.pending.values().map(|e| e.pid).collect();
-        pids.sort_unstable();
-        pids.dedup();
-        pids.retain(|&pid| gone(pid));
-        if pids.is_empty() {
-            return;
-        }
-        let mut done: Vec<Exit> = self
+    /// Emits the exits still waiting of processes that are no longer `alive`: their round
+    /// trip will never come (a recording that goes on, like `top`, would lose them).
+    pub fn flush_exited(&mut self, alive: impl Fn(u32) -> bool, out: &mut Vec<Exit>) {
+        let dead: Vec<u32> = self
             .pending
-            .extract_if(|_, e| pids.binary_search(&e.pid).is_ok())
-            .map(|(_, e)| e)
+            .iter()
+            .filter(|(_, e)| !alive(e.pid))
+            .map(|(&tid, _)| tid)
             .collect();
-        done.sort_by_key(|e| e.ts_ns);
-        out.extend(done);
+        let mut rest: Vec<Exit> = dead
+            .iter()
+            .filter_map(|tid| self.pending.remove(tid))
+            .collect();
+        rest.sort_by_key(|e| e.ts_ns);
+        out.extend(rest);
     }
 
     /// Emits every exit still waiting for its join (end of recording).
@@ -259,20 +256,18 @@ mod tests {
     }
 
     #[test]
-    fn the_last_exit_of_an_exited_process_is_released_at_once() {
+    fn exits_of_a_process_that_exited_are_not_held_back() {
         let mut j = Joiner::default();
         let mut out = vec![];
-        let mut e = rec(kind::EXIT, 2, flag::USERSPACE);
-        j.push(&e, None, &mut out);
-        e.pid = 5;
-        e.tid = 6;
-        j.push(&e, None, &mut out);
-        j.flush_exited(|pid| pid == 9, &mut out);
-        assert!(out.is_empty(), "both processes still run");
-        j.flush_exited(|pid| pid == 5, &mut out);
-        assert_eq!(out.iter().map(|e| e.pid).collect::<Vec<_>>(), [5]);
-        j.flush(&mut out);
-        assert_eq!(out.len(), 2);
+        let mut other = rec(kind::EXIT, 3, flag::USERSPACE);
+        other.pid = 2;
+        j.push(&other, None, &mut out);
+        j.push(&rec(kind::EXIT, 2, flag::USERSPACE), None, &mut out);
+        j.flush_exited(|pid| pid != 1, &mut out);
+        let tids: Vec<u32> = out.iter().map(|e| e.tid).collect();
+        assert_eq!(tids, [2], "pid 1 exited; pid 2 may still resume");
+        j.push(&rec(kind::RESUME, 3, 0), None, &mut out);
+        assert_eq!((out.len(), j.orphans), (2, 0));
     }
 
     #[test]

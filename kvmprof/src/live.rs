@@ -94,6 +94,19 @@ pub struct Session {
     ebpf: aya::Ebpf,
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    /// The targets can grow (see [`Session::pid_filter`]): their exit does not stop it.
+    open: bool,
+}
+
+/// The in-kernel process filter, to watch processes found after recording began.
+pub struct PidFilter(aya::maps::HashMap<MapData, u32, u8>);
+
+impl PidFilter {
+    pub fn add(&mut self, pid: u32) -> Result<()> {
+        self.0
+            .insert(pid, 1, 0)
+            .with_context(|| format!("watch pid {pid}"))
+    }
 }
 
 impl Session {
@@ -112,7 +125,17 @@ impl Session {
             ebpf,
             ring,
             counters,
+            open: false,
         })
+    }
+
+    /// Hands out the pid filter (only effective when started with targets), for `top -p
+    /// NAME` to add processes that start later; the session then runs on when every target
+    /// has exited, since more may come.
+    pub fn pid_filter(&mut self) -> Result<PidFilter> {
+        let map = self.ebpf.take_map("PIDS").context("PIDS map")?;
+        self.open = true;
+        Ok(PidFilter(aya::maps::HashMap::try_from(map)?))
     }
 
     pub fn plan(&self) -> &Plan {
@@ -133,6 +156,7 @@ impl Session {
             ebpf,
             ring,
             counters,
+            open,
         } = self;
         let started = SystemTime::now();
         let t0 = Instant::now();
@@ -164,14 +188,15 @@ impl Session {
                     absorb(&mut batch, &mut sink, &mut agg)?;
                 }
                 _ = tick.tick() => {
-                    joiner.flush_exited(|pid| !target::alive(pid), &mut batch);
+                    drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
+                    joiner.flush_exited(target::alive, &mut batch);
                     absorb(&mut batch, &mut sink, &mut agg)?;
                     for t in &opts.targets {
                         if !target::alive(t.pid) && !exited.contains(t) {
                             exited.push(t.clone());
                         }
                     }
-                    if !opts.targets.is_empty() && exited.len() == opts.targets.len() {
+                    if !open && !opts.targets.is_empty() && exited.len() == opts.targets.len() {
                         break Stop::TargetsExited;
                     }
                     if opts.duration.is_some_and(|d| t0.elapsed() >= d) {
@@ -249,5 +274,15 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Counters {
         lost: sum(counter::LOST),
         no_state: sum(counter::NO_STATE),
         unmatched: sum(counter::UNMATCHED),
+    }
+}
+
+impl PidFilter {
+    /// Stops watching `pid`: a daemon that follows names (`serve --pid qemu`) drops processes
+    /// that exited, so the filter (1024 entries) never fills over months of VM restarts.
+    pub fn remove(&mut self, pid: u32) -> Result<()> {
+        self.0
+            .remove(&pid)
+            .with_context(|| format!("unwatch pid {pid}"))
     }
 }

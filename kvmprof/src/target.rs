@@ -45,7 +45,9 @@ pub fn resolve(specs: &[String]) -> Result<Vec<Target>> {
     Ok(out)
 }
 
-fn by_name(pattern: &str) -> Result<Vec<Target>> {
+/// The processes whose name or executable contains `pattern`, by pid (`top -p NAME`
+/// matches again as processes start).
+pub fn by_name(pattern: &str) -> Result<Vec<Target>> {
     let me = std::process::id();
     let mut out = Vec::new();
     for entry in fs::read_dir("/proc").context("read /proc")? {

@@ -409,3 +409,43 @@ fn serve_refuses_a_listen_address_in_use() {
     let o = kvmprof(&["serve", "--listen", &addr]);
     assert_clean_error(&o, &format!("listen on {addr}"));
 }
+
+#[test]
+fn serve_by_name_follows_a_vmm_that_starts_later() {
+    if skip_without_kvm("serve_by_name_follows_a_vmm_that_starts_later") {
+        return;
+    }
+    let dir = scratch("serve-follow");
+    // A VMM that exists at start (the name must match something) and makes no exit.
+    let idle = spawn(
+        "idle test VMM",
+        Command::new(bin("kvmprof-testvmm")).args(["--pio-user", "1", "--start-delay", "120s"]),
+        dir.join("idle.log"),
+    );
+    let (mut serve, url) = start_serve(&dir, &["--pid", "kvmprof-testvmm", "--grace", "60s"]);
+    // Started after `serve`; its first exit waits 3 s, past the tick that adds it.
+    let later = Command::new(bin("kvmprof-testvmm"))
+        .args(["--vcpus", "2", "--pio-user", "300", "--pio-kernel", "2000"])
+        .args(["--mmio", "100", "--pio-in", "20", "--rate", "500"])
+        .args(["--start-delay", "3s"])
+        .output()
+        .expect("run the test VMM");
+    assert!(later.status.success(), "test VMM failed");
+    let counts: Value = serde_json::from_slice(&later.stdout).expect("test VMM counts");
+    let (pid, want) = (counts["pid"].as_u64().unwrap(), made(&counts));
+    let metrics = wait_for(Duration::from_secs(6), || {
+        get(&url, &[]).filter(|m| served_exits(m, pid) >= want)
+    })
+    .unwrap_or_else(|| panic!("pid {pid} not served: {}", serve.log()));
+    if pvm() {
+        assert_eq!(served_exits(&metrics, pid), want);
+    }
+    assert!(
+        serve.log().contains(&format!("watching pid {pid} too")),
+        "{}",
+        serve.log()
+    );
+    drop(idle);
+    let status = serve.stop().expect("serve stops on SIGTERM");
+    assert!(status.success(), "{}", serve.log());
+}

@@ -13,6 +13,7 @@
 mod buckets;
 mod cost;
 mod exporter;
+mod follow;
 mod http;
 mod snapshot;
 mod vms;
@@ -33,6 +34,7 @@ use crate::{
     target,
 };
 use exporter::Exporter;
+use follow::Follow;
 use snapshot::Snapshot;
 use vms::Vms;
 
@@ -57,13 +59,21 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("listen on {}", a.listen))?;
-    let session = live::Session::start(live::Options {
+    let mut session = live::Session::start(live::Options {
         targets: targets.clone(),
         hooks: a.hooks.hooks,
         duration: None,
         tick: TICK,
         interval: SERIES_INTERVAL,
     })?;
+
+    let names = follow::names(&a.pids);
+    let mut follow = if names.is_empty() {
+        None
+    } else {
+        let pids = targets.iter().map(|t| t.pid).collect();
+        Some(Follow::new(names, session.pid_filter()?, pids))
+    };
 
     let exporter = Exporter::default();
     let mut registry = Registry::default();
@@ -86,6 +96,17 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     let outcome = session
         .run(
             |agg, st| {
+                if let Some(f) = follow.as_mut() {
+                    match f.tick() {
+                        Ok(added) => {
+                            for pid in added {
+                                eprintln!("kvmprof: watching pid {pid} too");
+                            }
+                        }
+                        // Say so and go on serving what is watched already.
+                        Err(e) => eprintln!("kvmprof: following --pid names: {e:#}"),
+                    }
+                }
                 let mut vms = vms.borrow_mut();
                 vms.expire(agg, Instant::now(), target::alive);
                 let snap = Snapshot::take(agg, vms.known(), !a.no_vcpu_label, st.counters.lost);
