@@ -49,7 +49,8 @@ impl Follow {
         let mut added = Vec::new();
         for name in &self.names {
             for t in target::by_name(name)? {
-                if !self.watched.contains(&t.pid) {
+                // A zombie still has its name in /proc: not worth watching again.
+                if !self.watched.contains(&t.pid) && target::alive(t.pid) {
                     self.filter.add(t.pid)?;
                     self.watched.insert(t.pid);
                     added.push(t.pid);
