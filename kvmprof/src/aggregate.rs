@@ -613,6 +613,28 @@ mod tests {
     }
 
     #[test]
+    fn forgetting_a_process_drops_its_keys_ports_and_intervals() {
+        let mut a = Aggregate::new(SEC);
+        for s in 0..4 {
+            let mut e = exit(0, IO, s * SEC, Some(100));
+            e.access = Some(Access::Pio {
+                port: 0x3f8,
+                size: 1,
+                write: true,
+            });
+            a.add(&e);
+            e.pid = 200;
+            a.add(&e);
+        }
+        a.forget_pid(100);
+        assert!(a.keys().keys().all(|k| k.pid == 200));
+        assert!(a.ports().keys().all(|p| p.pid == 200));
+        let counts = interval_counts(&a);
+        assert_eq!(counts.len(), 4);
+        assert!(counts.iter().all(|(_, k, _)| k.pid == 200));
+    }
+
+    #[test]
     fn encode_decode_round_trip() {
         let mut h = new_histogram();
         for v in [1, 10, 1000, 123_456, MAX_NS] {
