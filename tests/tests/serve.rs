@@ -449,3 +449,42 @@ fn serve_by_name_follows_a_vmm_that_starts_later() {
     let status = serve.stop().expect("serve stops on SIGTERM");
     assert!(status.success(), "{}", serve.log());
 }
+
+#[test]
+fn serve_labels_a_qemu_vm_with_its_libvirt_style_guest_name() {
+    let test = "serve_labels_a_qemu_vm_with_its_libvirt_style_guest_name";
+    if skip_without_kvm(test) {
+        return;
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped {test}: qemu-system-x86_64 not installed");
+        return;
+    }
+    let dir = scratch("serve-qemu");
+    let (_serve, url) = start_serve(&dir, &[]);
+    // How libvirt starts a domain: `-name guest=DOMAIN,debug-threads=on`.
+    let guest = format!("serve-test-{}", std::process::id());
+    let qemu = spawn(
+        "qemu",
+        Command::new("qemu-system-x86_64")
+            .args([
+                "-accel", "kvm", "-cpu", "qemu64", "-m", "128", "-display", "none",
+            ])
+            .args(["-serial", "none", "-monitor", "none", "-no-reboot"])
+            .args(["-name", &format!("guest={guest},debug-threads=on")]),
+        dir.join("qemu.log"),
+    );
+    let labels = format!(
+        "pid=\"{}\",process=\"qemu-system-x86\",guest=\"{guest}\",vcpu=\"0\"",
+        qemu.child.id()
+    );
+    // SeaBIOS makes port and MMIO exits from its first instructions.
+    let served = wait_for(Duration::from_secs(20), || {
+        get(&url, &[]).filter(|m| m.contains(&labels))
+    });
+    assert!(served.is_some(), "no series with {labels}: {}", qemu.log());
+}
