@@ -45,37 +45,35 @@ pub fn resolve(specs: &[String]) -> Result<Vec<Target>> {
     Ok(out)
 }
 
-/// The processes whose name or executable contains `pattern`, by pid (`top -p NAME`
-/// matches again as processes start).
-pub fn by_name(pattern: &str) -> Result<Vec<Target>> {
+/// The processes whose name or executable contains `pattern`, by pid.
+fn by_name(pattern: &str) -> Result<Vec<Target>> {
+    Ok(pids()?
+        .into_iter()
+        .filter_map(|pid| matching(pid, pattern))
+        .collect())
+}
+
+/// Every process but this one, by pid.
+pub fn pids() -> Result<Vec<u32>> {
     let me = std::process::id();
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").context("read /proc")? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Some(comm) = process_name(pid) else {
-            continue;
-        };
-        let exe = fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .ok()
-            .and_then(|c| c.split('\0').next().map(str::to_string))
-            .map(|a| a.rsplit('/').next().unwrap_or_default().to_string())
-            .unwrap_or_default();
-        if comm.contains(pattern) || exe.contains(pattern) {
-            out.push(Target { pid, name: comm });
-        }
-    }
-    out.sort_by_key(|t| t.pid);
+    let mut out: Vec<u32> = fs::read_dir("/proc")
+        .context("read /proc")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&pid| pid != me)
+        .collect();
+    out.sort_unstable();
     Ok(out)
+}
+
+/// `pid` as a target if its name or its executable's file name contains `pattern`.
+pub fn matching(pid: u32, pattern: &str) -> Option<Target> {
+    let comm = process_name(pid)?;
+    let exe = fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|c| c.split('\0').next().map(str::to_string))
+        .map(|a| a.rsplit('/').next().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    (comm.contains(pattern) || exe.contains(pattern)).then_some(Target { pid, name: comm })
 }
 
 pub fn process_name(pid: u32) -> Option<String> {

@@ -47,14 +47,17 @@ impl Follow {
             self.watched.remove(&pid);
         }
         let mut added = Vec::new();
-        for name in &self.names {
-            for t in target::by_name(name)? {
-                // A zombie still has its name in /proc: not worth watching again.
-                if !self.watched.contains(&t.pid) && target::alive(t.pid) {
-                    self.filter.add(t.pid)?;
-                    self.watched.insert(t.pid);
-                    added.push(t.pid);
-                }
+        for pid in target::pids()? {
+            let matches = || {
+                self.names
+                    .iter()
+                    .any(|n| target::matching(pid, n).is_some())
+            };
+            // A zombie still has its name in /proc: not worth watching again.
+            if !self.watched.contains(&pid) && matches() && target::alive(pid) {
+                self.filter.add(pid)?;
+                self.watched.insert(pid);
+                added.push(pid);
             }
         }
         Ok(added)
