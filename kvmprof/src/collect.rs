@@ -1,7 +1,7 @@
 //! Drains the ring buffer and turns kernel records into [`Exit`]s: joins each userspace
 //! exit with the VMM round trip that follows it (and, for PIO reads, the port that the
 //! completion reveals), and resolves vCPU ids.
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use kvmprof_common::{flag, kind, space, stage, ExitRecord, STAGES};
 
@@ -60,10 +60,13 @@ impl Joiner {
     /// Emits the exits still waiting of processes that are no longer `alive`: their round
     /// trip will never come (a recording that goes on, like `top`, would lose them).
     pub fn flush_exited(&mut self, alive: impl Fn(u32) -> bool, out: &mut Vec<Exit>) {
+        // One look per process, however many of its vCPU threads wait.
+        let pids: BTreeSet<u32> = self.pending.values().map(|e| e.pid).collect();
+        let gone: BTreeSet<u32> = pids.into_iter().filter(|&pid| !alive(pid)).collect();
         let dead: Vec<u32> = self
             .pending
             .iter()
-            .filter(|(_, e)| !alive(e.pid))
+            .filter(|(_, e)| gone.contains(&e.pid))
             .map(|(&tid, _)| tid)
             .collect();
         let mut rest: Vec<Exit> = dead
