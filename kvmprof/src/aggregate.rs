@@ -195,6 +195,16 @@ impl Aggregate {
         self.extend_span(e.ts_ns, e.ts_ns);
     }
 
+    /// Drops everything recorded about process `pid` (`serve` forgets VMs that exited).
+    pub fn forget_pid(&mut self, pid: u32) {
+        self.keys.retain(|k, _| k.pid != pid);
+        self.ports.retain(|p, _| p.pid != pid);
+        for series in self.intervals.open.values_mut() {
+            series.retain(|(k, _), _| k.pid != pid);
+        }
+        self.intervals.closed.retain(|(_, k, _), _| k.pid != pid);
+    }
+
     /// Records that `n` exits were lost (ring buffer full).
     pub fn add_lost(&mut self, n: u64) {
         self.lost = self.lost.saturating_add(n);
@@ -608,6 +618,28 @@ mod tests {
             assert_eq!(n, if i == 3 { 3 } else { 2 });
         }
         assert_eq!(a.intervals.open.len(), 2, "interval 3 was closed again");
+    }
+
+    #[test]
+    fn forgetting_a_process_drops_its_keys_ports_and_intervals() {
+        let mut a = Aggregate::new(SEC);
+        for s in 0..4 {
+            let mut e = exit(0, IO, s * SEC, Some(100));
+            e.access = Some(Access::Pio {
+                port: 0x3f8,
+                size: 1,
+                write: true,
+            });
+            a.add(&e);
+            e.pid = 200;
+            a.add(&e);
+        }
+        a.forget_pid(100);
+        assert!(a.keys().keys().all(|k| k.pid == 200));
+        assert!(a.ports().keys().all(|p| p.pid == 200));
+        let counts = interval_counts(&a);
+        assert_eq!(counts.len(), 4);
+        assert!(counts.iter().all(|(_, k, _)| k.pid == 200));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Command-line interface: the commands and their options.
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -34,6 +34,8 @@ pub enum Cmd {
     Plot(PlotArgs),
     /// Live top-style view of VM exits.
     Top(TopArgs),
+    /// Serve exit counts and latency histograms of every VM on /metrics for Prometheus.
+    Serve(ServeArgs),
     /// Show which hook each stage uses on this kernel, and why the others were rejected.
     Probes(ProbesArgs),
     /// Run the built-in demo guest and profile it (no VM needed).
@@ -243,6 +245,25 @@ pub struct TopArgs {
     /// Stop after this many frames.
     #[arg(short = 'n', long)]
     pub iterations: Option<u64>,
+    #[command(flatten)]
+    pub hooks: HookArgs,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to serve /metrics on.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+    /// Serve only these processes (pid, or name matched like pgrep: processes that start
+    /// later under it are added). Default: every VMM on the host, including later ones.
+    #[arg(short, long = "pid", value_name = "PID|NAME")]
+    pub pids: Vec<String>,
+    /// Leave out the vCPU label of exit counts (bounded cardinality on big hosts).
+    #[arg(long)]
+    pub no_vcpu_label: bool,
+    /// How long a VM that exited stays on /metrics (so its final counts get scraped).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub grace: Duration,
     #[command(flatten)]
     pub hooks: HookArgs,
 }

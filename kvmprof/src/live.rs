@@ -130,6 +130,14 @@ impl PidFilter {
             .insert(pid, 1, 0)
             .with_context(|| format!("watch pid {pid}"))
     }
+
+    /// Stops watching `pid`: a daemon that follows names (`serve --pid qemu`) drops processes
+    /// that exited, so the filter (1024 entries) never fills over months of VM restarts.
+    pub fn remove(&mut self, pid: u32) -> Result<()> {
+        self.0
+            .remove(&pid)
+            .with_context(|| format!("unwatch pid {pid}"))
+    }
 }
 
 impl Session {
@@ -188,10 +196,11 @@ impl Session {
         self.window.start_ns
     }
 
-    /// Drains until a stop condition; `sink` also sees every exit (for `--exits`).
+    /// Drains until a stop condition; `sink` also sees every exit (for `--exits`). `on_tick`
+    /// may change the aggregate (`serve` forgets VMs that exited).
     pub async fn run(
         self,
-        mut on_tick: impl FnMut(&Aggregate, &Status) -> ControlFlow<()>,
+        mut on_tick: impl FnMut(&mut Aggregate, &Status) -> ControlFlow<()>,
         mut sink: impl FnMut(&Exit) -> Result<()>,
     ) -> Result<Outcome> {
         let Session {
@@ -265,7 +274,7 @@ impl Session {
                         counters: read_counters(&counters),
                         exited: &exited,
                     };
-                    if on_tick(&agg, &status).is_break() {
+                    if on_tick(&mut agg, &status).is_break() {
                         break Stop::Caller;
                     }
                 }

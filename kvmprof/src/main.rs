@@ -23,11 +23,13 @@ mod probes;
 mod record;
 mod report;
 mod series;
+mod serve;
 mod spawn;
 mod target;
 mod tui;
 mod units;
 mod vendor;
+mod vmname;
 
 use std::process::ExitCode;
 
@@ -90,6 +92,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Record(a) => rt()?.block_on(record::record(a)),
         Cmd::Demo(a) => rt()?.block_on(record::demo(a)),
         Cmd::Top(a) => rt()?.block_on(tui::top(a)),
+        Cmd::Serve(a) => rt()?.block_on(serve::serve(a)),
         Cmd::Report(a) => report::command(&a),
         Cmd::Export(a) => analyze::export_command(&a),
         Cmd::Diff(a) => analyze::diff_command(&a),

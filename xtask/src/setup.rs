@@ -15,7 +15,8 @@ use crate::util::{display, output, run as run_cmd, which};
 /// (virtme-ng builds its initramfs with busybox), bpftool to inspect programs, bpftrace for
 /// the bench, and the reference HdrHistogram (Java, with a runtime: the package does not
 /// depend on one) that the tests in `tests/tests/hdr.rs` check kvmprof's files against, and
-/// tmux to drive `kvmprof top` in the integration tests.
+/// tmux to drive `kvmprof top` and prometheus to scrape `kvmprof serve` in the integration
+/// tests.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -28,6 +29,7 @@ const APT_PACKAGES: &[&str] = &[
     "libhdrhistogram-java",
     "openjdk-17-jre-headless",
     "tmux",
+    "prometheus",
 ];
 
 /// Wanted but not required: `perf kvm stat` in the VM, the reference to compare kvmprof with.

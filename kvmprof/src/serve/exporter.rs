@@ -1,0 +1,217 @@
+//! Encodes the latest [`Snapshot`] and kvmprof's own cost as OpenMetrics, through
+//! prometheus-client's encoder (a custom collector: the bucket counts come from HDR
+//! histograms, which the crate's own `Histogram` type cannot be fed).
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Unit,
+};
+
+use super::{
+    buckets,
+    cost::{self, CpuTime},
+    snapshot::{Snapshot, Vm},
+};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The collector registered with the registry; the session's tick replaces its snapshot.
+#[derive(Debug, Default, Clone)]
+pub struct Exporter {
+    pub snapshot: Arc<Mutex<Snapshot>>,
+}
+
+impl prometheus_client::collector::Collector for Exporter {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+        // A poisoned lock means a tick panicked mid-update: better no scrape than a wrong one.
+        let s = self.snapshot.lock().map_err(|_| fmt::Error)?;
+        encode_exits(&s, &mut enc)?;
+        encode_latency(&s, &mut enc)?;
+        let mut m = enc.encode_descriptor(
+            "kvmprof_lost_exits",
+            "Exits kvmprof could not record (its ring buffer was full); not in any other series",
+            None,
+            MetricType::Counter,
+        )?;
+        m.encode_counter::<NoLabelSet, _, f64>(&s.lost, None)?;
+        drop(s);
+        encode_cost(cost::cpu_time(), &mut enc)
+    }
+}
+
+fn vm_labels(vm: &Vm) -> Labels {
+    vec![
+        ("pid", vm.pid.to_string()),
+        ("process", vm.name.process.clone()),
+        ("guest", vm.name.guest.clone()),
+    ]
+}
+
+fn encode_exits(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let mut family = enc.encode_descriptor(
+        "kvmprof_exits",
+        "VM exits by VM, vCPU and exit reason",
+        None,
+        MetricType::Counter,
+    )?;
+    for e in &s.exits {
+        let Some(vm) = s.vms.get(&e.pid) else {
+            continue;
+        };
+        let mut labels = vm_labels(vm);
+        if let Some(vcpu) = e.vcpu {
+            labels.push(("vcpu", vcpu.map_or("unknown".into(), |v| v.to_string())));
+        }
+        labels.push(("reason", e.reason.clone()));
+        family
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, f64>(&e.count, None)?;
+    }
+    Ok(())
+}
+
+fn encode_latency(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let mut family = enc.encode_descriptor(
+        "kvmprof_exit_latency",
+        "Time spent in each stage of VM exits (cycle, vendor_run, handler, fast_pio, kvm_run, \
+         vmm), by VM and exit reason; bounds on the HDR histograms' bucket edges, counts exact",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    let bounds: Vec<f64> = buckets::bounds_ns()
+        .iter()
+        .map(|&ns| ns as f64 / 1e9)
+        .chain([f64::INFINITY])
+        .collect();
+    for l in &s.latency {
+        let Some(vm) = s.vms.get(&l.pid) else {
+            continue;
+        };
+        let mut labels = vm_labels(vm);
+        labels.push(("reason", l.reason.clone()));
+        labels.push(("stage", l.stage.name().to_string()));
+        let counts: Vec<(f64, u64)> = bounds.iter().copied().zip(l.buckets).collect();
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(l.sum_ns as f64 / 1e9, l.count, &counts, None)?;
+    }
+    Ok(())
+}
+
+fn encode_cost(cpu: Option<CpuTime>, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let Some(cpu) = cpu else {
+        return Ok(());
+    };
+    let mut family = enc.encode_descriptor(
+        "kvmprof_self_cpu",
+        "kvmprof's own cost: CPU time of the kvmprof process (its eBPF programs run in the \
+         VMMs' threads and are not included)",
+        Some(&Unit::Seconds),
+        MetricType::Counter,
+    )?;
+    for (mode, secs) in [("user", cpu.user), ("system", cpu.system)] {
+        family
+            .encode_family(&[("mode", mode)])?
+            .encode_counter::<NoLabelSet, _, f64>(&secs, None)?;
+    }
+    Ok(())
+}
+
+/// The whole exposition, as served on `/metrics`.
+pub fn render(registry: &prometheus_client::registry::Registry) -> Result<String, fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        model::Stage,
+        serve::snapshot::{ExitCount, Latency},
+        vmname::VmName,
+    };
+
+    fn text(s: Snapshot) -> String {
+        let exporter = Exporter::default();
+        *exporter.snapshot.lock().unwrap() = s;
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(exporter));
+        render(&registry).unwrap()
+    }
+
+    #[test]
+    fn openmetrics_with_vm_labels_and_cumulative_exact_buckets() {
+        let vm = Vm {
+            pid: 42,
+            name: VmName {
+                process: "qemu-system-x86".into(),
+                guest: "web1".into(),
+            },
+        };
+        let mut buckets = [0; buckets::BUCKETS];
+        buckets[3] = 5; // ≤ 1 µs
+        buckets[5] = 2; // ≤ 5.003 µs
+        buckets[buckets::BUCKETS - 1] = 1; // above 50 ms
+        let snap = Snapshot {
+            vms: BTreeMap::from([(42, vm)]),
+            exits: vec![ExitCount {
+                pid: 42,
+                vcpu: Some(Some(1)),
+                reason: "io".into(),
+                count: 8,
+            }],
+            latency: vec![Latency {
+                pid: 42,
+                reason: "io".into(),
+                stage: Stage::Cycle,
+                buckets,
+                count: 8,
+                sum_ns: 1_500_000_000,
+            }],
+            lost: 3,
+        };
+        let t = text(snap);
+        let vm = r#"pid="42",process="qemu-system-x86",guest="web1""#;
+        let has = |line: String| assert!(t.lines().any(|l| l == line), "{line} not in\n{t}");
+        has(format!(
+            r#"kvmprof_exits_total{{{vm},vcpu="1",reason="io"}} 8"#
+        ));
+        let h = "kvmprof_exit_latency_seconds";
+        let l = format!(r#"{vm},reason="io",stage="cycle""#);
+        has(format!(r#"{h}_bucket{{le="5e-7",{l}}} 0"#));
+        has(format!(r#"{h}_bucket{{le="0.000001",{l}}} 5"#));
+        has(format!(r#"{h}_bucket{{le="0.000002",{l}}} 5"#));
+        has(format!(r#"{h}_bucket{{le="0.000005003",{l}}} 7"#));
+        has(format!(r#"{h}_bucket{{le="0.050003967",{l}}} 7"#));
+        has(format!(r#"{h}_bucket{{le="+Inf",{l}}} 8"#));
+        has(format!(r#"{h}_count{{{l}}} 8"#));
+        has(format!(r#"{h}_sum{{{l}}} 1.5"#));
+        has("kvmprof_lost_exits_total 3".into());
+        assert!(t.contains("# TYPE kvmprof_exit_latency_seconds histogram"));
+        assert!(t.contains(r#"kvmprof_self_cpu_seconds_total{mode="user"} "#));
+        assert!(t.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_vm_without_a_name_yet_is_not_served() {
+        let snap = Snapshot {
+            exits: vec![ExitCount {
+                pid: 7,
+                vcpu: None,
+                reason: "io".into(),
+                count: 1,
+            }],
+            ..Snapshot::default()
+        };
+        assert!(!text(snap).contains("pid=\"7\""));
+    }
+}

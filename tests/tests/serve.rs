@@ -1,0 +1,490 @@
+//! `kvmprof serve` against real guests of the test VMM, scraped by a real Prometheus server
+//! (Debian package `prometheus`): exact exit counts, a p99 that Prometheus computes from the
+//! served buckets, and VMs that come and go. Loopback only; every wait is bounded and every
+//! process started here is stopped when its guard drops.
+use std::{
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use kvmprof_tests::{assert_clean_error, bin, kvmprof, report_json, scratch, skip_without_kvm};
+use serde_json::Value;
+
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        // Loopback only: never through a proxy from the environment.
+        .proxy(None)
+        .build()
+        .into()
+}
+
+/// The body of a GET, `None` when nothing answers (yet).
+fn get(url: &str, query: &[(&str, &str)]) -> Option<String> {
+    let mut req = http().get(url);
+    for (k, v) in query {
+        req = req.query(*k, *v);
+    }
+    let mut resp = req.call().ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    resp.body_mut().read_to_string().ok()
+}
+
+/// Polls `f` every 200 ms until it gives a value or `limit` passes.
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stops a child with SIGTERM (then SIGKILL after 10 s) when dropped.
+struct Guard {
+    child: Child,
+    what: &'static str,
+    log: PathBuf,
+}
+
+impl Guard {
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status within 10 s (`None`: it had to be killed).
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("{} did not stop on SIGTERM within 10 s", self.what);
+        None
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+fn spawn(what: &'static str, cmd: &mut Command, log: PathBuf) -> Guard {
+    let out = fs::File::create(&log).expect("log file");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log fd"))
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    Guard { child, what, log }
+}
+
+/// `kvmprof serve` on a free port, once `/metrics` answers (every hook is attached by then).
+fn start_serve(dir: &Path, extra: &[&str]) -> (Guard, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut serve = spawn(
+        "kvmprof serve",
+        Command::new(bin("kvmprof"))
+            .args(["serve", "--listen", &listen])
+            .args(extra),
+        dir.join("serve.log"),
+    );
+    let url = format!("http://{listen}/metrics");
+    let up = wait_for(Duration::from_secs(60), || {
+        if let Ok(Some(st)) = serve.child.try_wait() {
+            panic!("kvmprof serve exited ({st}): {}", serve.log());
+        }
+        get(&url, &[])
+    });
+    assert!(up.is_some(), "/metrics never answered: {}", serve.log());
+    (serve, url)
+}
+
+/// Runs the test VMM to completion; its counts (JSON, with its pid) come back.
+fn run_vmm(vcpus: &str) -> Value {
+    let out = Command::new(bin("kvmprof-testvmm"))
+        // The rate keeps the VMM alive for about a second, long enough for kvmprof to read
+        // each vCPU's id from /proc while it still exists.
+        .args([
+            "--vcpus",
+            vcpus,
+            "--pio-user",
+            "300",
+            "--pio-kernel",
+            "2000",
+        ])
+        .args(["--mmio", "100", "--pio-in", "20", "--rate", "500"])
+        .output()
+        .expect("run the test VMM");
+    assert!(out.status.success(), "test VMM failed");
+    serde_json::from_slice(&out.stdout).expect("test VMM counts")
+}
+
+/// Exits the test VMM made, from its own counts.
+fn made(counts: &Value) -> u64 {
+    let t = &counts["total"];
+    ["pio_user", "pio_in", "pio_kernel", "mmio_user", "hlt"]
+        .iter()
+        .map(|k| t[*k].as_u64().expect("count"))
+        .sum()
+}
+
+/// Sum of `kvmprof_exits_total` samples of `pid` in a /metrics text.
+fn served_exits(metrics: &str, pid: u64) -> u64 {
+    let label = format!("pid=\"{pid}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("kvmprof_exits_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Under PVM (this host) exactly the exits the VMM made are visible; hardware backends also
+/// show exits the guest does not cause on purpose.
+fn pvm() -> bool {
+    let probes = kvmprof(&["probes", "--format", "json"]);
+    serde_json::from_slice::<Value>(&probes.stdout).is_ok_and(|p| p["vendor"] == "pvm")
+}
+
+#[test]
+fn prometheus_gets_the_exact_exit_count_and_the_p99_bucket_of_the_test_vmm() {
+    let test = "prometheus_gets_the_exact_exit_count_and_the_p99_bucket_of_the_test_vmm";
+    if skip_without_kvm(test) {
+        return;
+    }
+    if !Path::new(PROMETHEUS).exists() {
+        eprintln!("skipped {test}: no {PROMETHEUS} (Debian package prometheus)");
+        return;
+    }
+    let dir = scratch("serve-prom");
+    let (_serve, metrics_url) = start_serve(&dir, &["--grace", "120s"]);
+    let target = metrics_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.join("prometheus.yml");
+    fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: kvmprof\n    static_configs:\n      \
+             - targets: ['{target}']\n"
+        ),
+    )
+    .expect("write prometheus.yml");
+    let _prom = spawn(
+        "prometheus",
+        Command::new(PROMETHEUS).args([
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+            &format!("--web.listen-address={prom_addr}"),
+        ]),
+        dir.join("prometheus.log"),
+    );
+    let api = format!("http://{prom_addr}/api/v1/query");
+    let query = |q: &str| -> Option<f64> {
+        let body: Value = serde_json::from_str(&get(&api, &[("query", q)])?).ok()?;
+        body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+
+    // kvmprof's own p99 of the same exits: a `record` of the VMM beside `serve`.
+    let data = dir.join("k.data");
+    let out = Command::new(bin("kvmprof"))
+        .args(["record", "-o", data.to_str().unwrap(), "--"])
+        .arg(bin("kvmprof-testvmm"))
+        .args(["--vcpus", "2", "--pio-user", "300", "--pio-kernel", "2000"])
+        .args(["--mmio", "100", "--pio-in", "20", "--rate", "500"])
+        .output()
+        .expect("run kvmprof record");
+    assert!(
+        out.status.success(),
+        "record: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: Value = serde_json::from_slice(&out.stdout).expect("test VMM counts");
+    let pid = counts["pid"].as_u64().expect("VMM pid");
+    let made = made(&counts);
+
+    let total = format!("sum(kvmprof_exits_total{{pid=\"{pid}\"}})");
+    let seen = wait_for(Duration::from_secs(60), || {
+        query(&total).filter(|&n| n as u64 >= made)
+    })
+    .or_else(|| query(&total));
+    // One more scrape: the count must not move past what the VMM made.
+    sleep(Duration::from_secs(2));
+    let seen_later = query(&total);
+    if pvm() {
+        assert_eq!(seen, Some(made as f64), "Prometheus' count of pid {pid}");
+        assert_eq!(seen_later, Some(made as f64));
+    } else {
+        assert!(seen.is_some_and(|n| n as u64 >= made), "{seen:?} < {made}");
+    }
+
+    let report = report_json(&data, "pid");
+    let group = report["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| g["stages"].is_array())
+        .expect("a group");
+    let p99_ns = group["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "cycle")
+        .and_then(|s| s["p99_ns"].as_u64())
+        .expect("record measured the cycle");
+    let p99 = p99_ns as f64 / 1e9;
+
+    let quantile = format!(
+        "histogram_quantile(0.99, sum by (le) \
+         (kvmprof_exit_latency_seconds_bucket{{pid=\"{pid}\",stage=\"cycle\"}}))"
+    );
+    let q = query(&quantile).expect("Prometheus computes the p99");
+    // The bucket of kvmprof's own p99, from the bounds `serve` publishes.
+    let metrics = get(&metrics_url, &[]).expect("/metrics");
+    let mut bounds: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("kvmprof_exit_latency_seconds_bucket{le=\""))
+        .filter_map(|l| l.split('"').nth(1)?.parse().ok())
+        .filter(|b: &f64| b.is_finite())
+        .collect();
+    bounds.sort_by(f64::total_cmp);
+    bounds.dedup();
+    let hi = bounds
+        .iter()
+        .copied()
+        .find(|&b| b >= p99)
+        .expect("p99 below 50 ms");
+    let lo = bounds
+        .iter()
+        .copied()
+        .rev()
+        .find(|&b| b < p99)
+        .unwrap_or(0.0);
+    // `record` and `serve` time the same exits with their own programs, whose timestamps
+    // differ by the other session's run time (tens of ns): a p99 within 1% of a bound may
+    // fall on either side of it, so the neighbouring bucket counts then too.
+    let near = |b: f64| (p99 - b).abs() <= b / 100.0;
+    let lo = if near(lo) {
+        bounds
+            .iter()
+            .copied()
+            .rev()
+            .find(|&b| b < lo)
+            .unwrap_or(0.0)
+    } else {
+        lo
+    };
+    let hi = if near(hi) {
+        bounds.iter().copied().find(|&b| b > hi).unwrap_or(hi)
+    } else {
+        hi
+    };
+    eprintln!(
+        "pid {pid}: {made} exits; record p99 {p99_ns} ns; Prometheus p99 {q:e} s; \
+         bucket ({lo:e}, {hi:e}]"
+    );
+    assert!(
+        lo <= q && q <= hi,
+        "Prometheus p99 {q:e} s outside ({lo:e}, {hi:e}], the bucket of kvmprof's p99 {p99:e} s"
+    );
+}
+
+#[test]
+fn a_vmm_that_exits_leaves_metrics_after_the_grace_period_and_a_new_one_appears() {
+    let test = "a_vmm_that_exits_leaves_metrics_after_the_grace_period_and_a_new_one_appears";
+    if skip_without_kvm(test) {
+        return;
+    }
+    let dir = scratch("serve-grace");
+    let grace = Duration::from_secs(8);
+    let (mut serve, url) = start_serve(&dir, &["--grace", "8s"]);
+    let exact = pvm();
+
+    let first = run_vmm("1");
+    let exited = Instant::now();
+    let (pid, want) = (first["pid"].as_u64().unwrap(), made(&first));
+    let metrics = wait_for(Duration::from_secs(6), || {
+        get(&url, &[]).filter(|m| served_exits(m, pid) >= want)
+    })
+    .expect("the VMM's exits are served after it exited, within the grace period");
+    assert!(
+        exited.elapsed() < grace,
+        "too slow to check within the grace period"
+    );
+    if exact {
+        assert_eq!(served_exits(&metrics, pid), want);
+    }
+    assert!(
+        metrics.contains(&format!(
+            "pid=\"{pid}\",process=\"kvmprof-testvmm\",guest=\"\""
+        )),
+        "VM labels: {metrics}"
+    );
+
+    let gone = wait_for(Duration::from_secs(30), || {
+        get(&url, &[]).filter(|m| !m.contains(&format!("pid=\"{pid}\"")))
+    });
+    assert!(
+        gone.is_some(),
+        "pid {pid} still served 30 s after it exited"
+    );
+    let after = exited.elapsed();
+    // Expired at the first 1 s tick past the grace period; the VMM's exit was seen up to a
+    // tick before the test saw it.
+    assert!(
+        after + Duration::from_secs(1) >= grace,
+        "pid {pid} dropped {after:?} after it exited, before the {grace:?} grace period"
+    );
+
+    let second = run_vmm("2");
+    let (pid2, want2) = (second["pid"].as_u64().unwrap(), made(&second));
+    let metrics = wait_for(Duration::from_secs(6), || {
+        get(&url, &[]).filter(|m| served_exits(m, pid2) >= want2)
+    })
+    .expect("a VMM started later is served");
+    if exact {
+        assert_eq!(served_exits(&metrics, pid2), want2);
+    }
+    assert!(
+        metrics.contains(&format!(
+            "pid=\"{pid2}\",process=\"kvmprof-testvmm\",guest=\"\",vcpu=\"1\""
+        )),
+        "per-vCPU counts: {metrics}"
+    );
+    assert!(metrics.contains("kvmprof_lost_exits_total 0"));
+    assert!(metrics.contains("kvmprof_self_cpu_seconds_total{mode=\"user\"}"));
+
+    let status = serve.stop().expect("serve stops on SIGTERM");
+    assert!(
+        status.success(),
+        "serve on SIGTERM: {status}; {}",
+        serve.log()
+    );
+    assert!(
+        serve.log().contains("every hook detached"),
+        "{}",
+        serve.log()
+    );
+}
+
+#[test]
+fn serve_refuses_a_listen_address_in_use() {
+    if skip_without_kvm("serve_refuses_a_listen_address_in_use") {
+        return;
+    }
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = kvmprof(&["serve", "--listen", &addr]);
+    assert_clean_error(&o, &format!("listen on {addr}"));
+}
+
+#[test]
+fn serve_by_name_follows_a_vmm_that_starts_later() {
+    if skip_without_kvm("serve_by_name_follows_a_vmm_that_starts_later") {
+        return;
+    }
+    let dir = scratch("serve-follow");
+    // A VMM that exists at start (the name must match something) and makes no exit.
+    let idle = spawn(
+        "idle test VMM",
+        Command::new(bin("kvmprof-testvmm")).args(["--pio-user", "1", "--start-delay", "120s"]),
+        dir.join("idle.log"),
+    );
+    let (mut serve, url) = start_serve(&dir, &["--pid", "kvmprof-testvmm", "--grace", "60s"]);
+    // Started after `serve`; its first exit waits 3 s, past the tick that adds it.
+    let later = Command::new(bin("kvmprof-testvmm"))
+        .args(["--vcpus", "2", "--pio-user", "300", "--pio-kernel", "2000"])
+        .args(["--mmio", "100", "--pio-in", "20", "--rate", "500"])
+        .args(["--start-delay", "3s"])
+        .output()
+        .expect("run the test VMM");
+    assert!(later.status.success(), "test VMM failed");
+    let counts: Value = serde_json::from_slice(&later.stdout).expect("test VMM counts");
+    let (pid, want) = (counts["pid"].as_u64().unwrap(), made(&counts));
+    let metrics = wait_for(Duration::from_secs(6), || {
+        get(&url, &[]).filter(|m| served_exits(m, pid) >= want)
+    })
+    .unwrap_or_else(|| panic!("pid {pid} not served: {}", serve.log()));
+    if pvm() {
+        assert_eq!(served_exits(&metrics, pid), want);
+    }
+    assert!(
+        serve.log().contains(&format!("watching pid {pid} too")),
+        "{}",
+        serve.log()
+    );
+    drop(idle);
+    let status = serve.stop().expect("serve stops on SIGTERM");
+    assert!(status.success(), "{}", serve.log());
+}
+
+#[test]
+fn serve_labels_a_qemu_vm_with_its_libvirt_style_guest_name() {
+    let test = "serve_labels_a_qemu_vm_with_its_libvirt_style_guest_name";
+    if skip_without_kvm(test) {
+        return;
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped {test}: qemu-system-x86_64 not installed");
+        return;
+    }
+    let dir = scratch("serve-qemu");
+    let (_serve, url) = start_serve(&dir, &[]);
+    // How libvirt starts a domain: `-name guest=DOMAIN,debug-threads=on`.
+    let guest = format!("serve-test-{}", std::process::id());
+    let qemu = spawn(
+        "qemu",
+        Command::new("qemu-system-x86_64")
+            .args([
+                "-accel", "kvm", "-cpu", "qemu64", "-m", "128", "-display", "none",
+            ])
+            .args(["-serial", "none", "-monitor", "none", "-no-reboot"])
+            .args(["-name", &format!("guest={guest},debug-threads=on")]),
+        dir.join("qemu.log"),
+    );
+    let labels = format!(
+        "pid=\"{}\",process=\"qemu-system-x86\",guest=\"{guest}\",vcpu=\"0\"",
+        qemu.child.id()
+    );
+    // SeaBIOS makes port and MMIO exits from its first instructions.
+    let served = wait_for(Duration::from_secs(20), || {
+        get(&url, &[]).filter(|m| m.contains(&labels))
+    });
+    assert!(served.is_some(), "no series with {labels}: {}", qemu.log());
+}
