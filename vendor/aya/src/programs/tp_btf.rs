@@ -68,6 +68,24 @@ impl BtfTracePoint {
         load_program_with_attach_type(BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP, data)
     }
 
+    /// Loads the program against the BTF type `btf_id` of a kernel BTF object.
+    ///
+    /// [`Self::load`] looks the target up in vmlinux BTF only. Tracepoints (`btf_trace_<name>` typedefs) that live in a
+    /// kernel module are described by the module's split BTF (`/sys/kernel/btf/<module>`), and
+    /// the kernel needs both the type id in that BTF and a file descriptor of the module's BTF
+    /// object (from `BPF_BTF_GET_FD_BY_ID`) to resolve them. `btf_obj_fd` of `None` means
+    /// vmlinux.
+    pub fn load_by_btf_id(
+        &mut self,
+        btf_id: u32,
+        btf_obj_fd: Option<std::os::fd::OwnedFd>,
+    ) -> Result<(), ProgramError> {
+        let Self { data } = self;
+        data.attach_btf_id = Some(btf_id);
+        data.attach_btf_obj_fd = btf_obj_fd.map(crate::MockableFd::from_fd);
+        load_program_with_attach_type(BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP, data)
+    }
+
     /// Attaches the program.
     ///
     /// The returned value can be used to detach, see [`BtfTracePoint::detach`].
