@@ -1,6 +1,7 @@
 //! kvmprof: an eBPF profiler of KVM VM exits.
 mod aggregate;
 mod attach;
+mod btf;
 mod cli;
 mod collect;
 mod datafile;
@@ -50,7 +51,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Top(a) => rt()?.block_on(tui::top(a)),
         Cmd::Report(a) => report::command(&a),
         Cmd::Probes(a) => {
-            let (facts, plan) = live::plan_for_host(a.hooks.hooks)?;
+            let (facts, plan, _ebpf) = live::plan_for_host(a.hooks.hooks)?;
             match a.format {
                 cli::Format::Table => print!("{}", probes::render(&plan, &facts)),
                 cli::Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),

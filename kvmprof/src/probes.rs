@@ -26,7 +26,27 @@ pub fn render(plan: &Plan, facts: &Facts) -> String {
         }
     );
     let _ = writeln!(s, "cycle source: {}", plan.cycle_source());
-    let _ = writeln!(s, "tracepoints: {}\n", plan.tracepoints.join(", "));
+    let btf: Vec<String> = facts
+        .btf_funcs
+        .iter()
+        .map(|(f, t)| format!("{f} ({})", t.module.as_deref().unwrap_or("vmlinux")))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let _ = writeln!(
+        s,
+        "functions with BTF: {}",
+        if btf.is_empty() {
+            "none".to_string()
+        } else {
+            btf.join(", ")
+        }
+    );
+    let _ = writeln!(s, "tracepoints:");
+    for n in &plan.tracepoint_notes {
+        let _ = writeln!(s, "  {n}");
+    }
+    let _ = writeln!(s);
     let _ = writeln!(s, "{:<11} {:<12} SYMBOL", "STAGE", "MODE");
     for sp in &plan.stages {
         let _ = writeln!(
@@ -36,6 +56,7 @@ pub fn render(plan: &Plan, facts: &Facts) -> String {
             sp.mode.name(),
             sp.symbol
         );
+        let _ = writeln!(s, "{:<24} + {}", "", sp.why);
         for r in &sp.rejected {
             let _ = writeln!(s, "{:<24} - {r}", "");
         }

@@ -337,6 +337,7 @@ mod tests {
             symbol: symbol.to_owned(),
             mode,
             rejected: vec![],
+            why: String::new(),
         };
         Plan {
             vendor: Vendor::Pvm,
@@ -352,6 +353,8 @@ mod tests {
             ],
             boundary: 0,
             tracepoints: vec![],
+            btf_tracepoints: vec![],
+            tracepoint_notes: vec![],
         }
     }
 
