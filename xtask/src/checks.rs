@@ -125,40 +125,50 @@ pub fn checks() -> Vec<Check> {
 }
 
 /// Records the workload with `--hooks <hooks>` (`fentry`, or `auto`, which must choose the
-/// same here) and `--exits`. The command kvmprof starts first asks the kernel which programs
-/// are attached where (bpftool: programs, links, BTF objects), then execs the test VMM.
-/// Prints one JSON line `{"vmm", "report", "progs", "links", "btf"}`, then every exit.
+/// same here) and `--exits`. The command kvmprof starts (held until every hook is attached)
+/// first asks the kernel what is attached where, then execs the test VMM: bpftool's programs,
+/// links and BTF objects, and the BPF trampolines in kallsyms (`bpf_trampoline_<key>`, key =
+/// BTF object id << 32 | function type id). Prints one JSON line `{"vmm", "report", "progs",
+/// "links", "btf", "trampolines"}`, then every exit.
 fn btf_hooks_script(hooks: &str) -> String {
     let dir = format!("/run/kvmprof-{hooks}");
     format!(
         "mkdir -p {dir}\n\
          \"$KVMPROF\" record --hooks {hooks} -o {dir}/k.data --exits {dir}/exits.jsonl -- sh -c '\
          bpftool prog show -j > {dir}/progs.json; bpftool link show -j > {dir}/links.json; \
-         bpftool btf show -j > {dir}/btf.json; exec \"$TESTVMM\" {args}' > {dir}/vmm.json\n\
+         bpftool btf show -j > {dir}/btf.json; \
+         grep -o \"bpf_trampoline_[0-9]*\" /proc/kallsyms > {dir}/trampolines || true; \
+         exec \"$TESTVMM\" {args}' > {dir}/vmm.json\n\
          \"$KVMPROF\" report -i {dir}/k.data --format json > {dir}/report.json\n\
-         printf '{{\"vmm\": %s, \"report\": %s, \"progs\": %s, \"links\": %s, \"btf\": %s}}\\n' \
+         printf '{{\"vmm\": %s, \"report\": %s, \"progs\": %s, \"links\": %s, \"btf\": %s, \"trampolines\": [%s]}}\\n' \
          \"$(cat {dir}/vmm.json)\" \"$(cat {dir}/report.json)\" \"$(cat {dir}/progs.json)\" \
-         \"$(cat {dir}/links.json)\" \"$(cat {dir}/btf.json)\"\n\
+         \"$(cat {dir}/links.json)\" \"$(cat {dir}/btf.json)\" \
+         \"$(sed 's/bpf_trampoline_\\(.*\\)/\"\\1\"/' {dir}/trampolines | paste -sd,)\"\n\
          cat {dir}/exits.jsonl\n",
         args = WORKLOAD.args()
     )
 }
 
-/// The hooks the BTF modes must use on this kernel, where KVM is modules: program name, the
-/// kernel's attach type, and the module whose BTF object the target is in.
-const BTF_HOOKS: [(&str, &str, &str); 7] = [
-    ("fe_vendor_run", "trace_fentry", "kvm_amd"), // svm_vcpu_run
-    ("fx_vendor_run", "trace_fexit", "kvm_amd"),
-    ("fe_handler", "trace_fentry", "kvm_amd"), // svm_handle_exit
-    ("fx_handler", "trace_fexit", "kvm_amd"),
-    ("fe_fast_pio", "trace_fentry", "kvm"), // kvm_fast_pio
-    ("fx_fast_pio", "trace_fexit", "kvm"),
-    ("tpb_kvm_exit", "trace_raw_tp", "kvm"), // tp_btf kvm:kvm_exit
+/// The fentry/fexit programs the BTF modes must attach on this kernel, with the kernel's
+/// attach type: vendor run = `svm_vcpu_run`, handler = `svm_handle_exit` (kvm_amd.ko), fast
+/// PIO = `kvm_fast_pio` (kvm.ko).
+const BTF_PROGRAMS: [(&str, &str); 6] = [
+    ("fe_vendor_run", "trace_fentry"),
+    ("fx_vendor_run", "trace_fexit"),
+    ("fe_handler", "trace_fentry"),
+    ("fx_handler", "trace_fexit"),
+    ("fe_fast_pio", "trace_fentry"),
+    ("fx_fast_pio", "trace_fexit"),
 ];
 
-/// fentry/fexit and tp_btf on module code: the kernel shows each program linked to its
-/// module's BTF, no kprobe program is in use, and the recording passes the same checks as
-/// kprobe mode (exact counts, lost 0, every io exit with all four stages nested).
+/// BPF trampolines per module BTF: two functions in kvm_amd, one in kvm (each trampoline
+/// holds the fentry and the fexit program of its function).
+const TRAMPOLINES: [(&str, usize); 2] = [("kvm_amd", 2), ("kvm", 1)];
+
+/// fentry/fexit and tp_btf on module code: the kernel shows each program linked as planned,
+/// its trampolines keyed by the modules' BTF objects, `kvm_exit` as a BTF tracepoint, no
+/// kprobe program in use, and the recording passes the same checks as kprobe mode (exact
+/// counts, lost 0, every io exit with all four stages nested).
 fn btf_hooks_record(c: &Captured) -> Result<()> {
     let (first, rest) = c.stdout.split_once('\n').unwrap_or((&c.stdout, ""));
     let json = parse_json(first)?;
@@ -178,27 +188,38 @@ fn btf_links(json: &Value) -> Result<()> {
             .unwrap_or("")
             .to_string()
     };
-    let btf_name = |id: &Value| {
+    let link_of = |prog: &str| links.iter().find(|l| prog_name(&l["prog_id"]) == prog);
+    let mut wrong = Vec::new();
+    for (prog, attach) in BTF_PROGRAMS {
+        match link_of(prog).map(|l| l["attach_type"].as_str().unwrap_or("?")) {
+            None => wrong.push(format!("{prog} is not linked")),
+            Some(got) if got != attach => wrong.push(format!("{prog}: {got}, expected {attach}")),
+            Some(_) => {}
+        }
+    }
+    match link_of("tpb_kvm_exit") {
+        Some(l) if l["type"] == "raw_tracepoint" && l["tp_name"] == "kvm_exit" => {}
+        Some(l) => wrong.push(format!("tpb_kvm_exit linked as {l}")),
+        None => wrong.push("tpb_kvm_exit (tp_btf kvm_exit) is not linked".into()),
+    }
+    let btf_name = |obj: u64| {
         btf.iter()
-            .find(|b| &b["id"] == id)
+            .find(|b| b["id"].as_u64() == Some(obj))
             .and_then(|b| b["name"].as_str())
             .unwrap_or("?")
             .to_string()
     };
-    let mut wrong = Vec::new();
-    for (prog, attach, module) in BTF_HOOKS {
-        let link = links.iter().find(|l| prog_name(&l["prog_id"]) == prog);
-        match link {
-            None => wrong.push(format!("{prog} is not linked")),
-            Some(l) => {
-                let (got_attach, got_module) =
-                    (l["attach_type"].as_str().unwrap_or("?"), btf_name(&l["target_obj_id"]));
-                if (got_attach, got_module.as_str()) != (attach, module) {
-                    wrong.push(format!(
-                        "{prog}: {got_attach} on {got_module} BTF, expected {attach} on {module}"
-                    ));
-                }
-            }
+    let homes: Vec<String> = list("trampolines")
+        .iter()
+        .filter_map(|k| k.as_str()?.parse::<u64>().ok())
+        .map(|key| btf_name(key >> 32))
+        .collect();
+    for (module, want) in TRAMPOLINES {
+        let got = homes.iter().filter(|h| *h == module).count();
+        if got != want {
+            wrong.push(format!(
+                "{got} trampolines on {module} BTF, expected {want} (all: {homes:?})"
+            ));
         }
     }
     let kprobes: Vec<String> = progs
@@ -559,6 +580,58 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "report ports: 0x3f8 out = 1999, expected 2000"
+        );
+    }
+
+    #[test]
+    fn btf_hooks_script_is_valid_shell() {
+        let script = btf_hooks_script("fentry");
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}\n{out:?}");
+    }
+
+    /// What the kernel shows while kvmprof runs in fentry mode in the SVM VM (bpftool 7.1
+    /// field names; here the kvm BTF object is 2 and kvm_amd's is 3).
+    fn btf_view(unlinked: &str) -> Value {
+        let mut progs = vec![];
+        let mut links = vec![];
+        for (i, (name, attach)) in BTF_PROGRAMS.iter().enumerate() {
+            progs.push(serde_json::json!({"id": 20 + i, "type": "tracing", "name": name}));
+            if *name != unlinked {
+                links.push(serde_json::json!({"id": 10 + i, "type": "tracing",
+                    "prog_id": 20 + i, "prog_type": "tracing", "attach_type": attach}));
+            }
+        }
+        progs.push(serde_json::json!({"id": 30, "type": "tracing", "name": "tpb_kvm_exit"}));
+        links.push(
+            serde_json::json!({"id": 9, "type": "raw_tracepoint", "prog_id": 30,
+            "tp_name": "kvm_exit"}),
+        );
+        let key = |obj: u64, ty: u64| ((obj << 32) | ty).to_string();
+        serde_json::json!({
+            "progs": progs,
+            "links": links,
+            "btf": [{"id": 1, "name": "vmlinux"}, {"id": 2, "name": "kvm"},
+                {"id": 3, "name": "kvm_amd"}],
+            "trampolines": [key(3, 70000), key(3, 70010), key(2, 64000)],
+        })
+    }
+
+    #[test]
+    fn btf_hooks_must_be_linked_with_trampolines_on_the_module_btf() {
+        assert!(btf_links(&btf_view("")).is_ok());
+        let err = btf_links(&btf_view("fx_handler")).unwrap_err();
+        assert_eq!(err.to_string(), "BTF hooks: fx_handler is not linked");
+        // A trampoline on a vmlinux function instead of kvm_fast_pio in kvm.ko.
+        let mut v = btf_view("");
+        v["trampolines"][2] = Value::String(((1u64 << 32) | 5).to_string());
+        let err = btf_links(&v).unwrap_err().to_string();
+        assert!(
+            err.contains("0 trampolines on kvm BTF, expected 1"),
+            "{err}"
         );
     }
 
