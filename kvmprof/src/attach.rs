@@ -78,14 +78,12 @@ pub fn plan_and_load(mut facts: Facts, hooks: HookPref) -> Result<(Facts, Plan, 
     if matches!(hooks, HookPref::Auto | HookPref::Fentry) {
         // Planned as if trampolines were allowed: the first fentry stage is the test load.
         let optimistic = plan::plan(&facts, hooks);
-        let first = optimistic
-            .ok()
-            .and_then(|p| {
-                // (The cycle stage may carry the vendor run's mode and a derived symbol.)
-                p.stages.into_iter().find(|s| {
-                    s.mode == Mode::Fentry && facts.btf_funcs.contains_key(&s.symbol)
-                })
-            });
+        let first = optimistic.ok().and_then(|p| {
+            // (The cycle stage may carry the vendor run's mode and a derived symbol.)
+            p.stages
+                .into_iter()
+                .find(|s| s.mode == Mode::Fentry && facts.btf_funcs.contains_key(&s.symbol))
+        });
         if let Some(sp) = first {
             facts.fentry = Some(probe_fentry(&mut ebpf, &facts, sp.stage, &sp.symbol));
         }

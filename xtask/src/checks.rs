@@ -128,8 +128,8 @@ pub fn checks() -> Vec<Check> {
 /// same here) and `--exits`. The command kvmprof starts (held until every hook is attached)
 /// first asks the kernel what is attached where, then execs the test VMM: bpftool's programs,
 /// links and BTF objects, and the BPF trampolines in kallsyms (`bpf_trampoline_<key>`, key =
-/// BTF object id << 32 | function type id). Prints one JSON line `{"vmm", "report", "progs",
-/// "links", "btf", "trampolines"}`, then every exit.
+/// BTF object id << 32 | function type id). Prints one JSON line (newlines of the pretty
+/// parts removed) `{"vmm", "report", "progs", "links", "btf", "trampolines"}`, then every exit.
 fn btf_hooks_script(hooks: &str) -> String {
     let dir = format!("/run/kvmprof-{hooks}");
     format!(
@@ -137,13 +137,15 @@ fn btf_hooks_script(hooks: &str) -> String {
          \"$KVMPROF\" record --hooks {hooks} -o {dir}/k.data --exits {dir}/exits.jsonl -- sh -c '\
          bpftool prog show -j > {dir}/progs.json; bpftool link show -j > {dir}/links.json; \
          bpftool btf show -j > {dir}/btf.json; \
-         grep -o \"bpf_trampoline_[0-9]*\" /proc/kallsyms > {dir}/trampolines || true; \
+         grep -o \"bpf_trampoline_[0-9][0-9]*\" /proc/kallsyms > {dir}/trampolines || true; \
          exec \"$TESTVMM\" {args}' > {dir}/vmm.json\n\
          \"$KVMPROF\" report -i {dir}/k.data --format json > {dir}/report.json\n\
-         printf '{{\"vmm\": %s, \"report\": %s, \"progs\": %s, \"links\": %s, \"btf\": %s, \"trampolines\": [%s]}}\\n' \
+         printf '{{\"vmm\": %s, \"report\": %s, \"progs\": %s, \"links\": %s, \"btf\": %s, \"trampolines\": [%s]}}' \
          \"$(cat {dir}/vmm.json)\" \"$(cat {dir}/report.json)\" \"$(cat {dir}/progs.json)\" \
          \"$(cat {dir}/links.json)\" \"$(cat {dir}/btf.json)\" \
-         \"$(sed 's/bpf_trampoline_\\(.*\\)/\"\\1\"/' {dir}/trampolines | paste -sd,)\"\n\
+         \"$(sed 's/bpf_trampoline_\\(.*\\)/\"\\1\"/' {dir}/trampolines | paste -sd,)\" \
+         | tr -d '\\n'\n\
+         echo\n\
          cat {dir}/exits.jsonl\n",
         args = WORKLOAD.args()
     )
