@@ -62,7 +62,7 @@ fn tracepoint_program(tp: &str) -> Option<&'static str> {
     })
 }
 
-pub fn load() -> Result<Ebpf> {
+fn load() -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries("EVENTS", RING_BYTES)
         .load(OBJECT)
