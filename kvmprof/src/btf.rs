@@ -324,17 +324,16 @@ pub fn kvm_exit_layout(k: &KernelBtf, vendor: Vendor) -> Result<ExitLayout, Stri
             args.join(", ")
         ));
     }
-    // The vendor struct, from the vendor module's BTF (or vmlinux when built in).
-    let (strct, path): (&str, &[(&str, &str)]) = match vendor {
+    // The vendor struct (from the vendor module's BTF, or vmlinux when built in), the pointer
+    // in it to follow, and the members whose offsets add up to the exit reason after it.
+    type Member = (&'static str, &'static str);
+    let (strct, deref, reason): (&str, Option<Member>, &[Member]) = match vendor {
         Vendor::Svm => (
             "vcpu_svm",
-            &[
-                ("vcpu_svm", "vmcb"),
-                ("vmcb", "control"),
-                ("vmcb_control_area", "exit_code"),
-            ],
+            Some(("vcpu_svm", "vmcb")),
+            &[("vmcb", "control"), ("vmcb_control_area", "exit_code")],
         ),
-        Vendor::Vmx => ("vcpu_vmx", &[("vcpu_vmx", "exit_reason")]),
+        Vendor::Vmx => ("vcpu_vmx", None, &[("vcpu_vmx", "exit_reason")]),
         _ => return Err(format!("no vCPU struct layout known for {vendor:?}")),
     };
     let btf = std::iter::once(&*k.vmlinux)
@@ -348,22 +347,13 @@ pub fn kvm_exit_layout(k: &KernelBtf, vendor: Vendor) -> Result<ExitLayout, Stri
     if off(strct, "vcpu")? != 0 {
         return Err(format!("kvm_vcpu is not the first member of {strct}"));
     }
-    let vcpu_id_off = off("kvm_vcpu", "vcpu_id")?;
-    Ok(match path {
-        [(s, m)] => ExitLayout {
-            reason_deref: None,
-            reason_off: off(s, m)?,
-            vcpu_id_off,
-        },
-        [(s, m), rest @ ..] => ExitLayout {
-            reason_deref: Some(off(s, m)?),
-            reason_off: rest
-                .iter()
-                .map(|(s, m)| off(s, m))
-                .sum::<Result<u32, String>>()?,
-            vcpu_id_off,
-        },
-        [] => unreachable!("every layout path has a member"),
+    Ok(ExitLayout {
+        reason_deref: deref.map(|(s, m)| off(s, m)).transpose()?,
+        reason_off: reason
+            .iter()
+            .map(|(s, m)| off(s, m))
+            .sum::<Result<u32, String>>()?,
+        vcpu_id_off: off("kvm_vcpu", "vcpu_id")?,
     })
 }
 
