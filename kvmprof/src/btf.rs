@@ -474,8 +474,9 @@ mod sys {
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
+    use crate::kernel::KVM_BTF_MODULES as KVM_MODULES;
 
     /// Builds BTF blobs type by type, the way pahole lays them out.
     pub struct Builder {
@@ -667,6 +668,42 @@ pub mod tests {
         );
         let e = kvm_exit_layout(&kernel(), Vendor::Vmx).unwrap_err();
         assert!(e.contains("vcpu_vmx not in BTF"), "{e}");
+    }
+
+    /// The running kernel's own BTF parses, every kind included, and its tracepoint
+    /// prototypes read as the kernel declares them.
+    #[test]
+    fn the_running_kernels_btf_parses() {
+        let dir = Path::new(SYSFS_BTF);
+        if !dir.join("vmlinux").exists() {
+            eprintln!("skipped the_running_kernels_btf_parses: no {SYSFS_BTF}/vmlinux");
+            return;
+        }
+        let k = KernelBtf::read(dir, KVM_MODULES).unwrap();
+        assert!(k.function("schedule").is_some_and(|t| t.module.is_none()));
+        let (_, btf) = k.tracepoint("sched_switch").unwrap();
+        let args = btf.tracepoint_args("sched_switch").unwrap();
+        assert!(
+            args.contains(&"struct task_struct *".to_string()),
+            "{args:?}"
+        );
+    }
+
+    /// The real kernel: walks its BTF objects (root needed; vmlinux's object is named
+    /// `vmlinux`, as a module's is named after the module).
+    #[test]
+    fn kernel_btf_objects_are_found_by_name() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped kernel_btf_objects_are_found_by_name: needs root");
+            return;
+        }
+        assert!(open_object(Some("vmlinux")).unwrap().is_some());
+        assert!(open_object(None).unwrap().is_none());
+        let e = open_object(Some("no_such_module")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "no BTF object named no_such_module among the kernel's BTF objects"
+        );
     }
 
     #[test]
