@@ -249,31 +249,39 @@ fn plan_tracepoints(
     let mut btf = Vec::new();
     let mut notes = Vec::new();
     for tp in tracepoints {
+        let home = f
+            .btf_tracepoints
+            .get(tp)
+            .map(|t| t.module.as_deref().unwrap_or("vmlinux"));
+        // Only kvm_exit's program needs more than its arguments: the exit reason's layout.
+        let needs = match (tp.as_str(), &f.kvm_exit_layout) {
+            ("kvm/kvm_exit", Some(Ok(_))) => {
+                Ok(" (exit reason read through the vendor vCPU struct, offsets from BTF)")
+            }
+            ("kvm/kvm_exit", Some(Err(e))) => Err(format!("tp_btf: {e}")),
+            ("kvm/kvm_exit", None) => Err("tp_btf: BTF layout not read".to_string()),
+            _ => Ok(""),
+        };
         let why_not = if !BTF_TRACEPOINT_PROGRAMS.contains(&tp.as_str()) {
-            Some("no tp_btf program for it".to_string())
+            "no tp_btf program for it".to_string()
         } else if !matches!(pref, HookPref::Auto | HookPref::Fentry) {
-            Some("tp_btf not requested (--hooks)".to_string())
-        } else if let Some(t) = f.btf_tracepoints.get(tp) {
-            match &f.kvm_exit_layout {
-                Some(Ok(_)) => {
+            "tp_btf not requested (--hooks)".to_string()
+        } else if let Some(home) = home {
+            match needs {
+                Ok(detail) => {
                     btf.push(tp.clone());
                     notes.push(format!(
-                        "{tp}: tp_btf on btf_trace_{} in {} BTF (exit reason read through the vendor vCPU struct, offsets from BTF)",
+                        "{tp}: tp_btf on btf_trace_{} in {home} BTF{detail}",
                         tp.split_once('/').map_or(tp.as_str(), |(_, n)| n),
-                        t.module.as_deref().unwrap_or("vmlinux")
                     ));
                     continue;
                 }
-                Some(Err(e)) => Some(format!("tp_btf: {e}")),
-                None => Some("tp_btf: BTF layout not read".to_string()),
+                Err(e) => e,
             }
         } else {
-            Some("tp_btf: no btf_trace type in vmlinux or KVM module BTF".to_string())
+            "tp_btf: no btf_trace type in vmlinux or KVM module BTF".to_string()
         };
-        notes.push(format!(
-            "{tp}: classic tracepoint ({})",
-            why_not.unwrap_or_default()
-        ));
+        notes.push(format!("{tp}: classic tracepoint ({why_not})"));
     }
     (btf, notes)
 }
