@@ -157,6 +157,13 @@ pub struct Config {
     /// Field offsets in `syscalls:sys_enter_ioctl`.
     pub ioctl_fd_off: u32,
     pub ioctl_cmd_off: u32,
+    /// `tp_btf/kvm_exit` gets `struct kvm_vcpu *` (the start of the vendor's vCPU struct), not
+    /// the classic fields; these BTF offsets find the exit reason and vCPU id behind it:
+    /// a pointer to follow first ([`NO_DEREF`] for none), the reason's offset after it, and
+    /// `kvm_vcpu.vcpu_id`.
+    pub btf_exit_deref_off: u32,
+    pub btf_exit_reason_off: u32,
+    pub btf_exit_vcpu_id_off: u32,
 }
 
 /// The recording window, written by userspace into the `WINDOW` array (one element).
@@ -180,6 +187,8 @@ impl Window {
         self.start_ns != 0 && ts >= self.start_ns && (self.stop_ns == 0 || ts < self.stop_ns)
     }
 }
+/// [`Config::btf_exit_deref_off`] when the exit reason is in the vCPU struct itself (VMX).
+pub const NO_DEREF: u32 = u32::MAX;
 
 /// Per-thread state kept in the kernel between events of one vCPU thread.
 #[repr(C)]

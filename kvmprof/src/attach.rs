@@ -1,17 +1,27 @@
 //! Loads the eBPF object and attaches it as the plan says. Each failure names the hook and
 //! the kernel's answer; nothing here decides *what* to hook (that is `plan`).
+//!
+//! fentry/fexit and tp_btf programs on module code (kvm.ko, kvm_amd.ko, kvm_intel.ko) are
+//! loaded with the target's type id in the module's split BTF and an fd of the module's BTF
+//! object (`btf.rs` finds both), through `load_by_btf_id`, a 54-line patch of aya 0.14
+//! carried in vendor/aya (aya issue #301). A patch rather than raw `BPF_PROG_LOAD` calls of
+//! our own: aya already carries `attach_btf_obj_fd` to the kernel and owns relocation, map
+//! fds, BTF func/line info and the verifier log of each program; redoing that for six
+//! programs would duplicate much of its loader, while the patch only adds setters and can
+//! go upstream as is.
 use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{Array, HashMap},
-    programs::{FEntry, FExit, KProbe, TracePoint},
-    Btf, Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint},
+    Ebpf, EbpfLoader,
 };
-use kvmprof_common::Config;
+use kvmprof_common::{Config, NO_DEREF};
 
 use crate::{
+    btf,
     kernel::Facts,
     model::Stage,
-    plan::{Mode, Plan},
+    plan::{self, HookPref, Mode, Plan},
 };
 
 /// The eBPF object built by build.rs.
@@ -31,6 +41,14 @@ fn program_stem(s: Stage) -> Option<&'static str> {
     }
 }
 
+/// Tracepoint (`category/name`) → its BTF tracepoint program (`kvmprof-ebpf/src/probes/btf.rs`).
+fn btf_tracepoint_program(tp: &str) -> Option<&'static str> {
+    Some(match tp {
+        "kvm/kvm_exit" => "tpb_kvm_exit",
+        _ => return None,
+    })
+}
+
 /// Tracepoint (`category/name`) → program name.
 fn tracepoint_program(tp: &str) -> Option<&'static str> {
     Some(match tp {
@@ -44,30 +62,74 @@ fn tracepoint_program(tp: &str) -> Option<&'static str> {
     })
 }
 
-pub fn load() -> Result<Ebpf> {
+fn load() -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries("EVENTS", RING_BYTES)
         .load(OBJECT)
         .map_err(|e| anyhow!("load eBPF object: {e}"))
 }
 
-/// Tries to load one fentry program: the only way to learn whether this kernel (or its
-/// sandbox) allows BPF trampolines. The program is not attached.
-pub fn probe_fentry(facts: &Facts) -> Option<Result<(), String>> {
+/// Plans the hooks of one recording and loads the object they come from, once: whether this
+/// kernel (or its sandbox) allows BPF trampolines is only learnt by loading an fentry
+/// program, so the program the plan would use first is loaded from the object the recording
+/// keeps, and stays loaded for `attach` when the final plan uses it.
+pub fn plan_and_load(mut facts: Facts, hooks: HookPref) -> Result<(Facts, Plan, Ebpf)> {
+    let mut ebpf = load()?;
+    if matches!(hooks, HookPref::Auto | HookPref::Fentry) {
+        // Planned as if trampolines were allowed: the first fentry stage is the test load.
+        let optimistic = plan::plan(&facts, hooks);
+        let first = optimistic.ok().and_then(|p| {
+            // (The cycle stage may carry the vendor run's mode and a derived symbol.)
+            p.stages
+                .into_iter()
+                .find(|s| s.mode == Mode::Fentry && facts.btf_funcs.contains_key(&s.symbol))
+        });
+        if let Some(sp) = first {
+            facts.fentry = Some(probe_fentry(&mut ebpf, &facts, sp.stage, &sp.symbol));
+        }
+    }
+    let plan = plan::plan(&facts, hooks)?;
+    Ok((facts, plan, ebpf))
+}
+
+/// Loads (does not attach) the fentry program of `stage` on `sym`.
+fn probe_fentry(ebpf: &mut Ebpf, facts: &Facts, stage: Stage, sym: &str) -> Result<(), String> {
+    let stem = program_stem(stage).ok_or("no fentry program for this stage")?;
+    load_fentry(ebpf, facts, &format!("fe_{stem}"), sym).map_err(|e| e.root_cause().to_string())
+}
+
+/// Loads a BTF-targeted tracing program on `target`, unless the fentry probe already did.
+macro_rules! load_btf_program {
+    ($ty:ty, $ebpf:expr, $name:expr, $target:expr) => {{
+        let prog: &mut $ty = $ebpf
+            .program_mut($name)
+            .context($name.to_string())?
+            .try_into()?;
+        if prog.fd().is_ok() {
+            Ok(())
+        } else {
+            let t: &btf::Target = $target;
+            let fd = btf::open_object(t.module.as_deref())?;
+            prog.load_by_btf_id(t.type_id, fd)
+                .map_err(|e| anyhow!("{}", describe(&e)))
+        }
+    }};
+}
+
+fn load_fentry(ebpf: &mut Ebpf, facts: &Facts, name: &str, sym: &str) -> Result<()> {
     let target = facts
         .btf_funcs
-        .iter()
-        .find(|f| facts.kallsyms.get(*f).is_some_and(|s| s.module.is_none()))?;
-    let btf = match Btf::from_sys_fs() {
-        Ok(b) => b,
-        Err(e) => return Some(Err(format!("vmlinux BTF: {e}"))),
-    };
-    let mut ebpf = match load() {
-        Ok(e) => e,
-        Err(e) => return Some(Err(e.to_string())),
-    };
-    let prog: &mut FEntry = ebpf.program_mut("fe_fast_pio")?.try_into().ok()?;
-    Some(prog.load(target, &btf).map_err(|e| describe(&e)))
+        .get(sym)
+        .with_context(|| format!("{sym} has no BTF entry"))?;
+    load_btf_program!(FEntry, ebpf, name, target)
+}
+
+fn load_fexit(ebpf: &mut Ebpf, facts: &Facts, name: &str, sym: &str) -> Result<()> {
+    let target = facts
+        .btf_funcs
+        .get(sym)
+        .with_context(|| format!("{sym} has no BTF entry"))?;
+    load_btf_program!(FExit, ebpf, name, target)
 }
 
 /// Attaches everything in `plan`, filtered to `pids` (all processes when empty).
@@ -82,7 +144,23 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
         pid_map.insert(p, 1, 0)?;
     }
 
+    for tp in &plan.btf_tracepoints {
+        let name = btf_tracepoint_program(tp)
+            .with_context(|| format!("no tp_btf program for tracepoint {tp}"))?;
+        let target = facts
+            .btf_tracepoints
+            .get(tp)
+            .with_context(|| format!("{tp} has no btf_trace type"))?;
+        load_btf_program!(BtfTracePoint, ebpf, name, target)
+            .map_err(|e| anyhow!("tp_btf {tp} refused: {e}"))?;
+        let prog: &mut BtfTracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
+        prog.attach()
+            .map_err(|e| anyhow!("attach tp_btf {tp}: {}", describe(&e)))?;
+    }
     for tp in &plan.tracepoints {
+        if plan.btf_tracepoints.contains(tp) {
+            continue;
+        }
         let name =
             tracepoint_program(tp).with_context(|| format!("no program for tracepoint {tp}"))?;
         let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
@@ -93,7 +171,6 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
             .map_err(|e| anyhow!("attach tracepoint {tp}: {}", describe(&e)))?;
     }
 
-    let mut btf = None;
     for sp in &plan.stages {
         let Some(stem) = program_stem(sp.stage) else {
             continue;
@@ -117,21 +194,16 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
                 }
             }
             Mode::Fentry => {
-                if btf.is_none() {
-                    btf = Some(Btf::from_sys_fs().context("parse vmlinux BTF")?);
-                }
-                let btf = btf.as_ref().context("BTF")?;
                 let name = format!("fe_{stem}");
-                let prog: &mut FEntry =
-                    ebpf.program_mut(&name).context(name.clone())?.try_into()?;
-                prog.load(sym, btf)
-                    .map_err(|e| anyhow!("fentry on {sym} refused: {}", describe(&e)))?;
+                load_fentry(ebpf, facts, &name, sym)
+                    .map_err(|e| anyhow!("fentry on {sym} refused: {e}"))?;
+                let prog: &mut FEntry = ebpf.program_mut(&name).context(name)?.try_into()?;
                 prog.attach()
                     .map_err(|e| anyhow!("fentry on {sym}: {}", describe(&e)))?;
                 let name = format!("fx_{stem}");
-                let prog: &mut FExit = ebpf.program_mut(&name).context(name.clone())?.try_into()?;
-                prog.load(sym, btf)
-                    .map_err(|e| anyhow!("fexit on {sym} refused: {}", describe(&e)))?;
+                load_fexit(ebpf, facts, &name, sym)
+                    .map_err(|e| anyhow!("fexit on {sym} refused: {e}"))?;
+                let prog: &mut FExit = ebpf.program_mut(&name).context(name)?.try_into()?;
                 prog.attach()
                     .map_err(|e| anyhow!("fexit on {sym}: {}", describe(&e)))?;
             }
@@ -144,11 +216,16 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
 /// The run-time configuration: cycle boundary and tracepoint field offsets of this kernel.
 fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
     let exit = |field| {
-        if plan.tracepoints.iter().any(|t| t == "kvm/kvm_exit") {
+        let classic = |t: &String| t == "kvm/kvm_exit" && !plan.btf_tracepoints.contains(t);
+        if plan.tracepoints.iter().any(classic) {
             f.offset("kvm/kvm_exit", field)
         } else {
             Ok(0)
         }
+    };
+    let btf_exit = match &f.kvm_exit_layout {
+        Some(Ok(l)) if plan.btf_tracepoints.iter().any(|t| t == "kvm/kvm_exit") => Some(*l),
+        _ => None,
     };
     Ok(Config {
         boundary: plan.boundary,
@@ -166,6 +243,9 @@ fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
         uexit_errno_off: f.offset("kvm/kvm_userspace_exit", "errno")?,
         ioctl_fd_off: f.offset("syscalls/sys_enter_ioctl", "fd")?,
         ioctl_cmd_off: f.offset("syscalls/sys_enter_ioctl", "cmd")?,
+        btf_exit_deref_off: btf_exit.and_then(|l| l.reason_deref).unwrap_or(NO_DEREF),
+        btf_exit_reason_off: btf_exit.map_or(0, |l| l.reason_off),
+        btf_exit_vcpu_id_off: btf_exit.map_or(0, |l| l.vcpu_id_off),
     })
 }
 

@@ -4,6 +4,8 @@ use std::{collections::HashMap, fs, path::Path};
 
 use anyhow::{bail, Context, Result};
 
+use crate::btf;
+
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Present when the kernel has CONFIG_KPROBES with the perf kprobe PMU aya attaches through.
@@ -22,11 +24,17 @@ pub struct Facts {
     pub release: String,
     /// Text symbols by name (first occurrence wins).
     pub kallsyms: HashMap<String, Symbol>,
-    /// Function names present in vmlinux BTF (fentry can target these; aya cannot target
-    /// module BTF).
-    pub btf_funcs: std::collections::HashSet<String>,
+    /// Functions with a BTF entry, in vmlinux or in a KVM module's BTF: what fentry/fexit
+    /// can target, with where the kernel finds them.
+    pub btf_funcs: HashMap<String, btf::Target>,
+    /// Tracepoints (`category/name`) with a `btf_trace_<name>` type: what tp_btf can target.
+    pub btf_tracepoints: HashMap<String, btf::Target>,
+    /// Where a tp_btf `kvm_exit` program finds the exit reason, or why it cannot (`None`:
+    /// not read).
+    pub kvm_exit_layout: Option<Result<ExitLayout, String>>,
     pub kprobes: bool,
-    /// `Some(Err(why))` when loading an fentry program was refused; `None` when untried.
+    /// `Some(Err(why))` when loading an fentry program was refused; `None` when untried
+    /// (only a load attempt tells, see `attach::Loaded::probe_fentry`).
     pub fentry: Option<Result<(), String>>,
     /// Functions ftrace can hook, when the kernel lets us read the list.
     pub traceable: Option<std::collections::HashSet<String>>,
@@ -35,6 +43,22 @@ pub struct Facts {
     /// Loaded KVM vendor modules or built-in backends.
     pub kvm_modules: Vec<String>,
 }
+
+/// Where the `kvm:kvm_exit` values live for a BTF tracepoint program, which gets the raw
+/// arguments `(struct kvm_vcpu *vcpu, u32 isa)` instead of the classic tracepoint's fields:
+/// `exit_reason` is read through the vendor's vCPU struct, which embeds `kvm_vcpu` first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitLayout {
+    /// Offset of a pointer in the vendor vCPU struct to follow first (SVM: `vcpu_svm.vmcb`).
+    pub reason_deref: Option<u32>,
+    /// Offset of the 32-bit exit reason (after the deref, if any).
+    pub reason_off: u32,
+    /// Offset of `kvm_vcpu.vcpu_id`.
+    pub vcpu_id_off: u32,
+}
+
+/// Modules whose BTF may hold KVM functions and tracepoints.
+pub const KVM_BTF_MODULES: &[&str] = &["kvm", "kvm_amd", "kvm_intel"];
 
 /// The tracepoints kvmprof may use.
 pub const TRACEPOINTS: &[&str] = &[
@@ -71,10 +95,25 @@ impl Facts {
                     .map(str::to_string)
                     .collect()
             });
-        Ok(Facts {
+        if !Path::new(VMLINUX_BTF).exists() {
+            bail!("no kernel BTF ({VMLINUX_BTF}): kvmprof needs CONFIG_DEBUG_INFO_BTF");
+        }
+        let kbtf = btf::KernelBtf::read(Path::new(btf::SYSFS_BTF), KVM_BTF_MODULES)?;
+        let mut facts = Facts {
             release,
             kallsyms: parse_kallsyms(&kallsyms),
-            btf_funcs: read_btf_funcs(funcs)?,
+            btf_funcs: funcs
+                .iter()
+                .filter_map(|f| Some((f.to_string(), kbtf.function(f)?)))
+                .collect(),
+            btf_tracepoints: TRACEPOINTS
+                .iter()
+                .filter_map(|tp| {
+                    let (_, name) = tp.split_once('/')?;
+                    Some((tp.to_string(), kbtf.tracepoint(name)?.0))
+                })
+                .collect(),
+            kvm_exit_layout: None,
             kprobes: Path::new(KPROBE_PMU).exists(),
             fentry: None,
             traceable,
@@ -84,7 +123,12 @@ impl Facts {
                 .filter(|m| Path::new("/sys/module").join(m).exists())
                 .map(str::to_string)
                 .collect(),
-        })
+        };
+        facts.kvm_exit_layout = Some(btf::kvm_exit_layout(
+            &kbtf,
+            crate::plan::detect_vendor(&facts),
+        ));
+        Ok(facts)
     }
 
     pub fn offset(&self, tracepoint: &str, field: &str) -> Result<u32> {
@@ -110,21 +154,6 @@ fn ensure_tracefs() -> Result<()> {
         bail!("tracefs is not mounted at {TRACEFS} and mounting it failed");
     }
     Ok(())
-}
-
-fn read_btf_funcs(funcs: &[&str]) -> Result<std::collections::HashSet<String>> {
-    if !Path::new(VMLINUX_BTF).exists() {
-        bail!("no kernel BTF ({VMLINUX_BTF}): kvmprof needs CONFIG_DEBUG_INFO_BTF");
-    }
-    let btf = aya::Btf::from_sys_fs().context("parse vmlinux BTF")?;
-    Ok(funcs
-        .iter()
-        .filter(|f| {
-            btf.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func)
-                .is_ok()
-        })
-        .map(|f| f.to_string())
-        .collect())
 }
 
 /// Text symbols (t/T) of /proc/kallsyms: `addr type name [module]`.

@@ -95,14 +95,11 @@ pub struct Outcome {
     pub orphans: u64,
 }
 
-/// Plans for this kernel, including the one fact only a load attempt reveals (fentry).
-pub fn plan_for_host(hooks: HookPref) -> Result<(Facts, Plan)> {
-    let mut facts = Facts::gather(&plan::candidate_functions())?;
-    if hooks != HookPref::Kprobe && hooks != HookPref::Tracepoint {
-        facts.fentry = attach::probe_fentry(&facts);
-    }
-    let plan = plan::plan(&facts, hooks)?;
-    Ok((facts, plan))
+/// Plans for this kernel, including the one fact only a load attempt reveals (fentry), and
+/// loads the eBPF object that attempt used (once per recording).
+pub fn plan_for_host(hooks: HookPref) -> Result<(Facts, Plan, aya::Ebpf)> {
+    let facts = Facts::gather(&plan::candidate_functions())?;
+    attach::plan_and_load(facts, hooks)
 }
 
 /// An attached session, not yet draining. Splitting start from run lets callers announce
@@ -148,8 +145,7 @@ impl Session {
             bail!("--duration 0 would record an empty window; give a positive duration");
         }
         target::preflight()?;
-        let (facts, plan) = plan_for_host(opts.hooks)?;
-        let mut ebpf = attach::load()?;
+        let (facts, plan, mut ebpf) = plan_for_host(opts.hooks)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();

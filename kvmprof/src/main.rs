@@ -2,6 +2,7 @@
 mod aggregate;
 mod analyze;
 mod attach;
+mod btf;
 mod cli;
 mod collect;
 mod datafile;

@@ -11,7 +11,8 @@ use crate::{kernel::Facts, model::Stage, model::Vendor, vendor};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// BPF trampoline on a vmlinux BTF function (cheapest).
+    /// fentry/fexit: BPF trampolines on a function with BTF, in vmlinux or in a module's
+    /// BTF (cheapest).
     Fentry,
     /// kprobe/kretprobe by kallsyms name (works for module code).
     Kprobe,
@@ -50,6 +51,9 @@ pub struct StagePlan {
     pub mode: Mode,
     /// Why each better mode was not used (`"fentry: refused by the kernel (EPERM)"`).
     pub rejected: Vec<String>,
+    /// Why the chosen mode applies (`"svm_vcpu_run in kvm_amd BTF, trampolines allowed"`).
+    #[serde(default)]
+    pub why: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +64,13 @@ pub struct Plan {
     pub boundary: u32,
     /// Tracepoints to attach (`category/name`).
     pub tracepoints: Vec<String>,
+    /// Those of `tracepoints` attached as BTF tracepoints (raw arguments, no trace-record
+    /// copy) rather than as classic ones.
+    #[serde(default)]
+    pub btf_tracepoints: Vec<String>,
+    /// How each tracepoint is attached and why, for `kvmprof probes`.
+    #[serde(default)]
+    pub tracepoint_notes: Vec<String>,
 }
 
 impl Plan {
@@ -160,12 +171,14 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
         rejected: vec![
             "kprobe/fentry on kvm_arch_vcpu_ioctl_run: not needed, the tracepoints bound the same interval and also give the vCPU fd".into(),
         ],
+        why: "the ioctl tracepoint also gives the vCPU fd".into(),
     });
     stages.push(StagePlan {
         stage: Stage::Vmm,
         symbol: "kvm:kvm_userspace_exit .. sys_enter_ioctl(KVM_RUN)".into(),
         mode: Mode::Tracepoint,
         rejected: vec![],
+        why: "the only events at both ends".into(),
     });
 
     let hooked = |s: Stage| {
@@ -190,6 +203,7 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
             .map(|p| (p.symbol.clone(), p.mode))
             .unwrap_or_default();
         if let Some(c) = stages.iter_mut().find(|p| p.stage == Stage::Cycle) {
+            c.why = format!("bounded by the {} hook on {vr_symbol}", vr_mode.name());
             c.symbol = format!("{vr_symbol} .. next");
             c.mode = vr_mode;
         }
@@ -208,12 +222,68 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
     if boundary == boundary::KVM_ENTRY {
         tracepoints.push("kvm/kvm_entry".into());
     }
+    let (btf_tracepoints, tracepoint_notes) = plan_tracepoints(f, pref, &tracepoints);
     Ok(Plan {
         vendor,
         stages,
         boundary,
         tracepoints,
+        btf_tracepoints,
+        tracepoint_notes,
     })
+}
+
+/// Tracepoints that have a BTF-tracepoint program (raw arguments instead of format-file
+/// fields) and what else that program needs.
+const BTF_TRACEPOINT_PROGRAMS: &[&str] = &["kvm/kvm_exit"];
+
+/// Which tracepoints to attach as tp_btf: those with a program for it, whose
+/// `btf_trace_<name>` type is in vmlinux or module BTF (`kvm:*` live in kvm.ko on distro
+/// kernels), when the hooks asked for are the BTF ones (`auto`, `fentry`). tp_btf needs no
+/// trampoline, only BTF. Returns them and one note per tracepoint saying how it is hooked.
+fn plan_tracepoints(
+    f: &Facts,
+    pref: HookPref,
+    tracepoints: &[String],
+) -> (Vec<String>, Vec<String>) {
+    let mut btf = Vec::new();
+    let mut notes = Vec::new();
+    for tp in tracepoints {
+        let home = f
+            .btf_tracepoints
+            .get(tp)
+            .map(|t| t.module.as_deref().unwrap_or("vmlinux"));
+        // Only kvm_exit's program needs more than its arguments: the exit reason's layout.
+        let needs = match (tp.as_str(), &f.kvm_exit_layout) {
+            ("kvm/kvm_exit", Some(Ok(_))) => {
+                Ok(" (exit reason read through the vendor vCPU struct, offsets from BTF)")
+            }
+            ("kvm/kvm_exit", Some(Err(e))) => Err(format!("tp_btf: {e}")),
+            ("kvm/kvm_exit", None) => Err("tp_btf: BTF layout not read".to_string()),
+            _ => Ok(""),
+        };
+        let why_not = if !BTF_TRACEPOINT_PROGRAMS.contains(&tp.as_str()) {
+            "no tp_btf program for it".to_string()
+        } else if !matches!(pref, HookPref::Auto | HookPref::Fentry) {
+            "tp_btf not requested (--hooks)".to_string()
+        } else if let Some(home) = home {
+            match needs {
+                Ok(detail) => {
+                    btf.push(tp.clone());
+                    notes.push(format!(
+                        "{tp}: tp_btf on btf_trace_{} in {home} BTF{detail}",
+                        tp.split_once('/').map_or(tp.as_str(), |(_, n)| n),
+                    ));
+                    continue;
+                }
+                Err(e) => e,
+            }
+        } else {
+            "tp_btf: no btf_trace type in vmlinux or KVM module BTF".to_string()
+        };
+        notes.push(format!("{tp}: classic tracepoint ({why_not})"));
+    }
+    (btf, notes)
 }
 
 /// Plans one function-bounded stage: the first of `symbols` present on this kernel (built in,
@@ -250,31 +320,39 @@ fn plan_function(
     }
     let want = |m: HookPref| pref == HookPref::Auto || pref == m;
 
-    // fentry: vmlinux BTF only (aya sets no attach_btf_obj_fd, so module functions are out).
+    // fentry: the function's BTF may be vmlinux's or its module's (loaded with the module's
+    // BTF object, see attach.rs).
     let module = f.kallsyms.get(&sym).and_then(|s| s.module.clone());
+    let btf = f.btf_funcs.get(&sym);
     let fentry_why = if !want(HookPref::Fentry) {
-        Some("fentry: not requested (--hooks)".to_string())
-    } else if let Some(m) = &module {
-        Some(format!(
-            "fentry: {sym} is in module {m}; aya can only fentry vmlinux functions"
+        Err("fentry: not requested (--hooks)".to_string())
+    } else if btf.is_none() {
+        Err(format!(
+            "fentry: {sym} has no BTF entry (vmlinux{})",
+            module
+                .as_ref()
+                .map_or(String::new(), |m| format!(" or {m}"))
         ))
-    } else if !f.btf_funcs.contains(&sym) {
-        Some(format!("fentry: {sym} has no vmlinux BTF entry"))
     } else if let Some(Err(e)) = &f.fentry {
-        Some(format!("fentry: refused by the kernel ({e})"))
+        Err(format!("fentry: refused by the kernel ({e})"))
     } else {
-        None
+        Ok(btf.map_or("", |t| t.module.as_deref().unwrap_or("vmlinux")))
     };
     match fentry_why {
-        None => {
+        Ok(home) => {
+            let allowed = match f.fentry {
+                Some(Ok(())) => "trampolines allowed (a test load succeeded)",
+                _ => "trampolines not tried",
+            };
             return StagePlan {
                 stage,
-                symbol: sym,
+                symbol: sym.clone(),
                 mode: Mode::Fentry,
                 rejected,
-            }
+                why: format!("{sym} is in {home} BTF, {allowed}"),
+            };
         }
-        Some(w) => rejected.push(w),
+        Err(w) => rejected.push(w),
     }
     let kprobe_why = if !want(HookPref::Kprobe) {
         Some("kprobe: not requested (--hooks)".to_string())
@@ -286,6 +364,7 @@ fn plan_function(
     match kprobe_why {
         None => StagePlan {
             stage,
+            why: format!("{sym} is in kallsyms, kprobes available"),
             symbol: sym,
             mode: Mode::Kprobe,
             rejected,
@@ -323,18 +402,23 @@ fn tracepoint_fallback(
             (symbols.join("/"), Mode::Unavailable)
         }
     };
+    let why = match mode {
+        Mode::Tracepoint => "bounded by tracepoints".to_string(),
+        _ => "no hook for it on this kernel".to_string(),
+    };
     StagePlan {
         stage,
         symbol,
         mode,
         rejected,
+        why,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::Symbol;
+    use crate::{btf::Target, kernel::ExitLayout, kernel::Symbol};
 
     const BASE_TPS: [&str; 4] = [
         "syscalls/sys_enter_ioctl",
@@ -366,10 +450,55 @@ mod tests {
             ("pvm_handle_exit", None),
             ("kvm_fast_pio", None),
         ]);
-        f.btf_funcs = ["pvm_vcpu_run", "pvm_handle_exit", "kvm_fast_pio"]
-            .map(String::from)
-            .into();
+        with_btf(
+            &mut f,
+            &[
+                ("pvm_vcpu_run", None),
+                ("pvm_handle_exit", None),
+                ("kvm_fast_pio", None),
+            ],
+        );
         f.fentry = Some(Err("Operation not permitted (os error 1)".into()));
+        f
+    }
+
+    /// Gives `funcs` (`(name, module)`) a BTF entry.
+    fn with_btf(f: &mut Facts, funcs: &[(&str, Option<&str>)]) {
+        for (i, (name, module)) in funcs.iter().enumerate() {
+            f.btf_funcs.insert(
+                name.to_string(),
+                Target {
+                    module: module.map(str::to_string),
+                    type_id: 1000 + i as u32,
+                },
+            );
+        }
+    }
+
+    /// The SVM VM's kernel: KVM in modules, with module BTF, kprobes, and trampolines allowed.
+    fn svm_modules_with_btf() -> Facts {
+        let mut f = svm_modules();
+        with_btf(
+            &mut f,
+            &[
+                ("svm_vcpu_run", Some("kvm_amd")),
+                ("svm_handle_exit", Some("kvm_amd")),
+                ("kvm_fast_pio", Some("kvm")),
+            ],
+        );
+        f.fentry = Some(Ok(()));
+        f.btf_tracepoints.insert(
+            "kvm/kvm_exit".into(),
+            Target {
+                module: Some("kvm".into()),
+                type_id: 2000,
+            },
+        );
+        f.kvm_exit_layout = Some(Ok(ExitLayout {
+            reason_deref: Some(0x1a0),
+            reason_off: 0x70,
+            vcpu_id_off: 8,
+        }));
         f
     }
 
@@ -420,7 +549,7 @@ mod tests {
     }
 
     #[test]
-    fn svm_in_modules_uses_kprobes_and_bounds_cycles_by_the_vendor_run() {
+    fn svm_in_modules_without_module_btf_uses_kprobes_and_bounds_cycles_by_the_vendor_run() {
         let p = plan(&svm_modules(), HookPref::Auto).unwrap();
         assert_eq!(p.vendor, Vendor::Svm);
         assert_eq!(p.boundary, boundary::VENDOR_RUN);
@@ -431,7 +560,11 @@ mod tests {
         ] {
             let sp = stage(&p, s);
             assert_eq!((sp.mode, sp.symbol.as_str()), (Mode::Kprobe, sym));
-            assert!(sp.rejected[0].contains("is in module"), "{:?}", sp.rejected);
+            assert!(
+                sp.rejected[0].contains("has no BTF entry"),
+                "{:?}",
+                sp.rejected
+            );
         }
         assert_eq!(stage(&p, Stage::Cycle).symbol, "svm_vcpu_run .. next");
         assert!(p.tracepoints.iter().any(|t| t == "kvm/kvm_exit"));
@@ -468,9 +601,14 @@ mod tests {
             ("vmx_handle_exit", None),
             ("kvm_fast_pio", None),
         ]);
-        f.btf_funcs = ["vmx_vcpu_run", "vmx_handle_exit", "kvm_fast_pio"]
-            .map(String::from)
-            .into();
+        with_btf(
+            &mut f,
+            &[
+                ("vmx_vcpu_run", None),
+                ("vmx_handle_exit", None),
+                ("kvm_fast_pio", None),
+            ],
+        );
         f.fentry = Some(Ok(()));
         f.kprobes = true;
         let p = plan(&f, HookPref::Auto).unwrap();
@@ -515,7 +653,78 @@ mod tests {
         let e = plan(&svm_modules(), HookPref::Fentry)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("is in module kvm_amd"), "{e}");
+        assert!(
+            e.contains("svm_vcpu_run has no BTF entry (vmlinux or kvm_amd)"),
+            "{e}"
+        );
+        // The host: BTF everywhere, but its sandbox refuses trampolines.
+        let e = plan(&pvm_host(), HookPref::Fentry).unwrap_err().to_string();
+        assert!(
+            e.contains("--hooks fentry is impossible here: fentry: refused by the kernel (Operation not permitted"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn module_functions_with_module_btf_use_fentry_and_kvm_exit_uses_tp_btf() {
+        for pref in [HookPref::Auto, HookPref::Fentry] {
+            let p = plan(&svm_modules_with_btf(), pref).unwrap();
+            for (s, sym, home) in [
+                (Stage::VendorRun, "svm_vcpu_run", "kvm_amd"),
+                (Stage::Handler, "svm_handle_exit", "kvm_amd"),
+                (Stage::FastPio, "kvm_fast_pio", "kvm"),
+            ] {
+                let sp = stage(&p, s);
+                assert_eq!((sp.mode, sp.symbol.as_str()), (Mode::Fentry, sym));
+                assert!(sp.why.contains(&format!("in {home} BTF")), "{}", sp.why);
+            }
+            assert_eq!(p.boundary, boundary::VENDOR_RUN);
+            assert_eq!(stage(&p, Stage::Cycle).mode, Mode::Fentry);
+            assert_eq!(p.btf_tracepoints, ["kvm/kvm_exit"]);
+            assert!(p.tracepoints.iter().any(|t| t == "kvm/kvm_exit"));
+            assert!(p
+                .tracepoint_notes
+                .iter()
+                .any(|n| n.starts_with("kvm/kvm_exit: tp_btf on btf_trace_kvm_exit in kvm BTF")));
+        }
+    }
+
+    #[test]
+    fn kprobe_mode_keeps_kprobes_and_the_classic_kvm_exit_and_says_why() {
+        let p = plan(&svm_modules_with_btf(), HookPref::Kprobe).unwrap();
+        let vr = stage(&p, Stage::VendorRun);
+        assert_eq!(vr.mode, Mode::Kprobe);
+        assert_eq!(vr.rejected, ["fentry: not requested (--hooks)"]);
+        assert!(p.btf_tracepoints.is_empty());
+        assert!(p
+            .tracepoint_notes
+            .contains(&"kvm/kvm_exit: classic tracepoint (tp_btf not requested (--hooks))".into()));
+    }
+
+    #[test]
+    fn refused_trampolines_fall_back_to_kprobes_but_keep_tp_btf() {
+        let mut f = svm_modules_with_btf();
+        f.fentry = Some(Err("Operation not permitted (os error 1)".into()));
+        let p = plan(&f, HookPref::Auto).unwrap();
+        let vr = stage(&p, Stage::VendorRun);
+        assert_eq!(vr.mode, Mode::Kprobe);
+        assert!(vr.rejected[0].contains("fentry: refused by the kernel"));
+        // tp_btf needs BTF, not trampolines.
+        assert_eq!(p.btf_tracepoints, ["kvm/kvm_exit"]);
+    }
+
+    #[test]
+    fn an_unknown_kvm_exit_prototype_keeps_the_classic_tracepoint() {
+        let mut f = svm_modules_with_btf();
+        f.kvm_exit_layout = Some(Err(
+            "btf_trace_kvm_exit is (u32, struct kvm_vcpu *, u32)".into()
+        ));
+        let p = plan(&f, HookPref::Auto).unwrap();
+        assert!(p.btf_tracepoints.is_empty());
+        assert!(p
+            .tracepoint_notes
+            .iter()
+            .any(|n| n.contains("classic tracepoint (tp_btf: btf_trace_kvm_exit is (u32")));
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
              programs)"
         );
     }
-    let (facts, plan) = live::plan_for_host(a.hooks.hooks)?;
+    let (facts, plan, _ebpf) = live::plan_for_host(a.hooks.hooks)?;
     match a.format {
         Format::Table => print!("{}", render(&plan, &facts)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
@@ -51,7 +51,27 @@ pub fn render(plan: &Plan, facts: &Facts) -> String {
         }
     );
     let _ = writeln!(s, "cycle source: {}", plan.cycle_source());
-    let _ = writeln!(s, "tracepoints: {}\n", plan.tracepoints.join(", "));
+    let btf: Vec<String> = facts
+        .btf_funcs
+        .iter()
+        .map(|(f, t)| format!("{f} ({})", t.module.as_deref().unwrap_or("vmlinux")))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let _ = writeln!(
+        s,
+        "functions with BTF: {}",
+        if btf.is_empty() {
+            "none".to_string()
+        } else {
+            btf.join(", ")
+        }
+    );
+    let _ = writeln!(s, "tracepoints:");
+    for n in &plan.tracepoint_notes {
+        let _ = writeln!(s, "  {n}");
+    }
+    let _ = writeln!(s);
     let _ = writeln!(s, "{:<11} {:<12} SYMBOL", "STAGE", "MODE");
     for sp in &plan.stages {
         let _ = writeln!(
@@ -61,6 +81,7 @@ pub fn render(plan: &Plan, facts: &Facts) -> String {
             sp.mode.name(),
             sp.symbol
         );
+        let _ = writeln!(s, "{:<24} + {}", "", sp.why);
         for r in &sp.rejected {
             let _ = writeln!(s, "{:<24} - {r}", "");
         }

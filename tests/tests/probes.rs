@@ -12,6 +12,10 @@ fn probes_names_the_backend_and_explains_every_rejected_hook() {
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let stages = plan["stages"].as_array().unwrap();
     for s in stages {
+        assert!(
+            s["why"].as_str().is_some_and(|w| !w.is_empty()),
+            "no reason given for the choice in {s}"
+        );
         if s["mode"] == "unavailable" || s["mode"] == "tracepoint" {
             assert!(
                 !s["rejected"].as_array().unwrap().is_empty() || s["stage"] == "vmm",
@@ -77,4 +81,22 @@ fn forcing_an_impossible_hook_mode_fails_clearly() {
     }
     let out = kvmprof(&["probes", "--hooks", "kprobe"]);
     kvmprof_tests::assert_clean_error(&out, "--hooks kprobe is impossible here");
+}
+
+#[test]
+fn forcing_fentry_where_trampolines_are_refused_fails_clearly() {
+    if skip_without_kvm("forcing_fentry_where_trampolines_are_refused_fails_clearly") {
+        return;
+    }
+    let out = kvmprof(&["probes", "--hooks", "fentry"]);
+    if out.status.success() {
+        eprintln!(
+            "skipped forcing_fentry_where_trampolines_are_refused_fails_clearly: this kernel allows fentry"
+        );
+        return;
+    }
+    kvmprof_tests::assert_clean_error(
+        &out,
+        "--hooks fentry is impossible here: fentry: refused by the kernel",
+    );
 }

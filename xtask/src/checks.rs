@@ -111,7 +111,130 @@ pub fn checks() -> Vec<Check> {
             script: nesting_script(),
             verify: stage_nesting,
         },
+        Check {
+            name: "kvmprof_fentry",
+            script: btf_hooks_script("fentry"),
+            verify: btf_hooks_record,
+        },
+        Check {
+            name: "kvmprof_auto",
+            script: btf_hooks_script("auto"),
+            verify: btf_hooks_record,
+        },
     ]
+}
+
+/// Records the workload with `--hooks <hooks>` (`fentry`, or `auto`, which must choose the
+/// same here) and `--exits`. The command kvmprof starts (held until every hook is attached)
+/// first asks the kernel what is attached where, then execs the test VMM: bpftool's programs,
+/// links and BTF objects, and the BPF trampolines in kallsyms (`bpf_trampoline_<key>`, key =
+/// BTF object id << 32 | function type id). Prints one JSON line (newlines of the pretty
+/// parts removed) `{"vmm", "report", "progs", "links", "btf", "trampolines"}`, then every exit.
+fn btf_hooks_script(hooks: &str) -> String {
+    let dir = format!("/run/kvmprof-{hooks}");
+    format!(
+        "mkdir -p {dir}\n\
+         \"$KVMPROF\" record --hooks {hooks} -o {dir}/k.data --exits {dir}/exits.jsonl -- sh -c '\
+         bpftool prog show -j > {dir}/progs.json; bpftool link show -j > {dir}/links.json; \
+         bpftool btf show -j > {dir}/btf.json; \
+         grep -o \"bpf_trampoline_[0-9][0-9]*\" /proc/kallsyms > {dir}/trampolines || true; \
+         exec \"$TESTVMM\" {args}' > {dir}/vmm.json\n\
+         \"$KVMPROF\" report -i {dir}/k.data --format json > {dir}/report.json\n\
+         printf '{{\"vmm\": %s, \"report\": %s, \"progs\": %s, \"links\": %s, \"btf\": %s, \"trampolines\": [%s]}}' \
+         \"$(cat {dir}/vmm.json)\" \"$(cat {dir}/report.json)\" \"$(cat {dir}/progs.json)\" \
+         \"$(cat {dir}/links.json)\" \"$(cat {dir}/btf.json)\" \
+         \"$(sed 's/bpf_trampoline_\\(.*\\)/\"\\1\"/' {dir}/trampolines | paste -sd,)\" \
+         | tr -d '\\n'\n\
+         echo\n\
+         cat {dir}/exits.jsonl\n",
+        args = WORKLOAD.args()
+    )
+}
+
+/// The fentry/fexit programs the BTF modes must attach on this kernel, with the kernel's
+/// attach type: vendor run = `svm_vcpu_run`, handler = `svm_handle_exit` (kvm_amd.ko), fast
+/// PIO = `kvm_fast_pio` (kvm.ko).
+const BTF_PROGRAMS: [(&str, &str); 6] = [
+    ("fe_vendor_run", "trace_fentry"),
+    ("fx_vendor_run", "trace_fexit"),
+    ("fe_handler", "trace_fentry"),
+    ("fx_handler", "trace_fexit"),
+    ("fe_fast_pio", "trace_fentry"),
+    ("fx_fast_pio", "trace_fexit"),
+];
+
+/// BPF trampolines per module BTF: two functions in kvm_amd, one in kvm (each trampoline
+/// holds the fentry and the fexit program of its function).
+const TRAMPOLINES: [(&str, usize); 2] = [("kvm_amd", 2), ("kvm", 1)];
+
+/// fentry/fexit and tp_btf on module code: the kernel shows each program linked as planned,
+/// its trampolines keyed by the modules' BTF objects, `kvm_exit` as a BTF tracepoint, no
+/// kprobe program in use, and the recording passes the same checks as kprobe mode (exact
+/// counts, lost 0, every io exit with all four stages nested).
+fn btf_hooks_record(c: &Captured) -> Result<()> {
+    let (first, rest) = c.stdout.split_once('\n').unwrap_or((&c.stdout, ""));
+    let json = parse_json(first)?;
+    btf_links(&json)?;
+    report_matches(&json)?;
+    nesting(rest)
+}
+
+fn btf_links(json: &Value) -> Result<()> {
+    let list = |k: &str| json[k].as_array().cloned().unwrap_or_default();
+    let (progs, links, btf) = (list("progs"), list("links"), list("btf"));
+    let prog_name = |id: &Value| {
+        progs
+            .iter()
+            .find(|p| &p["id"] == id)
+            .and_then(|p| p["name"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let link_of = |prog: &str| links.iter().find(|l| prog_name(&l["prog_id"]) == prog);
+    let mut wrong = Vec::new();
+    for (prog, attach) in BTF_PROGRAMS {
+        match link_of(prog).map(|l| l["attach_type"].as_str().unwrap_or("?")) {
+            None => wrong.push(format!("{prog} is not linked")),
+            Some(got) if got != attach => wrong.push(format!("{prog}: {got}, expected {attach}")),
+            Some(_) => {}
+        }
+    }
+    match link_of("tpb_kvm_exit") {
+        Some(l) if l["type"] == "raw_tracepoint" && l["tp_name"] == "kvm_exit" => {}
+        Some(l) => wrong.push(format!("tpb_kvm_exit linked as {l}")),
+        None => wrong.push("tpb_kvm_exit (tp_btf kvm_exit) is not linked".into()),
+    }
+    let btf_name = |obj: u64| {
+        btf.iter()
+            .find(|b| b["id"].as_u64() == Some(obj))
+            .and_then(|b| b["name"].as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let homes: Vec<String> = list("trampolines")
+        .iter()
+        .filter_map(|k| k.as_str()?.parse::<u64>().ok())
+        .map(|key| btf_name(key >> 32))
+        .collect();
+    for (module, want) in TRAMPOLINES {
+        let got = homes.iter().filter(|h| *h == module).count();
+        if got != want {
+            wrong.push(format!(
+                "{got} trampolines on {module} BTF, expected {want} (all: {homes:?})"
+            ));
+        }
+    }
+    let kprobes: Vec<String> = progs
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|n| n.starts_with("kp_") || n.starts_with("krp_"))
+        .map(str::to_string)
+        .collect();
+    if !kprobes.is_empty() {
+        wrong.push(format!("kprobe programs loaded: {}", kprobes.join(", ")));
+    }
+    ensure!(wrong.is_empty(), "BTF hooks: {}", wrong.join("; "));
+    Ok(())
 }
 
 /// Records the workload with `--exits` and prints every exit (JSON Lines): the stages of
@@ -133,9 +256,14 @@ const SVM_EXIT_IO: u64 = 0x7b;
 /// fast PIO <= handler, vendor run + handler <= cycle. A stage hook removed, or its entry and
 /// return swapped, breaks this for every exit.
 fn stage_nesting(c: &Captured) -> Result<()> {
+    nesting(&c.stdout)
+}
+
+/// [`stage_nesting`] on `--exits` JSON Lines.
+fn nesting(exits: &str) -> Result<()> {
     let w = &WORKLOAD;
     let mut io = 0u64;
-    for (n, line) in c.stdout.lines().enumerate() {
+    for (n, line) in exits.lines().enumerate() {
         let e: Value = serde_json::from_str(line).with_context(|| format!("exit line {n}"))?;
         if e["reason"]["space"] != "svm" || e["reason"]["code"] != SVM_EXIT_IO {
             continue;
@@ -265,7 +393,11 @@ fn perf_kvm_stat(c: &Captured) -> Result<()> {
 /// percentiles for the io exits. (`npf` also counts the guest's other nested page faults, so
 /// MMIO is checked by address only.)
 fn kvmprof_report(c: &Captured) -> Result<()> {
-    let json = parse_json(&c.stdout)?;
+    report_matches(&parse_json(&c.stdout)?)
+}
+
+/// [`kvmprof_report`] on `{"vmm": ..., "report": ...}`.
+fn report_matches(json: &Value) -> Result<()> {
     let (vmm, report) = (&json["vmm"], &json["report"]);
     expect_counts(&vmm["total"], &WORKLOAD.expected_totals(), "testvmm total")?;
     let w = &WORKLOAD;
@@ -453,6 +585,58 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "report ports: 0x3f8 out = 1999, expected 2000"
+        );
+    }
+
+    #[test]
+    fn btf_hooks_script_is_valid_shell() {
+        let script = btf_hooks_script("fentry");
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}\n{out:?}");
+    }
+
+    /// What the kernel shows while kvmprof runs in fentry mode in the SVM VM (bpftool 7.1
+    /// field names; here the kvm BTF object is 2 and kvm_amd's is 3).
+    fn btf_view(unlinked: &str) -> Value {
+        let mut progs = vec![];
+        let mut links = vec![];
+        for (i, (name, attach)) in BTF_PROGRAMS.iter().enumerate() {
+            progs.push(serde_json::json!({"id": 20 + i, "type": "tracing", "name": name}));
+            if *name != unlinked {
+                links.push(serde_json::json!({"id": 10 + i, "type": "tracing",
+                    "prog_id": 20 + i, "prog_type": "tracing", "attach_type": attach}));
+            }
+        }
+        progs.push(serde_json::json!({"id": 30, "type": "tracing", "name": "tpb_kvm_exit"}));
+        links.push(
+            serde_json::json!({"id": 9, "type": "raw_tracepoint", "prog_id": 30,
+            "tp_name": "kvm_exit"}),
+        );
+        let key = |obj: u64, ty: u64| ((obj << 32) | ty).to_string();
+        serde_json::json!({
+            "progs": progs,
+            "links": links,
+            "btf": [{"id": 1, "name": "vmlinux"}, {"id": 2, "name": "kvm"},
+                {"id": 3, "name": "kvm_amd"}],
+            "trampolines": [key(3, 70000), key(3, 70010), key(2, 64000)],
+        })
+    }
+
+    #[test]
+    fn btf_hooks_must_be_linked_with_trampolines_on_the_module_btf() {
+        assert!(btf_links(&btf_view("")).is_ok());
+        let err = btf_links(&btf_view("fx_handler")).unwrap_err();
+        assert_eq!(err.to_string(), "BTF hooks: fx_handler is not linked");
+        // A trampoline on a vmlinux function instead of kvm_fast_pio in kvm.ko.
+        let mut v = btf_view("");
+        v["trampolines"][2] = Value::String(((1u64 << 32) | 5).to_string());
+        let err = btf_links(&v).unwrap_err().to_string();
+        assert!(
+            err.contains("0 trampolines on kvm BTF, expected 1"),
+            "{err}"
         );
     }
 

@@ -399,6 +399,7 @@ mod tests {
             symbol: symbol.to_owned(),
             mode,
             rejected: vec![],
+            why: String::new(),
         };
         Plan {
             vendor: Vendor::Pvm,
@@ -414,6 +415,8 @@ mod tests {
             ],
             boundary: 0,
             tracepoints: vec![],
+            btf_tracepoints: vec![],
+            tracepoint_notes: vec![],
         }
     }
 
