@@ -111,6 +111,11 @@ fn record_refuses_a_process_without_a_vcpu_before_recording() {
         .arg("30")
         .spawn()
         .expect("start sleep");
+    // Until its exec completes the child still has the test's name.
+    let comm = format!("/proc/{}/comm", sleeper.id());
+    while std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() != "sleep") {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let data = scratch("novcpu").join("k.data");
     let started = std::time::Instant::now();
     // No --duration: before the fix this recorded until `sleep` ended.

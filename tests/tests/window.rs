@@ -281,11 +281,35 @@ fn attached_to_a_running_qemu_no_stage_outlasts_the_window() {
     if skip_without_kvm("attached_to_a_running_qemu_no_stage_outlasts_the_window") {
         return;
     }
+    // A boot sector that never stops writing to port 0x80 with a spin loop in between: the
+    // vCPU is inside KVM_RUN when kvmprof attaches, and exits go on in the window (an idle
+    // SeaBIOS makes no exit that PVM shows).
+    let dir = scratch("window-qemu");
+    let boot = dir.join("boot.img");
+    let code = [
+        0xba, 0x80, 0x00, // mov dx, 0x80
+        0xee, // l: out dx, al
+        0xb9, 0xff, 0xff, // mov cx, 0xffff
+        0xe2, 0xfe, // d: loop d
+        0xeb, 0xf8, // jmp l
+    ];
+    let mut sector = code.to_vec();
+    sector.resize(510, 0);
+    sector.extend([0x55, 0xaa]);
+    std::fs::write(&boot, sector).expect("write boot sector");
     let Ok(mut qemu) = Command::new("qemu-system-x86_64")
         .args([
             "-accel", "kvm", "-cpu", "qemu64", "-m", "128", "-display", "none",
         ])
-        .args(["-serial", "none", "-monitor", "none", "-no-reboot"])
+        .args([
+            "-serial",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-drive",
+        ])
+        .arg(format!("file={},format=raw,if=floppy", boot.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -293,9 +317,8 @@ fn attached_to_a_running_qemu_no_stage_outlasts_the_window() {
         eprintln!("skipped attached_to_a_running_qemu_no_stage_outlasts_the_window: qemu-system-x86_64 not installed");
         return;
     };
-    // SeaBIOS boots and idles: its vCPU threads sit inside KVM_RUN when kvmprof attaches.
     sleep(Duration::from_secs(2));
-    let data = scratch("window-qemu").join("q.data");
+    let data = dir.join("q.data");
     let o = kvmprof(&[
         "record",
         "--pid",

@@ -20,6 +20,11 @@ pub fn tpb_kvm_exit(ctx: BtfTracePointContext) -> u32 {
 fn try_exit(ctx: &BtfTracePointContext) -> Option<u32> {
     let cfg = maps::config()?;
     let (_, tid) = maps::traced_task(cfg)?;
+    // The time first, then the window (see `maps::in_window`).
+    let ts = exit::now();
+    if !maps::in_window(ts) {
+        return None;
+    }
     let st = maps::existing_state(tid)?;
     let vcpu: *const u8 = ctx.arg(0);
     let isa = ctx.arg::<u64>(1) as u32;
@@ -46,6 +51,6 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<u32> {
     } else {
         space::SVM
     };
-    exit::identify_reason(st, cfg.boundary, exit::now(), sp as u32, reason, vcpu_id);
+    exit::identify_reason(st, cfg.boundary, ts, sp as u32, reason, vcpu_id);
     Some(0)
 }
