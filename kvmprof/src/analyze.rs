@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::aggregate::Aggregate;
-use crate::cli::{DiffArgs, ExportArgs, ExportFormat, Format, PlotArgs};
+use crate::cli::{DiffArgs, ExportArgs, ExportFormat, PlotArgs};
 use crate::datafile::Header;
 use crate::merge::{self, Input};
 use crate::model::Stage;
 use crate::plot::{self, Curve, Timeline};
+use crate::report::Format;
 use crate::series::{self, Selection};
 use crate::{diff, export, hlog};
 

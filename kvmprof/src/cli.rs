@@ -3,8 +3,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::group::By;
 use crate::model::Stage;
 use crate::plan::HookPref;
+use crate::report::Format;
 
 #[derive(Parser)]
 #[command(
@@ -85,19 +87,6 @@ pub struct RecordArgs {
     pub interval: Duration,
     #[command(flatten)]
     pub hooks: HookArgs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum By {
-    Reason,
-    Vcpu,
-    Pid,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
 }
 
 #[derive(Args)]

@@ -21,8 +21,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::aggregate::{self, Aggregate, Key};
-use crate::cli::By;
 use crate::datafile::{self, Header};
+use crate::group::{By, Percentiles};
 use crate::model::{Reason, Stage};
 use crate::series::{self, Selection};
 use crate::vendor::reason_name;
@@ -222,15 +222,15 @@ struct Stats {
 
 impl Stats {
     fn of(h: &Histogram<u64>) -> Self {
-        let q = |q| h.value_at_quantile(q);
+        let p = Percentiles::of(h);
         Stats {
             samples: h.len(),
             mean_ns: h.mean(),
-            p50_ns: q(0.5),
-            p90_ns: q(0.9),
-            p99_ns: q(0.99),
-            p999_ns: q(0.999),
-            max_ns: h.max(),
+            p50_ns: p.p50,
+            p90_ns: p.p90,
+            p99_ns: p.p99,
+            p999_ns: p.p999,
+            max_ns: p.max,
         }
     }
 }

@@ -11,6 +11,7 @@ mod exits;
 mod export;
 mod flame;
 mod ftrace;
+mod group;
 mod hlog;
 mod kernel;
 mod live;

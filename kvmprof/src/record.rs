@@ -10,15 +10,17 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    cli::{By, DemoArgs, Format, GuestArgs, RecordArgs},
+    cli::{DemoArgs, GuestArgs, RecordArgs},
     datafile::{self, End, Header, Writer},
     diag::{self, note},
     exits,
+    group::By,
     live::{self, Outcome, Session, Status, Stop},
     model::Exit,
     output::{self, Output},
     plan::HookPref,
     report,
+    report::Format,
     spawn::{self, spawn_held},
     target::{self, Target},
 };

@@ -13,8 +13,9 @@ use serde::Serialize;
 
 use crate::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
 use crate::analyze;
-use crate::cli::{By, Format, ReportArgs};
+use crate::cli::ReportArgs;
 use crate::datafile::{Header, HookUse};
+use crate::group::{self, By, GroupId, Percentiles};
 use crate::merge::Merged;
 use crate::model::{Reason, ReasonSpace, Stage};
 use crate::series::{self, IntervalRow, Selection};
@@ -22,6 +23,13 @@ use crate::units;
 use crate::vendor::reason_name;
 
 /// `kvmprof report`: reads the data files (merging several) and prints their report.
+/// How a report is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
 pub fn command(a: &ReportArgs) -> Result<()> {
     let r = analyze::load(&a.paths())?;
     let intervals = if a.intervals {
@@ -139,18 +147,18 @@ struct StageRow {
 
 impl StageRow {
     fn new(stage: Stage, s: &StageStats) -> Self {
-        let q = |q| s.hist.value_at_quantile(q);
+        let p = Percentiles::of(&s.hist);
         let samples = s.hist.len();
         StageRow {
             stage,
             samples,
             sum_ns: s.sum_ns,
             mean_ns: s.sum_ns.checked_div(samples).unwrap_or(0),
-            p50_ns: q(0.5),
-            p90_ns: q(0.9),
-            p99_ns: q(0.99),
-            p999_ns: q(0.999),
-            max_ns: s.hist.max(),
+            p50_ns: p.p50,
+            p90_ns: p.p90,
+            p99_ns: p.p99,
+            p999_ns: p.p999,
+            max_ns: p.max,
         }
     }
 }
@@ -189,14 +197,6 @@ struct PortRow {
     userspace: u64,
 }
 
-/// Group identity; its order is the tie-break of the table's order.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum GroupId {
-    Reason(Reason),
-    Vcpu(u32, Option<u32>),
-    Pid(u32),
-}
-
 fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
     let duration_ns = match (h.duration_ns, a.span()) {
         (0, Some((first, last))) => last - first,
@@ -205,15 +205,9 @@ fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
     let total_exits = a.total_exits();
     let total_cycle_ns = a.stage_sum_ns(Stage::Cycle);
 
-    let mut grouped: BTreeMap<GroupId, KeyStats> = BTreeMap::new();
+    let grouped = group::group(a.keys(), by);
     let mut by_reason: BTreeMap<Reason, KeyStats> = BTreeMap::new();
     for (key, stats) in a.keys() {
-        let id = match by {
-            By::Reason => GroupId::Reason(key.reason),
-            By::Vcpu => GroupId::Vcpu(key.pid, key.vcpu),
-            By::Pid => GroupId::Pid(key.pid),
-        };
-        grouped.entry(id).or_default().merge(stats);
         by_reason.entry(key.reason).or_default().merge(stats);
     }
 
@@ -277,11 +271,7 @@ fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
         duration_ns,
         total_exits,
         lost: a.lost(),
-        by: match by {
-            By::Reason => "reason",
-            By::Vcpu => "vcpu",
-            By::Pid => "pid",
-        },
+        by: by.name(),
         groups,
         breakdown,
         ports,
@@ -295,15 +285,12 @@ fn rate(count: u64, duration_ns: u64) -> f64 {
 }
 
 fn group_label(h: &Header, id: GroupId) -> String {
-    match id {
-        GroupId::Reason(r) => reason_name(r),
-        GroupId::Vcpu(pid, Some(v)) => format!("pid {pid} vcpu {v}"),
-        GroupId::Vcpu(pid, None) => format!("pid {pid} vcpu ?"),
-        GroupId::Pid(pid) => match h.processes.iter().find(|p| p.pid == pid) {
-            Some(p) => format!("{pid} {}", p.name),
-            None => pid.to_string(),
-        },
-    }
+    id.label(|pid| {
+        h.processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .map(|p| p.name.as_str())
+    })
 }
 
 /// The nested stage breakdown of one reason, `None` unless a vendor stage was measured.

@@ -7,8 +7,8 @@ use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 
 use crate::aggregate::{self, Aggregate, Key};
-use crate::cli::By;
 use crate::datafile;
+use crate::group::{By, GroupId};
 use crate::model::{Reason, Stage};
 use crate::vendor::reason_name;
 
@@ -65,11 +65,10 @@ pub struct GroupStats {
 
 /// The label of the group `key` falls in.
 pub fn group_of(key: &Key, by: By) -> String {
-    match (by, key.vcpu) {
-        (By::Reason, _) => reason_name(key.reason),
-        (By::Vcpu, Some(v)) => format!("pid {} vcpu {v}", key.pid),
-        (By::Vcpu, None) => format!("pid {} vcpu ?", key.pid),
-        (By::Pid, _) => format!("pid {}", key.pid),
+    match by.id(key) {
+        // CSV rows carry no process names.
+        GroupId::Pid(pid) => format!("pid {pid}"),
+        id => id.label(|_| None),
     }
 }
 

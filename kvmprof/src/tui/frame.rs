@@ -373,11 +373,12 @@ mod tests {
     use super::*;
     use crate::{
         aggregate::Aggregate,
+        group::By,
         model::{Stage, Vendor},
         plan::StagePlan,
         tui::view::{
             tests::{add, rows_of, SEC},
-            GroupBy, Rates, SortBy,
+            Rates, SortBy,
         },
     };
     use std::collections::BTreeMap;
@@ -465,7 +466,7 @@ mod tests {
     #[test]
     fn lost_events_and_exited_processes_stand_out() {
         let view = View {
-            group: GroupBy::Pid,
+            group: By::Pid,
             sort: SortBy::Total,
             reverse: false,
         };
@@ -503,7 +504,7 @@ mod tests {
         let mut agg = Aggregate::new(SEC);
         add(&mut agg, 1);
         let view = View {
-            group: GroupBy::Vcpu,
+            group: By::Vcpu,
             sort: SortBy::Rate,
             reverse: false,
         };
