@@ -1,8 +1,8 @@
 //! kvmprof: an eBPF profiler of KVM VM exits.
 mod aggregate;
-mod analyze;
 mod attach;
 mod cli;
+mod cmd;
 mod collect;
 mod datafile;
 mod diag;
@@ -20,8 +20,6 @@ mod model;
 mod output;
 mod plan;
 mod plot;
-mod probes;
-mod record;
 mod report;
 mod series;
 mod serve;
@@ -90,17 +88,17 @@ fn run(cli: Cli) -> Result<()> {
             .build()
     };
     match cli.cmd {
-        Cmd::Record(a) => rt()?.block_on(record::record(a)),
-        Cmd::Demo(a) => rt()?.block_on(record::demo(a)),
-        Cmd::Top(a) => rt()?.block_on(tui::top(a)),
-        Cmd::Serve(a) => rt()?.block_on(serve::serve(a)),
-        Cmd::Report(a) => report::command(&a),
-        Cmd::Export(a) => analyze::export_command(&a),
-        Cmd::Diff(a) => analyze::diff_command(&a),
-        Cmd::Plot(a) => analyze::plot_command(&a),
-        Cmd::Probes(a) => probes::command(&a),
-        Cmd::ImportFtrace(a) => ftrace::command(&a),
-        Cmd::Flamegraph(a) => flame::command(&a),
-        Cmd::Guest(a) => record::guest(&a),
+        Cmd::Record(a) => rt()?.block_on(cmd::record::record(a)),
+        Cmd::Demo(a) => rt()?.block_on(cmd::demo::demo(a)),
+        Cmd::Top(a) => rt()?.block_on(cmd::top::top(a)),
+        Cmd::Serve(a) => rt()?.block_on(cmd::serve::serve(a)),
+        Cmd::Report(a) => cmd::report::command(&a),
+        Cmd::Export(a) => cmd::export::command(&a),
+        Cmd::Diff(a) => cmd::diff::command(&a),
+        Cmd::Plot(a) => cmd::plot::command(&a),
+        Cmd::Probes(a) => cmd::probes::command(&a),
+        Cmd::ImportFtrace(a) => cmd::import_ftrace::command(&a),
+        Cmd::Flamegraph(a) => cmd::flamegraph::command(&a),
+        Cmd::Guest(a) => cmd::demo::guest(&a),
     }
 }

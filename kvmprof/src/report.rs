@@ -6,50 +6,23 @@
 //! disagree.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, Write as _};
 
-use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
-use crate::analyze;
-use crate::cli::ReportArgs;
 use crate::datafile::{Header, HookUse};
 use crate::group::{self, By, GroupId, Percentiles};
 use crate::merge::Merged;
 use crate::model::{Reason, ReasonSpace, Stage};
-use crate::series::{self, IntervalRow, Selection};
+use crate::series::IntervalRow;
 use crate::units;
 use crate::vendor::reason_name;
 
-/// `kvmprof report`: reads the data files (merging several) and prints their report.
 /// How a report is printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Table,
     Json,
-}
-
-pub fn command(a: &ReportArgs) -> Result<()> {
-    let r = analyze::load(&a.paths())?;
-    let intervals = if a.intervals {
-        let stage = series::default_stage(&r.aggregate);
-        let rows = series::intervals(&r.aggregate, &Selection::default(), stage)?;
-        Some(Intervals { stage, rows })
-    } else {
-        None
-    };
-    let extras = Extras {
-        merged: r.merged,
-        intervals,
-    };
-    let text = render_with(&r.header, &r.aggregate, a.by, a.format, extras);
-    let mut out = io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        // `kvmprof report | head` is not an error.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.context("write the report to stdout"),
-    }
 }
 
 /// What a report shows beyond the recording itself.

@@ -193,7 +193,7 @@ pub struct Context<'a> {
     pub filter: Option<&'a Regex>,
 }
 
-/// The rows of `view.group` from `keys` (see [`super::shown`]), sorted by `view.sort`.
+/// The rows of `view.group` from `keys` (see [`super::since::shown`]), sorted by `view.sort`.
 pub fn rows(keys: &BTreeMap<Key, KeyStats>, cx: &Context, view: View) -> Vec<Row> {
     let mut rows: Vec<Row> = group::group(keys, view.group)
         .into_iter()
