@@ -9,13 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::oneshot};
 
-use crate::serve::{
-    exporter::Exporter,
-    follow::{self, Follow},
-    http,
-    snapshot::Snapshot,
-    vms::Vms,
-};
+use crate::serve::{exporter::Exporter, follow::Follow, http, snapshot::Snapshot, vms::Vms};
 use crate::{
     cli::ServeArgs,
     live::{self, Stop},
@@ -51,7 +45,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         interval: SERIES_INTERVAL,
     })?;
 
-    let names = follow::names(&a.pids);
+    let names = target::names(&a.pids);
     let mut follow = if names.is_empty() {
         None
     } else {

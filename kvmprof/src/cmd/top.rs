@@ -20,7 +20,7 @@ use std::{
 use anyhow::{bail, Result};
 
 use crate::tui::{
-    follow::{self, Watch},
+    follow::Watch,
     frame::{self, Summary},
     screen::Screen,
     since,
@@ -68,7 +68,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
     // Attach before taking the screen, so that loading errors print on a normal terminal.
     let mut session = live::Session::start(opts)?;
     // `-p NAME` also watches the processes of that name that start later.
-    let filter = if !targets.is_empty() && !follow::names(&a.pids).is_empty() {
+    let filter = if !targets.is_empty() && !target::names(&a.pids).is_empty() {
         Some(session.pid_filter()?)
     } else {
         None
