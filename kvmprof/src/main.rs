@@ -1,4 +1,6 @@
 //! kvmprof: an eBPF profiler of KVM VM exits.
+// Without the demo guest a few output helpers only it uses go unused.
+#![cfg_attr(not(feature = "demo"), allow(dead_code))]
 mod aggregate;
 mod attach;
 mod cli;
@@ -89,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     match cli.cmd {
         Cmd::Record(a) => rt()?.block_on(cmd::record::record(a)),
+        #[cfg(feature = "demo")]
         Cmd::Demo(a) => rt()?.block_on(cmd::demo::demo(a)),
         Cmd::Top(a) => rt()?.block_on(cmd::top::top(a)),
         Cmd::Serve(a) => rt()?.block_on(cmd::serve::serve(a)),
@@ -99,6 +102,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Probes(a) => cmd::probes::command(&a),
         Cmd::ImportFtrace(a) => cmd::import_ftrace::command(&a),
         Cmd::Flamegraph(a) => cmd::flamegraph::command(&a),
+        #[cfg(feature = "demo")]
         Cmd::Guest(a) => cmd::demo::guest(&a),
     }
 }

@@ -3,6 +3,8 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context, Result};
 
+use kvmprof_testvmm::Workload;
+
 use crate::{
     cli::{DemoArgs, GuestArgs},
     cmd::record::{announce, finish, options, Recorder},
@@ -14,6 +16,21 @@ use crate::{
     report::{self, Format},
     spawn::{self, spawn_held},
     target::{self, Target},
+};
+
+/// What the guest runs unless told otherwise: per vCPU, a few thousand exits of each kind.
+const DEMO: Workload = Workload {
+    vcpus: 2,
+    pio_user: 1000,
+    pio_kernel: 5000,
+    mmio_user: 300,
+    pio_in: 50,
+    rate: None,
+    start_delay_ms: 0,
+    forever: false,
+    duration_ms: None,
+    ready_file: None,
+    exit_log: None,
 };
 
 /// Runs the built-in guest, records it from its first instruction to its end, and prints
@@ -85,15 +102,7 @@ fn read_counts(path: &Path) -> Result<kvmprof_testvmm::Counts> {
 
 /// The built-in test guest (`kvmprof-testvmm` as a library).
 pub fn guest(a: &GuestArgs) -> Result<()> {
-    let w = kvmprof_testvmm::Workload {
-        vcpus: a.vcpus,
-        pio_user: a.pio_user,
-        pio_kernel: a.pio_kernel,
-        mmio_user: a.mmio,
-        pio_in: a.pio_in,
-        ..Default::default()
-    };
-    let counts = kvmprof_testvmm::run(&w)?;
+    let counts = kvmprof_testvmm::run(&a.workload.over(DEMO))?;
     let json = serde_json::to_string_pretty(&counts)?;
     match &a.counts {
         Some(p) => output::write_file(p, json.as_bytes()),

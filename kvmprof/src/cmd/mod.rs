@@ -1,5 +1,6 @@
 //! The commands: each reads its arguments, drives the live session or reads recordings, and
 //! hands plain data to a sink (report, datafile, export, diff, plot, tui, serve, flame).
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod diff;
 pub mod export;
