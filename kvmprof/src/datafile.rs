@@ -48,12 +48,12 @@ use kvmprof_common::STAGES;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{self, Aggregate, Key, PortKey, PortStats};
+use crate::backend::reason_name;
 use crate::kernel::Facts;
 use crate::model::{Exit, Reason, ReasonSpace, Stage, Vendor};
 use crate::output;
 use crate::plan::Plan;
 use crate::target::Target;
-use crate::vendor::reason_name;
 
 /// Where `record` writes and `report` reads by default.
 pub const DEFAULT_PATH: &str = "kvmprof.data";

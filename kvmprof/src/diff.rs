@@ -10,11 +10,11 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::aggregate::Aggregate;
+use crate::backend::reason_name;
 use crate::datafile::Header;
 use crate::model::{Reason, Stage};
 use crate::series::{self, Selection};
 use crate::units;
-use crate::vendor::reason_name;
 
 pub const JSON_SCHEMA_VERSION: u32 = 1;
 

@@ -6,8 +6,8 @@ use hdrhistogram::Histogram;
 
 use crate::{
     aggregate::{Key, KeyStats},
+    backend::reason_name,
     model::Reason,
-    vendor::reason_name,
 };
 
 /// What exits are grouped by.

@@ -10,13 +10,13 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
+use crate::backend::reason_name;
 use crate::datafile::{Header, HookUse};
 use crate::group::{self, By, GroupId, Percentiles};
 use crate::merge::Merged;
 use crate::model::{Reason, ReasonSpace, Stage};
 use crate::series::IntervalRow;
 use crate::units;
-use crate::vendor::reason_name;
 
 /// How a report is printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

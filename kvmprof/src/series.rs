@@ -7,10 +7,10 @@ use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 
 use crate::aggregate::{self, Aggregate, Key};
+use crate::backend::reason_name;
 use crate::datafile;
 use crate::group::{By, GroupId};
 use crate::model::{Reason, Stage};
-use crate::vendor::reason_name;
 
 /// Reasons and stages chosen on the command line; empty means all.
 #[derive(Clone, Debug, Default)]

@@ -1,4 +1,4 @@
-//! Per-vendor knowledge as plain data: exit-reason names and the kernel functions kvmprof
+//! Per-backend knowledge (AMD SVM, Intel VMX, PVM; userspace exit codes) as plain data: exit-reason names and the kernel functions kvmprof
 //! hooks to time each stage of an exit.
 pub mod pvm;
 pub mod svm;
