@@ -1,5 +1,5 @@
-//! Per-backend knowledge (AMD SVM, Intel VMX, PVM; userspace exit codes) as plain data: exit-reason names and the kernel functions kvmprof
-//! hooks to time each stage of an exit.
+//! Per-backend knowledge (AMD SVM, Intel VMX, PVM; userspace exit codes) as plain data:
+//! exit-reason names and the kernel functions kvmprof hooks to time each stage of an exit.
 pub mod pvm;
 pub mod svm;
 pub mod userspace;
