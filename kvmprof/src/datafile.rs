@@ -49,10 +49,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{self, Aggregate, Key, PortKey, PortStats};
 use crate::backend::reason_name;
-use crate::kernel::Facts;
 use crate::model::{Exit, Reason, ReasonSpace, Stage, Vendor};
 use crate::output;
-use crate::plan::Plan;
 use crate::target::Target;
 
 /// Where `record` writes and `report` reads by default.
@@ -159,49 +157,6 @@ impl Cut {
             self.kept_lines
         )
     }
-}
-
-impl Header {
-    /// The header of a live recording whose window opened at `started` (wall clock), which is
-    /// `start_ts_ns` on the records' clock.
-    pub fn live(
-        plan: &Plan,
-        facts: &Facts,
-        started: SystemTime,
-        start_ts_ns: u64,
-        targets: &[Target],
-    ) -> Header {
-        let since_epoch = started.duration_since(UNIX_EPOCH).unwrap_or_default();
-        Header {
-            source: Source::Live,
-            host: hostname(),
-            kernel: facts.release.clone(),
-            vendor: plan.vendor,
-            hooks: plan
-                .stages
-                .iter()
-                .map(|s| HookUse {
-                    stage: s.stage,
-                    symbol: s.symbol.clone(),
-                    mode: s.mode.name().to_owned(),
-                })
-                .collect(),
-            cycle_source: plan.cycle_source().to_owned(),
-            processes: targets.to_vec(),
-            start_unix_ns: nanos(since_epoch),
-            start_ts_ns,
-            duration_ns: 0,
-            unobserved: None,
-            stop: None,
-            cut: None,
-        }
-    }
-}
-
-fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 fn nanos(d: Duration) -> u64 {

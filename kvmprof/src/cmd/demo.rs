@@ -7,9 +7,8 @@ use kvmprof_testvmm::Workload;
 
 use crate::{
     cli::{DemoArgs, GuestArgs},
-    cmd::record::{announce, finish, options, Recorder},
-    datafile::{self, Header},
-    diag,
+    cmd::record::{announce, finish, live_header, options, Recorder},
+    datafile, diag,
     group::By,
     live::Session,
     output,
@@ -75,7 +74,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     let (header, agg) = if std::fs::metadata(&a.output).is_ok_and(|m| m.is_file()) {
         datafile::read(&a.output)?
     } else {
-        let mut h = Header::live(&out.plan, &out.facts, out.started, out.window.start_ns, &[]);
+        let mut h = live_header(&out.plan, &out.facts, out.started, out.window.start_ns, &[]);
         h.duration_ns = u64::try_from(out.elapsed.as_nanos()).unwrap_or(u64::MAX);
         (h, out.aggregate)
     };

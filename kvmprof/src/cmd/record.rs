@@ -1,17 +1,25 @@
 //! `kvmprof record`: records VMM processes (or a command it starts) into a data file.
-use std::{cell::RefCell, ops::ControlFlow, path::PathBuf, process::Child, time::Duration};
+use std::{
+    cell::RefCell,
+    fs,
+    ops::ControlFlow,
+    path::PathBuf,
+    process::Child,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{bail, Context, Result};
 
 use crate::{
     cli::RecordArgs,
-    datafile::{self, End, Header, Writer},
+    datafile::{self, End, Header, HookUse, Source, Writer},
     diag::note,
     exits,
+    kernel::Facts,
     live::{self, Outcome, Session, Status, Stop},
     model::Exit,
     output::{self, Output},
-    plan::HookPref,
+    plan::{HookPref, Plan},
     spawn::{self, spawn_held},
     target::{self, Target},
 };
@@ -129,7 +137,7 @@ impl Recorder {
         interval: Duration,
     ) -> Result<Recorder> {
         let path = data.path().to_owned();
-        let header = Header::live(
+        let header = live_header(
             session.plan(),
             session.facts(),
             session.started(),
@@ -319,4 +327,45 @@ pub(super) fn finish(
         );
     }
     Ok(())
+}
+
+/// The header of a live recording whose window opened at `started` (wall clock), which is
+/// `start_ts_ns` on the records' clock.
+pub(super) fn live_header(
+    plan: &Plan,
+    facts: &Facts,
+    started: SystemTime,
+    start_ts_ns: u64,
+    targets: &[Target],
+) -> Header {
+    let since_epoch = started.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Header {
+        source: Source::Live,
+        host: hostname(),
+        kernel: facts.release.clone(),
+        vendor: plan.vendor,
+        hooks: plan
+            .stages
+            .iter()
+            .map(|s| HookUse {
+                stage: s.stage,
+                symbol: s.symbol.clone(),
+                mode: s.mode.name().to_owned(),
+            })
+            .collect(),
+        cycle_source: plan.cycle_source().to_owned(),
+        processes: targets.to_vec(),
+        start_unix_ns: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX),
+        start_ts_ns,
+        duration_ns: 0,
+        unobserved: None,
+        stop: None,
+        cut: None,
+    }
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
