@@ -159,6 +159,17 @@ impl Cut {
     }
 }
 
+impl Header {
+    /// Recording length for rates: the header's, or the span of the exits in `a` where the
+    /// header states none.
+    pub fn duration_for_rates(&self, a: &Aggregate) -> u64 {
+        match (self.duration_ns, a.span()) {
+            (0, Some((first, last))) => last - first,
+            (d, _) => d,
+        }
+    }
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

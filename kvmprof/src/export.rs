@@ -235,14 +235,6 @@ impl Stats {
     }
 }
 
-/// Recording length for rates, as the report takes it.
-fn duration_ns(h: &Header, a: &Aggregate) -> u64 {
-    match (h.duration_ns, a.span()) {
-        (0, Some((first, last))) => last - first,
-        (d, _) => d,
-    }
-}
-
 fn rate(n: u64, ns: u64) -> f64 {
     if ns == 0 {
         0.0
@@ -262,7 +254,7 @@ fn csv_field(s: &str) -> String {
 
 /// One row per group and stage: exits of the group, rate, samples and percentiles in ns.
 pub fn csv(h: &Header, a: &Aggregate, by: By, sel: &Selection) -> String {
-    let dur = duration_ns(h, a);
+    let dur = h.duration_for_rates(a);
     let mut out = String::from(
         "group,stage,exits,rate_per_s,samples,sum_ns,mean_ns,p50_ns,p90_ns,p99_ns,p999_ns,max_ns\n",
     );
@@ -420,7 +412,7 @@ pub fn json(h: &Header, a: &Aggregate, sel: &Selection, intervals: bool) -> Resu
         schema_version: JSON_SCHEMA_VERSION,
         header: h,
         interval_ns: a.interval_ns(),
-        duration_ns: duration_ns(h, a),
+        duration_ns: h.duration_for_rates(a),
         total_exits: a.total_exits(),
         lost: a.lost(),
         series,

@@ -171,10 +171,7 @@ struct PortRow {
 }
 
 fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
-    let duration_ns = match (h.duration_ns, a.span()) {
-        (0, Some((first, last))) => last - first,
-        (d, _) => d,
-    };
+    let duration_ns = h.duration_for_rates(a);
     let total_exits = a.total_exits();
     let total_cycle_ns = a.stage_sum_ns(Stage::Cycle);
 
