@@ -361,7 +361,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
+    fn durations_take_ms_s_m_h_or_bare_seconds() {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));

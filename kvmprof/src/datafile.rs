@@ -889,7 +889,7 @@ mod tests {
     }
 
     #[test]
-    fn round_trip() {
+    fn a_written_file_reads_back_the_same() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, bytes) = write_sample(dir.path());
         let (h, b) = read(&path).expect("reads back");

@@ -137,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn folded_lines() {
+    fn folded_stacks_print_one_line_per_stack() {
         let folded = Folded::from([("a;b".to_owned(), 5), ("a".to_owned(), 2)]);
         assert_eq!(folded_text(&folded), "a 2\na;b 5\n");
     }

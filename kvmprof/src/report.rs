@@ -758,7 +758,7 @@ mod tests {
     }
 
     #[test]
-    fn empty_recording() {
+    fn an_empty_recording_reports_zero_exits_without_empty_tables() {
         let mut h = header();
         h.duration_ns = 0;
         let t = render(&h, &Aggregate::new(SEC), By::Reason, Format::Table);

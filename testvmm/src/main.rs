@@ -135,7 +135,7 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
-    fn cli_is_consistent() {
+    fn the_cli_definition_is_consistent() {
         Args::command().debug_assert();
     }
 

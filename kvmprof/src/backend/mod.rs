@@ -110,7 +110,7 @@ mod tests {
     }
 
     #[test]
-    fn hook_tables() {
+    fn each_backend_lists_its_hooked_functions_and_module() {
         let svm = hooks(Vendor::Svm);
         assert_eq!(svm.vendor_run, &["svm_vcpu_run"]);
         assert_eq!(svm.handler, &["svm_handle_exit", "handle_exit"]);

@@ -203,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn amd_seed_capture() {
+    fn an_amd_capture_times_every_stage_and_names_the_svm_reason() {
         let import = import(&[fixture("amd.txt")]).unwrap();
         assert_eq!(only(&import).vendor, Vendor::Svm);
         assert_eq!(only(&import).vendor.label(), "AMD SVM");
@@ -232,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn intel_seed_capture() {
+    fn an_intel_capture_times_every_stage_and_names_the_vmx_reason() {
         let import = import_texts(&[("intel.txt", INTEL)]).unwrap();
         assert_eq!(only(&import).vendor, Vendor::Vmx);
         assert_eq!(only(&import).vendor.label(), "Intel VMX");
@@ -262,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn trace_cmd_report_with_enter_guest_inlined() {
+    fn trace_cmd_reports_with_enter_guest_inlined_time_cycles_entry_to_entry() {
         // Linux 6.1 on AMD: cycles run from one svm_vcpu_run entry to the next
         // (5678.100000980 → 5678.100005228) and from the last one to the return of
         // kvm_arch_vcpu_ioctl_run (→ 5678.100012096).
@@ -286,7 +286,7 @@ mod tests {
     }
 
     #[test]
-    fn ftrace_with_abstime_proc_tail_irqs_and_overhead_marks() {
+    fn ftrace_with_abstime_proc_tail_irqs_and_overhead_marks_imports_every_exit() {
         let import = import(&[fixture("ftrace_vmx_abstime.txt")]).unwrap();
         assert_eq!(only(&import).vendor, Vendor::Vmx);
         // the second exit took an APIC timer interrupt inside the PIO write: `+ 14.676 us`
@@ -333,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn interleaved_cpus() {
+    fn cycles_of_interleaved_cpus_are_told_apart() {
         let import = import(&[fixture("interleaved.txt")]).unwrap();
         assert_eq!(
             stage_times(&import),
@@ -347,7 +347,7 @@ mod tests {
     }
 
     #[test]
-    fn capture_cut_at_both_ends() {
+    fn a_capture_cut_at_both_ends_keeps_only_whole_cycles() {
         // starts inside vmx_vcpu_run, ends inside emulator_pio_out of the third exit
         let import = import(&[fixture("cut.txt")]).unwrap();
         assert_eq!(
@@ -369,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn header_of_a_timed_capture() {
+    fn a_timed_capture_header_names_the_entry_to_entry_cycle_and_its_hooks() {
         let import = import(&[fixture("trace_cmd_svm.txt")]).unwrap();
         let header = header(only(&import));
         assert_eq!(

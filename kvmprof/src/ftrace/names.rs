@@ -186,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn vendors_from_modules_and_prefixes() {
+    fn the_vendor_is_told_by_module_or_name_prefix() {
         assert_eq!(
             vendor_hint(f("handle_exit", Some("kvm_amd"))),
             Some(Vendor::Svm)

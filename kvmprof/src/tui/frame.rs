@@ -448,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn batch_frame() {
+    fn a_batch_frame_shows_summary_hooks_pids_and_table() {
         let f = render(View::default(), 0, &[]);
         let expected = [
             "kvmprof top   PVM   elapsed 1:01   exits 300   rate 300/s   lost 0",
