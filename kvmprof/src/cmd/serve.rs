@@ -1,4 +1,5 @@
-//! `kvmprof serve`: records like `kvmprof record` and serves `/metrics` (see [`crate::serve`]).
+//! `kvmprof serve`: records like `kvmprof record` and serves `/metrics`; [`crate::serve`]
+//! holds the pieces and why the daemon works as it does.
 use std::{
     ops::ControlFlow,
     sync::Arc,

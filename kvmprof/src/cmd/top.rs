@@ -1,7 +1,7 @@
 //! `kvmprof top`: a live, top-style view of VM exits. Records like `kvmprof record` (through
-//! a [`crate::live::Session`]) and, every `--delay`, shows each exit reason's rate over the last interval,
-//! its total and its latencies since start, full-screen or, with `--batch`, as plain-text
-//! frames on stdout.
+//! a [`crate::live::Session`]) and, every `--delay`, shows each exit reason's rate over the
+//! last interval, its total and its latencies since start, full-screen or, with `--batch`, as
+//! plain-text frames on stdout.
 //!
 //! [`view`] turns the aggregate into rows, [`frame`] lays them out as text, [`screen`] owns
 //! the terminal; only this file does I/O between them.

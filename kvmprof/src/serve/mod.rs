@@ -1,5 +1,6 @@
-//! `kvmprof serve`: a daemon that records like `kvmprof record` (through a [`crate::live::Session`])
-//! and serves exit counts and latency histograms of every VM on `/metrics` for Prometheus.
+//! The pieces of `kvmprof serve` ([`crate::cmd::serve`]), a daemon that records like `kvmprof
+//! record` (through a [`crate::live::Session`]) and serves exit counts and latency histograms
+//! of every VM on `/metrics` for Prometheus.
 //!
 //! Without `--pid` the in-kernel pid filter is off: KVM's tracepoints fire only in threads
 //! that run vCPUs and the KVM_RUN ioctl hook rejects other ioctls before it looks at the
