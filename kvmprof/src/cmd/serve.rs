@@ -14,7 +14,7 @@ use crate::serve::{exporter::Exporter, follow::Follow, http, snapshot::Snapshot,
 use crate::{
     cli::ServeArgs,
     live::{self, Stop},
-    target,
+    target::{self, Target},
 };
 
 /// How often `/metrics` is refreshed from the aggregate and exited VMMs are looked for.
@@ -59,15 +59,10 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     registry.register_collector(Box::new(exporter.clone()));
     let (stop_http, stopped) = oneshot::channel();
     let server = tokio::spawn(http::run(listener, Arc::new(registry), stopped));
-    let watching = if targets.is_empty() {
-        "every VMM on this host".to_string()
-    } else {
-        let pids: Vec<String> = targets.iter().map(|t| t.pid.to_string()).collect();
-        format!("pid {}", pids.join(", "))
-    };
     eprintln!(
-        "kvmprof: serving http://{}/metrics for {watching} (SIGTERM or Ctrl-C stops)",
-        a.listen
+        "kvmprof: serving http://{}/metrics for {} (SIGTERM or Ctrl-C stops)",
+        a.listen,
+        watching(&targets)
     );
 
     // Both callbacks run on this task, one at a time; the cell lets them share the VM list.
@@ -76,15 +71,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         .run(
             |agg, st| {
                 if let Some(f) = follow.as_mut() {
-                    match f.tick() {
-                        Ok(added) => {
-                            for pid in added {
-                                eprintln!("kvmprof: watching pid {pid} too");
-                            }
-                        }
-                        // Say so and go on serving what is watched already.
-                        Err(e) => eprintln!("kvmprof: following --pid names: {e:#}"),
-                    }
+                    follow_names(f);
                 }
                 let mut vms = vms.borrow_mut();
                 vms.expire(agg, Instant::now(), target::alive);
@@ -106,15 +93,43 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     let _ = stop_http.send(());
     let served = tokio::time::timeout(SHUTDOWN, server).await;
     let outcome = outcome?;
-    match outcome.stop {
-        Stop::Signal(sig) => eprintln!("kvmprof: {sig}: stopped, every hook detached"),
-        Stop::TargetsExited => eprintln!("kvmprof: every watched process exited"),
-        Stop::Caller => bail!("the metrics snapshot lock was poisoned"),
-        Stop::Duration => {}
-    }
+    say_why_stopped(&outcome.stop)?;
     match served {
         Ok(Ok(Ok(()))) | Err(_) => Ok(()),
         Ok(Ok(Err(e))) => Err(anyhow!("HTTP server on {}: {e}", a.listen)),
         Ok(Err(e)) => Err(anyhow!("HTTP server task: {e}")),
     }
+}
+
+/// What the daemon watches, for its first line.
+fn watching(targets: &[Target]) -> String {
+    if targets.is_empty() {
+        "every VMM on this host".to_string()
+    } else {
+        let pids: Vec<String> = targets.iter().map(|t| t.pid.to_string()).collect();
+        format!("pid {}", pids.join(", "))
+    }
+}
+
+/// Watches the processes that now match a `--pid` name, and says which.
+fn follow_names(f: &mut Follow) {
+    match f.tick() {
+        Ok(added) => {
+            for pid in added {
+                eprintln!("kvmprof: watching pid {pid} too");
+            }
+        }
+        // Say so and go on serving what is watched already.
+        Err(e) => eprintln!("kvmprof: following --pid names: {e:#}"),
+    }
+}
+
+fn say_why_stopped(stop: &Stop) -> Result<()> {
+    match stop {
+        Stop::Signal(sig) => eprintln!("kvmprof: {sig}: stopped, every hook detached"),
+        Stop::TargetsExited => eprintln!("kvmprof: every watched process exited"),
+        Stop::Caller => bail!("the metrics snapshot lock was poisoned"),
+        Stop::Duration => {}
+    }
+    Ok(())
 }
