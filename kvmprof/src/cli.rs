@@ -3,8 +3,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::group::By;
 use crate::model::Stage;
 use crate::plan::HookPref;
+use crate::report::Format;
 
 #[derive(Parser)]
 #[command(
@@ -39,12 +41,14 @@ pub enum Cmd {
     /// Show which hook each stage uses on this kernel, and why the others were rejected.
     Probes(ProbesArgs),
     /// Run the built-in demo guest and profile it (no VM needed).
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Convert ftrace/trace-cmd function_graph text into a kvmprof data file.
     ImportFtrace(ImportArgs),
     /// Draw where exit-handling time goes (folded stacks + SVG) from function_graph traces.
     Flamegraph(FlameArgs),
     /// Run the built-in test guest (used by `demo`, tests and benchmarks).
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     Guest(GuestArgs),
 }
@@ -85,19 +89,6 @@ pub struct RecordArgs {
     pub interval: Duration,
     #[command(flatten)]
     pub hooks: HookArgs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum By {
-    Reason,
-    Vcpu,
-    Pid,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
 }
 
 #[derive(Args)]
@@ -276,13 +267,14 @@ pub struct ProbesArgs {
     pub format: Format,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Args)]
 pub struct DemoArgs {
     /// Data file to write.
     #[arg(short, long, default_value = "kvmprof-demo.data")]
     pub output: PathBuf,
     /// Number of vCPUs of the demo guest (1 to 64).
-    #[arg(long, default_value_t = 2, value_parser = vcpus)]
+    #[arg(long, default_value_t = 2, value_parser = kvmprof_testvmm::cli::vcpus)]
     pub vcpus: u32,
     #[command(flatten)]
     pub hooks: HookArgs,
@@ -310,30 +302,15 @@ pub struct FlameArgs {
     pub folded: Option<PathBuf>,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Args)]
 pub struct GuestArgs {
-    #[arg(long, default_value_t = 2)]
-    pub vcpus: u32,
-    #[arg(long, default_value_t = 1000)]
-    pub pio_user: u64,
-    #[arg(long, default_value_t = 5000)]
-    pub pio_kernel: u64,
-    #[arg(long, default_value_t = 300)]
-    pub mmio: u64,
-    #[arg(long, default_value_t = 50)]
-    pub pio_in: u64,
+    /// Exits per round; unless given, those of the demo (see `cmd::demo::DEMO`).
+    #[command(flatten)]
+    pub workload: kvmprof_testvmm::cli::WorkloadArgs,
     /// Write the guest's exit counts (JSON) here instead of stdout.
     #[arg(long)]
     pub counts: Option<PathBuf>,
-}
-
-/// A vCPU count the built-in guest can run, checked before anything is recorded.
-fn vcpus(s: &str) -> Result<u32, String> {
-    let max = kvmprof_testvmm::MAX_VCPUS;
-    match s.trim().parse::<u32>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(format!("'{s}' is not a vCPU count from 1 to {max}")),
-    }
 }
 
 /// Longest duration accepted: a year. Longer ones are typos, and far-off deadlines overflow
@@ -384,7 +361,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
+    fn durations_take_ms_s_m_h_or_bare_seconds() {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));

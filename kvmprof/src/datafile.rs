@@ -48,12 +48,10 @@ use kvmprof_common::STAGES;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{self, Aggregate, Key, PortKey, PortStats};
-use crate::kernel::Facts;
+use crate::backend::reason_name;
 use crate::model::{Exit, Reason, ReasonSpace, Stage, Vendor};
 use crate::output;
-use crate::plan::Plan;
 use crate::target::Target;
-use crate::vendor::reason_name;
 
 /// Where `record` writes and `report` reads by default.
 pub const DEFAULT_PATH: &str = "kvmprof.data";
@@ -162,46 +160,14 @@ impl Cut {
 }
 
 impl Header {
-    /// The header of a live recording whose window opened at `started` (wall clock), which is
-    /// `start_ts_ns` on the records' clock.
-    pub fn live(
-        plan: &Plan,
-        facts: &Facts,
-        started: SystemTime,
-        start_ts_ns: u64,
-        targets: &[Target],
-    ) -> Header {
-        let since_epoch = started.duration_since(UNIX_EPOCH).unwrap_or_default();
-        Header {
-            source: Source::Live,
-            host: hostname(),
-            kernel: facts.release.clone(),
-            vendor: plan.vendor,
-            hooks: plan
-                .stages
-                .iter()
-                .map(|s| HookUse {
-                    stage: s.stage,
-                    symbol: s.symbol.clone(),
-                    mode: s.mode.name().to_owned(),
-                })
-                .collect(),
-            cycle_source: plan.cycle_source().to_owned(),
-            processes: targets.to_vec(),
-            start_unix_ns: nanos(since_epoch),
-            start_ts_ns,
-            duration_ns: 0,
-            unobserved: None,
-            stop: None,
-            cut: None,
+    /// Recording length for rates: the header's, or the span of the exits in `a` where the
+    /// header states none.
+    pub fn duration_for_rates(&self, a: &Aggregate) -> u64 {
+        match (self.duration_ns, a.span()) {
+            (0, Some((first, last))) => last - first,
+            (d, _) => d,
         }
     }
-}
-
-fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -542,28 +508,61 @@ fn parse(bytes: &[u8]) -> Result<(Header, Aggregate)> {
     let Some(first) = lines.first() else {
         bail!("empty file");
     };
-    let mut fh = parse_header_line(first)?;
+    let fh = parse_header_line(first)?;
     let mut a = Aggregate::new(fh.interval_ns);
-    // The file is read up to its last whole record: the end record, or in a cut file the
-    // last checkpoint. Whatever follows a checkpoint without one is the cut-off tail.
+    let last = last_whole_record(&lines)?;
+    let ends = read_intervals(&lines[..=last], &fh, &mut a)?;
+    if let Some(n) = (last + 2..=lines.len())
+        .next()
+        .filter(|_| ends.end.is_some())
+    {
+        bail!("line {n}: data after the end record");
+    }
+    check_samples(&a, &ends.samples)?;
+    let cut = Cut {
+        lines: lines.len() as u64,
+        kept_lines: last as u64 + 1,
+    };
+    let header = complete_header(fh.header, &mut a, ends, cut)?;
+    Ok((header, a))
+}
+
+/// The index of the last line the file is read up to: the end record, or in a cut file the
+/// last checkpoint. Whatever follows a checkpoint without one is the cut-off tail.
+fn last_whole_record(lines: &[&[u8]]) -> Result<usize> {
     let whole = |l: &&[u8]| {
         l.ends_with(b"\n")
             && (l.starts_with(CHECKPOINT_MARK.as_bytes()) || l.starts_with(END_MARK.as_bytes()))
     };
-    let Some(last) = lines.iter().rposition(whole) else {
-        bail!(
+    match lines.iter().rposition(whole) {
+        Some(last) => Ok(last),
+        None => bail!(
             "truncated: cut after line {} before its first whole interval",
             lines.len()
-        );
-    };
+        ),
+    }
+}
 
+/// What the part of a file that is read ends with: its last checkpoint and its end record,
+/// and the samples its checkpoints count per series.
+struct Ends {
+    checkpoint: Option<Checkpoint>,
+    end: Option<EndRecord>,
+    samples: BTreeMap<(Key, Stage), u64>,
+}
+
+/// Adds the interval histograms of `lines` (line 1, the header, is skipped) to `a`, block by
+/// block as their checkpoints confirm them.
+fn read_intervals(lines: &[&[u8]], fh: &FileHeader, a: &mut Aggregate) -> Result<Ends> {
     let mut block: Vec<IntervalLine> = Vec::new();
     let mut histograms = 0u64;
-    let mut checkpoint: Option<Checkpoint> = None;
-    let mut expected: BTreeMap<(Key, Stage), u64> = BTreeMap::new();
-    let mut end: Option<EndRecord> = None;
-    for (line, n) in lines[..=last].iter().zip(1u64..).skip(1) {
-        if end.is_some() {
+    let mut ends = Ends {
+        checkpoint: None,
+        end: None,
+        samples: BTreeMap::new(),
+    };
+    for (line, n) in lines.iter().zip(1u64..).skip(1) {
+        if ends.end.is_some() {
             bail!("line {n}: data after the end record");
         }
         let Some(text) = line.strip_suffix(b"\n") else {
@@ -578,9 +577,9 @@ fn parse(bytes: &[u8]) -> Result<(Header, Aggregate)> {
                     cp.histograms
                 );
             }
-            apply_block(&mut a, &mut expected, &cp, std::mem::take(&mut block))
+            apply_block(a, &mut ends.samples, &cp, std::mem::take(&mut block))
                 .map_err(|e| anyhow!("line {n}: {e:#}"))?;
-            checkpoint = Some(cp);
+            ends.checkpoint = Some(cp);
         } else if let Some(json) = text.strip_prefix(END_MARK.as_bytes()) {
             let rec: EndRecord = serde_json::from_slice(json)
                 .map_err(|e| anyhow!("line {n}: bad end record: {e}"))?;
@@ -593,7 +592,7 @@ fn parse(bytes: &[u8]) -> Result<(Header, Aggregate)> {
             if !block.is_empty() {
                 bail!("line {n}: histograms without their checkpoint");
             }
-            end = Some(rec);
+            ends.end = Some(rec);
         } else if !(text.starts_with(b"#") || text.starts_with(b"\"") || text.is_empty()) {
             let parsed = interval(line, fh.base_ts_ns, fh.interval_ns)
                 .map_err(|e| anyhow!("line {n}: {e:#}"))?;
@@ -604,10 +603,12 @@ fn parse(bytes: &[u8]) -> Result<(Header, Aggregate)> {
             histograms += 1;
         }
     }
-    if let Some(n) = (last + 2..=lines.len()).next().filter(|_| end.is_some()) {
-        bail!("line {n}: data after the end record");
-    }
-    for ((key, stage), samples) in expected {
+    Ok(ends)
+}
+
+/// Fails unless each series holds as many samples as the checkpoints counted.
+fn check_samples(a: &Aggregate, expected: &BTreeMap<(Key, Stage), u64>) -> Result<()> {
+    for (&(key, stage), &samples) in expected {
         let found = a.keys()[&key].stage(stage).map_or(0, |s| s.hist.len());
         if found != samples {
             bail!(
@@ -616,26 +617,29 @@ fn parse(bytes: &[u8]) -> Result<(Header, Aggregate)> {
             );
         }
     }
-    match (end, checkpoint) {
+    Ok(())
+}
+
+/// The header with what the end record says (length, stop, unobserved, lost events), or
+/// for a file cut off before it (`cut`), what its last checkpoint says.
+fn complete_header(mut header: Header, a: &mut Aggregate, ends: Ends, cut: Cut) -> Result<Header> {
+    match (ends.end, ends.checkpoint) {
         (Some(end), _) => {
-            fh.header.duration_ns = end.duration_ns;
-            fh.header.stop = Some(end.stop);
-            fh.header.unobserved = end.unobserved;
+            header.duration_ns = end.duration_ns;
+            header.stop = Some(end.stop);
+            header.unobserved = end.unobserved;
             a.add_lost(end.lost);
         }
         (None, Some(cp)) => {
-            fh.header.duration_ns = cp.complete_ns;
-            fh.header.stop = None;
-            fh.header.cut = Some(Cut {
-                lines: lines.len() as u64,
-                kept_lines: last as u64 + 1,
-            });
+            header.duration_ns = cp.complete_ns;
+            header.stop = None;
+            header.cut = Some(cut);
             a.add_lost(cp.lost);
         }
-        // `last` is a checkpoint or the end record.
+        // The last whole record is a checkpoint or the end record.
         (None, None) => bail!("truncated: no whole interval"),
     }
-    Ok((fh.header, a))
+    Ok(header)
 }
 
 /// Parses line 1, the `#[kvmprof-header]`.
@@ -923,7 +927,7 @@ mod tests {
     }
 
     #[test]
-    fn round_trip() {
+    fn a_written_file_reads_back_the_same() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, bytes) = write_sample(dir.path());
         let (h, b) = read(&path).expect("reads back");

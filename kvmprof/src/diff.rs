@@ -10,11 +10,12 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::aggregate::Aggregate;
+use crate::backend::reason_name;
 use crate::datafile::Header;
+use crate::group::Percentiles;
 use crate::model::{Reason, Stage};
 use crate::series::{self, Selection};
 use crate::units;
-use crate::vendor::reason_name;
 
 pub const JSON_SCHEMA_VERSION: u32 = 1;
 
@@ -90,15 +91,6 @@ struct Marks {
     max: bool,
 }
 
-const QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
-
-fn duration_ns(h: &Header, a: &Aggregate) -> u64 {
-    match (h.duration_ns, a.span()) {
-        (0, Some((first, last))) => last - first,
-        (d, _) => d,
-    }
-}
-
 /// Per reason and stage: (exits of the reason, histogram), chosen ones only.
 fn table(a: &Aggregate, sel: &Selection) -> BTreeMap<(Reason, Stage), (u64, Histogram<u64>)> {
     let mut out = BTreeMap::new();
@@ -121,7 +113,7 @@ fn table(a: &Aggregate, sel: &Selection) -> BTreeMap<(Reason, Stage), (u64, Hist
 }
 
 fn figures(count: u64, h: &Histogram<u64>, dur: u64) -> Figures {
-    let [p50, p99, p999] = QUANTILES.map(|q| h.value_at_quantile(q));
+    let Percentiles { p50, p99, p999, .. } = Percentiles::of(h);
     Figures {
         exits: count,
         rate_per_s: (dur > 0).then(|| count as f64 * 1e9 / dur as f64),
@@ -146,8 +138,8 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
 /// Compares `b` with `a`.
 pub fn diff(a: &Side, b: &Side, sel: &Selection) -> Diff {
     let (da, db) = (
-        duration_ns(a.header, a.aggregate),
-        duration_ns(b.header, b.aggregate),
+        a.header.duration_for_rates(a.aggregate),
+        b.header.duration_for_rates(b.aggregate),
     );
     let (ta, tb) = (table(a.aggregate, sel), table(b.aggregate, sel));
     let mut ids: Vec<(Reason, Stage)> = ta.keys().chain(tb.keys()).copied().collect();

@@ -11,8 +11,8 @@
 //! known; `stages` holds only the stages measured.
 use serde::Serialize;
 
+use crate::backend::reason_name;
 use crate::model::{Access, Exit, Reason, Stage};
-use crate::vendor::reason_name;
 
 /// Bumped when a field changes meaning or goes away.
 pub const SCHEMA_VERSION: u32 = 1;

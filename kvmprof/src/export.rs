@@ -21,11 +21,11 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::aggregate::{self, Aggregate, Key};
-use crate::cli::By;
+use crate::backend::reason_name;
 use crate::datafile::{self, Header};
+use crate::group::{By, Percentiles};
 use crate::model::{Reason, Stage};
 use crate::series::{self, Selection};
-use crate::vendor::reason_name;
 
 /// Version of the JSON export's layout; bumped when a field changes meaning or goes away.
 pub const JSON_SCHEMA_VERSION: u32 = 1;
@@ -222,24 +222,16 @@ struct Stats {
 
 impl Stats {
     fn of(h: &Histogram<u64>) -> Self {
-        let q = |q| h.value_at_quantile(q);
+        let p = Percentiles::of(h);
         Stats {
             samples: h.len(),
             mean_ns: h.mean(),
-            p50_ns: q(0.5),
-            p90_ns: q(0.9),
-            p99_ns: q(0.99),
-            p999_ns: q(0.999),
-            max_ns: h.max(),
+            p50_ns: p.p50,
+            p90_ns: p.p90,
+            p99_ns: p.p99,
+            p999_ns: p.p999,
+            max_ns: p.max,
         }
-    }
-}
-
-/// Recording length for rates, as the report takes it.
-fn duration_ns(h: &Header, a: &Aggregate) -> u64 {
-    match (h.duration_ns, a.span()) {
-        (0, Some((first, last))) => last - first,
-        (d, _) => d,
     }
 }
 
@@ -262,7 +254,7 @@ fn csv_field(s: &str) -> String {
 
 /// One row per group and stage: exits of the group, rate, samples and percentiles in ns.
 pub fn csv(h: &Header, a: &Aggregate, by: By, sel: &Selection) -> String {
-    let dur = duration_ns(h, a);
+    let dur = h.duration_for_rates(a);
     let mut out = String::from(
         "group,stage,exits,rate_per_s,samples,sum_ns,mean_ns,p50_ns,p90_ns,p99_ns,p999_ns,max_ns\n",
     );
@@ -420,7 +412,7 @@ pub fn json(h: &Header, a: &Aggregate, sel: &Selection, intervals: bool) -> Resu
         schema_version: JSON_SCHEMA_VERSION,
         header: h,
         interval_ns: a.interval_ns(),
-        duration_ns: duration_ns(h, a),
+        duration_ns: h.duration_for_rates(a),
         total_exits: a.total_exits(),
         lost: a.lost(),
         series,

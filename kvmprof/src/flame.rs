@@ -1,32 +1,13 @@
 //! `flamegraph`: draws where the time of imported exit cycles goes, as an SVG flame graph
 //! (inferno) of the exit path weighted by time, and as the folded stacks it is drawn from
 //! (for `inferno-flamegraph`, speedscope and friends).
-use crate::cli::FlameArgs;
-use crate::ftrace::{self, Capture, Folded, Import};
+use crate::ftrace::{Capture, Folded, Import};
 use crate::model::Stage;
 use crate::output;
 use anyhow::{bail, Context, Result};
 use inferno::flamegraph::{self, color::BasicPalette, Palette};
 use std::io::{BufWriter, Write};
 use std::path::Path;
-
-/// `kvmprof flamegraph -i TRACE... -o OUT.svg [--folded OUT.folded]`.
-pub fn command(args: &FlameArgs) -> Result<()> {
-    let import = ftrace::import(&args.inputs)?;
-    write(&import, &args.output, args.folded.as_deref())?;
-    let counts: Vec<String> = import
-        .captures
-        .iter()
-        .map(|c| format!("{} exits ({})", c.exits.len(), c.vendor.label()))
-        .collect();
-    crate::diag::note!(
-        "{}: {}; {}",
-        args.output.display(),
-        counts.join(", "),
-        import.stats
-    );
-    Ok(())
-}
 
 /// Writes the flame graph of `import` to `svg`, and its folded stacks to `folded` if given.
 pub fn write(import: &Import, svg: &Path, folded: Option<&Path>) -> Result<()> {
@@ -126,6 +107,7 @@ fn exits_and_mean(capture: &Capture) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ftrace;
 
     fn seed_import(name: &str) -> Import {
         let path = format!(
@@ -155,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn folded_lines() {
+    fn folded_stacks_print_one_line_per_stack() {
         let folded = Folded::from([("a;b".to_owned(), 5), ("a".to_owned(), 2)]);
         assert_eq!(folded_text(&folded), "a 2\na;b 5\n");
     }

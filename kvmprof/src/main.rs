@@ -1,9 +1,12 @@
 //! kvmprof: an eBPF profiler of KVM VM exits.
+// Without the demo guest a few output helpers only it uses go unused.
+#![cfg_attr(not(feature = "demo"), allow(dead_code))]
 mod aggregate;
-mod analyze;
 mod attach;
+mod backend;
 mod btf;
 mod cli;
+mod cmd;
 mod collect;
 mod datafile;
 mod diag;
@@ -12,6 +15,7 @@ mod exits;
 mod export;
 mod flame;
 mod ftrace;
+mod group;
 mod hlog;
 mod kernel;
 mod live;
@@ -20,8 +24,6 @@ mod model;
 mod output;
 mod plan;
 mod plot;
-mod probes;
-mod record;
 mod report;
 mod series;
 mod serve;
@@ -29,7 +31,6 @@ mod spawn;
 mod target;
 mod tui;
 mod units;
-mod vendor;
 mod vmname;
 
 use std::process::ExitCode;
@@ -90,17 +91,19 @@ fn run(cli: Cli) -> Result<()> {
             .build()
     };
     match cli.cmd {
-        Cmd::Record(a) => rt()?.block_on(record::record(a)),
-        Cmd::Demo(a) => rt()?.block_on(record::demo(a)),
-        Cmd::Top(a) => rt()?.block_on(tui::top(a)),
-        Cmd::Serve(a) => rt()?.block_on(serve::serve(a)),
-        Cmd::Report(a) => report::command(&a),
-        Cmd::Export(a) => analyze::export_command(&a),
-        Cmd::Diff(a) => analyze::diff_command(&a),
-        Cmd::Plot(a) => analyze::plot_command(&a),
-        Cmd::Probes(a) => probes::command(&a),
-        Cmd::ImportFtrace(a) => ftrace::command(&a),
-        Cmd::Flamegraph(a) => flame::command(&a),
-        Cmd::Guest(a) => record::guest(&a),
+        Cmd::Record(a) => rt()?.block_on(cmd::record::record(a)),
+        #[cfg(feature = "demo")]
+        Cmd::Demo(a) => rt()?.block_on(cmd::demo::demo(a)),
+        Cmd::Top(a) => rt()?.block_on(cmd::top::top(a)),
+        Cmd::Serve(a) => rt()?.block_on(cmd::serve::serve(a)),
+        Cmd::Report(a) => cmd::report::command(&a),
+        Cmd::Export(a) => cmd::export::command(&a),
+        Cmd::Diff(a) => cmd::diff::command(&a),
+        Cmd::Plot(a) => cmd::plot::command(&a),
+        Cmd::Probes(a) => cmd::probes::command(&a),
+        Cmd::ImportFtrace(a) => cmd::import_ftrace::command(&a),
+        Cmd::Flamegraph(a) => cmd::flamegraph::command(&a),
+        #[cfg(feature = "demo")]
+        Cmd::Guest(a) => cmd::demo::guest(&a),
     }
 }

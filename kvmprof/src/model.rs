@@ -116,3 +116,26 @@ pub struct Exit {
     /// Duration of each stage in ns (`Stage::index`), `None` when not measured.
     pub stages: [Option<u64>; STAGES],
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvmprof_common::stage;
+
+    #[test]
+    fn stage_indices_are_the_kernel_stage_indices() {
+        let pairs = [
+            (Stage::Cycle, stage::CYCLE),
+            (Stage::VendorRun, stage::VENDOR_RUN),
+            (Stage::Handler, stage::HANDLER),
+            (Stage::FastPio, stage::FAST_PIO),
+            (Stage::KvmRun, stage::KVM_RUN),
+            (Stage::Vmm, stage::VMM),
+        ];
+        for (s, index) in pairs {
+            assert_eq!(s.index(), index, "{s:?}");
+            assert_eq!(Stage::ALL[index], s, "{s:?}");
+        }
+        assert_eq!(pairs.len(), STAGES);
+    }
+}

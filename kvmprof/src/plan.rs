@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use kvmprof_common::boundary;
 use serde::{Deserialize, Serialize};
 
-use crate::{kernel::Facts, model::Stage, model::Vendor, vendor};
+use crate::{backend, kernel::Facts, model::Stage, model::Vendor};
 
 /// How a stage is timed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,9 +102,9 @@ pub fn detect_vendor(f: &Facts) -> Vendor {
 
 /// Every function the planner may consider, for `Facts::gather`.
 pub fn candidate_functions() -> Vec<&'static str> {
-    let mut v: Vec<&str> = vec![vendor::ENTER_GUEST, vendor::FAST_PIO];
+    let mut v: Vec<&str> = vec![backend::ENTER_GUEST, backend::FAST_PIO];
     for vd in [Vendor::Vmx, Vendor::Svm, Vendor::Pvm] {
-        let h = vendor::hooks(vd);
+        let h = backend::hooks(vd);
         v.extend(h.vendor_run.iter().chain(h.handler));
     }
     v
@@ -126,15 +126,15 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
     if vendor == Vendor::Unknown {
         bail!("no KVM backend found (no kvm_intel, kvm_amd or PVM symbols): is KVM loaded?");
     }
-    let hooks = vendor::hooks(vendor);
+    let hooks = backend::hooks(vendor);
     let kvm_exit_usable = hooks.kvm_exit_fires && f.tracepoints.contains_key("kvm/kvm_exit");
     let kvm_entry_usable = kvm_exit_usable && f.tracepoints.contains_key("kvm/kvm_entry");
 
     let funcs: [(Stage, &[&str], &str); 4] = [
-        (Stage::Cycle, &[vendor::ENTER_GUEST], vendor::KVM_MODULE),
+        (Stage::Cycle, &[backend::ENTER_GUEST], backend::KVM_MODULE),
         (Stage::VendorRun, hooks.vendor_run, hooks.module),
         (Stage::Handler, hooks.handler, hooks.module),
-        (Stage::FastPio, &[vendor::FAST_PIO], vendor::KVM_MODULE),
+        (Stage::FastPio, &[backend::FAST_PIO], backend::KVM_MODULE),
     ];
     let mut stages = Vec::new();
     for (stage, symbols, module) in funcs {

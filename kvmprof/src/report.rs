@@ -6,42 +6,23 @@
 //! disagree.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, Write as _};
 
-use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
-use crate::analyze;
-use crate::cli::{By, Format, ReportArgs};
+use crate::backend::reason_name;
 use crate::datafile::{Header, HookUse};
+use crate::group::{self, By, GroupId, Percentiles};
 use crate::merge::Merged;
 use crate::model::{Reason, ReasonSpace, Stage};
-use crate::series::{self, IntervalRow, Selection};
+use crate::series::IntervalRow;
 use crate::units;
-use crate::vendor::reason_name;
 
-/// `kvmprof report`: reads the data files (merging several) and prints their report.
-pub fn command(a: &ReportArgs) -> Result<()> {
-    let r = analyze::load(&a.paths())?;
-    let intervals = if a.intervals {
-        let stage = series::default_stage(&r.aggregate);
-        let rows = series::intervals(&r.aggregate, &Selection::default(), stage)?;
-        Some(Intervals { stage, rows })
-    } else {
-        None
-    };
-    let extras = Extras {
-        merged: r.merged,
-        intervals,
-    };
-    let text = render_with(&r.header, &r.aggregate, a.by, a.format, extras);
-    let mut out = io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        // `kvmprof report | head` is not an error.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.context("write the report to stdout"),
-    }
+/// How a report is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
 }
 
 /// What a report shows beyond the recording itself.
@@ -139,18 +120,18 @@ struct StageRow {
 
 impl StageRow {
     fn new(stage: Stage, s: &StageStats) -> Self {
-        let q = |q| s.hist.value_at_quantile(q);
+        let p = Percentiles::of(&s.hist);
         let samples = s.hist.len();
         StageRow {
             stage,
             samples,
             sum_ns: s.sum_ns,
             mean_ns: s.sum_ns.checked_div(samples).unwrap_or(0),
-            p50_ns: q(0.5),
-            p90_ns: q(0.9),
-            p99_ns: q(0.99),
-            p999_ns: q(0.999),
-            max_ns: s.hist.max(),
+            p50_ns: p.p50,
+            p90_ns: p.p90,
+            p99_ns: p.p99,
+            p999_ns: p.p999,
+            max_ns: p.max,
         }
     }
 }
@@ -189,31 +170,14 @@ struct PortRow {
     userspace: u64,
 }
 
-/// Group identity; its order is the tie-break of the table's order.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum GroupId {
-    Reason(Reason),
-    Vcpu(u32, Option<u32>),
-    Pid(u32),
-}
-
 fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
-    let duration_ns = match (h.duration_ns, a.span()) {
-        (0, Some((first, last))) => last - first,
-        (d, _) => d,
-    };
+    let duration_ns = h.duration_for_rates(a);
     let total_exits = a.total_exits();
     let total_cycle_ns = a.stage_sum_ns(Stage::Cycle);
 
-    let mut grouped: BTreeMap<GroupId, KeyStats> = BTreeMap::new();
+    let grouped = group::group(a.keys(), by);
     let mut by_reason: BTreeMap<Reason, KeyStats> = BTreeMap::new();
     for (key, stats) in a.keys() {
-        let id = match by {
-            By::Reason => GroupId::Reason(key.reason),
-            By::Vcpu => GroupId::Vcpu(key.pid, key.vcpu),
-            By::Pid => GroupId::Pid(key.pid),
-        };
-        grouped.entry(id).or_default().merge(stats);
         by_reason.entry(key.reason).or_default().merge(stats);
     }
 
@@ -277,11 +241,7 @@ fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
         duration_ns,
         total_exits,
         lost: a.lost(),
-        by: match by {
-            By::Reason => "reason",
-            By::Vcpu => "vcpu",
-            By::Pid => "pid",
-        },
+        by: by.name(),
         groups,
         breakdown,
         ports,
@@ -295,15 +255,12 @@ fn rate(count: u64, duration_ns: u64) -> f64 {
 }
 
 fn group_label(h: &Header, id: GroupId) -> String {
-    match id {
-        GroupId::Reason(r) => reason_name(r),
-        GroupId::Vcpu(pid, Some(v)) => format!("pid {pid} vcpu {v}"),
-        GroupId::Vcpu(pid, None) => format!("pid {pid} vcpu ?"),
-        GroupId::Pid(pid) => match h.processes.iter().find(|p| p.pid == pid) {
-            Some(p) => format!("{pid} {}", p.name),
-            None => pid.to_string(),
-        },
-    }
+    id.label(|pid| {
+        h.processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .map(|p| p.name.as_str())
+    })
 }
 
 /// The nested stage breakdown of one reason, `None` unless a vendor stage was measured.
@@ -801,7 +758,7 @@ mod tests {
     }
 
     #[test]
-    fn empty_recording() {
+    fn an_empty_recording_reports_zero_exits_without_empty_tables() {
         let mut h = header();
         h.duration_ns = 0;
         let t = render(&h, &Aggregate::new(SEC), By::Reason, Format::Table);

@@ -7,10 +7,10 @@ use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 
 use crate::aggregate::{self, Aggregate, Key};
-use crate::cli::By;
+use crate::backend::reason_name;
 use crate::datafile;
+use crate::group::{self, By, GroupId};
 use crate::model::{Reason, Stage};
-use crate::vendor::reason_name;
 
 /// Reasons and stages chosen on the command line; empty means all.
 #[derive(Clone, Debug, Default)]
@@ -65,41 +65,40 @@ pub struct GroupStats {
 
 /// The label of the group `key` falls in.
 pub fn group_of(key: &Key, by: By) -> String {
-    match (by, key.vcpu) {
-        (By::Reason, _) => reason_name(key.reason),
-        (By::Vcpu, Some(v)) => format!("pid {} vcpu {v}", key.pid),
-        (By::Vcpu, None) => format!("pid {} vcpu ?", key.pid),
-        (By::Pid, _) => format!("pid {}", key.pid),
+    label(by.id(key))
+}
+
+fn label(id: GroupId) -> String {
+    match id {
+        // CSV rows carry no process names.
+        GroupId::Pid(pid) => format!("pid {pid}"),
+        id => id.label(|_| None),
     }
 }
 
 /// Per group: counts and stage histograms, chosen reasons and stages only.
 pub fn groups(a: &Aggregate, by: By, sel: &Selection) -> BTreeMap<String, GroupStats> {
-    let mut out: BTreeMap<String, GroupStats> = BTreeMap::new();
-    for (key, stats) in a.keys() {
-        if !sel.reason(key.reason) {
-            continue;
-        }
-        let g = out.entry(group_of(key, by)).or_insert_with(|| GroupStats {
-            count: 0,
-            sums: BTreeMap::new(),
-            hists: BTreeMap::new(),
-        });
-        g.count += stats.count;
-        for stage in Stage::ALL.into_iter().filter(|&s| sel.stage(s)) {
-            let Some(st) = stats.stage(stage).filter(|st| !st.hist.is_empty()) else {
-                continue;
+    let chosen = a.keys().iter().filter(|(k, _)| sel.reason(k.reason));
+    group::group(chosen, by)
+        .into_iter()
+        .map(|(id, stats)| {
+            let measured = Stage::ALL
+                .into_iter()
+                .filter(|&s| sel.stage(s))
+                .filter_map(|s| {
+                    stats
+                        .stage(s)
+                        .filter(|st| !st.hist.is_empty())
+                        .map(|st| (s, st))
+                });
+            let g = GroupStats {
+                count: stats.count,
+                sums: measured.clone().map(|(s, st)| (s, st.sum_ns)).collect(),
+                hists: measured.map(|(s, st)| (s, st.hist.clone())).collect(),
             };
-            *g.sums.entry(stage).or_default() += st.sum_ns;
-            add(
-                g.hists
-                    .entry(stage)
-                    .or_insert_with(aggregate::new_histogram),
-                &st.hist,
-            );
-        }
-    }
-    out
+            (label(id), g)
+        })
+        .collect()
 }
 
 /// All chosen series of `a` merged into one histogram per stage.

@@ -207,9 +207,24 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// The `--pid` values that are names rather than pids: the ones followed as processes start.
+pub fn names(specs: &[String]) -> Vec<String> {
+    specs
+        .iter()
+        .filter(|s| s.parse::<u32>().is_err())
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_names_are_followed() {
+        let specs = ["123", "qemu", "4x"].map(String::from);
+        assert_eq!(names(&specs), ["qemu", "4x"]);
+    }
 
     #[test]
     fn unknown_pid_and_name_are_errors() {

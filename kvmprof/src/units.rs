@@ -83,7 +83,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_and_rates() {
+    fn counts_and_rates_print_with_three_digits_and_an_si_suffix() {
         assert_eq!(si(0.0), "0.00");
         assert_eq!(si(0.5), "0.50");
         assert_eq!(si(12.34), "12.3");
@@ -94,7 +94,7 @@ mod tests {
     }
 
     #[test]
-    fn percentages() {
+    fn shares_print_as_percentages_and_tiny_ones_as_below_a_tenth() {
         assert_eq!(pct(0.0), "0.0%");
         assert_eq!(pct(0.0001), "<0.1%");
         assert_eq!(pct(0.123), "12.3%");

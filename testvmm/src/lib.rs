@@ -16,6 +16,8 @@
 //! Stopping a vCPU sends it [`kick_signal`] (SIGRTMIN), for which `run`
 //! installs a no-op handler in the calling process.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 mod counts;
 mod exitlog;
 mod guest;

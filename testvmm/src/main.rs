@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use kvmprof_testvmm::{StopHandle, Workload};
+use kvmprof_testvmm::{cli::WorkloadArgs, StopHandle, Workload};
 use vmm_sys_util::signal::create_sigset;
 
 /// Runs tiny real-mode guests on /dev/kvm that make an exact number of VM
@@ -25,21 +25,9 @@ use vmm_sys_util::signal::create_sigset;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// vCPUs (1..=64).
-    #[arg(long, default_value_t = 1)]
-    vcpus: u32,
-    /// `out`s to port 0x3f8 per round: KVM_EXIT_IO to userspace.
-    #[arg(long, default_value_t = 0)]
-    pio_user: u64,
-    /// `out`s to port 0x700+<vcpu> per round: handled in the kernel by an ioeventfd.
-    #[arg(long, default_value_t = 0)]
-    pio_kernel: u64,
-    /// Byte writes to guest-physical 0xd0000 per round: KVM_EXIT_MMIO to userspace.
-    #[arg(long, default_value_t = 0)]
-    mmio: u64,
-    /// `in`s from port 0x3fd per round: KVM_EXIT_IO to userspace.
-    #[arg(long, default_value_t = 0)]
-    pio_in: u64,
+    /// Exits per round; one vCPU and none of each kind unless given.
+    #[command(flatten)]
+    workload: WorkloadArgs,
     /// Cap on each vCPU's average exits/s. The VMM sleeps at userspace exits;
     /// in-kernel exits still come in bursts of up to --pio-kernel.
     #[arg(long)]
@@ -72,17 +60,13 @@ fn main() -> Result<()> {
     let stop = StopHandle::new();
     stop_on_signals(&stop)?;
     let workload = Workload {
-        vcpus: args.vcpus,
-        pio_user: args.pio_user,
-        pio_kernel: args.pio_kernel,
-        mmio_user: args.mmio,
-        pio_in: args.pio_in,
         rate: args.rate,
         start_delay_ms: millis(args.start_delay),
         forever: args.forever,
         duration_ms: args.duration.map(millis),
         ready_file: args.ready_file,
         exit_log: args.exit_log,
+        ..args.workload.over(Workload::default())
     };
     let counts = kvmprof_testvmm::run_until(&workload, &stop)?;
     println!(
@@ -151,7 +135,7 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
-    fn cli_is_consistent() {
+    fn the_cli_definition_is_consistent() {
         Args::command().debug_assert();
     }
 

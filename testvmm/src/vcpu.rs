@@ -196,7 +196,7 @@ mod tests {
     }
 
     #[test]
-    fn answers_in() {
+    fn pio_in_is_answered_with_the_known_value() {
         let mut data = [0u8];
         assert_eq!(
             classify(VcpuExit::IoIn(guest::PIO_IN_PORT, &mut data)),

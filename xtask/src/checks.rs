@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use kvmprof_testvmm::Workload;
 use serde_json::Value;
 
 /// What a check left behind in the VM.
@@ -27,46 +28,41 @@ pub struct Check {
     pub verify: fn(&Captured) -> Result<()>,
 }
 
-/// The test VMM workload the count checks run: per vCPU and round, so the expected totals are
-/// these times `vcpus` (plus one `hlt` per vCPU that ends its single round).
-struct Workload {
-    vcpus: u64,
-    pio_user: u64,
-    pio_kernel: u64,
-    mmio: u64,
-    pio_in: u64,
-}
-
 /// vCPU `i` of the test VMM writes its in-kernel (ioeventfd) port `0x700 + i`.
 const KERNEL_PORT_BASE: u64 = 0x700;
 
+/// The test VMM workload the count checks run: per vCPU and round, so the expected totals are
+/// these times `vcpus` (plus one `hlt` per vCPU that ends its single round).
 const WORKLOAD: Workload = Workload {
     vcpus: 2,
     pio_user: 1000,
     pio_kernel: 5000,
-    mmio: 300,
+    mmio_user: 300,
     pio_in: 100,
+    rate: None,
+    start_delay_ms: 0,
+    forever: false,
+    duration_ms: None,
+    ready_file: None,
+    exit_log: None,
 };
 
-impl Workload {
-    fn args(&self) -> String {
-        format!(
-            "--vcpus {} --pio-user {} --pio-kernel {} --mmio {} --pio-in {}",
-            self.vcpus, self.pio_user, self.pio_kernel, self.mmio, self.pio_in
-        )
-    }
+/// The test VMM's flags for [`WORKLOAD`].
+fn workload_args() -> String {
+    kvmprof_testvmm::cli::args(&WORKLOAD)
+}
 
-    /// The totals the test VMM must report, by its JSON field names.
-    fn expected_totals(&self) -> [(&'static str, u64); 6] {
-        [
-            ("pio_user", self.pio_user * self.vcpus),
-            ("pio_kernel", self.pio_kernel * self.vcpus),
-            ("mmio_user", self.mmio * self.vcpus),
-            ("pio_in", self.pio_in * self.vcpus),
-            ("hlt", self.vcpus),
-            ("other", 0),
-        ]
-    }
+/// The totals the test VMM must report for `w`, by its JSON field names.
+fn expected_totals(w: &Workload) -> [(&'static str, u64); 6] {
+    let vcpus = u64::from(w.vcpus);
+    [
+        ("pio_user", w.pio_user * vcpus),
+        ("pio_kernel", w.pio_kernel * vcpus),
+        ("mmio_user", w.mmio_user * vcpus),
+        ("pio_in", w.pio_in * vcpus),
+        ("hlt", vcpus),
+        ("other", 0),
+    ]
 }
 
 pub fn checks() -> Vec<Check> {
@@ -88,7 +84,7 @@ pub fn checks() -> Vec<Check> {
         },
         Check {
             name: "testvmm_counts",
-            script: format!("\"$TESTVMM\" {}", WORKLOAD.args()),
+            script: format!("\"$TESTVMM\" {}", workload_args()),
             verify: testvmm_counts,
         },
         Check {
@@ -147,7 +143,7 @@ fn btf_hooks_script(hooks: &str) -> String {
          | tr -d '\\n'\n\
          echo\n\
          cat {dir}/exits.jsonl\n",
-        args = WORKLOAD.args()
+        args = workload_args()
     )
 }
 
@@ -245,7 +241,7 @@ fn nesting_script() -> String {
          \"$KVMPROF\" record --hooks kprobe -o /run/nesting/k.data --exits /run/nesting/exits.jsonl \
          -- \"$TESTVMM\" {} > /dev/null\n\
          cat /run/nesting/exits.jsonl\n",
-        WORKLOAD.args()
+        workload_args()
     )
 }
 
@@ -283,7 +279,7 @@ fn nesting(exits: &str) -> Result<()> {
             "io exit {n}: stages do not nest (cycle {cycle}, vendor run {run}, handler {handler}, fast PIO {fast})"
         );
     }
-    let want = (w.pio_user + w.pio_kernel + w.pio_in) * w.vcpus;
+    let want = (w.pio_user + w.pio_kernel + w.pio_in) * u64::from(w.vcpus);
     ensure!(io == want, "{io} io exits, expected {want}");
     Ok(())
 }
@@ -297,7 +293,7 @@ fn perf_kvm_stat_script() -> String {
          perf kvm -o /run/perf/perf.data stat record -- \"$TESTVMM\" {} > /run/perf/vmm.json\n\
          perf kvm -i /run/perf/perf.data stat report 2>&1\n\
          perf kvm -i /run/perf/perf.data stat report --event ioport 2>&1\n",
-        WORKLOAD.args()
+        workload_args()
     )
 }
 
@@ -323,11 +319,11 @@ fn kvmprof_script(attach: Attach) -> String {
              vmm=$!\n\
              \"$KVMPROF\" record --hooks kprobe --pid \"$vmm\" -o {dir}/k.data >&2\n\
              wait \"$vmm\"\n",
-            args = WORKLOAD.args()
+            args = workload_args()
         ),
         Attach::Command => format!(
             "\"$KVMPROF\" record --hooks kprobe -o {dir}/k.data -- \"$TESTVMM\" {args} > {dir}/vmm.json\n",
-            args = WORKLOAD.args()
+            args = workload_args()
         ),
     };
     format!(
@@ -352,7 +348,7 @@ fn prints_number(c: &Captured) -> Result<()> {
 
 fn testvmm_counts(c: &Captured) -> Result<()> {
     let json = parse_json(&c.stdout)?;
-    expect_counts(&json["total"], &WORKLOAD.expected_totals(), "testvmm total")
+    expect_counts(&json["total"], &expected_totals(&WORKLOAD), "testvmm total")
 }
 
 /// perf's summary has one row per exit reason (`io  12200  94.76% ...`) and, with
@@ -368,12 +364,12 @@ fn perf_kvm_stat(c: &Captured) -> Result<()> {
     let mut expected = vec![
         (
             "io".to_string(),
-            (w.pio_user + w.pio_kernel + w.pio_in) * w.vcpus,
+            (w.pio_user + w.pio_kernel + w.pio_in) * u64::from(w.vcpus),
         ),
-        ("0x3f8:POUT".to_string(), w.pio_user * w.vcpus),
-        ("0x3fd:PIN".to_string(), w.pio_in * w.vcpus),
+        ("0x3f8:POUT".to_string(), w.pio_user * u64::from(w.vcpus)),
+        ("0x3fd:PIN".to_string(), w.pio_in * u64::from(w.vcpus)),
     ];
-    for vcpu in 0..w.vcpus {
+    for vcpu in 0..u64::from(w.vcpus) {
         expected.push((format!("{:#x}:POUT", KERNEL_PORT_BASE + vcpu), w.pio_kernel));
     }
     let wrong: Vec<String> = expected
@@ -399,7 +395,7 @@ fn kvmprof_report(c: &Captured) -> Result<()> {
 /// [`kvmprof_report`] on `{"vmm": ..., "report": ...}`.
 fn report_matches(json: &Value) -> Result<()> {
     let (vmm, report) = (&json["vmm"], &json["report"]);
-    expect_counts(&vmm["total"], &WORKLOAD.expected_totals(), "testvmm total")?;
+    expect_counts(&vmm["total"], &expected_totals(&WORKLOAD), "testvmm total")?;
     let w = &WORKLOAD;
     expect_counts(report, &[("lost", 0)], "report")?;
 
@@ -413,8 +409,11 @@ fn report_matches(json: &Value) -> Result<()> {
     expect_counts(
         io,
         &[
-            ("count", (w.pio_user + w.pio_kernel + w.pio_in) * w.vcpus),
-            ("userspace", (w.pio_user + w.pio_in) * w.vcpus),
+            (
+                "count",
+                (w.pio_user + w.pio_kernel + w.pio_in) * u64::from(w.vcpus),
+            ),
+            ("userspace", (w.pio_user + w.pio_in) * u64::from(w.vcpus)),
         ],
         "report io group",
     )?;
@@ -422,7 +421,7 @@ fn report_matches(json: &Value) -> Result<()> {
         .iter()
         .find(|g| g["label"] == "hlt")
         .context("report has no hlt group")?;
-    expect_counts(hlt, &[("count", w.vcpus)], "report hlt group")?;
+    expect_counts(hlt, &[("count", u64::from(w.vcpus))], "report hlt group")?;
     let stages = io["stages"].as_array().context("io group has no stages")?;
     ensure!(!stages.is_empty(), "io group: no stage was measured");
     for s in stages {
@@ -447,20 +446,20 @@ fn report_matches(json: &Value) -> Result<()> {
         (
             "0x3f8 out",
             port_count("pio", 0x3f8, true, "count"),
-            w.pio_user * w.vcpus,
+            w.pio_user * u64::from(w.vcpus),
         ),
         (
             "0x3fd in",
             port_count("pio", 0x3fd, false, "count"),
-            w.pio_in * w.vcpus,
+            w.pio_in * u64::from(w.vcpus),
         ),
         (
             "mmio 0xd0000 write",
             port_count("mmio", 0xd0000, true, "count"),
-            w.mmio * w.vcpus,
+            w.mmio_user * u64::from(w.vcpus),
         ),
     ];
-    for vcpu in 0..w.vcpus {
+    for vcpu in 0..u64::from(w.vcpus) {
         let port = KERNEL_PORT_BASE + vcpu;
         expected.push((
             "ioeventfd port out",

@@ -11,8 +11,7 @@ mod parse;
 mod reader;
 mod stages;
 
-use crate::cli::ImportArgs;
-use crate::datafile::{self, Header, HookUse, Source};
+use crate::datafile::{Header, HookUse, Source};
 use crate::model::{Exit, Stage, Vendor};
 use anyhow::{Context, Result};
 use stages::{How, Timing};
@@ -20,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Folded stacks: `vcpu_enter_guest;svm_vcpu_run` → ns spent in the last frame itself.
 pub type Folded = BTreeMap<String, u64>;
@@ -98,53 +97,9 @@ pub fn import<P: AsRef<Path>>(paths: &[P]) -> Result<Import> {
     reader.finish()
 }
 
-/// Length of the data file's intervals, as `record` writes by default.
-const INTERVAL_NS: u64 = 1_000_000_000;
-
-/// `kvmprof import-ftrace FILE... -o OUT`: writes the exits of the traces as a data file
-/// that `report` reads like a live recording; one per vendor (`OUT` named after it) where
-/// the traces hold captures of several.
-pub fn command(args: &ImportArgs) -> Result<()> {
-    let import = import(&args.files)?;
-    let several = import.captures.len() > 1;
-    for capture in &import.captures {
-        let output = if several {
-            vendor_path(&args.output, capture.vendor)
-        } else {
-            args.output.clone()
-        };
-        datafile::write(&output, &header(capture), &capture.exits, INTERVAL_NS)?;
-        crate::diag::note!(
-            "{} exits ({}) written to {}",
-            capture.exits.len(),
-            capture.vendor.label(),
-            output.display(),
-        );
-    }
-    crate::diag::note!("{}", import.stats);
-    Ok(())
-}
-
-/// `OUT` with the vendor before its extension: `trace.data` → `trace.svm.data`.
-fn vendor_path(output: &Path, vendor: Vendor) -> PathBuf {
-    let tag = match vendor {
-        Vendor::Vmx => "vmx",
-        Vendor::Svm => "svm",
-        Vendor::Pvm => "pvm",
-        Vendor::Unknown => "unknown",
-    };
-    let mut name = output.file_stem().unwrap_or_default().to_os_string();
-    name.push(format!(".{tag}"));
-    if let Some(ext) = output.extension() {
-        name.push(".");
-        name.push(ext);
-    }
-    output.with_file_name(name)
-}
-
 /// The data file header of an import. A trace names neither host nor kernel, and shows
 /// threads rather than processes.
-fn header(import: &Capture) -> Header {
+pub fn header(import: &Capture) -> Header {
     // Exits end at trace timestamps where the trace has them (0 otherwise); the capture
     // spans from the start of the first cycle to the end of the last.
     let timed = import.exits.iter().filter(|e| e.ts_ns > 0);
@@ -198,7 +153,7 @@ fn header(import: &Capture) -> Header {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Reason, ReasonSpace};
+    use crate::model::ReasonSpace;
 
     const AMD: &str = include_str!("../../tests/fixtures/ftrace/amd.txt");
     const INTEL: &str = include_str!("../../tests/fixtures/ftrace/intel.txt");
@@ -248,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn amd_seed_capture() {
+    fn an_amd_capture_times_every_stage_and_names_the_svm_reason() {
         let import = import(&[fixture("amd.txt")]).unwrap();
         assert_eq!(only(&import).vendor, Vendor::Svm);
         assert_eq!(only(&import).vendor.label(), "AMD SVM");
@@ -277,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn intel_seed_capture() {
+    fn an_intel_capture_times_every_stage_and_names_the_vmx_reason() {
         let import = import_texts(&[("intel.txt", INTEL)]).unwrap();
         assert_eq!(only(&import).vendor, Vendor::Vmx);
         assert_eq!(only(&import).vendor.label(), "Intel VMX");
@@ -307,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn trace_cmd_report_with_enter_guest_inlined() {
+    fn trace_cmd_reports_with_enter_guest_inlined_time_cycles_entry_to_entry() {
         // Linux 6.1 on AMD: cycles run from one svm_vcpu_run entry to the next
         // (5678.100000980 → 5678.100005228) and from the last one to the return of
         // kvm_arch_vcpu_ioctl_run (→ 5678.100012096).
@@ -331,7 +286,7 @@ mod tests {
     }
 
     #[test]
-    fn ftrace_with_abstime_proc_tail_irqs_and_overhead_marks() {
+    fn ftrace_with_abstime_proc_tail_irqs_and_overhead_marks_imports_every_exit() {
         let import = import(&[fixture("ftrace_vmx_abstime.txt")]).unwrap();
         assert_eq!(only(&import).vendor, Vendor::Vmx);
         // the second exit took an APIC timer interrupt inside the PIO write: `+ 14.676 us`
@@ -378,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn interleaved_cpus() {
+    fn cycles_of_interleaved_cpus_are_told_apart() {
         let import = import(&[fixture("interleaved.txt")]).unwrap();
         assert_eq!(
             stage_times(&import),
@@ -392,7 +347,7 @@ mod tests {
     }
 
     #[test]
-    fn capture_cut_at_both_ends() {
+    fn a_capture_cut_at_both_ends_keeps_only_whole_cycles() {
         // starts inside vmx_vcpu_run, ends inside emulator_pio_out of the third exit
         let import = import(&[fixture("cut.txt")]).unwrap();
         assert_eq!(
@@ -414,54 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn data_file_reads_like_a_live_recording() {
-        let dir = tempfile::tempdir().unwrap();
-        let output = dir.path().join("amd.data");
-        let args = ImportArgs {
-            files: vec![fixture("amd.txt").into()],
-            output: output.clone(),
-        };
-        command(&args).unwrap();
-        let (header, aggregate) = datafile::read(&output).unwrap();
-        assert_eq!(header.source, Source::FtraceImport);
-        assert_eq!(header.vendor, Vendor::Svm);
-        assert_eq!(header.cycle_source, "vcpu_enter_guest duration");
-        let hooks: Vec<_> = header
-            .hooks
-            .iter()
-            .map(|h| (h.stage, h.symbol.as_str()))
-            .collect();
-        assert_eq!(
-            hooks,
-            [
-                (Stage::Cycle, "vcpu_enter_guest"),
-                (Stage::VendorRun, "svm_vcpu_run"),
-                (Stage::Handler, "handle_exit"),
-                (Stage::FastPio, "kvm_fast_pio"),
-            ]
-        );
-        // no timestamps in this capture
-        assert_eq!((header.start_ts_ns, header.duration_ns), (0, 0));
-        assert_eq!(aggregate.total_exits(), 1);
-        let io = Reason {
-            space: ReasonSpace::Svm,
-            code: 0x7b,
-        };
-        let (key, stats) = aggregate.keys().iter().next().unwrap();
-        assert_eq!((key.pid, key.vcpu, key.reason), (0, None, io));
-        let sums: Vec<_> = [
-            Stage::Cycle,
-            Stage::VendorRun,
-            Stage::Handler,
-            Stage::FastPio,
-        ]
-        .map(|s| stats.stage(s).map(|s| s.sum_ns))
-        .to_vec();
-        assert_eq!(sums, [Some(7915), Some(3206), Some(3116), Some(2594)]);
-    }
-
-    #[test]
-    fn header_of_a_timed_capture() {
+    fn a_timed_capture_header_names_the_entry_to_entry_cycle_and_its_hooks() {
         let import = import(&[fixture("trace_cmd_svm.txt")]).unwrap();
         let header = header(only(&import));
         assert_eq!(
@@ -538,29 +446,6 @@ mod tests {
         let two = import_texts(&[("amd.txt", AMD), ("intel.txt", INTEL)]).unwrap();
         let vendors: Vec<_> = two.captures.iter().map(|c| c.vendor).collect();
         assert_eq!(vendors, [Vendor::Vmx, Vendor::Svm]);
-    }
-
-    #[test]
-    fn several_vendors_write_one_data_file_each() {
-        let dir = tempfile::tempdir().unwrap();
-        let output = dir.path().join("seed.data");
-        let args = ImportArgs {
-            files: vec![fixture("amd_and_intel.txt").into()],
-            output: output.clone(),
-        };
-        command(&args).unwrap();
-        assert!(!output.exists(), "no file mixes the vendors");
-        for (name, vendor) in [
-            ("seed.svm.data", Vendor::Svm),
-            ("seed.vmx.data", Vendor::Vmx),
-        ] {
-            let (header, aggregate) = datafile::read(&dir.path().join(name)).unwrap();
-            assert_eq!((header.vendor, aggregate.total_exits()), (vendor, 1));
-        }
-        assert_eq!(
-            vendor_path(Path::new("/a/b"), Vendor::Unknown),
-            Path::new("/a/b.unknown")
-        );
     }
 
     #[test]

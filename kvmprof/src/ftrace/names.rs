@@ -1,9 +1,9 @@
 //! What the names of KVM's functions say in a trace: which calls bound a cycle or time a
-//! stage (the same symbols the live profiler hooks, from [`crate::vendor`]), which vendor a
+//! stage (the same symbols the live profiler hooks, from [`crate::backend`]), which vendor a
 //! function belongs to, and which exit reason a handler serves.
 use super::parse::Func;
+use crate::backend::{self, ENTER_GUEST, FAST_PIO};
 use crate::model::{Reason, ReasonSpace, Stage, Vendor};
-use crate::vendor::{self, ENTER_GUEST, FAST_PIO};
 
 /// The backends whose functions can appear in a trace, with the name prefix of their own
 /// functions.
@@ -43,7 +43,7 @@ pub fn role(func: Func<'_>) -> Role {
         FAST_PIO => return Role::Stage(Stage::FastPio),
         _ => {}
     }
-    for hooks in VENDORS.map(|(v, _)| vendor::hooks(v)) {
+    for hooks in VENDORS.map(|(v, _)| backend::hooks(v)) {
         // A vendor symbol in another module is a namesake (`handle_exit` is a generic name);
         // built-in KVM prints no module.
         if func.module.is_some_and(|m| m != hooks.module) {
@@ -65,7 +65,7 @@ pub fn vendor_hint(func: Func<'_>) -> Option<Vendor> {
     VENDORS
         .into_iter()
         .find(|&(v, prefix)| {
-            func.module == Some(vendor::hooks(v).module) || name.starts_with(prefix)
+            func.module == Some(backend::hooks(v).module) || name.starts_with(prefix)
         })
         .map(|(v, _)| v)
 }
@@ -186,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn vendors_from_modules_and_prefixes() {
+    fn the_vendor_is_told_by_module_or_name_prefix() {
         assert_eq!(
             vendor_hint(f("handle_exit", Some("kvm_amd"))),
             Some(Vendor::Svm)

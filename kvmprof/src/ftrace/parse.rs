@@ -317,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_lines() {
+    fn function_graph_lines_parse_into_entries_leaves_and_exits() {
         let r = record(" 144)               |  vcpu_enter_guest [kvm]() {");
         assert_eq!(r.cpu, 144);
         assert_eq!(r.pid, None);
@@ -373,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn proc_abstime_and_tail_columns() {
+    fn proc_abstime_tail_and_retval_columns_are_read() {
         let r = record(
             "  5678.123456 |   1)  qemu-sys-1234  |   7.915 us    |  } /* vcpu_enter_guest */",
         );
@@ -425,7 +425,7 @@ mod tests {
     }
 
     #[test]
-    fn markers_comments_and_switches() {
+    fn markers_comments_and_switches_are_recognised() {
         assert_eq!(parse_line(" 0)   ==========> |"), Line::Irq);
         assert_eq!(parse_line(" 0)   <========== |"), Line::Irq);
         // a marker sharing its line with the handler's entry keeps the entry

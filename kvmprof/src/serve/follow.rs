@@ -15,15 +15,6 @@ pub struct Follow {
     watched: BTreeSet<u32>,
 }
 
-/// The `--pid` values that are names rather than pids.
-pub fn names(specs: &[String]) -> Vec<String> {
-    specs
-        .iter()
-        .filter(|s| s.parse::<u32>().is_err())
-        .cloned()
-        .collect()
-}
-
 impl Follow {
     /// `watched`: the pids the session started with.
     pub fn new(names: Vec<String>, filter: PidFilter, watched: BTreeSet<u32>) -> Self {
@@ -61,16 +52,5 @@ impl Follow {
             }
         }
         Ok(added)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_names_are_followed() {
-        let specs = ["123", "qemu", "4x"].map(String::from);
-        assert_eq!(names(&specs), ["qemu", "4x"]);
     }
 }

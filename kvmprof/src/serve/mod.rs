@@ -1,5 +1,6 @@
-//! `kvmprof serve`: a daemon that records like `kvmprof record` (through a [`live::Session`])
-//! and serves exit counts and latency histograms of every VM on `/metrics` for Prometheus.
+//! The pieces of `kvmprof serve` ([`crate::cmd::serve`]), a daemon that records like `kvmprof
+//! record` (through a [`crate::live::Session`]) and serves exit counts and latency histograms
+//! of every VM on `/metrics` for Prometheus.
 //!
 //! Without `--pid` the in-kernel pid filter is off: KVM's tracepoints fire only in threads
 //! that run vCPUs and the KVM_RUN ioctl hook rejects other ioctls before it looks at the
@@ -9,133 +10,12 @@
 //! their first exit arrives and dropped after `--grace` once their process is gone.
 //!
 //! [`snapshot`] turns the aggregate into plain rows at each tick, [`exporter`] encodes them,
-//! [`http`] serves them, [`vms`] names and expires VMs; this file wires them together.
+//! [`http`] serves them, [`vms`] names and expires VMs; [`crate::cmd::serve`] wires them
+//! together.
 mod buckets;
 mod cost;
-mod exporter;
-mod follow;
-mod http;
-mod snapshot;
-mod vms;
-
-use std::{
-    ops::ControlFlow,
-    sync::Arc,
-    time::{Duration, Instant},
-};
-
-use anyhow::{anyhow, bail, Context, Result};
-use prometheus_client::registry::Registry;
-use tokio::{net::TcpListener, sync::oneshot};
-
-use crate::{
-    cli::ServeArgs,
-    live::{self, Stop},
-    target,
-};
-use exporter::Exporter;
-use follow::Follow;
-use snapshot::Snapshot;
-use vms::Vms;
-
-/// How often `/metrics` is refreshed from the aggregate and exited VMMs are looked for.
-const TICK: Duration = Duration::from_secs(1);
-
-/// Length of the aggregate's time-series intervals: `serve` writes no interval log, and a
-/// day keeps the closed intervals of a long-running daemon to a few hundred bytes per series
-/// and day.
-const SERIES_INTERVAL: Duration = Duration::from_secs(86_400);
-
-/// How long open scrapes may take to finish once collection has stopped.
-const SHUTDOWN: Duration = Duration::from_secs(2);
-
-pub async fn serve(a: ServeArgs) -> Result<()> {
-    if a.grace < TICK {
-        bail!("--grace must be at least {} s", TICK.as_secs());
-    }
-    target::preflight()?;
-    let targets = target::resolve(&a.pids)?;
-    // Bind before loading anything: a port in use is the likeliest mistake.
-    let listener = TcpListener::bind(a.listen)
-        .await
-        .with_context(|| format!("listen on {}", a.listen))?;
-    let mut session = live::Session::start(live::Options {
-        targets: targets.clone(),
-        hooks: a.hooks.hooks,
-        duration: None,
-        tick: TICK,
-        interval: SERIES_INTERVAL,
-    })?;
-
-    let names = follow::names(&a.pids);
-    let mut follow = if names.is_empty() {
-        None
-    } else {
-        let pids = targets.iter().map(|t| t.pid).collect();
-        Some(Follow::new(names, session.pid_filter()?, pids))
-    };
-
-    let exporter = Exporter::default();
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(exporter.clone()));
-    let (stop_http, stopped) = oneshot::channel();
-    let server = tokio::spawn(http::run(listener, Arc::new(registry), stopped));
-    let watching = if targets.is_empty() {
-        "every VMM on this host".to_string()
-    } else {
-        let pids: Vec<String> = targets.iter().map(|t| t.pid.to_string()).collect();
-        format!("pid {}", pids.join(", "))
-    };
-    eprintln!(
-        "kvmprof: serving http://{}/metrics for {watching} (SIGTERM or Ctrl-C stops)",
-        a.listen
-    );
-
-    // Both callbacks run on this task, one at a time; the cell lets them share the VM list.
-    let vms = std::cell::RefCell::new(Vms::new(a.grace));
-    let outcome = session
-        .run(
-            |agg, st| {
-                if let Some(f) = follow.as_mut() {
-                    match f.tick() {
-                        Ok(added) => {
-                            for pid in added {
-                                eprintln!("kvmprof: watching pid {pid} too");
-                            }
-                        }
-                        // Say so and go on serving what is watched already.
-                        Err(e) => eprintln!("kvmprof: following --pid names: {e:#}"),
-                    }
-                }
-                let mut vms = vms.borrow_mut();
-                vms.expire(agg, Instant::now(), target::alive);
-                let snap = Snapshot::take(agg, vms.known(), !a.no_vcpu_label, st.counters.lost);
-                match exporter.snapshot.lock() {
-                    Ok(mut s) => *s = snap,
-                    // Only a panicking scrape poisons the lock; the scrape reports the error.
-                    Err(_) => return ControlFlow::Break(()),
-                }
-                ControlFlow::Continue(())
-            },
-            |e| {
-                vms.borrow_mut().saw(e.pid);
-                Ok(())
-            },
-        )
-        .await;
-
-    let _ = stop_http.send(());
-    let served = tokio::time::timeout(SHUTDOWN, server).await;
-    let outcome = outcome?;
-    match outcome.stop {
-        Stop::Signal(sig) => eprintln!("kvmprof: {sig}: stopped, every hook detached"),
-        Stop::TargetsExited => eprintln!("kvmprof: every watched process exited"),
-        Stop::Caller => bail!("the metrics snapshot lock was poisoned"),
-        Stop::Duration => {}
-    }
-    match served {
-        Ok(Ok(Ok(()))) | Err(_) => Ok(()),
-        Ok(Ok(Err(e))) => Err(anyhow!("HTTP server on {}: {e}", a.listen)),
-        Ok(Err(e)) => Err(anyhow!("HTTP server task: {e}")),
-    }
-}
+pub mod exporter;
+pub mod follow;
+pub mod http;
+pub mod snapshot;
+pub mod vms;

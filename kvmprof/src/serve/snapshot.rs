@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use crate::{
     aggregate::Aggregate,
+    backend::reason_name,
     model::{Reason, Stage},
-    vendor::reason_name,
     vmname::VmName,
 };
 

@@ -39,7 +39,7 @@ impl Watch {
     /// is needed only where some spec is a name.
     pub fn new(specs: &[String], targets: Vec<Target>, filter: Option<PidFilter>) -> Watch {
         Watch {
-            patterns: names(specs),
+            patterns: target::names(specs),
             filter,
             targets,
             exited: BTreeMap::new(),
@@ -105,15 +105,6 @@ impl Watch {
     }
 }
 
-/// The specs that are names rather than pids.
-pub fn names(specs: &[String]) -> Vec<String> {
-    specs
-        .iter()
-        .filter(|s| s.parse::<u32>().is_err())
-        .cloned()
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +128,6 @@ mod tests {
         // Checking again does not restart the grace period.
         w.check([], &[], later);
         assert_eq!(w.gone(later), BTreeSet::from([u32::MAX]));
-        assert_eq!(names(&["12".into(), "qemu".into()]), ["qemu"]);
+        assert_eq!(target::names(&["12".into(), "qemu".into()]), ["qemu"]);
     }
 }

@@ -373,11 +373,12 @@ mod tests {
     use super::*;
     use crate::{
         aggregate::Aggregate,
+        group::By,
         model::{Stage, Vendor},
         plan::StagePlan,
         tui::view::{
             tests::{add, rows_of, SEC},
-            GroupBy, Rates, SortBy,
+            Rates, SortBy,
         },
     };
     use std::collections::BTreeMap;
@@ -450,7 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn batch_frame() {
+    fn a_batch_frame_shows_summary_hooks_pids_and_table() {
         let f = render(View::default(), 0, &[]);
         let expected = [
             "kvmprof top   PVM   elapsed 1:01   exits 300   rate 300/s   lost 0",
@@ -468,7 +469,7 @@ mod tests {
     #[test]
     fn lost_events_and_exited_processes_stand_out() {
         let view = View {
-            group: GroupBy::Pid,
+            group: By::Pid,
             sort: SortBy::Total,
             reverse: false,
         };
@@ -506,7 +507,7 @@ mod tests {
         let mut agg = Aggregate::new(SEC);
         add(&mut agg, 1);
         let view = View {
-            group: GroupBy::Vcpu,
+            group: By::Vcpu,
             sort: SortBy::Rate,
             reverse: false,
         };

@@ -3,7 +3,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use regex::{Regex, RegexBuilder};
 
-use crate::tui::view::{GroupBy, View};
+use crate::{group::By, tui::view::View};
 
 /// Longest filter accepted: the regex must stay cheap to build at every keystroke.
 const FILTER_MAX: usize = 200;
@@ -48,10 +48,10 @@ impl Ui {
             return self.type_filter(k);
         }
         let page = page.max(1);
-        let group = |ui: &mut Ui, group: GroupBy| {
+        let group = |ui: &mut Ui, group: By| {
             // `v` and `p` toggle back to the default grouping.
             ui.view.group = if ui.view.group == group {
-                GroupBy::Reason
+                By::Reason
             } else {
                 group
             };
@@ -83,11 +83,11 @@ impl Ui {
             }
             KeyCode::Char('z') => return Action::Reset,
             KeyCode::Char('r') => {
-                self.view.group = GroupBy::Reason;
+                self.view.group = By::Reason;
                 self.scroll = 0;
             }
-            KeyCode::Char('v') => group(self, GroupBy::Vcpu),
-            KeyCode::Char('p') => group(self, GroupBy::Pid),
+            KeyCode::Char('v') => group(self, By::Vcpu),
+            KeyCode::Char('p') => group(self, By::Pid),
             KeyCode::Char('s') => self.view.sort = self.view.sort.next(),
             KeyCode::Char('I') => self.view.reverse = !self.view.reverse,
             _ => return Action::Nothing,
@@ -156,13 +156,13 @@ mod tests {
     fn grouping_sorting_and_quitting() {
         let mut ui = Ui::default();
         assert_eq!(press(&mut ui, 'v'), Action::Redraw);
-        assert_eq!(ui.view.group, GroupBy::Vcpu);
+        assert_eq!(ui.view.group, By::Vcpu);
         press(&mut ui, 'v');
-        assert_eq!(ui.view.group, GroupBy::Reason, "v toggles back");
+        assert_eq!(ui.view.group, By::Reason, "v toggles back");
         press(&mut ui, 'p');
-        assert_eq!(ui.view.group, GroupBy::Pid);
+        assert_eq!(ui.view.group, By::Pid);
         press(&mut ui, 'r');
-        assert_eq!(ui.view.group, GroupBy::Reason);
+        assert_eq!(ui.view.group, By::Reason);
         press(&mut ui, 's');
         assert_eq!(ui.view.sort, SortBy::Total);
         press(&mut ui, 'I');

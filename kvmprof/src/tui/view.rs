@@ -12,35 +12,17 @@ use regex::Regex;
 
 use crate::{
     aggregate::{Aggregate, Key, KeyStats},
-    model::{Reason, Stage},
+    group::{self, By, GroupId, Percentiles},
+    model::Stage,
     units,
-    vendor::reason_name,
 };
 
-/// What rows are grouped by (`r`, `v`, `p`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GroupBy {
-    Reason,
-    Vcpu,
-    Pid,
-}
-
-impl GroupBy {
-    /// Title of the label column.
-    pub fn title(self) -> &'static str {
-        match self {
-            GroupBy::Reason => "REASON",
-            GroupBy::Vcpu => "VCPU",
-            GroupBy::Pid => "PROCESS",
-        }
-    }
-
-    fn id(self, key: &Key) -> RowId {
-        match self {
-            GroupBy::Reason => RowId::Reason(key.reason),
-            GroupBy::Vcpu => RowId::Vcpu(key.pid, key.vcpu),
-            GroupBy::Pid => RowId::Pid(key.pid),
-        }
+/// Title of the label column when rows are grouped by `by` (`r`, `v`, `p`).
+pub fn group_title(by: By) -> &'static str {
+    match by {
+        By::Reason => "REASON",
+        By::Vcpu => "VCPU",
+        By::Pid => "PROCESS",
     }
 }
 
@@ -102,7 +84,7 @@ impl SortBy {
 /// How the user is looking at the data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct View {
-    pub group: GroupBy,
+    pub group: By,
     pub sort: SortBy,
     /// Smallest first (`I`); unmeasured rows stay last either way.
     pub reverse: bool,
@@ -111,7 +93,7 @@ pub struct View {
 impl Default for View {
     fn default() -> Self {
         View {
-            group: GroupBy::Reason,
+            group: By::Reason,
             sort: SortBy::Rate,
             reverse: false,
         }
@@ -169,24 +151,6 @@ impl Rates {
     }
 }
 
-/// Identity of a row in its grouping; its order breaks ties so rows do not jump around.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum RowId {
-    Reason(Reason),
-    Vcpu(u32, Option<u32>),
-    Pid(u32),
-}
-
-impl RowId {
-    /// The process of a row by vCPU or process.
-    fn pid(self) -> Option<u32> {
-        match self {
-            RowId::Reason(_) => None,
-            RowId::Vcpu(pid, _) | RowId::Pid(pid) => Some(pid),
-        }
-    }
-}
-
 /// Percentiles of one stage of a row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Latency {
@@ -202,7 +166,7 @@ pub struct Latency {
 /// One table row: a group's numbers, not yet formatted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
-    pub id: RowId,
+    pub id: GroupId,
     pub label: String,
     /// Exits/s in the last interval; `None` before the first interval ended.
     pub rate: Option<f64>,
@@ -229,15 +193,17 @@ pub struct Context<'a> {
     pub filter: Option<&'a Regex>,
 }
 
-/// The rows of `view.group` from `keys` (see [`super::shown`]), sorted by `view.sort`.
+/// The rows of `view.group` from `keys` (see [`super::since::shown`]), sorted by `view.sort`.
 pub fn rows(keys: &BTreeMap<Key, KeyStats>, cx: &Context, view: View) -> Vec<Row> {
-    let mut groups: BTreeMap<RowId, KeyStats> = BTreeMap::new();
-    for (key, stats) in keys {
-        groups.entry(view.group.id(key)).or_default().merge(stats);
-    }
-    let mut rows: Vec<Row> = groups
+    let mut rows: Vec<Row> = group::group(keys, view.group)
         .into_iter()
-        .map(|(id, stats)| (id, stats, label(id, cx.names)))
+        .map(|(id, stats)| {
+            (
+                id,
+                stats,
+                id.label(|pid| cx.names.get(&pid).map(String::as_str)),
+            )
+        })
         // The filter sees the label without the exited mark.
         .filter(|(_, _, label)| cx.filter.is_none_or(|re| re.is_match(label)))
         .map(|(id, stats, label)| {
@@ -276,26 +242,17 @@ pub fn rows(keys: &BTreeMap<Key, KeyStats>, cx: &Context, view: View) -> Vec<Row
 fn latency(stats: &KeyStats, stage: Stage) -> Option<Latency> {
     let stage = stats.stage(stage)?;
     let h = &stage.hist;
-    (!h.is_empty()).then(|| Latency {
-        p50: h.value_at_quantile(0.5),
-        p90: h.value_at_quantile(0.9),
-        p99: h.value_at_quantile(0.99),
-        p999: h.value_at_quantile(0.999),
-        max: h.max(),
-        mean: stage.sum_ns / h.len(),
+    (!h.is_empty()).then(|| {
+        let p = Percentiles::of(h);
+        Latency {
+            p50: p.p50,
+            p90: p.p90,
+            p99: p.p99,
+            p999: p.p999,
+            max: p.max,
+            mean: stage.sum_ns / h.len(),
+        }
     })
-}
-
-fn label(id: RowId, names: &BTreeMap<u32, String>) -> String {
-    match id {
-        RowId::Reason(r) => reason_name(r),
-        RowId::Vcpu(pid, Some(v)) => format!("pid {pid} vcpu {v}"),
-        RowId::Vcpu(pid, None) => format!("pid {pid} vcpu ?"),
-        RowId::Pid(pid) => match names.get(&pid) {
-            Some(name) => format!("{pid} {name}"),
-            None => pid.to_string(),
-        },
-    }
 }
 
 /// A statistic of a stage's durations.
@@ -353,9 +310,9 @@ pub enum Column {
 
 impl Column {
     /// The two header lines: the stage measured (empty for other columns), then the column.
-    pub fn header(self, group: GroupBy) -> [&'static str; 2] {
+    pub fn header(self, group: By) -> [&'static str; 2] {
         match self {
-            Column::Label => ["", group.title()],
+            Column::Label => ["", group_title(group)],
             Column::Rate => ["", "EXITS/s"],
             Column::Total => ["", "TOTAL"],
             Column::Share => ["", "SHARE"],
@@ -451,7 +408,7 @@ pub fn columns(rows: &[Row], detail: bool) -> Vec<Column> {
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use crate::model::{Exit, ReasonSpace};
+    use crate::model::{Exit, Reason, ReasonSpace};
     use kvmprof_common::tp_reason;
 
     pub const SEC: u64 = 1_000_000_000;
@@ -525,7 +482,7 @@ pub mod tests {
         // 2 × (10 + 5) + 1 exits in half a second.
         assert_eq!(rates.total(), Some(62.0));
         let by_vcpu = View {
-            group: GroupBy::Vcpu,
+            group: By::Vcpu,
             sort: SortBy::Rate,
             reverse: false,
         };
@@ -578,7 +535,7 @@ pub mod tests {
         assert!(pio.stages[Stage::Vmm.index()].is_none());
 
         let by_pid = View {
-            group: GroupBy::Pid,
+            group: By::Pid,
             sort: SortBy::Rate,
             reverse: false,
         };
@@ -613,7 +570,7 @@ pub mod tests {
         rates.sample(&agg, Duration::from_secs(2));
         let order = |sort| -> Vec<String> {
             let view = View {
-                group: GroupBy::Reason,
+                group: By::Reason,
                 sort,
                 reverse: false,
             };
@@ -636,7 +593,7 @@ pub mod tests {
         );
         let reversed = |sort| -> Vec<String> {
             let view = View {
-                group: GroupBy::Reason,
+                group: By::Reason,
                 sort,
                 reverse: true,
             };
@@ -673,7 +630,7 @@ pub mod tests {
             filter: Some(&filter),
         };
         let view = View {
-            group: GroupBy::Vcpu,
+            group: By::Vcpu,
             ..View::default()
         };
         let got: Vec<_> = rows(agg.keys(), &cx, view)
@@ -704,7 +661,7 @@ pub mod tests {
         );
         // Per vCPU, rows mix in-kernel exits with exits that went to the VMM.
         let view = View {
-            group: GroupBy::Vcpu,
+            group: By::Vcpu,
             sort: SortBy::Rate,
             reverse: false,
         };

@@ -1,24 +1,25 @@
-//! `kvmprof record`, `kvmprof demo` and the hidden `kvmprof guest`.
+//! `kvmprof record`: records VMM processes (or a command it starts) into a data file.
 use std::{
     cell::RefCell,
+    fs,
     ops::ControlFlow,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Child,
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    cli::{By, DemoArgs, Format, GuestArgs, RecordArgs},
-    datafile::{self, End, Header, Writer},
-    diag::{self, note},
+    cli::RecordArgs,
+    datafile::{self, End, Header, HookUse, Source, Writer},
+    diag::note,
     exits,
+    kernel::Facts,
     live::{self, Outcome, Session, Status, Stop},
     model::Exit,
     output::{self, Output},
-    plan::HookPref,
-    report,
+    plan::{HookPref, Plan},
     spawn::{self, spawn_held},
     target::{self, Target},
 };
@@ -65,7 +66,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
     finish(&out, &targets, rec, ended.as_ref())
 }
 
-fn options(
+pub(super) fn options(
     targets: Vec<Target>,
     hooks: HookPref,
     duration: Option<Duration>,
@@ -80,7 +81,7 @@ fn options(
     }
 }
 
-fn announce(session: &Session, targets: &[Target]) {
+pub(super) fn announce(session: &Session, targets: &[Target]) {
     let names: Vec<String> = targets
         .iter()
         .map(|t| format!("{} ({})", t.pid, t.name))
@@ -93,7 +94,7 @@ fn announce(session: &Session, targets: &[Target]) {
 }
 
 /// A command we started, once it ended: its pid, name and how it ended.
-struct Ended {
+pub(super) struct Ended {
     pid: u32,
     name: String,
     how: String,
@@ -118,7 +119,7 @@ fn end_child(name: String, mut c: Child, stop_it: bool) -> Ended {
 
 /// Writes the recording as it goes: the data file (header at the start, each interval once
 /// it has passed, the end record last) and the `--exits` JSON Lines.
-struct Recorder {
+pub(super) struct Recorder {
     data: Writer<Output>,
     path: PathBuf,
     exits: Option<ExitLines>,
@@ -128,7 +129,7 @@ struct Recorder {
 
 impl Recorder {
     /// Writes the data file's header: from now on a killed recording leaves a readable file.
-    fn start(
+    pub(super) fn start(
         session: &Session,
         data: Output,
         exits: Option<Output>,
@@ -136,7 +137,7 @@ impl Recorder {
         interval: Duration,
     ) -> Result<Recorder> {
         let path = data.path().to_owned();
-        let header = Header::live(
+        let header = live_header(
             session.plan(),
             session.facts(),
             session.started(),
@@ -156,7 +157,7 @@ impl Recorder {
         })
     }
 
-    async fn run(self, session: Session) -> Result<(Outcome, Recorder)> {
+    pub(super) async fn run(self, session: Session) -> Result<(Outcome, Recorder)> {
         let cell = RefCell::new(self);
         let out = session
             .run(
@@ -269,7 +270,12 @@ impl ExitLines {
 
 /// Says why recording stopped (and how a command we started ended), ends the data file and
 /// prints a one-line summary.
-fn finish(out: &Outcome, targets: &[Target], rec: Recorder, child: Option<&Ended>) -> Result<()> {
+pub(super) fn finish(
+    out: &Outcome,
+    targets: &[Target],
+    rec: Recorder,
+    child: Option<&Ended>,
+) -> Result<()> {
     match &out.stop {
         Stop::TargetsExited => {
             for t in &out.exited {
@@ -323,87 +329,43 @@ fn finish(out: &Outcome, targets: &[Target], rec: Recorder, child: Option<&Ended
     Ok(())
 }
 
-/// Runs the built-in guest, records it from its first instruction to its end, and prints
-/// the report next to the guest's own count of its exits: a first look and a self-check.
-pub async fn demo(a: DemoArgs) -> Result<()> {
-    target::preflight()?;
-    let data = output::open(&a.output)?;
-    let exe = std::env::current_exe().context("locate the kvmprof executable")?;
-    // The guest's counts go to a scratch file of ours, never next to `-o` (which may be
-    // /dev/null).
-    let counts = std::env::temp_dir().join(format!("kvmprof-demo-{}.json", std::process::id()));
-    let argv: Vec<String> = vec![
-        exe.to_string_lossy().into_owned(),
-        "guest".into(),
-        "--vcpus".into(),
-        a.vcpus.to_string(),
-        "--counts".into(),
-        counts.to_string_lossy().into_owned(),
-    ];
-    let held = spawn_held(&argv)?;
-    let t = Target {
-        pid: held.pid(),
-        name: "kvmprof guest".into(),
-    };
-    let interval = Duration::from_secs(1);
-    let session = Session::start(options(vec![t.clone()], a.hooks.hooks, None, interval))?;
-    let rec = Recorder::start(&session, data, None, std::slice::from_ref(&t), interval)?;
-    announce(&session, std::slice::from_ref(&t));
-    let mut child = held.release();
-    let result = rec.run(session).await;
-    let status = child.wait().context("wait for the demo guest");
-    let guest = read_counts(&counts);
-    let _ = std::fs::remove_file(&counts);
-    let (status, (out, rec)) = (status?, result?);
-    if !status.success() {
-        bail!("the demo guest {}", spawn::describe(status));
+/// The header of a live recording whose window opened at `started` (wall clock), which is
+/// `start_ts_ns` on the records' clock.
+pub(super) fn live_header(
+    plan: &Plan,
+    facts: &Facts,
+    started: SystemTime,
+    start_ts_ns: u64,
+    targets: &[Target],
+) -> Header {
+    let since_epoch = started.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Header {
+        source: Source::Live,
+        host: hostname(),
+        kernel: facts.release.clone(),
+        vendor: plan.vendor,
+        hooks: plan
+            .stages
+            .iter()
+            .map(|s| HookUse {
+                stage: s.stage,
+                symbol: s.symbol.clone(),
+                mode: s.mode.name().to_owned(),
+            })
+            .collect(),
+        cycle_source: plan.cycle_source().to_owned(),
+        processes: targets.to_vec(),
+        start_unix_ns: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX),
+        start_ts_ns,
+        duration_ns: 0,
+        unobserved: None,
+        stop: None,
+        cut: None,
     }
-    finish(&out, &[t], rec, None)?;
-    let guest = guest?;
-    // What was recorded, as `report` reads it back; a device or FIFO cannot be read back,
-    // so then the recording itself.
-    let (header, agg) = if std::fs::metadata(&a.output).is_ok_and(|m| m.is_file()) {
-        datafile::read(&a.output)?
-    } else {
-        let mut h = Header::live(&out.plan, &out.facts, out.started, out.window.start_ns, &[]);
-        h.duration_ns = u64::try_from(out.elapsed.as_nanos()).unwrap_or(u64::MAX);
-        (h, out.aggregate)
-    };
-    let t = &guest.total;
-    diag::stdout(&format!(
-        "{}\nThe guest counted its own exits: {} PIO out + {} PIO in to the VMM, {} PIO in the \
-         kernel (ioeventfd), {} MMIO, {} HLT = {}; kvmprof saw {} ({} lost).\n",
-        report::render(&header, &agg, By::Reason, Format::Table),
-        t.pio_user,
-        t.pio_in,
-        t.pio_kernel,
-        t.mmio_user,
-        t.hlt,
-        t.total(),
-        agg.total_exits(),
-        agg.lost()
-    ))
 }
 
-fn read_counts(path: &Path) -> Result<kvmprof_testvmm::Counts> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
-}
-
-/// The built-in test guest (`kvmprof-testvmm` as a library).
-pub fn guest(a: &GuestArgs) -> Result<()> {
-    let w = kvmprof_testvmm::Workload {
-        vcpus: a.vcpus,
-        pio_user: a.pio_user,
-        pio_kernel: a.pio_kernel,
-        mmio_user: a.mmio,
-        pio_in: a.pio_in,
-        ..Default::default()
-    };
-    let counts = kvmprof_testvmm::run(&w)?;
-    let json = serde_json::to_string_pretty(&counts)?;
-    match &a.counts {
-        Some(p) => output::write_file(p, json.as_bytes()),
-        None => diag::stdout(&format!("{json}\n")),
-    }
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
 }

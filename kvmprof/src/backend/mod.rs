@@ -1,5 +1,5 @@
-//! Per-vendor knowledge as plain data: exit-reason names and the kernel functions kvmprof
-//! hooks to time each stage of an exit.
+//! Per-backend knowledge (AMD SVM, Intel VMX, PVM; userspace exit codes) as plain data:
+//! exit-reason names and the kernel functions kvmprof hooks to time each stage of an exit.
 pub mod pvm;
 pub mod svm;
 pub mod userspace;
@@ -110,7 +110,7 @@ mod tests {
     }
 
     #[test]
-    fn hook_tables() {
+    fn each_backend_lists_its_hooked_functions_and_module() {
         let svm = hooks(Vendor::Svm);
         assert_eq!(svm.vendor_run, &["svm_vcpu_run"]);
         assert_eq!(svm.handler, &["svm_handle_exit", "handle_exit"]);

@@ -3,12 +3,7 @@ use std::fmt::Write;
 
 use anyhow::{bail, Result};
 
-use crate::{
-    cli::{Format, ProbesArgs},
-    kernel::Facts,
-    live,
-    plan::Plan,
-};
+use crate::{cli::ProbesArgs, kernel::Facts, live, plan::Plan, report::Format};
 
 pub fn command(a: &ProbesArgs) -> Result<()> {
     // Without root, the first thing to fail is mounting tracefs, whose error would send

@@ -30,7 +30,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tracepoint_reasons() {
+    fn pvm_tracepoint_reasons_are_named_in_kernel_exits() {
         assert_eq!(tracepoint_name(tp_reason::PIO), Some("pio (in-kernel)"));
         assert_eq!(tracepoint_name(tp_reason::MMIO), Some("mmio (in-kernel)"));
         assert_eq!(tracepoint_name(0), None);

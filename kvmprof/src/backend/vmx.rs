@@ -130,7 +130,7 @@ mod tests {
     }
 
     #[test]
-    fn basic_reasons() {
+    fn basic_vmx_reasons_have_their_kernel_names() {
         assert_eq!(name(30), "IO_INSTRUCTION");
         assert_eq!(name(48), "EPT_VIOLATION");
         assert_eq!(name(12), "HLT");

@@ -56,7 +56,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes() {
+    fn kvm_exit_codes_have_their_uapi_names() {
         assert_eq!(name(0), Some("UNKNOWN"));
         assert_eq!(name(2), Some("IO"));
         assert_eq!(name(6), Some("MMIO"));

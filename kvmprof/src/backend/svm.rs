@@ -142,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn codes() {
+    fn svm_exit_codes_have_their_kernel_names() {
         assert_eq!(name(0x7b), Some("io"));
         assert_eq!(name(0x7c), Some("msr"));
         assert_eq!(name(0x78), Some("hlt"));

@@ -1,0 +1,367 @@
+//! `kvmprof top`: a live, top-style view of VM exits. Records like `kvmprof record` (through
+//! a [`crate::live::Session`]) and, every `--delay`, shows each exit reason's rate over the
+//! last interval, its total and its latencies since start, full-screen or, with `--batch`, as
+//! plain-text frames on stdout.
+//!
+//! [`view`] turns the aggregate into rows, [`frame`] lays them out as text, [`screen`] owns
+//! the terminal; only this file does I/O between them.
+//!
+//! [`view`]: crate::tui::view
+//! [`frame`]: crate::tui::frame
+//! [`screen`]: crate::tui::screen
+
+use std::{
+    collections::{btree_map::Entry, BTreeMap},
+    io::{self, IsTerminal, Write},
+    ops::ControlFlow,
+    time::Duration,
+};
+
+use anyhow::{bail, Result};
+
+use crate::tui::{
+    follow::Watch,
+    frame::{self, Summary},
+    screen::Screen,
+    since,
+    ui::{Action, Ui},
+    view::{self, Context, Rates, Row},
+};
+use crate::{
+    aggregate::Aggregate,
+    cli::TopArgs,
+    live::{self, Counters, Outcome, Status, Stop},
+    target::{self, Target},
+    units,
+};
+
+/// Shorter refreshes would mostly measure the refresh itself.
+const MIN_DELAY: Duration = Duration::from_millis(100);
+
+/// How often the full-screen view looks for keys (and redraws after one).
+const KEY_POLL: Duration = Duration::from_millis(100);
+
+/// Length of the aggregate's time-series intervals. `top` writes no interval log, and long
+/// intervals keep closed ones from piling up while it runs for hours.
+const SERIES_INTERVAL: Duration = Duration::from_secs(3600);
+
+pub async fn top(a: TopArgs) -> Result<()> {
+    if a.delay < MIN_DELAY {
+        bail!("--delay must be at least {} ms", MIN_DELAY.as_millis());
+    }
+    if !a.batch && !io::stdout().is_terminal() {
+        bail!("standard output is not a terminal: use --batch for plain-text frames");
+    }
+    target::preflight()?;
+    let targets = target::resolve(&a.pids)?;
+    let opts = live::Options {
+        targets: targets.clone(),
+        hooks: a.hooks.hooks,
+        duration: None,
+        tick: if a.batch {
+            a.delay
+        } else {
+            a.delay.min(KEY_POLL)
+        },
+        interval: SERIES_INTERVAL,
+    };
+    // Attach before taking the screen, so that loading errors print on a normal terminal.
+    let mut session = live::Session::start(opts)?;
+    // `-p NAME` also watches the processes of that name that start later.
+    let filter = if !targets.is_empty() && !target::names(&a.pids).is_empty() {
+        Some(session.pid_filter()?)
+    } else {
+        None
+    };
+    let output = if a.batch {
+        Output::Batch
+    } else {
+        Output::Screen(Screen::open()?)
+    };
+    let mut top = Top::new(&a, Watch::new(&a.pids, targets, filter), output);
+    let result = session.run(|agg, st| top.tick(agg, st), |_| Ok(())).await;
+    top.finish(result)
+}
+
+enum Output {
+    Batch,
+    Screen(Screen),
+}
+
+/// The state of `top` between ticks.
+struct Top {
+    output: Output,
+    delay: Duration,
+    iterations: Option<u64>,
+    watch: Watch,
+    ui: Ui,
+    rates: Rates,
+    /// Process names by pid, for rows grouped by process.
+    names: BTreeMap<u32, String>,
+    /// Refreshes so far.
+    frames: u64,
+    /// When the next refresh is due, in time since recording began.
+    next: Duration,
+    /// Whether the screen shows a frame yet.
+    drawn: bool,
+    /// The aggregate at the last reset (`z`): the table counts from there.
+    base: Option<Aggregate>,
+    /// What the display shows while paused.
+    frozen: Option<Frozen>,
+    /// What made `tick` stop the recording.
+    error: Option<anyhow::Error>,
+}
+
+/// The data of the frame on screen when the display was paused.
+struct Frozen {
+    agg: Aggregate,
+    elapsed: Duration,
+    counters: Counters,
+}
+
+impl Frozen {
+    fn of(agg: &Aggregate, st: &Status) -> Frozen {
+        Frozen {
+            agg: agg.clone(),
+            elapsed: st.elapsed,
+            counters: st.counters,
+        }
+    }
+}
+
+impl Top {
+    fn new(a: &TopArgs, watch: Watch, output: Output) -> Top {
+        Top {
+            output,
+            delay: a.delay,
+            iterations: a.iterations,
+            names: watch
+                .targets
+                .iter()
+                .map(|t| (t.pid, t.name.clone()))
+                .collect(),
+            watch,
+            ui: Ui::default(),
+            rates: Rates::default(),
+            frames: 0,
+            next: a.delay,
+            drawn: false,
+            base: None,
+            frozen: None,
+            error: None,
+        }
+    }
+
+    /// The session's tick callback: an error stops the recording and is kept for `finish`.
+    fn tick(&mut self, agg: &Aggregate, st: &Status) -> ControlFlow<()> {
+        self.step(agg, st).unwrap_or_else(|e| {
+            self.error = Some(e);
+            ControlFlow::Break(())
+        })
+    }
+
+    fn step(&mut self, agg: &Aggregate, st: &Status) -> Result<ControlFlow<()>> {
+        if self.done() {
+            return Ok(ControlFlow::Break(()));
+        }
+        // Also while paused: new processes must be traced from their first exit.
+        self.watch.follow(st.elapsed)?;
+        for t in &self.watch.targets {
+            self.names.entry(t.pid).or_insert_with(|| t.name.clone());
+        }
+        self.watch.check(pids(agg), st.exited, st.elapsed);
+        let mut redraw = !self.drawn;
+        if let Output::Screen(screen) = &mut self.output {
+            let events = screen.events()?;
+            redraw |= events.resized;
+            for k in events.keys {
+                match self.ui.key(k, screen.page()) {
+                    Action::Quit => return Ok(ControlFlow::Break(())),
+                    Action::Redraw => redraw = true,
+                    Action::Pause => {
+                        self.frozen = self.ui.paused.then(|| Frozen::of(agg, st));
+                        redraw = true;
+                    }
+                    Action::Reset => {
+                        self.base = Some(agg.clone());
+                        if self.frozen.is_some() {
+                            self.frozen = Some(Frozen::of(agg, st));
+                        }
+                        redraw = true;
+                    }
+                    Action::Nothing => {}
+                }
+            }
+        }
+        let refresh = st.elapsed >= self.next && self.frozen.is_none();
+        if refresh {
+            self.refresh(agg, st.elapsed);
+            // After a stall, resume the rhythm instead of catching up in a burst.
+            self.next = (self.next + self.delay).max(st.elapsed + self.delay / 2);
+        }
+        let flow = match self.output {
+            Output::Batch if refresh => self.print(agg, st)?,
+            Output::Screen(_) if refresh || redraw => {
+                self.draw(agg, st)?;
+                ControlFlow::Continue(())
+            }
+            _ => ControlFlow::Continue(()),
+        };
+        Ok(if self.done() {
+            ControlFlow::Break(())
+        } else {
+            flow
+        })
+    }
+
+    /// Ends the interval of the next frame.
+    fn refresh(&mut self, agg: &Aggregate, at: Duration) {
+        self.rates.sample(agg, at);
+        self.learn_names(agg);
+        self.frames += 1;
+    }
+
+    /// Gives the terminal back, then reports how recording ended.
+    fn finish(mut self, result: Result<Outcome>) -> Result<()> {
+        let batch = matches!(self.output, Output::Batch);
+        // Dropping the screen restores the terminal, before anything is printed.
+        self.output = Output::Batch;
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let out = result?;
+        if out.stop == Stop::TargetsExited {
+            // Without a last frame, `--batch` would not show the exits since the previous
+            // one, or anything at all of a target that lived less than `--delay`.
+            if batch && !self.done() {
+                self.refresh(&out.aggregate, out.elapsed);
+                let st = Status {
+                    plan: &out.plan,
+                    elapsed: out.elapsed,
+                    counters: out.counters,
+                    exited: &out.exited,
+                };
+                // Whether stdout was closed no longer matters: this is the last frame.
+                let _ = self.print(&out.aggregate, &st)?;
+            }
+            eprintln!("kvmprof: every watched process exited");
+        }
+        Ok(())
+    }
+
+    /// Whether `-n` frames have been shown.
+    fn done(&self) -> bool {
+        self.iterations.is_some_and(|n| self.frames >= n)
+    }
+
+    /// Names the processes seen for the first time.
+    fn learn_names(&mut self, agg: &Aggregate) {
+        for pid in pids(agg) {
+            if let Entry::Vacant(slot) = self.names.entry(pid) {
+                if let Some(name) = target::process_name(pid) {
+                    slot.insert(name);
+                }
+            }
+        }
+    }
+
+    /// What a frame shows: the paused data while paused.
+    fn snapshot(&self, agg: &Aggregate, st: &Status) -> Snapshot {
+        let (agg, elapsed, counters) = match &self.frozen {
+            Some(f) => (&f.agg, f.elapsed, f.counters),
+            None => (agg, st.elapsed, st.counters),
+        };
+        let (exited, gone) = (self.watch.exited(elapsed), self.watch.gone(elapsed));
+        let keys = since::shown(agg, self.base.as_ref(), &gone);
+        let cx = Context {
+            rates: &self.rates,
+            names: &self.names,
+            exited: &exited,
+            filter: self.ui.filter.as_ref(),
+        };
+        let (targets, exited) = self
+            .watch
+            .targets
+            .iter()
+            .filter(|t| !gone.contains(&t.pid))
+            .cloned()
+            .partition(|t| !exited.contains(&t.pid));
+        Snapshot {
+            rows: view::rows(&keys, &cx, self.ui.view),
+            targets,
+            exited,
+            elapsed,
+            total: keys.values().map(|s| s.count).sum(),
+            lost: counters.lost,
+        }
+    }
+
+    fn summary<'a>(&self, snap: &'a Snapshot, st: &'a Status) -> Summary<'a> {
+        Summary {
+            plan: st.plan,
+            elapsed: snap.elapsed,
+            total: snap.total,
+            rate: self.rates.total(),
+            lost: snap.lost,
+            targets: &snap.targets,
+            exited: &snap.exited,
+            filtered: self.ui.filter.is_some(),
+        }
+    }
+
+    /// Prints a `--batch` frame; stops quietly when stdout is closed (`| head`).
+    fn print(&self, agg: &Aggregate, st: &Status) -> Result<ControlFlow<()>> {
+        let snap = self.snapshot(agg, st);
+        let lines = frame::frame(&self.summary(&snap, st), &snap.rows, self.ui.view);
+        let mut out = io::stdout().lock();
+        let written = lines
+            .iter()
+            .try_for_each(|l| writeln!(out, "{l}"))
+            .and_then(|()| writeln!(out))
+            .and_then(|()| out.flush());
+        match written {
+            Ok(()) => Ok(ControlFlow::Continue(())),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ControlFlow::Break(())),
+            Err(e) => Err(anyhow::Error::new(e).context("write to stdout")),
+        }
+    }
+
+    fn draw(&mut self, agg: &Aggregate, st: &Status) -> Result<()> {
+        let snap = self.snapshot(agg, st);
+        let refresh = units::ns(u64::try_from(self.delay.as_nanos()).unwrap_or(u64::MAX));
+        let since = if self.base.is_some() {
+            "reset"
+        } else {
+            "start"
+        };
+        let legend = format!("exits/s over {refresh}, latency since {since}");
+        let summary = self.summary(&snap, st);
+        if let Output::Screen(screen) = &mut self.output {
+            screen.draw(&summary, &snap.rows, &mut self.ui, &legend)?;
+        }
+        self.drawn = true;
+        Ok(())
+    }
+}
+
+/// The data of one frame.
+struct Snapshot {
+    rows: Vec<Row>,
+    /// Watched processes still running, and those that exited within the grace period.
+    targets: Vec<Target>,
+    exited: Vec<Target>,
+    elapsed: Duration,
+    total: u64,
+    lost: u64,
+}
+
+/// The processes with exits in `agg`.
+fn pids(agg: &Aggregate) -> impl Iterator<Item = u32> + '_ {
+    let mut last = None;
+    // Keys are sorted by pid.
+    agg.keys().keys().filter_map(move |k| {
+        let new = last != Some(k.pid);
+        last = Some(k.pid);
+        new.then_some(k.pid)
+    })
+}

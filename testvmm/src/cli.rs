@@ -1,0 +1,92 @@
+//! The workload flags (`--vcpus`, `--pio-user`, ...) as clap parses them: one definition for
+//! the test VMM binary, `kvmprof guest`/`demo` and the xtask checks that pass them on.
+use clap::Args;
+
+use crate::{Workload, MAX_VCPUS};
+
+/// The exits each vCPU makes per round. A flag left out keeps the value of the workload it
+/// is applied to ([`WorkloadArgs::over`]), so each user keeps its own defaults.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WorkloadArgs {
+    /// vCPUs (1..=64).
+    #[arg(long, value_parser = vcpus)]
+    pub vcpus: Option<u32>,
+    /// `out`s to port 0x3f8 per round: KVM_EXIT_IO to userspace.
+    #[arg(long)]
+    pub pio_user: Option<u64>,
+    /// `out`s to port 0x700+<vcpu> per round: handled in the kernel by an ioeventfd.
+    #[arg(long)]
+    pub pio_kernel: Option<u64>,
+    /// Byte writes to guest-physical 0xd0000 per round: KVM_EXIT_MMIO to userspace.
+    #[arg(long)]
+    pub mmio: Option<u64>,
+    /// `in`s from port 0x3fd per round: KVM_EXIT_IO to userspace.
+    #[arg(long)]
+    pub pio_in: Option<u64>,
+}
+
+impl WorkloadArgs {
+    /// `base` with the flags given.
+    pub fn over(&self, base: Workload) -> Workload {
+        Workload {
+            vcpus: self.vcpus.unwrap_or(base.vcpus),
+            pio_user: self.pio_user.unwrap_or(base.pio_user),
+            pio_kernel: self.pio_kernel.unwrap_or(base.pio_kernel),
+            mmio_user: self.mmio.unwrap_or(base.mmio_user),
+            pio_in: self.pio_in.unwrap_or(base.pio_in),
+            ..base
+        }
+    }
+}
+
+/// The flags that make the test VMM run `w`'s exits per round.
+pub fn args(w: &Workload) -> String {
+    format!(
+        "--vcpus {} --pio-user {} --pio-kernel {} --mmio {} --pio-in {}",
+        w.vcpus, w.pio_user, w.pio_kernel, w.mmio_user, w.pio_in
+    )
+}
+
+/// A vCPU count the guest can run, checked before anything starts.
+pub fn vcpus(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a vCPU count from 1 to {MAX_VCPUS}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        w: WorkloadArgs,
+    }
+
+    #[test]
+    fn flags_given_override_the_base_and_round_trip_through_args() {
+        let base = Workload {
+            vcpus: 2,
+            pio_in: 50,
+            ..Workload::default()
+        };
+        let cli = Cli::try_parse_from(["x", "--pio-user", "7", "--mmio", "3"]).unwrap();
+        let w = cli.w.over(base);
+        assert_eq!(
+            (w.vcpus, w.pio_user, w.pio_kernel, w.mmio_user, w.pio_in),
+            (2, 7, 0, 3, 50)
+        );
+        let again = Cli::try_parse_from(std::iter::once("x").chain(args(&w).split(' '))).unwrap();
+        assert_eq!(again.w.over(Workload::default()), w);
+    }
+
+    #[test]
+    fn vcpu_counts_outside_the_guest_limits_are_refused() {
+        assert_eq!(vcpus("64"), Ok(64));
+        assert!(vcpus("0").is_err());
+        assert!(vcpus("65").is_err());
+    }
+}
