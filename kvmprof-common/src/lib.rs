@@ -32,16 +32,13 @@ pub mod stage {
 /// [`ThreadState::stage_start`] and the `hook_*` programs.
 pub const HOOKED_STAGES: usize = 4;
 
-/// What a ring-buffer record is.
+/// What a record is.
 pub mod kind {
-    /// A completed exit.
+    /// A completed exit. A userspace exit is complete once the VMM called KVM_RUN again
+    /// (its round trip, `stage_ns[VMM]`) and, for a PIO read, once `kvm:kvm_pio` revealed the
+    /// port at its completion: the kernel holds it per thread until then, so every record is
+    /// a whole exit and records may arrive in any order.
     pub const EXIT: u8 = 1;
-    /// The VMM called KVM_RUN again after a userspace exit of this thread: carries the
-    /// userspace round trip (`stage_ns[VMM]`). Userspace joins it to that thread's last exit.
-    pub const RESUME: u8 = 2;
-    /// A PIO read that went to userspace completed after the next KVM_RUN: `kvm:kvm_pio`
-    /// fires only then for reads, so this carries the port of that thread's last exit.
-    pub const PIO_IN_DONE: u8 = 3;
 }
 
 /// How to read [`ExitRecord::reason`].
@@ -81,7 +78,7 @@ pub mod flag {
     pub const ERRNO: u32 = 1 << 5;
 }
 
-/// One record in the ring buffer (104 bytes).
+/// One exit (104 bytes), inside a [`Batch`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitRecord {
@@ -127,7 +124,33 @@ pub mod boundary {
     pub const ENTER_GUEST: u32 = 3;
 }
 
-/// Run-time configuration written by userspace into the `CONFIG` array before attaching.
+/// Exits per [`Batch`]: one ring-buffer write per this many exits instead of one per exit.
+pub const BATCH: usize = 64;
+
+/// Exits collected on one CPU, written to the ring buffer as one record when full (or when
+/// its first exit is older than [`BATCH_AGE_NS`]). Userspace reads the batches still
+/// partly filled from the per-CPU map when recording ends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Batch {
+    /// Valid records in `recs`.
+    pub len: u32,
+    pub _pad: u32,
+    /// `ts_ns` of `recs[0]`.
+    pub first_ts: u64,
+    pub recs: [ExitRecord; BATCH],
+}
+
+/// A batch whose first exit is older than this is written at the next exit on its CPU, so
+/// that `top` and the interval log lag the exits by little while they flow.
+pub const BATCH_AGE_NS: u64 = 50_000_000;
+
+/// Slots of the per-thread state array (indexed by tid, tagged with pid and tid); threads
+/// whose slot is taken use the `THREADS_SPILL` hash.
+pub const STATE_SLOTS: u32 = 4096;
+
+/// Run-time configuration, set by userspace as the `CONFIG` global before load: a constant
+/// to the verifier, no map lookup per event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -159,6 +182,13 @@ pub struct Config {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadState {
+    /// `pid << 32 | tid` of the owner; 0 for a free slot.
+    pub tag: u64,
+    /// The owner's process is traced (decided once, when the state is created).
+    pub traced: u32,
+    /// `pending` holds a userspace exit waiting for its round trip or port.
+    pub has_pending: u32,
+    pub pending: ExitRecord,
     pub vcpu_fd: i32,
     /// An exit has been opened (cycle started or identified) and not yet emitted.
     pub open: u32,
@@ -199,7 +229,9 @@ pub mod counter {
     pub const NO_STATE: u32 = 1;
     /// A stage return without a matching entry (or an entry older than the cycle).
     pub const UNMATCHED: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Threads whose state slot was taken and went to the spill hash (information only).
+    pub const SPILLED: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// `KVM_RUN` = `_IO(KVMIO, 0x80)`.
@@ -207,8 +239,9 @@ pub const KVM_RUN: u64 = 0xae80;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are repr(C) plain integers with no padding holes left implicit.
+    // SAFETY: all are repr(C) plain integers with no padding holes left implicit.
     unsafe impl aya::Pod for super::ExitRecord {}
+    unsafe impl aya::Pod for super::Batch {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ThreadState {}
 }

@@ -2,7 +2,7 @@
 //! the kernel's answer; nothing here decides *what* to hook (that is `plan`).
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, HashMap},
+    maps::HashMap,
     programs::{FEntry, FExit, KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
@@ -44,11 +44,19 @@ fn tracepoint_program(tp: &str) -> Option<&'static str> {
     })
 }
 
-pub fn load() -> Result<Ebpf> {
+/// Loads the object with `cfg` as its load-time configuration (the `CONFIG` global).
+pub fn load(cfg: &Config) -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries("EVENTS", RING_BYTES)
+        .override_global("CONFIG", cfg, true)
         .load(OBJECT)
         .map_err(|e| anyhow!("load eBPF object: {e}"))
+}
+
+/// Plans the configuration and loads the object for `plan`, tracing only `pids` (all
+/// processes when empty).
+pub fn load_for(plan: &Plan, facts: &Facts, pids: &[u32]) -> Result<Ebpf> {
+    load(&config(plan, facts, !pids.is_empty())?)
 }
 
 /// Tries to load one fentry program: the only way to learn whether this kernel (or its
@@ -62,7 +70,7 @@ pub fn probe_fentry(facts: &Facts) -> Option<Result<(), String>> {
         Ok(b) => b,
         Err(e) => return Some(Err(format!("vmlinux BTF: {e}"))),
     };
-    let mut ebpf = match load() {
+    let mut ebpf = match load(&Config::default()) {
         Ok(e) => e,
         Err(e) => return Some(Err(e.to_string())),
     };
@@ -70,12 +78,8 @@ pub fn probe_fentry(facts: &Facts) -> Option<Result<(), String>> {
     Some(prog.load(target, &btf).map_err(|e| describe(&e)))
 }
 
-/// Attaches everything in `plan`, filtered to `pids` (all processes when empty).
-pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Result<()> {
-    let cfg = config(plan, facts, !pids.is_empty())?;
-    let mut cfg_map: Array<_, Config> =
-        Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
-    cfg_map.set(0, cfg, 0)?;
+/// Attaches everything in `plan` to an object from [`load_for`] with the same `pids`.
+pub fn attach(ebpf: &mut Ebpf, plan: &Plan, pids: &[u32]) -> Result<()> {
     let mut pid_map: HashMap<_, u32, u8> =
         HashMap::try_from(ebpf.map_mut("PIDS").context("PIDS map")?)?;
     for p in pids {

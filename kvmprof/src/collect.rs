@@ -1,74 +1,40 @@
-//! Drains the ring buffer and turns kernel records into [`Exit`]s: joins each userspace
-//! exit with the VMM round trip that follows it (and, for PIO reads, the port that the
-//! completion reveals), and resolves vCPU ids.
+//! Turns what the kernel hands over into [`Exit`]s: the batches of the ring buffer, the
+//! batches still partly filled on each CPU and the userspace exits still held per thread
+//! when recording ends; and resolves vCPU ids.
 use std::collections::HashMap;
 
-use kvmprof_common::{flag, kind, space, stage, ExitRecord, STAGES};
+use kvmprof_common::{flag, space, Batch, ExitRecord, ThreadState, BATCH, STAGES};
 
 use crate::model::{Access, Exit, Reason, ReasonSpace};
 
-/// Joins records of one thread into complete exits. Pure: fed records, yields exits.
-#[derive(Default)]
-pub struct Joiner {
-    /// Userspace exits waiting for their round trip, by tid.
-    pending: HashMap<u32, Exit>,
-    /// Records that referred to an exit we never saw (tracing began mid-round-trip).
-    pub orphans: u64,
+/// The exits of one batch (a ring-buffer record, or a per-CPU batch at the end). A record
+/// of another size is not ours and yields nothing.
+pub fn batch_exits(bytes: &[u8], vcpus: &mut VcpuResolver, out: &mut Vec<Exit>) {
+    if bytes.len() < std::mem::size_of::<Batch>() {
+        return;
+    }
+    // SAFETY: the kernel wrote a whole Batch (checked length); unaligned read.
+    let b: Batch = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    push_batch(&b, vcpus, out);
 }
 
-impl Joiner {
-    pub fn push(&mut self, rec: &ExitRecord, vcpu: Option<u32>, out: &mut Vec<Exit>) {
-        match rec.kind {
-            kind::EXIT => {
-                if let Some(prev) = self.pending.remove(&rec.tid) {
-                    out.push(prev);
-                }
-                let exit = to_exit(rec, vcpu);
-                if rec.flags & flag::USERSPACE != 0 {
-                    self.pending.insert(rec.tid, exit);
-                } else {
-                    out.push(exit);
-                }
-            }
-            kind::RESUME => match self.pending.remove(&rec.tid) {
-                Some(mut e) => {
-                    e.stages[stage::VMM] = nonzero(rec.stage_ns[stage::VMM]);
-                    // A PIO read's port arrives after the resume; keep waiting for it.
-                    if is_port_less_io(&e) {
-                        self.pending.insert(rec.tid, e);
-                    } else {
-                        out.push(e);
-                    }
-                }
-                None => self.orphans += 1,
-            },
-            kind::PIO_IN_DONE => match self.pending.remove(&rec.tid) {
-                Some(mut e) => {
-                    e.access = Some(Access::Pio {
-                        port: rec.io_addr as u16,
-                        size: rec.io_size,
-                        write: false,
-                    });
-                    out.push(e);
-                }
-                None => self.orphans += 1,
-            },
-            _ => self.orphans += 1,
-        }
-    }
-
-    /// Emits every exit still waiting for its join (end of recording).
-    pub fn flush(&mut self, out: &mut Vec<Exit>) {
-        let mut rest: Vec<Exit> = self.pending.drain().map(|(_, e)| e).collect();
-        rest.sort_by_key(|e| e.ts_ns);
-        out.extend(rest);
+pub fn push_batch(b: &Batch, vcpus: &mut VcpuResolver, out: &mut Vec<Exit>) {
+    for rec in &b.recs[..(b.len as usize).min(BATCH)] {
+        push(rec, vcpus, out);
     }
 }
 
-const KVM_EXIT_IO: u32 = 2;
+/// The userspace exit a thread still holds (its VMM never called KVM_RUN again before
+/// recording ended): counted, without a round trip.
+pub fn push_pending(st: &ThreadState, vcpus: &mut VcpuResolver, out: &mut Vec<Exit>) {
+    if st.tag != 0 && st.traced != 0 && st.has_pending != 0 {
+        push(&st.pending, vcpus, out);
+    }
+}
 
-fn is_port_less_io(e: &Exit) -> bool {
-    e.userspace_reason == Some(KVM_EXIT_IO) && e.access.is_none()
+fn push(rec: &ExitRecord, vcpus: &mut VcpuResolver, out: &mut Vec<Exit>) {
+    let vcpu = vcpus.resolve(rec.pid, rec.vcpu_fd, rec.tid);
+    out.push(to_exit(rec, vcpu));
 }
 
 fn nonzero(v: u64) -> Option<u64> {
@@ -168,9 +134,9 @@ mod tests {
     use super::*;
     use crate::model::Stage;
 
-    fn rec(kind: u8, tid: u32, flags: u32) -> ExitRecord {
+    fn rec(tid: u32, flags: u32) -> ExitRecord {
         ExitRecord {
-            kind,
+            kind: kvmprof_common::kind::EXIT,
             tid,
             pid: 1,
             flags,
@@ -180,62 +146,50 @@ mod tests {
     }
 
     #[test]
-    fn userspace_exit_waits_for_its_round_trip() {
-        let mut j = Joiner::default();
+    fn a_batch_yields_exactly_its_valid_records() {
+        let mut b = Batch {
+            len: 3,
+            _pad: 0,
+            first_ts: 0,
+            recs: [rec(99, 0); BATCH],
+        };
+        for (i, r) in b.recs.iter_mut().take(3).enumerate() {
+            *r = rec(i as u32, flag::PIO);
+            r.io_addr = 0x700;
+            r.stage_ns[Stage::Cycle.index()] = 10;
+        }
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&b as *const Batch).cast::<u8>(), size_of::<Batch>())
+        };
         let mut out = vec![];
-        let mut e = rec(kind::EXIT, 7, flag::USERSPACE | flag::PIO | flag::WRITE);
-        e.user_reason = KVM_EXIT_IO;
-        e.io_addr = 0x3f8;
-        j.push(&e, Some(0), &mut out);
-        assert!(out.is_empty());
-        let mut r = rec(kind::RESUME, 7, 0);
-        r.stage_ns[stage::VMM] = 1234;
-        j.push(&r, None, &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].stages[Stage::Vmm.index()], Some(1234));
-        assert_eq!(out[0].vcpu, Some(0));
+        let mut vcpus = VcpuResolver::default();
+        batch_exits(bytes, &mut vcpus, &mut out);
+        assert_eq!(out.iter().map(|e| e.tid).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(out[0].stages[Stage::Cycle.index()], Some(10));
+        assert_eq!(out[0].stages[Stage::Vmm.index()], None);
+        batch_exits(&bytes[..100], &mut vcpus, &mut out);
+        assert_eq!(out.len(), 3, "a short record is not a batch");
     }
 
     #[test]
-    fn pio_read_gets_its_port_from_the_completion() {
-        let mut j = Joiner::default();
+    fn only_a_traced_thread_with_a_held_exit_yields_it() {
+        let mut st = ThreadState {
+            tag: 1 << 32 | 7,
+            traced: 1,
+            has_pending: 1,
+            pending: rec(7, flag::USERSPACE),
+            ..Default::default()
+        };
         let mut out = vec![];
-        let mut e = rec(kind::EXIT, 7, flag::USERSPACE);
-        e.user_reason = KVM_EXIT_IO;
-        j.push(&e, None, &mut out);
-        j.push(&rec(kind::RESUME, 7, 0), None, &mut out);
-        assert!(out.is_empty());
-        let mut d = rec(kind::PIO_IN_DONE, 7, flag::PIO);
-        d.io_addr = 0x60;
-        d.io_size = 1;
-        j.push(&d, None, &mut out);
-        assert_eq!(
-            out[0].access,
-            Some(Access::Pio {
-                port: 0x60,
-                size: 1,
-                write: false
-            })
-        );
-    }
-
-    #[test]
-    fn in_kernel_exits_pass_straight_through_and_flush_keeps_the_rest() {
-        let mut j = Joiner::default();
-        let mut out = vec![];
-        j.push(&rec(kind::EXIT, 1, flag::PIO), None, &mut out);
+        let mut vcpus = VcpuResolver::default();
+        push_pending(&st, &mut vcpus, &mut out);
+        st.has_pending = 0;
+        push_pending(&st, &mut vcpus, &mut out);
+        st.has_pending = 1;
+        st.traced = 0;
+        push_pending(&st, &mut vcpus, &mut out);
         assert_eq!(out.len(), 1);
-        j.push(&rec(kind::EXIT, 2, flag::USERSPACE), None, &mut out);
-        j.push(&rec(kind::EXIT, 2, flag::USERSPACE), None, &mut out);
-        assert_eq!(
-            out.len(),
-            2,
-            "a second exit of the thread releases the first"
-        );
-        j.flush(&mut out);
-        assert_eq!(out.len(), 3);
-        j.push(&rec(kind::RESUME, 9, 0), None, &mut out);
-        assert_eq!(j.orphans, 1);
+        assert_eq!(out[0].userspace_reason, Some(0));
     }
 
     #[test]

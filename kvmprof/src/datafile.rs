@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{self, Aggregate, Key, PortKey, PortStats};
 use crate::live::Outcome;
+use crate::selfcost::OwnCost;
 use crate::model::{Reason, ReasonSpace, Stage, Vendor};
 use crate::target::Target;
 use crate::vendor::reason_name;
@@ -106,6 +107,9 @@ pub struct Header {
     /// The same instant on the clock of [`crate::model::Exit::ts_ns`].
     pub start_ts_ns: u64,
     pub duration_ns: u64,
+    /// What the recording cost (live recordings only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_cost: Option<OwnCost>,
 }
 
 impl Header {
@@ -132,6 +136,7 @@ impl Header {
             start_unix_ns: nanos(since_epoch),
             start_ts_ns: monotonic_at(out.started),
             duration_ns: nanos(out.elapsed),
+            own_cost: Some(out.own_cost.clone()),
         }
     }
 }
@@ -563,6 +568,7 @@ mod tests {
             start_unix_ns: 1_700_000_000 * SEC + 250_000_000,
             start_ts_ns: 5 * SEC + 100,
             duration_ns: 3 * SEC,
+            own_cost: None,
         }
     }
 

@@ -7,17 +7,18 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use kvmprof_common::{counter, ExitRecord};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use kvmprof_common::{counter, Batch, ThreadState};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     aggregate::Aggregate,
     attach,
-    collect::{Joiner, VcpuResolver},
+    collect::{self, VcpuResolver},
     kernel::Facts,
     model::Exit,
     plan::{self, HookPref, Plan},
+    selfcost::{self, OwnCost, RunTimeStats},
     target::{self, Target},
 };
 
@@ -59,6 +60,8 @@ pub struct Status<'a> {
     pub elapsed: Duration,
     pub counters: Counters,
     pub exited: &'a [Target],
+    /// kvmprof's own cost so far.
+    pub own_cost: OwnCost,
 }
 
 pub struct Outcome {
@@ -70,8 +73,7 @@ pub struct Outcome {
     pub started: SystemTime,
     pub elapsed: Duration,
     pub exited: Vec<Target>,
-    /// Records that referred to an exit recorded before tracing began.
-    pub orphans: u64,
+    pub own_cost: OwnCost,
 }
 
 /// Plans for this kernel, including the one fact only a load attempt reveals (fentry).
@@ -94,17 +96,56 @@ pub struct Session {
     ebpf: aya::Ebpf,
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    held: Held,
+    stats: Result<RunTimeStats, String>,
+}
+
+/// What the kernel still holds when recording ends: per-CPU batches not yet full, and
+/// userspace exits waiting per thread for a round trip that will not come.
+struct Held {
+    batches: PerCpuArray<MapData, Batch>,
+    threads: Array<MapData, ThreadState>,
+    spill: HashMap<MapData, u64, ThreadState>,
+}
+
+impl Held {
+    fn take(ebpf: &mut aya::Ebpf) -> Result<Held> {
+        let mut map = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map"));
+        Ok(Held {
+            batches: PerCpuArray::try_from(map("BATCHES")?)?,
+            threads: Array::try_from(map("THREADS")?)?,
+            spill: HashMap::try_from(map("THREADS_SPILL")?)?,
+        })
+    }
+
+    /// Reads it all; only once the programs are detached, so nothing changes meanwhile.
+    fn drain(&self, vcpus: &mut VcpuResolver, out: &mut Vec<Exit>) -> Result<()> {
+        for b in self.batches.get(&0, 0).context("read BATCHES")?.iter() {
+            collect::push_batch(b, vcpus, out);
+        }
+        for st in self.threads.iter() {
+            collect::push_pending(&st.context("read THREADS")?, vcpus, out);
+        }
+        for kv in self.spill.iter() {
+            let (_, st) = kv.context("read THREADS_SPILL")?;
+            collect::push_pending(&st, vcpus, out);
+        }
+        Ok(())
+    }
 }
 
 impl Session {
     pub fn start(opts: Options) -> Result<Session> {
         target::preflight()?;
         let (facts, plan) = plan_for_host(opts.hooks)?;
-        let mut ebpf = attach::load()?;
+        // On before the programs load, so that every run of theirs is timed.
+        let stats = RunTimeStats::enable();
+        let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
+        let mut ebpf = attach::load_for(&plan, &facts, &pids)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
-        let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
-        attach::attach(&mut ebpf, &plan, &facts, &pids)?;
+        let held = Held::take(&mut ebpf)?;
+        attach::attach(&mut ebpf, &plan, &pids)?;
         Ok(Session {
             opts,
             facts,
@@ -112,6 +153,8 @@ impl Session {
             ebpf,
             ring,
             counters,
+            held,
+            stats,
         })
     }
 
@@ -132,11 +175,19 @@ impl Session {
             ebpf,
             ring,
             counters,
+            held,
+            stats,
         } = self;
+        let cpu0 = selfcost::cpu_ns();
+        let own_cost = |ebpf: &aya::Ebpf| OwnCost {
+            programs: selfcost::programs(ebpf),
+            cpu_ns: selfcost::cpu_ns().saturating_sub(cpu0),
+            peak_rss_bytes: selfcost::peak_rss_bytes(),
+            note: stats.as_ref().err().cloned(),
+        };
         let started = SystemTime::now();
         let t0 = Instant::now();
         let mut agg = Aggregate::new(opts.interval.as_nanos() as u64);
-        let mut joiner = Joiner::default();
         let mut vcpus = VcpuResolver::default();
         // SAFETY: the ring buffer map owns its fd and outlives the registration (both are
         // dropped together at the end of this function).
@@ -154,12 +205,12 @@ impl Session {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    drain(guard.get_inner_mut(), &mut joiner, &mut vcpus, &mut batch);
+                    drain(guard.get_inner_mut(), &mut vcpus, &mut batch);
                     guard.clear_ready();
                     absorb(&mut batch, &mut sink, &mut agg)?;
                 }
                 _ = poll.tick() => {
-                    drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
+                    drain(ring.get_mut(), &mut vcpus, &mut batch);
                     absorb(&mut batch, &mut sink, &mut agg)?;
                 }
                 _ = tick.tick() => {
@@ -179,6 +230,7 @@ impl Session {
                         elapsed: t0.elapsed(),
                         counters: read_counters(&counters),
                         exited: &exited,
+                        own_cost: own_cost(&ebpf),
                     };
                     if on_tick(&agg, &status).is_break() {
                         break Stop::Caller;
@@ -189,10 +241,12 @@ impl Session {
             }
         };
         let elapsed = t0.elapsed();
+        let own_cost = own_cost(&ebpf);
+        drop(stats);
         // Detach first so no record can arrive after the final drain.
         drop(ebpf);
-        drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
-        joiner.flush(&mut batch);
+        drain(ring.get_mut(), &mut vcpus, &mut batch);
+        held.drain(&mut vcpus, &mut batch)?;
         absorb(&mut batch, &mut sink, &mut agg)?;
         let counters = read_counters(&counters);
         agg.add_lost(counters.lost);
@@ -205,7 +259,7 @@ impl Session {
             started,
             elapsed,
             exited,
-            orphans: joiner.orphans,
+            own_cost,
         })
     }
 }
@@ -223,20 +277,9 @@ fn absorb(
     Ok(())
 }
 
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    joiner: &mut Joiner,
-    vcpus: &mut VcpuResolver,
-    out: &mut Vec<Exit>,
-) {
+fn drain(ring: &mut RingBuf<MapData>, vcpus: &mut VcpuResolver, out: &mut Vec<Exit>) {
     while let Some(item) = ring.next() {
-        if item.len() < std::mem::size_of::<ExitRecord>() {
-            continue;
-        }
-        // SAFETY: the kernel wrote a whole ExitRecord (checked length); unaligned read.
-        let rec: ExitRecord = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        let vcpu = vcpus.resolve(rec.pid, rec.vcpu_fd, rec.tid);
-        joiner.push(&rec, vcpu, out);
+        collect::batch_exits(&item, vcpus, out);
     }
 }
 

@@ -13,6 +13,7 @@ mod plan;
 mod probes;
 mod record;
 mod report;
+mod selfcost;
 mod spawn;
 mod target;
 mod tui;

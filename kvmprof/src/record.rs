@@ -140,12 +140,6 @@ fn finish(out: &Outcome, targets: &[Target], path: &Path) -> Result<()> {
             names.join(", ")
         );
     }
-    if out.orphans > 0 {
-        eprintln!(
-            "kvmprof: {} VMM round trips followed exits from before recording began (not counted)",
-            out.orphans
-        );
-    }
     Ok(())
 }
 

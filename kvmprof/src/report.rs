@@ -344,6 +344,14 @@ fn header_lines(out: &mut String, r: &Report) {
     };
     let _ = writeln!(out, "duration: {}   pids: {pids}", units::ns(r.duration_ns));
     let _ = writeln!(out, "exits: {}   lost events: {}", r.total_exits, r.lost);
+    if let Some(c) = &h.own_cost {
+        let wall = std::time::Duration::from_nanos(h.duration_ns);
+        let _ = writeln!(
+            out,
+            "kvmprof's own cost: {} (BPF run-time stats on while recording)",
+            c.summary(r.total_exits, wall)
+        );
+    }
 }
 
 fn group_table(out: &mut String, r: &Report) {
@@ -529,6 +537,7 @@ mod tests {
             start_unix_ns: 0,
             start_ts_ns: 0,
             duration_ns: 2 * SEC,
+            own_cost: None,
         }
     }
 

@@ -180,6 +180,7 @@ impl Top {
                     elapsed: out.elapsed,
                     counters: out.counters,
                     exited: &out.exited,
+                    own_cost: out.own_cost.clone(),
                 };
                 // Whether stdout was closed no longer matters: this is the last frame.
                 let _ = self.print(&out.aggregate, &st)?;
@@ -251,5 +252,6 @@ fn summary<'a>(
         lost: st.counters.lost,
         targets,
         exited: st.exited,
+        own_cost: Some(st.own_cost.summary(agg.total_exits(), st.elapsed)),
     }
 }

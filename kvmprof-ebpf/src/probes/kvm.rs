@@ -19,13 +19,12 @@ pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_userspace_exit(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (pid, tid) = maps::traced_task(cfg)?;
+    let cfg = maps::config();
+    let (pid, tid, st) = maps::current(true)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let reason: u32 = unsafe { ctx.read_at(cfg.uexit_reason_off as usize) }.ok()?;
     // SAFETY: as above.
     let errno: i32 = unsafe { ctx.read_at(cfg.uexit_errno_off as usize) }.ok()?;
-    let st = maps::thread_state(tid)?;
     exit::kvm_run_exit(pid, tid, st, cfg.boundary, exit::now(), reason, errno);
     Some(0)
 }
@@ -36,8 +35,8 @@ pub fn kvm_pio(ctx: TracePointContext) -> u32 {
 }
 
 fn try_pio(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (pid, tid) = maps::traced_task(cfg)?;
+    let cfg = maps::config();
+    let (pid, tid, st) = maps::current(true)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let (rw, port, size): (u32, u32, u32) = unsafe {
         (
@@ -46,15 +45,16 @@ fn try_pio(ctx: &TracePointContext) -> Option<u32> {
             ctx.read_at(cfg.pio_size_off as usize).ok()?,
         )
     };
-    let st = maps::thread_state(tid)?;
     let ts = exit::now();
     let write = rw == KVM_PIO_OUT;
     if st.await_pio_in != 0 {
         st.await_pio_in = 0;
         if !write {
-            exit::pio_in_done(pid, tid, st, ts, port as u64, size);
+            exit::pio_in_done(st, port as u64, size);
             return Some(0);
         }
+        // Not the read's completion: the held exit goes without its port.
+        exit::release_pending(st);
     }
     let flags = flag::PIO | if write { flag::WRITE } else { 0 };
     let io = exit::Io {
@@ -72,8 +72,8 @@ pub fn kvm_mmio(ctx: TracePointContext) -> u32 {
 }
 
 fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (pid, tid) = maps::traced_task(cfg)?;
+    let cfg = maps::config();
+    let (pid, tid, st) = maps::current(true)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let (ty, len, gpa): (u32, u32, u64) = unsafe {
         (
@@ -82,7 +82,6 @@ fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
             ctx.read_at(cfg.mmio_gpa_off as usize).ok()?,
         )
     };
-    let st = maps::thread_state(tid)?;
     if st.await_mmio_read != 0 {
         st.await_mmio_read = 0;
         if ty == MMIO_READ {
@@ -107,8 +106,8 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (_, tid) = maps::traced_task(cfg)?;
+    let cfg = maps::config();
+    let (_, _, st) = maps::current(false)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let (reason, isa, vcpu): (u32, u32, u32) = unsafe {
         (
@@ -117,7 +116,6 @@ fn try_exit(ctx: &TracePointContext) -> Option<u32> {
             ctx.read_at(cfg.kvm_exit_vcpu_off as usize).ok()?,
         )
     };
-    let st = maps::existing_state(tid)?;
     let sp = if isa == KVM_ISA_VMX {
         space::VMX
     } else {
@@ -140,12 +138,10 @@ pub fn kvm_entry(ctx: TracePointContext) -> u32 {
 }
 
 fn try_entry(_ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
-    if cfg.boundary != boundary::KVM_ENTRY {
+    if maps::config().boundary != boundary::KVM_ENTRY {
         return Some(0);
     }
-    let (pid, tid) = maps::traced_task(cfg)?;
-    let st = maps::existing_state(tid)?;
+    let (pid, tid, st) = maps::current(false)?;
     exit::start_cycle(pid, tid, st, exit::now());
     Some(0)
 }

@@ -10,18 +10,14 @@ use kvmprof_common::stage;
 use crate::{exit, maps};
 
 fn try_enter(s: usize) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (pid, tid) = maps::traced_task(cfg)?;
     // Only threads seen entering KVM_RUN have state; a hook never creates it.
-    let st = maps::existing_state(tid)?;
-    exit::stage_enter(pid, tid, st, cfg.boundary, s, exit::now());
+    let (pid, tid, st) = maps::current(false)?;
+    exit::stage_enter(pid, tid, st, maps::config().boundary, s, exit::now());
     Some(0)
 }
 
 fn try_return(s: usize) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (_, tid) = maps::traced_task(cfg)?;
-    let st = maps::existing_state(tid)?;
+    let (_, _, st) = maps::current(false)?;
     exit::stage_exit(st, s, exit::now());
     Some(0)
 }

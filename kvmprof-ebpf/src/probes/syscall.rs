@@ -10,16 +10,15 @@ pub fn kvm_run_enter(ctx: TracePointContext) -> u32 {
 }
 
 fn try_kvm_run_enter(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
+    let cfg = maps::config();
     // SAFETY: offsets come from this kernel's format file for this tracepoint.
     let cmd: u64 = unsafe { ctx.read_at(cfg.ioctl_cmd_off as usize) }.ok()?;
     if cmd & 0xffff_ffff != KVM_RUN {
         return Some(0);
     }
-    let (pid, tid) = maps::traced_task(cfg)?;
+    let (_, _, st) = maps::current(true)?;
     // SAFETY: as above.
     let fd: u64 = unsafe { ctx.read_at(cfg.ioctl_fd_off as usize) }.ok()?;
-    let st = maps::thread_state(tid)?;
-    exit::kvm_run_enter(pid, tid, st, fd as i32, exit::now());
+    exit::kvm_run_enter(st, fd as i32, exit::now());
     Some(0)
 }

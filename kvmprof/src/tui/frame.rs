@@ -52,6 +52,8 @@ pub struct Summary<'a> {
     /// The processes watched; empty for all.
     pub targets: &'a [Target],
     pub exited: &'a [Target],
+    /// kvmprof's own cost (`selfcost::OwnCost::summary`).
+    pub own_cost: Option<String>,
 }
 
 /// A laid-out frame.
@@ -104,6 +106,9 @@ fn summary(s: &Summary, width: usize) -> Vec<Line> {
             .map(|l| vec![plain(l)]),
     );
     lines.extend(processes(s, width));
+    if let Some(cost) = &s.own_cost {
+        lines.push(vec![plain(format!("cost  {cost}"))]);
+    }
     lines
 }
 
@@ -379,8 +384,26 @@ mod tests {
             lost,
             targets: &targets,
             exited,
+            own_cost: None,
         };
         frame(&s, &rows, view)
+    }
+
+    #[test]
+    fn own_cost_is_shown_under_the_processes() {
+        let plan = plan();
+        let s = Summary {
+            plan: &plan,
+            elapsed: Duration::from_secs(1),
+            total: 0,
+            rate: None,
+            lost: 0,
+            targets: &[],
+            exited: &[],
+            own_cost: Some("BPF 80 ns/exit (kvm_pio 80), CPU 0.5% of a core".into()),
+        };
+        let f = frame(&s, &[], View::default());
+        assert_eq!(f[3], "cost  BPF 80 ns/exit (kvm_pio 80), CPU 0.5% of a core");
     }
 
     #[test]
