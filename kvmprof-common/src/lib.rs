@@ -176,6 +176,25 @@ pub struct Config {
     /// Field offsets in `syscalls:sys_enter_ioctl`.
     pub ioctl_fd_off: u32,
     pub ioctl_cmd_off: u32,
+    /// 1 when every field above that has a [`fixed`] offset is at that offset in this
+    /// kernel: the programs then load the fields straight from the record (an offset known
+    /// when compiling), otherwise through `bpf_probe_read` at the offsets above.
+    pub fixed_fields: u32,
+}
+
+/// The offsets of tracepoint fields in the kernels kvmprof was written against, compiled
+/// into the fast path. Userspace checks them against the running kernel's format files.
+pub mod fixed {
+    pub const PIO_RW: u32 = 8;
+    pub const PIO_PORT: u32 = 12;
+    pub const PIO_SIZE: u32 = 16;
+    pub const MMIO_TYPE: u32 = 8;
+    pub const MMIO_LEN: u32 = 12;
+    pub const MMIO_GPA: u32 = 16;
+    pub const UEXIT_REASON: u32 = 8;
+    pub const UEXIT_ERRNO: u32 = 12;
+    pub const IOCTL_FD: u32 = 16;
+    pub const IOCTL_CMD: u32 = 24;
 }
 
 /// Per-thread state kept in the kernel between events of one vCPU thread.

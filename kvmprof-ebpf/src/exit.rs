@@ -102,7 +102,14 @@ fn header(r: &mut ExitRecord, k: u8, pid: u32, tid: u32, st: &ThreadState, ts: u
     r.ts_ns = ts;
 }
 
-fn fill_exit(r: &mut ExitRecord, pid: u32, tid: u32, st: &ThreadState, ts: u64, user: Option<(u32, i32)>) {
+fn fill_exit(
+    r: &mut ExitRecord,
+    pid: u32,
+    tid: u32,
+    st: &ThreadState,
+    ts: u64,
+    user: Option<(u32, i32)>,
+) {
     header(r, kind::EXIT, pid, tid, st, ts);
     r.space = st.space as u8;
     r.reason = st.reason;
@@ -544,7 +551,10 @@ mod tests {
         pio_in_done(&mut st, 0x3fd, 1);
         let r = records();
         assert_eq!(r.len(), 1);
-        assert_eq!((r[0].kind, r[0].io_addr, r[0].io_size), (kind::EXIT, 0x3fd, 1));
+        assert_eq!(
+            (r[0].kind, r[0].io_addr, r[0].io_size),
+            (kind::EXIT, 0x3fd, 1)
+        );
         assert_eq!(r[0].stage_ns[stage::VMM], 100);
         assert_eq!(r[0].flags & (flag::PIO | flag::WRITE), flag::PIO);
     }

@@ -54,6 +54,7 @@ static CONFIG: Config = Config {
     uexit_errno_off: 0,
     ioctl_fd_off: 0,
     ioctl_cmd_off: 0,
+    fixed_fields: 0,
 };
 
 /// The load-time configuration. Read volatile so that the compiler does not fold the

@@ -154,7 +154,7 @@ fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
             Ok(0)
         }
     };
-    Ok(Config {
+    let mut cfg = Config {
         boundary: plan.boundary,
         filter_pids: filter as u32,
         kvm_exit_reason_off: exit("exit_reason")?,
@@ -170,7 +170,29 @@ fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
         uexit_errno_off: f.offset("kvm/kvm_userspace_exit", "errno")?,
         ioctl_fd_off: f.offset("syscalls/sys_enter_ioctl", "fd")?,
         ioctl_cmd_off: f.offset("syscalls/sys_enter_ioctl", "cmd")?,
-    })
+        fixed_fields: 0,
+    };
+    cfg.fixed_fields = fixed_fields_hold(&cfg) as u32;
+    Ok(cfg)
+}
+
+/// Whether every field the programs can load at a fixed offset is at that offset here.
+fn fixed_fields_hold(c: &Config) -> bool {
+    use kvmprof_common::fixed;
+    [
+        (c.pio_rw_off, fixed::PIO_RW),
+        (c.pio_port_off, fixed::PIO_PORT),
+        (c.pio_size_off, fixed::PIO_SIZE),
+        (c.mmio_type_off, fixed::MMIO_TYPE),
+        (c.mmio_len_off, fixed::MMIO_LEN),
+        (c.mmio_gpa_off, fixed::MMIO_GPA),
+        (c.uexit_reason_off, fixed::UEXIT_REASON),
+        (c.uexit_errno_off, fixed::UEXIT_ERRNO),
+        (c.ioctl_fd_off, fixed::IOCTL_FD),
+        (c.ioctl_cmd_off, fixed::IOCTL_CMD),
+    ]
+    .iter()
+    .all(|(actual, expected)| actual == expected)
 }
 
 /// The kernel's answer inside an aya error: the innermost OS error where there is one

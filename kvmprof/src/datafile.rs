@@ -40,8 +40,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{self, Aggregate, Key, PortKey, PortStats};
 use crate::live::Outcome;
-use crate::selfcost::OwnCost;
 use crate::model::{Reason, ReasonSpace, Stage, Vendor};
+use crate::selfcost::OwnCost;
 use crate::target::Target;
 use crate::vendor::reason_name;
 

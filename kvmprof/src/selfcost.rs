@@ -194,6 +194,8 @@ mod tests {
             note: Some("refused".into()),
             ..Default::default()
         };
-        assert!(none.summary(5, Duration::from_secs(1)).contains("unknown (refused)"));
+        assert!(none
+            .summary(5, Duration::from_secs(1))
+            .contains("unknown (refused)"));
     }
 }

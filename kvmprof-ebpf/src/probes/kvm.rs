@@ -1,7 +1,8 @@
 //! KVM tracepoints. Field offsets come from the running kernel's format files (`Config`).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use kvmprof_common::{boundary, flag, space};
+use kvmprof_common::{boundary, fixed, flag, space};
 
+use super::field::field;
 use crate::{exit, maps};
 
 /// `kvm:kvm_pio` `rw` value of a write (OUT).
@@ -21,10 +22,9 @@ pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
 fn try_userspace_exit(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config();
     let (pid, tid, st) = maps::current(true)?;
-    // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let reason: u32 = unsafe { ctx.read_at(cfg.uexit_reason_off as usize) }.ok()?;
-    // SAFETY: as above.
-    let errno: i32 = unsafe { ctx.read_at(cfg.uexit_errno_off as usize) }.ok()?;
+    // Offsets come from this kernel's format file for this tracepoint.
+    let reason: u32 = field::<_, { fixed::UEXIT_REASON }>(ctx, &cfg, cfg.uexit_reason_off)?;
+    let errno: i32 = field::<_, { fixed::UEXIT_ERRNO }>(ctx, &cfg, cfg.uexit_errno_off)?;
     exit::kvm_run_exit(pid, tid, st, cfg.boundary, exit::now(), reason, errno);
     Some(0)
 }
@@ -37,14 +37,12 @@ pub fn kvm_pio(ctx: TracePointContext) -> u32 {
 fn try_pio(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config();
     let (pid, tid, st) = maps::current(true)?;
-    // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let (rw, port, size): (u32, u32, u32) = unsafe {
-        (
-            ctx.read_at(cfg.pio_rw_off as usize).ok()?,
-            ctx.read_at(cfg.pio_port_off as usize).ok()?,
-            ctx.read_at(cfg.pio_size_off as usize).ok()?,
-        )
-    };
+    // Offsets come from this kernel's format file for this tracepoint.
+    let (rw, port, size): (u32, u32, u32) = (
+        field::<_, { fixed::PIO_RW }>(ctx, &cfg, cfg.pio_rw_off)?,
+        field::<_, { fixed::PIO_PORT }>(ctx, &cfg, cfg.pio_port_off)?,
+        field::<_, { fixed::PIO_SIZE }>(ctx, &cfg, cfg.pio_size_off)?,
+    );
     let ts = exit::now();
     let write = rw == KVM_PIO_OUT;
     if st.await_pio_in != 0 {
@@ -74,14 +72,12 @@ pub fn kvm_mmio(ctx: TracePointContext) -> u32 {
 fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config();
     let (pid, tid, st) = maps::current(true)?;
-    // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let (ty, len, gpa): (u32, u32, u64) = unsafe {
-        (
-            ctx.read_at(cfg.mmio_type_off as usize).ok()?,
-            ctx.read_at(cfg.mmio_len_off as usize).ok()?,
-            ctx.read_at(cfg.mmio_gpa_off as usize).ok()?,
-        )
-    };
+    // Offsets come from this kernel's format file for this tracepoint.
+    let (ty, len, gpa): (u32, u32, u64) = (
+        field::<_, { fixed::MMIO_TYPE }>(ctx, &cfg, cfg.mmio_type_off)?,
+        field::<_, { fixed::MMIO_LEN }>(ctx, &cfg, cfg.mmio_len_off)?,
+        field::<_, { fixed::MMIO_GPA }>(ctx, &cfg, cfg.mmio_gpa_off)?,
+    );
     if st.await_mmio_read != 0 {
         st.await_mmio_read = 0;
         if ty == MMIO_READ {
@@ -108,7 +104,8 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
 fn try_exit(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config();
     let (_, _, st) = maps::current(false)?;
-    // SAFETY: offsets come from this kernel's format file for this tracepoint.
+    // SAFETY: offsets come from this kernel's format file for this tracepoint (whose
+    // layout varies between kernels, so it has no fixed fast path).
     let (reason, isa, vcpu): (u32, u32, u32) = unsafe {
         (
             ctx.read_at(cfg.kvm_exit_reason_off as usize).ok()?,

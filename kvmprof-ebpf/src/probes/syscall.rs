@@ -1,7 +1,8 @@
 //! The KVM_RUN ioctl: where a vCPU thread enters the kernel (and its VMM round trip ends).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use kvmprof_common::KVM_RUN;
+use kvmprof_common::{fixed, KVM_RUN};
 
+use super::field::field;
 use crate::{exit, maps};
 
 #[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
@@ -11,14 +12,13 @@ pub fn kvm_run_enter(ctx: TracePointContext) -> u32 {
 
 fn try_kvm_run_enter(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config();
-    // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let cmd: u64 = unsafe { ctx.read_at(cfg.ioctl_cmd_off as usize) }.ok()?;
+    // Offsets come from this kernel's format file for this tracepoint.
+    let cmd: u64 = field::<_, { fixed::IOCTL_CMD }>(ctx, &cfg, cfg.ioctl_cmd_off)?;
     if cmd & 0xffff_ffff != KVM_RUN {
         return Some(0);
     }
     let (_, _, st) = maps::current(true)?;
-    // SAFETY: as above.
-    let fd: u64 = unsafe { ctx.read_at(cfg.ioctl_fd_off as usize) }.ok()?;
+    let fd: u64 = field::<_, { fixed::IOCTL_FD }>(ctx, &cfg, cfg.ioctl_fd_off)?;
     exit::kvm_run_enter(st, fd as i32, exit::now());
     Some(0)
 }

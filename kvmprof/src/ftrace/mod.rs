@@ -161,7 +161,7 @@ fn header(import: &Import) -> Header {
         duration_ns: end
             .zip(start)
             .map_or(0, |(end, start)| end.saturating_sub(start)),
-            own_cost: None,
+        own_cost: None,
     }
 }
 

@@ -403,7 +403,10 @@ mod tests {
             own_cost: Some("BPF 80 ns/exit (kvm_pio 80), CPU 0.5% of a core".into()),
         };
         let f = frame(&s, &[], View::default());
-        assert_eq!(f[3], "cost  BPF 80 ns/exit (kvm_pio 80), CPU 0.5% of a core");
+        assert_eq!(
+            f[3],
+            "cost  BPF 80 ns/exit (kvm_pio 80), CPU 0.5% of a core"
+        );
     }
 
     #[test]
@@ -446,6 +449,7 @@ mod tests {
             lost: 12,
             targets: &[],
             exited: &[],
+            own_cost: None,
         };
         let laid = layout(&s, &rows, view, 100);
         let lost = laid.lines[0].last().expect("lost count");
@@ -474,6 +478,7 @@ mod tests {
             lost: 0,
             targets: &[],
             exited: &[],
+            own_cost: None,
         };
         let text = |l: &Line| l.iter().map(|s| s.text.as_str()).collect::<String>();
         let wide = layout(&s, &by_vcpu, view, 100);
@@ -529,6 +534,7 @@ mod tests {
             lost: 0,
             targets: &[],
             exited: &[],
+            own_cost: None,
         };
         let f = frame(&s, &[], View::default());
         assert!(
