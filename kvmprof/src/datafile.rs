@@ -42,6 +42,7 @@ use crate::aggregate::{self, Aggregate, Key, PortKey, PortStats};
 use crate::live::Outcome;
 use crate::model::{Reason, ReasonSpace, Stage, Vendor};
 use crate::selfcost::OwnCost;
+use crate::slow::SlowExits;
 use crate::target::Target;
 use crate::vendor::reason_name;
 
@@ -110,6 +111,9 @@ pub struct Header {
     /// What the recording cost (live recordings only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_cost: Option<OwnCost>,
+    /// `record --slow`: the exits over its threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow: Option<SlowExits>,
 }
 
 impl Header {
@@ -137,6 +141,7 @@ impl Header {
             start_ts_ns: monotonic_at(out.started),
             duration_ns: nanos(out.elapsed),
             own_cost: Some(out.own_cost.clone()),
+            slow: None,
         }
     }
 }
@@ -569,6 +574,7 @@ mod tests {
             start_ts_ns: 5 * SEC + 100,
             duration_ns: 3 * SEC,
             own_cost: None,
+            slow: None,
         }
     }
 

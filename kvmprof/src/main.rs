@@ -14,6 +14,7 @@ mod probes;
 mod record;
 mod report;
 mod selfcost;
+mod slow;
 mod spawn;
 mod target;
 mod tui;

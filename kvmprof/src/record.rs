@@ -16,6 +16,7 @@ use crate::{
     model::Exit,
     plan::HookPref,
     report,
+    slow::SlowExits,
     spawn::spawn_held,
     target::{self, Target},
 };
@@ -43,7 +44,8 @@ pub async fn record(a: RecordArgs) -> Result<()> {
     ))?;
     announce(&session, &targets);
     let child = held.map(|h| h.release());
-    let out = run_with_exits(session, a.exits.as_deref()).await?;
+    let mut slow = a.slow.clone().map(SlowExits::new);
+    let out = run_with_exits(session, a.exits.as_deref(), slow.as_mut()).await?;
     if let Some(mut c) = child {
         if out.stop != Stop::TargetsExited {
             // We stopped first (duration or signal): the command we started ends with us.
@@ -52,7 +54,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
         }
         let _ = c.wait();
     }
-    finish(&out, &targets, &a.output)
+    finish(&out, &targets, &a.output, slow)
 }
 
 fn options(
@@ -82,8 +84,13 @@ fn announce(session: &Session, targets: &[Target]) {
     );
 }
 
-/// Runs the session, writing every exit to `exits` (JSON Lines) when asked.
-async fn run_with_exits(session: Session, exits: Option<&Path>) -> Result<Outcome> {
+/// Runs the session, writing every exit to `exits` (JSON Lines) and keeping the slow ones
+/// when asked.
+async fn run_with_exits(
+    session: Session,
+    exits: Option<&Path>,
+    mut slow: Option<&mut SlowExits>,
+) -> Result<Outcome> {
     let mut w = match exits {
         Some(p) => Some(BufWriter::new(
             File::create(p).with_context(|| format!("create {}", p.display()))?,
@@ -91,6 +98,9 @@ async fn run_with_exits(session: Session, exits: Option<&Path>) -> Result<Outcom
         None => None,
     };
     let sink = |e: &Exit| -> Result<()> {
+        if let Some(s) = slow.as_deref_mut() {
+            s.offer(e);
+        }
         if let Some(w) = w.as_mut() {
             serde_json::to_writer(&mut *w, e)?;
             w.write_all(b"\n")?;
@@ -105,7 +115,7 @@ async fn run_with_exits(session: Session, exits: Option<&Path>) -> Result<Outcom
 }
 
 /// Says why recording stopped, writes the data file and a one-line summary.
-fn finish(out: &Outcome, targets: &[Target], path: &Path) -> Result<()> {
+fn finish(out: &Outcome, targets: &[Target], path: &Path, slow: Option<SlowExits>) -> Result<()> {
     match &out.stop {
         Stop::TargetsExited => {
             for t in &out.exited {
@@ -120,7 +130,8 @@ fn finish(out: &Outcome, targets: &[Target], path: &Path) -> Result<()> {
         Stop::Signal(sig) => eprintln!("kvmprof: {sig}: stopping, keeping what was recorded"),
         Stop::Duration | Stop::Caller => {}
     }
-    let header = datafile::Header::live(out, targets);
+    let mut header = datafile::Header::live(out, targets);
+    header.slow = slow;
     datafile::write(path, &header, &out.aggregate)
         .with_context(|| format!("write {}", path.display()))?;
     eprintln!(
@@ -177,7 +188,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     if !status.success() {
         bail!("the demo guest failed ({status})");
     }
-    finish(&out, &[t], &a.output)?;
+    finish(&out, &[t], &a.output, None)?;
     let (header, agg) = datafile::read(&a.output)?;
     print!(
         "{}",

@@ -312,6 +312,9 @@ fn table(r: &Report) -> String {
     group_table(&mut out, r);
     breakdown_table(&mut out, r);
     ports_table(&mut out, r);
+    if let Some(slow) = &r.header.slow {
+        slow.render(&mut out);
+    }
     out
 }
 
@@ -538,6 +541,7 @@ mod tests {
             start_ts_ns: 0,
             duration_ns: 2 * SEC,
             own_cost: None,
+            slow: None,
         }
     }
 

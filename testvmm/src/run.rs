@@ -107,6 +107,7 @@ fn plan(w: &Workload) -> Result<Plan> {
         },
         forever: w.forever,
         rate: w.rate,
+        pio_in_delay: Duration::from_millis(w.pio_in_delay_ms),
     })
 }
 

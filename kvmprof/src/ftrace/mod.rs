@@ -162,6 +162,7 @@ fn header(import: &Import) -> Header {
             .zip(start)
             .map_or(0, |(end, start)| end.saturating_sub(start)),
         own_cost: None,
+        slow: None,
     }
 }
 
