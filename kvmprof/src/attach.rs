@@ -3,12 +3,13 @@
 use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::HashMap,
-    programs::{FEntry, FExit, KProbe, TracePoint},
+    programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use kvmprof_common::Config;
 
 use crate::{
+    btfproto::{self, Arg},
     kernel::Facts,
     model::Stage,
     plan::{Mode, Plan},
@@ -86,10 +87,17 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, pids: &[u32]) -> Result<()> {
         pid_map.insert(p, 1, 0)?;
     }
 
+    // Prototypes of raw tracepoints; without BTF every tracepoint stays classic.
+    let protos = btfproto::Btf::load(Some("kvm")).ok();
     for tp in &plan.tracepoints {
         let name =
             tracepoint_program(tp).with_context(|| format!("no program for tracepoint {tp}"))?;
         let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
+        if let Some(btf) = &protos {
+            if attach_raw(ebpf, btf, tp, ev) {
+                continue;
+            }
+        }
         let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
         prog.load()
             .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
@@ -143,6 +151,36 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, pids: &[u32]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The raw tracepoint program standing in for a classic one, and the types of the
+/// arguments it reads, by position (`kvmprof-ebpf/src/probes/kvm.rs`).
+fn raw_variant(tp: &str) -> Option<(&'static str, &'static [Arg])> {
+    Some(match tp {
+        "kvm/kvm_pio" => ("raw_kvm_pio", &[Arg::Int(4), Arg::Int(4), Arg::Int(4)]),
+        "kvm/kvm_mmio" => ("raw_kvm_mmio", &[Arg::Int(4), Arg::Int(4), Arg::Int(8)]),
+        "kvm/kvm_userspace_exit" => ("raw_kvm_userspace_exit", &[Arg::Int(4), Arg::Int(4)]),
+        _ => return None,
+    })
+}
+
+/// Attaches the raw tracepoint variant of `tp` where this kernel's prototype has the
+/// arguments it reads; `false` means use the classic tracepoint (no variant, another
+/// prototype, or the kernel refused it).
+fn attach_raw(ebpf: &mut Ebpf, btf: &btfproto::Btf, tp: &str, event: &str) -> bool {
+    let Some((name, want)) = raw_variant(tp) else {
+        return false;
+    };
+    let fits = btf
+        .tracepoint_args(event)
+        .is_some_and(|args| args.len() >= want.len() && args[..want.len()] == *want);
+    if !fits {
+        return false;
+    }
+    let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut RawTracePoint>::try_from) else {
+        return false;
+    };
+    prog.load().is_ok() && prog.attach(event).is_ok()
 }
 
 /// The run-time configuration: cycle boundary and tracepoint field offsets of this kernel.

@@ -1,6 +1,7 @@
 //! kvmprof: an eBPF profiler of KVM VM exits.
 mod aggregate;
 mod attach;
+mod btfproto;
 mod cli;
 mod collect;
 mod datafile;

@@ -145,9 +145,10 @@ fn the_report_shows_kvmprofs_own_bpf_cost() {
     let programs = cost["programs"]
         .as_array()
         .expect("BPF run time per program");
+    // `raw_kvm_pio` where the kernel's BTF prototype allows a raw tracepoint.
     let pio = programs
         .iter()
-        .find(|p| p["name"] == "kvm_pio")
+        .find(|p| p["name"] == "kvm_pio" || p["name"] == "raw_kvm_pio")
         .unwrap_or_else(|| panic!("no kvm_pio in {cost}"));
     // Every in-kernel exit ran kvm_pio at least once (other VMMs on the host add runs).
     assert!(
@@ -158,7 +159,7 @@ fn the_report_shows_kvmprofs_own_bpf_cost() {
     let text = kvmprof(&["report", "-i", data.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
-        text.contains("kvmprof's own cost: BPF ") && text.contains(" ns/exit (kvm_pio "),
+        text.contains("kvmprof's own cost: BPF ") && text.contains("kvm_pio "),
         "{text}"
     );
 }

@@ -1,5 +1,12 @@
-//! KVM tracepoints. Field offsets come from the running kernel's format files (`Config`).
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+//! KVM tracepoints, as classic tracepoints (fields at the offsets of the running kernel's
+//! format files, `Config`) and, for the three that fire on every I/O exit, as raw
+//! tracepoints too (arguments by position, without the classic tracepoint's copy of its
+//! fields into a record). Userspace attaches a raw one only where the kernel's BTF
+//! prototype (`btf_trace_<name>`) has the arguments at the positions read here.
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use kvmprof_common::{boundary, fixed, flag, space};
 
 use super::field::field;
@@ -19,12 +26,24 @@ pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
     try_userspace_exit(&ctx).unwrap_or(0)
 }
 
+/// `TP_PROTO(__u32 reason, int errno)`.
+#[raw_tracepoint(tracepoint = "kvm_userspace_exit")]
+pub fn raw_kvm_userspace_exit(ctx: RawTracePointContext) -> u32 {
+    let (reason, errno) = (ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as i32);
+    userspace_exit(reason, errno).unwrap_or(0)
+}
+
 fn try_userspace_exit(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config();
-    let (pid, tid, st) = maps::current(true)?;
     // Offsets come from this kernel's format file for this tracepoint.
     let reason: u32 = field::<_, { fixed::UEXIT_REASON }>(ctx, &cfg, cfg.uexit_reason_off)?;
     let errno: i32 = field::<_, { fixed::UEXIT_ERRNO }>(ctx, &cfg, cfg.uexit_errno_off)?;
+    userspace_exit(reason, errno)
+}
+
+fn userspace_exit(reason: u32, errno: i32) -> Option<u32> {
+    let cfg = maps::config();
+    let (pid, tid, st) = maps::current(true)?;
     exit::kvm_run_exit(pid, tid, st, cfg.boundary, exit::now(), reason, errno);
     Some(0)
 }
@@ -34,15 +53,32 @@ pub fn kvm_pio(ctx: TracePointContext) -> u32 {
     try_pio(&ctx).unwrap_or(0)
 }
 
+/// `TP_PROTO(unsigned int rw, unsigned int port, unsigned int size, unsigned int count,
+/// const void *data)`.
+#[raw_tracepoint(tracepoint = "kvm_pio")]
+pub fn raw_kvm_pio(ctx: RawTracePointContext) -> u32 {
+    let (rw, port, size) = (
+        ctx.arg::<u64>(0) as u32,
+        ctx.arg::<u64>(1) as u32,
+        ctx.arg::<u64>(2) as u32,
+    );
+    pio(rw, port, size).unwrap_or(0)
+}
+
 fn try_pio(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config();
-    let (pid, tid, st) = maps::current(true)?;
     // Offsets come from this kernel's format file for this tracepoint.
     let (rw, port, size): (u32, u32, u32) = (
         field::<_, { fixed::PIO_RW }>(ctx, &cfg, cfg.pio_rw_off)?,
         field::<_, { fixed::PIO_PORT }>(ctx, &cfg, cfg.pio_port_off)?,
         field::<_, { fixed::PIO_SIZE }>(ctx, &cfg, cfg.pio_size_off)?,
     );
+    pio(rw, port, size)
+}
+
+fn pio(rw: u32, port: u32, size: u32) -> Option<u32> {
+    let cfg = maps::config();
+    let (pid, tid, st) = maps::current(true)?;
     let ts = exit::now();
     let write = rw == KVM_PIO_OUT;
     if st.await_pio_in != 0 {
@@ -69,15 +105,31 @@ pub fn kvm_mmio(ctx: TracePointContext) -> u32 {
     try_mmio(&ctx).unwrap_or(0)
 }
 
+/// `TP_PROTO(int type, int len, u64 gpa, void *val)`.
+#[raw_tracepoint(tracepoint = "kvm_mmio")]
+pub fn raw_kvm_mmio(ctx: RawTracePointContext) -> u32 {
+    let (ty, len, gpa) = (
+        ctx.arg::<u64>(0) as u32,
+        ctx.arg::<u64>(1) as u32,
+        ctx.arg::<u64>(2),
+    );
+    mmio(ty, len, gpa).unwrap_or(0)
+}
+
 fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
     let cfg = maps::config();
-    let (pid, tid, st) = maps::current(true)?;
     // Offsets come from this kernel's format file for this tracepoint.
     let (ty, len, gpa): (u32, u32, u64) = (
         field::<_, { fixed::MMIO_TYPE }>(ctx, &cfg, cfg.mmio_type_off)?,
         field::<_, { fixed::MMIO_LEN }>(ctx, &cfg, cfg.mmio_len_off)?,
         field::<_, { fixed::MMIO_GPA }>(ctx, &cfg, cfg.mmio_gpa_off)?,
     );
+    mmio(ty, len, gpa)
+}
+
+fn mmio(ty: u32, len: u32, gpa: u64) -> Option<u32> {
+    let cfg = maps::config();
+    let (pid, tid, st) = maps::current(true)?;
     if st.await_mmio_read != 0 {
         st.await_mmio_read = 0;
         if ty == MMIO_READ {
