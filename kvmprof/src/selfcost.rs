@@ -46,7 +46,7 @@ pub fn programs(ebpf: &Ebpf) -> Vec<ProgramCost> {
             })
         })
         .collect();
-    out.sort_by(|a, b| b.run_ns.cmp(&a.run_ns));
+    out.sort_by_key(|p| std::cmp::Reverse(p.run_ns));
     out
 }
 

@@ -227,7 +227,11 @@ fn run_once(testvmm: &Path, args: &str, mode: &Mode, scratch: &Path) -> Result<S
                 .filter(|l| l.starts_with('@') && !l.starts_with("@s["))
                 .map(|l| l.trim_end_matches(": ").trim_end_matches(':'))
                 .collect();
-            (stdout.clone(), format!("bpftrace: {}", maps.join(", ")), None)
+            (
+                stdout.clone(),
+                format!("bpftrace: {}", maps.join(", ")),
+                None,
+            )
         }
     };
     // The VMM prints one JSON line; bpftrace adds its own lines around it on the same stdout.
@@ -333,7 +337,7 @@ type Cell = Result<Vec<Sample>, String>;
 type Row<'a> = (&'a str, Vec<Cell>);
 
 /// kvmprof's recordings (without `--exits`) of a row.
-fn recordings<'a>(cells: &'a [Cell]) -> Vec<(&'a Sample, &'a Recorded)> {
+fn recordings(cells: &[Cell]) -> Vec<(&Sample, &Recorded)> {
     cells
         .get(1)
         .and_then(|c| c.as_ref().ok())
@@ -459,7 +463,11 @@ fn print_own_cost(rows: &[Row]) {
                 .collect(),
         )
         .unwrap_or(0.0);
-        let rss = recs.iter().map(|(_, r)| r.peak_rss_bytes).max().unwrap_or(0);
+        let rss = recs
+            .iter()
+            .map(|(_, r)| r.peak_rss_bytes)
+            .max()
+            .unwrap_or(0);
         let lost: u64 = recs.iter().map(|(_, r)| r.lost).sum();
         let exact = recs.iter().filter(|(s, r)| s.exits == r.exits).count();
         println!(
