@@ -28,8 +28,8 @@ mod sink {
     const BPF_RB_AVAIL_DATA: u64 = 0;
 
     /// Appends one exit to this CPU's batch: a few stores into a per-CPU map value instead
-    /// of a ring-buffer reservation per exit. A batch that cannot be written is counted as
-    /// lost exits, never silent.
+    /// of a ring-buffer reservation per exit. `fill` sets every field (the slot holds an
+    /// older record). A batch that cannot be written is counted as lost exits, never silent.
     pub fn emit(fill: impl FnOnce(&mut ExitRecord)) {
         let Some(b) = BATCHES.get_ptr_mut(0) else {
             bump(counter::LOST);
@@ -44,8 +44,6 @@ mod sink {
             bump(counter::LOST);
             return;
         };
-        // SAFETY: a valid record slot of the map value.
-        unsafe { core::ptr::write_bytes(rec as *mut ExitRecord, 0, 1) };
         fill(rec);
         let ts = rec.ts_ns;
         if i == 0 {
@@ -95,6 +93,10 @@ pub mod sink {
 
 fn header(r: &mut ExitRecord, k: u8, pid: u32, tid: u32, st: &ThreadState, ts: u64) {
     r.kind = k;
+    r._pad = 0;
+    r._pad2 = 0;
+    r.user_reason = 0;
+    r.errno = 0;
     r.pid = pid;
     r.tid = tid;
     r.vcpu_fd = st.vcpu_fd;

@@ -38,7 +38,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 /// which aya freezes: the verifier knows every field as a constant and prunes the branches
 /// of other kernels' boundaries.
 #[no_mangle]
-static CONFIG: Config = Config {
+pub static CONFIG: Config = Config {
     boundary: 0,
     filter_pids: 0,
     kvm_exit_reason_off: 0,
@@ -57,13 +57,16 @@ static CONFIG: Config = Config {
     fixed_fields: 0,
 };
 
-/// The load-time configuration. Read volatile so that the compiler does not fold the
-/// placeholder values above into the code.
-#[inline(always)]
-pub fn config() -> Config {
-    // SAFETY: a static; the volatile read only stops constant folding.
-    unsafe { core::ptr::read_volatile(&CONFIG) }
+/// One field of the load-time configuration. Read volatile so that the compiler does not
+/// fold the placeholder values above into the code; one load, whose value the verifier
+/// knows.
+macro_rules! config {
+    ($field:ident) => {
+        // SAFETY: a field of a static; the volatile read only stops constant folding.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::maps::CONFIG.$field)) }
+    };
 }
+pub(crate) use config;
 
 pub fn bump(idx: u32) {
     add(idx, 1);
@@ -106,7 +109,7 @@ pub fn current(create: bool) -> Option<(u32, u32, &'static mut ThreadState)> {
 /// A thread's first state: whether its process is traced is decided here, once.
 fn fresh(st: &mut ThreadState, id: u64, tgid: u32) {
     // SAFETY: plain lookup; the value is only tested for presence.
-    let traced = config().filter_pids == 0 || unsafe { PIDS.get(tgid) }.is_some();
+    let traced = config!(filter_pids) == 0 || unsafe { PIDS.get(tgid) }.is_some();
     *st = ThreadState {
         tag: id,
         traced: traced as u32,

@@ -1,6 +1,5 @@
 //! Reading the fields of a classic tracepoint's record.
 use aya_ebpf::{programs::TracePointContext, EbpfContext};
-use kvmprof_common::Config;
 
 /// Reads a `T` of the record: at `FIXED` straight from the context when userspace found
 /// every fixed offset right for this kernel (`Config::fixed_fields`, a constant to the
@@ -10,10 +9,9 @@ use kvmprof_common::Config;
 #[inline(always)]
 pub fn field<T: Copy, const FIXED: u32>(
     ctx: &TracePointContext,
-    cfg: &Config,
     off: u32,
 ) -> Option<T> {
-    if cfg.fixed_fields != 0 {
+    if crate::maps::config!(fixed_fields) != 0 {
         // SAFETY: userspace checked that this kernel's record has the field at FIXED.
         Some(unsafe {
             core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(FIXED as usize) as *const T)

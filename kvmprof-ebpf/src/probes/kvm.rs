@@ -34,17 +34,15 @@ pub fn raw_kvm_userspace_exit(ctx: RawTracePointContext) -> u32 {
 }
 
 fn try_userspace_exit(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config();
     // Offsets come from this kernel's format file for this tracepoint.
-    let reason: u32 = field::<_, { fixed::UEXIT_REASON }>(ctx, &cfg, cfg.uexit_reason_off)?;
-    let errno: i32 = field::<_, { fixed::UEXIT_ERRNO }>(ctx, &cfg, cfg.uexit_errno_off)?;
+    let reason: u32 = field::<_, { fixed::UEXIT_REASON }>(ctx, maps::config!(uexit_reason_off))?;
+    let errno: i32 = field::<_, { fixed::UEXIT_ERRNO }>(ctx, maps::config!(uexit_errno_off))?;
     userspace_exit(reason, errno)
 }
 
 fn userspace_exit(reason: u32, errno: i32) -> Option<u32> {
-    let cfg = maps::config();
     let (pid, tid, st) = maps::current(true)?;
-    exit::kvm_run_exit(pid, tid, st, cfg.boundary, exit::now(), reason, errno);
+    exit::kvm_run_exit(pid, tid, st, maps::config!(boundary), exit::now(), reason, errno);
     Some(0)
 }
 
@@ -66,18 +64,16 @@ pub fn raw_kvm_pio(ctx: RawTracePointContext) -> u32 {
 }
 
 fn try_pio(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config();
     // Offsets come from this kernel's format file for this tracepoint.
     let (rw, port, size): (u32, u32, u32) = (
-        field::<_, { fixed::PIO_RW }>(ctx, &cfg, cfg.pio_rw_off)?,
-        field::<_, { fixed::PIO_PORT }>(ctx, &cfg, cfg.pio_port_off)?,
-        field::<_, { fixed::PIO_SIZE }>(ctx, &cfg, cfg.pio_size_off)?,
+        field::<_, { fixed::PIO_RW }>(ctx, maps::config!(pio_rw_off))?,
+        field::<_, { fixed::PIO_PORT }>(ctx, maps::config!(pio_port_off))?,
+        field::<_, { fixed::PIO_SIZE }>(ctx, maps::config!(pio_size_off))?,
     );
     pio(rw, port, size)
 }
 
 fn pio(rw: u32, port: u32, size: u32) -> Option<u32> {
-    let cfg = maps::config();
     let (pid, tid, st) = maps::current(true)?;
     let ts = exit::now();
     let write = rw == KVM_PIO_OUT;
@@ -96,7 +92,7 @@ fn pio(rw: u32, port: u32, size: u32) -> Option<u32> {
         addr: port as u64,
         size,
     };
-    exit::identify_io(pid, tid, st, cfg.boundary, ts, io);
+    exit::identify_io(pid, tid, st, maps::config!(boundary), ts, io);
     Some(0)
 }
 
@@ -117,18 +113,16 @@ pub fn raw_kvm_mmio(ctx: RawTracePointContext) -> u32 {
 }
 
 fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config();
     // Offsets come from this kernel's format file for this tracepoint.
     let (ty, len, gpa): (u32, u32, u64) = (
-        field::<_, { fixed::MMIO_TYPE }>(ctx, &cfg, cfg.mmio_type_off)?,
-        field::<_, { fixed::MMIO_LEN }>(ctx, &cfg, cfg.mmio_len_off)?,
-        field::<_, { fixed::MMIO_GPA }>(ctx, &cfg, cfg.mmio_gpa_off)?,
+        field::<_, { fixed::MMIO_TYPE }>(ctx, maps::config!(mmio_type_off))?,
+        field::<_, { fixed::MMIO_LEN }>(ctx, maps::config!(mmio_len_off))?,
+        field::<_, { fixed::MMIO_GPA }>(ctx, maps::config!(mmio_gpa_off))?,
     );
     mmio(ty, len, gpa)
 }
 
 fn mmio(ty: u32, len: u32, gpa: u64) -> Option<u32> {
-    let cfg = maps::config();
     let (pid, tid, st) = maps::current(true)?;
     if st.await_mmio_read != 0 {
         st.await_mmio_read = 0;
@@ -143,7 +137,7 @@ fn mmio(ty: u32, len: u32, gpa: u64) -> Option<u32> {
         addr: gpa,
         size: len,
     };
-    exit::identify_io(pid, tid, st, cfg.boundary, exit::now(), io);
+    exit::identify_io(pid, tid, st, maps::config!(boundary), exit::now(), io);
     st.mmio_unsatisfied = (ty == MMIO_UNSATISFIED_READ) as u32;
     Some(0)
 }
@@ -154,15 +148,14 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config();
     let (_, _, st) = maps::current(false)?;
     // SAFETY: offsets come from this kernel's format file for this tracepoint (whose
     // layout varies between kernels, so it has no fixed fast path).
     let (reason, isa, vcpu): (u32, u32, u32) = unsafe {
         (
-            ctx.read_at(cfg.kvm_exit_reason_off as usize).ok()?,
-            ctx.read_at(cfg.kvm_exit_isa_off as usize).ok()?,
-            ctx.read_at(cfg.kvm_exit_vcpu_off as usize).ok()?,
+            ctx.read_at(maps::config!(kvm_exit_reason_off) as usize).ok()?,
+            ctx.read_at(maps::config!(kvm_exit_isa_off) as usize).ok()?,
+            ctx.read_at(maps::config!(kvm_exit_vcpu_off) as usize).ok()?,
         )
     };
     let sp = if isa == KVM_ISA_VMX {
@@ -172,7 +165,7 @@ fn try_exit(ctx: &TracePointContext) -> Option<u32> {
     };
     exit::identify_reason(
         st,
-        cfg.boundary,
+        maps::config!(boundary),
         exit::now(),
         sp as u32,
         reason,
@@ -187,7 +180,7 @@ pub fn kvm_entry(ctx: TracePointContext) -> u32 {
 }
 
 fn try_entry(_ctx: &TracePointContext) -> Option<u32> {
-    if maps::config().boundary != boundary::KVM_ENTRY {
+    if maps::config!(boundary) != boundary::KVM_ENTRY {
         return Some(0);
     }
     let (pid, tid, st) = maps::current(false)?;

@@ -12,7 +12,7 @@ use crate::{exit, maps};
 fn try_enter(s: usize) -> Option<u32> {
     // Only threads seen entering KVM_RUN have state; a hook never creates it.
     let (pid, tid, st) = maps::current(false)?;
-    exit::stage_enter(pid, tid, st, maps::config().boundary, s, exit::now());
+    exit::stage_enter(pid, tid, st, maps::config!(boundary), s, exit::now());
     Some(0)
 }
 

@@ -11,14 +11,13 @@ pub fn kvm_run_enter(ctx: TracePointContext) -> u32 {
 }
 
 fn try_kvm_run_enter(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config();
     // Offsets come from this kernel's format file for this tracepoint.
-    let cmd: u64 = field::<_, { fixed::IOCTL_CMD }>(ctx, &cfg, cfg.ioctl_cmd_off)?;
+    let cmd: u64 = field::<_, { fixed::IOCTL_CMD }>(ctx, maps::config!(ioctl_cmd_off))?;
     if cmd & 0xffff_ffff != KVM_RUN {
         return Some(0);
     }
     let (_, _, st) = maps::current(true)?;
-    let fd: u64 = field::<_, { fixed::IOCTL_FD }>(ctx, &cfg, cfg.ioctl_fd_off)?;
+    let fd: u64 = field::<_, { fixed::IOCTL_FD }>(ctx, maps::config!(ioctl_fd_off))?;
     exit::kvm_run_enter(st, fd as i32, exit::now());
     Some(0)
 }
