@@ -7,10 +7,7 @@ use aya_ebpf::{programs::TracePointContext, EbpfContext};
 /// the format file. The verifier refuses context loads at computed offsets, so only an
 /// offset known when compiling can be a direct load.
 #[inline(always)]
-pub fn field<T: Copy, const FIXED: u32>(
-    ctx: &TracePointContext,
-    off: u32,
-) -> Option<T> {
+pub fn field<T: Copy, const FIXED: u32>(ctx: &TracePointContext, off: u32) -> Option<T> {
     if crate::maps::config!(fixed_fields) != 0 {
         // SAFETY: userspace checked that this kernel's record has the field at FIXED.
         Some(unsafe {

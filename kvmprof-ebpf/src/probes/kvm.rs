@@ -42,7 +42,15 @@ fn try_userspace_exit(ctx: &TracePointContext) -> Option<u32> {
 
 fn userspace_exit(reason: u32, errno: i32) -> Option<u32> {
     let (pid, tid, st) = maps::current(true)?;
-    exit::kvm_run_exit(pid, tid, st, maps::config!(boundary), exit::now(), reason, errno);
+    exit::kvm_run_exit(
+        pid,
+        tid,
+        st,
+        maps::config!(boundary),
+        exit::now(),
+        reason,
+        errno,
+    );
     Some(0)
 }
 
@@ -153,9 +161,11 @@ fn try_exit(ctx: &TracePointContext) -> Option<u32> {
     // layout varies between kernels, so it has no fixed fast path).
     let (reason, isa, vcpu): (u32, u32, u32) = unsafe {
         (
-            ctx.read_at(maps::config!(kvm_exit_reason_off) as usize).ok()?,
+            ctx.read_at(maps::config!(kvm_exit_reason_off) as usize)
+                .ok()?,
             ctx.read_at(maps::config!(kvm_exit_isa_off) as usize).ok()?,
-            ctx.read_at(maps::config!(kvm_exit_vcpu_off) as usize).ok()?,
+            ctx.read_at(maps::config!(kvm_exit_vcpu_off) as usize)
+                .ok()?,
         )
     };
     let sp = if isa == KVM_ISA_VMX {
