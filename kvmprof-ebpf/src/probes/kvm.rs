@@ -157,15 +157,18 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
 
 fn try_exit(ctx: &TracePointContext) -> Option<u32> {
     let (_, _, st) = maps::current(false)?;
+    let offsets = (
+        maps::config!(kvm_exit_reason_off) as usize,
+        maps::config!(kvm_exit_isa_off) as usize,
+        maps::config!(kvm_exit_vcpu_off) as usize,
+    );
     // SAFETY: offsets come from this kernel's format file for this tracepoint (whose
     // layout varies between kernels, so it has no fixed fast path).
     let (reason, isa, vcpu): (u32, u32, u32) = unsafe {
         (
-            ctx.read_at(maps::config!(kvm_exit_reason_off) as usize)
-                .ok()?,
-            ctx.read_at(maps::config!(kvm_exit_isa_off) as usize).ok()?,
-            ctx.read_at(maps::config!(kvm_exit_vcpu_off) as usize)
-                .ok()?,
+            ctx.read_at(offsets.0).ok()?,
+            ctx.read_at(offsets.1).ok()?,
+            ctx.read_at(offsets.2).ok()?,
         )
     };
     let sp = if isa == KVM_ISA_VMX {
