@@ -1,12 +1,13 @@
 //! A real VMM: `kvmprof record --pid qemu` on `qemu-system-x86_64 -accel kvm` booting
 //! SeaBIOS reports its port and MMIO exits with their addresses.
 use std::{
+    io::{BufRead, BufReader},
     process::{Command, Stdio},
     thread::sleep,
     time::Duration,
 };
 
-use kvmprof_tests::{report_json, scratch, skip_without_kvm, stderr};
+use kvmprof_tests::{report_json, scratch, skip_without_kvm};
 
 #[test]
 fn record_by_name_reports_qemu_port_and_mmio_exits() {
@@ -30,7 +31,7 @@ fn record_by_name_reports_qemu_port_and_mmio_exits() {
     // QEMU starts paused (-S) and resumes on a QMP `cont`, so recording sees the BIOS boot.
     sleep(Duration::from_millis(500));
     let data = scratch("qemu").join("q.data");
-    let rec = Command::new(kvmprof_tests::bin("kvmprof"))
+    let mut rec = Command::new(kvmprof_tests::bin("kvmprof"))
         .args([
             "record",
             "--pid",
@@ -43,18 +44,34 @@ fn record_by_name_reports_qemu_port_and_mmio_exits() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start kvmprof");
-    sleep(Duration::from_millis(1500));
+    // Resume the guest only once every hook is attached (kvmprof says "recording"): the
+    // BIOS reads fw_cfg in its first milliseconds, and attaching takes a while on a loaded
+    // machine.
+    let mut err_lines = BufReader::new(rec.stderr.take().expect("kvmprof stderr")).lines();
+    let mut err = String::new();
+    for line in err_lines.by_ref() {
+        let line = line.expect("kvmprof stderr");
+        err.push_str(&line);
+        err.push('\n');
+        if line.contains("recording") {
+            break;
+        }
+    }
     {
         use std::io::Write;
         let stdin = qemu.stdin.as_mut().expect("qmp stdin");
         let _ = stdin.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"cont\"}\n");
     }
-    let out = rec.wait_with_output().expect("kvmprof");
+    for line in err_lines {
+        err.push_str(&line.expect("kvmprof stderr"));
+        err.push('\n');
+    }
+    let status = rec.wait().expect("kvmprof");
     let _ = qemu.kill();
     let _ = qemu.wait();
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(status.success(), "{err}");
     let r = report_json(&data, "reason");
-    assert!(stderr(&out).contains("qemu"), "{}", stderr(&out));
+    assert!(err.contains("qemu"), "{err}");
     let ports = r["ports"].as_array().expect("ports");
     let pio: Vec<_> = ports.iter().filter(|p| p["space"] == "pio").collect();
     let mmio: Vec<_> = ports.iter().filter(|p| p["space"] == "mmio").collect();
