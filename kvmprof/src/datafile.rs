@@ -52,6 +52,8 @@ use crate::kernel::Facts;
 use crate::model::{Exit, Reason, ReasonSpace, Stage, Vendor};
 use crate::output;
 use crate::plan::Plan;
+use crate::selfcost::OwnCost;
+use crate::slow::SlowExits;
 use crate::target::Target;
 use crate::vendor::reason_name;
 
@@ -136,6 +138,12 @@ pub struct Header {
     /// Set on read when the file ends without its end record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut: Option<Cut>,
+    /// What the recording cost (live recordings only; known at the end: the end record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_cost: Option<OwnCost>,
+    /// `record --slow`: the exits over its threshold (from the end record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow: Option<SlowExits>,
 }
 
 /// Where a data file without its end record was cut, and what of it is kept.
@@ -194,6 +202,8 @@ impl Header {
             unobserved: None,
             stop: None,
             cut: None,
+            own_cost: None,
+            slow: None,
         }
     }
 }
@@ -257,6 +267,10 @@ struct EndRecord {
     lost: u64,
     #[serde(default)]
     unobserved: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    own_cost: Option<OwnCost>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slow: Option<SlowExits>,
 }
 
 /// How a recording ended, for its end record.
@@ -268,6 +282,10 @@ pub struct End {
     pub lost: u64,
     /// Exits already under way when the window opened (see [`Header::unobserved`]).
     pub unobserved: Option<u64>,
+    /// See [`Header::own_cost`].
+    pub own_cost: Option<OwnCost>,
+    /// See [`Header::slow`].
+    pub slow: Option<SlowExits>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -399,6 +417,8 @@ impl<W: Write> Writer<W> {
             stop: end.stop.clone(),
             lost: end.lost,
             unobserved: end.unobserved,
+            own_cost: end.own_cost.clone(),
+            slow: end.slow.clone(),
         };
         let line = format!("{END_MARK}{}\n", serde_json::to_string(&rec)?);
         self.emit(line.as_bytes())?;
@@ -512,6 +532,8 @@ pub fn write(path: &Path, h: &Header, exits: &[Exit], interval_ns: u64) -> Resul
         stop: h.stop.clone().unwrap_or_else(|| "end of input".to_owned()),
         lost: 0,
         unobserved: h.unobserved,
+        own_cost: h.own_cost.clone(),
+        slow: h.slow.clone(),
     };
     let written = w
         .write_header(h, base_ts_ns)
@@ -621,6 +643,8 @@ fn parse(bytes: &[u8]) -> Result<(Header, Aggregate)> {
             fh.header.duration_ns = end.duration_ns;
             fh.header.stop = Some(end.stop);
             fh.header.unobserved = end.unobserved;
+            fh.header.own_cost = end.own_cost;
+            fh.header.slow = end.slow;
             a.add_lost(end.lost);
         }
         (None, Some(cp)) => {
@@ -831,6 +855,8 @@ mod tests {
             unobserved: Some(2),
             stop: None,
             cut: None,
+            own_cost: None,
+            slow: None,
         }
     }
 
@@ -974,6 +1000,8 @@ mod tests {
             stop: "SIGINT".into(),
             lost: 2,
             unobserved: Some(2),
+            own_cost: None,
+            slow: None,
         };
         let bytes = w.finish(&end).unwrap();
 

@@ -2,6 +2,7 @@
 mod aggregate;
 mod analyze;
 mod attach;
+mod btfproto;
 mod cli;
 mod collect;
 mod datafile;
@@ -22,8 +23,10 @@ mod plot;
 mod probes;
 mod record;
 mod report;
+mod selfcost;
 mod series;
 mod serve;
+mod slow;
 mod spawn;
 mod target;
 mod tui;

@@ -19,6 +19,7 @@ use crate::{
     output::{self, Output},
     plan::HookPref,
     report,
+    slow::SlowExits,
     spawn::{self, spawn_held},
     target::{self, Target},
 };
@@ -52,7 +53,8 @@ pub async fn record(a: RecordArgs) -> Result<()> {
         a.duration,
         a.interval,
     ))?;
-    let rec = Recorder::start(&session, data, exits, &targets, a.interval)?;
+    let mut rec = Recorder::start(&session, data, exits, &targets, a.interval)?;
+    rec.slow = a.slow.clone().map(SlowExits::new);
     announce(&session, &targets);
     let child = held.map(|h| (h.name().to_owned(), h.release()));
     let result = rec.run(session).await;
@@ -122,6 +124,8 @@ struct Recorder {
     data: Writer<Output>,
     path: PathBuf,
     exits: Option<ExitLines>,
+    /// `--slow`: the exits over its threshold, listed in the end record.
+    slow: Option<SlowExits>,
     /// The first write error; it stops the recording.
     error: Option<anyhow::Error>,
 }
@@ -152,6 +156,7 @@ impl Recorder {
             data: w,
             path,
             exits,
+            slow: None,
             error: None,
         })
     }
@@ -173,6 +178,9 @@ impl Recorder {
 
     fn add(&mut self, e: &Exit) -> Result<()> {
         self.data.add(e);
+        if let Some(s) = &mut self.slow {
+            s.offer(e);
+        }
         match &mut self.exits {
             Some(x) => x.add(e),
             None => Ok(()),
@@ -203,6 +211,8 @@ impl Recorder {
             stop: stop_label(&out.stop),
             lost: out.counters.lost,
             unobserved: Some(out.counters.unobserved),
+            own_cost: Some(out.own_cost.clone()),
+            slow: self.slow,
         };
         self.data
             .finish(&end)
@@ -312,12 +322,6 @@ fn finish(out: &Outcome, targets: &[Target], rec: Recorder, child: Option<&Ended
         bail!(
             "no VM exits recorded from {}: it never ran a vCPU (KVM_RUN) while recording",
             names.join(", ")
-        );
-    }
-    if out.orphans > 0 {
-        note!(
-            "{} VMM round trips followed exits from before recording began (not counted)",
-            out.orphans
         );
     }
     Ok(())

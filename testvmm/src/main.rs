@@ -40,6 +40,9 @@ struct Args {
     /// `in`s from port 0x3fd per round: KVM_EXIT_IO to userspace.
     #[arg(long, default_value_t = 0)]
     pio_in: u64,
+    /// The VMM takes this long to answer each `in` (e.g. 200ms; bare number = ms).
+    #[arg(long, value_parser = parse_millis, default_value = "0")]
+    pio_in_delay: Duration,
     /// Cap on each vCPU's average exits/s. The VMM sleeps at userspace exits;
     /// in-kernel exits still come in bursts of up to --pio-kernel.
     #[arg(long)]
@@ -77,6 +80,7 @@ fn main() -> Result<()> {
         pio_kernel: args.pio_kernel,
         mmio_user: args.mmio,
         pio_in: args.pio_in,
+        pio_in_delay_ms: millis(args.pio_in_delay),
         rate: args.rate,
         start_delay_ms: millis(args.start_delay),
         forever: args.forever,

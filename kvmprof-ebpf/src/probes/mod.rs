@@ -1,4 +1,6 @@
 //! Program entry points, one module per kind of hook.
+mod field;
 mod kvm;
 mod stages;
 mod syscall;
+mod task;

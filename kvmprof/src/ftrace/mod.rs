@@ -192,6 +192,8 @@ fn header(import: &Capture) -> Header {
         unobserved: None,
         stop: Some("end of trace".to_owned()),
         cut: None,
+        own_cost: None,
+        slow: None,
     }
 }
 
