@@ -161,8 +161,12 @@ fn attach_thread_exit(ebpf: &mut Ebpf) -> Result<()> {
     let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
     prog.load()
         .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
-    prog.attach("sched", "sched_process_exit")
-        .map_err(|e| anyhow!("attach tracepoint sched/sched_process_exit: {}", describe(&e)))?;
+    prog.attach("sched", "sched_process_exit").map_err(|e| {
+        anyhow!(
+            "attach tracepoint sched/sched_process_exit: {}",
+            describe(&e)
+        )
+    })?;
     Ok(())
 }
 

@@ -44,15 +44,7 @@ fn userspace_exit(reason: u32, errno: i32) -> Option<u32> {
     let (pid, tid, st) = maps::current(true)?;
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
-    exit::kvm_run_exit(
-        pid,
-        tid,
-        st,
-        maps::config!(boundary),
-        ts,
-        reason,
-        errno,
-    );
+    exit::kvm_run_exit(pid, tid, st, maps::config!(boundary), ts, reason, errno);
     Some(0)
 }
 
