@@ -49,6 +49,9 @@ mod sink {
         if i == 0 {
             b.first_ts = ts;
         }
+        // The record is whole before `len` covers it: userspace copies batches while they
+        // fill (see `Batch`).
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
         b.len = i as u32 + 1;
         if i + 1 >= BATCH || ts.saturating_sub(b.first_ts) >= BATCH_AGE_NS {
             flush(b);

@@ -36,8 +36,12 @@ impl Collector {
         }
         // SAFETY: the kernel wrote a whole Batch (checked length); unaligned read.
         let b: Batch = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let from = match self.taken.remove(&b.cpu) {
-            Some((gen, n)) if gen == b.gen => n,
+        // What was taken of a later generation (the ring may lag the copies) stays.
+        let from = match self.taken.get(&b.cpu) {
+            Some(&(gen, n)) if gen == b.gen => {
+                self.taken.remove(&b.cpu);
+                n
+            }
             _ => 0,
         };
         self.in_ring.insert(b.cpu, b.gen);
@@ -256,6 +260,17 @@ mod tests {
         // A copy of that generation read late (the kernel had not yet moved on) is skipped.
         c.per_cpu(&[batch(0, 4, 0..64)], Some(&[batch(0, 4, 0..64)]), &mut out);
         assert_eq!(out.len(), 64);
+    }
+
+    #[test]
+    fn records_taken_from_a_newer_generation_than_the_ring_has_reached_are_kept() {
+        let mut c = Collector::default();
+        let mut out = vec![];
+        // Generation 3 went to the ring but is not read yet; 2 records of 4 are copied.
+        c.per_cpu(&[batch(0, 4, 0..2)], Some(&[batch(0, 4, 0..2)]), &mut out);
+        c.ring(bytes(&batch(0, 3, 100..164)), &mut out);
+        c.ring(bytes(&batch(0, 4, 0..64)), &mut out);
+        assert_eq!(out.len(), 2 + 64 + 62, "each exit once");
     }
 
     #[test]
