@@ -123,7 +123,9 @@ fn slow_lists_exactly_the_exits_over_the_threshold() {
         .lines()
         .filter(|l| {
             let e: Value = serde_json::from_str(l).unwrap();
-            e["stages"]["vmm"].as_u64().is_some_and(|ns| ns > 40_000_000)
+            e["stages"]["vmm"]
+                .as_u64()
+                .is_some_and(|ns| ns > 40_000_000)
         })
         .count();
     assert_eq!(over as u64, want);
