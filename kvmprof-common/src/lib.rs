@@ -32,16 +32,13 @@ pub mod stage {
 /// [`ThreadState::stage_start`] and the `hook_*` programs.
 pub const HOOKED_STAGES: usize = 4;
 
-/// What a ring-buffer record is.
+/// What a record is.
 pub mod kind {
-    /// A completed exit.
+    /// A completed exit. A userspace exit is complete once the VMM called KVM_RUN again
+    /// (its round trip, `stage_ns[VMM]`) and, for a PIO read, once `kvm:kvm_pio` revealed the
+    /// port at its completion: the kernel holds it per thread until then, so every record is
+    /// a whole exit and records may arrive in any order.
     pub const EXIT: u8 = 1;
-    /// The VMM called KVM_RUN again after a userspace exit of this thread: carries the
-    /// userspace round trip (`stage_ns[VMM]`). Userspace joins it to that thread's last exit.
-    pub const RESUME: u8 = 2;
-    /// A PIO read that went to userspace completed after the next KVM_RUN: `kvm:kvm_pio`
-    /// fires only then for reads, so this carries the port of that thread's last exit.
-    pub const PIO_IN_DONE: u8 = 3;
 }
 
 /// How to read [`ExitRecord::reason`].
@@ -85,7 +82,7 @@ pub mod flag {
     pub const UNOBSERVED: u32 = 1 << 6;
 }
 
-/// One record in the ring buffer (104 bytes).
+/// One exit (104 bytes), inside a [`Batch`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitRecord {
@@ -131,7 +128,42 @@ pub mod boundary {
     pub const ENTER_GUEST: u32 = 3;
 }
 
-/// Run-time configuration written by userspace into the `CONFIG` array before attaching.
+/// Exits per [`Batch`]: one ring-buffer write per this many exits instead of one per exit.
+pub const BATCH: usize = 64;
+
+/// Exits collected on one CPU, written to the ring buffer as one record when full (or when
+/// its first exit is older than [`BATCH_AGE_NS`]). Userspace also reads the batches still
+/// partly filled from the per-CPU map, without writing it: on every tick (so that the last
+/// exits of a CPU gone quiet are not held while a session runs on) and when recording ends.
+///
+/// Within one generation the kernel only appends (`recs[i]` is written before `len` covers
+/// it), and a write to the ring bumps `gen`: a copy whose `gen` is unchanged in a later copy
+/// holds `len` whole records, and the ring record of that generation tells userspace which
+/// of its records it has already taken (its first `len` as copied).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Batch {
+    /// Valid records in `recs`.
+    pub len: u32,
+    /// The CPU whose batch this is (set when written to the ring).
+    pub cpu: u32,
+    /// Writes of this CPU's batch to the ring so far: 0 for the first batch.
+    pub gen: u64,
+    /// `ts_ns` of `recs[0]`.
+    pub first_ts: u64,
+    pub recs: [ExitRecord; BATCH],
+}
+
+/// A batch whose first exit is older than this is written at the next exit on its CPU, so
+/// that `top` and the interval log lag the exits by little while they flow.
+pub const BATCH_AGE_NS: u64 = 50_000_000;
+
+/// Slots of the per-thread state array (indexed by tid, tagged with pid and tid); threads
+/// whose slot is taken use the `THREADS_SPILL` hash.
+pub const STATE_SLOTS: u32 = 4096;
+
+/// Run-time configuration, set by userspace as the `CONFIG` global before load: a constant
+/// to the verifier, no map lookup per event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -164,6 +196,25 @@ pub struct Config {
     pub btf_exit_deref_off: u32,
     pub btf_exit_reason_off: u32,
     pub btf_exit_vcpu_id_off: u32,
+    /// 1 when every field above that has a [`fixed`] offset is at that offset in this
+    /// kernel: the programs then load the fields straight from the record (an offset known
+    /// when compiling), otherwise through `bpf_probe_read` at the offsets above.
+    pub fixed_fields: u32,
+}
+
+/// The offsets of tracepoint fields in the kernels kvmprof was written against, compiled
+/// into the fast path. Userspace checks them against the running kernel's format files.
+pub mod fixed {
+    pub const PIO_RW: u32 = 8;
+    pub const PIO_PORT: u32 = 12;
+    pub const PIO_SIZE: u32 = 16;
+    pub const MMIO_TYPE: u32 = 8;
+    pub const MMIO_LEN: u32 = 12;
+    pub const MMIO_GPA: u32 = 16;
+    pub const UEXIT_REASON: u32 = 8;
+    pub const UEXIT_ERRNO: u32 = 12;
+    pub const IOCTL_FD: u32 = 16;
+    pub const IOCTL_CMD: u32 = 24;
 }
 
 /// The recording window, written by userspace into the `WINDOW` array (one element).
@@ -194,6 +245,13 @@ pub const NO_DEREF: u32 = u32::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadState {
+    /// `pid << 32 | tid` of the owner; 0 for a free slot.
+    pub tag: u64,
+    /// The owner's process is traced (decided once, when the state is created).
+    pub traced: u32,
+    /// `pending` holds a userspace exit waiting for its round trip or port.
+    pub has_pending: u32,
+    pub pending: ExitRecord,
     pub vcpu_fd: i32,
     /// An exit has been opened (cycle started or identified) and not yet emitted.
     pub open: u32,
@@ -237,7 +295,9 @@ pub mod counter {
     /// Exits whose start was not observed (the thread was inside KVM_RUN when the window
     /// opened): not in the recording, counted here.
     pub const UNOBSERVED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Threads whose state slot was taken and went to the spill hash (information only).
+    pub const SPILLED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// `KVM_RUN` = `_IO(KVMIO, 0x80)`.
@@ -245,8 +305,9 @@ pub const KVM_RUN: u64 = 0xae80;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are repr(C) plain integers with no padding holes left implicit.
+    // SAFETY: all are repr(C) plain integers with no padding holes left implicit.
     unsafe impl aya::Pod for super::ExitRecord {}
+    unsafe impl aya::Pod for super::Batch {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ThreadState {}
     unsafe impl aya::Pod for super::Window {}

@@ -12,40 +12,66 @@ pub fn now() -> u64 {
     unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
 }
 
-/// Where records and counters go: the ring buffer and the counters map in the kernel.
+/// Where records and counters go: this CPU's batch, written to the ring buffer when full.
 #[cfg(target_arch = "bpf")]
 mod sink {
     use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-    use kvmprof_common::{counter, ExitRecord};
+    use kvmprof_common::{counter, Batch, ExitRecord, BATCH, BATCH_AGE_NS};
 
     pub use crate::maps::bump;
-    use crate::maps::EVENTS;
+    use crate::maps::{add, BATCHES, EVENTS};
 
-    /// Wake the reader only once this much is waiting: a wake-up per exit would cost the
-    /// profiled vCPU a context switch of the reader on every exit. The reader also drains
-    /// on a short timer, so records never wait long.
+    /// Wake the reader only once this much is waiting: a wake-up per write would cost the
+    /// profiled vCPU a context switch of the reader. The reader also drains on a short
+    /// timer, so batches never wait long.
     const WAKEUP_BYTES: u64 = 256 << 10;
     const BPF_RB_AVAIL_DATA: u64 = 0;
 
-    /// Writes one record; a full ring buffer is counted, never silent.
+    /// Appends one exit to this CPU's batch: a few stores into a per-CPU map value instead
+    /// of a ring-buffer reservation per exit. `fill` sets every field (the slot holds an
+    /// older record). A batch that cannot be written is counted as lost exits, never silent.
     pub fn emit(fill: impl FnOnce(&mut ExitRecord)) {
-        match EVENTS.reserve::<ExitRecord>(0) {
-            Some(mut entry) => {
-                let rec = entry.as_mut_ptr();
-                // SAFETY: the reservation is sizeof(ExitRecord) bytes and exclusively ours.
-                unsafe {
-                    core::ptr::write_bytes(rec, 0, 1);
-                    fill(&mut *rec);
-                }
-                let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
-                    BPF_RB_FORCE_WAKEUP
-                } else {
-                    BPF_RB_NO_WAKEUP
-                };
-                entry.submit(wake as u64);
-            }
-            None => bump(counter::LOST),
+        let Some(b) = BATCHES.get_ptr_mut(0) else {
+            bump(counter::LOST);
+            return;
+        };
+        // SAFETY: per-CPU map value, no other writer on this CPU while we run.
+        let b = unsafe { &mut *b };
+        let i = b.len as usize;
+        let Some(rec) = b.recs.get_mut(i) else {
+            // Never left full (written below as soon as it fills); bounds the index.
+            flush(b);
+            bump(counter::LOST);
+            return;
+        };
+        fill(rec);
+        let ts = rec.ts_ns;
+        if i == 0 {
+            b.first_ts = ts;
         }
+        // The record is whole before `len` covers it: userspace copies batches while they
+        // fill (see `Batch`).
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+        b.len = i as u32 + 1;
+        if i + 1 >= BATCH || ts.saturating_sub(b.first_ts) >= BATCH_AGE_NS {
+            flush(b);
+        }
+    }
+
+    fn flush(b: &mut Batch) {
+        // SAFETY: helper without preconditions.
+        b.cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+        let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
+        if EVENTS.output::<Batch>(&*b, wake as u64).is_err() {
+            add(counter::LOST, b.len as u64);
+        }
+        // A new generation: userspace's copies of the old one are now in the ring.
+        b.gen += 1;
+        b.len = 0;
     }
 }
 
@@ -75,6 +101,10 @@ pub mod sink {
 
 fn header(r: &mut ExitRecord, k: u8, pid: u32, tid: u32, st: &ThreadState, ts: u64) {
     r.kind = k;
+    r._pad = 0;
+    r._pad2 = 0;
+    r.user_reason = 0;
+    r.errno = 0;
     r.pid = pid;
     r.tid = tid;
     r.vcpu_fd = st.vcpu_fd;
@@ -82,11 +112,46 @@ fn header(r: &mut ExitRecord, k: u8, pid: u32, tid: u32, st: &ThreadState, ts: u
     r.ts_ns = ts;
 }
 
+fn fill_exit(
+    r: &mut ExitRecord,
+    pid: u32,
+    tid: u32,
+    st: &ThreadState,
+    ts: u64,
+    user: Option<(u32, i32)>,
+) {
+    header(r, kind::EXIT, pid, tid, st, ts);
+    r.space = st.space as u8;
+    r.reason = st.reason;
+    r.flags = st.flags;
+    r.io_addr = st.io_addr;
+    r.io_size = st.io_size as u8;
+    let mut i = 0;
+    while i < STAGES {
+        r.stage_ns[i] = st.stage_ns[i];
+        i += 1;
+    }
+    if let Some((reason, errno)) = user {
+        r.flags |= flag::USERSPACE;
+        r.user_reason = reason;
+        if errno != 0 {
+            r.flags |= flag::ERRNO;
+            r.errno = errno;
+        }
+        // Without a vendor reason, the VMM's KVM_EXIT_* is the most specific one.
+        if r.space == space::NONE || r.space == space::TRACEPOINT {
+            r.space = space::USERSPACE;
+            r.reason = reason;
+        }
+    }
+}
+
 /// The time since the current cycle began, or 0 with the open exit marked
 /// [`flag::UNOBSERVED`] when that start was not seen. Every program acts only inside the
 /// recording window and a thread's state is created empty, so `cycle_start_ns == 0` means
-/// the thread was already inside KVM_RUN (or a stage) when the window opened: its exit
-/// began before the window and must not get a duration measured from time zero.
+/// the thread was already inside KVM_RUN (or a stage) when the window opened (or when its
+/// process began to be traced): its exit began before and must not get a duration measured
+/// from time zero.
 fn since_cycle_start(st: &mut ThreadState, ts: u64) -> u64 {
     if st.cycle_start_ns == 0 {
         st.flags |= flag::UNOBSERVED;
@@ -96,13 +161,20 @@ fn since_cycle_start(st: &mut ThreadState, ts: u64) -> u64 {
 }
 
 /// Emits the open exit of `st` and clears it. `user` carries (KVM_EXIT_* reason, errno)
-/// when the exit ends in a return to userspace. An exit whose start was not observed is
-/// only counted.
+/// when the exit ends in a return to userspace: such an exit is held in `st.pending` until
+/// its VMM round trip (and a PIO read's port) is known, so that it leaves whole. An exit
+/// whose start was not observed is only counted.
 fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i32)>) {
     if st.flags & flag::UNOBSERVED != 0 {
         bump(counter::UNOBSERVED);
+    } else if user.is_some() {
+        release_pending(st);
+        let mut rec = ExitRecord::default();
+        fill_exit(&mut rec, pid, tid, st, ts, user);
+        st.pending = rec;
+        st.has_pending = 1;
     } else {
-        emit_open(pid, tid, st, ts, user);
+        emit(|r| fill_exit(r, pid, tid, st, ts, None));
     }
     st.open = 0;
     st.identified = 0;
@@ -116,33 +188,12 @@ fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i
     st.stage_ns = [0; STAGES];
 }
 
-fn emit_open(pid: u32, tid: u32, st: &ThreadState, ts: u64, user: Option<(u32, i32)>) {
-    emit(|r| {
-        header(r, kind::EXIT, pid, tid, st, ts);
-        r.space = st.space as u8;
-        r.reason = st.reason;
-        r.flags = st.flags;
-        r.io_addr = st.io_addr;
-        r.io_size = st.io_size as u8;
-        let mut i = 0;
-        while i < STAGES {
-            r.stage_ns[i] = st.stage_ns[i];
-            i += 1;
-        }
-        if let Some((reason, errno)) = user {
-            r.flags |= flag::USERSPACE;
-            r.user_reason = reason;
-            if errno != 0 {
-                r.flags |= flag::ERRNO;
-                r.errno = errno;
-            }
-            // Without a vendor reason, the VMM's KVM_EXIT_* is the most specific one.
-            if r.space == space::NONE || r.space == space::TRACEPOINT {
-                r.space = space::USERSPACE;
-                r.reason = reason;
-            }
-        }
-    });
+/// Emits the held userspace exit as it is (its completion never came, or will not).
+pub fn release_pending(st: &mut ThreadState) {
+    if st.has_pending != 0 {
+        emit(|r| *r = st.pending);
+        st.has_pending = 0;
+    }
 }
 
 /// Starts a new cycle at `ts`: the previous open exit (handled in the kernel, since the
@@ -216,13 +267,13 @@ pub fn identify_reason(st: &mut ThreadState, bound: u32, ts: u64, sp: u32, reaso
 }
 
 /// KVM_RUN entered: the VMM's round trip since the last return ends here.
-pub fn kvm_run_enter(pid: u32, tid: u32, st: &mut ThreadState, fd: i32, ts: u64) {
-    if st.user_since_ns != 0 {
-        let vmm = ts.saturating_sub(st.user_since_ns);
-        emit(|r| {
-            header(r, kind::RESUME, pid, tid, st, ts);
-            r.stage_ns[stage::VMM] = vmm;
-        });
+pub fn kvm_run_enter(st: &mut ThreadState, fd: i32, ts: u64) {
+    if st.user_since_ns != 0 && st.has_pending != 0 {
+        st.pending.stage_ns[stage::VMM] = ts.saturating_sub(st.user_since_ns);
+        // A PIO read's port arrives with its completion, after this entry.
+        if st.await_pio_in == 0 {
+            release_pending(st);
+        }
     }
     st.vcpu_fd = fd;
     st.user_since_ns = 0;
@@ -298,14 +349,14 @@ pub fn kvm_run_exit(
     st.run_start_ns = 0;
 }
 
-/// The port of a userspace PIO read, revealed by its completion.
-pub fn pio_in_done(pid: u32, tid: u32, st: &ThreadState, ts: u64, port: u64, size: u32) {
-    emit(|r| {
-        header(r, kind::PIO_IN_DONE, pid, tid, st, ts);
-        r.flags = flag::PIO;
-        r.io_addr = port;
-        r.io_size = size as u8;
-    });
+/// The port of a userspace PIO read, revealed by its completion: the held exit is whole.
+pub fn pio_in_done(st: &mut ThreadState, port: u64, size: u32) {
+    if st.has_pending != 0 {
+        st.pending.flags |= flag::PIO;
+        st.pending.io_addr = port;
+        st.pending.io_size = size as u8;
+    }
+    release_pending(st);
 }
 
 /// Entry of a hooked stage function.
@@ -411,7 +462,7 @@ mod tests {
     #[test]
     fn svm_exits_get_every_stage_nested_and_close_at_the_next_vendor_run() {
         let mut st = fresh();
-        kvm_run_enter(PID, TID, &mut st, 7, 0);
+        kvm_run_enter(&mut st, 7, 0);
         svm_io_exit(&mut st, 0);
         assert!(
             records().is_empty(),
@@ -441,7 +492,7 @@ mod tests {
     fn a_missed_return_does_not_leak_into_the_next_exit() {
         let mut st = fresh();
         let b = boundary::VENDOR_RUN;
-        kvm_run_enter(PID, TID, &mut st, 7, 0);
+        kvm_run_enter(&mut st, 7, 0);
         stage_enter(PID, TID, &mut st, b, stage::VENDOR_RUN, 100);
         stage_exit(&mut st, stage::VENDOR_RUN, 200);
         stage_enter(PID, TID, &mut st, b, stage::HANDLER, 250);
@@ -468,7 +519,7 @@ mod tests {
     fn a_return_without_its_entry_is_not_a_stage() {
         let mut st = fresh();
         let b = boundary::VENDOR_RUN;
-        kvm_run_enter(PID, TID, &mut st, 7, 0);
+        kvm_run_enter(&mut st, 7, 0);
         stage_enter(PID, TID, &mut st, b, stage::VENDOR_RUN, 100);
         // Entry and return swapped: the return comes first.
         stage_exit(&mut st, stage::HANDLER, 300);
@@ -482,11 +533,18 @@ mod tests {
     fn pvm_in_kernel_exits_are_timed_between_consecutive_exits() {
         let mut st = fresh();
         let b = boundary::IDENT;
-        kvm_run_enter(PID, TID, &mut st, 7, 1000);
+        kvm_run_enter(&mut st, 7, 1000);
         identify_io(PID, TID, &mut st, b, 1300, pio(0x700, true));
         identify_io(PID, TID, &mut st, b, 1700, pio(0x700, true));
         identify_io(PID, TID, &mut st, b, 2000, pio(0x3f8, true));
         kvm_run_exit(PID, TID, &mut st, b, 2500, 2, 0);
+        assert_eq!(
+            records().len(),
+            2,
+            "the userspace exit waits for its VMM round trip"
+        );
+        // The VMM handles it and calls KVM_RUN again: its round trip completes the exit.
+        kvm_run_enter(&mut st, 7, 4000);
         let r = records();
         assert_eq!(r.len(), 3);
         assert_eq!(r[0].stage_ns[stage::CYCLE], 300, "since KVM_RUN entry");
@@ -503,22 +561,20 @@ mod tests {
         );
         assert_eq!(user.stage_ns[stage::CYCLE], 300);
         assert_eq!(user.stage_ns[stage::KVM_RUN], 1500);
-        // The VMM handles it and calls KVM_RUN again: its round trip.
-        kvm_run_enter(PID, TID, &mut st, 7, 4000);
-        let resume = records()[3];
-        assert_eq!(
-            (resume.kind, resume.stage_ns[stage::VMM]),
-            (kind::RESUME, 1500)
-        );
+        assert_eq!(user.stage_ns[stage::VMM], 1500);
+        assert_eq!(st.has_pending, 0);
     }
 
     #[test]
     fn a_return_to_userspace_for_another_reason_closes_the_in_kernel_exit_first() {
         let mut st = fresh();
         let b = boundary::IDENT;
-        kvm_run_enter(PID, TID, &mut st, 7, 1000);
+        kvm_run_enter(&mut st, 7, 1000);
         identify_io(PID, TID, &mut st, b, 1100, pio(0x700, true));
         kvm_run_exit(PID, TID, &mut st, b, 1300, KVM_EXIT_HLT, 0);
+        // The VMM never calls KVM_RUN again (end of recording): userspace takes the held
+        // exit from the thread state.
+        release_pending(&mut st);
         let r = records();
         assert_eq!(r.len(), 2);
         assert_eq!(
@@ -526,26 +582,45 @@ mod tests {
             (space::TRACEPOINT, 0)
         );
         assert_eq!((r[1].space, r[1].reason), (space::USERSPACE, KVM_EXIT_HLT));
+        assert_eq!(r[1].stage_ns[stage::VMM], 0);
     }
 
     #[test]
     fn a_pio_read_to_userspace_waits_for_its_port() {
         let mut st = fresh();
         let b = boundary::IDENT;
-        kvm_run_enter(PID, TID, &mut st, 7, 1000);
+        kvm_run_enter(&mut st, 7, 1000);
         kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0);
         assert_eq!(
             st.await_pio_in, 1,
             "kvm_pio fires for reads only on completion"
         );
-        kvm_run_enter(PID, TID, &mut st, 7, 1200);
-        pio_in_done(PID, TID, &st, 1210, 0x3fd, 1);
+        kvm_run_enter(&mut st, 7, 1200);
+        assert!(records().is_empty(), "still waiting for the port");
+        pio_in_done(&mut st, 0x3fd, 1);
         let r = records();
+        assert_eq!(r.len(), 1);
         assert_eq!(
-            r.iter().map(|r| r.kind).collect::<Vec<_>>(),
-            [kind::EXIT, kind::RESUME, kind::PIO_IN_DONE]
+            (r[0].kind, r[0].io_addr, r[0].io_size),
+            (kind::EXIT, 0x3fd, 1)
         );
-        assert_eq!(r[2].io_addr, 0x3fd);
+        assert_eq!(r[0].stage_ns[stage::VMM], 100);
+        assert_eq!(r[0].flags & (flag::PIO | flag::WRITE), flag::PIO);
+    }
+
+    #[test]
+    fn a_second_userspace_exit_releases_a_held_one_that_never_completed() {
+        let mut st = fresh();
+        let b = boundary::IDENT;
+        kvm_run_enter(&mut st, 7, 1000);
+        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0);
+        kvm_run_enter(&mut st, 7, 1200);
+        // The read's completion is missed; the next return to the VMM comes first.
+        kvm_run_exit(PID, TID, &mut st, b, 1400, KVM_EXIT_HLT, 0);
+        let r = records();
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].user_reason, r[0].stage_ns[stage::VMM]), (2, 100));
+        assert_eq!(st.has_pending, 1);
     }
 
     #[test]
@@ -555,17 +630,19 @@ mod tests {
         identify_io(PID, TID, &mut st, b, LATE, pio(0x3f8, true));
         kvm_run_exit(PID, TID, &mut st, b, LATE + 100, 2, 0);
         assert!(records().is_empty(), "no made-up cycle from time zero");
-        assert_eq!(unobserved(), 1);
-        // Its VMM round trip belongs to an exit outside the recording: no RESUME.
-        kvm_run_enter(PID, TID, &mut st, 7, LATE + 1000);
+        assert_eq!((unobserved(), st.has_pending), (1, 0), "nothing held");
+        // Its VMM round trip belongs to an exit outside the recording: nothing joined.
+        kvm_run_enter(&mut st, 7, LATE + 1000);
         assert!(records().is_empty());
         // The next exit began inside the window: recorded, timed from KVM_RUN entry.
         identify_io(PID, TID, &mut st, b, LATE + 1300, pio(0x3f8, true));
         kvm_run_exit(PID, TID, &mut st, b, LATE + 1400, 2, 0);
+        kvm_run_enter(&mut st, 7, LATE + 1600);
         let r = records();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].stage_ns[stage::CYCLE], 300);
         assert_eq!(r[0].stage_ns[stage::KVM_RUN], 400);
+        assert_eq!(r[0].stage_ns[stage::VMM], 200);
         assert_eq!(r[0].flags & flag::UNOBSERVED, 0);
         assert_eq!(unobserved(), 1);
     }
@@ -596,6 +673,7 @@ mod tests {
             assert!(records().is_empty(), "boundary {b}");
             assert_eq!(unobserved(), 1, "boundary {b}");
             assert_eq!(st.user_since_ns, 0, "boundary {b}: no round trip to join");
+            assert_eq!(st.has_pending, 0, "boundary {b}: nothing held");
         }
     }
 

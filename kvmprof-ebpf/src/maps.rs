@@ -1,27 +1,38 @@
-//! Maps shared by all probes. Sizes of `EVENTS` and `THREADS` are set by userspace at load.
+//! Maps and load-time configuration shared by all probes. The size of `EVENTS` is set by
+//! userspace at load.
 use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use kvmprof_common::{counter, Config, ThreadState, Window};
+use kvmprof_common::{counter, Batch, Config, ThreadState, Window, STATE_SLOTS};
 
-/// Completed exits and their joins (`kvmprof_common::kind`).
+/// Batches of completed exits (`kvmprof_common::Batch`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// Processes (tgids) to trace when `Config::filter_pids` is set.
+/// The batch being filled on each CPU.
+#[map]
+pub static BATCHES: PerCpuArray<Batch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Processes (tgids) to trace when `Config::filter_pids` is set. Looked up when a thread's
+/// state is created, and again on the events of a thread not traced so far.
 #[map]
 pub static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
-/// Per-thread exit state, keyed by tid. LRU so threads that die never fill the map.
+/// Per-thread exit state in a slot indexed by tid and tagged with pid and tid: an array
+/// lookup is inlined by the verifier, a hash lookup is a helper call and a hash per event.
 #[map]
-pub static THREADS: LruHashMap<u32, ThreadState> = LruHashMap::with_max_entries(16384, 0);
+pub static THREADS: Array<ThreadState> = Array::with_max_entries(STATE_SLOTS, 0);
 
+/// State of threads whose slot is taken by another thread (tid collisions, dead threads).
+/// LRU so that threads that die never fill it.
 #[map]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub static THREADS_SPILL: LruHashMap<u64, ThreadState> = LruHashMap::with_max_entries(4096, 0);
 
 /// The recording window (`kvmprof_common::Window`): the one switch userspace turns on after
-/// every hook is attached and off before any is detached.
+/// every hook is attached and off before any is detached. A map, not a load-time global:
+/// it changes while the programs run.
 #[map]
 pub static WINDOW: Array<Window> = Array::with_max_entries(1, 0);
 
@@ -29,56 +40,124 @@ pub static WINDOW: Array<Window> = Array::with_max_entries(1, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// Set by userspace before load (`EbpfLoader::override_global`). It lives in `.rodata`,
+/// which aya freezes: the verifier knows every field as a constant and prunes the branches
+/// of other kernels' boundaries.
+#[no_mangle]
+pub static CONFIG: Config = Config {
+    boundary: 0,
+    filter_pids: 0,
+    kvm_exit_reason_off: 0,
+    kvm_exit_vcpu_off: 0,
+    kvm_exit_isa_off: 0,
+    pio_rw_off: 0,
+    pio_port_off: 0,
+    pio_size_off: 0,
+    mmio_type_off: 0,
+    mmio_len_off: 0,
+    mmio_gpa_off: 0,
+    uexit_reason_off: 0,
+    uexit_errno_off: 0,
+    ioctl_fd_off: 0,
+    ioctl_cmd_off: 0,
+    btf_exit_deref_off: 0,
+    btf_exit_reason_off: 0,
+    btf_exit_vcpu_id_off: 0,
+    fixed_fields: 0,
+};
+
+/// One field of the load-time configuration. Read volatile so that the compiler does not
+/// fold the placeholder values above into the code; one load, whose value the verifier
+/// knows.
+macro_rules! config {
+    ($field:ident) => {
+        // SAFETY: a field of a static; the volatile read only stops constant folding.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::maps::CONFIG.$field)) }
+    };
+}
+pub(crate) use config;
+
+/// The time of this event if it is inside the recording window. The time is read first:
+/// an event at `ts >= start` then sees the window userspace wrote before `start` (live.rs).
+#[inline(always)]
+pub fn window_now() -> Option<u64> {
+    let ts = crate::exit::now();
+    WINDOW.get(0).is_some_and(|w| w.contains(ts)).then_some(ts)
+}
+
 pub fn bump(idx: u32) {
+    add(idx, 1);
+}
+
+pub fn add(idx: u32, n: u64) {
     if let Some(c) = COUNTERS.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
-        unsafe { *c += 1 };
+        unsafe { *c += n };
     }
 }
 
-pub fn config() -> Option<&'static Config> {
-    CONFIG.get(0)
-}
-
-/// Whether an event at `ts` counts. `ts` must be read before calling: an event read at
-/// `ts >= start` then sees the window userspace wrote before `start` (see live.rs).
-pub fn in_window(ts: u64) -> bool {
-    WINDOW.get(0).is_some_and(|w| w.contains(ts))
-}
-
-/// The current (tgid, tid) if this process is traced.
-pub fn traced_task(cfg: &Config) -> Option<(u32, u32)> {
-    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+/// The current thread: (tgid, tid) and its state if its process is traced. `create` makes
+/// the state of a thread seen for the first time (KVM_RUN entry and the KVM tracepoints);
+/// stage hooks never create it.
+#[inline(always)]
+pub fn current(create: bool) -> Option<(u32, u32, &'static mut ThreadState)> {
+    let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     let tid = id as u32;
-    // SAFETY: plain lookup; the value is only tested for presence.
-    if cfg.filter_pids != 0 && unsafe { PIDS.get(tgid) }.is_none() {
-        return None;
+    let slot = THREADS.get_ptr_mut(tid & (STATE_SLOTS - 1))?;
+    // SAFETY: map value pointer valid for this program run; one thread = one writer.
+    let slot = unsafe { &mut *slot };
+    let st = if slot.tag == id {
+        slot
+    } else if !create {
+        spilled(id)?
+    } else if slot.tag == 0 {
+        fresh(slot, id, tgid);
+        slot
+    } else {
+        spill(id, tgid)?
+    };
+    if st.traced == 0 {
+        // Decided when the state was created; a process added to PIDS since then (`top -p
+        // NAME`, `serve --pid NAME` follow processes that start later) is traced from its
+        // next event. Only untraced threads pay this lookup, never traced ones.
+        // SAFETY: plain lookup; the value is only tested for presence.
+        if config!(filter_pids) == 0 || unsafe { PIDS.get(tgid) }.is_none() {
+            return None;
+        }
+        st.traced = 1;
     }
-    Some((tgid, tid))
+    Some((tgid, tid, st))
 }
 
-/// The state of thread `tid`, created empty when missing.
-pub fn thread_state(tid: u32) -> Option<&'static mut ThreadState> {
-    if let Some(p) = THREADS.get_ptr_mut(tid) {
-        // SAFETY: map value pointer valid for this program run; one thread = one writer.
-        return Some(unsafe { &mut *p });
-    }
-    let fresh = ThreadState {
+/// A thread's first state: whether its process is traced is decided here, once.
+fn fresh(st: &mut ThreadState, id: u64, tgid: u32) {
+    // SAFETY: plain lookup; the value is only tested for presence.
+    let traced = config!(filter_pids) == 0 || unsafe { PIDS.get(tgid) }.is_some();
+    *st = ThreadState {
+        tag: id,
+        traced: traced as u32,
         vcpu_fd: -1,
         vcpu_id: -1,
         ..ThreadState::default()
     };
-    if THREADS.insert(tid, fresh, 0).is_err() {
+}
+
+fn spilled(id: u64) -> Option<&'static mut ThreadState> {
+    // SAFETY: as in `current`.
+    THREADS_SPILL.get_ptr_mut(id).map(|p| unsafe { &mut *p })
+}
+
+fn spill(id: u64, tgid: u32) -> Option<&'static mut ThreadState> {
+    if let Some(st) = spilled(id) {
+        return Some(st);
+    }
+    let mut st = ThreadState::default();
+    fresh(&mut st, id, tgid);
+    if THREADS_SPILL.insert(id, st, 0).is_err() {
         bump(counter::NO_STATE);
         return None;
     }
-    // SAFETY: as above.
-    THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
-}
-
-/// The state of thread `tid` if it exists (stage hooks never create state).
-pub fn existing_state(tid: u32) -> Option<&'static mut ThreadState> {
-    // SAFETY: as in `thread_state`.
-    THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
+    bump(counter::SPILLED);
+    spilled(id)
 }

@@ -11,14 +11,15 @@
 //! go upstream as is.
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, HashMap},
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint},
+    maps::HashMap,
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use kvmprof_common::{Config, NO_DEREF};
 
 use crate::{
     btf,
+    btfproto::{self, Arg},
     kernel::Facts,
     model::Stage,
     plan::{self, HookPref, Mode, Plan},
@@ -62,19 +63,20 @@ fn tracepoint_program(tp: &str) -> Option<&'static str> {
     })
 }
 
-fn load() -> Result<Ebpf> {
+/// Loads the object with `cfg` as its load-time configuration (the `CONFIG` global).
+fn load(cfg: &Config) -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries("EVENTS", RING_BYTES)
+        .override_global("CONFIG", cfg, true)
         .load(OBJECT)
         .map_err(|e| anyhow!("load eBPF object: {e}"))
 }
 
-/// Plans the hooks of one recording and loads the object they come from, once: whether this
-/// kernel (or its sandbox) allows BPF trampolines is only learnt by loading an fentry
-/// program, so the program the plan would use first is loaded from the object the recording
-/// keeps, and stays loaded for `attach` when the final plan uses it.
-pub fn plan_and_load(mut facts: Facts, hooks: HookPref) -> Result<(Facts, Plan, Ebpf)> {
-    let mut ebpf = load()?;
+/// Plans the hooks of one recording. Whether this kernel (or its sandbox) allows BPF
+/// trampolines is the one fact no file tells: it is learnt by loading a two-instruction
+/// fentry program on the function the plan would hook first (`btf::probe_trampoline`), so
+/// kvmprof's own object (and its ring buffer) is loaded once per recording, by [`load_for`].
+pub fn plan(mut facts: Facts, hooks: HookPref) -> Result<(Facts, Plan)> {
     if matches!(hooks, HookPref::Auto | HookPref::Fentry) {
         // Planned as if trampolines were allowed: the first fentry stage is the test load.
         let optimistic = plan::plan(&facts, hooks);
@@ -84,35 +86,31 @@ pub fn plan_and_load(mut facts: Facts, hooks: HookPref) -> Result<(Facts, Plan, 
                 .into_iter()
                 .find(|s| s.mode == Mode::Fentry && facts.btf_funcs.contains_key(&s.symbol))
         });
-        if let Some(sp) = first {
-            facts.fentry = Some(probe_fentry(&mut ebpf, &facts, sp.stage, &sp.symbol));
+        if let Some(target) = first.and_then(|sp| facts.btf_funcs.get(&sp.symbol)) {
+            facts.fentry = Some(btf::probe_trampoline(target).map_err(|e| format!("{e:#}")));
         }
     }
     let plan = plan::plan(&facts, hooks)?;
-    Ok((facts, plan, ebpf))
+    Ok((facts, plan))
 }
 
-/// Loads (does not attach) the fentry program of `stage` on `sym`.
-fn probe_fentry(ebpf: &mut Ebpf, facts: &Facts, stage: Stage, sym: &str) -> Result<(), String> {
-    let stem = program_stem(stage).ok_or("no fentry program for this stage")?;
-    load_fentry(ebpf, facts, &format!("fe_{stem}"), sym).map_err(|e| e.root_cause().to_string())
+/// Loads the object configured for `plan` (the configuration is a load-time global), tracing
+/// only the processes in its PIDS map when `filter` is set.
+pub fn load_for(plan: &Plan, facts: &Facts, filter: bool) -> Result<Ebpf> {
+    load(&config(plan, facts, filter)?)
 }
 
-/// Loads a BTF-targeted tracing program on `target`, unless the fentry probe already did.
+/// Loads a BTF-targeted tracing program on `target`.
 macro_rules! load_btf_program {
     ($ty:ty, $ebpf:expr, $name:expr, $target:expr) => {{
         let prog: &mut $ty = $ebpf
             .program_mut($name)
             .context($name.to_string())?
             .try_into()?;
-        if prog.fd().is_ok() {
-            Ok(())
-        } else {
-            let t: &btf::Target = $target;
-            let fd = btf::open_object(t.module.as_deref())?;
-            prog.load_by_btf_id(t.type_id, fd)
-                .map_err(|e| anyhow!("{}", describe(&e)))
-        }
+        let t: &btf::Target = $target;
+        let fd = btf::open_object(t.module.as_deref())?;
+        prog.load_by_btf_id(t.type_id, fd)
+            .map_err(|e| anyhow!("{}", describe(&e)))
     }};
 }
 
@@ -132,12 +130,9 @@ fn load_fexit(ebpf: &mut Ebpf, facts: &Facts, name: &str, sym: &str) -> Result<(
     load_btf_program!(FExit, ebpf, name, target)
 }
 
-/// Attaches everything in `plan`, filtered to `pids` (all processes when empty).
+/// Attaches everything in `plan` to the object [`plan_and_load`] loaded for it, filtered to
+/// `pids` (that object traces every process when it was loaded without `filter`).
 pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Result<()> {
-    let cfg = config(plan, facts, !pids.is_empty())?;
-    let mut cfg_map: Array<_, Config> =
-        Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
-    cfg_map.set(0, cfg, 0)?;
     let mut pid_map: HashMap<_, u32, u8> =
         HashMap::try_from(ebpf.map_mut("PIDS").context("PIDS map")?)?;
     for p in pids {
@@ -157,6 +152,8 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
         prog.attach()
             .map_err(|e| anyhow!("attach tp_btf {tp}: {}", describe(&e)))?;
     }
+    // Prototypes of raw tracepoints; without BTF every other tracepoint stays classic.
+    let protos = btfproto::Btf::load(Some("kvm")).ok();
     for tp in &plan.tracepoints {
         if plan.btf_tracepoints.contains(tp) {
             continue;
@@ -164,12 +161,18 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
         let name =
             tracepoint_program(tp).with_context(|| format!("no program for tracepoint {tp}"))?;
         let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
+        if let Some(btf) = &protos {
+            if attach_raw(ebpf, btf, tp, ev) {
+                continue;
+            }
+        }
         let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
         prog.load()
             .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
         prog.attach(cat, ev)
             .map_err(|e| anyhow!("attach tracepoint {tp}: {}", describe(&e)))?;
     }
+    attach_thread_exit(ebpf)?;
 
     for sp in &plan.stages {
         let Some(stem) = program_stem(sp.stage) else {
@@ -213,6 +216,52 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
     Ok(())
 }
 
+/// `sched:sched_process_exit`: a thread's held userspace exit is handed over when the thread
+/// ends, not when recording does (`top` and `serve` run on after a VMM exits).
+fn attach_thread_exit(ebpf: &mut Ebpf) -> Result<()> {
+    let name = "thread_exit";
+    let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
+    prog.load()
+        .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
+    prog.attach("sched", "sched_process_exit").map_err(|e| {
+        anyhow!(
+            "attach tracepoint sched/sched_process_exit: {}",
+            describe(&e)
+        )
+    })?;
+    Ok(())
+}
+
+/// The raw tracepoint program standing in for a classic one, and the types of the
+/// arguments it reads, by position (`kvmprof-ebpf/src/probes/kvm.rs`).
+fn raw_variant(tp: &str) -> Option<(&'static str, &'static [Arg])> {
+    Some(match tp {
+        "kvm/kvm_pio" => ("raw_kvm_pio", &[Arg::Int(4), Arg::Int(4), Arg::Int(4)]),
+        "kvm/kvm_mmio" => ("raw_kvm_mmio", &[Arg::Int(4), Arg::Int(4), Arg::Int(8)]),
+        "kvm/kvm_userspace_exit" => ("raw_kvm_userspace_exit", &[Arg::Int(4), Arg::Int(4)]),
+        _ => return None,
+    })
+}
+
+/// Attaches the raw tracepoint variant of `tp` where this kernel's prototype has the
+/// arguments it reads; `false` means use the classic tracepoint (no variant, another
+/// prototype, or the kernel refused it).
+fn attach_raw(ebpf: &mut Ebpf, btf: &btfproto::Btf, tp: &str, event: &str) -> bool {
+    let Some((name, want)) = raw_variant(tp) else {
+        return false;
+    };
+    let fits = btf
+        .tracepoint_args(event)
+        .is_some_and(|args| args.len() >= want.len() && args[..want.len()] == *want);
+    if !fits {
+        return false;
+    }
+    let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut RawTracePoint>::try_from) else {
+        return false;
+    };
+    prog.load().is_ok() && prog.attach(event).is_ok()
+}
+
 /// The run-time configuration: cycle boundary and tracepoint field offsets of this kernel.
 fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
     let exit = |field| {
@@ -227,7 +276,7 @@ fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
         Some(Ok(l)) if plan.btf_tracepoints.iter().any(|t| t == "kvm/kvm_exit") => Some(*l),
         _ => None,
     };
-    Ok(Config {
+    let mut cfg = Config {
         boundary: plan.boundary,
         filter_pids: filter as u32,
         kvm_exit_reason_off: exit("exit_reason")?,
@@ -246,7 +295,29 @@ fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
         btf_exit_deref_off: btf_exit.and_then(|l| l.reason_deref).unwrap_or(NO_DEREF),
         btf_exit_reason_off: btf_exit.map_or(0, |l| l.reason_off),
         btf_exit_vcpu_id_off: btf_exit.map_or(0, |l| l.vcpu_id_off),
-    })
+        fixed_fields: 0,
+    };
+    cfg.fixed_fields = fixed_fields_hold(&cfg) as u32;
+    Ok(cfg)
+}
+
+/// Whether every field the programs can load at a fixed offset is at that offset here.
+fn fixed_fields_hold(c: &Config) -> bool {
+    use kvmprof_common::fixed;
+    [
+        (c.pio_rw_off, fixed::PIO_RW),
+        (c.pio_port_off, fixed::PIO_PORT),
+        (c.pio_size_off, fixed::PIO_SIZE),
+        (c.mmio_type_off, fixed::MMIO_TYPE),
+        (c.mmio_len_off, fixed::MMIO_LEN),
+        (c.mmio_gpa_off, fixed::MMIO_GPA),
+        (c.uexit_reason_off, fixed::UEXIT_REASON),
+        (c.uexit_errno_off, fixed::UEXIT_ERRNO),
+        (c.ioctl_fd_off, fixed::IOCTL_FD),
+        (c.ioctl_cmd_off, fixed::IOCTL_CMD),
+    ]
+    .iter()
+    .all(|(actual, expected)| actual == expected)
 }
 
 /// The kernel's answer inside an aya error: the innermost OS error where there is one

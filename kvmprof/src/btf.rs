@@ -384,7 +384,20 @@ pub fn open_object(module: Option<&str>) -> Result<Option<OwnedFd>> {
     }
 }
 
-/// The three `bpf(2)` commands `open_object` needs, which aya does not expose.
+/// Whether the kernel (or its sandbox) lets a BPF trampoline attach to `target`: loads, and
+/// drops at once, a two-instruction fentry program on it. This is the one fact about
+/// fentry that no file tells; learning it this way loads nothing of kvmprof's own object.
+pub fn probe_trampoline(target: &Target) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let obj = open_object(target.module.as_deref())?;
+    let fd = sys::load_fentry_stub(target.type_id, obj.as_ref().map(|f| f.as_raw_fd()))
+        .map_err(anyhow::Error::from)?;
+    drop(fd);
+    Ok(())
+}
+
+/// The `bpf(2)` commands `open_object` and `probe_trampoline` need, which aya does not
+/// expose.
 mod sys {
     use super::*;
 
@@ -429,6 +442,58 @@ mod sys {
             return Err(std::io::Error::last_os_error());
         }
         Ok(r)
+    }
+
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_TRACING: u32 = 26;
+    const BPF_TRACE_FENTRY: u32 = 24;
+
+    /// `union bpf_attr` for BPF_PROG_LOAD, up to `attach_btf_obj_fd`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoadAttr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+        prog_btf_fd: u32,
+        func_info_rec_size: u32,
+        func_info: u64,
+        func_info_cnt: u32,
+        line_info_rec_size: u32,
+        line_info: u64,
+        line_info_cnt: u32,
+        attach_btf_id: u32,
+        attach_btf_obj_fd: u32,
+    }
+
+    /// Loads `r0 = 0; exit` as an fentry program on BTF type `btf_id` (in the BTF object
+    /// `obj_fd`, or vmlinux without one).
+    pub fn load_fentry_stub(btf_id: u32, obj_fd: Option<i32>) -> std::io::Result<OwnedFd> {
+        // BPF_MOV64_IMM(BPF_REG_0, 0); BPF_EXIT_INSN().
+        let insns: [u64; 2] = [0xb7, 0x95];
+        let license = b"GPL\0";
+        let mut a = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_TRACING,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            expected_attach_type: BPF_TRACE_FENTRY,
+            attach_btf_id: btf_id,
+            attach_btf_obj_fd: obj_fd.unwrap_or(0) as u32,
+            ..Default::default()
+        };
+        let fd = bpf(BPF_PROG_LOAD, &mut a)?;
+        // SAFETY: the kernel returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 
     pub fn next_btf_id(start: u32) -> std::io::Result<u32> {

@@ -75,6 +75,11 @@ pub struct RecordArgs {
     /// and a `schema_version`.
     #[arg(long, value_name = "FILE")]
     pub exits: Option<PathBuf>,
+    /// List every exit slower than this in the report: `10ms` compares each exit's cycle
+    /// and handler, `STAGE=10ms` that stage (cycle, vendor_run, handler, fast_pio,
+    /// kvm_run, vmm).
+    #[arg(long, value_name = "[STAGE=]DURATION", value_parser = crate::slow::parse_rule)]
+    pub slow: Option<crate::slow::Rule>,
     /// Start this VMM command and record it from its first instruction (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -1,105 +1,99 @@
-//! Drains the ring buffer and turns kernel records into [`Exit`]s: joins each userspace
-//! exit with the VMM round trip that follows it (and, for PIO reads, the port that the
-//! completion reveals), and resolves vCPU ids.
-use std::collections::{BTreeSet, HashMap};
+//! Turns what the kernel hands over into [`Exit`]s: the batches of the ring buffer, the
+//! batches still partly filled on each CPU (every tick and when recording ends) and the
+//! userspace exits still held per thread when recording ends; and resolves vCPU ids.
+use std::collections::HashMap;
 
-use kvmprof_common::{flag, kind, space, stage, ExitRecord, STAGES};
+use kvmprof_common::{flag, space, Batch, ExitRecord, ThreadState, BATCH, STAGES};
 
 use crate::model::{Access, Exit, Reason, ReasonSpace};
 
-/// Joins records of one thread into complete exits. Pure: fed records, yields exits.
+/// Collects the exits the kernel hands over, each exactly once: whole batches from the ring
+/// buffer, the records of batches still being filled on each CPU (read without writing,
+/// see [`Batch`]), and the userspace exits threads still hold when recording ends.
 #[derive(Default)]
-pub struct Joiner {
-    /// Userspace exits waiting for their round trip, by tid.
-    pending: HashMap<u32, Exit>,
-    /// Records that referred to an exit we never saw (tracing began mid-round-trip).
-    pub orphans: u64,
+pub struct Collector {
+    pub vcpus: VcpuResolver,
+    /// Per CPU: (generation, records) of its batch already taken from a per-CPU copy.
+    taken: HashMap<u32, (u64, u32)>,
+    /// Per CPU: the last generation that came whole through the ring buffer.
+    in_ring: HashMap<u32, u64>,
     /// The window's end once known: records closed at or after it are outside the recording.
     end_ns: Option<u64>,
 }
 
-impl Joiner {
+impl Collector {
     /// From now on, drops records closed at or after `end_ns`. The kernel already stops at
     /// that instant; this holds the rule even if its switch was written late.
     pub fn end_at(&mut self, end_ns: u64) {
         self.end_ns = Some(end_ns);
     }
 
-    pub fn push(&mut self, rec: &ExitRecord, vcpu: Option<u32>, out: &mut Vec<Exit>) {
+    /// One ring-buffer record: a batch, less what was already taken from its per-CPU copy.
+    /// A record of another size is not ours and yields nothing.
+    pub fn ring(&mut self, bytes: &[u8], out: &mut Vec<Exit>) {
+        if bytes.len() < std::mem::size_of::<Batch>() {
+            return;
+        }
+        // SAFETY: the kernel wrote a whole Batch (checked length); unaligned read.
+        let b: Batch = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        // What was taken of a later generation (the ring may lag the copies) stays.
+        let from = match self.taken.get(&b.cpu) {
+            Some(&(gen, n)) if gen == b.gen => {
+                self.taken.remove(&b.cpu);
+                n
+            }
+            _ => 0,
+        };
+        self.in_ring.insert(b.cpu, b.gen);
+        self.push_records(&b, from, out);
+    }
+
+    /// Takes the records not yet taken from per-CPU batch copies (index = CPU). `first` must
+    /// have been copied before `later`: a CPU whose generation is the same in both had
+    /// `first.len` whole records when `first` was copied. `later` is `None` once the
+    /// programs are detached (nothing changes any more).
+    pub fn per_cpu(&mut self, first: &[Batch], later: Option<&[Batch]>, out: &mut Vec<Exit>) {
+        for (cpu, b) in first.iter().enumerate() {
+            let cpu = cpu as u32;
+            if later.is_some_and(|l| l.get(cpu as usize).is_none_or(|l| l.gen != b.gen))
+                || self.in_ring.get(&cpu).is_some_and(|&g| g >= b.gen)
+            {
+                // Moved on (the ring brings that generation whole) or came through it.
+                continue;
+            }
+            let from = match self.taken.get(&cpu) {
+                Some(&(gen, n)) if gen == b.gen => n,
+                _ => 0,
+            };
+            if b.len > from {
+                self.taken.insert(cpu, (b.gen, b.len));
+                self.push_records(b, from, out);
+            }
+        }
+    }
+
+    /// The userspace exit a thread still holds (its VMM never called KVM_RUN again before
+    /// recording ended): counted, without a round trip.
+    pub fn held(&mut self, st: &ThreadState, out: &mut Vec<Exit>) {
+        if st.tag != 0 && st.traced != 0 && st.has_pending != 0 {
+            self.push(&st.pending, out);
+        }
+    }
+
+    fn push_records(&mut self, b: &Batch, from: u32, out: &mut Vec<Exit>) {
+        let len = (b.len as usize).min(BATCH);
+        for rec in b.recs.get(from as usize..len).unwrap_or_default() {
+            self.push(rec, out);
+        }
+    }
+
+    fn push(&mut self, rec: &ExitRecord, out: &mut Vec<Exit>) {
         if self.end_ns.is_some_and(|end| rec.ts_ns >= end) {
             return;
         }
-        match rec.kind {
-            kind::EXIT => {
-                if let Some(prev) = self.pending.remove(&rec.tid) {
-                    out.push(prev);
-                }
-                let exit = to_exit(rec, vcpu);
-                if rec.flags & flag::USERSPACE != 0 {
-                    self.pending.insert(rec.tid, exit);
-                } else {
-                    out.push(exit);
-                }
-            }
-            kind::RESUME => match self.pending.remove(&rec.tid) {
-                Some(mut e) => {
-                    e.stages[stage::VMM] = nonzero(rec.stage_ns[stage::VMM]);
-                    // A PIO read's port arrives after the resume; keep waiting for it.
-                    if is_port_less_io(&e) {
-                        self.pending.insert(rec.tid, e);
-                    } else {
-                        out.push(e);
-                    }
-                }
-                None => self.orphans += 1,
-            },
-            kind::PIO_IN_DONE => match self.pending.remove(&rec.tid) {
-                Some(mut e) => {
-                    e.access = Some(Access::Pio {
-                        port: rec.io_addr as u16,
-                        size: rec.io_size,
-                        write: false,
-                    });
-                    out.push(e);
-                }
-                None => self.orphans += 1,
-            },
-            _ => self.orphans += 1,
-        }
+        let vcpu = self.vcpus.resolve(rec.pid, rec.vcpu_fd, rec.tid);
+        out.push(to_exit(rec, vcpu));
     }
-
-    /// Emits the exits still waiting of processes that are no longer `alive`: their round
-    /// trip will never come (a recording that goes on, like `top`, would lose them).
-    pub fn flush_exited(&mut self, alive: impl Fn(u32) -> bool, out: &mut Vec<Exit>) {
-        // One look per process, however many of its vCPU threads wait.
-        let pids: BTreeSet<u32> = self.pending.values().map(|e| e.pid).collect();
-        let gone: BTreeSet<u32> = pids.into_iter().filter(|&pid| !alive(pid)).collect();
-        let dead: Vec<u32> = self
-            .pending
-            .iter()
-            .filter(|(_, e)| gone.contains(&e.pid))
-            .map(|(&tid, _)| tid)
-            .collect();
-        let mut rest: Vec<Exit> = dead
-            .iter()
-            .filter_map(|tid| self.pending.remove(tid))
-            .collect();
-        rest.sort_by_key(|e| e.ts_ns);
-        out.extend(rest);
-    }
-
-    /// Emits every exit still waiting for its join (end of recording).
-    pub fn flush(&mut self, out: &mut Vec<Exit>) {
-        let mut rest: Vec<Exit> = self.pending.drain().map(|(_, e)| e).collect();
-        rest.sort_by_key(|e| e.ts_ns);
-        out.extend(rest);
-    }
-}
-
-const KVM_EXIT_IO: u32 = 2;
-
-fn is_port_less_io(e: &Exit) -> bool {
-    e.userspace_reason == Some(KVM_EXIT_IO) && e.access.is_none()
 }
 
 fn nonzero(v: u64) -> Option<u64> {
@@ -199,9 +193,9 @@ mod tests {
     use super::*;
     use crate::model::Stage;
 
-    fn rec(kind: u8, tid: u32, flags: u32) -> ExitRecord {
+    fn rec(tid: u32, flags: u32) -> ExitRecord {
         ExitRecord {
-            kind,
+            kind: kvmprof_common::kind::EXIT,
             tid,
             pid: 1,
             flags,
@@ -210,104 +204,117 @@ mod tests {
         }
     }
 
+    fn batch(cpu: u32, gen: u64, tids: std::ops::Range<u32>) -> Batch {
+        let mut b = Batch {
+            len: tids.len() as u32,
+            cpu,
+            gen,
+            first_ts: 0,
+            recs: [rec(99, 0); BATCH],
+        };
+        for (r, tid) in b.recs.iter_mut().zip(tids) {
+            *r = rec(tid, flag::PIO);
+            r.io_addr = 0x700;
+            r.ts_ns = 1000 + tid as u64;
+            r.stage_ns[Stage::Cycle.index()] = 10;
+        }
+        b
+    }
+
+    fn bytes(b: &Batch) -> &[u8] {
+        // SAFETY: a plain repr(C) value, read as its bytes.
+        unsafe { std::slice::from_raw_parts((b as *const Batch).cast::<u8>(), size_of::<Batch>()) }
+    }
+
+    fn tids(out: &[Exit]) -> Vec<u32> {
+        out.iter().map(|e| e.tid).collect()
+    }
+
     #[test]
-    fn userspace_exit_waits_for_its_round_trip() {
-        let mut j = Joiner::default();
+    fn a_batch_yields_exactly_its_valid_records() {
+        let b = batch(0, 0, 0..3);
+        let mut c = Collector::default();
         let mut out = vec![];
-        let mut e = rec(kind::EXIT, 7, flag::USERSPACE | flag::PIO | flag::WRITE);
-        e.user_reason = KVM_EXIT_IO;
-        e.io_addr = 0x3f8;
-        j.push(&e, Some(0), &mut out);
-        assert!(out.is_empty());
-        let mut r = rec(kind::RESUME, 7, 0);
-        r.stage_ns[stage::VMM] = 1234;
-        j.push(&r, None, &mut out);
+        c.ring(bytes(&b), &mut out);
+        assert_eq!(tids(&out), [0, 1, 2]);
+        assert_eq!(out[0].stages[Stage::Cycle.index()], Some(10));
+        assert_eq!(out[0].stages[Stage::Vmm.index()], None);
+        c.ring(&bytes(&b)[..100], &mut out);
+        assert_eq!(out.len(), 3, "a short record is not a batch");
+    }
+
+    #[test]
+    fn records_taken_from_a_cpu_batch_are_not_taken_again_from_the_ring() {
+        let mut c = Collector::default();
+        let mut out = vec![];
+        // Tick: CPU 0 has 3 records, still filling (same generation in the later copy).
+        let first = [batch(0, 4, 0..3), batch(1, 0, 0..0)];
+        let later = [batch(0, 4, 0..5), batch(1, 0, 0..0)];
+        c.per_cpu(&first, Some(&later), &mut out);
+        assert_eq!(tids(&out), [0, 1, 2]);
+        // Next tick: two more, then the batch fills and comes through the ring.
+        c.per_cpu(&later, Some(&later), &mut out);
+        assert_eq!(tids(&out), [0, 1, 2, 3, 4]);
+        c.ring(bytes(&batch(0, 4, 0..64)), &mut out);
+        assert_eq!(out.len(), 64, "each exit once");
+        // A copy of that generation read late (the kernel had not yet moved on) is skipped.
+        c.per_cpu(&[batch(0, 4, 0..64)], Some(&[batch(0, 4, 0..64)]), &mut out);
+        assert_eq!(out.len(), 64);
+    }
+
+    #[test]
+    fn records_taken_from_a_newer_generation_than_the_ring_has_reached_are_kept() {
+        let mut c = Collector::default();
+        let mut out = vec![];
+        // Generation 3 went to the ring but is not read yet; 2 records of 4 are copied.
+        c.per_cpu(&[batch(0, 4, 0..2)], Some(&[batch(0, 4, 0..2)]), &mut out);
+        c.ring(bytes(&batch(0, 3, 100..164)), &mut out);
+        c.ring(bytes(&batch(0, 4, 0..64)), &mut out);
+        assert_eq!(out.len(), 2 + 64 + 62, "each exit once");
+    }
+
+    #[test]
+    fn a_cpu_batch_that_moved_on_between_copies_is_left_to_the_ring() {
+        let mut c = Collector::default();
+        let mut out = vec![];
+        c.per_cpu(&[batch(0, 1, 0..3)], Some(&[batch(0, 2, 0..1)]), &mut out);
+        assert!(out.is_empty(), "the first copy may mix two generations");
+        c.ring(bytes(&batch(0, 1, 0..64)), &mut out);
+        assert_eq!(out.len(), 64);
+        // After detaching: the rest of the last batch, once.
+        c.per_cpu(&[batch(0, 2, 0..2)], None, &mut out);
+        c.per_cpu(&[batch(0, 2, 0..2)], None, &mut out);
+        assert_eq!(out.len(), 66);
+    }
+
+    #[test]
+    fn records_closed_at_or_after_the_end_are_left_out() {
+        let mut c = Collector::default();
+        let mut out = vec![];
+        c.end_at(1002);
+        c.ring(bytes(&batch(0, 0, 0..5)), &mut out);
+        assert_eq!(tids(&out), [0, 1]);
+    }
+
+    #[test]
+    fn only_a_traced_thread_with_a_held_exit_yields_it() {
+        let mut st = ThreadState {
+            tag: 1 << 32 | 7,
+            traced: 1,
+            has_pending: 1,
+            pending: rec(7, flag::USERSPACE),
+            ..Default::default()
+        };
+        let mut out = vec![];
+        let mut c = Collector::default();
+        c.held(&st, &mut out);
+        st.has_pending = 0;
+        c.held(&st, &mut out);
+        st.has_pending = 1;
+        st.traced = 0;
+        c.held(&st, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].stages[Stage::Vmm.index()], Some(1234));
-        assert_eq!(out[0].vcpu, Some(0));
-    }
-
-    #[test]
-    fn pio_read_gets_its_port_from_the_completion() {
-        let mut j = Joiner::default();
-        let mut out = vec![];
-        let mut e = rec(kind::EXIT, 7, flag::USERSPACE);
-        e.user_reason = KVM_EXIT_IO;
-        j.push(&e, None, &mut out);
-        j.push(&rec(kind::RESUME, 7, 0), None, &mut out);
-        assert!(out.is_empty());
-        let mut d = rec(kind::PIO_IN_DONE, 7, flag::PIO);
-        d.io_addr = 0x60;
-        d.io_size = 1;
-        j.push(&d, None, &mut out);
-        assert_eq!(
-            out[0].access,
-            Some(Access::Pio {
-                port: 0x60,
-                size: 1,
-                write: false
-            })
-        );
-    }
-
-    #[test]
-    fn in_kernel_exits_pass_straight_through_and_flush_keeps_the_rest() {
-        let mut j = Joiner::default();
-        let mut out = vec![];
-        j.push(&rec(kind::EXIT, 1, flag::PIO), None, &mut out);
-        assert_eq!(out.len(), 1);
-        j.push(&rec(kind::EXIT, 2, flag::USERSPACE), None, &mut out);
-        j.push(&rec(kind::EXIT, 2, flag::USERSPACE), None, &mut out);
-        assert_eq!(
-            out.len(),
-            2,
-            "a second exit of the thread releases the first"
-        );
-        j.flush(&mut out);
-        assert_eq!(out.len(), 3);
-        j.push(&rec(kind::RESUME, 9, 0), None, &mut out);
-        assert_eq!(j.orphans, 1);
-    }
-
-    #[test]
-    fn records_after_the_window_end_are_left_out_and_held_exits_keep_what_they_have() {
-        let mut j = Joiner::default();
-        let mut out = vec![];
-        let mut e = rec(kind::EXIT, 7, flag::USERSPACE);
-        e.ts_ns = 900;
-        j.push(&e, None, &mut out);
-        j.end_at(1000);
-        let mut late = rec(kind::RESUME, 7, 0);
-        late.ts_ns = 1000;
-        late.stage_ns[stage::VMM] = 100;
-        j.push(&late, None, &mut out);
-        let mut late_exit = rec(kind::EXIT, 8, flag::PIO);
-        late_exit.ts_ns = 1200;
-        j.push(&late_exit, None, &mut out);
-        assert!(out.is_empty());
-        j.flush(&mut out);
-        assert_eq!(out.len(), 1, "only the exit that ended inside the window");
-        assert_eq!(
-            out[0].stages[Stage::Vmm.index()],
-            None,
-            "its round trip ended after"
-        );
-        assert_eq!(j.orphans, 0);
-    }
-
-    #[test]
-    fn exits_of_a_process_that_exited_are_not_held_back() {
-        let mut j = Joiner::default();
-        let mut out = vec![];
-        let mut other = rec(kind::EXIT, 3, flag::USERSPACE);
-        other.pid = 2;
-        j.push(&other, None, &mut out);
-        j.push(&rec(kind::EXIT, 2, flag::USERSPACE), None, &mut out);
-        j.flush_exited(|pid| pid != 1, &mut out);
-        let tids: Vec<u32> = out.iter().map(|e| e.tid).collect();
-        assert_eq!(tids, [2], "pid 1 exited; pid 2 may still resume");
-        j.push(&rec(kind::RESUME, 3, 0), None, &mut out);
-        assert_eq!((out.len(), j.orphans), (2, 0));
+        assert_eq!(out[0].userspace_reason, Some(0));
     }
 
     #[test]

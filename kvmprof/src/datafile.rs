@@ -51,6 +51,8 @@ use crate::aggregate::{self, Aggregate, Key, PortKey, PortStats};
 use crate::backend::reason_name;
 use crate::model::{Exit, Reason, ReasonSpace, Stage, Vendor};
 use crate::output;
+use crate::selfcost::OwnCost;
+use crate::slow::SlowExits;
 use crate::target::Target;
 
 /// Where `record` writes and `report` reads by default.
@@ -134,6 +136,12 @@ pub struct Header {
     /// Set on read when the file ends without its end record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut: Option<Cut>,
+    /// What the recording cost (live recordings only; known at the end: the end record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_cost: Option<OwnCost>,
+    /// `record --slow`: the exits over its threshold (from the end record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow: Option<SlowExits>,
 }
 
 /// Where a data file without its end record was cut, and what of it is kept.
@@ -223,6 +231,10 @@ struct EndRecord {
     lost: u64,
     #[serde(default)]
     unobserved: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    own_cost: Option<OwnCost>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slow: Option<SlowExits>,
 }
 
 /// How a recording ended, for its end record.
@@ -234,6 +246,10 @@ pub struct End {
     pub lost: u64,
     /// Exits already under way when the window opened (see [`Header::unobserved`]).
     pub unobserved: Option<u64>,
+    /// See [`Header::own_cost`].
+    pub own_cost: Option<OwnCost>,
+    /// See [`Header::slow`].
+    pub slow: Option<SlowExits>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -365,6 +381,8 @@ impl<W: Write> Writer<W> {
             stop: end.stop.clone(),
             lost: end.lost,
             unobserved: end.unobserved,
+            own_cost: end.own_cost.clone(),
+            slow: end.slow.clone(),
         };
         let line = format!("{END_MARK}{}\n", serde_json::to_string(&rec)?);
         self.emit(line.as_bytes())?;
@@ -478,6 +496,8 @@ pub fn write(path: &Path, h: &Header, exits: &[Exit], interval_ns: u64) -> Resul
         stop: h.stop.clone().unwrap_or_else(|| "end of input".to_owned()),
         lost: 0,
         unobserved: h.unobserved,
+        own_cost: h.own_cost.clone(),
+        slow: h.slow.clone(),
     };
     let written = w
         .write_header(h, base_ts_ns)
@@ -628,6 +648,8 @@ fn complete_header(mut header: Header, a: &mut Aggregate, ends: Ends, cut: Cut) 
             header.duration_ns = end.duration_ns;
             header.stop = Some(end.stop);
             header.unobserved = end.unobserved;
+            header.own_cost = end.own_cost;
+            header.slow = end.slow;
             a.add_lost(end.lost);
         }
         (None, Some(cp)) => {
@@ -835,6 +857,8 @@ mod tests {
             unobserved: Some(2),
             stop: None,
             cut: None,
+            own_cost: None,
+            slow: None,
         }
     }
 
@@ -978,6 +1002,8 @@ mod tests {
             stop: "SIGINT".into(),
             lost: 2,
             unobserved: Some(2),
+            own_cost: None,
+            slow: None,
         };
         let bytes = w.finish(&end).unwrap();
 

@@ -318,6 +318,8 @@ mod tests {
             unobserved: None,
             stop: None,
             cut: None,
+            own_cost: None,
+            slow: None,
         }
     }
 

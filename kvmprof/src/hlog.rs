@@ -215,6 +215,8 @@ fn build(lines: Vec<Line>, start_time: Option<Duration>) -> Result<Foreign> {
         unobserved: None,
         stop: None,
         cut: None,
+        own_cost: None,
+        slow: None,
     };
     Ok(Foreign {
         header,

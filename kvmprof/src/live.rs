@@ -13,17 +13,18 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use kvmprof_common::{counter, ExitRecord, Window};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use kvmprof_common::{counter, Batch, ThreadState, Window};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     aggregate::Aggregate,
     attach,
-    collect::{Joiner, VcpuResolver},
+    collect::Collector,
     kernel::Facts,
     model::Exit,
     plan::{self, HookPref, Plan},
+    selfcost::{self, OwnCost, RunTimeStats},
     target::{self, Target},
 };
 
@@ -76,6 +77,8 @@ pub struct Status<'a> {
     pub elapsed: Duration,
     pub counters: Counters,
     pub exited: &'a [Target],
+    /// kvmprof's own cost so far.
+    pub own_cost: OwnCost,
 }
 
 pub struct Outcome {
@@ -91,15 +94,13 @@ pub struct Outcome {
     /// The window on the records' clock (CLOCK_MONOTONIC ns), both ends set.
     pub window: Window,
     pub exited: Vec<Target>,
-    /// Records that referred to an exit recorded before tracing began.
-    pub orphans: u64,
+    pub own_cost: OwnCost,
 }
 
-/// Plans for this kernel, including the one fact only a load attempt reveals (fentry), and
-/// loads the eBPF object that attempt used (once per recording).
-pub fn plan_for_host(hooks: HookPref) -> Result<(Facts, Plan, aya::Ebpf)> {
+/// Plans for this kernel, including the one fact only a load attempt reveals (fentry).
+pub fn plan_for_host(hooks: HookPref) -> Result<(Facts, Plan)> {
     let facts = Facts::gather(&plan::candidate_functions())?;
-    attach::plan_and_load(facts, hooks)
+    attach::plan(facts, hooks)
 }
 
 /// An attached session, not yet draining. Splitting start from run lets callers announce
@@ -116,6 +117,53 @@ pub struct Session {
     window: Window,
     /// The targets can grow (see [`Session::pid_filter`]): their exit does not stop it.
     open: bool,
+    held: Held,
+    stats: Result<RunTimeStats, String>,
+}
+
+/// What the kernel holds outside the ring buffer: per-CPU batches not yet full, and
+/// userspace exits waiting per thread for their VMM round trip.
+struct Held {
+    batches: PerCpuArray<MapData, Batch>,
+    threads: Array<MapData, ThreadState>,
+    spill: HashMap<MapData, u64, ThreadState>,
+}
+
+impl Held {
+    fn take(ebpf: &mut aya::Ebpf) -> Result<Held> {
+        let mut map = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map"));
+        Ok(Held {
+            batches: PerCpuArray::try_from(map("BATCHES")?)?,
+            threads: Array::try_from(map("THREADS")?)?,
+            spill: HashMap::try_from(map("THREADS_SPILL")?)?,
+        })
+    }
+
+    fn batches(&self) -> Result<Vec<Batch>> {
+        Ok(self.batches.get(&0, 0).context("read BATCHES")?.to_vec())
+    }
+
+    /// While the programs run: the records of batches on CPUs gone quiet would otherwise
+    /// wait for the next exit there, or for the end. Two copies; see [`Batch`].
+    fn take_quiet(&self, c: &mut Collector, out: &mut Vec<Exit>) -> Result<()> {
+        let first = self.batches()?;
+        let later = self.batches()?;
+        c.per_cpu(&first, Some(&later), out);
+        Ok(())
+    }
+
+    /// Everything left; only once the programs are detached, so nothing changes meanwhile.
+    fn drain(&self, c: &mut Collector, out: &mut Vec<Exit>) -> Result<()> {
+        c.per_cpu(&self.batches()?, None, out);
+        for st in self.threads.iter() {
+            c.held(&st.context("read THREADS")?, out);
+        }
+        for kv in self.spill.iter() {
+            let (_, st) = kv.context("read THREADS_SPILL")?;
+            c.held(&st, out);
+        }
+        Ok(())
+    }
 }
 
 /// The in-kernel process filter, to watch processes found after recording began.
@@ -145,10 +193,14 @@ impl Session {
             bail!("--duration 0 would record an empty window; give a positive duration");
         }
         target::preflight()?;
-        let (facts, plan, mut ebpf) = plan_for_host(opts.hooks)?;
+        // On before the programs load, so that every run of theirs is timed.
+        let stats = RunTimeStats::enable();
+        let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
+        let (facts, plan) = plan_for_host(opts.hooks)?;
+        let mut ebpf = attach::load_for(&plan, &facts, !pids.is_empty())?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
-        let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
+        let held = Held::take(&mut ebpf)?;
         let mut switch = Array::try_from(ebpf.take_map("WINDOW").context("WINDOW map")?)?;
         attach::attach(&mut ebpf, &plan, &facts, &pids)?;
         let window = open_window(&mut switch, opts.duration)?;
@@ -162,6 +214,8 @@ impl Session {
             switch,
             window,
             open: false,
+            held,
+            stats,
         })
     }
 
@@ -209,7 +263,16 @@ impl Session {
             mut switch,
             mut window,
             open,
+            held,
+            stats,
         } = self;
+        let cpu0 = selfcost::cpu_ns();
+        let own_cost = |ebpf: &aya::Ebpf| OwnCost {
+            programs: selfcost::programs(ebpf),
+            cpu_ns: selfcost::cpu_ns().saturating_sub(cpu0),
+            peak_rss_bytes: selfcost::peak_rss_bytes(),
+            note: stats.as_ref().err().cloned(),
+        };
         let started = wall_clock_at(window.start_ns);
         let t0 = Instant::now();
         // A set duration was announced to the kernel with the start: wake just after it.
@@ -225,8 +288,7 @@ impl Session {
         };
         tokio::pin!(duration_over);
         let mut agg = Aggregate::new(opts.interval.as_nanos() as u64);
-        let mut joiner = Joiner::default();
-        let mut vcpus = VcpuResolver::default();
+        let mut collector = Collector::default();
         // SAFETY: the ring buffer map owns its fd and outlives the registration (both are
         // dropped together at the end of this function).
         let mut ring = unsafe { AsyncFd::register(ring) }.context("poll ring buffer")?;
@@ -243,18 +305,20 @@ impl Session {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    drain(guard.get_inner_mut(), &mut joiner, &mut vcpus, &mut batch);
+                    drain(guard.get_inner_mut(), &mut collector, &mut batch);
                     guard.clear_ready();
                     absorb(&mut batch, &mut sink, &mut agg)?;
                 }
                 _ = poll.tick() => {
-                    drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
+                    drain(ring.get_mut(), &mut collector, &mut batch);
                     absorb(&mut batch, &mut sink, &mut agg)?;
                 }
                 _ = &mut duration_over => break Stop::Duration,
                 _ = tick.tick() => {
-                    drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
-                    joiner.flush_exited(target::alive, &mut batch);
+                    drain(ring.get_mut(), &mut collector, &mut batch);
+                    // The last exits of a VMM that exited are in batches of CPUs that may
+                    // see no exit again (its threads' held exits went there at their end).
+                    held.take_quiet(&mut collector, &mut batch)?;
                     absorb(&mut batch, &mut sink, &mut agg)?;
                     for t in &opts.targets {
                         if !target::alive(t.pid) && !exited.contains(t) {
@@ -269,6 +333,7 @@ impl Session {
                         elapsed: t0.elapsed(),
                         counters: read_counters(&counters),
                         exited: &exited,
+                        own_cost: own_cost(&ebpf),
                     };
                     if on_tick(&mut agg, &status).is_break() {
                         break Stop::Caller;
@@ -284,11 +349,13 @@ impl Session {
             window.stop_ns = close_window(&mut switch, window)?;
         }
         tokio::time::sleep(until(window.stop_ns) + SETTLE).await;
+        let own_cost = own_cost(&ebpf);
+        drop(stats);
         // Every program is off now; detaching them one by one can no longer add records.
         drop(ebpf);
-        joiner.end_at(window.stop_ns);
-        drain(ring.get_mut(), &mut joiner, &mut vcpus, &mut batch);
-        joiner.flush(&mut batch);
+        collector.end_at(window.stop_ns);
+        drain(ring.get_mut(), &mut collector, &mut batch);
+        held.drain(&mut collector, &mut batch)?;
         absorb(&mut batch, &mut sink, &mut agg)?;
         let counters = read_counters(&counters);
         agg.add_lost(counters.lost);
@@ -302,7 +369,7 @@ impl Session {
             elapsed: Duration::from_nanos(window.stop_ns - window.start_ns),
             window,
             exited,
-            orphans: joiner.orphans,
+            own_cost,
         })
     }
 }
@@ -320,20 +387,9 @@ fn absorb(
     Ok(())
 }
 
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    joiner: &mut Joiner,
-    vcpus: &mut VcpuResolver,
-    out: &mut Vec<Exit>,
-) {
+fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector, out: &mut Vec<Exit>) {
     while let Some(item) = ring.next() {
-        if item.len() < std::mem::size_of::<ExitRecord>() {
-            continue;
-        }
-        // SAFETY: the kernel wrote a whole ExitRecord (checked length); unaligned read.
-        let rec: ExitRecord = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        let vcpu = vcpus.resolve(rec.pid, rec.vcpu_fd, rec.tid);
-        joiner.push(&rec, vcpu, out);
+        collector.ring(&item, out);
     }
 }
 

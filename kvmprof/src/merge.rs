@@ -195,6 +195,8 @@ fn merged_header(inputs: &[Input]) -> Header {
         // Each input's own stop and cut are said when it is read; the merge has neither.
         stop: None,
         cut: None,
+        own_cost: None,
+        slow: None,
     }
 }
 
@@ -246,6 +248,8 @@ mod tests {
                 unobserved: None,
                 stop: None,
                 cut: None,
+                own_cost: None,
+                slow: None,
             },
             aggregate: a,
         }

@@ -313,6 +313,9 @@ fn table(r: &Report) -> String {
     breakdown_table(&mut out, r);
     ports_table(&mut out, r);
     intervals_table(&mut out, r);
+    if let Some(slow) = &r.header.slow {
+        slow.render(&mut out);
+    }
     out
 }
 
@@ -400,6 +403,14 @@ fn header_lines(out: &mut String, r: &Report) {
             "window: exits that began and ended in the {} above; {unobserved} already under way \
              at its start not counted",
             units::ns(h.duration_ns),
+        );
+    }
+    if let Some(c) = &h.own_cost {
+        let wall = std::time::Duration::from_nanos(h.duration_ns);
+        let _ = writeln!(
+            out,
+            "kvmprof's own cost: {} (BPF run-time stats on while recording)",
+            c.summary(r.total_exits, wall)
         );
     }
 }
@@ -590,6 +601,8 @@ mod tests {
             unobserved: Some(0),
             stop: None,
             cut: None,
+            own_cost: None,
+            slow: None,
         }
     }
 

@@ -58,6 +58,9 @@ pub struct Workload {
     /// `in`s from [`PIO_IN_PORT`], each a KVM_EXIT_IO to userspace; the VMM
     /// answers [`PIO_IN_VALUE`].
     pub pio_in: u64,
+    /// The VMM takes this long to answer each `in` (a slow device): a known number of
+    /// exits with a long VMM round trip, for profilers' slow-exit listings.
+    pub pio_in_delay_ms: u64,
     /// Caps each vCPU's average exits per second (all kinds, `hlt` included).
     /// The VMM can only sleep at userspace exits, so in-kernel exits still come
     /// in bursts of up to `pio_kernel`, followed by a long enough sleep.
@@ -85,6 +88,7 @@ impl Default for Workload {
             pio_kernel: 0,
             mmio_user: 0,
             pio_in: 0,
+            pio_in_delay_ms: 0,
             rate: None,
             start_delay_ms: 0,
             forever: false,

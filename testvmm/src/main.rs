@@ -28,6 +28,9 @@ struct Args {
     /// Exits per round; one vCPU and none of each kind unless given.
     #[command(flatten)]
     workload: WorkloadArgs,
+    /// The VMM takes this long to answer each `in` (e.g. 200ms; bare number = ms).
+    #[arg(long, value_parser = parse_millis, default_value = "0")]
+    pio_in_delay: Duration,
     /// Cap on each vCPU's average exits/s. The VMM sleeps at userspace exits;
     /// in-kernel exits still come in bursts of up to --pio-kernel.
     #[arg(long)]
@@ -60,6 +63,7 @@ fn main() -> Result<()> {
     let stop = StopHandle::new();
     stop_on_signals(&stop)?;
     let workload = Workload {
+        pio_in_delay_ms: millis(args.pio_in_delay),
         rate: args.rate,
         start_delay_ms: millis(args.start_delay),
         forever: args.forever,

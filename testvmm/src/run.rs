@@ -116,6 +116,7 @@ fn plan(w: &Workload) -> Result<Plan> {
         forever: w.forever,
         rate: w.rate,
         log: w.exit_log.is_some(),
+        pio_in_delay: Duration::from_millis(w.pio_in_delay_ms),
     })
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use kvm_ioctls::VcpuExit;
@@ -28,6 +28,8 @@ pub(crate) struct Plan {
     pub rate: Option<u64>,
     /// Keep an [`exitlog`] entry per KVM_RUN call.
     pub log: bool,
+    /// The VMM's time to answer each `in`.
+    pub pio_in_delay: Duration,
 }
 
 /// A vCPU's counts and when it was in the guest.
@@ -81,7 +83,10 @@ pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> R
         }
         match exit {
             Exit::PioUser => exits.pio_user += 1,
-            Exit::PioIn => exits.pio_in += 1,
+            Exit::PioIn => {
+                exits.pio_in += 1;
+                pace::sleep_unless(plan.pio_in_delay, || stop.load(Ordering::Relaxed));
+            }
             Exit::MmioUser => exits.mmio_user += 1,
             Exit::Interrupted => continue,
             Exit::Hlt => {

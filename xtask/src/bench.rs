@@ -1,12 +1,16 @@
-//! `cargo xtask bench`: what profiling costs the profiled VM. The test VMM makes a known number
-//! of exits and times them itself (from its first KVM_RUN to its last return), alone, under
-//! `kvmprof record --pid`, and under bpftrace counting the KVM tracepoints with `-c CMD` (what
-//! a user would reach for on this host, where `perf kvm stat` needs `kvm:kvm_exit`, which does
-//! not fire under PVM). Both profilers are attached before the VMM's first exit, so every exit
-//! of a run is profiled; the notes under the table show what each counted. The modes take
-//! turns within each round so that load from elsewhere on the machine spreads over all of
-//! them; each cell is the median.
-
+//! `cargo xtask bench`: what profiling costs the profiled VM, in one run.
+//!
+//! 1. Kernel BPF run time per exit, per kvmprof program: kvmprof switches the kernel's BPF
+//!    run-time statistics on while it records and puts each program's run time in its data
+//!    file (`kvmprof report --format json`, `header.own_cost`); divided by the exits the
+//!    test VMM made. Steady even on a loaded machine, unlike throughput.
+//! 2. Throughput: the test VMM makes a known number of exits and times them itself (first
+//!    KVM_RUN to last return), alone, under `kvmprof record`, `kvmprof record --exits`, a
+//!    bpftrace counting one-liner and a bpftrace `hist()` one-liner. kvmprof starts the VMM
+//!    (`record -- CMD`) and bpftrace too (`-c CMD`), so both are attached before its first
+//!    exit. The modes take turns within each round so that load from elsewhere on the
+//!    machine spreads over all of them; each cell is the median of the rounds.
+//! 3. kvmprof's own CPU and peak RSS, and the events it lost.
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -17,20 +21,18 @@ use serde_json::Value;
 
 use crate::util::{cargo, display, run as run_cmd, spawn_piped, target_dir, which};
 
-/// Rounds per cell: the median of three shrugs off one disturbed run.
-const ROUNDS: usize = 3;
-
 /// No run takes more than seconds; one that hangs is killed and fails its column.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
+const RUN_LIMIT: Duration = Duration::from_secs(120);
 
-/// The VMM waits this long before its first KVM_RUN, so that `kvmprof record --pid` is attached
-/// when the exits start. Its own timing starts at the first KVM_RUN, so the wait is not measured.
-const ATTACH_DELAY: &str = "1s";
-
-/// What bpftrace counts: the tracepoints that fire once per exit under PVM (`kvm_pio` for
+/// bpftrace counting the tracepoints that fire once per exit under PVM (`kvm_pio` for
 /// every PIO exit, in-kernel ones too; `kvm_userspace_exit` for each return to the VMM).
-const BPFTRACE_SCRIPT: &str = "tracepoint:kvm:kvm_pio /pid == cpid/ { @pio = count(); } \
+const BPFTRACE_COUNT: &str = "tracepoint:kvm:kvm_pio /pid == cpid/ { @pio = count(); } \
      tracepoint:kvm:kvm_userspace_exit /pid == cpid/ { @userspace_exit = count(); }";
+
+/// bpftrace timing the interval between PIO exits per thread into a `hist()`: the least a
+/// user would write to get a latency distribution.
+const BPFTRACE_HIST: &str = "tracepoint:kvm:kvm_pio /pid == cpid/ { \
+     if (@s[tid]) { @cycle = hist(nsecs - @s[tid]); } @s[tid] = nsecs; }";
 
 /// A column of the table; `Err` holds why it is skipped.
 struct Column {
@@ -46,8 +48,19 @@ struct Workload {
 /// A way to run the VMM.
 enum Mode {
     Alone,
-    Kvmprof(PathBuf),
-    Bpftrace(PathBuf),
+    Kvmprof { bin: PathBuf, exits_file: bool },
+    Bpftrace { bin: PathBuf, script: &'static str },
+}
+
+/// kvmprof's account of one recording.
+struct Recorded {
+    exits: u64,
+    lost: u64,
+    duration_ns: u64,
+    /// (program, run time ns) from the kernel's BPF run-time stats.
+    programs: Vec<(String, u64)>,
+    cpu_ns: u64,
+    peak_rss_bytes: u64,
 }
 
 /// One timed run: the VMM's own count of its exits and of the time they took.
@@ -56,6 +69,7 @@ struct Sample {
     wall_ns: u64,
     /// What the profiler said it saw, to show that it profiled the run.
     note: String,
+    recorded: Option<Recorded>,
 }
 
 impl Sample {
@@ -64,10 +78,18 @@ impl Sample {
     }
 }
 
-pub fn run(exits: u64, build: bool) -> Result<()> {
+pub fn run(exits: u64, rounds: usize, build: bool) -> Result<()> {
     if build {
-        println!("building: cargo build --release -p kvmprof-testvmm");
-        run_cmd(cargo().args(["build", "--release", "-p", "kvmprof-testvmm"]))?;
+        println!("building: cargo build --release -p kvmprof-testvmm -p kvmprof");
+        run_cmd(cargo().args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "kvmprof-testvmm",
+            "-p",
+            "kvmprof",
+        ]))?;
     }
     let release = target_dir().join("release");
     let testvmm = release.join("kvmprof-testvmm");
@@ -81,6 +103,9 @@ pub fn run(exits: u64, build: bool) -> Result<()> {
     std::fs::create_dir_all(&scratch)
         .with_context(|| format!("cannot create {}", scratch.display()))?;
 
+    let kvmprof = kvmprof_binary(&release);
+    let bpftrace =
+        which("bpftrace").ok_or_else(|| "not installed (run `cargo xtask setup`)".to_string());
     // A column whose tool is missing is skipped, with the reason, instead of the whole bench.
     let columns = [
         Column {
@@ -88,14 +113,32 @@ pub fn run(exits: u64, build: bool) -> Result<()> {
             mode: Ok(Mode::Alone),
         },
         Column {
-            name: "kvmprof",
-            mode: kvmprof_binary(&release, build).map(Mode::Kvmprof),
+            name: "record",
+            mode: kvmprof.clone().map(|bin| Mode::Kvmprof {
+                bin,
+                exits_file: false,
+            }),
         },
         Column {
-            name: "bpftrace",
-            mode: which("bpftrace")
-                .map(Mode::Bpftrace)
-                .ok_or_else(|| "not installed (run `cargo xtask setup`)".to_string()),
+            name: "--exits",
+            mode: kvmprof.map(|bin| Mode::Kvmprof {
+                bin,
+                exits_file: true,
+            }),
+        },
+        Column {
+            name: "bt count",
+            mode: bpftrace.clone().map(|bin| Mode::Bpftrace {
+                bin,
+                script: BPFTRACE_COUNT,
+            }),
+        },
+        Column {
+            name: "bt hist",
+            mode: bpftrace.map(|bin| Mode::Bpftrace {
+                bin,
+                script: BPFTRACE_HIST,
+            }),
         },
     ];
     for c in &columns {
@@ -104,26 +147,26 @@ pub fn run(exits: u64, build: bool) -> Result<()> {
         }
     }
 
-    // The ioeventfd workload gets 4x the exits: they are about 4x as fast, so both take as long.
+    // The ioeventfd workload gets 4x the exits: they are about 4x as fast.
     let workloads = [
+        Workload {
+            name: "in-kernel PIO",
+            args: format!("--vcpus 1 --pio-kernel {}", exits * 4),
+        },
         Workload {
             name: "user PIO",
             args: format!("--vcpus 1 --pio-user {exits}"),
         },
-        Workload {
-            name: "ioeventfd PIO",
-            args: format!("--vcpus 1 --pio-kernel {}", exits * 4),
-        },
     ];
     println!(
-        "bench: {} rounds of {} workloads, 1 vCPU each, median per cell",
-        ROUNDS,
-        workloads.len()
+        "bench: {rounds} alternating rounds of {} workloads x {} modes, 1 vCPU, median per cell",
+        workloads.len(),
+        columns.len()
     );
     let mut rows = Vec::new();
     for w in &workloads {
         let mut cells: Vec<Cell> = columns.iter().map(|_| Ok(Vec::new())).collect();
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds {
             for (column, cell) in columns.iter().zip(cells.iter_mut()) {
                 let (Ok(mode), Ok(samples)) = (&column.mode, cell.as_mut()) else {
                     continue;
@@ -138,27 +181,15 @@ pub fn run(exits: u64, build: bool) -> Result<()> {
         }
         rows.push((w.name, cells));
     }
+    print_bpf_cost(&rows);
     print_table(&rows, &columns);
+    print_own_cost(&rows);
     Ok(())
 }
 
-/// The kvmprof binary, built if asked; kvmprof may not build or run yet, which only skips its
-/// column (with the reason) instead of the whole bench.
-fn kvmprof_binary(release: &Path, build: bool) -> Result<PathBuf, String> {
-    if build {
-        println!("building: cargo build --release -p kvmprof");
-        let mut cmd = cargo();
-        cmd.args(["build", "--release", "--quiet", "-p", "kvmprof"]);
-        let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let first_error = stderr.lines().find(|l| l.starts_with("error"));
-            return Err(format!(
-                "`cargo build -p kvmprof` failed: {}",
-                first_error.unwrap_or("(no error line)")
-            ));
-        }
-    }
+/// The kvmprof binary; kvmprof may not build or run yet, which only skips its columns
+/// (with the reason) instead of the whole bench.
+fn kvmprof_binary(release: &Path) -> Result<PathBuf, String> {
     let kvmprof = release.join("kvmprof");
     let help = Command::new(&kvmprof).args(["record", "--help"]).output();
     match help {
@@ -172,22 +203,35 @@ fn kvmprof_binary(release: &Path, build: bool) -> Result<PathBuf, String> {
 
 fn run_once(testvmm: &Path, args: &str, mode: &Mode, scratch: &Path) -> Result<Sample> {
     let vmm_args: Vec<&str> = args.split_whitespace().collect();
-    let (stdout, note) = match mode {
+    let (stdout, note, recorded) = match mode {
         Mode::Alone => (
             finish(Command::new(testvmm).args(&vmm_args))?.0,
             String::new(),
+            None,
         ),
-        Mode::Kvmprof(kvmprof) => kvmprof_run(kvmprof, testvmm, &vmm_args, scratch)?,
-        Mode::Bpftrace(bpftrace) => {
+        Mode::Kvmprof { bin, exits_file } => {
+            let (stdout, rec) = kvmprof_run(bin, testvmm, &vmm_args, *exits_file, scratch)?;
+            let note = format!("kvmprof recorded {} exits, {} lost", rec.exits, rec.lost);
+            (stdout, note, Some(rec))
+        }
+        Mode::Bpftrace { bin, script } => {
             let (stdout, _) = finish(
-                Command::new(bpftrace)
-                    .args(["-e", BPFTRACE_SCRIPT, "-c"])
+                Command::new(bin)
+                    .args(["-e", script, "-c"])
                     .arg(format!("{} {args}", testvmm.display())),
             )?;
-            // bpftrace prints its maps (`@pio: 200000`) when the command ends.
-            let maps: Vec<&str> = stdout.lines().filter(|l| l.starts_with('@')).collect();
-            let note = format!("bpftrace counted {}", maps.join(", "));
-            (stdout, note)
+            // bpftrace prints its maps when the command ends: counts on one line, a hist()
+            // over many (only its name is kept), per-thread timestamps (left out).
+            let maps: Vec<&str> = stdout
+                .lines()
+                .filter(|l| l.starts_with('@') && !l.starts_with("@s["))
+                .map(|l| l.trim_end_matches(": ").trim_end_matches(':'))
+                .collect();
+            (
+                stdout.clone(),
+                format!("bpftrace: {}", maps.join(", ")),
+                None,
+            )
         }
     };
     // The VMM prints one JSON line; bpftrace adds its own lines around it on the same stdout.
@@ -209,39 +253,52 @@ fn run_once(testvmm: &Path, args: &str, mode: &Mode, scratch: &Path) -> Result<S
         exits,
         wall_ns,
         note,
+        recorded,
     })
 }
 
-/// `kvmprof record --pid` on the running VMM, then `kvmprof report` for what it recorded.
-/// Returns the VMM's stdout and a note with kvmprof's count of exits.
+/// `kvmprof record -- VMM`, then `kvmprof report` for what it recorded and what it cost.
 fn kvmprof_run(
     kvmprof: &Path,
     testvmm: &Path,
     vmm_args: &[&str],
+    exits_file: bool,
     scratch: &Path,
-) -> Result<(String, String)> {
+) -> Result<(String, Recorded)> {
     let data = scratch.join("bench.data");
-    let mut vmm_cmd = Command::new(testvmm);
-    vmm_cmd.args(vmm_args).args(["--start-delay", ATTACH_DELAY]);
-    let vmm = spawn_piped(&mut vmm_cmd, Vec::new(), Vec::new())?;
     let mut record = Command::new(kvmprof);
-    record
-        .args(["record", "--pid", &vmm.id().to_string(), "-o"])
-        .arg(&data);
-    let recording = spawn_piped(&mut record, Vec::new(), Vec::new())?;
-    let (stdout, _) = outcome(&vmm_cmd, vmm.wait(RUN_LIMIT)?)?;
-    // kvmprof stops by itself once the VMM has exited.
-    outcome(&record, recording.wait(RUN_LIMIT)?)?;
+    record.arg("record").arg("-o").arg(&data);
+    if exits_file {
+        record.arg("--exits").arg(scratch.join("bench.exits.jsonl"));
+    }
+    record.arg("--").arg(testvmm).args(vmm_args);
+    let (stdout, _) = finish(&mut record)?;
     let (report, _) = finish(
         Command::new(kvmprof)
             .args(["report", "--format", "json", "-i"])
             .arg(&data),
     )?;
-    let recorded = serde_json::from_str::<Value>(&report)
-        .ok()
-        .and_then(|r| r["total_exits"].as_u64())
-        .context("`kvmprof report --format json` gave no total_exits")?;
-    Ok((stdout, format!("kvmprof recorded {recorded} exits")))
+    let r: Value = serde_json::from_str(&report).context("`kvmprof report` JSON")?;
+    let cost = &r["header"]["own_cost"];
+    let programs = cost["programs"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| Some((p["name"].as_str()?.to_owned(), p["run_ns"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let rec = Recorded {
+        exits: r["total_exits"]
+            .as_u64()
+            .context("`kvmprof report --format json` gave no total_exits")?,
+        lost: r["lost"].as_u64().unwrap_or(0),
+        duration_ns: r["header"]["duration_ns"].as_u64().unwrap_or(0),
+        programs,
+        cpu_ns: cost["cpu_ns"].as_u64().unwrap_or(0),
+        peak_rss_bytes: cost["peak_rss_bytes"].as_u64().unwrap_or(0),
+    };
+    Ok((stdout, rec))
 }
 
 /// Runs a command to its end and returns its stdout and stderr.
@@ -270,60 +327,108 @@ fn outcome(
     Ok((out, err))
 }
 
-fn median(samples: &[Sample]) -> Option<f64> {
-    let mut rates: Vec<f64> = samples.iter().map(Sample::exits_per_sec).collect();
-    rates.sort_by(f64::total_cmp);
-    rates.get(rates.len() / 2).copied()
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
 }
 
 /// The samples of one workload under one column, or why its runs failed.
 type Cell = Result<Vec<Sample>, String>;
 type Row<'a> = (&'a str, Vec<Cell>);
 
-/// The table: per profiler its exits/s, the ratio to the baseline and what it adds per exit
-/// (the difference of the ns/exit, the profiler's cost on the exit path).
+/// kvmprof's recordings (without `--exits`) of a row.
+fn recordings(cells: &[Cell]) -> Vec<(&Sample, &Recorded)> {
+    cells
+        .get(1)
+        .and_then(|c| c.as_ref().ok())
+        .map(|s| {
+            s.iter()
+                .filter_map(|s| s.recorded.as_ref().map(|r| (s, r)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Per program, the median over rounds of its BPF run time divided by the VMM's exits.
+fn print_bpf_cost(rows: &[Row]) {
+    println!("\nkvmprof BPF run time per exit (kernel run-time stats, median of rounds):");
+    for (name, cells) in rows {
+        let recs = recordings(cells);
+        if recs.is_empty() {
+            println!("  {name:<14} -");
+            continue;
+        }
+        let mut names: Vec<&str> = recs
+            .iter()
+            .flat_map(|(_, r)| r.programs.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let per = |prog: Option<&str>| {
+            median(
+                recs.iter()
+                    .map(|(s, r)| {
+                        let ns: u64 = r
+                            .programs
+                            .iter()
+                            .filter(|(n, _)| prog.is_none_or(|p| p == n))
+                            .map(|(_, ns)| ns)
+                            .sum();
+                        ns as f64 / s.exits.max(1) as f64
+                    })
+                    .collect(),
+            )
+            .unwrap_or(0.0)
+        };
+        let mut line = format!("  {name:<14} {:>5.0} ns/exit =", per(None));
+        for n in names {
+            let _ = write!(line, " {n} {:.0}", per(Some(n)));
+        }
+        println!("{line}");
+    }
+}
+
+/// Per column: exits/s, the ratio to the baseline and what it adds per exit.
 fn print_table(rows: &[Row], columns: &[Column]) {
-    let mut header = format!("{:<14} {:>12} {:>8}", "workload", "alone/s", "ns/exit");
+    println!("\nthroughput (the VMM's own exits/s; ratio to alone; added ns per exit):");
+    let mut header = format!("{:<14} {:>10} {:>7}", "workload", "alone/s", "ns/exit");
     for c in columns.iter().skip(1) {
-        let _ = write!(
-            header,
-            " | {:>12} {:>6} {:>8}",
-            format!("{}/s", c.name),
-            "ratio",
-            "+ns/exit"
-        );
+        let _ = write!(header, " | {:>9} {:>5} {:>6}", c.name, "ratio", "+ns");
     }
     println!("{header}");
     let mut notes = Vec::new();
     for (name, cells) in rows {
-        let base = cells[0].as_ref().ok().and_then(|s| median(s));
+        let rate = |c: &Cell| {
+            c.as_ref()
+                .ok()
+                .and_then(|s| median(s.iter().map(Sample::exits_per_sec).collect()))
+        };
+        let base = rate(&cells[0]);
         let mut line = match base {
-            Some(b) => format!("{name:<14} {b:>12.0} {:>8.0}", 1e9 / b),
-            None => format!("{name:<14} {:>12} {:>8}", "-", "-"),
+            Some(b) => format!("{name:<14} {b:>10.0} {:>7.0}", 1e9 / b),
+            None => format!("{name:<14} {:>10} {:>7}", "-", "-"),
         };
         for (column, cell) in columns.iter().zip(cells).skip(1) {
-            if column.mode.is_err() {
-                let _ = write!(line, " | {:>12} {:>6} {:>8}", "skipped", "-", "-");
-                continue;
-            }
-            match (cell, base) {
-                (Ok(samples), Some(b)) if !samples.is_empty() => {
-                    let r = median(samples).unwrap_or(0.0);
+            match (&column.mode, cell, rate(cell), base) {
+                (Err(_), ..) => {
+                    let _ = write!(line, " | {:>9} {:>5} {:>6}", "skipped", "-", "-");
+                }
+                (_, Err(e), ..) => {
+                    let _ = write!(line, " | {:>9} {:>5} {:>6}", "failed", "-", "-");
+                    notes.push(format!("{name}, {}: {e}", column.name));
+                }
+                (_, Ok(samples), Some(r), Some(b)) => {
                     let added = 1e9 / r - 1e9 / b;
-                    let _ = write!(line, " | {r:>12.0} {:>6.2} {added:>8.0}", r / b);
-                    if let Some(last) = samples.last().filter(|s| !s.note.is_empty()) {
+                    let _ = write!(line, " | {r:>9.0} {:>5.2} {added:>6.0}", r / b);
+                    if let Some(last) = samples.last() {
                         notes.push(format!(
-                            "{name}: the VMM made {} exits; {}",
-                            last.exits, last.note
+                            "{name}, {}: the VMM made {} exits; {}",
+                            column.name, last.exits, last.note
                         ));
                     }
                 }
-                (Err(e), _) => {
-                    let _ = write!(line, " | {:>12} {:>6} {:>8}", "failed", "-", "-");
-                    notes.push(format!("{name}: {e}"));
-                }
                 _ => {
-                    let _ = write!(line, " | {:>12} {:>6} {:>8}", "-", "-", "-");
+                    let _ = write!(line, " | {:>9} {:>5} {:>6}", "-", "-", "-");
                 }
             }
         }
@@ -331,5 +436,47 @@ fn print_table(rows: &[Row], columns: &[Column]) {
     }
     for note in notes {
         println!("  {note}");
+    }
+}
+
+/// kvmprof's CPU (share of a core, and per 100k exits/s), peak RSS and lost events.
+fn print_own_cost(rows: &[Row]) {
+    println!("\nkvmprof's own cost (`record`, median of rounds):");
+    for (name, cells) in rows {
+        let recs = recordings(cells);
+        if recs.is_empty() {
+            continue;
+        }
+        let share = median(
+            recs.iter()
+                .map(|(_, r)| r.cpu_ns as f64 / r.duration_ns.max(1) as f64)
+                .collect(),
+        )
+        .unwrap_or(0.0);
+        // The exit rate while recording, from kvmprof's own count and duration.
+        let per_100k = median(
+            recs.iter()
+                .map(|(_, r)| {
+                    let rate = r.exits as f64 * 1e9 / r.duration_ns.max(1) as f64;
+                    r.cpu_ns as f64 / r.duration_ns.max(1) as f64 / (rate / 1e5).max(1e-9)
+                })
+                .collect(),
+        )
+        .unwrap_or(0.0);
+        let rss = recs
+            .iter()
+            .map(|(_, r)| r.peak_rss_bytes)
+            .max()
+            .unwrap_or(0);
+        let lost: u64 = recs.iter().map(|(_, r)| r.lost).sum();
+        let exact = recs.iter().filter(|(s, r)| s.exits == r.exits).count();
+        println!(
+            "  {name:<14} CPU {:.1}% of a core ({:.2}% per 100k exits/s), peak RSS {:.0} MiB, \
+             lost {lost}, exact count in {exact}/{} runs",
+            share * 100.0,
+            per_100k * 100.0,
+            rss as f64 / (1 << 20) as f64,
+            recs.len()
+        );
     }
 }

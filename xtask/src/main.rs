@@ -60,6 +60,9 @@ struct BenchArgs {
     /// User-space PIO exits per measured run (the ioeventfd workload makes 4x as many).
     #[arg(long, default_value_t = 200_000)]
     exits: u64,
+    /// Alternating rounds; each cell is the median.
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
     /// Use the release binaries as they are instead of building them first.
     #[arg(long)]
     no_build: bool,
@@ -88,6 +91,6 @@ fn run(command: Command) -> anyhow::Result<u8> {
             kernel: a.kernel,
             build: !a.no_build,
         }),
-        Command::Bench(a) => bench::run(a.exits, !a.no_build).map(|()| 0),
+        Command::Bench(a) => bench::run(a.exits, a.rounds, !a.no_build).map(|()| 0),
     }
 }

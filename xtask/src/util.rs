@@ -117,10 +117,6 @@ fn forward<W: Write + Send + 'static>(mut from: io::PipeReader, mut to: W) -> Jo
 }
 
 impl<O, E> Running<O, E> {
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Waits for the child and returns its status and the writers holding its output. After
     /// `limit` it kills the child and its descendants and fails.
     pub fn wait(mut self, limit: Duration) -> Result<(ExitStatus, O, E)> {

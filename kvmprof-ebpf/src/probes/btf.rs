@@ -18,32 +18,25 @@ pub fn tpb_kvm_exit(ctx: BtfTracePointContext) -> u32 {
 }
 
 fn try_exit(ctx: &BtfTracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (_, tid) = maps::traced_task(cfg)?;
-    // The time first, then the window (see `maps::in_window`).
-    let ts = exit::now();
-    if !maps::in_window(ts) {
-        return None;
-    }
-    let st = maps::existing_state(tid)?;
+    let (_, _, st) = maps::current(false)?;
+    // Only inside the recording window (time read first, then the window).
+    let ts = maps::window_now()?;
     let vcpu: *const u8 = ctx.arg(0);
     let isa = ctx.arg::<u64>(1) as u32;
+    let deref = maps::config!(btf_exit_deref_off);
+    let reason_off = maps::config!(btf_exit_reason_off) as usize;
+    let vcpu_id_off = maps::config!(btf_exit_vcpu_id_off) as usize;
     // SAFETY: probe reads of kernel memory at offsets from this kernel's BTF; a bad read
     // fails the helper, never faults.
     let (reason, vcpu_id) = unsafe {
-        let base = if cfg.btf_exit_deref_off == NO_DEREF {
+        let base = if deref == NO_DEREF {
             vcpu
         } else {
-            bpf_probe_read_kernel(
-                vcpu.wrapping_add(cfg.btf_exit_deref_off as usize) as *const *const u8
-            )
-            .ok()?
+            bpf_probe_read_kernel(vcpu.wrapping_add(deref as usize) as *const *const u8).ok()?
         };
         (
-            bpf_probe_read_kernel(base.wrapping_add(cfg.btf_exit_reason_off as usize) as *const u32)
-                .ok()?,
-            bpf_probe_read_kernel(vcpu.wrapping_add(cfg.btf_exit_vcpu_id_off as usize) as *const i32)
-                .ok()?,
+            bpf_probe_read_kernel(base.wrapping_add(reason_off) as *const u32).ok()?,
+            bpf_probe_read_kernel(vcpu.wrapping_add(vcpu_id_off) as *const i32).ok()?,
         )
     };
     let sp = if isa == KVM_ISA_VMX {
@@ -51,6 +44,6 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<u32> {
     } else {
         space::SVM
     };
-    exit::identify_reason(st, cfg.boundary, ts, sp as u32, reason, vcpu_id);
+    exit::identify_reason(st, maps::config!(boundary), ts, sp as u32, reason, vcpu_id);
     Some(0)
 }

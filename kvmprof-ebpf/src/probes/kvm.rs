@@ -1,7 +1,15 @@
-//! KVM tracepoints. Field offsets come from the running kernel's format files (`Config`).
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use kvmprof_common::{boundary, flag, space};
+//! KVM tracepoints, as classic tracepoints (fields at the offsets of the running kernel's
+//! format files, `Config`) and, for the three that fire on every I/O exit, as raw
+//! tracepoints too (arguments by position, without the classic tracepoint's copy of its
+//! fields into a record). Userspace attaches a raw one only where the kernel's BTF
+//! prototype (`btf_trace_<name>`) has the arguments at the positions read here.
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use kvmprof_common::{boundary, fixed, flag, space};
 
+use super::field::field;
 use crate::{exit, maps};
 
 /// `kvm:kvm_pio` `rw` value of a write (OUT).
@@ -18,20 +26,25 @@ pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
     try_userspace_exit(&ctx).unwrap_or(0)
 }
 
+/// `TP_PROTO(__u32 reason, int errno)`.
+#[raw_tracepoint(tracepoint = "kvm_userspace_exit")]
+pub fn raw_kvm_userspace_exit(ctx: RawTracePointContext) -> u32 {
+    let (reason, errno) = (ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as i32);
+    userspace_exit(reason, errno).unwrap_or(0)
+}
+
 fn try_userspace_exit(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (pid, tid) = maps::traced_task(cfg)?;
-    // The time first, then the window (see `maps::in_window`).
-    let ts = exit::now();
-    if !maps::in_window(ts) {
-        return None;
-    }
-    // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let reason: u32 = unsafe { ctx.read_at(cfg.uexit_reason_off as usize) }.ok()?;
-    // SAFETY: as above.
-    let errno: i32 = unsafe { ctx.read_at(cfg.uexit_errno_off as usize) }.ok()?;
-    let st = maps::thread_state(tid)?;
-    exit::kvm_run_exit(pid, tid, st, cfg.boundary, ts, reason, errno);
+    // Offsets come from this kernel's format file for this tracepoint.
+    let reason: u32 = field::<_, { fixed::UEXIT_REASON }>(ctx, maps::config!(uexit_reason_off))?;
+    let errno: i32 = field::<_, { fixed::UEXIT_ERRNO }>(ctx, maps::config!(uexit_errno_off))?;
+    userspace_exit(reason, errno)
+}
+
+fn userspace_exit(reason: u32, errno: i32) -> Option<u32> {
+    let (pid, tid, st) = maps::current(true)?;
+    // Only inside the recording window (time read first, then the window).
+    let ts = maps::window_now()?;
+    exit::kvm_run_exit(pid, tid, st, maps::config!(boundary), ts, reason, errno);
     Some(0)
 }
 
@@ -40,30 +53,41 @@ pub fn kvm_pio(ctx: TracePointContext) -> u32 {
     try_pio(&ctx).unwrap_or(0)
 }
 
+/// `TP_PROTO(unsigned int rw, unsigned int port, unsigned int size, unsigned int count,
+/// const void *data)`.
+#[raw_tracepoint(tracepoint = "kvm_pio")]
+pub fn raw_kvm_pio(ctx: RawTracePointContext) -> u32 {
+    let (rw, port, size) = (
+        ctx.arg::<u64>(0) as u32,
+        ctx.arg::<u64>(1) as u32,
+        ctx.arg::<u64>(2) as u32,
+    );
+    pio(rw, port, size).unwrap_or(0)
+}
+
 fn try_pio(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (pid, tid) = maps::traced_task(cfg)?;
-    // The time first, then the window (see `maps::in_window`).
-    let ts = exit::now();
-    if !maps::in_window(ts) {
-        return None;
-    }
-    // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let (rw, port, size): (u32, u32, u32) = unsafe {
-        (
-            ctx.read_at(cfg.pio_rw_off as usize).ok()?,
-            ctx.read_at(cfg.pio_port_off as usize).ok()?,
-            ctx.read_at(cfg.pio_size_off as usize).ok()?,
-        )
-    };
-    let st = maps::thread_state(tid)?;
+    // Offsets come from this kernel's format file for this tracepoint.
+    let (rw, port, size): (u32, u32, u32) = (
+        field::<_, { fixed::PIO_RW }>(ctx, maps::config!(pio_rw_off))?,
+        field::<_, { fixed::PIO_PORT }>(ctx, maps::config!(pio_port_off))?,
+        field::<_, { fixed::PIO_SIZE }>(ctx, maps::config!(pio_size_off))?,
+    );
+    pio(rw, port, size)
+}
+
+fn pio(rw: u32, port: u32, size: u32) -> Option<u32> {
+    let (pid, tid, st) = maps::current(true)?;
+    // Only inside the recording window (time read first, then the window).
+    let ts = maps::window_now()?;
     let write = rw == KVM_PIO_OUT;
     if st.await_pio_in != 0 {
         st.await_pio_in = 0;
         if !write {
-            exit::pio_in_done(pid, tid, st, ts, port as u64, size);
+            exit::pio_in_done(st, port as u64, size);
             return Some(0);
         }
+        // Not the read's completion: the held exit goes without its port.
+        exit::release_pending(st);
     }
     let flags = flag::PIO | if write { flag::WRITE } else { 0 };
     let io = exit::Io {
@@ -71,7 +95,7 @@ fn try_pio(ctx: &TracePointContext) -> Option<u32> {
         addr: port as u64,
         size,
     };
-    exit::identify_io(pid, tid, st, cfg.boundary, ts, io);
+    exit::identify_io(pid, tid, st, maps::config!(boundary), ts, io);
     Some(0)
 }
 
@@ -80,23 +104,31 @@ pub fn kvm_mmio(ctx: TracePointContext) -> u32 {
     try_mmio(&ctx).unwrap_or(0)
 }
 
+/// `TP_PROTO(int type, int len, u64 gpa, void *val)`.
+#[raw_tracepoint(tracepoint = "kvm_mmio")]
+pub fn raw_kvm_mmio(ctx: RawTracePointContext) -> u32 {
+    let (ty, len, gpa) = (
+        ctx.arg::<u64>(0) as u32,
+        ctx.arg::<u64>(1) as u32,
+        ctx.arg::<u64>(2),
+    );
+    mmio(ty, len, gpa).unwrap_or(0)
+}
+
 fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (pid, tid) = maps::traced_task(cfg)?;
-    // The time first, then the window (see `maps::in_window`).
-    let ts = exit::now();
-    if !maps::in_window(ts) {
-        return None;
-    }
-    // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let (ty, len, gpa): (u32, u32, u64) = unsafe {
-        (
-            ctx.read_at(cfg.mmio_type_off as usize).ok()?,
-            ctx.read_at(cfg.mmio_len_off as usize).ok()?,
-            ctx.read_at(cfg.mmio_gpa_off as usize).ok()?,
-        )
-    };
-    let st = maps::thread_state(tid)?;
+    // Offsets come from this kernel's format file for this tracepoint.
+    let (ty, len, gpa): (u32, u32, u64) = (
+        field::<_, { fixed::MMIO_TYPE }>(ctx, maps::config!(mmio_type_off))?,
+        field::<_, { fixed::MMIO_LEN }>(ctx, maps::config!(mmio_len_off))?,
+        field::<_, { fixed::MMIO_GPA }>(ctx, maps::config!(mmio_gpa_off))?,
+    );
+    mmio(ty, len, gpa)
+}
+
+fn mmio(ty: u32, len: u32, gpa: u64) -> Option<u32> {
+    let (pid, tid, st) = maps::current(true)?;
+    // Only inside the recording window (time read first, then the window).
+    let ts = maps::window_now()?;
     if st.await_mmio_read != 0 {
         st.await_mmio_read = 0;
         if ty == MMIO_READ {
@@ -110,7 +142,7 @@ fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
         addr: gpa,
         size: len,
     };
-    exit::identify_io(pid, tid, st, cfg.boundary, ts, io);
+    exit::identify_io(pid, tid, st, maps::config!(boundary), ts, io);
     st.mmio_unsatisfied = (ty == MMIO_UNSATISFIED_READ) as u32;
     Some(0)
 }
@@ -121,28 +153,36 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (_, tid) = maps::traced_task(cfg)?;
-    // The time first, then the window (see `maps::in_window`).
-    let ts = exit::now();
-    if !maps::in_window(ts) {
-        return None;
-    }
-    // SAFETY: offsets come from this kernel's format file for this tracepoint.
+    let (_, _, st) = maps::current(false)?;
+    // Only inside the recording window (time read first, then the window).
+    let ts = maps::window_now()?;
+    let offsets = (
+        maps::config!(kvm_exit_reason_off) as usize,
+        maps::config!(kvm_exit_isa_off) as usize,
+        maps::config!(kvm_exit_vcpu_off) as usize,
+    );
+    // SAFETY: offsets come from this kernel's format file for this tracepoint (whose
+    // layout varies between kernels, so it has no fixed fast path).
     let (reason, isa, vcpu): (u32, u32, u32) = unsafe {
         (
-            ctx.read_at(cfg.kvm_exit_reason_off as usize).ok()?,
-            ctx.read_at(cfg.kvm_exit_isa_off as usize).ok()?,
-            ctx.read_at(cfg.kvm_exit_vcpu_off as usize).ok()?,
+            ctx.read_at(offsets.0).ok()?,
+            ctx.read_at(offsets.1).ok()?,
+            ctx.read_at(offsets.2).ok()?,
         )
     };
-    let st = maps::existing_state(tid)?;
     let sp = if isa == KVM_ISA_VMX {
         space::VMX
     } else {
         space::SVM
     };
-    exit::identify_reason(st, cfg.boundary, ts, sp as u32, reason, vcpu as i32);
+    exit::identify_reason(
+        st,
+        maps::config!(boundary),
+        ts,
+        sp as u32,
+        reason,
+        vcpu as i32,
+    );
     Some(0)
 }
 
@@ -152,17 +192,12 @@ pub fn kvm_entry(ctx: TracePointContext) -> u32 {
 }
 
 fn try_entry(_ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
-    if cfg.boundary != boundary::KVM_ENTRY {
+    if maps::config!(boundary) != boundary::KVM_ENTRY {
         return Some(0);
     }
-    let (pid, tid) = maps::traced_task(cfg)?;
-    // The time first, then the window (see `maps::in_window`).
-    let ts = exit::now();
-    if !maps::in_window(ts) {
-        return None;
-    }
-    let st = maps::existing_state(tid)?;
+    let (pid, tid, st) = maps::current(false)?;
+    // Only inside the recording window (time read first, then the window).
+    let ts = maps::window_now()?;
     exit::start_cycle(pid, tid, st, ts);
     Some(0)
 }

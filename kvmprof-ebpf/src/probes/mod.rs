@@ -1,5 +1,7 @@
 //! Program entry points, one module per kind of hook.
 mod btf;
+mod field;
 mod kvm;
 mod stages;
 mod syscall;
+mod task;

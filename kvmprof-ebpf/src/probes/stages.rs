@@ -10,28 +10,18 @@ use kvmprof_common::stage;
 use crate::{exit, maps};
 
 fn try_enter(s: usize) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (pid, tid) = maps::traced_task(cfg)?;
-    // The time first, then the window (see `maps::in_window`).
-    let ts = exit::now();
-    if !maps::in_window(ts) {
-        return None;
-    }
     // Only threads seen entering KVM_RUN have state; a hook never creates it.
-    let st = maps::existing_state(tid)?;
-    exit::stage_enter(pid, tid, st, cfg.boundary, s, ts);
+    let (pid, tid, st) = maps::current(false)?;
+    // Only inside the recording window (time read first, then the window).
+    let ts = maps::window_now()?;
+    exit::stage_enter(pid, tid, st, maps::config!(boundary), s, ts);
     Some(0)
 }
 
 fn try_return(s: usize) -> Option<u32> {
-    let cfg = maps::config()?;
-    let (_, tid) = maps::traced_task(cfg)?;
-    // The time first, then the window (see `maps::in_window`).
-    let ts = exit::now();
-    if !maps::in_window(ts) {
-        return None;
-    }
-    let st = maps::existing_state(tid)?;
+    let (_, _, st) = maps::current(false)?;
+    // Only inside the recording window (time read first, then the window).
+    let ts = maps::window_now()?;
     exit::stage_exit(st, s, ts);
     Some(0)
 }

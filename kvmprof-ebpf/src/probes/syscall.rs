@@ -1,7 +1,8 @@
 //! The KVM_RUN ioctl: where a vCPU thread enters the kernel (and its VMM round trip ends).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use kvmprof_common::KVM_RUN;
+use kvmprof_common::{fixed, KVM_RUN};
 
+use super::field::field;
 use crate::{exit, maps};
 
 #[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
@@ -10,21 +11,15 @@ pub fn kvm_run_enter(ctx: TracePointContext) -> u32 {
 }
 
 fn try_kvm_run_enter(ctx: &TracePointContext) -> Option<u32> {
-    let cfg = maps::config()?;
-    // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let cmd: u64 = unsafe { ctx.read_at(cfg.ioctl_cmd_off as usize) }.ok()?;
+    // Offsets come from this kernel's format file for this tracepoint.
+    let cmd: u64 = field::<_, { fixed::IOCTL_CMD }>(ctx, maps::config!(ioctl_cmd_off))?;
     if cmd & 0xffff_ffff != KVM_RUN {
         return Some(0);
     }
-    let (pid, tid) = maps::traced_task(cfg)?;
-    // The time first, then the window (see `maps::in_window`).
-    let ts = exit::now();
-    if !maps::in_window(ts) {
-        return None;
-    }
-    // SAFETY: as above.
-    let fd: u64 = unsafe { ctx.read_at(cfg.ioctl_fd_off as usize) }.ok()?;
-    let st = maps::thread_state(tid)?;
-    exit::kvm_run_enter(pid, tid, st, fd as i32, ts);
+    let (_, _, st) = maps::current(true)?;
+    // Only inside the recording window (time read first, then the window).
+    let ts = maps::window_now()?;
+    let fd: u64 = field::<_, { fixed::IOCTL_FD }>(ctx, maps::config!(ioctl_fd_off))?;
+    exit::kvm_run_enter(st, fd as i32, ts);
     Some(0)
 }

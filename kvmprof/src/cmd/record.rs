@@ -20,6 +20,7 @@ use crate::{
     model::Exit,
     output::{self, Output},
     plan::{HookPref, Plan},
+    slow::SlowExits,
     spawn::{self, spawn_held},
     target::{self, Target},
 };
@@ -53,7 +54,8 @@ pub async fn record(a: RecordArgs) -> Result<()> {
         a.duration,
         a.interval,
     ))?;
-    let rec = Recorder::start(&session, data, exits, &targets, a.interval)?;
+    let mut rec = Recorder::start(&session, data, exits, &targets, a.interval)?;
+    rec.slow = a.slow.clone().map(SlowExits::new);
     announce(&session, &targets);
     let child = held.map(|h| (h.name().to_owned(), h.release()));
     let result = rec.run(session).await;
@@ -123,6 +125,8 @@ pub(super) struct Recorder {
     data: Writer<Output>,
     path: PathBuf,
     exits: Option<ExitLines>,
+    /// `--slow`: the exits over its threshold, listed in the end record.
+    slow: Option<SlowExits>,
     /// The first write error; it stops the recording.
     error: Option<anyhow::Error>,
 }
@@ -153,6 +157,7 @@ impl Recorder {
             data: w,
             path,
             exits,
+            slow: None,
             error: None,
         })
     }
@@ -174,6 +179,9 @@ impl Recorder {
 
     fn add(&mut self, e: &Exit) -> Result<()> {
         self.data.add(e);
+        if let Some(s) = &mut self.slow {
+            s.offer(e);
+        }
         match &mut self.exits {
             Some(x) => x.add(e),
             None => Ok(()),
@@ -204,6 +212,8 @@ impl Recorder {
             stop: stop_label(&out.stop),
             lost: out.counters.lost,
             unobserved: Some(out.counters.unobserved),
+            own_cost: Some(out.own_cost.clone()),
+            slow: self.slow,
         };
         self.data
             .finish(&end)
@@ -320,12 +330,6 @@ pub(super) fn finish(
             names.join(", ")
         );
     }
-    if out.orphans > 0 {
-        note!(
-            "{} VMM round trips followed exits from before recording began (not counted)",
-            out.orphans
-        );
-    }
     Ok(())
 }
 
@@ -361,6 +365,8 @@ pub(super) fn live_header(
         unobserved: None,
         stop: None,
         cut: None,
+        own_cost: None,
+        slow: None,
     }
 }
 

@@ -240,6 +240,7 @@ impl Top {
                     elapsed: out.elapsed,
                     counters: out.counters,
                     exited: &out.exited,
+                    own_cost: out.own_cost.clone(),
                 };
                 // Whether stdout was closed no longer matters: this is the last frame.
                 let _ = self.print(&out.aggregate, &st)?;
@@ -306,6 +307,7 @@ impl Top {
             targets: &snap.targets,
             exited: &snap.exited,
             filtered: self.ui.filter.is_some(),
+            own_cost: Some(st.own_cost.summary(snap.total, snap.elapsed)),
         }
     }
 

@@ -147,6 +147,8 @@ pub fn header(import: &Capture) -> Header {
         unobserved: None,
         stop: Some("end of trace".to_owned()),
         cut: None,
+        own_cost: None,
+        slow: None,
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Summary<'a> {
     pub exited: &'a [Target],
     /// Rows are filtered, so none may show although there are exits.
     pub filtered: bool,
+    /// kvmprof's own cost (`selfcost::OwnCost::summary`).
+    pub own_cost: Option<String>,
 }
 
 /// What a summary line tells: on a short screen, hooks make room first, then processes.
@@ -145,6 +147,9 @@ fn summary(s: &Summary, width: usize) -> Vec<(Part, Line)> {
             .into_iter()
             .map(|l| (Part::Processes, l)),
     );
+    if let Some(cost) = &s.own_cost {
+        lines.push((Part::Processes, vec![plain(format!("cost  {cost}"))]));
+    }
     lines
 }
 
@@ -446,8 +451,30 @@ mod tests {
             targets: &targets,
             exited,
             filtered: false,
+            own_cost: None,
         };
         frame(&s, &rows, view)
+    }
+
+    #[test]
+    fn own_cost_is_shown_under_the_processes() {
+        let plan = plan();
+        let s = Summary {
+            plan: &plan,
+            elapsed: Duration::from_secs(1),
+            total: 0,
+            rate: None,
+            lost: 0,
+            targets: &[],
+            exited: &[],
+            filtered: false,
+            own_cost: Some("BPF 80 ns/exit (kvm_pio 80), CPU 0.5% of a core".into()),
+        };
+        let f = frame(&s, &[], View::default());
+        assert_eq!(
+            f[3],
+            "cost  BPF 80 ns/exit (kvm_pio 80), CPU 0.5% of a core"
+        );
     }
 
     #[test]
@@ -492,6 +519,7 @@ mod tests {
             targets: &[],
             exited: &[],
             filtered: false,
+            own_cost: None,
         };
         let laid = lines(&layout(&s, &rows, view, 100, Detail::Basic));
         let lost = laid[0].last().expect("lost count");
@@ -522,6 +550,7 @@ mod tests {
             targets: &[],
             exited: &[],
             filtered: false,
+            own_cost: None,
         };
         let text = |l: &Line| l.iter().map(|s| s.text.as_str()).collect::<String>();
         let wide = layout(&s, &by_vcpu, view, 100, Detail::Basic);
@@ -578,6 +607,7 @@ mod tests {
             targets: &[],
             exited: &[],
             filtered: false,
+            own_cost: None,
         };
         let f = frame(&s, &[], View::default());
         assert!(
@@ -604,6 +634,7 @@ mod tests {
             targets: &[],
             exited: &[],
             filtered: false,
+            own_cost: None,
         };
         let text = |l: &Line| l.iter().map(|s| s.text.as_str()).collect::<String>();
         let header = |width| {
@@ -637,6 +668,7 @@ mod tests {
             targets: &[],
             exited: &[],
             filtered: true,
+            own_cost: None,
         };
         let f = layout(&s, &rows, View::default(), 100, Detail::Basic);
         let tones: Vec<_> = f.rows.iter().map(|l| l[0].tone).collect();
