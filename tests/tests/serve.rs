@@ -168,6 +168,15 @@ fn served_exits(metrics: &str, pid: u64) -> u64 {
         .sum()
 }
 
+/// Sum of the samples of `metric` (a name with its `{` or ` `) in a /metrics text.
+fn sample_sum(metrics: &str, metric: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(metric))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Under PVM (this host) exactly the exits the VMM made are visible; hardware backends also
 /// show exits the guest does not cause on purpose.
 fn pvm() -> bool {
@@ -385,6 +394,20 @@ fn a_vmm_that_exits_leaves_metrics_after_the_grace_period_and_a_new_one_appears(
     );
     assert!(metrics.contains("kvmprof_lost_exits_total 0"));
     assert!(metrics.contains("kvmprof_self_cpu_seconds_total{mode=\"user\"}"));
+    // kvmprof's own BPF cost: every exit the VMMs made ran at least one of its programs
+    // (other VMMs on the host only add runs), and that took some time.
+    let runs = sample_sum(&metrics, "kvmprof_self_bpf_runs_total{program=");
+    let bpf_s = sample_sum(&metrics, "kvmprof_self_bpf_seconds_total{program=");
+    eprintln!(
+        "own BPF cost: {runs} runs, {bpf_s} s, {:.0} ns per exit of the test VMMs",
+        bpf_s * 1e9 / (want + want2) as f64
+    );
+    assert!(
+        runs >= (want + want2) as f64,
+        "{runs} BPF program runs for {} exits: {metrics}",
+        want + want2
+    );
+    assert!(bpf_s > 0.0, "no BPF run time: {metrics}");
 
     let status = serve.stop().expect("serve stops on SIGTERM");
     assert!(

@@ -75,7 +75,10 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
                 }
                 let mut vms = vms.borrow_mut();
                 vms.expire(agg, Instant::now(), target::alive);
-                let snap = Snapshot::take(agg, vms.known(), !a.no_vcpu_label, st.counters.lost);
+                let snap = Snapshot {
+                    bpf: st.own_cost.programs.clone(),
+                    ..Snapshot::take(agg, vms.known(), !a.no_vcpu_label, st.counters.lost)
+                };
                 match exporter.snapshot.lock() {
                     Ok(mut s) => *s = snap,
                     // Only a panicking scrape poisons the lock; the scrape reports the error.

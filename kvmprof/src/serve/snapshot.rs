@@ -6,6 +6,7 @@ use crate::{
     aggregate::Aggregate,
     backend::reason_name,
     model::{Reason, Stage},
+    selfcost::ProgramCost,
     vmname::VmName,
 };
 
@@ -47,6 +48,9 @@ pub struct Snapshot {
     pub latency: Vec<Latency>,
     /// Exits dropped because the ring buffer was full.
     pub lost: u64,
+    /// Run time of kvmprof's own eBPF programs since they were loaded; empty when the
+    /// kernel refused BPF run-time statistics.
+    pub bpf: Vec<ProgramCost>,
 }
 
 impl Snapshot {
@@ -95,6 +99,7 @@ impl Snapshot {
                 .collect(),
             latency: latency.into_values().collect(),
             lost,
+            bpf: Vec::new(),
         }
     }
 }
