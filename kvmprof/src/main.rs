@@ -15,6 +15,7 @@ mod diff;
 mod exits;
 mod export;
 mod flame;
+mod follow;
 mod ftrace;
 mod group;
 mod hlog;

@@ -15,7 +15,6 @@
 mod buckets;
 mod cost;
 pub mod exporter;
-pub mod follow;
 pub mod http;
 pub mod snapshot;
 pub mod vms;
