@@ -178,21 +178,6 @@ impl Header {
     }
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// CLOCK_MONOTONIC, the clock of live exit timestamps, now.
-pub fn monotonic_now() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec passed to it.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    nanos(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
-}
-
 /// The JSON of the `#[kvmprof-header]` line.
 #[derive(Serialize, Deserialize)]
 struct FileHeader {

@@ -7,6 +7,7 @@ mod backend;
 mod btf;
 mod btfproto;
 mod cli;
+mod clock;
 mod cmd;
 mod collect;
 mod datafile;
