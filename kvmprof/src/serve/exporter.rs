@@ -12,11 +12,10 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use crate::selfcost::ProgramCost;
+use crate::selfcost::{self, CpuTime, ProgramCost};
 
 use super::{
     buckets,
-    cost::{self, CpuTime},
     snapshot::{Snapshot, Vm},
 };
 
@@ -43,7 +42,7 @@ impl prometheus_client::collector::Collector for Exporter {
         m.encode_counter::<NoLabelSet, _, f64>(&s.lost, None)?;
         encode_bpf_cost(&s.bpf, &mut enc)?;
         drop(s);
-        encode_cost(cost::cpu_time(), &mut enc)
+        encode_cost(selfcost::cpu_time(), &mut enc)
     }
 }
 
@@ -117,10 +116,10 @@ fn encode_cost(cpu: Option<CpuTime>, enc: &mut DescriptorEncoder) -> fmt::Result
         Some(&Unit::Seconds),
         MetricType::Counter,
     )?;
-    for (mode, secs) in [("user", cpu.user), ("system", cpu.system)] {
+    for (mode, ns) in [("user", cpu.user_ns), ("system", cpu.system_ns)] {
         family
             .encode_family(&[("mode", mode)])?
-            .encode_counter::<NoLabelSet, _, f64>(&secs, None)?;
+            .encode_counter::<NoLabelSet, _, f64>(&(ns as f64 / 1e9), None)?;
     }
     Ok(())
 }

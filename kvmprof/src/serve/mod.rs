@@ -13,7 +13,6 @@
 //! [`http`] serves them, [`vms`] names and expires VMs; [`crate::cmd::serve`] wires them
 //! together.
 mod buckets;
-mod cost;
 pub mod exporter;
 pub mod http;
 pub mod snapshot;
