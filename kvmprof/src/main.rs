@@ -34,6 +34,8 @@ mod serve;
 mod slow;
 mod spawn;
 mod target;
+#[cfg(test)]
+mod testdata;
 mod tui;
 mod units;
 mod vmname;

@@ -106,29 +106,12 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
-    use kvmprof_common::STAGES;
-
     use super::*;
-    use crate::model::{Exit, ReasonSpace};
-
-    const IO: Reason = Reason {
-        space: ReasonSpace::Svm,
-        code: 0x7b,
-    };
+    use crate::model::Exit;
+    use crate::testdata::{self, IO};
 
     fn exit(pid: u32, vcpu: u32, cycle: u64) -> Exit {
-        let mut stages = [None; STAGES];
-        stages[Stage::Cycle.index()] = Some(cycle);
-        Exit {
-            pid,
-            tid: pid + 1 + vcpu,
-            vcpu: Some(vcpu),
-            ts_ns: 1,
-            reason: IO,
-            userspace_reason: None,
-            access: None,
-            stages,
-        }
+        testdata::exit(pid, vcpu, IO, testdata::cycle(Some(cycle)))
     }
 
     fn vms(pids: &[u32]) -> BTreeMap<u32, Vm> {
