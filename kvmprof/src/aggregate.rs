@@ -461,30 +461,12 @@ pub fn decode(blob: &[u8]) -> Result<Histogram<u64>, DeserializeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ReasonSpace;
-
-    const SEC: u64 = 1_000_000_000;
-    const IO: Reason = Reason {
-        space: ReasonSpace::Svm,
-        code: 0x7b,
-    };
-    const HLT: Reason = Reason {
-        space: ReasonSpace::Svm,
-        code: 0x78,
-    };
+    use crate::testdata::{self, HLT, IO, SEC};
 
     fn exit(vcpu: u32, reason: Reason, ts_ns: u64, cycle: Option<u64>) -> Exit {
-        let mut stages = [None; STAGES];
-        stages[Stage::Cycle.index()] = cycle;
         Exit {
-            pid: 100,
-            tid: 101,
-            vcpu: Some(vcpu),
             ts_ns,
-            reason,
-            userspace_reason: None,
-            access: None,
-            stages,
+            ..testdata::exit(100, vcpu, reason, testdata::cycle(cycle))
         }
     }
 

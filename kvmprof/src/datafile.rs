@@ -178,21 +178,6 @@ impl Header {
     }
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// CLOCK_MONOTONIC, the clock of live exit timestamps, now.
-pub fn monotonic_now() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec passed to it.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    nanos(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
-}
-
 /// The JSON of the `#[kvmprof-header]` line.
 #[derive(Serialize, Deserialize)]
 struct FileHeader {
@@ -831,16 +816,13 @@ fn space_from_name(name: &str) -> Option<ReasonSpace> {
 mod tests {
     use super::*;
     use crate::model::Access;
+    use crate::testdata::{self, SEC};
     use std::path::PathBuf;
-
-    const SEC: u64 = 1_000_000_000;
 
     fn header() -> Header {
         Header {
-            source: Source::Live,
             host: "host".into(),
             kernel: "6.18.0".into(),
-            vendor: Vendor::Svm,
             hooks: vec![HookUse {
                 stage: Stage::VendorRun,
                 symbol: "svm_vcpu_run".into(),
@@ -855,20 +837,14 @@ mod tests {
             start_ts_ns: 5 * SEC + 100,
             duration_ns: 3 * SEC,
             unobserved: Some(2),
-            stop: None,
-            cut: None,
-            own_cost: None,
-            slow: None,
+            ..testdata::header()
         }
     }
 
     /// 3000 exits, 1000 in each of the intervals starting at 5, 6 and 7 s.
     fn sample_exits() -> Vec<Exit> {
         let reasons = [
-            Reason {
-                space: ReasonSpace::Svm,
-                code: 0x7b,
-            },
+            testdata::IO,
             Reason {
                 space: ReasonSpace::Userspace,
                 code: 2,

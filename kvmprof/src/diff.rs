@@ -290,54 +290,17 @@ pub fn table_text(d: &Diff) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datafile::Source;
-    use crate::model::{Exit, ReasonSpace, Vendor};
-    use kvmprof_common::STAGES;
-
-    const IO: Reason = Reason {
-        space: ReasonSpace::Svm,
-        code: 0x7b,
-    };
-    const HLT: Reason = Reason {
-        space: ReasonSpace::Svm,
-        code: 0x78,
-    };
-
-    fn header() -> Header {
-        Header {
-            source: Source::Live,
-            host: "h".into(),
-            kernel: "6.1".into(),
-            vendor: Vendor::Svm,
-            hooks: Vec::new(),
-            cycle_source: "x".into(),
-            processes: Vec::new(),
-            start_unix_ns: 0,
-            start_ts_ns: 0,
-            duration_ns: 1_000_000_000,
-            unobserved: None,
-            stop: None,
-            cut: None,
-            own_cost: None,
-            slow: None,
-        }
-    }
+    use crate::model::Exit;
+    use crate::testdata::{self, header, HLT, IO};
 
     fn agg(exits: &[(Reason, u64, u64)]) -> Aggregate {
         let mut a = Aggregate::new(1_000_000_000);
         for &(reason, n, cycle) in exits {
             for i in 0..n {
-                let mut stages = [None; STAGES];
-                stages[0] = Some(cycle + i % 3);
+                let stages = testdata::cycle(Some(cycle + i % 3));
                 a.add(&Exit {
-                    pid: 1,
-                    tid: 1,
-                    vcpu: Some(0),
                     ts_ns: i,
-                    reason,
-                    userspace_reason: None,
-                    access: None,
-                    stages,
+                    ..testdata::exit(1, 0, reason, stages)
                 });
             }
         }

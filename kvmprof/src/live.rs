@@ -20,6 +20,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use crate::{
     aggregate::Aggregate,
     attach,
+    clock::monotonic_ns,
     collect::Collector,
     kernel::Facts,
     model::Exit,
@@ -401,17 +402,6 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Counters {
         unmatched: sum(counter::UNMATCHED),
         unobserved: sum(counter::UNOBSERVED),
     }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and of every record.
-pub fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec passed to it.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// How long until monotonic instant `ns` (zero if past).

@@ -208,48 +208,24 @@ fn wall_clock_known(inputs: &[Input]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datafile::Source;
-    use crate::model::{Exit, Reason, ReasonSpace, Stage};
-
-    const SEC: u64 = 1_000_000_000;
+    use crate::model::{Exit, Stage};
+    use crate::testdata::{self, IO, SEC};
 
     fn input(host: &str, unix_s: u64, ts_s: u64, exits: u64, cycle: u64) -> Input {
         let mut a = Aggregate::new(SEC);
         for i in 0..exits {
-            let mut stages = [None; STAGES];
-            stages[0] = Some(cycle);
             a.add(&Exit {
-                pid: 1,
-                tid: 1,
-                vcpu: Some(0),
                 ts_ns: ts_s * SEC + i * (SEC / exits),
-                reason: Reason {
-                    space: ReasonSpace::Svm,
-                    code: 0x7b,
-                },
-                userspace_reason: None,
-                access: None,
-                stages,
+                ..testdata::exit(1, 0, IO, testdata::cycle(Some(cycle)))
             });
         }
         Input {
             path: PathBuf::from(format!("{host}.data")),
             header: Header {
-                source: Source::Live,
                 host: host.into(),
-                kernel: "6.1".into(),
-                vendor: Vendor::Svm,
-                hooks: Vec::new(),
-                cycle_source: "x".into(),
-                processes: Vec::new(),
                 start_unix_ns: unix_s * SEC,
                 start_ts_ns: ts_s * SEC,
-                duration_ns: SEC,
-                unobserved: None,
-                stop: None,
-                cut: None,
-                own_cost: None,
-                slow: None,
+                ..testdata::header()
             },
             aggregate: a,
         }

@@ -554,16 +554,11 @@ fn ports_table(out: &mut String, r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datafile::Source;
-    use crate::model::{Access, Exit, Vendor};
+    use crate::model::{Access, Exit};
     use crate::target::Target;
+    use crate::testdata::{self, IO, SEC};
     use kvmprof_common::STAGES;
 
-    const SEC: u64 = 1_000_000_000;
-    const IO: Reason = Reason {
-        space: ReasonSpace::Svm,
-        code: 0x7b,
-    };
     const NPF: Reason = Reason {
         space: ReasonSpace::Svm,
         code: 0x400,
@@ -580,10 +575,8 @@ mod tests {
             mode: mode.into(),
         };
         Header {
-            source: Source::Live,
             host: "amd-host".into(),
             kernel: "6.18.0".into(),
-            vendor: Vendor::Svm,
             hooks: vec![
                 hook(Stage::Cycle, "vcpu_enter_guest", "fentry"),
                 hook(Stage::VendorRun, "svm_vcpu_run", "kprobe"),
@@ -595,27 +588,16 @@ mod tests {
                 pid: 7,
                 name: "qemu".into(),
             }],
-            start_unix_ns: 0,
-            start_ts_ns: 0,
             duration_ns: 2 * SEC,
             unobserved: Some(0),
-            stop: None,
-            cut: None,
-            own_cost: None,
-            slow: None,
+            ..testdata::header()
         }
     }
 
     fn exit(vcpu: u32, reason: Reason, stages: [Option<u64>; STAGES]) -> Exit {
         Exit {
-            pid: 7,
-            tid: 8,
-            vcpu: Some(vcpu),
             ts_ns: SEC,
-            reason,
-            userspace_reason: None,
-            access: None,
-            stages,
+            ..testdata::exit(7, vcpu, reason, stages)
         }
     }
 

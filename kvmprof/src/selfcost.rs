@@ -103,24 +103,37 @@ impl OwnCost {
     }
 }
 
-/// This process's user + system CPU time so far (`/proc/self/stat`).
-pub fn cpu_ns() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0;
-    };
-    parse_cpu_ticks(&stat).saturating_mul(1_000_000_000) / clock_ticks()
+/// CPU time of this process so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    pub user_ns: u64,
+    pub system_ns: u64,
 }
 
-/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2)
-/// may hold spaces and parentheses, so fields are counted after its last `)`.
-pub fn parse_cpu_ticks(stat: &str) -> u64 {
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // After the name: field 3 (state) is index 0, so field 14 is index 11.
-    tick(11) + tick(12)
+/// This process's CPU time so far (`/proc/self/stat`); `None` if it cannot be read.
+pub fn cpu_time() -> Option<CpuTime> {
+    let (user, system) = parse_cpu_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    let ns = |ticks: u64| ticks.saturating_mul(1_000_000_000) / clock_ticks();
+    Some(CpuTime {
+        user_ns: ns(user),
+        system_ns: ns(system),
+    })
+}
+
+/// This process's user + system CPU time so far (0 if it cannot be read).
+pub fn cpu_ns() -> u64 {
+    cpu_time().map_or(0, |t| t.user_ns + t.system_ns)
+}
+
+/// utime and stime (fields 14 and 15) of a `/proc/PID/stat` line, in clock ticks. The
+/// command name (field 2) may hold spaces and parentheses, so fields are counted after its
+/// last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the name: field 3 (state) is the first, so field 14 is the twelfth.
+    let mut f = rest.split_whitespace().skip(11);
+    let mut tick = || f.next()?.parse::<u64>().ok();
+    Some((tick()?, tick()?))
 }
 
 fn clock_ticks() -> u64 {
@@ -154,8 +167,10 @@ mod tests {
     #[test]
     fn cpu_ticks_are_counted_after_a_command_name_with_spaces() {
         let stat = "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
-        assert_eq!(parse_cpu_ticks(stat), 300);
-        assert_eq!(parse_cpu_ticks("garbage"), 0);
+        assert_eq!(parse_cpu_ticks(stat), Some((250, 50)));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+        assert_eq!(parse_cpu_ticks("42 (x) S 1"), None);
+        assert!(cpu_time().is_some());
     }
 
     #[test]

@@ -178,10 +178,7 @@ mod tests {
 
     #[test]
     fn reasons_are_chosen_by_name_or_as_tags_spell_them() {
-        let io = Reason {
-            space: ReasonSpace::Svm,
-            code: 0x7b,
-        };
+        let io = crate::testdata::IO;
         let user_io = Reason {
             space: ReasonSpace::Userspace,
             code: 2,

@@ -1,10 +1,10 @@
 //! The pieces of `kvmprof top` (driven by [`crate::cmd::top`]): [`view`] turns the aggregate
 //! into rows, [`frame`] lays them out as text, [`screen`] owns the terminal, [`ui`] maps keys
-//! to view changes, [`since`] counts from the last reset and [`follow`] tracks the watched
+//! to view changes, [`since`] counts from the last reset and [`watch`] tracks the watched
 //! processes.
-pub mod follow;
 pub mod frame;
 pub mod screen;
 pub mod since;
 pub mod ui;
 pub mod view;
+pub mod watch;

@@ -6,7 +6,14 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
+    thread::sleep,
+    time::{Duration, Instant},
 };
+
+/// KVM_EXIT_* codes, as `--exits` lines carry them in `userspace_reason`.
+pub const KVM_EXIT_IO: u64 = 2;
+pub const KVM_EXIT_HLT: u64 = 5;
+pub const KVM_EXIT_MMIO: u64 = 6;
 
 /// A built binary of this workspace (`cargo xtask test` builds them before testing).
 pub fn bin(name: &str) -> PathBuf {
@@ -74,6 +81,38 @@ pub fn report_json(data: &Path, by: &str) -> serde_json::Value {
     ]);
     assert!(o.status.success(), "report failed: {}", stderr(&o));
     serde_json::from_slice(&o.stdout).expect("report JSON")
+}
+
+/// Polls `f` every 50 ms until it gives a value or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `done` every 50 ms until it holds or `limit` passes; whether it held.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    wait_for(limit, || done().then_some(())).is_some()
+}
+
+/// The exits the test VMM's guest makes on purpose, from its counts (`total` or one entry
+/// of `vcpus`): every kind but `other`, the exits hardware backends add (timers, ...).
+pub fn made(counts: &serde_json::Value) -> u64 {
+    ["pio_user", "pio_in", "pio_kernel", "mmio_user", "hlt"]
+        .iter()
+        .map(|k| {
+            counts[*k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {k} in {counts}"))
+        })
+        .sum()
 }
 
 /// Asserts a clean failure: non-zero exit, one line on stderr that contains `needle`, no panic.

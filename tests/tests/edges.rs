@@ -5,24 +5,11 @@ use std::{
     os::unix::fs::FileTypeExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    thread::sleep,
     time::{Duration, Instant},
 };
 
-use kvmprof_tests::{bin, kvmprof, report_json, scratch, skip_without_kvm, stderr};
+use kvmprof_tests::{bin, kvmprof, report_json, scratch, skip_without_kvm, stderr, wait_until};
 use serde_json::Value;
-
-/// Polls `done` every 50 ms for up to `secs` seconds.
-fn wait_for(secs: u64, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        sleep(Duration::from_millis(50));
-    }
-    done()
-}
 
 /// `kvmprof record -o DATA [extra] -- testvmm --forever` with the VMM's ready file.
 fn record_forever(dir: &Path, extra: &[&str]) -> (Child, PathBuf, PathBuf) {
@@ -44,7 +31,7 @@ fn record_forever(dir: &Path, extra: &[&str]) -> (Child, PathBuf, PathBuf) {
 /// The pid the test VMM wrote to its ready file.
 fn vmm_pid(ready: &Path) -> u32 {
     assert!(
-        wait_for(30, || ready.exists()),
+        wait_until(Duration::from_secs(30), || ready.exists()),
         "the test VMM never started"
     );
     let text = std::fs::read_to_string(ready).unwrap();
@@ -100,7 +87,7 @@ fn a_recording_killed_with_sigkill_leaves_a_file_report_reads_up_to_the_cut() {
     let _reap = Reap(vmm);
     // Two whole intervals written, then kill -9 mid-recording.
     assert!(
-        wait_for(30, || checkpoints(&data) >= 2),
+        wait_until(Duration::from_secs(30), || checkpoints(&data) >= 2),
         "no interval written"
     );
     sigkill(&mut rec);
@@ -127,7 +114,7 @@ fn a_recording_killed_with_sigkill_leaves_a_file_report_reads_up_to_the_cut() {
     assert!(text.lines().count() as u64 >= total);
     // The VMM we started goes with us (parent-death signal).
     assert!(
-        wait_for(10, || !running(vmm)),
+        wait_until(Duration::from_secs(10), || !running(vmm)),
         "test VMM {vmm} outlived kvmprof"
     );
 }
@@ -143,7 +130,7 @@ fn the_command_started_by_record_dies_when_kvmprof_is_killed() {
     let _reap = Reap(vmm);
     assert!(running(vmm));
     sigkill(&mut rec);
-    let gone = wait_for(10, || !running(vmm));
+    let gone = wait_until(Duration::from_secs(10), || !running(vmm));
     assert!(gone, "test VMM {vmm} kept running after kill -9 of kvmprof");
 }
 
@@ -157,10 +144,14 @@ fn record_shows_how_its_command_ended() {
     let vmm = vmm_pid(&ready);
     let _reap = Reap(vmm);
     // Recording has begun once an interval is written (or, failing that, after 5 s).
-    wait_for(5, || checkpoints(&dir.join("k.data")) >= 1);
+    wait_until(Duration::from_secs(5), || {
+        checkpoints(&dir.join("k.data")) >= 1
+    });
     // SAFETY: kill(2) of the VMM kvmprof started for us.
     unsafe { libc::kill(vmm as i32, libc::SIGKILL) };
-    if !wait_for(20, || rec.try_wait().is_ok_and(|s| s.is_some())) {
+    if !wait_until(Duration::from_secs(20), || {
+        rec.try_wait().is_ok_and(|s| s.is_some())
+    }) {
         sigkill(&mut rec);
     }
     let out = rec.wait_with_output().unwrap();

@@ -8,12 +8,11 @@ use std::{
     time::Duration,
 };
 
-use kvmprof_tests::{bin, kvmprof, report_json, scratch, skip_without_kvm, stderr};
+use kvmprof_tests::{
+    bin, kvmprof, made, report_json, scratch, skip_without_kvm, stderr, KVM_EXIT_HLT, KVM_EXIT_IO,
+    KVM_EXIT_MMIO,
+};
 use serde_json::Value;
-
-const KVM_EXIT_IO: u64 = 2;
-const KVM_EXIT_HLT: u64 = 5;
-const KVM_EXIT_MMIO: u64 = 6;
 
 /// Counts of one vCPU, tallied from `--exits` by what the test VMM does.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -120,11 +119,7 @@ fn record_reports_every_exit_of_the_test_vmm_exactly() {
     // The report: per vCPU totals, no loss, sane latencies.
     let by_vcpu = report_json(&data, "vcpu");
     assert_eq!(by_vcpu["lost"], 0);
-    let guest_total = counts["total"].as_object().unwrap();
-    let made: u64 = ["pio_user", "pio_in", "pio_kernel", "mmio_user", "hlt"]
-        .iter()
-        .map(|k| guest_total[*k].as_u64().unwrap())
-        .sum();
+    let made = made(&counts["total"]);
     let reported = by_vcpu["total_exits"].as_u64().unwrap();
     if by_vcpu["header"]["vendor"] == "pvm" {
         // Under PVM only I/O and userspace exits are visible, and the guest makes no other.

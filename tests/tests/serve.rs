@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvmprof_tests::{assert_clean_error, bin, kvmprof, report_json, scratch, skip_without_kvm};
+use kvmprof_tests::{
+    assert_clean_error, bin, kvmprof, made, report_json, scratch, skip_without_kvm, wait_for,
+};
 use serde_json::Value;
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -43,20 +45,6 @@ fn get(url: &str, query: &[(&str, &str)]) -> Option<String> {
         return None;
     }
     resp.body_mut().read_to_string().ok()
-}
-
-/// Polls `f` every 200 ms until it gives a value or `limit` passes.
-fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if t0.elapsed() > limit {
-            return None;
-        }
-        sleep(Duration::from_millis(200));
-    }
 }
 
 /// Stops a child with SIGTERM (then SIGKILL after 10 s) when dropped.
@@ -149,15 +137,6 @@ fn run_vmm(vcpus: &str) -> Value {
     serde_json::from_slice(&out.stdout).expect("test VMM counts")
 }
 
-/// Exits the test VMM made, from its own counts.
-fn made(counts: &Value) -> u64 {
-    let t = &counts["total"];
-    ["pio_user", "pio_in", "pio_kernel", "mmio_user", "hlt"]
-        .iter()
-        .map(|k| t[*k].as_u64().expect("count"))
-        .sum()
-}
-
 /// Sum of `kvmprof_exits_total` samples of `pid` in a /metrics text.
 fn served_exits(metrics: &str, pid: u64) -> u64 {
     let label = format!("pid=\"{pid}\"");
@@ -165,6 +144,15 @@ fn served_exits(metrics: &str, pid: u64) -> u64 {
         .lines()
         .filter(|l| l.starts_with("kvmprof_exits_total{") && l.contains(&label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Sum of the samples of `metric` (a name with its `{` or ` `) in a /metrics text.
+fn sample_sum(metrics: &str, metric: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(metric))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
@@ -233,7 +221,7 @@ fn prometheus_gets_the_exact_exit_count_and_the_p99_bucket_of_the_test_vmm() {
     );
     let counts: Value = serde_json::from_slice(&out.stdout).expect("test VMM counts");
     let pid = counts["pid"].as_u64().expect("VMM pid");
-    let made = made(&counts);
+    let made = made(&counts["total"]);
 
     let total = format!("sum(kvmprof_exits_total{{pid=\"{pid}\"}})");
     let seen = wait_for(Duration::from_secs(60), || {
@@ -334,7 +322,7 @@ fn a_vmm_that_exits_leaves_metrics_after_the_grace_period_and_a_new_one_appears(
 
     let first = run_vmm("1");
     let exited = Instant::now();
-    let (pid, want) = (first["pid"].as_u64().unwrap(), made(&first));
+    let (pid, want) = (first["pid"].as_u64().unwrap(), made(&first["total"]));
     let metrics = wait_for(Duration::from_secs(6), || {
         get(&url, &[]).filter(|m| served_exits(m, pid) >= want)
     })
@@ -369,7 +357,7 @@ fn a_vmm_that_exits_leaves_metrics_after_the_grace_period_and_a_new_one_appears(
     );
 
     let second = run_vmm("2");
-    let (pid2, want2) = (second["pid"].as_u64().unwrap(), made(&second));
+    let (pid2, want2) = (second["pid"].as_u64().unwrap(), made(&second["total"]));
     let metrics = wait_for(Duration::from_secs(6), || {
         get(&url, &[]).filter(|m| served_exits(m, pid2) >= want2)
     })
@@ -385,6 +373,20 @@ fn a_vmm_that_exits_leaves_metrics_after_the_grace_period_and_a_new_one_appears(
     );
     assert!(metrics.contains("kvmprof_lost_exits_total 0"));
     assert!(metrics.contains("kvmprof_self_cpu_seconds_total{mode=\"user\"}"));
+    // kvmprof's own BPF cost: every exit the VMMs made ran at least one of its programs
+    // (other VMMs on the host only add runs), and that took some time.
+    let runs = sample_sum(&metrics, "kvmprof_self_bpf_runs_total{program=");
+    let bpf_s = sample_sum(&metrics, "kvmprof_self_bpf_seconds_total{program=");
+    eprintln!(
+        "own BPF cost: {runs} runs, {bpf_s} s, {:.0} ns per exit of the test VMMs",
+        bpf_s * 1e9 / (want + want2) as f64
+    );
+    assert!(
+        runs >= (want + want2) as f64,
+        "{runs} BPF program runs for {} exits: {metrics}",
+        want + want2
+    );
+    assert!(bpf_s > 0.0, "no BPF run time: {metrics}");
 
     let status = serve.stop().expect("serve stops on SIGTERM");
     assert!(
@@ -432,7 +434,7 @@ fn serve_by_name_follows_a_vmm_that_starts_later() {
         .expect("run the test VMM");
     assert!(later.status.success(), "test VMM failed");
     let counts: Value = serde_json::from_slice(&later.stdout).expect("test VMM counts");
-    let (pid, want) = (counts["pid"].as_u64().unwrap(), made(&counts));
+    let (pid, want) = (counts["pid"].as_u64().unwrap(), made(&counts["total"]));
     let metrics = wait_for(Duration::from_secs(6), || {
         get(&url, &[]).filter(|m| served_exits(m, pid) >= want)
     })

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvmprof_tests::{bin, scratch, skip_without_kvm};
+use kvmprof_tests::{bin, scratch, skip_without_kvm, wait_until};
 use serde_json::Value;
 
 /// Skips (printing why) without root, /dev/kvm or tmux.
@@ -54,9 +54,10 @@ impl Vmm {
             .spawn()
             .expect("start the test VMM");
         let pid = child.id();
-        wait_until("the test VMM is ready", Duration::from_secs(10), || {
+        let ready = wait_until(Duration::from_secs(10), || {
             std::fs::read_to_string(ready).is_ok_and(|t| t.ends_with('\n'))
         });
+        assert!(ready, "timed out waiting until the test VMM is ready");
         Vmm { child, pid }
     }
 
@@ -167,14 +168,6 @@ impl Drop for Pane {
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .output();
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        sleep(Duration::from_millis(50));
     }
 }
 

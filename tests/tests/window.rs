@@ -13,11 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvmprof_tests::{assert_clean_error, bin, kvmprof, report_json, scratch, skip_without_kvm};
+use kvmprof_tests::{
+    assert_clean_error, bin, kvmprof, report_json, scratch, skip_without_kvm, KVM_EXIT_HLT,
+    KVM_EXIT_IO,
+};
 use serde_json::Value;
-
-const KVM_EXIT_IO: u64 = 2;
-const KVM_EXIT_HLT: u64 = 5;
 
 /// A test VMM running `--forever`.
 struct RunningVmm {

@@ -5,16 +5,19 @@
 //!    file (`kvmprof report --format json`, `header.own_cost`); divided by the exits the
 //!    test VMM made. Steady even on a loaded machine, unlike throughput.
 //! 2. Throughput: the test VMM makes a known number of exits and times them itself (first
-//!    KVM_RUN to last return), alone, under `kvmprof record`, `kvmprof record --exits`, a
-//!    bpftrace counting one-liner and a bpftrace `hist()` one-liner. kvmprof starts the VMM
-//!    (`record -- CMD`) and bpftrace too (`-c CMD`), so both are attached before its first
-//!    exit. The modes take turns within each round so that load from elsewhere on the
+//!    KVM_RUN to last return), alone, under `kvmprof record`, `kvmprof top --batch`, `kvmprof
+//!    record --exits`, a bpftrace counting one-liner and a bpftrace `hist()` one-liner.
+//!    kvmprof starts the VMM (`record -- CMD`) and bpftrace too (`-c CMD`), so both are
+//!    attached before its first exit; `top` starts no command: it watches every VMM of the
+//!    host and the VMM starts once top's first frame is out. The modes take turns within each round so that load from elsewhere on the
 //!    machine spreads over all of them; each cell is the median of the rounds.
 //! 3. kvmprof's own CPU and peak RSS, and the events it lost.
 use std::fmt::Write as _;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -49,6 +52,7 @@ struct Workload {
 enum Mode {
     Alone,
     Kvmprof { bin: PathBuf, exits_file: bool },
+    Top { bin: PathBuf },
     Bpftrace { bin: PathBuf, script: &'static str },
 }
 
@@ -118,6 +122,10 @@ pub fn run(exits: u64, rounds: usize, build: bool) -> Result<()> {
                 bin,
                 exits_file: false,
             }),
+        },
+        Column {
+            name: "top -b",
+            mode: kvmprof.clone().map(|bin| Mode::Top { bin }),
         },
         Column {
             name: "--exits",
@@ -214,6 +222,10 @@ fn run_once(testvmm: &Path, args: &str, mode: &Mode, scratch: &Path) -> Result<S
             let note = format!("kvmprof recorded {} exits, {} lost", rec.exits, rec.lost);
             (stdout, note, Some(rec))
         }
+        Mode::Top { bin } => {
+            let (stdout, last_frame) = top_run(bin, testvmm, &vmm_args)?;
+            (stdout, format!("top's last frame: {last_frame}"), None)
+        }
         Mode::Bpftrace { bin, script } => {
             let (stdout, _) = finish(
                 Command::new(bin)
@@ -299,6 +311,73 @@ fn kvmprof_run(
         peak_rss_bytes: cost["peak_rss_bytes"].as_u64().unwrap_or(0),
     };
     Ok((stdout, rec))
+}
+
+/// `kvmprof top --batch` (default 1 s refresh) while the VMM runs. `top` starts no command,
+/// so it watches every VMM of the host (run the bench on a quiet machine) and the VMM starts
+/// once top's first frame is out, i.e. once every hook is attached; SIGINT stops top after
+/// its next frame. Returns the VMM's stdout and the first line of top's last frame.
+fn top_run(kvmprof: &Path, testvmm: &Path, vmm_args: &[&str]) -> Result<(String, String)> {
+    let frames = Shared::default();
+    let mut cmd = Command::new(kvmprof);
+    cmd.args(["top", "--batch"]);
+    let mut top = spawn_piped(&mut cmd, frames.clone(), Vec::new())?;
+    let t0 = Instant::now();
+    while frames.text().is_empty() && !top.ended()? && t0.elapsed() < RUN_LIMIT {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let vmm = if frames.text().is_empty() {
+        Err(anyhow::anyhow!("`kvmprof top --batch` printed no frame"))
+    } else {
+        finish(Command::new(testvmm).args(vmm_args)).map(|(out, _)| out)
+    };
+    // One more frame, so that the last one shows the VMM's exits.
+    let count = |f: &Shared| f.text().matches("kvmprof top").count();
+    let (seen, t0) = (count(&frames), Instant::now());
+    while count(&frames) == seen && !top.ended()? && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Best effort: if top is gone already, its status below says why.
+    let _ = Command::new("kill")
+        .args(["-INT", &top.id().to_string()])
+        .status();
+    let (status, frames, err) = top.wait(RUN_LIMIT)?;
+    outcome(&cmd, (status, frames.text().into_bytes(), err))?;
+    let last = frames
+        .text()
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("kvmprof top"))
+        .unwrap_or("none")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok((vmm?, last))
+}
+
+/// Output that can be read while a child still writes it.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Shared {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl io::Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Runs a command to its end and returns its stdout and stderr.

@@ -117,6 +117,15 @@ fn forward<W: Write + Send + 'static>(mut from: io::PipeReader, mut to: W) -> Jo
 }
 
 impl<O, E> Running<O, E> {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the child has ended (its status stays for [`Running::wait`]).
+    pub fn ended(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_some())
+    }
+
     /// Waits for the child and returns its status and the writers holding its output. After
     /// `limit` it kills the child and its descendants and fails.
     pub fn wait(mut self, limit: Duration) -> Result<(ExitStatus, O, E)> {

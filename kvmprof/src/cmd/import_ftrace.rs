@@ -58,7 +58,7 @@ fn vendor_path(output: &Path, vendor: Vendor) -> PathBuf {
 mod tests {
     use super::*;
     use crate::datafile::Source;
-    use crate::model::{Reason, ReasonSpace, Stage};
+    use crate::model::Stage;
 
     fn fixture(name: &str) -> String {
         format!(
@@ -97,10 +97,7 @@ mod tests {
         // no timestamps in this capture
         assert_eq!((header.start_ts_ns, header.duration_ns), (0, 0));
         assert_eq!(aggregate.total_exits(), 1);
-        let io = Reason {
-            space: ReasonSpace::Svm,
-            code: 0x7b,
-        };
+        let io = crate::testdata::IO;
         let (key, stats) = aggregate.keys().iter().next().unwrap();
         assert_eq!((key.pid, key.vcpu, key.reason), (0, None, io));
         let sums: Vec<_> = [

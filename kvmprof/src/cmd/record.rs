@@ -12,7 +12,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     cli::RecordArgs,
-    datafile::{self, End, Header, HookUse, Source, Writer},
+    clock,
+    datafile::{End, Header, HookUse, Source, Writer},
     diag::note,
     exits,
     kernel::Facts,
@@ -190,7 +191,7 @@ impl Recorder {
 
     /// Writes what time has completed; a write error stops the recording.
     fn tick(&mut self, st: &Status) -> ControlFlow<()> {
-        let until = datafile::monotonic_now().saturating_sub(WRITE_AFTER.as_nanos() as u64);
+        let until = clock::monotonic_ns().saturating_sub(WRITE_AFTER.as_nanos() as u64);
         let result = self
             .data
             .write_before(until, st.counters.lost)

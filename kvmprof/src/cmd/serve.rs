@@ -10,9 +10,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::oneshot};
 
-use crate::serve::{exporter::Exporter, follow::Follow, http, snapshot::Snapshot, vms::Vms};
+use crate::serve::{exporter::Exporter, http, snapshot::Snapshot, vms::Vms};
 use crate::{
     cli::ServeArgs,
+    follow::Follow,
     live::{self, Stop},
     target::{self, Target},
 };
@@ -50,8 +51,14 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     let mut follow = if names.is_empty() {
         None
     } else {
-        let pids = targets.iter().map(|t| t.pid).collect();
-        Some(Follow::new(names, session.pid_filter()?, pids))
+        let pids = targets.iter().map(|t| t.pid);
+        // Every process is matched again at every tick: a tick is a second already.
+        Some(Follow::new(
+            names,
+            session.pid_filter()?,
+            pids,
+            Duration::ZERO,
+        ))
     };
 
     let exporter = Exporter::default();
@@ -75,7 +82,10 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
                 }
                 let mut vms = vms.borrow_mut();
                 vms.expire(agg, Instant::now(), target::alive);
-                let snap = Snapshot::take(agg, vms.known(), !a.no_vcpu_label, st.counters.lost);
+                let snap = Snapshot {
+                    bpf: st.own_cost.programs.clone(),
+                    ..Snapshot::take(agg, vms.known(), !a.no_vcpu_label, st.counters.lost)
+                };
                 match exporter.snapshot.lock() {
                     Ok(mut s) => *s = snap,
                     // Only a panicking scrape poisons the lock; the scrape reports the error.
@@ -113,10 +123,10 @@ fn watching(targets: &[Target]) -> String {
 
 /// Watches the processes that now match a `--pid` name, and says which.
 fn follow_names(f: &mut Follow) {
-    match f.tick() {
+    match f.drop_exited().and_then(|()| f.add_new()) {
         Ok(added) => {
-            for pid in added {
-                eprintln!("kvmprof: watching pid {pid} too");
+            for t in added {
+                eprintln!("kvmprof: watching pid {} too", t.pid);
             }
         }
         // Say so and go on serving what is watched already.

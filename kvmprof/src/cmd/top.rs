@@ -20,12 +20,12 @@ use std::{
 use anyhow::{bail, Result};
 
 use crate::tui::{
-    follow::Watch,
     frame::{self, Summary},
     screen::Screen,
     since,
     ui::{Action, Ui},
     view::{self, Context, Rates, Row},
+    watch::Watch,
 };
 use crate::{
     aggregate::Aggregate,
@@ -165,7 +165,7 @@ impl Top {
             return Ok(ControlFlow::Break(()));
         }
         // Also while paused: new processes must be traced from their first exit.
-        self.watch.follow(st.elapsed)?;
+        self.watch.follow()?;
         for t in &self.watch.targets {
             self.names.entry(t.pid).or_insert_with(|| t.name.clone());
         }

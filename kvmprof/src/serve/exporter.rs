@@ -12,9 +12,10 @@ use prometheus_client::{
     registry::Unit,
 };
 
+use crate::selfcost::{self, CpuTime, ProgramCost};
+
 use super::{
     buckets,
-    cost::{self, CpuTime},
     snapshot::{Snapshot, Vm},
 };
 
@@ -39,8 +40,9 @@ impl prometheus_client::collector::Collector for Exporter {
             MetricType::Counter,
         )?;
         m.encode_counter::<NoLabelSet, _, f64>(&s.lost, None)?;
+        encode_bpf_cost(&s.bpf, &mut enc)?;
         drop(s);
-        encode_cost(cost::cpu_time(), &mut enc)
+        encode_cost(selfcost::cpu_time(), &mut enc)
     }
 }
 
@@ -114,10 +116,43 @@ fn encode_cost(cpu: Option<CpuTime>, enc: &mut DescriptorEncoder) -> fmt::Result
         Some(&Unit::Seconds),
         MetricType::Counter,
     )?;
-    for (mode, secs) in [("user", cpu.user), ("system", cpu.system)] {
+    for (mode, ns) in [("user", cpu.user_ns), ("system", cpu.system_ns)] {
         family
             .encode_family(&[("mode", mode)])?
-            .encode_counter::<NoLabelSet, _, f64>(&secs, None)?;
+            .encode_counter::<NoLabelSet, _, f64>(&(ns as f64 / 1e9), None)?;
+    }
+    Ok(())
+}
+
+/// The kernel's run time of kvmprof's eBPF programs. They run in the VMMs' threads, on the
+/// path of every exit, so this is the cost kvmprof adds to the VMs; divided by the exits'
+/// rate it gives the BPF ns per exit (docs/serve.md).
+fn encode_bpf_cost(programs: &[ProgramCost], enc: &mut DescriptorEncoder) -> fmt::Result {
+    if programs.is_empty() {
+        return Ok(());
+    }
+    let mut family = enc.encode_descriptor(
+        "kvmprof_self_bpf",
+        "kvmprof's own cost: run time of its eBPF programs (in the VMMs' threads, on each \
+         exit's path), per program, as the kernel's BPF run-time statistics count it",
+        Some(&Unit::Seconds),
+        MetricType::Counter,
+    )?;
+    for p in programs {
+        family
+            .encode_family(&[("program", p.name.as_str())])?
+            .encode_counter::<NoLabelSet, _, f64>(&(p.run_ns as f64 / 1e9), None)?;
+    }
+    let mut family = enc.encode_descriptor(
+        "kvmprof_self_bpf_runs",
+        "kvmprof's own cost: times each of its eBPF programs ran",
+        None,
+        MetricType::Counter,
+    )?;
+    for p in programs {
+        family
+            .encode_family(&[("program", p.name.as_str())])?
+            .encode_counter::<NoLabelSet, _, f64>(&p.runs, None)?;
     }
     Ok(())
 }
@@ -178,6 +213,11 @@ mod tests {
                 sum_ns: 1_500_000_000,
             }],
             lost: 3,
+            bpf: vec![ProgramCost {
+                name: "kvm_pio".into(),
+                run_ns: 2_500_000_000,
+                runs: 40,
+            }],
         };
         let t = text(snap);
         let vm = r#"pid="42",process="qemu-system-x86",guest="web1""#;
@@ -196,6 +236,8 @@ mod tests {
         has(format!(r#"{h}_count{{{l}}} 8"#));
         has(format!(r#"{h}_sum{{{l}}} 1.5"#));
         has("kvmprof_lost_exits_total 3".into());
+        has(r#"kvmprof_self_bpf_seconds_total{program="kvm_pio"} 2.5"#.into());
+        has(r#"kvmprof_self_bpf_runs_total{program="kvm_pio"} 40"#.into());
         assert!(t.contains("# TYPE kvmprof_exit_latency_seconds histogram"));
         assert!(t.contains(r#"kvmprof_self_cpu_seconds_total{mode="user"} "#));
         assert!(t.ends_with("# EOF\n"));
@@ -213,5 +255,12 @@ mod tests {
             ..Snapshot::default()
         };
         assert!(!text(snap).contains("pid=\"7\""));
+    }
+
+    #[test]
+    fn no_bpf_cost_series_when_the_kernel_refused_run_time_statistics() {
+        let t = text(Snapshot::default());
+        assert!(!t.contains("kvmprof_self_bpf"), "{t}");
+        assert!(t.contains("kvmprof_self_cpu_seconds_total"), "{t}");
     }
 }

@@ -13,9 +13,7 @@
 //! [`http`] serves them, [`vms`] names and expires VMs; [`crate::cmd::serve`] wires them
 //! together.
 mod buckets;
-mod cost;
 pub mod exporter;
-pub mod follow;
 pub mod http;
 pub mod snapshot;
 pub mod vms;

@@ -6,6 +6,7 @@ use crate::{
     aggregate::Aggregate,
     backend::reason_name,
     model::{Reason, Stage},
+    selfcost::ProgramCost,
     vmname::VmName,
 };
 
@@ -47,6 +48,9 @@ pub struct Snapshot {
     pub latency: Vec<Latency>,
     /// Exits dropped because the ring buffer was full.
     pub lost: u64,
+    /// Run time of kvmprof's own eBPF programs since they were loaded; empty when the
+    /// kernel refused BPF run-time statistics.
+    pub bpf: Vec<ProgramCost>,
 }
 
 impl Snapshot {
@@ -95,35 +99,19 @@ impl Snapshot {
                 .collect(),
             latency: latency.into_values().collect(),
             lost,
+            bpf: Vec::new(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use kvmprof_common::STAGES;
-
     use super::*;
-    use crate::model::{Exit, ReasonSpace};
-
-    const IO: Reason = Reason {
-        space: ReasonSpace::Svm,
-        code: 0x7b,
-    };
+    use crate::model::Exit;
+    use crate::testdata::{self, IO};
 
     fn exit(pid: u32, vcpu: u32, cycle: u64) -> Exit {
-        let mut stages = [None; STAGES];
-        stages[Stage::Cycle.index()] = Some(cycle);
-        Exit {
-            pid,
-            tid: pid + 1 + vcpu,
-            vcpu: Some(vcpu),
-            ts_ns: 1,
-            reason: IO,
-            userspace_reason: None,
-            access: None,
-            stages,
-        }
+        testdata::exit(pid, vcpu, IO, testdata::cycle(Some(cycle)))
     }
 
     fn vms(pids: &[u32]) -> BTreeMap<u32, Vm> {

@@ -73,22 +73,11 @@ mod tests {
     use kvmprof_common::STAGES;
 
     use super::*;
-    use crate::model::{Exit, Reason, ReasonSpace};
+    use crate::model::Exit;
+    use crate::testdata::{self, IO};
 
     fn exit(pid: u32) -> Exit {
-        Exit {
-            pid,
-            tid: pid,
-            vcpu: Some(0),
-            ts_ns: 1,
-            reason: Reason {
-                space: ReasonSpace::Svm,
-                code: 0x7b,
-            },
-            userspace_reason: None,
-            access: None,
-            stages: [Some(10); STAGES],
-        }
+        testdata::exit(pid, 0, IO, [Some(10); STAGES])
     }
 
     #[test]

@@ -11,10 +11,10 @@ use ratatui::{
 };
 
 use crate::tui::{
-    follow::GRACE,
     frame::{self, Detail, Part, Summary, Tone},
     ui::Ui,
     view::{Row, EXITED_MARK},
+    watch::GRACE,
 };
 
 pub struct Screen {

@@ -9,6 +9,7 @@ use std::{
 use anyhow::Result;
 
 use crate::{
+    follow::Follow,
     live::PidFilter,
     target::{self, Target},
 };
@@ -16,59 +17,36 @@ use crate::{
 /// How long an exited process stays in the table, marked.
 pub const GRACE: Duration = Duration::from_secs(5);
 
-/// How often every process is matched again, not only the new ones: a process's name
-/// changes when it execs (a shell's child becomes `qemu`). Between, a tick reads only the
-/// list of pids, which stays cheap on hosts with thousands of processes.
+/// How often every process is matched against the `-p` names again (see [`Follow`]); `top`
+/// ticks faster than this, and between rescans a tick reads only the list of pids.
 const RESCAN: Duration = Duration::from_secs(1);
 
 pub struct Watch {
-    /// The `-p` arguments that are names, matched again at every tick.
-    patterns: Vec<String>,
-    filter: Option<PidFilter>,
+    /// Where some `-p` argument is a name: the processes of that name that start later.
+    follow: Option<Follow>,
     /// Processes watched by `-p`, in the order found.
     pub targets: Vec<Target>,
     /// When each process seen exited (as time since recording began).
     exited: BTreeMap<u32, Duration>,
-    /// The processes matched at the last tick, and when all are matched again.
-    checked: BTreeSet<u32>,
-    rescan: Duration,
 }
 
 impl Watch {
     /// Watches `targets`; `specs` are the `-p` arguments they were resolved from. `filter`
     /// is needed only where some spec is a name.
     pub fn new(specs: &[String], targets: Vec<Target>, filter: Option<PidFilter>) -> Watch {
+        let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
         Watch {
-            patterns: target::names(specs),
-            filter,
+            follow: filter.map(|f| Follow::new(target::names(specs), f, pids, RESCAN)),
             targets,
             exited: BTreeMap::new(),
-            checked: BTreeSet::new(),
-            rescan: Duration::ZERO,
         }
     }
 
-    /// Adds the processes that match a name and are not watched yet: those started since
-    /// the last tick, and every [`RESCAN`] all of them.
-    pub fn follow(&mut self, now: Duration) -> Result<()> {
-        let Some(filter) = &mut self.filter else {
-            return Ok(());
-        };
-        let all = now >= self.rescan;
-        if all {
-            self.rescan = now + RESCAN;
+    /// Adds the processes that match a name and are not watched yet.
+    pub fn follow(&mut self) -> Result<()> {
+        if let Some(f) = &mut self.follow {
+            self.targets.extend(f.add_new()?);
         }
-        let pids: BTreeSet<u32> = target::pids()?.into_iter().collect();
-        for &pid in &pids {
-            if (!all && self.checked.contains(&pid)) || self.targets.iter().any(|t| t.pid == pid) {
-                continue;
-            }
-            if let Some(t) = self.patterns.iter().find_map(|p| target::matching(pid, p)) {
-                filter.add(pid)?;
-                self.targets.push(t);
-            }
-        }
-        self.checked = pids;
         Ok(())
     }
 
