@@ -2,7 +2,10 @@
 //! stage which symbol to hook and how, and say why the other ways were rejected. Pure: no
 //! I/O, so every kernel shape is unit-tested without root.
 use anyhow::{bail, Result};
-use kvmprof_common::boundary;
+use kvmprof_common::{
+    boundary,
+    names::{tp, tracepoint_programs},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{backend, kernel::Facts, model::Stage, model::Vendor};
@@ -112,12 +115,7 @@ pub fn candidate_functions() -> Vec<&'static str> {
 
 /// Plans every stage for this kernel.
 pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
-    for tp in [
-        "syscalls/sys_enter_ioctl",
-        "kvm/kvm_userspace_exit",
-        "kvm/kvm_pio",
-        "kvm/kvm_mmio",
-    ] {
+    for tp in tp::BASE {
         if !f.tracepoints.contains_key(tp) {
             bail!("tracepoint {tp} is missing: this kernel has no KVM tracing (CONFIG_KVM, CONFIG_FTRACE_SYSCALLS)");
         }
@@ -127,8 +125,8 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
         bail!("no KVM backend found (no kvm_intel, kvm_amd or PVM symbols): is KVM loaded?");
     }
     let hooks = backend::hooks(vendor);
-    let kvm_exit_usable = hooks.kvm_exit_fires && f.tracepoints.contains_key("kvm/kvm_exit");
-    let kvm_entry_usable = kvm_exit_usable && f.tracepoints.contains_key("kvm/kvm_entry");
+    let kvm_exit_usable = hooks.kvm_exit_fires && f.tracepoints.contains_key(tp::KVM_EXIT);
+    let kvm_entry_usable = kvm_exit_usable && f.tracepoints.contains_key(tp::KVM_ENTRY);
 
     let funcs: [(Stage, &[&str], &str); 4] = [
         (Stage::Cycle, &[backend::ENTER_GUEST], backend::KVM_MODULE),
@@ -208,19 +206,12 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
             c.mode = vr_mode;
         }
     }
-    let mut tracepoints: Vec<String> = [
-        "syscalls/sys_enter_ioctl",
-        "kvm/kvm_userspace_exit",
-        "kvm/kvm_pio",
-        "kvm/kvm_mmio",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut tracepoints: Vec<String> = tp::BASE.map(String::from).to_vec();
     if kvm_exit_usable {
-        tracepoints.push("kvm/kvm_exit".into());
+        tracepoints.push(tp::KVM_EXIT.into());
     }
     if boundary == boundary::KVM_ENTRY {
-        tracepoints.push("kvm/kvm_entry".into());
+        tracepoints.push(tp::KVM_ENTRY.into());
     }
     let (btf_tracepoints, tracepoint_notes) = plan_tracepoints(f, pref, &tracepoints);
     Ok(Plan {
@@ -232,10 +223,6 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
         tracepoint_notes,
     })
 }
-
-/// Tracepoints that have a BTF-tracepoint program (raw arguments instead of format-file
-/// fields) and what else that program needs.
-const BTF_TRACEPOINT_PROGRAMS: &[&str] = &["kvm/kvm_exit"];
 
 /// Which tracepoints to attach as tp_btf: those with a program for it, whose
 /// `btf_trace_<name>` type is in vmlinux or module BTF (`kvm:*` live in kvm.ko on distro
@@ -255,14 +242,14 @@ fn plan_tracepoints(
             .map(|t| t.module.as_deref().unwrap_or("vmlinux"));
         // Only kvm_exit's program needs more than its arguments: the exit reason's layout.
         let needs = match (tp.as_str(), &f.kvm_exit_layout) {
-            ("kvm/kvm_exit", Some(Ok(_))) => {
+            (tp::KVM_EXIT, Some(Ok(_))) => {
                 Ok(" (exit reason read through the vendor vCPU struct, offsets from BTF)")
             }
-            ("kvm/kvm_exit", Some(Err(e))) => Err(format!("tp_btf: {e}")),
-            ("kvm/kvm_exit", None) => Err("tp_btf: BTF layout not read".to_string()),
+            (tp::KVM_EXIT, Some(Err(e))) => Err(format!("tp_btf: {e}")),
+            (tp::KVM_EXIT, None) => Err("tp_btf: BTF layout not read".to_string()),
             _ => Ok(""),
         };
-        let why_not = if !BTF_TRACEPOINT_PROGRAMS.contains(&tp.as_str()) {
+        let why_not = if tracepoint_programs(tp).and_then(|p| p.btf).is_none() {
             "no tp_btf program for it".to_string()
         } else if !matches!(pref, HookPref::Auto | HookPref::Fentry) {
             "tp_btf not requested (--hooks)".to_string()
