@@ -22,7 +22,6 @@ use kvmprof_common::{
 
 use crate::{
     btf,
-    btfproto::{self, Arg},
     kernel::Facts,
     model::Stage,
     plan::{self, HookPref, Mode, Plan},
@@ -101,9 +100,10 @@ fn load_fexit(ebpf: &mut Ebpf, facts: &Facts, name: &str, sym: &str) -> Result<(
     load_btf_program!(FExit, ebpf, name, target)
 }
 
-/// Attaches everything in `plan` to the object [`plan_and_load`] loaded for it, filtered to
-/// `pids` (that object traces every process when it was loaded without `filter`).
-pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Result<()> {
+/// Attaches everything in `plan` to the object [`load_for`] loaded for it, filtered to
+/// `pids` (that object traces every process when it was loaded without `filter`). A raw
+/// tracepoint the kernel refuses is attached as a classic one, and `plan` is updated to say so.
+pub fn attach(ebpf: &mut Ebpf, plan: &mut Plan, facts: &Facts, pids: &[u32]) -> Result<()> {
     let mut pid_map: HashMap<_, u32, u8> =
         HashMap::try_from(ebpf.map_mut(map::PIDS).context("PIDS map")?)?;
     for p in pids {
@@ -124,21 +124,21 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
         prog.attach()
             .map_err(|e| anyhow!("attach tp_btf {tp}: {}", describe(&e)))?;
     }
-    // Prototypes of raw tracepoints; without BTF every other tracepoint stays classic.
-    let protos = btfproto::Btf::load(Some("kvm")).ok();
-    for tp in &plan.tracepoints {
-        if plan.btf_tracepoints.contains(tp) {
+    for tp in plan.tracepoints.clone() {
+        if plan.btf_tracepoints.contains(&tp) {
             continue;
         }
-        let name = tracepoint_programs(tp)
-            .map(|p| p.classic)
-            .with_context(|| format!("no program for tracepoint {tp}"))?;
+        let programs =
+            tracepoint_programs(&tp).with_context(|| format!("no program for tracepoint {tp}"))?;
         let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
-        if let Some(btf) = &protos {
-            if attach_raw(ebpf, btf, tp, ev) {
-                continue;
+        if plan.raw_tracepoints.contains(&tp) {
+            match attach_raw(ebpf, programs, ev) {
+                Ok(()) => continue,
+                // The kernel refused what its BTF allowed: classic, and the plan says so.
+                Err(e) => plan.raw_refused(&tp, &format!("{e:#}")),
             }
         }
+        let name = programs.classic;
         let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
         prog.load()
             .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
@@ -205,30 +205,15 @@ fn attach_thread_exit(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-/// The raw tracepoint program standing in for a classic one, and the types of the
-/// arguments it reads, by position (`kvmprof-ebpf/src/probes/kvm.rs`).
-fn raw_variant(tp: &str) -> Option<(&'static str, Vec<Arg>)> {
-    let (name, sizes) = tracepoint_programs(tp)?.raw?;
-    Some((name, sizes.iter().map(|&n| Arg::Int(n)).collect()))
-}
-
-/// Attaches the raw tracepoint variant of `tp` where this kernel's prototype has the
-/// arguments it reads; `false` means use the classic tracepoint (no variant, another
-/// prototype, or the kernel refused it).
-fn attach_raw(ebpf: &mut Ebpf, btf: &btfproto::Btf, tp: &str, event: &str) -> bool {
-    let Some((name, want)) = raw_variant(tp) else {
-        return false;
-    };
-    let fits = btf
-        .tracepoint_args(event)
-        .is_some_and(|args| args.len() >= want.len() && args[..want.len()] == want[..]);
-    if !fits {
-        return false;
-    }
-    let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut RawTracePoint>::try_from) else {
-        return false;
-    };
-    prog.load().is_ok() && prog.attach(event).is_ok()
+/// Attaches the raw tracepoint program of `programs` to `event`.
+fn attach_raw(ebpf: &mut Ebpf, programs: &names::TracepointPrograms, event: &str) -> Result<()> {
+    let (name, _) = programs.raw.context("no raw program")?;
+    let prog: &mut RawTracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
+    prog.load()
+        .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
+    prog.attach(event)
+        .map_err(|e| anyhow!("attach raw tracepoint {event}: {}", describe(&e)))?;
+    Ok(())
 }
 
 /// The run-time configuration: cycle boundary and tracepoint field offsets of this kernel.

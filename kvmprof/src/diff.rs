@@ -310,6 +310,7 @@ mod tests {
             kernel: "6.1".into(),
             vendor: Vendor::Svm,
             hooks: Vec::new(),
+            tracepoints: vec![],
             cycle_source: "x".into(),
             processes: Vec::new(),
             start_unix_ns: 0,

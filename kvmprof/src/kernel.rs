@@ -31,6 +31,9 @@ pub struct Facts {
     pub btf_funcs: HashMap<String, btf::Target>,
     /// Tracepoints (`category/name`) with a `btf_trace_<name>` type: what tp_btf can target.
     pub btf_tracepoints: HashMap<String, btf::Target>,
+    /// The argument shapes of those tracepoints' prototypes: what a raw tracepoint program,
+    /// which reads its arguments by position, needs to match.
+    pub tracepoint_args: HashMap<String, Vec<btf::Arg>>,
     /// Where a tp_btf `kvm_exit` program finds the exit reason, or why it cannot (`None`:
     /// not read).
     pub kvm_exit_layout: Option<Result<ExitLayout, String>>,
@@ -103,6 +106,14 @@ impl Facts {
                 .filter_map(|tp| {
                     let (_, name) = tp.split_once('/')?;
                     Some((tp.to_string(), kbtf.tracepoint(name)?.0))
+                })
+                .collect(),
+            tracepoint_args: tp::ALL
+                .iter()
+                .filter_map(|tp| {
+                    let (_, name) = tp.split_once('/')?;
+                    let (_, b) = kbtf.tracepoint(name)?;
+                    Some((tp.to_string(), b.tracepoint_arg_shapes(name)?))
                 })
                 .collect(),
             kvm_exit_layout: None,

@@ -196,14 +196,14 @@ impl Session {
         // On before the programs load, so that every run of theirs is timed.
         let stats = RunTimeStats::enable();
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
-        let (facts, plan) = plan_for_host(opts.hooks)?;
+        let (facts, mut plan) = plan_for_host(opts.hooks)?;
         let mut ebpf = attach::load_for(&plan, &facts, !pids.is_empty())?;
         let ring = RingBuf::try_from(ebpf.take_map(map::EVENTS).context("EVENTS map")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(map::COUNTERS).context("COUNTERS map")?)?;
         let held = Held::take(&mut ebpf)?;
         let mut switch = Array::try_from(ebpf.take_map(map::WINDOW).context("WINDOW map")?)?;
-        attach::attach(&mut ebpf, &plan, &facts, &pids)?;
+        attach::attach(&mut ebpf, &mut plan, &facts, &pids)?;
         let window = open_window(&mut switch, opts.duration)?;
         Ok(Session {
             opts,

@@ -357,6 +357,7 @@ pub(super) fn live_header(
                 mode: s.mode.name().to_owned(),
             })
             .collect(),
+        tracepoints: plan.tracepoint_notes.clone(),
         cycle_source: plan.cycle_source().to_owned(),
         processes: targets.to_vec(),
         start_unix_ns: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX),
