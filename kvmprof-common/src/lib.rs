@@ -4,6 +4,8 @@
 //! buffer, userspace reads it back byte for byte.
 #![no_std]
 
+pub mod duration;
+
 /// Number of timed stages in one exit record.
 pub const STAGES: usize = 6;
 

@@ -36,8 +36,8 @@ impl Mode {
     }
 }
 
-/// `--hooks`: let the planner choose, or force one mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// Let the planner choose, or force one mode (`--hooks`, `cli::Hooks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HookPref {
     Auto,
     Fentry,

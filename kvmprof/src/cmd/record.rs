@@ -50,7 +50,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
     };
     let session = Session::start(options(
         targets.clone(),
-        a.hooks.hooks,
+        a.hooks.pref(),
         a.duration,
         a.interval,
     ))?;
