@@ -4,6 +4,8 @@
 //! buffer, userspace reads it back byte for byte.
 #![no_std]
 
+pub mod duration;
+
 /// Number of timed stages in one exit record.
 pub const STAGES: usize = 6;
 
@@ -302,6 +304,162 @@ pub mod counter {
 
 /// `KVM_RUN` = `_IO(KVMIO, 0x80)`.
 pub const KVM_RUN: u64 = 0xae80;
+
+/// `kvm_run->exit_reason` codes (`include/uapi/linux/kvm.h`) both sides act on.
+pub const KVM_EXIT_IO: u32 = 2;
+pub const KVM_EXIT_HLT: u32 = 5;
+pub const KVM_EXIT_MMIO: u32 = 6;
+pub const KVM_EXIT_INTR: u32 = 10;
+
+/// The kernel/user contract by name: the tracepoints kvmprof hooks, the program attached to
+/// each, and the maps and globals userspace opens. The eBPF side takes its program names from
+/// its function names and its tracepoints from macro attributes, which must be literals:
+/// kvmprof's `contract` test checks the built object against every name here.
+pub mod names {
+    /// Tracepoints, as `category/name`.
+    pub mod tp {
+        pub const SYS_ENTER_IOCTL: &str = "syscalls/sys_enter_ioctl";
+        pub const KVM_USERSPACE_EXIT: &str = "kvm/kvm_userspace_exit";
+        pub const KVM_PIO: &str = "kvm/kvm_pio";
+        pub const KVM_MMIO: &str = "kvm/kvm_mmio";
+        pub const KVM_EXIT: &str = "kvm/kvm_exit";
+        pub const KVM_ENTRY: &str = "kvm/kvm_entry";
+        pub const SCHED_PROCESS_EXIT: &str = "sched/sched_process_exit";
+        /// Needed on every kernel: without them there is no exit record at all.
+        pub const BASE: [&str; 4] = [SYS_ENTER_IOCTL, KVM_USERSPACE_EXIT, KVM_PIO, KVM_MMIO];
+        /// Every KVM-related tracepoint kvmprof may use (the base ones, then those that fire
+        /// only on some backends).
+        pub const ALL: [&str; 6] = [
+            SYS_ENTER_IOCTL,
+            KVM_USERSPACE_EXIT,
+            KVM_PIO,
+            KVM_MMIO,
+            KVM_EXIT,
+            KVM_ENTRY,
+        ];
+    }
+
+    /// The programs that can serve one tracepoint.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct TracepointPrograms {
+        /// `category/name`.
+        pub tracepoint: &'static str,
+        /// The classic tracepoint program (fields from the format file).
+        pub classic: &'static str,
+        /// The raw tracepoint program, and the byte sizes of the leading integer arguments
+        /// it reads by position (the BTF prototype must start with integers of these sizes).
+        pub raw: Option<(&'static str, &'static [u32])>,
+        /// The BTF tracepoint (tp_btf) program.
+        pub btf: Option<&'static str>,
+    }
+
+    /// Tracepoint ↔ programs (`kvmprof-ebpf/src/probes/`).
+    pub const TRACEPOINT_PROGRAMS: [TracepointPrograms; 7] = [
+        TracepointPrograms {
+            tracepoint: tp::SYS_ENTER_IOCTL,
+            classic: "kvm_run_enter",
+            raw: None,
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_USERSPACE_EXIT,
+            classic: "kvm_userspace_exit",
+            // TP_PROTO(__u32 reason, int errno)
+            raw: Some(("raw_kvm_userspace_exit", &[4, 4])),
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_PIO,
+            classic: "kvm_pio",
+            // TP_PROTO(unsigned int rw, unsigned int port, unsigned int size, ...)
+            raw: Some(("raw_kvm_pio", &[4, 4, 4])),
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_MMIO,
+            classic: "kvm_mmio",
+            // TP_PROTO(int type, int len, u64 gpa, void *val)
+            raw: Some(("raw_kvm_mmio", &[4, 4, 8])),
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_EXIT,
+            classic: "kvm_exit",
+            raw: None,
+            btf: Some("tpb_kvm_exit"),
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_ENTRY,
+            classic: "kvm_entry",
+            raw: None,
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::SCHED_PROCESS_EXIT,
+            classic: "thread_exit",
+            raw: None,
+            btf: None,
+        },
+    ];
+
+    /// The programs of tracepoint `tp` (`category/name`).
+    pub fn tracepoint_programs(tp: &str) -> Option<&'static TracepointPrograms> {
+        TRACEPOINT_PROGRAMS.iter().find(|p| p.tracepoint == tp)
+    }
+
+    /// Function-hook programs are `<prefix><stem>`: one stem per hooked stage (indices of
+    /// [`crate::stage`]), four prefixes.
+    pub mod hook {
+        use crate::stage;
+
+        pub const KPROBE: &str = "kp_";
+        pub const KRETPROBE: &str = "krp_";
+        pub const FENTRY: &str = "fe_";
+        pub const FEXIT: &str = "fx_";
+        pub const PREFIXES: [&str; 4] = [KPROBE, KRETPROBE, FENTRY, FEXIT];
+        pub const STEMS: [(usize, &str); 4] = [
+            (stage::CYCLE, "cycle"),
+            (stage::VENDOR_RUN, "vendor_run"),
+            (stage::HANDLER, "handler"),
+            (stage::FAST_PIO, "fast_pio"),
+        ];
+
+        /// The stem of stage `s`, `None` for stages no function bounds.
+        pub fn stem(s: usize) -> Option<&'static str> {
+            STEMS.iter().find(|(i, _)| *i == s).map(|(_, n)| *n)
+        }
+    }
+
+    /// Maps userspace opens, and the load-time global.
+    pub mod map {
+        pub const EVENTS: &str = "EVENTS";
+        pub const BATCHES: &str = "BATCHES";
+        pub const PIDS: &str = "PIDS";
+        pub const THREADS: &str = "THREADS";
+        pub const THREADS_SPILL: &str = "THREADS_SPILL";
+        pub const WINDOW: &str = "WINDOW";
+        pub const COUNTERS: &str = "COUNTERS";
+        pub const ALL: [&str; 7] = [
+            EVENTS,
+            BATCHES,
+            PIDS,
+            THREADS,
+            THREADS_SPILL,
+            WINDOW,
+            COUNTERS,
+        ];
+        /// The [`crate::Config`] global, set before load.
+        pub const CONFIG: &str = "CONFIG";
+    }
+}
+
+// The records cross the kernel/user boundary byte for byte: a field added on one side only
+// must not compile.
+const _: () = assert!(core::mem::size_of::<ExitRecord>() == 104);
+const _: () = assert!(core::mem::size_of::<Batch>() == 24 + 104 * BATCH);
+const _: () = assert!(core::mem::size_of::<Config>() == 19 * 4);
+const _: () = assert!(core::mem::size_of::<Window>() == 16);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 280);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -2,7 +2,8 @@
 //! each function here moves that thread's [`ThreadState`] forward and emits a record when
 //! an exit is complete. See `kvmprof_common::boundary` for what starts a cycle.
 use kvmprof_common::{
-    boundary, counter, flag, kind, space, stage, ExitRecord, ThreadState, HOOKED_STAGES, STAGES,
+    boundary, counter, flag, kind, space, stage, ExitRecord, ThreadState, HOOKED_STAGES,
+    KVM_EXIT_INTR, KVM_EXIT_IO, KVM_EXIT_MMIO, STAGES,
 };
 
 use sink::{bump, emit};
@@ -299,10 +300,6 @@ fn same_exit(st: &ThreadState, bound: u32, reason: u32, errno: i32) -> bool {
         || (reason == KVM_EXIT_MMIO && st.flags & flag::MMIO != 0)
 }
 
-const KVM_EXIT_IO: u32 = 2;
-const KVM_EXIT_MMIO: u32 = 6;
-const KVM_EXIT_INTR: u32 = 10;
-
 /// `kvm:kvm_userspace_exit`: KVM_RUN returns to the VMM.
 pub fn kvm_run_exit(
     pid: u32,
@@ -398,7 +395,7 @@ mod tests {
 
     const PID: u32 = 10;
     const TID: u32 = 11;
-    const KVM_EXIT_HLT: u32 = 5;
+    use kvmprof_common::KVM_EXIT_HLT;
     const SVM_IO: u32 = 0x7b;
 
     fn fresh() -> ThreadState {

@@ -15,11 +15,13 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use kvmprof_common::{Config, NO_DEREF};
+use kvmprof_common::{
+    names::{self, hook, map, tracepoint_programs},
+    Config, NO_DEREF,
+};
 
 use crate::{
     btf,
-    btfproto::{self, Arg},
     kernel::Facts,
     model::Stage,
     plan::{self, HookPref, Mode, Plan},
@@ -31,43 +33,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kv
 /// Ring buffer size: at 100 ns per record drained, 8 MiB holds ~80k exits of backlog.
 const RING_BYTES: u32 = 8 << 20;
 
-/// Program name prefix of each function-bounded stage in `kvmprof-ebpf/src/probes/stages.rs`.
-fn program_stem(s: Stage) -> Option<&'static str> {
-    match s {
-        Stage::Cycle => Some("cycle"),
-        Stage::VendorRun => Some("vendor_run"),
-        Stage::Handler => Some("handler"),
-        Stage::FastPio => Some("fast_pio"),
-        Stage::KvmRun | Stage::Vmm => None,
-    }
-}
-
-/// Tracepoint (`category/name`) → its BTF tracepoint program (`kvmprof-ebpf/src/probes/btf.rs`).
-fn btf_tracepoint_program(tp: &str) -> Option<&'static str> {
-    Some(match tp {
-        "kvm/kvm_exit" => "tpb_kvm_exit",
-        _ => return None,
-    })
-}
-
-/// Tracepoint (`category/name`) → program name.
-fn tracepoint_program(tp: &str) -> Option<&'static str> {
-    Some(match tp {
-        "syscalls/sys_enter_ioctl" => "kvm_run_enter",
-        "kvm/kvm_userspace_exit" => "kvm_userspace_exit",
-        "kvm/kvm_pio" => "kvm_pio",
-        "kvm/kvm_mmio" => "kvm_mmio",
-        "kvm/kvm_exit" => "kvm_exit",
-        "kvm/kvm_entry" => "kvm_entry",
-        _ => return None,
-    })
-}
-
 /// Loads the object with `cfg` as its load-time configuration (the `CONFIG` global).
 fn load(cfg: &Config) -> Result<Ebpf> {
     EbpfLoader::new()
-        .map_max_entries("EVENTS", RING_BYTES)
-        .override_global("CONFIG", cfg, true)
+        .map_max_entries(map::EVENTS, RING_BYTES)
+        .override_global(map::CONFIG, cfg, true)
         .load(OBJECT)
         .map_err(|e| anyhow!("load eBPF object: {e}"))
 }
@@ -130,17 +100,19 @@ fn load_fexit(ebpf: &mut Ebpf, facts: &Facts, name: &str, sym: &str) -> Result<(
     load_btf_program!(FExit, ebpf, name, target)
 }
 
-/// Attaches everything in `plan` to the object [`plan_and_load`] loaded for it, filtered to
-/// `pids` (that object traces every process when it was loaded without `filter`).
-pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Result<()> {
+/// Attaches everything in `plan` to the object [`load_for`] loaded for it, filtered to
+/// `pids` (that object traces every process when it was loaded without `filter`). A raw
+/// tracepoint the kernel refuses is attached as a classic one, and `plan` is updated to say so.
+pub fn attach(ebpf: &mut Ebpf, plan: &mut Plan, facts: &Facts, pids: &[u32]) -> Result<()> {
     let mut pid_map: HashMap<_, u32, u8> =
-        HashMap::try_from(ebpf.map_mut("PIDS").context("PIDS map")?)?;
+        HashMap::try_from(ebpf.map_mut(map::PIDS).context("PIDS map")?)?;
     for p in pids {
         pid_map.insert(p, 1, 0)?;
     }
 
     for tp in &plan.btf_tracepoints {
-        let name = btf_tracepoint_program(tp)
+        let name = tracepoint_programs(tp)
+            .and_then(|p| p.btf)
             .with_context(|| format!("no tp_btf program for tracepoint {tp}"))?;
         let target = facts
             .btf_tracepoints
@@ -152,20 +124,21 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
         prog.attach()
             .map_err(|e| anyhow!("attach tp_btf {tp}: {}", describe(&e)))?;
     }
-    // Prototypes of raw tracepoints; without BTF every other tracepoint stays classic.
-    let protos = btfproto::Btf::load(Some("kvm")).ok();
-    for tp in &plan.tracepoints {
-        if plan.btf_tracepoints.contains(tp) {
+    for tp in plan.tracepoints.clone() {
+        if plan.btf_tracepoints.contains(&tp) {
             continue;
         }
-        let name =
-            tracepoint_program(tp).with_context(|| format!("no program for tracepoint {tp}"))?;
+        let programs =
+            tracepoint_programs(&tp).with_context(|| format!("no program for tracepoint {tp}"))?;
         let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
-        if let Some(btf) = &protos {
-            if attach_raw(ebpf, btf, tp, ev) {
-                continue;
+        if plan.raw_tracepoints.contains(&tp) {
+            match attach_raw(ebpf, programs, ev) {
+                Ok(()) => continue,
+                // The kernel refused what its BTF allowed: classic, and the plan says so.
+                Err(e) => plan.raw_refused(&tp, &format!("{e:#}")),
             }
         }
+        let name = programs.classic;
         let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
         prog.load()
             .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
@@ -175,7 +148,7 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
     attach_thread_exit(ebpf)?;
 
     for sp in &plan.stages {
-        let Some(stem) = program_stem(sp.stage) else {
+        let Some(stem) = hook::stem(sp.stage.index()) else {
             continue;
         };
         // Unless `vcpu_enter_guest` itself is hooked, the cycle is bounded by another
@@ -186,7 +159,7 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
         let sym = sp.symbol.as_str();
         match sp.mode {
             Mode::Kprobe => {
-                for (prefix, what) in [("kp_", "kprobe"), ("krp_", "kretprobe")] {
+                for (prefix, what) in [(hook::KPROBE, "kprobe"), (hook::KRETPROBE, "kretprobe")] {
                     let name = format!("{prefix}{stem}");
                     let prog: &mut KProbe =
                         ebpf.program_mut(&name).context(name.clone())?.try_into()?;
@@ -197,13 +170,13 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
                 }
             }
             Mode::Fentry => {
-                let name = format!("fe_{stem}");
+                let name = format!("{}{stem}", hook::FENTRY);
                 load_fentry(ebpf, facts, &name, sym)
                     .map_err(|e| anyhow!("fentry on {sym} refused: {e}"))?;
                 let prog: &mut FEntry = ebpf.program_mut(&name).context(name)?.try_into()?;
                 prog.attach()
                     .map_err(|e| anyhow!("fentry on {sym}: {}", describe(&e)))?;
-                let name = format!("fx_{stem}");
+                let name = format!("{}{stem}", hook::FEXIT);
                 load_fexit(ebpf, facts, &name, sym)
                     .map_err(|e| anyhow!("fexit on {sym} refused: {e}"))?;
                 let prog: &mut FExit = ebpf.program_mut(&name).context(name)?.try_into()?;
@@ -219,61 +192,49 @@ pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Resu
 /// `sched:sched_process_exit`: a thread's held userspace exit is handed over when the thread
 /// ends, not when recording does (`top` and `serve` run on after a VMM exits).
 fn attach_thread_exit(ebpf: &mut Ebpf) -> Result<()> {
-    let name = "thread_exit";
+    let tp = names::tp::SCHED_PROCESS_EXIT;
+    let name = tracepoint_programs(tp)
+        .map(|p| p.classic)
+        .context("no program for sched_process_exit")?;
+    let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
     let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
     prog.load()
         .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
-    prog.attach("sched", "sched_process_exit").map_err(|e| {
-        anyhow!(
-            "attach tracepoint sched/sched_process_exit: {}",
-            describe(&e)
-        )
-    })?;
+    prog.attach(cat, ev)
+        .map_err(|e| anyhow!("attach tracepoint {tp}: {}", describe(&e)))?;
     Ok(())
 }
 
-/// The raw tracepoint program standing in for a classic one, and the types of the
-/// arguments it reads, by position (`kvmprof-ebpf/src/probes/kvm.rs`).
-fn raw_variant(tp: &str) -> Option<(&'static str, &'static [Arg])> {
-    Some(match tp {
-        "kvm/kvm_pio" => ("raw_kvm_pio", &[Arg::Int(4), Arg::Int(4), Arg::Int(4)]),
-        "kvm/kvm_mmio" => ("raw_kvm_mmio", &[Arg::Int(4), Arg::Int(4), Arg::Int(8)]),
-        "kvm/kvm_userspace_exit" => ("raw_kvm_userspace_exit", &[Arg::Int(4), Arg::Int(4)]),
-        _ => return None,
-    })
-}
-
-/// Attaches the raw tracepoint variant of `tp` where this kernel's prototype has the
-/// arguments it reads; `false` means use the classic tracepoint (no variant, another
-/// prototype, or the kernel refused it).
-fn attach_raw(ebpf: &mut Ebpf, btf: &btfproto::Btf, tp: &str, event: &str) -> bool {
-    let Some((name, want)) = raw_variant(tp) else {
-        return false;
-    };
-    let fits = btf
-        .tracepoint_args(event)
-        .is_some_and(|args| args.len() >= want.len() && args[..want.len()] == *want);
-    if !fits {
-        return false;
-    }
-    let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut RawTracePoint>::try_from) else {
-        return false;
-    };
-    prog.load().is_ok() && prog.attach(event).is_ok()
+/// Attaches the raw tracepoint program of `programs` to `event`.
+fn attach_raw(ebpf: &mut Ebpf, programs: &names::TracepointPrograms, event: &str) -> Result<()> {
+    let (name, _) = programs.raw.context("no raw program")?;
+    let prog: &mut RawTracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
+    prog.load()
+        .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
+    prog.attach(event)
+        .map_err(|e| anyhow!("attach raw tracepoint {event}: {}", describe(&e)))?;
+    Ok(())
 }
 
 /// The run-time configuration: cycle boundary and tracepoint field offsets of this kernel.
 fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
     let exit = |field| {
-        let classic = |t: &String| t == "kvm/kvm_exit" && !plan.btf_tracepoints.contains(t);
+        let classic = |t: &String| t == names::tp::KVM_EXIT && !plan.btf_tracepoints.contains(t);
         if plan.tracepoints.iter().any(classic) {
-            f.offset("kvm/kvm_exit", field)
+            f.offset(names::tp::KVM_EXIT, field)
         } else {
             Ok(0)
         }
     };
     let btf_exit = match &f.kvm_exit_layout {
-        Some(Ok(l)) if plan.btf_tracepoints.iter().any(|t| t == "kvm/kvm_exit") => Some(*l),
+        Some(Ok(l))
+            if plan
+                .btf_tracepoints
+                .iter()
+                .any(|t| t == names::tp::KVM_EXIT) =>
+        {
+            Some(*l)
+        }
         _ => None,
     };
     let mut cfg = Config {
@@ -282,16 +243,16 @@ fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
         kvm_exit_reason_off: exit("exit_reason")?,
         kvm_exit_vcpu_off: exit("vcpu_id")?,
         kvm_exit_isa_off: exit("isa")?,
-        pio_rw_off: f.offset("kvm/kvm_pio", "rw")?,
-        pio_port_off: f.offset("kvm/kvm_pio", "port")?,
-        pio_size_off: f.offset("kvm/kvm_pio", "size")?,
-        mmio_type_off: f.offset("kvm/kvm_mmio", "type")?,
-        mmio_len_off: f.offset("kvm/kvm_mmio", "len")?,
-        mmio_gpa_off: f.offset("kvm/kvm_mmio", "gpa")?,
-        uexit_reason_off: f.offset("kvm/kvm_userspace_exit", "reason")?,
-        uexit_errno_off: f.offset("kvm/kvm_userspace_exit", "errno")?,
-        ioctl_fd_off: f.offset("syscalls/sys_enter_ioctl", "fd")?,
-        ioctl_cmd_off: f.offset("syscalls/sys_enter_ioctl", "cmd")?,
+        pio_rw_off: f.offset(names::tp::KVM_PIO, "rw")?,
+        pio_port_off: f.offset(names::tp::KVM_PIO, "port")?,
+        pio_size_off: f.offset(names::tp::KVM_PIO, "size")?,
+        mmio_type_off: f.offset(names::tp::KVM_MMIO, "type")?,
+        mmio_len_off: f.offset(names::tp::KVM_MMIO, "len")?,
+        mmio_gpa_off: f.offset(names::tp::KVM_MMIO, "gpa")?,
+        uexit_reason_off: f.offset(names::tp::KVM_USERSPACE_EXIT, "reason")?,
+        uexit_errno_off: f.offset(names::tp::KVM_USERSPACE_EXIT, "errno")?,
+        ioctl_fd_off: f.offset(names::tp::SYS_ENTER_IOCTL, "fd")?,
+        ioctl_cmd_off: f.offset(names::tp::SYS_ENTER_IOCTL, "cmd")?,
         btf_exit_deref_off: btf_exit.and_then(|l| l.reason_deref).unwrap_or(NO_DEREF),
         btf_exit_reason_off: btf_exit.map_or(0, |l| l.reason_off),
         btf_exit_vcpu_id_off: btf_exit.map_or(0, |l| l.vcpu_id_off),
@@ -331,4 +292,74 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         cur = err.source();
     }
     e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use aya_obj::btf::BtfKind;
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    use super::*;
+
+    /// Program name → ELF section of every program in the embedded object.
+    fn sections() -> HashMap<String, String> {
+        let elf = object::File::parse(OBJECT).expect("the embedded eBPF object is ELF");
+        elf.symbols()
+            .filter(|s| s.kind() == object::SymbolKind::Text)
+            .filter_map(|s| {
+                let sec = elf.section_by_index(s.section_index()?).ok()?;
+                Some((s.name().ok()?.to_owned(), sec.name().ok()?.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Every program, map and global userspace names (`kvmprof_common::names`) is in the
+    /// object aya loads, and each tracepoint program is attached where its name says: a
+    /// rename on one side only fails here, not at attach time on some kernel.
+    #[test]
+    fn the_ebpf_object_has_every_program_and_map_userspace_names() {
+        let obj = aya_obj::Object::parse(OBJECT).expect("aya parses the embedded object");
+        let sections = sections();
+        let mut wrong = Vec::new();
+        let mut expect = |prog: &str, section: String| {
+            if !obj.programs.contains_key(prog) {
+                wrong.push(format!("program {prog} missing"));
+            } else if sections.get(prog) != Some(&section) {
+                wrong.push(format!(
+                    "{prog} is in {:?}, not {section}",
+                    sections.get(prog)
+                ));
+            }
+        };
+        for p in names::TRACEPOINT_PROGRAMS {
+            let event = p.tracepoint.split_once('/').map_or("", |(_, e)| e);
+            expect(p.classic, format!("tracepoint/{}", p.tracepoint));
+            if let Some((raw, _)) = p.raw {
+                expect(raw, format!("raw_tp/{event}"));
+            }
+            if let Some(btf) = p.btf {
+                expect(btf, format!("tp_btf/{event}"));
+            }
+        }
+        for (prefix, kind) in hook::PREFIXES
+            .iter()
+            .zip(["kprobe", "kretprobe", "fentry", "fexit"])
+        {
+            for (_, stem) in hook::STEMS {
+                expect(&format!("{prefix}{stem}"), kind.to_owned());
+            }
+        }
+        for m in map::ALL {
+            if !obj.maps.contains_key(m) {
+                wrong.push(format!("map {m} missing"));
+            }
+        }
+        let btf = obj.btf.as_ref().expect("the object has BTF");
+        if btf.id_by_type_name_kind(map::CONFIG, BtfKind::Var).is_err() {
+            wrong.push(format!("global {} missing", map::CONFIG));
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
 }

@@ -26,6 +26,7 @@ const KIND_INT: u8 = 1;
 const KIND_PTR: u8 = 2;
 const KIND_STRUCT: u8 = 4;
 const KIND_UNION: u8 = 5;
+const KIND_ENUM: u8 = 6;
 const KIND_TYPEDEF: u8 = 8;
 const KIND_VOLATILE: u8 = 9;
 const KIND_CONST: u8 = 10;
@@ -33,6 +34,7 @@ const KIND_RESTRICT: u8 = 11;
 pub const KIND_FUNC: u8 = 12;
 const KIND_FUNC_PROTO: u8 = 13;
 const KIND_TYPE_TAG: u8 = 18;
+const KIND_ENUM64: u8 = 19;
 
 /// One BTF type, with its members (struct/union) or parameters (func proto).
 #[derive(Clone, Debug)]
@@ -100,7 +102,7 @@ impl Btf {
                     }
                     vlen * 12
                 }
-                6 => vlen * 8, // enum
+                KIND_ENUM => vlen * 8,
                 KIND_FUNC_PROTO => {
                     for i in 0..vlen {
                         let p = o + i * 8;
@@ -108,7 +110,7 @@ impl Btf {
                     }
                     vlen * 8
                 }
-                15 | 19 => vlen * 12, // datasec, enum64
+                15 | KIND_ENUM64 => vlen * 12, // datasec, enum64
                 KIND_PTR | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
                 | KIND_FUNC | 16 | KIND_TYPE_TAG => 0,
                 k => bail!(
@@ -226,23 +228,57 @@ impl Btf {
         }
     }
 
-    /// The arguments of tracepoint `name` as BTF tracepoint programs see them: the prototype
-    /// of `btf_trace_<name>` without its leading `void *__data`.
-    pub fn tracepoint_args(&self, name: &str) -> Option<Vec<String>> {
+    /// The parameter type ids of tracepoint `name` as BTF and raw tracepoint programs see
+    /// them: the prototype of `btf_trace_<name>` without its leading `void *__data`.
+    fn tracepoint_params(&self, name: &str) -> Option<Vec<u32>> {
         let td = self.get(self.find(&format!("btf_trace_{name}"), KIND_TYPEDEF)?)?;
         let ptr = self.get(td.size_type).filter(|t| t.kind == KIND_PTR)?;
         let proto = self
             .get(ptr.size_type)
             .filter(|t| t.kind == KIND_FUNC_PROTO)?;
-        Some(
-            proto
-                .items
-                .iter()
-                .skip(1)
-                .map(|&(_, ty, _)| self.type_name(ty))
-                .collect(),
-        )
+        Some(proto.items.iter().skip(1).map(|&(_, ty, _)| ty).collect())
     }
+
+    /// The arguments of tracepoint `name` by type name (`struct kvm_vcpu *`, `u32`).
+    pub fn tracepoint_args(&self, name: &str) -> Option<Vec<String>> {
+        let params = self.tracepoint_params(name)?;
+        Some(params.into_iter().map(|ty| self.type_name(ty)).collect())
+    }
+
+    /// The arguments of tracepoint `name` by shape, as a raw tracepoint program reading them
+    /// by position cares (bcc's kvmexit broke when `kvm_exit`'s arguments changed, bcc #4654).
+    pub fn tracepoint_arg_shapes(&self, name: &str) -> Option<Vec<Arg>> {
+        let params = self.tracepoint_params(name)?;
+        Some(params.into_iter().map(|ty| self.shape(ty)).collect())
+    }
+
+    fn shape(&self, mut id: u32) -> Arg {
+        // Bounded: type chains are short; a malformed loop must not hang.
+        for _ in 0..32 {
+            let Some(t) = self.get(id) else {
+                return Arg::Other;
+            };
+            match t.kind {
+                KIND_INT | KIND_ENUM | KIND_ENUM64 => return Arg::Int(t.size_type),
+                KIND_PTR => return Arg::Ptr,
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.size_type
+                }
+                _ => return Arg::Other,
+            }
+        }
+        Arg::Other
+    }
+}
+
+/// One tracepoint argument's shape as far as a raw tracepoint program cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arg {
+    /// An integer (or enum) of this many bytes (sign does not change how its bits are read).
+    Int(u32),
+    Ptr,
+    /// Anything else (struct by value, ...).
+    Other,
 }
 
 /// Where a BTF function or tracepoint lives, as the kernel needs it at load time.
@@ -706,6 +742,10 @@ mod tests {
             ["struct kvm_vcpu *", "u32"]
         );
         assert!(k.tracepoint("kvm_pio").is_none());
+        assert_eq!(
+            btf.tracepoint_arg_shapes("kvm_exit").unwrap(),
+            [Arg::Ptr, Arg::Int(4)]
+        );
     }
 
     #[test]
@@ -752,6 +792,23 @@ mod tests {
             args.contains(&"struct task_struct *".to_string()),
             "{args:?}"
         );
+    }
+
+    /// Where the running kernel has KVM's tracepoints in BTF, `kvm_pio` starts with the three
+    /// 4-byte integers `raw_kvm_pio` reads.
+    #[test]
+    fn the_running_kernels_kvm_pio_prototype_is_found_when_it_has_btf() {
+        let Ok(k) = KernelBtf::read(Path::new(SYSFS_BTF), KVM_MODULES) else {
+            eprintln!("skipped: no readable {SYSFS_BTF}/vmlinux");
+            return;
+        };
+        match k.tracepoint("kvm_pio") {
+            Some((_, btf)) => {
+                let args = btf.tracepoint_arg_shapes("kvm_pio").unwrap();
+                assert_eq!(&args[..3], &[Arg::Int(4); 3]);
+            }
+            None => eprintln!("skipped: this kernel has no btf_trace_kvm_pio"),
+        }
     }
 
     /// The real kernel: walks its BTF objects (root needed; vmlinux's object is named

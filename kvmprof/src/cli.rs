@@ -2,6 +2,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kvmprof_common::duration;
 
 use crate::group::By;
 use crate::model::Stage;
@@ -57,7 +58,28 @@ pub enum Cmd {
 pub struct HookArgs {
     /// How to hook the exit-cycle stages: auto picks fentry, then kprobe, then tracepoints.
     #[arg(long, value_enum, default_value = "auto")]
-    pub hooks: HookPref,
+    hooks: Hooks,
+}
+
+impl HookArgs {
+    /// The planner's preference.
+    pub fn pref(&self) -> HookPref {
+        match self.hooks {
+            Hooks::Auto => HookPref::Auto,
+            Hooks::Fentry => HookPref::Fentry,
+            Hooks::Kprobe => HookPref::Kprobe,
+            Hooks::Tracepoint => HookPref::Tracepoint,
+        }
+    }
+}
+
+/// `--hooks` values (the planner's [`HookPref`] stays free of clap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Hooks {
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
 }
 
 #[derive(Args)]
@@ -318,38 +340,9 @@ pub struct GuestArgs {
     pub counts: Option<PathBuf>,
 }
 
-/// Longest duration accepted: a year. Longer ones are typos, and far-off deadlines overflow
-/// the clocks timers are set on.
-const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
-
-/// `30`, `30s`, `2m`, `1h`, `500ms`, at most a year.
+/// `30`, `30s`, `2m`, `1h`, `500ms`, at most a year (`kvmprof_common::duration`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration '{s}' (try 10s, 2m, 500ms)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1e3,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit '{unit}' in '{s}' (use ms, s, m or h)"
-            ))
-        }
-    };
-    match Duration::try_from_secs_f64(secs) {
-        Ok(d) if d <= MAX_DURATION => Ok(d),
-        Ok(_) | Err(_) if secs.is_finite() && secs >= 0.0 => Err(format!(
-            "duration '{s}' is too long (at most a year, 8784h)"
-        )),
-        _ => Err(format!("invalid duration '{s}'")),
-    }
+    duration::parse(s, duration::Bare::Secs).map_err(|e| e.to_string())
 }
 
 /// A [`parse_duration`] that repeats something, so it must be at least a millisecond.
@@ -390,7 +383,7 @@ mod tests {
             parse_duration("99999999999999999999").unwrap_err(),
             "duration '99999999999999999999' is too long (at most a year, 8784h)"
         );
-        assert_eq!(parse_duration("8784h"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("8784h"), Ok(duration::MAX));
         for s in [".", "..", "1.2.3", "-1", "NaN", "inf"] {
             assert!(parse_duration(s).is_err(), "{s}");
         }

@@ -113,6 +113,9 @@ pub struct Header {
     pub kernel: String,
     pub vendor: Vendor,
     pub hooks: Vec<HookUse>,
+    /// How each tracepoint was attached (classic, raw, tp_btf) and why; empty for imports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracepoints: Vec<String>,
     /// How the exit cycle was bounded, for the reader of a report.
     pub cycle_source: String,
     /// The profiled processes (empty: every process).
@@ -828,6 +831,7 @@ mod tests {
                 symbol: "svm_vcpu_run".into(),
                 mode: "kprobe".into(),
             }],
+            tracepoints: vec![],
             cycle_source: "vcpu_enter_guest".into(),
             processes: vec![Target {
                 pid: 42,

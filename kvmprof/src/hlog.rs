@@ -205,6 +205,7 @@ fn build(lines: Vec<Line>, start_time: Option<Duration>) -> Result<Foreign> {
         kernel: "unknown".into(),
         vendor: Vendor::Unknown,
         hooks: Vec::new(),
+        tracepoints: vec![],
         cycle_source: "unknown (an interval log of another tool)".into(),
         processes: Vec::new(),
         start_unix_ns,

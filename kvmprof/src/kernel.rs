@@ -4,6 +4,8 @@ use std::{collections::HashMap, fs, path::Path};
 
 use anyhow::{bail, Context, Result};
 
+use kvmprof_common::names::tp;
+
 use crate::btf;
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
@@ -29,6 +31,9 @@ pub struct Facts {
     pub btf_funcs: HashMap<String, btf::Target>,
     /// Tracepoints (`category/name`) with a `btf_trace_<name>` type: what tp_btf can target.
     pub btf_tracepoints: HashMap<String, btf::Target>,
+    /// The argument shapes of those tracepoints' prototypes: what a raw tracepoint program,
+    /// which reads its arguments by position, needs to match.
+    pub tracepoint_args: HashMap<String, Vec<btf::Arg>>,
     /// Where a tp_btf `kvm_exit` program finds the exit reason, or why it cannot (`None`:
     /// not read).
     pub kvm_exit_layout: Option<Result<ExitLayout, String>>,
@@ -60,16 +65,6 @@ pub struct ExitLayout {
 /// Modules whose BTF may hold KVM functions and tracepoints.
 pub const KVM_BTF_MODULES: &[&str] = &["kvm", "kvm_amd", "kvm_intel"];
 
-/// The tracepoints kvmprof may use.
-pub const TRACEPOINTS: &[&str] = &[
-    "syscalls/sys_enter_ioctl",
-    "kvm/kvm_userspace_exit",
-    "kvm/kvm_pio",
-    "kvm/kvm_mmio",
-    "kvm/kvm_exit",
-    "kvm/kvm_entry",
-];
-
 impl Facts {
     /// Reads the facts of the running kernel; `funcs` are the functions the planner may hook
     /// (looked up in BTF one by one). Fails only when a prerequisite of every mode is missing.
@@ -81,7 +76,7 @@ impl Facts {
             .to_string();
         let kallsyms = fs::read_to_string("/proc/kallsyms").context("read /proc/kallsyms")?;
         let mut tracepoints = HashMap::new();
-        for tp in TRACEPOINTS {
+        for tp in tp::ALL {
             let path = Path::new(TRACEFS).join("events").join(tp).join("format");
             if let Ok(text) = fs::read_to_string(&path) {
                 tracepoints.insert(tp.to_string(), parse_format(&text));
@@ -106,11 +101,19 @@ impl Facts {
                 .iter()
                 .filter_map(|f| Some((f.to_string(), kbtf.function(f)?)))
                 .collect(),
-            btf_tracepoints: TRACEPOINTS
+            btf_tracepoints: tp::ALL
                 .iter()
                 .filter_map(|tp| {
                     let (_, name) = tp.split_once('/')?;
                     Some((tp.to_string(), kbtf.tracepoint(name)?.0))
+                })
+                .collect(),
+            tracepoint_args: tp::ALL
+                .iter()
+                .filter_map(|tp| {
+                    let (_, name) = tp.split_once('/')?;
+                    let (_, b) = kbtf.tracepoint(name)?;
+                    Some((tp.to_string(), b.tracepoint_arg_shapes(name)?))
                 })
                 .collect(),
             kvm_exit_layout: None,

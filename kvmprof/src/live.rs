@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use kvmprof_common::{counter, Batch, ThreadState, Window};
+use kvmprof_common::{counter, names::map, Batch, ThreadState, Window};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
@@ -134,9 +134,9 @@ impl Held {
     fn take(ebpf: &mut aya::Ebpf) -> Result<Held> {
         let mut map = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map"));
         Ok(Held {
-            batches: PerCpuArray::try_from(map("BATCHES")?)?,
-            threads: Array::try_from(map("THREADS")?)?,
-            spill: HashMap::try_from(map("THREADS_SPILL")?)?,
+            batches: PerCpuArray::try_from(map(map::BATCHES)?)?,
+            threads: Array::try_from(map(map::THREADS)?)?,
+            spill: HashMap::try_from(map(map::THREADS_SPILL)?)?,
         })
     }
 
@@ -197,13 +197,14 @@ impl Session {
         // On before the programs load, so that every run of theirs is timed.
         let stats = RunTimeStats::enable();
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
-        let (facts, plan) = plan_for_host(opts.hooks)?;
+        let (facts, mut plan) = plan_for_host(opts.hooks)?;
         let mut ebpf = attach::load_for(&plan, &facts, !pids.is_empty())?;
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
-        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+        let ring = RingBuf::try_from(ebpf.take_map(map::EVENTS).context("EVENTS map")?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map(map::COUNTERS).context("COUNTERS map")?)?;
         let held = Held::take(&mut ebpf)?;
-        let mut switch = Array::try_from(ebpf.take_map("WINDOW").context("WINDOW map")?)?;
-        attach::attach(&mut ebpf, &plan, &facts, &pids)?;
+        let mut switch = Array::try_from(ebpf.take_map(map::WINDOW).context("WINDOW map")?)?;
+        attach::attach(&mut ebpf, &mut plan, &facts, &pids)?;
         let window = open_window(&mut switch, opts.duration)?;
         Ok(Session {
             opts,
@@ -224,7 +225,7 @@ impl Session {
     /// NAME` to add processes that start later; the session then runs on when every target
     /// has exited, since more may come.
     pub fn pid_filter(&mut self) -> Result<PidFilter> {
-        let map = self.ebpf.take_map("PIDS").context("PIDS map")?;
+        let map = self.ebpf.take_map(map::PIDS).context("PIDS map")?;
         self.open = true;
         Ok(PidFilter(aya::maps::HashMap::try_from(map)?))
     }

@@ -5,7 +5,6 @@ mod aggregate;
 mod attach;
 mod backend;
 mod btf;
-mod btfproto;
 mod cli;
 mod clock;
 mod cmd;

@@ -165,6 +165,12 @@ fn merged_header(inputs: &[Input]) -> Header {
             hooks.push(h.clone());
         }
     }
+    let mut tracepoints = Vec::new();
+    for t in inputs.iter().flat_map(|i| &i.header.tracepoints) {
+        if !tracepoints.contains(t) {
+            tracepoints.push(t.clone());
+        }
+    }
     let duration_ns = if wall_clock_known(inputs) {
         end - start
     } else {
@@ -180,6 +186,7 @@ fn merged_header(inputs: &[Input]) -> Header {
             Vendor::Unknown
         },
         hooks,
+        tracepoints,
         cycle_source: join(&|h| h.cycle_source.clone()),
         processes: inputs
             .iter()

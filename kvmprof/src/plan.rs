@@ -2,10 +2,13 @@
 //! stage which symbol to hook and how, and say why the other ways were rejected. Pure: no
 //! I/O, so every kernel shape is unit-tested without root.
 use anyhow::{bail, Result};
-use kvmprof_common::boundary;
+use kvmprof_common::{
+    boundary,
+    names::{tp, tracepoint_programs},
+};
 use serde::{Deserialize, Serialize};
 
-use crate::{backend, kernel::Facts, model::Stage, model::Vendor};
+use crate::{backend, btf::Arg, kernel::Facts, model::Stage, model::Vendor};
 
 /// How a stage is timed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,8 +36,8 @@ impl Mode {
     }
 }
 
-/// `--hooks`: let the planner choose, or force one mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// Let the planner choose, or force one mode (`--hooks`, `cli::Hooks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HookPref {
     Auto,
     Fentry,
@@ -68,6 +71,10 @@ pub struct Plan {
     /// copy) rather than as classic ones.
     #[serde(default)]
     pub btf_tracepoints: Vec<String>,
+    /// Those of `tracepoints` attached as raw tracepoints (arguments by position, no
+    /// trace-record copy), where the kernel's prototype has the arguments the program reads.
+    #[serde(default)]
+    pub raw_tracepoints: Vec<String>,
     /// How each tracepoint is attached and why, for `kvmprof probes`.
     #[serde(default)]
     pub tracepoint_notes: Vec<String>,
@@ -81,6 +88,24 @@ impl Plan {
             boundary::VENDOR_RUN => "vendor-run entry to next vendor-run entry (or return to VMM)",
             boundary::KVM_ENTRY => "kvm_entry to next kvm_entry (or return to VMM)",
             _ => "interval between consecutive exits of the vCPU thread (no kvm_exit/kvm_entry)",
+        }
+    }
+}
+
+impl Plan {
+    /// The kernel refused to attach the raw tracepoint planned for `tp` (`why`): it is
+    /// attached as a classic one, and the plan (shown by `probes`, kept in the data file)
+    /// says so.
+    pub fn raw_refused(&mut self, tp: &str, why: &str) {
+        self.raw_tracepoints.retain(|t| t != tp);
+        let note = format!("{tp}: classic tracepoint (raw refused by the kernel: {why})");
+        match self
+            .tracepoint_notes
+            .iter_mut()
+            .find(|n| n.strip_prefix(tp).is_some_and(|r| r.starts_with(':')))
+        {
+            Some(n) => *n = note,
+            None => self.tracepoint_notes.push(note),
         }
     }
 }
@@ -112,12 +137,7 @@ pub fn candidate_functions() -> Vec<&'static str> {
 
 /// Plans every stage for this kernel.
 pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
-    for tp in [
-        "syscalls/sys_enter_ioctl",
-        "kvm/kvm_userspace_exit",
-        "kvm/kvm_pio",
-        "kvm/kvm_mmio",
-    ] {
+    for tp in tp::BASE {
         if !f.tracepoints.contains_key(tp) {
             bail!("tracepoint {tp} is missing: this kernel has no KVM tracing (CONFIG_KVM, CONFIG_FTRACE_SYSCALLS)");
         }
@@ -127,8 +147,8 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
         bail!("no KVM backend found (no kvm_intel, kvm_amd or PVM symbols): is KVM loaded?");
     }
     let hooks = backend::hooks(vendor);
-    let kvm_exit_usable = hooks.kvm_exit_fires && f.tracepoints.contains_key("kvm/kvm_exit");
-    let kvm_entry_usable = kvm_exit_usable && f.tracepoints.contains_key("kvm/kvm_entry");
+    let kvm_exit_usable = hooks.kvm_exit_fires && f.tracepoints.contains_key(tp::KVM_EXIT);
+    let kvm_entry_usable = kvm_exit_usable && f.tracepoints.contains_key(tp::KVM_ENTRY);
 
     let funcs: [(Stage, &[&str], &str); 4] = [
         (Stage::Cycle, &[backend::ENTER_GUEST], backend::KVM_MODULE),
@@ -208,82 +228,125 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
             c.mode = vr_mode;
         }
     }
-    let mut tracepoints: Vec<String> = [
-        "syscalls/sys_enter_ioctl",
-        "kvm/kvm_userspace_exit",
-        "kvm/kvm_pio",
-        "kvm/kvm_mmio",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut tracepoints: Vec<String> = tp::BASE.map(String::from).to_vec();
     if kvm_exit_usable {
-        tracepoints.push("kvm/kvm_exit".into());
+        tracepoints.push(tp::KVM_EXIT.into());
     }
     if boundary == boundary::KVM_ENTRY {
-        tracepoints.push("kvm/kvm_entry".into());
+        tracepoints.push(tp::KVM_ENTRY.into());
     }
-    let (btf_tracepoints, tracepoint_notes) = plan_tracepoints(f, pref, &tracepoints);
+    let TracepointChoice {
+        btf: btf_tracepoints,
+        raw: raw_tracepoints,
+        notes: tracepoint_notes,
+    } = plan_tracepoints(f, pref, &tracepoints);
     Ok(Plan {
         vendor,
         stages,
         boundary,
         tracepoints,
         btf_tracepoints,
+        raw_tracepoints,
         tracepoint_notes,
     })
 }
 
-/// Tracepoints that have a BTF-tracepoint program (raw arguments instead of format-file
-/// fields) and what else that program needs.
-const BTF_TRACEPOINT_PROGRAMS: &[&str] = &["kvm/kvm_exit"];
+/// How the tracepoints are attached: the tp_btf ones, the raw ones (the rest classic), and
+/// one note per tracepoint saying how and why.
+struct TracepointChoice {
+    btf: Vec<String>,
+    raw: Vec<String>,
+    notes: Vec<String>,
+}
 
-/// Which tracepoints to attach as tp_btf: those with a program for it, whose
-/// `btf_trace_<name>` type is in vmlinux or module BTF (`kvm:*` live in kvm.ko on distro
-/// kernels), when the hooks asked for are the BTF ones (`auto`, `fentry`). tp_btf needs no
-/// trampoline, only BTF. Returns them and one note per tracepoint saying how it is hooked.
-fn plan_tracepoints(
-    f: &Facts,
-    pref: HookPref,
-    tracepoints: &[String],
-) -> (Vec<String>, Vec<String>) {
-    let mut btf = Vec::new();
-    let mut notes = Vec::new();
+/// Per tracepoint, the cheapest program that fits this kernel: tp_btf where it has a tp_btf
+/// program, raw where it has a raw one, classic otherwise (format-file fields, a copy of
+/// them into a record before the program runs).
+fn plan_tracepoints(f: &Facts, pref: HookPref, tracepoints: &[String]) -> TracepointChoice {
+    let mut out = TracepointChoice {
+        btf: Vec::new(),
+        raw: Vec::new(),
+        notes: Vec::new(),
+    };
     for tp in tracepoints {
-        let home = f
-            .btf_tracepoints
-            .get(tp)
-            .map(|t| t.module.as_deref().unwrap_or("vmlinux"));
-        // Only kvm_exit's program needs more than its arguments: the exit reason's layout.
-        let needs = match (tp.as_str(), &f.kvm_exit_layout) {
-            ("kvm/kvm_exit", Some(Ok(_))) => {
-                Ok(" (exit reason read through the vendor vCPU struct, offsets from BTF)")
-            }
-            ("kvm/kvm_exit", Some(Err(e))) => Err(format!("tp_btf: {e}")),
-            ("kvm/kvm_exit", None) => Err("tp_btf: BTF layout not read".to_string()),
-            _ => Ok(""),
-        };
-        let why_not = if !BTF_TRACEPOINT_PROGRAMS.contains(&tp.as_str()) {
-            "no tp_btf program for it".to_string()
-        } else if !matches!(pref, HookPref::Auto | HookPref::Fentry) {
-            "tp_btf not requested (--hooks)".to_string()
-        } else if let Some(home) = home {
-            match needs {
-                Ok(detail) => {
-                    btf.push(tp.clone());
-                    notes.push(format!(
-                        "{tp}: tp_btf on btf_trace_{} in {home} BTF{detail}",
-                        tp.split_once('/').map_or(tp.as_str(), |(_, n)| n),
-                    ));
-                    continue;
-                }
-                Err(e) => e,
-            }
+        let programs = tracepoint_programs(tp);
+        let choice = if programs.and_then(|p| p.btf).is_some() {
+            btf_tracepoint(f, pref, tp).map(|note| (&mut out.btf, note))
+        } else if let Some(raw) = programs.and_then(|p| p.raw) {
+            raw_tracepoint(f, tp, raw).map(|note| (&mut out.raw, note))
         } else {
-            "tp_btf: no btf_trace type in vmlinux or KVM module BTF".to_string()
+            Err("no tp_btf or raw program for it".to_string())
         };
-        notes.push(format!("{tp}: classic tracepoint ({why_not})"));
+        match choice {
+            Ok((list, note)) => {
+                list.push(tp.clone());
+                out.notes.push(format!("{tp}: {note}"));
+            }
+            Err(why_not) => out
+                .notes
+                .push(format!("{tp}: classic tracepoint ({why_not})")),
+        }
     }
-    (btf, notes)
+    out
+}
+
+/// The event name of `category/name`.
+fn event(tp: &str) -> &str {
+    tp.split_once('/').map_or(tp, |(_, n)| n)
+}
+
+/// Whether `tp` (which has a tp_btf program) is attached as tp_btf: when its
+/// `btf_trace_<name>` type is in vmlinux or module BTF (`kvm:*` live in kvm.ko on distro
+/// kernels) and the hooks asked for are the BTF ones (`auto`, `fentry`). tp_btf needs no
+/// trampoline, only BTF.
+fn btf_tracepoint(f: &Facts, pref: HookPref, tp: &str) -> Result<String, String> {
+    if !matches!(pref, HookPref::Auto | HookPref::Fentry) {
+        return Err("tp_btf not requested (--hooks)".to_string());
+    }
+    let Some(home) = f
+        .btf_tracepoints
+        .get(tp)
+        .map(|t| t.module.as_deref().unwrap_or("vmlinux"))
+    else {
+        return Err("tp_btf: no btf_trace type in vmlinux or KVM module BTF".to_string());
+    };
+    // Only kvm_exit's program needs more than its arguments: the exit reason's layout.
+    let detail = match (tp, &f.kvm_exit_layout) {
+        (tp::KVM_EXIT, Some(Ok(_))) => {
+            " (exit reason read through the vendor vCPU struct, offsets from BTF)"
+        }
+        (tp::KVM_EXIT, Some(Err(e))) => return Err(format!("tp_btf: {e}")),
+        (tp::KVM_EXIT, None) => return Err("tp_btf: BTF layout not read".to_string()),
+        _ => "",
+    };
+    Ok(format!(
+        "tp_btf on btf_trace_{} in {home} BTF{detail}",
+        event(tp)
+    ))
+}
+
+/// Whether `tp` is attached as a raw tracepoint by `program`, which reads integers of
+/// `sizes` bytes as its first arguments: only where the prototype says so, since a raw
+/// program reads by position and a changed prototype would be misread, not refused.
+fn raw_tracepoint(f: &Facts, tp: &str, (program, sizes): (&str, &[u32])) -> Result<String, String> {
+    let home = f
+        .btf_tracepoints
+        .get(tp)
+        .map_or("vmlinux", |t| t.module.as_deref().unwrap_or("vmlinux"));
+    let Some(args) = f.tracepoint_args.get(tp) else {
+        return Err("raw: no btf_trace type in vmlinux or KVM module BTF".to_string());
+    };
+    let want: Vec<Arg> = sizes.iter().map(|&n| Arg::Int(n)).collect();
+    if args.len() < want.len() || args[..want.len()] != want[..] {
+        return Err(format!(
+            "raw: btf_trace_{} has arguments {args:?}, {program} reads {want:?}",
+            event(tp)
+        ));
+    }
+    Ok(format!(
+        "raw tracepoint ({program}: btf_trace_{} in {home} BTF has the arguments it reads)",
+        event(tp)
+    ))
 }
 
 /// Plans one function-bounded stage: the first of `symbols` present on this kernel (built in,
@@ -725,6 +788,92 @@ mod tests {
             .tracepoint_notes
             .iter()
             .any(|n| n.contains("classic tracepoint (tp_btf: btf_trace_kvm_exit is (u32")));
+    }
+
+    /// The host's KVM tracepoint prototypes (6.18), as BTF gives them.
+    fn with_io_prototypes(f: &mut Facts) {
+        let int = Arg::Int(4);
+        for (tp, args) in [
+            ("kvm/kvm_pio", vec![int, int, int, int, Arg::Ptr]),
+            ("kvm/kvm_mmio", vec![int, int, Arg::Int(8), Arg::Ptr]),
+            ("kvm/kvm_userspace_exit", vec![int, int]),
+        ] {
+            f.tracepoint_args.insert(tp.into(), args);
+        }
+    }
+
+    #[test]
+    fn io_tracepoints_whose_prototype_fits_are_planned_raw_and_shown() {
+        let mut f = pvm_host();
+        with_io_prototypes(&mut f);
+        for pref in [HookPref::Auto, HookPref::Tracepoint] {
+            let p = plan(&f, pref).unwrap();
+            assert_eq!(
+                p.raw_tracepoints,
+                ["kvm/kvm_userspace_exit", "kvm/kvm_pio", "kvm/kvm_mmio"]
+            );
+            assert!(p.btf_tracepoints.is_empty());
+            assert!(
+                p.tracepoint_notes
+                    .iter()
+                    .any(|n| n.starts_with("kvm/kvm_pio: raw tracepoint (raw_kvm_pio: ")),
+                "{:?}",
+                p.tracepoint_notes
+            );
+            assert!(p.tracepoint_notes.contains(
+                &"syscalls/sys_enter_ioctl: classic tracepoint (no tp_btf or raw program for it)"
+                    .to_string()
+            ));
+        }
+    }
+
+    #[test]
+    fn a_changed_or_missing_prototype_keeps_the_classic_tracepoint_and_says_why() {
+        let mut f = pvm_host();
+        with_io_prototypes(&mut f);
+        // An older kvm_mmio(u64 gpa, ...) would be misread by position.
+        f.tracepoint_args
+            .insert("kvm/kvm_mmio".into(), vec![Arg::Int(8), Arg::Int(4)]);
+        f.tracepoint_args.remove("kvm/kvm_userspace_exit");
+        let p = plan(&f, HookPref::Auto).unwrap();
+        assert_eq!(p.raw_tracepoints, ["kvm/kvm_pio"]);
+        let note = |tp: &str| {
+            p.tracepoint_notes
+                .iter()
+                .find(|n| n.starts_with(tp))
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert!(
+            note("kvm/kvm_mmio").starts_with("kvm/kvm_mmio: classic tracepoint (raw: btf_trace_kvm_mmio has arguments [Int(8), Int(4)], raw_kvm_mmio reads"),
+            "{}",
+            note("kvm/kvm_mmio")
+        );
+        assert_eq!(
+            note("kvm/kvm_userspace_exit"),
+            "kvm/kvm_userspace_exit: classic tracepoint (raw: no btf_trace type in vmlinux or KVM module BTF)"
+        );
+    }
+
+    #[test]
+    fn a_raw_tracepoint_the_kernel_refuses_is_planned_classic_again() {
+        let mut f = pvm_host();
+        with_io_prototypes(&mut f);
+        let mut p = plan(&f, HookPref::Auto).unwrap();
+        p.raw_refused("kvm/kvm_pio", "Invalid argument (os error 22)");
+        assert_eq!(
+            p.raw_tracepoints,
+            ["kvm/kvm_userspace_exit", "kvm/kvm_mmio"]
+        );
+        let pio: Vec<_> = p
+            .tracepoint_notes
+            .iter()
+            .filter(|n| n.starts_with("kvm/kvm_pio:"))
+            .collect();
+        assert_eq!(
+            pio,
+            ["kvm/kvm_pio: classic tracepoint (raw refused by the kernel: Invalid argument (os error 22))"]
+        );
     }
 
     #[test]

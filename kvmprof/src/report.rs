@@ -383,6 +383,9 @@ fn header_lines(out: &mut String, r: &Report) {
         for hk in &h.hooks {
             let _ = writeln!(out, "  {:<11} {} [{}]", hk.stage.name(), hk.symbol, hk.mode);
         }
+        for tp in &h.tracepoints {
+            let _ = writeln!(out, "  {tp}");
+        }
     }
     let _ = writeln!(out, "cycle source: {}", h.cycle_source);
     let pids: Vec<String> = h
@@ -583,6 +586,7 @@ mod tests {
                 hook(Stage::Handler, "svm_handle_exit", "kprobe"),
                 hook(Stage::FastPio, "kvm_fast_pio", "kprobe"),
             ],
+            tracepoints: vec![],
             cycle_source: "vcpu_enter_guest entry to return".into(),
             processes: vec![Target {
                 pid: 7,

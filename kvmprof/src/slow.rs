@@ -3,11 +3,11 @@
 //! --duration` or perf-prof's `--than`.
 use std::fmt::Write as _;
 
+use kvmprof_common::duration;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     backend::reason_name,
-    cli::parse_duration,
     model::{Access, Exit, Stage},
     units,
 };
@@ -50,7 +50,7 @@ pub fn parse_rule(s: &str) -> Result<Rule, String> {
         }
         None => (vec![Stage::Cycle, Stage::Handler], s),
     };
-    let threshold = parse_duration(dur)?;
+    let threshold = duration::parse(dur, duration::Bare::Secs).map_err(|e| e.to_string())?;
     Ok(Rule {
         stages,
         threshold_ns: u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX),

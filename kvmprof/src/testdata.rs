@@ -51,6 +51,7 @@ pub fn header() -> Header {
         kernel: "6.1".into(),
         vendor: Vendor::Svm,
         hooks: Vec::new(),
+        tracepoints: Vec::new(),
         cycle_source: "x".into(),
         processes: Vec::new(),
         start_unix_ns: 0,

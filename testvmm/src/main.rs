@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::Parser;
+use kvmprof_common::duration::{self, Bare};
 use kvmprof_testvmm::{cli::WorkloadArgs, StopHandle, Workload};
 use vmm_sys_util::signal::create_sigset;
 
@@ -109,28 +110,16 @@ fn millis(d: Duration) -> u64 {
 }
 
 fn parse_millis(s: &str) -> Result<Duration> {
-    parse_duration(s, 1e-3)
+    parse_duration(s, Bare::Millis)
 }
 
 fn parse_secs(s: &str) -> Result<Duration> {
-    parse_duration(s, 1.0)
+    parse_duration(s, Bare::Secs)
 }
 
-/// "500ms", "1.5s", or a bare number in `unit` seconds.
-fn parse_duration(s: &str, unit: f64) -> Result<Duration> {
-    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        (s, unit)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .with_context(|| format!("not a duration: {s:?}"))?;
-    // Rejects negative, NaN and overflowing values.
-    Duration::try_from_secs_f64(value * scale).with_context(|| format!("not a duration: {s:?}"))
+/// "500ms", "1.5s", "2m", or a bare number in `bare` units (`kvmprof_common::duration`).
+fn parse_duration(s: &str, bare: Bare) -> Result<Duration> {
+    duration::parse(s, bare).map_err(|e| anyhow!("{e}"))
 }
 
 #[cfg(test)]

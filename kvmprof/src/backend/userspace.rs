@@ -65,4 +65,14 @@ mod tests {
         assert_eq!(name(39), Some("MEMORY_FAULT"));
         assert_eq!(name(1000), None);
     }
+
+    #[test]
+    fn the_codes_the_kernel_side_acts_on_name_what_they_mean() {
+        use kvmprof_common::{KVM_EXIT_HLT, KVM_EXIT_INTR, KVM_EXIT_IO, KVM_EXIT_MMIO};
+        let codes = [KVM_EXIT_IO, KVM_EXIT_HLT, KVM_EXIT_MMIO, KVM_EXIT_INTR];
+        assert_eq!(
+            codes.map(name),
+            [Some("IO"), Some("HLT"), Some("MMIO"), Some("INTR")]
+        );
+    }
 }

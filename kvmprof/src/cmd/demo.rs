@@ -56,7 +56,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
         name: "kvmprof guest".into(),
     };
     let interval = Duration::from_secs(1);
-    let session = Session::start(options(vec![t.clone()], a.hooks.hooks, None, interval))?;
+    let session = Session::start(options(vec![t.clone()], a.hooks.pref(), None, interval))?;
     let rec = Recorder::start(&session, data, None, std::slice::from_ref(&t), interval)?;
     announce(&session, std::slice::from_ref(&t));
     let mut child = held.release();

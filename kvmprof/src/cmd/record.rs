@@ -51,7 +51,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
     };
     let session = Session::start(options(
         targets.clone(),
-        a.hooks.hooks,
+        a.hooks.pref(),
         a.duration,
         a.interval,
     ))?;
@@ -358,6 +358,7 @@ pub(super) fn live_header(
                 mode: s.mode.name().to_owned(),
             })
             .collect(),
+        tracepoints: plan.tracepoint_notes.clone(),
         cycle_source: plan.cycle_source().to_owned(),
         processes: targets.to_vec(),
         start_unix_ns: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX),

@@ -41,7 +41,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         .with_context(|| format!("listen on {}", a.listen))?;
     let mut session = live::Session::start(live::Options {
         targets: targets.clone(),
-        hooks: a.hooks.hooks,
+        hooks: a.hooks.pref(),
         duration: None,
         tick: TICK,
         interval: SERIES_INTERVAL,

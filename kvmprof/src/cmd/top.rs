@@ -56,7 +56,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
     let targets = target::resolve(&a.pids)?;
     let opts = live::Options {
         targets: targets.clone(),
-        hooks: a.hooks.hooks,
+        hooks: a.hooks.pref(),
         duration: None,
         tick: if a.batch {
             a.delay

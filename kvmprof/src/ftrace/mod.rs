@@ -137,6 +137,7 @@ pub fn header(import: &Capture) -> Header {
         kernel: "unknown".to_owned(),
         vendor: import.vendor,
         hooks: hooks.collect(),
+        tracepoints: vec![],
         cycle_source: cycle_sources.join("; "),
         processes: Vec::new(),
         start_unix_ns: 0,

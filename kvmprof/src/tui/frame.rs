@@ -422,6 +422,7 @@ mod tests {
             boundary: 0,
             tracepoints: vec![],
             btf_tracepoints: vec![],
+            raw_tracepoints: vec![],
             tracepoint_notes: vec![],
         }
     }
