@@ -263,6 +263,10 @@ pub struct TopArgs {
     /// Stop after this many frames.
     #[arg(short = 'n', long)]
     pub iterations: Option<u64>,
+    /// Count the exits slower than this and show the latest ones, as `record --slow` lists
+    /// them: `10ms` compares each exit's cycle and handler, `STAGE=10ms` that stage.
+    #[arg(long, value_name = "[STAGE=]DURATION", value_parser = crate::slow::parse_rule)]
+    pub slow: Option<crate::slow::Rule>,
     #[command(flatten)]
     pub hooks: HookArgs,
 }

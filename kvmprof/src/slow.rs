@@ -76,13 +76,16 @@ impl SlowExits {
         }
     }
 
-    pub fn offer(&mut self, e: &Exit) {
-        if self.rule.matches(e) {
+    /// Counts (and keeps) `e` if it is slow; says whether it was.
+    pub fn offer(&mut self, e: &Exit) -> bool {
+        let slow = self.rule.matches(e);
+        if slow {
             self.count += 1;
             if self.exits.len() < KEEP {
                 self.exits.push(e.clone());
             }
         }
+        slow
     }
 
     /// The report's listing, oldest first.
@@ -91,43 +94,49 @@ impl SlowExits {
         if self.count as usize > self.exits.len() {
             let _ = writeln!(out, "  (the first {} are listed)", self.exits.len());
         }
-        let _ = writeln!(
-            out,
-            "{:>16} {:>7} {:>7} {:>4}  {:<18} {:<20} stages",
-            "ts", "pid", "tid", "vcpu", "reason", "access"
-        );
+        let _ = writeln!(out, "{}", heading());
         let mut sorted: Vec<&Exit> = self.exits.iter().collect();
         sorted.sort_by_key(|e| e.ts_ns);
         for e in sorted {
-            let vcpu = e.vcpu.map_or("-".to_owned(), |v| v.to_string());
-            let access = match e.access {
-                Some(Access::Pio { port, write, .. }) => {
-                    format!("pio {port:#x} {}", if write { "out" } else { "in" })
-                }
-                Some(Access::Mmio { gpa, write, .. }) => {
-                    format!("mmio {gpa:#x} {}", if write { "write" } else { "read" })
-                }
-                None => "-".to_owned(),
-            };
-            let stages: Vec<String> = Stage::ALL
-                .iter()
-                .filter_map(|s| {
-                    e.stages[s.index()].map(|ns| format!("{}={}", s.name(), units::ns(ns)))
-                })
-                .collect();
-            let _ = writeln!(
-                out,
-                "{:>16} {:>7} {:>7} {:>4}  {:<18} {:<20} {}",
-                e.ts_ns,
-                e.pid,
-                e.tid,
-                vcpu,
-                reason_name(e.reason),
-                access,
-                stages.join(" ")
-            );
+            let _ = writeln!(out, "{}", row(e));
         }
     }
+}
+
+/// The column headers of [`row`].
+pub fn heading() -> String {
+    format!(
+        "{:>16} {:>7} {:>7} {:>4}  {:<18} {:<20} stages",
+        "ts", "pid", "tid", "vcpu", "reason", "access"
+    )
+}
+
+/// One slow exit as a line of the listing (shared by the report and `top`).
+pub fn row(e: &Exit) -> String {
+    let vcpu = e.vcpu.map_or("-".to_owned(), |v| v.to_string());
+    let access = match e.access {
+        Some(Access::Pio { port, write, .. }) => {
+            format!("pio {port:#x} {}", if write { "out" } else { "in" })
+        }
+        Some(Access::Mmio { gpa, write, .. }) => {
+            format!("mmio {gpa:#x} {}", if write { "write" } else { "read" })
+        }
+        None => "-".to_owned(),
+    };
+    let stages: Vec<String> = Stage::ALL
+        .iter()
+        .filter_map(|s| e.stages[s.index()].map(|ns| format!("{}={}", s.name(), units::ns(ns))))
+        .collect();
+    format!(
+        "{:>16} {:>7} {:>7} {:>4}  {:<18} {:<20} {}",
+        e.ts_ns,
+        e.pid,
+        e.tid,
+        vcpu,
+        reason_name(e.reason),
+        access,
+        stages.join(" ")
+    )
 }
 
 #[cfg(test)]

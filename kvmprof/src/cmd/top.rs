@@ -11,7 +11,8 @@
 //! [`screen`]: crate::tui::screen
 
 use std::{
-    collections::{btree_map::Entry, BTreeMap},
+    cell::RefCell,
+    collections::{btree_map::Entry, BTreeMap, VecDeque},
     io::{self, IsTerminal, Write},
     ops::ControlFlow,
     time::Duration,
@@ -20,7 +21,7 @@ use std::{
 use anyhow::{bail, Result};
 
 use crate::tui::{
-    frame::{self, Summary},
+    frame::{self, Slow, Summary},
     screen::Screen,
     since,
     ui::{Action, Ui},
@@ -31,6 +32,8 @@ use crate::{
     aggregate::Aggregate,
     cli::TopArgs,
     live::{self, Counters, Outcome, Status, Stop},
+    model::Exit,
+    slow::{self, SlowExits},
     target::{self, Target},
     units,
 };
@@ -44,6 +47,9 @@ const KEY_POLL: Duration = Duration::from_millis(100);
 /// Length of the aggregate's time-series intervals. `top` writes no interval log, and long
 /// intervals keep closed ones from piling up while it runs for hours.
 const SERIES_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How many of the latest slow exits a frame lists (`--slow`).
+const LATEST_SLOW: usize = 5;
 
 pub async fn top(a: TopArgs) -> Result<()> {
     if a.delay < MIN_DELAY {
@@ -78,9 +84,17 @@ pub async fn top(a: TopArgs) -> Result<()> {
     } else {
         Output::Screen(Screen::open()?)
     };
-    let mut top = Top::new(&a, Watch::new(&a.pids, targets, filter), output);
-    let result = session.run(|agg, st| top.tick(agg, st), |_| Ok(())).await;
-    top.finish(result)
+    let top = RefCell::new(Top::new(&a, Watch::new(&a.pids, targets, filter), output));
+    let result = session
+        .run(
+            |agg, st| top.borrow_mut().tick(agg, st),
+            |e| {
+                top.borrow_mut().offer(e);
+                Ok(())
+            },
+        )
+        .await;
+    top.into_inner().finish(result)
 }
 
 enum Output {
@@ -110,6 +124,9 @@ struct Top {
     frozen: Option<Frozen>,
     /// What made `tick` stop the recording.
     error: Option<anyhow::Error>,
+    /// `--slow`: the exits over its threshold since the start, and the latest of them.
+    slow: Option<SlowExits>,
+    latest_slow: VecDeque<Exit>,
 }
 
 /// The data of the frame on screen when the display was paused.
@@ -149,6 +166,18 @@ impl Top {
             base: None,
             frozen: None,
             error: None,
+            slow: a.slow.clone().map(SlowExits::new),
+            latest_slow: VecDeque::with_capacity(LATEST_SLOW),
+        }
+    }
+
+    /// The session's per-exit callback: keeps the slow exits.
+    fn offer(&mut self, e: &Exit) {
+        if self.slow.as_mut().is_some_and(|s| s.offer(e)) {
+            if self.latest_slow.len() == LATEST_SLOW {
+                self.latest_slow.pop_front();
+            }
+            self.latest_slow.push_back(e.clone());
         }
     }
 
@@ -308,6 +337,15 @@ impl Top {
             exited: &snap.exited,
             filtered: self.ui.filter.is_some(),
             own_cost: Some(st.own_cost.summary(snap.total, snap.elapsed)),
+            slow: self.slow.as_ref().map(|s| {
+                let mut latest: Vec<&Exit> = self.latest_slow.iter().collect();
+                latest.sort_by_key(|e| e.ts_ns);
+                Slow {
+                    label: s.rule.label(),
+                    count: s.count,
+                    latest: latest.into_iter().map(slow::row).collect(),
+                }
+            }),
         }
     }
 

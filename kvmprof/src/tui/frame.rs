@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::{
     plan::{Mode, Plan},
+    slow,
     target::Target,
     tui::view::{self, columns, Column, Row, View},
 };
@@ -56,14 +57,27 @@ pub struct Summary<'a> {
     pub filtered: bool,
     /// kvmprof's own cost (`selfcost::OwnCost::summary`).
     pub own_cost: Option<String>,
+    /// `--slow`: the exits over its threshold.
+    pub slow: Option<Slow>,
 }
 
-/// What a summary line tells: on a short screen, hooks make room first, then processes.
+/// How many exits were over `--slow`'s threshold since the start, and the latest of them.
+pub struct Slow {
+    /// The rule, as `slow::Rule::label` says it.
+    pub label: String,
+    pub count: u64,
+    /// The latest slow exits as `slow::row` lines, oldest first.
+    pub latest: Vec<String>,
+}
+
+/// What a summary line tells: on a short screen, the latest slow exits make room first,
+/// then hooks, then processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
     Title,
     Hooks,
     Processes,
+    Slow,
 }
 
 /// A laid-out frame.
@@ -149,6 +163,35 @@ fn summary(s: &Summary, width: usize) -> Vec<(Part, Line)> {
     );
     if let Some(cost) = &s.own_cost {
         lines.push((Part::Processes, vec![plain(format!("cost  {cost}"))]));
+    }
+    if let Some(slow) = &s.slow {
+        lines.extend(slow_lines(slow));
+    }
+    lines
+}
+
+/// The count of slow exits (kept with the title), then the latest, as `report` lists them.
+fn slow_lines(s: &Slow) -> Vec<(Part, Line)> {
+    let tone = if s.count > 0 {
+        Tone::Alert
+    } else {
+        Tone::Plain
+    };
+    let mut lines = vec![(
+        Part::Title,
+        vec![
+            plain("slow  "),
+            seg(s.count.to_string(), tone),
+            plain(format!(" exits with {}", s.label)),
+        ],
+    )];
+    if !s.latest.is_empty() {
+        lines.push((Part::Slow, vec![seg(slow::heading(), Tone::Dim)]));
+        lines.extend(
+            s.latest
+                .iter()
+                .map(|l| (Part::Slow, vec![plain(l.clone())])),
+        );
     }
     lines
 }
@@ -453,6 +496,7 @@ mod tests {
             exited,
             filtered: false,
             own_cost: None,
+            slow: None,
         };
         frame(&s, &rows, view)
     }
@@ -470,12 +514,73 @@ mod tests {
             exited: &[],
             filtered: false,
             own_cost: Some("BPF 80 ns/exit (kvm_pio 80), CPU 0.5% of a core".into()),
+            slow: None,
         };
         let f = frame(&s, &[], View::default());
         assert_eq!(
             f[3],
             "cost  BPF 80 ns/exit (kvm_pio 80), CPU 0.5% of a core"
         );
+    }
+
+    #[test]
+    fn slow_exits_are_counted_under_the_summary_and_the_latest_listed_as_record_lists_them() {
+        use kvmprof_common::STAGES;
+
+        use crate::model::{Access, Exit, Reason, ReasonSpace};
+
+        let mut stages = [None; STAGES];
+        stages[Stage::Vmm.index()] = Some(120_000_000);
+        let e = Exit {
+            pid: 7,
+            tid: 9,
+            vcpu: Some(1),
+            ts_ns: 42,
+            reason: Reason {
+                space: ReasonSpace::Userspace,
+                code: 2,
+            },
+            userspace_reason: Some(2),
+            access: Some(Access::Pio {
+                port: 0x3fd,
+                size: 1,
+                write: false,
+            }),
+            stages,
+        };
+        let plan = plan();
+        let s = Summary {
+            plan: &plan,
+            elapsed: Duration::from_secs(1),
+            total: 9,
+            rate: None,
+            lost: 0,
+            targets: &[],
+            exited: &[],
+            filtered: false,
+            own_cost: None,
+            slow: Some(Slow {
+                label: "vmm > 40.0ms".into(),
+                count: 8,
+                latest: vec![slow::row(&e)],
+            }),
+        };
+        let f = frame(&s, &[], View::default());
+        assert_eq!(f[3], "slow  8 exits with vmm > 40.0ms");
+        assert_eq!(f[4], slow::heading());
+        assert_eq!(
+            f[5],
+            "              42       7       9    1  KVM_EXIT_IO        pio 0x3fd in         vmm=120ms"
+        );
+        assert_eq!(f[6], "", "the table follows");
+        let laid = layout(&s, &[], View::default(), 100, Detail::Basic);
+        let (part, count) = laid
+            .summary
+            .iter()
+            .find(|(_, l)| l[0].text == "slow  ")
+            .expect("the slow line");
+        assert_eq!(*part, Part::Title, "kept on the shortest screen");
+        assert_eq!((count[1].text.as_str(), count[1].tone), ("8", Tone::Alert));
     }
 
     #[test]
@@ -521,6 +626,7 @@ mod tests {
             exited: &[],
             filtered: false,
             own_cost: None,
+            slow: None,
         };
         let laid = lines(&layout(&s, &rows, view, 100, Detail::Basic));
         let lost = laid[0].last().expect("lost count");
@@ -552,6 +658,7 @@ mod tests {
             exited: &[],
             filtered: false,
             own_cost: None,
+            slow: None,
         };
         let text = |l: &Line| l.iter().map(|s| s.text.as_str()).collect::<String>();
         let wide = layout(&s, &by_vcpu, view, 100, Detail::Basic);
@@ -609,6 +716,7 @@ mod tests {
             exited: &[],
             filtered: false,
             own_cost: None,
+            slow: None,
         };
         let f = frame(&s, &[], View::default());
         assert!(
@@ -636,6 +744,7 @@ mod tests {
             exited: &[],
             filtered: false,
             own_cost: None,
+            slow: None,
         };
         let text = |l: &Line| l.iter().map(|s| s.text.as_str()).collect::<String>();
         let header = |width| {
@@ -670,6 +779,7 @@ mod tests {
             exited: &[],
             filtered: true,
             own_cost: None,
+            slow: None,
         };
         let f = layout(&s, &rows, View::default(), 100, Detail::Basic);
         let tones: Vec<_> = f.rows.iter().map(|l| l[0].tone).collect();

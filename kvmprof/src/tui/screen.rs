@@ -103,11 +103,16 @@ fn render(f: &mut ratatui::Frame, s: &Summary, rows: &[Row], ui: &mut Ui, legend
 }
 
 /// The summary lines that leave room for `table` lines in `height`, and a blank line
-/// before the table if there is room for it: on a short screen the hooks go first, then
-/// the blank line, then the processes; the title stays.
+/// before the table if there is room for it: on a short screen the latest slow exits go
+/// first, then the hooks, then the blank line, then the processes; the title stays.
 fn above_table(summary: Vec<(Part, frame::Line)>, height: usize, table: usize) -> Vec<frame::Line> {
     let count = |part| summary.iter().filter(|(p, _)| *p == part).count();
-    let mut used = 1 + count(Part::Hooks) + 1 + count(Part::Processes) + table;
+    let mut used = count(Part::Title)
+        + count(Part::Slow)
+        + count(Part::Hooks)
+        + 1
+        + count(Part::Processes)
+        + table;
     let mut keep = |lines: usize| {
         let fits = used <= height;
         if !fits {
@@ -115,6 +120,7 @@ fn above_table(summary: Vec<(Part, frame::Line)>, height: usize, table: usize) -
         }
         fits
     };
+    let slow = keep(count(Part::Slow));
     let hooks = keep(count(Part::Hooks));
     let blank = keep(1);
     let processes = keep(count(Part::Processes));
@@ -124,6 +130,7 @@ fn above_table(summary: Vec<(Part, frame::Line)>, height: usize, table: usize) -
             Part::Title => true,
             Part::Hooks => hooks,
             Part::Processes => processes,
+            Part::Slow => slow,
         })
         .map(|(_, l)| l)
         .collect();
@@ -331,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn short_screens_drop_hooks_then_the_blank_line_then_processes() {
+    fn short_screens_drop_slow_exits_then_hooks_then_the_blank_line_then_processes() {
         let l = |t: &str| {
             vec![frame::Seg {
                 text: t.into(),
@@ -344,6 +351,8 @@ mod tests {
                 (Part::Hooks, l("hooks 1")),
                 (Part::Hooks, l("hooks 2")),
                 (Part::Processes, l("pids")),
+                (Part::Title, l("slow 3")),
+                (Part::Slow, l("slow exit")),
             ]
         };
         let kept = |height, table| -> Vec<String> {
@@ -352,10 +361,25 @@ mod tests {
                 .map(|l| l.iter().map(|s| s.text.as_str()).collect())
                 .collect()
         };
-        assert_eq!(kept(20, 10), ["title", "hooks 1", "hooks 2", "pids", ""]);
-        assert_eq!(kept(14, 10), ["title", "pids", ""]);
-        assert_eq!(kept(12, 10), ["title", "pids"]);
-        assert_eq!(kept(11, 10), ["title"]);
-        assert_eq!(kept(5, 10), ["title"], "the title stays");
+        assert_eq!(
+            kept(20, 10),
+            [
+                "title",
+                "hooks 1",
+                "hooks 2",
+                "pids",
+                "slow 3",
+                "slow exit",
+                ""
+            ]
+        );
+        assert_eq!(
+            kept(16, 10),
+            ["title", "hooks 1", "hooks 2", "pids", "slow 3", ""]
+        );
+        assert_eq!(kept(15, 10), ["title", "pids", "slow 3", ""]);
+        assert_eq!(kept(13, 10), ["title", "pids", "slow 3"]);
+        assert_eq!(kept(12, 10), ["title", "slow 3"]);
+        assert_eq!(kept(5, 10), ["title", "slow 3"], "the title stays");
     }
 }
