@@ -2,6 +2,7 @@
 //! with send-keys, the screen read with capture-pane), watching real test VMMs.
 use std::{
     collections::BTreeSet,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread::sleep,
@@ -460,4 +461,68 @@ fn top_by_name_follows_a_vmm_started_later_and_marks_it_when_it_exits() {
     assert!(s.contains(&first_row), "{s}");
     assert!(!s.contains("kvmprof exited"), "top runs on: {s}");
     drop(first);
+}
+
+#[test]
+fn top_batch_counts_exactly_the_exits_over_the_slow_threshold_and_lists_the_latest() {
+    let test = "top_batch_counts_exactly_the_exits_over_the_slow_threshold_and_lists_the_latest";
+    if skip_without_kvm(test) {
+        return;
+    }
+    let dir = scratch("top-slow");
+    // The VMM takes 120 ms to answer each `in` and microseconds for everything else:
+    // exactly 2 vCPUs × 4 round trips are over 40 ms. It waits 3 s before its first
+    // KVM_RUN, so that `top` is attached by then.
+    let vmm = Vmm::start(
+        &bin("kvmprof-testvmm"),
+        &[
+            "--vcpus",
+            "2",
+            "--pio-user",
+            "200",
+            "--pio-in",
+            "4",
+            "--pio-in-delay",
+            "120ms",
+            "--start-delay",
+            "3s",
+        ],
+        &dir.join("ready"),
+    );
+    let started = Instant::now();
+    let pid = vmm.pid.to_string();
+    let mut top = Command::new(bin("kvmprof"))
+        .args(["top", "--batch", "--delay", "200ms", "--slow", "vmm=40ms"])
+        .args(["-p", &pid])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvmprof top");
+    let mut lines = BufReader::new(top.stdout.take().expect("top's stdout")).lines();
+    let first = lines.next().expect("a first frame").expect("read top");
+    assert!(first.starts_with("kvmprof top"), "{first}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "top attached after the VMM began"
+    );
+    vmm.wait();
+    // `top -p PID` prints a last frame when its process exits, then ends.
+    let rest: Vec<String> = lines.map(|l| l.expect("read top")).collect();
+    let out = top.wait_with_output().expect("wait for kvmprof top");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = rest
+        .rsplit(|l| l.starts_with("kvmprof top"))
+        .next()
+        .expect("a last frame");
+    let text = last.join("\n");
+    assert!(
+        last.contains(&"slow  8 exits with vmm > 40.0ms".to_owned()),
+        "{text}"
+    );
+    // The latest 5, as `report` lists them.
+    assert_eq!(text.matches("pio 0x3fd in").count(), 5, "{text}");
 }
