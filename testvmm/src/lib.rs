@@ -80,22 +80,28 @@ pub struct Workload {
     pub exit_log: Option<PathBuf>,
 }
 
+impl Workload {
+    /// One vCPU and no exit of any kind: the base that `const` workloads (the demo's,
+    /// xtask's) complete with `..Workload::IDLE`, where `Default::default()` cannot be used.
+    pub const IDLE: Workload = Workload {
+        vcpus: 1,
+        pio_user: 0,
+        pio_kernel: 0,
+        mmio_user: 0,
+        pio_in: 0,
+        pio_in_delay_ms: 0,
+        rate: None,
+        start_delay_ms: 0,
+        forever: false,
+        duration_ms: None,
+        ready_file: None,
+        exit_log: None,
+    };
+}
+
 impl Default for Workload {
     fn default() -> Self {
-        Workload {
-            vcpus: 1,
-            pio_user: 0,
-            pio_kernel: 0,
-            mmio_user: 0,
-            pio_in: 0,
-            pio_in_delay_ms: 0,
-            rate: None,
-            start_delay_ms: 0,
-            forever: false,
-            duration_ms: None,
-            ready_file: None,
-            exit_log: None,
-        }
+        Workload::IDLE
     }
 }
 

@@ -39,13 +39,7 @@ const WORKLOAD: Workload = Workload {
     pio_kernel: 5000,
     mmio_user: 300,
     pio_in: 100,
-    pio_in_delay_ms: 0,
-    rate: None,
-    start_delay_ms: 0,
-    forever: false,
-    duration_ms: None,
-    ready_file: None,
-    exit_log: None,
+    ..Workload::IDLE
 };
 
 /// The test VMM's flags for [`WORKLOAD`].

@@ -24,13 +24,7 @@ const DEMO: Workload = Workload {
     pio_kernel: 5000,
     mmio_user: 300,
     pio_in: 50,
-    pio_in_delay_ms: 0,
-    rate: None,
-    start_delay_ms: 0,
-    forever: false,
-    duration_ms: None,
-    ready_file: None,
-    exit_log: None,
+    ..Workload::IDLE
 };
 
 /// Runs the built-in guest, records it from its first instruction to its end, and prints
