@@ -159,11 +159,17 @@ pub fn run(exits: u64, rounds: usize, build: bool) -> Result<()> {
     let workloads = [
         Workload {
             name: "in-kernel PIO",
-            args: format!("--vcpus 1 --pio-kernel {}", exits * 4),
+            args: kvmprof_testvmm::cli::args(&kvmprof_testvmm::Workload {
+                pio_kernel: exits * 4,
+                ..kvmprof_testvmm::Workload::IDLE
+            }),
         },
         Workload {
             name: "user PIO",
-            args: format!("--vcpus 1 --pio-user {exits}"),
+            args: kvmprof_testvmm::cli::args(&kvmprof_testvmm::Workload {
+                pio_user: exits,
+                ..kvmprof_testvmm::Workload::IDLE
+            }),
         },
     ];
     println!(
