@@ -461,6 +461,31 @@ const _: () = assert!(core::mem::size_of::<Config>() == 19 * 4);
 const _: () = assert!(core::mem::size_of::<Window>() == 16);
 const _: () = assert!(core::mem::size_of::<ThreadState>() == 280);
 
+/// The records' clock read from userspace: CLOCK_MONOTONIC, which `bpf_ktime_get_ns` reads
+/// in the kernel. kvmprof states its window on it; the test VMM logs its exits on it.
+#[cfg(feature = "clock")]
+pub mod clock {
+    /// CLOCK_MONOTONIC now, in ns.
+    pub fn monotonic_ns() -> u64 {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes the timespec passed to it.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn monotonic_ns_never_goes_back() {
+            let a = super::monotonic_ns();
+            assert!(super::monotonic_ns() >= a && a > 0);
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are repr(C) plain integers with no padding holes left implicit.

@@ -14,13 +14,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use kvmprof_common::{counter, names::map, Batch, ThreadState, Window};
+use kvmprof_common::{clock::monotonic_ns, counter, names::map, Batch, ThreadState, Window};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     aggregate::Aggregate,
     attach,
-    clock::monotonic_ns,
     collect::Collector,
     kernel::Facts,
     model::Exit,

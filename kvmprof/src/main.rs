@@ -6,7 +6,6 @@ mod attach;
 mod backend;
 mod btf;
 mod cli;
-mod clock;
 mod cmd;
 mod collect;
 mod datafile;

@@ -12,7 +12,6 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     cli::RecordArgs,
-    clock,
     datafile::{End, Header, HookUse, Source, Writer},
     diag::note,
     exits,
@@ -191,7 +190,8 @@ impl Recorder {
 
     /// Writes what time has completed; a write error stops the recording.
     fn tick(&mut self, st: &Status) -> ControlFlow<()> {
-        let until = clock::monotonic_ns().saturating_sub(WRITE_AFTER.as_nanos() as u64);
+        let until =
+            kvmprof_common::clock::monotonic_ns().saturating_sub(WRITE_AFTER.as_nanos() as u64);
         let result = self
             .data
             .write_before(until, st.counters.lost)
