@@ -74,8 +74,8 @@ pub fn run(opts: &Options) -> Result<u8> {
                 return Ok(0);
             }
             // Under TCG the whole guest has been seen to freeze (no check's own timeout
-            // fired), and kvmprof_stage_nesting once missed the tail of one vCPU's exits
-            // (an open bug, see README, "Known issues"): each failed check gets one more VM, and
+            // fired), and a nested vCPU has been seen to end early
+            // (README, "Known issues"): each failed check gets one more VM, and
             // the retry is said, never hidden.
             println!(
                 "RETRY VM: {} failed or did not run; booting once more for them",
