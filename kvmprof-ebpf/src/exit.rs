@@ -177,16 +177,34 @@ fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i
     } else {
         emit(|r| fill_exit(r, pid, tid, st, ts, None));
     }
-    st.open = 0;
-    st.identified = 0;
-    st.space = space::NONE as u32;
-    st.reason = 0;
-    st.flags = 0;
-    st.io_addr = 0;
-    st.io_size = 0;
-    st.mmio_unsatisfied = 0;
-    st.cycle_set = 0;
-    st.stage_ns = [0; STAGES];
+    clear(&mut st.open);
+    clear(&mut st.identified);
+    clear(&mut st.space);
+    clear(&mut st.reason);
+    clear(&mut st.flags);
+    clear(&mut st.io_addr);
+    clear(&mut st.io_size);
+    clear(&mut st.mmio_unsatisfied);
+    clear(&mut st.cycle_set);
+    clear_all(&mut st.stage_ns);
+}
+
+/// Zeroes one field with a store of its own. LLVM merges runs of zero stores (and `[0; N]`
+/// assignments) into a `memset` call, which the BPF build turns into a subprogram storing
+/// one byte per loop turn: ~70 turns per exit before this (`bpftool prog dump xlated`).
+/// A volatile store is never merged.
+#[inline(always)]
+fn clear<T: Default>(x: &mut T) {
+    // SAFETY: a valid, exclusive reference.
+    unsafe { core::ptr::write_volatile(x, T::default()) }
+}
+
+/// [`clear`] for each element of an array.
+#[inline(always)]
+fn clear_all<T: Default, const N: usize>(a: &mut [T; N]) {
+    for x in a.iter_mut() {
+        clear(x);
+    }
 }
 
 /// Emits the held userspace exit as it is (its completion never came, or will not).
@@ -210,7 +228,7 @@ pub fn start_cycle(pid: u32, tid: u32, st: &mut ThreadState, ts: u64) {
     }
     st.open = 1;
     st.cycle_start_ns = ts;
-    st.stage_start = [0; HOOKED_STAGES];
+    clear_all(&mut st.stage_start);
 }
 
 /// An I/O access seen by `kvm_pio` / `kvm_mmio`.
@@ -283,8 +301,8 @@ pub fn kvm_run_enter(st: &mut ThreadState, fd: i32, ts: u64) {
     st.open = 0;
     st.identified = 0;
     st.flags = 0;
-    st.stage_ns = [0; STAGES];
-    st.stage_start = [0; HOOKED_STAGES];
+    clear_all(&mut st.stage_ns);
+    clear_all(&mut st.stage_start);
 }
 
 /// Whether the open exit is the one that KVM_RUN is returning for.
