@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod duration;
+pub mod tally;
 
 /// Number of timed stages in one exit record.
 pub const STAGES: usize = 6;
@@ -202,6 +203,11 @@ pub struct Config {
     /// kernel: the programs then load the fields straight from the record (an offset known
     /// when compiling), otherwise through `bpf_probe_read` at the offsets above.
     pub fixed_fields: u32,
+    /// 1 sends every exit as a record (`--exits`); 0 tallies them ([`tally`]).
+    pub per_exit: u32,
+    /// Per stage: an exit whose stage took longer is sent as a record (`--slow`);
+    /// `u64::MAX` for none.
+    pub slow_ns: [u64; STAGES],
 }
 
 /// The offsets of tracepoint fields in the kernels kvmprof was written against, compiled
@@ -284,6 +290,8 @@ pub struct ThreadState {
     pub stage_start: [u64; HOOKED_STAGES],
     /// Durations measured for the open exit.
     pub stage_ns: [u64; STAGES],
+    /// This thread's last tallied kinds of exit.
+    pub tally: tally::Cache,
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -299,7 +307,10 @@ pub mod counter {
     pub const UNOBSERVED: u32 = 3;
     /// Threads whose state slot was taken and went to the spill hash (information only).
     pub const SPILLED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Exits sent as records because the tally's slots or rows were used up (information:
+    /// they are counted all the same).
+    pub const TALLY_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// `KVM_RUN` = `_IO(KVMIO, 0x80)`.
@@ -439,7 +450,12 @@ pub mod names {
         pub const THREADS_SPILL: &str = "THREADS_SPILL";
         pub const WINDOW: &str = "WINDOW";
         pub const COUNTERS: &str = "COUNTERS";
-        pub const ALL: [&str; 7] = [
+        pub const TALLY_KEYS: &str = "TALLY_KEYS";
+        pub const TALLY_META: &str = "TALLY_META";
+        pub const TALLY_ROWS: &str = "TALLY_ROWS";
+        pub const TALLY_NEXT: &str = "TALLY_NEXT";
+        pub const TALLY_CLAIMS: &str = "TALLY_CLAIMS";
+        pub const ALL: [&str; 12] = [
             EVENTS,
             BATCHES,
             PIDS,
@@ -447,6 +463,11 @@ pub mod names {
             THREADS_SPILL,
             WINDOW,
             COUNTERS,
+            TALLY_KEYS,
+            TALLY_META,
+            TALLY_ROWS,
+            TALLY_NEXT,
+            TALLY_CLAIMS,
         ];
         /// The [`crate::Config`] global, set before load.
         pub const CONFIG: &str = "CONFIG";
@@ -457,9 +478,9 @@ pub mod names {
 // must not compile.
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 104);
 const _: () = assert!(core::mem::size_of::<Batch>() == 24 + 104 * BATCH);
-const _: () = assert!(core::mem::size_of::<Config>() == 19 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 20 * 4 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Window>() == 16);
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 280);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 280 + 2 * 40 + 16);
 
 /// The records' clock read from userspace: CLOCK_MONOTONIC, which `bpf_ktime_get_ns` reads
 /// in the kernel. kvmprof states its window on it; the test VMM logs its exits on it.
@@ -494,4 +515,6 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ThreadState {}
     unsafe impl aya::Pod for super::Window {}
+    unsafe impl aya::Pod for super::tally::TallyMeta {}
+    unsafe impl aya::Pod for super::tally::Next {}
 }

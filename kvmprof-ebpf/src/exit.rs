@@ -6,7 +6,8 @@ use kvmprof_common::{
     KVM_EXIT_INTR, KVM_EXIT_IO, KVM_EXIT_MMIO, STAGES,
 };
 
-use sink::{bump, emit};
+use kvmprof_common::tally;
+use sink::{bump, emit, tallied};
 
 pub fn now() -> u64 {
     // SAFETY: helper without preconditions.
@@ -21,6 +22,7 @@ mod sink {
 
     pub use crate::maps::bump;
     use crate::maps::{add, BATCHES, EVENTS};
+    pub use crate::tally::add as tallied;
 
     /// Wake the reader only once this much is waiting: a wake-up per write would cost the
     /// profiled vCPU a context switch of the reader. The reader also drains on a short
@@ -98,6 +100,18 @@ pub mod sink {
     pub fn bump(idx: u32) {
         COUNTERS.with(|c| c.borrow_mut()[idx as usize] += 1);
     }
+
+    /// The tally needs the kernel's maps: here every exit goes as a record.
+    pub fn tallied(
+        _pid: u32,
+        _tid: u32,
+        _k: &kvmprof_common::tally::Kind,
+        _stage_ns: &[u64; kvmprof_common::STAGES],
+        _cache: &mut kvmprof_common::tally::Cache,
+        _ts: u64,
+    ) -> bool {
+        false
+    }
 }
 
 fn header(r: &mut ExitRecord, k: u8, pid: u32, tid: u32, st: &ThreadState, ts: u64) {
@@ -174,7 +188,7 @@ fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i
         fill_exit(&mut rec, pid, tid, st, ts, user);
         st.pending = rec;
         st.has_pending = 1;
-    } else {
+    } else if !tallied(pid, tid, &in_kernel_kind(st), &st.stage_ns, &mut st.tally, ts) {
         emit(|r| fill_exit(r, pid, tid, st, ts, None));
     }
     clear(&mut st.open);
@@ -207,10 +221,29 @@ fn clear_all<T: Default, const N: usize>(a: &mut [T; N]) {
     }
 }
 
-/// Emits the held userspace exit as it is (its completion never came, or will not).
+/// The kind of the open exit, handled in the kernel: as `fill_exit` would record it.
+#[inline(always)]
+fn in_kernel_kind(st: &ThreadState) -> tally::Kind {
+    tally::Kind {
+        vcpu_fd: st.vcpu_fd,
+        vcpu_id: st.vcpu_id,
+        space: st.space as u8 as u32,
+        reason: st.reason,
+        flags: st.flags,
+        io_size: st.io_size as u8 as u32,
+        io_addr: st.io_addr,
+        user_reason: 0,
+        errno: 0,
+    }
+}
+
+/// Tallies (or emits) the held userspace exit as it is: whole, or its completion never came.
 pub fn release_pending(st: &mut ThreadState) {
     if st.has_pending != 0 {
-        emit(|r| *r = st.pending);
+        let p = &st.pending;
+        if !tallied(p.pid, p.tid, &tally::Kind::of(p), &p.stage_ns, &mut st.tally, p.ts_ns) {
+            emit(|r| *r = st.pending);
+        }
         st.has_pending = 0;
     }
 }

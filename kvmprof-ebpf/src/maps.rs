@@ -5,7 +5,11 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use kvmprof_common::{counter, Batch, Config, ThreadState, Window, STATE_SLOTS};
+use kvmprof_common::{
+    counter,
+    tally::{self, Row, TallyKey, TallyMeta},
+    Batch, Config, ThreadState, Window, STATE_SLOTS,
+};
 
 /// Batches of completed exits (`kvmprof_common::Batch`).
 #[map]
@@ -40,6 +44,28 @@ pub static WINDOW: Array<Window> = Array::with_max_entries(1, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// The tally of exits handled in the kernel (`kvmprof_common::tally`): kind → slot.
+#[map]
+pub static TALLY_KEYS: HashMap<TallyKey, u32> = HashMap::with_max_entries(tally::SLOTS, 0);
+
+/// Per slot: the exit kind, count, sums, maxima and rows.
+#[map]
+pub static TALLY_META: Array<TallyMeta> = Array::with_max_entries(tally::SLOTS, 0);
+
+/// Stage histograms, handed out to slots as their stages are first measured.
+#[map]
+pub static TALLY_ROWS: Array<Row> = Array::with_max_entries(tally::ROWS, 0);
+
+/// Which slots (key `i`) and rows (key `SLOTS + r`) are taken: an insert that finds the key
+/// lost a race for it (`kvmprof_common::tally::Next`).
+#[map]
+pub static TALLY_CLAIMS: HashMap<u32, u8> =
+    HashMap::with_max_entries(tally::SLOTS + tally::ROWS, 0);
+
+/// The next slot and row to hand out (`kvmprof_common::tally::Next`).
+#[map]
+pub static TALLY_NEXT: Array<tally::Next> = Array::with_max_entries(1, 0);
+
 /// Set by userspace before load (`EbpfLoader::override_global`). It lives in `.rodata`,
 /// which aya freezes: the verifier knows every field as a constant and prunes the branches
 /// of other kernels' boundaries.
@@ -64,6 +90,8 @@ pub static CONFIG: Config = Config {
     btf_exit_reason_off: 0,
     btf_exit_vcpu_id_off: 0,
     fixed_fields: 0,
+    per_exit: 0,
+    slow_ns: [0; kvmprof_common::STAGES],
 };
 
 /// One field of the load-time configuration. Read volatile so that the compiler does not

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use kvmprof_common::STAGES;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Access, Exit, Reason, Stage};
+use crate::model::{Access, Exit, Reason, Stage, Tally};
 
 /// Longest duration a histogram tracks (one hour); longer values are clamped to it.
 pub const MAX_NS: u64 = 3_600 * 1_000_000_000;
@@ -177,22 +177,54 @@ impl Aggregate {
         }
         self.intervals.advance(idx);
         if let Some(access) = e.access {
-            let (space, addr, write) = match access {
-                Access::Pio { port, write, .. } => (IoSpace::Pio, u64::from(port), write),
-                Access::Mmio { gpa, write, .. } => (IoSpace::Mmio, gpa, write),
-            };
-            let port = PortKey {
-                pid: e.pid,
-                space,
-                addr,
-                write,
-                reason: e.reason,
-            };
-            let stats = self.ports.entry(port).or_default();
+            let stats = self.ports.entry(port_key(e, access)).or_default();
             stats.count += 1;
             stats.userspace += u64::from(e.userspace_reason.is_some());
         }
         self.extend_span(e.ts_ns, e.ts_ns);
+    }
+
+    /// Counts the exits of a kernel tally and records their stages' durations, as [`add`]
+    /// would have one by one (within the tally's bucket precision; sums exact).
+    ///
+    /// [`add`]: Aggregate::add
+    pub fn add_tally(&mut self, t: &Tally) {
+        let e = &t.exit;
+        let key = Key {
+            pid: e.pid,
+            vcpu: e.vcpu,
+            reason: e.reason,
+        };
+        let idx = e.ts_ns / self.interval_ns;
+        let stats = self.keys.entry(key).or_default();
+        stats.count += t.count;
+        if let Some(code) = e.userspace_reason {
+            *stats.userspace.entry(code).or_default() += t.count;
+        }
+        for stage in Stage::ALL {
+            let values = &t.stages[stage.index()];
+            if values.is_empty() {
+                continue;
+            }
+            let st = stats.stages[stage.index()].get_or_insert_with(StageStats::new);
+            for &(ns, n) in values {
+                record_n(&mut st.hist, ns.min(MAX_NS), n);
+            }
+            st.sum_ns = st.sum_ns.saturating_add(t.sum_ns[stage.index()]);
+            let hist = self.intervals.hist(idx, key, stage);
+            for &(ns, n) in values {
+                record_n(hist, ns.min(MAX_NS), n);
+            }
+        }
+        self.intervals.advance(idx);
+        if let Some(access) = e.access {
+            let stats = self.ports.entry(port_key(e, access)).or_default();
+            stats.count += t.count;
+            if e.userspace_reason.is_some() {
+                stats.userspace += t.count;
+            }
+        }
+        self.extend_span(t.first_ts_ns.min(e.ts_ns), e.ts_ns);
     }
 
     /// Drops everything recorded about process `pid` (`serve` forgets VMs that exited).
@@ -424,6 +456,28 @@ pub fn new_histogram() -> Histogram<u64> {
     let mut h = Histogram::new_with_bounds(1, 2, SIGFIG).expect("1..2 at 3 digits is valid");
     h.auto(true);
     h
+}
+
+/// The ports-table row of `e`'s access.
+fn port_key(e: &Exit, access: Access) -> PortKey {
+    let (space, addr, write) = match access {
+        Access::Pio { port, write, .. } => (IoSpace::Pio, u64::from(port), write),
+        Access::Mmio { gpa, write, .. } => (IoSpace::Mmio, gpa, write),
+    };
+    PortKey {
+        pid: e.pid,
+        space,
+        addr,
+        write,
+        reason: e.reason,
+    }
+}
+
+/// [`record`] `n` times.
+fn record_n(h: &mut Histogram<u64>, ns: u64, n: u64) {
+    if h.record_n(ns, n).is_err() {
+        h.saturating_record_n(ns, n);
+    }
 }
 
 /// Records `ns` (at most [`MAX_NS`]), growing the histogram as needed.

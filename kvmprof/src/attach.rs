@@ -17,7 +17,7 @@ use aya::{
 };
 use kvmprof_common::{
     names::{self, hook, map, tracepoint_programs},
-    Config, NO_DEREF,
+    Config, NO_DEREF, STAGES,
 };
 
 use crate::{
@@ -64,10 +64,44 @@ pub fn plan(mut facts: Facts, hooks: HookPref) -> Result<(Facts, Plan)> {
     Ok((facts, plan))
 }
 
+/// Which exits go as records rather than into the kernel's tally (`kvmprof_common::tally`):
+/// every one (`--exits`), or those over a `--slow` threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Records {
+    pub every_exit: bool,
+    /// Per stage, the duration over which an exit goes as a record.
+    pub over_ns: [u64; STAGES],
+}
+
+impl Default for Records {
+    fn default() -> Self {
+        Records {
+            every_exit: false,
+            over_ns: [u64::MAX; STAGES],
+        }
+    }
+}
+
+impl Records {
+    /// The exits `rule` lists must reach userspace one by one.
+    pub fn over(rule: &crate::slow::Rule) -> Records {
+        let mut r = Records::default();
+        for s in &rule.stages {
+            if let Some(ns) = r.over_ns.get_mut(s.index()) {
+                *ns = rule.threshold_ns;
+            }
+        }
+        r
+    }
+}
+
 /// Loads the object configured for `plan` (the configuration is a load-time global), tracing
 /// only the processes in its PIDS map when `filter` is set.
-pub fn load_for(plan: &Plan, facts: &Facts, filter: bool) -> Result<Ebpf> {
-    load(&config(plan, facts, filter)?)
+pub fn load_for(plan: &Plan, facts: &Facts, filter: bool, records: Records) -> Result<Ebpf> {
+    let mut cfg = config(plan, facts, filter)?;
+    cfg.per_exit = records.every_exit as u32;
+    cfg.slow_ns = records.over_ns;
+    load(&cfg)
 }
 
 /// Loads a BTF-targeted tracing program on `target`.
@@ -257,6 +291,8 @@ fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
         btf_exit_reason_off: btf_exit.map_or(0, |l| l.reason_off),
         btf_exit_vcpu_id_off: btf_exit.map_or(0, |l| l.vcpu_id_off),
         fixed_fields: 0,
+        per_exit: 0,
+        slow_ns: [u64::MAX; STAGES],
     };
     cfg.fixed_fields = fixed_fields_hold(&cfg) as u32;
     Ok(cfg)

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{self, Aggregate, Key, PortKey, PortStats};
 use crate::backend::reason_name;
-use crate::model::{Exit, Reason, ReasonSpace, Stage, Vendor};
+use crate::model::{Exit, Reason, ReasonSpace, Stage, Tally, Vendor};
 use crate::output;
 use crate::selfcost::OwnCost;
 use crate::slow::SlowExits;
@@ -302,6 +302,15 @@ impl<W: Write> Writer<W> {
             .entry(e.ts_ns / interval_ns)
             .or_insert_with(|| Aggregate::new(interval_ns))
             .add(e);
+    }
+
+    /// Keeps a kernel tally for the block of its (last exit's) interval.
+    pub fn add_tally(&mut self, t: &Tally) {
+        let interval_ns = self.interval_ns;
+        self.pending
+            .entry(t.exit.ts_ns / interval_ns)
+            .or_insert_with(|| Aggregate::new(interval_ns))
+            .add_tally(t);
     }
 
     /// Writes the header. Interval timestamps count from `base_ts_ns` (rounded down to an

@@ -22,9 +22,10 @@ use crate::{
     attach,
     collect::Collector,
     kernel::Facts,
-    model::Exit,
+    model::{Exit, Tally},
     plan::{self, HookPref, Plan},
     selfcost::{self, OwnCost, RunTimeStats},
+    tally,
     target::{self, Target},
 };
 
@@ -48,6 +49,25 @@ pub struct Options {
     pub tick: Duration,
     /// Interval of the histograms in the data file's interval log.
     pub interval: Duration,
+    /// Which exits come one by one rather than tallied in the kernel.
+    pub records: attach::Records,
+}
+
+/// What the kernel handed over: one exit, or a tally of exits of one kind.
+#[derive(Clone, Copy, Debug)]
+pub enum Seen<'a> {
+    Exit(&'a Exit),
+    Tally(&'a Tally),
+}
+
+impl Seen<'_> {
+    /// The process whose exits these are.
+    pub fn pid(&self) -> u32 {
+        match self {
+            Seen::Exit(e) => e.pid,
+            Seen::Tally(t) => t.exit.pid,
+        }
+    }
 }
 
 /// Why recording stopped.
@@ -118,6 +138,7 @@ pub struct Session {
     /// The targets can grow (see [`Session::pid_filter`]): their exit does not stop it.
     open: bool,
     held: Held,
+    tallies: tally::Reader,
     stats: Result<RunTimeStats, String>,
 }
 
@@ -197,11 +218,12 @@ impl Session {
         let stats = RunTimeStats::enable();
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
         let (facts, mut plan) = plan_for_host(opts.hooks)?;
-        let mut ebpf = attach::load_for(&plan, &facts, !pids.is_empty())?;
+        let mut ebpf = attach::load_for(&plan, &facts, !pids.is_empty(), opts.records)?;
         let ring = RingBuf::try_from(ebpf.take_map(map::EVENTS).context("EVENTS map")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(map::COUNTERS).context("COUNTERS map")?)?;
         let held = Held::take(&mut ebpf)?;
+        let tallies = tally::Reader::take(&mut ebpf)?;
         let mut switch = Array::try_from(ebpf.take_map(map::WINDOW).context("WINDOW map")?)?;
         attach::attach(&mut ebpf, &mut plan, &facts, &pids)?;
         let window = open_window(&mut switch, opts.duration)?;
@@ -216,6 +238,7 @@ impl Session {
             window,
             open: false,
             held,
+            tallies,
             stats,
         })
     }
@@ -247,12 +270,13 @@ impl Session {
         self.window.start_ns
     }
 
-    /// Drains until a stop condition; `sink` also sees every exit (for `--exits`). `on_tick`
+    /// Drains until a stop condition; `sink` also sees every exit and tally (for the data
+    /// file, `--exits`, `--slow`). `on_tick`
     /// may change the aggregate (`serve` forgets VMs that exited).
     pub async fn run(
         self,
         mut on_tick: impl FnMut(&mut Aggregate, &Status) -> ControlFlow<()>,
-        mut sink: impl FnMut(&Exit) -> Result<()>,
+        mut sink: impl FnMut(Seen) -> Result<()>,
     ) -> Result<Outcome> {
         let Session {
             opts,
@@ -265,6 +289,7 @@ impl Session {
             mut window,
             open,
             held,
+            mut tallies,
             stats,
         } = self;
         let cpu0 = selfcost::cpu_ns();
@@ -294,6 +319,7 @@ impl Session {
         // dropped together at the end of this function).
         let mut ring = unsafe { AsyncFd::register(ring) }.context("poll ring buffer")?;
         let mut batch: Vec<Exit> = Vec::new();
+        let mut tallied: Vec<Tally> = Vec::new();
         let mut tick = tokio::time::interval(opts.tick);
         // The kernel wakes us only when a lot is waiting (see `WAKEUP_BYTES` in
         // kvmprof-ebpf), so drain on a timer too.
@@ -313,6 +339,7 @@ impl Session {
                 _ = poll.tick() => {
                     drain(ring.get_mut(), &mut collector, &mut batch);
                     absorb(&mut batch, &mut sink, &mut agg)?;
+                    tallies.discover(&mut collector.vcpus)?;
                 }
                 _ = &mut duration_over => break Stop::Duration,
                 _ = tick.tick() => {
@@ -321,6 +348,8 @@ impl Session {
                     // see no exit again (its threads' held exits went there at their end).
                     held.take_quiet(&mut collector, &mut batch)?;
                     absorb(&mut batch, &mut sink, &mut agg)?;
+                    tallies.read(&mut collector.vcpus, &mut tallied)?;
+                    absorb_tallies(&mut tallied, &mut sink, &mut agg)?;
                     for t in &opts.targets {
                         if !target::alive(t.pid) && !exited.contains(t) {
                             exited.push(t.clone());
@@ -358,6 +387,8 @@ impl Session {
         drain(ring.get_mut(), &mut collector, &mut batch);
         held.drain(&mut collector, &mut batch)?;
         absorb(&mut batch, &mut sink, &mut agg)?;
+        tallies.read(&mut collector.vcpus, &mut tallied)?;
+        absorb_tallies(&mut tallied, &mut sink, &mut agg)?;
         let counters = read_counters(&counters);
         agg.add_lost(counters.lost);
         Ok(Outcome {
@@ -375,15 +406,28 @@ impl Session {
     }
 }
 
-/// Hands drained exits to the per-exit sink and the aggregate.
+/// Hands drained exits to the sink and the aggregate.
 fn absorb(
     batch: &mut Vec<Exit>,
-    sink: &mut impl FnMut(&Exit) -> Result<()>,
+    sink: &mut impl FnMut(Seen) -> Result<()>,
     agg: &mut Aggregate,
 ) -> Result<()> {
     for e in batch.drain(..) {
-        sink(&e)?;
+        sink(Seen::Exit(&e))?;
         agg.add(&e);
+    }
+    Ok(())
+}
+
+/// Hands the kernel's tallies to the sink and the aggregate.
+fn absorb_tallies(
+    tallied: &mut Vec<Tally>,
+    sink: &mut impl FnMut(Seen) -> Result<()>,
+    agg: &mut Aggregate,
+) -> Result<()> {
+    for t in tallied.drain(..) {
+        sink(Seen::Tally(&t))?;
+        agg.add_tally(&t);
     }
     Ok(())
 }

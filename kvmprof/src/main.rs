@@ -31,6 +31,7 @@ mod series;
 mod serve;
 mod slow;
 mod spawn;
+mod tally;
 mod target;
 #[cfg(test)]
 mod testdata;

@@ -117,6 +117,22 @@ pub struct Exit {
     pub stages: [Option<u64>; STAGES],
 }
 
+/// Exits of one kind that the kernel tallied instead of sending one by one
+/// (`kvmprof_common::tally`): `count` exits like `exit`, whose stages are unset and whose
+/// `ts_ns` is the time of the last of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tally {
+    pub exit: Exit,
+    /// Time of the first of them.
+    pub first_ts_ns: u64,
+    pub count: u64,
+    /// Per stage: the durations as (value, how many), each value standing for its kernel
+    /// histogram bucket (within 0.4 %), except the maximum, which is exact.
+    pub stages: [Vec<(u64, u64)>; STAGES],
+    /// Per stage: the exact sum of the durations.
+    pub sum_ns: [u64; STAGES],
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use kvmprof_testvmm::Workload;
 
 use crate::{
+    attach,
     cli::{DemoArgs, GuestArgs},
     cmd::record::{announce, finish, live_header, options, Recorder},
     datafile, diag,
@@ -50,7 +51,13 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
         name: "kvmprof guest".into(),
     };
     let interval = Duration::from_secs(1);
-    let session = Session::start(options(vec![t.clone()], a.hooks.pref(), None, interval))?;
+    let session = Session::start(options(
+        vec![t.clone()],
+        a.hooks.pref(),
+        None,
+        interval,
+        attach::Records::default(),
+    ))?;
     let rec = Recorder::start(&session, data, None, std::slice::from_ref(&t), interval)?;
     announce(&session, std::slice::from_ref(&t));
     let mut child = held.release();

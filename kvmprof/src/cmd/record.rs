@@ -11,12 +11,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
+    attach,
     cli::RecordArgs,
     datafile::{End, Header, HookUse, Source, Writer},
     diag::note,
     exits,
     kernel::Facts,
-    live::{self, Outcome, Session, Status, Stop},
+    live::{self, Outcome, Seen, Session, Status, Stop},
     model::Exit,
     output::{self, Output},
     plan::{HookPref, Plan},
@@ -48,11 +49,16 @@ pub async fn record(a: RecordArgs) -> Result<()> {
         });
         Some(h)
     };
+    let records = attach::Records {
+        every_exit: a.exits.is_some(),
+        ..a.slow.as_ref().map(attach::Records::over).unwrap_or_default()
+    };
     let session = Session::start(options(
         targets.clone(),
         a.hooks.pref(),
         a.duration,
         a.interval,
+        records,
     ))?;
     let mut rec = Recorder::start(&session, data, exits, &targets, a.interval)?;
     rec.slow = a.slow.clone().map(SlowExits::new);
@@ -73,11 +79,13 @@ pub(super) fn options(
     hooks: HookPref,
     duration: Option<Duration>,
     interval: Duration,
+    records: attach::Records,
 ) -> live::Options {
     live::Options {
         targets,
         hooks,
         duration,
+        records,
         tick: Duration::from_millis(100),
         interval,
     }
@@ -167,7 +175,7 @@ impl Recorder {
         let out = session
             .run(
                 |_, st| cell.borrow_mut().tick(st),
-                |e| cell.borrow_mut().add(e),
+                |seen| cell.borrow_mut().add(seen),
             )
             .await;
         let mut rec = cell.into_inner();
@@ -177,7 +185,15 @@ impl Recorder {
         Ok((out?, rec))
     }
 
-    fn add(&mut self, e: &Exit) -> Result<()> {
+    fn add(&mut self, seen: Seen) -> Result<()> {
+        let e = match seen {
+            // Tallies hold no exit over a --slow threshold, and none at all with --exits.
+            Seen::Tally(t) => {
+                self.data.add_tally(t);
+                return Ok(());
+            }
+            Seen::Exit(e) => e,
+        };
         self.data.add(e);
         if let Some(s) = &mut self.slow {
             s.offer(e);

@@ -12,6 +12,7 @@ use tokio::{net::TcpListener, sync::oneshot};
 
 use crate::serve::{exporter::Exporter, http, snapshot::Snapshot, vms::Vms};
 use crate::{
+    attach,
     cli::ServeArgs,
     follow::Follow,
     live::{self, Stop},
@@ -45,6 +46,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         duration: None,
         tick: TICK,
         interval: SERIES_INTERVAL,
+        records: attach::Records::default(),
     })?;
 
     let names = target::names(&a.pids);
@@ -93,8 +95,8 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
                 }
                 ControlFlow::Continue(())
             },
-            |e| {
-                vms.borrow_mut().saw(e.pid);
+            |seen| {
+                vms.borrow_mut().saw(seen.pid());
                 Ok(())
             },
         )

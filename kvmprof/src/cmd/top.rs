@@ -30,8 +30,9 @@ use crate::tui::{
 };
 use crate::{
     aggregate::Aggregate,
+    attach,
     cli::TopArgs,
-    live::{self, Counters, Outcome, Status, Stop},
+    live::{self, Counters, Outcome, Seen, Status, Stop},
     model::Exit,
     slow::{self, SlowExits},
     target::{self, Target},
@@ -70,6 +71,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
             a.delay.min(KEY_POLL)
         },
         interval: SERIES_INTERVAL,
+        records: a.slow.as_ref().map(attach::Records::over).unwrap_or_default(),
     };
     // Attach before taking the screen, so that loading errors print on a normal terminal.
     let mut session = live::Session::start(opts)?;
@@ -88,8 +90,10 @@ pub async fn top(a: TopArgs) -> Result<()> {
     let result = session
         .run(
             |agg, st| top.borrow_mut().tick(agg, st),
-            |e| {
-                top.borrow_mut().offer(e);
+            |seen| {
+                if let Seen::Exit(e) = seen {
+                    top.borrow_mut().offer(e);
+                }
                 Ok(())
             },
         )

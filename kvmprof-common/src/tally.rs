@@ -1,0 +1,218 @@
+//! Exits tallied in the kernel instead of sent one by one (issue 9): for each kind of exit
+//! handled in the kernel (thread, vCPU, reason, access), an exact count, exact sums and
+//! maxima, and log-linear histograms of its stages. Userspace reads them each tick into the
+//! same `hdrhistogram`s, data file, `top` and `serve` that records feed.
+//!
+//! Measured on the PVM host: writing each exit to the ring buffer cost ~23 ns of BPF run
+//! time per exit (cold ring memory, read on the other CPU); a bucket increment in memory the
+//! vCPU thread keeps touching costs a few. Userspace exits are tallied once whole (after the
+//! VMM's round trip), like the others.
+//!
+//! An exit is sent as a record instead when a stage is at or over [`LIMIT_NS`] (outside the
+//! histograms' range), over a `--slow` threshold, when `--exits` asks for every exit, or when
+//! the slots or rows below are used up: it is then counted exactly all the same.
+//!
+//! Layout, in three maps: `TALLY_KEYS` (hash: [`TallyKey`] → slot), `TALLY_META` (array of
+//! [`TallyMeta`] by slot) and `TALLY_ROWS` (array of [`Row`]s, one per measured stage of a
+//! slot, given out as first needed). `TALLY_NEXT` holds the next free slot and row. Slots
+//! are keyed by thread, so one thread writes each slot: plain increments, no atomics.
+
+use crate::{ExitRecord, STAGES};
+
+/// Values below this are their own bucket (exact).
+const LINEAR: u64 = 256;
+/// Sub-buckets per power of two above [`LINEAR`]: a bucket is at most 1/128 of its values
+/// wide, so the middle of a bucket is within 0.4 % of every value in it.
+const SUB_BITS: u32 = 7;
+/// Durations of 2^32 ns (4.3 s) and more are not tallied: such exits go as records.
+pub const LIMIT_NS: u64 = 1 << 32;
+/// Buckets of one row: 256 exact, then 128 for each power of two from 2^8 to 2^31.
+pub const BUCKETS: usize = LINEAR as usize + (32 - 8) * (1 << SUB_BITS);
+
+/// Tallied exit kinds (slots) and stage histograms (rows) per recording.
+pub const SLOTS: u32 = 512;
+pub const ROWS: u32 = 1024;
+
+/// No row yet for this stage of a slot (a row index is stored +1).
+pub const NO_ROW: u32 = 0;
+
+/// The histogram of one stage of one slot. Counters are u32 and wrap: userspace reads
+/// deltas every tick, far more often than a bucket can wrap (2^32 exits).
+pub type Row = [u32; BUCKETS];
+
+/// The bucket of `v` (`v < LIMIT_NS`): an HDR-style log-linear index, written without
+/// loops or `clz` (the BPF instruction set has none).
+#[inline(always)]
+pub fn bucket(v: u64) -> usize {
+    if v < LINEAR {
+        return v as usize;
+    }
+    // floor(log2(v)) by halving the search range: 8 <= e <= 31 here.
+    let mut e = 0u32;
+    let mut x = v;
+    if x >= 1 << 16 {
+        x >>= 16;
+        e += 16;
+    }
+    if x >= 1 << 8 {
+        x >>= 8;
+        e += 8;
+    }
+    if x >= 1 << 4 {
+        x >>= 4;
+        e += 4;
+    }
+    if x >= 1 << 2 {
+        x >>= 2;
+        e += 2;
+    }
+    if x >= 1 << 1 {
+        e += 1;
+    }
+    let sub = (v >> (e - SUB_BITS)) as usize - (1 << SUB_BITS);
+    LINEAR as usize + (e as usize - 8) * (1 << SUB_BITS) + sub
+}
+
+/// The lowest value of bucket `i` and its width.
+pub fn bucket_range(i: usize) -> (u64, u64) {
+    if i < LINEAR as usize {
+        return (i as u64, 1);
+    }
+    let above = i - LINEAR as usize;
+    let e = 8 + (above >> SUB_BITS) as u32;
+    let sub = (above & ((1 << SUB_BITS) - 1)) as u64 + (1 << SUB_BITS);
+    let shift = e - SUB_BITS;
+    (sub << shift, 1 << shift)
+}
+
+/// The value that stands for bucket `i` (its middle).
+pub fn bucket_value(i: usize) -> u64 {
+    let (low, width) = bucket_range(i);
+    low + width / 2
+}
+
+/// What makes exits of one kind (besides the thread, which owns the slot): the fields of an
+/// [`ExitRecord`] other than its time and stage durations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kind {
+    pub vcpu_fd: i32,
+    pub vcpu_id: i32,
+    pub space: u32,
+    pub reason: u32,
+    pub flags: u32,
+    pub io_size: u32,
+    pub io_addr: u64,
+    pub user_reason: u32,
+    pub errno: i32,
+}
+
+impl Kind {
+    /// The kind of a whole exit record.
+    #[inline(always)]
+    pub fn of(r: &ExitRecord) -> Kind {
+        Kind {
+            vcpu_fd: r.vcpu_fd,
+            vcpu_id: r.vcpu_id,
+            space: r.space as u32,
+            reason: r.reason,
+            flags: r.flags,
+            io_size: r.io_size as u32,
+            io_addr: r.io_addr,
+            user_reason: r.user_reason,
+            errno: r.errno,
+        }
+    }
+}
+
+/// A thread's last two kinds of exit and their slots (+1; 0 for none, [`REFUSED`] when no
+/// slot was left): most exits find theirs here, without the hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cache {
+    pub kind: [Kind; 2],
+    pub slot: [u32; 2],
+    /// Which of the two the next new kind replaces.
+    pub victim: u32,
+    pub _pad: u32,
+}
+
+/// [`Cache::slot`] of a kind that got no slot: its exits go as records.
+pub const REFUSED: u32 = u32::MAX;
+
+/// Key of the `TALLY_KEYS` hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TallyKey {
+    /// `pid << 32 | tid`.
+    pub tag: u64,
+    pub kind: Kind,
+}
+
+/// One tallied kind of exit. Written only by its thread; `exit.kind` is set last, so a slot
+/// userspace reads with `exit.kind == 0` is still being set up (read it next tick).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TallyMeta {
+    /// The exit these are like: pid, tid, vCPU, reason, access; `ts_ns` and stages 0.
+    pub exit: ExitRecord,
+    /// Exits tallied.
+    pub count: u64,
+    /// Time of the last one (and of the first, when the slot was made).
+    pub first_ts: u64,
+    pub last_ts: u64,
+    /// Per stage: exact sum and maximum of the durations, and the row of its histogram
+    /// (+1; [`NO_ROW`] while the stage was never measured).
+    pub sum_ns: [u64; STAGES],
+    pub max_ns: [u64; STAGES],
+    pub row: [u32; STAGES],
+}
+
+/// `TALLY_NEXT`: the next slot and row to hand out. Each is handed out once: to whichever
+/// CPU first inserts it into the `TALLY_CLAIMS` hash (slot `i` as key `i`, row `r` as
+/// `SLOTS + r`); Rust's `core` has no atomic add for the BPF target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Next {
+    pub slots: u32,
+    pub rows: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TallyMeta>() == 104 + 24 + 16 * STAGES + 4 * STAGES);
+const _: () = assert!(core::mem::size_of::<TallyKey>() == 48);
+const _: () = assert!(core::mem::size_of::<Cache>() == 2 * 40 + 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_falls_in_its_bucket_within_a_128th() {
+        let mut v = 0u64;
+        let mut last = 0usize;
+        while v < LIMIT_NS {
+            let i = bucket(v);
+            assert!(i < BUCKETS, "{v}");
+            assert!(i >= last, "buckets grow with values ({v})");
+            last = i;
+            let (low, width) = bucket_range(i);
+            assert!(low <= v && v < low + width, "{v} in bucket {i} = [{low}, +{width})");
+            assert!(width == 1 || width * 128 <= low, "bucket {i} too wide");
+            let mid = bucket_value(i);
+            assert!(mid.abs_diff(v) * 200 <= v.max(1), "{v} vs {mid}: over 0.5 %");
+            v = v + 1 + v / 997;
+        }
+        assert_eq!(bucket(LIMIT_NS - 1), BUCKETS - 1);
+    }
+
+    #[test]
+    fn buckets_meet_edge_to_edge() {
+        for i in 1..BUCKETS {
+            let (low, _) = bucket_range(i);
+            let (plow, pwidth) = bucket_range(i - 1);
+            assert_eq!(plow + pwidth, low, "bucket {i}");
+            assert_eq!(bucket(low), i);
+            assert_eq!(bucket(low - 1), i - 1);
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Exits handled in the kernel are tallied here instead of sent one by one: a count, sums,
+//! maxima and a histogram bucket per stage, in the slot of the thread's exit kind
+//! (`kvmprof_common::tally` has the layout and why).
+use core::sync::atomic::Ordering;
+
+use aya_ebpf::bindings::BPF_NOEXIST;
+
+use kvmprof_common::{
+    counter, kind,
+    tally::{self, Cache, Kind, TallyKey, TallyMeta, NO_ROW, REFUSED},
+    STAGES,
+};
+
+use crate::maps::{bump, config, TALLY_CLAIMS, TALLY_KEYS, TALLY_META, TALLY_NEXT, TALLY_ROWS};
+
+/// Tallies one whole exit of thread `pid`/`tid`: of kind `k`, with these stage durations,
+/// closed at `ts`. `false` when it must go as a record instead (see
+/// `kvmprof_common::tally`).
+#[inline(always)]
+pub fn add(
+    pid: u32,
+    tid: u32,
+    k: &Kind,
+    stage_ns: &[u64; STAGES],
+    cache: &mut Cache,
+    ts: u64,
+) -> bool {
+    if config!(per_exit) != 0 || !fits(stage_ns) {
+        return false;
+    }
+    let slot = match cached(cache, k) {
+        Some(s) => s,
+        None => {
+            let s = slot_of(pid, tid, k, ts);
+            remember(cache, k, s);
+            s
+        }
+    };
+    if slot == REFUSED {
+        bump(counter::TALLY_FULL);
+        return false;
+    }
+    let Some(meta) = TALLY_META.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: map value pointer valid for this run; only this thread writes this slot.
+    let meta = unsafe { &mut *meta };
+    // Rows first: an exit is either tallied whole or sent as a record. (No array of the
+    // rows: LLVM would zero it with a byte-at-a-time memset, see `exit::clear`.)
+    for s in 0..STAGES {
+        if stage_ns[s] != 0 && meta.row[s] == NO_ROW && !new_row(meta, s) {
+            bump(counter::TALLY_FULL);
+            return false;
+        }
+    }
+    for s in 0..STAGES {
+        let v = stage_ns[s];
+        if v == 0 {
+            continue;
+        }
+        let Some(row) = TALLY_ROWS.get_ptr_mut(meta.row[s].wrapping_sub(1)) else {
+            continue;
+        };
+        // SAFETY: as `meta`.
+        let row = unsafe { &mut *row };
+        if let Some(c) = row.get_mut(tally::bucket(v)) {
+            *c = c.wrapping_add(1);
+        }
+        meta.sum_ns[s] += v;
+        if v > meta.max_ns[s] {
+            meta.max_ns[s] = v;
+        }
+    }
+    meta.count += 1;
+    meta.last_ts = ts;
+    true
+}
+
+/// Whether every measured stage fits the histograms and no `--slow` threshold asks for the
+/// record.
+#[inline(always)]
+fn fits(stage_ns: &[u64; STAGES]) -> bool {
+    let slow = config!(slow_ns);
+    for s in 0..STAGES {
+        let v = stage_ns[s];
+        if v >= tally::LIMIT_NS || v > slow[s] {
+            return false;
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn cached(cache: &Cache, k: &Kind) -> Option<u32> {
+    for i in 0..2 {
+        if cache.slot[i] != 0 && cache.kind[i] == *k {
+            return Some(cache.slot[i].wrapping_sub(1));
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn remember(cache: &mut Cache, k: &Kind, slot: u32) {
+    let i = (cache.victim & 1) as usize;
+    cache.kind[i] = *k;
+    cache.slot[i] = slot.wrapping_add(1);
+    cache.victim = cache.victim.wrapping_add(1);
+}
+
+/// The slot of this thread's exits of kind `k`, made on first use; [`REFUSED`] when none is
+/// left.
+fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
+    let key = TallyKey {
+        tag: (pid as u64) << 32 | tid as u64,
+        kind: *k,
+    };
+    // SAFETY: plain lookup, value copied out.
+    if let Some(s) = unsafe { TALLY_KEYS.get(&key) } {
+        return *s;
+    }
+    let Some(next) = TALLY_NEXT.get_ptr_mut(0) else {
+        return REFUSED;
+    };
+    // SAFETY: a map value, only read and written through volatile accesses in `claim`.
+    let Some(slot) = claim(0, tally::SLOTS, unsafe { core::ptr::addr_of_mut!((*next).slots) })
+    else {
+        return REFUSED;
+    };
+    let Some(meta) = TALLY_META.get_ptr_mut(slot) else {
+        return REFUSED;
+    };
+    // SAFETY: a fresh slot; no other thread got it.
+    let meta = unsafe { &mut *meta };
+    let e = &mut meta.exit;
+    e.space = k.space as u8;
+    e.io_size = k.io_size as u8;
+    e.flags = k.flags;
+    e.pid = pid;
+    e.tid = tid;
+    e.vcpu_fd = k.vcpu_fd;
+    e.vcpu_id = k.vcpu_id;
+    e.reason = k.reason;
+    e.io_addr = k.io_addr;
+    e.user_reason = k.user_reason;
+    e.errno = k.errno;
+    meta.first_ts = ts;
+    // Userspace skips a slot until its kind is set: the fields above go first.
+    core::sync::atomic::compiler_fence(Ordering::Release);
+    e.kind = kind::EXIT;
+    if TALLY_KEYS.insert(&key, &slot, 0).is_err() {
+        // Cannot happen (one insert per slot, SLOTS entries); the slot then stays unused.
+        return REFUSED;
+    }
+    slot
+}
+
+/// Gives stage `s` of `meta` a row; `false` when none is left.
+#[inline(always)]
+fn new_row(meta: &mut TallyMeta, s: usize) -> bool {
+    let Some(next) = TALLY_NEXT.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: as in `slot_of`.
+    let claimed = claim(tally::SLOTS, tally::ROWS, unsafe {
+        core::ptr::addr_of_mut!((*next).rows)
+    });
+    match claimed {
+        Some(row) => {
+            meta.row[s] = row + 1;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Hands out the next index below `limit`, each once across CPUs: an index goes to whoever
+/// inserts `base + index` into `TALLY_CLAIMS` first. A CPU that loses a race tries the next
+/// index; after a few losses (or at the limit) it gives up and the exit goes as a record.
+#[inline(always)]
+fn claim(base: u32, limit: u32, next: *mut u32) -> Option<u32> {
+    for _ in 0..4 {
+        // SAFETY: `next` points into a map value; a stale read only costs a retry.
+        let i = unsafe { core::ptr::read_volatile(next) };
+        if i >= limit {
+            return None;
+        }
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(next, i + 1) };
+        if TALLY_CLAIMS
+            .insert(&(base + i), &1, BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            return Some(i);
+        }
+    }
+    None
+}

@@ -1,0 +1,190 @@
+//! Reads the kernel's tally of exits handled in the kernel (`kvmprof_common::tally`): on each
+//! call, what it counted since the last call, as [`Tally`]s for the aggregate and data file.
+//!
+//! The kernel keeps adding while a read is under way, so one read may see a slot's count
+//! and its histogram rows a few exits apart; the next read takes the rest. The last read,
+//! after the window closed, sees everything: totals are exact.
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, MapData};
+use kvmprof_common::{
+    names::map,
+    tally::{self, Next, Row, TallyMeta, NO_ROW},
+    STAGES,
+};
+
+use crate::{
+    collect::{self, VcpuResolver},
+    model::Tally,
+};
+
+pub struct Reader {
+    meta: Array<MapData, TallyMeta>,
+    rows: Array<MapData, Row>,
+    next: Array<MapData, Next>,
+    /// By slot: what earlier reads took.
+    taken: Vec<Taken>,
+    /// Slots whose vCPU was looked up (see [`Reader::discover`]).
+    discovered: u32,
+}
+
+#[derive(Default)]
+struct Taken {
+    count: u64,
+    last_ts: u64,
+    sum_ns: [u64; STAGES],
+    max_ns: [u64; STAGES],
+    /// Each stage's row as last read (boxed: 13 KiB each).
+    rows: [Option<Box<Row>>; STAGES],
+}
+
+impl Reader {
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Reader> {
+        let mut map = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map"));
+        Ok(Reader {
+            meta: Array::try_from(map(map::TALLY_META)?)?,
+            rows: Array::try_from(map(map::TALLY_ROWS)?)?,
+            next: Array::try_from(map(map::TALLY_NEXT)?)?,
+            taken: Vec::new(),
+            discovered: 0,
+        })
+    }
+
+    /// Looks up the vCPU of each new slot while its process still runs: the vCPU comes from
+    /// `/proc/PID/fd`, gone once the VMM exits, and a short VMM can exit before the first
+    /// [`Reader::read`]. Cheap (new slots only), so it runs as often as the ring is drained.
+    pub fn discover(&mut self, vcpus: &mut VcpuResolver) -> Result<()> {
+        let slots = self.next.get(&0, 0).context("read TALLY_NEXT")?.slots;
+        while self.discovered < slots.min(tally::SLOTS) {
+            let m = self.meta.get(&self.discovered, 0).context("read TALLY_META")?;
+            if m.exit.kind == 0 {
+                break;
+            }
+            if m.exit.vcpu_id < 0 {
+                vcpus.resolve(m.exit.pid, m.exit.vcpu_fd, m.exit.tid);
+            }
+            self.discovered += 1;
+        }
+        Ok(())
+    }
+
+    /// Appends what the kernel tallied since the last call, one [`Tally`] per exit kind.
+    pub fn read(&mut self, vcpus: &mut VcpuResolver, out: &mut Vec<Tally>) -> Result<()> {
+        let next = self.next.get(&0, 0).context("read TALLY_NEXT")?;
+        let slots = next.slots.min(tally::SLOTS);
+        if self.taken.len() < slots as usize {
+            self.taken.resize_with(slots as usize, Taken::default);
+        }
+        for slot in 0..slots {
+            let m = self.meta.get(&slot, 0).context("read TALLY_META")?;
+            // Still being set up by its thread: its exits wait for the next read.
+            if m.exit.kind == 0 {
+                continue;
+            }
+            let seen = &mut self.taken[slot as usize];
+            if m.count == seen.count {
+                continue;
+            }
+            let mut t = Tally {
+                exit: collect::to_exit(&m.exit, None),
+                first_ts_ns: if seen.count == 0 {
+                    m.first_ts
+                } else {
+                    seen.last_ts
+                },
+                count: m.count - seen.count,
+                stages: Default::default(),
+                sum_ns: [0; STAGES],
+            };
+            t.exit.ts_ns = m.last_ts;
+            t.exit.vcpu = t
+                .exit
+                .vcpu
+                .or_else(|| vcpus.resolve(m.exit.pid, m.exit.vcpu_fd, m.exit.tid));
+            for s in 0..STAGES {
+                if m.row[s] == NO_ROW {
+                    continue;
+                }
+                let row = self.rows.get(&(m.row[s] - 1), 0).context("read TALLY_ROWS")?;
+                let was = seen.rows[s].get_or_insert_with(|| Box::new([0; tally::BUCKETS]));
+                let mut values = deltas(&row, was);
+                **was = row;
+                if m.max_ns[s] > seen.max_ns[s] {
+                    exact_max(&mut values, m.max_ns[s]);
+                }
+                t.stages[s] = values;
+                t.sum_ns[s] = m.sum_ns[s] - seen.sum_ns[s];
+            }
+            seen.count = m.count;
+            seen.last_ts = m.last_ts;
+            seen.sum_ns = m.sum_ns;
+            seen.max_ns = m.max_ns;
+            out.push(t);
+        }
+        Ok(())
+    }
+}
+
+/// The buckets that grew since `was`, as (value standing for the bucket, count). Counters
+/// wrap; a read every tick is far more often than one can wrap.
+fn deltas(now: &Row, was: &Row) -> Vec<(u64, u64)> {
+    now.iter()
+        .zip(was.iter())
+        .enumerate()
+        .filter_map(|(i, (&n, &w))| {
+            let d = n.wrapping_sub(w);
+            (d != 0).then(|| (tally::bucket_value(i), u64::from(d)))
+        })
+        .collect()
+}
+
+/// Lets one count of the maximum's bucket stand for the exact maximum, when that bucket grew
+/// in this read (otherwise the maximum stays its bucket's value, within 0.4 %).
+fn exact_max(values: &mut Vec<(u64, u64)>, max_ns: u64) {
+    let standing = tally::bucket_value(tally::bucket(max_ns));
+    let Some(i) = values.iter().position(|&(v, _)| v == standing) else {
+        return;
+    };
+    values[i].1 -= 1;
+    if values[i].1 == 0 {
+        values.remove(i);
+    }
+    values.push((max_ns, 1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_are_the_buckets_that_grew_even_across_a_wrap() {
+        let mut was: Box<Row> = Box::new([0; tally::BUCKETS]);
+        let mut now = was.clone();
+        now[3] = 2;
+        now[300] = 5;
+        was[400] = u32::MAX;
+        now[400] = 1;
+        assert_eq!(
+            deltas(&now, &was),
+            vec![
+                (3, 2),
+                (tally::bucket_value(300), 5),
+                (tally::bucket_value(400), 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_maximum_replaces_one_count_of_its_bucket() {
+        let max = 1_000_003;
+        let b = tally::bucket_value(tally::bucket(max));
+        let mut v = vec![(5, 1), (b, 3)];
+        exact_max(&mut v, max);
+        assert_eq!(v, vec![(5, 1), (b, 2), (max, 1)]);
+        let mut single = vec![(b, 1)];
+        exact_max(&mut single, max);
+        assert_eq!(single, vec![(max, 1)]);
+        let mut absent = vec![(5, 1)];
+        exact_max(&mut absent, max);
+        assert_eq!(absent, vec![(5, 1)], "the bucket did not grow in this read");
+    }
+}
