@@ -168,6 +168,15 @@ pub struct TallyMeta {
     pub row: [u32; STAGES],
 }
 
+/// Written to the ring buffer (with a wake-up) when a slot is made, so that userspace looks
+/// up its vCPU while the VMM still runs; smaller than a batch, so batch readers skip it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewSlot {
+    pub slot: u32,
+    pub _pad: u32,
+}
+
 /// `TALLY_NEXT`: the next slot and row to hand out. Each is handed out once: to whichever
 /// CPU first inserts it into the `TALLY_CLAIMS` hash (slot `i` as key `i`, row `r` as
 /// `SLOTS + r`); Rust's `core` has no atomic add for the BPF target.
@@ -196,10 +205,16 @@ mod tests {
             assert!(i >= last, "buckets grow with values ({v})");
             last = i;
             let (low, width) = bucket_range(i);
-            assert!(low <= v && v < low + width, "{v} in bucket {i} = [{low}, +{width})");
+            assert!(
+                low <= v && v < low + width,
+                "{v} in bucket {i} = [{low}, +{width})"
+            );
             assert!(width == 1 || width * 128 <= low, "bucket {i} too wide");
             let mid = bucket_value(i);
-            assert!(mid.abs_diff(v) * 200 <= v.max(1), "{v} vs {mid}: over 0.5 %");
+            assert!(
+                mid.abs_diff(v) * 200 <= v.max(1),
+                "{v} vs {mid}: over 0.5 %"
+            );
             v = v + 1 + v / 997;
         }
         assert_eq!(bucket(LIMIT_NS - 1), BUCKETS - 1);

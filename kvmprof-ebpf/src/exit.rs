@@ -188,7 +188,14 @@ fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i
         fill_exit(&mut rec, pid, tid, st, ts, user);
         st.pending = rec;
         st.has_pending = 1;
-    } else if !tallied(pid, tid, &in_kernel_kind(st), &st.stage_ns, &mut st.tally, ts) {
+    } else if !tallied(
+        pid,
+        tid,
+        &in_kernel_kind(st),
+        &st.stage_ns,
+        &mut st.tally,
+        ts,
+    ) {
         emit(|r| fill_exit(r, pid, tid, st, ts, None));
     }
     clear(&mut st.open);
@@ -241,7 +248,14 @@ fn in_kernel_kind(st: &ThreadState) -> tally::Kind {
 pub fn release_pending(st: &mut ThreadState) {
     if st.has_pending != 0 {
         let p = &st.pending;
-        if !tallied(p.pid, p.tid, &tally::Kind::of(p), &p.stage_ns, &mut st.tally, p.ts_ns) {
+        if !tallied(
+            p.pid,
+            p.tid,
+            &tally::Kind::of(p),
+            &p.stage_ns,
+            &mut st.tally,
+            p.ts_ns,
+        ) {
             emit(|r| *r = st.pending);
         }
         st.has_pending = 0;

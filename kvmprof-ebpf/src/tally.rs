@@ -3,7 +3,7 @@
 //! (`kvmprof_common::tally` has the layout and why).
 use core::sync::atomic::Ordering;
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP};
 
 use kvmprof_common::{
     counter, kind,
@@ -11,7 +11,9 @@ use kvmprof_common::{
     STAGES,
 };
 
-use crate::maps::{bump, config, TALLY_CLAIMS, TALLY_KEYS, TALLY_META, TALLY_NEXT, TALLY_ROWS};
+use crate::maps::{
+    bump, config, EVENTS, TALLY_CLAIMS, TALLY_KEYS, TALLY_META, TALLY_NEXT, TALLY_ROWS,
+};
 
 /// Tallies one whole exit of thread `pid`/`tid`: of kind `k`, with these stage durations,
 /// closed at `ts`. `false` when it must go as a record instead (see
@@ -123,8 +125,9 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
         return REFUSED;
     };
     // SAFETY: a map value, only read and written through volatile accesses in `claim`.
-    let Some(slot) = claim(0, tally::SLOTS, unsafe { core::ptr::addr_of_mut!((*next).slots) })
-    else {
+    let Some(slot) = claim(0, tally::SLOTS, unsafe {
+        core::ptr::addr_of_mut!((*next).slots)
+    }) else {
         return REFUSED;
     };
     let Some(meta) = TALLY_META.get_ptr_mut(slot) else {
@@ -152,6 +155,11 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
         // Cannot happen (one insert per slot, SLOTS entries); the slot then stays unused.
         return REFUSED;
     }
+    // A wake-up once per slot, not per exit. Without it, userspace would first read the
+    // slot on its timer, possibly after the VMM exited and its vCPU fds with it.
+    // A full ring only loses the wake-up: the tally itself is in the maps.
+    let note = tally::NewSlot { slot, _pad: 0 };
+    let _ = EVENTS.output::<tally::NewSlot>(&note, BPF_RB_FORCE_WAKEUP as u64);
     slot
 }
 

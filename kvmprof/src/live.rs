@@ -298,6 +298,7 @@ impl Session {
             cpu_ns: selfcost::cpu_ns().saturating_sub(cpu0),
             peak_rss_bytes: selfcost::peak_rss_bytes(),
             note: stats.as_ref().err().cloned(),
+            tallied: 0,
         };
         let started = wall_clock_at(window.start_ns);
         let t0 = Instant::now();
@@ -320,6 +321,8 @@ impl Session {
         let mut ring = unsafe { AsyncFd::register(ring) }.context("poll ring buffer")?;
         let mut batch: Vec<Exit> = Vec::new();
         let mut tallied: Vec<Tally> = Vec::new();
+        // Exits that came tallied rather than one by one, for the own-cost line.
+        let mut tallied_exits = 0u64;
         let mut tick = tokio::time::interval(opts.tick);
         // The kernel wakes us only when a lot is waiting (see `WAKEUP_BYTES` in
         // kvmprof-ebpf), so drain on a timer too.
@@ -335,6 +338,7 @@ impl Session {
                     drain(guard.get_inner_mut(), &mut collector, &mut batch);
                     guard.clear_ready();
                     absorb(&mut batch, &mut sink, &mut agg)?;
+                    tallies.discover(&mut collector.vcpus)?;
                 }
                 _ = poll.tick() => {
                     drain(ring.get_mut(), &mut collector, &mut batch);
@@ -349,7 +353,7 @@ impl Session {
                     held.take_quiet(&mut collector, &mut batch)?;
                     absorb(&mut batch, &mut sink, &mut agg)?;
                     tallies.read(&mut collector.vcpus, &mut tallied)?;
-                    absorb_tallies(&mut tallied, &mut sink, &mut agg)?;
+                    tallied_exits += absorb_tallies(&mut tallied, &mut sink, &mut agg)?;
                     for t in &opts.targets {
                         if !target::alive(t.pid) && !exited.contains(t) {
                             exited.push(t.clone());
@@ -363,7 +367,10 @@ impl Session {
                         elapsed: t0.elapsed(),
                         counters: read_counters(&counters),
                         exited: &exited,
-                        own_cost: own_cost(&ebpf),
+                        own_cost: OwnCost {
+                            tallied: tallied_exits,
+                            ..own_cost(&ebpf)
+                        },
                     };
                     if on_tick(&mut agg, &status).is_break() {
                         break Stop::Caller;
@@ -379,7 +386,7 @@ impl Session {
             window.stop_ns = close_window(&mut switch, window)?;
         }
         tokio::time::sleep(until(window.stop_ns) + SETTLE).await;
-        let own_cost = own_cost(&ebpf);
+        let mut own_cost = own_cost(&ebpf);
         drop(stats);
         // Every program is off now; detaching them one by one can no longer add records.
         drop(ebpf);
@@ -388,7 +395,8 @@ impl Session {
         held.drain(&mut collector, &mut batch)?;
         absorb(&mut batch, &mut sink, &mut agg)?;
         tallies.read(&mut collector.vcpus, &mut tallied)?;
-        absorb_tallies(&mut tallied, &mut sink, &mut agg)?;
+        tallied_exits += absorb_tallies(&mut tallied, &mut sink, &mut agg)?;
+        own_cost.tallied = tallied_exits;
         let counters = read_counters(&counters);
         agg.add_lost(counters.lost);
         Ok(Outcome {
@@ -419,17 +427,19 @@ fn absorb(
     Ok(())
 }
 
-/// Hands the kernel's tallies to the sink and the aggregate.
+/// Hands the kernel's tallies to the sink and the aggregate; returns the exits they count.
 fn absorb_tallies(
     tallied: &mut Vec<Tally>,
     sink: &mut impl FnMut(Seen) -> Result<()>,
     agg: &mut Aggregate,
-) -> Result<()> {
+) -> Result<u64> {
+    let mut exits = 0;
     for t in tallied.drain(..) {
         sink(Seen::Tally(&t))?;
         agg.add_tally(&t);
+        exits += t.count;
     }
-    Ok(())
+    Ok(exits)
 }
 
 fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector, out: &mut Vec<Exit>) {

@@ -62,6 +62,9 @@ pub struct OwnCost {
     /// Why BPF run time is missing, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Exits the kernel tallied (`kvmprof_common::tally`); the others came one by one.
+    #[serde(default)]
+    pub tallied: u64,
 }
 
 impl OwnCost {
@@ -96,9 +99,11 @@ impl OwnCost {
             ),
         };
         format!(
-            "{bpf}, CPU {:.1}% of a core, peak RSS {:.0} MiB",
+            "{bpf}, CPU {:.1}% of a core, peak RSS {:.0} MiB, {} of {exits} exits tallied in \
+             the kernel",
             100.0 * self.cpu_share(wall),
-            self.peak_rss_bytes as f64 / (1 << 20) as f64
+            self.peak_rss_bytes as f64 / (1 << 20) as f64,
+            self.tallied
         )
     }
 }
@@ -198,12 +203,14 @@ mod tests {
             cpu_ns: 10_000_000,
             peak_rss_bytes: 12 << 20,
             note: None,
+            tallied: 99_990,
         };
         assert_eq!(c.bpf_ns_per_exit(100_000), Some(100.0));
         let s = c.summary(100_000, Duration::from_secs(1));
         assert_eq!(
             s,
-            "BPF 100 ns/exit (kvm_pio 80, kvm_run_enter 20), CPU 1.0% of a core, peak RSS 12 MiB"
+            "BPF 100 ns/exit (kvm_pio 80, kvm_run_enter 20), CPU 1.0% of a core, peak RSS 12 MiB, \
+             99990 of 100000 exits tallied in the kernel"
         );
         let none = OwnCost {
             note: Some("refused".into()),

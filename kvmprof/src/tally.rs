@@ -51,11 +51,17 @@ impl Reader {
 
     /// Looks up the vCPU of each new slot while its process still runs: the vCPU comes from
     /// `/proc/PID/fd`, gone once the VMM exits, and a short VMM can exit before the first
-    /// [`Reader::read`]. Cheap (new slots only), so it runs as often as the ring is drained.
+    /// [`Reader::read`]. The kernel wakes the reader when it makes a slot ([`NewSlot`]).
+    /// Cheap (new slots only).
+    ///
+    /// [`NewSlot`]: kvmprof_common::tally::NewSlot
     pub fn discover(&mut self, vcpus: &mut VcpuResolver) -> Result<()> {
         let slots = self.next.get(&0, 0).context("read TALLY_NEXT")?.slots;
         while self.discovered < slots.min(tally::SLOTS) {
-            let m = self.meta.get(&self.discovered, 0).context("read TALLY_META")?;
+            let m = self
+                .meta
+                .get(&self.discovered, 0)
+                .context("read TALLY_META")?;
             if m.exit.kind == 0 {
                 break;
             }
@@ -104,7 +110,10 @@ impl Reader {
                 if m.row[s] == NO_ROW {
                     continue;
                 }
-                let row = self.rows.get(&(m.row[s] - 1), 0).context("read TALLY_ROWS")?;
+                let row = self
+                    .rows
+                    .get(&(m.row[s] - 1), 0)
+                    .context("read TALLY_ROWS")?;
                 let was = seen.rows[s].get_or_insert_with(|| Box::new([0; tally::BUCKETS]));
                 let mut values = deltas(&row, was);
                 **was = row;

@@ -51,7 +51,10 @@ pub async fn record(a: RecordArgs) -> Result<()> {
     };
     let records = attach::Records {
         every_exit: a.exits.is_some(),
-        ..a.slow.as_ref().map(attach::Records::over).unwrap_or_default()
+        ..a.slow
+            .as_ref()
+            .map(attach::Records::over)
+            .unwrap_or_default()
     };
     let session = Session::start(options(
         targets.clone(),

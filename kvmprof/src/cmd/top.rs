@@ -71,7 +71,11 @@ pub async fn top(a: TopArgs) -> Result<()> {
             a.delay.min(KEY_POLL)
         },
         interval: SERIES_INTERVAL,
-        records: a.slow.as_ref().map(attach::Records::over).unwrap_or_default(),
+        records: a
+            .slow
+            .as_ref()
+            .map(attach::Records::over)
+            .unwrap_or_default(),
     };
     // Attach before taking the screen, so that loading errors print on a normal terminal.
     let mut session = live::Session::start(opts)?;

@@ -1,0 +1,173 @@
+//! The kernel's tally (`kvmprof_common::tally`): exits are counted and bucketed in the kernel,
+//! and still reported exactly, per vCPU and per port; `--exits` and `--slow` bring the exits
+//! they name one by one.
+use std::process::Command;
+
+use kvmprof_tests::{bin, made, report_json, scratch, skip_without_kvm, stderr};
+use serde_json::Value;
+
+/// `kvmprof record [extra] -o DATA -- testvmm VMM_ARGS`; the test VMM's own counts.
+fn record(data: &std::path::Path, extra: &[&str], vmm_args: &[&str]) -> Value {
+    let out = Command::new(bin("kvmprof"))
+        .arg("record")
+        .args(extra)
+        .args(["-o", data.to_str().unwrap(), "--"])
+        .arg(bin("kvmprof-testvmm"))
+        .args(vmm_args)
+        .output()
+        .expect("run kvmprof record");
+    assert!(out.status.success(), "record failed: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("test VMM counts on stdout")
+}
+
+const WORKLOAD: [&str; 10] = [
+    "--vcpus",
+    "2",
+    "--pio-user",
+    "300",
+    "--pio-kernel",
+    "5000",
+    "--mmio",
+    "40",
+    "--pio-in",
+    "20",
+];
+
+fn tallied(r: &Value) -> u64 {
+    r["header"]["own_cost"]["tallied"].as_u64().unwrap()
+}
+
+/// The ports table's count for `port` (every direction and reason).
+fn port_count(r: &Value, port: u64) -> u64 {
+    r["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["space"] == "pio" && p["addr"] == port)
+        .map(|p| p["count"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn exits_tallied_in_the_kernel_are_still_counted_exactly() {
+    if skip_without_kvm("exits_tallied_in_the_kernel_are_still_counted_exactly") {
+        return;
+    }
+    let data = scratch("tally").join("k.data");
+    let counts = record(&data, &[], &WORKLOAD);
+    let r = report_json(&data, "vcpu");
+    assert_eq!(r["lost"], 0);
+    if r["header"]["vendor"] != "pvm" {
+        eprintln!("skipping exact counts: only PVM guests make no exits of their own");
+        return;
+    }
+    let total = r["total_exits"].as_u64().unwrap();
+    assert_eq!(total, made(&counts["total"]), "{r}");
+    // Nearly all came tallied: only exits still held when the VMM ended come one by one.
+    assert!(
+        tallied(&r) + 4 >= total,
+        "tallied {} of {total}",
+        tallied(&r)
+    );
+    for v in counts["vcpus"].as_array().unwrap() {
+        let idx = v["index"].as_u64().unwrap();
+        let row = r["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["vcpu"] == idx)
+            .unwrap_or_else(|| panic!("no row for vCPU {idx}: {r}"));
+        assert_eq!(row["count"].as_u64().unwrap(), made(v), "vCPU {idx}");
+        // Each vCPU's in-kernel port is its own.
+        assert_eq!(
+            port_count(&r, 0x700 + idx),
+            v["pio_kernel"].as_u64().unwrap(),
+            "vCPU {idx}"
+        );
+    }
+    assert_eq!(
+        port_count(&r, 0x3fd),
+        counts["total"]["pio_in"].as_u64().unwrap()
+    );
+    // Tallied stages have distributions, not one value: the in-kernel cycle has a p50
+    // below its max, and the userspace exits their VMM round trip.
+    let by_reason = report_json(&data, "reason");
+    let groups = by_reason["groups"].as_array().unwrap();
+    let stage = |reason: &str, stage: &str| -> Value {
+        groups
+            .iter()
+            .filter(|g| g["label"].as_str().unwrap_or("").contains(reason))
+            .flat_map(|g| g["stages"].as_array().unwrap().iter())
+            .find(|s| s["stage"] == stage)
+            .unwrap_or_else(|| panic!("no {stage} of {reason}: {by_reason}"))
+            .clone()
+    };
+    let cycle = stage("pio (in-kernel)", "cycle");
+    assert!(cycle["p50_ns"].as_u64().unwrap() <= cycle["max_ns"].as_u64().unwrap());
+    assert_eq!(
+        cycle["samples"].as_u64().unwrap(),
+        port_count(&r, 0x700) + port_count(&r, 0x701)
+    );
+    let vmm = stage("KVM_EXIT_IO", "vmm");
+    assert!(vmm["samples"].as_u64().unwrap() > 0, "{vmm}");
+}
+
+#[test]
+fn with_an_exits_file_every_exit_comes_one_by_one() {
+    if skip_without_kvm("with_an_exits_file_every_exit_comes_one_by_one") {
+        return;
+    }
+    let dir = scratch("tally-exits");
+    let (data, exits) = (dir.join("k.data"), dir.join("exits.jsonl"));
+    let counts = record(&data, &["--exits", exits.to_str().unwrap()], &WORKLOAD);
+    let r = report_json(&data, "vcpu");
+    assert_eq!(tallied(&r), 0, "{r}");
+    let lines = std::fs::read_to_string(&exits).unwrap().lines().count() as u64;
+    assert_eq!(lines, r["total_exits"].as_u64().unwrap());
+    if r["header"]["vendor"] == "pvm" {
+        assert_eq!(lines, made(&counts["total"]));
+    }
+}
+
+#[test]
+fn slow_exits_come_one_by_one_and_the_rest_is_tallied() {
+    if skip_without_kvm("slow_exits_come_one_by_one_and_the_rest_is_tallied") {
+        return;
+    }
+    let data = scratch("tally-slow").join("k.data");
+    // Each `in` takes the VMM 120 ms: exactly vcpus × pio_in round trips are over 40 ms.
+    let counts = record(
+        &data,
+        &["--slow", "vmm=40ms"],
+        &[
+            "--vcpus",
+            "2",
+            "--pio-user",
+            "200",
+            "--pio-kernel",
+            "2000",
+            "--pio-in",
+            "4",
+            "--pio-in-delay",
+            "120ms",
+        ],
+    );
+    let want = counts["total"]["pio_in"].as_u64().unwrap();
+    let r = report_json(&data, "reason");
+    assert_eq!(r["header"]["slow"]["count"].as_u64(), Some(want), "{r}");
+    if r["header"]["vendor"] == "pvm" {
+        let total = r["total_exits"].as_u64().unwrap();
+        assert_eq!(total, made(&counts["total"]));
+        // The slow ones came as records; all but a few held at the end of the rest tallied.
+        assert!(
+            tallied(&r) + want <= total,
+            "tallied {} of {total}",
+            tallied(&r)
+        );
+        assert!(
+            tallied(&r) + want + 4 >= total,
+            "tallied {} of {total}",
+            tallied(&r)
+        );
+    }
+}
