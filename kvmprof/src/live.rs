@@ -24,7 +24,7 @@ use crate::{
     kernel::Facts,
     model::Exit,
     plan::{self, HookPref, Plan},
-    selfcost::{self, OwnCost, RunTimeStats},
+    selfcost::{self, BpfStats, OwnCost, Sampling},
     target::{self, Target},
 };
 
@@ -48,6 +48,8 @@ pub struct Options {
     pub tick: Duration,
     /// Interval of the histograms in the data file's interval log.
     pub interval: Duration,
+    /// When the kernel's BPF run-time statistics are on (`--bpf-stats`).
+    pub bpf_stats: BpfStats,
 }
 
 /// Why recording stopped.
@@ -118,7 +120,7 @@ pub struct Session {
     /// The targets can grow (see [`Session::pid_filter`]): their exit does not stop it.
     open: bool,
     held: Held,
-    stats: Result<RunTimeStats, String>,
+    stats: Sampling,
 }
 
 /// What the kernel holds outside the ring buffer: per-CPU batches not yet full, and
@@ -193,8 +195,7 @@ impl Session {
             bail!("--duration 0 would record an empty window; give a positive duration");
         }
         target::preflight()?;
-        // On before the programs load, so that every run of theirs is timed.
-        let stats = RunTimeStats::enable();
+        let stats = Sampling::new(opts.bpf_stats);
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
         let (facts, mut plan) = plan_for_host(opts.hooks)?;
         let mut ebpf = attach::load_for(&plan, &facts, !pids.is_empty())?;
@@ -265,14 +266,13 @@ impl Session {
             mut window,
             open,
             held,
-            stats,
+            mut stats,
         } = self;
         let cpu0 = selfcost::cpu_ns();
-        let own_cost = |ebpf: &aya::Ebpf| OwnCost {
-            programs: selfcost::programs(ebpf),
+        let own_cost = |ebpf: &aya::Ebpf, stats: &Sampling, exits| OwnCost {
             cpu_ns: selfcost::cpu_ns().saturating_sub(cpu0),
             peak_rss_bytes: selfcost::peak_rss_bytes(),
-            note: stats.as_ref().err().cloned(),
+            ..stats.cost(|| selfcost::programs(ebpf), exits)
         };
         let started = wall_clock_at(window.start_ns);
         let t0 = Instant::now();
@@ -313,6 +313,11 @@ impl Session {
                 _ = poll.tick() => {
                     drain(ring.get_mut(), &mut collector, &mut batch);
                     absorb(&mut batch, &mut sink, &mut agg)?;
+                    // Just drained: the exit count misses only the exits still batched in
+                    // the kernel, about as many at a sample's end as at its start, so the
+                    // sample's count is off by a few batched exits at most.
+                    let since_open = Duration::from_nanos(monotonic_ns().saturating_sub(window.start_ns));
+                    stats.poll(since_open, || selfcost::programs(&ebpf), agg.total_exits());
                 }
                 _ = &mut duration_over => break Stop::Duration,
                 _ = tick.tick() => {
@@ -329,16 +334,18 @@ impl Session {
                     if !open && !opts.targets.is_empty() && exited.len() == opts.targets.len() {
                         break Stop::TargetsExited;
                     }
+                    let exits = agg.total_exits();
                     let status = Status {
                         plan: &plan,
                         elapsed: t0.elapsed(),
                         counters: read_counters(&counters),
                         exited: &exited,
-                        own_cost: own_cost(&ebpf),
+                        own_cost: own_cost(&ebpf, &stats, Some(exits)),
                     };
                     if on_tick(&mut agg, &status).is_break() {
                         break Stop::Caller;
                     }
+                    stats.forgot(exits.saturating_sub(agg.total_exits()));
                 }
                 _ = sigint.recv() => break Stop::Signal("SIGINT"),
                 _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
@@ -350,7 +357,8 @@ impl Session {
             window.stop_ns = close_window(&mut switch, window)?;
         }
         tokio::time::sleep(until(window.stop_ns) + SETTLE).await;
-        let own_cost = own_cost(&ebpf);
+        // `on`: divided by all the recording's exits, drained below.
+        let own_cost = own_cost(&ebpf, &stats, None);
         drop(stats);
         // Every program is off now; detaching them one by one can no longer add records.
         drop(ebpf);

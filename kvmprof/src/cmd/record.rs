@@ -20,6 +20,7 @@ use crate::{
     model::Exit,
     output::{self, Output},
     plan::{HookPref, Plan},
+    selfcost::BpfStats,
     slow::SlowExits,
     spawn::{self, spawn_held},
     target::{self, Target},
@@ -53,6 +54,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
         a.hooks.pref(),
         a.duration,
         a.interval,
+        a.bpf_stats.mode(),
     ))?;
     let mut rec = Recorder::start(&session, data, exits, &targets, a.interval)?;
     rec.slow = a.slow.clone().map(SlowExits::new);
@@ -73,6 +75,7 @@ pub(super) fn options(
     hooks: HookPref,
     duration: Option<Duration>,
     interval: Duration,
+    bpf_stats: BpfStats,
 ) -> live::Options {
     live::Options {
         targets,
@@ -80,6 +83,7 @@ pub(super) fn options(
         duration,
         tick: Duration::from_millis(100),
         interval,
+        bpf_stats,
     }
 }
 

@@ -70,6 +70,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
             a.delay.min(KEY_POLL)
         },
         interval: SERIES_INTERVAL,
+        bpf_stats: a.bpf_stats.mode(),
     };
     // Attach before taking the screen, so that loading errors print on a normal terminal.
     let mut session = live::Session::start(opts)?;
