@@ -179,11 +179,7 @@ impl Sampling {
     /// programs' run time now (`on` only); `exits` the aggregate's exit count, or `None` at the end of a
     /// recording (`on`: divide by all its exits). A sample still open is left out: it did
     /// not run its full length.
-    pub fn cost(
-        &self,
-        programs: impl FnOnce() -> Vec<ProgramCost>,
-        exits: Option<u64>,
-    ) -> OwnCost {
+    pub fn cost(&self, programs: impl FnOnce() -> Vec<ProgramCost>, exits: Option<u64>) -> OwnCost {
         let mut c = OwnCost {
             bpf_stats: self.mode,
             note: self.refused.clone(),
@@ -502,7 +498,10 @@ mod tests {
     #[test]
     fn summary_divides_bpf_run_time_by_exits() {
         let c = OwnCost {
-            programs: vec![prog("kvm_pio", 8_000_000, 100_000), prog("kvm_run_enter", 2_000_000, 100_000)],
+            programs: vec![
+                prog("kvm_pio", 8_000_000, 100_000),
+                prog("kvm_run_enter", 2_000_000, 100_000),
+            ],
             bpf_stats: BpfStats::On,
             cpu_ns: 10_000_000,
             peak_rss_bytes: 12 << 20,
@@ -559,7 +558,10 @@ mod tests {
     fn own_cost_of_files_from_before_bpf_stats_reads_as_on_throughout() {
         let old = r#"{"programs":[{"name":"kvm_pio","run_ns":4000,"runs":10}],"cpu_ns":1,"peak_rss_bytes":2}"#;
         let c: OwnCost = serde_json::from_str(old).unwrap();
-        assert_eq!((c.bpf_stats, c.measured_exits, c.samples), (BpfStats::On, None, 0));
+        assert_eq!(
+            (c.bpf_stats, c.measured_exits, c.samples),
+            (BpfStats::On, None, 0)
+        );
         assert_eq!(c.bpf_ns_per_exit(10), Some(400.0));
         let new = OwnCost {
             measured_exits: Some(7),
@@ -567,7 +569,10 @@ mod tests {
             ..OwnCost::default()
         };
         let json = serde_json::to_string(&new).unwrap();
-        assert!(json.contains(r#""bpf_stats":"sampled","measured_exits":7,"samples":1"#), "{json}");
+        assert!(
+            json.contains(r#""bpf_stats":"sampled","measured_exits":7,"samples":1"#),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<OwnCost>(&json).unwrap(), new);
     }
 
