@@ -268,3 +268,40 @@ fn report_text(data: &std::path::Path) -> String {
     let out = kvmprof(&["report", "-i", data.to_str().unwrap()]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[test]
+fn top_shows_the_sampled_bpf_cost_once_the_first_sample_ended() {
+    if skip_without_kvm("top_shows_the_sampled_bpf_cost_once_the_first_sample_ended") {
+        return;
+    }
+    // A steady VMM, killed when the test ends however it ends.
+    struct Vmm(std::process::Child);
+    impl Drop for Vmm {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let vmm = Vmm(Command::new(bin("kvmprof-testvmm"))
+        .args(["--vcpus", "1", "--pio-kernel", "100", "--pio-user", "1"])
+        .args(["--rate", "20000", "--forever"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the test VMM"));
+    let out = Command::new(bin("kvmprof"))
+        .args(["top", "--batch", "--delay", "1s", "-n", "5"])
+        .args(["-p", &vmm.0.id().to_string()])
+        .output()
+        .expect("run kvmprof top");
+    assert!(out.status.success(), "top failed: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let costs: Vec<&str> = text.lines().filter(|l| l.starts_with("cost  ")).collect();
+    assert_eq!(costs.len(), 5, "{text}");
+    // The first frame comes before the first sample ends (2 s), the last one after it.
+    assert!(costs[0].contains("BPF run time not sampled"), "{text}");
+    assert!(
+        costs[4].starts_with("cost  BPF ")
+            && costs[4].contains("; run-time stats sampled 1 s in 10, "),
+        "{text}"
+    );
+}
