@@ -313,11 +313,16 @@ impl Session {
                 _ = poll.tick() => {
                     drain(ring.get_mut(), &mut collector, &mut batch);
                     absorb(&mut batch, &mut sink, &mut agg)?;
-                    // Just drained: the exit count misses only the exits still batched in
-                    // the kernel, about as many at a sample's end as at its start, so the
-                    // sample's count is off by a few batched exits at most.
-                    let since_open = Duration::from_nanos(monotonic_ns().saturating_sub(window.start_ns));
-                    stats.poll(since_open, || selfcost::programs(&ebpf), agg.total_exits());
+                    // Sampled run-time stats switch here, just after a drain: the exit count
+                    // then misses only exits still batched in the kernel, about as many at a
+                    // sample's end as at its start, so a sample's count is off by a few
+                    // batched exits at its edges (fine against ~1 s of exits).
+                    let since_open = monotonic_ns().saturating_sub(window.start_ns);
+                    stats.poll(
+                        Duration::from_nanos(since_open),
+                        || selfcost::programs(&ebpf),
+                        || agg.total_exits(),
+                    );
                 }
                 _ = &mut duration_over => break Stop::Duration,
                 _ = tick.tick() => {

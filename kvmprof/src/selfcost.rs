@@ -137,12 +137,12 @@ impl Sampling {
 
     /// Called often (every drain of the live loop) with the time since the window opened:
     /// starts or ends a sample when [`SAMPLES`] says so. `programs` reads the programs' run
-    /// time now; `exits` is the aggregate's exit count, just drained.
+    /// time now; `exits` the aggregate's exit count, just drained (both read only then).
     pub fn poll(
         &mut self,
         since_open: Duration,
         programs: impl FnOnce() -> Vec<ProgramCost>,
-        exits: u64,
+        exits: impl FnOnce() -> u64,
     ) {
         if self.mode != BpfStats::Sampled || SAMPLES.is_on(since_open) == self.open.is_some() {
             return;
@@ -152,14 +152,14 @@ impl Sampling {
                 // Exits that happen between the drain that counted `exits` and the switch
                 // (microseconds) count without their run time: negligible.
                 if self.switch_on() {
-                    self.open = Some((programs(), exits));
+                    self.open = Some((programs(), exits()));
                 }
             }
             Some((at_on, exits_at_on)) => {
                 // Deltas, not totals: with the sysctl on, or another holder of the stats, the
                 // programs' counters also move between samples.
                 add_delta(&mut self.programs, &programs(), &at_on);
-                self.exits += (exits + self.forgotten).saturating_sub(exits_at_on);
+                self.exits += (exits() + self.forgotten).saturating_sub(exits_at_on);
                 self.samples += 1;
                 self.stats = None;
             }
@@ -176,9 +176,9 @@ impl Sampling {
     }
 
     /// The BPF part of the own cost now (CPU and RSS left at 0). `programs` reads the
-    /// programs' run time now (`on` only); `exits` the aggregate's exit count, or `None` at the end of a
-    /// recording (`on`: divide by all its exits). A sample still open is left out: it did
-    /// not run its full length.
+    /// programs' run time now (`on` only); `exits` is the aggregate's exit count, or `None`
+    /// at the end of a recording (`on`: divide by all its exits). A sample still open is
+    /// left out: it did not run its full length.
     pub fn cost(&self, programs: impl FnOnce() -> Vec<ProgramCost>, exits: Option<u64>) -> OwnCost {
         let mut c = OwnCost {
             bpf_stats: self.mode,
@@ -585,15 +585,20 @@ mod tests {
         let s = |ms| Duration::from_millis(ms);
         let mut sm = Sampling::new(BpfStats::Sampled);
         let at = |ns, runs| move || vec![prog("raw_kvm_pio", ns, runs)];
-        sm.poll(s(500), at(0, 0), 40);
+        sm.poll(s(500), at(0, 0), || 40);
         assert!(sm.stats.is_none(), "off before the first sample");
-        sm.poll(s(1_010), at(1_000, 10), 100);
+        sm.poll(s(1_010), at(1_000, 10), || 100);
         assert!(sm.stats.is_some(), "on in the sample");
-        sm.poll(s(1_500), at(9_999, 99), 150); // no switch: nothing read
+        // No switch: nothing is read.
+        sm.poll(
+            s(1_500),
+            || unreachable!("programs read"),
+            || unreachable!("exits read"),
+        );
         sm.forgot(30); // serve dropped a VM with 30 exits
-        sm.poll(s(2_010), at(6_000, 60), 120);
+        sm.poll(s(2_010), at(6_000, 60), || 120);
         assert!(sm.stats.is_none());
-        sm.poll(s(11_000), at(10_000, 100), 500);
+        sm.poll(s(11_000), at(10_000, 100), || 500);
         let c = sm.cost(|| vec![prog("raw_kvm_pio", 12_000, 120)], Some(600));
         // The open sample is left out; the first one saw 120 + 30 - 100 exits.
         assert_eq!(c.programs, [prog("raw_kvm_pio", 5_000, 50)]);
