@@ -8,6 +8,7 @@ use crate::group::By;
 use crate::model::Stage;
 use crate::plan::HookPref;
 use crate::report::Format;
+use crate::selfcost::BpfStats;
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +84,33 @@ enum Hooks {
 }
 
 #[derive(Args)]
+pub struct BpfStatsArgs {
+    /// When to switch the kernel's BPF run-time statistics on, to show kvmprof's own BPF
+    /// ns per exit: sampled 1 s in every 10 (from 1 s after the start); on for the whole
+    /// run (costs the VMs ~5% of their exit rate on fast in-kernel exits); off.
+    #[arg(long = "bpf-stats", value_enum, default_value = "sampled")]
+    bpf_stats: BpfStatsFlag,
+}
+
+impl BpfStatsArgs {
+    pub fn mode(&self) -> BpfStats {
+        match self.bpf_stats {
+            BpfStatsFlag::Sampled => BpfStats::Sampled,
+            BpfStatsFlag::On => BpfStats::On,
+            BpfStatsFlag::Off => BpfStats::Off,
+        }
+    }
+}
+
+/// `--bpf-stats` values (the data file's [`BpfStats`] stays free of clap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BpfStatsFlag {
+    Sampled,
+    On,
+    Off,
+}
+
+#[derive(Args)]
 pub struct RecordArgs {
     /// Process to profile: a pid or a name matched like pgrep (`qemu`). Repeatable.
     #[arg(
@@ -116,6 +144,8 @@ pub struct RecordArgs {
     pub interval: Duration,
     #[command(flatten)]
     pub hooks: HookArgs,
+    #[command(flatten)]
+    pub bpf_stats: BpfStatsArgs,
 }
 
 #[derive(Args)]
@@ -269,6 +299,8 @@ pub struct TopArgs {
     pub slow: Option<crate::slow::Rule>,
     #[command(flatten)]
     pub hooks: HookArgs,
+    #[command(flatten)]
+    pub bpf_stats: BpfStatsArgs,
 }
 
 #[derive(Args)]
@@ -288,6 +320,8 @@ pub struct ServeArgs {
     pub grace: Duration,
     #[command(flatten)]
     pub hooks: HookArgs,
+    #[command(flatten)]
+    pub bpf_stats: BpfStatsArgs,
 }
 
 #[derive(Args)]

@@ -24,7 +24,7 @@ use crate::{
     kernel::Facts,
     model::{Exit, Tally},
     plan::{self, HookPref, Plan},
-    selfcost::{self, OwnCost, RunTimeStats},
+    selfcost::{self, BpfStats, OwnCost, Sampling},
     tally,
     target::{self, Target},
 };
@@ -51,6 +51,8 @@ pub struct Options {
     pub interval: Duration,
     /// Which exits come one by one rather than tallied in the kernel.
     pub records: attach::Records,
+    /// When the kernel's BPF run-time statistics are on (`--bpf-stats`).
+    pub bpf_stats: BpfStats,
 }
 
 /// What the kernel handed over: one exit, or a tally of exits of one kind.
@@ -139,7 +141,7 @@ pub struct Session {
     open: bool,
     held: Held,
     tallies: tally::Reader,
-    stats: Result<RunTimeStats, String>,
+    stats: Sampling,
 }
 
 /// What the kernel holds outside the ring buffer: per-CPU batches not yet full, and
@@ -214,8 +216,7 @@ impl Session {
             bail!("--duration 0 would record an empty window; give a positive duration");
         }
         target::preflight()?;
-        // On before the programs load, so that every run of theirs is timed.
-        let stats = RunTimeStats::enable();
+        let stats = Sampling::new(opts.bpf_stats);
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
         let (facts, mut plan) = plan_for_host(opts.hooks)?;
         let mut ebpf = attach::load_for(&plan, &facts, !pids.is_empty(), opts.records)?;
@@ -290,15 +291,14 @@ impl Session {
             open,
             held,
             mut tallies,
-            stats,
+            mut stats,
         } = self;
         let cpu0 = selfcost::cpu_ns();
-        let own_cost = |ebpf: &aya::Ebpf| OwnCost {
-            programs: selfcost::programs(ebpf),
+        let own_cost = |ebpf: &aya::Ebpf, stats: &Sampling, exits| OwnCost {
             cpu_ns: selfcost::cpu_ns().saturating_sub(cpu0),
             peak_rss_bytes: selfcost::peak_rss_bytes(),
-            note: stats.as_ref().err().cloned(),
             tallied: 0,
+            ..stats.cost(|| selfcost::programs(ebpf), exits)
         };
         let started = wall_clock_at(window.start_ns);
         let t0 = Instant::now();
@@ -344,6 +344,21 @@ impl Session {
                     drain(ring.get_mut(), &mut collector, &mut batch);
                     absorb(&mut batch, &mut sink, &mut agg)?;
                     tallies.discover(&mut collector.vcpus)?;
+                    // Sampled run-time stats switch here, just after a drain: the exit count
+                    // then misses only exits still batched in the kernel, about as many at a
+                    // sample's end as at its start, so a sample's count is off by a few
+                    // batched exits at its edges (fine against ~1 s of exits).
+                    let since_open = monotonic_ns().saturating_sub(window.start_ns);
+                    if stats.switching(Duration::from_nanos(since_open)) {
+                        // Exits tallied in the kernel count at the edges too: take them now.
+                        tallies.read(&mut collector.vcpus, &mut tallied)?;
+                        tallied_exits += absorb_tallies(&mut tallied, &mut sink, &mut agg)?;
+                    }
+                    stats.poll(
+                        Duration::from_nanos(since_open),
+                        || selfcost::programs(&ebpf),
+                        || agg.total_exits(),
+                    );
                 }
                 _ = &mut duration_over => break Stop::Duration,
                 _ = tick.tick() => {
@@ -362,6 +377,7 @@ impl Session {
                     if !open && !opts.targets.is_empty() && exited.len() == opts.targets.len() {
                         break Stop::TargetsExited;
                     }
+                    let exits = agg.total_exits();
                     let status = Status {
                         plan: &plan,
                         elapsed: t0.elapsed(),
@@ -369,12 +385,13 @@ impl Session {
                         exited: &exited,
                         own_cost: OwnCost {
                             tallied: tallied_exits,
-                            ..own_cost(&ebpf)
+                            ..own_cost(&ebpf, &stats, Some(exits))
                         },
                     };
                     if on_tick(&mut agg, &status).is_break() {
                         break Stop::Caller;
                     }
+                    stats.forgot(exits.saturating_sub(agg.total_exits()));
                 }
                 _ = sigint.recv() => break Stop::Signal("SIGINT"),
                 _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
@@ -386,7 +403,8 @@ impl Session {
             window.stop_ns = close_window(&mut switch, window)?;
         }
         tokio::time::sleep(until(window.stop_ns) + SETTLE).await;
-        let mut own_cost = own_cost(&ebpf);
+        // `on`: divided by all the recording's exits, drained below.
+        let mut own_cost = own_cost(&ebpf, &stats, None);
         drop(stats);
         // Every program is off now; detaching them one by one can no longer add records.
         drop(ebpf);

@@ -412,7 +412,7 @@ fn header_lines(out: &mut String, r: &Report) {
         let wall = std::time::Duration::from_nanos(h.duration_ns);
         let _ = writeln!(
             out,
-            "kvmprof's own cost: {} (BPF run-time stats on while recording)",
+            "kvmprof's own cost: {}",
             c.summary(r.total_exits, wall)
         );
     }

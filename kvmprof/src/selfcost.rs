@@ -1,5 +1,6 @@
 //! kvmprof's own cost, shown to the user: the kernel's run time of its BPF programs
-//! (BPF run-time statistics, switched on only while kvmprof runs) and its own CPU and memory.
+//! (BPF run-time statistics, switched on by kvmprof: sampled 1 s in 10 by default, or
+//! throughout with `--bpf-stats on`) and its own CPU and memory.
 use std::{os::fd::OwnedFd, time::Duration};
 
 use aya::{
@@ -10,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 /// Keeps the kernel's BPF run-time statistics on while held. `BPF_ENABLE_STATS` is
 /// reference-counted by the kernel: closing the fd restores the previous state (the
-/// `kernel.bpf_stats_enabled` sysctl is left as it was), and stats cost ~20 ns per
-/// program run while on, so they are on only during a recording.
+/// `kernel.bpf_stats_enabled` sysctl is left as it was). The stats add two clock reads to
+/// every program run (an empty raw-tracepoint program: 0.97 of the VM's in-kernel PIO
+/// throughput with them off, 0.92 on), so by default they are on only in samples.
 pub struct RunTimeStats {
     _fd: OwnedFd,
 }
@@ -23,6 +25,209 @@ impl RunTimeStats {
             .map(|fd| RunTimeStats { _fd: fd })
             .map_err(|e| format!("BPF_ENABLE_STATS refused: {e}"))
     }
+}
+
+/// `--bpf-stats`: when kvmprof keeps the kernel's BPF run-time statistics on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BpfStats {
+    /// On for [`SAMPLES`]' samples only: the run time of the exits during them.
+    Sampled,
+    /// On for the whole recording.
+    On,
+    /// Never switched on: no BPF run time is shown.
+    Off,
+}
+
+impl BpfStats {
+    /// What files written before `--bpf-stats` existed did: stats on throughout.
+    fn before_the_flag() -> BpfStats {
+        BpfStats::On
+    }
+}
+
+/// When sampled statistics are on, counted from the opening of the recording window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// Start of the first sample.
+    pub first: Duration,
+    /// Length of each sample.
+    pub length: Duration,
+    /// From the start of one sample to the start of the next.
+    pub every: Duration,
+}
+
+/// `--bpf-stats sampled`: on from 1 s to 2 s, 11 s to 12 s, ... (1 s in 10, ~0.5 % of the
+/// VM's throughput on average instead of ~5 %). The first sample waits a second so that it
+/// sees the VMs running rather than kvmprof's own start.
+pub const SAMPLES: Schedule = Schedule {
+    first: Duration::from_secs(1),
+    length: Duration::from_secs(1),
+    every: Duration::from_secs(10),
+};
+
+impl Schedule {
+    /// Whether the statistics are on at `t` after the window opened.
+    pub fn is_on(&self, t: Duration) -> bool {
+        t >= self.first && nanos(t - self.first) % nanos(self.every) < nanos(self.length)
+    }
+
+    /// "1 s in 10", for the report.
+    pub fn label(&self) -> String {
+        format!(
+            "{} s in {}",
+            self.length.as_secs_f64(),
+            self.every.as_secs_f64()
+        )
+    }
+}
+
+fn nanos(d: Duration) -> u128 {
+    d.as_nanos().max(1)
+}
+
+/// Switches the statistics on and off as `--bpf-stats` says, and adds up the programs' run
+/// time and the exits of the periods they were on.
+pub struct Sampling {
+    mode: BpfStats,
+    /// Held while the statistics are on.
+    stats: Option<RunTimeStats>,
+    /// Why the kernel refused them; they are not asked for again.
+    refused: Option<String>,
+    /// The open sample: the programs' run time and the exit count when it began.
+    open: Option<(Vec<ProgramCost>, u64)>,
+    /// Exits the aggregate forgot since the open sample began (`serve` drops VMs that exited).
+    forgotten: u64,
+    /// Run time and exits of the samples that ended.
+    programs: Vec<ProgramCost>,
+    exits: u64,
+    samples: u32,
+}
+
+impl Sampling {
+    /// `on` switches the statistics on now: before the programs load, so every run of theirs
+    /// is timed, and the aggregate (0 exits) starts with them.
+    pub fn new(mode: BpfStats) -> Sampling {
+        let mut s = Sampling {
+            mode,
+            stats: None,
+            refused: None,
+            open: None,
+            forgotten: 0,
+            programs: Vec::new(),
+            exits: 0,
+            samples: 0,
+        };
+        if mode == BpfStats::On && s.switch_on() {
+            s.open = Some((Vec::new(), 0));
+        }
+        s
+    }
+
+    fn switch_on(&mut self) -> bool {
+        if self.refused.is_some() {
+            return false;
+        }
+        match RunTimeStats::enable() {
+            Ok(fd) => self.stats = Some(fd),
+            Err(e) => self.refused = Some(e),
+        }
+        self.stats.is_some()
+    }
+
+    /// Whether [`Sampling::poll`] at `since_open` would start or end a sample.
+    pub fn switching(&self, since_open: Duration) -> bool {
+        self.mode == BpfStats::Sampled && SAMPLES.is_on(since_open) != self.open.is_some()
+    }
+
+    /// Called often (every drain of the live loop) with the time since the window opened:
+    /// starts or ends a sample when [`SAMPLES`] says so. `programs` reads the programs' run
+    /// time now; `exits` the aggregate's exit count, just drained (both read only then).
+    pub fn poll(
+        &mut self,
+        since_open: Duration,
+        programs: impl FnOnce() -> Vec<ProgramCost>,
+        exits: impl FnOnce() -> u64,
+    ) {
+        if !self.switching(since_open) {
+            return;
+        }
+        match self.open.take() {
+            None => {
+                // Exits that happen between the drain that counted `exits` and the switch
+                // (microseconds) count without their run time: negligible.
+                if self.switch_on() {
+                    self.open = Some((programs(), exits()));
+                }
+            }
+            Some((at_on, exits_at_on)) => {
+                // Deltas, not totals: with the sysctl on, or another holder of the stats, the
+                // programs' counters also move between samples.
+                add_delta(&mut self.programs, &programs(), &at_on);
+                self.exits += (exits() + self.forgotten).saturating_sub(exits_at_on);
+                self.samples += 1;
+                self.stats = None;
+            }
+        }
+        self.forgotten = 0;
+    }
+
+    /// The aggregate forgot `n` exits (a VM that exited, in `serve`): the open sample keeps
+    /// counting the exits it saw.
+    pub fn forgot(&mut self, n: u64) {
+        if self.open.is_some() {
+            self.forgotten += n;
+        }
+    }
+
+    /// The BPF part of the own cost now (CPU and RSS left at 0). `programs` reads the
+    /// programs' run time now (`on` only); `exits` is the aggregate's exit count, or `None`
+    /// at the end of a recording (`on`: divide by all its exits). A sample still open is
+    /// left out: it did not run its full length.
+    pub fn cost(&self, programs: impl FnOnce() -> Vec<ProgramCost>, exits: Option<u64>) -> OwnCost {
+        let mut c = OwnCost {
+            bpf_stats: self.mode,
+            note: self.refused.clone(),
+            ..OwnCost::default()
+        };
+        match self.mode {
+            BpfStats::On if self.refused.is_none() => {
+                c.programs = programs();
+                c.measured_exits = exits.map(|n| n + self.forgotten);
+            }
+            BpfStats::Sampled => {
+                c.programs = self.programs.clone();
+                c.measured_exits = Some(self.exits);
+                c.samples = self.samples;
+            }
+            _ => {}
+        }
+        c
+    }
+}
+
+/// Adds `now - then`, per program, to `sum`.
+fn add_delta(sum: &mut Vec<ProgramCost>, now: &[ProgramCost], then: &[ProgramCost]) {
+    for p in now {
+        let before = then.iter().find(|b| b.name == p.name);
+        let (ns, runs) = before.map_or((0, 0), |b| (b.run_ns, b.runs));
+        let (ns, runs) = (p.run_ns.saturating_sub(ns), p.runs.saturating_sub(runs));
+        if runs == 0 {
+            continue;
+        }
+        match sum.iter_mut().find(|s| s.name == p.name) {
+            Some(s) => {
+                s.run_ns += ns;
+                s.runs += runs;
+            }
+            None => sum.push(ProgramCost {
+                name: p.name.clone(),
+                run_ns: ns,
+                runs,
+            }),
+        }
+    }
+    sum.sort_by_key(|p| std::cmp::Reverse(p.run_ns));
 }
 
 /// Run time of one program since it was loaded (counted only while stats are on).
@@ -51,10 +256,23 @@ pub fn programs(ebpf: &Ebpf) -> Vec<ProgramCost> {
 }
 
 /// What profiling cost, for the report header and `top`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnCost {
-    /// Per program; empty when run-time stats were unavailable (`note` says why).
+    /// Per program, the run time over [`OwnCost::measured_exits`]: over the samples when
+    /// sampled. Empty when run-time stats were off, unavailable (`note` says why) or not
+    /// sampled yet.
     pub programs: Vec<ProgramCost>,
+    /// When the run-time statistics were on (`--bpf-stats`).
+    #[serde(default = "BpfStats::before_the_flag")]
+    pub bpf_stats: BpfStats,
+    /// The exits the programs' run time is divided by: those counted while the statistics
+    /// were on. `None`: every exit of the recording (`on`, and files from before
+    /// `--bpf-stats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_exits: Option<u64>,
+    /// Samples taken (`sampled`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub samples: u32,
     /// kvmprof's user + system CPU time.
     pub cpu_ns: u64,
     /// Peak resident set size (VmHWM).
@@ -67,9 +285,34 @@ pub struct OwnCost {
     pub tallied: u64,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Default for OwnCost {
+    fn default() -> Self {
+        OwnCost {
+            programs: Vec::new(),
+            bpf_stats: BpfStats::Sampled,
+            measured_exits: None,
+            samples: 0,
+            cpu_ns: 0,
+            peak_rss_bytes: 0,
+            note: None,
+            tallied: 0,
+        }
+    }
+}
+
 impl OwnCost {
-    /// Total BPF run time over `exits`, in ns per exit.
+    /// The exits the run time was measured over; `exits` are the recording's.
+    pub fn measured(&self, exits: u64) -> u64 {
+        self.measured_exits.unwrap_or(exits)
+    }
+
+    /// Total BPF run time over the measured exits, in ns per exit.
     pub fn bpf_ns_per_exit(&self, exits: u64) -> Option<f64> {
+        let exits = self.measured(exits);
         if self.programs.is_empty() || exits == 0 {
             return None;
         }
@@ -82,25 +325,50 @@ impl OwnCost {
         self.cpu_ns as f64 / wall.as_nanos().max(1) as f64
     }
 
-    /// One line: "BPF 85 ns/exit (kvm_pio 85), CPU 1.2% of a core, peak RSS 12 MiB".
-    pub fn summary(&self, exits: u64, wall: Duration) -> String {
-        let bpf = match self.bpf_ns_per_exit(exits) {
-            Some(ns) => {
-                let per: Vec<String> = self
-                    .programs
-                    .iter()
-                    .map(|p| format!("{} {:.0}", p.name, p.run_ns as f64 / exits as f64))
-                    .collect();
-                format!("BPF {ns:.0} ns/exit ({})", per.join(", "))
-            }
-            None => format!(
-                "BPF run time unknown ({})",
-                self.note.as_deref().unwrap_or("no exits")
+    /// The BPF part of [`OwnCost::summary`], saying how it was measured:
+    /// "BPF 62 ns/exit (raw_kvm_pio 62; run-time stats sampled 1 s in 10, 123456 exits)".
+    pub fn bpf_summary(&self, exits: u64) -> String {
+        if let Some(ns) = self.bpf_ns_per_exit(exits) {
+            let measured = self.measured(exits);
+            let per: Vec<String> = self
+                .programs
+                .iter()
+                .map(|p| format!("{} {:.0}", p.name, p.run_ns as f64 / measured as f64))
+                .collect();
+            let how = match self.bpf_stats {
+                BpfStats::Sampled => format!(
+                    "run-time stats sampled {}, {measured} exits",
+                    SAMPLES.label()
+                ),
+                _ => "run-time stats on throughout".to_owned(),
+            };
+            return format!("BPF {ns:.0} ns/exit ({}; {how})", per.join(", "));
+        }
+        if let Some(why) = &self.note {
+            return format!("BPF run time unknown ({why})");
+        }
+        match self.bpf_stats {
+            BpfStats::Off => "BPF run time not measured (--bpf-stats off)".to_owned(),
+            BpfStats::Sampled if self.samples == 0 => format!(
+                "BPF run time not sampled (recording shorter than {} s; --bpf-stats on \
+                 measures throughout)",
+                (SAMPLES.first + SAMPLES.length).as_secs_f64()
             ),
-        };
+            BpfStats::Sampled => format!(
+                "BPF run time unknown (no exits in {} run-time stats samples)",
+                self.samples
+            ),
+            BpfStats::On => "BPF run time unknown (no exits)".to_owned(),
+        }
+    }
+
+    /// One line: "BPF 85 ns/exit (kvm_pio 85; run-time stats on throughout), CPU 1.2% of a
+    /// core, peak RSS 12 MiB, 990 of 1000 exits tallied in the kernel".
+    pub fn summary(&self, exits: u64, wall: Duration) -> String {
         format!(
-            "{bpf}, CPU {:.1}% of a core, peak RSS {:.0} MiB, {} of {exits} exits tallied in \
+            "{}, CPU {:.1}% of a core, peak RSS {:.0} MiB, {} of {exits} exits tallied in \
              the kernel",
+            self.bpf_summary(exits),
             100.0 * self.cpu_share(wall),
             self.peak_rss_bytes as f64 / (1 << 20) as f64,
             self.tallied
@@ -185,32 +453,78 @@ mod tests {
         assert_eq!(parse_vm_hwm("Name: x\n"), None);
     }
 
+    fn prog(name: &str, run_ns: u64, runs: u64) -> ProgramCost {
+        ProgramCost {
+            name: name.into(),
+            run_ns,
+            runs,
+        }
+    }
+
+    #[test]
+    fn samples_run_from_1_to_2_s_then_every_10_s() {
+        // Every switch in the first 25 s, on a 10 ms grid (the live loop polls every 20 ms).
+        let mut switches = Vec::new();
+        let mut was_on = false;
+        for ms in (0..25_000).step_by(10) {
+            let on = SAMPLES.is_on(Duration::from_millis(ms));
+            if on != was_on {
+                switches.push((ms, on));
+            }
+            was_on = on;
+        }
+        assert_eq!(
+            switches,
+            [
+                (1_000, true),
+                (2_000, false),
+                (11_000, true),
+                (12_000, false),
+                (21_000, true),
+                (22_000, false)
+            ]
+        );
+        assert!(SAMPLES.is_on(Duration::from_nanos(1_999_999_999)));
+        assert!(!SAMPLES.is_on(Duration::from_secs(2)));
+        assert_eq!(SAMPLES.label(), "1 s in 10");
+    }
+
+    #[test]
+    fn sample_deltas_add_up_per_program() {
+        let mut sum = vec![prog("raw_kvm_pio", 100, 2)];
+        let then = [prog("raw_kvm_pio", 1_000, 10), prog("idle", 5, 1)];
+        let now = [
+            prog("raw_kvm_pio", 1_600, 20),
+            prog("idle", 5, 1),
+            prog("kvm_run_enter", 900, 3),
+        ];
+        add_delta(&mut sum, &now, &then);
+        assert_eq!(
+            sum,
+            [prog("kvm_run_enter", 900, 3), prog("raw_kvm_pio", 700, 12)],
+            "a program that did not run in the sample is left out"
+        );
+    }
+
     #[test]
     fn summary_divides_bpf_run_time_by_exits() {
         let c = OwnCost {
             programs: vec![
-                ProgramCost {
-                    name: "kvm_pio".into(),
-                    run_ns: 8_000_000,
-                    runs: 100_000,
-                },
-                ProgramCost {
-                    name: "kvm_run_enter".into(),
-                    run_ns: 2_000_000,
-                    runs: 100_000,
-                },
+                prog("kvm_pio", 8_000_000, 100_000),
+                prog("kvm_run_enter", 2_000_000, 100_000),
             ],
+            bpf_stats: BpfStats::On,
             cpu_ns: 10_000_000,
             peak_rss_bytes: 12 << 20,
-            note: None,
             tallied: 99_990,
+            ..OwnCost::default()
         };
         assert_eq!(c.bpf_ns_per_exit(100_000), Some(100.0));
         let s = c.summary(100_000, Duration::from_secs(1));
         assert_eq!(
             s,
-            "BPF 100 ns/exit (kvm_pio 80, kvm_run_enter 20), CPU 1.0% of a core, peak RSS 12 MiB, \
-             99990 of 100000 exits tallied in the kernel"
+            "BPF 100 ns/exit (kvm_pio 80, kvm_run_enter 20; run-time stats on throughout), \
+             CPU 1.0% of a core, peak RSS 12 MiB, 99990 of 100000 exits tallied in the kernel"
         );
         let none = OwnCost {
             note: Some("refused".into()),
@@ -219,5 +533,88 @@ mod tests {
         assert!(none
             .summary(5, Duration::from_secs(1))
             .contains("unknown (refused)"));
+    }
+
+    #[test]
+    fn sampled_run_time_is_divided_by_the_exits_of_the_samples() {
+        let c = OwnCost {
+            programs: vec![prog("raw_kvm_pio", 7_654_272, 123_456)],
+            bpf_stats: BpfStats::Sampled,
+            measured_exits: Some(123_456),
+            samples: 2,
+            ..OwnCost::default()
+        };
+        // The recording's 5 million exits are not the divisor.
+        assert_eq!(
+            c.bpf_summary(5_000_000),
+            "BPF 62 ns/exit (raw_kvm_pio 62; run-time stats sampled 1 s in 10, 123456 exits)"
+        );
+        let short = OwnCost::default();
+        assert_eq!(
+            short.bpf_summary(1_000),
+            "BPF run time not sampled (recording shorter than 2 s; --bpf-stats on measures \
+             throughout)"
+        );
+        assert_eq!(short.bpf_ns_per_exit(1_000), None, "never a made-up figure");
+        let off = OwnCost {
+            bpf_stats: BpfStats::Off,
+            ..OwnCost::default()
+        };
+        assert_eq!(
+            off.bpf_summary(1_000),
+            "BPF run time not measured (--bpf-stats off)"
+        );
+    }
+
+    #[test]
+    fn own_cost_of_files_from_before_bpf_stats_reads_as_on_throughout() {
+        let old = r#"{"programs":[{"name":"kvm_pio","run_ns":4000,"runs":10}],"cpu_ns":1,"peak_rss_bytes":2}"#;
+        let c: OwnCost = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (c.bpf_stats, c.measured_exits, c.samples),
+            (BpfStats::On, None, 0)
+        );
+        assert_eq!(c.bpf_ns_per_exit(10), Some(400.0));
+        let new = OwnCost {
+            measured_exits: Some(7),
+            samples: 1,
+            ..OwnCost::default()
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert!(
+            json.contains(r#""bpf_stats":"sampled","measured_exits":7,"samples":1"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<OwnCost>(&json).unwrap(), new);
+    }
+
+    #[test]
+    fn sampling_counts_only_the_exits_and_run_time_of_whole_samples() {
+        if RunTimeStats::enable().is_err() {
+            eprintln!("skipped: BPF_ENABLE_STATS needs root");
+            return;
+        }
+        let s = |ms| Duration::from_millis(ms);
+        let mut sm = Sampling::new(BpfStats::Sampled);
+        let at = |ns, runs| move || vec![prog("raw_kvm_pio", ns, runs)];
+        sm.poll(s(500), at(0, 0), || 40);
+        assert!(sm.stats.is_none(), "off before the first sample");
+        sm.poll(s(1_010), at(1_000, 10), || 100);
+        assert!(sm.stats.is_some(), "on in the sample");
+        // No switch: nothing is read.
+        sm.poll(
+            s(1_500),
+            || unreachable!("programs read"),
+            || unreachable!("exits read"),
+        );
+        sm.forgot(30); // serve dropped a VM with 30 exits
+        sm.poll(s(2_010), at(6_000, 60), || 120);
+        assert!(sm.stats.is_none());
+        sm.poll(s(11_000), at(10_000, 100), || 500);
+        let c = sm.cost(|| vec![prog("raw_kvm_pio", 12_000, 120)], Some(600));
+        // The open sample is left out; the first one saw 120 + 30 - 100 exits.
+        assert_eq!(c.programs, [prog("raw_kvm_pio", 5_000, 50)]);
+        assert_eq!((c.measured_exits, c.samples), (Some(50), 1));
+        assert_eq!(c.bpf_ns_per_exit(600), Some(100.0));
     }
 }

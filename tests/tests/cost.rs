@@ -132,14 +132,19 @@ fn slow_lists_exactly_the_exits_over_the_threshold() {
 }
 
 #[test]
-fn the_report_shows_kvmprofs_own_bpf_cost() {
-    if skip_without_kvm("the_report_shows_kvmprofs_own_bpf_cost") {
+fn with_bpf_stats_on_the_report_shows_bpf_ns_per_exit_per_program() {
+    if skip_without_kvm("with_bpf_stats_on_the_report_shows_bpf_ns_per_exit_per_program") {
         return;
     }
-    let data = scratch("owncost").join("k.data");
-    let counts = record(&data, &[], &["--vcpus", "1", "--pio-kernel", "2000"]);
+    let data = scratch("owncost-on").join("k.data");
+    let counts = record(
+        &data,
+        &["--bpf-stats", "on"],
+        &["--vcpus", "1", "--pio-kernel", "2000"],
+    );
     let r = report_json(&data, "reason");
     let cost = &r["header"]["own_cost"];
+    assert_eq!(cost["bpf_stats"], "on", "{cost}");
     let programs = cost["programs"]
         .as_array()
         .expect("BPF run time per program");
@@ -154,10 +159,149 @@ fn the_report_shows_kvmprofs_own_bpf_cost() {
         "{cost}"
     );
     assert!(pio["run_ns"].as_u64().unwrap() > 0, "{cost}");
-    let text = kvmprof(&["report", "-i", data.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = report_text(&data);
     assert!(
-        text.contains("kvmprof's own cost: BPF ") && text.contains("kvm_pio "),
+        text.contains("kvmprof's own cost: BPF ")
+            && text.contains("kvm_pio ")
+            && text.contains("; run-time stats on throughout)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn by_default_bpf_run_time_is_sampled_one_second_in_ten() {
+    if skip_without_kvm("by_default_bpf_run_time_is_sampled_one_second_in_ten") {
+        return;
+    }
+    let data = scratch("owncost-sampled").join("k.data");
+    // 3 s of a steady ~20k exits/s (mostly in-kernel): one whole sample, from 1 s to 2 s.
+    let out = Command::new(bin("kvmprof"))
+        .args(["record", "-d", "3", "-o", data.to_str().unwrap(), "--"])
+        .arg(bin("kvmprof-testvmm"))
+        .args(["--vcpus", "1", "--pio-kernel", "100", "--pio-user", "1"])
+        .args(["--rate", "20000", "--forever"])
+        .output()
+        .expect("run kvmprof record");
+    assert!(out.status.success(), "record failed: {}", stderr(&out));
+    let r = report_json(&data, "reason");
+    let cost = &r["header"]["own_cost"];
+    assert_eq!(cost["bpf_stats"], "sampled", "{cost}");
+    assert_eq!(cost["samples"], 1, "{cost}");
+    let total = r["total_exits"].as_u64().unwrap();
+    let measured = cost["measured_exits"]
+        .as_u64()
+        .expect("exits of the sample");
+    // About a third of the exits: those of the one second the stats were on.
+    assert!(
+        measured > total / 10 && measured < total * 2 / 3,
+        "{measured} of {total}: {cost}"
+    );
+    let programs = cost["programs"].as_array().expect("programs");
+    let pio = programs
+        .iter()
+        .find(|p| p["name"] == "kvm_pio" || p["name"] == "raw_kvm_pio")
+        .unwrap_or_else(|| panic!("no kvm_pio in {cost}"));
+    // Only the sample's runs (other VMMs on the host may add some).
+    let runs = pio["runs"].as_u64().unwrap();
+    assert!(runs >= measured * 9 / 10 && runs < total, "{runs}: {cost}");
+    let text = report_text(&data);
+    assert!(
+        text.contains("kvmprof's own cost: BPF ")
+            && text.contains(&format!(
+                "; run-time stats sampled 1 s in 10, {measured} exits)"
+            )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_recording_shorter_than_the_first_sample_says_bpf_run_time_was_not_sampled() {
+    if skip_without_kvm(
+        "a_recording_shorter_than_the_first_sample_says_bpf_run_time_was_not_sampled",
+    ) {
+        return;
+    }
+    let data = scratch("owncost-short").join("k.data");
+    record(&data, &[], &["--vcpus", "1", "--pio-kernel", "2000"]);
+    let r = report_json(&data, "reason");
+    let cost = &r["header"]["own_cost"];
+    assert_eq!(cost["bpf_stats"], "sampled", "{cost}");
+    assert_eq!(cost["programs"], serde_json::json!([]), "{cost}");
+    let text = report_text(&data);
+    assert!(
+        text.contains(
+            "kvmprof's own cost: BPF run time not sampled (recording shorter than 2 s; \
+             --bpf-stats on measures throughout), CPU "
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn with_bpf_stats_off_bpf_run_time_is_not_measured() {
+    if skip_without_kvm("with_bpf_stats_off_bpf_run_time_is_not_measured") {
+        return;
+    }
+    let data = scratch("owncost-off").join("k.data");
+    // Longer than the first sample's end: off never samples.
+    let out = Command::new(bin("kvmprof"))
+        .args(["record", "--bpf-stats", "off", "-d", "2500ms"])
+        .args(["-o", data.to_str().unwrap(), "--"])
+        .arg(bin("kvmprof-testvmm"))
+        .args(["--vcpus", "1", "--pio-kernel", "100", "--pio-user", "1"])
+        .args(["--rate", "20000", "--forever"])
+        .output()
+        .expect("run kvmprof record");
+    assert!(out.status.success(), "record failed: {}", stderr(&out));
+    let r = report_json(&data, "reason");
+    let cost = &r["header"]["own_cost"];
+    assert_eq!(cost["bpf_stats"], "off", "{cost}");
+    assert_eq!(cost["programs"], serde_json::json!([]), "{cost}");
+    let text = report_text(&data);
+    assert!(
+        text.contains("kvmprof's own cost: BPF run time not measured (--bpf-stats off), CPU "),
+        "{text}"
+    );
+}
+
+fn report_text(data: &std::path::Path) -> String {
+    let out = kvmprof(&["report", "-i", data.to_str().unwrap()]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn top_shows_the_sampled_bpf_cost_once_the_first_sample_ended() {
+    if skip_without_kvm("top_shows_the_sampled_bpf_cost_once_the_first_sample_ended") {
+        return;
+    }
+    // A steady VMM, killed when the test ends however it ends.
+    struct Vmm(std::process::Child);
+    impl Drop for Vmm {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let vmm = Vmm(Command::new(bin("kvmprof-testvmm"))
+        .args(["--vcpus", "1", "--pio-kernel", "100", "--pio-user", "1"])
+        .args(["--rate", "20000", "--forever"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the test VMM"));
+    let out = Command::new(bin("kvmprof"))
+        .args(["top", "--batch", "--delay", "1s", "-n", "5"])
+        .args(["-p", &vmm.0.id().to_string()])
+        .output()
+        .expect("run kvmprof top");
+    assert!(out.status.success(), "top failed: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let costs: Vec<&str> = text.lines().filter(|l| l.starts_with("cost  ")).collect();
+    assert_eq!(costs.len(), 5, "{text}");
+    // The first frame comes before the first sample ends (2 s), the last one after it.
+    assert!(costs[0].contains("BPF run time not sampled"), "{text}");
+    assert!(
+        costs[4].starts_with("cost  BPF ")
+            && costs[4].contains("; run-time stats sampled 1 s in 10, "),
         "{text}"
     );
 }

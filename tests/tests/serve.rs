@@ -317,7 +317,8 @@ fn a_vmm_that_exits_leaves_metrics_after_the_grace_period_and_a_new_one_appears(
     }
     let dir = scratch("serve-grace");
     let grace = Duration::from_secs(8);
-    let (mut serve, url) = start_serve(&dir, &["--grace", "8s"]);
+    // Run-time stats on throughout: every exit's BPF runs are counted (sampled, only 1 s in 10).
+    let (mut serve, url) = start_serve(&dir, &["--grace", "8s", "--bpf-stats", "on"]);
     let exact = pvm();
 
     let first = run_vmm("1");
@@ -387,6 +388,10 @@ fn a_vmm_that_exits_leaves_metrics_after_the_grace_period_and_a_new_one_appears(
         want + want2
     );
     assert!(bpf_s > 0.0, "no BPF run time: {metrics}");
+    assert!(
+        metrics.contains("kvmprof_self_bpf_per_exit_seconds{bpf_stats=\"on\"} "),
+        "{metrics}"
+    );
 
     let status = serve.stop().expect("serve stops on SIGTERM");
     assert!(

@@ -14,6 +14,7 @@ use crate::{
     live::Session,
     output,
     report::{self, Format},
+    selfcost::BpfStats,
     spawn::{self, spawn_held},
     target::{self, Target},
 };
@@ -51,13 +52,17 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
         name: "kvmprof guest".into(),
     };
     let interval = Duration::from_secs(1);
-    let session = Session::start(options(
+    // The demo guest is not a VM anyone depends on, and it may end before the first sample
+    // of the default `sampled`: its report shows the BPF cost measured throughout.
+    let opts = options(
         vec![t.clone()],
         a.hooks.pref(),
         None,
         interval,
         attach::Records::default(),
-    ))?;
+        BpfStats::On,
+    );
+    let session = Session::start(opts)?;
     let rec = Recorder::start(&session, data, None, std::slice::from_ref(&t), interval)?;
     announce(&session, std::slice::from_ref(&t));
     let mut child = held.release();

@@ -21,6 +21,7 @@ use crate::{
     model::Exit,
     output::{self, Output},
     plan::{HookPref, Plan},
+    selfcost::BpfStats,
     slow::SlowExits,
     spawn::{self, spawn_held},
     target::{self, Target},
@@ -62,6 +63,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
         a.duration,
         a.interval,
         records,
+        a.bpf_stats.mode(),
     ))?;
     let mut rec = Recorder::start(&session, data, exits, &targets, a.interval)?;
     rec.slow = a.slow.clone().map(SlowExits::new);
@@ -83,6 +85,7 @@ pub(super) fn options(
     duration: Option<Duration>,
     interval: Duration,
     records: attach::Records,
+    bpf_stats: BpfStats,
 ) -> live::Options {
     live::Options {
         targets,
@@ -91,6 +94,7 @@ pub(super) fn options(
         records,
         tick: Duration::from_millis(100),
         interval,
+        bpf_stats,
     }
 }
 

@@ -47,6 +47,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         tick: TICK,
         interval: SERIES_INTERVAL,
         records: attach::Records::default(),
+        bpf_stats: a.bpf_stats.mode(),
     })?;
 
     let names = target::names(&a.pids);
@@ -85,7 +86,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
                 let mut vms = vms.borrow_mut();
                 vms.expire(agg, Instant::now(), target::alive);
                 let snap = Snapshot {
-                    bpf: st.own_cost.programs.clone(),
+                    own_cost: st.own_cost.clone(),
                     ..Snapshot::take(agg, vms.known(), !a.no_vcpu_label, st.counters.lost)
                 };
                 match exporter.snapshot.lock() {

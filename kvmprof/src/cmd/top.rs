@@ -76,6 +76,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
             .as_ref()
             .map(attach::Records::over)
             .unwrap_or_default(),
+        bpf_stats: a.bpf_stats.mode(),
     };
     // Attach before taking the screen, so that loading errors print on a normal terminal.
     let mut session = live::Session::start(opts)?;

@@ -12,7 +12,7 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use crate::selfcost::{self, CpuTime, ProgramCost};
+use crate::selfcost::{self, BpfStats, CpuTime, OwnCost};
 
 use super::{
     buckets,
@@ -40,7 +40,7 @@ impl prometheus_client::collector::Collector for Exporter {
             MetricType::Counter,
         )?;
         m.encode_counter::<NoLabelSet, _, f64>(&s.lost, None)?;
-        encode_bpf_cost(&s.bpf, &mut enc)?;
+        encode_bpf_cost(&s.own_cost, &mut enc)?;
         drop(s);
         encode_cost(selfcost::cpu_time(), &mut enc)
     }
@@ -125,35 +125,67 @@ fn encode_cost(cpu: Option<CpuTime>, enc: &mut DescriptorEncoder) -> fmt::Result
 }
 
 /// The kernel's run time of kvmprof's eBPF programs. They run in the VMMs' threads, on the
-/// path of every exit, so this is the cost kvmprof adds to the VMs; divided by the exits'
-/// rate it gives the BPF ns per exit (docs/serve.md).
-fn encode_bpf_cost(programs: &[ProgramCost], enc: &mut DescriptorEncoder) -> fmt::Result {
-    if programs.is_empty() {
+/// path of every exit, so this is the cost kvmprof adds to the VMs. The run-time statistics
+/// are on only in samples by default (`--bpf-stats sampled`: they cost the VMs ~5 % of their
+/// exit rate while on), so the run time and the exits it is divided by are both those of the
+/// samples (docs/serve.md).
+fn encode_bpf_cost(cost: &OwnCost, enc: &mut DescriptorEncoder) -> fmt::Result {
+    if cost.programs.is_empty() {
         return Ok(());
     }
     let mut family = enc.encode_descriptor(
         "kvmprof_self_bpf",
         "kvmprof's own cost: run time of its eBPF programs (in the VMMs' threads, on each \
-         exit's path), per program, as the kernel's BPF run-time statistics count it",
+         exit's path), per program, as the kernel's BPF run-time statistics count it while \
+         kvmprof has them on (--bpf-stats: sampled 1 s in 10 by default, or throughout)",
         Some(&Unit::Seconds),
         MetricType::Counter,
     )?;
-    for p in programs {
+    for p in &cost.programs {
         family
             .encode_family(&[("program", p.name.as_str())])?
             .encode_counter::<NoLabelSet, _, f64>(&(p.run_ns as f64 / 1e9), None)?;
     }
     let mut family = enc.encode_descriptor(
         "kvmprof_self_bpf_runs",
-        "kvmprof's own cost: times each of its eBPF programs ran",
+        "kvmprof's own cost: times each of its eBPF programs ran while the run-time \
+         statistics were on",
         None,
         MetricType::Counter,
     )?;
-    for p in programs {
+    for p in &cost.programs {
         family
             .encode_family(&[("program", p.name.as_str())])?
             .encode_counter::<NoLabelSet, _, f64>(&p.runs, None)?;
     }
+    let Some(exits) = cost.measured_exits.filter(|&n| n > 0) else {
+        return Ok(());
+    };
+    let mut m = enc.encode_descriptor(
+        "kvmprof_self_bpf_measured_exits",
+        "kvmprof's own cost: the VM exits counted while the run-time statistics were on, \
+         which kvmprof_self_bpf_seconds_total is divided by for the run time per exit",
+        None,
+        MetricType::Counter,
+    )?;
+    m.encode_counter::<NoLabelSet, _, f64>(&exits, None)?;
+    let mut family = enc.encode_descriptor(
+        "kvmprof_self_bpf_per_exit",
+        "kvmprof's own cost: run time of its eBPF programs per VM exit, over every period \
+         the run-time statistics were on since kvmprof started; bpf_stats says when they \
+         were: sampled (1 s in 10) or on (throughout)",
+        Some(&Unit::Seconds),
+        MetricType::Gauge,
+    )?;
+    let mode = match cost.bpf_stats {
+        BpfStats::Sampled => "sampled",
+        BpfStats::On => "on",
+        BpfStats::Off => "off",
+    };
+    let ns: u64 = cost.programs.iter().map(|p| p.run_ns).sum();
+    family
+        .encode_family(&[("bpf_stats", mode)])?
+        .encode_gauge(&(ns as f64 / exits as f64 / 1e9))?;
     Ok(())
 }
 
@@ -171,6 +203,7 @@ mod tests {
     use super::*;
     use crate::{
         model::Stage,
+        selfcost::ProgramCost,
         serve::snapshot::{ExitCount, Latency},
         vmname::VmName,
     };
@@ -213,11 +246,16 @@ mod tests {
                 sum_ns: 1_500_000_000,
             }],
             lost: 3,
-            bpf: vec![ProgramCost {
-                name: "kvm_pio".into(),
-                run_ns: 2_500_000_000,
-                runs: 40,
-            }],
+            own_cost: OwnCost {
+                programs: vec![ProgramCost {
+                    name: "kvm_pio".into(),
+                    run_ns: 2_500_000_000,
+                    runs: 40,
+                }],
+                measured_exits: Some(50_000_000),
+                samples: 3,
+                ..OwnCost::default()
+            },
         };
         let t = text(snap);
         let vm = r#"pid="42",process="qemu-system-x86",guest="web1""#;
@@ -238,6 +276,9 @@ mod tests {
         has("kvmprof_lost_exits_total 3".into());
         has(r#"kvmprof_self_bpf_seconds_total{program="kvm_pio"} 2.5"#.into());
         has(r#"kvmprof_self_bpf_runs_total{program="kvm_pio"} 40"#.into());
+        // 2.5 s of run time over the samples' 50 million exits: 50 ns per exit.
+        has("kvmprof_self_bpf_measured_exits_total 50000000".into());
+        has(r#"kvmprof_self_bpf_per_exit_seconds{bpf_stats="sampled"} 5e-8"#.into());
         assert!(t.contains("# TYPE kvmprof_exit_latency_seconds histogram"));
         assert!(t.contains(r#"kvmprof_self_cpu_seconds_total{mode="user"} "#));
         assert!(t.ends_with("# EOF\n"));
@@ -258,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn no_bpf_cost_series_when_the_kernel_refused_run_time_statistics() {
+    fn no_bpf_cost_series_before_a_sample_when_off_or_refused() {
         let t = text(Snapshot::default());
         assert!(!t.contains("kvmprof_self_bpf"), "{t}");
         assert!(t.contains("kvmprof_self_cpu_seconds_total"), "{t}");

@@ -6,7 +6,7 @@ use crate::{
     aggregate::Aggregate,
     backend::reason_name,
     model::{Reason, Stage},
-    selfcost::ProgramCost,
+    selfcost::OwnCost,
     vmname::VmName,
 };
 
@@ -48,9 +48,9 @@ pub struct Snapshot {
     pub latency: Vec<Latency>,
     /// Exits dropped because the ring buffer was full.
     pub lost: u64,
-    /// Run time of kvmprof's own eBPF programs since they were loaded; empty when the
-    /// kernel refused BPF run-time statistics.
-    pub bpf: Vec<ProgramCost>,
+    /// kvmprof's own cost: the run time of its eBPF programs while the run-time statistics
+    /// were on (`--bpf-stats`), and the exits counted meanwhile.
+    pub own_cost: OwnCost,
 }
 
 impl Snapshot {
@@ -99,7 +99,7 @@ impl Snapshot {
                 .collect(),
             latency: latency.into_values().collect(),
             lost,
-            bpf: Vec::new(),
+            own_cost: OwnCost::default(),
         }
     }
 }
