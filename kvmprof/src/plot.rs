@@ -10,7 +10,8 @@ use std::sync::Once;
 
 use anyhow::{anyhow, bail, Result};
 use hdrhistogram::Histogram;
-use plotters::coord::Shift;
+use plotters::chart::{ChartContext, MeshStyle};
+use plotters::coord::{ranged1d::Ranged, CoordTranslate, Shift};
 use plotters::prelude::*;
 
 use crate::series::IntervalRow;
@@ -98,6 +99,43 @@ fn render(
     }
 }
 
+/// The grid and axis text of every chart, with the font sizes of the axis descriptions and
+/// of the labels.
+fn house_mesh<'m, 'a, 'b, X: Ranged, Y: Ranged, DB: DrawingBackend>(
+    mesh: &'m mut MeshStyle<'a, 'b, X, Y, DB>,
+    (desc, label): (u32, u32),
+) -> &'m mut MeshStyle<'a, 'b, X, Y, DB> {
+    mesh.axis_desc_style((FONT, desc))
+        .label_style((FONT, label))
+        .light_line_style(RGBColor(242, 242, 242))
+}
+
+/// A series' line in colour `c`.
+fn series_line(c: RGBColor) -> ShapeStyle {
+    c.stroke_width(3)
+}
+
+/// The legend's mark of a series drawn with `line`: the same line, short.
+fn legend_mark(line: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], line)
+}
+
+/// The legend box at `position`, labels in font size `font`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    font: u32,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, font))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow!("cannot draw: {e}"))
+}
+
 /// 1/(1-q): the x of percentile `q` (a quantile in 0..1).
 fn x_of(q: f64) -> f64 {
     1.0 / (1.0 - q)
@@ -163,37 +201,23 @@ pub fn percentiles(out: &Path, title: &str, curves: &[Curve]) -> Result<()> {
                     (lo as f64 * 0.8..hi as f64 * 1.25).log_scale(),
                 )
                 .map_err(|e| fail(&e))?;
-            chart
-                .configure_mesh()
+            house_mesh(&mut chart.configure_mesh(), (22, 18))
                 .x_desc("percentile")
                 .y_desc("latency")
-                .axis_desc_style((FONT, 22))
-                .label_style((FONT, 18))
                 .x_label_formatter(&|x| percentile_label(*x))
                 .y_label_formatter(&|y| units::ns(*y as u64))
                 .y_labels(12)
-                .light_line_style(RGBColor(242, 242, 242))
                 .draw()
                 .map_err(|e| fail(&e))?;
             for (i, (pts, label)) in points.iter().zip(&labels).enumerate() {
-                let c = color(i);
+                let line = series_line(color(i));
                 chart
-                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(3)))
+                    .draw_series(LineSeries::new(pts.iter().copied(), line))
                     .map_err(|e| fail(&e))?
                     .label(label.as_str())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3))
-                    });
+                    .legend(legend_mark(line));
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .label_font((FONT, 18))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| fail(&e))?;
-            Ok(())
+            legend(&mut chart, SeriesLabelPosition::UpperLeft, 18)
         }};
     }
     render(out, |root| draw!(root), |root| draw!(root))
@@ -239,13 +263,10 @@ pub fn time_series(out: &Path, title: &str, lines: &[Timeline]) -> Result<()> {
                 .y_label_area_size(100)
                 .build_cartesian_2d(0f64..x_max, 0f64..rate_max.max(1.0))
                 .map_err(|e| fail(&e))?;
-            rate.configure_mesh()
+            house_mesh(&mut rate.configure_mesh(), (20, 17))
                 .x_desc("seconds")
                 .y_desc("exits/s")
-                .axis_desc_style((FONT, 20))
-                .label_style((FONT, 17))
                 .y_label_formatter(&|y| units::si(*y))
-                .light_line_style(RGBColor(242, 242, 242))
                 .draw()
                 .map_err(|e| fail(&e))?;
             let mut p99 = ChartBuilder::on(&bottom)
@@ -255,44 +276,33 @@ pub fn time_series(out: &Path, title: &str, lines: &[Timeline]) -> Result<()> {
                 .y_label_area_size(100)
                 .build_cartesian_2d(0f64..x_max, 0f64..p99_max)
                 .map_err(|e| fail(&e))?;
-            p99.configure_mesh()
+            house_mesh(&mut p99.configure_mesh(), (20, 17))
                 .x_desc("seconds")
                 .y_desc("p99 latency")
-                .axis_desc_style((FONT, 20))
-                .label_style((FONT, 17))
                 .y_label_formatter(&|y| units::ns(*y as u64))
-                .light_line_style(RGBColor(242, 242, 242))
                 .draw()
                 .map_err(|e| fail(&e))?;
             for (i, l) in lines.iter().enumerate() {
                 let c = color(i);
+                let line = series_line(c);
                 // A point at each interval's middle, so one-interval series still show.
                 let mid = |r: &IntervalRow| (secs(r) + end(r)) / 2.0;
                 let rates: Vec<(f64, f64)> =
                     l.rows.iter().map(|r| (mid(r), r.rate_per_s)).collect();
                 let p99s: Vec<(f64, f64)> =
                     l.rows.iter().map(|r| (mid(r), r.p99_ns as f64)).collect();
-                rate.draw_series(LineSeries::new(rates.clone(), c.stroke_width(3)))
+                rate.draw_series(LineSeries::new(rates.clone(), line))
                     .map_err(|e| fail(&e))?
                     .label(l.label.as_str())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3))
-                    });
+                    .legend(legend_mark(line));
                 rate.draw_series(rates.iter().map(|&p| Circle::new(p, 4, c.filled())))
                     .map_err(|e| fail(&e))?;
-                p99.draw_series(LineSeries::new(p99s.clone(), c.stroke_width(3)))
+                p99.draw_series(LineSeries::new(p99s.clone(), line))
                     .map_err(|e| fail(&e))?;
                 p99.draw_series(p99s.iter().map(|&p| Circle::new(p, 4, c.filled())))
                     .map_err(|e| fail(&e))?;
             }
-            rate.configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font((FONT, 17))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| fail(&e))?;
-            Ok(())
+            legend(&mut rate, SeriesLabelPosition::UpperRight, 17)
         }};
     }
     render(out, |root| draw!(root), |root| draw!(root))

@@ -174,15 +174,10 @@ pub fn add(dst: &mut Histogram<u64>, src: &Histogram<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ReasonSpace;
 
     #[test]
     fn reasons_are_chosen_by_name_or_as_tags_spell_them() {
-        let io = crate::testdata::IO;
-        let user_io = Reason {
-            space: ReasonSpace::Userspace,
-            code: 2,
-        };
+        let (io, user_io) = (crate::testdata::IO, crate::testdata::KVM_EXIT_IO);
         let sel = |r: &[&str]| Selection {
             reasons: r.iter().map(|s| s.to_string()).collect(),
             stages: Vec::new(),

@@ -144,30 +144,14 @@ mod tests {
     use kvmprof_common::STAGES;
 
     use super::*;
-    use crate::model::{Reason, ReasonSpace};
+    use crate::testdata;
 
     fn exit(cycle: Option<u64>, handler: Option<u64>, vmm: Option<u64>) -> Exit {
         let mut stages = [None; STAGES];
         stages[Stage::Cycle.index()] = cycle;
         stages[Stage::Handler.index()] = handler;
         stages[Stage::Vmm.index()] = vmm;
-        Exit {
-            pid: 1,
-            tid: 2,
-            vcpu: Some(0),
-            ts_ns: 5,
-            reason: Reason {
-                space: ReasonSpace::Userspace,
-                code: 2,
-            },
-            userspace_reason: Some(2),
-            access: Some(Access::Pio {
-                port: 0x3fd,
-                size: 1,
-                write: false,
-            }),
-            stages,
-        }
+        testdata::pio_in(1, 0, stages)
     }
 
     #[test]

@@ -3,7 +3,7 @@ use kvmprof_common::STAGES;
 
 use crate::{
     datafile::{Header, Source},
-    model::{Exit, Reason, ReasonSpace, Stage, Vendor},
+    model::{Access, Exit, Reason, ReasonSpace, Stage, Vendor},
 };
 
 pub const SEC: u64 = 1_000_000_000;
@@ -18,6 +18,12 @@ pub const IO: Reason = Reason {
 pub const HLT: Reason = Reason {
     space: ReasonSpace::Svm,
     code: 0x78,
+};
+
+/// KVM_EXIT_IO: an I/O exit that returned to the VMM.
+pub const KVM_EXIT_IO: Reason = Reason {
+    space: ReasonSpace::Userspace,
+    code: 2,
 };
 
 /// Stages with only the cycle measured (`None`: not even that).
@@ -39,6 +45,19 @@ pub fn exit(pid: u32, vcpu: u32, reason: Reason, stages: [Option<u64>; STAGES]) 
         userspace_reason: None,
         access: None,
         stages,
+    }
+}
+
+/// A userspace PIO `in` from port 0x3fd (the test VMM's `in`s), otherwise as [`exit`].
+pub fn pio_in(pid: u32, vcpu: u32, stages: [Option<u64>; STAGES]) -> Exit {
+    Exit {
+        userspace_reason: Some(KVM_EXIT_IO.code),
+        access: Some(Access::Pio {
+            port: 0x3fd,
+            size: 1,
+            write: false,
+        }),
+        ..exit(pid, vcpu, KVM_EXIT_IO, stages)
     }
 }
 

@@ -63,6 +63,30 @@ pub fn kvmprof(args: &[&str]) -> Output {
         .expect("run kvmprof")
 }
 
+/// `kvmprof record [extra] -o DATA -- kvmprof-testvmm VMM_ARGS`, for the caller to set its
+/// stdio and run or spawn. The test VMM's counts come out on its stdout: `record -- CMD`
+/// passes the command's stdout through.
+pub fn record_command(data: &Path, extra: &[&str], vmm_args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("kvmprof"));
+    cmd.arg("record")
+        .args(extra)
+        .arg("-o")
+        .arg(data)
+        .arg("--")
+        .arg(bin("kvmprof-testvmm"))
+        .args(vmm_args);
+    cmd
+}
+
+/// Runs [`record_command`] to its end, which must succeed; returns the test VMM's own counts.
+pub fn record_testvmm(data: &Path, extra: &[&str], vmm_args: &[&str]) -> serde_json::Value {
+    let out = record_command(data, extra, vmm_args)
+        .output()
+        .expect("run kvmprof record");
+    assert!(out.status.success(), "record failed: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("test VMM counts on stdout")
+}
+
 /// Stderr as text, for assertions and failure messages.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -4,23 +4,31 @@ use std::{
     io::{BufRead, BufReader},
     os::unix::fs::FileTypeExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
-use kvmprof_tests::{bin, kvmprof, report_json, scratch, skip_without_kvm, stderr, wait_until};
+use kvmprof_tests::{
+    kvmprof, record_command, record_testvmm, report_json, scratch, skip_without_kvm, stderr,
+    wait_until,
+};
 use serde_json::Value;
 
 /// `kvmprof record -o DATA [extra] -- testvmm --forever` with the VMM's ready file.
 fn record_forever(dir: &Path, extra: &[&str]) -> (Child, PathBuf, PathBuf) {
     let (data, ready) = (dir.join("k.data"), dir.join("ready.json"));
-    let rec = Command::new(bin("kvmprof"))
-        .args(["record", "-o", data.to_str().unwrap()])
-        .args(extra)
-        .arg("--")
-        .arg(bin("kvmprof-testvmm"))
-        .args(["--vcpus", "1", "--pio-user", "100", "--rate", "1000"])
-        .args(["--forever", "--ready-file", ready.to_str().unwrap()])
+    let vmm_args = [
+        "--vcpus",
+        "1",
+        "--pio-user",
+        "100",
+        "--rate",
+        "1000",
+        "--forever",
+        "--ready-file",
+        ready.to_str().unwrap(),
+    ];
+    let rec = record_command(&data, extra, &vmm_args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -165,15 +173,9 @@ fn record_shows_how_its_command_ended() {
     );
 
     let data = dir.join("ok.data");
-    let out = kvmprof(&[
-        "record",
-        "-o",
-        data.to_str().unwrap(),
-        "--",
-        bin("kvmprof-testvmm").to_str().unwrap(),
-        "--pio-user",
-        "10",
-    ]);
+    let out = record_command(&data, &[], &["--pio-user", "10"])
+        .output()
+        .expect("run kvmprof record");
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains(") exited with status 0"), "{err}");
@@ -187,10 +189,7 @@ fn a_closed_stderr_pipe_does_not_lose_the_recording() {
     let dir = scratch("epipe");
     let data = dir.join("k.data");
     // `kvmprof record … 2>&1 | head -1`: read the first line, then close the pipe.
-    let mut rec = Command::new(bin("kvmprof"))
-        .args(["record", "-o", data.to_str().unwrap(), "--"])
-        .arg(bin("kvmprof-testvmm"))
-        .args(["--pio-user", "200", "--rate", "200"])
+    let mut rec = record_command(&data, &[], &["--pio-user", "200", "--rate", "200"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -240,20 +239,8 @@ fn a_device_node_survives_every_output_option_and_symlinks_are_followed() {
     let dir = scratch("devnode");
     let dev = dir.join("null");
     mknod_null(&dev);
-    let vmm = bin("kvmprof-testvmm");
     let d = dev.to_str().unwrap();
-    let out = kvmprof(&[
-        "record",
-        "-o",
-        d,
-        "--exits",
-        d,
-        "--",
-        vmm.to_str().unwrap(),
-        "--pio-user",
-        "10",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    record_testvmm(&dev, &["--exits", d], &["--pio-user", "10"]);
     assert!(is_char_device(&dev), "record -o replaced the device node");
 
     let fixture = concat!(
@@ -277,17 +264,7 @@ fn a_device_node_survives_every_output_option_and_symlinks_are_followed() {
     let (real, link) = (dir.join("real.data"), dir.join("link.data"));
     std::fs::write(&real, "old").unwrap();
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let l = link.to_str().unwrap();
-    let out = kvmprof(&[
-        "record",
-        "-o",
-        l,
-        "--",
-        vmm.to_str().unwrap(),
-        "--pio-user",
-        "10",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    record_testvmm(&link, &[], &["--pio-user", "10"]);
     assert!(std::fs::symlink_metadata(&link)
         .unwrap()
         .file_type()
@@ -304,17 +281,13 @@ fn an_output_in_a_missing_directory_fails_before_recording() {
     let data = dir.join("missing").join("k.data");
     let ready = dir.join("ready.json");
     let started = Instant::now();
-    let out = kvmprof(&[
-        "record",
-        "-o",
-        data.to_str().unwrap(),
-        "--",
-        bin("kvmprof-testvmm").to_str().unwrap(),
-        "--pio-user",
-        "10",
-        "--ready-file",
-        ready.to_str().unwrap(),
-    ]);
+    let out = record_command(
+        &data,
+        &[],
+        &["--pio-user", "10", "--ready-file", ready.to_str().unwrap()],
+    )
+    .output()
+    .expect("run kvmprof record");
     kvmprof_tests::assert_clean_error(&out, "does not exist");
     assert!(
         !ready.exists(),

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use kvmprof_tests::{assert_clean_error, bin, kvmprof, scratch, skip_without_kvm, stderr};
+use kvmprof_tests::{
+    assert_clean_error, kvmprof, record_testvmm, scratch, skip_without_kvm, stderr,
+};
 use serde_json::Value;
 
 const JAR: &str = "/usr/share/java/hdrhistogram.jar";
@@ -509,13 +511,7 @@ fn bad_input_is_a_one_line_error() {
 /// Records the test VMM with `args` and returns the data file.
 fn record(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     let data = dir.join(format!("{name}.data"));
-    let o = Command::new(bin("kvmprof"))
-        .args(["record", "-o", s(&data), "--"])
-        .arg(bin("kvmprof-testvmm"))
-        .args(args)
-        .output()
-        .expect("run kvmprof record");
-    assert!(o.status.success(), "record: {}", stderr(&o));
+    record_testvmm(&data, &[], args);
     data
 }
 

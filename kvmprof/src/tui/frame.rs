@@ -470,6 +470,23 @@ mod tests {
         }
     }
 
+    /// A summary of no exits yet, watching all processes; tests set what they show with
+    /// `Summary { .., ..summary(&plan) }`.
+    fn summary(plan: &Plan) -> Summary<'_> {
+        Summary {
+            plan,
+            elapsed: Duration::ZERO,
+            total: 0,
+            rate: None,
+            lost: 0,
+            targets: &[],
+            exited: &[],
+            filtered: false,
+            own_cost: None,
+            slow: None,
+        }
+    }
+
     fn target(pid: u32, name: &str) -> Target {
         Target {
             pid,
@@ -487,16 +504,13 @@ mod tests {
         let rows = rows_of(&agg, &rates, &BTreeMap::new(), view);
         let plan = plan();
         let s = Summary {
-            plan: &plan,
             elapsed: Duration::from_secs(61),
             total: agg.total_exits(),
             rate: rates.total(),
             lost,
             targets: &targets,
             exited,
-            filtered: false,
-            own_cost: None,
-            slow: None,
+            ..summary(&plan)
         };
         frame(&s, &rows, view)
     }
@@ -505,16 +519,9 @@ mod tests {
     fn own_cost_is_shown_under_the_processes() {
         let plan = plan();
         let s = Summary {
-            plan: &plan,
             elapsed: Duration::from_secs(1),
-            total: 0,
-            rate: None,
-            lost: 0,
-            targets: &[],
-            exited: &[],
-            filtered: false,
             own_cost: Some("BPF 80 ns/exit (kvm_pio 80), CPU 0.5% of a core".into()),
-            slow: None,
+            ..summary(&plan)
         };
         let f = frame(&s, &[], View::default());
         assert_eq!(
@@ -527,43 +534,24 @@ mod tests {
     fn slow_exits_are_counted_under_the_summary_and_the_latest_listed_as_record_lists_them() {
         use kvmprof_common::STAGES;
 
-        use crate::model::{Access, Exit, Reason, ReasonSpace};
+        use crate::{model::Exit, testdata};
 
         let mut stages = [None; STAGES];
         stages[Stage::Vmm.index()] = Some(120_000_000);
         let e = Exit {
-            pid: 7,
-            tid: 9,
-            vcpu: Some(1),
             ts_ns: 42,
-            reason: Reason {
-                space: ReasonSpace::Userspace,
-                code: 2,
-            },
-            userspace_reason: Some(2),
-            access: Some(Access::Pio {
-                port: 0x3fd,
-                size: 1,
-                write: false,
-            }),
-            stages,
+            ..testdata::pio_in(7, 1, stages)
         };
         let plan = plan();
         let s = Summary {
-            plan: &plan,
             elapsed: Duration::from_secs(1),
             total: 9,
-            rate: None,
-            lost: 0,
-            targets: &[],
-            exited: &[],
-            filtered: false,
-            own_cost: None,
             slow: Some(Slow {
                 label: "vmm > 40.0ms".into(),
                 count: 8,
                 latest: vec![slow::row(&e)],
             }),
+            ..summary(&plan)
         };
         let f = frame(&s, &[], View::default());
         assert_eq!(f[3], "slow  8 exits with vmm > 40.0ms");
@@ -617,16 +605,9 @@ mod tests {
         let rows = rows_of(&agg, &Rates::default(), &BTreeMap::new(), view);
         let plan = plan();
         let s = Summary {
-            plan: &plan,
-            elapsed: Duration::ZERO,
             total: 3,
-            rate: None,
             lost: 12,
-            targets: &[],
-            exited: &[],
-            filtered: false,
-            own_cost: None,
-            slow: None,
+            ..summary(&plan)
         };
         let laid = lines(&layout(&s, &rows, view, 100, Detail::Basic));
         let lost = laid[0].last().expect("lost count");
@@ -649,16 +630,8 @@ mod tests {
         let by_vcpu = rows_of(&agg, &Rates::default(), &BTreeMap::new(), view);
         let plan = plan();
         let s = Summary {
-            plan: &plan,
-            elapsed: Duration::ZERO,
             total: 3,
-            rate: None,
-            lost: 0,
-            targets: &[],
-            exited: &[],
-            filtered: false,
-            own_cost: None,
-            slow: None,
+            ..summary(&plan)
         };
         let text = |l: &Line| l.iter().map(|s| s.text.as_str()).collect::<String>();
         let wide = layout(&s, &by_vcpu, view, 100, Detail::Basic);
@@ -707,16 +680,8 @@ mod tests {
     fn empty_table_says_so() {
         let plan = plan();
         let s = Summary {
-            plan: &plan,
             elapsed: Duration::from_secs(3 * 3600 + 62),
-            total: 0,
-            rate: None,
-            lost: 0,
-            targets: &[],
-            exited: &[],
-            filtered: false,
-            own_cost: None,
-            slow: None,
+            ..summary(&plan)
         };
         let f = frame(&s, &[], View::default());
         assert!(
@@ -735,16 +700,8 @@ mod tests {
         let rows = rows_of(&agg, &Rates::default(), &BTreeMap::new(), View::default());
         let plan = plan();
         let s = Summary {
-            plan: &plan,
-            elapsed: Duration::ZERO,
             total: 30,
-            rate: None,
-            lost: 0,
-            targets: &[],
-            exited: &[],
-            filtered: false,
-            own_cost: None,
-            slow: None,
+            ..summary(&plan)
         };
         let text = |l: &Line| l.iter().map(|s| s.text.as_str()).collect::<String>();
         let header = |width| {
@@ -770,16 +727,9 @@ mod tests {
         rows[0].exited = true;
         let plan = plan();
         let mut s = Summary {
-            plan: &plan,
-            elapsed: Duration::ZERO,
             total: 3,
-            rate: None,
-            lost: 0,
-            targets: &[],
-            exited: &[],
             filtered: true,
-            own_cost: None,
-            slow: None,
+            ..summary(&plan)
         };
         let f = layout(&s, &rows, View::default(), 100, Detail::Basic);
         let tones: Vec<_> = f.rows.iter().map(|l| l[0].tone).collect();

@@ -411,14 +411,10 @@ pub mod tests {
     use crate::model::{Exit, Reason, ReasonSpace};
     use kvmprof_common::tp_reason;
 
-    pub const SEC: u64 = 1_000_000_000;
+    pub use crate::testdata::{KVM_EXIT_IO, SEC};
     pub const PIO_KERNEL: Reason = Reason {
         space: ReasonSpace::Tracepoint,
         code: tp_reason::PIO,
-    };
-    pub const KVM_EXIT_IO: Reason = Reason {
-        space: ReasonSpace::Userspace,
-        code: 2,
     };
 
     /// An exit of pid 7 with the given cycle and VMM round trip.
