@@ -455,7 +455,9 @@ pub mod names {
         pub const TALLY_ROWS: &str = "TALLY_ROWS";
         pub const TALLY_NEXT: &str = "TALLY_NEXT";
         pub const TALLY_CLAIMS: &str = "TALLY_CLAIMS";
-        pub const ALL: [&str; 12] = [
+        pub const SCRATCH: &str = "SCRATCH";
+        pub const SCRATCH_KEY: &str = "SCRATCH_KEY";
+        pub const ALL: [&str; 14] = [
             EVENTS,
             BATCHES,
             PIDS,
@@ -468,6 +470,8 @@ pub mod names {
             TALLY_ROWS,
             TALLY_NEXT,
             TALLY_CLAIMS,
+            SCRATCH,
+            SCRATCH_KEY,
         ];
         /// The [`crate::Config`] global, set before load.
         pub const CONFIG: &str = "CONFIG";

@@ -2,8 +2,8 @@
 //! each function here moves that thread's [`ThreadState`] forward and emits a record when
 //! an exit is complete. See `kvmprof_common::boundary` for what starts a cycle.
 use kvmprof_common::{
-    boundary, counter, flag, kind, space, stage, ExitRecord, ThreadState, HOOKED_STAGES,
-    KVM_EXIT_INTR, KVM_EXIT_IO, KVM_EXIT_MMIO, STAGES,
+    boundary, counter, flag, kind, space, stage, ThreadState, HOOKED_STAGES, KVM_EXIT_INTR,
+    KVM_EXIT_IO, KVM_EXIT_MMIO, STAGES,
 };
 
 use kvmprof_common::tally;
@@ -114,51 +114,48 @@ pub mod sink {
     }
 }
 
-fn header(r: &mut ExitRecord, k: u8, pid: u32, tid: u32, st: &ThreadState, ts: u64) {
-    r.kind = k;
-    r._pad = 0;
-    r._pad2 = 0;
-    r.user_reason = 0;
-    r.errno = 0;
-    r.pid = pid;
-    r.tid = tid;
-    r.vcpu_fd = st.vcpu_fd;
-    r.vcpu_id = st.vcpu_id;
-    r.ts_ns = ts;
-}
-
-fn fill_exit(
-    r: &mut ExitRecord,
-    pid: u32,
-    tid: u32,
-    st: &ThreadState,
-    ts: u64,
-    user: Option<(u32, i32)>,
-) {
-    header(r, kind::EXIT, pid, tid, st, ts);
-    r.space = st.space as u8;
-    r.reason = st.reason;
-    r.flags = st.flags;
-    r.io_addr = st.io_addr;
-    r.io_size = st.io_size as u8;
-    let mut i = 0;
-    while i < STAGES {
-        r.stage_ns[i] = st.stage_ns[i];
-        i += 1;
-    }
-    if let Some((reason, errno)) = user {
-        r.flags |= flag::USERSPACE;
-        r.user_reason = reason;
-        if errno != 0 {
-            r.flags |= flag::ERRNO;
-            r.errno = errno;
+/// Writes the open exit of thread state `$st` into record `$r` (every field: the slot may hold
+/// an older record). A macro, not a function, so that `$r` can be `$st.pending`, written
+/// field by field in place: a record built on the stack and copied pushed the programs past
+/// the 512-byte stack of a call chain on the 6.1 kernel's verifier. `$user` is (KVM_EXIT_*
+/// reason, errno) for an exit that went to the VMM.
+macro_rules! fill_exit {
+    ($r:expr, $pid:expr, $tid:expr, $st:expr, $ts:expr, $user:expr) => {{
+        $r.kind = kind::EXIT;
+        $r._pad = 0;
+        $r._pad2 = 0;
+        $r.user_reason = 0;
+        $r.errno = 0;
+        $r.pid = $pid;
+        $r.tid = $tid;
+        $r.vcpu_fd = $st.vcpu_fd;
+        $r.vcpu_id = $st.vcpu_id;
+        $r.ts_ns = $ts;
+        $r.space = $st.space as u8;
+        $r.reason = $st.reason;
+        $r.flags = $st.flags;
+        $r.io_addr = $st.io_addr;
+        $r.io_size = $st.io_size as u8;
+        let mut i = 0;
+        while i < STAGES {
+            $r.stage_ns[i] = $st.stage_ns[i];
+            i += 1;
         }
-        // Without a vendor reason, the VMM's KVM_EXIT_* is the most specific one.
-        if r.space == space::NONE || r.space == space::TRACEPOINT {
-            r.space = space::USERSPACE;
-            r.reason = reason;
+        let user: Option<(u32, i32)> = $user;
+        if let Some((reason, errno)) = user {
+            $r.flags |= flag::USERSPACE;
+            $r.user_reason = reason;
+            if errno != 0 {
+                $r.flags |= flag::ERRNO;
+                $r.errno = errno;
+            }
+            // Without a vendor reason, the VMM's KVM_EXIT_* is the most specific one.
+            if $r.space == space::NONE || $r.space == space::TRACEPOINT {
+                $r.space = space::USERSPACE;
+                $r.reason = reason;
+            }
         }
-    }
+    }};
 }
 
 /// The time since the current cycle began, or 0 with the open exit marked
@@ -184,9 +181,7 @@ fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i
         bump(counter::UNOBSERVED);
     } else if user.is_some() {
         release_pending(st);
-        let mut rec = ExitRecord::default();
-        fill_exit(&mut rec, pid, tid, st, ts, user);
-        st.pending = rec;
+        fill_exit!(st.pending, pid, tid, st, ts, user);
         st.has_pending = 1;
     } else if !tallied(
         pid,
@@ -196,7 +191,7 @@ fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i
         &mut st.tally,
         ts,
     ) {
-        emit(|r| fill_exit(r, pid, tid, st, ts, None));
+        emit(|r| fill_exit!(r, pid, tid, st, ts, None));
     }
     clear(&mut st.open);
     clear(&mut st.identified);
@@ -228,7 +223,7 @@ fn clear_all<T: Default, const N: usize>(a: &mut [T; N]) {
     }
 }
 
-/// The kind of the open exit, handled in the kernel: as `fill_exit` would record it.
+/// The kind of the open exit, handled in the kernel: as `fill_exit!` would record it.
 #[inline(always)]
 fn in_kernel_kind(st: &ThreadState) -> tally::Kind {
     tally::Kind {

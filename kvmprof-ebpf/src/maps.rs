@@ -34,6 +34,14 @@ pub static THREADS: Array<ThreadState> = Array::with_max_entries(STATE_SLOTS, 0)
 #[map]
 pub static THREADS_SPILL: LruHashMap<u64, ThreadState> = LruHashMap::with_max_entries(4096, 0);
 
+/// Where a spilled thread's first state is made before it goes into `THREADS_SPILL`.
+#[map]
+pub static SCRATCH: PerCpuArray<ThreadState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a tally key is made before it is looked up (`tally::slot_of`).
+#[map]
+pub static SCRATCH_KEY: PerCpuArray<TallyKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// The recording window (`kvmprof_common::Window`): the one switch userspace turns on after
 /// every hook is attached and off before any is detached. A map, not a load-time global:
 /// it changes while the programs run.
@@ -180,9 +188,15 @@ fn spill(id: u64, tgid: u32) -> Option<&'static mut ThreadState> {
     if let Some(st) = spilled(id) {
         return Some(st);
     }
-    let mut st = ThreadState::default();
-    fresh(&mut st, id, tgid);
-    if THREADS_SPILL.insert(id, st, 0).is_err() {
+    // The new state is made in a per-CPU scratch slot: at 376 bytes it would take most of
+    // the 512-byte stack that a whole call chain shares.
+    let st = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU map value, no other user on this CPU while we run.
+    let st = unsafe { &mut *st };
+    fresh(st, id, tgid);
+    // By reference: a copy by value would put it back on the stack.
+    let made: &ThreadState = st;
+    if THREADS_SPILL.insert(id, made, 0).is_err() {
         bump(counter::NO_STATE);
         return None;
     }

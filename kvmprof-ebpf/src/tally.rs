@@ -7,12 +7,12 @@ use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP};
 
 use kvmprof_common::{
     counter, kind,
-    tally::{self, Cache, Kind, TallyKey, TallyMeta, NO_ROW, REFUSED},
+    tally::{self, Cache, Kind, TallyMeta, NO_ROW, REFUSED},
     STAGES,
 };
 
 use crate::maps::{
-    bump, config, EVENTS, TALLY_CLAIMS, TALLY_KEYS, TALLY_META, TALLY_NEXT, TALLY_ROWS,
+    bump, config, EVENTS, SCRATCH_KEY, TALLY_CLAIMS, TALLY_KEYS, TALLY_META, TALLY_NEXT, TALLY_ROWS,
 };
 
 /// Tallies one whole exit of thread `pid`/`tid`: of kind `k`, with these stage durations,
@@ -113,12 +113,17 @@ fn remember(cache: &mut Cache, k: &Kind, slot: u32) {
 /// The slot of this thread's exits of kind `k`, made on first use; [`REFUSED`] when none is
 /// left.
 fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
-    let key = TallyKey {
-        tag: (pid as u64) << 32 | tid as u64,
-        kind: *k,
+    // The key is made in a per-CPU scratch slot, off the stack that the whole call chain
+    // shares (512 bytes; the 6.1 verifier counted this chain over it).
+    let Some(key) = SCRATCH_KEY.get_ptr_mut(0) else {
+        return REFUSED;
     };
+    // SAFETY: per-CPU map value, no other user on this CPU while we run.
+    let key = unsafe { &mut *key };
+    key.tag = (pid as u64) << 32 | tid as u64;
+    key.kind = *k;
     // SAFETY: plain lookup, value copied out.
-    if let Some(s) = unsafe { TALLY_KEYS.get(&key) } {
+    if let Some(s) = unsafe { TALLY_KEYS.get(&*key) } {
         return *s;
     }
     let Some(next) = TALLY_NEXT.get_ptr_mut(0) else {
@@ -151,7 +156,7 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
     // Userspace skips a slot until its kind is set: the fields above go first.
     core::sync::atomic::compiler_fence(Ordering::Release);
     e.kind = kind::EXIT;
-    if TALLY_KEYS.insert(&key, &slot, 0).is_err() {
+    if TALLY_KEYS.insert(&*key, &slot, 0).is_err() {
         // Cannot happen (one insert per slot, SLOTS entries); the slot then stays unused.
         return REFUSED;
     }

@@ -322,12 +322,44 @@ fn fixed_fields_hold(c: &Config) -> bool {
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
+        if let Some(aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        }) = err.downcast_ref::<aya::programs::ProgramError>()
+        {
+            return refused(io_error, &format!("{verifier_log:?}"));
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             return io.to_string();
         }
         cur = err.source();
     }
     e.to_string()
+}
+
+/// A program the verifier refused: the error and the verifier's reason (the last line of its
+/// log before the statistics), and the whole log in `$KVMPROF_VERIFIER_LOG` when set.
+fn refused(io: &std::io::Error, log: &str) -> String {
+    if let Some(path) = std::env::var_os("KVMPROF_VERIFIER_LOG") {
+        // Best effort: the one-line error below is the report either way.
+        let _ = std::fs::write(path, log);
+    }
+    let stats = [
+        "processed ",
+        "verification time",
+        "stack depth",
+        "max_states",
+        "mark_read",
+    ];
+    let reason = log
+        .lines()
+        .map(str::trim)
+        .rev()
+        .find(|l| !l.is_empty() && !stats.iter().any(|s| l.starts_with(s)));
+    match reason {
+        Some(r) => format!("{io}; the verifier said: {r}"),
+        None => io.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -332,7 +332,9 @@ enum Attach {
     /// `--pid` on the running VMM, which waits long enough for kvmprof to attach even under TCG
     /// (about 2 s there).
     Pid,
-    /// `-- CMD`: kvmprof starts the VMM, held until every hook is attached.
+    /// `-- CMD`: kvmprof starts the VMM, held until every hook is attached. With fentry hooks:
+    /// with `--pid`'s kprobes, both modes are counted through the kernel's tally (the
+    /// `kvmprof_fentry`/`kvmprof_auto` checks use `--exits`, which sends every exit as a record).
     Command,
 }
 
@@ -352,7 +354,7 @@ fn kvmprof_script(attach: Attach) -> String {
             args = workload_args()
         ),
         Attach::Command => format!(
-            "\"$KVMPROF\" record --hooks kprobe -o {dir}/k.data -- \"$TESTVMM\" {args} > {dir}/vmm.json\n",
+            "\"$KVMPROF\" record --hooks fentry -o {dir}/k.data -- \"$TESTVMM\" {args} > {dir}/vmm.json\n",
             args = workload_args()
         ),
     };
