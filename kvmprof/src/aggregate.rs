@@ -52,11 +52,6 @@ impl StageStats {
         }
     }
 
-    fn record(&mut self, ns: u64) {
-        record(&mut self.hist, ns);
-        self.sum_ns = self.sum_ns.saturating_add(ns);
-    }
-
     fn merge(&mut self, other: &StageStats) {
         add_histogram(&mut self.hist, &other.hist);
         self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
@@ -155,33 +150,14 @@ impl Aggregate {
 
     /// Counts `e` and records each of its measured stages.
     pub fn add(&mut self, e: &Exit) {
-        let key = Key {
-            pid: e.pid,
-            vcpu: e.vcpu,
-            reason: e.reason,
-        };
-        let idx = e.ts_ns / self.interval_ns;
-        let stats = self.keys.entry(key).or_default();
-        stats.count += 1;
-        if let Some(code) = e.userspace_reason {
-            *stats.userspace.entry(code).or_default() += 1;
-        }
+        let (key, idx) = self.count(e, 1, e.ts_ns);
         for stage in Stage::ALL {
             if let Some(ns) = e.stages[stage.index()] {
                 let ns = ns.min(MAX_NS);
-                stats.stages[stage.index()]
-                    .get_or_insert_with(StageStats::new)
-                    .record(ns);
-                record(self.intervals.hist(idx, key, stage), ns);
+                self.record_stage(key, idx, stage, &[(ns, 1)], ns);
             }
         }
         self.intervals.advance(idx);
-        if let Some(access) = e.access {
-            let stats = self.ports.entry(port_key(e, access)).or_default();
-            stats.count += 1;
-            stats.userspace += u64::from(e.userspace_reason.is_some());
-        }
-        self.extend_span(e.ts_ns, e.ts_ns);
     }
 
     /// Counts the exits of a kernel tally and records their stages' durations, as [`add`]
@@ -189,42 +165,60 @@ impl Aggregate {
     ///
     /// [`add`]: Aggregate::add
     pub fn add_tally(&mut self, t: &Tally) {
-        let e = &t.exit;
+        let (key, idx) = self.count(&t.exit, t.count, t.first_ts_ns);
+        for stage in Stage::ALL {
+            let values = &t.stages[stage.index()];
+            if !values.is_empty() {
+                self.record_stage(key, idx, stage, values, t.sum_ns[stage.index()]);
+            }
+        }
+        self.intervals.advance(idx);
+    }
+
+    /// Counts `n` exits like `e` (the first of them at `first_ts`) in its key, the ports table
+    /// and the span; returns its key and the index of its interval.
+    fn count(&mut self, e: &Exit, n: u64, first_ts: u64) -> (Key, u64) {
         let key = Key {
             pid: e.pid,
             vcpu: e.vcpu,
             reason: e.reason,
         };
-        let idx = e.ts_ns / self.interval_ns;
         let stats = self.keys.entry(key).or_default();
-        stats.count += t.count;
+        stats.count += n;
         if let Some(code) = e.userspace_reason {
-            *stats.userspace.entry(code).or_default() += t.count;
+            *stats.userspace.entry(code).or_default() += n;
         }
-        for stage in Stage::ALL {
-            let values = &t.stages[stage.index()];
-            if values.is_empty() {
-                continue;
-            }
-            let st = stats.stages[stage.index()].get_or_insert_with(StageStats::new);
-            for &(ns, n) in values {
-                record_n(&mut st.hist, ns.min(MAX_NS), n);
-            }
-            st.sum_ns = st.sum_ns.saturating_add(t.sum_ns[stage.index()]);
-            let hist = self.intervals.hist(idx, key, stage);
-            for &(ns, n) in values {
-                record_n(hist, ns.min(MAX_NS), n);
-            }
-        }
-        self.intervals.advance(idx);
         if let Some(access) = e.access {
             let stats = self.ports.entry(port_key(e, access)).or_default();
-            stats.count += t.count;
+            stats.count += n;
             if e.userspace_reason.is_some() {
-                stats.userspace += t.count;
+                stats.userspace += n;
             }
         }
-        self.extend_span(t.first_ts_ns.min(e.ts_ns), e.ts_ns);
+        self.extend_span(first_ts.min(e.ts_ns), e.ts_ns);
+        (key, e.ts_ns / self.interval_ns)
+    }
+
+    /// Records (duration, how many) pairs of one stage of `key`, whose exact sum is `sum_ns`,
+    /// in its totals and its interval `idx`.
+    fn record_stage(
+        &mut self,
+        key: Key,
+        idx: u64,
+        stage: Stage,
+        values: &[(u64, u64)],
+        sum_ns: u64,
+    ) {
+        let stats = self.keys.entry(key).or_default().stages[stage.index()]
+            .get_or_insert_with(StageStats::new);
+        for &(ns, n) in values {
+            record_n(&mut stats.hist, ns.min(MAX_NS), n);
+        }
+        stats.sum_ns = stats.sum_ns.saturating_add(sum_ns);
+        let hist = self.intervals.hist(idx, key, stage);
+        for &(ns, n) in values {
+            record_n(hist, ns.min(MAX_NS), n);
+        }
     }
 
     /// Drops everything recorded about process `pid` (`serve` forgets VMs that exited).
@@ -473,25 +467,18 @@ fn port_key(e: &Exit, access: Access) -> PortKey {
     }
 }
 
-/// [`record`] `n` times.
+/// Records `ns` (at most [`MAX_NS`]) `n` times, growing the histogram as needed.
 fn record_n(h: &mut Histogram<u64>, ns: u64, n: u64) {
     if h.record_n(ns, n).is_err() {
-        h.saturating_record_n(ns, n);
-    }
-}
-
-/// Records `ns` (at most [`MAX_NS`]), growing the histogram as needed.
-fn record(h: &mut Histogram<u64>, ns: u64) {
-    if h.record(ns).is_err() {
         // Growing fails only when the counts array would not fit in memory.
-        h.saturating_record(ns);
+        h.saturating_record_n(ns, n);
     }
 }
 
 /// Adds `src` into `dst`, growing `dst` as needed.
 fn add_histogram(dst: &mut Histogram<u64>, src: &Histogram<u64>) {
     if dst.add(src).is_err() {
-        // As in `record`: clamp rather than lose the samples.
+        // As in `record_n`: clamp rather than lose the samples.
         for v in src.iter_recorded() {
             dst.saturating_record_n(v.value_iterated_to(), v.count_at_value());
         }
@@ -561,6 +548,51 @@ mod tests {
         assert_eq!(a.total_exits(), 1002);
         assert_eq!(a.span(), Some((1000, 3_000_000)));
         assert_eq!(a.stage_sum_ns(Stage::Cycle), 10 * 1000 * 1001 / 2 + 50);
+    }
+
+    #[test]
+    fn a_tally_counts_like_the_exits_it_stands_for() {
+        let (mut one_by_one, mut tallied) = (Aggregate::new(SEC), Aggregate::new(SEC));
+        let mut e = exit(0, IO, 5_000, None);
+        e.userspace_reason = Some(2);
+        e.access = Some(Access::Pio {
+            port: 0x3f8,
+            size: 1,
+            write: true,
+        });
+        let cycles = [100, 100, 2_500, 70_000];
+        for (i, ns) in cycles.iter().enumerate() {
+            one_by_one.add(&Exit {
+                ts_ns: 2_000 + i as u64 * 1_000,
+                stages: testdata::cycle(Some(*ns)),
+                ..e.clone()
+            });
+        }
+        let mut stages: [Vec<(u64, u64)>; STAGES] = Default::default();
+        stages[Stage::Cycle.index()] = vec![(100, 2), (2_500, 1), (70_000, 1)];
+        let mut sum_ns = [0; STAGES];
+        sum_ns[Stage::Cycle.index()] = cycles.iter().sum();
+        tallied.add_tally(&Tally {
+            exit: e,
+            first_ts_ns: 2_000,
+            count: 4,
+            stages,
+            sum_ns,
+        });
+        for a in [&one_by_one, &tallied] {
+            let io = &a.keys()[&key(0, IO)];
+            assert_eq!(io.count, 4);
+            assert_eq!(io.userspace_count(), 4);
+            let cycle = io.stage(Stage::Cycle).expect("cycle");
+            assert_eq!(cycle.hist.len(), 4);
+            assert_eq!(cycle.sum_ns, 72_700);
+            assert!(close(cycle.hist.max(), 70_000));
+            assert_eq!(
+                a.ports().values().next().map(|p| (p.count, p.userspace)),
+                Some((4, 4))
+            );
+            assert_eq!(a.span(), Some((2_000, 5_000)));
+        }
     }
 
     #[test]
@@ -682,7 +714,7 @@ mod tests {
     fn encode_decode_round_trip() {
         let mut h = new_histogram();
         for v in [1, 10, 1000, 123_456, MAX_NS] {
-            record(&mut h, v);
+            record_n(&mut h, v, 1);
         }
         let blob = encode(&h).expect("encodes");
         let back = decode(&blob).expect("decodes");

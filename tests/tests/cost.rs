@@ -3,24 +3,22 @@
 use std::process::Command;
 
 use kvmprof_tests::{
-    bin, kvmprof, made, report_json, scratch, skip_without_kvm, stderr, KVM_EXIT_IO,
+    bin, kvmprof, made, record_testvmm, report_json, scratch, skip_without_kvm, stderr, KVM_EXIT_IO,
 };
 use serde_json::Value;
 
-/// Runs `kvmprof record [extra] -o DATA -- testvmm VMM_ARGS` and returns the test VMM's
-/// own counts.
-fn record(data: &std::path::Path, extra: &[&str], vmm_args: &[&str]) -> Value {
-    let out = Command::new(bin("kvmprof"))
-        .arg("record")
-        .args(extra)
-        .args(["-o", data.to_str().unwrap(), "--"])
-        .arg(bin("kvmprof-testvmm"))
-        .args(vmm_args)
-        .output()
-        .expect("run kvmprof record");
-    assert!(out.status.success(), "record failed: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).expect("test VMM counts on stdout")
-}
+/// A test VMM that runs until stopped, at a steady ~20k exits/s (mostly in-kernel).
+const STEADY: [&str; 9] = [
+    "--vcpus",
+    "1",
+    "--pio-kernel",
+    "100",
+    "--pio-user",
+    "1",
+    "--rate",
+    "20000",
+    "--forever",
+];
 
 #[test]
 fn without_an_exits_file_every_exit_is_still_counted_exactly() {
@@ -29,7 +27,7 @@ fn without_an_exits_file_every_exit_is_still_counted_exactly() {
     }
     let data = scratch("noexits").join("k.data");
     // More in-kernel exits than a batch holds, and userspace exits that end the run.
-    let counts = record(
+    let counts = record_testvmm(
         &data,
         &[],
         &[
@@ -83,7 +81,7 @@ fn slow_lists_exactly_the_exits_over_the_threshold() {
     let (data, exits) = (dir.join("k.data"), dir.join("exits.jsonl"));
     // The VMM takes 120 ms to answer each `in` and microseconds for everything else:
     // exactly vcpus × pio_in round trips are over 40 ms.
-    let counts = record(
+    let counts = record_testvmm(
         &data,
         &["--slow", "vmm=40ms", "--exits", exits.to_str().unwrap()],
         &[
@@ -137,7 +135,7 @@ fn with_bpf_stats_on_the_report_shows_bpf_ns_per_exit_per_program() {
         return;
     }
     let data = scratch("owncost-on").join("k.data");
-    let counts = record(
+    let counts = record_testvmm(
         &data,
         &["--bpf-stats", "on"],
         &["--vcpus", "1", "--pio-kernel", "2000"],
@@ -175,14 +173,7 @@ fn by_default_bpf_run_time_is_sampled_one_second_in_ten() {
     }
     let data = scratch("owncost-sampled").join("k.data");
     // 3 s of a steady ~20k exits/s (mostly in-kernel): one whole sample, from 1 s to 2 s.
-    let out = Command::new(bin("kvmprof"))
-        .args(["record", "-d", "3", "-o", data.to_str().unwrap(), "--"])
-        .arg(bin("kvmprof-testvmm"))
-        .args(["--vcpus", "1", "--pio-kernel", "100", "--pio-user", "1"])
-        .args(["--rate", "20000", "--forever"])
-        .output()
-        .expect("run kvmprof record");
-    assert!(out.status.success(), "record failed: {}", stderr(&out));
+    record_testvmm(&data, &["-d", "3"], &STEADY);
     let r = report_json(&data, "reason");
     let cost = &r["header"]["own_cost"];
     assert_eq!(cost["bpf_stats"], "sampled", "{cost}");
@@ -222,7 +213,7 @@ fn a_recording_shorter_than_the_first_sample_says_bpf_run_time_was_not_sampled()
         return;
     }
     let data = scratch("owncost-short").join("k.data");
-    record(&data, &[], &["--vcpus", "1", "--pio-kernel", "2000"]);
+    record_testvmm(&data, &[], &["--vcpus", "1", "--pio-kernel", "2000"]);
     let r = report_json(&data, "reason");
     let cost = &r["header"]["own_cost"];
     assert_eq!(cost["bpf_stats"], "sampled", "{cost}");
@@ -244,15 +235,7 @@ fn with_bpf_stats_off_bpf_run_time_is_not_measured() {
     }
     let data = scratch("owncost-off").join("k.data");
     // Longer than the first sample's end: off never samples.
-    let out = Command::new(bin("kvmprof"))
-        .args(["record", "--bpf-stats", "off", "-d", "2500ms"])
-        .args(["-o", data.to_str().unwrap(), "--"])
-        .arg(bin("kvmprof-testvmm"))
-        .args(["--vcpus", "1", "--pio-kernel", "100", "--pio-user", "1"])
-        .args(["--rate", "20000", "--forever"])
-        .output()
-        .expect("run kvmprof record");
-    assert!(out.status.success(), "record failed: {}", stderr(&out));
+    record_testvmm(&data, &["--bpf-stats", "off", "-d", "2500ms"], &STEADY);
     let r = report_json(&data, "reason");
     let cost = &r["header"]["own_cost"];
     assert_eq!(cost["bpf_stats"], "off", "{cost}");

@@ -1,24 +1,8 @@
 //! The kernel's tally (`kvmprof_common::tally`): exits are counted and bucketed in the kernel,
 //! and still reported exactly, per vCPU and per port; `--exits` and `--slow` bring the exits
 //! they name one by one.
-use std::process::Command;
-
-use kvmprof_tests::{bin, made, report_json, scratch, skip_without_kvm, stderr};
+use kvmprof_tests::{made, record_testvmm, report_json, scratch, skip_without_kvm};
 use serde_json::Value;
-
-/// `kvmprof record [extra] -o DATA -- testvmm VMM_ARGS`; the test VMM's own counts.
-fn record(data: &std::path::Path, extra: &[&str], vmm_args: &[&str]) -> Value {
-    let out = Command::new(bin("kvmprof"))
-        .arg("record")
-        .args(extra)
-        .args(["-o", data.to_str().unwrap(), "--"])
-        .arg(bin("kvmprof-testvmm"))
-        .args(vmm_args)
-        .output()
-        .expect("run kvmprof record");
-    assert!(out.status.success(), "record failed: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).expect("test VMM counts on stdout")
-}
 
 const WORKLOAD: [&str; 10] = [
     "--vcpus",
@@ -54,7 +38,7 @@ fn exits_tallied_in_the_kernel_are_still_counted_exactly() {
         return;
     }
     let data = scratch("tally").join("k.data");
-    let counts = record(&data, &[], &WORKLOAD);
+    let counts = record_testvmm(&data, &[], &WORKLOAD);
     let r = report_json(&data, "vcpu");
     assert_eq!(r["lost"], 0);
     if r["header"]["vendor"] != "pvm" {
@@ -119,7 +103,7 @@ fn with_an_exits_file_every_exit_comes_one_by_one() {
     }
     let dir = scratch("tally-exits");
     let (data, exits) = (dir.join("k.data"), dir.join("exits.jsonl"));
-    let counts = record(&data, &["--exits", exits.to_str().unwrap()], &WORKLOAD);
+    let counts = record_testvmm(&data, &["--exits", exits.to_str().unwrap()], &WORKLOAD);
     let r = report_json(&data, "vcpu");
     assert_eq!(tallied(&r), 0, "{r}");
     let lines = std::fs::read_to_string(&exits).unwrap().lines().count() as u64;
@@ -136,7 +120,7 @@ fn slow_exits_come_one_by_one_and_the_rest_is_tallied() {
     }
     let data = scratch("tally-slow").join("k.data");
     // Each `in` takes the VMM 120 ms: exactly vcpus × pio_in round trips are over 40 ms.
-    let counts = record(
+    let counts = record_testvmm(
         &data,
         &["--slow", "vmm=40ms"],
         &[
