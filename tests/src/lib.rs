@@ -15,6 +15,20 @@ pub const KVM_EXIT_IO: u64 = 2;
 pub const KVM_EXIT_HLT: u64 = 5;
 pub const KVM_EXIT_MMIO: u64 = 6;
 
+/// Test VMM flags for a workload with a known number of slow exits: the VMM takes 120 ms to
+/// answer each `in` and microseconds for everything else, so exactly 2 vCPUs × 4 round trips
+/// are over 40 ms (`--slow vmm=40ms`).
+pub const SLOW_INS: [&str; 8] = [
+    "--vcpus",
+    "2",
+    "--pio-user",
+    "200",
+    "--pio-in",
+    "4",
+    "--pio-in-delay",
+    "120ms",
+];
+
 /// A built binary of this workspace (`cargo xtask test` builds them before testing).
 pub fn bin(name: &str) -> PathBuf {
     // Test executables live in target/<profile>/deps; binaries one level up.

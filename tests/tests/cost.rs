@@ -3,7 +3,8 @@
 use std::process::Command;
 
 use kvmprof_tests::{
-    bin, kvmprof, made, record_testvmm, report_json, scratch, skip_without_kvm, stderr, KVM_EXIT_IO,
+    bin, kvmprof, made, record_testvmm, report_json, scratch, skip_without_kvm, stderr,
+    KVM_EXIT_IO, SLOW_INS,
 };
 use serde_json::Value;
 
@@ -79,21 +80,10 @@ fn slow_lists_exactly_the_exits_over_the_threshold() {
     }
     let dir = scratch("slow");
     let (data, exits) = (dir.join("k.data"), dir.join("exits.jsonl"));
-    // The VMM takes 120 ms to answer each `in` and microseconds for everything else:
-    // exactly vcpus × pio_in round trips are over 40 ms.
     let counts = record_testvmm(
         &data,
         &["--slow", "vmm=40ms", "--exits", exits.to_str().unwrap()],
-        &[
-            "--vcpus",
-            "2",
-            "--pio-user",
-            "200",
-            "--pio-in",
-            "4",
-            "--pio-in-delay",
-            "120ms",
-        ],
+        &SLOW_INS,
     );
     let want = counts["total"]["pio_in"].as_u64().unwrap();
     assert_eq!(want, 8);

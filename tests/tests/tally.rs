@@ -1,7 +1,7 @@
 //! The kernel's tally (`kvmprof_common::tally`): exits are counted and bucketed in the kernel,
 //! and still reported exactly, per vCPU and per port; `--exits` and `--slow` bring the exits
 //! they name one by one.
-use kvmprof_tests::{made, record_testvmm, report_json, scratch, skip_without_kvm};
+use kvmprof_tests::{made, record_testvmm, report_json, scratch, skip_without_kvm, SLOW_INS};
 use serde_json::Value;
 
 const WORKLOAD: [&str; 10] = [
@@ -119,23 +119,9 @@ fn slow_exits_come_one_by_one_and_the_rest_is_tallied() {
         return;
     }
     let data = scratch("tally-slow").join("k.data");
-    // Each `in` takes the VMM 120 ms: exactly vcpus × pio_in round trips are over 40 ms.
-    let counts = record_testvmm(
-        &data,
-        &["--slow", "vmm=40ms"],
-        &[
-            "--vcpus",
-            "2",
-            "--pio-user",
-            "200",
-            "--pio-kernel",
-            "2000",
-            "--pio-in",
-            "4",
-            "--pio-in-delay",
-            "120ms",
-        ],
-    );
+    // The slow workload, plus in-kernel exits to tally.
+    let vmm_args = [&SLOW_INS[..], &["--pio-kernel", "2000"]].concat();
+    let counts = record_testvmm(&data, &["--slow", "vmm=40ms"], &vmm_args);
     let want = counts["total"]["pio_in"].as_u64().unwrap();
     let r = report_json(&data, "reason");
     assert_eq!(r["header"]["slow"]["count"].as_u64(), Some(want), "{r}");

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvmprof_tests::{bin, scratch, skip_without_kvm, wait_until};
+use kvmprof_tests::{bin, scratch, skip_without_kvm, wait_until, SLOW_INS};
 use serde_json::Value;
 
 /// Skips (printing why) without root, /dev/kvm or tmux.
@@ -470,25 +470,10 @@ fn top_batch_counts_exactly_the_exits_over_the_slow_threshold_and_lists_the_late
         return;
     }
     let dir = scratch("top-slow");
-    // The VMM takes 120 ms to answer each `in` and microseconds for everything else:
-    // exactly 2 vCPUs × 4 round trips are over 40 ms. It waits 3 s before its first
-    // KVM_RUN, so that `top` is attached by then.
-    let vmm = Vmm::start(
-        &bin("kvmprof-testvmm"),
-        &[
-            "--vcpus",
-            "2",
-            "--pio-user",
-            "200",
-            "--pio-in",
-            "4",
-            "--pio-in-delay",
-            "120ms",
-            "--start-delay",
-            "3s",
-        ],
-        &dir.join("ready"),
-    );
+    // The slow workload, waiting 3 s before its first KVM_RUN so that `top` is attached
+    // by then.
+    let vmm_args = [&SLOW_INS[..], &["--start-delay", "3s"]].concat();
+    let vmm = Vmm::start(&bin("kvmprof-testvmm"), &vmm_args, &dir.join("ready"));
     let started = Instant::now();
     let pid = vmm.pid.to_string();
     let mut top = Command::new(bin("kvmprof"))
