@@ -123,6 +123,20 @@ impl Kind {
             errno: r.errno,
         }
     }
+
+    /// Writes the kind into `r`'s fields (the inverse of [`Kind::of`]).
+    #[inline(always)]
+    pub fn write_to(&self, r: &mut ExitRecord) {
+        r.vcpu_fd = self.vcpu_fd;
+        r.vcpu_id = self.vcpu_id;
+        r.space = self.space as u8;
+        r.reason = self.reason;
+        r.flags = self.flags;
+        r.io_size = self.io_size as u8;
+        r.io_addr = self.io_addr;
+        r.user_reason = self.user_reason;
+        r.errno = self.errno;
+    }
 }
 
 /// A thread's last two kinds of exit and their slots (+1; 0 for none, [`REFUSED`] when no
@@ -218,6 +232,24 @@ mod tests {
             v = v + 1 + v / 997;
         }
         assert_eq!(bucket(LIMIT_NS - 1), BUCKETS - 1);
+    }
+
+    #[test]
+    fn a_kind_written_to_a_record_reads_back_the_same() {
+        let k = Kind {
+            vcpu_fd: 7,
+            vcpu_id: -1,
+            space: 4,
+            reason: 1,
+            flags: 0b1010,
+            io_size: 2,
+            io_addr: 0x700,
+            user_reason: 2,
+            errno: -4,
+        };
+        let mut r = ExitRecord::default();
+        k.write_to(&mut r);
+        assert_eq!(Kind::of(&r), k);
     }
 
     #[test]

@@ -141,17 +141,9 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
     // SAFETY: a fresh slot; no other thread got it.
     let meta = unsafe { &mut *meta };
     let e = &mut meta.exit;
-    e.space = k.space as u8;
-    e.io_size = k.io_size as u8;
-    e.flags = k.flags;
+    k.write_to(e);
     e.pid = pid;
     e.tid = tid;
-    e.vcpu_fd = k.vcpu_fd;
-    e.vcpu_id = k.vcpu_id;
-    e.reason = k.reason;
-    e.io_addr = k.io_addr;
-    e.user_reason = k.user_reason;
-    e.errno = k.errno;
     meta.first_ts = ts;
     // Userspace skips a slot until its kind is set: the fields above go first.
     core::sync::atomic::compiler_fence(Ordering::Release);

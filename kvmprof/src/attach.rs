@@ -98,10 +98,7 @@ impl Records {
 /// Loads the object configured for `plan` (the configuration is a load-time global), tracing
 /// only the processes in its PIDS map when `filter` is set.
 pub fn load_for(plan: &Plan, facts: &Facts, filter: bool, records: Records) -> Result<Ebpf> {
-    let mut cfg = config(plan, facts, filter)?;
-    cfg.per_exit = records.every_exit as u32;
-    cfg.slow_ns = records.over_ns;
-    load(&cfg)
+    load(&config(plan, facts, filter, records)?)
 }
 
 /// Loads a BTF-targeted tracing program on `target`.
@@ -250,8 +247,9 @@ fn attach_raw(ebpf: &mut Ebpf, programs: &names::TracepointPrograms, event: &str
     Ok(())
 }
 
-/// The run-time configuration: cycle boundary and tracepoint field offsets of this kernel.
-fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
+/// The run-time configuration: cycle boundary and tracepoint field offsets of this kernel,
+/// and which exits go as records.
+fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Config> {
     let exit = |field| {
         let classic = |t: &String| t == names::tp::KVM_EXIT && !plan.btf_tracepoints.contains(t);
         if plan.tracepoints.iter().any(classic) {
@@ -291,8 +289,8 @@ fn config(plan: &Plan, f: &Facts, filter: bool) -> Result<Config> {
         btf_exit_reason_off: btf_exit.map_or(0, |l| l.reason_off),
         btf_exit_vcpu_id_off: btf_exit.map_or(0, |l| l.vcpu_id_off),
         fixed_fields: 0,
-        per_exit: 0,
-        slow_ns: [u64::MAX; STAGES],
+        per_exit: records.every_exit as u32,
+        slow_ns: records.over_ns,
     };
     cfg.fixed_fields = fixed_fields_hold(&cfg) as u32;
     Ok(cfg)

@@ -297,20 +297,20 @@ impl<W: Write> Writer<W> {
 
     /// Keeps `e` for the block of its interval.
     pub fn add(&mut self, e: &Exit) {
-        let interval_ns = self.interval_ns;
-        self.pending
-            .entry(e.ts_ns / interval_ns)
-            .or_insert_with(|| Aggregate::new(interval_ns))
-            .add(e);
+        self.block_of(e.ts_ns).add(e);
     }
 
     /// Keeps a kernel tally for the block of its (last exit's) interval.
     pub fn add_tally(&mut self, t: &Tally) {
+        self.block_of(t.exit.ts_ns).add_tally(t);
+    }
+
+    /// The exits not yet written of the interval of `ts_ns`.
+    fn block_of(&mut self, ts_ns: u64) -> &mut Aggregate {
         let interval_ns = self.interval_ns;
         self.pending
-            .entry(t.exit.ts_ns / interval_ns)
+            .entry(ts_ns / interval_ns)
             .or_insert_with(|| Aggregate::new(interval_ns))
-            .add_tally(t);
     }
 
     /// Writes the header. Interval timestamps count from `base_ts_ns` (rounded down to an

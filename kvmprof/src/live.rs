@@ -320,7 +320,6 @@ impl Session {
         // dropped together at the end of this function).
         let mut ring = unsafe { AsyncFd::register(ring) }.context("poll ring buffer")?;
         let mut batch: Vec<Exit> = Vec::new();
-        let mut tallied: Vec<Tally> = Vec::new();
         // Exits that came tallied rather than one by one, for the own-cost line.
         let mut tallied_exits = 0u64;
         let mut tick = tokio::time::interval(opts.tick);
@@ -351,8 +350,12 @@ impl Session {
                     let since_open = monotonic_ns().saturating_sub(window.start_ns);
                     if stats.switching(Duration::from_nanos(since_open)) {
                         // Exits tallied in the kernel count at the edges too: take them now.
-                        tallies.read(&mut collector.vcpus, &mut tallied)?;
-                        tallied_exits += absorb_tallies(&mut tallied, &mut sink, &mut agg)?;
+                        tallied_exits += absorb_tallies(
+                            &mut tallies,
+                            &mut collector,
+                            &mut sink,
+                            &mut agg,
+                        )?;
                     }
                     stats.poll(
                         Duration::from_nanos(since_open),
@@ -367,8 +370,12 @@ impl Session {
                     // see no exit again (its threads' held exits went there at their end).
                     held.take_quiet(&mut collector, &mut batch)?;
                     absorb(&mut batch, &mut sink, &mut agg)?;
-                    tallies.read(&mut collector.vcpus, &mut tallied)?;
-                    tallied_exits += absorb_tallies(&mut tallied, &mut sink, &mut agg)?;
+                    tallied_exits += absorb_tallies(
+                        &mut tallies,
+                        &mut collector,
+                        &mut sink,
+                        &mut agg,
+                    )?;
                     for t in &opts.targets {
                         if !target::alive(t.pid) && !exited.contains(t) {
                             exited.push(t.clone());
@@ -412,8 +419,7 @@ impl Session {
         drain(ring.get_mut(), &mut collector, &mut batch);
         held.drain(&mut collector, &mut batch)?;
         absorb(&mut batch, &mut sink, &mut agg)?;
-        tallies.read(&mut collector.vcpus, &mut tallied)?;
-        tallied_exits += absorb_tallies(&mut tallied, &mut sink, &mut agg)?;
+        tallied_exits += absorb_tallies(&mut tallies, &mut collector, &mut sink, &mut agg)?;
         own_cost.tallied = tallied_exits;
         let counters = read_counters(&counters);
         agg.add_lost(counters.lost);
@@ -445,12 +451,16 @@ fn absorb(
     Ok(())
 }
 
-/// Hands the kernel's tallies to the sink and the aggregate; returns the exits they count.
+/// Reads what the kernel tallied since the last read and hands it to the sink and the
+/// aggregate; returns the exits it counts.
 fn absorb_tallies(
-    tallied: &mut Vec<Tally>,
+    tallies: &mut tally::Reader,
+    collector: &mut Collector,
     sink: &mut impl FnMut(Seen) -> Result<()>,
     agg: &mut Aggregate,
 ) -> Result<u64> {
+    let mut tallied = Vec::new();
+    tallies.read(&mut collector.vcpus, &mut tallied)?;
     let mut exits = 0;
     for t in tallied.drain(..) {
         sink(Seen::Tally(&t))?;

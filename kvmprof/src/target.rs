@@ -13,6 +13,15 @@ pub struct Target {
     pub name: String,
 }
 
+/// `1234 (qemu-system-x86), 1240 (qemu-system-x86)`, for messages.
+pub fn list<'a>(targets: impl IntoIterator<Item = &'a Target>) -> String {
+    let names: Vec<String> = targets
+        .into_iter()
+        .map(|t| format!("{} ({})", t.pid, t.name))
+        .collect();
+    names.join(", ")
+}
+
 /// Root and a usable KVM: without them nothing can be traced, so say so before loading.
 pub fn preflight() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -87,16 +96,11 @@ pub fn resolve_vmms(specs: &[String]) -> Result<Vec<Target>> {
             std::thread::sleep(Duration::from_millis(50));
         };
         if vmms.is_empty() {
-            let names: Vec<String> = found
-                .iter()
-                .take(5)
-                .map(|t| format!("{} ({})", t.pid, t.name))
-                .collect();
             let more = if found.len() > 5 { ", ..." } else { "" };
             bail!(
                 "'{spec}' runs no KVM vCPU: {}{more} (no anon_inode:kvm-vcpu fd in \
                  /proc/PID/fd); start recording once the VM runs",
-                names.join(", ")
+                list(found.iter().take(5))
             );
         }
         for t in vmms {

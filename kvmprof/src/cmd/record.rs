@@ -99,13 +99,9 @@ pub(super) fn options(
 }
 
 pub(super) fn announce(session: &Session, targets: &[Target]) {
-    let names: Vec<String> = targets
-        .iter()
-        .map(|t| format!("{} ({})", t.pid, t.name))
-        .collect();
     note!(
         "recording {} on {}; Ctrl-C to stop",
-        names.join(", "),
+        target::list(targets),
         session.plan().vendor.label()
     );
 }
@@ -345,13 +341,9 @@ pub(super) fn finish(
         path.display()
     );
     if out.aggregate.total_exits() == 0 {
-        let names: Vec<String> = targets
-            .iter()
-            .map(|t| format!("{} ({})", t.pid, t.name))
-            .collect();
         bail!(
             "no VM exits recorded from {}: it never ran a vCPU (KVM_RUN) while recording",
-            names.join(", ")
+            target::list(targets)
         );
     }
     Ok(())
