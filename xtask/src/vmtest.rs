@@ -132,16 +132,20 @@ fn vng_command(vng: &Path, kernel: &Path, rwdir: &Path, exec: &str) -> Command {
     cmd
 }
 
-/// Runs the VM to completion, its output copied to `out` and `err`.
+/// Runs the VM to completion, its output copied to `out` and `err`; `None` when it hung and
+/// was killed at [`VM_DEADLINE`] (said on stdout).
 fn run_vm(
     cmd: &mut Command,
     out: impl Write + Send + 'static,
     err: impl Write + Send + 'static,
-) -> Result<ExitStatus> {
-    let (status, _, _) = spawn_piped(cmd, out, err)?
-        .wait(VM_DEADLINE)
-        .context("the VM hung")?;
-    Ok(status)
+) -> Result<Option<ExitStatus>> {
+    match spawn_piped(cmd, out, err)?.wait(VM_DEADLINE) {
+        Ok((status, _, _)) => Ok(Some(status)),
+        Err(e) => {
+            println!("vm: hung, killed: {e:#}");
+            Ok(None)
+        }
+    }
 }
 
 /// `--shell-cmd`: the command's output goes straight to the terminal; its exit code is ours.
@@ -157,7 +161,7 @@ fn shell(vng: &Path, kernel: &Path, prelude: &str, cmd: &str) -> Result<u8> {
     let start = Instant::now();
     let mut cmd = vng_command(vng, kernel, &root, &exec);
     cmd.current_dir(&root);
-    let status = run_vm(&mut cmd, io::stdout(), io::stderr())?;
+    let status = run_vm(&mut cmd, io::stdout(), io::stderr())?.context("the VM hung")?;
     eprintln!(
         "vm: exited with {status} after {:.1} s (boot, command and shutdown)",
         start.elapsed().as_secs_f64()
@@ -196,6 +200,8 @@ fn run_checks(vng: &Path, kernel: &Path, prelude: &str, only: &[String]) -> Resu
     let log_file = fs::File::create(&log).context("cannot create vm.log")?;
     let mut cmd = vng_command(vng, kernel, &dir, &format!("sh {}", runner.display()));
     cmd.current_dir(&dir);
+    // A frozen guest is killed at the deadline: the checks it did not finish count as not run,
+    // as when the VM stops early, and get one more VM from the caller.
     let status = run_vm(&mut cmd, log_file.try_clone()?, log_file)?;
     let total = start.elapsed();
 
@@ -205,7 +211,7 @@ fn run_checks(vng: &Path, kernel: &Path, prelude: &str, only: &[String]) -> Resu
         .map(|(i, c)| (c, read_captured(&dir, &file_stem(i, c))))
         .collect();
     print_vm_info(&dir, total, &results);
-    if !status.success() || results.iter().any(|(_, r)| r.is_none()) {
+    if status.is_none_or(|s| !s.success()) || results.iter().any(|(_, r)| r.is_none()) {
         print_log_tail(&log, status);
     }
 
@@ -337,10 +343,13 @@ fn print_vm_info(dir: &Path, total: Duration, results: &[(&Check, Option<Capture
 }
 
 /// When the VM itself failed, its console is the only clue.
-fn print_log_tail(log: &Path, status: ExitStatus) {
+fn print_log_tail(log: &Path, status: Option<ExitStatus>) {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    println!("vm: exited with {status}; last lines of {}:", log.display());
+    let how = status.map_or("was killed (hung)".to_string(), |s| {
+        format!("exited with {s}")
+    });
+    println!("vm: {how}; last lines of {}:", log.display());
     for line in &lines[lines.len().saturating_sub(30)..] {
         println!("  | {line}");
     }
