@@ -41,8 +41,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct VmtestArgs {
-    /// Run this shell command in each selected VM instead of the checks (output goes to the
-    /// terminal; $KVMPROF and $TESTVMM hold the paths of the release binaries there).
+    /// Run this shell command in one VM (SVM 6.1 unless --backend/--kernel-series say
+    /// otherwise) instead of the checks; output goes to the terminal (under Bochs once it has
+    /// ended); $KVMPROF and $TESTVMM hold the paths of the release binaries there.
     #[arg(long, value_name = "CMD")]
     shell_cmd: Option<String>,
     /// Run only the checks whose name contains this text (repeatable).

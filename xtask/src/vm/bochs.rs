@@ -118,7 +118,8 @@ fn kernel(version: &str) -> Result<PathBuf> {
             println!("downloading: {pkg} (apt-get download)");
             run_cmd(
                 Command::new("apt-get")
-                    .args(["download", "-q", &pkg])
+                    // As root into a directory _apt cannot write: no sandbox user, no warning.
+                    .args(["download", "-q", "-o", "APT::Sandbox::User=root", &pkg])
                     .current_dir(&debs),
             )?;
             find().with_context(|| format!("apt-get download left no {pkg}_*.deb"))?
