@@ -473,12 +473,15 @@ fn kvmprof_script(attach: Attach, hooks: Hooks) -> String {
             let record = format!(
                 "\"$TESTVMM\" {args} --start-delay 2s --ready-file {dir}/ready > {dir}/vmm.json &\n\
                  vmm=$!\n\
-                 until [ -s {dir}/ready ]; do kill -0 $vmm; sleep 0.05; done\n\
+                 until [ -s {dir}/ready ]; do\n\
+                 \tkill -0 $vmm 2> /dev/null || {{ echo 'the test VMM ended before its vCPUs were ready' >&2; exit 1; }}\n\
+                 \tsleep 0.05\n\
+                 done\n\
                  kill -STOP $vmm\n\
                  \"$KVMPROF\" record --hooks {hooks} --pid $vmm -o {dir}/k.data 2> {dir}/record.err &\n\
                  rec=$!\n\
                  until grep -q 'Ctrl-C to stop' {dir}/record.err; do\n\
-                 \tkill -0 $rec || {{ kill -KILL $vmm; cat {dir}/record.err >&2; exit 1; }}\n\
+                 \tkill -0 $rec 2> /dev/null || {{ kill -KILL $vmm; cat {dir}/record.err >&2; exit 1; }}\n\
                  \tsleep 0.2\n\
                  done\n\
                  kill -CONT $vmm\n\

@@ -469,14 +469,14 @@ fn runner(out: &str, checks: &str, prelude: &str, backend: Backend) -> String {
          cd /run\n\
          for c in '{checks}'/*.sh; do\n\
          \tn=$(basename \"$c\" .sh)\n\
-         \tt0=$(date +%s%N)\n\
+         \tt0=$($DATE +%s%N)\n\
          \tfor try in 1 2; do\n\
-         \t\ttimeout {timeout} sh -e \"$c\" > \"$OUT/$n.out\" 2> \"$OUT/$n.err\" < /dev/null\n\
+         \t\t$TIMEOUT {timeout} sh -e \"$c\" > \"$OUT/$n.out\" 2> \"$OUT/$n.err\" < /dev/null\n\
          \t\trc=$?; [ $rc -eq 124 ] || break\n\
          \t\techo timeout > \"$OUT/$n.retried\"\n\
          \tdone\n\
          \techo $rc > \"$OUT/$n.rc\"\n\
-         \techo $(( $(date +%s%N) - t0 )) > \"$OUT/$n.ns\"\n\
+         \techo $(( $($DATE +%s%N) - t0 )) > \"$OUT/$n.ns\"\n\
          \tpublish \"$n.out\" \"$n.err\" \"$n.ns\" \"$n.retried\" \"$n.rc\"\n\
          done\n",
         flag = backend.vendor().flag(),

@@ -44,11 +44,12 @@ const IPS: u64 = 50_000_000;
 /// emergencies may print there, since a kernel message inside a file block would be noise.
 const CMDLINE: &str = "console=ttyS0,115200 loglevel=1 panic=0 mitigations=off";
 
-/// What the runner starts with here: the binaries under /payload/bin (first on PATH, so
-/// coreutils' `timeout` and `date` are used over busybox's, which exits 143 on a timeout and
-/// has no `%N`), and `publish`, which prints result files on the console.
+/// What the runner starts with here: the binaries under /payload/bin, coreutils' `timeout`
+/// and `date` by path (busybox's sh runs its own applets whatever PATH says, and those exit
+/// 143 on a timeout and have no `%N`), and `publish`, which prints result files on the console.
 pub fn prelude() -> String {
     "export PATH=/payload/bin:$PATH KVMPROF=/payload/bin/kvmprof TESTVMM=/payload/bin/kvmprof-testvmm\n\
+     TIMEOUT=/payload/bin/timeout DATE=/payload/bin/date\n\
      publish() {\n\
      \tfor f; do\n\
      \t\t[ -e \"$OUT/$f\" ] || continue\n\

@@ -30,7 +30,7 @@ fn image(version: &str) -> Result<PathBuf> {
 /// What the runner starts with here: the host's release binaries, the vendor module.
 pub fn prelude(bins: &Binaries) -> String {
     format!(
-        "export KVMPROF='{}' TESTVMM='{}'\nmodprobe kvm_amd\n",
+        "export KVMPROF='{}' TESTVMM='{}'\nTIMEOUT=timeout DATE=date\nmodprobe kvm_amd\n",
         bins.kvmprof.display(),
         bins.testvmm.display()
     )
