@@ -1157,6 +1157,33 @@ mod tests {
     }
 
     #[test]
+    fn kprobe_mode_must_load_every_stage_kprobe_and_no_btf_program() {
+        let progs = |names: &[&str]| {
+            let progs: Vec<Value> = names
+                .iter()
+                .map(|n| serde_json::json!({"name": n}))
+                .collect();
+            serde_json::json!({ "progs": progs })
+        };
+        assert!(kprobe_links(&progs(&KPROBE_PROGRAMS)).is_ok());
+        let mut names = KPROBE_PROGRAMS[1..].to_vec();
+        names.push("tpb_kvm_exit");
+        let err = kprobe_links(&progs(&names)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kprobe hooks: kp_vendor_run is not loaded; BTF programs loaded: [\"tpb_kvm_exit\"]"
+        );
+    }
+
+    #[test]
+    fn the_vmx_trampolines_are_on_kvm_intel() {
+        let mut v = btf_view("");
+        v["btf"][2]["name"] = "kvm_intel".into();
+        assert!(btf_links(&v, Vendor::Vmx).is_ok());
+        assert!(btf_links(&v, Vendor::Svm).is_err());
+    }
+
+    #[test]
     fn check_labels_are_unique_file_names() {
         for vendor in [Vendor::Svm, Vendor::Vmx] {
             let list = checks(vendor);
