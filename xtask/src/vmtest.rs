@@ -223,26 +223,38 @@ fn boot(
 }
 
 /// The cells of a boot from its checks' verdicts: a check of the VM itself belongs to every
-/// cell of the boot, a kvmprof check to its hook mode's.
+/// cell of the boot, a kvmprof check to its hook mode's. A failed cell shows its first
+/// kvmprof failure (what the cell is about) before a failure of the VM's own checks, and
+/// names the other failed checks.
 fn cells(list: &[Check], verdicts: &[Verdict], modes: &[Hooks]) -> BTreeMap<Hooks, Cell> {
     let mut cells = BTreeMap::new();
     for &mode in modes {
-        let mine = list
-            .iter()
-            .zip(verdicts)
-            .filter(|(c, _)| c.hooks.is_none_or(|h| h == mode));
         let mut skipped = Vec::new();
-        let mut cell = None;
-        for (c, v) in mine {
+        let mut failed: Vec<(&Check, &str)> = Vec::new();
+        for (c, v) in list.iter().zip(verdicts) {
+            if c.hooks.is_some_and(|h| h != mode) {
+                continue;
+            }
             match v {
-                Verdict::Fail(why) if cell.is_none() => {
-                    cell = Some(Cell::Fail(format!("{}: {}", c.name, first_line(why))));
-                }
+                Verdict::Fail(why) => failed.push((c, first_line(why))),
                 Verdict::Skip(why) => skipped.push(format!("{}: {why}", c.name)),
-                _ => {}
+                Verdict::Pass(_) => {}
             }
         }
-        cells.insert(mode, cell.unwrap_or(Cell::Pass { skipped }));
+        // Stable: kvmprof's failures first, each group in table order.
+        failed.sort_by_key(|(c, _)| c.hooks.is_none());
+        let cell = match failed.split_first() {
+            None => Cell::Pass { skipped },
+            Some(((c, why), rest)) => {
+                let mut text = format!("{}: {why}", c.name);
+                if !rest.is_empty() {
+                    let names: Vec<&str> = rest.iter().map(|(c, _)| c.name).collect();
+                    text.push_str(&format!(" (also failed: {})", names.join(", ")));
+                }
+                Cell::Fail(text)
+            }
+        };
+        cells.insert(mode, cell);
     }
     cells
 }
@@ -698,11 +710,15 @@ mod tests {
         let verdicts = [
             Verdict::Fail("no vmx flag".into()),
             Verdict::Pass(vec![]),
-            Verdict::Pass(vec![]),
+            Verdict::Fail("exit code 1: refused".into()),
             Verdict::Pass(vec![]),
         ];
         let cells = super::cells(&list, &verdicts, &Hooks::ALL);
         assert_eq!(cells[&Hooks::Kprobe], Cell::Fail("vmx: no vmx flag".into()));
+        assert_eq!(
+            cells[&Hooks::Auto],
+            Cell::Fail("kvmprof_record_cmd: exit code 1: refused (also failed: vmx)".into())
+        );
     }
 
     #[test]
