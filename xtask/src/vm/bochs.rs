@@ -188,6 +188,7 @@ fn make_iso(
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
     let modules = kdir.join("lib/modules").join(version).join("kernel");
+    fs::create_dir_all(root.join("lib/modules"))?;
     for (name, path) in [
         ("irqbypass", "virt/lib/irqbypass"),
         ("kvm", "arch/x86/kvm/kvm"),
@@ -207,7 +208,8 @@ fn make_iso(
             if !text.status.success() {
                 bail!("no module {} (.ko or .ko.xz)", modules.join(path).display());
             }
-            fs::write(&dest, text.stdout)?;
+            fs::write(&dest, text.stdout)
+                .with_context(|| format!("cannot write {}", dest.display()))?;
         }
     }
     // The payload: the runner and the checks as written for this boot, and the tools.
