@@ -332,13 +332,13 @@ fn run_checks(
     let dir = boot_dir(backend, version, attempt);
     let start = Instant::now();
     let ended = prepare(&dir, backend, bins, list).and_then(|()| match backend {
-        Backend::Svm => vng::run(version, &dir, backend.deadline()).map(|s| match s {
+        Backend::Svm => vng::run(version, &dir, backend.deadline(list.len())).map(|s| match s {
             Some(s) if s.success() => None,
             Some(s) => Some(format!("vng exited with {s}")),
             None => Some("the VM hung and was killed".to_string()),
         }),
         Backend::Vmx => {
-            bochs::run(version, &dir, &dir, bins, backend.deadline()).map(|e| match e {
+            bochs::run(version, &dir, &dir, bins, backend.deadline(list.len())).map(|e| match e {
                 bochs::End::Done => None,
                 bochs::End::Stopped(why) => Some(why),
                 bochs::End::Hung => Some("the VM hung and was killed".to_string()),
@@ -573,7 +573,7 @@ fn shell(backend: Backend, version: &str, bins: &Binaries, cmd: &str) -> Result<
     let code = match backend {
         Backend::Svm => {
             let script = format!("{}{info}{cmd}", vng::prelude(bins));
-            let status = vng::shell(version, &script, backend.deadline())?
+            let status = vng::shell(version, &script, backend.deadline(1))?
                 .ok_or_else(|| anyhow!("the VM hung"))?;
             // A VM killed by a signal has no code: report a plain failure.
             status
@@ -589,7 +589,7 @@ fn shell(backend: Backend, version: &str, bins: &Binaries, cmd: &str) -> Result<
             fs::create_dir_all(dir.join("payload"))?;
             let script = format!("{}{info}{cmd}\n", bochs::prelude());
             fs::write(dir.join("payload/run.sh"), script)?;
-            let end = bochs::run(version, &dir, &dir, bins, backend.deadline())?;
+            let end = bochs::run(version, &dir, &dir, bins, backend.deadline(1))?;
             let (text, rc) = bochs::payload_output(&dir);
             print!("{text}");
             match end {

@@ -42,13 +42,17 @@ impl Backend {
         }
     }
 
-    /// A whole boot may not take longer than this: a hung guest kernel must not hang CI.
-    /// A full SVM run takes about 3 minutes, a Bochs one about 7 (2 to boot).
-    pub fn deadline(self) -> Duration {
-        match self {
-            Backend::Svm => Duration::from_secs(8 * 60),
-            Backend::Vmx => Duration::from_secs(20 * 60),
-        }
+    /// A boot running `checks` checks may not take longer than this: a hung guest kernel
+    /// must not hang CI. Per check, since a retry VM runs fewer. Measured on a loaded 2-core
+    /// host (other builds and emulators beside): an SVM boot of 11 checks took 6 minutes;
+    /// a Bochs boot took 10 minutes to reach /init and 45-60 s of guest clock per kvmprof
+    /// check, and was cut at a 20-minute deadline after 7 of 11 checks.
+    pub fn deadline(self, checks: usize) -> Duration {
+        let (base, per_check) = match self {
+            Backend::Svm => (3 * 60, 60),
+            Backend::Vmx => (12 * 60, 3 * 60),
+        };
+        Duration::from_secs(base + per_check * checks as u64)
     }
 
     /// One check may not take longer than this, on the guest's clock (enforced there by
