@@ -45,7 +45,7 @@ impl Backend {
     /// A boot running `checks` checks may not take longer than this: a hung guest kernel
     /// must not hang CI. Per check, since a retry VM runs fewer. Measured on a loaded 2-core
     /// host (other builds and emulators beside): an SVM boot of 11 checks took 6 minutes;
-    /// a Bochs boot took 10 minutes to reach /init and 45-60 s of guest clock per kvmprof
+    /// a Bochs boot took 6-10 minutes to reach /init and 45-60 s of guest clock per kvmprof
     /// check, and was cut at a 20-minute deadline after 7 of 11 checks.
     pub fn deadline(self, checks: usize) -> Duration {
         let (base, per_check) = match self {
