@@ -61,7 +61,12 @@ pub fn run(opts: &Options) -> Result<u8> {
         c.hooks.is_none_or(|h| selected.contains(&h))
             && (opts.only.is_empty() || opts.only.iter().any(|o| c.name.contains(o.as_str())))
     };
-    if checks(Backend::Svm.vendor()).iter().all(|c| !select(c)) {
+    // Check names differ by vendor (`svm`/`vmx`, `kvm_amd`/`kvm_intel`).
+    let boots: Vec<(Backend, Series)> = boots
+        .into_iter()
+        .filter(|(b, _)| checks(b.vendor()).iter().any(select))
+        .collect();
+    if boots.is_empty() {
         bail!("no check matches --only {}", opts.only.join(" "));
     }
 
