@@ -551,10 +551,16 @@ fn print_vm_info(
     };
 }
 
-/// When the VM itself failed, its console is the only clue.
+/// When the VM itself failed, its console is the only clue (without the base64 of the result
+/// files Bochs' runner printed there).
 fn print_log_tail(out: &mut String, log: &Path, trouble: Option<&str>) {
     let text = fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
+    let base64 = |l: &str| {
+        l.len() >= 16
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\r'))
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !base64(l)).collect();
     let _ = writeln!(
         out,
         "vm: {}; last lines of {}:",
