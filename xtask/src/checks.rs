@@ -19,7 +19,9 @@ use std::fmt;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use kvmprof_testvmm::{Counts, ExitCounts, VcpuCounts, Workload};
+use kvmprof_testvmm::{
+    Counts, ExitCounts, VcpuCounts, Workload, PIO_IN_PORT, PIO_KERNEL_PORT_BASE, PIO_USER_PORT,
+};
 use serde_json::Value;
 
 /// What a check left behind in the VM.
@@ -128,9 +130,6 @@ impl Check {
         }
     }
 }
-
-/// vCPU `i` of the test VMM writes its in-kernel (ioeventfd) port `0x700 + i`.
-const KERNEL_PORT_BASE: u64 = 0x700;
 
 /// The test VMM workload the count checks run: per vCPU and round, so the expected totals are
 /// these times `vcpus` (plus one `hlt` per vCPU that ends its single round). Small enough for
@@ -549,11 +548,18 @@ fn perf_kvm_stat(check: &Check, c: &Captured) -> Result<Notes> {
             check.vendor.io_label().to_string(),
             (w.pio_user + w.pio_kernel + w.pio_in) * u64::from(w.vcpus),
         ),
-        ("0x3f8:POUT".to_string(), w.pio_user * u64::from(w.vcpus)),
-        ("0x3fd:PIN".to_string(), w.pio_in * u64::from(w.vcpus)),
+        (
+            format!("{PIO_USER_PORT:#x}:POUT"),
+            w.pio_user * u64::from(w.vcpus),
+        ),
+        (
+            format!("{PIO_IN_PORT:#x}:PIN"),
+            w.pio_in * u64::from(w.vcpus),
+        ),
     ];
     for vcpu in 0..u64::from(w.vcpus) {
-        expected.push((format!("{:#x}:POUT", KERNEL_PORT_BASE + vcpu), w.pio_kernel));
+        let port = u64::from(PIO_KERNEL_PORT_BASE) + vcpu;
+        expected.push((format!("{port:#x}:POUT"), w.pio_kernel));
     }
     let wrong: Vec<String> = expected
         .iter()
