@@ -10,9 +10,12 @@ use crate::plan::HookPref;
 use crate::report::Format;
 use crate::selfcost::BpfStats;
 
+/// The program's name, also the name its completions complete (`kvmprof generate`).
+pub const NAME: &str = "kvmprof";
+
 /// `kvmprof --version`: the crate version and the commit it was built from (`build.rs`), so a
 /// packaged binary says which source it is.
-const VERSION: &str = concat!(
+pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("KVMPROF_GIT_COMMIT"),
@@ -21,7 +24,7 @@ const VERSION: &str = concat!(
 
 #[derive(Parser)]
 #[command(
-    name = "kvmprof",
+    name = NAME,
     version = VERSION,
     about = "eBPF profiler of KVM VM exits",
     propagate_version = true

@@ -54,7 +54,7 @@ fn the_alerts_fire_on_the_series_they_are_for_and_only_on_those() {
 }
 
 #[test]
-fn every_alert_has_a_fire_and_a_quiet_case_in_the_promtool_tests() {
+fn every_alert_is_tested_by_promtool() {
     let rules = std::fs::read_to_string(workspace().join("packaging/kvmprof-alerts.yml")).unwrap();
     let tests =
         std::fs::read_to_string(workspace().join("tests/prometheus/kvmprof-alerts.test.yml"))
