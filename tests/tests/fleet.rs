@@ -80,9 +80,9 @@ fn the_dashboard_queries_the_chosen_prometheus() {
     let d: Value = serde_json::from_str(&text).expect("dashboard JSON");
     assert_eq!(d["uid"], "kvmprof-exits");
     let vars = d["templating"]["list"].as_array().expect("variables");
-    assert!(vars
-        .iter()
-        .any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"));
+    assert!(vars.iter().any(|v| v["name"] == "datasource"
+        && v["type"] == "datasource"
+        && v["query"] == "prometheus"));
     let mut queries = 0;
     for panel in d["panels"].as_array().expect("panels") {
         if panel["type"] == "row" {
@@ -94,7 +94,11 @@ fn the_dashboard_queries_the_chosen_prometheus() {
         assert!(!targets.is_empty(), "{title}");
         for (i, t) in targets.iter().enumerate() {
             assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
-            assert_eq!(t["refId"], ((b'A' + i as u8) as char).to_string(), "{title}");
+            assert_eq!(
+                t["refId"],
+                ((b'A' + i as u8) as char).to_string(),
+                "{title}"
+            );
             // Only the metrics kvmprof serve exports (kvmprof/src/serve/exporter.rs).
             let expr = t["expr"].as_str().expect("expr");
             assert!(expr.contains("kvmprof_"), "{title}: {expr}");

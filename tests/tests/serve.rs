@@ -529,11 +529,8 @@ fn every_dashboard_query_returns_data_and_every_rule_evaluates_against_a_real_pr
     let dir = scratch("serve-dashboard");
     // BPF statistics throughout: the own-cost panel divides by the exits they measured.
     let (_serve, metrics_url) = start_serve(&dir, &["--grace", "120s", "--bpf-stats", "on"]);
-    let (_prom, api) = start_prometheus(
-        &dir,
-        &metrics_url,
-        &[packaging.join("kvmprof-alerts.yml")],
-    );
+    let (_prom, api) =
+        start_prometheus(&dir, &metrics_url, &[packaging.join("kvmprof-alerts.yml")]);
     let result = |q: &str| -> Option<Vec<Value>> {
         let body: Value = serde_json::from_str(&get(&api, &[("query", q)])?).ok()?;
         body["data"]["result"].as_array().cloned()
@@ -551,7 +548,10 @@ fn every_dashboard_query_returns_data_and_every_rule_evaluates_against_a_real_pr
             .ok()
             .filter(|&n| n as u64 >= want)
     });
-    assert!(seen.is_some(), "pid {pid}'s {want} exits never reached Prometheus");
+    assert!(
+        seen.is_some(),
+        "pid {pid}'s {want} exits never reached Prometheus"
+    );
     // A few more scrapes: every rate() window then holds two samples of each series.
     sleep(Duration::from_secs(3));
 
@@ -580,16 +580,25 @@ fn every_dashboard_query_returns_data_and_every_rule_evaluates_against_a_real_pr
         }
     }
     // Grafana's label_values(METRIC, LABEL) is the values of LABEL among METRIC's series.
-    for var in dashboard["templating"]["list"].as_array().expect("variables") {
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
         let Some(q) = var["query"]["query"].as_str() else {
             continue;
         };
-        let Some(args) = q.strip_prefix("label_values(").and_then(|a| a.strip_suffix(')')) else {
+        let Some(args) = q
+            .strip_prefix("label_values(")
+            .and_then(|a| a.strip_suffix(')'))
+        else {
             continue;
         };
         let (metric, label) = args.rsplit_once(',').expect("label_values(METRIC, LABEL)");
         let name = format!("variable {}", var["name"].as_str().unwrap_or("?"));
-        queries.push((name, fill(&format!("group by ({}) ({metric})", label.trim()))));
+        queries.push((
+            name,
+            fill(&format!("group by ({}) ({metric})", label.trim())),
+        ));
     }
     assert!(queries.len() >= 10, "{queries:?}");
     let empty: Vec<String> = queries
@@ -598,11 +607,20 @@ fn every_dashboard_query_returns_data_and_every_rule_evaluates_against_a_real_pr
         .map(|(panel, q)| format!("{panel}: {q}"))
         .collect();
     eprintln!("{} dashboard queries evaluated", queries.len());
-    assert!(empty.is_empty(), "queries without data:\n{}", empty.join("\n"));
+    assert!(
+        empty.is_empty(),
+        "queries without data:\n{}",
+        empty.join("\n")
+    );
 
     // Every rule of the file loaded and evaluated at least once, without error.
     let rules_api = api.replace("/query", "/rules");
-    let evaluated = |r: &Value| r["health"] == "ok" && r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001"));
+    let evaluated = |r: &Value| {
+        r["health"] == "ok"
+            && r["lastEvaluation"]
+                .as_str()
+                .is_some_and(|t| !t.starts_with("0001"))
+    };
     let rules = wait_for(Duration::from_secs(10), || {
         let body: Value = serde_json::from_str(&get(&rules_api, &[])?).ok()?;
         let rules: Vec<Value> = body["data"]["groups"]
@@ -622,7 +640,15 @@ fn every_dashboard_query_returns_data_and_every_rule_evaluates_against_a_real_pr
     let file = fs::read_to_string(packaging.join("kvmprof-alerts.yml")).expect("rules");
     let in_file = file
         .lines()
-        .filter(|l| ["- alert:", "- record:"].iter().any(|k| l.trim().starts_with(k)))
+        .filter(|l| {
+            ["- alert:", "- record:"]
+                .iter()
+                .any(|k| l.trim().starts_with(k))
+        })
         .count();
-    assert_eq!(rules.len(), in_file, "rules of packaging/kvmprof-alerts.yml");
+    assert_eq!(
+        rules.len(),
+        in_file,
+        "rules of packaging/kvmprof-alerts.yml"
+    );
 }

@@ -73,7 +73,11 @@ fn generate_assets() -> Result<()> {
     let _ = fs::remove_dir_all(&dir);
     let kvmprof = target_dir().join("release/kvmprof");
     for what in ["man", "completions"] {
-        run_cmd(Command::new(&kvmprof).args(["generate", what]).arg(dir.join(what)))?;
+        run_cmd(
+            Command::new(&kvmprof)
+                .args(["generate", what])
+                .arg(dir.join(what)),
+        )?;
     }
     // One unit in the source tree, for both installs: from source the binary goes to
     // /usr/local/bin, the package puts it in /usr/bin.
@@ -101,7 +105,9 @@ fn check_installed(deb: &Path) -> Result<()> {
         println!("skip: installing the .deb needs dpkg");
         return Ok(());
     }
-    if let Ok(v) = output(Command::new("dpkg-query").args(["-W", "-f=${Status} ${Version}", "kvmprof"])) {
+    if let Ok(v) =
+        output(Command::new("dpkg-query").args(["-W", "-f=${Status} ${Version}", "kvmprof"]))
+    {
         if v.starts_with("install ok installed") {
             println!("note: replacing the installed kvmprof package ({v}); it is removed after the check");
         }
@@ -128,11 +134,18 @@ fn check_installed(deb: &Path) -> Result<()> {
 /// Each check prints `ok: ...` or `skip: ...` with its reason; the first failure ends them.
 fn checks() -> Result<()> {
     let version = output(Command::new("/usr/bin/kvmprof").arg("--version"))?;
-    let commit = output(Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(workspace_root()))
-        .map(|c| c.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
+    let commit = output(
+        Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(workspace_root()),
+    )
+    .map(|c| c.trim().to_string())
+    .unwrap_or_else(|_| "unknown".into());
     let want = format!("kvmprof {} (commit {commit})", env!("CARGO_PKG_VERSION"));
-    ensure!(version.trim() == want, "kvmprof --version: {version:?}, want {want:?}");
+    ensure!(
+        version.trim() == want,
+        "kvmprof --version: {version:?}, want {want:?}"
+    );
     println!("ok: /usr/bin/kvmprof --version: {}", version.trim());
 
     let files = output(Command::new("dpkg").args(["-L", "kvmprof"]))?;
@@ -146,7 +159,11 @@ fn checks() -> Result<()> {
         "man -w kvmprof-record: {page:?}"
     );
     // Rendered, the page shows the command's options as --help does.
-    let text = output(Command::new("man").args(["-P", "cat", "kvmprof-record"]).env("MANWIDTH", "100"))?;
+    let text = output(
+        Command::new("man")
+            .args(["-P", "cat", "kvmprof-record"])
+            .env("MANWIDTH", "100"),
+    )?;
     ensure!(
         text.contains("--pid") && text.contains("--duration"),
         "man kvmprof-record shows no --pid/--duration: {text}"
@@ -155,7 +172,11 @@ fn checks() -> Result<()> {
         "ok: man -w kvmprof-record: {} ({} pages: {})",
         page.trim(),
         pages.len(),
-        pages.iter().filter_map(|p| Path::new(p).file_name()?.to_str()).collect::<Vec<_>>().join(" ")
+        pages
+            .iter()
+            .filter_map(|p| Path::new(p).file_name()?.to_str())
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 
     let bash = "/usr/share/bash-completion/completions/kvmprof";
@@ -166,11 +187,21 @@ fn checks() -> Result<()> {
          COMP_POINT=11; _kvmprof kvmprof rec kvmprof; echo \"${{COMPREPLY[*]}}\""
     );
     let got = output(Command::new("bash").args(["-c", &script]))?;
-    ensure!(got.split_whitespace().any(|w| w == "record"), "bash completion of `kvmprof rec`: {got:?}");
-    println!("ok: bash -n {bash}; `kvmprof rec<TAB>` completes to: {}", got.trim());
+    ensure!(
+        got.split_whitespace().any(|w| w == "record"),
+        "bash completion of `kvmprof rec`: {got:?}"
+    );
+    println!(
+        "ok: bash -n {bash}; `kvmprof rec<TAB>` completes to: {}",
+        got.trim()
+    );
     for (shell, flag, file) in [
         ("zsh", "-n", "/usr/share/zsh/vendor-completions/_kvmprof"),
-        ("fish", "--no-execute", "/usr/share/fish/vendor_completions.d/kvmprof.fish"),
+        (
+            "fish",
+            "--no-execute",
+            "/usr/share/fish/vendor_completions.d/kvmprof.fish",
+        ),
     ] {
         ensure!(Path::new(file).is_file(), "{file} not installed");
         if which(shell).is_none() {
@@ -189,7 +220,9 @@ fn checks() -> Result<()> {
     );
     // verify also fails when ExecStart's binary is missing; unknown keys and bad values are
     // only warnings (exit 0), so any line about the unit fails the check too.
-    let out = Command::new("systemd-analyze").args(["verify", unit]).output()?;
+    let out = Command::new("systemd-analyze")
+        .args(["verify", unit])
+        .output()?;
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

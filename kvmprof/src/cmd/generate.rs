@@ -19,8 +19,7 @@ pub fn command(a: &GenerateArgs) -> Result<()> {
         Generated::Completions => {
             let mut cli = without_hidden(&cli);
             for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-                clap_complete::generate_to(shell, &mut cli, NAME, &a.dir)
-                    .with_context(written)?;
+                clap_complete::generate_to(shell, &mut cli, NAME, &a.dir).with_context(written)?;
             }
         }
     }
