@@ -79,6 +79,13 @@ fn generate_assets() -> Result<()> {
                 .arg(dir.join(what)),
         )?;
     }
+    // Compressed as Debian policy wants them. cargo-deb compresses man pages itself, but not
+    // those under its `target/release` prefix (it takes them for build products); -n leaves
+    // the time stamp out, so the same pages make the same package.
+    let pages: Vec<PathBuf> = fs::read_dir(dir.join("man"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    run_cmd(Command::new("gzip").args(["-9", "-n"]).args(&pages))?;
     // One unit in the source tree, for both installs: from source the binary goes to
     // /usr/local/bin, the package puts it in /usr/bin.
     let unit = fs::read_to_string(workspace_root().join("packaging/kvmprof.service"))?;
