@@ -155,6 +155,18 @@ fn checks() -> Result<()> {
     );
     println!("ok: /usr/bin/kvmprof --version: {}", version.trim());
 
+    // The packaged binary carries its eBPF object: `probes` test-loads its programs.
+    if Path::new("/dev/kvm").exists() {
+        let plan = output(Command::new("/usr/bin/kvmprof").args(["probes", "--format", "json"]))?;
+        let plan: serde_json::Value = serde_json::from_str(&plan)?;
+        println!(
+            "ok: /usr/bin/kvmprof probes: backend {}",
+            plan["vendor"].as_str().unwrap_or("?")
+        );
+    } else {
+        println!("skip: /usr/bin/kvmprof probes (no /dev/kvm)");
+    }
+
     let files = output(Command::new("dpkg").args(["-L", "kvmprof"]))?;
     let pages: Vec<&str> = files
         .lines()
