@@ -4,11 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kvmprof_common::duration;
 
-use crate::group::By;
-use crate::model::Stage;
-use crate::plan::HookPref;
-use crate::report::Format;
-use crate::selfcost::BpfStats;
+use crate::data::group::By;
+use crate::data::model::Stage;
+use crate::host::plan::HookPref;
+use crate::live::selfcost::BpfStats;
+use crate::sinks::report::Format;
 
 /// The program's name, also the name its completions complete (`kvmprof generate`).
 pub const NAME: &str = "kvmprof";
@@ -146,8 +146,8 @@ pub struct RecordArgs {
     /// List every exit slower than this in the report: `10ms` compares each exit's cycle
     /// and handler, `STAGE=10ms` that stage (cycle, vendor_run, handler, fast_pio,
     /// kvm_run, vmm).
-    #[arg(long, value_name = "[STAGE=]DURATION", value_parser = crate::slow::parse_rule)]
-    pub slow: Option<crate::slow::Rule>,
+    #[arg(long, value_name = "[STAGE=]DURATION", value_parser = crate::data::slow::parse_rule)]
+    pub slow: Option<crate::data::slow::Rule>,
     /// Start this VMM command and record it from its first instruction (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -195,7 +195,7 @@ impl ReportArgs {
 pub fn input_paths(files: &[PathBuf], inputs: &[PathBuf]) -> Vec<PathBuf> {
     let all: Vec<PathBuf> = files.iter().chain(inputs).cloned().collect();
     if all.is_empty() {
-        vec![PathBuf::from(crate::datafile::DEFAULT_PATH)]
+        vec![PathBuf::from(crate::recording::datafile::DEFAULT_PATH)]
     } else {
         all
     }
@@ -214,8 +214,8 @@ pub struct SelectArgs {
 }
 
 impl SelectArgs {
-    pub fn selection(&self) -> crate::series::Selection {
-        crate::series::Selection {
+    pub fn selection(&self) -> crate::data::series::Selection {
+        crate::data::series::Selection {
             reasons: self.reasons.clone(),
             stages: self.stages.clone(),
         }
@@ -264,7 +264,7 @@ pub struct ExportArgs {
     pub intervals: bool,
     /// Unit of the values in a .hgrm.
     #[arg(long, value_enum, default_value = "us")]
-    pub unit: crate::export::Unit,
+    pub unit: crate::sinks::export::Unit,
 }
 
 #[derive(Args)]
@@ -313,8 +313,8 @@ pub struct TopArgs {
     pub iterations: Option<u64>,
     /// Count the exits slower than this and show the latest ones, as `record --slow` lists
     /// them: `10ms` compares each exit's cycle and handler, `STAGE=10ms` that stage.
-    #[arg(long, value_name = "[STAGE=]DURATION", value_parser = crate::slow::parse_rule)]
-    pub slow: Option<crate::slow::Rule>,
+    #[arg(long, value_name = "[STAGE=]DURATION", value_parser = crate::data::slow::parse_rule)]
+    pub slow: Option<crate::data::slow::Rule>,
     #[command(flatten)]
     pub hooks: HookArgs,
     #[command(flatten)]

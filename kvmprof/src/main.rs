@@ -1,43 +1,20 @@
 //! kvmprof: an eBPF profiler of KVM VM exits.
 // Without the demo guest a few output helpers only it uses go unused.
 #![cfg_attr(not(feature = "demo"), allow(dead_code))]
-mod aggregate;
-mod attach;
 mod backend;
-mod btf;
 mod cli;
 mod cmd;
-mod collect;
-mod datafile;
-mod diag;
-mod diff;
-mod exits;
-mod export;
-mod flame;
-mod follow;
+mod data;
 mod ftrace;
-mod group;
-mod hlog;
-mod kernel;
+mod host;
 mod live;
-mod merge;
-mod model;
-mod output;
-mod plan;
-mod plot;
-mod report;
-mod selfcost;
-mod series;
+mod recording;
 mod serve;
-mod slow;
-mod spawn;
-mod tally;
-mod target;
+mod sinks;
 #[cfg(test)]
 mod testdata;
 mod tui;
-mod units;
-mod vmname;
+mod util;
 
 use std::process::ExitCode;
 
@@ -55,7 +32,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the chain of causes, outermost first.
-            diag::note!("{e:#}");
+            util::diag::note!("{e:#}");
             ExitCode::FAILURE
         }
     }
@@ -83,7 +60,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .filter(|l| !l.is_empty())
         .collect();
     let what = what.join(" ");
-    diag::note!(
+    util::diag::note!(
         "{} (see --help)",
         what.strip_prefix("error: ").unwrap_or(&what)
     );

@@ -2,8 +2,8 @@
 use kvmprof_common::STAGES;
 
 use crate::{
-    datafile::{Header, Source},
-    model::{Access, Exit, Reason, ReasonSpace, Stage, Vendor},
+    data::model::{Access, Exit, Reason, ReasonSpace, Stage, Vendor},
+    recording::datafile::{Header, Source},
 };
 
 pub const SEC: u64 = 1_000_000_000;

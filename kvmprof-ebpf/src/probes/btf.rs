@@ -1,6 +1,6 @@
 //! BTF tracepoints: the raw arguments of a tracepoint, without the trace-record copy a classic
 //! tracepoint makes before its program runs. Loaded against vmlinux or the `kvm` module's BTF
-//! (see kvmprof/src/attach.rs), where KVM's tracepoints live on distro kernels.
+//! (see kvmprof/src/live/attach.rs), where KVM's tracepoints live on distro kernels.
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel, macros::btf_tracepoint, programs::BtfTracePointContext,
 };

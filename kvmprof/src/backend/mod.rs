@@ -5,7 +5,7 @@ pub mod svm;
 pub mod userspace;
 pub mod vmx;
 
-use crate::model::{Reason, ReasonSpace, Vendor};
+use crate::data::model::{Reason, ReasonSpace, Vendor};
 
 /// The functions that time the vendor stages of one backend.
 ///
@@ -16,9 +16,9 @@ use crate::model::{Reason, ReasonSpace, Vendor};
 /// the vendor's function (`handle_exit` is a generic name).
 #[derive(Debug, PartialEq, Eq)]
 pub struct HookSymbols {
-    /// [`Stage::VendorRun`](crate::model::Stage::VendorRun): world switch + guest time.
+    /// [`Stage::VendorRun`](crate::data::model::Stage::VendorRun): world switch + guest time.
     pub vendor_run: &'static [&'static str],
-    /// [`Stage::Handler`](crate::model::Stage::Handler): the exit handler.
+    /// [`Stage::Handler`](crate::data::model::Stage::Handler): the exit handler.
     pub handler: &'static [&'static str],
     pub module: &'static str,
     /// Whether `kvm:kvm_exit` (and `kvm:kvm_entry`) fire for this backend.
@@ -28,11 +28,11 @@ pub struct HookSymbols {
 /// The module of the vendor-independent x86 KVM code, home of the shared hooks below.
 pub const KVM_MODULE: &str = "kvm";
 
-/// [`Stage::Cycle`](crate::model::Stage::Cycle): one pass through the run loop. Static in
+/// [`Stage::Cycle`](crate::data::model::Stage::Cycle): one pass through the run loop. Static in
 /// `x86.c`, so often inlined (it is on this project's PVM host).
 pub const ENTER_GUEST: &str = "vcpu_enter_guest";
 
-/// [`Stage::FastPio`](crate::model::Stage::FastPio): in-kernel port I/O, called from every
+/// [`Stage::FastPio`](crate::data::model::Stage::FastPio): in-kernel port I/O, called from every
 /// vendor's I/O exit handler.
 pub const FAST_PIO: &str = "kvm_fast_pio";
 

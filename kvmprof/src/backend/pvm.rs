@@ -2,7 +2,7 @@
 //!
 //! `kvm:kvm_exit` does not fire under PVM, so in-kernel exits are identified only by the KVM
 //! tracepoint that handled them (`kvm:kvm_pio`, `kvm:kvm_mmio`): those are the reasons of
-//! [`ReasonSpace::Tracepoint`](crate::model::ReasonSpace::Tracepoint). Exits that reach the
+//! [`ReasonSpace::Tracepoint`](crate::data::model::ReasonSpace::Tracepoint). Exits that reach the
 //! VMM keep their KVM_EXIT_* reason, so `KVM_EXIT_IO` and `pio (in-kernel)` are distinct.
 use super::HookSymbols;
 use kvmprof_common::tp_reason;

@@ -6,17 +6,18 @@ use anyhow::{bail, Context, Result};
 use kvmprof_testvmm::Workload;
 
 use crate::{
-    attach,
     cli::{DemoArgs, GuestArgs},
     cmd::record::{announce, finish, live_header, options, Recorder},
-    datafile, diag,
-    group::By,
+    data::group::By,
+    live::attach,
+    live::selfcost::BpfStats,
+    live::spawn::{self, spawn_held},
+    live::target::{self, Target},
     live::Session,
-    output,
-    report::{self, Format},
-    selfcost::BpfStats,
-    spawn::{self, spawn_held},
-    target::{self, Target},
+    recording::datafile,
+    sinks::report::{self, Format},
+    util::diag,
+    util::output,
 };
 
 /// What the guest runs unless told otherwise: per vCPU, a few thousand exits of each kind.

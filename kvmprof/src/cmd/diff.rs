@@ -6,8 +6,9 @@ use anyhow::Result;
 use crate::{
     cli::DiffArgs,
     cmd::load::{load, Loaded},
-    diff, export,
-    report::Format,
+    sinks::diff,
+    sinks::export,
+    sinks::report::Format,
 };
 
 pub fn command(a: &DiffArgs) -> Result<()> {

@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::{
     cli::{ExportArgs, ExportFormat},
     cmd::load::load,
-    export,
+    sinks::export,
 };
 
 pub fn command(a: &ExportArgs) -> Result<()> {

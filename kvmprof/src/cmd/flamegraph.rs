@@ -1,7 +1,7 @@
 //! `kvmprof flamegraph`: where exit-handling time goes, from function_graph traces.
 use anyhow::Result;
 
-use crate::{cli::FlameArgs, flame::write, ftrace};
+use crate::{cli::FlameArgs, ftrace, sinks::flame::write};
 
 /// `kvmprof flamegraph -i TRACE... -o OUT.svg [--folded OUT.folded]`.
 pub fn command(args: &FlameArgs) -> Result<()> {
@@ -12,7 +12,7 @@ pub fn command(args: &FlameArgs) -> Result<()> {
         .iter()
         .map(|c| format!("{} exits ({})", c.exits.len(), c.vendor.label()))
         .collect();
-    crate::diag::note!(
+    crate::util::diag::note!(
         "{}: {}; {}",
         args.output.display(),
         counts.join(", "),

@@ -5,9 +5,9 @@ use anyhow::Result;
 
 use crate::{
     cli::ImportArgs,
-    datafile,
+    data::model::Vendor,
     ftrace::{header, import},
-    model::Vendor,
+    recording::datafile,
 };
 
 /// Length of the data file's intervals, as `record` writes by default.
@@ -26,14 +26,14 @@ pub fn command(args: &ImportArgs) -> Result<()> {
             args.output.clone()
         };
         datafile::write(&output, &header(capture), &capture.exits, INTERVAL_NS)?;
-        crate::diag::note!(
+        crate::util::diag::note!(
             "{} exits ({}) written to {}",
             capture.exits.len(),
             capture.vendor.label(),
             output.display(),
         );
     }
-    crate::diag::note!("{}", import.stats);
+    crate::util::diag::note!("{}", import.stats);
     Ok(())
 }
 
@@ -57,8 +57,8 @@ fn vendor_path(output: &Path, vendor: Vendor) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datafile::Source;
-    use crate::model::Stage;
+    use crate::data::model::Stage;
+    use crate::recording::datafile::Source;
 
     fn fixture(name: &str) -> String {
         format!(

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::aggregate::Aggregate;
-use crate::datafile::Header;
-use crate::hlog;
-use crate::merge::{self, Input};
+use crate::data::aggregate::Aggregate;
+use crate::data::merge::{self, Input};
+use crate::recording::datafile::Header;
+use crate::recording::hlog;
 
 /// A recording read from one or more files.
 pub struct Loaded {
@@ -24,7 +24,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
     for path in paths {
         let (header, aggregate) = hlog::open(path)?;
         if let Some(cut) = &header.cut {
-            crate::diag::note!("{}", cut.warning(path, &header));
+            crate::util::diag::note!("{}", cut.warning(path, &header));
         }
         inputs.push(Input {
             path: path.clone(),

@@ -3,12 +3,12 @@
 use anyhow::Result;
 
 use crate::{
-    aggregate::Aggregate,
     cli::PlotArgs,
     cmd::load::load,
-    model::Stage,
-    plot::{self, Curve, Timeline},
-    series::{self, Selection},
+    data::aggregate::Aggregate,
+    data::model::Stage,
+    data::series::{self, Selection},
+    sinks::plot::{self, Curve, Timeline},
 };
 
 /// Curves of one file: per chosen reason (all reasons together when none is chosen) and

@@ -3,7 +3,7 @@ use std::fmt::Write;
 
 use anyhow::{bail, Result};
 
-use crate::{cli::ProbesArgs, kernel::Facts, live, plan::Plan, report::Format};
+use crate::{cli::ProbesArgs, host::kernel::Facts, host::plan::Plan, live, sinks::report::Format};
 
 pub fn command(a: &ProbesArgs) -> Result<()> {
     // Without root, the first thing to fail is mounting tracefs, whose error would send

@@ -11,20 +11,20 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    attach,
     cli::RecordArgs,
-    datafile::{End, Header, HookUse, Source, Writer},
-    diag::note,
-    exits,
-    kernel::Facts,
+    data::model::Exit,
+    data::slow::SlowExits,
+    host::kernel::Facts,
+    host::plan::{HookPref, Plan},
+    live::attach,
+    live::selfcost::BpfStats,
+    live::spawn::{self, spawn_held},
+    live::target::{self, Target},
     live::{self, Outcome, Seen, Session, Status, Stop},
-    model::Exit,
-    output::{self, Output},
-    plan::{HookPref, Plan},
-    selfcost::BpfStats,
-    slow::SlowExits,
-    spawn::{self, spawn_held},
-    target::{self, Target},
+    recording::datafile::{End, Header, HookUse, Source, Writer},
+    recording::exits,
+    util::diag::note,
+    util::output::{self, Output},
 };
 
 /// How long after an interval ends it is written: exits are drained every 20 ms and

@@ -6,8 +6,8 @@ use anyhow::{Context as _, Result};
 use crate::{
     cli::ReportArgs,
     cmd::load,
-    report::{render_with, Extras, Intervals},
-    series::{self, Selection},
+    data::series::{self, Selection},
+    sinks::report::{render_with, Extras, Intervals},
 };
 
 pub fn command(a: &ReportArgs) -> Result<()> {

@@ -12,11 +12,11 @@ use tokio::{net::TcpListener, sync::oneshot};
 
 use crate::serve::{exporter::Exporter, http, snapshot::Snapshot, vms::Vms};
 use crate::{
-    attach,
     cli::ServeArgs,
-    follow::Follow,
+    live::attach,
+    live::follow::Follow,
+    live::target::{self, Target},
     live::{self, Stop},
-    target::{self, Target},
 };
 
 /// How often `/metrics` is refreshed from the aggregate and exited VMMs are looked for.

@@ -29,14 +29,14 @@ use crate::tui::{
     watch::Watch,
 };
 use crate::{
-    aggregate::Aggregate,
-    attach,
     cli::TopArgs,
+    data::aggregate::Aggregate,
+    data::model::Exit,
+    data::slow::{self, SlowExits},
+    live::attach,
+    live::target::{self, Target},
     live::{self, Counters, Outcome, Seen, Status, Stop},
-    model::Exit,
-    slow::{self, SlowExits},
-    target::{self, Target},
-    units,
+    util::units,
 };
 
 /// Shorter refreshes would mostly measure the refresh itself.

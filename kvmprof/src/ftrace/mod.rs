@@ -11,8 +11,8 @@ mod parse;
 mod reader;
 mod stages;
 
-use crate::datafile::{Header, HookUse, Source};
-use crate::model::{Exit, Stage, Vendor};
+use crate::data::model::{Exit, Stage, Vendor};
+use crate::recording::datafile::{Header, HookUse, Source};
 use anyhow::{Context, Result};
 use stages::{How, Timing};
 use std::collections::BTreeMap;
@@ -156,7 +156,7 @@ pub fn header(import: &Capture) -> Header {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ReasonSpace;
+    use crate::data::model::ReasonSpace;
 
     const AMD: &str = include_str!("../../tests/fixtures/ftrace/amd.txt");
     const INTEL: &str = include_str!("../../tests/fixtures/ftrace/intel.txt");

@@ -3,7 +3,7 @@
 //! function belongs to, and which exit reason a handler serves.
 use super::parse::Func;
 use crate::backend::{self, ENTER_GUEST, FAST_PIO};
-use crate::model::{Reason, ReasonSpace, Stage, Vendor};
+use crate::data::model::{Reason, ReasonSpace, Stage, Vendor};
 
 /// The backends whose functions can appear in a trace, with the name prefix of their own
 /// functions.

@@ -2,7 +2,7 @@
 use super::parse::{self, Line};
 use super::stages::{Output, Tracker};
 use super::{Capture, Import, Stats};
-use crate::model::Vendor;
+use crate::data::model::Vendor;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::io::BufRead;

@@ -12,7 +12,7 @@
 use super::names::{self, Role};
 use super::parse::{Call, Func, Record};
 use super::Folded;
-use crate::model::{Exit, Reason, ReasonSpace, Stage, Vendor};
+use crate::data::model::{Exit, Reason, ReasonSpace, Stage, Vendor};
 use kvmprof_common::STAGES;
 use std::collections::{BTreeMap, BTreeSet};
 

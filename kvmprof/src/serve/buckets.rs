@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use hdrhistogram::Histogram;
 
-use crate::aggregate;
+use crate::data::aggregate;
 
 /// The 1-2-5 series, in ns.
 const NOMINAL_NS: [u64; 18] = [

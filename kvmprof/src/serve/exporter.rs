@@ -12,7 +12,7 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use crate::selfcost::{self, BpfStats, CpuTime, OwnCost};
+use crate::live::selfcost::{self, BpfStats, CpuTime, OwnCost};
 
 use super::{
     buckets,
@@ -202,10 +202,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::Stage,
-        selfcost::ProgramCost,
+        data::model::Stage,
+        live::selfcost::ProgramCost,
+        live::vmname::VmName,
         serve::snapshot::{ExitCount, Latency},
-        vmname::VmName,
     };
 
     fn text(s: Snapshot) -> String {

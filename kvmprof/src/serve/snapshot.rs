@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    aggregate::Aggregate,
     backend::reason_name,
-    model::{Reason, Stage},
-    selfcost::OwnCost,
-    vmname::VmName,
+    data::aggregate::Aggregate,
+    data::model::{Reason, Stage},
+    live::selfcost::OwnCost,
+    live::vmname::VmName,
 };
 
 use super::buckets::{self, BUCKETS};
@@ -107,7 +107,7 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Exit;
+    use crate::data::model::Exit;
     use crate::testdata::{self, IO};
 
     fn exit(pid: u32, vcpu: u32, cycle: u64) -> Exit {

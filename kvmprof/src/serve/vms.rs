@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{aggregate::Aggregate, vmname};
+use crate::{data::aggregate::Aggregate, live::vmname};
 
 use super::snapshot::Vm;
 
@@ -73,7 +73,7 @@ mod tests {
     use kvmprof_common::STAGES;
 
     use super::*;
-    use crate::model::Exit;
+    use crate::data::model::Exit;
     use crate::testdata::{self, IO};
 
     fn exit(pid: u32) -> Exit {

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use crate::{
-    plan::{Mode, Plan},
-    slow,
-    target::Target,
+    data::slow,
+    host::plan::{Mode, Plan},
+    live::target::Target,
     tui::view::{self, columns, Column, Row, View},
 };
 
@@ -420,10 +420,10 @@ fn align(c: Column, text: &str, width: usize) -> String {
 mod tests {
     use super::*;
     use crate::{
-        aggregate::Aggregate,
-        group::By,
-        model::{Stage, Vendor},
-        plan::StagePlan,
+        data::aggregate::Aggregate,
+        data::group::By,
+        data::model::{Stage, Vendor},
+        host::plan::StagePlan,
         tui::view::{
             tests::{add, rows_of, SEC},
             Rates, SortBy,
@@ -534,7 +534,7 @@ mod tests {
     fn slow_exits_are_counted_under_the_summary_and_the_latest_listed_as_record_lists_them() {
         use kvmprof_common::STAGES;
 
-        use crate::{model::Exit, testdata};
+        use crate::{data::model::Exit, testdata};
 
         let mut stages = [None; STAGES];
         stages[Stage::Vmm.index()] = Some(120_000_000);

@@ -3,7 +3,7 @@
 //! reset keeps a copy of it and subtracts.
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::aggregate::{Aggregate, Key, KeyStats};
+use crate::data::aggregate::{Aggregate, Key, KeyStats};
 
 /// The statistics of each key of `agg` less those of `base`, leaving out the processes in
 /// `gone` and the keys without an exit since `base`.
@@ -53,7 +53,7 @@ fn less(now: &KeyStats, then: &KeyStats) -> KeyStats {
 mod tests {
     use super::*;
     use crate::{
-        model::Stage,
+        data::model::Stage,
         tui::view::tests::{add, exit, KVM_EXIT_IO, SEC},
     };
 

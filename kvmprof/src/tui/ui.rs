@@ -3,7 +3,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use regex::{Regex, RegexBuilder};
 
-use crate::{group::By, tui::view::View};
+use crate::{data::group::By, tui::view::View};
 
 /// Longest filter accepted: the regex must stay cheap to build at every keystroke.
 const FILTER_MAX: usize = 200;

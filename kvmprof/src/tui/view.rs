@@ -11,10 +11,10 @@ use kvmprof_common::STAGES;
 use regex::Regex;
 
 use crate::{
-    aggregate::{Aggregate, Key, KeyStats},
-    group::{self, By, GroupId, Percentiles},
-    model::Stage,
-    units,
+    data::aggregate::{Aggregate, Key, KeyStats},
+    data::group::{self, By, GroupId, Percentiles},
+    data::model::Stage,
+    util::units,
 };
 
 /// Title of the label column when rows are grouped by `by` (`r`, `v`, `p`).
@@ -408,7 +408,7 @@ pub fn columns(rows: &[Row], detail: bool) -> Vec<Column> {
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use crate::model::{Exit, Reason, ReasonSpace};
+    use crate::data::model::{Exit, Reason, ReasonSpace};
     use kvmprof_common::tp_reason;
 
     pub use crate::testdata::{KVM_EXIT_IO, SEC};

@@ -9,9 +9,9 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    follow::Follow,
+    live::follow::Follow,
+    live::target::{self, Target},
     live::PidFilter,
-    target::{self, Target},
 };
 
 /// How long an exited process stays in the table, marked.

@@ -3,7 +3,7 @@
 //! `-name guest=DOMAIN,debug-threads=on`).
 use std::fs;
 
-use crate::target;
+use crate::live::target;
 
 /// What a person recognises a VM by.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 
 use crate::{
-    aggregate::{Key, KeyStats},
     backend::reason_name,
-    model::Reason,
+    data::aggregate::{Key, KeyStats},
+    data::model::Reason,
 };
 
 /// What exits are grouped by.

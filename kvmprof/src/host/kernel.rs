@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 
 use kvmprof_common::names::tp;
 
-use crate::btf;
+use crate::host::btf;
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -129,7 +129,7 @@ impl Facts {
         };
         facts.kvm_exit_layout = Some(btf::kvm_exit_layout(
             &kbtf,
-            crate::plan::detect_vendor(&facts),
+            crate::host::plan::detect_vendor(&facts),
         ));
         Ok(facts)
     }

@@ -14,8 +14,8 @@ use plotters::chart::{ChartContext, MeshStyle};
 use plotters::coord::{ranged1d::Ranged, CoordTranslate, Shift};
 use plotters::prelude::*;
 
-use crate::series::IntervalRow;
-use crate::units;
+use crate::data::series::IntervalRow;
+use crate::util::units;
 
 /// One curve of a percentile plot.
 pub struct Curve {
@@ -324,7 +324,7 @@ mod tests {
     #[test]
     fn plots_are_svg_or_png_by_name() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut h = crate::aggregate::new_histogram();
+        let mut h = crate::data::aggregate::new_histogram();
         for v in 1..5000u64 {
             h.record(1000 + v * 3).expect("records");
         }

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     backend::reason_name,
-    model::{Access, Exit, Stage},
-    units,
+    data::model::{Access, Exit, Stage},
+    util::units,
 };
 
 /// At most this many slow exits are kept (the rest are only counted), so that a threshold

@@ -47,13 +47,13 @@ use hdrhistogram::Histogram;
 use kvmprof_common::STAGES;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{self, Aggregate, Key, PortKey, PortStats};
 use crate::backend::reason_name;
-use crate::model::{Exit, Reason, ReasonSpace, Stage, Tally, Vendor};
-use crate::output;
-use crate::selfcost::OwnCost;
-use crate::slow::SlowExits;
-use crate::target::Target;
+use crate::data::aggregate::{self, Aggregate, Key, PortKey, PortStats};
+use crate::data::model::{Exit, Reason, ReasonSpace, Stage, Tally, Vendor};
+use crate::data::slow::SlowExits;
+use crate::live::selfcost::OwnCost;
+use crate::live::target::Target;
+use crate::util::output;
 
 /// Where `record` writes and `report` reads by default.
 pub const DEFAULT_PATH: &str = "kvmprof.data";
@@ -122,7 +122,7 @@ pub struct Header {
     pub processes: Vec<Target>,
     /// Wall-clock start of the recording (ns since the Unix epoch; 0 when unknown).
     pub start_unix_ns: u64,
-    /// The same instant on the clock of [`crate::model::Exit::ts_ns`]. Live: the instant the
+    /// The same instant on the clock of [`crate::data::model::Exit::ts_ns`]. Live: the instant the
     /// window opened, in the kernel; the recording holds exactly the exits that began and
     /// ended in `[start_ts_ns, start_ts_ns + duration_ns)` (docs/design.md, "The window").
     pub start_ts_ns: u64,
@@ -827,7 +827,7 @@ fn space_from_name(name: &str) -> Option<ReasonSpace> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Access;
+    use crate::data::model::Access;
     use crate::testdata::{self, SEC};
     use std::path::PathBuf;
 

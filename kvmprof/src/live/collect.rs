@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use kvmprof_common::{flag, space, Batch, ExitRecord, ThreadState, BATCH, STAGES};
 
-use crate::model::{Access, Exit, Reason, ReasonSpace};
+use crate::data::model::{Access, Exit, Reason, ReasonSpace};
 
 /// Collects the exits the kernel hands over, each exactly once: whole batches from the ring
 /// buffer, the records of batches still being filled on each CPU (read without writing,
@@ -191,7 +191,7 @@ pub fn parse_thread_name(comm: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Stage;
+    use crate::data::model::Stage;
 
     fn rec(tid: u32, flags: u32) -> ExitRecord {
         ExitRecord {

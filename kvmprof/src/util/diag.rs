@@ -16,7 +16,7 @@ pub fn line(args: fmt::Arguments) {
 /// `note!("...", args)`: [`line`] with `format!` arguments.
 macro_rules! note {
     ($($arg:tt)*) => {
-        $crate::diag::line(format_args!($($arg)*))
+        $crate::util::diag::line(format_args!($($arg)*))
     };
 }
 pub(crate) use note;

@@ -9,14 +9,14 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
 use crate::backend::reason_name;
-use crate::datafile::{Header, HookUse};
-use crate::group::{self, By, GroupId, Percentiles};
-use crate::merge::Merged;
-use crate::model::{Reason, ReasonSpace, Stage};
-use crate::series::IntervalRow;
-use crate::units;
+use crate::data::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
+use crate::data::group::{self, By, GroupId, Percentiles};
+use crate::data::merge::Merged;
+use crate::data::model::{Reason, ReasonSpace, Stage};
+use crate::data::series::IntervalRow;
+use crate::recording::datafile::{Header, HookUse};
+use crate::util::units;
 
 /// How a report is printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -557,8 +557,8 @@ fn ports_table(out: &mut String, r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Access, Exit};
-    use crate::target::Target;
+    use crate::data::model::{Access, Exit};
+    use crate::live::target::Target;
     use crate::testdata::{self, IO, SEC};
     use kvmprof_common::STAGES;
 

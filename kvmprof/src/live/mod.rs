@@ -7,6 +7,16 @@
 //! against its event's time: it opens only once every hook is attached and closes before any
 //! is detached, so all programs start and stop counting at the same instants, and those
 //! instants are the recording's stated start and end (see docs/design.md, "The window").
+
+pub mod attach;
+pub mod collect;
+pub mod follow;
+pub mod selfcost;
+pub mod spawn;
+pub mod tally;
+pub mod target;
+pub mod vmname;
+
 use std::{
     ops::ControlFlow,
     time::{Duration, Instant, SystemTime},
@@ -18,16 +28,14 @@ use kvmprof_common::{clock::monotonic_ns, counter, names::map, Batch, ThreadStat
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    aggregate::Aggregate,
-    attach,
-    collect::Collector,
-    kernel::Facts,
-    model::{Exit, Tally},
-    plan::{self, HookPref, Plan},
-    selfcost::{self, BpfStats, OwnCost, Sampling},
-    tally,
-    target::{self, Target},
+    data::aggregate::Aggregate,
+    data::model::{Exit, Tally},
+    host::kernel::Facts,
+    host::plan::{self, HookPref, Plan},
 };
+use collect::Collector;
+use selfcost::{BpfStats, OwnCost, Sampling};
+use target::Target;
 
 /// How often the ring buffer is drained without a wake-up from the kernel.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);

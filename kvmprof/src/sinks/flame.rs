@@ -1,9 +1,9 @@
 //! `flamegraph`: draws where the time of imported exit cycles goes, as an SVG flame graph
 //! (inferno) of the exit path weighted by time, and as the folded stacks it is drawn from
 //! (for `inferno-flamegraph`, speedscope and friends).
+use crate::data::model::Stage;
 use crate::ftrace::{Capture, Folded, Import};
-use crate::model::Stage;
-use crate::output;
+use crate::util::output;
 use anyhow::{bail, Context, Result};
 use inferno::flamegraph::{self, color::BasicPalette, Palette};
 use std::io::{BufWriter, Write};

@@ -26,9 +26,9 @@ use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::Histogram;
 use kvmprof_common::STAGES;
 
-use crate::aggregate::{self, Aggregate, Key, MIN_INTERVAL_NS};
-use crate::datafile::{self, Header, Source};
-use crate::model::{Reason, ReasonSpace, Stage, Vendor};
+use crate::data::aggregate::{self, Aggregate, Key, MIN_INTERVAL_NS};
+use crate::data::model::{Reason, ReasonSpace, Stage, Vendor};
+use crate::recording::datafile::{self, Header, Source};
 
 /// The series of an untagged histogram of a foreign log.
 pub const UNTAGGED: Key = Key {

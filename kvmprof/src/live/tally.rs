@@ -13,8 +13,8 @@ use kvmprof_common::{
 };
 
 use crate::{
-    collect::{self, VcpuResolver},
-    model::Tally,
+    data::model::Tally,
+    live::collect::{self, VcpuResolver},
 };
 
 pub struct Reader {

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::{kernel::ExitLayout, model::Vendor};
+use crate::{data::model::Vendor, host::kernel::ExitLayout};
 
 pub const SYSFS_BTF: &str = "/sys/kernel/btf";
 
@@ -577,7 +577,7 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::KVM_BTF_MODULES as KVM_MODULES;
+    use crate::host::kernel::KVM_BTF_MODULES as KVM_MODULES;
 
     /// Builds BTF blobs type by type, the way pahole lays them out.
     pub struct Builder {

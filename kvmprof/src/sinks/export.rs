@@ -20,12 +20,12 @@ use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::aggregate::{self, Aggregate, Key};
 use crate::backend::reason_name;
-use crate::datafile::{self, Header};
-use crate::group::{By, Percentiles};
-use crate::model::{Reason, Stage};
-use crate::series::{self, Selection};
+use crate::data::aggregate::{self, Aggregate, Key};
+use crate::data::group::{By, Percentiles};
+use crate::data::model::{Reason, Stage};
+use crate::data::series::{self, Selection};
+use crate::recording::datafile::{self, Header};
 
 /// Version of the JSON export's layout; bumped when a field changes meaning or goes away.
 pub const JSON_SCHEMA_VERSION: u32 = 1;

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use kvmprof_common::STAGES;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Access, Exit, Reason, Stage, Tally};
+use crate::data::model::{Access, Exit, Reason, Stage, Tally};
 
 /// Longest duration a histogram tracks (one hour); longer values are clamped to it.
 pub const MAX_NS: u64 = 3_600 * 1_000_000_000;
@@ -283,7 +283,7 @@ impl Aggregate {
         Ok(())
     }
 
-    /// Restores the counters of a key saved by [`crate::datafile`], adding to what an
+    /// Restores the counters of a key saved by [`crate::recording::datafile`], adding to what an
     /// earlier block of the file restored; its histograms come back through
     /// [`Aggregate::restore_interval`].
     pub fn restore_key(
@@ -307,7 +307,7 @@ impl Aggregate {
         }
     }
 
-    /// Restores a row of the ports table saved by [`crate::datafile`], adding to what an
+    /// Restores a row of the ports table saved by [`crate::recording::datafile`], adding to what an
     /// earlier block restored.
     pub fn restore_port(&mut self, port: PortKey, stats: PortStats) {
         let row = self.ports.entry(port).or_default();
@@ -315,12 +315,12 @@ impl Aggregate {
         row.userspace = row.userspace.saturating_add(stats.userspace);
     }
 
-    /// Restores the timestamp span saved by [`crate::datafile`].
+    /// Restores the timestamp span saved by [`crate::recording::datafile`].
     pub fn restore_span(&mut self, first: u64, last: u64) {
         self.extend_span(first, last);
     }
 
-    /// Restores an interval histogram saved by [`crate::datafile`]: `hist` starts at
+    /// Restores an interval histogram saved by [`crate::recording::datafile`]: `hist` starts at
     /// `start_ns` and `blob` is its compressed encoding, kept as is to spare re-encoding.
     /// Adds to the key's totals, not to exact sums or counts.
     pub fn restore_interval(

@@ -12,11 +12,11 @@ use anyhow::{bail, Result};
 use kvmprof_common::STAGES;
 use serde::Serialize;
 
-use crate::aggregate::{Aggregate, Key, PortKey, PortStats};
-use crate::datafile::Header;
-use crate::hlog;
-use crate::model::Vendor;
-use crate::units;
+use crate::data::aggregate::{Aggregate, Key, PortKey, PortStats};
+use crate::data::model::Vendor;
+use crate::recording::datafile::Header;
+use crate::recording::hlog;
+use crate::util::units;
 
 /// One input of a merge.
 pub struct Input {
@@ -215,7 +215,7 @@ fn wall_clock_known(inputs: &[Input]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Exit, Stage};
+    use crate::data::model::{Exit, Stage};
     use crate::testdata::{self, IO, SEC};
 
     fn input(host: &str, unix_s: u64, ts_s: u64, exits: u64, cycle: u64) -> Input {

@@ -12,7 +12,7 @@
 use serde::Serialize;
 
 use crate::backend::reason_name;
-use crate::model::{Access, Exit, Reason, Stage};
+use crate::data::model::{Access, Exit, Reason, Stage};
 
 /// Bumped when a field changes meaning or goes away.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -95,7 +95,7 @@ impl From<&Exit> for Line {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ReasonSpace;
+    use crate::data::model::ReasonSpace;
     use kvmprof_common::STAGES;
 
     #[test]

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 
-use crate::aggregate::{self, Aggregate, Key};
 use crate::backend::reason_name;
-use crate::datafile;
-use crate::group::{self, By, GroupId};
-use crate::model::{Reason, Stage};
+use crate::data::aggregate::{self, Aggregate, Key};
+use crate::data::group::{self, By, GroupId};
+use crate::data::model::{Reason, Stage};
+use crate::recording::datafile;
 
 /// Reasons and stages chosen on the command line; empty means all.
 #[derive(Clone, Debug, Default)]

@@ -21,10 +21,10 @@ use kvmprof_common::{
 };
 
 use crate::{
-    btf,
-    kernel::Facts,
-    model::Stage,
-    plan::{self, HookPref, Mode, Plan},
+    data::model::Stage,
+    host::btf,
+    host::kernel::Facts,
+    host::plan::{self, HookPref, Mode, Plan},
 };
 
 /// The eBPF object built by build.rs.
@@ -84,7 +84,7 @@ impl Default for Records {
 
 impl Records {
     /// The exits `rule` lists must reach userspace one by one.
-    pub fn over(rule: &crate::slow::Rule) -> Records {
+    pub fn over(rule: &crate::data::slow::Rule) -> Records {
         let mut r = Records::default();
         for s in &rule.stages {
             if let Some(ns) = r.over_ns.get_mut(s.index()) {

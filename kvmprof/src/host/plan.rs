@@ -8,7 +8,9 @@ use kvmprof_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{backend, btf::Arg, kernel::Facts, model::Stage, model::Vendor};
+use crate::{
+    backend, data::model::Stage, data::model::Vendor, host::btf::Arg, host::kernel::Facts,
+};
 
 /// How a stage is timed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -481,7 +483,7 @@ fn tracepoint_fallback(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{btf::Target, kernel::ExitLayout, kernel::Symbol};
+    use crate::{host::btf::Target, host::kernel::ExitLayout, host::kernel::Symbol};
 
     const BASE_TPS: [&str; 4] = [
         "syscalls/sys_enter_ioctl",

@@ -9,13 +9,13 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::aggregate::Aggregate;
 use crate::backend::reason_name;
-use crate::datafile::Header;
-use crate::group::Percentiles;
-use crate::model::{Reason, Stage};
-use crate::series::{self, Selection};
-use crate::units;
+use crate::data::aggregate::Aggregate;
+use crate::data::group::Percentiles;
+use crate::data::model::{Reason, Stage};
+use crate::data::series::{self, Selection};
+use crate::recording::datafile::Header;
+use crate::util::units;
 
 pub const JSON_SCHEMA_VERSION: u32 = 1;
 
@@ -290,7 +290,7 @@ pub fn table_text(d: &Diff) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Exit;
+    use crate::data::model::Exit;
     use crate::testdata::{self, header, HLT, IO};
 
     fn agg(exits: &[(Reason, u64, u64)]) -> Aggregate {

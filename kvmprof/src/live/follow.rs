@@ -10,8 +10,8 @@ use std::{
 use anyhow::Result;
 
 use crate::{
+    live::target::{self, Target},
     live::PidFilter,
-    target::{self, Target},
 };
 
 pub struct Follow {

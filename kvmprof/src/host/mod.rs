@@ -1,0 +1,3 @@
+pub mod btf;
+pub mod kernel;
+pub mod plan;

@@ -1,0 +1,3 @@
+pub mod datafile;
+pub mod exits;
+pub mod hlog;

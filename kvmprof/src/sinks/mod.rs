@@ -1,0 +1,5 @@
+pub mod diff;
+pub mod export;
+pub mod flame;
+pub mod plot;
+pub mod report;

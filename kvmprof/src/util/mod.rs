@@ -1,0 +1,3 @@
+pub mod diag;
+pub mod output;
+pub mod units;
