@@ -24,7 +24,7 @@ fn assets_dir() -> PathBuf {
     target_dir().join("release/deb")
 }
 
-/// Builds the package and returns its path; with `check`, installs, checks and removes it.
+/// Builds the package (its path is printed); with `check`, installs, checks and removes it.
 pub fn run(check: bool) -> Result<u8> {
     cargo_deb()?;
     println!("building: cargo build --release -p kvmprof");
@@ -120,8 +120,9 @@ fn check_installed(deb: &Path) -> Result<()> {
         }
     }
     println!("installing: dpkg -i {}", deb.display());
-    // Debian's container images exclude /usr/share/man from every package
-    // (path-exclude in /etc/dpkg/dpkg.cfg.d/); a later --path-include takes ours back in.
+    // Slim Debian container images exclude /usr/share/man from every package (path-exclude in
+    // /etc/dpkg/dpkg.cfg.d/); this --path-include, read after the configuration, takes ours
+    // back in (tried with --path-exclude=/usr/share/man/* before it on the command line).
     run_cmd(
         Command::new("dpkg")
             .arg("--path-include=/usr/share/man/man1/kvmprof*")
@@ -148,6 +149,7 @@ fn checks() -> Result<()> {
     )
     .map(|c| c.trim().to_string())
     .unwrap_or_else(|_| "unknown".into());
+    // xtask shares the workspace's version with kvmprof.
     let want = format!("kvmprof {} (commit {commit})", env!("CARGO_PKG_VERSION"));
     ensure!(
         version.trim() == want,
