@@ -38,3 +38,53 @@ fn without_hidden(cli: &Command) -> Command {
     }
     top
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_man_page_per_visible_command_and_completions_without_the_hidden_ones() {
+        Cli::command().debug_assert();
+        let tmp = tempfile::tempdir().unwrap();
+        let (man, completions) = (tmp.path().join("man"), tmp.path().join("completions"));
+        for (what, dir) in [
+            (Generated::Man, &man),
+            (Generated::Completions, &completions),
+        ] {
+            let dir = dir.clone();
+            command(&GenerateArgs { what, dir }).unwrap();
+        }
+        let pages = names(&man);
+        let visible = Cli::command()
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+            .count();
+        assert_eq!(pages.len(), visible + 1, "{pages:?}");
+        for page in ["kvmprof.1", "kvmprof-record.1", "kvmprof-serve.1"] {
+            assert!(pages.iter().any(|p| p == page), "{pages:?}");
+        }
+        assert!(!pages.iter().any(|p| p.contains("generate")), "{pages:?}");
+        assert_eq!(
+            names(&completions),
+            ["_kvmprof", "kvmprof.bash", "kvmprof.fish"]
+        );
+        for file in names(&completions) {
+            let text = fs::read_to_string(completions.join(&file)).unwrap();
+            assert!(text.contains("record"), "{file}");
+            assert!(
+                !text.contains("generate"),
+                "{file} offers the hidden generate"
+            );
+        }
+    }
+}
