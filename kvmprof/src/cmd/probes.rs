@@ -15,7 +15,10 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
              programs)"
         );
     }
-    let (facts, plan) = live::plan_for_host(a.hooks.pref())?;
+    // What is planned is loaded and attached (tracing no process, the window closed), so a
+    // hook the kernel refuses is shown with its fallback, never as usable.
+    let (facts, plan, _attached) =
+        live::attach_for_host(a.hooks.pref(), true, Default::default(), &[])?;
     match a.format {
         Format::Table => print!("{}", render(&plan, &facts)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),

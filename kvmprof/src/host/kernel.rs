@@ -47,6 +47,9 @@ pub struct Facts {
     pub tracepoints: HashMap<String, HashMap<String, u32>>,
     /// Loaded KVM vendor modules or built-in backends.
     pub kvm_modules: Vec<String>,
+    /// Programs (by name) the kernel refused when this recording loaded or attached them,
+    /// with its answer: the planner then takes the next hook for that stage or tracepoint.
+    pub refused: HashMap<String, String>,
 }
 
 /// Where the `kvm:kvm_exit` values live for a BTF tracepoint program, which gets the raw
@@ -126,6 +129,7 @@ impl Facts {
                 .filter(|m| Path::new("/sys/module").join(m).exists())
                 .map(str::to_string)
                 .collect(),
+            refused: HashMap::new(),
         };
         facts.kvm_exit_layout = Some(btf::kvm_exit_layout(
             &kbtf,
