@@ -17,7 +17,10 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::{data::model::Vendor, host::kernel::ExitLayout};
+use crate::{
+    data::model::Vendor,
+    host::kernel::{ExitLayout, RunPath},
+};
 
 pub const SYSFS_BTF: &str = "/sys/kernel/btf";
 
@@ -390,6 +393,22 @@ pub fn kvm_exit_layout(k: &KernelBtf, vendor: Vendor) -> Result<ExitLayout, Stri
             .map(|(s, m)| off(s, m))
             .sum::<Result<u32, String>>()?,
         vcpu_id_off: off("kvm_vcpu", "vcpu_id")?,
+    })
+}
+
+/// The BTF offsets from a task to the `kvm_run` of its vCPU fd (`kvm_vcpu` lives in vmlinux
+/// or in the `kvm` module's BTF), or `None` when one is missing.
+pub fn run_path(k: &KernelBtf) -> Option<RunPath> {
+    let v = &k.vmlinux;
+    let run = std::iter::once(&**v)
+        .chain(k.modules.iter().map(|(_, b)| b))
+        .find_map(|b| b.member_offset("kvm_vcpu", "run"))?;
+    Some(RunPath {
+        files: v.member_offset("task_struct", "files")?,
+        fdt: v.member_offset("files_struct", "fdt")?,
+        fd_array: v.member_offset("fdtable", "fd")?,
+        private_data: v.member_offset("file", "private_data")?,
+        run,
     })
 }
 

@@ -37,6 +37,9 @@ pub struct Facts {
     /// Where a tp_btf `kvm_exit` program finds the exit reason, or why it cannot (`None`:
     /// not read).
     pub kvm_exit_layout: Option<Result<ExitLayout, String>>,
+    /// How the programs find a vCPU's `kvm_run` from its fd (`Config::run_known`); `None`
+    /// when a member is not in BTF.
+    pub run_path: Option<RunPath>,
     pub kprobes: bool,
     /// `Some(Err(why))` when loading an fentry program was refused; `None` when untried
     /// (only a load attempt tells, see `attach::Loaded::probe_fentry`).
@@ -50,6 +53,16 @@ pub struct Facts {
     /// Programs (by name) the kernel refused when this recording loaded or attached them,
     /// with its answer: the planner then takes the next hook for that stage or tracepoint.
     pub refused: HashMap<String, String>,
+}
+
+/// BTF offsets of `current->files->fdt->fd[fd]->private_data->run`: a vCPU fd's `kvm_run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunPath {
+    pub files: u32,
+    pub fdt: u32,
+    pub fd_array: u32,
+    pub private_data: u32,
+    pub run: u32,
 }
 
 /// Where the `kvm:kvm_exit` values live for a BTF tracepoint program, which gets the raw
@@ -120,6 +133,7 @@ impl Facts {
                 })
                 .collect(),
             kvm_exit_layout: None,
+            run_path: btf::run_path(&kbtf),
             kprobes: Path::new(KPROBE_PMU).exists(),
             fentry: None,
             traceable,
