@@ -3,7 +3,10 @@ use std::fmt::Write;
 
 use anyhow::{bail, Result};
 
-use crate::{cli::ProbesArgs, host::kernel::Facts, host::plan::Plan, live, sinks::report::Format};
+use crate::{
+    cli::ProbesArgs, host::kernel::Facts, host::plan::Plan, live, sinks::report::Format,
+    util::output,
+};
 
 pub fn command(a: &ProbesArgs) -> Result<()> {
     // Without root, the first thing to fail is mounting tracefs, whose error would send
@@ -19,11 +22,15 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
     // hook the kernel refuses is shown with its fallback, never as usable.
     let (facts, plan, _attached) =
         live::attach_for_host(a.hooks.pref(), true, Default::default(), &[])?;
-    match a.format {
-        Format::Table => print!("{}", render(&plan, &facts)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-    }
-    Ok(())
+    let text = match a.format {
+        Format::Table => render(&plan, &facts),
+        Format::Json => {
+            serde_json::to_string_pretty(&plan)?
+                + "
+"
+        }
+    };
+    output::stdout(text.as_bytes()).map(drop)
 }
 
 pub fn render(plan: &Plan, facts: &Facts) -> String {

@@ -27,15 +27,16 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use kvmprof_common::{clock::monotonic_ns, counter, names::map, Batch, ThreadState, Window};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
+use crate::data::cost::{BpfStats, OwnCost};
+use crate::data::target::Target;
 use crate::{
     data::aggregate::Aggregate,
     data::model::{Exit, Tally},
     host::kernel::Facts,
-    host::plan::{self, HookPref, Plan},
+    host::plan::{HookPref, Plan},
 };
 use collect::Collector;
-use selfcost::{BpfStats, OwnCost, Sampling};
-use target::Target;
+use selfcost::Sampling;
 
 /// How often the ring buffer is drained without a wake-up from the kernel.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
@@ -114,15 +115,10 @@ pub struct Status<'a> {
 pub struct Outcome {
     pub aggregate: Aggregate,
     pub plan: Plan,
-    pub facts: Facts,
     pub counters: Counters,
     pub stop: Stop,
-    /// Wall-clock time of the window's start.
-    pub started: SystemTime,
     /// The window's length: exactly the span the recording's exits began and ended in.
     pub elapsed: Duration,
-    /// The window on the records' clock (CLOCK_MONOTONIC ns), both ends set.
-    pub window: Window,
     pub exited: Vec<Target>,
     pub own_cost: OwnCost,
 }
@@ -138,8 +134,7 @@ pub fn attach_for_host(
     records: attach::Records,
     pids: &[u32],
 ) -> Result<(Facts, Plan, aya::Ebpf)> {
-    let facts = Facts::gather(&plan::candidate_functions())?;
-    let (mut facts, mut plan) = attach::plan(facts, hooks)?;
+    let (mut facts, mut plan) = crate::host::plan_for_host(hooks)?;
     loop {
         let mut ebpf = attach::load_for(&plan, &facts, filter, records)?;
         let err = match attach::attach(&mut ebpf, &plan, &facts, pids) {
@@ -155,7 +150,7 @@ pub fn attach_for_host(
         facts
             .refused
             .insert(refused.program.clone(), refused.why.clone());
-        let next = plan::plan(&facts, hooks)?;
+        let next = crate::host::plan::plan(&facts, hooks)?;
         if next == plan {
             // Nothing less preferred for that hook (a classic tracepoint).
             return Err(refused.into());
@@ -319,7 +314,7 @@ impl Session {
     ) -> Result<Outcome> {
         let Session {
             opts,
-            facts,
+            facts: _,
             plan,
             ebpf,
             ring,
@@ -338,7 +333,6 @@ impl Session {
             tallied: 0,
             ..stats.cost(|| selfcost::programs(ebpf), exits)
         };
-        let started = wall_clock_at(window.start_ns);
         let t0 = Instant::now();
         // A set duration was announced to the kernel with the start: wake just after it.
         let deadline = match window.stop_ns {
@@ -464,12 +458,9 @@ impl Session {
         Ok(Outcome {
             aggregate: agg,
             plan,
-            facts,
             counters,
             stop,
-            started,
             elapsed: Duration::from_nanos(window.stop_ns - window.start_ns),
-            window,
             exited,
             own_cost,
         })
