@@ -22,6 +22,11 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<u32> {
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
     let vcpu: *const u8 = ctx.arg(0);
+    // Verifiers since ~6.7 type tracepoint pointer arguments as trusted-or-null and refuse
+    // arithmetic on them until they are checked.
+    if vcpu.is_null() {
+        return None;
+    }
     let isa = ctx.arg::<u64>(1) as u32;
     let deref = maps::config!(btf_exit_deref_off);
     let reason_off = maps::config!(btf_exit_reason_off) as usize;

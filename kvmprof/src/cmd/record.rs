@@ -379,7 +379,7 @@ fn live_header(
             .map(|s| HookUse {
                 stage: s.stage,
                 symbol: s.symbol.clone(),
-                mode: s.mode.name().to_owned(),
+                mode: s.mode_label(),
             })
             .collect(),
         tracepoints: plan.tracepoint_notes.clone(),
