@@ -336,7 +336,10 @@ pub mod counter {
     /// Exits sent as records because the tally's slots or rows were used up (information:
     /// they are counted all the same).
     pub const TALLY_FULL: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Events dropped because the kernel refused a read their program needed (a classic
+    /// tracepoint's field, kernel memory at BTF offsets).
+    pub const READ_FAILED: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// `KVM_RUN` = `_IO(KVMIO, 0x80)`.

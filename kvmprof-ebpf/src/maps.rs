@@ -128,6 +128,19 @@ pub fn window_now() -> Option<u64> {
     WINDOW.get(0).is_some_and(|w| w.contains(ts)).then_some(ts)
 }
 
+/// The value read, or `None` once a refused read is counted (`counter::READ_FAILED`): the
+/// event it was for is dropped, never recorded with a made-up 0.
+#[inline(always)]
+pub fn read<T, E>(r: Result<T, E>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(_) => {
+            bump(counter::READ_FAILED);
+            None
+        }
+    }
+}
+
 pub fn bump(idx: u32) {
     add(idx, 1);
 }

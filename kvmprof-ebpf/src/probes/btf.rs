@@ -37,11 +37,17 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<u32> {
         let base = if deref == NO_DEREF {
             vcpu
         } else {
-            bpf_probe_read_kernel(vcpu.wrapping_add(deref as usize) as *const *const u8).ok()?
+            maps::read(bpf_probe_read_kernel(
+                vcpu.wrapping_add(deref as usize) as *const *const u8
+            ))?
         };
         (
-            bpf_probe_read_kernel(base.wrapping_add(reason_off) as *const u32).ok()?,
-            bpf_probe_read_kernel(vcpu.wrapping_add(vcpu_id_off) as *const i32).ok()?,
+            maps::read(bpf_probe_read_kernel(
+                base.wrapping_add(reason_off) as *const u32
+            ))?,
+            maps::read(bpf_probe_read_kernel(
+                vcpu.wrapping_add(vcpu_id_off) as *const i32
+            ))?,
         )
     };
     let sp = if isa == KVM_ISA_VMX {

@@ -182,9 +182,9 @@ fn try_exit(ctx: &TracePointContext) -> Option<u32> {
     // layout varies between kernels, so it has no fixed fast path).
     let (reason, isa, vcpu): (u32, u32, u32) = unsafe {
         (
-            ctx.read_at(offsets.0).ok()?,
-            ctx.read_at(offsets.1).ok()?,
-            ctx.read_at(offsets.2).ok()?,
+            maps::read(ctx.read_at(offsets.0))?,
+            maps::read(ctx.read_at(offsets.1))?,
+            maps::read(ctx.read_at(offsets.2))?,
         )
     };
     let sp = if isa == KVM_ISA_VMX {

@@ -98,6 +98,8 @@ pub struct Counters {
     pub lost: u64,
     pub no_state: u64,
     pub unmatched: u64,
+    /// Events dropped after a refused read.
+    pub read_failed: u64,
     /// Exits already under way when the window opened: not recorded (see `Window`).
     pub unobserved: u64,
 }
@@ -511,6 +513,7 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Counters {
         lost: sum(counter::LOST),
         no_state: sum(counter::NO_STATE),
         unmatched: sum(counter::UNMATCHED),
+        read_failed: sum(counter::READ_FAILED),
         unobserved: sum(counter::UNOBSERVED),
     }
 }
