@@ -57,6 +57,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     // of the default `sampled`: its report shows the BPF cost measured throughout.
     let opts = options(
         vec![t.clone()],
+        false,
         a.hooks.pref(),
         None,
         interval,
@@ -65,7 +66,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     );
     let session = Session::start(opts)?;
     let rec = Recorder::start(&session, data, None, std::slice::from_ref(&t), interval)?;
-    announce(&session, std::slice::from_ref(&t));
+    announce(&session, std::slice::from_ref(&t), false);
     let mut child = held.release();
     let result = rec.run(session).await;
     let status = child.wait().context("wait for the demo guest");

@@ -3,7 +3,9 @@ use std::fmt::Write;
 
 use anyhow::{bail, Result};
 
-use crate::{cli::ProbesArgs, host::kernel::Facts, host::plan::Plan, live, sinks::report::Format};
+use crate::{
+    cli::ProbesArgs, host::kernel::Facts, host::plan::Plan, live, sinks::report::Format, util::diag,
+};
 
 pub fn command(a: &ProbesArgs) -> Result<()> {
     // Without root, the first thing to fail is mounting tracefs, whose error would send
@@ -16,11 +18,11 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
         );
     }
     let (facts, plan) = live::plan_for_host(a.hooks.pref())?;
-    match a.format {
-        Format::Table => print!("{}", render(&plan, &facts)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-    }
-    Ok(())
+    let text = match a.format {
+        Format::Table => render(&plan, &facts),
+        Format::Json => serde_json::to_string_pretty(&plan)? + "\n",
+    };
+    diag::stdout(&text)
 }
 
 pub fn render(plan: &Plan, facts: &Facts) -> String {

@@ -39,6 +39,10 @@ pub enum ReasonSpace {
     /// An in-kernel exit identified only by a KVM tracepoint (`kvm_pio`, `kvm_mmio`), on a
     /// kernel where `kvm:kvm_exit` does not fire. Codes are `kvmprof_common::tp_reason`.
     Tracepoint,
+    /// KVM_RUN returned an error instead of an exit reason (the kernel's own trace prints
+    /// these as "restart" or "error", whatever `exit_reason` holds). The code is the errno,
+    /// positive: 4 is EINTR, a signal for the VMM thread.
+    Errno,
     None,
 }
 

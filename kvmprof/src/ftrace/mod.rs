@@ -150,6 +150,7 @@ pub fn header(import: &Capture) -> Header {
         cut: None,
         own_cost: None,
         slow: None,
+        kvm_stats: None,
     }
 }
 

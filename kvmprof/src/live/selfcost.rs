@@ -283,10 +283,20 @@ pub struct OwnCost {
     /// Exits the kernel tallied (`kvmprof_common::tally`); the others came one by one.
     #[serde(default)]
     pub tallied: u64,
+    /// Only some processes were traced: the programs also ran (briefly, to find out) for
+    /// the events of the others, other VMs' exits among them. The run-time statistics time
+    /// programs, not processes, so that time is in `programs` while only the traced exits
+    /// divide it: the figure is kvmprof's cost on the host per traced exit.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub filtered: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 impl Default for OwnCost {
@@ -300,6 +310,7 @@ impl Default for OwnCost {
             peak_rss_bytes: 0,
             note: None,
             tallied: 0,
+            filtered: false,
         }
     }
 }
@@ -342,7 +353,15 @@ impl OwnCost {
                 ),
                 _ => "run-time stats on throughout".to_owned(),
             };
-            return format!("BPF {ns:.0} ns/exit ({}; {how})", per.join(", "));
+            let (per_exit, covers) = if self.filtered {
+                (
+                    "ns per traced exit",
+                    "; the programs' runs for untraced processes' events count too",
+                )
+            } else {
+                ("ns/exit", "")
+            };
+            return format!("BPF {ns:.0} {per_exit} ({}; {how}{covers})", per.join(", "));
         }
         if let Some(why) = &self.note {
             return format!("BPF run time unknown ({why})");
@@ -385,7 +404,7 @@ pub struct CpuTime {
 
 /// This process's CPU time so far (`/proc/self/stat`); `None` if it cannot be read.
 pub fn cpu_time() -> Option<CpuTime> {
-    let (user, system) = parse_cpu_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    let (user, system) = parse_cpu_ticks(&crate::live::target::read_lossy("/proc/self/stat")?)?;
     let ns = |ticks: u64| ticks.saturating_mul(1_000_000_000) / clock_ticks();
     Some(CpuTime {
         user_ns: ns(user),
@@ -421,8 +440,7 @@ fn clock_ticks() -> u64 {
 
 /// Peak resident set size of this process (`VmHWM` in `/proc/self/status`).
 pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
+    crate::live::target::read_lossy("/proc/self/status")
         .and_then(|s| parse_vm_hwm(&s))
         .unwrap_or(0)
 }
@@ -525,6 +543,16 @@ mod tests {
             s,
             "BPF 100 ns/exit (kvm_pio 80, kvm_run_enter 20; run-time stats on throughout), \
              CPU 1.0% of a core, peak RSS 12 MiB, 99990 of 100000 exits tallied in the kernel"
+        );
+        // With a process filter the same figure says what it divides.
+        let filtered = OwnCost {
+            filtered: true,
+            ..c.clone()
+        };
+        assert_eq!(
+            filtered.bpf_summary(100_000),
+            "BPF 100 ns per traced exit (kvm_pio 80, kvm_run_enter 20; run-time stats on \
+             throughout; the programs' runs for untraced processes' events count too)"
         );
         let none = OwnCost {
             note: Some("refused".into()),

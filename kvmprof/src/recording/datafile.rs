@@ -32,7 +32,6 @@
 //! file was cut ([`Header::cut`]). Each checkpoint counts the histogram lines before it, so a
 //! line lost inside the kept part is an error, not a shorter recording.
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,6 +50,7 @@ use crate::backend::reason_name;
 use crate::data::aggregate::{self, Aggregate, Key, PortKey, PortStats};
 use crate::data::model::{Exit, Reason, ReasonSpace, Stage, Tally, Vendor};
 use crate::data::slow::SlowExits;
+use crate::live::kvmstats::KvmStats;
 use crate::live::selfcost::OwnCost;
 use crate::live::target::Target;
 use crate::util::output;
@@ -68,7 +68,7 @@ const LOG_VERSION: &str = "[Histogram log format version 1.3]";
 const LEGEND: &str =
     "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"";
 const NOTE: &str = "kvmprof data file: an HdrHistogram interval log of KVM exit latencies in ns. \
-                    Tags are p<pid>/v<vcpu|->/<user|vmx|svm|tp|none>:<reason code>/<stage>.";
+                    Tags are p<pid>/v<vcpu|->/<user|errno|vmx|svm|tp|none>:<reason code>/<stage>.";
 /// Cookie of a V2 compressed histogram (`V2_COMPRESSED_COOKIE_BASE | 0x10`).
 const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9314;
 
@@ -145,6 +145,9 @@ pub struct Header {
     /// `record --slow`: the exits over its threshold (from the end record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow: Option<SlowExits>,
+    /// KVM's own counters over the window (live recordings; from the end record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvm_stats: Option<KvmStats>,
 }
 
 /// Where a data file without its end record was cut, and what of it is kept.
@@ -223,6 +226,8 @@ struct EndRecord {
     own_cost: Option<OwnCost>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     slow: Option<SlowExits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kvm_stats: Option<KvmStats>,
 }
 
 /// How a recording ended, for its end record.
@@ -238,6 +243,8 @@ pub struct End {
     pub own_cost: Option<OwnCost>,
     /// See [`Header::slow`].
     pub slow: Option<SlowExits>,
+    /// See [`Header::kvm_stats`].
+    pub kvm_stats: Option<KvmStats>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -380,6 +387,7 @@ impl<W: Write> Writer<W> {
             unobserved: end.unobserved,
             own_cost: end.own_cost.clone(),
             slow: end.slow.clone(),
+            kvm_stats: end.kvm_stats.clone(),
         };
         let line = format!("{END_MARK}{}\n", serde_json::to_string(&rec)?);
         self.emit(line.as_bytes())?;
@@ -495,6 +503,7 @@ pub fn write(path: &Path, h: &Header, exits: &[Exit], interval_ns: u64) -> Resul
         unobserved: h.unobserved,
         own_cost: h.own_cost.clone(),
         slow: h.slow.clone(),
+        kvm_stats: h.kvm_stats.clone(),
     };
     let written = w
         .write_header(h, base_ts_ns)
@@ -516,8 +525,12 @@ fn unix_time(ns: u64) -> SystemTime {
 /// Reads a data file written by [`Writer`]. Errors are one line naming the file. A file cut
 /// after its first whole interval reads up to its last one, with [`Header::cut`] set.
 pub fn read(path: &Path) -> Result<(Header, Aggregate)> {
-    let bytes = fs::read(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
-    parse(&bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+    parse_file(path, &crate::recording::input::read(path)?)
+}
+
+/// Parses the bytes of data file `path`; errors name it.
+pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<(Header, Aggregate)> {
+    parse(bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))
 }
 
 fn parse(bytes: &[u8]) -> Result<(Header, Aggregate)> {
@@ -647,6 +660,7 @@ fn complete_header(mut header: Header, a: &mut Aggregate, ends: Ends, cut: Cut) 
             header.unobserved = end.unobserved;
             header.own_cost = end.own_cost;
             header.slow = end.slow;
+            header.kvm_stats = end.kvm_stats;
             a.add_lost(end.lost);
         }
         (None, Some(cp)) => {
@@ -805,8 +819,9 @@ pub(crate) fn parse_tag(tag_text: &str) -> Option<(Key, Stage)> {
     (parts.next().is_none() && tag(key, stage) == tag_text).then_some((key, stage))
 }
 
-const SPACES: [(ReasonSpace, &str); 5] = [
+const SPACES: [(ReasonSpace, &str); 6] = [
     (ReasonSpace::Userspace, "user"),
+    (ReasonSpace::Errno, "errno"),
     (ReasonSpace::Vmx, "vmx"),
     (ReasonSpace::Svm, "svm"),
     (ReasonSpace::Tracepoint, "tp"),

@@ -1,3 +1,4 @@
 pub mod datafile;
 pub mod exits;
 pub mod hlog;
+pub mod input;
