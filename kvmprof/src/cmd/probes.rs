@@ -4,7 +4,8 @@ use std::fmt::Write;
 use anyhow::{bail, Result};
 
 use crate::{
-    cli::ProbesArgs, host::kernel::Facts, host::plan::Plan, live, sinks::report::Format, util::diag,
+    cli::ProbesArgs, host, host::kernel::Facts, host::plan::Plan, sinks::report::Format,
+    util::output,
 };
 
 pub fn command(a: &ProbesArgs) -> Result<()> {
@@ -17,12 +18,12 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
              programs)"
         );
     }
-    let (facts, plan) = live::plan_for_host(a.hooks.pref())?;
+    let (facts, plan) = host::plan_for_host(a.hooks.pref())?;
     let text = match a.format {
         Format::Table => render(&plan, &facts),
         Format::Json => serde_json::to_string_pretty(&plan)? + "\n",
     };
-    diag::stdout(&text)
+    output::stdout(text.as_bytes()).map(drop)
 }
 
 pub fn render(plan: &Plan, facts: &Facts) -> String {

@@ -6,7 +6,7 @@ use crate::{
     cmd::load,
     data::series::{self, Selection},
     sinks::report::{render_with, Extras, Intervals},
-    util::diag,
+    util::output,
 };
 
 pub fn command(a: &ReportArgs) -> Result<()> {
@@ -17,7 +17,7 @@ pub fn command(a: &ReportArgs) -> Result<()> {
             &r.aggregate,
             &Selection::default(),
             stage,
-            series::window(&r.header),
+            series::window(r.header.start_ts_ns, r.header.duration_ns),
         )?;
         Some(Intervals { stage, rows })
     } else {
@@ -28,5 +28,5 @@ pub fn command(a: &ReportArgs) -> Result<()> {
         intervals,
     };
     let text = render_with(&r.header, &r.aggregate, a.by, a.format, extras);
-    diag::stdout(&text)
+    output::stdout(text.as_bytes()).map(drop)
 }

@@ -10,7 +10,6 @@ use crate::backend::reason_name;
 use crate::data::aggregate::{self, Aggregate, Key};
 use crate::data::group::{self, By, GroupId};
 use crate::data::model::{Reason, Stage};
-use crate::recording::datafile;
 
 /// Reasons and stages chosen on the command line; empty means all.
 #[derive(Clone, Debug, Default)]
@@ -52,7 +51,7 @@ fn reason_matches(name: &str, r: Reason) -> bool {
 
 /// `svm:0x7b`: the reason as its tag spells it.
 pub fn code_label(r: Reason) -> String {
-    format!("{}:{:#x}", datafile::space_name(r.space), r.code)
+    format!("{}:{:#x}", r.space.short_name(), r.code)
 }
 
 /// Exits and merged stage histograms of one group of keys.
@@ -129,10 +128,10 @@ pub struct IntervalRow {
     pub max_ns: u64,
 }
 
-/// The span `[start, end)` a recording's exits began and ended in, on their clock, when
-/// its header states one.
-pub fn window(h: &datafile::Header) -> Option<(u64, u64)> {
-    (h.duration_ns > 0).then(|| (h.start_ts_ns, h.start_ts_ns.saturating_add(h.duration_ns)))
+/// The span `[start, end)` a recording's exits began and ended in, on their clock, from its
+/// header's `start_ts_ns` and `duration_ns` (none when the duration is unknown).
+pub fn window(start_ts_ns: u64, duration_ns: u64) -> Option<(u64, u64)> {
+    (duration_ns > 0).then(|| (start_ts_ns, start_ts_ns.saturating_add(duration_ns)))
 }
 
 /// The time series of one stage over the chosen reasons: a row per interval with samples.

@@ -5,20 +5,9 @@
 //! VMM itself (from another process, through `pidfd_getfd`, the ioctl fails with EIO).
 use std::{collections::BTreeMap, fs, io, path::Path};
 
-use serde::{Deserialize, Serialize};
+use crate::data::kvmstats::KvmStats;
 
 const DEBUGFS: &str = "/sys/kernel/debug";
-
-/// KVM's counters over a recording window.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KvmStats {
-    /// Stat name → its change over the window, summed over the profiled processes' VMs.
-    #[serde(default)]
-    pub change: BTreeMap<String, u64>,
-    /// Why the counters are missing or partial, in one line.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
 
 /// One read of the counters: per VM directory (`1234-11`), stat → value.
 #[derive(Clone, Debug, Default)]
@@ -206,39 +195,6 @@ impl Window {
             None
         };
         KvmStats { change, note }
-    }
-}
-
-impl KvmStats {
-    /// The report's lines: KVM's main counters beside kvmprof's `exits`, what this backend
-    /// lets kvmprof see, or why there are none.
-    pub fn lines(&self, exits: u64, vendor: crate::data::model::Vendor) -> Vec<String> {
-        let mut out = Vec::new();
-        if !self.change.is_empty() {
-            // The exit counters, `exits` first; the others are in the JSON.
-            let mut shown: Vec<(&String, &u64)> = self
-                .change
-                .iter()
-                .filter(|(n, v)| n.as_str() == "exits" || (n.ends_with("_exits") && **v > 0))
-                .collect();
-            shown.sort_by_key(|(n, _)| n.as_str() != "exits");
-            let shown: Vec<String> = shown.iter().map(|(n, v)| format!("{n} {v}")).collect();
-            out.push(format!(
-                "KVM's own count over the window (debugfs): {}; kvmprof: {exits} exits",
-                shown.join(", ")
-            ));
-            if vendor == crate::data::model::Vendor::Pvm {
-                out.push(
-                    "  (under PVM kvmprof sees only PIO, MMIO and userspace exits: KVM's \
-                     `exits` also counts those no tracepoint shows)"
-                        .to_owned(),
-                );
-            }
-        }
-        if let Some(n) = &self.note {
-            out.push(n.clone());
-        }
-        out
     }
 }
 

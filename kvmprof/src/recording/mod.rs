@@ -1,4 +1,6 @@
 pub mod datafile;
 pub mod exits;
+pub mod header;
 pub mod hlog;
 pub mod input;
+pub mod merge;
