@@ -151,6 +151,11 @@ fn kvm_stats_script() -> String {
 /// counters are read just after the window opens and just after it closes.
 const KVM_STATS_EDGE: u64 = 2;
 
+/// KVM's `exits` against kvmprof's total: under TCG reading a VM's ~60 counters takes tens
+/// of milliseconds, in which the guest's timer exits go on (seen: 801 against 808, 809
+/// against 812), so the edge is a share of the total.
+const KVM_STATS_EXITS_EDGE_PERCENT: u64 = 2;
+
 /// KVM's own counts over the window (`kvm_stats` in the report) against the test VMM's log
 /// and kvmprof: `io_exits` equal to the PIO exits the VMM saw return inside the window, and
 /// `exits` equal to kvmprof's total, each within the window's edges.
@@ -178,14 +183,15 @@ fn kvm_stats(c: &Captured) -> Result<Notes> {
     let exits = number(&stats["exits"], "kvm_stats.exits")?;
     let total = number(&report["total_exits"], "total_exits")?;
     let within = |a: u64, b: u64| a.abs_diff(b) <= 2 * KVM_STATS_EDGE;
+    let exits_edge = (total * KVM_STATS_EXITS_EDGE_PERCENT / 100).max(2 * KVM_STATS_EDGE);
     ensure!(pio_made > 100, "only {pio_made} PIO exits in the window");
     ensure!(
         within(io_exits, pio_made),
         "KVM's io_exits {io_exits}, the test VMM made {pio_made} PIO exits in the window"
     );
     ensure!(
-        within(exits, total),
-        "KVM's exits {exits}, kvmprof counted {total}"
+        exits.abs_diff(total) <= exits_edge,
+        "KVM's exits {exits}, kvmprof counted {total} (more apart than {exits_edge})"
     );
     Ok(vec![format!(
         "KVM io_exits {io_exits} / test VMM PIO exits {pio_made}; KVM exits {exits} / kvmprof {total}"
