@@ -2,6 +2,7 @@
 
 mod bench;
 mod checks;
+mod deb;
 mod setup;
 mod test;
 mod util;
@@ -24,13 +25,21 @@ enum Command {
     /// Install what the build and the tests need (Debian packages, the SVM kernel, nightly
     /// rust-src, bpf-linker, virtme-ng) and mount tracefs; does nothing when all is there.
     Setup,
-    /// The full test suite as CI runs it: setup, fmt, clippy, cargo test, then vmtest.
+    /// The full test suite as CI runs it: setup, fmt, clippy, cargo test, deb --check, then
+    /// vmtest.
     Test,
     /// Set up, build kvmprof and run it: `kvmprof demo` without arguments, else the given
     /// kvmprof command (`cargo xtask run -- record --pid qemu`).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the .deb (target/debian/) with cargo-deb, installing cargo-deb if missing.
+    Deb {
+        /// Then install it with dpkg, check the binary, man pages, completions and systemd
+        /// unit as installed, and remove it (needs root; skipped otherwise).
+        #[arg(long)]
+        check: bool,
     },
     /// Boot the Debian 6.1 kernel under QEMU TCG with AMD SVM and run the checks there.
     Vmtest(VmtestArgs),
@@ -85,6 +94,7 @@ fn run(command: Command) -> anyhow::Result<u8> {
         Command::Setup => setup::run().map(|()| 0),
         Command::Test => test::run_all(),
         Command::Run { args } => test::run_kvmprof(&args),
+        Command::Deb { check } => deb::run(check),
         Command::Vmtest(a) => vmtest::run(&vmtest::Options {
             shell_cmd: a.shell_cmd,
             only: a.only,

@@ -16,7 +16,10 @@ use crate::util::{display, output, run as run_cmd, which};
 /// the bench, and the reference HdrHistogram (Java, with a runtime: the package does not
 /// depend on one) that the tests in `tests/tests/hdr.rs` check kvmprof's files against, and
 /// tmux to drive `kvmprof top` and prometheus to scrape `kvmprof serve` in the integration
-/// tests.
+/// tests (its promtool tests the alerting rules). `cargo xtask deb --check` installs the
+/// package and reads what it installed with man-db (`man -w`), zsh and fish (syntax checks
+/// of the completions) and systemd (`systemd-analyze verify` of the unit; PID 1 need not be
+/// systemd); cargo-deb finds the package's dependencies with dpkg-dev's dpkg-shlibdeps.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -30,6 +33,11 @@ const APT_PACKAGES: &[&str] = &[
     "openjdk-17-jre-headless",
     "tmux",
     "prometheus",
+    "man-db",
+    "zsh",
+    "fish",
+    "systemd",
+    "dpkg-dev",
 ];
 
 /// Wanted but not required: `perf kvm stat` in the VM, the reference to compare kvmprof with.
