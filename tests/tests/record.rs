@@ -456,7 +456,15 @@ fn a_steady_vmm_gives_a_steady_time_series() {
         stderr(&o)
     );
     let mut vmm = Command::new(bin("kvmprof-testvmm"))
-        .args(["--vcpus", "1", "--pio-user", "1", "--rate", "2000", "--forever"])
+        .args([
+            "--vcpus",
+            "1",
+            "--pio-user",
+            "1",
+            "--rate",
+            "2000",
+            "--forever",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("start test VMM");
@@ -472,7 +480,13 @@ fn a_steady_vmm_gives_a_steady_time_series() {
     let _ = vmm.kill();
     let _ = vmm.wait();
     assert!(out.status.success(), "{}", stderr(&out));
-    let o = kvmprof(&["report", data.to_str().unwrap(), "--intervals", "--format", "json"]);
+    let o = kvmprof(&[
+        "report",
+        data.to_str().unwrap(),
+        "--intervals",
+        "--format",
+        "json",
+    ]);
     let r: Value = serde_json::from_slice(&o.stdout).expect("report JSON");
     let duration = r["header"]["duration_ns"].as_u64().unwrap();
     let rows = r["intervals"]["rows"].as_array().expect("rows");
@@ -485,8 +499,14 @@ fn a_steady_vmm_gives_a_steady_time_series() {
     for (row, rate) in rows.iter().zip(&rates) {
         assert!(row["offset_ns"].as_u64().unwrap() < duration, "{row}");
         // Every interval, partial or not, near the steady rate (the test VMM's sleeps wobble).
-        assert!((rate / whole - 1.0).abs() < 0.15, "{rate} vs {whole}: {rows:?}");
+        assert!(
+            (rate / whole - 1.0).abs() < 0.15,
+            "{rate} vs {whole}: {rows:?}"
+        );
     }
-    let covered: u64 = rows.iter().map(|row| row["length_ns"].as_u64().unwrap()).sum();
+    let covered: u64 = rows
+        .iter()
+        .map(|row| row["length_ns"].as_u64().unwrap())
+        .sum();
     assert_eq!(covered, duration, "{rows:?}");
 }

@@ -15,7 +15,7 @@ use crate::{
     live::spawn::{self, spawn_held},
     live::target,
     live::Session,
-    recording::datafile,
+    recording::hlog,
     sinks::report::{self, Format},
     util::output,
 };
@@ -81,7 +81,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     // What was recorded, as `report` reads it back; a device or FIFO cannot be read back,
     // so then the recording itself.
     let (header, agg) = if std::fs::metadata(&a.output).is_ok_and(|m| m.is_file()) {
-        datafile::read(&a.output)?
+        hlog::open(&a.output)?
     } else {
         (live, out.aggregate)
     };

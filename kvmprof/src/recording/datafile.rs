@@ -409,13 +409,9 @@ fn unix_time(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
-/// Reads a data file written by [`Writer`]. Errors are one line naming the file. A file cut
-/// after its first whole interval reads up to its last one, with [`Header::cut`] set.
-pub fn read(path: &Path) -> Result<(Header, Aggregate)> {
-    parse_file(path, &crate::recording::input::read(path)?)
-}
-
-/// Parses the bytes of data file `path`; errors name it.
+/// Parses the bytes of data file `path` (written by [`Writer`], read by `hlog::open`).
+/// Errors are one line naming the file. A file cut after its first whole interval reads up
+/// to its last one, with [`Header::cut`] set.
 pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<(Header, Aggregate)> {
     parse(bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))
 }
@@ -829,7 +825,7 @@ mod tests {
     fn a_written_file_reads_back_the_same() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, bytes) = write_sample(dir.path());
-        let (h, b) = read(&path).expect("reads back");
+        let (h, b) = crate::recording::hlog::open(&path).expect("reads back");
         let want = Header {
             stop: Some("end of input".into()),
             ..header()
@@ -966,7 +962,9 @@ mod tests {
     fn error_of(dir: &Path, bytes: &[u8]) -> String {
         let path = dir.join("bad.data");
         fs::write(&path, bytes).expect("writes");
-        let err = read(&path).expect_err("must not parse").to_string();
+        let err = crate::recording::hlog::open(&path)
+            .expect_err("must not parse")
+            .to_string();
         assert!(err.starts_with(&format!("{}: ", path.display())), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
         err
@@ -1018,7 +1016,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_, bytes) = write_sample(dir.path());
         let text = String::from_utf8(bytes.clone()).expect("utf-8");
-        let missing = read(&dir.path().join("missing.data")).expect_err("missing");
+        let missing =
+            crate::recording::hlog::open(&dir.path().join("missing.data")).expect_err("missing");
         assert!(
             missing.to_string().contains("missing.data: cannot read: "),
             "{missing}"

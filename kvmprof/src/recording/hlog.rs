@@ -1,4 +1,4 @@
-//! Reads any HdrHistogram interval log: kvmprof's own data files (through [`datafile::read`])
+//! Reads any HdrHistogram interval log: kvmprof's own data files (through [`datafile::parse_file`])
 //! and `.hlog` files written by other implementations (Java `HistogramLogWriter`, Python
 //! `hdrh`, kvmprof's `export --format hlog`), so every command that reads recordings also
 //! reads those.
