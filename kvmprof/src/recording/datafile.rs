@@ -962,7 +962,8 @@ mod tests {
     fn error_of(dir: &Path, bytes: &[u8]) -> String {
         let path = dir.join("bad.data");
         fs::write(&path, bytes).expect("writes");
-        let err = crate::recording::hlog::open(&path)
+        // As a data file: `hlog::open` would read these as another tool's log.
+        let err = parse_file(&path, bytes)
             .expect_err("must not parse")
             .to_string();
         assert!(err.starts_with(&format!("{}: ", path.display())), "{err}");
