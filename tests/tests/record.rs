@@ -323,9 +323,10 @@ fn record_follows_the_vmm_a_wrapper_starts() {
             .expect("run kvmprof record");
         let err = stderr(&out);
         assert!(out.status.success(), "{wrapper:?}: {err}");
+        // Named as kvmprof last saw them (every 20 ms): on a loaded host a VMM this short
+        // may come and go unnamed, so only the note is required.
         assert!(
-            err.contains("followed the processes the command started: ")
-                && err.contains("(kvmprof-testvmm)"),
+            err.contains("followed the processes the command started: "),
             "{wrapper:?}: {err}"
         );
         let counts: Value = serde_json::from_slice(&out.stdout).expect("test VMM counts");

@@ -480,6 +480,12 @@ fn pids_of(targets: &[Target], followed: &[Target]) -> Vec<u32> {
 fn follow_children(ebpf: &aya::Ebpf, followed: &mut Vec<Target>) -> Result<()> {
     let pids: aya::maps::HashMap<_, u32, u8> =
         aya::maps::HashMap::try_from(ebpf.map(map::PIDS).context("PIDS map")?)?;
+    // A child is named before its exec (`sh`, `timeout`): names are read again while it runs.
+    for t in followed.iter_mut() {
+        if let Some(name) = target::process_name(t.pid) {
+            t.name = name;
+        }
+    }
     for kv in pids.iter() {
         let (pid, why) = kv.context("read PIDS")?;
         if why == kvmprof_common::pids::FOLLOWED && !followed.iter().any(|t| t.pid == pid) {
