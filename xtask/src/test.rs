@@ -52,7 +52,9 @@ pub fn run_all() -> Result<u8> {
     vmtest::run(&vmtest::Options {
         shell_cmd: None,
         only: Vec::new(),
-        kernel: None,
+        backend: None,
+        series: None,
+        hooks: None,
         build: true,
     })
 }

@@ -265,6 +265,7 @@ impl Recorder {
             stop: stop_label(&out.stop),
             lost: out.counters.lost,
             unobserved: Some(out.counters.unobserved),
+            read_failed: Some(out.counters.read_failed),
             own_cost: Some(out.own_cost.clone()),
             slow: self.slow,
             kvm_stats: Some(out.kvm_stats.clone()),
@@ -422,7 +423,7 @@ fn live_header(
             .map(|s| HookUse {
                 stage: s.stage,
                 symbol: s.symbol.clone(),
-                mode: s.mode.name().to_owned(),
+                mode: s.mode_label(),
             })
             .collect(),
         tracepoints: plan.tracepoint_notes.clone(),
@@ -432,6 +433,7 @@ fn live_header(
         start_ts_ns,
         duration_ns: 0,
         unobserved: None,
+        read_failed: None,
         stop: None,
         cut: None,
         own_cost: None,
