@@ -1,4 +1,4 @@
-//! Durations typed by people (`30`, `30s`, `2m`, `1h`, `500ms`, `1.5s`): one parser for
+//! Durations typed by people (`30`, `30s`, `2m`, `1h`, `500ms`, `50us`, `1.5s`): one parser for
 //! kvmprof, the test VMM and xtask. Integer arithmetic only, so the eBPF build of this crate
 //! carries no floating point.
 use core::{fmt, time::Duration};
@@ -19,7 +19,7 @@ pub enum Bare {
 pub enum Error<'a> {
     /// Not a number.
     Invalid(&'a str),
-    /// A unit other than ms, s, m or h: `(unit, input)`.
+    /// A unit other than ns, us/µs, ms, s, m or h: `(unit, input)`.
     Unit(&'a str, &'a str),
     /// Longer than [`MAX`].
     TooLong(&'a str),
@@ -31,14 +31,15 @@ impl fmt::Display for Error<'_> {
             Error::Invalid(s) => write!(f, "invalid duration '{s}' (try 10s, 2m, 500ms)"),
             Error::Unit(unit, s) => write!(
                 f,
-                "invalid duration unit '{unit}' in '{s}' (use ms, s, m or h)"
+                "invalid duration unit '{unit}' in '{s}' (use ns, us, ms, s, m or h)"
             ),
             Error::TooLong(s) => write!(f, "duration '{s}' is too long (at most a year, 8784h)"),
         }
     }
 }
 
-/// Parses `s`: a decimal number, then `ms`, `s`, `m`, `h` or nothing (`bare`); at most [`MAX`].
+/// Parses `s`: a decimal number, then `ns`, `us` (or `µs`), `ms`, `s`, `m`, `h` or nothing
+/// (`bare`); at most [`MAX`].
 pub fn parse(s: &str, bare: Bare) -> Result<Duration, Error<'_>> {
     let s = s.trim();
     let split = s
@@ -48,6 +49,8 @@ pub fn parse(s: &str, bare: Bare) -> Result<Duration, Error<'_>> {
     let unit_ns: u128 = match (unit, bare) {
         ("", Bare::Secs) | ("s", _) => 1_000_000_000,
         ("", Bare::Millis) | ("ms", _) => 1_000_000,
+        ("us" | "µs" | "μs", _) => 1_000,
+        ("ns", _) => 1,
         ("m", _) => 60_000_000_000,
         ("h", _) => 3_600_000_000_000,
         _ => return Err(Error::Unit(unit, s)),
@@ -75,4 +78,25 @@ pub fn parse(s: &str, bare: Bare) -> Result<Duration, Error<'_>> {
     }
     // At most MAX, so it fits.
     Ok(Duration::from_nanos(ns as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unit_from_ns_to_h() {
+        let ok = |s| parse(s, Bare::Secs).unwrap();
+        assert_eq!(ok("7ns"), Duration::from_nanos(7));
+        assert_eq!(ok("50us"), Duration::from_micros(50));
+        // The micro sign (U+00B5) and the Greek mu (U+03BC) look alike; both are typed.
+        assert_eq!(ok("50µs"), Duration::from_micros(50));
+        assert_eq!(ok("50μs"), Duration::from_micros(50));
+        assert_eq!(ok("1.5us"), Duration::from_nanos(1500));
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("2m"), Duration::from_secs(120));
+        assert_eq!(ok("1h"), Duration::from_secs(3600));
+        assert_eq!(ok("1.9ns"), Duration::from_nanos(1));
+        assert_eq!(parse("50 us", Bare::Secs), Err(Error::Unit(" us", "50 us")));
+    }
 }

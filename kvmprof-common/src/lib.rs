@@ -232,6 +232,22 @@ pub struct Config {
     pub slow_ns: [u64; STAGES],
 }
 
+/// Values of the `PIDS` map: why a process is traced.
+pub mod pids {
+    /// Named by userspace (`--pid`, the command of `record -- CMD`, a process `top` follows).
+    pub const GIVEN: u8 = 1;
+    /// Created by a traced process while following children (`record -- CMD`).
+    pub const FOLLOWED: u8 = 2;
+}
+
+/// `FOLLOW` map indices: the offsets of `task:task_newtask`'s fields in this kernel's
+/// format file, set before its program is attached.
+pub mod follow {
+    pub const PID_OFF: u32 = 0;
+    pub const CLONE_FLAGS_OFF: u32 = 1;
+    pub const LEN: u32 = 2;
+}
+
 /// The offsets of tracepoint fields in the kernels kvmprof was written against, compiled
 /// into the fast path. Userspace checks them against the running kernel's format files.
 pub mod fixed {
@@ -370,6 +386,8 @@ pub mod names {
         pub const KVM_EXIT: &str = "kvm/kvm_exit";
         pub const KVM_ENTRY: &str = "kvm/kvm_entry";
         pub const SCHED_PROCESS_EXIT: &str = "sched/sched_process_exit";
+        /// Fires in the parent as it creates a task (`record -- CMD` follows its children).
+        pub const TASK_NEWTASK: &str = "task/task_newtask";
         /// Needed on every kernel: without them there is no exit record at all.
         pub const BASE: [&str; 4] = [SYS_ENTER_IOCTL, KVM_USERSPACE_EXIT, KVM_PIO, KVM_MMIO];
         /// Every KVM-related tracepoint kvmprof may use (the base ones, then those that fire
@@ -399,7 +417,7 @@ pub mod names {
     }
 
     /// Tracepoint ↔ programs (`kvmprof-ebpf/src/probes/`).
-    pub const TRACEPOINT_PROGRAMS: [TracepointPrograms; 7] = [
+    pub const TRACEPOINT_PROGRAMS: [TracepointPrograms; 8] = [
         TracepointPrograms {
             tracepoint: tp::SYS_ENTER_IOCTL,
             classic: "kvm_run_enter",
@@ -442,6 +460,12 @@ pub mod names {
         TracepointPrograms {
             tracepoint: tp::SCHED_PROCESS_EXIT,
             classic: "thread_exit",
+            raw: None,
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::TASK_NEWTASK,
+            classic: "follow_fork",
             raw: None,
             btf: None,
         },
@@ -491,7 +515,8 @@ pub mod names {
         pub const TALLY_CLAIMS: &str = "TALLY_CLAIMS";
         pub const SCRATCH: &str = "SCRATCH";
         pub const SCRATCH_KEY: &str = "SCRATCH_KEY";
-        pub const ALL: [&str; 14] = [
+        pub const FOLLOW: &str = "FOLLOW";
+        pub const ALL: [&str; 15] = [
             EVENTS,
             BATCHES,
             PIDS,
@@ -506,6 +531,7 @@ pub mod names {
             TALLY_CLAIMS,
             SCRATCH,
             SCRATCH_KEY,
+            FOLLOW,
         ];
         /// The [`crate::Config`] global, set before load.
         pub const CONFIG: &str = "CONFIG";

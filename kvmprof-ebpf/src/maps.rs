@@ -24,6 +24,11 @@ pub static BATCHES: PerCpuArray<Batch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
+/// `task:task_newtask`'s field offsets (`kvmprof_common::follow`), when children are
+/// followed.
+#[map]
+pub static FOLLOW: Array<u32> = Array::with_max_entries(kvmprof_common::follow::LEN, 0);
+
 /// Per-thread exit state in a slot indexed by tid and tagged with pid and tid: an array
 /// lookup is inlined by the verifier, a hash lookup is a helper call and a hash per event.
 #[map]

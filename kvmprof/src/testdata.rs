@@ -82,5 +82,6 @@ pub fn header() -> Header {
         cut: None,
         own_cost: None,
         slow: None,
+        kvm_stats: None,
     }
 }

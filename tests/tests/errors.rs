@@ -65,6 +65,65 @@ fn an_unknown_duration_unit_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid duration unit"));
 }
 
+/// The README's `--slow 50us`: every unit from ns to h is a duration (issue 19, item 3). The
+/// command still fails (pid 1 is no VMM, or not root), but not on the duration.
+#[test]
+fn durations_take_every_unit_the_readme_uses() {
+    for (flag, value) in [
+        ("--slow", "50us"),
+        ("--slow", "vmm=50µs"),
+        ("--slow", "800ns"),
+        ("--duration", "1h"),
+    ] {
+        let out = kvmprof(&["record", "--pid", "1", flag, value]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("duration"), "{flag} {value}: {err}");
+    }
+}
+
+/// `report /dev/zero` is refused at its first bytes (before, it read without end), and a
+/// file named twice is refused rather than merged with itself (issue 19, item 7).
+#[test]
+fn endless_binary_input_and_a_file_given_twice_are_refused() {
+    assert_clean_error(
+        &kvmprof(&["report", "/dev/zero"]),
+        "/dev/zero: binary data, not a kvmprof data file",
+    );
+    let dir = scratch("twice");
+    let f = dir.join("a.data");
+    std::fs::write(&f, "whatever\n").unwrap();
+    let link = dir.join("b.data");
+    std::os::unix::fs::symlink(&f, &link).unwrap();
+    let (f, link) = (f.to_str().unwrap(), link.to_str().unwrap());
+    for args in [["report", f, f], ["report", f, link]] {
+        assert_clean_error(&kvmprof(&args), "are the same file");
+    }
+}
+
+/// `plot` into a missing directory or a device: one line naming the path, no debug structs
+/// (issue 19, item 7); `/dev/null` is written through, not replaced.
+#[test]
+fn plot_errors_are_one_line() {
+    let dir = scratch("plot");
+    let data = dir.join("k.data");
+    let trace = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../kvmprof/tests/fixtures/ftrace/amd.txt"
+    );
+    let o = kvmprof(&["import-ftrace", trace, "-o", data.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = data.to_str().unwrap();
+    for out in ["/nonexistent/x.png", "/nonexistent/x.svg"] {
+        let o = kvmprof(&["plot", d, "-o", out]);
+        assert_clean_error(&o, "the directory /nonexistent does not exist");
+        assert!(!String::from_utf8_lossy(&o.stderr).contains("Os {"));
+    }
+    assert_clean_error(
+        &kvmprof(&["plot", d, "-o", "/dev/full"]),
+        "must end in .svg or .png",
+    );
+}
+
 /// A data file cut anywhere is either a clear error (nothing whole in it) or read up to its
 /// last whole interval with a one-line warning saying where it was cut; never a panic.
 #[test]

@@ -1,6 +1,6 @@
 //! `kvmprof probes` explains, for this kernel, which hook each stage uses and why the
 //! better ones were rejected.
-use kvmprof_tests::{bin, kvmprof, skip_without_kvm, stderr};
+use kvmprof_tests::{assert_clean_error, bin, kvmprof, skip_without_kvm, stderr};
 
 #[test]
 fn probes_names_the_backend_and_explains_every_rejected_hook() {
@@ -99,4 +99,28 @@ fn forcing_fentry_where_trampolines_are_refused_fails_clearly() {
         &out,
         "--hooks fentry is impossible here: fentry: refused by the kernel",
     );
+}
+
+/// `probes | head -c 10` and `probes > /dev/full`: a reader that went away is no error, a
+/// full disk is one line; neither panics (issue 19, item 7).
+#[test]
+fn probes_on_a_closed_pipe_or_a_full_disk_does_not_panic() {
+    if skip_without_kvm("probes_on_a_closed_pipe_or_a_full_disk_does_not_panic") {
+        return;
+    }
+    let run = |redirect: &str| {
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -o pipefail; {} probes {redirect}",
+                bin("kvmprof").display()
+            ))
+            .output()
+            .expect("run bash")
+    };
+    // `true` is gone long before probes has its plan, so every byte meets a closed pipe.
+    let out = run("| true");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    assert_clean_error(&run("> /dev/full"), "No space left on device");
 }

@@ -239,6 +239,279 @@ fn ctrl_c_stops_recording_and_keeps_everything_recorded() {
     assert!(r["total_exits"].as_u64().unwrap() > 100, "{r}");
 }
 
+/// A VMM whose name the kernel cut inside a character (`comm` keeps 15 bytes: "vmm-", five
+/// é and half of the sixth) is found by pid and by name, recorded, and shown lossily
+/// (issue 19, item 2); before, its name failed to read as UTF-8 and the process was "gone".
+#[test]
+fn a_vmm_whose_name_is_cut_inside_a_character_is_recorded() {
+    if skip_without_kvm("a_vmm_whose_name_is_cut_inside_a_character_is_recorded") {
+        return;
+    }
+    let dir = scratch("utf8");
+    let exe = dir.join("vmm-éééééééé");
+    std::fs::copy(bin("kvmprof-testvmm"), &exe).expect("copy the test VMM");
+    let mut vmm = Command::new(&exe)
+        .args([
+            "--vcpus",
+            "1",
+            "--pio-user",
+            "1",
+            "--rate",
+            "50",
+            "--forever",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start test VMM");
+    let pid = vmm.id().to_string();
+    let record = |spec: &str, name: &str| {
+        let data = dir.join(name);
+        let out = kvmprof(&[
+            "record",
+            "--pid",
+            spec,
+            "-d",
+            "2s",
+            "-o",
+            data.to_str().unwrap(),
+        ]);
+        (out, data)
+    };
+    let (by_pid, data) = record(&pid, "pid.data");
+    let (by_name, _) = record("vmm-éé", "name.data");
+    let _ = vmm.kill();
+    let _ = vmm.wait();
+    assert!(by_pid.status.success(), "{}", stderr(&by_pid));
+    assert!(by_name.status.success(), "{}", stderr(&by_name));
+    let r = report_json(&data, "pid");
+    assert!(r["total_exits"].as_u64().unwrap() > 0, "{r}");
+    let text = kvmprof(&["report", data.to_str().unwrap(), "--by", "pid"]);
+    let text = String::from_utf8(text.stdout).expect("the report is UTF-8");
+    assert!(
+        text.contains(&format!("{pid} (vmm-ééééé\u{fffd})")),
+        "{text}"
+    );
+}
+
+/// `record -- WRAPPER VMM`: the VMM a shell or `timeout` starts as a child is followed from
+/// its first exit and counted exactly, and kvmprof names it (issue 19, item 4). Before, only
+/// the wrapper was traced: 0 exits, "it never ran a vCPU".
+#[test]
+fn record_follows_the_vmm_a_wrapper_starts() {
+    if skip_without_kvm("record_follows_the_vmm_a_wrapper_starts") {
+        return;
+    }
+    let dir = scratch("wrapper");
+    let vmm = bin("kvmprof-testvmm");
+    let args = "--vcpus 2 --pio-user 300 --pio-kernel 2000 --mmio 100 --pio-in 20";
+    // `; exit $?` keeps the shell from exec'ing the VMM in its own place.
+    let shell = format!("'{}' {args}; exit $?", vmm.display());
+    let wrappers: [Vec<String>; 2] = [
+        vec!["sh".into(), "-c".into(), shell],
+        ["timeout", "20", vmm.to_str().unwrap()]
+            .into_iter()
+            .map(String::from)
+            .chain(args.split(' ').map(String::from))
+            .collect(),
+    ];
+    for (i, wrapper) in wrappers.iter().enumerate() {
+        let data = dir.join(format!("w{i}.data"));
+        let out = Command::new(bin("kvmprof"))
+            .args(["record", "-o", data.to_str().unwrap(), "--"])
+            .args(wrapper)
+            .output()
+            .expect("run kvmprof record");
+        let err = stderr(&out);
+        assert!(out.status.success(), "{wrapper:?}: {err}");
+        // Named as kvmprof last saw them (every 20 ms): on a loaded host a VMM this short
+        // may come and go unnamed, so only the note is required.
+        assert!(
+            err.contains("followed the processes the command started: "),
+            "{wrapper:?}: {err}"
+        );
+        let counts: Value = serde_json::from_slice(&out.stdout).expect("test VMM counts");
+        let r = report_json(&data, "reason");
+        assert_eq!(r["lost"], 0);
+        let reported = r["total_exits"].as_u64().unwrap();
+        let made = made(&counts["total"]);
+        if r["header"]["vendor"] == "pvm" {
+            assert_eq!(reported, made, "{wrapper:?}");
+        } else {
+            assert!(reported >= made, "{wrapper:?}: {reported} < {made}");
+        }
+    }
+}
+
+/// `record -d 1ms`: a window that short usually holds no exit of a VMM that runs; kvmprof
+/// says so, not that the VMM "never ran a vCPU" (issue 19, item 7).
+#[test]
+fn a_window_too_short_for_an_exit_is_called_that() {
+    if skip_without_kvm("a_window_too_short_for_an_exit_is_called_that") {
+        return;
+    }
+    let dir = scratch("short");
+    let out = kvmprof_tests::record_command(
+        &dir.join("k.data"),
+        &["-d", "1ms"],
+        &[
+            "--vcpus",
+            "1",
+            "--pio-user",
+            "1",
+            "--rate",
+            "10",
+            "--forever",
+        ],
+    )
+    .output()
+    .expect("run kvmprof record");
+    let err = stderr(&out);
+    if !out.status.success() {
+        assert!(
+            err.contains("began and ended in the 1.00ms window: a window that short"),
+            "{err}"
+        );
+    }
+    assert!(!err.contains("never ran"), "{err}");
+}
+
+/// A KVM_RUN that a signal interrupts returns EINTR, not an exit reason: it is named so
+/// ("interrupted by a signal"), its errno kept in `--exits`, and there are as many as the
+/// test VMM saw (issue 19, item 7; before, they showed as KVM_EXIT_UNKNOWN). The test VMM
+/// stops its vCPUs at `--duration` by signalling their threads, mostly inside KVM_RUN.
+#[test]
+fn a_kvm_run_interrupted_by_a_signal_is_named_and_keeps_its_errno() {
+    if skip_without_kvm("a_kvm_run_interrupted_by_a_signal_is_named_and_keeps_its_errno") {
+        return;
+    }
+    let dir = scratch("eintr");
+    let (data, exits, log) = (
+        dir.join("k.data"),
+        dir.join("exits.jsonl"),
+        dir.join("run.log"),
+    );
+    let out = kvmprof_tests::record_command(
+        &data,
+        &["--exits", exits.to_str().unwrap()],
+        &[
+            "--vcpus",
+            "2",
+            "--pio-kernel",
+            "100000",
+            "--forever",
+            "--duration",
+            "1s",
+            "--exit-log",
+            log.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .expect("run kvmprof record");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let interrupted = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with(" interrupted"))
+        .count();
+    let lines = std::fs::read_to_string(&exits).unwrap();
+    let named: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["errno"] == -4)
+        .collect();
+    assert!(
+        interrupted >= 1,
+        "the test VMM's vCPUs were never interrupted"
+    );
+    assert_eq!(named.len(), interrupted, "{named:?}");
+    for e in &named {
+        assert_eq!(
+            e["reason"]["name"], "interrupted by a signal (EINTR)",
+            "{e}"
+        );
+        assert_eq!(e["reason"]["space"], "errno", "{e}");
+    }
+    let report = String::from_utf8(kvmprof(&["report", data.to_str().unwrap()]).stdout).unwrap();
+    assert!(
+        report.contains("interrupted by a signal (EINTR)"),
+        "{report}"
+    );
+    assert!(!report.contains("KVM_EXIT_UNKNOWN"), "{report}");
+}
+
+/// A steady VMM gives a steady time series: the partial first and last intervals are divided
+/// by the part of them the window covers, none starts at the window's end, and an interval
+/// shorter than the 100 ms tally read is refused (issue 19, item 6; before, 28.5k → 83.9k →
+/// 79.9k → 46.6k for a steady 80k/s).
+#[test]
+fn a_steady_vmm_gives_a_steady_time_series() {
+    if skip_without_kvm("a_steady_vmm_gives_a_steady_time_series") {
+        return;
+    }
+    let dir = scratch("series");
+    let data = dir.join("k.data");
+    let o = kvmprof(&["record", "--interval", "10ms", "--pid", "1"]);
+    assert!(
+        stderr(&o).contains("--interval 10.0ms is not a multiple of the 100ms"),
+        "{}",
+        stderr(&o)
+    );
+    let mut vmm = Command::new(bin("kvmprof-testvmm"))
+        .args([
+            "--vcpus",
+            "1",
+            "--pio-user",
+            "1",
+            "--rate",
+            "2000",
+            "--forever",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start test VMM");
+    let out = kvmprof(&[
+        "record",
+        "--pid",
+        &vmm.id().to_string(),
+        "-d",
+        "3.5s",
+        "-o",
+        data.to_str().unwrap(),
+    ]);
+    let _ = vmm.kill();
+    let _ = vmm.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = kvmprof(&[
+        "report",
+        data.to_str().unwrap(),
+        "--intervals",
+        "--format",
+        "json",
+    ]);
+    let r: Value = serde_json::from_slice(&o.stdout).expect("report JSON");
+    let duration = r["header"]["duration_ns"].as_u64().unwrap();
+    let rows = r["intervals"]["rows"].as_array().expect("rows");
+    assert!(rows.len() >= 4, "{rows:?}");
+    let rates: Vec<f64> = rows
+        .iter()
+        .map(|row| row["rate_per_s"].as_f64().unwrap())
+        .collect();
+    let whole: f64 = rates[1..rates.len() - 1].iter().sum::<f64>() / (rates.len() - 2) as f64;
+    for (row, rate) in rows.iter().zip(&rates) {
+        assert!(row["offset_ns"].as_u64().unwrap() < duration, "{row}");
+        // Every interval, partial or not, near the steady rate (the test VMM's sleeps wobble).
+        assert!(
+            (rate / whole - 1.0).abs() < 0.15,
+            "{rate} vs {whole}: {rows:?}"
+        );
+    }
+    let covered: u64 = rows
+        .iter()
+        .map(|row| row["length_ns"].as_u64().unwrap())
+        .sum();
+    assert_eq!(covered, duration, "{rows:?}");
+}
+
 /// In-kernel port writes and port reads that go to the VMM, interleaved round after round
 /// (user write → kernel writes → user reads → hlt → ...): each is filed under its own port,
 /// in the kernel or to the VMM, as many times as the test VMM made it. Under PVM, `kvm_pio`

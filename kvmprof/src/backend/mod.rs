@@ -61,6 +61,7 @@ pub fn reason_name(r: Reason) -> String {
         ReasonSpace::Svm => svm::name(r.code).map(str::to_owned),
         ReasonSpace::Userspace => userspace::name(r.code).map(|n| format!("KVM_EXIT_{n}")),
         ReasonSpace::Tracepoint => pvm::tracepoint_name(r.code).map(str::to_owned),
+        ReasonSpace::Errno => Some(userspace::errno_name(r.code)),
         ReasonSpace::None => Some("unknown".to_owned()),
     };
     named.unwrap_or_else(|| format!("{:#x}", r.code))
@@ -99,6 +100,11 @@ mod tests {
             "pio (in-kernel)"
         );
         assert_eq!(r(ReasonSpace::None, 0), "unknown");
+        assert_eq!(r(ReasonSpace::Errno, 4), "interrupted by a signal (EINTR)");
+        assert_eq!(
+            r(ReasonSpace::Errno, 14),
+            "KVM_RUN error: Bad address (EFAULT)"
+        );
     }
 
     #[test]

@@ -51,6 +51,40 @@ pub fn name(code: u32) -> Option<&'static str> {
     NAMES.get(usize::try_from(code).ok()?).copied()
 }
 
+/// A KVM_RUN error return by its positive errno: EINTR, which every VMM that kicks its vCPU
+/// threads with a signal gets, in words; others as the C library says them.
+pub fn errno_name(errno: u32) -> String {
+    let code = i32::try_from(errno).unwrap_or(i32::MAX);
+    if code == libc::EINTR {
+        return "interrupted by a signal (EINTR)".to_owned();
+    }
+    let text = std::io::Error::from_raw_os_error(code).to_string();
+    // "Bad address (os error 14)": the number goes, its symbol comes.
+    let text = text.split(" (os error").next().unwrap_or(&text).to_owned();
+    match symbol(code) {
+        Some(sym) => format!("KVM_RUN error: {text} ({sym})"),
+        None => format!("KVM_RUN error: {text} (errno {code})"),
+    }
+}
+
+/// The symbols of the errors KVM_RUN returns (`virt/kvm`, `arch/x86/kvm`).
+fn symbol(code: i32) -> Option<&'static str> {
+    Some(match code {
+        libc::EINTR => "EINTR",
+        libc::EAGAIN => "EAGAIN",
+        libc::EFAULT => "EFAULT",
+        libc::EINVAL => "EINVAL",
+        libc::ENOEXEC => "ENOEXEC",
+        libc::EIO => "EIO",
+        libc::ENOMEM => "ENOMEM",
+        libc::EPERM => "EPERM",
+        libc::EBUSY => "EBUSY",
+        libc::ENXIO => "ENXIO",
+        libc::EHWPOISON => "EHWPOISON",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use crate::{
     live::spawn::{self, spawn_held},
     live::target,
     live::Session,
-    recording::datafile,
+    recording::hlog,
     sinks::report::{self, Format},
     util::output,
 };
@@ -57,6 +57,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     // of the default `sampled`: its report shows the BPF cost measured throughout.
     let opts = options(
         vec![t.clone()],
+        false,
         a.hooks.pref(),
         None,
         interval,
@@ -65,7 +66,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     );
     let session = Session::start(opts)?;
     let rec = Recorder::start(&session, data, None, std::slice::from_ref(&t), interval)?;
-    announce(&session, std::slice::from_ref(&t));
+    announce(&session, std::slice::from_ref(&t), false);
     let mut child = held.release();
     let result = rec.run(session).await;
     let status = child.wait().context("wait for the demo guest");
@@ -80,7 +81,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     // What was recorded, as `report` reads it back; a device or FIFO cannot be read back,
     // so then the recording itself.
     let (header, agg) = if std::fs::metadata(&a.output).is_ok_and(|m| m.is_file()) {
-        datafile::read(&a.output)?
+        hlog::open(&a.output)?
     } else {
         (live, out.aggregate)
     };

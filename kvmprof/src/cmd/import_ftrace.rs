@@ -76,7 +76,7 @@ mod tests {
             output: output.clone(),
         };
         command(&args).unwrap();
-        let (header, aggregate) = datafile::read(&output).unwrap();
+        let (header, aggregate) = crate::recording::hlog::open(&output).unwrap();
         assert_eq!(header.source, Source::FtraceImport);
         assert_eq!(header.vendor, Vendor::Svm);
         assert_eq!(header.cycle_source, "vcpu_enter_guest duration");
@@ -125,7 +125,7 @@ mod tests {
             ("seed.svm.data", Vendor::Svm),
             ("seed.vmx.data", Vendor::Vmx),
         ] {
-            let (header, aggregate) = datafile::read(&dir.path().join(name)).unwrap();
+            let (header, aggregate) = crate::recording::hlog::open(&dir.path().join(name)).unwrap();
             assert_eq!((header.vendor, aggregate.total_exits()), (vendor, 1));
         }
         assert_eq!(

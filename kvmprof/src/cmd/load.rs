@@ -3,7 +3,7 @@
 //! so that the sinks get plain data.
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::data::aggregate::Aggregate;
 use crate::recording::header::Header;
@@ -18,8 +18,9 @@ pub struct Loaded {
     pub merged: Option<merge::Merged>,
 }
 
-/// Reads `paths` and merges them.
+/// Reads `paths` and merges them; a file named twice is refused.
 pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
+    refuse_twice(paths)?;
     let mut inputs = Vec::new();
     for path in paths {
         let (header, aggregate) = hlog::open(path)?;
@@ -39,4 +40,27 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
         aggregate,
         merged,
     })
+}
+
+/// Fails when two of `paths` are one file (under any name).
+fn refuse_twice(paths: &[PathBuf]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen: Vec<((u64, u64), &PathBuf)> = Vec::new();
+    for path in paths {
+        // A path that cannot be read fails when it is read, with its reason.
+        let Ok(m) = std::fs::metadata(path) else {
+            continue;
+        };
+        let id = (m.dev(), m.ino());
+        if let Some((_, first)) = seen.iter().find(|(i, _)| *i == id) {
+            bail!(
+                "{} and {} are the same file: give it once (merged with itself, its exits \
+                 would count twice)",
+                first.display(),
+                path.display()
+            );
+        }
+        seen.push((id, path));
+    }
+    Ok(())
 }

@@ -62,7 +62,12 @@ pub fn command(a: &PlotArgs) -> Result<()> {
             if a.time_series {
                 timelines.push(Timeline {
                     label,
-                    rows: series::intervals(&r.aggregate, &one, stage)?,
+                    rows: series::intervals(
+                        &r.aggregate,
+                        &one,
+                        stage,
+                        series::window(r.header.start_ts_ns, r.header.duration_ns),
+                    )?,
                 });
             } else if let Some(hist) = series::by_stage(&r.aggregate, &one).remove(&stage) {
                 let label = format!("{label} ({} samples)", hist.len());

@@ -27,13 +27,31 @@ use crate::{
     recording::header::{Header, HookUse, Source},
     util::diag::note,
     util::output::{self, Output},
+    util::units,
 };
 
 /// How long after an interval ends it is written: exits are drained every 20 ms and
 /// joined at the next exit of their thread, so most of its late ones are in by then.
 const WRITE_AFTER: Duration = Duration::from_millis(250);
 
+/// The time between two reads of the kernel's tallies. An interval must be a whole number of
+/// reads: a 10 ms interval would get 100 ms of exits, then none, and a 150 ms one alternately
+/// one read and two.
+const TALLY_PERIOD: Duration = Duration::from_millis(100);
+
 pub async fn record(a: RecordArgs) -> Result<()> {
+    if !a
+        .interval
+        .as_nanos()
+        .is_multiple_of(TALLY_PERIOD.as_nanos())
+    {
+        bail!(
+            "--interval {} is not a multiple of the {} between two reads of the kernel's \
+             tallies: give 100ms, 200ms, …, 1s, …",
+            units::ns(u64::try_from(a.interval.as_nanos()).unwrap_or(u64::MAX)),
+            units::ns(TALLY_PERIOD.as_nanos() as u64)
+        );
+    }
     target::preflight()?;
     // Every output is opened before anything is attached: a bad path fails now.
     let data = output::open(&a.output)?;
@@ -61,6 +79,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
     };
     let session = Session::start(options(
         targets.clone(),
+        held.is_some(),
         a.hooks.pref(),
         a.duration,
         a.interval,
@@ -69,7 +88,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
     ))?;
     let mut rec = Recorder::start(&session, data, exits, &targets, a.interval)?;
     rec.slow = a.slow.clone().map(SlowExits::new);
-    announce(&session, &targets);
+    announce(&session, &targets, held.is_some());
     let child = held.map(|h| (h.name().to_owned(), h.release()));
     let result = rec.run(session).await;
     let ended = child.map(|(name, c)| {
@@ -83,6 +102,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
 
 pub(super) fn options(
     targets: Vec<Target>,
+    children: bool,
     hooks: HookPref,
     duration: Option<Duration>,
     interval: Duration,
@@ -91,19 +111,27 @@ pub(super) fn options(
 ) -> live::Options {
     live::Options {
         targets,
+        children,
         hooks,
         duration,
         records,
-        tick: Duration::from_millis(100),
+        tick: TALLY_PERIOD,
         interval,
         bpf_stats,
     }
 }
 
-pub(super) fn announce(session: &Session, targets: &[Target]) {
+/// "recording …; Ctrl-C to stop", saying whether the processes the targets start are traced
+/// too (`children`).
+pub(super) fn announce(session: &Session, targets: &[Target], children: bool) {
     note!(
-        "recording {} on {}; Ctrl-C to stop",
+        "recording {}{} on {}; Ctrl-C to stop",
         process::list(targets),
+        if children {
+            " and the processes it starts"
+        } else {
+            ""
+        },
         session.plan().vendor.label()
     );
 }
@@ -240,6 +268,7 @@ impl Recorder {
             read_failed: Some(out.counters.read_failed),
             own_cost: Some(out.own_cost.clone()),
             slow: self.slow,
+            kvm_stats: Some(out.kvm_stats.clone()),
         };
         self.data
             .finish(&end)
@@ -341,6 +370,12 @@ pub(super) fn finish(
             c.how
         );
     }
+    if !out.followed.is_empty() {
+        note!(
+            "followed the processes the command started: {}",
+            process::list(&out.followed)
+        );
+    }
     let path = rec.path.clone();
     let header = rec.finish(out)?;
     note!(
@@ -351,9 +386,17 @@ pub(super) fn finish(
         path.display()
     );
     if out.aggregate.total_exits() == 0 {
+        // Only a VMM that ran no vCPU makes no exit for a second; a shorter window can fall
+        // between two exits of one that runs.
+        let why = if out.elapsed < Duration::from_secs(1) {
+            "a window that short can fall between two exits: give a longer --duration"
+        } else {
+            "it ran no vCPU (KVM_RUN) meanwhile"
+        };
         bail!(
-            "no VM exits recorded from {}: it never ran a vCPU (KVM_RUN) while recording",
-            process::list(targets)
+            "no VM exit of {} began and ended in the {} window: {why}",
+            process::list(targets.iter().chain(&out.followed)),
+            units::ns(u64::try_from(out.elapsed.as_nanos()).unwrap_or(u64::MAX))
         );
     }
     Ok(header)
@@ -395,6 +438,7 @@ fn live_header(
         cut: None,
         own_cost: None,
         slow: None,
+        kvm_stats: None,
     }
 }
 

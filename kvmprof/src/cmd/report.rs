@@ -13,7 +13,12 @@ pub fn command(a: &ReportArgs) -> Result<()> {
     let r = load::load(&a.paths())?;
     let intervals = if a.intervals {
         let stage = series::default_stage(&r.aggregate);
-        let rows = series::intervals(&r.aggregate, &Selection::default(), stage)?;
+        let rows = series::intervals(
+            &r.aggregate,
+            &Selection::default(),
+            stage,
+            series::window(r.header.start_ts_ns, r.header.duration_ns),
+        )?;
         Some(Intervals { stage, rows })
     } else {
         None

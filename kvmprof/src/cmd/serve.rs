@@ -36,13 +36,14 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         bail!("--grace must be at least {} s", TICK.as_secs());
     }
     target::preflight()?;
-    let targets = target::resolve(&a.pids)?;
+    let targets = target::resolve_watched(&a.pids)?;
     // Bind before loading anything: a port in use is the likeliest mistake.
     let listener = TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("listen on {}", a.listen))?;
     let mut session = live::Session::start(live::Options {
         targets: targets.clone(),
+        children: false,
         hooks: a.hooks.pref(),
         duration: None,
         tick: TICK,

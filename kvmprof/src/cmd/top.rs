@@ -61,9 +61,10 @@ pub async fn top(a: TopArgs) -> Result<()> {
         bail!("standard output is not a terminal: use --batch for plain-text frames");
     }
     target::preflight()?;
-    let targets = target::resolve(&a.pids)?;
+    let targets = target::resolve_watched(&a.pids)?;
     let opts = live::Options {
         targets: targets.clone(),
+        children: false,
         hooks: a.hooks.pref(),
         duration: None,
         tick: if a.batch {
@@ -319,13 +320,21 @@ impl Top {
             exited: &exited,
             filter: self.ui.filter.as_ref(),
         };
-        let (targets, exited) = self
+        let (targets, mut exited_list): (Vec<Target>, Vec<Target>) = self
             .watch
             .targets
             .iter()
             .filter(|t| !gone.contains(&t.pid))
             .cloned()
             .partition(|t| !exited.contains(&t.pid));
+        // Without `-p` every VMM is watched, and one that exits is listed all the same.
+        for &pid in &exited {
+            if !exited_list.iter().any(|t| t.pid == pid) {
+                let name = self.names.get(&pid).cloned().unwrap_or_default();
+                exited_list.push(Target { pid, name });
+            }
+        }
+        let exited = exited_list;
         Snapshot {
             rows: view::rows(&keys, &cx, self.ui.view),
             targets,

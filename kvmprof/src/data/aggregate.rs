@@ -161,7 +161,9 @@ impl Aggregate {
     }
 
     /// Counts the exits of a kernel tally and records their stages' durations, as [`add`]
-    /// would have one by one (within the tally's bucket precision; sums exact).
+    /// would have one by one (within the tally's bucket precision; sums exact). They go in
+    /// the interval where the tally began: live reads fall just after interval boundaries
+    /// (`live::Options::tick`), so a read holds one interval and a few µs of the next.
     ///
     /// [`add`]: Aggregate::add
     pub fn add_tally(&mut self, t: &Tally) {
@@ -176,7 +178,7 @@ impl Aggregate {
     }
 
     /// Counts `n` exits like `e` (the first of them at `first_ts`) in its key, the ports table
-    /// and the span; returns its key and the index of its interval.
+    /// and the span; returns its key and the index of the interval of the first.
     fn count(&mut self, e: &Exit, n: u64, first_ts: u64) -> (Key, u64) {
         let key = Key {
             pid: e.pid,
@@ -195,8 +197,9 @@ impl Aggregate {
                 stats.userspace += n;
             }
         }
-        self.extend_span(first_ts.min(e.ts_ns), e.ts_ns);
-        (key, e.ts_ns / self.interval_ns)
+        let first_ts = first_ts.min(e.ts_ns);
+        self.extend_span(first_ts, e.ts_ns);
+        (key, first_ts / self.interval_ns)
     }
 
     /// Records (duration, how many) pairs of one stage of `key`, whose exact sum is `sum_ns`,

@@ -99,10 +99,20 @@ pub struct OwnCost {
     /// Exits the kernel tallied (`kvmprof_common::tally`); the others came one by one.
     #[serde(default)]
     pub tallied: u64,
+    /// Only some processes were traced: the programs also ran (briefly, to find out) for
+    /// the events of the others, other VMs' exits among them. The run-time statistics time
+    /// programs, not processes, so that time is in `programs` while only the traced exits
+    /// divide it: the figure is kvmprof's cost on the host per traced exit.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub filtered: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 impl Default for OwnCost {
@@ -116,6 +126,7 @@ impl Default for OwnCost {
             peak_rss_bytes: 0,
             note: None,
             tallied: 0,
+            filtered: false,
         }
     }
 }
@@ -158,7 +169,15 @@ impl OwnCost {
                 ),
                 _ => "run-time stats on throughout".to_owned(),
             };
-            return format!("BPF {ns:.0} ns/exit ({}; {how})", per.join(", "));
+            let (per_exit, covers) = if self.filtered {
+                (
+                    "ns per traced exit",
+                    "; the programs' runs for untraced processes' events count too",
+                )
+            } else {
+                ("ns/exit", "")
+            };
+            return format!("BPF {ns:.0} {per_exit} ({}; {how}{covers})", per.join(", "));
         }
         if let Some(why) = &self.note {
             return format!("BPF run time unknown ({why})");
@@ -251,6 +270,16 @@ mod tests {
             s,
             "BPF 100 ns/exit (kvm_pio 80, kvm_run_enter 20; run-time stats on throughout), \
              CPU 1.0% of a core, peak RSS 12 MiB, 99990 of 100000 exits tallied in the kernel"
+        );
+        // With a process filter the same figure says what it divides.
+        let filtered = OwnCost {
+            filtered: true,
+            ..c.clone()
+        };
+        assert_eq!(
+            filtered.bpf_summary(100_000),
+            "BPF 100 ns per traced exit (kvm_pio 80, kvm_run_enter 20; run-time stats on \
+             throughout; the programs' runs for untraced processes' events count too)"
         );
         let none = OwnCost {
             note: Some("refused".into()),

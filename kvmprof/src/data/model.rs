@@ -39,6 +39,10 @@ pub enum ReasonSpace {
     /// An in-kernel exit identified only by a KVM tracepoint (`kvm_pio`, `kvm_mmio`), on a
     /// kernel where `kvm:kvm_exit` does not fire. Codes are `kvmprof_common::tp_reason`.
     Tracepoint,
+    /// KVM_RUN returned an error instead of an exit reason (the kernel's own trace prints
+    /// these as "restart" or "error", whatever `exit_reason` holds). The code is the errno,
+    /// positive: 4 is EINTR, a signal for the VMM thread.
+    Errno,
     None,
 }
 
@@ -46,8 +50,9 @@ impl ReasonSpace {
     /// Each space with its short name, the spelling of data-file tags and of `--reason
     /// <space>:<code>`. JSON spells the variant names (`userspace`, `tracepoint`); files of
     /// both spellings exist, so both stay.
-    const SHORT: [(ReasonSpace, &'static str); 5] = [
+    const SHORT: [(ReasonSpace, &'static str); 6] = [
         (ReasonSpace::Userspace, "user"),
+        (ReasonSpace::Errno, "errno"),
         (ReasonSpace::Vmx, "vmx"),
         (ReasonSpace::Svm, "svm"),
         (ReasonSpace::Tracepoint, "tp"),

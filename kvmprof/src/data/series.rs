@@ -117,8 +117,9 @@ pub fn by_stage(a: &Aggregate, sel: &Selection) -> BTreeMap<Stage, Histogram<u64
 /// One interval of a time series.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct IntervalRow {
-    /// Start, ns since the recording's first interval.
+    /// Start, ns since the recording's window opened (its first interval without a window).
     pub offset_ns: u64,
+    /// The part of the interval inside the window: the first and last are partial.
     pub length_ns: u64,
     pub samples: u64,
     pub rate_per_s: f64,
@@ -127,9 +128,22 @@ pub struct IntervalRow {
     pub max_ns: u64,
 }
 
+/// The span `[start, end)` a recording's exits began and ended in, on their clock, from its
+/// header's `start_ts_ns` and `duration_ns` (none when the duration is unknown).
+pub fn window(start_ts_ns: u64, duration_ns: u64) -> Option<(u64, u64)> {
+    (duration_ns > 0).then(|| (start_ts_ns, start_ts_ns.saturating_add(duration_ns)))
+}
+
 /// The time series of one stage over the chosen reasons: a row per interval with samples.
-/// Intervals without any are left out (nothing was measured).
-pub fn intervals(a: &Aggregate, sel: &Selection, stage: Stage) -> Result<Vec<IntervalRow>> {
+/// Intervals without any are left out (nothing was measured). Intervals lie on a grid of
+/// their length, not on the window: inside `window`, the first and the last are only the
+/// part of them the window covers, and their rates are divided by that part.
+pub fn intervals(
+    a: &Aggregate,
+    sel: &Selection,
+    stage: Stage,
+    window: Option<(u64, u64)>,
+) -> Result<Vec<IntervalRow>> {
     let mut per: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
     a.for_each_interval(|start, key, s, h| {
         if s == stage && sel.reason(key.reason) {
@@ -137,18 +151,28 @@ pub fn intervals(a: &Aggregate, sel: &Selection, stage: Stage) -> Result<Vec<Int
         }
         Ok(())
     })?;
-    let base = per.keys().next().copied().unwrap_or(0);
     let length_ns = a.interval_ns();
+    let (open, close) = window.unwrap_or_else(|| {
+        let first = per.keys().next().copied().unwrap_or(0);
+        let last = per.keys().next_back().copied().unwrap_or(0);
+        (first, last.saturating_add(length_ns))
+    });
     Ok(per
         .into_iter()
-        .map(|(start, h)| IntervalRow {
-            offset_ns: start - base,
-            length_ns,
-            samples: h.len(),
-            rate_per_s: h.len() as f64 * 1e9 / length_ns as f64,
-            p50_ns: h.value_at_quantile(0.5),
-            p99_ns: h.value_at_quantile(0.99),
-            max_ns: h.max(),
+        .map(|(start, h)| {
+            let (from, to) = (start.max(open), (start + length_ns).min(close));
+            // Exits are inside the window, so their interval overlaps it; the guard only
+            // keeps a malformed file from dividing by zero.
+            let length_ns = to.saturating_sub(from).max(1);
+            IntervalRow {
+                offset_ns: from.saturating_sub(open),
+                length_ns,
+                samples: h.len(),
+                rate_per_s: h.len() as f64 * 1e9 / length_ns as f64,
+                p50_ns: h.value_at_quantile(0.5),
+                p99_ns: h.value_at_quantile(0.99),
+                max_ns: h.max(),
+            }
         })
         .collect())
 }

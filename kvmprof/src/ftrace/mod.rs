@@ -151,6 +151,7 @@ pub fn header(import: &Capture) -> Header {
         cut: None,
         own_cost: None,
         slow: None,
+        kvm_stats: None,
     }
 }
 

@@ -84,7 +84,8 @@ impl Facts {
             .to_string();
         let kallsyms = fs::read_to_string("/proc/kallsyms").context("read /proc/kallsyms")?;
         let mut tracepoints = HashMap::new();
-        for tp in tp::ALL {
+        // task_newtask's fields too: `record -- CMD` follows children with it.
+        for tp in tp::ALL.iter().chain(&[tp::TASK_NEWTASK]) {
             let path = Path::new(TRACEFS).join("events").join(tp).join("format");
             if let Ok(text) = fs::read_to_string(&path) {
                 tracepoints.insert(tp.to_string(), parse_format(&text));

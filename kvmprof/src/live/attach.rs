@@ -11,13 +11,14 @@
 //! go upstream as is.
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use kvmprof_common::{
+    follow,
     names::{self, hook, map, tracepoint_programs},
-    Config, NO_DEREF, STAGES,
+    pids, Config, NO_DEREF, STAGES,
 };
 
 use crate::{
@@ -158,13 +159,23 @@ fn try_hook(
 }
 
 /// Attaches everything in `plan` to the object [`load_for`] loaded for it, filtered to
-/// `pids` (that object traces every process when it was loaded without `filter`). A program
-/// the kernel refuses fails the whole as [`Refused`].
-pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Result<()> {
+/// `targets` (that object traces every process when it was loaded without `filter`), and
+/// to the processes they create from now on when `children`. A program the kernel refuses
+/// fails the whole as [`Refused`].
+pub fn attach(
+    ebpf: &mut Ebpf,
+    plan: &Plan,
+    facts: &Facts,
+    targets: &[u32],
+    children: bool,
+) -> Result<()> {
     let mut pid_map: HashMap<_, u32, u8> =
         HashMap::try_from(ebpf.map_mut(map::PIDS).context("PIDS map")?)?;
-    for p in pids {
-        pid_map.insert(p, 1, 0)?;
+    for p in targets {
+        pid_map.insert(p, pids::GIVEN, 0)?;
+    }
+    if children {
+        attach_follow(ebpf, facts)?;
     }
 
     for tp in &plan.btf_tracepoints {
@@ -269,6 +280,26 @@ fn attach_thread_exit(ebpf: &mut Ebpf) -> Result<()> {
     let name = tracepoint_programs(tp)
         .map(|p| p.classic)
         .context("no program for sched_process_exit")?;
+    let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
+    let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
+    prog.load()
+        .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
+    prog.attach(cat, ev)
+        .map_err(|e| anyhow!("attach tracepoint {tp}: {}", describe(&e)))?;
+    Ok(())
+}
+
+/// `task:task_newtask`: each process a traced process creates is traced too, from before
+/// it runs (wrappers such as `sh -c`, `timeout` and libvirt start the VMM as a child).
+fn attach_follow(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
+    let tp = names::tp::TASK_NEWTASK;
+    let mut offsets: Array<_, u32> =
+        Array::try_from(ebpf.map_mut(map::FOLLOW).context("FOLLOW map")?)?;
+    offsets.set(follow::PID_OFF, facts.offset(tp, "pid")?, 0)?;
+    offsets.set(follow::CLONE_FLAGS_OFF, facts.offset(tp, "clone_flags")?, 0)?;
+    let name = tracepoint_programs(tp)
+        .map(|p| p.classic)
+        .context("no program for task_newtask")?;
     let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
     let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
     prog.load()

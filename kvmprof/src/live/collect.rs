@@ -102,12 +102,16 @@ fn nonzero(v: u64) -> Option<u64> {
 
 /// Converts one EXIT record.
 pub fn to_exit(r: &ExitRecord, vcpu: Option<u32>) -> Exit {
-    let space = match r.space {
-        space::USERSPACE => ReasonSpace::Userspace,
-        space::VMX => ReasonSpace::Vmx,
-        space::SVM => ReasonSpace::Svm,
-        space::TRACEPOINT => ReasonSpace::Tracepoint,
-        _ => ReasonSpace::None,
+    let errno = r.flags & flag::ERRNO != 0;
+    let (space, code) = match r.space {
+        // The `exit_reason` of an error return is stale or 0 (KVM_EXIT_UNKNOWN): the error is
+        // the reason.
+        space::USERSPACE if errno => (ReasonSpace::Errno, r.errno.unsigned_abs()),
+        space::USERSPACE => (ReasonSpace::Userspace, r.reason),
+        space::VMX => (ReasonSpace::Vmx, r.reason),
+        space::SVM => (ReasonSpace::Svm, r.reason),
+        space::TRACEPOINT => (ReasonSpace::Tracepoint, r.reason),
+        _ => (ReasonSpace::None, r.reason),
     };
     let write = r.flags & flag::WRITE != 0;
     let access = if r.flags & flag::PIO != 0 {
@@ -138,10 +142,7 @@ pub fn to_exit(r: &ExitRecord, vcpu: Option<u32>) -> Exit {
             vcpu
         },
         ts_ns: r.ts_ns,
-        reason: Reason {
-            space,
-            code: r.reason,
-        },
+        reason: Reason { space, code },
         userspace_reason: (r.flags & flag::USERSPACE != 0).then_some(r.user_reason),
         access,
         stages,
@@ -177,7 +178,7 @@ pub fn parse_vcpu_link(link: &str) -> Option<u32> {
 }
 
 fn from_thread_name(pid: u32, tid: u32) -> Option<u32> {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+    let comm = crate::live::target::read_lossy(&format!("/proc/{pid}/task/{tid}/comm"))?;
     parse_thread_name(comm.trim())
 }
 

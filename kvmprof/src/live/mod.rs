@@ -11,6 +11,7 @@
 pub mod attach;
 pub mod collect;
 pub mod follow;
+pub mod kvmstats;
 pub mod selfcost;
 pub mod spawn;
 pub mod tally;
@@ -52,9 +53,13 @@ const SETTLE: Duration = Duration::from_millis(5);
 
 pub struct Options {
     pub targets: Vec<Target>,
+    /// Trace the processes the targets create, and theirs (`record -- CMD`).
+    pub children: bool,
     pub hooks: HookPref,
     pub duration: Option<Duration>,
-    /// How often `on_tick` runs and target liveness is checked.
+    /// How often `on_tick` runs, the kernel's tallies are read and target liveness is
+    /// checked. Ticks fall just after multiples of it on the records' clock: with a tick that
+    /// divides [`Options::interval`], each tally read holds the exits of one interval.
     pub tick: Duration,
     /// Interval of the histograms in the data file's interval log.
     pub interval: Duration,
@@ -122,24 +127,29 @@ pub struct Outcome {
     /// The window's length: exactly the span the recording's exits began and ended in.
     pub elapsed: Duration,
     pub exited: Vec<Target>,
+    pub followed: Vec<Target>,
     pub own_cost: OwnCost,
+    /// KVM's own counters over the window.
+    pub kvm_stats: crate::data::kvmstats::KvmStats,
 }
 
 /// Plans for this kernel and attaches the plan, loading the object once per attempt: when
 /// the kernel refuses a program, the plan is made again without it (the next hook for that
 /// stage or tracepoint, and why, in the plan) and the object loaded afresh, since the plan
 /// fixes its load-time configuration. Fails only when nothing less preferred is left.
-/// Tracing only `pids` (none at all when `filter` is set and `pids` is empty, for `probes`).
+/// Tracing only `pids` (none at all when `filter` is set and `pids` is empty, for `probes`),
+/// and the processes they create when `children`.
 pub fn attach_for_host(
     hooks: HookPref,
     filter: bool,
     records: attach::Records,
     pids: &[u32],
+    children: bool,
 ) -> Result<(Facts, Plan, aya::Ebpf)> {
     let (mut facts, mut plan) = crate::host::plan_for_host(hooks)?;
     loop {
         let mut ebpf = attach::load_for(&plan, &facts, filter, records)?;
-        let err = match attach::attach(&mut ebpf, &plan, &facts, pids) {
+        let err = match attach::attach(&mut ebpf, &plan, &facts, pids, children) {
             Ok(()) => return Ok((facts, plan, ebpf)),
             Err(e) => e,
         };
@@ -178,6 +188,7 @@ pub struct Session {
     held: Held,
     tallies: tally::Reader,
     stats: Sampling,
+    kvm: kvmstats::Window,
 }
 
 /// What the kernel holds outside the ring buffer: per-CPU batches not yet full, and
@@ -231,7 +242,7 @@ pub struct PidFilter(aya::maps::HashMap<MapData, u32, u8>);
 impl PidFilter {
     pub fn add(&mut self, pid: u32) -> Result<()> {
         self.0
-            .insert(pid, 1, 0)
+            .insert(pid, kvmprof_common::pids::GIVEN, 0)
             .with_context(|| format!("watch pid {pid}"))
     }
 
@@ -254,8 +265,13 @@ impl Session {
         target::preflight()?;
         let stats = Sampling::new(opts.bpf_stats);
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
-        let (facts, plan, mut ebpf) =
-            attach_for_host(opts.hooks, !pids.is_empty(), opts.records, &pids)?;
+        let (facts, plan, mut ebpf) = attach_for_host(
+            opts.hooks,
+            !pids.is_empty(),
+            opts.records,
+            &pids,
+            opts.children,
+        )?;
         let ring = RingBuf::try_from(ebpf.take_map(map::EVENTS).context("EVENTS map")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(map::COUNTERS).context("COUNTERS map")?)?;
@@ -263,6 +279,7 @@ impl Session {
         let tallies = tally::Reader::take(&mut ebpf)?;
         let mut switch = Array::try_from(ebpf.take_map(map::WINDOW).context("WINDOW map")?)?;
         let window = open_window(&mut switch, opts.duration)?;
+        let kvm = kvmstats::Window::open(&pids);
         Ok(Session {
             opts,
             facts,
@@ -276,6 +293,7 @@ impl Session {
             held,
             tallies,
             stats,
+            kvm,
         })
     }
 
@@ -327,12 +345,14 @@ impl Session {
             held,
             mut tallies,
             mut stats,
+            mut kvm,
         } = self;
         let cpu0 = selfcost::cpu_ns();
         let own_cost = |ebpf: &aya::Ebpf, stats: &Sampling, exits| OwnCost {
             cpu_ns: selfcost::cpu_ns().saturating_sub(cpu0),
             peak_rss_bytes: selfcost::peak_rss_bytes(),
             tallied: 0,
+            filtered: !opts.targets.is_empty(),
             ..stats.cost(|| selfcost::programs(ebpf), exits)
         };
         let t0 = Instant::now();
@@ -356,13 +376,14 @@ impl Session {
         let mut batch: Vec<Exit> = Vec::new();
         // Exits that came tallied rather than one by one, for the own-cost line.
         let mut tallied_exits = 0u64;
-        let mut tick = tokio::time::interval(opts.tick);
+        let mut tick = tokio::time::interval_at(on_grid(opts.tick), opts.tick);
         // The kernel wakes us only when a lot is waiting (see `WAKEUP_BYTES` in
         // kvmprof-ebpf), so drain on a timer too.
         let mut poll = tokio::time::interval(DRAIN_EVERY);
         let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut exited: Vec<Target> = Vec::new();
+        let mut followed: Vec<Target> = Vec::new();
 
         let stop = loop {
             tokio::select! {
@@ -374,6 +395,10 @@ impl Session {
                     tallies.discover(&mut collector.vcpus)?;
                 }
                 _ = poll.tick() => {
+                    // Often, to name a child before it exits (`sh -c` runs for milliseconds).
+                    if opts.children {
+                        follow_children(&ebpf, &mut followed)?;
+                    }
                     drain(ring.get_mut(), &mut collector, &mut batch);
                     absorb(&mut batch, &mut sink, &mut agg)?;
                     tallies.discover(&mut collector.vcpus)?;
@@ -410,12 +435,14 @@ impl Session {
                         &mut sink,
                         &mut agg,
                     )?;
-                    for t in &opts.targets {
+                    for t in opts.targets.iter().chain(&followed) {
                         if !target::alive(t.pid) && !exited.contains(t) {
                             exited.push(t.clone());
                         }
                     }
-                    if !open && !opts.targets.is_empty() && exited.len() == opts.targets.len() {
+                    kvm.poll(&pids_of(&opts.targets, &followed), false);
+                    let all = opts.targets.len() + followed.len();
+                    if !open && !opts.targets.is_empty() && exited.len() == all {
                         break Stop::TargetsExited;
                     }
                     let exits = agg.total_exits();
@@ -443,7 +470,12 @@ impl Session {
         if window.stop_ns == 0 || window.stop_ns > monotonic_ns() + ahead {
             window.stop_ns = close_window(&mut switch, window)?;
         }
-        tokio::time::sleep(until(window.stop_ns) + SETTLE).await;
+        tokio::time::sleep(until(window.stop_ns)).await;
+        if opts.children {
+            follow_children(&ebpf, &mut followed)?;
+        }
+        kvm.poll(&pids_of(&opts.targets, &followed), true);
+        tokio::time::sleep(SETTLE).await;
         // `on`: divided by all the recording's exits, drained below.
         let mut own_cost = own_cost(&ebpf, &stats, None);
         drop(stats);
@@ -464,9 +496,52 @@ impl Session {
             stop,
             elapsed: Duration::from_nanos(window.stop_ns - window.start_ns),
             exited,
+            followed,
             own_cost,
+            kvm_stats: kvm.stats(),
         })
     }
+}
+
+/// The next instant just after a multiple of `period` on the records' clock
+/// (CLOCK_MONOTONIC, which tokio's clock also is).
+fn on_grid(period: Duration) -> tokio::time::Instant {
+    // After the boundary, not on it: a read a little late files a few exits of the next
+    // interval in the last one, a read early would file the whole read in the next.
+    const AFTER: u64 = 1_000_000;
+    let p = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let now = monotonic_ns();
+    let next = (now / p + 1).saturating_mul(p).saturating_add(AFTER);
+    tokio::time::Instant::now() + Duration::from_nanos(next - now)
+}
+
+fn pids_of(targets: &[Target], followed: &[Target]) -> Vec<u32> {
+    targets.iter().chain(followed).map(|t| t.pid).collect()
+}
+
+/// Adds the processes the kernel began to follow since the last call (`PIDS` entries
+/// [`kvmprof_common::pids::FOLLOWED`]) to `followed`, named while they still run.
+fn follow_children(ebpf: &aya::Ebpf, followed: &mut Vec<Target>) -> Result<()> {
+    let pids: aya::maps::HashMap<_, u32, u8> =
+        aya::maps::HashMap::try_from(ebpf.map(map::PIDS).context("PIDS map")?)?;
+    // A child is named before its exec (`sh`, `timeout`): names are read again while it runs.
+    for t in followed.iter_mut() {
+        if let Some(name) = target::process_name(t.pid) {
+            t.name = name;
+        }
+    }
+    for kv in pids.iter() {
+        let (pid, why) = kv.context("read PIDS")?;
+        if why == kvmprof_common::pids::FOLLOWED && !followed.iter().any(|t| t.pid == pid) {
+            followed.push(Target {
+                pid,
+                // A child that came and went between two ticks has no name left to read.
+                name: target::process_name(pid).unwrap_or_else(|| "?".to_owned()),
+            });
+        }
+    }
+    followed.sort_by_key(|t| t.pid);
+    Ok(())
 }
 
 /// Hands drained exits to the sink and the aggregate.

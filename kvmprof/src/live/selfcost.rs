@@ -198,7 +198,7 @@ pub struct CpuTime {
 
 /// This process's CPU time so far (`/proc/self/stat`); `None` if it cannot be read.
 pub fn cpu_time() -> Option<CpuTime> {
-    let (user, system) = parse_cpu_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    let (user, system) = parse_cpu_ticks(&crate::live::target::read_lossy("/proc/self/stat")?)?;
     let ns = |ticks: u64| ticks.saturating_mul(1_000_000_000) / clock_ticks();
     Some(CpuTime {
         user_ns: ns(user),
@@ -234,8 +234,7 @@ fn clock_ticks() -> u64 {
 
 /// Peak resident set size of this process (`VmHWM` in `/proc/self/status`).
 pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
+    crate::live::target::read_lossy("/proc/self/status")
         .and_then(|s| parse_vm_hwm(&s))
         .unwrap_or(0)
 }

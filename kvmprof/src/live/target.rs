@@ -99,9 +99,30 @@ pub fn resolve_vmms(specs: &[String]) -> Result<Vec<Target>> {
     Ok(out)
 }
 
+/// The `-p` arguments of `top` and `serve`: a pid must run a KVM vCPU, as `record` holds it
+/// to ([`resolve_vmms`]); a name may match processes that start their VM later, and is
+/// followed.
+pub fn resolve_watched(specs: &[String]) -> Result<Vec<Target>> {
+    let mut out: Vec<Target> = Vec::new();
+    for spec in specs {
+        let one = std::slice::from_ref(spec);
+        let found = if spec.parse::<u32>().is_ok() {
+            resolve_vmms(one)?
+        } else {
+            resolve(one)?
+        };
+        for t in found {
+            if !out.iter().any(|o| o.pid == t.pid) {
+                out.push(t);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// How long ago `pid` started (`None` when it is gone).
 fn age(pid: u32) -> Option<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_lossy(&format!("/proc/{pid}/stat"))?;
     // Field 22, counted after the `(comm)` that may hold spaces.
     let start_ticks: u64 = stat
         .rsplit(')')
@@ -172,8 +193,7 @@ pub fn pids() -> Result<Vec<u32>> {
 /// `pid` as a target if its name or its executable's file name contains `pattern`.
 pub fn matching(pid: u32, pattern: &str) -> Option<Target> {
     let comm = process_name(pid)?;
-    let exe = fs::read_to_string(format!("/proc/{pid}/cmdline"))
-        .ok()
+    let exe = read_lossy(&format!("/proc/{pid}/cmdline"))
         .and_then(|c| c.split('\0').next().map(str::to_string))
         .map(|a| a.rsplit('/').next().unwrap_or_default().to_string())
         .unwrap_or_default();
@@ -181,20 +201,27 @@ pub fn matching(pid: u32, pattern: &str) -> Option<Target> {
 }
 
 pub fn process_name(pid: u32) -> Option<String> {
-    fs::read_to_string(format!("/proc/{pid}/comm"))
+    read_lossy(&format!("/proc/{pid}/comm")).map(|s| s.trim().to_string())
+}
+
+/// A /proc file as text, bytes that are not UTF-8 replaced: names are bytes, and the kernel
+/// cuts `comm` at 15 of them, often inside a character (`qemu-xééééé`). A strict read would
+/// lose the process over its name.
+pub fn read_lossy(path: &str) -> Option<String> {
+    fs::read(path)
         .ok()
-        .map(|s| s.trim().to_string())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 /// Whether `pid` is still running (a zombie has exited).
 pub fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
+    match read_lossy(&format!("/proc/{pid}/stat")) {
+        Some(stat) => stat
             .rsplit(')')
             .next()
             .and_then(|rest| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
+        None => false,
     }
 }
 
@@ -256,6 +283,24 @@ mod tests {
         assert!(a < YOUNG, "{a:?}");
         assert!(age(1).expect("init") > Duration::from_millis(10));
         assert_eq!(age(4_194_999), None);
+    }
+
+    #[test]
+    fn a_name_cut_inside_a_character_keeps_its_process() {
+        // The kernel keeps 15 bytes of the name: "slp-" and five é, then half of the sixth.
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("slp-éééééééé");
+        fs::copy("/bin/sleep", &exe).unwrap();
+        let mut child = std::process::Command::new(&exe).arg("10").spawn().unwrap();
+        let pid = child.id();
+        let name = process_name(pid);
+        let alive_then = alive(pid);
+        let by_name = by_name("slp-éé").unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(name.as_deref(), Some("slp-ééééé\u{fffd}"));
+        assert!(alive_then);
+        assert!(by_name.iter().any(|t| t.pid == pid), "{by_name:?}");
     }
 
     #[test]

@@ -31,7 +31,6 @@
 //! file was cut ([`Header::cut`]). Each checkpoint counts the histogram lines before it, so a
 //! line lost inside the kept part is an error, not a shorter recording.
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::reason_name;
 use crate::data::aggregate::{self, Aggregate, Key, PortKey, PortStats};
 use crate::data::cost::OwnCost;
+use crate::data::kvmstats::KvmStats;
 use crate::data::model::{Exit, Reason, ReasonSpace, Stage, Tally};
 use crate::data::slow::SlowExits;
 use crate::recording::header::{Cut, Header};
@@ -67,7 +67,7 @@ const LOG_VERSION: &str = "[Histogram log format version 1.3]";
 const LEGEND: &str =
     "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"";
 const NOTE: &str = "kvmprof data file: an HdrHistogram interval log of KVM exit latencies in ns. \
-                    Tags are p<pid>/v<vcpu|->/<user|vmx|svm|tp|none>:<reason code>/<stage>.";
+                    Tags are p<pid>/v<vcpu|->/<user|errno|vmx|svm|tp|none>:<reason code>/<stage>.";
 /// Cookie of a V2 compressed histogram (`V2_COMPRESSED_COOKIE_BASE | 0x10`).
 const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9314;
 
@@ -115,6 +115,8 @@ struct EndRecord {
     own_cost: Option<OwnCost>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     slow: Option<SlowExits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kvm_stats: Option<KvmStats>,
 }
 
 /// How a recording ended, for its end record.
@@ -132,6 +134,8 @@ pub struct End {
     pub own_cost: Option<OwnCost>,
     /// See [`Header::slow`].
     pub slow: Option<SlowExits>,
+    /// See [`Header::kvm_stats`].
+    pub kvm_stats: Option<KvmStats>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -275,6 +279,7 @@ impl<W: Write> Writer<W> {
             read_failed: end.read_failed,
             own_cost: end.own_cost.clone(),
             slow: end.slow.clone(),
+            kvm_stats: end.kvm_stats.clone(),
         };
         let line = format!("{END_MARK}{}\n", serde_json::to_string(&rec)?);
         self.emit(line.as_bytes())?;
@@ -391,6 +396,7 @@ pub fn write(path: &Path, h: &Header, exits: &[Exit], interval_ns: u64) -> Resul
         read_failed: h.read_failed,
         own_cost: h.own_cost.clone(),
         slow: h.slow.clone(),
+        kvm_stats: h.kvm_stats.clone(),
     };
     let written = w
         .write_header(h, base_ts_ns)
@@ -409,11 +415,11 @@ fn unix_time(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
-/// Reads a data file written by [`Writer`]. Errors are one line naming the file. A file cut
-/// after its first whole interval reads up to its last one, with [`Header::cut`] set.
-pub fn read(path: &Path) -> Result<(Header, Aggregate)> {
-    let bytes = fs::read(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
-    parse(&bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+/// Parses the bytes of data file `path` (written by [`Writer`], read by `hlog::open`).
+/// Errors are one line naming the file. A file cut after its first whole interval reads up
+/// to its last one, with [`Header::cut`] set.
+pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<(Header, Aggregate)> {
+    parse(bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))
 }
 
 fn parse(bytes: &[u8]) -> Result<(Header, Aggregate)> {
@@ -544,6 +550,7 @@ fn complete_header(mut header: Header, a: &mut Aggregate, ends: Ends, cut: Cut) 
             header.read_failed = end.read_failed;
             header.own_cost = end.own_cost;
             header.slow = end.slow;
+            header.kvm_stats = end.kvm_stats;
             a.add_lost(end.lost);
         }
         (None, Some(cp)) => {
@@ -704,6 +711,8 @@ pub(crate) fn parse_tag(tag_text: &str) -> Option<(Key, Stage)> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
     use crate::data::model::Access;
     use crate::data::target::Target;
@@ -824,7 +833,7 @@ mod tests {
     fn a_written_file_reads_back_the_same() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, bytes) = write_sample(dir.path());
-        let (h, b) = read(&path).expect("reads back");
+        let (h, b) = crate::recording::hlog::open(&path).expect("reads back");
         let want = Header {
             stop: Some("end of input".into()),
             ..header()
@@ -875,6 +884,10 @@ mod tests {
             read_failed: None,
             own_cost: None,
             slow: None,
+            kvm_stats: Some(KvmStats {
+                change: [("exits".to_owned(), 1501)].into(),
+                note: None,
+            }),
         };
         let bytes = w.finish(&end).unwrap();
 
@@ -888,6 +901,10 @@ mod tests {
             (3 * SEC, Some("SIGINT"), None)
         );
         assert_eq!(a.lost(), 2);
+        assert_eq!(
+            h.kvm_stats, end.kvm_stats,
+            "KVM's counts come back from the end record"
+        );
         assert_same(&want, &a);
 
         let err = parse(&header_only).unwrap_err().to_string();
@@ -954,7 +971,10 @@ mod tests {
     fn error_of(dir: &Path, bytes: &[u8]) -> String {
         let path = dir.join("bad.data");
         fs::write(&path, bytes).expect("writes");
-        let err = read(&path).expect_err("must not parse").to_string();
+        // As a data file: `hlog::open` would read these as another tool's log.
+        let err = parse_file(&path, bytes)
+            .expect_err("must not parse")
+            .to_string();
         assert!(err.starts_with(&format!("{}: ", path.display())), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
         err
@@ -1006,7 +1026,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_, bytes) = write_sample(dir.path());
         let text = String::from_utf8(bytes.clone()).expect("utf-8");
-        let missing = read(&dir.path().join("missing.data")).expect_err("missing");
+        let missing =
+            crate::recording::hlog::open(&dir.path().join("missing.data")).expect_err("missing");
         assert!(
             missing.to_string().contains("missing.data: cannot read: "),
             "{missing}"
@@ -1119,6 +1140,7 @@ mod tests {
             read_failed,
             own_cost: None,
             slow: None,
+            kvm_stats: None,
         };
         let file = |read_failed| {
             let mut w = Writer::new(Vec::new(), SEC);

@@ -13,7 +13,7 @@ use kvmprof_common::STAGES;
 use serde::Serialize;
 
 use crate::backend::reason_name;
-use crate::data::model::{Access, Exit, Reason, Stage};
+use crate::data::model::{Access, Exit, Reason, ReasonSpace, Stage};
 
 /// Bumped when a field changes meaning or goes away.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -27,6 +27,10 @@ pub struct Line {
     ts_ns: u64,
     reason: NamedReason,
     userspace_reason: Option<u32>,
+    /// KVM_RUN's error return, negative as the kernel gives it (-4: EINTR); only on the
+    /// exits whose reason is that error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errno: Option<i32>,
     #[serde(flatten)]
     access: Option<FlatAccess>,
     stages: Stages,
@@ -72,6 +76,8 @@ impl From<&Exit> for Line {
                 name: reason_name(e.reason),
             },
             userspace_reason: e.userspace_reason,
+            errno: (e.reason.space == ReasonSpace::Errno)
+                .then(|| -i32::try_from(e.reason.code).unwrap_or(i32::MAX)),
             access: e.access.map(|a| match a {
                 Access::Pio { port, size, write } => FlatAccess::Pio { port, size, write },
                 Access::Mmio { gpa, size, write } => FlatAccess::Mmio { gpa, size, write },

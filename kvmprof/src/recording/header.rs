@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::aggregate::Aggregate;
 use crate::data::cost::OwnCost;
+use crate::data::kvmstats::KvmStats;
 use crate::data::model::{Stage, Vendor};
 use crate::data::slow::SlowExits;
 use crate::data::target::Target;
@@ -88,6 +89,9 @@ pub struct Header {
     /// `record --slow`: the exits over its threshold (from the end record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow: Option<SlowExits>,
+    /// KVM's own counters over the window (live recordings; from the end record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvm_stats: Option<KvmStats>,
 }
 
 /// Where a data file without its end record was cut, and what of it is kept.

@@ -1,4 +1,4 @@
-//! Reads any HdrHistogram interval log: kvmprof's own data files (through [`datafile::read`])
+//! Reads any HdrHistogram interval log: kvmprof's own data files (through [`datafile::parse_file`])
 //! and `.hlog` files written by other implementations (Java `HistogramLogWriter`, Python
 //! `hdrh`, kvmprof's `export --format hlog`), so every command that reads recordings also
 //! reads those.
@@ -17,7 +17,6 @@
 //! histograms: a sum is mean × samples). Intervals are put on a grid of the log's most
 //! common interval length (at least 1 ms), timestamps on the wall clock.
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
@@ -43,9 +42,9 @@ pub const UNTAGGED: Key = Key {
 
 /// Reads a kvmprof data file or a foreign interval log. Errors are one line naming the file.
 pub fn open(path: &Path) -> Result<(Header, Aggregate)> {
-    let bytes = fs::read(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+    let bytes = crate::recording::input::read(path)?;
     if bytes.starts_with(datafile::HEADER_MARK.as_bytes()) {
-        return datafile::read(path);
+        return datafile::parse_file(path, &bytes);
     }
     let log = parse(&bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
     if !log.skipped_tags.is_empty() {
@@ -220,6 +219,7 @@ fn build(lines: Vec<Line>, start_time: Option<Duration>) -> Result<Foreign> {
         cut: None,
         own_cost: None,
         slow: None,
+        kvm_stats: None,
     };
     Ok(Foreign {
         header,

@@ -208,6 +208,7 @@ fn merged_header(inputs: &[Input]) -> Header {
         cut: None,
         own_cost: None,
         slow: None,
+        kvm_stats: None,
     }
 }
 

@@ -2,4 +2,5 @@ pub mod datafile;
 pub mod exits;
 pub mod header;
 pub mod hlog;
+pub mod input;
 pub mod merge;

@@ -267,7 +267,7 @@ pub fn table_text(d: &Diff) -> String {
         }
         let cell = |v: Option<f64>, marked: bool| match v {
             None => "-".to_owned(),
-            Some(x) => format!("{x:.2}{}", if marked { "*" } else { " " }),
+            Some(x) => format!("{}{}", ratio_text(x), if marked { "*" } else { " " }),
         };
         let line = match (&r.ratio, &r.beyond_precision) {
             (Some(q), Some(m)) => format!(
@@ -285,6 +285,20 @@ pub fn table_text(d: &Diff) -> String {
         let _ = writeln!(out, "{:<24}{:>4}{}", "", "B/A", line.trim_end());
     }
     out
+}
+
+/// A ratio in at most 6 characters, so that columns 9 wide keep a space between them:
+/// `0.97`, `12.50`, `350`, `12.3k`.
+fn ratio_text(x: f64) -> String {
+    if !x.is_finite() {
+        "inf".to_owned()
+    } else if x < 100.0 {
+        format!("{x:.2}")
+    } else if x < 10_000.0 {
+        format!("{x:.0}")
+    } else {
+        units::si(x)
+    }
 }
 
 #[cfg(test)]
@@ -336,6 +350,27 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json(&d)).expect("JSON");
         assert_eq!(v["schema_version"], 1);
         assert_eq!(v["rows"][0]["reason_name"], "io");
+    }
+
+    #[test]
+    fn large_ratios_keep_the_columns_apart() {
+        let h = header();
+        let (a, b) = (agg(&[(IO, 1, 100)]), agg(&[(IO, 123_456, 50_000_000_000)]));
+        let side = |a| Side {
+            name: "x".into(),
+            header: &h,
+            aggregate: a,
+        };
+        let text = table_text(&diff(&side(&a), &side(&b), &Selection::default()));
+        let ratios = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("B/A"))
+            .expect("a B/A line");
+        // B/A, then exits, rate, p50, p99, p99.9 and max: seven words.
+        assert_eq!(ratios.split_whitespace().count(), 7, "{text}");
+        assert_eq!(ratio_text(123_456.0), "123k");
+        assert_eq!(ratio_text(350.4), "350");
+        assert_eq!(ratio_text(0.971), "0.97");
     }
 
     #[test]

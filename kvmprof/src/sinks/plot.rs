@@ -5,17 +5,19 @@
 //!   use, 1/(1-percentile) on a log scale, so 90%, 99%, 99.9%, ... are equally spaced and the
 //!   tail gets as much room as the body. Several curves (reasons, stages, files) overlaid.
 //! - Time series: per interval, the rate of measured exits (top) and their p99 (bottom).
+use std::io::Write as _;
 use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{anyhow, bail, Result};
 use hdrhistogram::Histogram;
+use image::ImageEncoder as _;
 use plotters::chart::{ChartContext, MeshStyle};
 use plotters::coord::{ranged1d::Ranged, CoordTranslate, Shift};
 use plotters::prelude::*;
 
 use crate::data::series::IntervalRow;
-use crate::util::units;
+use crate::util::{output, units};
 
 /// One curve of a percentile plot.
 pub struct Curve {
@@ -77,26 +79,46 @@ fn kind(out: &Path) -> Result<Kind> {
     }
 }
 
-/// Runs `draw` on a drawing area of the backend `out`'s extension asks for.
+/// Runs `draw` on a drawing area of the backend `out`'s extension asks for, in memory, then
+/// writes the picture as every output is written (`util::output`: checked before drawing,
+/// devices written through, errors one line).
 fn render(
     out: &Path,
     draw: impl Fn(&DrawingArea<SVGBackend, Shift>) -> Result<()>,
     draw_png: impl Fn(&DrawingArea<BitMapBackend, Shift>) -> Result<()>,
 ) -> Result<()> {
     register_font()?;
+    let kind = kind(out)?;
+    let mut file = output::open(out)?;
     let fail = |e: &dyn std::fmt::Display| anyhow!("{}: cannot draw: {e}", out.display());
-    match kind(out)? {
+    let bytes = match kind {
         Kind::Svg => {
-            let root = SVGBackend::new(out, SIZE).into_drawing_area();
-            draw(&root)?;
-            root.present().map_err(|e| fail(&e))
+            let mut svg = String::new();
+            {
+                let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+                draw(&root)?;
+                root.present().map_err(|e| fail(&e))?;
+            }
+            svg.into_bytes()
         }
         Kind::Png => {
-            let root = BitMapBackend::new(out, SIZE).into_drawing_area();
-            draw_png(&root)?;
-            root.present().map_err(|e| fail(&e))
+            let (w, h) = SIZE;
+            let mut rgb = vec![0u8; w as usize * h as usize * 3];
+            {
+                let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
+                draw_png(&root)?;
+                root.present().map_err(|e| fail(&e))?;
+            }
+            let mut png = Vec::new();
+            image::codecs::png::PngEncoder::new(&mut png)
+                .write_image(&rgb, w, h, image::ColorType::Rgb8)
+                .map_err(|e| fail(&e))?;
+            png
         }
-    }
+    };
+    file.write_all(&bytes)
+        .map_err(|e| anyhow!("{}: cannot write: {e}", out.display()))?;
+    file.finish()
 }
 
 /// The grid and axis text of every chart, with the font sizes of the axis descriptions and
@@ -177,7 +199,9 @@ pub fn percentiles(out: &Path, title: &str, curves: &[Curve]) -> Result<()> {
                 .iter_quantiles(5)
                 .map(|v| (v.quantile_iterated_to(), v.value_iterated_to() as f64))
                 .filter(|&(q, _)| q < 1.0 && x_of(q) <= x_max)
-                .map(|(q, v)| (x_of(q), v))
+                // A 0 ns value sits at minus infinity on the log axis: its segment would run
+                // off the plot area, over the title and legend.
+                .map(|(q, v)| (x_of(q), v.max(lo as f64)))
                 .chain([(x_max, c.hist.max() as f64)])
                 .collect()
         })
@@ -197,7 +221,11 @@ pub fn percentiles(out: &Path, title: &str, curves: &[Curve]) -> Result<()> {
                 .x_label_area_size(60)
                 .y_label_area_size(100)
                 .build_cartesian_2d(
-                    (1f64..x_max).log_scale().with_key_points(ticks.clone()),
+                    // A hair past the last decade, whose key point would fall on the range's
+                    // open end and go unlabelled.
+                    (1f64..x_max * 1.001)
+                        .log_scale()
+                        .with_key_points(ticks.clone()),
                     (lo as f64 * 0.8..hi as f64 * 1.25).log_scale(),
                 )
                 .map_err(|e| fail(&e))?;

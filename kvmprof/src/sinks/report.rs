@@ -74,6 +74,10 @@ struct Report<'a> {
     duration_ns: u64,
     total_exits: u64,
     lost: u64,
+    /// KVM's own counters over the window, stat → change (live recordings where readable;
+    /// the header's `kvm_stats` also says why not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kvm_stats: Option<&'a BTreeMap<String, u64>>,
     by: &'static str,
     groups: Vec<Group>,
     breakdown: Vec<Breakdown>,
@@ -236,6 +240,11 @@ fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
         duration_ns,
         total_exits,
         lost: a.lost(),
+        kvm_stats: h
+            .kvm_stats
+            .as_ref()
+            .map(|k| &k.change)
+            .filter(|c| !c.is_empty()),
         by: by.name(),
         groups,
         breakdown,
@@ -331,9 +340,9 @@ fn intervals_table(out: &mut String, r: &Report) {
         "start", "exits", "rate/s", "p50", "p99", "max"
     );
     for row in &iv.rows {
-        // As many decimals as the interval length needs (1 s: none, 250 ms: two).
+        // As many decimals as the start needs (1 s: none, 250 ms: two), ms at most.
         let decimals = (0..3)
-            .find(|&d| row.length_ns % (1_000_000_000 / 10u64.pow(d)) == 0)
+            .find(|&d| row.offset_ns % (1_000_000_000 / 10u64.pow(d)) == 0)
             .unwrap_or(3) as usize;
         let _ = writeln!(
             out,
@@ -408,6 +417,13 @@ fn header_lines(out: &mut String, r: &Report) {
              at its start not counted",
             units::ns(h.duration_ns),
         );
+    }
+    for line in h
+        .kvm_stats
+        .iter()
+        .flat_map(|k| k.lines(r.total_exits, h.vendor))
+    {
+        let _ = writeln!(out, "{line}");
     }
     if let Some(c) = &h.own_cost {
         let wall = std::time::Duration::from_nanos(h.duration_ns);

@@ -162,7 +162,13 @@ fn summary(s: &Summary, width: usize) -> Vec<(Part, Line)> {
             .map(|l| (Part::Processes, l)),
     );
     if let Some(cost) = &s.own_cost {
-        lines.push((Part::Processes, vec![plain(format!("cost  {cost}"))]));
+        // Word by word: the line names every program and is often wider than the screen.
+        let words: Vec<String> = cost.split(' ').map(str::to_owned).collect();
+        lines.extend(
+            wrap_with("cost  ", &words, width, " ")
+                .into_iter()
+                .map(|l| (Part::Processes, vec![plain(l)])),
+        );
     }
     if let Some(slow) = &s.slow {
         lines.extend(slow_lines(slow));
@@ -263,16 +269,21 @@ fn clock(d: Duration) -> String {
 /// `items` after `prefix`, two spaces apart, on as many lines as `width` needs; follow-on
 /// lines are indented like the first item.
 fn wrap(prefix: &str, items: &[String], width: usize) -> Vec<String> {
+    wrap_with(prefix, items, width, "  ")
+}
+
+/// [`wrap`] with `gap` between the items on a line.
+fn wrap_with(prefix: &str, items: &[String], width: usize, gap: &str) -> Vec<String> {
     let indent = " ".repeat(prefix.chars().count());
     let mut lines = vec![prefix.to_owned()];
     for item in items {
         let Some(line) = lines.last_mut() else { break };
         let fresh = line.chars().count() == indent.len();
-        if !fresh && line.chars().count() + 2 + item.chars().count() > width {
+        if !fresh && line.chars().count() + gap.len() + item.chars().count() > width {
             lines.push(format!("{indent}{item}"));
         } else {
             if !fresh {
-                line.push_str("  ");
+                line.push_str(gap);
             }
             line.push_str(item);
         }

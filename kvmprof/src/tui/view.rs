@@ -2,7 +2,6 @@
 //! snapshot deltas, rows grouped and sorted, and the columns that have something to show.
 //! Pure, so the numbers are unit-tested without a terminal or a kernel.
 use std::{
-    cmp::Ordering,
     collections::{BTreeMap, BTreeSet},
     time::Duration,
 };
@@ -226,17 +225,27 @@ pub fn rows(keys: &BTreeMap<Key, KeyStats>, cx: &Context, view: View) -> Vec<Row
     rows.sort_by(|a, b| {
         let (va, vb) = (view.sort.value(a), view.sort.value(b));
         let measured = vb.is_some().cmp(&va.is_some());
-        // Ties (idle rows, first frame) fall back to totals, then to a fixed order.
+        // Values that show alike are ties: two vCPUs at "100" exits/s must not swap places
+        // from frame to frame as 100.02 and 99.98 trade. Ties fall back to a fixed order;
+        // unmeasured rows (idle, first frame) to totals first.
         let order = match (va, vb) {
-            (Some(va), Some(vb)) => vb.total_cmp(&va),
-            _ => Ordering::Equal,
-        }
-        .then(b.count.cmp(&a.count));
+            (Some(va), Some(vb)) => as_shown(vb).total_cmp(&as_shown(va)),
+            _ => b.count.cmp(&a.count),
+        };
         let order = if view.reverse { order.reverse() } else { order };
         // Unmeasured rows stay last either way.
         measured.then(order).then(a.id.cmp(&b.id))
     });
     rows
+}
+
+/// `v` to the 3 significant digits the table shows ([`crate::util::units::si`] and `ns`).
+fn as_shown(v: f64) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let scale = 10f64.powi(2 - v.abs().log10().floor() as i32);
+    (v * scale).round() / scale
 }
 
 fn latency(stats: &KeyStats, stage: Stage) -> Option<Latency> {
