@@ -317,9 +317,7 @@ pub struct ThreadState {
     /// The `kvm_run` of the vCPU whose fd is `run_fd` (see `Config::run_known`), 0 unknown.
     pub run_ptr: u64,
     pub run_fd: i32,
-    /// The first word of `kvm_run.io` at the current return, read straight into the map
-    /// value: no stack (6.1's verifier caps the programs' combined stack at 512 bytes).
-    pub exit_io: u32,
+    pub _pad: u32,
 }
 
 /// Indices into the per-CPU `COUNTERS` array.

@@ -3,7 +3,7 @@
 //! an exit is complete. See `kvmprof_common::boundary` for what starts a cycle.
 use kvmprof_common::{
     boundary, counter, flag, kind, space, stage, ThreadState, HOOKED_STAGES, KVM_EXIT_INTR,
-    KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_MMIO, STAGES,
+    KVM_EXIT_IO, KVM_EXIT_MMIO, STAGES,
 };
 
 use kvmprof_common::tally;
@@ -367,10 +367,9 @@ fn same_exit(st: &ThreadState, bound: u32, reason: u32, errno: i32, io: Option<U
     (reason == KVM_EXIT_IO && pio) || (reason == KVM_EXIT_MMIO && st.flags & flag::MMIO != 0)
 }
 
-/// `kvm:kvm_userspace_exit`: KVM_RUN returns to the VMM; `io_known` when `st.exit_io` holds
-/// the port access of this `KVM_EXIT_IO`, read from `kvm_run`.
+/// `kvm:kvm_userspace_exit`: KVM_RUN returns to the VMM; `io` is the port access of a
+/// `KVM_EXIT_IO` where `kvm_run` could be read.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
 pub fn kvm_run_exit(
     pid: u32,
     tid: u32,
@@ -379,14 +378,8 @@ pub fn kvm_run_exit(
     ts: u64,
     reason: u32,
     errno: i32,
-    io_known: bool,
+    io: Option<UserIo>,
 ) {
-    let w = st.exit_io;
-    let io = io_known.then_some(UserIo {
-        write: w as u8 == KVM_EXIT_IO_OUT,
-        size: (w >> 8) as u8,
-        port: (w >> 16) as u16,
-    });
     let mut cycle;
     let same = same_exit(st, bound, reason, errno, io);
     if st.open != 0 && !same {
@@ -623,7 +616,7 @@ mod tests {
         identify_io(PID, TID, &mut st, b, 1300, pio(0x700, true));
         identify_io(PID, TID, &mut st, b, 1700, pio(0x700, true));
         identify_io(PID, TID, &mut st, b, 2000, pio(0x3f8, true));
-        kvm_run_exit(PID, TID, &mut st, b, 2500, 2, 0, false);
+        kvm_run_exit(PID, TID, &mut st, b, 2500, 2, 0, None);
         assert_eq!(
             records().len(),
             2,
@@ -657,7 +650,7 @@ mod tests {
         let b = boundary::IDENT;
         kvm_run_enter(&mut st, 7, 1000);
         identify_io(PID, TID, &mut st, b, 1100, pio(0x700, true));
-        kvm_run_exit(PID, TID, &mut st, b, 1300, KVM_EXIT_HLT, 0, false);
+        kvm_run_exit(PID, TID, &mut st, b, 1300, KVM_EXIT_HLT, 0, None);
         // The VMM never calls KVM_RUN again (end of recording): userspace takes the held
         // exit from the thread state.
         release_pending(&mut st);
@@ -676,7 +669,7 @@ mod tests {
         let mut st = fresh();
         let b = boundary::IDENT;
         kvm_run_enter(&mut st, 7, 1000);
-        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0, false);
+        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0, None);
         assert_eq!(
             st.await_pio_in, 1,
             "kvm_pio fires for reads only on completion"
@@ -700,8 +693,13 @@ mod tests {
     #[test]
     fn pvm_port_exits_are_filed_by_kvm_run_in_every_order() {
         let b = boundary::IDENT;
-        // kvm_run.io's first word: direction, size 1, port.
-        let user = |write: bool, port: u16| (port as u32) << 16 | 1 << 8 | write as u32;
+        let user = |write, port| {
+            Some(UserIo {
+                write,
+                size: 1,
+                port,
+            })
+        };
         // (in-kernel access, then the access that goes to the VMM)
         for (kernel, to_vmm) in [
             ((0x700, true), (0x3fd, false)),
@@ -716,8 +714,16 @@ mod tests {
                 // A write is traced before KVM hands it to the VMM.
                 identify_io(PID, TID, &mut st, b, 1200, pio(to_vmm.0, true));
             }
-            st.exit_io = user(to_vmm.1, to_vmm.0 as u16);
-            kvm_run_exit(PID, TID, &mut st, b, 1300, KVM_EXIT_IO, 0, true);
+            kvm_run_exit(
+                PID,
+                TID,
+                &mut st,
+                b,
+                1300,
+                KVM_EXIT_IO,
+                0,
+                user(to_vmm.1, to_vmm.0 as u16),
+            );
             assert_eq!(st.await_pio_in, !to_vmm.1 as u32, "{kernel:?} {to_vmm:?}");
             kvm_run_enter(&mut st, 7, 1500);
             if !to_vmm.1 {
@@ -749,10 +755,10 @@ mod tests {
         let mut st = fresh();
         let b = boundary::IDENT;
         kvm_run_enter(&mut st, 7, 1000);
-        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0, false);
+        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0, None);
         kvm_run_enter(&mut st, 7, 1200);
         // The read's completion is missed; the next return to the VMM comes first.
-        kvm_run_exit(PID, TID, &mut st, b, 1400, KVM_EXIT_HLT, 0, false);
+        kvm_run_exit(PID, TID, &mut st, b, 1400, KVM_EXIT_HLT, 0, None);
         let r = records();
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].user_reason, r[0].stage_ns[stage::VMM]), (2, 100));
@@ -764,7 +770,7 @@ mod tests {
         let mut st = seen_mid_run();
         let b = boundary::IDENT;
         identify_io(PID, TID, &mut st, b, LATE, pio(0x3f8, true));
-        kvm_run_exit(PID, TID, &mut st, b, LATE + 100, 2, 0, false);
+        kvm_run_exit(PID, TID, &mut st, b, LATE + 100, 2, 0, None);
         assert!(records().is_empty(), "no made-up cycle from time zero");
         assert_eq!((unobserved(), st.has_pending), (1, 0), "nothing held");
         // Its VMM round trip belongs to an exit outside the recording: nothing joined.
@@ -772,7 +778,7 @@ mod tests {
         assert!(records().is_empty());
         // The next exit began inside the window: recorded, timed from KVM_RUN entry.
         identify_io(PID, TID, &mut st, b, LATE + 1300, pio(0x3f8, true));
-        kvm_run_exit(PID, TID, &mut st, b, LATE + 1400, 2, 0, false);
+        kvm_run_exit(PID, TID, &mut st, b, LATE + 1400, 2, 0, None);
         kvm_run_enter(&mut st, 7, LATE + 1600);
         let r = records();
         assert_eq!(r.len(), 1);
@@ -805,7 +811,7 @@ mod tests {
             boundary::ENTER_GUEST,
         ] {
             let mut st = seen_mid_run();
-            kvm_run_exit(PID, TID, &mut st, b, LATE, KVM_EXIT_HLT, 0, false);
+            kvm_run_exit(PID, TID, &mut st, b, LATE, KVM_EXIT_HLT, 0, None);
             assert!(records().is_empty(), "boundary {b}");
             assert_eq!(unobserved(), 1, "boundary {b}");
             assert_eq!(st.user_since_ns, 0, "boundary {b}: no round trip to join");
