@@ -8,7 +8,7 @@ use kvmprof_common::names::tp;
 
 use crate::{
     data::model::Vendor,
-    host::btf::{self, ExitLayout, RunPath, KVM_BTF_MODULES},
+    host::btf::{self, ExitLayout, KVM_BTF_MODULES},
 };
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
@@ -40,9 +40,6 @@ pub struct Facts {
     /// Where a tp_btf `kvm_exit` program finds the exit reason, or why it cannot (`None`:
     /// not read).
     pub kvm_exit_layout: Option<Result<ExitLayout, String>>,
-    /// How the programs find a vCPU's `kvm_run` from its fd (`Config::run_known`); `None`
-    /// when a member is not in BTF.
-    pub run_path: Option<RunPath>,
     pub kprobes: bool,
     /// `Some(Err(why))` when loading an fentry program was refused; `None` when untried
     /// (only a load attempt tells: `btf::probe_trampoline`).
@@ -126,7 +123,6 @@ impl Facts {
                 })
                 .collect(),
             kvm_exit_layout: None,
-            run_path: btf::run_path(&kbtf),
             kprobes: Path::new(KPROBE_PMU).exists(),
             fentry: None,
             traceable,
