@@ -57,7 +57,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     // of the default `sampled`: its report shows the BPF cost measured throughout.
     let opts = options(
         vec![t.clone()],
-        a.hooks.pref(),
+        &a.hooks,
         None,
         interval,
         attach::Records::default(),

@@ -15,7 +15,7 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
              programs)"
         );
     }
-    let (facts, plan) = live::plan_for_host(a.hooks.pref())?;
+    let (facts, plan) = live::plan_for_host(a.hooks.pref(), a.hooks.deep())?;
     match a.format {
         Format::Table => print!("{}", render(&plan, &facts)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),

@@ -11,11 +11,11 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    cli::RecordArgs,
+    cli::{HookArgs, RecordArgs},
     data::model::Exit,
     data::slow::SlowExits,
     host::kernel::Facts,
-    host::plan::{HookPref, Plan},
+    host::plan::Plan,
     live::attach,
     live::selfcost::BpfStats,
     live::spawn::{self, spawn_held},
@@ -59,7 +59,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
     };
     let session = Session::start(options(
         targets.clone(),
-        a.hooks.pref(),
+        &a.hooks,
         a.duration,
         a.interval,
         records,
@@ -81,7 +81,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
 
 pub(super) fn options(
     targets: Vec<Target>,
-    hooks: HookPref,
+    hooks: &HookArgs,
     duration: Option<Duration>,
     interval: Duration,
     records: attach::Records,
@@ -89,12 +89,14 @@ pub(super) fn options(
 ) -> live::Options {
     live::Options {
         targets,
-        hooks,
+        hooks: hooks.pref(),
+        stages: hooks.deep(),
         duration,
         records,
         tick: Duration::from_millis(100),
         interval,
         bpf_stats,
+        sleep_when_idle: true,
     }
 }
 

@@ -177,6 +177,13 @@ pub fn attach(ebpf: &mut Ebpf, plan: &mut Plan, facts: &Facts, pids: &[u32]) -> 
             .map_err(|e| anyhow!("attach tracepoint {tp}: {}", describe(&e)))?;
     }
     attach_thread_exit(ebpf)?;
+    if plan.run_entry_fentry {
+        let (name, sym) = (hook::RUN_ENTRY, crate::backend::RUN_IOCTL);
+        load_fentry(ebpf, facts, name, sym).map_err(|e| anyhow!("fentry on {sym} refused: {e}"))?;
+        let prog: &mut FEntry = ebpf.program_mut(name).context(name)?.try_into()?;
+        prog.attach()
+            .map_err(|e| anyhow!("fentry on {sym}: {}", describe(&e)))?;
+    }
 
     for sp in &plan.stages {
         let Some(stem) = hook::stem(sp.stage.index()) else {
@@ -207,7 +214,11 @@ pub fn attach(ebpf: &mut Ebpf, plan: &mut Plan, facts: &Facts, pids: &[u32]) -> 
                 let prog: &mut FEntry = ebpf.program_mut(&name).context(name)?.try_into()?;
                 prog.attach()
                     .map_err(|e| anyhow!("fentry on {sym}: {}", describe(&e)))?;
-                let name = format!("{}{stem}", hook::FEXIT);
+                let name = if sp.stage == Stage::VendorRun && plan.reason_at_vendor_return {
+                    hook::VENDOR_RUN_REASON.to_string()
+                } else {
+                    format!("{}{stem}", hook::FEXIT)
+                };
                 load_fexit(ebpf, facts, &name, sym)
                     .map_err(|e| anyhow!("fexit on {sym} refused: {e}"))?;
                 let prog: &mut FExit = ebpf.program_mut(&name).context(name)?.try_into()?;
@@ -260,10 +271,11 @@ fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Conf
     };
     let btf_exit = match &f.kvm_exit_layout {
         Some(Ok(l))
-            if plan
-                .btf_tracepoints
-                .iter()
-                .any(|t| t == names::tp::KVM_EXIT) =>
+            if plan.reason_at_vendor_return
+                || plan
+                    .btf_tracepoints
+                    .iter()
+                    .any(|t| t == names::tp::KVM_EXIT) =>
         {
             Some(*l)
         }
@@ -417,6 +429,8 @@ mod tests {
                 expect(&format!("{prefix}{stem}"), kind.to_owned());
             }
         }
+        expect(hook::VENDOR_RUN_REASON, "fexit".to_owned());
+        expect(hook::RUN_ENTRY, "fentry".to_owned());
         for m in map::ALL {
             if !obj.maps.contains_key(m) {
                 wrong.push(format!("map {m} missing"));
