@@ -115,11 +115,12 @@ macro_rules! config {
 pub(crate) use config;
 
 /// The time of this event if it is inside the recording window. The time is read first:
-/// an event at `ts >= start` then sees the window userspace wrote before `start` (live.rs).
+/// an event at `ts >= start` then sees the window userspace wrote before `start` (`live/mod.rs`).
 /// The first such event after the reader went to sleep wakes it (`Window::asleep`).
 #[inline(always)]
 pub fn window_now() -> Option<u64> {
-    let ts = crate::exit::now();
+    // SAFETY: helper without preconditions.
+    let ts = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let w = WINDOW.get_ptr_mut(0)?;
     // SAFETY: map value pointer valid for this run; `asleep` is the only field written here,
     // and a race with another CPU only sends one more wake-up.

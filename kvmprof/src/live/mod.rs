@@ -33,15 +33,16 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
+use crate::data::cost::{BpfStats, OwnCost};
+use crate::data::target::Target;
 use crate::{
     data::aggregate::Aggregate,
     data::model::{Exit, Tally},
     host::kernel::Facts,
-    host::plan::{self, HookPref, Plan},
+    host::plan::{HookPref, Plan},
 };
 use collect::Collector;
-use selfcost::{BpfStats, OwnCost, Sampling};
-use target::Target;
+use selfcost::Sampling;
 
 /// How often the ring buffer is drained without a wake-up from the kernel.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
@@ -130,28 +131,12 @@ pub struct Status<'a> {
 pub struct Outcome {
     pub aggregate: Aggregate,
     pub plan: Plan,
-    pub facts: Facts,
     pub counters: Counters,
     pub stop: Stop,
-    /// Wall-clock time of the window's start.
-    pub started: SystemTime,
     /// The window's length: exactly the span the recording's exits began and ended in.
     pub elapsed: Duration,
-    /// The window on the records' clock (CLOCK_MONOTONIC ns), both ends set.
-    pub window: Window,
     pub exited: Vec<Target>,
     pub own_cost: OwnCost,
-}
-
-/// Plans for this kernel, including the one fact only a load attempt reveals (fentry);
-/// `deep`: with the handler and `kvm_fast_pio` stages (`--stages`).
-pub fn plan_for_host(hooks: HookPref, deep: bool) -> Result<(Facts, Plan)> {
-    let facts = Facts::gather(&plan::candidate_functions())?;
-    let (facts, mut plan) = attach::plan(facts, hooks)?;
-    if !deep {
-        plan.without_deep_stages();
-    }
-    Ok((facts, plan))
 }
 
 /// An attached session, not yet draining. Splitting start from run lets callers announce
@@ -247,7 +232,7 @@ impl Session {
         target::preflight()?;
         let stats = Sampling::new(opts.bpf_stats);
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
-        let (facts, mut plan) = plan_for_host(opts.hooks, opts.stages)?;
+        let (facts, mut plan) = crate::host::plan_for_host(opts.hooks, opts.stages)?;
         let mut ebpf = attach::load_for(&plan, &facts, !pids.is_empty(), opts.records)?;
         let ring = RingBuf::try_from(ebpf.take_map(map::EVENTS).context("EVENTS map")?)?;
         let counters =
@@ -310,7 +295,7 @@ impl Session {
     ) -> Result<Outcome> {
         let Session {
             opts,
-            facts,
+            facts: _,
             plan,
             ebpf,
             ring,
@@ -329,7 +314,6 @@ impl Session {
             tallied: 0,
             ..stats.cost(|| selfcost::programs(ebpf), exits)
         };
-        let started = wall_clock_at(window.start_ns);
         let t0 = Instant::now();
         // A set duration was announced to the kernel with the start: wake just after it.
         let deadline = match window.stop_ns {
@@ -496,12 +480,9 @@ impl Session {
         Ok(Outcome {
             aggregate: agg,
             plan,
-            facts,
             counters,
             stop,
-            started,
             elapsed: Duration::from_nanos(window.stop_ns - window.start_ns),
-            window,
             exited,
             own_cost,
         })
