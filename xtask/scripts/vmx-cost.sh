@@ -5,22 +5,26 @@
 # CPU: the test VMM's own time from its first KVM_RUN to its last return, times IPS, is every
 # instruction the CPU ran meanwhile — the vCPU thread, the profiler's threads, interrupts.
 #
-# ROUNDS alternating rounds of each workload alone, under `kvmprof record` (default hooks, and
-# `--hooks kprobe`), under `perf kvm stat record` and, when /payload/kvmprof-before exists,
-# under that build's default `record` (the code before a change, in the same boot). Then one
-# `--bpf-stats on` recording per workload (the programs that ran per exit), and kvmprof's cost
-# while the VM makes no exit (its threads' schedstat over IDLE_S guest seconds).
+# ROUNDS alternating rounds of each workload in each of MODES: alone, under `kvmprof record`
+# (`default`, `stages` = `--stages`, `kprobe` = `--hooks kprobe`), under `perf kvm stat record`
+# and, when /payload/kvmprof-before exists, under that build's default `record` (`before`: the
+# code before a change, in the same boot). With STATS=1, one `--bpf-stats on` recording per
+# workload (the programs that ran per exit). Then kvmprof's cost while the VM makes no exit (its
+# threads' schedstat over IDLE_S guest seconds).
 # Output lines start with `@@` for xtask to pick up; a count that disagrees fails the run.
 set -u
 IPS=${IPS:?}
 ROUNDS=${ROUNDS:-3}
 EXITS=${EXITS:-20000}
-IDLE_S=${IDLE_S:-20}
+IDLE_S=${IDLE_S:-10}
 P=/payload
 D=/tmp/cost
 mkdir -p $D
-MODES="alone default kprobe perf"
-[ -x $P/kvmprof-before ] && MODES="$MODES before"
+STATS=${STATS:-1}
+if [ -z "${MODES:-}" ]; then
+    MODES="alone default stages kprobe perf"
+    [ -x $P/kvmprof-before ] && MODES="$MODES before"
+fi
 WORKLOADS="user kernel"
 bad=0
 
@@ -36,11 +40,12 @@ run() { # mode workload tag
     f=$D/$1.$2.$3
     case $1 in
     alone) $P/kvmprof-testvmm $(args $2) > $f.json ;;
-    default | kprobe | before)
-        kp=$P/kvmprof; h=auto
-        [ $1 = kprobe ] && h=kprobe
+    default | stages | kprobe | before)
+        kp=$P/kvmprof; h="--hooks auto"
+        [ $1 = stages ] && h="--stages"
+        [ $1 = kprobe ] && h="--hooks kprobe"
         [ $1 = before ] && kp=$P/kvmprof-before
-        $kp record --hooks $h -o $f.data -- $P/kvmprof-testvmm $(args $2) > $f.json 2> $f.err \
+        $kp record $h -o $f.data -- $P/kvmprof-testvmm $(args $2) > $f.json 2> $f.err \
             || { echo "@@FAIL $1 $2: $(tail -1 $f.err)"; bad=1; return; }
         $kp report -i $f.data > $f.report 2>&1
         got=$(sed -n 's/^exits: \([0-9]*\) .*lost events: \([0-9]*\).*/\1 \2/p' $f.report)
@@ -73,7 +78,7 @@ while [ $r -le "$ROUNDS" ]; do
 done
 
 # The programs that ran per exit and their run time (ns on the guest clock = instructions/(IPS/1e9)).
-for w in $WORKLOADS; do
+[ "$STATS" = 1 ] && for w in $WORKLOADS; do
     $P/kvmprof record --bpf-stats on -o $D/stats.$w.data -- $P/kvmprof-testvmm $(args $w) > /dev/null 2>&1
     echo "@@STATS $w $($P/kvmprof report -i $D/stats.$w.data 2>&1 | grep "own cost")"
 done

@@ -26,6 +26,10 @@ pub struct Options {
     pub before: Option<PathBuf>,
     /// The Bochs boot script (PLATFORM.md's reference recipe).
     pub bochs_script: PathBuf,
+    /// The modes to run (`vmx-cost.sh`'s MODES), default all.
+    pub modes: Option<String>,
+    /// One `--bpf-stats on` recording per workload: the programs per exit.
+    pub stats: bool,
 }
 
 pub fn run(o: &Options) -> Result<()> {
@@ -57,11 +61,14 @@ pub fn run(o: &Options) -> Result<()> {
     let script = workspace_root().join("xtask/scripts/vmx-cost.sh");
     // vmx-bochs.sh passes no environment into the guest: the knobs go in a wrapper payload.
     let payload = work.join("payload.sh");
+    let modes = o.modes.as_deref().unwrap_or("");
     fs::write(
         &payload,
         format!(
-            "IPS={IPS} ROUNDS={} EXITS={} sh /payload/vmx-cost.sh\n",
-            o.rounds, o.exits
+            "IPS={IPS} ROUNDS={} EXITS={} MODES='{modes}' STATS={} sh /payload/vmx-cost.sh\n",
+            o.rounds,
+            o.exits,
+            u8::from(o.stats)
         ),
     )?;
     bins.push(script);

@@ -77,6 +77,13 @@ struct BenchArgs {
     /// /work/shared/tools/vmx-bochs.sh]
     #[arg(long, value_name = "PATH", requires = "vmx")]
     bochs_script: Option<PathBuf>,
+    /// With --vmx: only these modes, space-separated, of alone, default, stages (`--stages`),
+    /// kprobe (`--hooks kprobe`), perf, before [default: all]
+    #[arg(long, value_name = "LIST", requires = "vmx")]
+    modes: Option<String>,
+    /// With --vmx: skip the `--bpf-stats on` recordings (programs per exit)
+    #[arg(long, requires = "vmx")]
+    no_stats: bool,
     /// Use the release binaries as they are instead of building them first.
     #[arg(long)]
     no_build: bool,
@@ -113,6 +120,8 @@ fn run(command: Command) -> anyhow::Result<u8> {
             bochs_script: a
                 .bochs_script
                 .unwrap_or_else(bench_vmx::default_bochs_script),
+            modes: a.modes,
+            stats: !a.no_stats,
         })
         .map(|()| 0),
         Command::Bench(a) => bench::run(
