@@ -54,7 +54,8 @@ run() { # mode workload tag
         $P/perf kvm -o $f.data stat record -- $P/kvmprof-testvmm $(args $2) > $f.json 2> $f.err \
             || { echo "@@FAIL $1 $2: $(tail -1 $f.err)"; bad=1; return; }
         $P/perf kvm -i $f.data stat report > $f.report 2>&1
-        got="$(awk '$1 == "io" { print $2 }' $f.report) 0"
+        # The row is named after the vendor's exit reason: `io` on SVM, `IO_INSTRUCTION` on VMX.
+        got="$(awk '$1 == "io" || $1 == "IO_INSTRUCTION" { print $2 }' $f.report) 0"
         ;;
     esac
     set -- "$1" "$2" "$3" $(summary $f.json)
