@@ -455,9 +455,10 @@ pub mod names {
         pub const TALLY_ROWS: &str = "TALLY_ROWS";
         pub const TALLY_NEXT: &str = "TALLY_NEXT";
         pub const TALLY_CLAIMS: &str = "TALLY_CLAIMS";
+        pub const TALLY_ADDRS: &str = "TALLY_ADDRS";
         pub const SCRATCH: &str = "SCRATCH";
         pub const SCRATCH_KEY: &str = "SCRATCH_KEY";
-        pub const ALL: [&str; 14] = [
+        pub const ALL: [&str; 15] = [
             EVENTS,
             BATCHES,
             PIDS,
@@ -470,6 +471,7 @@ pub mod names {
             TALLY_ROWS,
             TALLY_NEXT,
             TALLY_CLAIMS,
+            TALLY_ADDRS,
             SCRATCH,
             SCRATCH_KEY,
         ];
@@ -521,4 +523,5 @@ mod pod {
     unsafe impl aya::Pod for super::Window {}
     unsafe impl aya::Pod for super::tally::TallyMeta {}
     unsafe impl aya::Pod for super::tally::Next {}
+    unsafe impl aya::Pod for super::tally::AddrKey {}
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use kvmprof_common::{
     counter,
-    tally::{self, Row, TallyKey, TallyMeta},
+    tally::{self, AddrKey, Row, TallyKey, TallyMeta},
     Batch, Config, ThreadState, Window, STATE_SLOTS,
 };
 
@@ -69,6 +69,11 @@ pub static TALLY_ROWS: Array<Row> = Array::with_max_entries(tally::ROWS, 0);
 #[map]
 pub static TALLY_CLAIMS: HashMap<u32, u8> =
     HashMap::with_max_entries(tally::SLOTS + tally::ROWS, 0);
+
+/// MMIO exits by slot and address (`kvmprof_common::tally`, the module doc). Each key is
+/// written by its slot's thread only: plain increments.
+#[map]
+pub static TALLY_ADDRS: HashMap<AddrKey, u64> = HashMap::with_max_entries(tally::ADDRS, 0);
 
 /// The next slot and row to hand out (`kvmprof_common::tally::Next`).
 #[map]

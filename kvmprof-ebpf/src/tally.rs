@@ -6,23 +6,25 @@ use core::sync::atomic::Ordering;
 use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP};
 
 use kvmprof_common::{
-    counter, kind,
-    tally::{self, Cache, Kind, TallyMeta, NO_ROW, REFUSED},
+    counter, flag, kind,
+    tally::{self, AddrKey, Cache, Kind, TallyMeta, NO_ROW, REFUSED},
     STAGES,
 };
 
 use crate::maps::{
-    bump, config, EVENTS, SCRATCH_KEY, TALLY_CLAIMS, TALLY_KEYS, TALLY_META, TALLY_NEXT, TALLY_ROWS,
+    bump, config, EVENTS, SCRATCH_KEY, TALLY_ADDRS, TALLY_CLAIMS, TALLY_KEYS, TALLY_META,
+    TALLY_NEXT, TALLY_ROWS,
 };
 
-/// Tallies one whole exit of thread `pid`/`tid`: of kind `k`, with these stage durations,
-/// closed at `ts`. `false` when it must go as a record instead (see
-/// `kvmprof_common::tally`).
+/// Tallies one whole exit of thread `pid`/`tid`: of kind `k` (`tally::Kind::of`), at MMIO
+/// address `addr` when it is one, with these stage durations, closed at `ts`. `false` when
+/// it must go as a record instead (see `kvmprof_common::tally`).
 #[inline(always)]
 pub fn add(
     pid: u32,
     tid: u32,
     k: &Kind,
+    addr: u64,
     stage_ns: &[u64; STAGES],
     cache: &mut Cache,
     ts: u64,
@@ -73,9 +75,31 @@ pub fn add(
             meta.max_ns[s] = v;
         }
     }
+    // Before the count: userspace reads the addresses after a slot's count grew, so every
+    // address counted is read with or after the exit it belongs to.
+    if k.flags & flag::MMIO != 0 && !count_addr(slot, addr) {
+        meta.other += 1;
+    }
     meta.count += 1;
     meta.last_ts = ts;
     true
+}
+
+/// Counts one exit of `slot` at MMIO address `addr`; `false` when the address has no count
+/// and none is left to give it.
+#[inline(always)]
+fn count_addr(slot: u32, addr: u64) -> bool {
+    let key = AddrKey {
+        slot,
+        _pad: 0,
+        addr,
+    };
+    if let Some(c) = TALLY_ADDRS.get_ptr_mut(&key) {
+        // SAFETY: map value pointer valid for this run; only the slot's thread writes it.
+        unsafe { *c += 1 };
+        return true;
+    }
+    TALLY_ADDRS.insert(&key, &1, BPF_NOEXIST as u64).is_ok()
 }
 
 /// Whether every measured stage fits the histograms and no `--slow` threshold asks for the

@@ -4,11 +4,14 @@
 //! The kernel keeps adding while a read is under way, so one read may see a slot's count
 //! and its histogram rows a few exits apart; the next read takes the rest. The last read,
 //! after the window closed, sees everything: totals are exact.
+use std::collections::HashMap;
+
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use kvmprof_common::{
+    flag,
     names::map,
-    tally::{self, Next, Row, TallyMeta, NO_ROW},
+    tally::{self, AddrKey, Next, Row, TallyMeta, NO_ROW},
     STAGES,
 };
 
@@ -21,8 +24,11 @@ pub struct Reader {
     meta: Array<MapData, TallyMeta>,
     rows: Array<MapData, Row>,
     next: Array<MapData, Next>,
+    addrs: BpfHashMap<MapData, AddrKey, u64>,
     /// By slot: what earlier reads took.
     taken: Vec<Taken>,
+    /// By slot and MMIO address: the exits earlier reads took (at most `tally::ADDRS`).
+    taken_addrs: HashMap<AddrKey, u64>,
     /// Slots whose vCPU was looked up (see [`Reader::discover`]).
     discovered: u32,
 }
@@ -30,6 +36,7 @@ pub struct Reader {
 #[derive(Default)]
 struct Taken {
     count: u64,
+    other: u64,
     last_ts: u64,
     sum_ns: [u64; STAGES],
     max_ns: [u64; STAGES],
@@ -44,7 +51,9 @@ impl Reader {
             meta: Array::try_from(map(map::TALLY_META)?)?,
             rows: Array::try_from(map(map::TALLY_ROWS)?)?,
             next: Array::try_from(map(map::TALLY_NEXT)?)?,
+            addrs: BpfHashMap::try_from(map(map::TALLY_ADDRS)?)?,
             taken: Vec::new(),
+            taken_addrs: HashMap::new(),
             discovered: 0,
         })
     }
@@ -80,6 +89,9 @@ impl Reader {
         if self.taken.len() < slots as usize {
             self.taken.resize_with(slots as usize, Taken::default);
         }
+        // Where each slot's tally is in `out`, for its addresses.
+        let mut at: HashMap<u32, usize> = HashMap::new();
+        let mut mmio = false;
         for slot in 0..slots {
             let m = self.meta.get(&slot, 0).context("read TALLY_META")?;
             // Still being set up by its thread: its exits wait for the next read.
@@ -100,6 +112,8 @@ impl Reader {
                 count: m.count - seen.count,
                 stages: Default::default(),
                 sum_ns: [0; STAGES],
+                addrs: Vec::new(),
+                other: m.other - seen.other,
             };
             t.exit.ts_ns = m.last_ts;
             t.exit.vcpu = t
@@ -124,10 +138,61 @@ impl Reader {
                 t.sum_ns[s] = m.sum_ns[s] - seen.sum_ns[s];
             }
             seen.count = m.count;
+            seen.other = m.other;
             seen.last_ts = m.last_ts;
             seen.sum_ns = m.sum_ns;
             seen.max_ns = m.max_ns;
+            if m.exit.flags & flag::MMIO != 0 {
+                mmio = true;
+                at.insert(slot, out.len());
+            }
             out.push(t);
+        }
+        // The kernel counts an MMIO exit's address before its slot's count: once a count
+        // grew, every address counted before it is in the hash. Walking the hash costs a
+        // syscall or two per entry, so only then.
+        if mmio {
+            self.read_addrs(&mut at, out)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the MMIO address counts that grew to the tallies of their slots (a tally with
+    /// count 0 for a slot whose count is not in this read: its addresses ran ahead).
+    fn read_addrs(&mut self, at: &mut HashMap<u32, usize>, out: &mut Vec<Tally>) -> Result<()> {
+        for entry in self.addrs.iter() {
+            let (key, n) = entry.context("read TALLY_ADDRS")?;
+            // A slot made since this read began: the next read takes it.
+            let Some(seen) = self.taken.get(key.slot as usize) else {
+                continue;
+            };
+            let last_ts = seen.last_ts;
+            let was = self.taken_addrs.entry(key).or_default();
+            if n == *was {
+                continue;
+            }
+            let delta = n - *was;
+            *was = n;
+            let i = match at.get(&key.slot) {
+                Some(&i) => i,
+                None => {
+                    let m = self.meta.get(&key.slot, 0).context("read TALLY_META")?;
+                    let mut exit = collect::to_exit(&m.exit, None);
+                    exit.ts_ns = last_ts;
+                    out.push(Tally {
+                        exit,
+                        first_ts_ns: last_ts,
+                        count: 0,
+                        stages: Default::default(),
+                        sum_ns: [0; STAGES],
+                        addrs: Vec::new(),
+                        other: 0,
+                    });
+                    at.insert(key.slot, out.len() - 1);
+                    out.len() - 1
+                }
+            };
+            out[i].addrs.push((key.addr, delta));
         }
         Ok(())
     }
