@@ -14,8 +14,12 @@
 //!
 //! Layout, in three maps: `TALLY_KEYS` (hash: [`TallyKey`] → slot), `TALLY_META` (array of
 //! [`TallyMeta`] by slot) and `TALLY_ROWS` (array of [`Row`]s, one per measured stage of a
-//! slot, given out as first needed). `TALLY_NEXT` holds the next free slot and row. Slots
-//! are keyed by thread, so one thread writes each slot: plain increments, no atomics.
+//! slot, given out as first needed). Free slots and rows wait in two queue maps
+//! (`TALLY_FREE_SLOTS`, `TALLY_FREE_ROWS`), filled by userspace at load: a pop hands each to
+//! one CPU (Rust's `core` has no atomic add for the BPF target). Slots are keyed by thread,
+//! so one thread writes each slot: plain increments, no atomics. Once a thread has exited
+//! and userspace has read its slots one last time, userspace zeroes them, removes their
+//! keys and addresses, and pushes the slots and rows back (`kvmprof/src/live/tally.rs`).
 //!
 //! MMIO addresses are not part of a kind: a guest touches as many as it likes (one SeaBIOS
 //! boot writes ~20000 distinct VGA/BIOS bytes), which would use up the slots and send the
@@ -215,22 +219,12 @@ pub struct AddrKey {
 }
 
 /// Written to the ring buffer (with a wake-up) when a slot is made, so that userspace looks
-/// up its vCPU while the VMM still runs; smaller than a batch, so batch readers skip it.
+/// up its vCPU while the VMM still runs (told from a batch by its size).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NewSlot {
     pub slot: u32,
     pub _pad: u32,
-}
-
-/// `TALLY_NEXT`: the next slot and row to hand out. Each is handed out once: to whichever
-/// CPU first inserts it into the `TALLY_CLAIMS` hash (slot `i` as key `i`, row `r` as
-/// `SLOTS + r`); Rust's `core` has no atomic add for the BPF target.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Next {
-    pub slots: u32,
-    pub rows: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<TallyMeta>() == 104 + 24 + 16 * STAGES + 4 * STAGES + 8);

@@ -12,8 +12,8 @@ use kvmprof_common::{
 };
 
 use crate::maps::{
-    bump, config, EVENTS, SCRATCH_KEY, TALLY_ADDRS, TALLY_CLAIMS, TALLY_KEYS, TALLY_META,
-    TALLY_NEXT, TALLY_ROWS,
+    bump, config, EVENTS, SCRATCH_KEY, TALLY_ADDRS, TALLY_FREE_ROWS, TALLY_FREE_SLOTS, TALLY_KEYS,
+    TALLY_META, TALLY_ROWS,
 };
 
 /// Tallies one whole exit of thread `pid`/`tid`: of kind `k` (`tally::Kind::of`), at MMIO
@@ -150,13 +150,7 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
     if let Some(s) = unsafe { TALLY_KEYS.get(&*key) } {
         return *s;
     }
-    let Some(next) = TALLY_NEXT.get_ptr_mut(0) else {
-        return REFUSED;
-    };
-    // SAFETY: a map value, only read and written through volatile accesses in `claim`.
-    let Some(slot) = claim(0, tally::SLOTS, unsafe {
-        core::ptr::addr_of_mut!((*next).slots)
-    }) else {
+    let Ok(Some(slot)) = TALLY_FREE_SLOTS.pop() else {
         return REFUSED;
     };
     let Some(meta) = TALLY_META.get_ptr_mut(slot) else {
@@ -173,7 +167,8 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
     core::sync::atomic::compiler_fence(Ordering::Release);
     e.kind = kind::EXIT;
     if TALLY_KEYS.insert(&*key, &slot, 0).is_err() {
-        // Cannot happen (one insert per slot, SLOTS entries); the slot then stays unused.
+        // Cannot happen (one insert per slot, SLOTS entries); the slot then counts nothing
+        // and userspace gives it back when the thread has exited.
         return REFUSED;
     }
     // A wake-up once per slot, not per exit. Without it, userspace would first read the
@@ -187,41 +182,11 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
 /// Gives stage `s` of `meta` a row; `false` when none is left.
 #[inline(always)]
 fn new_row(meta: &mut TallyMeta, s: usize) -> bool {
-    let Some(next) = TALLY_NEXT.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: as in `slot_of`.
-    let claimed = claim(tally::SLOTS, tally::ROWS, unsafe {
-        core::ptr::addr_of_mut!((*next).rows)
-    });
-    match claimed {
-        Some(row) => {
+    match TALLY_FREE_ROWS.pop() {
+        Ok(Some(row)) => {
             meta.row[s] = row + 1;
             true
         }
-        None => false,
+        _ => false,
     }
-}
-
-/// Hands out the next index below `limit`, each once across CPUs: an index goes to whoever
-/// inserts `base + index` into `TALLY_CLAIMS` first. A CPU that loses a race tries the next
-/// index; after a few losses (or at the limit) it gives up and the exit goes as a record.
-#[inline(always)]
-fn claim(base: u32, limit: u32, next: *mut u32) -> Option<u32> {
-    for _ in 0..4 {
-        // SAFETY: `next` points into a map value; a stale read only costs a retry.
-        let i = unsafe { core::ptr::read_volatile(next) };
-        if i >= limit {
-            return None;
-        }
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(next, i + 1) };
-        if TALLY_CLAIMS
-            .insert(&(base + i), &1, BPF_NOEXIST as u64)
-            .is_ok()
-        {
-            return Some(i);
-        }
-    }
-    None
 }

@@ -714,6 +714,7 @@ mod tests {
             addr: 0x3f8,
             write: true,
             reason: IO,
+            folded: false,
         };
         assert_eq!(
             a.ports()[&pio],

@@ -345,12 +345,14 @@ impl Session {
                     drain(guard.get_inner_mut(), &mut collector, &mut batch);
                     guard.clear_ready();
                     absorb(&mut batch, &mut sink, &mut agg)?;
-                    tallies.discover(&mut collector.vcpus)?;
+                    let slots = std::mem::take(&mut collector.new_slots);
+                    tallies.discover(&slots, &mut collector.vcpus)?;
                 }
                 _ = poll.tick() => {
                     drain(ring.get_mut(), &mut collector, &mut batch);
                     absorb(&mut batch, &mut sink, &mut agg)?;
-                    tallies.discover(&mut collector.vcpus)?;
+                    let slots = std::mem::take(&mut collector.new_slots);
+                    tallies.discover(&slots, &mut collector.vcpus)?;
                     // Sampled run-time stats switch here, just after a drain: the exit count
                     // then misses only exits still batched in the kernel, about as many at a
                     // sample's end as at its start, so a sample's count is off by a few

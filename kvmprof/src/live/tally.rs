@@ -4,14 +4,14 @@
 //! The kernel keeps adding while a read is under way, so one read may see a slot's count
 //! and its histogram rows a few exits apart; the next read takes the rest. The last read,
 //! after the window closed, sees everything: totals are exact.
-use std::collections::HashMap;
+use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, Queue};
 use kvmprof_common::{
     flag,
     names::map,
-    tally::{self, AddrKey, Next, Row, TallyMeta, NO_ROW},
+    tally::{self, AddrKey, Kind, Row, TallyKey, TallyMeta, NO_ROW},
     STAGES,
 };
 
@@ -23,14 +23,14 @@ use crate::{
 pub struct Reader {
     meta: Array<MapData, TallyMeta>,
     rows: Array<MapData, Row>,
-    next: Array<MapData, Next>,
+    keys: BpfHashMap<MapData, TallyKey, u32>,
     addrs: BpfHashMap<MapData, AddrKey, u64>,
+    free_slots: Queue<MapData, u32>,
+    free_rows: Queue<MapData, u32>,
     /// By slot: what earlier reads took.
     taken: Vec<Taken>,
     /// By slot and MMIO address: the exits earlier reads took (at most `tally::ADDRS`).
     taken_addrs: HashMap<AddrKey, u64>,
-    /// Slots whose vCPU was looked up (see [`Reader::discover`]).
-    discovered: u32,
 }
 
 #[derive(Default)]
@@ -45,60 +45,68 @@ struct Taken {
 }
 
 impl Reader {
+    /// Takes the tally's maps and hands the kernel every slot and row (before the window
+    /// opens: nothing is tallied yet).
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Reader> {
         let mut map = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map"));
-        Ok(Reader {
+        let mut r = Reader {
             meta: Array::try_from(map(map::TALLY_META)?)?,
             rows: Array::try_from(map(map::TALLY_ROWS)?)?,
-            next: Array::try_from(map(map::TALLY_NEXT)?)?,
+            keys: BpfHashMap::try_from(map(map::TALLY_KEYS)?)?,
             addrs: BpfHashMap::try_from(map(map::TALLY_ADDRS)?)?,
-            taken: Vec::new(),
+            free_slots: Queue::try_from(map(map::TALLY_FREE_SLOTS)?)?,
+            free_rows: Queue::try_from(map(map::TALLY_FREE_ROWS)?)?,
+            taken: (0..tally::SLOTS).map(|_| Taken::default()).collect(),
             taken_addrs: HashMap::new(),
-            discovered: 0,
-        })
+        };
+        for slot in 0..tally::SLOTS {
+            r.free_slots
+                .push(slot, 0)
+                .context("fill TALLY_FREE_SLOTS")?;
+        }
+        for row in 0..tally::ROWS {
+            r.free_rows.push(row, 0).context("fill TALLY_FREE_ROWS")?;
+        }
+        Ok(r)
     }
 
     /// Looks up the vCPU of each new slot while its process still runs: the vCPU comes from
     /// `/proc/PID/fd`, gone once the VMM exits, and a short VMM can exit before the first
-    /// [`Reader::read`]. The kernel wakes the reader when it makes a slot ([`NewSlot`]).
-    /// Cheap (new slots only).
+    /// [`Reader::read`]. The kernel wakes the reader with a note when it makes a slot
+    /// ([`NewSlot`]); a note lost to a full ring only loses this head start.
     ///
     /// [`NewSlot`]: kvmprof_common::tally::NewSlot
-    pub fn discover(&mut self, vcpus: &mut VcpuResolver) -> Result<()> {
-        let slots = self.next.get(&0, 0).context("read TALLY_NEXT")?.slots;
-        while self.discovered < slots.min(tally::SLOTS) {
-            let m = self
-                .meta
-                .get(&self.discovered, 0)
-                .context("read TALLY_META")?;
-            if m.exit.kind == 0 {
-                break;
-            }
-            if m.exit.vcpu_id < 0 {
+    pub fn discover(&mut self, slots: &[u32], vcpus: &mut VcpuResolver) -> Result<()> {
+        for &slot in slots {
+            let m = self.meta.get(&slot, 0).context("read TALLY_META")?;
+            if m.exit.kind != 0 && m.exit.vcpu_id < 0 {
                 vcpus.resolve(m.exit.pid, m.exit.vcpu_fd, m.exit.tid);
             }
-            self.discovered += 1;
         }
         Ok(())
     }
 
     /// Appends what the kernel tallied since the last call, one [`Tally`] per exit kind.
     pub fn read(&mut self, vcpus: &mut VcpuResolver, out: &mut Vec<Tally>) -> Result<()> {
-        let next = self.next.get(&0, 0).context("read TALLY_NEXT")?;
-        let slots = next.slots.min(tally::SLOTS);
-        if self.taken.len() < slots as usize {
-            self.taken.resize_with(slots as usize, Taken::default);
-        }
         // Where each slot's tally is in `out`, for its addresses.
         let mut at: HashMap<u32, usize> = HashMap::new();
         let mut mmio = false;
-        for slot in 0..slots {
-            let m = self.meta.get(&slot, 0).context("read TALLY_META")?;
-            // Still being set up by its thread: its exits wait for the next read.
+        let mut done = Vec::new();
+        for slot in 0..tally::SLOTS {
+            let mut m = self.meta.get(&slot, 0).context("read TALLY_META")?;
+            // Free, or still being set up by its thread: its exits wait for the next read.
             if m.exit.kind == 0 {
                 continue;
             }
             let seen = &mut self.taken[slot as usize];
+            // A thread writes its slots until its end (`thread_exit` tallies the exit it
+            // held), which comes before its `/proc` entry goes: read after that, the slot
+            // is final and goes back to the kernel once taken.
+            let idle = m.count == seen.count;
+            if idle && !thread_alive(m.exit.pid, m.exit.tid) {
+                m = self.meta.get(&slot, 0).context("read TALLY_META")?;
+                done.push((slot, m));
+            }
             if m.count == seen.count {
                 continue;
             }
@@ -154,6 +162,48 @@ impl Reader {
         if mmio {
             self.read_addrs(&mut at, out)?;
         }
+        if !done.is_empty() {
+            self.give_back(&done)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the slots of exited threads back to the kernel, with their rows, keys and
+    /// addresses, zeroed: nothing writes them any more (their threads are gone) and every
+    /// exit in them was taken.
+    fn give_back(&mut self, done: &[(u32, TallyMeta)]) -> Result<()> {
+        self.taken_addrs.retain(|key, _| {
+            if !done.iter().any(|&(slot, _)| slot == key.slot) {
+                return true;
+            }
+            // Absent only if already removed: nothing to undo.
+            let _ = self.addrs.remove(key);
+            false
+        });
+        let zero: Box<Row> = Box::new([0; tally::BUCKETS]);
+        for (slot, m) in done {
+            let key = TallyKey {
+                tag: u64::from(m.exit.pid) << 32 | u64::from(m.exit.tid),
+                kind: Kind::of(&m.exit),
+            };
+            // Unreachable first, so no thread finds it while it is zeroed.
+            let _ = self.keys.remove(&key);
+            for &row in m.row.iter().filter(|&&r| r != NO_ROW) {
+                self.rows
+                    .set(row - 1, &*zero, 0)
+                    .context("zero TALLY_ROWS")?;
+                self.free_rows
+                    .push(row - 1, 0)
+                    .context("free a tally row")?;
+            }
+            self.meta
+                .set(*slot, TallyMeta::default(), 0)
+                .context("zero TALLY_META")?;
+            self.taken[*slot as usize] = Taken::default();
+            self.free_slots
+                .push(*slot, 0)
+                .context("free a tally slot")?;
+        }
         Ok(())
     }
 
@@ -162,7 +212,6 @@ impl Reader {
     fn read_addrs(&mut self, at: &mut HashMap<u32, usize>, out: &mut Vec<Tally>) -> Result<()> {
         for entry in self.addrs.iter() {
             let (key, n) = entry.context("read TALLY_ADDRS")?;
-            // A slot made since this read began: the next read takes it.
             let Some(seen) = self.taken.get(key.slot as usize) else {
                 continue;
             };
@@ -196,6 +245,12 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// Whether thread `tid` of process `pid` still runs (its `/proc` entry goes after
+/// `sched_process_exit`, where the kernel tallies its last exit).
+fn thread_alive(pid: u32, tid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
 }
 
 /// The buckets that grew since `was`, as (value standing for the bucket, count). Counters
