@@ -283,6 +283,10 @@ pub struct OwnCost {
     /// Exits the kernel tallied (`kvmprof_common::tally`); the others came one by one.
     #[serde(default)]
     pub tallied: u64,
+    /// Exits that came one by one, as records (`serve` shows it: its series of VMs that
+    /// left no longer add up to every exit).
+    #[serde(default)]
+    pub one_by_one: u64,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -300,6 +304,7 @@ impl Default for OwnCost {
             peak_rss_bytes: 0,
             note: None,
             tallied: 0,
+            one_by_one: 0,
         }
     }
 }

@@ -101,9 +101,10 @@ impl Reader {
             let seen = &mut self.taken[slot as usize];
             // A thread writes its slots until its end (`thread_exit` tallies the exit it
             // held), which comes before its `/proc` entry goes: read after that, the slot
-            // is final and goes back to the kernel once taken.
-            let idle = m.count == seen.count;
-            if idle && !thread_alive(m.exit.pid, m.exit.tid) {
+            // is final and goes back to the kernel once taken (one `stat` per slot in use:
+            // given back at the first read after the end, they are there when many VMMs
+            // come and go).
+            if !thread_alive(m.exit.pid, m.exit.tid) {
                 m = self.meta.get(&slot, 0).context("read TALLY_META")?;
                 done.push((slot, m));
             }
