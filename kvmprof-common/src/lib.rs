@@ -29,6 +29,17 @@ pub mod stage {
     pub const KVM_RUN: usize = 4;
     /// Userspace round trip: from KVM_RUN's return to the next KVM_RUN on that thread.
     pub const VMM: usize = 5;
+
+    /// The stages' names, by index: in hook program names, data-file tags, JSON, reports
+    /// and the command line.
+    pub const NAMES: [&str; crate::STAGES] = [
+        "cycle",
+        "vendor_run",
+        "handler",
+        "fast_pio",
+        "kvm_run",
+        "vmm",
+    ];
 }
 
 /// Stages timed by a pair of function hooks (entry + return); indices into
@@ -429,10 +440,10 @@ pub mod names {
         pub const FEXIT: &str = "fx_";
         pub const PREFIXES: [&str; 4] = [KPROBE, KRETPROBE, FENTRY, FEXIT];
         pub const STEMS: [(usize, &str); 4] = [
-            (stage::CYCLE, "cycle"),
-            (stage::VENDOR_RUN, "vendor_run"),
-            (stage::HANDLER, "handler"),
-            (stage::FAST_PIO, "fast_pio"),
+            (stage::CYCLE, stage::NAMES[stage::CYCLE]),
+            (stage::VENDOR_RUN, stage::NAMES[stage::VENDOR_RUN]),
+            (stage::HANDLER, stage::NAMES[stage::HANDLER]),
+            (stage::FAST_PIO, stage::NAMES[stage::FAST_PIO]),
         ];
 
         /// The stem of stage `s`, `None` for stages no function bounds.

@@ -9,11 +9,6 @@ use kvmprof_common::{
 use kvmprof_common::tally;
 use sink::{bump, emit, tallied};
 
-pub fn now() -> u64 {
-    // SAFETY: helper without preconditions.
-    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
-}
-
 /// Where records and counters go: this CPU's batch, written to the ring buffer when full.
 #[cfg(target_arch = "bpf")]
 mod sink {

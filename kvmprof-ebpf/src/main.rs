@@ -1,9 +1,12 @@
-//! kvmprof's kernel side: one record per VM exit, assembled per vCPU thread from KVM
+//! kvmprof's kernel side: each VM exit assembled per vCPU thread (`exit.rs`) from KVM
 //! tracepoints, the KVM_RUN ioctl and (where the kernel allows) function hooks on the
-//! stages of the exit cycle.
+//! stages of the exit cycle (`probes/`), then tallied per kind of exit (`tally.rs`) or, where
+//! userspace asks for single exits, written as a record (`maps.rs` holds the maps).
 //!
-//! Entry points are thin: each calls a `try_*` function in its module, and a failure only
-//! bumps a counter, never aborts the traced code path.
+//! Entry points are thin: each calls a `try_*` function in its module, and a failure ends
+//! the event without touching the traced code path. Failures that lose data are counted
+//! (`kvmprof_common::counter`: a full ring buffer, no room for a thread's state, a stage
+//! return without its entry); a refused read of a tracepoint field drops the event uncounted.
 // Built for the BPF target by kvmprof/build.rs; on the host it only type-checks (so that
 // `cargo clippy --workspace` lints it), as in the aya template.
 #![cfg_attr(target_arch = "bpf", no_std)]

@@ -116,10 +116,11 @@ macro_rules! config {
 pub(crate) use config;
 
 /// The time of this event if it is inside the recording window. The time is read first:
-/// an event at `ts >= start` then sees the window userspace wrote before `start` (live.rs).
+/// an event at `ts >= start` then sees the window userspace wrote before `start` (`live/mod.rs`).
 #[inline(always)]
 pub fn window_now() -> Option<u64> {
-    let ts = crate::exit::now();
+    // SAFETY: helper without preconditions.
+    let ts = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     WINDOW.get(0).is_some_and(|w| w.contains(ts)).then_some(ts)
 }
 

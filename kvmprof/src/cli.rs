@@ -4,10 +4,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kvmprof_common::duration;
 
+use crate::data::cost::BpfStats;
 use crate::data::group::By;
 use crate::data::model::Stage;
 use crate::host::plan::HookPref;
-use crate::live::selfcost::BpfStats;
 use crate::sinks::report::Format;
 
 #[derive(Parser)]
@@ -126,8 +126,7 @@ pub struct RecordArgs {
     #[arg(long, value_name = "FILE")]
     pub exits: Option<PathBuf>,
     /// List every exit slower than this in the report: `10ms` compares each exit's cycle
-    /// and handler, `STAGE=10ms` that stage (cycle, vendor_run, handler, fast_pio,
-    /// kvm_run, vmm).
+    /// and handler, `STAGE=10ms` that stage (the names `--stage` takes).
     #[arg(long, value_name = "[STAGE=]DURATION", value_parser = crate::data::slow::parse_rule)]
     pub slow: Option<crate::data::slow::Rule>,
     /// Start this VMM command and record it from its first instruction (after `--`).
@@ -190,8 +189,8 @@ pub struct SelectArgs {
     /// (`svm:0x7b`). Repeatable; default all.
     #[arg(long = "reason", value_name = "REASON")]
     pub reasons: Vec<String>,
-    /// Only this stage (cycle, vendor_run, handler, fast_pio, kvm_run, vmm). Repeatable.
-    #[arg(long = "stage", value_name = "STAGE", value_parser = parse_stage)]
+    /// Only this stage. Repeatable.
+    #[arg(long = "stage", value_name = "STAGE")]
     pub stages: Vec<Stage>,
 }
 
@@ -204,11 +203,15 @@ impl SelectArgs {
     }
 }
 
-fn parse_stage(s: &str) -> Result<Stage, String> {
-    Stage::from_name(s).ok_or_else(|| {
-        let names: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
-        format!("unknown stage '{s}' (stages: {})", names.join(", "))
-    })
+/// `--stage NAME`: clap lists the names in the help and in the error for a wrong one.
+impl ValueEnum for Stage {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Stage::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,12 +1,12 @@
 //! kvmprof: an eBPF profiler of KVM VM exits.
-// Without the demo guest a few output helpers only it uses go unused.
-#![cfg_attr(not(feature = "demo"), allow(dead_code))]
 mod backend;
 mod cli;
 mod cmd;
 mod data;
 mod ftrace;
 mod host;
+#[cfg(test)]
+mod layers;
 mod live;
 mod recording;
 mod serve;

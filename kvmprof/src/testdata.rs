@@ -3,7 +3,7 @@ use kvmprof_common::STAGES;
 
 use crate::{
     data::model::{Access, Exit, Reason, ReasonSpace, Stage, Vendor},
-    recording::datafile::{Header, Source},
+    recording::header::{Header, Source},
 };
 
 pub const SEC: u64 = 1_000_000_000;

@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use kvmprof_testvmm::{Counts, ExitCounts, VcpuCounts, Workload};
+use kvmprof_testvmm::{
+    Counts, ExitCounts, VcpuCounts, Workload, PIO_IN_PORT, PIO_KERNEL_PORT_BASE, PIO_USER_PORT,
+};
 use serde_json::Value;
 
 /// What a check left behind in the VM.
@@ -36,9 +38,6 @@ pub struct Check {
     pub script: String,
     pub verify: fn(&Captured) -> Result<Notes>,
 }
-
-/// vCPU `i` of the test VMM writes its in-kernel (ioeventfd) port `0x700 + i`.
-const KERNEL_PORT_BASE: u64 = 0x700;
 
 /// The test VMM workload the count checks run: per vCPU and round, so the expected totals are
 /// these times `vcpus` (plus one `hlt` per vCPU that ends its single round).
@@ -401,11 +400,18 @@ fn perf_kvm_stat(c: &Captured) -> Result<Notes> {
             "io".to_string(),
             (w.pio_user + w.pio_kernel + w.pio_in) * u64::from(w.vcpus),
         ),
-        ("0x3f8:POUT".to_string(), w.pio_user * u64::from(w.vcpus)),
-        ("0x3fd:PIN".to_string(), w.pio_in * u64::from(w.vcpus)),
+        (
+            format!("{PIO_USER_PORT:#x}:POUT"),
+            w.pio_user * u64::from(w.vcpus),
+        ),
+        (
+            format!("{PIO_IN_PORT:#x}:PIN"),
+            w.pio_in * u64::from(w.vcpus),
+        ),
     ];
     for vcpu in 0..u64::from(w.vcpus) {
-        expected.push((format!("{:#x}:POUT", KERNEL_PORT_BASE + vcpu), w.pio_kernel));
+        let port = u64::from(PIO_KERNEL_PORT_BASE) + vcpu;
+        expected.push((format!("{port:#x}:POUT"), w.pio_kernel));
     }
     let wrong: Vec<String> = expected
         .iter()

@@ -7,16 +7,16 @@ use kvmprof_testvmm::Workload;
 
 use crate::{
     cli::{DemoArgs, GuestArgs},
-    cmd::record::{announce, finish, live_header, options, Recorder},
+    cmd::record::{announce, finish, options, Recorder},
+    data::cost::BpfStats,
     data::group::By,
+    data::target::Target,
     live::attach,
-    live::selfcost::BpfStats,
     live::spawn::{self, spawn_held},
-    live::target::{self, Target},
+    live::target,
     live::Session,
     recording::datafile,
     sinks::report::{self, Format},
-    util::diag,
     util::output,
 };
 
@@ -75,22 +75,20 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     if !status.success() {
         bail!("the demo guest {}", spawn::describe(status));
     }
-    finish(&out, &[t], rec, None)?;
+    let live = finish(&out, &[t], rec, None)?;
     let guest = guest?;
     // What was recorded, as `report` reads it back; a device or FIFO cannot be read back,
     // so then the recording itself.
     let (header, agg) = if std::fs::metadata(&a.output).is_ok_and(|m| m.is_file()) {
         datafile::read(&a.output)?
     } else {
-        let mut h = live_header(&out.plan, &out.facts, out.started, out.window.start_ns, &[]);
-        h.duration_ns = u64::try_from(out.elapsed.as_nanos()).unwrap_or(u64::MAX);
-        (h, out.aggregate)
+        (live, out.aggregate)
     };
     let t = &guest.total;
-    diag::stdout(&format!(
+    let text = format!(
         "{}\nThe guest counted its own exits: {} PIO out + {} PIO in to the VMM, {} PIO in the \
          kernel (ioeventfd), {} MMIO, {} HLT = {}; kvmprof saw {} ({} lost).\n",
-        report::render(&header, &agg, By::Reason, Format::Table),
+        report::render_with(&header, &agg, By::Reason, Format::Table, Default::default()),
         t.pio_user,
         t.pio_in,
         t.pio_kernel,
@@ -99,7 +97,8 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
         t.total(),
         agg.total_exits(),
         agg.lost()
-    ))
+    );
+    output::stdout(text.as_bytes()).map(drop)
 }
 
 fn read_counts(path: &Path) -> Result<kvmprof_testvmm::Counts> {
@@ -113,6 +112,6 @@ pub fn guest(a: &GuestArgs) -> Result<()> {
     let json = serde_json::to_string_pretty(&counts)?;
     match &a.counts {
         Some(p) => output::write_file(p, json.as_bytes()),
-        None => diag::stdout(&format!("{json}\n")),
+        None => output::stdout(format!("{json}\n").as_bytes()).map(drop),
     }
 }

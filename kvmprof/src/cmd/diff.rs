@@ -7,8 +7,8 @@ use crate::{
     cli::DiffArgs,
     cmd::load::{load, Loaded},
     sinks::diff,
-    sinks::export,
     sinks::report::Format,
+    util::output,
 };
 
 pub fn command(a: &DiffArgs) -> Result<()> {
@@ -25,7 +25,7 @@ pub fn command(a: &DiffArgs) -> Result<()> {
         Format::Table => diff::table_text(&d),
         Format::Json => diff::json(&d),
     };
-    export::write_out(Path::new("-"), text.as_bytes())
+    output::stdout(text.as_bytes()).map(drop)
 }
 
 fn side<'a>(path: &Path, r: &'a Loaded) -> diff::Side<'a> {

@@ -6,6 +6,7 @@ use crate::{
     cli::{ExportArgs, ExportFormat},
     cmd::load::load,
     sinks::export,
+    util::output,
 };
 
 pub fn command(a: &ExportArgs) -> Result<()> {
@@ -23,5 +24,5 @@ pub fn command(a: &ExportArgs) -> Result<()> {
             export::json(&r.header, &r.aggregate, &sel, a.intervals)?.into_bytes()
         }
     };
-    export::write_out(&a.output, &bytes)
+    output::write_to(&a.output, &bytes)
 }

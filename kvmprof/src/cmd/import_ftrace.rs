@@ -58,7 +58,7 @@ fn vendor_path(output: &Path, vendor: Vendor) -> PathBuf {
 mod tests {
     use super::*;
     use crate::data::model::Stage;
-    use crate::recording::datafile::Source;
+    use crate::recording::header::Source;
 
     fn fixture(name: &str) -> String {
         format!(

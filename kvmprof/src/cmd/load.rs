@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::data::aggregate::Aggregate;
-use crate::data::merge::{self, Input};
-use crate::recording::datafile::Header;
+use crate::recording::header::Header;
 use crate::recording::hlog;
+use crate::recording::merge::{self, Input};
 
 /// A recording read from one or more files.
 pub struct Loaded {

@@ -3,7 +3,10 @@ use std::fmt::Write;
 
 use anyhow::{bail, Result};
 
-use crate::{cli::ProbesArgs, host::kernel::Facts, host::plan::Plan, live, sinks::report::Format};
+use crate::{
+    cli::ProbesArgs, host, host::kernel::Facts, host::plan::Plan, sinks::report::Format,
+    util::output,
+};
 
 pub fn command(a: &ProbesArgs) -> Result<()> {
     // Without root, the first thing to fail is mounting tracefs, whose error would send
@@ -15,12 +18,12 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
              programs)"
         );
     }
-    let (facts, plan) = live::plan_for_host(a.hooks.pref())?;
-    match a.format {
-        Format::Table => print!("{}", render(&plan, &facts)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-    }
-    Ok(())
+    let (facts, plan) = host::plan_for_host(a.hooks.pref())?;
+    let text = match a.format {
+        Format::Table => render(&plan, &facts),
+        Format::Json => serde_json::to_string_pretty(&plan)? + "\n",
+    };
+    output::stdout(text.as_bytes()).map(drop)
 }
 
 pub fn render(plan: &Plan, facts: &Facts) -> String {

@@ -12,17 +12,19 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     cli::RecordArgs,
+    data::cost::BpfStats,
     data::model::Exit,
     data::slow::SlowExits,
+    data::target::{self as process, Target},
     host::kernel::Facts,
     host::plan::{HookPref, Plan},
     live::attach,
-    live::selfcost::BpfStats,
     live::spawn::{self, spawn_held},
-    live::target::{self, Target},
+    live::target,
     live::{self, Outcome, Seen, Session, Status, Stop},
-    recording::datafile::{End, Header, HookUse, Source, Writer},
+    recording::datafile::{End, Writer},
     recording::exits,
+    recording::header::{Header, HookUse, Source},
     util::diag::note,
     util::output::{self, Output},
 };
@@ -76,7 +78,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
         end_child(name, c, !ended_first)
     });
     let (out, rec) = result?;
-    finish(&out, &targets, rec, ended.as_ref())
+    finish(&out, &targets, rec, ended.as_ref()).map(drop)
 }
 
 pub(super) fn options(
@@ -101,7 +103,7 @@ pub(super) fn options(
 pub(super) fn announce(session: &Session, targets: &[Target]) {
     note!(
         "recording {} on {}; Ctrl-C to stop",
-        target::list(targets),
+        process::list(targets),
         session.plan().vendor.label()
     );
 }
@@ -135,6 +137,8 @@ fn end_child(name: String, mut c: Child, stop_it: bool) -> Ended {
 pub(super) struct Recorder {
     data: Writer<Output>,
     path: PathBuf,
+    /// The header written at the start.
+    header: Header,
     exits: Option<ExitLines>,
     /// `--slow`: the exits over its threshold, listed in the end record.
     slow: Option<SlowExits>,
@@ -167,6 +171,7 @@ impl Recorder {
         Ok(Recorder {
             data: w,
             path,
+            header,
             exits,
             slow: None,
             error: None,
@@ -225,8 +230,8 @@ impl Recorder {
         }
     }
 
-    /// Writes the rest and the end record.
-    fn finish(self, out: &Outcome) -> Result<()> {
+    /// Writes the rest and the end record; returns the header with the recording's length.
+    fn finish(self, out: &Outcome) -> Result<Header> {
         let end = End {
             duration_ns: u64::try_from(out.elapsed.as_nanos()).unwrap_or(u64::MAX),
             stop: stop_label(&out.stop),
@@ -239,7 +244,11 @@ impl Recorder {
             .finish(&end)
             .and_then(Output::finish)
             .with_context(|| format!("write {}", self.path.display()))?;
-        self.exits.map_or(Ok(()), ExitLines::finish)
+        self.exits.map_or(Ok(()), ExitLines::finish)?;
+        Ok(Header {
+            duration_ns: end.duration_ns,
+            ..self.header
+        })
     }
 }
 
@@ -299,13 +308,13 @@ impl ExitLines {
 }
 
 /// Says why recording stopped (and how a command we started ended), ends the data file and
-/// prints a one-line summary.
+/// prints a one-line summary; returns the recording's header.
 pub(super) fn finish(
     out: &Outcome,
     targets: &[Target],
     rec: Recorder,
     child: Option<&Ended>,
-) -> Result<()> {
+) -> Result<Header> {
     match &out.stop {
         Stop::TargetsExited => {
             for t in &out.exited {
@@ -332,7 +341,7 @@ pub(super) fn finish(
         );
     }
     let path = rec.path.clone();
-    rec.finish(out)?;
+    let header = rec.finish(out)?;
     note!(
         "{} exits in {:.2} s, {} lost, written to {}",
         out.aggregate.total_exits(),
@@ -343,15 +352,15 @@ pub(super) fn finish(
     if out.aggregate.total_exits() == 0 {
         bail!(
             "no VM exits recorded from {}: it never ran a vCPU (KVM_RUN) while recording",
-            target::list(targets)
+            process::list(targets)
         );
     }
-    Ok(())
+    Ok(header)
 }
 
 /// The header of a live recording whose window opened at `started` (wall clock), which is
 /// `start_ts_ns` on the records' clock.
-pub(super) fn live_header(
+fn live_header(
     plan: &Plan,
     facts: &Facts,
     started: SystemTime,

@@ -1,13 +1,12 @@
 //! `kvmprof report`: reads the data files (merging several) and prints their report.
-use std::io::{self, Write as _};
-
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::{
     cli::ReportArgs,
     cmd::load,
     data::series::{self, Selection},
     sinks::report::{render_with, Extras, Intervals},
+    util::output,
 };
 
 pub fn command(a: &ReportArgs) -> Result<()> {
@@ -24,10 +23,5 @@ pub fn command(a: &ReportArgs) -> Result<()> {
         intervals,
     };
     let text = render_with(&r.header, &r.aggregate, a.by, a.format, extras);
-    let mut out = io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        // `kvmprof report | head` is not an error.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.context("write the report to stdout"),
-    }
+    output::stdout(text.as_bytes()).map(drop)
 }

@@ -13,9 +13,10 @@ use tokio::{net::TcpListener, sync::oneshot};
 use crate::serve::{exporter::Exporter, http, snapshot::Snapshot, vms::Vms};
 use crate::{
     cli::ServeArgs,
+    data::target::Target,
     live::attach,
     live::follow::Follow,
-    live::target::{self, Target},
+    live::target,
     live::{self, Stop},
 };
 

@@ -13,7 +13,7 @@
 use std::{
     cell::RefCell,
     collections::{btree_map::Entry, BTreeMap, VecDeque},
-    io::{self, IsTerminal, Write},
+    io::{self, IsTerminal},
     ops::ControlFlow,
     time::Duration,
 };
@@ -33,10 +33,11 @@ use crate::{
     data::aggregate::Aggregate,
     data::model::Exit,
     data::slow::{self, SlowExits},
+    data::target::Target,
     live::attach,
-    live::target::{self, Target},
+    live::target,
     live::{self, Counters, Outcome, Seen, Status, Stop},
-    util::units,
+    util::{output, units},
 };
 
 /// Shorter refreshes would mostly measure the refresh itself.
@@ -362,17 +363,12 @@ impl Top {
     fn print(&self, agg: &Aggregate, st: &Status) -> Result<ControlFlow<()>> {
         let snap = self.snapshot(agg, st);
         let lines = frame::frame(&self.summary(&snap, st), &snap.rows, self.ui.view);
-        let mut out = io::stdout().lock();
-        let written = lines
-            .iter()
-            .try_for_each(|l| writeln!(out, "{l}"))
-            .and_then(|()| writeln!(out))
-            .and_then(|()| out.flush());
-        match written {
-            Ok(()) => Ok(ControlFlow::Continue(())),
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ControlFlow::Break(())),
-            Err(e) => Err(anyhow::Error::new(e).context("write to stdout")),
-        }
+        let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        text.push('\n');
+        Ok(match output::stdout(text.as_bytes())? {
+            true => ControlFlow::Continue(()),
+            false => ControlFlow::Break(()),
+        })
     }
 
     fn draw(&mut self, agg: &Aggregate, st: &Status) -> Result<()> {

@@ -1,6 +1,7 @@
 pub mod aggregate;
+pub mod cost;
 pub mod group;
-pub mod merge;
 pub mod model;
 pub mod series;
 pub mod slow;
+pub mod target;

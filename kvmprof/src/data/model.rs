@@ -42,6 +42,33 @@ pub enum ReasonSpace {
     None,
 }
 
+impl ReasonSpace {
+    /// Each space with its short name, the spelling of data-file tags and of `--reason
+    /// <space>:<code>`. JSON spells the variant names (`userspace`, `tracepoint`); files of
+    /// both spellings exist, so both stay.
+    const SHORT: [(ReasonSpace, &'static str); 5] = [
+        (ReasonSpace::Userspace, "user"),
+        (ReasonSpace::Vmx, "vmx"),
+        (ReasonSpace::Svm, "svm"),
+        (ReasonSpace::Tracepoint, "tp"),
+        (ReasonSpace::None, "none"),
+    ];
+
+    pub fn short_name(self) -> &'static str {
+        Self::SHORT
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or("none", |(_, n)| n)
+    }
+
+    pub fn from_short_name(name: &str) -> Option<ReasonSpace> {
+        Self::SHORT
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(s, _)| *s)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Reason {
     pub space: ReasonSpace,
@@ -55,9 +82,9 @@ pub enum Access {
     Mmio { gpa: u64, size: u8, write: bool },
 }
 
-/// A stage of the exit cycle (`kvmprof_common::stage` indices).
+/// A stage of the exit cycle (`kvmprof_common::stage` indices and names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(into = "&str", try_from = "String")]
 pub enum Stage {
     Cycle,
     VendorRun,
@@ -83,18 +110,25 @@ impl Stage {
 
     /// Short name used in tags, JSON and column headers.
     pub fn name(self) -> &'static str {
-        match self {
-            Stage::Cycle => "cycle",
-            Stage::VendorRun => "vendor_run",
-            Stage::Handler => "handler",
-            Stage::FastPio => "fast_pio",
-            Stage::KvmRun => "kvm_run",
-            Stage::Vmm => "vmm",
-        }
+        kvmprof_common::stage::NAMES[self.index()]
     }
 
     pub fn from_name(name: &str) -> Option<Stage> {
         Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl From<Stage> for &'static str {
+    fn from(s: Stage) -> Self {
+        s.name()
+    }
+}
+
+impl TryFrom<String> for Stage {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        Stage::from_name(&name).ok_or_else(|| format!("unknown stage '{name}'"))
     }
 }
 

@@ -10,7 +10,6 @@ use crate::backend::reason_name;
 use crate::data::aggregate::{self, Aggregate, Key};
 use crate::data::group::{self, By, GroupId};
 use crate::data::model::{Reason, Stage};
-use crate::recording::datafile;
 
 /// Reasons and stages chosen on the command line; empty means all.
 #[derive(Clone, Debug, Default)]
@@ -52,7 +51,7 @@ fn reason_matches(name: &str, r: Reason) -> bool {
 
 /// `svm:0x7b`: the reason as its tag spells it.
 pub fn code_label(r: Reason) -> String {
-    format!("{}:{:#x}", datafile::space_name(r.space), r.code)
+    format!("{}:{:#x}", r.space.short_name(), r.code)
 }
 
 /// Exits and merged stage histograms of one group of keys.

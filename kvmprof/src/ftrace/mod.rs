@@ -12,7 +12,7 @@ mod reader;
 mod stages;
 
 use crate::data::model::{Exit, Stage, Vendor};
-use crate::recording::datafile::{Header, HookUse, Source};
+use crate::recording::header::{Header, HookUse, Source};
 use anyhow::{Context, Result};
 use stages::{How, Timing};
 use std::collections::BTreeMap;

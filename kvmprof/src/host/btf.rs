@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::{data::model::Vendor, host::kernel::ExitLayout};
+use crate::data::model::Vendor;
 
 pub const SYSFS_BTF: &str = "/sys/kernel/btf";
 
@@ -345,6 +345,22 @@ impl KernelBtf {
     }
 }
 
+/// Where the `kvm:kvm_exit` values live for a BTF tracepoint program, which gets the raw
+/// arguments `(struct kvm_vcpu *vcpu, u32 isa)` instead of the classic tracepoint's fields:
+/// `exit_reason` is read through the vendor's vCPU struct, which embeds `kvm_vcpu` first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitLayout {
+    /// Offset of a pointer in the vendor vCPU struct to follow first (SVM: `vcpu_svm.vmcb`).
+    pub reason_deref: Option<u32>,
+    /// Offset of the 32-bit exit reason (after the deref, if any).
+    pub reason_off: u32,
+    /// Offset of `kvm_vcpu.vcpu_id`.
+    pub vcpu_id_off: u32,
+}
+
+/// Modules whose BTF may hold KVM functions and tracepoints.
+pub const KVM_BTF_MODULES: &[&str] = &["kvm", "kvm_amd", "kvm_intel"];
+
 /// Where `tp_btf/kvm_exit` finds the exit reason and vCPU id on `vendor`'s kernel, from the
 /// BTF of the vendor's vCPU struct; `Err` says why tp_btf cannot replace the classic
 /// tracepoint. The prototype is checked, not assumed: it changed across kernels (older ones
@@ -576,8 +592,8 @@ mod sys {
 
 #[cfg(test)]
 mod tests {
+    use super::KVM_BTF_MODULES as KVM_MODULES;
     use super::*;
-    use crate::host::kernel::KVM_BTF_MODULES as KVM_MODULES;
 
     /// Builds BTF blobs type by type, the way pahole lays them out.
     pub struct Builder {

@@ -6,7 +6,10 @@ use anyhow::{bail, Context, Result};
 
 use kvmprof_common::names::tp;
 
-use crate::host::btf;
+use crate::{
+    data::model::Vendor,
+    host::btf::{self, ExitLayout, KVM_BTF_MODULES},
+};
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -39,7 +42,7 @@ pub struct Facts {
     pub kvm_exit_layout: Option<Result<ExitLayout, String>>,
     pub kprobes: bool,
     /// `Some(Err(why))` when loading an fentry program was refused; `None` when untried
-    /// (only a load attempt tells, see `attach::Loaded::probe_fentry`).
+    /// (only a load attempt tells: `btf::probe_trampoline`).
     pub fentry: Option<Result<(), String>>,
     /// Functions ftrace can hook, when the kernel lets us read the list.
     pub traceable: Option<std::collections::HashSet<String>>,
@@ -49,23 +52,22 @@ pub struct Facts {
     pub kvm_modules: Vec<String>,
 }
 
-/// Where the `kvm:kvm_exit` values live for a BTF tracepoint program, which gets the raw
-/// arguments `(struct kvm_vcpu *vcpu, u32 isa)` instead of the classic tracepoint's fields:
-/// `exit_reason` is read through the vendor's vCPU struct, which embeds `kvm_vcpu` first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExitLayout {
-    /// Offset of a pointer in the vendor vCPU struct to follow first (SVM: `vcpu_svm.vmcb`).
-    pub reason_deref: Option<u32>,
-    /// Offset of the 32-bit exit reason (after the deref, if any).
-    pub reason_off: u32,
-    /// Offset of `kvm_vcpu.vcpu_id`.
-    pub vcpu_id_off: u32,
-}
-
-/// Modules whose BTF may hold KVM functions and tracepoints.
-pub const KVM_BTF_MODULES: &[&str] = &["kvm", "kvm_amd", "kvm_intel"];
-
 impl Facts {
+    /// Detects the KVM backend in use from loaded modules and symbols (not CPU flags: PVM
+    /// runs on CPUs that have neither vmx nor svm).
+    pub fn vendor(&self) -> Vendor {
+        let has = |s: &str| self.kallsyms.contains_key(s);
+        if self.kvm_modules.iter().any(|m| m == "kvm_amd") || has("svm_vcpu_run") {
+            Vendor::Svm
+        } else if self.kvm_modules.iter().any(|m| m == "kvm_intel") || has("vmx_vcpu_run") {
+            Vendor::Vmx
+        } else if has("pvm_vcpu_run") {
+            Vendor::Pvm
+        } else {
+            Vendor::Unknown
+        }
+    }
+
     /// Reads the facts of the running kernel; `funcs` are the functions the planner may hook
     /// (looked up in BTF one by one). Fails only when a prerequisite of every mode is missing.
     pub fn gather(funcs: &[&str]) -> Result<Facts> {
@@ -127,10 +129,7 @@ impl Facts {
                 .map(str::to_string)
                 .collect(),
         };
-        facts.kvm_exit_layout = Some(btf::kvm_exit_layout(
-            &kbtf,
-            crate::host::plan::detect_vendor(&facts),
-        ));
+        facts.kvm_exit_layout = Some(btf::kvm_exit_layout(&kbtf, facts.vendor()));
         Ok(facts)
     }
 

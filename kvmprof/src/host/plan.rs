@@ -112,21 +112,6 @@ impl Plan {
     }
 }
 
-/// Detects the KVM backend in use from loaded modules and symbols (not CPU flags: PVM
-/// runs on CPUs that have neither vmx nor svm).
-pub fn detect_vendor(f: &Facts) -> Vendor {
-    let has = |s: &str| f.kallsyms.contains_key(s);
-    if f.kvm_modules.iter().any(|m| m == "kvm_amd") || has("svm_vcpu_run") {
-        Vendor::Svm
-    } else if f.kvm_modules.iter().any(|m| m == "kvm_intel") || has("vmx_vcpu_run") {
-        Vendor::Vmx
-    } else if has("pvm_vcpu_run") {
-        Vendor::Pvm
-    } else {
-        Vendor::Unknown
-    }
-}
-
 /// Every function the planner may consider, for `Facts::gather`.
 pub fn candidate_functions() -> Vec<&'static str> {
     let mut v: Vec<&str> = vec![backend::ENTER_GUEST, backend::FAST_PIO];
@@ -144,7 +129,7 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
             bail!("tracepoint {tp} is missing: this kernel has no KVM tracing (CONFIG_KVM, CONFIG_FTRACE_SYSCALLS)");
         }
     }
-    let vendor = detect_vendor(f);
+    let vendor = f.vendor();
     if vendor == Vendor::Unknown {
         bail!("no KVM backend found (no kvm_intel, kvm_amd or PVM symbols): is KVM loaded?");
     }
@@ -483,7 +468,7 @@ fn tracepoint_fallback(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{host::btf::Target, host::kernel::ExitLayout, host::kernel::Symbol};
+    use crate::{host::btf::ExitLayout, host::btf::Target, host::kernel::Symbol};
 
     const BASE_TPS: [&str; 4] = [
         "syscalls/sys_enter_ioctl",

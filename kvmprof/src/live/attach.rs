@@ -24,7 +24,7 @@ use crate::{
     data::model::Stage,
     host::btf,
     host::kernel::Facts,
-    host::plan::{self, HookPref, Mode, Plan},
+    host::plan::{Mode, Plan},
 };
 
 /// The eBPF object built by build.rs.
@@ -40,28 +40,6 @@ fn load(cfg: &Config) -> Result<Ebpf> {
         .override_global(map::CONFIG, cfg, true)
         .load(OBJECT)
         .map_err(|e| anyhow!("load eBPF object: {e}"))
-}
-
-/// Plans the hooks of one recording. Whether this kernel (or its sandbox) allows BPF
-/// trampolines is the one fact no file tells: it is learnt by loading a two-instruction
-/// fentry program on the function the plan would hook first (`btf::probe_trampoline`), so
-/// kvmprof's own object (and its ring buffer) is loaded once per recording, by [`load_for`].
-pub fn plan(mut facts: Facts, hooks: HookPref) -> Result<(Facts, Plan)> {
-    if matches!(hooks, HookPref::Auto | HookPref::Fentry) {
-        // Planned as if trampolines were allowed: the first fentry stage is the test load.
-        let optimistic = plan::plan(&facts, hooks);
-        let first = optimistic.ok().and_then(|p| {
-            // (The cycle stage may carry the vendor run's mode and a derived symbol.)
-            p.stages
-                .into_iter()
-                .find(|s| s.mode == Mode::Fentry && facts.btf_funcs.contains_key(&s.symbol))
-        });
-        if let Some(target) = first.and_then(|sp| facts.btf_funcs.get(&sp.symbol)) {
-            facts.fentry = Some(btf::probe_trampoline(target).map_err(|e| format!("{e:#}")));
-        }
-    }
-    let plan = plan::plan(&facts, hooks)?;
-    Ok((facts, plan))
 }
 
 /// Which exits go as records rather than into the kernel's tally (`kvmprof_common::tally`):

@@ -9,10 +9,7 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{
-    live::target::{self, Target},
-    live::PidFilter,
-};
+use crate::{data::target::Target, live::target, live::PidFilter};
 
 pub struct Follow {
     names: Vec<String>,

@@ -27,15 +27,16 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use kvmprof_common::{clock::monotonic_ns, counter, names::map, Batch, ThreadState, Window};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
+use crate::data::cost::{BpfStats, OwnCost};
+use crate::data::target::Target;
 use crate::{
     data::aggregate::Aggregate,
     data::model::{Exit, Tally},
     host::kernel::Facts,
-    host::plan::{self, HookPref, Plan},
+    host::plan::{HookPref, Plan},
 };
 use collect::Collector;
-use selfcost::{BpfStats, OwnCost, Sampling};
-use target::Target;
+use selfcost::Sampling;
 
 /// How often the ring buffer is drained without a wake-up from the kernel.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
@@ -114,23 +115,12 @@ pub struct Status<'a> {
 pub struct Outcome {
     pub aggregate: Aggregate,
     pub plan: Plan,
-    pub facts: Facts,
     pub counters: Counters,
     pub stop: Stop,
-    /// Wall-clock time of the window's start.
-    pub started: SystemTime,
     /// The window's length: exactly the span the recording's exits began and ended in.
     pub elapsed: Duration,
-    /// The window on the records' clock (CLOCK_MONOTONIC ns), both ends set.
-    pub window: Window,
     pub exited: Vec<Target>,
     pub own_cost: OwnCost,
-}
-
-/// Plans for this kernel, including the one fact only a load attempt reveals (fentry).
-pub fn plan_for_host(hooks: HookPref) -> Result<(Facts, Plan)> {
-    let facts = Facts::gather(&plan::candidate_functions())?;
-    attach::plan(facts, hooks)
 }
 
 /// An attached session, not yet draining. Splitting start from run lets callers announce
@@ -226,7 +216,7 @@ impl Session {
         target::preflight()?;
         let stats = Sampling::new(opts.bpf_stats);
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
-        let (facts, mut plan) = plan_for_host(opts.hooks)?;
+        let (facts, mut plan) = crate::host::plan_for_host(opts.hooks)?;
         let mut ebpf = attach::load_for(&plan, &facts, !pids.is_empty(), opts.records)?;
         let ring = RingBuf::try_from(ebpf.take_map(map::EVENTS).context("EVENTS map")?)?;
         let counters =
@@ -289,7 +279,7 @@ impl Session {
     ) -> Result<Outcome> {
         let Session {
             opts,
-            facts,
+            facts: _,
             plan,
             ebpf,
             ring,
@@ -308,7 +298,6 @@ impl Session {
             tallied: 0,
             ..stats.cost(|| selfcost::programs(ebpf), exits)
         };
-        let started = wall_clock_at(window.start_ns);
         let t0 = Instant::now();
         // A set duration was announced to the kernel with the start: wake just after it.
         let deadline = match window.stop_ns {
@@ -439,12 +428,9 @@ impl Session {
         Ok(Outcome {
             aggregate: agg,
             plan,
-            facts,
             counters,
             stop,
-            started,
             elapsed: Duration::from_nanos(window.stop_ns - window.start_ns),
-            window,
             exited,
             own_cost,
         })

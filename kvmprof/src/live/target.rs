@@ -7,20 +7,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Target {
-    pub pid: u32,
-    pub name: String,
-}
-
-/// `1234 (qemu-system-x86), 1240 (qemu-system-x86)`, for messages.
-pub fn list<'a>(targets: impl IntoIterator<Item = &'a Target>) -> String {
-    let names: Vec<String> = targets
-        .into_iter()
-        .map(|t| format!("{} ({})", t.pid, t.name))
-        .collect();
-    names.join(", ")
-}
+use crate::data::target::{list, Target};
 
 /// Root and a usable KVM: without them nothing can be traced, so say so before loading.
 pub fn preflight() -> Result<()> {

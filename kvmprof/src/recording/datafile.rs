@@ -22,8 +22,7 @@
 //! generic tools read by default), then a checkpoint with the exact counts of the same exits.
 //! Exits that arrive after their interval was written (a long HLT ends late) get another
 //! block with the same start; readers add them up. A tag is `p<pid>/v<vcpu>/<space>:<code>/
-//! <stage>`: `<vcpu>` is `-` when unknown, `<space>` one of `user`, `vmx`, `svm`, `tp`, `none`
-//! (see [`ReasonSpace`]), `<code>` the reason code in hex and `<stage>` a [`Stage::name`],
+//! <stage>`: `<vcpu>` is `-` when unknown, `<space>` a [`ReasonSpace::short_name`], `<code>` the reason code in hex and `<stage>` a [`Stage::name`],
 //! e.g. `p1234/v0/svm:0x7b/cycle`. Interval timestamps are seconds since BaseTime, the wall
 //! time of `base_ts_ns` on the exits' clock.
 //!
@@ -49,10 +48,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::reason_name;
 use crate::data::aggregate::{self, Aggregate, Key, PortKey, PortStats};
-use crate::data::model::{Exit, Reason, ReasonSpace, Stage, Tally, Vendor};
+use crate::data::cost::OwnCost;
+use crate::data::model::{Exit, Reason, ReasonSpace, Stage, Tally};
 use crate::data::slow::SlowExits;
-use crate::live::selfcost::OwnCost;
-use crate::live::target::Target;
+use crate::recording::header::{Cut, Header};
 use crate::util::output;
 
 /// Where `record` writes and `report` reads by default.
@@ -71,115 +70,6 @@ const NOTE: &str = "kvmprof data file: an HdrHistogram interval log of KVM exit 
                     Tags are p<pid>/v<vcpu|->/<user|vmx|svm|tp|none>:<reason code>/<stage>.";
 /// Cookie of a V2 compressed histogram (`V2_COMPRESSED_COOKIE_BASE | 0x10`).
 const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9314;
-
-/// Where the exits came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Source {
-    #[serde(rename = "live")]
-    Live,
-    #[serde(rename = "ftrace import")]
-    FtraceImport,
-    /// An interval log written by another HdrHistogram implementation (see `hlog`).
-    #[serde(rename = "hlog")]
-    Hlog,
-}
-
-impl Source {
-    pub fn label(self) -> &'static str {
-        match self {
-            Source::Live => "live",
-            Source::FtraceImport => "ftrace import",
-            Source::Hlog => "hlog",
-        }
-    }
-}
-
-/// How one stage was measured.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HookUse {
-    pub stage: Stage,
-    /// The function or event, e.g. `svm_vcpu_run` or `kvm:kvm_exit`.
-    pub symbol: String,
-    /// How it was attached, free-form: `kprobe`, `fentry`, `tracepoint`, ...
-    pub mode: String,
-}
-
-/// What the recorder knows about a recording; the statistics come from the [`Aggregate`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Header {
-    pub source: Source,
-    pub host: String,
-    /// Kernel release (`uname -r`).
-    pub kernel: String,
-    pub vendor: Vendor,
-    pub hooks: Vec<HookUse>,
-    /// How each tracepoint was attached (classic, raw, tp_btf) and why; empty for imports.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tracepoints: Vec<String>,
-    /// How the exit cycle was bounded, for the reader of a report.
-    pub cycle_source: String,
-    /// The profiled processes (empty: every process).
-    pub processes: Vec<Target>,
-    /// Wall-clock start of the recording (ns since the Unix epoch; 0 when unknown).
-    pub start_unix_ns: u64,
-    /// The same instant on the clock of [`crate::data::model::Exit::ts_ns`]. Live: the instant the
-    /// window opened, in the kernel; the recording holds exactly the exits that began and
-    /// ended in `[start_ts_ns, start_ts_ns + duration_ns)` (docs/design.md, "The window").
-    pub start_ts_ns: u64,
-    /// Length of the recording. A live recording learns it at the end: its header line says
-    /// 0 and the end record has it; in a cut file, the time its whole intervals cover.
-    pub duration_ns: u64,
-    /// Live: exits already under way when the window opened, not in the recording, only
-    /// counted. `None` for imports and for files written before the window existed.
-    #[serde(default)]
-    pub unobserved: Option<u64>,
-    /// Why the recording stopped (from the end record; `None` in a cut file).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop: Option<String>,
-    /// Set on read when the file ends without its end record.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cut: Option<Cut>,
-    /// What the recording cost (live recordings only; known at the end: the end record).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub own_cost: Option<OwnCost>,
-    /// `record --slow`: the exits over its threshold (from the end record).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slow: Option<SlowExits>,
-}
-
-/// Where a data file without its end record was cut, and what of it is kept.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cut {
-    /// Lines in the file (the last one may be partial).
-    pub lines: u64,
-    /// The last line kept: the checkpoint of the last whole interval.
-    pub kept_lines: u64,
-}
-
-impl Cut {
-    /// The one-line warning `report` prints.
-    pub fn warning(&self, path: &Path, h: &Header) -> String {
-        format!(
-            "warning: {} was cut after line {} without its end record (the recording was \
-             killed or crashed): reporting its first {:.1} s, up to line {}",
-            path.display(),
-            self.lines,
-            h.duration_ns as f64 / 1e9,
-            self.kept_lines
-        )
-    }
-}
-
-impl Header {
-    /// Recording length for rates: the header's, or the span of the exits in `a` where the
-    /// header states none.
-    pub fn duration_for_rates(&self, a: &Aggregate) -> u64 {
-        match (self.duration_ns, a.span()) {
-            (0, Some((first, last))) => last - first,
-            (d, _) => d,
-        }
-    }
-}
 
 /// The JSON of the `#[kvmprof-header]` line.
 #[derive(Serialize, Deserialize)]
@@ -778,7 +668,7 @@ pub(crate) fn decode_histogram(encoded: &str) -> Result<(Histogram<u64>, Vec<u8>
 /// The tag of a series; see the module documentation.
 pub(crate) fn tag(key: Key, stage: Stage) -> String {
     let vcpu = key.vcpu.map_or_else(|| "-".to_owned(), |v| v.to_string());
-    let space = space_name(key.reason.space);
+    let space = key.reason.space.short_name();
     format!(
         "p{}/v{vcpu}/{space}:{:#x}/{}",
         key.pid,
@@ -796,7 +686,7 @@ pub(crate) fn parse_tag(tag_text: &str) -> Option<(Key, Stage)> {
     };
     let (space, code) = parts.next()?.split_once(':')?;
     let reason = Reason {
-        space: space_from_name(space)?,
+        space: ReasonSpace::from_short_name(space)?,
         code: u32::from_str_radix(code.strip_prefix("0x")?, 16).ok()?,
     };
     let stage = Stage::from_name(parts.next()?)?;
@@ -805,29 +695,12 @@ pub(crate) fn parse_tag(tag_text: &str) -> Option<(Key, Stage)> {
     (parts.next().is_none() && tag(key, stage) == tag_text).then_some((key, stage))
 }
 
-const SPACES: [(ReasonSpace, &str); 5] = [
-    (ReasonSpace::Userspace, "user"),
-    (ReasonSpace::Vmx, "vmx"),
-    (ReasonSpace::Svm, "svm"),
-    (ReasonSpace::Tracepoint, "tp"),
-    (ReasonSpace::None, "none"),
-];
-
-pub(crate) fn space_name(space: ReasonSpace) -> &'static str {
-    SPACES
-        .iter()
-        .find(|(s, _)| *s == space)
-        .map_or("none", |(_, n)| n)
-}
-
-fn space_from_name(name: &str) -> Option<ReasonSpace> {
-    SPACES.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::data::model::Access;
+    use crate::data::target::Target;
+    use crate::recording::header::HookUse;
     use crate::testdata::{self, SEC};
     use std::path::PathBuf;
 

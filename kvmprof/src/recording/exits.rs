@@ -9,6 +9,7 @@
 //! ```
 //! `space`/`port` or `space`/`gpa` (with `size`, `write`) appear only when the access is
 //! known; `stages` holds only the stages measured.
+use kvmprof_common::STAGES;
 use serde::Serialize;
 
 use crate::backend::reason_name;
@@ -46,25 +47,20 @@ enum FlatAccess {
 }
 
 /// The measured stages by name, in the order of the exit cycle.
-#[derive(Serialize)]
-struct Stages {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cycle: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    vendor_run: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    handler: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fast_pio: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kvm_run: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    vmm: Option<u64>,
+struct Stages([Option<u64>; STAGES]);
+
+impl Serialize for Stages {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(
+            Stage::ALL
+                .into_iter()
+                .filter_map(|st| Some((st.name(), self.0[st.index()]?))),
+        )
+    }
 }
 
 impl From<&Exit> for Line {
     fn from(e: &Exit) -> Self {
-        let s = |stage: Stage| e.stages[stage.index()];
         Line {
             schema_version: SCHEMA_VERSION,
             pid: e.pid,
@@ -80,14 +76,7 @@ impl From<&Exit> for Line {
                 Access::Pio { port, size, write } => FlatAccess::Pio { port, size, write },
                 Access::Mmio { gpa, size, write } => FlatAccess::Mmio { gpa, size, write },
             }),
-            stages: Stages {
-                cycle: s(Stage::Cycle),
-                vendor_run: s(Stage::VendorRun),
-                handler: s(Stage::Handler),
-                fast_pio: s(Stage::FastPio),
-                kvm_run: s(Stage::KvmRun),
-                vmm: s(Stage::Vmm),
-            },
+            stages: Stages(e.stages),
         }
     }
 }

@@ -28,7 +28,8 @@ use kvmprof_common::STAGES;
 
 use crate::data::aggregate::{self, Aggregate, Key, MIN_INTERVAL_NS};
 use crate::data::model::{Reason, ReasonSpace, Stage, Vendor};
-use crate::recording::datafile::{self, Header, Source};
+use crate::recording::datafile;
+use crate::recording::header::{Header, Source};
 
 /// The series of an untagged histogram of a foreign log.
 pub const UNTAGGED: Key = Key {

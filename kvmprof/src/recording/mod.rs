@@ -1,3 +1,5 @@
 pub mod datafile;
 pub mod exits;
+pub mod header;
 pub mod hlog;
+pub mod merge;

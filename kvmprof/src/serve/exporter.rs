@@ -12,7 +12,10 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use crate::live::selfcost::{self, BpfStats, CpuTime, OwnCost};
+use crate::{
+    data::cost::{BpfStats, OwnCost},
+    live::selfcost::{self, CpuTime},
+};
 
 use super::{
     buckets,
@@ -216,8 +219,8 @@ mod tests {
 
     use super::*;
     use crate::{
+        data::cost::ProgramCost,
         data::model::Stage,
-        live::selfcost::ProgramCost,
         live::vmname::VmName,
         serve::snapshot::{ExitCount, Latency},
     };

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use crate::{
     backend::reason_name,
     data::aggregate::Aggregate,
+    data::cost::OwnCost,
     data::model::{Reason, Stage},
-    live::selfcost::OwnCost,
     live::vmname::VmName,
 };
 

@@ -14,7 +14,7 @@ use crate::data::aggregate::Aggregate;
 use crate::data::group::Percentiles;
 use crate::data::model::{Reason, Stage};
 use crate::data::series::{self, Selection};
-use crate::recording::datafile::Header;
+use crate::recording::header::Header;
 use crate::util::units;
 
 pub const JSON_SCHEMA_VERSION: u32 = 1;

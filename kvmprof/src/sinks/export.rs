@@ -10,7 +10,6 @@
 //!   any HdrHistogram implementation decodes), under a schema version.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Result};
@@ -25,7 +24,8 @@ use crate::data::aggregate::{self, Aggregate, Key};
 use crate::data::group::{By, Percentiles};
 use crate::data::model::{Reason, Stage};
 use crate::data::series::{self, Selection};
-use crate::recording::datafile::{self, Header};
+use crate::recording::datafile;
+use crate::recording::header::Header;
 
 /// Version of the JSON export's layout; bumped when a field changes meaning or goes away.
 pub const JSON_SCHEMA_VERSION: u32 = 1;
@@ -419,18 +419,6 @@ pub fn json(h: &Header, a: &Aggregate, sel: &Selection, intervals: bool) -> Resu
         intervals,
     };
     Ok(serde_json::to_string_pretty(&export)? + "\n")
-}
-
-/// Writes `bytes` to `path`, or stdout for `-`.
-pub fn write_out(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    if path.as_os_str() == "-" {
-        let mut out = std::io::stdout().lock();
-        return match out.write_all(bytes).and_then(|()| out.flush()) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            r => r.map_err(|e| anyhow!("write to stdout: {e}")),
-        };
-    }
-    std::fs::write(path, bytes).map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -12,10 +12,10 @@ use serde::Serialize;
 use crate::backend::reason_name;
 use crate::data::aggregate::{Aggregate, IoSpace, KeyStats, StageStats};
 use crate::data::group::{self, By, GroupId, Percentiles};
-use crate::data::merge::Merged;
 use crate::data::model::{Reason, ReasonSpace, Stage};
 use crate::data::series::IntervalRow;
-use crate::recording::datafile::{Header, HookUse};
+use crate::recording::header::{Header, HookUse};
+use crate::recording::merge::Merged;
 use crate::util::units;
 
 /// How a report is printed.
@@ -39,11 +39,6 @@ pub struct Extras {
 pub struct Intervals {
     pub stage: Stage,
     pub rows: Vec<IntervalRow>,
-}
-
-/// Renders the report of a recording.
-pub fn render(h: &Header, a: &Aggregate, by: By, format: Format) -> String {
-    render_with(h, a, by, format, Extras::default())
 }
 
 /// Renders the report of a recording with `extras`.
@@ -574,9 +569,13 @@ fn ports_table(out: &mut String, r: &Report) {
 mod tests {
     use super::*;
     use crate::data::model::{Access, Exit};
-    use crate::live::target::Target;
+    use crate::data::target::Target;
     use crate::testdata::{self, IO, SEC};
     use kvmprof_common::STAGES;
+
+    fn render(h: &Header, a: &Aggregate, by: By, format: Format) -> String {
+        render_with(h, a, by, format, Extras::default())
+    }
 
     const NPF: Reason = Reason {
         space: ReasonSpace::Svm,

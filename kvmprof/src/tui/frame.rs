@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use crate::{
     data::slow,
+    data::target::Target,
     host::plan::{Mode, Plan},
-    live::target::Target,
     tui::view::{self, columns, Column, Row, View},
 };
 

@@ -8,11 +8,7 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{
-    live::follow::Follow,
-    live::target::{self, Target},
-    live::PidFilter,
-};
+use crate::{data::target::Target, live::follow::Follow, live::target, live::PidFilter};
 
 /// How long an exited process stays in the table, marked.
 pub const GRACE: Duration = Duration::from_secs(5);

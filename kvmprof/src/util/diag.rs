@@ -1,12 +1,10 @@
-//! Messages on stderr and results on stdout that never panic: `eprintln!` and `println!`
-//! panic when the pipe is closed (`kvmprof record … 2>&1 | head -1`), which would lose the
-//! recording. A message nobody reads is dropped; the work goes on.
+//! Messages on stderr that never panic: `eprintln!` panics when the pipe is closed
+//! (`kvmprof record … 2>&1 | head -1`), which would lose the recording. A message nobody
+//! reads is dropped; the work goes on. Results go to stdout through `output::stdout`.
 use std::{
     fmt,
     io::{self, Write},
 };
-
-use anyhow::{Context as _, Result};
 
 /// One line on stderr, `kvmprof: ` first; a closed or full stderr is ignored.
 pub fn line(args: fmt::Arguments) {
@@ -20,12 +18,3 @@ macro_rules! note {
     };
 }
 pub(crate) use note;
-
-/// Writes `text` to stdout; a reader that went away (`| head`) is not an error.
-pub fn stdout(text: &str) -> Result<()> {
-    let mut out = io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.context("write to stdout"),
-    }
-}

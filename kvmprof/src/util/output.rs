@@ -1,4 +1,5 @@
-//! Files kvmprof writes (`-o`, `--exits`, `--folded`): opened before any work starts, so a
+//! Where results go: stdout ([`stdout`]) and files kvmprof writes (`-o`, `--exits`,
+//! `--folded`). Files are opened before any work starts, so a
 //! bad path fails at once; a symlink is followed; a device node or FIFO is written through,
 //! never replaced by a regular file; an existing regular file is emptied only when the first
 //! byte is written, so a command that fails before that leaves it as it was.
@@ -92,6 +93,25 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     out.write_all(bytes)
         .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
     out.finish()
+}
+
+/// Writes `bytes` to `path`, or to stdout for `-`.
+pub fn write_to(path: &Path, bytes: &[u8]) -> Result<()> {
+    if path.as_os_str() == "-" {
+        return stdout(bytes).map(drop);
+    }
+    write_file(path, bytes)
+}
+
+/// Writes `bytes` to stdout, the one way results go there: `println!` panics on a closed
+/// pipe. `Ok(false)`: the reader went away (`kvmprof report | head`), which is not an error.
+pub fn stdout(bytes: &[u8]) -> Result<bool> {
+    let mut out = io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context("write to stdout")),
+    }
 }
 
 /// A clearer reason for the usual failures.

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::data::aggregate::{Aggregate, Key, PortKey, PortStats};
 use crate::data::model::Vendor;
-use crate::recording::datafile::Header;
+use crate::recording::header::Header;
 use crate::recording::hlog;
 use crate::util::units;
 
