@@ -469,7 +469,8 @@ pub mod names {
         pub const TALLY_ADDRS: &str = "TALLY_ADDRS";
         pub const SCRATCH: &str = "SCRATCH";
         pub const SCRATCH_KEY: &str = "SCRATCH_KEY";
-        pub const ALL: [&str; 15] = [
+        pub const SCRATCH_ADDR: &str = "SCRATCH_ADDR";
+        pub const ALL: [&str; 16] = [
             EVENTS,
             BATCHES,
             PIDS,
@@ -485,6 +486,7 @@ pub mod names {
             TALLY_ADDRS,
             SCRATCH,
             SCRATCH_KEY,
+            SCRATCH_ADDR,
         ];
         /// The [`crate::Config`] global, set before load.
         pub const CONFIG: &str = "CONFIG";

@@ -69,6 +69,17 @@ pub static TALLY_ROWS: Array<Row> = Array::with_max_entries(tally::ROWS, 0);
 #[map]
 pub static TALLY_ADDRS: HashMap<AddrKey, u64> = HashMap::with_max_entries(tally::ADDRS, 0);
 
+/// Where an address key and its first count are made (`tally::count_addr`), off the stack
+/// that the whole call chain shares (the 6.1 verifier counted it over 512 bytes).
+#[map]
+pub static SCRATCH_ADDR: PerCpuArray<AddrScratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct AddrScratch {
+    pub key: AddrKey,
+    pub one: u64,
+}
+
 /// Slots and rows free to hand out (`kvmprof_common::tally`), filled and refilled by
 /// userspace.
 #[map]

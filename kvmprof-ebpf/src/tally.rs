@@ -12,8 +12,8 @@ use kvmprof_common::{
 };
 
 use crate::maps::{
-    bump, config, EVENTS, SCRATCH_KEY, TALLY_ADDRS, TALLY_FREE_ROWS, TALLY_FREE_SLOTS, TALLY_KEYS,
-    TALLY_META, TALLY_ROWS,
+    bump, config, EVENTS, SCRATCH_ADDR, SCRATCH_KEY, TALLY_ADDRS, TALLY_FREE_ROWS,
+    TALLY_FREE_SLOTS, TALLY_KEYS, TALLY_META, TALLY_ROWS,
 };
 
 /// Tallies one whole exit of thread `pid`/`tid`: of kind `k` (`tally::Kind::of`), at MMIO
@@ -89,49 +89,25 @@ pub fn add(
 /// and none is left to give it.
 #[inline(always)]
 fn count_addr(slot: u32, addr: u64) -> bool {
-    let key = AddrKey {
+    let Some(sc) = SCRATCH_ADDR.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU map value, no other user on this CPU while we run.
+    let sc = unsafe { &mut *sc };
+    sc.key = AddrKey {
         slot,
         _pad: 0,
         addr,
     };
-    if let Some(c) = TALLY_ADDRS.get_ptr_mut(&key) {
+    sc.one = 1;
+    if let Some(c) = TALLY_ADDRS.get_ptr_mut(&sc.key) {
         // SAFETY: map value pointer valid for this run; only the slot's thread writes it.
         unsafe { *c += 1 };
         return true;
     }
-    TALLY_ADDRS.insert(&key, &1, BPF_NOEXIST as u64).is_ok()
-}
-
-/// Whether every measured stage fits the histograms and no `--slow` threshold asks for the
-/// record.
-#[inline(always)]
-fn fits(stage_ns: &[u64; STAGES]) -> bool {
-    let slow = config!(slow_ns);
-    for s in 0..STAGES {
-        let v = stage_ns[s];
-        if v >= tally::LIMIT_NS || v > slow[s] {
-            return false;
-        }
-    }
-    true
-}
-
-#[inline(always)]
-fn cached(cache: &Cache, k: &Kind) -> Option<u32> {
-    for i in 0..2 {
-        if cache.slot[i] != 0 && cache.kind[i] == *k {
-            return Some(cache.slot[i].wrapping_sub(1));
-        }
-    }
-    None
-}
-
-#[inline(always)]
-fn remember(cache: &mut Cache, k: &Kind, slot: u32) {
-    let i = (cache.victim & 1) as usize;
-    cache.kind[i] = *k;
-    cache.slot[i] = slot.wrapping_add(1);
-    cache.victim = cache.victim.wrapping_add(1);
+    TALLY_ADDRS
+        .insert(&sc.key, &sc.one, BPF_NOEXIST as u64)
+        .is_ok()
 }
 
 /// The slot of this thread's exits of kind `k`, made on first use; [`REFUSED`] when none is

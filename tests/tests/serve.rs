@@ -519,7 +519,9 @@ fn tally_slots_of_exited_vmms_are_given_back_and_no_exit_is_lost_or_counted_twic
     for _ in 0..16 {
         let out = Command::new(bin("kvmprof-testvmm"))
             .args(["--vcpus", "8", "--pio-user", "50", "--pio-kernel", "200"])
-            .args(["--mmio", "30", "--pio-in", "5"])
+            // ~0.5 s each: slots are given back at each read (every second), so a burst
+            // of such VMMs within one second would need them all at once.
+            .args(["--mmio", "30", "--pio-in", "5", "--rate", "500"])
             .output()
             .expect("run the test VMM");
         assert!(out.status.success(), "test VMM failed");
