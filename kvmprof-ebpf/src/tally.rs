@@ -110,6 +110,38 @@ fn count_addr(slot: u32, addr: u64) -> bool {
         .is_ok()
 }
 
+/// Whether every measured stage fits the histograms and no `--slow` threshold asks for the
+/// record.
+#[inline(always)]
+fn fits(stage_ns: &[u64; STAGES]) -> bool {
+    let slow = config!(slow_ns);
+    for s in 0..STAGES {
+        let v = stage_ns[s];
+        if v >= tally::LIMIT_NS || v > slow[s] {
+            return false;
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn cached(cache: &Cache, k: &Kind) -> Option<u32> {
+    for i in 0..2 {
+        if cache.slot[i] != 0 && cache.kind[i] == *k {
+            return Some(cache.slot[i].wrapping_sub(1));
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn remember(cache: &mut Cache, k: &Kind, slot: u32) {
+    let i = (cache.victim & 1) as usize;
+    cache.kind[i] = *k;
+    cache.slot[i] = slot.wrapping_add(1);
+    cache.victim = cache.victim.wrapping_add(1);
+}
+
 /// The slot of this thread's exits of kind `k`, made on first use; [`REFUSED`] when none is
 /// left.
 fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
