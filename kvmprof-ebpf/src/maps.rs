@@ -112,6 +112,12 @@ pub static CONFIG: Config = Config {
     btf_exit_vcpu_id_off: 0,
     fixed_fields: 0,
     per_exit: 0,
+    run_known: 0,
+    run_files_off: 0,
+    run_fdt_off: 0,
+    run_fd_array_off: 0,
+    run_private_off: 0,
+    run_vcpu_run_off: 0,
     slow_ns: [0; kvmprof_common::STAGES],
 };
 
@@ -133,6 +139,19 @@ pub fn window_now() -> Option<u64> {
     // SAFETY: helper without preconditions.
     let ts = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     WINDOW.get(0).is_some_and(|w| w.contains(ts)).then_some(ts)
+}
+
+/// The value read, or `None` once a refused read is counted (`counter::READ_FAILED`): the
+/// event it was for is dropped, never recorded with a made-up 0.
+#[inline(always)]
+pub fn read<T, E>(r: Result<T, E>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(_) => {
+            bump(counter::READ_FAILED);
+            None
+        }
+    }
 }
 
 pub fn bump(idx: u32) {

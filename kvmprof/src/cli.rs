@@ -10,10 +10,22 @@ use crate::data::model::Stage;
 use crate::host::plan::HookPref;
 use crate::sinks::report::Format;
 
+/// The program's name, also the name its completions complete (`kvmprof generate`).
+pub const NAME: &str = "kvmprof";
+
+/// `kvmprof --version`: the crate version and the commit it was built from (`build.rs`), so a
+/// packaged binary says which source it is.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KVMPROF_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
-    name = "kvmprof",
-    version,
+    name = NAME,
+    version = VERSION,
     about = "eBPF profiler of KVM VM exits",
     propagate_version = true
 )]
@@ -53,6 +65,12 @@ pub enum Cmd {
     #[cfg(feature = "demo")]
     #[command(hide = true)]
     Guest(GuestArgs),
+    /// Write the man pages or the shell completions of this command line into a directory.
+    // Hidden: it is for packaging (`cargo xtask deb`), not for users. It lives in the binary
+    // because the CLI definition does: `Cli` refers to the profiler's own types, so neither
+    // xtask nor a build script can build it, and the binary renders exactly what it parses.
+    #[command(hide = true)]
+    Generate(GenerateArgs),
 }
 
 #[derive(Args)]
@@ -382,6 +400,22 @@ pub struct GuestArgs {
 }
 
 /// `30`, `30s`, `2m`, `1h`, `500ms`, at most a year (`kvmprof_common::duration`).
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// What to write: `man` (one page per command: kvmprof.1, kvmprof-record.1, ...) or
+    /// `completions` (kvmprof.bash, _kvmprof for zsh, kvmprof.fish).
+    #[arg(value_enum)]
+    pub what: Generated,
+    /// Directory to write into (created if missing).
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Generated {
+    Man,
+    Completions,
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s, duration::Bare::Secs).map_err(|e| e.to_string())
 }

@@ -86,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Probes(a) => cmd::probes::command(&a),
         Cmd::ImportFtrace(a) => cmd::import_ftrace::command(&a),
         Cmd::Flamegraph(a) => cmd::flamegraph::command(&a),
+        Cmd::Generate(a) => cmd::generate::command(&a),
         #[cfg(feature = "demo")]
         Cmd::Guest(a) => cmd::demo::guest(&a),
     }

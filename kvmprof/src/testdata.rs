@@ -77,6 +77,7 @@ pub fn header() -> Header {
         start_ts_ns: 0,
         duration_ns: SEC,
         unobserved: None,
+        read_failed: None,
         stop: None,
         cut: None,
         own_cost: None,

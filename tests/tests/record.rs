@@ -238,3 +238,65 @@ fn ctrl_c_stops_recording_and_keeps_everything_recorded() {
     assert_eq!(r["lost"], 0);
     assert!(r["total_exits"].as_u64().unwrap() > 100, "{r}");
 }
+
+/// In-kernel port writes and port reads that go to the VMM, interleaved round after round
+/// (user write → kernel writes → user reads → hlt → ...): each is filed under its own port,
+/// in the kernel or to the VMM, as many times as the test VMM made it. Under PVM, `kvm_pio`
+/// fires for a read that goes to the VMM only on its completion, after re-entry, so the
+/// return to the VMM must not be paired with the in-kernel write still open (issue 19, 1).
+#[test]
+fn in_kernel_writes_and_reads_to_the_vmm_are_filed_by_port_exactly() {
+    if skip_without_kvm("in_kernel_writes_and_reads_to_the_vmm_are_filed_by_port_exactly") {
+        return;
+    }
+    let dir = scratch("interleave");
+    let data = dir.join("k.data");
+    let counts = kvmprof_tests::record_testvmm(
+        &data,
+        &[],
+        &[
+            "--vcpus",
+            "1",
+            "--pio-user",
+            "2",
+            "--pio-kernel",
+            "10",
+            "--mmio",
+            "0",
+            "--pio-in",
+            "5",
+            "--forever",
+            "--duration",
+            "1s",
+        ],
+    );
+    let r = report_json(&data, "reason");
+    assert_eq!(r["lost"], 0);
+    // (count, of which to the VMM) of one port.
+    let port = |addr: u64| {
+        r["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["addr"] == addr)
+            .fold((0, 0), |(n, u), p| {
+                (
+                    n + p["count"].as_u64().unwrap(),
+                    u + p["userspace"].as_u64().unwrap(),
+                )
+            })
+    };
+    let total = &counts["total"];
+    let n = |k: &str| total[k].as_u64().unwrap();
+    assert!(n("pio_in") > 100, "too short a run to interleave: {counts}");
+    let kernel_port = counts["ports"]["pio_kernel"][0].as_u64().unwrap();
+    assert_eq!(
+        [port(0x3f8), port(kernel_port), port(0x3fd)],
+        [
+            (n("pio_user"), n("pio_user")),
+            (n("pio_kernel"), 0),
+            (n("pio_in"), n("pio_in")),
+        ],
+        "(count, to VMM) of 0x3f8, {kernel_port:#x}, 0x3fd; the VMM made {counts}"
+    );
+}

@@ -163,6 +163,43 @@ fn pvm() -> bool {
     serde_json::from_slice::<Value>(&probes.stdout).is_ok_and(|p| p["vendor"] == "pvm")
 }
 
+/// A real Prometheus on a free loopback port, scraping `metrics_url` every second (rules
+/// evaluated every second too), with its own storage in `dir`; its query API's URL.
+fn start_prometheus(dir: &Path, metrics_url: &str, rule_files: &[PathBuf]) -> (Guard, String) {
+    let target = metrics_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.join("prometheus.yml");
+    let mut rules = String::new();
+    if !rule_files.is_empty() {
+        rules.push_str("rule_files:\n");
+        for f in rule_files {
+            rules.push_str(&format!("  - '{}'\n", f.display()));
+        }
+    }
+    fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             {rules}\
+             scrape_configs:\n  - job_name: kvmprof\n    static_configs:\n      \
+             - targets: ['{target}']\n"
+        ),
+    )
+    .expect("write prometheus.yml");
+    let prom = spawn(
+        "prometheus",
+        Command::new(PROMETHEUS).args([
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+            &format!("--web.listen-address={prom_addr}"),
+        ]),
+        dir.join("prometheus.log"),
+    );
+    (prom, format!("http://{prom_addr}/api/v1/query"))
+}
+
 #[test]
 fn prometheus_gets_the_exact_exit_count_and_the_p99_bucket_of_the_test_vmm() {
     let test = "prometheus_gets_the_exact_exit_count_and_the_p99_bucket_of_the_test_vmm";
@@ -175,31 +212,7 @@ fn prometheus_gets_the_exact_exit_count_and_the_p99_bucket_of_the_test_vmm() {
     }
     let dir = scratch("serve-prom");
     let (_serve, metrics_url) = start_serve(&dir, &["--grace", "120s"]);
-    let target = metrics_url
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics");
-
-    let prom_addr = format!("127.0.0.1:{}", free_port());
-    let config = dir.join("prometheus.yml");
-    fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: kvmprof\n    static_configs:\n      \
-             - targets: ['{target}']\n"
-        ),
-    )
-    .expect("write prometheus.yml");
-    let _prom = spawn(
-        "prometheus",
-        Command::new(PROMETHEUS).args([
-            &format!("--config.file={}", config.display()),
-            &format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
-            &format!("--web.listen-address={prom_addr}"),
-        ]),
-        dir.join("prometheus.log"),
-    );
-    let api = format!("http://{prom_addr}/api/v1/query");
+    let (_prom, api) = start_prometheus(&dir, &metrics_url, &[]);
     let query = |q: &str| -> Option<f64> {
         let body: Value = serde_json::from_str(&get(&api, &[("query", q)])?).ok()?;
         body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
@@ -546,4 +559,148 @@ fn tally_slots_of_exited_vmms_are_given_back_and_no_exit_is_lost_or_counted_twic
         serve.log()
     );
     serve.stop();
+}
+
+/// The fleet artefacts in `packaging/`: every query of the Grafana dashboard (panels and
+/// template variables, with the variables filled in) returns data from a real Prometheus
+/// scraping `kvmprof serve` while the test VMM runs, and every alerting and recording rule
+/// evaluates without error. (Whether the alerts fire when they should is promtool's test,
+/// tests/prometheus/kvmprof-alerts.test.yml.)
+#[test]
+fn every_dashboard_query_returns_data_and_every_rule_evaluates_against_a_real_prometheus() {
+    let test =
+        "every_dashboard_query_returns_data_and_every_rule_evaluates_against_a_real_prometheus";
+    if skip_without_kvm(test) {
+        return;
+    }
+    if !Path::new(PROMETHEUS).exists() {
+        eprintln!("skipped {test}: no {PROMETHEUS} (Debian package prometheus)");
+        return;
+    }
+    let packaging = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+    let dir = scratch("serve-dashboard");
+    // BPF statistics throughout: the own-cost panel divides by the exits they measured.
+    let (_serve, metrics_url) = start_serve(&dir, &["--grace", "120s", "--bpf-stats", "on"]);
+    let (_prom, api) =
+        start_prometheus(&dir, &metrics_url, &[packaging.join("kvmprof-alerts.yml")]);
+    let result = |q: &str| -> Option<Vec<Value>> {
+        let body: Value = serde_json::from_str(&get(&api, &[("query", q)])?).ok()?;
+        body["data"]["result"].as_array().cloned()
+    };
+
+    let counts = run_vmm("2");
+    let (pid, want) = (counts["pid"].as_u64().unwrap(), made(&counts["total"]));
+    let total = format!("sum(kvmprof_exits_total{{pid=\"{pid}\"}})");
+    let seen = wait_for(Duration::from_secs(60), || {
+        result(&total)?
+            .first()?
+            .pointer("/value/1")?
+            .as_str()?
+            .parse::<f64>()
+            .ok()
+            .filter(|&n| n as u64 >= want)
+    });
+    assert!(
+        seen.is_some(),
+        "pid {pid}'s {want} exits never reached Prometheus"
+    );
+    // A few more scrapes: every rate() window then holds two samples of each series.
+    sleep(Duration::from_secs(3));
+
+    let dashboard: Value = serde_json::from_str(
+        &fs::read_to_string(packaging.join("kvmprof-dashboard.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    // The variables as a user would set them: this VM, every host, reason, the cycle stage.
+    let pid_value = pid.to_string();
+    let fill = |q: &str| {
+        [
+            ("$__rate_interval", "1m"),
+            ("$instance", ".*"),
+            ("$pid", pid_value.as_str()),
+            ("$reason", ".*"),
+            ("$stage", "cycle"),
+        ]
+        .iter()
+        .fold(q.to_string(), |q, (var, value)| q.replace(var, value))
+    };
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or("?");
+            queries.push((title.into(), fill(target["expr"].as_str().expect("expr"))));
+        }
+    }
+    // Grafana's label_values(METRIC, LABEL) is the values of LABEL among METRIC's series.
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
+        let Some(q) = var["query"]["query"].as_str() else {
+            continue;
+        };
+        let Some(args) = q
+            .strip_prefix("label_values(")
+            .and_then(|a| a.strip_suffix(')'))
+        else {
+            continue;
+        };
+        let (metric, label) = args.rsplit_once(',').expect("label_values(METRIC, LABEL)");
+        let name = format!("variable {}", var["name"].as_str().unwrap_or("?"));
+        queries.push((
+            name,
+            fill(&format!("group by ({}) ({metric})", label.trim())),
+        ));
+    }
+    assert!(queries.len() >= 10, "{queries:?}");
+    let empty: Vec<String> = queries
+        .iter()
+        .filter(|(_, q)| result(q).is_none_or(|r| r.is_empty()))
+        .map(|(panel, q)| format!("{panel}: {q}"))
+        .collect();
+    eprintln!("{} dashboard queries evaluated", queries.len());
+    assert!(
+        empty.is_empty(),
+        "queries without data:\n{}",
+        empty.join("\n")
+    );
+
+    // Every rule of the file loaded and evaluated at least once, without error.
+    let rules_api = api.replace("/query", "/rules");
+    let evaluated = |r: &Value| {
+        r["health"] == "ok"
+            && r["lastEvaluation"]
+                .as_str()
+                .is_some_and(|t| !t.starts_with("0001"))
+    };
+    let rules = wait_for(Duration::from_secs(10), || {
+        let body: Value = serde_json::from_str(&get(&rules_api, &[])?).ok()?;
+        let rules: Vec<Value> = body["data"]["groups"]
+            .as_array()?
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        rules.iter().all(evaluated).then_some(rules)
+    });
+    let rules = rules.unwrap_or_else(|| {
+        panic!(
+            "rules not all evaluated without error: {}",
+            get(&rules_api, &[]).unwrap_or_default()
+        )
+    });
+    eprintln!("{} rules evaluated without error", rules.len());
+    let file = fs::read_to_string(packaging.join("kvmprof-alerts.yml")).expect("rules");
+    let in_file = file
+        .lines()
+        .filter(|l| {
+            ["- alert:", "- record:"]
+                .iter()
+                .any(|k| l.trim().starts_with(k))
+        })
+        .count();
+    assert_eq!(
+        rules.len(),
+        in_file,
+        "rules of packaging/kvmprof-alerts.yml"
+    );
 }

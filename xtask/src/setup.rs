@@ -10,13 +10,18 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::util::{display, output, run as run_cmd, which};
+use crate::vm::{self, bochs, Series};
 
-/// Debian packages the project needs: LLVM 22 for bpf-linker, QEMU and busybox for the SVM VM
+/// Debian packages the project needs (and `bochs::PACKAGES` for the VMX VM): LLVM 22 for
+/// bpf-linker, QEMU and busybox for the SVM VM
 /// (virtme-ng builds its initramfs with busybox), bpftool to inspect programs, bpftrace for
 /// the bench, and the reference HdrHistogram (Java, with a runtime: the package does not
 /// depend on one) that the tests in `tests/tests/hdr.rs` check kvmprof's files against, and
 /// tmux to drive `kvmprof top` and prometheus to scrape `kvmprof serve` in the integration
-/// tests.
+/// tests (its promtool tests the alerting rules). `cargo xtask deb --check` installs the
+/// package and reads what it installed with man-db (`man -w`), zsh and fish (syntax checks
+/// of the completions) and systemd (`systemd-analyze verify` of the unit; PID 1 need not be
+/// systemd); cargo-deb finds the package's dependencies with dpkg-dev's dpkg-shlibdeps.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -30,15 +35,15 @@ const APT_PACKAGES: &[&str] = &[
     "openjdk-17-jre-headless",
     "tmux",
     "prometheus",
+    "man-db",
+    "zsh",
+    "fish",
+    "systemd",
+    "dpkg-dev",
 ];
 
 /// Wanted but not required: `perf kvm stat` in the VM, the reference to compare kvmprof with.
 const APT_OPTIONAL: &[&str] = &["linux-perf"];
-
-/// The VM kernel is `linux-image-6.1.0-<abi>-amd64-unsigned`; the ABI number changes with
-/// Debian's point releases, so it is looked up, never written down.
-const KERNEL_PREFIX: &str = "linux-image-6.1.0-";
-const KERNEL_SUFFIX: &str = "-amd64-unsigned";
 
 /// The bpf-linker release known to build against Debian's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -69,40 +74,46 @@ fn installed_packages() -> Result<HashMap<String, String>> {
         .collect())
 }
 
-/// The ABI number of a `linux-image-6.1.0-<abi>-amd64-unsigned` package name.
-fn kernel_abi(package: &str) -> Option<u32> {
-    package
-        .strip_prefix(KERNEL_PREFIX)?
-        .strip_suffix(KERNEL_SUFFIX)?
-        .parse()
-        .ok()
-}
-
+/// The Debian packages, the Bochs backend's included, and the newest kernel of each series
+/// vmtest boots: vng boots the host's root, so its kernels are installed like any other (Bochs
+/// unpacks its own copy from the same package).
 fn apt_packages() -> Result<()> {
     let installed = installed_packages()?;
     let mut wanted = Vec::new();
-    for &pkg in APT_PACKAGES {
+    let all: Vec<&str> = APT_PACKAGES
+        .iter()
+        .chain(bochs::PACKAGES)
+        .copied()
+        .collect();
+    for (i, &pkg) in all.iter().enumerate() {
+        if all[..i].contains(&pkg) {
+            continue;
+        }
         match installed.get(pkg) {
             Some(version) => println!("ok: {pkg} {version} present"),
             None => wanted.push(pkg.to_string()),
         }
     }
-    let kernel = installed
-        .keys()
-        .filter(|p| kernel_abi(p).is_some())
-        .max_by_key(|p| kernel_abi(p));
-    if let Some(kernel) = kernel {
-        println!("ok: {kernel} present");
-    }
-
-    // An update only when something is missing: it is the one slow, networked step.
-    let updated = !wanted.is_empty() || kernel.is_none();
-    if updated {
-        println!("running: apt-get update");
-        run_cmd(apt_get().arg("update"))?;
-    }
-    if kernel.is_none() {
-        wanted.push(newest_kernel_package()?);
+    let mut updated = false;
+    for series in Series::ALL {
+        // The archive's newest kernel, as vmtest looks it up; on a fresh machine apt's lists
+        // may be empty, so one update first.
+        let version = match series.newest() {
+            Ok(v) => v,
+            Err(_) if !updated => {
+                println!("running: apt-get update");
+                run_cmd(apt_get().arg("update"))?;
+                updated = true;
+                series.newest()?
+            }
+            Err(e) => return Err(e),
+        };
+        let pkg = vm::package(&version);
+        if installed.contains_key(&pkg) {
+            println!("ok: {pkg} present");
+        } else {
+            wanted.push(pkg);
+        }
     }
     for &pkg in APT_OPTIONAL {
         if let Some(version) = installed.get(pkg) {
@@ -116,6 +127,7 @@ fn apt_packages() -> Result<()> {
     if wanted.is_empty() {
         return Ok(());
     }
+    // An update only when something is missing: it is the one slow, networked step.
     if !updated {
         println!("running: apt-get update");
         run_cmd(apt_get().arg("update"))?;
@@ -135,18 +147,6 @@ fn apt_get() -> Command {
     let mut cmd = Command::new("apt-get");
     cmd.arg("-q").env("DEBIAN_FRONTEND", "noninteractive");
     cmd
-}
-
-/// The newest `linux-image-6.1.0-*-amd64-unsigned` that apt offers.
-fn newest_kernel_package() -> Result<String> {
-    let pattern = format!("^{KERNEL_PREFIX}[0-9]+{KERNEL_SUFFIX}$").replace('.', "\\.");
-    let out = output(Command::new("apt-cache").args(["search", "--names-only", &pattern]))?;
-    out.lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|p| kernel_abi(p).is_some())
-        .max_by_key(|p| kernel_abi(p))
-        .map(str::to_string)
-        .with_context(|| format!("apt offers no {KERNEL_PREFIX}*{KERNEL_SUFFIX} (is Debian 12 bookworm in the apt sources?)"))
 }
 
 /// Whether apt has an installation candidate for a package (a local look-up).
@@ -302,19 +302,4 @@ fn tracefs() -> Result<()> {
     }
     println!("mounting: tracefs at {TRACEFS}");
     run_cmd(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::kernel_abi;
-
-    #[test]
-    fn kernel_abi_reads_only_the_amd64_unsigned_image() {
-        assert_eq!(kernel_abi("linux-image-6.1.0-56-amd64-unsigned"), Some(56));
-        assert_eq!(
-            kernel_abi("linux-image-6.1.0-56-cloud-amd64-unsigned"),
-            None
-        );
-        assert_eq!(kernel_abi("linux-image-6.1.0-56-amd64"), None);
-    }
 }

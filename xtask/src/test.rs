@@ -1,4 +1,5 @@
 //! `cargo xtask test`: everything CI runs, in order of cost, stopping at the first failure;
+//! (the package is built, installed, checked and removed between the cargo tests and vmtest);
 //! `cargo xtask run`: build kvmprof and run it (the demo guest when no arguments are given).
 
 use anyhow::Result;
@@ -45,11 +46,15 @@ pub fn run_all() -> Result<u8> {
         println!("== cargo {}", args.join(" "));
         run(cargo().args(args))?;
     }
+    println!("== cargo xtask deb --check");
+    crate::deb::run(true)?;
     println!("== cargo xtask vmtest");
     vmtest::run(&vmtest::Options {
         shell_cmd: None,
         only: Vec::new(),
-        kernel: None,
+        backend: None,
+        series: None,
+        hooks: None,
         build: true,
     })
 }

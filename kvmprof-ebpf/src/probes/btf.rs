@@ -22,6 +22,11 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<u32> {
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
     let vcpu: *const u8 = ctx.arg(0);
+    // Verifiers since ~6.7 type tracepoint pointer arguments as trusted-or-null and refuse
+    // arithmetic on them until they are checked.
+    if vcpu.is_null() {
+        return None;
+    }
     let isa = ctx.arg::<u64>(1) as u32;
     let deref = maps::config!(btf_exit_deref_off);
     let reason_off = maps::config!(btf_exit_reason_off) as usize;
@@ -32,11 +37,17 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<u32> {
         let base = if deref == NO_DEREF {
             vcpu
         } else {
-            bpf_probe_read_kernel(vcpu.wrapping_add(deref as usize) as *const *const u8).ok()?
+            maps::read(bpf_probe_read_kernel(
+                vcpu.wrapping_add(deref as usize) as *const *const u8
+            ))?
         };
         (
-            bpf_probe_read_kernel(base.wrapping_add(reason_off) as *const u32).ok()?,
-            bpf_probe_read_kernel(vcpu.wrapping_add(vcpu_id_off) as *const i32).ok()?,
+            maps::read(bpf_probe_read_kernel(
+                base.wrapping_add(reason_off) as *const u32
+            ))?,
+            maps::read(bpf_probe_read_kernel(
+                vcpu.wrapping_add(vcpu_id_off) as *const i32
+            ))?,
         )
     };
     let sp = if isa == KVM_ISA_VMX {

@@ -15,6 +15,6 @@ pub fn field<T: Copy, const FIXED: u32>(ctx: &TracePointContext, off: u32) -> Op
         })
     } else {
         // SAFETY: `off` comes from this kernel's format file for this tracepoint.
-        unsafe { ctx.read_at(off as usize) }.ok()
+        crate::maps::read(unsafe { ctx.read_at(off as usize) })
     }
 }

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use anyhow::{bail, Result};
 
 use crate::{
-    cli::ProbesArgs, host, host::kernel::Facts, host::plan::Plan, sinks::report::Format,
+    cli::ProbesArgs, host::kernel::Facts, host::plan::Plan, live, sinks::report::Format,
     util::output,
 };
 
@@ -18,10 +18,17 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
              programs)"
         );
     }
-    let (facts, plan) = host::plan_for_host(a.hooks.pref())?;
+    // What is planned is loaded and attached (tracing no process, the window closed), so a
+    // hook the kernel refuses is shown with its fallback, never as usable.
+    let (facts, plan, _attached) =
+        live::attach_for_host(a.hooks.pref(), true, Default::default(), &[])?;
     let text = match a.format {
         Format::Table => render(&plan, &facts),
-        Format::Json => serde_json::to_string_pretty(&plan)? + "\n",
+        Format::Json => {
+            serde_json::to_string_pretty(&plan)?
+                + "
+"
+        }
     };
     output::stdout(text.as_bytes()).map(drop)
 }

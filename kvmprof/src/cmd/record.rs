@@ -237,6 +237,7 @@ impl Recorder {
             stop: stop_label(&out.stop),
             lost: out.counters.lost,
             unobserved: Some(out.counters.unobserved),
+            read_failed: Some(out.counters.read_failed),
             own_cost: Some(out.own_cost.clone()),
             slow: self.slow,
         };
@@ -379,7 +380,7 @@ fn live_header(
             .map(|s| HookUse {
                 stage: s.stage,
                 symbol: s.symbol.clone(),
-                mode: s.mode.name().to_owned(),
+                mode: s.mode_label(),
             })
             .collect(),
         tracepoints: plan.tracepoint_notes.clone(),
@@ -389,6 +390,7 @@ fn live_header(
         start_ts_ns,
         duration_ns: 0,
         unobserved: None,
+        read_failed: None,
         stop: None,
         cut: None,
         own_cost: None,

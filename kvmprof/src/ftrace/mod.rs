@@ -146,6 +146,7 @@ pub fn header(import: &Capture) -> Header {
             .zip(start)
             .map_or(0, |(end, start)| end.saturating_sub(start)),
         unobserved: None,
+        read_failed: None,
         stop: Some("end of trace".to_owned()),
         cut: None,
         own_cost: None,

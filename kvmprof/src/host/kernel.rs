@@ -8,7 +8,7 @@ use kvmprof_common::names::tp;
 
 use crate::{
     data::model::Vendor,
-    host::btf::{self, ExitLayout, KVM_BTF_MODULES},
+    host::btf::{self, ExitLayout, RunPath, KVM_BTF_MODULES},
 };
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
@@ -40,6 +40,9 @@ pub struct Facts {
     /// Where a tp_btf `kvm_exit` program finds the exit reason, or why it cannot (`None`:
     /// not read).
     pub kvm_exit_layout: Option<Result<ExitLayout, String>>,
+    /// How the programs find a vCPU's `kvm_run` from its fd (`Config::run_known`); `None`
+    /// when a member is not in BTF.
+    pub run_path: Option<RunPath>,
     pub kprobes: bool,
     /// `Some(Err(why))` when loading an fentry program was refused; `None` when untried
     /// (only a load attempt tells: `btf::probe_trampoline`).
@@ -50,6 +53,9 @@ pub struct Facts {
     pub tracepoints: HashMap<String, HashMap<String, u32>>,
     /// Loaded KVM vendor modules or built-in backends.
     pub kvm_modules: Vec<String>,
+    /// Programs (by name) the kernel refused when this recording loaded or attached them,
+    /// with its answer: the planner then takes the next hook for that stage or tracepoint.
+    pub refused: HashMap<String, String>,
 }
 
 impl Facts {
@@ -119,6 +125,7 @@ impl Facts {
                 })
                 .collect(),
             kvm_exit_layout: None,
+            run_path: btf::run_path(&kbtf),
             kprobes: Path::new(KPROBE_PMU).exists(),
             fentry: None,
             traceable,
@@ -128,6 +135,7 @@ impl Facts {
                 .filter(|m| Path::new("/sys/module").join(m).exists())
                 .map(str::to_string)
                 .collect(),
+            refused: HashMap::new(),
         };
         facts.kvm_exit_layout = Some(btf::kvm_exit_layout(&kbtf, facts.vendor()));
         Ok(facts)

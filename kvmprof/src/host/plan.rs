@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use kvmprof_common::{
     boundary,
-    names::{tp, tracepoint_programs},
+    names::{hook, tp, tracepoint_programs},
 };
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +61,25 @@ pub struct StagePlan {
     pub why: String,
 }
 
+impl StagePlan {
+    /// The mode, followed by the better hooks the kernel refused (`kprobe; fentry: refused by
+    /// the kernel (…)`) when the stage is timed at all: the report's hooks lines.
+    pub fn mode_label(&self) -> String {
+        let refusals = self
+            .rejected
+            .iter()
+            .filter(|r| r.contains("refused by the kernel"));
+        let mut label = self.mode.name().to_string();
+        if self.mode != Mode::Unavailable {
+            for r in refusals {
+                label.push_str("; ");
+                label.push_str(r);
+            }
+        }
+        label
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub vendor: Vendor,
@@ -90,24 +109,6 @@ impl Plan {
             boundary::VENDOR_RUN => "vendor-run entry to next vendor-run entry (or return to VMM)",
             boundary::KVM_ENTRY => "kvm_entry to next kvm_entry (or return to VMM)",
             _ => "interval between consecutive exits of the vCPU thread (no kvm_exit/kvm_entry)",
-        }
-    }
-}
-
-impl Plan {
-    /// The kernel refused to attach the raw tracepoint planned for `tp` (`why`): it is
-    /// attached as a classic one, and the plan (shown by `probes`, kept in the data file)
-    /// says so.
-    pub fn raw_refused(&mut self, tp: &str, why: &str) {
-        self.raw_tracepoints.retain(|t| t != tp);
-        let note = format!("{tp}: classic tracepoint (raw refused by the kernel: {why})");
-        match self
-            .tracepoint_notes
-            .iter_mut()
-            .find(|n| n.strip_prefix(tp).is_some_and(|r| r.starts_with(':')))
-        {
-            Some(n) => *n = note,
-            None => self.tracepoint_notes.push(note),
         }
     }
 }
@@ -246,9 +247,9 @@ struct TracepointChoice {
     notes: Vec<String>,
 }
 
-/// Per tracepoint, the cheapest program that fits this kernel: tp_btf where it has a tp_btf
-/// program, raw where it has a raw one, classic otherwise (format-file fields, a copy of
-/// them into a record before the program runs).
+/// Per tracepoint, the cheapest program that fits this kernel and that the kernel did not
+/// refuse: tp_btf where it has a tp_btf program, then raw where it has a raw one, classic
+/// otherwise (format-file fields, a copy of them into a record before the program runs).
 fn plan_tracepoints(f: &Facts, pref: HookPref, tracepoints: &[String]) -> TracepointChoice {
     let mut out = TracepointChoice {
         btf: Vec::new(),
@@ -257,24 +258,49 @@ fn plan_tracepoints(f: &Facts, pref: HookPref, tracepoints: &[String]) -> Tracep
     };
     for tp in tracepoints {
         let programs = tracepoint_programs(tp);
-        let choice = if programs.and_then(|p| p.btf).is_some() {
-            btf_tracepoint(f, pref, tp).map(|note| (&mut out.btf, note))
-        } else if let Some(raw) = programs.and_then(|p| p.raw) {
-            raw_tracepoint(f, tp, raw).map(|note| (&mut out.raw, note))
-        } else {
-            Err("no tp_btf or raw program for it".to_string())
-        };
-        match choice {
-            Ok((list, note)) => {
-                list.push(tp.clone());
-                out.notes.push(format!("{tp}: {note}"));
+        let mut why_not = Vec::new();
+        if let Some(btf) = programs.and_then(|p| p.btf) {
+            match refused(f, &[btf], "tp_btf").and_then(|()| btf_tracepoint(f, pref, tp)) {
+                Ok(note) => {
+                    out.btf.push(tp.clone());
+                    out.notes.push(format!("{tp}: {note}"));
+                    continue;
+                }
+                Err(w) => why_not.push(w),
             }
-            Err(why_not) => out
-                .notes
-                .push(format!("{tp}: classic tracepoint ({why_not})")),
         }
+        if let Some(raw) = programs.and_then(|p| p.raw) {
+            match refused(f, &[raw.0], "raw").and_then(|()| raw_tracepoint(f, tp, raw)) {
+                Ok(note) => {
+                    out.raw.push(tp.clone());
+                    out.notes.push(format!("{tp}: {note}"));
+                    continue;
+                }
+                Err(w) => why_not.push(w),
+            }
+        }
+        if why_not.is_empty() {
+            why_not.push("no tp_btf or raw program for it".to_string());
+        }
+        out.notes
+            .push(format!("{tp}: classic tracepoint ({})", why_not.join("; ")));
     }
     out
+}
+
+/// `Err` saying that the kernel refused one of `programs` (the `what` hook of a stage or
+/// tracepoint) when it was loaded or attached, with the kernel's answer.
+fn refused(f: &Facts, programs: &[&str], what: &str) -> Result<(), String> {
+    match programs.iter().find_map(|p| f.refused.get(*p)) {
+        Some(why) => Err(format!("{what}: refused by the kernel ({why})")),
+        None => Ok(()),
+    }
+}
+
+/// The names of the entry and return programs `prefixes` of `stage`'s hook.
+fn pair(stage: Stage, prefixes: [&str; 2]) -> [String; 2] {
+    let stem = hook::stem(stage.index()).unwrap_or_default();
+    prefixes.map(|p| format!("{p}{stem}"))
 }
 
 /// The event name of `category/name`.
@@ -386,7 +412,9 @@ fn plan_function(
     } else if let Some(Err(e)) = &f.fentry {
         Err(format!("fentry: refused by the kernel ({e})"))
     } else {
-        Ok(btf.map_or("", |t| t.module.as_deref().unwrap_or("vmlinux")))
+        let [fe, fx] = pair(stage, [hook::FENTRY, hook::FEXIT]);
+        refused(f, &[&fe, &fx], "fentry")
+            .map(|()| btf.map_or("", |t| t.module.as_deref().unwrap_or("vmlinux")))
     };
     match fentry_why {
         Ok(home) => {
@@ -409,7 +437,8 @@ fn plan_function(
     } else if !f.kprobes {
         Some("kprobe: kprobes are not available (no CONFIG_KPROBES / kprobe PMU)".to_string())
     } else {
-        None
+        let [kp, krp] = pair(stage, [hook::KPROBE, hook::KRETPROBE]);
+        refused(f, &[&kp, &krp], "kprobe").err()
     };
     match kprobe_why {
         None => StagePlan {
@@ -846,8 +875,11 @@ mod tests {
     fn a_raw_tracepoint_the_kernel_refuses_is_planned_classic_again() {
         let mut f = pvm_host();
         with_io_prototypes(&mut f);
-        let mut p = plan(&f, HookPref::Auto).unwrap();
-        p.raw_refused("kvm/kvm_pio", "Invalid argument (os error 22)");
+        f.refused.insert(
+            "raw_kvm_pio".into(),
+            "Invalid argument (os error 22)".into(),
+        );
+        let p = plan(&f, HookPref::Auto).unwrap();
         assert_eq!(
             p.raw_tracepoints,
             ["kvm/kvm_userspace_exit", "kvm/kvm_mmio"]
@@ -859,8 +891,58 @@ mod tests {
             .collect();
         assert_eq!(
             pio,
-            ["kvm/kvm_pio: classic tracepoint (raw refused by the kernel: Invalid argument (os error 22))"]
+            ["kvm/kvm_pio: classic tracepoint (raw: refused by the kernel (Invalid argument (os error 22)))"]
         );
+    }
+
+    /// 6.12's verifier refused the tp_btf `kvm_exit` program: `kvm_exit` is then a classic
+    /// tracepoint, and nothing else changes.
+    #[test]
+    fn a_refused_tp_btf_falls_back_to_the_classic_tracepoint_alone() {
+        let mut f = svm_modules_with_btf();
+        let before = plan(&f, HookPref::Auto).unwrap();
+        f.refused
+            .insert("tpb_kvm_exit".into(), "Permission denied".into());
+        let p = plan(&f, HookPref::Auto).unwrap();
+        assert!(p.btf_tracepoints.is_empty());
+        assert!(p.tracepoints.iter().any(|t| t == "kvm/kvm_exit"));
+        assert!(
+            p.tracepoint_notes.iter().any(|n| n
+                == "kvm/kvm_exit: classic tracepoint (tp_btf: refused by the kernel (Permission denied))"),
+            "{:?}",
+            p.tracepoint_notes
+        );
+        assert_eq!(p.stages, before.stages);
+        assert_eq!(p.boundary, before.boundary);
+    }
+
+    /// One refused fentry program moves its stage alone to kprobes; `--hooks fentry` then
+    /// fails, saying why.
+    #[test]
+    fn a_refused_fentry_falls_back_to_kprobes_for_that_stage_alone() {
+        let mut f = svm_modules_with_btf();
+        f.refused
+            .insert("fx_vendor_run".into(), "Operation not permitted".into());
+        let p = plan(&f, HookPref::Auto).unwrap();
+        let vr = stage(&p, Stage::VendorRun);
+        assert_eq!(vr.mode, Mode::Kprobe);
+        assert_eq!(
+            vr.rejected,
+            ["fentry: refused by the kernel (Operation not permitted)"]
+        );
+        assert_eq!(stage(&p, Stage::Handler).mode, Mode::Fentry);
+        assert_eq!(stage(&p, Stage::FastPio).mode, Mode::Fentry);
+        assert_eq!(p.boundary, boundary::VENDOR_RUN);
+        let err = plan(&f, HookPref::Fentry).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--hooks fentry is impossible here: fentry: refused by the kernel (Operation not permitted)"
+        );
+        // With kprobes refused too, the stage is timed by tracepoints (kvm_entry/kvm_exit).
+        f.refused.insert("kp_vendor_run".into(), "EINVAL".into());
+        let p = plan(&f, HookPref::Auto).unwrap();
+        assert_eq!(stage(&p, Stage::VendorRun).mode, Mode::Tracepoint);
+        assert_eq!(p.boundary, boundary::KVM_ENTRY);
     }
 
     #[test]

@@ -109,10 +109,58 @@ fn load_fexit(ebpf: &mut Ebpf, facts: &Facts, name: &str, sym: &str) -> Result<(
     load_btf_program!(FExit, ebpf, name, target)
 }
 
+/// The kernel refused a program of the plan when it was loaded or attached: the session
+/// plans again without it (`Facts::refused`), so the next hook for that stage or tracepoint
+/// is taken.
+#[derive(Debug)]
+pub struct Refused {
+    /// The program's name in the object.
+    pub program: String,
+    /// The hook, e.g. `fentry on svm_vcpu_run`.
+    pub what: String,
+    /// The kernel's answer.
+    pub why: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} refused: {}", self.what, self.why)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// For tests only: `KVMPROF_REFUSE=<program>[,<program>...]` makes kvmprof act as if the
+/// kernel refused those programs (names as in `kvmprof-ebpf`, e.g. `raw_kvm_pio`,
+/// `fe_vendor_run`, `tpb_kvm_exit`), to exercise the fallbacks on kernels that refuse none.
+const REFUSE_ENV: &str = "KVMPROF_REFUSE";
+
+/// Runs `load_and_attach` for `program` (the `what` hook), turning any failure, or a
+/// refusal forced through [`REFUSE_ENV`], into [`Refused`].
+fn try_hook(
+    program: &str,
+    what: String,
+    load_and_attach: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let forced = std::env::var(REFUSE_ENV).is_ok_and(|v| v.split(',').any(|p| p.trim() == program));
+    let outcome = if forced {
+        Err(anyhow!("refused through {REFUSE_ENV} (a test switch)"))
+    } else {
+        load_and_attach()
+    };
+    outcome.map_err(|e| {
+        anyhow::Error::new(Refused {
+            program: program.to_string(),
+            what,
+            why: format!("{e:#}"),
+        })
+    })
+}
+
 /// Attaches everything in `plan` to the object [`load_for`] loaded for it, filtered to
-/// `pids` (that object traces every process when it was loaded without `filter`). A raw
-/// tracepoint the kernel refuses is attached as a classic one, and `plan` is updated to say so.
-pub fn attach(ebpf: &mut Ebpf, plan: &mut Plan, facts: &Facts, pids: &[u32]) -> Result<()> {
+/// `pids` (that object traces every process when it was loaded without `filter`). A program
+/// the kernel refuses fails the whole as [`Refused`].
+pub fn attach(ebpf: &mut Ebpf, plan: &Plan, facts: &Facts, pids: &[u32]) -> Result<()> {
     let mut pid_map: HashMap<_, u32, u8> =
         HashMap::try_from(ebpf.map_mut(map::PIDS).context("PIDS map")?)?;
     for p in pids {
@@ -127,32 +175,40 @@ pub fn attach(ebpf: &mut Ebpf, plan: &mut Plan, facts: &Facts, pids: &[u32]) -> 
             .btf_tracepoints
             .get(tp)
             .with_context(|| format!("{tp} has no btf_trace type"))?;
-        load_btf_program!(BtfTracePoint, ebpf, name, target)
-            .map_err(|e| anyhow!("tp_btf {tp} refused: {e}"))?;
-        let prog: &mut BtfTracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
-        prog.attach()
-            .map_err(|e| anyhow!("attach tp_btf {tp}: {}", describe(&e)))?;
+        try_hook(name, format!("tp_btf {tp}"), || {
+            load_btf_program!(BtfTracePoint, ebpf, name, target)?;
+            let prog: &mut BtfTracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
+            prog.attach()
+                .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
+            Ok(())
+        })?;
     }
-    for tp in plan.tracepoints.clone() {
-        if plan.btf_tracepoints.contains(&tp) {
+    for tp in &plan.tracepoints {
+        if plan.btf_tracepoints.contains(tp) {
             continue;
         }
         let programs =
-            tracepoint_programs(&tp).with_context(|| format!("no program for tracepoint {tp}"))?;
+            tracepoint_programs(tp).with_context(|| format!("no program for tracepoint {tp}"))?;
         let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
-        if plan.raw_tracepoints.contains(&tp) {
-            match attach_raw(ebpf, programs, ev) {
-                Ok(()) => continue,
-                // The kernel refused what its BTF allowed: classic, and the plan says so.
-                Err(e) => plan.raw_refused(&tp, &format!("{e:#}")),
-            }
+        if plan.raw_tracepoints.contains(tp) {
+            let (name, _) = programs.raw.context("no raw program")?;
+            try_hook(name, format!("raw tracepoint {tp}"), || {
+                let prog: &mut RawTracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
+                prog.load().map_err(|e| anyhow!("{}", describe(&e)))?;
+                prog.attach(ev)
+                    .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
+                Ok(())
+            })?;
+            continue;
         }
         let name = programs.classic;
-        let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
-        prog.load()
-            .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
-        prog.attach(cat, ev)
-            .map_err(|e| anyhow!("attach tracepoint {tp}: {}", describe(&e)))?;
+        try_hook(name, format!("tracepoint {tp}"), || {
+            let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
+            prog.load().map_err(|e| anyhow!("{}", describe(&e)))?;
+            prog.attach(cat, ev)
+                .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
+            Ok(())
+        })?;
     }
     attach_thread_exit(ebpf)?;
 
@@ -170,27 +226,35 @@ pub fn attach(ebpf: &mut Ebpf, plan: &mut Plan, facts: &Facts, pids: &[u32]) -> 
             Mode::Kprobe => {
                 for (prefix, what) in [(hook::KPROBE, "kprobe"), (hook::KRETPROBE, "kretprobe")] {
                     let name = format!("{prefix}{stem}");
-                    let prog: &mut KProbe =
-                        ebpf.program_mut(&name).context(name.clone())?.try_into()?;
-                    prog.load()
-                        .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
-                    prog.attach(sym, 0)
-                        .map_err(|e| anyhow!("{what} on {sym} refused: {}", describe(&e)))?;
+                    try_hook(&name, format!("{what} on {sym}"), || {
+                        let prog: &mut KProbe =
+                            ebpf.program_mut(&name).context(name.clone())?.try_into()?;
+                        prog.load().map_err(|e| anyhow!("{}", describe(&e)))?;
+                        prog.attach(sym, 0)
+                            .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
+                        Ok(())
+                    })?;
                 }
             }
             Mode::Fentry => {
                 let name = format!("{}{stem}", hook::FENTRY);
-                load_fentry(ebpf, facts, &name, sym)
-                    .map_err(|e| anyhow!("fentry on {sym} refused: {e}"))?;
-                let prog: &mut FEntry = ebpf.program_mut(&name).context(name)?.try_into()?;
-                prog.attach()
-                    .map_err(|e| anyhow!("fentry on {sym}: {}", describe(&e)))?;
+                try_hook(&name, format!("fentry on {sym}"), || {
+                    load_fentry(ebpf, facts, &name, sym)?;
+                    let prog: &mut FEntry =
+                        ebpf.program_mut(&name).context(name.clone())?.try_into()?;
+                    prog.attach()
+                        .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
+                    Ok(())
+                })?;
                 let name = format!("{}{stem}", hook::FEXIT);
-                load_fexit(ebpf, facts, &name, sym)
-                    .map_err(|e| anyhow!("fexit on {sym} refused: {e}"))?;
-                let prog: &mut FExit = ebpf.program_mut(&name).context(name)?.try_into()?;
-                prog.attach()
-                    .map_err(|e| anyhow!("fexit on {sym}: {}", describe(&e)))?;
+                try_hook(&name, format!("fexit on {sym}"), || {
+                    load_fexit(ebpf, facts, &name, sym)?;
+                    let prog: &mut FExit =
+                        ebpf.program_mut(&name).context(name.clone())?.try_into()?;
+                    prog.attach()
+                        .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
+                    Ok(())
+                })?;
             }
             Mode::Tracepoint | Mode::Unavailable => {}
         }
@@ -211,17 +275,6 @@ fn attach_thread_exit(ebpf: &mut Ebpf) -> Result<()> {
         .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
     prog.attach(cat, ev)
         .map_err(|e| anyhow!("attach tracepoint {tp}: {}", describe(&e)))?;
-    Ok(())
-}
-
-/// Attaches the raw tracepoint program of `programs` to `event`.
-fn attach_raw(ebpf: &mut Ebpf, programs: &names::TracepointPrograms, event: &str) -> Result<()> {
-    let (name, _) = programs.raw.context("no raw program")?;
-    let prog: &mut RawTracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
-    prog.load()
-        .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
-    prog.attach(event)
-        .map_err(|e| anyhow!("attach raw tracepoint {event}: {}", describe(&e)))?;
     Ok(())
 }
 
@@ -247,6 +300,7 @@ fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Conf
         }
         _ => None,
     };
+    let run = f.run_path;
     let mut cfg = Config {
         boundary: plan.boundary,
         filter_pids: filter as u32,
@@ -268,6 +322,12 @@ fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Conf
         btf_exit_vcpu_id_off: btf_exit.map_or(0, |l| l.vcpu_id_off),
         fixed_fields: 0,
         per_exit: records.every_exit as u32,
+        run_known: (plan.boundary == kvmprof_common::boundary::IDENT && run.is_some()) as u32,
+        run_files_off: run.map_or(0, |r| r.files),
+        run_fdt_off: run.map_or(0, |r| r.fdt),
+        run_fd_array_off: run.map_or(0, |r| r.fd_array),
+        run_private_off: run.map_or(0, |r| r.private_data),
+        run_vcpu_run_off: run.map_or(0, |r| r.run),
         slow_ns: records.over_ns,
     };
     cfg.fixed_fields = fixed_fields_hold(&cfg) as u32;

@@ -98,6 +98,8 @@ pub struct Counters {
     pub lost: u64,
     pub no_state: u64,
     pub unmatched: u64,
+    /// Events dropped after a refused read.
+    pub read_failed: u64,
     /// Exits already under way when the window opened: not recorded (see `Window`).
     pub unobserved: u64,
 }
@@ -121,6 +123,42 @@ pub struct Outcome {
     pub elapsed: Duration,
     pub exited: Vec<Target>,
     pub own_cost: OwnCost,
+}
+
+/// Plans for this kernel and attaches the plan, loading the object once per attempt: when
+/// the kernel refuses a program, the plan is made again without it (the next hook for that
+/// stage or tracepoint, and why, in the plan) and the object loaded afresh, since the plan
+/// fixes its load-time configuration. Fails only when nothing less preferred is left.
+/// Tracing only `pids` (none at all when `filter` is set and `pids` is empty, for `probes`).
+pub fn attach_for_host(
+    hooks: HookPref,
+    filter: bool,
+    records: attach::Records,
+    pids: &[u32],
+) -> Result<(Facts, Plan, aya::Ebpf)> {
+    let (mut facts, mut plan) = crate::host::plan_for_host(hooks)?;
+    loop {
+        let mut ebpf = attach::load_for(&plan, &facts, filter, records)?;
+        let err = match attach::attach(&mut ebpf, &plan, &facts, pids) {
+            Ok(()) => return Ok((facts, plan, ebpf)),
+            Err(e) => e,
+        };
+        // Detach what this attempt attached before the next one.
+        drop(ebpf);
+        let refused = err.downcast::<attach::Refused>()?;
+        if facts.refused.contains_key(&refused.program) {
+            return Err(refused.into());
+        }
+        facts
+            .refused
+            .insert(refused.program.clone(), refused.why.clone());
+        let next = crate::host::plan::plan(&facts, hooks)?;
+        if next == plan {
+            // Nothing less preferred for that hook (a classic tracepoint).
+            return Err(refused.into());
+        }
+        plan = next;
+    }
 }
 
 /// An attached session, not yet draining. Splitting start from run lets callers announce
@@ -216,15 +254,14 @@ impl Session {
         target::preflight()?;
         let stats = Sampling::new(opts.bpf_stats);
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
-        let (facts, mut plan) = crate::host::plan_for_host(opts.hooks)?;
-        let mut ebpf = attach::load_for(&plan, &facts, !pids.is_empty(), opts.records)?;
+        let (facts, plan, mut ebpf) =
+            attach_for_host(opts.hooks, !pids.is_empty(), opts.records, &pids)?;
         let ring = RingBuf::try_from(ebpf.take_map(map::EVENTS).context("EVENTS map")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(map::COUNTERS).context("COUNTERS map")?)?;
         let held = Held::take(&mut ebpf)?;
         let tallies = tally::Reader::take(&mut ebpf)?;
         let mut switch = Array::try_from(ebpf.take_map(map::WINDOW).context("WINDOW map")?)?;
-        attach::attach(&mut ebpf, &mut plan, &facts, &pids)?;
         let window = open_window(&mut switch, opts.duration)?;
         Ok(Session {
             opts,
@@ -482,6 +519,7 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Counters {
         lost: sum(counter::LOST),
         no_state: sum(counter::NO_STATE),
         unmatched: sum(counter::UNMATCHED),
+        read_failed: sum(counter::READ_FAILED),
         unobserved: sum(counter::UNOBSERVED),
     }
 }

@@ -110,6 +110,8 @@ struct EndRecord {
     #[serde(default)]
     unobserved: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    read_failed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     own_cost: Option<OwnCost>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     slow: Option<SlowExits>,
@@ -124,6 +126,8 @@ pub struct End {
     pub lost: u64,
     /// Exits already under way when the window opened (see [`Header::unobserved`]).
     pub unobserved: Option<u64>,
+    /// See [`Header::read_failed`].
+    pub read_failed: Option<u64>,
     /// See [`Header::own_cost`].
     pub own_cost: Option<OwnCost>,
     /// See [`Header::slow`].
@@ -268,6 +272,7 @@ impl<W: Write> Writer<W> {
             stop: end.stop.clone(),
             lost: end.lost,
             unobserved: end.unobserved,
+            read_failed: end.read_failed,
             own_cost: end.own_cost.clone(),
             slow: end.slow.clone(),
         };
@@ -383,6 +388,7 @@ pub fn write(path: &Path, h: &Header, exits: &[Exit], interval_ns: u64) -> Resul
         stop: h.stop.clone().unwrap_or_else(|| "end of input".to_owned()),
         lost: 0,
         unobserved: h.unobserved,
+        read_failed: h.read_failed,
         own_cost: h.own_cost.clone(),
         slow: h.slow.clone(),
     };
@@ -535,6 +541,7 @@ fn complete_header(mut header: Header, a: &mut Aggregate, ends: Ends, cut: Cut) 
             header.duration_ns = end.duration_ns;
             header.stop = Some(end.stop);
             header.unobserved = end.unobserved;
+            header.read_failed = end.read_failed;
             header.own_cost = end.own_cost;
             header.slow = end.slow;
             a.add_lost(end.lost);
@@ -723,6 +730,7 @@ mod tests {
             start_ts_ns: 5 * SEC + 100,
             duration_ns: 3 * SEC,
             unobserved: Some(2),
+            read_failed: None,
             ..testdata::header()
         }
     }
@@ -864,6 +872,7 @@ mod tests {
             stop: "SIGINT".into(),
             lost: 2,
             unobserved: Some(2),
+            read_failed: None,
             own_cost: None,
             slow: None,
         };
@@ -1098,5 +1107,27 @@ mod tests {
                 let _ = parse(&bad);
             }
         }
+    }
+
+    #[test]
+    fn refused_reads_go_in_the_end_record_and_older_files_have_none() {
+        let end = |read_failed| End {
+            duration_ns: SEC,
+            stop: "duration".into(),
+            lost: 0,
+            unobserved: Some(0),
+            read_failed,
+            own_cost: None,
+            slow: None,
+        };
+        let file = |read_failed| {
+            let mut w = Writer::new(Vec::new(), SEC);
+            w.write_header(&header(), header().start_ts_ns).unwrap();
+            w.finish(&end(read_failed)).unwrap()
+        };
+        assert_eq!(parse(&file(Some(3))).unwrap().0.read_failed, Some(3));
+        let old = file(None);
+        assert!(!String::from_utf8_lossy(&old).contains("read_failed"));
+        assert_eq!(parse(&old).unwrap().0.read_failed, None);
     }
 }

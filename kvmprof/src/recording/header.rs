@@ -72,6 +72,10 @@ pub struct Header {
     /// counted. `None` for imports and for files written before the window existed.
     #[serde(default)]
     pub unobserved: Option<u64>,
+    /// Live: events the kernel dropped after a refused read (`counter::READ_FAILED`, from
+    /// the end record). `None` for imports, cut files and files from before the count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_failed: Option<u64>,
     /// Why the recording stopped (from the end record; `None` in a cut file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<String>,

@@ -215,6 +215,7 @@ fn build(lines: Vec<Line>, start_time: Option<Duration>) -> Result<Foreign> {
         duration_ns: end - first,
         // Another tool's log says nothing of exits whose start was not observed.
         unobserved: None,
+        read_failed: None,
         stop: None,
         cut: None,
         own_cost: None,

@@ -199,6 +199,10 @@ fn merged_header(inputs: &[Input]) -> Header {
             .iter()
             .filter_map(|i| i.header.unobserved)
             .reduce(|a, b| a + b),
+        read_failed: inputs
+            .iter()
+            .filter_map(|i| i.header.read_failed)
+            .reduce(|a, b| a + b),
         // Each input's own stop and cut are said when it is read; the merge has neither.
         stop: None,
         cut: None,

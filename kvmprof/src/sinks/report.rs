@@ -398,6 +398,12 @@ fn header_lines(out: &mut String, r: &Report) {
     };
     let _ = writeln!(out, "duration: {}   pids: {pids}", units::ns(r.duration_ns));
     let _ = writeln!(out, "exits: {}   lost events: {}", r.total_exits, r.lost);
+    if let Some(n) = h.read_failed.filter(|&n| n > 0) {
+        let _ = writeln!(
+            out,
+            "kernel: {n} events dropped, a read refused (a tracepoint field or kernel memory)"
+        );
+    }
     if let Some(unobserved) = h.unobserved {
         let _ = writeln!(
             out,
@@ -609,6 +615,7 @@ mod tests {
             }],
             duration_ns: 2 * SEC,
             unobserved: Some(0),
+            read_failed: None,
             ..testdata::header()
         }
     }
@@ -781,5 +788,22 @@ mod tests {
         assert!(!t.contains("Ports"));
         let j = render(&h, &Aggregate::new(SEC), By::Pid, Format::Json);
         assert!(serde_json::from_str::<serde_json::Value>(&j).is_ok());
+    }
+
+    #[test]
+    fn refused_reads_in_the_kernel_are_said_only_when_there_were_some() {
+        let mut h = header();
+        let quiet = render(&h, &Aggregate::new(SEC), By::Reason, Format::Table);
+        h.read_failed = Some(0);
+        assert_eq!(
+            render(&h, &Aggregate::new(SEC), By::Reason, Format::Table),
+            quiet
+        );
+        h.read_failed = Some(3);
+        let t = render(&h, &Aggregate::new(SEC), By::Reason, Format::Table);
+        assert!(t.contains(
+            "exits: 0   lost events: 0\nkernel: 3 events dropped, a read refused (a tracepoint \
+             field or kernel memory)\n"
+        ));
     }
 }

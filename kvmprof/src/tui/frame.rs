@@ -55,7 +55,7 @@ pub struct Summary<'a> {
     pub exited: &'a [Target],
     /// Rows are filtered, so none may show although there are exits.
     pub filtered: bool,
-    /// kvmprof's own cost (`selfcost::OwnCost::summary`).
+    /// kvmprof's own cost (`data::cost::OwnCost::summary`).
     pub own_cost: Option<String>,
     /// `--slow`: the exits over its threshold.
     pub slow: Option<Slow>,
