@@ -191,7 +191,7 @@ impl Reader {
             let _ = self.keys.remove(&key);
             for &row in m.row.iter().filter(|&&r| r != NO_ROW) {
                 self.rows
-                    .set(row - 1, &*zero, 0)
+                    .set(row - 1, *zero, 0)
                     .context("zero TALLY_ROWS")?;
                 self.free_rows
                     .push(row - 1, 0)
