@@ -293,8 +293,8 @@ mod tests {
         has(format!(r#"{h}_count{{{l}}} 8"#));
         has(format!(r#"{h}_sum{{{l}}} 1.5"#));
         has("kvmprof_lost_exits_total 3".into());
-        has(r#"kvmprof_self_exits_total{path="tallied"} 7"#.into());
-        has(r#"kvmprof_self_exits_total{path="one_by_one"} 2"#.into());
+        has(r#"kvmprof_self_exits_total{path="tallied"} 7.0"#.into());
+        has(r#"kvmprof_self_exits_total{path="one_by_one"} 2.0"#.into());
         has(r#"kvmprof_self_bpf_seconds_total{program="kvm_pio"} 2.5"#.into());
         has(r#"kvmprof_self_bpf_runs_total{program="kvm_pio"} 40"#.into());
         // 2.5 s of run time over the samples' 50 million exits: 50 ns per exit.
