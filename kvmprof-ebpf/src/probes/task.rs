@@ -40,7 +40,7 @@ pub fn follow_fork(ctx: TracePointContext) -> u32 {
 fn try_follow_fork(ctx: &TracePointContext) -> Option<u32> {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: plain lookup; the value is only tested for presence.
-    unsafe { maps::PIDS.get(&parent) }?;
+    unsafe { maps::PIDS.get(parent) }?;
     let flags_off = *maps::FOLLOW.get(follow::CLONE_FLAGS_OFF)?;
     // SAFETY: the offset comes from this kernel's format file for this tracepoint.
     let flags: u64 = unsafe { ctx.read_at(flags_off as usize) }.ok()?;
@@ -50,6 +50,6 @@ fn try_follow_fork(ctx: &TracePointContext) -> Option<u32> {
     let pid_off = *maps::FOLLOW.get(follow::PID_OFF)?;
     // SAFETY: as above.
     let child: u32 = unsafe { ctx.read_at(pid_off as usize) }.ok()?;
-    maps::PIDS.insert(&child, &pids::FOLLOWED, 0).ok()?;
+    maps::PIDS.insert(child, pids::FOLLOWED, 0).ok()?;
     Some(0)
 }

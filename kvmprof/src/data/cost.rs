@@ -212,10 +212,11 @@ impl OwnCost {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn prog(name: &str, run_ns: u64, runs: u64) -> ProgramCost {
+    /// One program's run-time figures (also used by `live::selfcost`'s tests).
+    pub(crate) fn prog(name: &str, run_ns: u64, runs: u64) -> ProgramCost {
         ProgramCost {
             name: name.into(),
             run_ns,

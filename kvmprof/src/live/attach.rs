@@ -276,17 +276,7 @@ pub fn attach(
 /// `sched:sched_process_exit`: a thread's held userspace exit is handed over when the thread
 /// ends, not when recording does (`top` and `serve` run on after a VMM exits).
 fn attach_thread_exit(ebpf: &mut Ebpf) -> Result<()> {
-    let tp = names::tp::SCHED_PROCESS_EXIT;
-    let name = tracepoint_programs(tp)
-        .map(|p| p.classic)
-        .context("no program for sched_process_exit")?;
-    let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
-    let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
-    prog.load()
-        .map_err(|e| anyhow!("load {name}: {}", describe(&e)))?;
-    prog.attach(cat, ev)
-        .map_err(|e| anyhow!("attach tracepoint {tp}: {}", describe(&e)))?;
-    Ok(())
+    attach_classic(ebpf, names::tp::SCHED_PROCESS_EXIT)
 }
 
 /// `task:task_newtask`: each process a traced process creates is traced too, from before
@@ -297,9 +287,15 @@ fn attach_follow(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
         Array::try_from(ebpf.map_mut(map::FOLLOW).context("FOLLOW map")?)?;
     offsets.set(follow::PID_OFF, facts.offset(tp, "pid")?, 0)?;
     offsets.set(follow::CLONE_FLAGS_OFF, facts.offset(tp, "clone_flags")?, 0)?;
+    attach_classic(ebpf, tp)
+}
+
+/// Loads and attaches the classic-tracepoint program of `tp` ("category/event"), for the
+/// hooks that are not stages and so are never planned (no fallback to choose from).
+fn attach_classic(ebpf: &mut Ebpf, tp: &str) -> Result<()> {
     let name = tracepoint_programs(tp)
         .map(|p| p.classic)
-        .context("no program for task_newtask")?;
+        .with_context(|| format!("no program for {tp}"))?;
     let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
     let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
     prog.load()

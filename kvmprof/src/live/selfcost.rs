@@ -248,6 +248,7 @@ pub fn parse_vm_hwm(status: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::cost::tests::prog;
 
     #[test]
     fn cpu_ticks_are_counted_after_a_command_name_with_spaces() {
@@ -263,14 +264,6 @@ mod tests {
         let status = "Name:\tkvmprof\nVmPeak:\t  9000 kB\nVmHWM:\t   2048 kB\nVmRSS:\t 1000 kB\n";
         assert_eq!(parse_vm_hwm(status), Some(2 << 20));
         assert_eq!(parse_vm_hwm("Name: x\n"), None);
-    }
-
-    fn prog(name: &str, run_ns: u64, runs: u64) -> ProgramCost {
-        ProgramCost {
-            name: name.into(),
-            run_ns,
-            runs,
-        }
     }
 
     #[test]
