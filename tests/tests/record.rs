@@ -9,8 +9,8 @@ use std::{
 };
 
 use kvmprof_tests::{
-    bin, kvmprof, made, report_json, scratch, skip_without_kvm, stderr, KVM_EXIT_HLT, KVM_EXIT_IO,
-    KVM_EXIT_MMIO,
+    bin, kvmprof, made, report_json, scratch, skip_without_kvm, stderr, wait_until, KVM_EXIT_HLT,
+    KVM_EXIT_IO, KVM_EXIT_MMIO,
 };
 use serde_json::Value;
 
@@ -264,6 +264,14 @@ fn a_vmm_whose_name_is_cut_inside_a_character_is_recorded() {
         .spawn()
         .expect("start test VMM");
     let pid = vmm.id().to_string();
+    // spawn() returns once the kernel released the parent from vfork, which is before exec
+    // renames the child: until then /proc shows the test thread's name.
+    let comm = format!("/proc/{pid}/comm");
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read(&comm)
+            .is_ok_and(|c| c.starts_with(b"vmm-"))),
+        "the test VMM never took its name"
+    );
     let record = |spec: &str, name: &str| {
         let data = dir.join(name);
         let out = kvmprof(&[
