@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::{
     cli::{ExportArgs, ExportFormat},
     cmd::load::load,
-    sinks::export,
+    sinks::{export, hgrm},
     util::output,
 };
 
@@ -15,7 +15,7 @@ pub fn command(a: &ExportArgs) -> Result<()> {
     sel.check(&r.aggregate)?;
     let bytes = match a.format {
         ExportFormat::Hlog => export::hlog(&r.header, &r.aggregate)?,
-        ExportFormat::Hgrm => export::hgrm(&r.aggregate, &sel, a.unit)?.into_bytes(),
+        ExportFormat::Hgrm => hgrm::hgrm(&r.header, &r.aggregate, &sel, a.unit)?.into_bytes(),
         ExportFormat::Csv if a.intervals => {
             export::csv_intervals(&r.aggregate, a.by, &sel)?.into_bytes()
         }

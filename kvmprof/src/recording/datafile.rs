@@ -230,10 +230,8 @@ impl<W: Write> Writer<W> {
             .add_comment(&format!("{}{json}", &HEADER_MARK[1..]))
             .add_comment(NOTE)
             .add_comment(LOG_VERSION)
-            // Not after the first interval: readers that count from StartTime (Python's hdrh by
-            // default) skip intervals that begin before it.
-            .with_start_time(unix_time(h.start_unix_ns.min(wall_ns(h, base_ts_ns))))
-            .with_base_time(unix_time(wall_ns(h, base_ts_ns)))
+            .with_start_time(unix_time(h.log_start_unix_ns(base_ts_ns)))
+            .with_base_time(unix_time(h.wall_ns(base_ts_ns)))
             .begin_log_with(&mut block, &mut V2DeflateSerializer::new())?;
         writeln!(block, "{LEGEND}")?;
         self.emit(&block)?;
@@ -403,12 +401,6 @@ pub fn write(path: &Path, h: &Header, exits: &[Exit], interval_ns: u64) -> Resul
         .and_then(|()| w.finish(&end))
         .and_then(output::Output::finish);
     written.map_err(|e| anyhow!("{}: cannot write: {e:#}", path.display()))
-}
-
-/// Wall-clock ns of `ts_ns` on the exits' clock (0 if that would precede the epoch).
-fn wall_ns(h: &Header, ts_ns: u64) -> u64 {
-    let wall = i128::from(h.start_unix_ns) + i128::from(ts_ns) - i128::from(h.start_ts_ns);
-    u64::try_from(wall.max(0)).unwrap_or(u64::MAX)
 }
 
 fn unix_time(ns: u64) -> SystemTime {

@@ -118,6 +118,20 @@ impl Cut {
 }
 
 impl Header {
+    /// Wall-clock ns of `ts_ns` on the exits' clock (0 if that would precede the epoch).
+    pub fn wall_ns(&self, ts_ns: u64) -> u64 {
+        let wall =
+            i128::from(self.start_unix_ns) + i128::from(ts_ns) - i128::from(self.start_ts_ns);
+        u64::try_from(wall.max(0)).unwrap_or(u64::MAX)
+    }
+
+    /// An interval log's StartTime (ns since the epoch) when its BaseTime is `base_ts_ns`:
+    /// not after the first interval, since readers that count from StartTime (Python's hdrh
+    /// by default) skip intervals that begin before it.
+    pub fn log_start_unix_ns(&self, base_ts_ns: u64) -> u64 {
+        self.start_unix_ns.min(self.wall_ns(base_ts_ns))
+    }
+
     /// Recording length for rates: the header's, or the span of the exits in `a` where the
     /// header states none.
     pub fn duration_for_rates(&self, a: &Aggregate) -> u64 {

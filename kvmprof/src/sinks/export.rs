@@ -3,8 +3,8 @@
 //! - `hlog`: a standalone HdrHistogram interval log (V2 compressed histograms, tags as in the
 //!   data file, one untagged histogram per interval with all exits' cycles), without
 //!   kvmprof's header: what Java's `HistogramLogProcessor` and Python's `hdrh` expect.
-//! - `hgrm`: the percentile distribution text HdrHistogram's `outputPercentileDistribution`
-//!   prints (and its plotters read), of the chosen reasons and one stage.
+//! - `hgrm`: the percentile distribution text Java's `HistogramLogProcessor` writes (and
+//!   HdrHistogram's plotters read), of the chosen reasons and one stage ([`super::hgrm`]).
 //! - `csv`: one row per group and stage; with `--intervals`, one per interval, group and stage.
 //! - `json`: every series with its statistics and its histogram (base64 V2 compressed, which
 //!   any HdrHistogram implementation decodes), under a schema version.
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use base64::Engine as _;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
@@ -49,21 +49,20 @@ impl Unit {
     }
 }
 
-/// Wall-clock ns of `ts_ns` on the recording's clock (0 if that would precede the epoch).
-fn wall_ns(h: &Header, ts_ns: u64) -> u64 {
-    let wall = i128::from(h.start_unix_ns) + i128::from(ts_ns) - i128::from(h.start_ts_ns);
-    u64::try_from(wall.max(0)).unwrap_or(u64::MAX)
-}
-
-/// A standalone interval log of every series.
-pub fn hlog(h: &Header, a: &Aggregate) -> Result<Vec<u8>> {
-    let fail = |e: &dyn std::fmt::Display| anyhow!("write the interval log: {e}");
+/// The interval log's BaseTime on the exits' clock: the start of the first interval.
+pub fn log_base_ts(h: &Header, a: &Aggregate) -> Result<u64> {
     let mut first = None;
     a.for_each_interval(|start, _, _, _| {
         first.get_or_insert(start);
         Ok(())
     })?;
-    let base_ts = first.unwrap_or(h.start_ts_ns);
+    Ok(first.unwrap_or(h.start_ts_ns))
+}
+
+/// A standalone interval log of every series.
+pub fn hlog(h: &Header, a: &Aggregate) -> Result<Vec<u8>> {
+    let fail = |e: &dyn std::fmt::Display| anyhow!("write the interval log: {e}");
+    let base_ts = log_base_ts(h, a)?;
     let unix = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
     let mut out = Vec::new();
     let comment = format!(
@@ -78,10 +77,8 @@ pub fn hlog(h: &Header, a: &Aggregate) -> Result<Vec<u8>> {
     IntervalLogWriterBuilder::new()
         .add_comment(&comment)
         .add_comment("[Histogram log format version 1.3]")
-        // Not after the first interval: readers that count from StartTime (Python's hdrh by
-        // default) skip intervals that begin before it.
-        .with_start_time(unix(h.start_unix_ns.min(wall_ns(h, base_ts))))
-        .with_base_time(unix(wall_ns(h, base_ts)))
+        .with_start_time(unix(h.log_start_unix_ns(base_ts)))
+        .with_base_time(unix(h.wall_ns(base_ts)))
         .begin_log_with(&mut out, &mut V2DeflateSerializer::new())
         .map_err(|e| fail(&e))?;
     out.extend_from_slice(
@@ -113,99 +110,6 @@ pub fn hlog(h: &Header, a: &Aggregate) -> Result<Vec<u8>> {
         write(s, &total, None)?;
     }
     Ok(out)
-}
-
-/// The percentile distribution of the chosen reasons in one stage, as HdrHistogram's
-/// `outputPercentileDistribution(out, 5, ratio)` prints it.
-pub fn hgrm(a: &Aggregate, sel: &Selection, unit: Unit) -> Result<String> {
-    let stage = match sel.stages[..] {
-        [] => series::default_stage(a),
-        [s] => s,
-        _ => bail!("a .hgrm holds one distribution: choose one --stage"),
-    };
-    let sel = Selection {
-        stages: vec![stage],
-        ..sel.clone()
-    };
-    let h = series::by_stage(a, &sel)
-        .remove(&stage)
-        .ok_or_else(|| anyhow!("no {} samples to export", stage.name()))?;
-    Ok(percentile_distribution(&h, unit.ratio()))
-}
-
-/// HdrHistogram's percentile distribution text (Java `AbstractHistogram
-/// .outputPercentileDistribution`, 5 ticks per half distance).
-pub fn percentile_distribution(h: &Histogram<u64>, ratio: f64) -> String {
-    let digits = usize::from(h.sigfig());
-    let mut out = format!(
-        "{:>12} {:>14} {:>10} {:>14}\n\n",
-        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
-    );
-    for (value, percentile, total) in java_percentiles(h, 5) {
-        let value = value as f64 / ratio;
-        let q = percentile / 100.0;
-        if percentile < 100.0 {
-            let _ = writeln!(
-                out,
-                "{value:>12.digits$} {q:>2.12} {total:>10} {:>14.2}",
-                1.0 / (1.0 - q)
-            );
-        } else {
-            let _ = writeln!(out, "{value:>12.digits$} {q:>2.12} {total:>10}");
-        }
-    }
-    let _ = writeln!(
-        out,
-        "#[Mean    = {:>12.digits$}, StdDeviation   = {:>12.digits$}]",
-        h.mean() / ratio,
-        h.stdev() / ratio
-    );
-    let _ = writeln!(
-        out,
-        "#[Max     = {:>12.digits$}, Total count    = {:>12}]",
-        h.max() as f64 / ratio,
-        h.len()
-    );
-    // Java's sub-bucket count: the power of two above 2 × 10^digits.
-    let sub_buckets = (2 * 10u64.pow(u32::from(h.sigfig()))).next_power_of_two();
-    let _ = writeln!(
-        out,
-        "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
-        h.buckets(),
-        sub_buckets
-    );
-    out
-}
-
-/// The steps of Java's `PercentileIterator`: (value, percentile level, count up to it).
-/// The Rust crate's quantile iterator steps in quantiles, whose rounding reaches a level one
-/// sample later than Java at exact boundaries (30% of 30 samples); tools that compare
-/// `.hgrm` files line by line expect Java's steps, so they are followed here.
-pub fn java_percentiles(h: &Histogram<u64>, ticks_per_half_distance: u32) -> Vec<(u64, f64, u64)> {
-    let total = h.len();
-    let mut out = Vec::new();
-    if total == 0 {
-        return out;
-    }
-    let mut level = 0.0f64;
-    let mut count = 0u64;
-    let mut last = 0u64;
-    for v in h.iter_recorded() {
-        count += v.count_at_value();
-        last = h.highest_equivalent(v.value_iterated_to());
-        while 100.0 * count as f64 / total as f64 >= level {
-            out.push((last, level, count));
-            // Ticks double with each halving of the distance to 100%.
-            let halvings = (100.0 / (100.0 - level)).log2() as u32;
-            let ticks = u64::from(ticks_per_half_distance) << (halvings + 1).min(62);
-            level += 100.0 / ticks as f64;
-            if count == total {
-                break; // the last value gets one step, then the 100% line
-            }
-        }
-    }
-    out.push((last, 100.0, total));
-    out
 }
 
 /// Summary columns shared by the CSV and JSON exports.
@@ -424,29 +328,6 @@ pub fn json(h: &Header, a: &Aggregate, sel: &Selection, intervals: bool) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentile_distribution_has_java_s_layout() {
-        let mut h = aggregate::new_histogram();
-        for v in 1..=1000u64 {
-            h.record(v * 1000).expect("records");
-        }
-        let text = percentile_distribution(&h, 1000.0);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(
-            lines[0],
-            "       Value     Percentile TotalCount 1/(1-Percentile)"
-        );
-        assert_eq!(lines[1], "");
-        assert_eq!(
-            lines[2],
-            "       1.000 0.000000000000          1           1.00"
-        );
-        let last = lines[lines.len() - 4];
-        assert!(last.ends_with(" 1.000000000000       1000"), "{last}");
-        assert!(text.contains("#[Max     =     1000.447, Total count    =         1000]"));
-        assert!(text.contains("SubBuckets     =         2048]"));
-    }
 
     #[test]
     fn csv_fields_are_quoted_when_needed() {
