@@ -11,9 +11,15 @@ use std::{
 };
 
 /// KVM_EXIT_* codes, as `--exits` lines carry them in `userspace_reason`.
-pub const KVM_EXIT_IO: u64 = 2;
-pub const KVM_EXIT_HLT: u64 = 5;
-pub const KVM_EXIT_MMIO: u64 = 6;
+pub const KVM_EXIT_IO: u64 = kvm_bindings::KVM_EXIT_IO as u64;
+pub const KVM_EXIT_HLT: u64 = kvm_bindings::KVM_EXIT_HLT as u64;
+pub const KVM_EXIT_MMIO: u64 = kvm_bindings::KVM_EXIT_MMIO as u64;
+
+/// Where the test VMM's guest goes: as `u64`, the type kvmprof's JSON numbers read as.
+pub const PIO_USER_PORT: u64 = kvmprof_testvmm::PIO_USER_PORT as u64;
+pub const PIO_IN_PORT: u64 = kvmprof_testvmm::PIO_IN_PORT as u64;
+pub const PIO_KERNEL_PORT_BASE: u64 = kvmprof_testvmm::PIO_KERNEL_PORT_BASE as u64;
+pub const MMIO_ADDR: u64 = kvmprof_testvmm::MMIO_ADDR;
 
 /// Test VMM flags for a workload with a known number of slow exits: the VMM takes 120 ms to
 /// answer each `in` and microseconds for everything else, so exactly 2 vCPUs × 4 round trips

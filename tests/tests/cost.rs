@@ -4,7 +4,7 @@ use std::process::Command;
 
 use kvmprof_tests::{
     bin, kvmprof, made, record_testvmm, report_json, scratch, skip_without_kvm, stderr,
-    KVM_EXIT_IO, SLOW_INS,
+    KVM_EXIT_IO, PIO_IN_PORT, SLOW_INS,
 };
 use serde_json::Value;
 
@@ -94,7 +94,7 @@ fn slow_lists_exactly_the_exits_over_the_threshold() {
     assert_eq!(listed.len() as u64, want);
     for e in listed {
         assert_eq!(e["userspace_reason"].as_u64(), Some(KVM_EXIT_IO), "{e}");
-        assert_eq!(e["access"]["Pio"]["port"], 0x3fd, "{e}");
+        assert_eq!(e["access"]["Pio"]["port"], PIO_IN_PORT, "{e}");
         assert_eq!(e["access"]["Pio"]["write"], false, "{e}");
         let vmm = e["stages"][5].as_u64().unwrap();
         assert!(vmm >= 120_000_000, "{e}");
@@ -116,7 +116,12 @@ fn slow_lists_exactly_the_exits_over_the_threshold() {
     let text = kvmprof(&["report", "-i", data.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("Slow exits (vmm > 40.0ms): 8"), "{text}");
-    assert_eq!(text.matches("pio 0x3fd in").count(), 8, "{text}");
+    assert_eq!(
+        text.matches(format!("pio {PIO_IN_PORT:#x} in").as_str())
+            .count(),
+        8,
+        "{text}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! (this host's kernel refuses none of the programs kvmprof plans for it).
 use std::process::Command;
 
-use kvmprof_tests::{bin, made, report_json, scratch, skip_without_kvm, stderr};
+use kvmprof_tests::{bin, made, report_json, scratch, skip_without_kvm, stderr, PIO_USER_PORT};
 use serde_json::Value;
 
 const REFUSED_NOTE: &str =
@@ -108,7 +108,7 @@ fn a_refused_raw_tracepoint_falls_back_to_the_classic_one_and_the_recording_stay
     };
     let total = &counts["total"];
     let user = total["pio_user"].as_u64().unwrap();
-    assert_eq!(port(0x3f8), (user, user), "{}", r["ports"]);
+    assert_eq!(port(PIO_USER_PORT), (user, user), "{}", r["ports"]);
     let kernel: u64 = counts["ports"]["pio_kernel"]
         .as_array()
         .unwrap()

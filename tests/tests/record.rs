@@ -10,7 +10,7 @@ use std::{
 
 use kvmprof_tests::{
     bin, kvmprof, made, report_json, scratch, skip_without_kvm, stderr, wait_until, KVM_EXIT_HLT,
-    KVM_EXIT_IO, KVM_EXIT_MMIO,
+    KVM_EXIT_IO, KVM_EXIT_MMIO, MMIO_ADDR, PIO_IN_PORT, PIO_USER_PORT,
 };
 use serde_json::Value;
 
@@ -35,13 +35,13 @@ fn tally(exits_jsonl: &str, kernel_ports: &[u64]) -> BTreeMap<u64, Tally> {
         if e["space"] == "pio" {
             let (port, write) = (e["port"].as_u64().unwrap(), e["write"].as_bool().unwrap());
             match (port, write, user) {
-                (0x3f8, true, Some(KVM_EXIT_IO)) => t.pio_user += 1,
-                (0x3fd, false, Some(KVM_EXIT_IO)) => t.pio_in += 1,
+                (PIO_USER_PORT, true, Some(KVM_EXIT_IO)) => t.pio_user += 1,
+                (PIO_IN_PORT, false, Some(KVM_EXIT_IO)) => t.pio_in += 1,
                 (p, true, None) if kernel_ports.contains(&p) => t.pio_kernel += 1,
                 _ => {}
             }
         } else if e["space"] == "mmio" {
-            if e["gpa"] == 0xd0000 && e["write"] == true && user == Some(KVM_EXIT_MMIO) {
+            if e["gpa"] == MMIO_ADDR && e["write"] == true && user == Some(KVM_EXIT_MMIO) {
                 t.mmio += 1;
             }
         } else if user == Some(KVM_EXIT_HLT) {

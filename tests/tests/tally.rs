@@ -1,7 +1,10 @@
 //! The kernel's tally (`kvmprof_common::tally`): exits are counted and bucketed in the kernel,
 //! and still reported exactly, per vCPU and per port; `--exits` and `--slow` bring the exits
 //! they name one by one.
-use kvmprof_tests::{made, record_testvmm, report_json, scratch, skip_without_kvm, SLOW_INS};
+use kvmprof_tests::{
+    made, record_testvmm, report_json, scratch, skip_without_kvm, PIO_IN_PORT,
+    PIO_KERNEL_PORT_BASE, SLOW_INS,
+};
 use serde_json::Value;
 
 const WORKLOAD: [&str; 10] = [
@@ -64,13 +67,13 @@ fn exits_tallied_in_the_kernel_are_still_counted_exactly() {
         assert_eq!(row["count"].as_u64().unwrap(), made(v), "vCPU {idx}");
         // Each vCPU's in-kernel port is its own.
         assert_eq!(
-            port_count(&r, 0x700 + idx),
+            port_count(&r, PIO_KERNEL_PORT_BASE + idx),
             v["pio_kernel"].as_u64().unwrap(),
             "vCPU {idx}"
         );
     }
     assert_eq!(
-        port_count(&r, 0x3fd),
+        port_count(&r, PIO_IN_PORT),
         counts["total"]["pio_in"].as_u64().unwrap()
     );
     // Tallied stages have distributions, not one value: the in-kernel cycle has a p50
@@ -90,7 +93,7 @@ fn exits_tallied_in_the_kernel_are_still_counted_exactly() {
     assert!(cycle["p50_ns"].as_u64().unwrap() <= cycle["max_ns"].as_u64().unwrap());
     assert_eq!(
         cycle["samples"].as_u64().unwrap(),
-        port_count(&r, 0x700) + port_count(&r, 0x701)
+        port_count(&r, PIO_KERNEL_PORT_BASE) + port_count(&r, PIO_KERNEL_PORT_BASE + 1)
     );
     let vmm = stage("KVM_EXIT_IO", "vmm");
     assert!(vmm["samples"].as_u64().unwrap() > 0, "{vmm}");

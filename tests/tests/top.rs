@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvmprof_tests::{bin, scratch, skip_without_kvm, wait_until, SLOW_INS};
+use kvmprof_tests::{bin, scratch, skip_without_kvm, wait_until, PIO_IN_PORT, SLOW_INS};
 use serde_json::Value;
 
 /// Skips (printing why) without root, /dev/kvm or tmux.
@@ -509,5 +509,10 @@ fn top_batch_counts_exactly_the_exits_over_the_slow_threshold_and_lists_the_late
         "{text}"
     );
     // The latest 5, as `report` lists them.
-    assert_eq!(text.matches("pio 0x3fd in").count(), 5, "{text}");
+    assert_eq!(
+        text.matches(format!("pio {PIO_IN_PORT:#x} in").as_str())
+            .count(),
+        5,
+        "{text}"
+    );
 }

@@ -15,7 +15,7 @@ use std::{
 
 use kvmprof_tests::{
     assert_clean_error, bin, kvmprof, report_json, scratch, skip_without_kvm, KVM_EXIT_HLT,
-    KVM_EXIT_IO,
+    KVM_EXIT_IO, PIO_USER_PORT,
 };
 use serde_json::Value;
 
@@ -154,7 +154,7 @@ fn assert_exactly_the_window(data: &Path, calls: &[(u64, u64, String)]) {
     for p in r["ports"].as_array().expect("ports") {
         assert_eq!(
             (&p["addr"], &p["write"]),
-            (&Value::from(0x3f8), &Value::from(true))
+            (&Value::from(PIO_USER_PORT), &Value::from(true))
         );
     }
     assert_no_stage_exceeds(&r);
