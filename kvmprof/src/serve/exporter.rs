@@ -81,10 +81,14 @@ fn encode_exits(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
 }
 
 fn encode_latency(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let help = format!(
+        "Time spent in each stage of VM exits ({}), by VM and exit reason; bounds on the HDR \
+         histograms' bucket edges, counts exact",
+        kvmprof_common::stage::NAMES.join(", ")
+    );
     let mut family = enc.encode_descriptor(
         "kvmprof_exit_latency",
-        "Time spent in each stage of VM exits (cycle, vendor_run, handler, fast_pio, kvm_run, \
-         vmm), by VM and exit reason; bounds on the HDR histograms' bucket edges, counts exact",
+        &help,
         Some(&Unit::Seconds),
         MetricType::Histogram,
     )?;
