@@ -31,8 +31,8 @@ fn tally(exits_jsonl: &str, kernel_ports: &[u64]) -> BTreeMap<u64, Tally> {
         let vcpu = e["vcpu"].as_u64().expect("every exit has a vCPU");
         let user = e["userspace_reason"].as_u64();
         let t = by_vcpu.entry(vcpu).or_default();
-        assert_eq!(e["schema_version"], 1);
-        if e["space"] == "pio" {
+        assert_eq!(e["schema_version"], 2);
+        if e["access"] == "pio" {
             let (port, write) = (e["port"].as_u64().unwrap(), e["write"].as_bool().unwrap());
             match (port, write, user) {
                 (PIO_USER_PORT, true, Some(KVM_EXIT_IO)) => t.pio_user += 1,
@@ -40,7 +40,7 @@ fn tally(exits_jsonl: &str, kernel_ports: &[u64]) -> BTreeMap<u64, Tally> {
                 (p, true, None) if kernel_ports.contains(&p) => t.pio_kernel += 1,
                 _ => {}
             }
-        } else if e["space"] == "mmio" {
+        } else if e["access"] == "mmio" {
             if e["gpa"] == MMIO_ADDR && e["write"] == true && user == Some(KVM_EXIT_MMIO) {
                 t.mmio += 1;
             }

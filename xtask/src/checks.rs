@@ -1131,7 +1131,7 @@ mod tests {
     fn exit_lines(made: &Counts, io: impl Fn(&VcpuCounts) -> u64) -> String {
         let mut lines = String::new();
         for v in &made.vcpus {
-            let line = serde_json::json!({"schema_version": 1, "pid": 7, "tid": v.tid,
+            let line = serde_json::json!({"schema_version": 2, "pid": 7, "tid": v.tid,
                 "reason": {"space": "svm", "code": 0x7b, "name": "io"},
                 "stages": {"cycle": 100, "vendor_run": 50, "handler": 40, "fast_pio": 10}});
             for _ in 0..io(v) {

@@ -2,21 +2,22 @@
 //! flattened, a schema version on every line so a reader can tell formats apart.
 //!
 //! ```json
-//! {"schema_version":1,"pid":7,"tid":8,"vcpu":0,"ts_ns":123,
+//! {"schema_version":2,"pid":7,"tid":8,"vcpu":0,"ts_ns":123,
 //!  "reason":{"space":"svm","code":123,"name":"io"},"userspace_reason":2,
-//!  "space":"pio","port":1016,"size":1,"write":true,
+//!  "access":"pio","port":1016,"size":1,"write":true,
 //!  "stages":{"cycle":7915,"vendor_run":3206,"handler":3116,"fast_pio":2594}}
 //! ```
-//! `space`/`port` or `space`/`gpa` (with `size`, `write`) appear only when the access is
-//! known; `stages` holds only the stages measured.
+//! `access`/`port` or `access`/`gpa` (with `size`, `write`) appear only when the access is
+//! known; `stages` holds only the stages measured. Version 1 called the access `space`, the
+//! word `reason.space` (whose exit-reason table) also uses in the same line.
 use kvmprof_common::STAGES;
 use serde::Serialize;
 
 use crate::backend::reason_name;
 use crate::data::model::{Access, Exit, Reason, ReasonSpace, Stage};
 
-/// Bumped when a field changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bumped when a field changes meaning or goes away (2: the access is `access`, not `space`).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Serialize)]
 pub struct Line {
@@ -44,7 +45,7 @@ struct NamedReason {
 }
 
 #[derive(Serialize)]
-#[serde(tag = "space", rename_all = "lowercase")]
+#[serde(tag = "access", rename_all = "lowercase")]
 enum FlatAccess {
     Pio { port: u16, size: u8, write: bool },
     Mmio { gpa: u64, size: u8, write: bool },
@@ -118,9 +119,9 @@ mod tests {
         let json = serde_json::to_string(&Line::from(&e)).expect("serializes");
         assert_eq!(
             json,
-            "{\"schema_version\":1,\"pid\":7,\"tid\":8,\"vcpu\":0,\"ts_ns\":123,\
+            "{\"schema_version\":2,\"pid\":7,\"tid\":8,\"vcpu\":0,\"ts_ns\":123,\
              \"reason\":{\"space\":\"svm\",\"code\":123,\"name\":\"io\"},\
-             \"userspace_reason\":null,\"space\":\"pio\",\"port\":1016,\"size\":1,\
+             \"userspace_reason\":null,\"access\":\"pio\",\"port\":1016,\"size\":1,\
              \"write\":true,\"stages\":{\"cycle\":7915,\"fast_pio\":2594}}"
         );
         e.access = Some(Access::Mmio {
@@ -130,11 +131,11 @@ mod tests {
         });
         let v: serde_json::Value = serde_json::to_value(Line::from(&e)).expect("serializes");
         assert_eq!(
-            (v["space"].as_str(), v["gpa"].as_u64()),
+            (v["access"].as_str(), v["gpa"].as_u64()),
             (Some("mmio"), Some(0xd0000))
         );
         e.access = None;
         let v = serde_json::to_value(Line::from(&e)).expect("serializes");
-        assert!(v.get("space").is_none());
+        assert!(v.get("access").is_none());
     }
 }
