@@ -54,6 +54,9 @@ pub enum Cmd {
     Serve(ServeArgs),
     /// Show which hook each stage uses on this kernel, and why the others were rejected.
     Probes(ProbesArgs),
+    /// List KVM functions (a catalogue of x86.c's by default) and how each can be hooked on
+    /// this kernel: fentry, kprobe, a compiler clone, or not at all (inlined).
+    Funcs(FuncsArgs),
     /// Run the built-in demo guest and profile it (no VM needed).
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
@@ -343,6 +346,16 @@ pub struct ServeArgs {
     pub hooks: HookArgs,
     #[command(flatten)]
     pub bpf_stats: BpfStatsArgs,
+}
+
+#[derive(Args)]
+pub struct FuncsArgs {
+    /// Functions to judge, one name per line (`#` comments); default: the built-in
+    /// catalogue of KVM's arch/x86/kvm/x86.c.
+    #[arg(long, value_name = "FILE")]
+    pub catalogue: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
 }
 
 #[derive(Args)]

@@ -84,6 +84,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Diff(a) => cmd::diff::command(&a),
         Cmd::Plot(a) => cmd::plot::command(&a),
         Cmd::Probes(a) => cmd::probes::command(&a),
+        Cmd::Funcs(a) => cmd::funcs::command(&a),
         Cmd::ImportFtrace(a) => cmd::import_ftrace::command(&a),
         Cmd::Flamegraph(a) => cmd::flamegraph::command(&a),
         Cmd::Generate(a) => cmd::generate::command(&a),

@@ -223,6 +223,12 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
             ),
         ]);
     }
+    list.push(check(
+        "kvmprof_funcs",
+        None,
+        crate::check_funcs::script(),
+        crate::check_funcs::verify,
+    ));
     list.push(check("kvm_stats", None, kvm_stats_script(), kvm_stats));
     list
 }

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod diff;
 pub mod export;
 pub mod flamegraph;
+pub mod funcs;
 pub mod generate;
 pub mod import_ftrace;
 mod load;

@@ -591,7 +591,7 @@ mod sys {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::KVM_BTF_MODULES as KVM_MODULES;
     use super::*;
 

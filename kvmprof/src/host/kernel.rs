@@ -14,7 +14,7 @@ use crate::{
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Present when the kernel has CONFIG_KPROBES with the perf kprobe PMU aya attaches through.
-const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
+pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 /// A text symbol from /proc/kallsyms.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,20 +166,39 @@ fn ensure_tracefs() -> Result<()> {
 /// Text symbols (t/T) of /proc/kallsyms: `addr type name [module]`.
 pub fn parse_kallsyms(text: &str) -> HashMap<String, Symbol> {
     let mut out = HashMap::new();
-    for line in text.lines() {
+    for t in text_symbols(text) {
+        out.entry(t.name.to_string()).or_insert(Symbol {
+            module: t.module.map(str::to_string),
+        });
+    }
+    out
+}
+
+/// One text symbol line of /proc/kallsyms.
+pub struct TextSymbol<'a> {
+    pub name: &'a str,
+    /// `T` (global) rather than `t` (static to its file).
+    pub global: bool,
+    pub module: Option<&'a str>,
+}
+
+/// The text symbols of /proc/kallsyms text, in its order.
+pub fn text_symbols(text: &str) -> impl Iterator<Item = TextSymbol<'_>> {
+    text.lines().filter_map(|line| {
         let mut it = line.split_whitespace();
-        let (Some(_), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
-            continue;
-        };
+        let (_, ty, name) = (it.next()?, it.next()?, it.next()?);
         if !ty.eq_ignore_ascii_case("t") {
-            continue;
+            return None;
         }
         let module = it
             .next()
-            .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
-        out.entry(name.to_string()).or_insert(Symbol { module });
-    }
-    out
+            .map(|m| m.trim_start_matches('[').trim_end_matches(']'));
+        Some(TextSymbol {
+            name,
+            global: ty == "T",
+            module,
+        })
+    })
 }
 
 /// Field offsets of a tracepoint format file (`field:unsigned int port; offset:12; ...`).

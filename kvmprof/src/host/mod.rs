@@ -1,6 +1,7 @@
 //! What the running kernel offers and the plan made from it: `kernel` gathers the facts
 //! (reading `btf` for prototypes and layouts), `plan` decides from them alone.
 pub mod btf;
+pub mod funcs;
 pub mod kernel;
 pub mod plan;
 
