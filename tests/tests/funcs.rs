@@ -12,15 +12,13 @@ fn btf_funcs() -> Option<HashSet<String>> {
     for entry in std::fs::read_dir("/sys/kernel/btf").ok()? {
         let path = entry.ok()?.path();
         let name = path.file_name()?.to_str()?.to_string();
-        let mut cmd = Command::new("bpftool");
-        cmd.args(["btf", "dump", "file"]).arg(&path);
-        match name.as_str() {
-            "vmlinux" => {}
-            "kvm" | "kvm_amd" | "kvm_intel" => {
-                cmd.args(["base", "/sys/kernel/btf/vmlinux"]);
-            }
-            _ => continue,
+        if !matches!(name.as_str(), "vmlinux" | "kvm" | "kvm_amd" | "kvm_intel") {
+            continue;
         }
+        // `-B`: modules' BTF is split on vmlinux's (bpftool 7 has no `base` keyword).
+        let mut cmd = Command::new("bpftool");
+        cmd.args(["-B", "/sys/kernel/btf/vmlinux", "btf", "dump", "file"])
+            .arg(&path);
         let dump = cmd.output().ok().filter(|o| o.status.success())?;
         for line in String::from_utf8_lossy(&dump.stdout).lines() {
             if let Some(rest) = line.split_once("] FUNC '").map(|(_, r)| r) {

@@ -28,7 +28,7 @@ pub fn script() -> String {
          for b in /sys/kernel/btf/*; do\n\
          \tcase ${{b##*/}} in\n\
          \tvmlinux) bpftool btf dump file \"$b\" ;;\n\
-         \tkvm|kvm_amd|kvm_intel) bpftool btf dump file \"$b\" base /sys/kernel/btf/vmlinux ;;\n\
+         \tkvm|kvm_amd|kvm_intel) bpftool -B /sys/kernel/btf/vmlinux btf dump file \"$b\" ;;\n\
          \tesac\n\
          done | sed -n \"s/^\\[[0-9]*\\] FUNC '\\([^']*\\)'.*/\\1/p\" | grep -Fxf {d}/names | sort -u > {d}/in_btf || true\n\
          list() {{ awk 'BEGIN {{ printf \"[\" }} {{ printf \"%s\\\"%s\\\"\", (NR > 1 ? \",\" : \"\"), $0 }} END {{ printf \"]\" }}' \"$1\"; }}\n\

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::host::btf::KernelBtf;
+use crate::host::btf::{KernelBtf, KIND_FUNC, KVM_BTF_MODULES};
 use crate::host::kernel::text_symbols;
 
 /// The catalogue shipped with the binary: the functions of KVM's `arch/x86/kvm/x86.c`, one
@@ -143,10 +143,20 @@ impl Kernel {
                     }
                 }
                 Some(_) => {}
+                // A name in a KVM module and in vmlinux (`sync_regs`) is the module's here:
+                // the catalogue lists KVM's functions.
                 None => {
-                    symbols
-                        .entry(t.name.to_string())
-                        .or_insert((t.global, t.module.map(str::to_string)));
+                    let kvm = |m: Option<&str>| m.is_some_and(|m| KVM_BTF_MODULES.contains(&m));
+                    let keep =
+                        symbols
+                            .get(t.name)
+                            .is_some_and(|(_, m): &(bool, Option<String>)| {
+                                kvm(m.as_deref()) || !kvm(t.module)
+                            });
+                    if !keep {
+                        symbols
+                            .insert(t.name.to_string(), (t.global, t.module.map(str::to_string)));
+                    }
                 }
             }
         }
@@ -181,11 +191,16 @@ impl Kernel {
 
     pub fn judge(&self, e: &Entry) -> Verdict {
         let symbol = self.symbols.get(&e.name);
-        let btf = self
-            .btf
-            .as_ref()
-            .and_then(|b| b.function(&e.name))
-            .map(|t| t.module.unwrap_or_else(|| "vmlinux".to_string()));
+        // In the BTF of the module the symbol is in, where that module has BTF.
+        let btf = self.btf.as_ref().and_then(|b| {
+            let module = symbol.and_then(|(_, m)| m.as_deref());
+            match module.and_then(|m| b.modules.iter().find(|(n, _)| n == m)) {
+                Some((m, own)) => own.find(&e.name, KIND_FUNC).map(|_| m.clone()),
+                None => b
+                    .function(&e.name)
+                    .map(|t| t.module.unwrap_or_else(|| "vmlinux".to_string())),
+            }
+        });
         let ftrace = self.traceable.as_ref().map(|t| t.contains(&e.name));
         let clones = self.clones.get(&e.name).cloned().unwrap_or_default();
         let fentry_refused = matches!(self.fentry, Some(Err(_)));
@@ -267,6 +282,8 @@ mod tests {
     #[test]
     fn each_verdict_follows_from_symbols_ftrace_and_btf() {
         let kallsyms = "ffff T kvm_arch_vcpu_ioctl_run\tkvm\n\
+                        ffff T sync_regs\n\
+                        ffff t sync_regs\t[kvm]\n\
                         ffff t handle_ud\t[kvm]\n\
                         ffff t emulator_pio_in.isra.0\t[kvm]\n\
                         ffff t emulator_pio_in.cold\t[kvm]\n\
@@ -286,6 +303,8 @@ mod tests {
         // No BTF read: a kprobe, whatever ftrace says.
         assert_eq!(v("handle_ud").hook, Hook::Kprobe);
         assert!(v("handle_ud").is_static);
+        // KVM's own, not vmlinux's function of the same name.
+        assert_eq!(v("sync_regs").symbol.as_deref(), Some("kvm"));
         assert_eq!(v("handle_ud").symbol.as_deref(), Some("kvm"));
         assert_eq!(v("notraced").hook, Hook::Kprobe);
         assert_eq!(v("notraced").why, "no BTF entry, which fentry needs");
