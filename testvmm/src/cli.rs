@@ -23,6 +23,11 @@ pub struct WorkloadArgs {
     /// `in`s from port 0x3fd per round: KVM_EXIT_IO to userspace.
     #[arg(long)]
     pub pio_in: Option<u64>,
+    /// Device-loop iterations per round: an `in` from 0x2fd and an `out` to 0x2f8 that
+    /// exit to userspace, each followed by an in-kernel read and write of the PIC's ELCR
+    /// (0x4d0, 0x4d1). Creates KVM's in-kernel irqchip; rounds end with an `out` to 0x2f9.
+    #[arg(long)]
+    pub pio_device: Option<u64>,
 }
 
 impl WorkloadArgs {
@@ -34,6 +39,7 @@ impl WorkloadArgs {
             pio_kernel: self.pio_kernel.unwrap_or(base.pio_kernel),
             mmio_user: self.mmio.unwrap_or(base.mmio_user),
             pio_in: self.pio_in.unwrap_or(base.pio_in),
+            pio_device: self.pio_device.unwrap_or(base.pio_device),
             ..base
         }
     }
@@ -42,8 +48,8 @@ impl WorkloadArgs {
 /// The flags that make the test VMM run `w`'s exits per round.
 pub fn args(w: &Workload) -> String {
     format!(
-        "--vcpus {} --pio-user {} --pio-kernel {} --mmio {} --pio-in {}",
-        w.vcpus, w.pio_user, w.pio_kernel, w.mmio_user, w.pio_in
+        "--vcpus {} --pio-user {} --pio-kernel {} --mmio {} --pio-in {} --pio-device {}",
+        w.vcpus, w.pio_user, w.pio_kernel, w.mmio_user, w.pio_in, w.pio_device
     )
 }
 

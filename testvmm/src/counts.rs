@@ -11,6 +11,7 @@ use crate::guest;
 /// return from KVM_RUN; `pio_kernel` is the ioeventfd counter, i.e. the number
 /// of `out`s KVM completed without leaving the kernel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ExitCounts {
     /// KVM_EXIT_IO, out, on [`guest::PIO_USER_PORT`].
     pub pio_user: u64,
@@ -20,8 +21,21 @@ pub struct ExitCounts {
     pub mmio_user: u64,
     /// KVM_EXIT_IO, in, on [`guest::PIO_IN_PORT`].
     pub pio_in: u64,
-    /// KVM_EXIT_HLT: one per completed round (exactly 1 per vCPU without `forever`).
+    /// KVM_EXIT_HLT: one per completed round (exactly 1 per vCPU without `forever`), in a
+    /// VM without the in-kernel irqchip.
     pub hlt: u64,
+    /// KVM_EXIT_IO, in, on [`guest::PIO_MIXED_IN_PORT`]: one per device-loop iteration.
+    pub pio_mixed_in: u64,
+    /// KVM_EXIT_IO, out, on [`guest::PIO_MIXED_OUT_PORT`]: one per device-loop iteration.
+    pub pio_mixed_out: u64,
+    /// Reads and writes of [`guest::PIO_DEVICE_PORTS`] KVM's in-kernel PIC answered: 4 per
+    /// device-loop iteration, inferred from the userspace exits around them (the pair on the
+    /// first port precedes each `out` to the VMM, the pair on the second follows it). Exact
+    /// for rounds that end; a vCPU stopped mid-loop may have made one more pair.
+    pub pio_device: u64,
+    /// KVM_EXIT_IO, out, on [`guest::PIO_DONE_PORT`]: the end of a round in a VM with the
+    /// in-kernel irqchip, where `hlt` does not exit.
+    pub done: u64,
     /// Any exit the guest was not written to make; see `other_reasons`.
     pub other: u64,
 }
@@ -29,12 +43,19 @@ pub struct ExitCounts {
 impl ExitCounts {
     /// All exits, in-kernel ones included.
     pub fn total(&self) -> u64 {
-        self.userspace() + self.pio_kernel
+        self.userspace() + self.pio_kernel + self.pio_device
     }
 
     /// Exits that returned to the VMM.
     pub fn userspace(&self) -> u64 {
-        self.pio_user + self.mmio_user + self.pio_in + self.hlt + self.other
+        self.pio_user
+            + self.mmio_user
+            + self.pio_in
+            + self.hlt
+            + self.pio_mixed_in
+            + self.pio_mixed_out
+            + self.done
+            + self.other
     }
 
     fn add(&mut self, o: &ExitCounts) {
@@ -43,6 +64,10 @@ impl ExitCounts {
         self.mmio_user += o.mmio_user;
         self.pio_in += o.pio_in;
         self.hlt += o.hlt;
+        self.pio_mixed_in += o.pio_mixed_in;
+        self.pio_mixed_out += o.pio_mixed_out;
+        self.pio_device += o.pio_device;
+        self.done += o.done;
         self.other += o.other;
     }
 }
@@ -66,13 +91,22 @@ pub struct VcpuCounts {
 }
 
 /// The ports and address the guest uses, so consumers need not hard-code them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ports {
     pub pio_user: u16,
     pub pio_in: u16,
     /// Indexed by vCPU.
     pub pio_kernel: Vec<u16>,
     pub mmio_addr: u64,
+    /// The device loop's ports: userspace `in` and `out`, and the in-kernel device's.
+    #[serde(default)]
+    pub pio_mixed_in: u16,
+    #[serde(default)]
+    pub pio_mixed_out: u16,
+    #[serde(default)]
+    pub pio_device: Vec<u16>,
+    #[serde(default)]
+    pub done: u16,
 }
 
 /// The result of a run.
@@ -107,6 +141,10 @@ impl Counts {
                 pio_in: guest::PIO_IN_PORT,
                 pio_kernel: vcpus.iter().map(|v| v.pio_kernel_port).collect(),
                 mmio_addr: guest::MMIO_ADDR,
+                pio_mixed_in: guest::PIO_MIXED_IN_PORT,
+                pio_mixed_out: guest::PIO_MIXED_OUT_PORT,
+                pio_device: guest::PIO_DEVICE_PORTS.to_vec(),
+                done: guest::PIO_DONE_PORT,
             },
             exits_per_sec: if secs > 0.0 {
                 total.total() as f64 / secs
@@ -144,6 +182,7 @@ mod tests {
             pio_in: 4,
             hlt: 1,
             other: 1,
+            ..ExitCounts::default()
         };
         let b = ExitCounts {
             pio_user: 10,

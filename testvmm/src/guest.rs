@@ -24,6 +24,20 @@ pub const MAX_VCPUS: u32 = 64;
 /// gets its own port and ioeventfd so the eventfd counter proves how many
 /// in-kernel exits *that* vCPU made.
 pub const PIO_KERNEL_PORT_BASE: u16 = 0x700;
+/// Ports of an in-kernel device: the PIC's edge/level control registers (ELCR), which KVM
+/// answers itself, reads and writes alike, once the VMM has created the in-kernel irqchip.
+pub const PIO_DEVICE_PORTS: [u16; 2] = [0x4d0, 0x4d1];
+/// The device loop's own userspace ports (COM2's LSR and THR), apart from the other loops'
+/// so the VMM counts its exits apart: an `in` that exits to the VMM right before an
+/// in-kernel read, an `out` right before another.
+pub const PIO_MIXED_IN_PORT: u16 = 0x2fd;
+pub const PIO_MIXED_OUT_PORT: u16 = 0x2f8;
+/// With an in-kernel irqchip, KVM keeps `hlt` in the kernel (the vCPU blocks until an
+/// interrupt that never comes), so a round ends with an `out` here instead.
+pub const PIO_DONE_PORT: u16 = 0x2f9;
+/// Set in ECX: end the round with an `out` to [`PIO_DONE_PORT`], not `hlt`.
+const END_WITH_OUT: u64 = 0x8000_0000;
+
 /// Guest-physical target of the MMIO writes: in the ISA hole, far outside
 /// the RAM slot, so KVM finds no memslot and exits with KVM_EXIT_MMIO.
 /// Real mode reaches it through DS (base = this address, offset 0).
@@ -36,6 +50,8 @@ pub struct Round {
     pub pio_kernel: u32,
     pub mmio_user: u32,
     pub pio_in: u32,
+    /// Iterations of the device loop (see [`CODE`]).
+    pub pio_device: u32,
 }
 
 const fn lo(v: u16) -> u8 {
@@ -49,9 +65,10 @@ const fn hi(v: u16) -> u8 {
 /// The guest, hand-assembled 16-bit code (0x66 widens an operation to 32
 /// bits so each loop can run up to 2^32-1 times). The loop counts come in
 /// registers (see [`round_regs`]), so this one blob serves every workload.
-/// Each loop is guarded by `test/jz` so a count of zero skips it. No stack.
+/// Each loop is guarded by `test/jz` so a count of zero skips it. No stack, and
+/// interrupts stay off, so ESP is free to count the device loop.
 #[rustfmt::skip]
-pub const CODE: [u8; 53] = [
+pub const CODE: [u8; 95] = [
     // 0x00  mov dx, PIO_USER_PORT
     0xba, lo(PIO_USER_PORT), hi(PIO_USER_PORT),
     // 0x03  test ebx, ebx            ; EBX = user PIO count
@@ -98,9 +115,47 @@ pub const CODE: [u8; 53] = [
     0x66, 0x4d,
     // 0x30  jnz 0x2d
     0x75, 0xfb,
-    // 0x32  hlt                      ; -> KVM_EXIT_HLT: end of round
+    // 0x32  test esp, esp            ; ESP = device loop count
+    0x66, 0x85, 0xe4,
+    // 0x35  jz 0x4d
+    0x74, 0x16,
+    // 0x37  mov dx, PIO_MIXED_IN_PORT
+    0xba, lo(PIO_MIXED_IN_PORT), hi(PIO_MIXED_IN_PORT),
+    // 0x3a  in al, dx                ; -> KVM_EXIT_IO (in)
+    0xec,
+    // 0x3b  mov dx, PIO_DEVICE_PORTS[0]
+    0xba, lo(PIO_DEVICE_PORTS[0]), hi(PIO_DEVICE_PORTS[0]),
+    // 0x3e  in al, dx                ; in-kernel read, right after a read the VMM answered
+    0xec,
+    // 0x3f  out dx, al               ; in-kernel write of what was read
+    0xee,
+    // 0x40  mov dx, PIO_MIXED_OUT_PORT
+    0xba, lo(PIO_MIXED_OUT_PORT), hi(PIO_MIXED_OUT_PORT),
+    // 0x43  out dx, al               ; -> KVM_EXIT_IO (out)
+    0xee,
+    // 0x44  mov dx, PIO_DEVICE_PORTS[1]
+    0xba, lo(PIO_DEVICE_PORTS[1]), hi(PIO_DEVICE_PORTS[1]),
+    // 0x47  in al, dx                ; in-kernel read, right after a write to the VMM
+    0xec,
+    // 0x48  out dx, al               ; in-kernel write
+    0xee,
+    // 0x49  dec esp
+    0x66, 0x4c,
+    // 0x4b  jnz 0x37
+    0x75, 0xea,
+    // 0x4d  test ecx, END_WITH_OUT
+    0x66, 0xf7, 0xc1, 0x00, 0x00, 0x00, 0x80,
+    // 0x54  jz 0x5c
+    0x74, 0x06,
+    // 0x56  mov dx, PIO_DONE_PORT
+    0xba, lo(PIO_DONE_PORT), hi(PIO_DONE_PORT),
+    // 0x59  out dx, al               ; -> KVM_EXIT_IO (out): end of round (in-kernel irqchip)
+    0xee,
+    // 0x5a  jmp 0x59                 ; re-entering without new registers ends again
+    0xeb, 0xfd,
+    // 0x5c  hlt                      ; -> KVM_EXIT_HLT: end of round
     0xf4,
-    // 0x33  jmp 0x32                 ; re-entering without new registers halts again
+    // 0x5d  jmp 0x5c                 ; re-entering without new registers halts again
     0xeb, 0xfd,
 ];
 
@@ -125,6 +180,15 @@ const _: () = {
     assert!(user < kernel_ports.0 || user >= kernel_ports.1);
     let input = PIO_IN_PORT as u32;
     assert!(input < kernel_ports.0 || input >= kernel_ports.1);
+    assert!(END_WITH_OUT == 1 << 31, "the imm32 of `test ecx` at 0x4d");
+    let own = [PIO_MIXED_IN_PORT, PIO_MIXED_OUT_PORT, PIO_DONE_PORT];
+    let mut i = 0;
+    while i < own.len() {
+        let p = own[i] as u32;
+        assert!(p < kernel_ports.0 || p >= kernel_ports.1);
+        assert!(own[i] != PIO_USER_PORT && own[i] != PIO_IN_PORT);
+        i += 1;
+    }
 };
 
 /// The in-kernel PIO port of vCPU `index`.
@@ -133,8 +197,18 @@ pub fn kernel_port(index: u32) -> u16 {
     PIO_KERNEL_PORT_BASE + index as u16
 }
 
+/// Whether a VM running `round` needs KVM's in-kernel irqchip: its device loop does.
+pub fn needs_irqchip(round: &Round) -> bool {
+    round.pio_device > 0
+}
+
 /// General registers that start one round at the top of [`CODE`].
 pub fn round_regs(round: &Round, kernel_port: u16) -> kvm_regs {
+    let end = if needs_irqchip(round) {
+        END_WITH_OUT
+    } else {
+        0
+    };
     kvm_regs {
         rip: CODE_ADDR,
         // Bit 1 is reserved and must be set; interrupts stay off.
@@ -143,7 +217,8 @@ pub fn round_regs(round: &Round, kernel_port: u16) -> kvm_regs {
         rsi: round.pio_kernel.into(),
         rdi: round.mmio_user.into(),
         rbp: round.pio_in.into(),
-        rcx: kernel_port.into(),
+        rsp: round.pio_device.into(),
+        rcx: u64::from(kernel_port) | end,
         ..Default::default()
     }
 }
@@ -174,7 +249,7 @@ mod tests {
     /// accesses that would exit. Proves the hand-assembled bytes without KVM.
     fn interpret(regs: &kvm_regs, ds_base: u64) -> Vec<Event> {
         let mut r = [
-            regs.rax, regs.rcx, 0, regs.rbx, 0, regs.rbp, regs.rsi, regs.rdi,
+            regs.rax, regs.rcx, 0, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi,
         ];
         let mut ip = (regs.rip - CODE_ADDR) as usize;
         let mut zf = false;
@@ -204,6 +279,21 @@ mod tests {
                     r[reg] = (r[reg] as u32).wrapping_sub(1).into();
                     zf = r[reg] == 0;
                     ip += 2;
+                }
+                (0x66, 0xf7) => {
+                    assert_eq!(byte(ip + 2), 0xc1, "test ecx, imm32 only");
+                    let imm = u32::from_le_bytes([
+                        byte(ip + 3),
+                        byte(ip + 4),
+                        byte(ip + 5),
+                        byte(ip + 6),
+                    ]);
+                    zf = r[1] as u32 & imm == 0;
+                    ip += 7;
+                }
+                (0xeb, _) => {
+                    // Only the ends loop back on themselves: their event is already out.
+                    return events;
                 }
                 (0x74, _) => ip = if zf { rel(ip + 2, ip + 1) } else { ip + 2 },
                 (0x75, _) => ip = if zf { ip + 2 } else { rel(ip + 2, ip + 1) },
@@ -241,6 +331,7 @@ mod tests {
             pio_kernel: 5,
             mmio_user: 2,
             pio_in: 4,
+            pio_device: 0,
         };
         let port = kernel_port(1);
         let mut want = Vec::new();
@@ -250,6 +341,33 @@ mod tests {
         want.extend((0..4).map(|_| Event::In(PIO_IN_PORT)));
         want.push(Event::Hlt);
         assert_eq!(run(round, port), want);
+    }
+
+    #[test]
+    fn the_device_loop_interleaves_in_kernel_and_userspace_ports_and_ends_with_an_out() {
+        let round = Round {
+            pio_user: 1,
+            pio_device: 2,
+            ..Round::default()
+        };
+        let [elcr1, elcr2] = PIO_DEVICE_PORTS;
+        let once = [
+            Event::In(PIO_MIXED_IN_PORT),
+            Event::In(elcr1),
+            Event::Out(elcr1),
+            Event::Out(PIO_MIXED_OUT_PORT),
+            Event::In(elcr2),
+            Event::Out(elcr2),
+        ];
+        let mut want = vec![Event::Out(PIO_USER_PORT)];
+        want.extend(once.iter().chain(&once).map(|e| match e {
+            Event::In(p) => Event::In(*p),
+            Event::Out(p) => Event::Out(*p),
+            _ => unreachable!(),
+        }));
+        want.push(Event::Out(PIO_DONE_PORT));
+        assert_eq!(run(round, kernel_port(0)), want);
+        assert!(needs_irqchip(&round));
     }
 
     #[test]

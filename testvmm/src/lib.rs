@@ -9,9 +9,16 @@
 //! 3. writes a byte to [`MMIO_ADDR`], outside guest RAM, `mmio_user` times
 //!    (KVM_EXIT_MMIO),
 //! 4. `in`s from [`PIO_IN_PORT`] `pio_in` times (KVM_EXIT_IO, in),
-//! 5. `hlt`s (KVM_EXIT_HLT): one round done.
+//! 5. runs the device loop `pio_device` times: an `in` the VMM answers
+//!    ([`PIO_MIXED_IN_PORT`]), an in-kernel read and write of the PIC's ELCR
+//!    ([`PIO_DEVICE_PORTS`]), an `out` to the VMM ([`PIO_MIXED_OUT_PORT`]), and the
+//!    other ELCR port's read and write: in-kernel port I/O right after each kind of
+//!    userspace exit,
+//! 6. `hlt`s (KVM_EXIT_HLT): one round done.
 //!
-//! The VMM creates no in-kernel irqchip, so `hlt` always reaches userspace.
+//! The VMM creates KVM's in-kernel irqchip only for the device loop, whose ports it
+//! answers; KVM then keeps `hlt` in the kernel, so such rounds end with an `out` to
+//! [`PIO_DONE_PORT`] instead.
 //!
 //! Stopping a vCPU sends it [`kick_signal`] (SIGRTMIN), for which `run`
 //! installs a no-op handler in the calling process.
@@ -37,7 +44,8 @@ use serde::{Deserialize, Serialize};
 pub use counts::{Counts, ExitCounts, Ports, VcpuCounts};
 pub use exitlog::{Call, Outcome};
 pub use guest::{
-    MAX_VCPUS, MMIO_ADDR, PIO_IN_PORT, PIO_IN_VALUE, PIO_KERNEL_PORT_BASE, PIO_USER_PORT,
+    MAX_VCPUS, MMIO_ADDR, PIO_DEVICE_PORTS, PIO_DONE_PORT, PIO_IN_PORT, PIO_IN_VALUE,
+    PIO_KERNEL_PORT_BASE, PIO_MIXED_IN_PORT, PIO_MIXED_OUT_PORT, PIO_USER_PORT,
 };
 pub use ready::{Ready, ReadyVcpu};
 pub use vcpu::kick_signal;
@@ -58,6 +66,9 @@ pub struct Workload {
     /// `in`s from [`PIO_IN_PORT`], each a KVM_EXIT_IO to userspace; the VMM
     /// answers [`PIO_IN_VALUE`].
     pub pio_in: u64,
+    /// Iterations of the device loop: each 2 userspace exits and 4 in-kernel port accesses
+    /// that KVM's in-kernel PIC answers (the VMM then creates the in-kernel irqchip).
+    pub pio_device: u64,
     /// The VMM takes this long to answer each `in` (a slow device): a known number of
     /// exits with a long VMM round trip, for profilers' slow-exit listings.
     pub pio_in_delay_ms: u64,
@@ -89,6 +100,7 @@ impl Workload {
         pio_kernel: 0,
         mmio_user: 0,
         pio_in: 0,
+        pio_device: 0,
         pio_in_delay_ms: 0,
         rate: None,
         start_delay_ms: 0,

@@ -12,7 +12,7 @@ use vmm_sys_util::signal::Killable;
 
 use crate::counts::Counts;
 use crate::exitlog;
-use crate::guest::{Round, MAX_VCPUS};
+use crate::guest::{self, Round, MAX_VCPUS};
 use crate::pace;
 use crate::ready::{Ready, ReadyVcpu};
 use crate::vcpu::{self, Finished, Plan};
@@ -34,7 +34,7 @@ pub(crate) fn run(w: &Workload, stop: &StopHandle) -> Result<Counts> {
     vcpu::install_kick_handler()?;
     // Outlives the threads: they are joined below, or, on an early error,
     // see their `go` sender dropped and return without entering the guest.
-    let (_machine, vcpus) = Machine::new(w.vcpus)?;
+    let (_machine, vcpus) = Machine::new(w.vcpus, guest::needs_irqchip(&plan.round))?;
     let halt = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
     let threads = vcpus
@@ -112,6 +112,7 @@ fn plan(w: &Workload) -> Result<Plan> {
             pio_kernel: count("pio_kernel", w.pio_kernel)?,
             mmio_user: count("mmio_user", w.mmio_user)?,
             pio_in: count("pio_in", w.pio_in)?,
+            pio_device: count("pio_device", w.pio_device)?,
         },
         forever: w.forever,
         rate: w.rate,
@@ -212,7 +213,8 @@ mod tests {
                 pio_user: 1,
                 pio_kernel: 2,
                 mmio_user: 3,
-                pio_in: 4
+                pio_in: 4,
+                pio_device: 0,
             }
         );
     }

@@ -63,6 +63,8 @@ pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> R
     let started = Instant::now();
     let pacer = plan.rate.map(|rate| Pacer::new(rate, started));
     let mut log = Vec::new();
+    // Device-loop `in`s of the round so far: the exits the in-kernel pairs fall between.
+    let mut round_mixed_in = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let call_ns = if plan.log { exitlog::monotonic_ns() } else { 0 };
         let result = vcpu.fd.run();
@@ -88,9 +90,27 @@ pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> R
                 pace::sleep_unless(plan.pio_in_delay, || stop.load(Ordering::Relaxed));
             }
             Exit::MmioUser => exits.mmio_user += 1,
+            Exit::MixedIn => {
+                // The previous iteration's pair on the second device port came before it.
+                exits.pio_device += 2 * u64::from(round_mixed_in > 0);
+                round_mixed_in += 1;
+                exits.pio_mixed_in += 1;
+            }
+            Exit::MixedOut => {
+                // The pair on the first device port came right before it.
+                exits.pio_device += 2;
+                exits.pio_mixed_out += 1;
+            }
             Exit::Interrupted => continue,
-            Exit::Hlt => {
-                exits.hlt += 1;
+            Exit::Hlt | Exit::Done => {
+                if exit == Exit::Hlt {
+                    exits.hlt += 1;
+                } else {
+                    exits.done += 1;
+                    // The last iteration's pair on the second device port.
+                    exits.pio_device += 2 * u64::from(round_mixed_in > 0);
+                }
+                round_mixed_in = 0;
                 if !plan.forever {
                     break;
                 }
@@ -134,7 +154,10 @@ enum Exit {
     PioUser,
     PioIn,
     MmioUser,
+    MixedIn,
+    MixedOut,
     Hlt,
+    Done,
     Interrupted,
     Other(String),
 }
@@ -145,6 +168,8 @@ impl Exit {
             Exit::PioUser => Outcome::PioUser,
             Exit::PioIn => Outcome::PioIn,
             Exit::MmioUser => Outcome::MmioUser,
+            Exit::MixedIn => Outcome::PioIn,
+            Exit::MixedOut | Exit::Done => Outcome::PioUser,
             Exit::Hlt => Outcome::Hlt,
             Exit::Interrupted => Outcome::Interrupted,
             Exit::Other(_) => Outcome::Other,
@@ -162,6 +187,12 @@ fn classify(exit: VcpuExit) -> Exit {
             Exit::PioIn
         }
         VcpuExit::MmioWrite(guest::MMIO_ADDR, _) => Exit::MmioUser,
+        VcpuExit::IoIn(guest::PIO_MIXED_IN_PORT, data) => {
+            data.fill(guest::PIO_IN_VALUE);
+            Exit::MixedIn
+        }
+        VcpuExit::IoOut(guest::PIO_MIXED_OUT_PORT, _) => Exit::MixedOut,
+        VcpuExit::IoOut(guest::PIO_DONE_PORT, _) => Exit::Done,
         VcpuExit::Hlt => Exit::Hlt,
         VcpuExit::Intr => Exit::Interrupted,
         // Keep the reason short but specific: where the guest went astray.

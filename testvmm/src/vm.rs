@@ -4,7 +4,7 @@
 use std::ptr::{self, NonNull};
 
 use anyhow::{Context, Result};
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{kvm_mp_state, kvm_userspace_memory_region, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -27,9 +27,14 @@ pub(crate) struct Vcpu {
 }
 
 impl Machine {
-    pub(crate) fn new(vcpus: u32) -> Result<(Machine, Vec<Vcpu>)> {
+    /// `irqchip`: KVM's in-kernel PIC, IOAPIC and LAPICs, created before the vCPUs as KVM
+    /// requires, for the guest's device loop.
+    pub(crate) fn new(vcpus: u32, irqchip: bool) -> Result<(Machine, Vec<Vcpu>)> {
         let kvm = Kvm::new().context("open /dev/kvm")?;
         let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+        if irqchip {
+            vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        }
         let ram = Ram::new(guest::RAM_SIZE)?;
         ram.write(guest::CODE_ADDR as usize, &guest::CODE);
         let region = kvm_userspace_memory_region {
@@ -43,16 +48,24 @@ impl Machine {
         // the field order of Machine).
         unsafe { vm.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION")?;
         let vcpus = (0..vcpus)
-            .map(|index| create_vcpu(&vm, index))
+            .map(|index| create_vcpu(&vm, index, irqchip))
             .collect::<Result<Vec<_>>>()?;
         Ok((Machine { _vm: vm, _ram: ram }, vcpus))
     }
 }
 
-fn create_vcpu(vm: &VmFd, index: u32) -> Result<Vcpu> {
+fn create_vcpu(vm: &VmFd, index: u32, irqchip: bool) -> Result<Vcpu> {
     let fd = vm
         .create_vcpu(index.into())
         .with_context(|| format!("KVM_CREATE_VCPU {index}"))?;
+    if irqchip {
+        // With an in-kernel LAPIC every vCPU but the first waits for INIT/SIPI; each runs
+        // its own guest here, so all start runnable.
+        fd.set_mp_state(kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        })
+        .with_context(|| format!("KVM_SET_MP_STATE on vCPU {index}"))?;
+    }
     let mut sregs = fd.get_sregs().context("KVM_GET_SREGS")?;
     guest::setup_sregs(&mut sregs);
     fd.set_sregs(&sregs).context("KVM_SET_SREGS")?;

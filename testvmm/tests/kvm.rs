@@ -8,8 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use kvmprof_testvmm::{
-    run, run_until, Counts, ExitCounts, Ready, StopHandle, Workload, MMIO_ADDR, PIO_IN_PORT,
-    PIO_KERNEL_PORT_BASE, PIO_USER_PORT,
+    run, run_until, Counts, ExitCounts, Ready, StopHandle, Workload, MMIO_ADDR, PIO_DEVICE_PORTS,
+    PIO_IN_PORT, PIO_KERNEL_PORT_BASE, PIO_USER_PORT,
 };
 
 /// Returns early from the test, passing, when KVM can't be used here.
@@ -44,7 +44,7 @@ fn counts_are_exact() {
         mmio_user: 300,
         pio_in: 50,
         hlt: 1,
-        other: 0,
+        ..ExitCounts::default()
     };
     for (i, v) in c.vcpus.iter().enumerate() {
         assert_eq!(v.exits, want, "vCPU {i}");
@@ -58,6 +58,35 @@ fn counts_are_exact() {
     assert_eq!(c.ports.pio_in, PIO_IN_PORT);
     assert_eq!(c.ports.mmio_addr, MMIO_ADDR);
     assert!(c.wall_ns > 0);
+}
+
+/// The device loop: with KVM's in-kernel irqchip the ELCR reads and writes stay in the
+/// kernel (only the loop's own ports reach the VMM), every vCPU runs, and the round ends
+/// with an `out` to the done port instead of `hlt`.
+#[test]
+fn the_device_loop_keeps_elcr_in_the_kernel_and_ends_with_an_out() {
+    require_kvm!();
+    let w = Workload {
+        vcpus: 2,
+        pio_user: 10,
+        pio_device: 300,
+        ..Workload::default()
+    };
+    let c = run(&w).unwrap();
+    let want = ExitCounts {
+        pio_user: 10,
+        pio_mixed_in: 300,
+        pio_mixed_out: 300,
+        pio_device: 1200,
+        done: 1,
+        ..ExitCounts::default()
+    };
+    for (i, v) in c.vcpus.iter().enumerate() {
+        assert_eq!(v.exits, want, "vCPU {i}: {:?}", v.other_reasons);
+    }
+    assert_eq!(c.total.userspace(), 2 * 611);
+    assert_eq!(c.total.total(), 2 * 1811);
+    assert_eq!(c.ports.pio_device, PIO_DEVICE_PORTS);
 }
 
 #[test]

@@ -802,7 +802,7 @@ fn shortfall(made: &Counts, w: &Workload) -> Result<Option<String>> {
         mmio_user: w.mmio_user,
         pio_in: w.pio_in,
         hlt: 1,
-        other: 0,
+        ..ExitCounts::default()
     };
     let kinds = |c: &ExitCounts| {
         [
@@ -959,7 +959,7 @@ mod tests {
             mmio_user: 300,
             pio_in: 100,
             hlt: 1,
-            other: 0,
+            ..ExitCounts::default()
         }
     }
 
@@ -986,6 +986,7 @@ mod tests {
                 pio_in: 0x3fd,
                 pio_kernel: vcpus.iter().map(|v| v.pio_kernel_port).collect(),
                 mmio_addr: 0xd0000,
+                ..kvmprof_testvmm::Ports::default()
             },
             total: ExitCounts {
                 pio_user: sum(|e| e.pio_user),
@@ -994,6 +995,7 @@ mod tests {
                 pio_in: sum(|e| e.pio_in),
                 hlt: sum(|e| e.hlt),
                 other: sum(|e| e.other),
+                ..ExitCounts::default()
             },
             other_reasons: BTreeMap::new(),
             wall_ns: 1,
