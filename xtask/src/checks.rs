@@ -73,7 +73,7 @@ impl Vendor {
     }
 
     /// kvmprof's group labels (the kernel's exit-reason names) for port I/O and `hlt`.
-    fn io_label(self) -> &'static str {
+    pub(crate) fn io_label(self) -> &'static str {
         match self {
             Vendor::Svm => "io",
             Vendor::Vmx => "IO_INSTRUCTION",
@@ -220,6 +220,12 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
                 Some(hooks),
                 exits_script(hooks),
                 every_exit,
+            ),
+            check(
+                "kvmprof_device",
+                Some(hooks),
+                crate::check_device::script(hooks),
+                crate::check_device::verify,
             ),
         ]);
     }
@@ -863,7 +869,7 @@ fn off_script_io(v: &VcpuCounts) -> u64 {
         .sum()
 }
 
-fn parse_json(stdout: &str) -> Result<Value> {
+pub(crate) fn parse_json(stdout: &str) -> Result<Value> {
     serde_json::from_str(stdout.trim()).with_context(|| {
         let head: String = stdout.chars().take(200).collect();
         format!("stdout is not JSON: {head:?}")
@@ -871,7 +877,7 @@ fn parse_json(stdout: &str) -> Result<Value> {
 }
 
 /// Every named field of `obj` must hold exactly the expected number.
-fn expect_counts(obj: &Value, expected: &[(&str, u64)], what: &str) -> Result<()> {
+pub(crate) fn expect_counts(obj: &Value, expected: &[(&str, u64)], what: &str) -> Result<()> {
     let wrong: Vec<String> = expected
         .iter()
         .filter_map(|&(field, want)| {

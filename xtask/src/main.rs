@@ -1,6 +1,7 @@
 //! Developer and CI tasks for kvmprof, run as `cargo xtask <command>`.
 
 mod bench;
+mod check_device;
 mod check_funcs;
 mod checks;
 mod deb;
