@@ -20,6 +20,7 @@ pub const PIO_USER_PORT: u64 = kvmprof_testvmm::PIO_USER_PORT as u64;
 pub const PIO_IN_PORT: u64 = kvmprof_testvmm::PIO_IN_PORT as u64;
 pub const PIO_KERNEL_PORT_BASE: u64 = kvmprof_testvmm::PIO_KERNEL_PORT_BASE as u64;
 pub const MMIO_ADDR: u64 = kvmprof_testvmm::MMIO_ADDR;
+pub use kvmprof_testvmm::{PIO_DEVICE_PORTS, PIO_DONE_PORT, PIO_MIXED_IN_PORT, PIO_MIXED_OUT_PORT};
 
 /// Test VMM flags for a workload with a known number of slow exits: the VMM takes 120 ms to
 /// answer each `in` and microseconds for everything else, so exactly 2 vCPUs × 4 round trips
@@ -149,14 +150,24 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// The exits the test VMM's guest makes on purpose, from its counts (`total` or one entry
 /// of `vcpus`): every kind but `other`, the exits hardware backends add (timers, ...).
 pub fn made(counts: &serde_json::Value) -> u64 {
-    ["pio_user", "pio_in", "pio_kernel", "mmio_user", "hlt"]
-        .iter()
-        .map(|k| {
-            counts[*k]
-                .as_u64()
-                .unwrap_or_else(|| panic!("no {k} in {counts}"))
-        })
-        .sum()
+    [
+        "pio_user",
+        "pio_in",
+        "pio_kernel",
+        "mmio_user",
+        "hlt",
+        "pio_mixed_in",
+        "pio_mixed_out",
+        "pio_device",
+        "done",
+    ]
+    .iter()
+    .map(|k| {
+        counts[*k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {k} in {counts}"))
+    })
+    .sum()
 }
 
 /// Asserts a clean failure: non-zero exit, one line on stderr that contains `needle`, no panic.
