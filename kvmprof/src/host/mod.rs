@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod kernel;
 pub mod plan;
+pub mod sched;
 
 use anyhow::Result;
 
