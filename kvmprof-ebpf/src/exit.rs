@@ -795,6 +795,70 @@ mod tests {
         }
     }
 
+    const WAIT: usize = stage::SCHED_WAIT;
+    const SLEEP: usize = stage::SCHED_SLEEP;
+
+    #[test]
+    fn off_cpu_time_under_pvm_goes_to_the_exit_whose_interval_holds_it() {
+        let mut st = fresh();
+        let b = boundary::IDENT;
+        kvm_run_enter(&mut st, 7, 1000);
+        // Preempted inside the first exit's interval (KVM_RUN entry .. its kvm_pio).
+        sched_out(&mut st, 1100, true);
+        sched_in(&mut st, 1150);
+        identify_io(PID, TID, &mut st, b, 1300, pio(0x700, true));
+        // Asleep, woken, then waiting for the CPU: inside the second exit's interval.
+        sched_out(&mut st, 1400, false);
+        sched_woken(&mut st, 1500);
+        sched_in(&mut st, 1520);
+        identify_io(PID, TID, &mut st, b, 1700, pio(0x700, true));
+        // The userspace exit, then preempted in the VMM's round trip.
+        identify_io(PID, TID, &mut st, b, 1750, pio(0x3f8, true));
+        kvm_run_exit(PID, TID, &mut st, b, 1800, 2, 0);
+        sched_out(&mut st, 1900, true);
+        sched_in(&mut st, 1990);
+        kvm_run_enter(&mut st, 7, 2000);
+        let r = records();
+        assert_eq!(r.len(), 3);
+        assert_eq!((r[0].stage_ns[WAIT], r[0].stage_ns[SLEEP]), (50, 0));
+        assert_eq!((r[1].stage_ns[WAIT], r[1].stage_ns[SLEEP]), (20, 100));
+        assert_eq!(r[2].flags & flag::USERSPACE, flag::USERSPACE);
+        assert_eq!((r[2].stage_ns[WAIT], r[2].stage_ns[SLEEP]), (90, 0));
+        assert_eq!(st.sched_ns, [0, 0]);
+    }
+
+    #[test]
+    fn off_cpu_time_with_vendor_hooks_goes_to_the_cycle_it_falls_in() {
+        let mut st = fresh();
+        kvm_run_enter(&mut st, 7, 0);
+        svm_io_exit(&mut st, 0);
+        sched_out(&mut st, 920, true);
+        sched_in(&mut st, 970);
+        svm_io_exit(&mut st, 1000);
+        svm_io_exit(&mut st, 2000);
+        let r = records();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].stage_ns[WAIT], 50, "before the next vendor run");
+        assert_eq!(r[1].stage_ns[WAIT], 0);
+    }
+
+    #[test]
+    fn a_sleep_without_a_wake_up_seen_is_all_sleep_and_a_switch_out_before_the_window_nothing() {
+        let mut st = fresh();
+        // Switched out before the window opened: no sched_out seen.
+        sched_in(&mut st, 500);
+        assert_eq!(st.sched_ns, [0, 0]);
+        sched_out(&mut st, 1000, false);
+        sched_in(&mut st, 1600);
+        assert_eq!(st.sched_ns, [0, 600]);
+        // A wake-up of a running (or preempted) thread changes nothing.
+        sched_woken(&mut st, 1700);
+        sched_out(&mut st, 1800, true);
+        sched_woken(&mut st, 1850);
+        sched_in(&mut st, 1900);
+        assert_eq!(st.sched_ns, [100, 600]);
+    }
+
     #[test]
     fn a_vendor_run_begun_before_the_window_only_opens_the_next_cycle() {
         let mut st = seen_mid_run();

@@ -470,6 +470,13 @@ mod tests {
                 expect(btf, format!("tp_btf/{event}"));
             }
         }
+        for (prog, tp) in [
+            (names::sched::SWITCH_PROGRAM, names::sched::SWITCH),
+            (names::sched::WAKEUP_PROGRAM, names::sched::WAKEUP),
+        ] {
+            let event = tp.split_once('/').map_or("", |(_, e)| e);
+            expect(prog, format!("raw_tp/{event}"));
+        }
         for (prefix, kind) in hook::PREFIXES
             .iter()
             .zip(["kprobe", "kretprobe", "fentry", "fexit"])
