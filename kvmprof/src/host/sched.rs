@@ -73,15 +73,22 @@ pub fn wakeup_usable(f: &Facts) -> Result<(), String> {
     }
 }
 
+/// Why the classic tracepoints are never used for these stages.
+const CLASSIC: &str = "classic sched_switch/sched_wakeup: not used, they copy the event's fields (two task names) on every context switch of the host";
+
 /// The plans of the two scheduler stages.
 pub fn stages(f: &Facts) -> [StagePlan; 2] {
     let (mode, rejected, why) = match switch_usable(f) {
         Ok(()) => (
             Mode::Tracepoint,
-            vec![],
+            vec![CLASSIC.to_string()],
             "raw tracepoints: they run on every context switch of the host, the vCPU threads are filtered first".to_string(),
         ),
-        Err(w) => (Mode::Unavailable, vec![w], String::new()),
+        Err(w) => (
+            Mode::Unavailable,
+            vec![w, CLASSIC.to_string()],
+            "no hook for it on this kernel".to_string(),
+        ),
     };
     let wakeup = wakeup_usable(f);
     let wait = match &wakeup {
@@ -156,7 +163,7 @@ mod tests {
         let [w, s] = stages(&f);
         assert_eq!((w.mode, s.mode), (Mode::Tracepoint, Mode::Tracepoint));
         assert!(s.symbol.contains("wake-up latency included"));
-        assert!(s.rejected[0].contains("refused by the kernel (Invalid argument)"));
+        assert!(s.rejected[1].contains("refused by the kernel (Invalid argument)"));
         assert!(wakeup_usable(&f).is_err());
     }
 
