@@ -95,7 +95,7 @@ fn traced(tid: u32, id: impl FnOnce() -> Option<u64>) -> Option<&'static mut Thr
     } else {
         let id = id()?;
         // SAFETY: as above.
-        unsafe { &mut *maps::THREADS_SPILL.get_ptr_mut(&id)? }
+        unsafe { &mut *maps::THREADS_SPILL.get_ptr_mut(id)? }
     };
     (st.traced != 0).then_some(st)
 }
