@@ -8,7 +8,7 @@ pub mod duration;
 pub mod tally;
 
 /// Number of timed stages in one exit record.
-pub const STAGES: usize = 6;
+pub const STAGES: usize = 8;
 
 /// The stages of one VM exit cycle, as indices into [`ExitRecord::stage_ns`].
 ///
@@ -29,6 +29,12 @@ pub mod stage {
     pub const KVM_RUN: usize = 4;
     /// Userspace round trip: from KVM_RUN's return to the next KVM_RUN on that thread.
     pub const VMM: usize = 5;
+    /// Off-CPU but runnable inside the exit (its cycle and, for a userspace exit, the VMM's
+    /// round trip): preempted (switched out with `prev_state == TASK_RUNNING`), or woken and
+    /// not yet running again. What the kernel's schedstat counts as `run_delay`.
+    pub const SCHED_WAIT: usize = 6;
+    /// Off-CPU and blocked inside the exit: from a switch-out while sleeping to the wake-up.
+    pub const SCHED_SLEEP: usize = 7;
 
     /// The stages' names, by index: in hook program names, data-file tags, JSON, reports
     /// and the command line.
@@ -39,6 +45,8 @@ pub mod stage {
         "fast_pio",
         "kvm_run",
         "vmm",
+        "sched_wait",
+        "sched_sleep",
     ];
 }
 
@@ -96,7 +104,7 @@ pub mod flag {
     pub const UNOBSERVED: u32 = 1 << 6;
 }
 
-/// One exit (104 bytes), inside a [`Batch`].
+/// One exit (120 bytes), inside a [`Batch`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitRecord {
@@ -216,6 +224,10 @@ pub struct Config {
     pub fixed_fields: u32,
     /// 1 sends every exit as a record (`--exits`); 0 tallies them ([`tally`]).
     pub per_exit: u32,
+    /// `task_struct.pid` and `.tgid` offsets from this kernel's BTF: the scheduler hooks
+    /// (`sched_switch`'s next task, `sched_wakeup`'s task) read them to find the thread.
+    pub task_pid_off: u32,
+    pub task_tgid_off: u32,
     /// Per stage: an exit whose stage took longer is sent as a record (`--slow`);
     /// `u64::MAX` for none.
     pub slow_ns: [u64; STAGES],
@@ -319,6 +331,17 @@ pub struct ThreadState {
     pub stage_ns: [u64; STAGES],
     /// This thread's last tallied kinds of exit.
     pub tally: tally::Cache,
+    /// When the thread last left its CPU (`sched_switch`), 0 while it runs.
+    pub off_since_ns: u64,
+    /// When it was woken after leaving its CPU asleep, 0 if not (yet).
+    pub woken_ns: u64,
+    /// It left its CPU runnable (preempted), not asleep.
+    pub off_runnable: u32,
+    pub _pad_sched: u32,
+    /// Off-CPU time ([`stage::SCHED_WAIT`], [`stage::SCHED_SLEEP`]) since it was last
+    /// handed to an exit: an off-CPU period lies between two events of the thread, so it
+    /// goes whole to the exit whose interval holds it (`exit::take_sched`).
+    pub sched_ns: [u64; 2],
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -451,6 +474,20 @@ pub mod names {
         },
     ];
 
+    /// The scheduler hooks of the `sched_wait` and `sched_sleep` stages: raw tracepoints
+    /// only (they fire on every context switch and wake-up of the host, so never the
+    /// classic tracepoint's copy of its fields), attached where the kernel's prototypes
+    /// have the arguments they read (`host/sched.rs`).
+    pub mod sched {
+        pub const SWITCH: &str = "sched/sched_switch";
+        pub const WAKEUP: &str = "sched/sched_wakeup";
+        /// `TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next,
+        /// unsigned int prev_state)` (5.18 and later).
+        pub const SWITCH_PROGRAM: &str = "raw_sched_switch";
+        /// `TP_PROTO(struct task_struct *p)`.
+        pub const WAKEUP_PROGRAM: &str = "raw_sched_wakeup";
+    }
+
     /// The programs of tracepoint `tp` (`category/name`).
     pub fn tracepoint_programs(tp: &str) -> Option<&'static TracepointPrograms> {
         TRACEPOINT_PROGRAMS.iter().find(|p| p.tracepoint == tp)
@@ -520,11 +557,11 @@ pub mod names {
 
 // The records cross the kernel/user boundary byte for byte: a field added on one side only
 // must not compile.
-const _: () = assert!(core::mem::size_of::<ExitRecord>() == 104);
-const _: () = assert!(core::mem::size_of::<Batch>() == 24 + 104 * BATCH);
-const _: () = assert!(core::mem::size_of::<Config>() == 20 * 4 + 8 * STAGES);
+const _: () = assert!(core::mem::size_of::<ExitRecord>() == 56 + 8 * STAGES);
+const _: () = assert!(core::mem::size_of::<Batch>() == 24 + (56 + 8 * STAGES) * BATCH);
+const _: () = assert!(core::mem::size_of::<Config>() == 22 * 4 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Window>() == 16);
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 280 + 2 * 40 + 16);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 312 + 2 * 40 + 16 + 40);
 
 /// The records' clock read from userspace: CLOCK_MONOTONIC, which `bpf_ktime_get_ns` reads
 /// in the kernel. kvmprof states its window on it; the test VMM logs its exits on it.

@@ -201,7 +201,8 @@ pub struct Next {
     pub rows: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TallyMeta>() == 104 + 24 + 16 * STAGES + 4 * STAGES);
+const _: () =
+    assert!(core::mem::size_of::<TallyMeta>() == (56 + 8 * STAGES) + 24 + 16 * STAGES + 4 * STAGES);
 const _: () = assert!(core::mem::size_of::<TallyKey>() == 48);
 const _: () = assert!(core::mem::size_of::<Cache>() == 2 * 40 + 16);
 

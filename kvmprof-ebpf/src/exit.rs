@@ -261,6 +261,7 @@ pub fn start_cycle(pid: u32, tid: u32, st: &mut ThreadState, ts: u64) {
             st.stage_ns[stage::CYCLE] = since_cycle_start(st, ts);
             st.flags |= flag::CYCLE_INTERVAL;
         }
+        take_sched(st);
         close(pid, tid, st, ts, None);
     }
     st.open = 1;
@@ -276,7 +277,9 @@ pub struct Io {
     pub size: u32,
 }
 
-/// The exit has been identified as an I/O access (`kvm_pio` / `kvm_mmio`).
+/// The exit has been identified as an I/O access (`kvm_pio` / `kvm_mmio`). Inlined: six
+/// arguments are more than a BPF call passes in registers.
+#[inline(always)]
 pub fn identify_io(pid: u32, tid: u32, st: &mut ThreadState, bound: u32, ts: u64, io: Io) {
     if bound == boundary::IDENT {
         // Each identified exit is its own cycle: the interval since the previous one.
@@ -288,6 +291,8 @@ pub fn identify_io(pid: u32, tid: u32, st: &mut ThreadState, bound: u32, ts: u64
         st.cycle_set = 1;
         st.cycle_start_ns = ts;
         st.flags |= flag::CYCLE_INTERVAL;
+        // The off-CPU time since the previous exit lies in this exit's cycle.
+        take_sched(st);
         st.space = space::TRACEPOINT as u32;
         st.reason = if io.flags & flag::PIO != 0 {
             kvmprof_common::tp_reason::PIO
@@ -326,11 +331,17 @@ pub fn identify_reason(st: &mut ThreadState, bound: u32, ts: u64, sp: u32, reaso
 pub fn kvm_run_enter(st: &mut ThreadState, fd: i32, ts: u64) {
     if st.user_since_ns != 0 && st.has_pending != 0 {
         st.pending.stage_ns[stage::VMM] = ts.saturating_sub(st.user_since_ns);
+        // Off-CPU time in the round trip is the held exit's too.
+        st.pending.stage_ns[stage::SCHED_WAIT] += st.sched_ns[0];
+        st.pending.stage_ns[stage::SCHED_SLEEP] += st.sched_ns[1];
         // A PIO read's port arrives with its completion, after this entry.
         if st.await_pio_in == 0 {
             release_pending(st);
         }
     }
+    // Outside any exit in the recording otherwise (before the first KVM_RUN, or the round
+    // trip of an exit that began before the window).
+    clear_all(&mut st.sched_ns);
     st.vcpu_fd = fd;
     st.user_since_ns = 0;
     st.run_start_ns = ts;
@@ -373,6 +384,11 @@ pub fn kvm_run_exit(
             st.stage_ns[stage::CYCLE] = cycle;
             st.flags |= flag::CYCLE_INTERVAL;
         }
+        // Under IDENT the open exit's cycle ended when it was identified: the off-CPU time
+        // since then lies in the interval that this return closes.
+        if bound != boundary::IDENT {
+            take_sched(st);
+        }
         close(pid, tid, st, ts, None);
         if bound != boundary::IDENT {
             // No guest exit of its own (e.g. a signal before entry): no cycle to time.
@@ -392,6 +408,7 @@ pub fn kvm_run_exit(
     let pio_read = reason == KVM_EXIT_IO && st.flags & flag::PIO == 0;
     let mmio_read = st.mmio_unsatisfied != 0;
     let observed = st.flags & flag::UNOBSERVED == 0;
+    take_sched(st);
     close(pid, tid, st, ts, Some((reason, errno)));
     // The completion of a read still comes (and must not pass for a new exit), but no round
     // trip is joined to an exit that is not in the recording.
@@ -439,6 +456,55 @@ pub fn stage_exit(st: &mut ThreadState, s: usize, ts: u64) {
     if s == stage::CYCLE {
         st.cycle_set = 1;
     }
+}
+
+/// Hands the thread's off-CPU time so far to the open exit: called where an exit's interval
+/// ends (before it is closed) or, under IDENT, where it is identified (its cycle is the
+/// interval before). An off-CPU period lies between two events of the thread, never across
+/// one, so each goes whole to one exit.
+#[inline(always)]
+fn take_sched(st: &mut ThreadState) {
+    st.stage_ns[stage::SCHED_WAIT] += st.sched_ns[0];
+    st.stage_ns[stage::SCHED_SLEEP] += st.sched_ns[1];
+    clear_all(&mut st.sched_ns);
+}
+
+/// `sched_switch` takes the thread off its CPU at `ts`; `runnable` when it stays on the
+/// runqueue (preempted) rather than blocking.
+pub fn sched_out(st: &mut ThreadState, ts: u64, runnable: bool) {
+    st.off_since_ns = ts;
+    st.off_runnable = runnable as u32;
+    st.woken_ns = 0;
+}
+
+/// `sched_wakeup`: the sleeping thread is runnable from `ts` (a wake-up of a thread that
+/// did not block, or a second one, changes nothing).
+pub fn sched_woken(st: &mut ThreadState, ts: u64) {
+    if st.off_since_ns != 0 && st.off_runnable == 0 && st.woken_ns == 0 {
+        st.woken_ns = ts;
+    }
+}
+
+/// `sched_switch` puts the thread back on a CPU at `ts`: its time off since
+/// [`sched_out`] is waiting while runnable (preempted, or woken and not yet running: the
+/// kernel's `run_delay`) or sleeping (until the wake-up; all of it when no wake-up was
+/// seen). A switch-out before the window opened is not counted.
+pub fn sched_in(st: &mut ThreadState, ts: u64) {
+    let off = st.off_since_ns;
+    if off == 0 {
+        return;
+    }
+    st.off_since_ns = 0;
+    let woken = st.woken_ns;
+    let (wait, sleep) = if st.off_runnable != 0 {
+        (ts.saturating_sub(off), 0)
+    } else if woken >= off {
+        (ts.saturating_sub(woken), woken - off)
+    } else {
+        (0, ts.saturating_sub(off))
+    };
+    st.sched_ns[0] += wait;
+    st.sched_ns[1] += sleep;
 }
 
 #[cfg(test)]
@@ -727,6 +793,70 @@ mod tests {
             assert_eq!(st.user_since_ns, 0, "boundary {b}: no round trip to join");
             assert_eq!(st.has_pending, 0, "boundary {b}: nothing held");
         }
+    }
+
+    const WAIT: usize = stage::SCHED_WAIT;
+    const SLEEP: usize = stage::SCHED_SLEEP;
+
+    #[test]
+    fn off_cpu_time_under_pvm_goes_to_the_exit_whose_interval_holds_it() {
+        let mut st = fresh();
+        let b = boundary::IDENT;
+        kvm_run_enter(&mut st, 7, 1000);
+        // Preempted inside the first exit's interval (KVM_RUN entry .. its kvm_pio).
+        sched_out(&mut st, 1100, true);
+        sched_in(&mut st, 1150);
+        identify_io(PID, TID, &mut st, b, 1300, pio(0x700, true));
+        // Asleep, woken, then waiting for the CPU: inside the second exit's interval.
+        sched_out(&mut st, 1400, false);
+        sched_woken(&mut st, 1500);
+        sched_in(&mut st, 1520);
+        identify_io(PID, TID, &mut st, b, 1700, pio(0x700, true));
+        // The userspace exit, then preempted in the VMM's round trip.
+        identify_io(PID, TID, &mut st, b, 1750, pio(0x3f8, true));
+        kvm_run_exit(PID, TID, &mut st, b, 1800, 2, 0);
+        sched_out(&mut st, 1900, true);
+        sched_in(&mut st, 1990);
+        kvm_run_enter(&mut st, 7, 2000);
+        let r = records();
+        assert_eq!(r.len(), 3);
+        assert_eq!((r[0].stage_ns[WAIT], r[0].stage_ns[SLEEP]), (50, 0));
+        assert_eq!((r[1].stage_ns[WAIT], r[1].stage_ns[SLEEP]), (20, 100));
+        assert_eq!(r[2].flags & flag::USERSPACE, flag::USERSPACE);
+        assert_eq!((r[2].stage_ns[WAIT], r[2].stage_ns[SLEEP]), (90, 0));
+        assert_eq!(st.sched_ns, [0, 0]);
+    }
+
+    #[test]
+    fn off_cpu_time_with_vendor_hooks_goes_to_the_cycle_it_falls_in() {
+        let mut st = fresh();
+        kvm_run_enter(&mut st, 7, 0);
+        svm_io_exit(&mut st, 0);
+        sched_out(&mut st, 920, true);
+        sched_in(&mut st, 970);
+        svm_io_exit(&mut st, 1000);
+        svm_io_exit(&mut st, 2000);
+        let r = records();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].stage_ns[WAIT], 50, "before the next vendor run");
+        assert_eq!(r[1].stage_ns[WAIT], 0);
+    }
+
+    #[test]
+    fn a_sleep_without_a_wake_up_seen_is_all_sleep_and_a_switch_out_before_the_window_nothing() {
+        let mut st = fresh();
+        // Switched out before the window opened: no sched_out seen.
+        sched_in(&mut st, 500);
+        assert_eq!(st.sched_ns, [0, 0]);
+        sched_out(&mut st, 1000, false);
+        sched_in(&mut st, 1600);
+        assert_eq!(st.sched_ns, [0, 600]);
+        // A wake-up of a running (or preempted) thread changes nothing.
+        sched_woken(&mut st, 1700);
+        sched_out(&mut st, 1800, true);
+        sched_woken(&mut st, 1850);
+        sched_in(&mut st, 1900);
+        assert_eq!(st.sched_ns, [100, 600]);
     }
 
     #[test]

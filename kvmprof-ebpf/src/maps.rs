@@ -104,6 +104,8 @@ pub static CONFIG: Config = Config {
     btf_exit_vcpu_id_off: 0,
     fixed_fields: 0,
     per_exit: 0,
+    task_pid_off: 0,
+    task_tgid_off: 0,
     slow_ns: [0; kvmprof_common::STAGES],
 };
 

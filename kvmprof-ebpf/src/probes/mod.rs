@@ -2,6 +2,7 @@
 mod btf;
 mod field;
 mod kvm;
+mod sched;
 mod stages;
 mod syscall;
 mod task;

@@ -131,6 +131,13 @@ impl Default for OwnCost {
     }
 }
 
+/// Programs that run per scheduler event of the whole host rather than per exit: the own-cost
+/// line shows their cost per run and their runs as well.
+fn per_event(program: &str) -> bool {
+    use kvmprof_common::names::sched;
+    program == sched::SWITCH_PROGRAM || program == sched::WAKEUP_PROGRAM
+}
+
 impl OwnCost {
     /// The exits the run time was measured over; `exits` are the recording's.
     pub fn measured(&self, exits: u64) -> u64 {
@@ -160,7 +167,20 @@ impl OwnCost {
             let per: Vec<String> = self
                 .programs
                 .iter()
-                .map(|p| format!("{} {:.0}", p.name, p.run_ns as f64 / measured as f64))
+                .map(|p| {
+                    let per_exit = p.run_ns as f64 / measured as f64;
+                    if per_event(&p.name) && p.runs > 0 {
+                        // They run per context switch or wake-up of the host, not per exit.
+                        format!(
+                            "{} {per_exit:.0} ({:.0} ns × {} runs)",
+                            p.name,
+                            p.run_ns as f64 / p.runs as f64,
+                            p.runs
+                        )
+                    } else {
+                        format!("{} {per_exit:.0}", p.name)
+                    }
+                })
                 .collect();
             let how = match self.bpf_stats {
                 BpfStats::Sampled => format!(
@@ -250,6 +270,23 @@ pub(crate) mod tests {
         assert!(SAMPLES.is_on(Duration::from_nanos(1_999_999_999)));
         assert!(!SAMPLES.is_on(Duration::from_secs(2)));
         assert_eq!(SAMPLES.label(), "1 s in 10");
+    }
+
+    #[test]
+    fn scheduler_hooks_show_their_cost_per_run_and_their_runs() {
+        let c = OwnCost {
+            programs: vec![
+                prog("raw_kvm_pio", 6_000_000, 100_000),
+                prog("raw_sched_switch", 1_500_000, 50_000),
+            ],
+            bpf_stats: BpfStats::On,
+            ..OwnCost::default()
+        };
+        assert_eq!(
+            c.bpf_summary(100_000),
+            "BPF 75 ns/exit (raw_kvm_pio 60, raw_sched_switch 15 (30 ns × 50000 runs); \
+             run-time stats on throughout)"
+        );
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub enum Stage {
     FastPio,
     KvmRun,
     Vmm,
+    SchedWait,
+    SchedSleep,
 }
 
 impl Stage {
@@ -107,6 +109,8 @@ impl Stage {
         Stage::FastPio,
         Stage::KvmRun,
         Stage::Vmm,
+        Stage::SchedWait,
+        Stage::SchedSleep,
     ];
 
     pub fn index(self) -> usize {
@@ -186,6 +190,8 @@ mod tests {
             (Stage::FastPio, stage::FAST_PIO),
             (Stage::KvmRun, stage::KVM_RUN),
             (Stage::Vmm, stage::VMM),
+            (Stage::SchedWait, stage::SCHED_WAIT),
+            (Stage::SchedSleep, stage::SCHED_SLEEP),
         ];
         for (s, index) in pairs {
             assert_eq!(s.index(), index, "{s:?}");

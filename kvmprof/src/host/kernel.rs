@@ -53,6 +53,8 @@ pub struct Facts {
     /// Programs (by name) the kernel refused when this recording loaded or attached them,
     /// with its answer: the planner then takes the next hook for that stage or tracepoint.
     pub refused: HashMap<String, String>,
+    /// What the scheduler stages' hooks need (`sched.rs`).
+    pub sched: super::sched::SchedFacts,
 }
 
 impl Facts {
@@ -133,6 +135,7 @@ impl Facts {
                 .map(str::to_string)
                 .collect(),
             refused: HashMap::new(),
+            sched: super::sched::facts(&kbtf),
         };
         facts.kvm_exit_layout = Some(btf::kvm_exit_layout(&kbtf, facts.vendor()));
         Ok(facts)

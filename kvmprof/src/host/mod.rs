@@ -4,6 +4,7 @@ pub mod btf;
 pub mod funcs;
 pub mod kernel;
 pub mod plan;
+pub mod sched;
 
 use anyhow::Result;
 

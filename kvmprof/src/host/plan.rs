@@ -189,6 +189,8 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
         why: "the only events at both ends".into(),
     });
 
+    stages.extend(super::sched::stages(f));
+
     let hooked = |s: Stage| {
         stages
             .iter()

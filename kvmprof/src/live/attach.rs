@@ -138,7 +138,7 @@ const REFUSE_ENV: &str = "KVMPROF_REFUSE";
 
 /// Runs `load_and_attach` for `program` (the `what` hook), turning any failure, or a
 /// refusal forced through [`REFUSE_ENV`], into [`Refused`].
-fn try_hook(
+pub(super) fn try_hook(
     program: &str,
     what: String,
     load_and_attach: impl FnOnce() -> Result<()>,
@@ -222,6 +222,7 @@ pub fn attach(
         })?;
     }
     attach_thread_exit(ebpf)?;
+    super::sched::attach(ebpf, plan, facts)?;
 
     for sp in &plan.stages {
         let Some(stem) = hook::stem(sp.stage.index()) else {
@@ -348,6 +349,8 @@ fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Conf
         btf_exit_vcpu_id_off: btf_exit.map_or(0, |l| l.vcpu_id_off),
         fixed_fields: 0,
         per_exit: records.every_exit as u32,
+        task_pid_off: f.sched.task_ids.map_or(0, |t| t.0),
+        task_tgid_off: f.sched.task_ids.map_or(0, |t| t.1),
         slow_ns: records.over_ns,
     };
     cfg.fixed_fields = fixed_fields_hold(&cfg) as u32;
@@ -375,7 +378,7 @@ fn fixed_fields_hold(c: &Config) -> bool {
 
 /// The kernel's answer inside an aya error: the innermost OS error where there is one
 /// (aya's outer messages repeat the verifier log, which says nothing for EPERM).
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(aya::programs::ProgramError::LoadError {
@@ -466,6 +469,13 @@ mod tests {
             if let Some(btf) = p.btf {
                 expect(btf, format!("tp_btf/{event}"));
             }
+        }
+        for (prog, tp) in [
+            (names::sched::SWITCH_PROGRAM, names::sched::SWITCH),
+            (names::sched::WAKEUP_PROGRAM, names::sched::WAKEUP),
+        ] {
+            let event = tp.split_once('/').map_or("", |(_, e)| e);
+            expect(prog, format!("raw_tp/{event}"));
         }
         for (prefix, kind) in hook::PREFIXES
             .iter()

@@ -12,6 +12,7 @@ pub mod attach;
 pub mod collect;
 pub mod follow;
 pub mod kvmstats;
+pub mod sched;
 pub mod selfcost;
 pub mod spawn;
 pub mod tally;

@@ -634,7 +634,16 @@ mod tests {
             let mut e = exit(
                 i % 2,
                 IO,
-                [Some(7915), Some(3206), Some(3116), Some(2594), None, None],
+                [
+                    Some(7915),
+                    Some(3206),
+                    Some(3116),
+                    Some(2594),
+                    None,
+                    None,
+                    None,
+                    None,
+                ],
             );
             e.access = Some(Access::Pio {
                 port: 0x3f8,
@@ -644,7 +653,11 @@ mod tests {
             a.add(&e);
         }
         for _ in 0..100 {
-            let mut e = exit(0, NPF, [Some(20_000), None, None, None, None, None]);
+            let mut e = exit(
+                0,
+                NPF,
+                [Some(20_000), None, None, None, None, None, None, None],
+            );
             e.userspace_reason = Some(6);
             e.access = Some(Access::Mmio {
                 gpa: 0xfebf_0000,
@@ -719,7 +732,11 @@ mod tests {
     #[test]
     fn table_is_aligned_and_fits_100_columns() {
         let mut a = sample();
-        a.add(&exit(1, AVIC, [Some(1500), None, None, None, None, None]));
+        a.add(&exit(
+            1,
+            AVIC,
+            [Some(1500), None, None, None, None, None, None, None],
+        ));
         let t = render(&header(), &a, By::Reason, Format::Table);
         for line in t.lines() {
             assert!(line.chars().count() <= 100, "too wide: {line}");

@@ -367,11 +367,13 @@ pub fn rate(r: Option<f64>) -> String {
     }
 }
 
-/// A stage's name as a column title: `vendor_run` is shortened so that every stage column
-/// is as narrow as its values and the usual set fits 100 columns.
+/// A stage's name as a column title: `vendor_run` and the scheduler stages are shortened so
+/// that every stage column is as narrow as its values and the usual set fits 100 columns.
 fn stage_title(s: Stage) -> &'static str {
     match s {
         Stage::VendorRun => "vendor",
+        Stage::SchedWait => "wait",
+        Stage::SchedSleep => "sleep",
         _ => s.name(),
     }
 }
