@@ -491,12 +491,14 @@ pub mod names {
         pub const TALLY_KEYS: &str = "TALLY_KEYS";
         pub const TALLY_META: &str = "TALLY_META";
         pub const TALLY_ROWS: &str = "TALLY_ROWS";
-        pub const TALLY_NEXT: &str = "TALLY_NEXT";
-        pub const TALLY_CLAIMS: &str = "TALLY_CLAIMS";
+        pub const TALLY_FREE_SLOTS: &str = "TALLY_FREE_SLOTS";
+        pub const TALLY_FREE_ROWS: &str = "TALLY_FREE_ROWS";
+        pub const TALLY_ADDRS: &str = "TALLY_ADDRS";
         pub const SCRATCH: &str = "SCRATCH";
         pub const SCRATCH_KEY: &str = "SCRATCH_KEY";
         pub const FOLLOW: &str = "FOLLOW";
-        pub const ALL: [&str; 15] = [
+        pub const SCRATCH_ADDR: &str = "SCRATCH_ADDR";
+        pub const ALL: [&str; 17] = [
             EVENTS,
             BATCHES,
             PIDS,
@@ -507,11 +509,13 @@ pub mod names {
             TALLY_KEYS,
             TALLY_META,
             TALLY_ROWS,
-            TALLY_NEXT,
-            TALLY_CLAIMS,
+            TALLY_FREE_SLOTS,
+            TALLY_FREE_ROWS,
+            TALLY_ADDRS,
             SCRATCH,
             SCRATCH_KEY,
             FOLLOW,
+            SCRATCH_ADDR,
         ];
         /// The [`crate::Config`] global, set before load.
         pub const CONFIG: &str = "CONFIG";
@@ -560,5 +564,6 @@ mod pod {
     unsafe impl aya::Pod for super::ThreadState {}
     unsafe impl aya::Pod for super::Window {}
     unsafe impl aya::Pod for super::tally::TallyMeta {}
-    unsafe impl aya::Pod for super::tally::Next {}
+    unsafe impl aya::Pod for super::tally::AddrKey {}
+    unsafe impl aya::Pod for super::tally::TallyKey {}
 }

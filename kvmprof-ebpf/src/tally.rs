@@ -6,23 +6,25 @@ use core::sync::atomic::Ordering;
 use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP};
 
 use kvmprof_common::{
-    counter, kind,
-    tally::{self, Cache, Kind, TallyMeta, NO_ROW, REFUSED},
+    counter, flag, kind,
+    tally::{self, AddrKey, Cache, Kind, TallyMeta, NO_ROW, REFUSED},
     STAGES,
 };
 
 use crate::maps::{
-    bump, config, EVENTS, SCRATCH_KEY, TALLY_CLAIMS, TALLY_KEYS, TALLY_META, TALLY_NEXT, TALLY_ROWS,
+    bump, config, EVENTS, SCRATCH_ADDR, SCRATCH_KEY, TALLY_ADDRS, TALLY_FREE_ROWS,
+    TALLY_FREE_SLOTS, TALLY_KEYS, TALLY_META, TALLY_ROWS,
 };
 
-/// Tallies one whole exit of thread `pid`/`tid`: of kind `k`, with these stage durations,
-/// closed at `ts`. `false` when it must go as a record instead (see
-/// `kvmprof_common::tally`).
+/// Tallies one whole exit of thread `pid`/`tid`: of kind `k` (`tally::Kind::of`), at MMIO
+/// address `addr` when it is one, with these stage durations, closed at `ts`. `false` when
+/// it must go as a record instead (see `kvmprof_common::tally`).
 #[inline(always)]
 pub fn add(
     pid: u32,
     tid: u32,
     k: &Kind,
+    addr: u64,
     stage_ns: &[u64; STAGES],
     cache: &mut Cache,
     ts: u64,
@@ -73,9 +75,39 @@ pub fn add(
             meta.max_ns[s] = v;
         }
     }
+    // Before the count: userspace reads the addresses after a slot's count grew, so every
+    // address counted is read with or after the exit it belongs to.
+    if k.flags & flag::MMIO != 0 && !count_addr(slot, addr) {
+        meta.other += 1;
+    }
     meta.count += 1;
     meta.last_ts = ts;
     true
+}
+
+/// Counts one exit of `slot` at MMIO address `addr`; `false` when the address has no count
+/// and none is left to give it.
+#[inline(always)]
+fn count_addr(slot: u32, addr: u64) -> bool {
+    let Some(sc) = SCRATCH_ADDR.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU map value, no other user on this CPU while we run.
+    let sc = unsafe { &mut *sc };
+    sc.key = AddrKey {
+        slot,
+        _pad: 0,
+        addr,
+    };
+    sc.one = 1;
+    if let Some(c) = TALLY_ADDRS.get_ptr_mut(&sc.key) {
+        // SAFETY: map value pointer valid for this run; only the slot's thread writes it.
+        unsafe { *c += 1 };
+        return true;
+    }
+    TALLY_ADDRS
+        .insert(&sc.key, &sc.one, BPF_NOEXIST as u64)
+        .is_ok()
 }
 
 /// Whether every measured stage fits the histograms and no `--slow` threshold asks for the
@@ -126,13 +158,7 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
     if let Some(s) = unsafe { TALLY_KEYS.get(&*key) } {
         return *s;
     }
-    let Some(next) = TALLY_NEXT.get_ptr_mut(0) else {
-        return REFUSED;
-    };
-    // SAFETY: a map value, only read and written through volatile accesses in `claim`.
-    let Some(slot) = claim(0, tally::SLOTS, unsafe {
-        core::ptr::addr_of_mut!((*next).slots)
-    }) else {
+    let Ok(Some(slot)) = TALLY_FREE_SLOTS.pop() else {
         return REFUSED;
     };
     let Some(meta) = TALLY_META.get_ptr_mut(slot) else {
@@ -149,7 +175,8 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
     core::sync::atomic::compiler_fence(Ordering::Release);
     e.kind = kind::EXIT;
     if TALLY_KEYS.insert(&*key, &slot, 0).is_err() {
-        // Cannot happen (one insert per slot, SLOTS entries); the slot then stays unused.
+        // Cannot happen (one insert per slot, SLOTS entries); the slot then counts nothing
+        // and userspace gives it back when the thread has exited.
         return REFUSED;
     }
     // A wake-up once per slot, not per exit. Without it, userspace would first read the
@@ -163,41 +190,11 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
 /// Gives stage `s` of `meta` a row; `false` when none is left.
 #[inline(always)]
 fn new_row(meta: &mut TallyMeta, s: usize) -> bool {
-    let Some(next) = TALLY_NEXT.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: as in `slot_of`.
-    let claimed = claim(tally::SLOTS, tally::ROWS, unsafe {
-        core::ptr::addr_of_mut!((*next).rows)
-    });
-    match claimed {
-        Some(row) => {
+    match TALLY_FREE_ROWS.pop() {
+        Ok(Some(row)) => {
             meta.row[s] = row + 1;
             true
         }
-        None => false,
+        _ => false,
     }
-}
-
-/// Hands out the next index below `limit`, each once across CPUs: an index goes to whoever
-/// inserts `base + index` into `TALLY_CLAIMS` first. A CPU that loses a race tries the next
-/// index; after a few losses (or at the limit) it gives up and the exit goes as a record.
-#[inline(always)]
-fn claim(base: u32, limit: u32, next: *mut u32) -> Option<u32> {
-    for _ in 0..4 {
-        // SAFETY: `next` points into a map value; a stale read only costs a retry.
-        let i = unsafe { core::ptr::read_volatile(next) };
-        if i >= limit {
-            return None;
-        }
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(next, i + 1) };
-        if TALLY_CLAIMS
-            .insert(&(base + i), &1, BPF_NOEXIST as u64)
-            .is_ok()
-        {
-            return Some(i);
-        }
-    }
-    None
 }
