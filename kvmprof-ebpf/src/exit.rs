@@ -6,8 +6,7 @@ use kvmprof_common::{
     KVM_EXIT_IO, KVM_EXIT_MMIO, STAGES,
 };
 
-use kvmprof_common::tally;
-use sink::{bump, emit, tallied};
+use sink::{bump, emit, tally_open, tally_pending};
 
 /// Where records and counters go: this CPU's batch, written to the ring buffer when full.
 #[cfg(target_arch = "bpf")]
@@ -17,7 +16,7 @@ mod sink {
 
     pub use crate::maps::bump;
     use crate::maps::{add, BATCHES, EVENTS};
-    pub use crate::tally::add as tallied;
+    pub use crate::tally::{add_open as tally_open, add_pending as tally_pending};
 
     /// Wake the reader only once this much is waiting: a wake-up per write would cost the
     /// profiled vCPU a context switch of the reader. The reader also drains on a short
@@ -97,15 +96,12 @@ pub mod sink {
     }
 
     /// The tally needs the kernel's maps: here every exit goes as a record.
-    pub fn tallied(
-        _pid: u32,
-        _tid: u32,
-        _k: &kvmprof_common::tally::Kind,
-        _addr: u64,
-        _stage_ns: &[u64; kvmprof_common::STAGES],
-        _cache: &mut kvmprof_common::tally::Cache,
-        _ts: u64,
-    ) -> bool {
+    pub fn tally_open(_pid: u32, _tid: u32, _st: &mut kvmprof_common::ThreadState, _ts: u64) -> bool {
+        false
+    }
+
+    /// As [`tally_open`].
+    pub fn tally_pending(_st: &mut kvmprof_common::ThreadState) -> bool {
         false
     }
 }
@@ -179,15 +175,7 @@ fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i
         release_pending(st);
         fill_exit!(st.pending, pid, tid, st, ts, user);
         st.has_pending = 1;
-    } else if !tallied(
-        pid,
-        tid,
-        &in_kernel_kind(st),
-        st.io_addr,
-        &st.stage_ns,
-        &mut st.tally,
-        ts,
-    ) {
+    } else if !tally_open(pid, tid, st, ts) {
         emit(|r| fill_exit!(r, pid, tid, st, ts, None));
     }
     clear(&mut st.open);
@@ -220,35 +208,10 @@ fn clear_all<T: Default, const N: usize>(a: &mut [T; N]) {
     }
 }
 
-/// The kind of the open exit, handled in the kernel: as `fill_exit!` would record it.
-#[inline(always)]
-fn in_kernel_kind(st: &ThreadState) -> tally::Kind {
-    tally::Kind {
-        vcpu_fd: st.vcpu_fd,
-        vcpu_id: st.vcpu_id,
-        space: st.space as u8 as u32,
-        reason: st.reason,
-        flags: st.flags,
-        io_size: st.io_size as u8 as u32,
-        io_addr: tally::port_of(st.flags, st.io_addr),
-        user_reason: 0,
-        errno: 0,
-    }
-}
-
 /// Tallies (or emits) the held userspace exit as it is: whole, or its completion never came.
 pub fn release_pending(st: &mut ThreadState) {
     if st.has_pending != 0 {
-        let p = &st.pending;
-        if !tallied(
-            p.pid,
-            p.tid,
-            &tally::Kind::of(p),
-            p.io_addr,
-            &p.stage_ns,
-            &mut st.tally,
-            p.ts_ns,
-        ) {
+        if !tally_pending(st) {
             emit(|r| *r = st.pending);
         }
         st.has_pending = 0;

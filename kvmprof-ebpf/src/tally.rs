@@ -7,7 +7,8 @@ use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP};
 
 use kvmprof_common::{
     counter, flag, kind,
-    tally::{self, AddrKey, Cache, Kind, TallyMeta, NO_ROW, REFUSED},
+    tally::{self, AddrKey, Cache, Kind, TallyKey, TallyMeta, NO_ROW, REFUSED},
+    ThreadState,
     STAGES,
 };
 
@@ -16,27 +17,82 @@ use crate::maps::{
     TALLY_FREE_SLOTS, TALLY_KEYS, TALLY_META, TALLY_ROWS,
 };
 
-/// Tallies one whole exit of thread `pid`/`tid`: of kind `k` (`tally::Kind::of`), at MMIO
+/// Tallies the open exit of `st`, handled in the kernel (as `exit::fill_exit!` would record
+/// it), closed at `ts`. `false` when it must go as a record instead.
+///
+/// A subprogram of its own, called from `exit::close` and [`add_pending`] alike, that builds
+/// its key in a per-CPU scratch slot: inlined at each call site with the key on the stack,
+/// the tally took ~300 of the 512 bytes of stack that the whole call chain of
+/// `kvm_userspace_exit` shares, and Debian 6.1's verifier refused it (576 bytes).
+#[inline(never)]
+pub fn add_open(pid: u32, tid: u32, st: &mut ThreadState, ts: u64) -> bool {
+    let Some(key) = scratch_key(pid, tid, &st.stage_ns) else {
+        return false;
+    };
+    let k = &mut key.kind;
+    k.vcpu_fd = st.vcpu_fd;
+    k.vcpu_id = st.vcpu_id;
+    k.space = st.space as u8 as u32;
+    k.reason = st.reason;
+    k.flags = st.flags;
+    k.io_size = st.io_size as u8 as u32;
+    k.io_addr = tally::port_of(st.flags, st.io_addr);
+    k.user_reason = 0;
+    k.errno = 0;
+    add(key, st.io_addr, &st.stage_ns, &mut st.tally, ts)
+}
+
+/// Tallies the exit held in `st.pending` (a return to userspace, now whole); `false` when
+/// it must go as a record instead. A subprogram for the reason [`add_open`] gives.
+#[inline(never)]
+pub fn add_pending(st: &mut ThreadState) -> bool {
+    let p = &st.pending;
+    let Some(key) = scratch_key(p.pid, p.tid, &p.stage_ns) else {
+        return false;
+    };
+    let k = &mut key.kind;
+    k.vcpu_fd = p.vcpu_fd;
+    k.vcpu_id = p.vcpu_id;
+    k.space = p.space as u32;
+    k.reason = p.reason;
+    k.flags = p.flags;
+    k.io_size = p.io_size as u32;
+    k.io_addr = tally::port_of(p.flags, p.io_addr);
+    k.user_reason = p.user_reason;
+    k.errno = p.errno;
+    add(key, p.io_addr, &p.stage_ns, &mut st.tally, p.ts_ns)
+}
+
+/// This CPU's key scratch slot tagged with `pid`/`tid`, when an exit with these stage
+/// durations may be tallied at all; the caller fills in its kind.
+#[inline(always)]
+fn scratch_key(pid: u32, tid: u32, stage_ns: &[u64; STAGES]) -> Option<&'static mut TallyKey> {
+    if config!(per_exit) != 0 || !fits(stage_ns) {
+        return None;
+    }
+    let key = SCRATCH_KEY.get_ptr_mut(0)?;
+    // SAFETY: per-CPU map value, no other user on this CPU while we run.
+    let key = unsafe { &mut *key };
+    key.tag = (pid as u64) << 32 | tid as u64;
+    Some(key)
+}
+
+/// Tallies one whole exit of `key` (its kind made by `tally::Kind::of`'s rules), at MMIO
 /// address `addr` when it is one, with these stage durations, closed at `ts`. `false` when
 /// it must go as a record instead (see `kvmprof_common::tally`).
 #[inline(always)]
-pub fn add(
-    pid: u32,
-    tid: u32,
-    k: &Kind,
+fn add(
+    key: &TallyKey,
     addr: u64,
     stage_ns: &[u64; STAGES],
     cache: &mut Cache,
     ts: u64,
 ) -> bool {
-    if config!(per_exit) != 0 || !fits(stage_ns) {
-        return false;
-    }
-    let slot = match cached(cache, k) {
+    let slot = match cached(cache, &key.kind) {
         Some(s) => s,
         None => {
-            let s = slot_of(pid, tid, k, ts);
-            remember(cache, k, s);
+            let s = slot_of(key, ts);
+            remember(cache, &key.kind, s);
             s
         }
     };
@@ -77,7 +133,7 @@ pub fn add(
     }
     // Before the count: userspace reads the addresses after a slot's count grew, so every
     // address counted is read with or after the exit it belongs to.
-    if k.flags & flag::MMIO != 0 && !count_addr(slot, addr) {
+    if key.kind.flags & flag::MMIO != 0 && !count_addr(slot, addr) {
         meta.other += 1;
     }
     meta.count += 1;
@@ -142,20 +198,12 @@ fn remember(cache: &mut Cache, k: &Kind, slot: u32) {
     cache.victim = cache.victim.wrapping_add(1);
 }
 
-/// The slot of this thread's exits of kind `k`, made on first use; [`REFUSED`] when none is
-/// left.
-fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
-    // The key is made in a per-CPU scratch slot, off the stack that the whole call chain
-    // shares (512 bytes; the 6.1 verifier counted this chain over it).
-    let Some(key) = SCRATCH_KEY.get_ptr_mut(0) else {
-        return REFUSED;
-    };
-    // SAFETY: per-CPU map value, no other user on this CPU while we run.
-    let key = unsafe { &mut *key };
-    key.tag = (pid as u64) << 32 | tid as u64;
-    key.kind = *k;
+/// The slot of `key` (a thread's exits of one kind), made on first use; [`REFUSED`] when
+/// none is left. `key` is in a per-CPU scratch slot, off the stack that the whole call chain
+/// shares (512 bytes).
+fn slot_of(key: &TallyKey, ts: u64) -> u32 {
     // SAFETY: plain lookup, value copied out.
-    if let Some(s) = unsafe { TALLY_KEYS.get(&*key) } {
+    if let Some(s) = unsafe { TALLY_KEYS.get(key) } {
         return *s;
     }
     let Ok(Some(slot)) = TALLY_FREE_SLOTS.pop() else {
@@ -167,14 +215,14 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
     // SAFETY: a fresh slot; no other thread got it.
     let meta = unsafe { &mut *meta };
     let e = &mut meta.exit;
-    k.write_to(e);
-    e.pid = pid;
-    e.tid = tid;
+    key.kind.write_to(e);
+    e.pid = (key.tag >> 32) as u32;
+    e.tid = key.tag as u32;
     meta.first_ts = ts;
     // Userspace skips a slot until its kind is set: the fields above go first.
     core::sync::atomic::compiler_fence(Ordering::Release);
     e.kind = kind::EXIT;
-    if TALLY_KEYS.insert(&*key, &slot, 0).is_err() {
+    if TALLY_KEYS.insert(key, &slot, 0).is_err() {
         // Cannot happen (one insert per slot, SLOTS entries); the slot then counts nothing
         // and userspace gives it back when the thread has exited.
         return REFUSED;
