@@ -96,7 +96,12 @@ pub mod sink {
     }
 
     /// The tally needs the kernel's maps: here every exit goes as a record.
-    pub fn tally_open(_pid: u32, _tid: u32, _st: &mut kvmprof_common::ThreadState, _ts: u64) -> bool {
+    pub fn tally_open(
+        _pid: u32,
+        _tid: u32,
+        _st: &mut kvmprof_common::ThreadState,
+        _ts: u64,
+    ) -> bool {
         false
     }
 

@@ -8,8 +8,7 @@ use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP};
 use kvmprof_common::{
     counter, flag, kind,
     tally::{self, AddrKey, Cache, Kind, TallyKey, TallyMeta, NO_ROW, REFUSED},
-    ThreadState,
-    STAGES,
+    ThreadState, STAGES,
 };
 
 use crate::maps::{
@@ -81,13 +80,7 @@ fn scratch_key(pid: u32, tid: u32, stage_ns: &[u64; STAGES]) -> Option<&'static 
 /// address `addr` when it is one, with these stage durations, closed at `ts`. `false` when
 /// it must go as a record instead (see `kvmprof_common::tally`).
 #[inline(always)]
-fn add(
-    key: &TallyKey,
-    addr: u64,
-    stage_ns: &[u64; STAGES],
-    cache: &mut Cache,
-    ts: u64,
-) -> bool {
+fn add(key: &TallyKey, addr: u64, stage_ns: &[u64; STAGES], cache: &mut Cache, ts: u64) -> bool {
     let slot = match cached(cache, &key.kind) {
         Some(s) => s,
         None => {
