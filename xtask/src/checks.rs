@@ -594,10 +594,13 @@ fn kvmprof_script(attach: Attach, hooks: Hooks) -> String {
     )
 }
 
-/// Test VMMs run one after another by [`recycle_script`]: 16 of 8 vCPUs with ~5 kinds of exit
-/// per vCPU thread (in-kernel and userspace port writes, port reads, MMIO, hlt) need ~640 of
-/// the tally's 512 slots in all, but ~40 at once.
-const RECYCLE_VMMS: u32 = 16;
+/// Test VMMs run back to back by [`recycle_script`]: 12 of 8 vCPUs with ~6 kinds of exit per
+/// vCPU thread (in-kernel and userspace port writes, port reads, MMIO, interrupts, hlt) need
+/// ~580 of the tally's 512 slots and ~2700 of its 1024 histogram rows in all, ~230 rows at once.
+/// Few processes, no `sleep`s between them: `record -- CMD` reads the name and KVM counters of
+/// every process it follows each tick, which under TCG cost a 16-VMM version of this check
+/// 49 s of CPU.
+const RECYCLE_VMMS: u32 = 12;
 const RECYCLE_WORKLOAD: Workload = Workload {
     vcpus: 8,
     pio_user: 20,
@@ -616,7 +619,7 @@ fn recycle_script(hooks: Hooks) -> String {
         "mkdir -p {dir}\n\
          \"$KVMPROF\" record --hooks {hooks} -o {dir}/k.data -- sh -c '\
          for i in $(seq {RECYCLE_VMMS}); do \
-         \"$TESTVMM\" {args} > {dir}/vmm$i.json || exit 1; sleep 0.3; done'\n\
+         \"$TESTVMM\" {args} > {dir}/vmm$i.json || exit 1; done'\n\
          \"$KVMPROF\" report -i {dir}/k.data --format json > {dir}/report.json\n\
          printf '{{\"vmms\": [%s], \"report\": %s}}\\n' \"$(cat {dir}/vmm*.json | paste -sd,)\" \
          \"$(cat {dir}/report.json)\"\n"
@@ -625,8 +628,11 @@ fn recycle_script(hooks: Hooks) -> String {
 
 /// Issue 18: the tally's slots of exited threads are given back and used again with no exit
 /// lost or counted twice. The io and hlt exits of every VMM of [`recycle_script`] are in the
-/// report exactly, none lost, and ≥ 99 % came tallied in the kernel: without giving back,
-/// the VMMs after the first dozen or so find no slot and send their exits one by one.
+/// report exactly, none lost, and ≥ 90 % came tallied in the kernel: without giving back, the
+/// rows (1024, ~230 per VMM here) would run out within the first five VMMs and most exits of
+/// the rest would come one by one (not run that way in the VM; `tests/tests/serve.rs` fails
+/// so on the host). Not 100 %: under TCG the reader lags, and a few VMMs' rows at once can be
+/// in use (16 VMMs of this with `sleep`s: 11245 of 11400 tallied on 6.12).
 fn recycled(check: &Check, c: &Captured) -> Result<Notes> {
     let json = parse_json(&c.stdout)?;
     let vmms: Vec<Counts> =
@@ -668,7 +674,7 @@ fn recycled(check: &Check, c: &Captured) -> Result<Notes> {
         .as_u64()
         .context("report has no own_cost.tallied")?;
     ensure!(
-        tallied * 100 >= total * 99,
+        tallied * 100 >= total * 90,
         "only {tallied} of {total} exits came tallied in the kernel: slots not given back?"
     );
     Ok(vec![format!(
