@@ -597,9 +597,11 @@ fn kvmprof_script(attach: Attach, hooks: Hooks) -> String {
 /// Test VMMs run back to back by [`recycle_script`]: 12 of 8 vCPUs with ~6 kinds of exit per
 /// vCPU thread (in-kernel and userspace port writes, port reads, MMIO, interrupts, hlt) need
 /// ~580 of the tally's 512 slots and ~2700 of its 1024 histogram rows in all, ~230 rows at once.
-/// Few processes, no `sleep`s between them: `record -- CMD` reads the name and KVM counters of
-/// every process it follows each tick, which under TCG cost a 16-VMM version of this check
-/// 49 s of CPU.
+/// Each VMM waits 1 s before its first exit (`--start-delay`, not a `sleep` process: `record --
+/// CMD` reads the name and KVM counters of every process it follows each tick): under TCG the
+/// reader, busy most of the time, then gives the last VMM's slots back before the next one
+/// runs. Back to back without the delay, 12 VMMs had 2266 of 8559 exits sent one by one (rows
+/// used up while the reader lagged; every exit still counted exactly).
 const RECYCLE_VMMS: u32 = 12;
 const RECYCLE_WORKLOAD: Workload = Workload {
     vcpus: 8,
@@ -614,7 +616,10 @@ const RECYCLE_WORKLOAD: Workload = Workload {
 /// VMMs in a row, and prints `{"vmms": [<counts>...], "report": <report --format json>}`.
 fn recycle_script(hooks: Hooks) -> String {
     let dir = format!("/run/kvmprof-recycle-{hooks}");
-    let args = kvmprof_testvmm::cli::args(&RECYCLE_WORKLOAD);
+    let args = format!(
+        "{} --start-delay 1s",
+        kvmprof_testvmm::cli::args(&RECYCLE_WORKLOAD)
+    );
     format!(
         "mkdir -p {dir}\n\
          \"$KVMPROF\" record --hooks {hooks} -o {dir}/k.data -- sh -c '\
@@ -632,7 +637,7 @@ fn recycle_script(hooks: Hooks) -> String {
 /// rows (1024, ~230 per VMM here) would run out within the first five VMMs and most exits of
 /// the rest would come one by one (not run that way in the VM; `tests/tests/serve.rs` fails
 /// so on the host). Not 100 %: under TCG the reader lags, and a few VMMs' rows at once can be
-/// in use (16 VMMs of this with `sleep`s: 11245 of 11400 tallied on 6.12).
+/// in use (16 such VMMs with `sleep 0.3` between them: 11245 of 11400 tallied on 6.12).
 fn recycled(check: &Check, c: &Captured) -> Result<Notes> {
     let json = parse_json(&c.stdout)?;
     let vmms: Vec<Counts> =
