@@ -30,14 +30,15 @@ fn image(version: &str) -> Result<PathBuf> {
 /// What the runner starts with here: the host's release binaries, the vendor module, and one
 /// idle VM held for the whole boot.
 ///
-/// Why the idle VM: KVM flips a static key (`preempt_notifier_key`, patched into `__schedule`)
-/// when the first VM is created and the last destroyed, so every test VMM run alone patches
-/// kernel text twice. Under QEMU TCG a vCPU now and then executes the patch's stale `int3`
-/// after it is done: "Oops: int3 … RIP: __schedule+0x428 … Kernel panic - not syncing: Fatal
-/// exception in interrupt" in the idle task (6.12, console captured with `vng -v`, 6th of 8
-/// `record -- testvmm` in a row), which ends the VM at once ("the VM stopped early"). With a VM
-/// alive throughout, the key never goes back to 0. It makes no exit (never enters KVM_RUN),
-/// and no check records it.
+/// Why the idle VM: the VM's deaths ("the VM stopped early", in the 6.12 cell mostly during
+/// `record -- testvmm`) are a kernel panic, captured with `vng -v` on the 6th of 8 such records
+/// in a row: "Oops: int3 … RIP: __schedule+0x428" in the idle task, "Kernel panic - not
+/// syncing: Fatal exception in interrupt". The faulting byte is a 5-byte jump-label site: a
+/// text patch's temporary `int3` that a TCG vCPU still ran after the patch was done. The static
+/// key there is most likely KVM's `preempt_notifier_key`, switched on when the first VM is
+/// created and off when the last is destroyed, so every test VMM run alone patched
+/// `__schedule` twice. With one VM alive throughout the key stays on. It makes no exit (never
+/// enters KVM_RUN), and no check records it.
 pub fn prelude(bins: &Binaries) -> String {
     format!(
         "export KVMPROF='{}' TESTVMM='{}'\nTIMEOUT=timeout DATE=date\nmodprobe kvm_amd\n\
