@@ -502,9 +502,11 @@ mod tests {
         assert!(over.is_empty(), "over {LIMIT} bytes of stack: {over:#?}");
     }
 
-    /// Each program: (name, stack of its deepest call chain, that chain with each frame's
-    /// own depth).
-    fn stack_chains() -> Vec<(String, u64, Vec<(String, u64)>)> {
+    /// A call chain: each frame's function and own stack depth, outermost first.
+    type Frames = Vec<(String, u64)>;
+
+    /// Each program: (name, stack of its deepest call chain, that chain).
+    fn stack_chains() -> Vec<(String, u64, Frames)> {
         use object::{ObjectSection, RelocationTarget, SectionIndex};
 
         struct Func {
@@ -575,7 +577,7 @@ mod tests {
                 global: sym.is_global() && sec.name() != Ok(".text"),
             });
         }
-        fn chain(funcs: &[Func], f: usize, seen: &mut Vec<usize>) -> (u64, Vec<(String, u64)>) {
+        fn chain(funcs: &[Func], f: usize, seen: &mut Vec<usize>) -> (u64, Frames) {
             let own = funcs[f].depth.max(1).div_ceil(32) * 32;
             let mut deepest = (0, Vec::new());
             if !seen.contains(&f) {
