@@ -216,6 +216,17 @@ pub struct Config {
     pub fixed_fields: u32,
     /// 1 sends every exit as a record (`--exits`); 0 tallies them ([`tally`]).
     pub per_exit: u32,
+    /// 1 when the programs find each vCPU's `kvm_run` (under [`boundary::IDENT`], where a
+    /// port read that goes to the VMM is traced only on its completion, the return to the
+    /// VMM must say which port it is for): `current->files->fdt->fd[fd]->private_data->run`
+    /// at these BTF offsets of `task_struct.files`, `files_struct.fdt`, `fdtable.fd`,
+    /// `file.private_data` and `kvm_vcpu.run`.
+    pub run_known: u32,
+    pub run_files_off: u32,
+    pub run_fdt_off: u32,
+    pub run_fd_array_off: u32,
+    pub run_private_off: u32,
+    pub run_vcpu_run_off: u32,
     /// Per stage: an exit whose stage took longer is sent as a record (`--slow`);
     /// `u64::MAX` for none.
     pub slow_ns: [u64; STAGES],
@@ -319,6 +330,10 @@ pub struct ThreadState {
     pub stage_ns: [u64; STAGES],
     /// This thread's last tallied kinds of exit.
     pub tally: tally::Cache,
+    /// The `kvm_run` of the vCPU whose fd is `run_fd` (see `Config::run_known`), 0 unknown.
+    pub run_ptr: u64,
+    pub run_fd: i32,
+    pub _pad: u32,
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -351,6 +366,11 @@ pub const KVM_EXIT_IO: u32 = 2;
 pub const KVM_EXIT_HLT: u32 = 5;
 pub const KVM_EXIT_MMIO: u32 = 6;
 pub const KVM_EXIT_INTR: u32 = 10;
+
+/// `kvm_run.io` (uAPI): offset, and `direction` of a write (`KVM_EXIT_IO_OUT`). Its first
+/// four bytes are `direction: u8, size: u8, port: u16`.
+pub const KVM_RUN_IO_OFF: usize = 32;
+pub const KVM_EXIT_IO_OUT: u8 = 1;
 
 /// The kernel/user contract by name: the tracepoints kvmprof hooks, the program attached to
 /// each, and the maps and globals userspace opens. The eBPF side takes its program names from
@@ -526,9 +546,9 @@ pub mod names {
 // must not compile.
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 104);
 const _: () = assert!(core::mem::size_of::<Batch>() == 24 + 104 * BATCH);
-const _: () = assert!(core::mem::size_of::<Config>() == 20 * 4 + 8 * STAGES);
+const _: () = assert!(core::mem::size_of::<Config>() == 26 * 4 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Window>() == 16);
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 280 + 2 * 40 + 16);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 280 + 2 * 40 + 32);
 
 /// The records' clock read from userspace: CLOCK_MONOTONIC, which `bpf_ktime_get_ns` reads
 /// in the kernel. kvmprof states its window on it; the test VMM logs its exits on it.

@@ -313,20 +313,37 @@ pub fn kvm_run_enter(st: &mut ThreadState, fd: i32, ts: u64) {
     clear_all(&mut st.stage_start);
 }
 
+/// The port access a `KVM_EXIT_IO` return is for, read from the vCPU's `kvm_run`.
+#[derive(Clone, Copy)]
+pub struct UserIo {
+    pub write: bool,
+    pub size: u8,
+    pub port: u16,
+}
+
 /// Whether the open exit is the one that KVM_RUN is returning for.
-fn same_exit(st: &ThreadState, bound: u32, reason: u32, errno: i32) -> bool {
+fn same_exit(st: &ThreadState, bound: u32, reason: u32, errno: i32, io: Option<UserIo>) -> bool {
     if st.open == 0 || errno != 0 || reason == KVM_EXIT_INTR {
         return false;
     }
     if bound != boundary::IDENT {
         return true;
     }
-    // Under PVM only I/O exits are identified in the kernel; match them by kind.
-    (reason == KVM_EXIT_IO && st.flags & flag::PIO != 0)
-        || (reason == KVM_EXIT_MMIO && st.flags & flag::MMIO != 0)
+    // Under PVM only I/O exits are identified in the kernel; match them by kind. `kvm_pio`
+    // fires for a port write before KVM decides who answers it, but for a read that goes
+    // to the VMM only on its completion, after re-entry: an open port read was answered in
+    // the kernel, and an open write is this return's only if `kvm_run` names it.
+    let pio_write = st.flags & (flag::PIO | flag::WRITE) == flag::PIO | flag::WRITE;
+    let pio = match io {
+        Some(io) => pio_write && io.write && st.io_addr == io.port as u64,
+        None => st.flags & flag::PIO != 0,
+    };
+    (reason == KVM_EXIT_IO && pio) || (reason == KVM_EXIT_MMIO && st.flags & flag::MMIO != 0)
 }
 
-/// `kvm:kvm_userspace_exit`: KVM_RUN returns to the VMM.
+/// `kvm:kvm_userspace_exit`: KVM_RUN returns to the VMM; `io` is the port access of a
+/// `KVM_EXIT_IO` where `kvm_run` could be read.
+#[allow(clippy::too_many_arguments)]
 pub fn kvm_run_exit(
     pid: u32,
     tid: u32,
@@ -335,9 +352,11 @@ pub fn kvm_run_exit(
     ts: u64,
     reason: u32,
     errno: i32,
+    io: Option<UserIo>,
 ) {
     let mut cycle;
-    if st.open != 0 && !same_exit(st, bound, reason, errno) {
+    let same = same_exit(st, bound, reason, errno, io);
+    if st.open != 0 && !same {
         // The open exit was handled in the kernel; this return is a separate event.
         cycle = since_cycle_start(st, ts);
         if st.cycle_set == 0 {
@@ -360,7 +379,18 @@ pub fn kvm_run_exit(
     if st.run_start_ns != 0 {
         st.stage_ns[stage::KVM_RUN] = ts.saturating_sub(st.run_start_ns);
     }
-    let pio_read = reason == KVM_EXIT_IO && st.flags & flag::PIO == 0;
+    let pio_read = match io {
+        Some(io) => {
+            if !same {
+                // The port is known now; a read's completion will only confirm it.
+                st.flags |= flag::PIO | if io.write { flag::WRITE } else { 0 };
+                st.io_addr = io.port as u64;
+                st.io_size = io.size as u32;
+            }
+            !io.write
+        }
+        None => reason == KVM_EXIT_IO && st.flags & flag::PIO == 0,
+    };
     let mmio_read = st.mmio_unsatisfied != 0;
     let observed = st.flags & flag::UNOBSERVED == 0;
     close(pid, tid, st, ts, Some((reason, errno)));
@@ -560,7 +590,7 @@ mod tests {
         identify_io(PID, TID, &mut st, b, 1300, pio(0x700, true));
         identify_io(PID, TID, &mut st, b, 1700, pio(0x700, true));
         identify_io(PID, TID, &mut st, b, 2000, pio(0x3f8, true));
-        kvm_run_exit(PID, TID, &mut st, b, 2500, 2, 0);
+        kvm_run_exit(PID, TID, &mut st, b, 2500, 2, 0, None);
         assert_eq!(
             records().len(),
             2,
@@ -594,7 +624,7 @@ mod tests {
         let b = boundary::IDENT;
         kvm_run_enter(&mut st, 7, 1000);
         identify_io(PID, TID, &mut st, b, 1100, pio(0x700, true));
-        kvm_run_exit(PID, TID, &mut st, b, 1300, KVM_EXIT_HLT, 0);
+        kvm_run_exit(PID, TID, &mut st, b, 1300, KVM_EXIT_HLT, 0, None);
         // The VMM never calls KVM_RUN again (end of recording): userspace takes the held
         // exit from the thread state.
         release_pending(&mut st);
@@ -613,7 +643,7 @@ mod tests {
         let mut st = fresh();
         let b = boundary::IDENT;
         kvm_run_enter(&mut st, 7, 1000);
-        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0);
+        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0, None);
         assert_eq!(
             st.await_pio_in, 1,
             "kvm_pio fires for reads only on completion"
@@ -631,15 +661,78 @@ mod tests {
         assert_eq!(r[0].flags & (flag::PIO | flag::WRITE), flag::PIO);
     }
 
+    /// Under PVM, `kvm_run` says which port a `KVM_EXIT_IO` return is for: a port read
+    /// answered in the kernel, or a write that stayed there, is never taken for the exit
+    /// to the VMM that follows it, in any order (issue 19, item 1).
+    #[test]
+    fn pvm_port_exits_are_filed_by_kvm_run_in_every_order() {
+        let b = boundary::IDENT;
+        let user = |write, port| {
+            Some(UserIo {
+                write,
+                size: 1,
+                port,
+            })
+        };
+        // (in-kernel access, then the access that goes to the VMM)
+        for (kernel, to_vmm) in [
+            ((0x700, true), (0x3fd, false)),
+            ((0x4d0, false), (0x3fd, false)),
+            ((0x4d0, false), (0x3f8, true)),
+            ((0x700, true), (0x3f8, true)),
+        ] {
+            let mut st = fresh();
+            kvm_run_enter(&mut st, 7, 1000);
+            identify_io(PID, TID, &mut st, b, 1100, pio(kernel.0, kernel.1));
+            if to_vmm.1 {
+                // A write is traced before KVM hands it to the VMM.
+                identify_io(PID, TID, &mut st, b, 1200, pio(to_vmm.0, true));
+            }
+            kvm_run_exit(
+                PID,
+                TID,
+                &mut st,
+                b,
+                1300,
+                KVM_EXIT_IO,
+                0,
+                user(to_vmm.1, to_vmm.0 as u16),
+            );
+            assert_eq!(st.await_pio_in, !to_vmm.1 as u32, "{kernel:?} {to_vmm:?}");
+            kvm_run_enter(&mut st, 7, 1500);
+            if !to_vmm.1 {
+                // A read to the VMM is traced on its completion, after re-entry.
+                pio_in_done(&mut st, to_vmm.0, 1);
+            }
+            let r = records();
+            let filed: Vec<_> = r
+                .iter()
+                .map(|e| {
+                    (
+                        e.io_addr,
+                        e.flags & flag::WRITE != 0,
+                        e.flags & flag::USERSPACE != 0,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                filed,
+                [(kernel.0, kernel.1, false), (to_vmm.0, to_vmm.1, true)],
+                "{kernel:?} then {to_vmm:?}"
+            );
+            assert_eq!(r[1].stage_ns[stage::VMM], 200, "{kernel:?} {to_vmm:?}");
+        }
+    }
+
     #[test]
     fn a_second_userspace_exit_releases_a_held_one_that_never_completed() {
         let mut st = fresh();
         let b = boundary::IDENT;
         kvm_run_enter(&mut st, 7, 1000);
-        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0);
+        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0, None);
         kvm_run_enter(&mut st, 7, 1200);
         // The read's completion is missed; the next return to the VMM comes first.
-        kvm_run_exit(PID, TID, &mut st, b, 1400, KVM_EXIT_HLT, 0);
+        kvm_run_exit(PID, TID, &mut st, b, 1400, KVM_EXIT_HLT, 0, None);
         let r = records();
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].user_reason, r[0].stage_ns[stage::VMM]), (2, 100));
@@ -651,7 +744,7 @@ mod tests {
         let mut st = seen_mid_run();
         let b = boundary::IDENT;
         identify_io(PID, TID, &mut st, b, LATE, pio(0x3f8, true));
-        kvm_run_exit(PID, TID, &mut st, b, LATE + 100, 2, 0);
+        kvm_run_exit(PID, TID, &mut st, b, LATE + 100, 2, 0, None);
         assert!(records().is_empty(), "no made-up cycle from time zero");
         assert_eq!((unobserved(), st.has_pending), (1, 0), "nothing held");
         // Its VMM round trip belongs to an exit outside the recording: nothing joined.
@@ -659,7 +752,7 @@ mod tests {
         assert!(records().is_empty());
         // The next exit began inside the window: recorded, timed from KVM_RUN entry.
         identify_io(PID, TID, &mut st, b, LATE + 1300, pio(0x3f8, true));
-        kvm_run_exit(PID, TID, &mut st, b, LATE + 1400, 2, 0);
+        kvm_run_exit(PID, TID, &mut st, b, LATE + 1400, 2, 0, None);
         kvm_run_enter(&mut st, 7, LATE + 1600);
         let r = records();
         assert_eq!(r.len(), 1);
@@ -692,7 +785,7 @@ mod tests {
             boundary::ENTER_GUEST,
         ] {
             let mut st = seen_mid_run();
-            kvm_run_exit(PID, TID, &mut st, b, LATE, KVM_EXIT_HLT, 0);
+            kvm_run_exit(PID, TID, &mut st, b, LATE, KVM_EXIT_HLT, 0, None);
             assert!(records().is_empty(), "boundary {b}");
             assert_eq!(unobserved(), 1, "boundary {b}");
             assert_eq!(st.user_since_ns, 0, "boundary {b}: no round trip to join");

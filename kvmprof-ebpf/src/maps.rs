@@ -117,6 +117,12 @@ pub static CONFIG: Config = Config {
     btf_exit_vcpu_id_off: 0,
     fixed_fields: 0,
     per_exit: 0,
+    run_known: 0,
+    run_files_off: 0,
+    run_fdt_off: 0,
+    run_fd_array_off: 0,
+    run_private_off: 0,
+    run_vcpu_run_off: 0,
     slow_ns: [0; kvmprof_common::STAGES],
 };
 

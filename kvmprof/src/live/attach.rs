@@ -327,6 +327,7 @@ fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Conf
         }
         _ => None,
     };
+    let run = f.run_path;
     let mut cfg = Config {
         boundary: plan.boundary,
         filter_pids: filter as u32,
@@ -348,6 +349,12 @@ fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Conf
         btf_exit_vcpu_id_off: btf_exit.map_or(0, |l| l.vcpu_id_off),
         fixed_fields: 0,
         per_exit: records.every_exit as u32,
+        run_known: (plan.boundary == kvmprof_common::boundary::IDENT && run.is_some()) as u32,
+        run_files_off: run.map_or(0, |r| r.files),
+        run_fdt_off: run.map_or(0, |r| r.fdt),
+        run_fd_array_off: run.map_or(0, |r| r.fd_array),
+        run_private_off: run.map_or(0, |r| r.private_data),
+        run_vcpu_run_off: run.map_or(0, |r| r.run),
         slow_ns: records.over_ns,
     };
     cfg.fixed_fields = fixed_fields_hold(&cfg) as u32;
