@@ -334,10 +334,7 @@ fn same_exit(st: &ThreadState, bound: u32, reason: u32, errno: i32, io: Option<U
     // to the VMM only on its completion, after re-entry: an open port read was answered in
     // the kernel, and an open write is this return's only if `kvm_run` names it.
     let pio_write = st.flags & (flag::PIO | flag::WRITE) == flag::PIO | flag::WRITE;
-    let pio = match io {
-        Some(io) => pio_write && io.write && st.io_addr == io.port as u64,
-        None => st.flags & flag::PIO != 0,
-    };
+    let pio = pio_write && io.is_none_or(|io| io.write && st.io_addr == io.port as u64);
     (reason == KVM_EXIT_IO && pio) || (reason == KVM_EXIT_MMIO && st.flags & flag::MMIO != 0)
 }
 

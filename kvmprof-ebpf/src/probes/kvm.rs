@@ -45,7 +45,11 @@ fn userspace_exit(reason: u32, errno: i32) -> Option<u32> {
     let (pid, tid, st) = maps::current(true)?;
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
-    let io = if reason == KVM_EXIT_IO && st.run_ptr != 0 {
+    // Only a port write still open can be taken for this return by mistake (see
+    // `exit::same_exit`): kvm_run is read for that case alone.
+    let write_open =
+        st.open != 0 && st.flags & (flag::PIO | flag::WRITE) == flag::PIO | flag::WRITE;
+    let io = if reason == KVM_EXIT_IO && st.run_ptr != 0 && write_open {
         // SAFETY: a probe read of the vCPU's kvm_run page; a bad address fails the helper.
         unsafe { bpf_probe_read_kernel((st.run_ptr as usize + KVM_RUN_IO_OFF) as *const u32) }
             .ok()
