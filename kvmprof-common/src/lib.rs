@@ -228,6 +228,17 @@ pub struct Config {
     /// (`sched_switch`'s next task, `sched_wakeup`'s task) read them to find the thread.
     pub task_pid_off: u32,
     pub task_tgid_off: u32,
+    /// 1 when the programs find each vCPU's `kvm_run` (under [`boundary::IDENT`], where a
+    /// port read that goes to the VMM is traced only on its completion, the return to the
+    /// VMM must say which port it is for): `current->files->fdt->fd[fd]->private_data->run`
+    /// at these BTF offsets of `task_struct.files`, `files_struct.fdt`, `fdtable.fd`,
+    /// `file.private_data` and `kvm_vcpu.run`.
+    pub run_known: u32,
+    pub run_files_off: u32,
+    pub run_fdt_off: u32,
+    pub run_fd_array_off: u32,
+    pub run_private_off: u32,
+    pub run_vcpu_run_off: u32,
     /// Per stage: an exit whose stage took longer is sent as a record (`--slow`);
     /// `u64::MAX` for none.
     pub slow_ns: [u64; STAGES],
@@ -342,6 +353,10 @@ pub struct ThreadState {
     /// handed to an exit: an off-CPU period lies between two events of the thread, so it
     /// goes whole to the exit whose interval holds it (`exit::take_sched`).
     pub sched_ns: [u64; 2],
+    /// The `kvm_run` of the vCPU whose fd is `run_fd` (see `Config::run_known`), 0 unknown.
+    pub run_ptr: u64,
+    pub run_fd: i32,
+    pub _pad_run: u32,
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -374,6 +389,11 @@ pub const KVM_EXIT_IO: u32 = 2;
 pub const KVM_EXIT_HLT: u32 = 5;
 pub const KVM_EXIT_MMIO: u32 = 6;
 pub const KVM_EXIT_INTR: u32 = 10;
+
+/// `kvm_run.io` (uAPI): offset, and `direction` of a write (`KVM_EXIT_IO_OUT`). Its first
+/// four bytes are `direction: u8, size: u8, port: u16`.
+pub const KVM_RUN_IO_OFF: usize = 32;
+pub const KVM_EXIT_IO_OUT: u8 = 1;
 
 /// The kernel/user contract by name: the tracepoints kvmprof hooks, the program attached to
 /// each, and the maps and globals userspace opens. The eBPF side takes its program names from
@@ -528,12 +548,14 @@ pub mod names {
         pub const TALLY_KEYS: &str = "TALLY_KEYS";
         pub const TALLY_META: &str = "TALLY_META";
         pub const TALLY_ROWS: &str = "TALLY_ROWS";
-        pub const TALLY_NEXT: &str = "TALLY_NEXT";
-        pub const TALLY_CLAIMS: &str = "TALLY_CLAIMS";
+        pub const TALLY_FREE_SLOTS: &str = "TALLY_FREE_SLOTS";
+        pub const TALLY_FREE_ROWS: &str = "TALLY_FREE_ROWS";
+        pub const TALLY_ADDRS: &str = "TALLY_ADDRS";
         pub const SCRATCH: &str = "SCRATCH";
         pub const SCRATCH_KEY: &str = "SCRATCH_KEY";
         pub const FOLLOW: &str = "FOLLOW";
-        pub const ALL: [&str; 15] = [
+        pub const SCRATCH_ADDR: &str = "SCRATCH_ADDR";
+        pub const ALL: [&str; 17] = [
             EVENTS,
             BATCHES,
             PIDS,
@@ -544,11 +566,13 @@ pub mod names {
             TALLY_KEYS,
             TALLY_META,
             TALLY_ROWS,
-            TALLY_NEXT,
-            TALLY_CLAIMS,
+            TALLY_FREE_SLOTS,
+            TALLY_FREE_ROWS,
+            TALLY_ADDRS,
             SCRATCH,
             SCRATCH_KEY,
             FOLLOW,
+            SCRATCH_ADDR,
         ];
         /// The [`crate::Config`] global, set before load.
         pub const CONFIG: &str = "CONFIG";
@@ -559,9 +583,9 @@ pub mod names {
 // must not compile.
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 56 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Batch>() == 24 + (56 + 8 * STAGES) * BATCH);
-const _: () = assert!(core::mem::size_of::<Config>() == 22 * 4 + 8 * STAGES);
+const _: () = assert!(core::mem::size_of::<Config>() == 28 * 4 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Window>() == 16);
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 312 + 2 * 40 + 16 + 40);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 312 + 2 * 40 + 16 + 40 + 16);
 
 /// The records' clock read from userspace: CLOCK_MONOTONIC, which `bpf_ktime_get_ns` reads
 /// in the kernel. kvmprof states its window on it; the test VMM logs its exits on it.
@@ -597,5 +621,6 @@ mod pod {
     unsafe impl aya::Pod for super::ThreadState {}
     unsafe impl aya::Pod for super::Window {}
     unsafe impl aya::Pod for super::tally::TallyMeta {}
-    unsafe impl aya::Pod for super::tally::Next {}
+    unsafe impl aya::Pod for super::tally::AddrKey {}
+    unsafe impl aya::Pod for super::tally::TallyKey {}
 }

@@ -1,5 +1,5 @@
 //! Exits tallied in the kernel instead of sent one by one (issue 9): for each kind of exit
-//! handled in the kernel (thread, vCPU, reason, access), an exact count, exact sums and
+//! handled in the kernel (thread, vCPU, reason, access, port), an exact count, exact sums and
 //! maxima, and log-linear histograms of its stages. Userspace reads them each tick into the
 //! same `hdrhistogram`s, data file, `top` and `serve` that records feed.
 //!
@@ -14,8 +14,19 @@
 //!
 //! Layout, in three maps: `TALLY_KEYS` (hash: [`TallyKey`] → slot), `TALLY_META` (array of
 //! [`TallyMeta`] by slot) and `TALLY_ROWS` (array of [`Row`]s, one per measured stage of a
-//! slot, given out as first needed). `TALLY_NEXT` holds the next free slot and row. Slots
-//! are keyed by thread, so one thread writes each slot: plain increments, no atomics.
+//! slot, given out as first needed). Free slots and rows wait in two queue maps
+//! (`TALLY_FREE_SLOTS`, `TALLY_FREE_ROWS`), filled by userspace at load: a pop hands each to
+//! one CPU (Rust's `core` has no atomic add for the BPF target). Slots are keyed by thread,
+//! so one thread writes each slot: plain increments, no atomics. Once a thread has exited
+//! and userspace has read its slots one last time, userspace zeroes them, removes their
+//! keys and addresses, and pushes the slots and rows back (`kvmprof/src/live/tally.rs`).
+//!
+//! MMIO addresses are not part of a kind: a guest touches as many as it likes (one SeaBIOS
+//! boot writes ~20000 distinct VGA/BIOS bytes), which would use up the slots and send the
+//! rest one by one. They are counted beside the slot instead, in the `TALLY_ADDRS` hash
+//! ([`AddrKey`] → exits): the first [`ADDRS`] (slot, address) pairs seen get exact counts,
+//! and the MMIO exits of a slot whose address found the hash full are counted in its
+//! [`TallyMeta::other`]. So a slot's address counts plus its `other` are its exits.
 
 use crate::{ExitRecord, STAGES};
 
@@ -32,6 +43,8 @@ pub const BUCKETS: usize = LINEAR as usize + (32 - 8) * (1 << SUB_BITS);
 /// Tallied exit kinds (slots) and stage histograms (rows) per recording.
 pub const SLOTS: u32 = 512;
 pub const ROWS: u32 = 1024;
+/// (slot, MMIO address) pairs with a count of their own, per recording.
+pub const ADDRS: u32 = 8192;
 
 /// No row yet for this stage of a slot (a row index is stored +1).
 pub const NO_ROW: u32 = 0;
@@ -92,7 +105,7 @@ pub fn bucket_value(i: usize) -> u64 {
 }
 
 /// What makes exits of one kind (besides the thread, which owns the slot): the fields of an
-/// [`ExitRecord`] other than its time and stage durations.
+/// [`ExitRecord`] other than its time, stage durations and MMIO address (see the module).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Kind {
@@ -112,19 +125,20 @@ impl Kind {
     #[inline(always)]
     pub fn of(r: &ExitRecord) -> Kind {
         Kind {
+            io_addr: port_of(r.flags, r.io_addr),
             vcpu_fd: r.vcpu_fd,
             vcpu_id: r.vcpu_id,
             space: r.space as u32,
             reason: r.reason,
             flags: r.flags,
             io_size: r.io_size as u32,
-            io_addr: r.io_addr,
             user_reason: r.user_reason,
             errno: r.errno,
         }
     }
 
-    /// Writes the kind into `r`'s fields (the inverse of [`Kind::of`]).
+    /// Writes the kind into `r`'s fields (the inverse of [`Kind::of`], but for an MMIO
+    /// address).
     #[inline(always)]
     pub fn write_to(&self, r: &mut ExitRecord) {
         r.vcpu_fd = self.vcpu_fd;
@@ -136,6 +150,17 @@ impl Kind {
         r.io_addr = self.io_addr;
         r.user_reason = self.user_reason;
         r.errno = self.errno;
+    }
+}
+
+/// The `io_addr` of a kind: the port of a PIO exit, 0 for an MMIO exit (its address is
+/// counted apart, see the module).
+#[inline(always)]
+pub fn port_of(flags: u32, io_addr: u64) -> u64 {
+    if flags & crate::flag::MMIO != 0 {
+        0
+    } else {
+        io_addr
     }
 }
 
@@ -180,10 +205,21 @@ pub struct TallyMeta {
     pub sum_ns: [u64; STAGES],
     pub max_ns: [u64; STAGES],
     pub row: [u32; STAGES],
+    /// MMIO exits whose address got no count of its own (`TALLY_ADDRS` was full).
+    pub other: u64,
+}
+
+/// Key of the `TALLY_ADDRS` hash: an MMIO address of a slot's exits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub slot: u32,
+    pub _pad: u32,
+    pub addr: u64,
 }
 
 /// Written to the ring buffer (with a wake-up) when a slot is made, so that userspace looks
-/// up its vCPU while the VMM still runs; smaller than a batch, so batch readers skip it.
+/// up its vCPU while the VMM still runs (told from a batch by its size).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NewSlot {
@@ -191,18 +227,9 @@ pub struct NewSlot {
     pub _pad: u32,
 }
 
-/// `TALLY_NEXT`: the next slot and row to hand out. Each is handed out once: to whichever
-/// CPU first inserts it into the `TALLY_CLAIMS` hash (slot `i` as key `i`, row `r` as
-/// `SLOTS + r`); Rust's `core` has no atomic add for the BPF target.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Next {
-    pub slots: u32,
-    pub rows: u32,
-}
-
-const _: () =
-    assert!(core::mem::size_of::<TallyMeta>() == (56 + 8 * STAGES) + 24 + 16 * STAGES + 4 * STAGES);
+const _: () = assert!(
+    core::mem::size_of::<TallyMeta>() == (56 + 8 * STAGES) + 24 + 16 * STAGES + 4 * STAGES + 8
+);
 const _: () = assert!(core::mem::size_of::<TallyKey>() == 48);
 const _: () = assert!(core::mem::size_of::<Cache>() == 2 * 40 + 16);
 
@@ -242,7 +269,7 @@ mod tests {
             vcpu_id: -1,
             space: 4,
             reason: 1,
-            flags: 0b1010,
+            flags: crate::flag::PIO | crate::flag::WRITE,
             io_size: 2,
             io_addr: 0x700,
             user_reason: 2,
@@ -251,6 +278,19 @@ mod tests {
         let mut r = ExitRecord::default();
         k.write_to(&mut r);
         assert_eq!(Kind::of(&r), k);
+    }
+
+    #[test]
+    fn an_mmio_address_is_not_part_of_a_kind() {
+        let mut r = ExitRecord {
+            flags: crate::flag::MMIO,
+            io_addr: 0xb8000,
+            ..ExitRecord::default()
+        };
+        let a = Kind::of(&r);
+        r.io_addr = 0xb8001;
+        assert_eq!(Kind::of(&r), a);
+        assert_eq!(a.io_addr, 0);
     }
 
     #[test]

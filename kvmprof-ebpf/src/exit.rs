@@ -6,8 +6,7 @@ use kvmprof_common::{
     KVM_EXIT_IO, KVM_EXIT_MMIO, STAGES,
 };
 
-use kvmprof_common::tally;
-use sink::{bump, emit, tallied};
+use sink::{bump, emit, tally_open, tally_pending};
 
 /// Where records and counters go: this CPU's batch, written to the ring buffer when full.
 #[cfg(target_arch = "bpf")]
@@ -17,7 +16,7 @@ mod sink {
 
     pub use crate::maps::bump;
     use crate::maps::{add, BATCHES, EVENTS};
-    pub use crate::tally::add as tallied;
+    pub use crate::tally::{add_open as tally_open, add_pending as tally_pending};
 
     /// Wake the reader only once this much is waiting: a wake-up per write would cost the
     /// profiled vCPU a context switch of the reader. The reader also drains on a short
@@ -97,14 +96,17 @@ pub mod sink {
     }
 
     /// The tally needs the kernel's maps: here every exit goes as a record.
-    pub fn tallied(
+    pub fn tally_open(
         _pid: u32,
         _tid: u32,
-        _k: &kvmprof_common::tally::Kind,
-        _stage_ns: &[u64; kvmprof_common::STAGES],
-        _cache: &mut kvmprof_common::tally::Cache,
+        _st: &mut kvmprof_common::ThreadState,
         _ts: u64,
     ) -> bool {
+        false
+    }
+
+    /// As [`tally_open`].
+    pub fn tally_pending(_st: &mut kvmprof_common::ThreadState) -> bool {
         false
     }
 }
@@ -178,14 +180,7 @@ fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i
         release_pending(st);
         fill_exit!(st.pending, pid, tid, st, ts, user);
         st.has_pending = 1;
-    } else if !tallied(
-        pid,
-        tid,
-        &in_kernel_kind(st),
-        &st.stage_ns,
-        &mut st.tally,
-        ts,
-    ) {
+    } else if !tally_open(pid, tid, st, ts) {
         emit(|r| fill_exit!(r, pid, tid, st, ts, None));
     }
     clear(&mut st.open);
@@ -218,34 +213,10 @@ fn clear_all<T: Default, const N: usize>(a: &mut [T; N]) {
     }
 }
 
-/// The kind of the open exit, handled in the kernel: as `fill_exit!` would record it.
-#[inline(always)]
-fn in_kernel_kind(st: &ThreadState) -> tally::Kind {
-    tally::Kind {
-        vcpu_fd: st.vcpu_fd,
-        vcpu_id: st.vcpu_id,
-        space: st.space as u8 as u32,
-        reason: st.reason,
-        flags: st.flags,
-        io_size: st.io_size as u8 as u32,
-        io_addr: st.io_addr,
-        user_reason: 0,
-        errno: 0,
-    }
-}
-
 /// Tallies (or emits) the held userspace exit as it is: whole, or its completion never came.
 pub fn release_pending(st: &mut ThreadState) {
     if st.has_pending != 0 {
-        let p = &st.pending;
-        if !tallied(
-            p.pid,
-            p.tid,
-            &tally::Kind::of(p),
-            &p.stage_ns,
-            &mut st.tally,
-            p.ts_ns,
-        ) {
+        if !tally_pending(st) {
             emit(|r| *r = st.pending);
         }
         st.has_pending = 0;
@@ -353,20 +324,34 @@ pub fn kvm_run_enter(st: &mut ThreadState, fd: i32, ts: u64) {
     clear_all(&mut st.stage_start);
 }
 
+/// The port access a `KVM_EXIT_IO` return is for, read from the vCPU's `kvm_run`.
+#[derive(Clone, Copy)]
+pub struct UserIo {
+    pub write: bool,
+    pub size: u8,
+    pub port: u16,
+}
+
 /// Whether the open exit is the one that KVM_RUN is returning for.
-fn same_exit(st: &ThreadState, bound: u32, reason: u32, errno: i32) -> bool {
+fn same_exit(st: &ThreadState, bound: u32, reason: u32, errno: i32, io: Option<UserIo>) -> bool {
     if st.open == 0 || errno != 0 || reason == KVM_EXIT_INTR {
         return false;
     }
     if bound != boundary::IDENT {
         return true;
     }
-    // Under PVM only I/O exits are identified in the kernel; match them by kind.
-    (reason == KVM_EXIT_IO && st.flags & flag::PIO != 0)
-        || (reason == KVM_EXIT_MMIO && st.flags & flag::MMIO != 0)
+    // Under PVM only I/O exits are identified in the kernel; match them by kind. `kvm_pio`
+    // fires for a port write before KVM decides who answers it, but for a read that goes
+    // to the VMM only on its completion, after re-entry: an open port read was answered in
+    // the kernel, and an open write is this return's only if `kvm_run` names it.
+    let pio_write = st.flags & (flag::PIO | flag::WRITE) == flag::PIO | flag::WRITE;
+    let pio = pio_write && io.is_none_or(|io| io.write && st.io_addr == io.port as u64);
+    (reason == KVM_EXIT_IO && pio) || (reason == KVM_EXIT_MMIO && st.flags & flag::MMIO != 0)
 }
 
-/// `kvm:kvm_userspace_exit`: KVM_RUN returns to the VMM.
+/// `kvm:kvm_userspace_exit`: KVM_RUN returns to the VMM; `io` is the port access of a
+/// `KVM_EXIT_IO` where `kvm_run` could be read.
+#[allow(clippy::too_many_arguments)]
 pub fn kvm_run_exit(
     pid: u32,
     tid: u32,
@@ -375,9 +360,11 @@ pub fn kvm_run_exit(
     ts: u64,
     reason: u32,
     errno: i32,
+    io: Option<UserIo>,
 ) {
     let mut cycle;
-    if st.open != 0 && !same_exit(st, bound, reason, errno) {
+    let same = same_exit(st, bound, reason, errno, io);
+    if st.open != 0 && !same {
         // The open exit was handled in the kernel; this return is a separate event.
         cycle = since_cycle_start(st, ts);
         if st.cycle_set == 0 {
@@ -405,7 +392,18 @@ pub fn kvm_run_exit(
     if st.run_start_ns != 0 {
         st.stage_ns[stage::KVM_RUN] = ts.saturating_sub(st.run_start_ns);
     }
-    let pio_read = reason == KVM_EXIT_IO && st.flags & flag::PIO == 0;
+    let pio_read = match io {
+        Some(io) => {
+            if !same {
+                // The port is known now; a read's completion will only confirm it.
+                st.flags |= flag::PIO | if io.write { flag::WRITE } else { 0 };
+                st.io_addr = io.port as u64;
+                st.io_size = io.size as u32;
+            }
+            !io.write
+        }
+        None => reason == KVM_EXIT_IO && st.flags & flag::PIO == 0,
+    };
     let mmio_read = st.mmio_unsatisfied != 0;
     let observed = st.flags & flag::UNOBSERVED == 0;
     take_sched(st);
@@ -655,7 +653,7 @@ mod tests {
         identify_io(PID, TID, &mut st, b, 1300, pio(0x700, true));
         identify_io(PID, TID, &mut st, b, 1700, pio(0x700, true));
         identify_io(PID, TID, &mut st, b, 2000, pio(0x3f8, true));
-        kvm_run_exit(PID, TID, &mut st, b, 2500, 2, 0);
+        kvm_run_exit(PID, TID, &mut st, b, 2500, 2, 0, None);
         assert_eq!(
             records().len(),
             2,
@@ -689,7 +687,7 @@ mod tests {
         let b = boundary::IDENT;
         kvm_run_enter(&mut st, 7, 1000);
         identify_io(PID, TID, &mut st, b, 1100, pio(0x700, true));
-        kvm_run_exit(PID, TID, &mut st, b, 1300, KVM_EXIT_HLT, 0);
+        kvm_run_exit(PID, TID, &mut st, b, 1300, KVM_EXIT_HLT, 0, None);
         // The VMM never calls KVM_RUN again (end of recording): userspace takes the held
         // exit from the thread state.
         release_pending(&mut st);
@@ -708,7 +706,7 @@ mod tests {
         let mut st = fresh();
         let b = boundary::IDENT;
         kvm_run_enter(&mut st, 7, 1000);
-        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0);
+        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0, None);
         assert_eq!(
             st.await_pio_in, 1,
             "kvm_pio fires for reads only on completion"
@@ -726,15 +724,78 @@ mod tests {
         assert_eq!(r[0].flags & (flag::PIO | flag::WRITE), flag::PIO);
     }
 
+    /// Under PVM, `kvm_run` says which port a `KVM_EXIT_IO` return is for: a port read
+    /// answered in the kernel, or a write that stayed there, is never taken for the exit
+    /// to the VMM that follows it, in any order (issue 19, item 1).
+    #[test]
+    fn pvm_port_exits_are_filed_by_kvm_run_in_every_order() {
+        let b = boundary::IDENT;
+        let user = |write, port| {
+            Some(UserIo {
+                write,
+                size: 1,
+                port,
+            })
+        };
+        // (in-kernel access, then the access that goes to the VMM)
+        for (kernel, to_vmm) in [
+            ((0x700, true), (0x3fd, false)),
+            ((0x4d0, false), (0x3fd, false)),
+            ((0x4d0, false), (0x3f8, true)),
+            ((0x700, true), (0x3f8, true)),
+        ] {
+            let mut st = fresh();
+            kvm_run_enter(&mut st, 7, 1000);
+            identify_io(PID, TID, &mut st, b, 1100, pio(kernel.0, kernel.1));
+            if to_vmm.1 {
+                // A write is traced before KVM hands it to the VMM.
+                identify_io(PID, TID, &mut st, b, 1200, pio(to_vmm.0, true));
+            }
+            kvm_run_exit(
+                PID,
+                TID,
+                &mut st,
+                b,
+                1300,
+                KVM_EXIT_IO,
+                0,
+                user(to_vmm.1, to_vmm.0 as u16),
+            );
+            assert_eq!(st.await_pio_in, !to_vmm.1 as u32, "{kernel:?} {to_vmm:?}");
+            kvm_run_enter(&mut st, 7, 1500);
+            if !to_vmm.1 {
+                // A read to the VMM is traced on its completion, after re-entry.
+                pio_in_done(&mut st, to_vmm.0, 1);
+            }
+            let r = records();
+            let filed: Vec<_> = r
+                .iter()
+                .map(|e| {
+                    (
+                        e.io_addr,
+                        e.flags & flag::WRITE != 0,
+                        e.flags & flag::USERSPACE != 0,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                filed,
+                [(kernel.0, kernel.1, false), (to_vmm.0, to_vmm.1, true)],
+                "{kernel:?} then {to_vmm:?}"
+            );
+            assert_eq!(r[1].stage_ns[stage::VMM], 200, "{kernel:?} {to_vmm:?}");
+        }
+    }
+
     #[test]
     fn a_second_userspace_exit_releases_a_held_one_that_never_completed() {
         let mut st = fresh();
         let b = boundary::IDENT;
         kvm_run_enter(&mut st, 7, 1000);
-        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0);
+        kvm_run_exit(PID, TID, &mut st, b, 1100, 2, 0, None);
         kvm_run_enter(&mut st, 7, 1200);
         // The read's completion is missed; the next return to the VMM comes first.
-        kvm_run_exit(PID, TID, &mut st, b, 1400, KVM_EXIT_HLT, 0);
+        kvm_run_exit(PID, TID, &mut st, b, 1400, KVM_EXIT_HLT, 0, None);
         let r = records();
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].user_reason, r[0].stage_ns[stage::VMM]), (2, 100));
@@ -746,7 +807,7 @@ mod tests {
         let mut st = seen_mid_run();
         let b = boundary::IDENT;
         identify_io(PID, TID, &mut st, b, LATE, pio(0x3f8, true));
-        kvm_run_exit(PID, TID, &mut st, b, LATE + 100, 2, 0);
+        kvm_run_exit(PID, TID, &mut st, b, LATE + 100, 2, 0, None);
         assert!(records().is_empty(), "no made-up cycle from time zero");
         assert_eq!((unobserved(), st.has_pending), (1, 0), "nothing held");
         // Its VMM round trip belongs to an exit outside the recording: nothing joined.
@@ -754,7 +815,7 @@ mod tests {
         assert!(records().is_empty());
         // The next exit began inside the window: recorded, timed from KVM_RUN entry.
         identify_io(PID, TID, &mut st, b, LATE + 1300, pio(0x3f8, true));
-        kvm_run_exit(PID, TID, &mut st, b, LATE + 1400, 2, 0);
+        kvm_run_exit(PID, TID, &mut st, b, LATE + 1400, 2, 0, None);
         kvm_run_enter(&mut st, 7, LATE + 1600);
         let r = records();
         assert_eq!(r.len(), 1);
@@ -787,7 +848,7 @@ mod tests {
             boundary::ENTER_GUEST,
         ] {
             let mut st = seen_mid_run();
-            kvm_run_exit(PID, TID, &mut st, b, LATE, KVM_EXIT_HLT, 0);
+            kvm_run_exit(PID, TID, &mut st, b, LATE, KVM_EXIT_HLT, 0, None);
             assert!(records().is_empty(), "boundary {b}");
             assert_eq!(unobserved(), 1, "boundary {b}");
             assert_eq!(st.user_since_ns, 0, "boundary {b}: no round trip to join");
@@ -814,7 +875,7 @@ mod tests {
         identify_io(PID, TID, &mut st, b, 1700, pio(0x700, true));
         // The userspace exit, then preempted in the VMM's round trip.
         identify_io(PID, TID, &mut st, b, 1750, pio(0x3f8, true));
-        kvm_run_exit(PID, TID, &mut st, b, 1800, 2, 0);
+        kvm_run_exit(PID, TID, &mut st, b, 1800, 2, 0, None);
         sched_out(&mut st, 1900, true);
         sched_in(&mut st, 1990);
         kvm_run_enter(&mut st, 7, 2000);

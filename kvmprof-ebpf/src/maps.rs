@@ -3,11 +3,11 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use kvmprof_common::{
     counter,
-    tally::{self, Row, TallyKey, TallyMeta},
+    tally::{self, AddrKey, Row, TallyKey, TallyMeta},
     Batch, Config, ThreadState, Window, STATE_SLOTS,
 };
 
@@ -69,15 +69,28 @@ pub static TALLY_META: Array<TallyMeta> = Array::with_max_entries(tally::SLOTS, 
 #[map]
 pub static TALLY_ROWS: Array<Row> = Array::with_max_entries(tally::ROWS, 0);
 
-/// Which slots (key `i`) and rows (key `SLOTS + r`) are taken: an insert that finds the key
-/// lost a race for it (`kvmprof_common::tally::Next`).
+/// MMIO exits by slot and address (`kvmprof_common::tally`, the module doc). Each key is
+/// written by its slot's thread only: plain increments.
 #[map]
-pub static TALLY_CLAIMS: HashMap<u32, u8> =
-    HashMap::with_max_entries(tally::SLOTS + tally::ROWS, 0);
+pub static TALLY_ADDRS: HashMap<AddrKey, u64> = HashMap::with_max_entries(tally::ADDRS, 0);
 
-/// The next slot and row to hand out (`kvmprof_common::tally::Next`).
+/// Where an address key and its first count are made (`tally::count_addr`), off the stack
+/// that the whole call chain shares (the 6.1 verifier counted it over 512 bytes).
 #[map]
-pub static TALLY_NEXT: Array<tally::Next> = Array::with_max_entries(1, 0);
+pub static SCRATCH_ADDR: PerCpuArray<AddrScratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct AddrScratch {
+    pub key: AddrKey,
+    pub one: u64,
+}
+
+/// Slots and rows free to hand out (`kvmprof_common::tally`), filled and refilled by
+/// userspace.
+#[map]
+pub static TALLY_FREE_SLOTS: Queue<u32> = Queue::with_max_entries(tally::SLOTS, 0);
+#[map]
+pub static TALLY_FREE_ROWS: Queue<u32> = Queue::with_max_entries(tally::ROWS, 0);
 
 /// Set by userspace before load (`EbpfLoader::override_global`). It lives in `.rodata`,
 /// which aya freezes: the verifier knows every field as a constant and prunes the branches
@@ -106,6 +119,12 @@ pub static CONFIG: Config = Config {
     per_exit: 0,
     task_pid_off: 0,
     task_tgid_off: 0,
+    run_known: 0,
+    run_files_off: 0,
+    run_fdt_off: 0,
+    run_fd_array_off: 0,
+    run_private_off: 0,
+    run_vcpu_run_off: 0,
     slow_ns: [0; kvmprof_common::STAGES],
 };
 

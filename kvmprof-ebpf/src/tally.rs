@@ -6,35 +6,86 @@ use core::sync::atomic::Ordering;
 use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP};
 
 use kvmprof_common::{
-    counter, kind,
-    tally::{self, Cache, Kind, TallyMeta, NO_ROW, REFUSED},
-    STAGES,
+    counter, flag, kind,
+    tally::{self, AddrKey, Cache, Kind, TallyKey, TallyMeta, NO_ROW, REFUSED},
+    ThreadState, STAGES,
 };
 
 use crate::maps::{
-    bump, config, EVENTS, SCRATCH_KEY, TALLY_CLAIMS, TALLY_KEYS, TALLY_META, TALLY_NEXT, TALLY_ROWS,
+    bump, config, EVENTS, SCRATCH_ADDR, SCRATCH_KEY, TALLY_ADDRS, TALLY_FREE_ROWS,
+    TALLY_FREE_SLOTS, TALLY_KEYS, TALLY_META, TALLY_ROWS,
 };
 
-/// Tallies one whole exit of thread `pid`/`tid`: of kind `k`, with these stage durations,
-/// closed at `ts`. `false` when it must go as a record instead (see
-/// `kvmprof_common::tally`).
-#[inline(always)]
-pub fn add(
-    pid: u32,
-    tid: u32,
-    k: &Kind,
-    stage_ns: &[u64; STAGES],
-    cache: &mut Cache,
-    ts: u64,
-) -> bool {
-    if config!(per_exit) != 0 || !fits(stage_ns) {
+/// Tallies the open exit of `st`, handled in the kernel (as `exit::fill_exit!` would record
+/// it), closed at `ts`. `false` when it must go as a record instead.
+///
+/// A subprogram of its own, called from `exit::close` and [`add_pending`] alike, that builds
+/// its key in a per-CPU scratch slot: inlined at each call site with the key on the stack,
+/// the tally took ~300 of the 512 bytes of stack that the whole call chain of
+/// `kvm_userspace_exit` shares, and Debian 6.1's verifier refused it (576 bytes).
+#[inline(never)]
+pub fn add_open(pid: u32, tid: u32, st: &mut ThreadState, ts: u64) -> bool {
+    let Some(key) = scratch_key(pid, tid, &st.stage_ns) else {
         return false;
+    };
+    let k = &mut key.kind;
+    k.vcpu_fd = st.vcpu_fd;
+    k.vcpu_id = st.vcpu_id;
+    k.space = st.space as u8 as u32;
+    k.reason = st.reason;
+    k.flags = st.flags;
+    k.io_size = st.io_size as u8 as u32;
+    k.io_addr = tally::port_of(st.flags, st.io_addr);
+    k.user_reason = 0;
+    k.errno = 0;
+    add(key, st.io_addr, &st.stage_ns, &mut st.tally, ts)
+}
+
+/// Tallies the exit held in `st.pending` (a return to userspace, now whole); `false` when
+/// it must go as a record instead. A subprogram for the reason [`add_open`] gives.
+#[inline(never)]
+pub fn add_pending(st: &mut ThreadState) -> bool {
+    let p = &st.pending;
+    let Some(key) = scratch_key(p.pid, p.tid, &p.stage_ns) else {
+        return false;
+    };
+    let k = &mut key.kind;
+    k.vcpu_fd = p.vcpu_fd;
+    k.vcpu_id = p.vcpu_id;
+    k.space = p.space as u32;
+    k.reason = p.reason;
+    k.flags = p.flags;
+    k.io_size = p.io_size as u32;
+    k.io_addr = tally::port_of(p.flags, p.io_addr);
+    k.user_reason = p.user_reason;
+    k.errno = p.errno;
+    add(key, p.io_addr, &p.stage_ns, &mut st.tally, p.ts_ns)
+}
+
+/// This CPU's key scratch slot tagged with `pid`/`tid`, when an exit with these stage
+/// durations may be tallied at all; the caller fills in its kind.
+#[inline(always)]
+fn scratch_key(pid: u32, tid: u32, stage_ns: &[u64; STAGES]) -> Option<&'static mut TallyKey> {
+    if config!(per_exit) != 0 || !fits(stage_ns) {
+        return None;
     }
-    let slot = match cached(cache, k) {
+    let key = SCRATCH_KEY.get_ptr_mut(0)?;
+    // SAFETY: per-CPU map value, no other user on this CPU while we run.
+    let key = unsafe { &mut *key };
+    key.tag = (pid as u64) << 32 | tid as u64;
+    Some(key)
+}
+
+/// Tallies one whole exit of `key` (its kind made by `tally::Kind::of`'s rules), at MMIO
+/// address `addr` when it is one, with these stage durations, closed at `ts`. `false` when
+/// it must go as a record instead (see `kvmprof_common::tally`).
+#[inline(always)]
+fn add(key: &TallyKey, addr: u64, stage_ns: &[u64; STAGES], cache: &mut Cache, ts: u64) -> bool {
+    let slot = match cached(cache, &key.kind) {
         Some(s) => s,
         None => {
-            let s = slot_of(pid, tid, k, ts);
-            remember(cache, k, s);
+            let s = slot_of(key, ts);
+            remember(cache, &key.kind, s);
             s
         }
     };
@@ -73,9 +124,39 @@ pub fn add(
             meta.max_ns[s] = v;
         }
     }
+    // Before the count: userspace reads the addresses after a slot's count grew, so every
+    // address counted is read with or after the exit it belongs to.
+    if key.kind.flags & flag::MMIO != 0 && !count_addr(slot, addr) {
+        meta.other += 1;
+    }
     meta.count += 1;
     meta.last_ts = ts;
     true
+}
+
+/// Counts one exit of `slot` at MMIO address `addr`; `false` when the address has no count
+/// and none is left to give it.
+#[inline(always)]
+fn count_addr(slot: u32, addr: u64) -> bool {
+    let Some(sc) = SCRATCH_ADDR.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU map value, no other user on this CPU while we run.
+    let sc = unsafe { &mut *sc };
+    sc.key = AddrKey {
+        slot,
+        _pad: 0,
+        addr,
+    };
+    sc.one = 1;
+    if let Some(c) = TALLY_ADDRS.get_ptr_mut(&sc.key) {
+        // SAFETY: map value pointer valid for this run; only the slot's thread writes it.
+        unsafe { *c += 1 };
+        return true;
+    }
+    TALLY_ADDRS
+        .insert(&sc.key, &sc.one, BPF_NOEXIST as u64)
+        .is_ok()
 }
 
 /// Whether every measured stage fits the histograms and no `--slow` threshold asks for the
@@ -116,29 +197,15 @@ fn remember(cache: &mut Cache, k: &Kind, slot: u32) {
     cache.victim = cache.victim.wrapping_add(1);
 }
 
-/// The slot of this thread's exits of kind `k`, made on first use; [`REFUSED`] when none is
-/// left.
-fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
-    // The key is made in a per-CPU scratch slot, off the stack that the whole call chain
-    // shares (512 bytes; the 6.1 verifier counted this chain over it).
-    let Some(key) = SCRATCH_KEY.get_ptr_mut(0) else {
-        return REFUSED;
-    };
-    // SAFETY: per-CPU map value, no other user on this CPU while we run.
-    let key = unsafe { &mut *key };
-    key.tag = (pid as u64) << 32 | tid as u64;
-    key.kind = *k;
+/// The slot of `key` (a thread's exits of one kind), made on first use; [`REFUSED`] when
+/// none is left. `key` is in a per-CPU scratch slot, off the stack that the whole call chain
+/// shares (512 bytes).
+fn slot_of(key: &TallyKey, ts: u64) -> u32 {
     // SAFETY: plain lookup, value copied out.
-    if let Some(s) = unsafe { TALLY_KEYS.get(&*key) } {
+    if let Some(s) = unsafe { TALLY_KEYS.get(key) } {
         return *s;
     }
-    let Some(next) = TALLY_NEXT.get_ptr_mut(0) else {
-        return REFUSED;
-    };
-    // SAFETY: a map value, only read and written through volatile accesses in `claim`.
-    let Some(slot) = claim(0, tally::SLOTS, unsafe {
-        core::ptr::addr_of_mut!((*next).slots)
-    }) else {
+    let Ok(Some(slot)) = TALLY_FREE_SLOTS.pop() else {
         return REFUSED;
     };
     let Some(meta) = TALLY_META.get_ptr_mut(slot) else {
@@ -147,15 +214,16 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
     // SAFETY: a fresh slot; no other thread got it.
     let meta = unsafe { &mut *meta };
     let e = &mut meta.exit;
-    k.write_to(e);
-    e.pid = pid;
-    e.tid = tid;
+    key.kind.write_to(e);
+    e.pid = (key.tag >> 32) as u32;
+    e.tid = key.tag as u32;
     meta.first_ts = ts;
     // Userspace skips a slot until its kind is set: the fields above go first.
     core::sync::atomic::compiler_fence(Ordering::Release);
     e.kind = kind::EXIT;
-    if TALLY_KEYS.insert(&*key, &slot, 0).is_err() {
-        // Cannot happen (one insert per slot, SLOTS entries); the slot then stays unused.
+    if TALLY_KEYS.insert(key, &slot, 0).is_err() {
+        // Cannot happen (one insert per slot, SLOTS entries); the slot then counts nothing
+        // and userspace gives it back when the thread has exited.
         return REFUSED;
     }
     // A wake-up once per slot, not per exit. Without it, userspace would first read the
@@ -169,41 +237,11 @@ fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
 /// Gives stage `s` of `meta` a row; `false` when none is left.
 #[inline(always)]
 fn new_row(meta: &mut TallyMeta, s: usize) -> bool {
-    let Some(next) = TALLY_NEXT.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: as in `slot_of`.
-    let claimed = claim(tally::SLOTS, tally::ROWS, unsafe {
-        core::ptr::addr_of_mut!((*next).rows)
-    });
-    match claimed {
-        Some(row) => {
+    match TALLY_FREE_ROWS.pop() {
+        Ok(Some(row)) => {
             meta.row[s] = row + 1;
             true
         }
-        None => false,
+        _ => false,
     }
-}
-
-/// Hands out the next index below `limit`, each once across CPUs: an index goes to whoever
-/// inserts `base + index` into `TALLY_CLAIMS` first. A CPU that loses a race tries the next
-/// index; after a few losses (or at the limit) it gives up and the exit goes as a record.
-#[inline(always)]
-fn claim(base: u32, limit: u32, next: *mut u32) -> Option<u32> {
-    for _ in 0..4 {
-        // SAFETY: `next` points into a map value; a stale read only costs a retry.
-        let i = unsafe { core::ptr::read_volatile(next) };
-        if i >= limit {
-            return None;
-        }
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(next, i + 1) };
-        if TALLY_CLAIMS
-            .insert(&(base + i), &1, BPF_NOEXIST as u64)
-            .is_ok()
-        {
-            return Some(i);
-        }
-    }
-    None
 }

@@ -73,3 +73,102 @@ fn record_by_name_reports_qemu_port_and_mmio_exits() {
     );
     assert_eq!(r["lost"], 0);
 }
+
+/// Issue 18: a SeaBIOS boot writes ~20000 distinct VGA/BIOS addresses. Its exits are tallied
+/// in the kernel all the same (an MMIO address is not part of a tally's kind), none is lost,
+/// and the ports table's MMIO rows, with their `other` row, add up to the MMIO exits.
+#[test]
+fn a_seabios_boot_is_tallied_in_the_kernel_with_every_mmio_exit_in_the_address_rows() {
+    let test = "a_seabios_boot_is_tallied_in_the_kernel_with_every_mmio_exit_in_the_address_rows";
+    if skip_without_kvm(test) {
+        return;
+    }
+    let Ok(mut qemu) = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel", "kvm", "-cpu", "qemu64", "-m", "128", "-display", "none", "-net", "none",
+        ])
+        .args(["-serial", "none", "-monitor", "none", "-no-reboot", "-S"])
+        .args(["-qmp", "stdio"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        eprintln!("skipped {test}: qemu-system-x86_64 not installed");
+        return;
+    };
+    sleep(Duration::from_millis(500));
+    let data = scratch("seabios").join("q.data");
+    // By pid, not name: other QEMUs may run on this host.
+    let mut rec = Command::new(kvmprof_tests::bin("kvmprof"))
+        .args([
+            "record",
+            "--pid",
+            &qemu.id().to_string(),
+            "--duration",
+            "7s",
+        ])
+        .arg("-o")
+        .arg(&data)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvmprof");
+    let mut err = BufReader::new(rec.stderr.take().expect("kvmprof stderr"));
+    let mut announced = String::new();
+    err.read_line(&mut announced).expect("kvmprof stderr");
+    {
+        use std::io::Write;
+        let stdin = qemu.stdin.as_mut().expect("qmp stdin");
+        let _ = stdin.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"cont\"}\n");
+    }
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("kvmprof stderr");
+    let status = rec.wait().expect("kvmprof");
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    assert!(status.success(), "{announced}{rest}");
+    let r = report_json(&data, "reason");
+    let total = r["total_exits"].as_u64().expect("total_exits");
+    let tallied = r["header"]["own_cost"]["tallied"]
+        .as_u64()
+        .expect("tallied");
+    assert_eq!(r["lost"], 0, "{rest}");
+    assert!(
+        total > 10_000,
+        "a SeaBIOS boot makes tens of thousands of exits: {total}"
+    );
+    assert!(tallied * 100 >= total * 99, "tallied {tallied} of {total}");
+    let mmio_exits: u64 = r["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .filter(|g| {
+            g["label"]
+                .as_str()
+                .is_some_and(|l| l.contains("MMIO") || l.contains("mmio"))
+        })
+        .map(|g| g["count"].as_u64().expect("count"))
+        .sum();
+    let rows: Vec<_> = r["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter(|p| p["space"] == "mmio")
+        .collect();
+    let by_addr: u64 = rows
+        .iter()
+        .map(|p| p["count"].as_u64().expect("count"))
+        .sum();
+    assert!(
+        mmio_exits > 1000,
+        "SeaBIOS writes VGA memory by MMIO: {mmio_exits}"
+    );
+    assert_eq!(
+        by_addr, mmio_exits,
+        "MMIO address rows (with `other`) against MMIO exits"
+    );
+    assert!(
+        rows.iter().filter(|p| p["folded"] == false).count() >= 1000,
+        "the kernel counts thousands of addresses apart"
+    );
+}

@@ -10,7 +10,8 @@ use std::{
 
 use kvmprof_tests::{
     bin, kvmprof, made, report_json, scratch, skip_without_kvm, stderr, wait_until, KVM_EXIT_HLT,
-    KVM_EXIT_IO, KVM_EXIT_MMIO, MMIO_ADDR, PIO_IN_PORT, PIO_USER_PORT,
+    KVM_EXIT_IO, KVM_EXIT_MMIO, MMIO_ADDR, PIO_DEVICE_PORTS, PIO_DONE_PORT, PIO_IN_PORT,
+    PIO_MIXED_IN_PORT, PIO_MIXED_OUT_PORT, PIO_USER_PORT,
 };
 use serde_json::Value;
 
@@ -518,4 +519,61 @@ fn a_steady_vmm_gives_a_steady_time_series() {
         .map(|row| row["length_ns"].as_u64().unwrap())
         .sum();
     assert_eq!(covered, duration, "{rows:?}");
+}
+
+/// In-kernel port reads and writes right after exits to the VMM — the test VMM's device loop:
+/// ELCR reads and writes KVM's in-kernel PIC answers, after an `in` and after an `out` the
+/// VMM answers — are each filed under their port, direction and side, exactly. Under PVM a
+/// read to the VMM is traced only on its completion, after re-entry, and the in-kernel
+/// write before it was filed as the exit to the VMM (issue 19, item 1).
+#[test]
+fn in_kernel_port_io_right_after_exits_to_the_vmm_is_filed_exactly() {
+    if skip_without_kvm("in_kernel_port_io_right_after_exits_to_the_vmm_is_filed_exactly") {
+        return;
+    }
+    let data = scratch("device").join("k.data");
+    let out = Command::new(bin("kvmprof"))
+        .args(["record", "-o", data.to_str().unwrap(), "--"])
+        .arg(bin("kvmprof-testvmm"))
+        .args(["--vcpus", "2", "--pio-device", "5000", "--pio-kernel", "3"])
+        .output()
+        .expect("run kvmprof record");
+    assert!(out.status.success(), "record failed: {}", stderr(&out));
+    let counts: Value = serde_json::from_slice(&out.stdout).expect("test VMM counts on stdout");
+    let t = &counts["total"];
+    let n = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("no {k} in {t}"));
+    assert_eq!(
+        (
+            n("pio_mixed_in"),
+            n("pio_mixed_out"),
+            n("pio_device"),
+            n("done")
+        ),
+        (10000, 10000, 40000, 2)
+    );
+    let r = report_json(&data, "reason");
+    assert_eq!(r["lost"], 0);
+    let ports = r["ports"].as_array().expect("ports");
+    let row = |addr: u64, write: bool| -> (u64, u64) {
+        ports
+            .iter()
+            .filter(|p| p["space"] == "pio" && p["addr"] == addr && p["write"] == write)
+            .fold((0, 0), |(c, u), p| {
+                (
+                    c + p["count"].as_u64().unwrap(),
+                    u + p["userspace"].as_u64().unwrap(),
+                )
+            })
+    };
+    let [elcr1, elcr2] = PIO_DEVICE_PORTS.map(u64::from);
+    assert_eq!(
+        row(u64::from(PIO_MIXED_IN_PORT), false),
+        (10000, 10000),
+        "{ports:?}"
+    );
+    assert_eq!(row(u64::from(PIO_MIXED_OUT_PORT), true), (10000, 10000));
+    assert_eq!(row(u64::from(PIO_DONE_PORT), true), (2, 2));
+    for (addr, write) in [(elcr1, false), (elcr1, true), (elcr2, false), (elcr2, true)] {
+        assert_eq!(row(addr, write), (10000, 0), "{addr:#x} write={write}");
+    }
 }

@@ -227,6 +227,12 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
                 crate::check_device::script(hooks),
                 crate::check_device::verify,
             ),
+            check(
+                "kvmprof_recycle",
+                Some(hooks),
+                recycle_script(hooks),
+                recycled,
+            ),
         ]);
     }
     list.push(check(
@@ -598,6 +604,102 @@ fn kvmprof_script(attach: Attach, hooks: Hooks) -> String {
          \"$KVMPROF\" report -i {dir}/k.data --format json > {dir}/report.json\n\
          printf '{{\"vmm\": %s, \"report\": %s}}\\n' \"$(cat {dir}/vmm.json)\" \"$(cat {dir}/report.json)\"\n"
     )
+}
+
+/// Test VMMs run back to back by [`recycle_script`]: 12 of 8 vCPUs with ~6 kinds of exit per
+/// vCPU thread (in-kernel and userspace port writes, port reads, MMIO, interrupts, hlt) need
+/// ~580 of the tally's 512 slots and ~2700 of its 1024 histogram rows in all, ~230 rows at once.
+/// Each VMM waits 1 s before its first exit (`--start-delay`, not a `sleep` process: `record --
+/// CMD` reads the name and KVM counters of every process it follows each tick): under TCG the
+/// reader, busy most of the time, then gives the last VMM's slots back before the next one
+/// runs. Back to back without the delay, 12 VMMs had 2266 of 8559 exits sent one by one (rows
+/// used up while the reader lagged; every exit still counted exactly).
+const RECYCLE_VMMS: u32 = 12;
+const RECYCLE_WORKLOAD: Workload = Workload {
+    vcpus: 8,
+    pio_user: 20,
+    pio_kernel: 50,
+    mmio_user: 10,
+    pio_in: 5,
+    ..Workload::IDLE
+};
+
+/// Records (`-- sh -c`, which traces the processes it starts) [`RECYCLE_VMMS`] short test
+/// VMMs in a row, and prints `{"vmms": [<counts>...], "report": <report --format json>}`.
+fn recycle_script(hooks: Hooks) -> String {
+    let dir = format!("/run/kvmprof-recycle-{hooks}");
+    let args = format!(
+        "{} --start-delay 1s",
+        kvmprof_testvmm::cli::args(&RECYCLE_WORKLOAD)
+    );
+    format!(
+        "mkdir -p {dir}\n\
+         \"$KVMPROF\" record --hooks {hooks} -o {dir}/k.data -- sh -c '\
+         for i in $(seq {RECYCLE_VMMS}); do \
+         \"$TESTVMM\" {args} > {dir}/vmm$i.json || exit 1; done'\n\
+         \"$KVMPROF\" report -i {dir}/k.data --format json > {dir}/report.json\n\
+         printf '{{\"vmms\": [%s], \"report\": %s}}\\n' \"$(cat {dir}/vmm*.json | paste -sd,)\" \
+         \"$(cat {dir}/report.json)\"\n"
+    )
+}
+
+/// Issue 18: the tally's slots of exited threads are given back and used again with no exit
+/// lost or counted twice. The io and hlt exits of every VMM of [`recycle_script`] are in the
+/// report exactly and none is lost. That slots were used again shows in the share that came
+/// tallied in the kernel: without giving back, the rows (1024, ~230 per VMM here) would run out
+/// within the first five VMMs and most exits of the rest would come one by one (≤ ~40 %
+/// tallied; not run that way in the VM, `tests/tests/serve.rs` fails so on the host). It must
+/// be ≥ 60 %, not ~100 %: under TCG the reader (each tick reads every changed slot's 13 KiB
+/// histogram rows) is busy nearly all the time and lags, so a few VMMs' rows are in use at
+/// once. Seen on 6.12: 88 % with this check, 74 % without `--start-delay`, 98.6 % with 16 VMMs
+/// and `sleep 0.3` between them.
+fn recycled(check: &Check, c: &Captured) -> Result<Notes> {
+    let json = parse_json(&c.stdout)?;
+    let vmms: Vec<Counts> =
+        serde_json::from_value(json["vmms"].clone()).context("not the test VMMs' counts")?;
+    ensure!(
+        vmms.len() == RECYCLE_VMMS as usize,
+        "{} of {RECYCLE_VMMS} test VMMs left their counts",
+        vmms.len()
+    );
+    let report = &json["report"];
+    expect_counts(report, &[("lost", 0)], "report")?;
+    let groups = report["groups"]
+        .as_array()
+        .context("report has no groups")?;
+    let count = |label: &str| {
+        groups
+            .iter()
+            .find(|g| g["label"] == label)
+            .and_then(|g| g["count"].as_u64())
+            .unwrap_or(0)
+    };
+    let io: u64 = vmms.iter().flat_map(|m| &m.vcpus).map(io_exits).sum();
+    let hlt: u64 = vmms.iter().map(|m| m.total.hlt).sum();
+    let vendor = check.vendor;
+    ensure!(
+        count(vendor.io_label()) == io,
+        "io exits: kvmprof {}, the test VMMs {io}",
+        count(vendor.io_label())
+    );
+    ensure!(
+        count(vendor.hlt_label()) == hlt,
+        "hlt exits: kvmprof {}, the test VMMs {hlt}",
+        count(vendor.hlt_label())
+    );
+    let total = report["total_exits"]
+        .as_u64()
+        .context("report has no total_exits")?;
+    let tallied = report["header"]["own_cost"]["tallied"]
+        .as_u64()
+        .context("report has no own_cost.tallied")?;
+    ensure!(
+        tallied * 100 >= total * 60,
+        "only {tallied} of {total} exits came tallied in the kernel: slots not given back?"
+    );
+    Ok(vec![format!(
+        "{RECYCLE_VMMS} VMMs: io {io}, hlt {hlt}; {tallied} of {total} exits tallied"
+    )])
 }
 
 /// For checks whose exit code says it all.

@@ -3,11 +3,12 @@
 //! tracepoints too (arguments by position, without the classic tracepoint's copy of its
 //! fields into a record). Userspace attaches a raw one only where the kernel's BTF
 //! prototype (`btf_trace_<name>`) has the arguments at the positions read here.
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use kvmprof_common::{boundary, fixed, flag, space};
+use kvmprof_common::{boundary, fixed, flag, space, KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_RUN_IO_OFF};
 
 use super::field::field;
 use crate::{exit, maps};
@@ -44,7 +45,23 @@ fn userspace_exit(reason: u32, errno: i32) -> Option<u32> {
     let (pid, tid, st) = maps::current(true)?;
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
-    exit::kvm_run_exit(pid, tid, st, maps::config!(boundary), ts, reason, errno);
+    // Only a port write still open can be taken for this return by mistake (see
+    // `exit::same_exit`): kvm_run is read for that case alone.
+    let write_open =
+        st.open != 0 && st.flags & (flag::PIO | flag::WRITE) == flag::PIO | flag::WRITE;
+    let io = if reason == KVM_EXIT_IO && st.run_ptr != 0 && write_open {
+        // SAFETY: a probe read of the vCPU's kvm_run page; a bad address fails the helper.
+        unsafe { bpf_probe_read_kernel((st.run_ptr as usize + KVM_RUN_IO_OFF) as *const u32) }
+            .ok()
+            .map(|w| exit::UserIo {
+                write: w as u8 == KVM_EXIT_IO_OUT,
+                size: (w >> 8) as u8,
+                port: (w >> 16) as u16,
+            })
+    } else {
+        None
+    };
+    exit::kvm_run_exit(pid, tid, st, maps::config!(boundary), ts, reason, errno, io);
     Some(0)
 }
 

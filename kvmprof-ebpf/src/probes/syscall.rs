@@ -1,5 +1,9 @@
 //! The KVM_RUN ioctl: where a vCPU thread enters the kernel (and its VMM round trip ends).
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use kvmprof_common::{fixed, KVM_RUN};
 
 use super::field::field;
@@ -20,6 +24,29 @@ fn try_kvm_run_enter(ctx: &TracePointContext) -> Option<u32> {
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
     let fd: u64 = field::<_, { fixed::IOCTL_FD }>(ctx, maps::config!(ioctl_fd_off))?;
-    exit::kvm_run_enter(st, fd as i32, ts);
+    let fd = fd as i32;
+    if maps::config!(run_known) != 0 && (st.run_ptr == 0 || st.run_fd != fd) {
+        // Once per thread and vCPU fd.
+        st.run_ptr = kvm_run_of(fd).unwrap_or(0);
+        st.run_fd = fd;
+    }
+    exit::kvm_run_enter(st, fd, ts);
     Some(0)
+}
+
+/// `current->files->fdt->fd[fd]->private_data->run`: the `kvm_run` of the vCPU whose fd
+/// KVM_RUN was called on, at BTF offsets from userspace.
+fn kvm_run_of(fd: i32) -> Option<u64> {
+    let follow = |base: u64, off: u64| {
+        // SAFETY: a probe read; a bad address fails the helper, never faults.
+        unsafe { bpf_probe_read_kernel(base.wrapping_add(off) as *const u64) }.ok()
+    };
+    // SAFETY: no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files = follow(task, maps::config!(run_files_off) as u64)?;
+    let fdt = follow(files, maps::config!(run_fdt_off) as u64)?;
+    let fds = follow(fdt, maps::config!(run_fd_array_off) as u64)?;
+    let file = follow(fds, (fd as u32 as u64) * 8)?;
+    let vcpu = follow(file, maps::config!(run_private_off) as u64)?;
+    follow(vcpu, maps::config!(run_vcpu_run_off) as u64)
 }

@@ -112,6 +112,10 @@ pub struct PortKey {
     pub write: bool,
     /// The exit reason the access was attributed to.
     pub reason: Reason,
+    /// The MMIO exits of this pid, direction and reason whose address the kernel had no
+    /// room to count apart (`addr` 0): the `other` row.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub folded: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +154,7 @@ impl Aggregate {
 
     /// Counts `e` and records each of its measured stages.
     pub fn add(&mut self, e: &Exit) {
-        let (key, idx) = self.count(e, 1, e.ts_ns);
+        let (key, idx) = self.count(e, 1, e.ts_ns, true);
         for stage in Stage::ALL {
             if let Some(ns) = e.stages[stage.index()] {
                 let ns = ns.min(MAX_NS);
@@ -167,7 +171,12 @@ impl Aggregate {
     ///
     /// [`add`]: Aggregate::add
     pub fn add_tally(&mut self, t: &Tally) {
-        let (key, idx) = self.count(&t.exit, t.count, t.first_ts_ns);
+        self.count_addrs(t);
+        if t.count == 0 {
+            return;
+        }
+        let mmio = matches!(t.exit.access, Some(Access::Mmio { .. }));
+        let (key, idx) = self.count(&t.exit, t.count, t.first_ts_ns, !mmio);
         for stage in Stage::ALL {
             let values = &t.stages[stage.index()];
             if !values.is_empty() {
@@ -177,9 +186,31 @@ impl Aggregate {
         self.intervals.advance(idx);
     }
 
-    /// Counts `n` exits like `e` (the first of them at `first_ts`) in its key, the ports table
-    /// and the span; returns its key and the index of the interval of the first.
-    fn count(&mut self, e: &Exit, n: u64, first_ts: u64) -> (Key, u64) {
+    /// The address rows of a tally's MMIO exits (its access has no address).
+    fn count_addrs(&mut self, t: &Tally) {
+        let Some(access @ Access::Mmio { .. }) = t.exit.access else {
+            return;
+        };
+        let folded = (t.other > 0).then_some((0, t.other, true));
+        let rows = t.addrs.iter().map(|&(a, n)| (a, n, false)).chain(folded);
+        for (addr, n, folded) in rows {
+            let stats = self.ports.entry(PortKey {
+                addr,
+                folded,
+                ..port_key(&t.exit, access)
+            });
+            let stats = stats.or_default();
+            stats.count += n;
+            if t.exit.userspace_reason.is_some() {
+                stats.userspace += n;
+            }
+        }
+    }
+
+    /// Counts `n` exits like `e` (the first of them at `first_ts`) in its key, the span and,
+    /// with `port`, the ports table (a tally's MMIO addresses go by
+    /// [`Aggregate::count_addrs`]); returns its key and the index of the interval of the first.
+    fn count(&mut self, e: &Exit, n: u64, first_ts: u64, port: bool) -> (Key, u64) {
         let key = Key {
             pid: e.pid,
             vcpu: e.vcpu,
@@ -190,7 +221,7 @@ impl Aggregate {
         if let Some(code) = e.userspace_reason {
             *stats.userspace.entry(code).or_default() += n;
         }
-        if let Some(access) = e.access {
+        if let Some(access) = e.access.filter(|_| port) {
             let stats = self.ports.entry(port_key(e, access)).or_default();
             stats.count += n;
             if e.userspace_reason.is_some() {
@@ -467,6 +498,7 @@ fn port_key(e: &Exit, access: Access) -> PortKey {
         addr,
         write,
         reason: e.reason,
+        folded: false,
     }
 }
 
@@ -581,6 +613,8 @@ mod tests {
             count: 4,
             stages,
             sum_ns,
+            addrs: Vec::new(),
+            other: 0,
         });
         for a in [&one_by_one, &tallied] {
             let io = &a.keys()[&key(0, IO)];
@@ -627,6 +661,39 @@ mod tests {
     }
 
     #[test]
+    fn a_tallys_mmio_exits_count_by_address_and_in_other() {
+        let mut a = Aggregate::new(SEC);
+        let mut e = exit(0, IO, 5_000, None);
+        e.access = Some(Access::Mmio {
+            gpa: 0,
+            size: 1,
+            write: true,
+        });
+        let tally = |count, addrs, other| Tally {
+            exit: e.clone(),
+            first_ts_ns: 1_000,
+            count,
+            stages: Default::default(),
+            sum_ns: [0; STAGES],
+            addrs,
+            other,
+        };
+        a.add_tally(&tally(5, vec![(0xb8000, 2), (0xb8001, 1)], 1));
+        // Addresses a read took before their count: ports only.
+        a.add_tally(&tally(0, vec![(0xb8000, 1)], 0));
+        assert_eq!(a.total_exits(), 5);
+        let rows: Vec<_> = a
+            .ports()
+            .iter()
+            .map(|(p, s)| (p.addr, p.folded, s.count))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![(0, true, 1), (0xb8000, false, 3), (0xb8001, false, 1)]
+        );
+    }
+
+    #[test]
     fn ports_table() {
         let mut a = Aggregate::new(SEC);
         let mut e = exit(0, IO, 1, None);
@@ -650,6 +717,7 @@ mod tests {
             addr: 0x3f8,
             write: true,
             reason: IO,
+            folded: false,
         };
         assert_eq!(
             a.ports()[&pio],

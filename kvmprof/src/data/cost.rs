@@ -105,6 +105,10 @@ pub struct OwnCost {
     /// divide it: the figure is kvmprof's cost on the host per traced exit.
     #[serde(default, skip_serializing_if = "is_false")]
     pub filtered: bool,
+    /// Exits that came one by one, as records (`serve` shows it: its series of VMs that
+    /// left no longer add up to every exit).
+    #[serde(default)]
+    pub one_by_one: u64,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -127,6 +131,7 @@ impl Default for OwnCost {
             note: None,
             tallied: 0,
             filtered: false,
+            one_by_one: 0,
         }
     }
 }

@@ -174,6 +174,12 @@ pub struct Tally {
     pub stages: [Vec<(u64, u64)>; STAGES],
     /// Per stage: the exact sum of the durations.
     pub sum_ns: [u64; STAGES],
+    /// For MMIO exits, whose `exit.access` carries no address: (address, exits) of those
+    /// counted by address, and `other`, those whose address the kernel had no room for
+    /// (`kvmprof_common::tally`). Read apart from `count`: within one tally they may be a
+    /// few exits ahead of it (even with `count` 0), never behind at the end.
+    pub addrs: Vec<(u64, u64)>,
+    pub other: u64,
 }
 
 #[cfg(test)]

@@ -409,6 +409,32 @@ pub fn kvm_exit_layout(k: &KernelBtf, vendor: Vendor) -> Result<ExitLayout, Stri
     })
 }
 
+/// BTF offsets of `current->files->fdt->fd[fd]->private_data->run`: a vCPU fd's `kvm_run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunPath {
+    pub files: u32,
+    pub fdt: u32,
+    pub fd_array: u32,
+    pub private_data: u32,
+    pub run: u32,
+}
+
+/// The BTF offsets from a task to the `kvm_run` of its vCPU fd (`kvm_vcpu` lives in vmlinux
+/// or in the `kvm` module's BTF), or `None` when one is missing.
+pub fn run_path(k: &KernelBtf) -> Option<RunPath> {
+    let v = &k.vmlinux;
+    let run = std::iter::once(&**v)
+        .chain(k.modules.iter().map(|(_, b)| b))
+        .find_map(|b| b.member_offset("kvm_vcpu", "run"))?;
+    Some(RunPath {
+        files: v.member_offset("task_struct", "files")?,
+        fdt: v.member_offset("files_struct", "fdt")?,
+        fd_array: v.member_offset("fdtable", "fd")?,
+        private_data: v.member_offset("file", "private_data")?,
+        run,
+    })
+}
+
 /// An fd of the kernel BTF object of `module` (`None`: vmlinux, which needs no fd), found by
 /// walking every BTF object id (BPF_BTF_GET_NEXT_ID) and reading its name (a module's BTF
 /// object is named after the module). Needs CAP_SYS_ADMIN.

@@ -40,6 +40,9 @@ pub struct Facts {
     /// Where a tp_btf `kvm_exit` program finds the exit reason, or why it cannot (`None`:
     /// not read).
     pub kvm_exit_layout: Option<Result<ExitLayout, String>>,
+    /// How the programs find a vCPU's `kvm_run` from its fd (`Config::run_known`); `None`
+    /// when a member is not in BTF.
+    pub run_path: Option<btf::RunPath>,
     pub kprobes: bool,
     /// `Some(Err(why))` when loading an fentry program was refused; `None` when untried
     /// (only a load attempt tells: `btf::probe_trampoline`).
@@ -125,6 +128,7 @@ impl Facts {
                 })
                 .collect(),
             kvm_exit_layout: None,
+            run_path: btf::run_path(&kbtf),
             kprobes: Path::new(KPROBE_PMU).exists(),
             fentry: None,
             traceable,

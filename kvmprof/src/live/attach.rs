@@ -328,6 +328,7 @@ fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Conf
         }
         _ => None,
     };
+    let run = f.run_path;
     let mut cfg = Config {
         boundary: plan.boundary,
         filter_pids: filter as u32,
@@ -351,6 +352,12 @@ fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Conf
         per_exit: records.every_exit as u32,
         task_pid_off: f.sched.task_ids.map_or(0, |t| t.0),
         task_tgid_off: f.sched.task_ids.map_or(0, |t| t.1),
+        run_known: (plan.boundary == kvmprof_common::boundary::IDENT && run.is_some()) as u32,
+        run_files_off: run.map_or(0, |r| r.files),
+        run_fdt_off: run.map_or(0, |r| r.fdt),
+        run_fd_array_off: run.map_or(0, |r| r.fd_array),
+        run_private_off: run.map_or(0, |r| r.private_data),
+        run_vcpu_run_off: run.map_or(0, |r| r.run),
         slow_ns: records.over_ns,
     };
     cfg.fixed_fields = fixed_fields_hold(&cfg) as u32;
@@ -495,5 +502,125 @@ mod tests {
             wrong.push(format!("global {} missing", map::CONFIG));
         }
         assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// Every program's worst call chain fits in the 512 bytes of stack that Debian 6.1's
+    /// verifier allows a whole chain, counted as it counts: each frame's deepest stack slot,
+    /// rounded up to 32 bytes (newer kernels round to 16 under the JIT, so this host's
+    /// verifier passes chains that 6.1 refuses: the issue 18 tally did, at 576 bytes, and it
+    /// was first seen in the VM matrix). Statically, from the object's instructions: a frame
+    /// is as deep as its deepest `r10 - N` access or `rX = r10; rX += -N`.
+    #[test]
+    fn every_programs_call_chain_fits_the_stack_that_the_6_1_verifier_allows() {
+        const LIMIT: u64 = 512;
+        let chains = stack_chains();
+        assert!(chains.len() > 20, "programs found: {chains:?}");
+        let over: Vec<_> = chains.iter().filter(|(_, d, _)| *d > LIMIT).collect();
+        assert!(over.is_empty(), "over {LIMIT} bytes of stack: {over:#?}");
+    }
+
+    /// A call chain: each frame's function and own stack depth, outermost first.
+    type Frames = Vec<(String, u64)>;
+
+    /// Each program: (name, stack of its deepest call chain, that chain).
+    fn stack_chains() -> Vec<(String, u64, Frames)> {
+        use object::{ObjectSection, RelocationTarget, SectionIndex};
+
+        struct Func {
+            name: String,
+            section: SectionIndex,
+            start: u64,
+            depth: u64,
+            /// Callees as (section, byte offset of their first instruction).
+            calls: Vec<(SectionIndex, u64)>,
+            global: bool,
+        }
+        let elf = object::File::parse(OBJECT).expect("the embedded eBPF object is ELF");
+        let mut funcs = Vec::new();
+        for sym in elf.symbols() {
+            if sym.kind() != object::SymbolKind::Text || sym.size() == 0 {
+                continue;
+            }
+            let Some(section) = sym.section_index() else {
+                continue;
+            };
+            let sec = elf.section_by_index(section).expect("symbol's section");
+            let data = sec.data().expect("section data");
+            let relocs: HashMap<u64, object::Relocation> = sec.relocations().collect();
+            let (start, end) = (sym.address(), sym.address() + sym.size());
+            let mut depth = 0u64;
+            let mut calls = Vec::new();
+            let mut frame_ptrs = 0u16;
+            let mut at = start;
+            while at + 8 <= end {
+                let i = &data[at as usize..at as usize + 8];
+                let (code, dst, src) = (i[0], i[1] & 0xf, i[1] >> 4);
+                let off = i16::from_le_bytes([i[2], i[3]]);
+                let imm = i32::from_le_bytes([i[4], i[5], i[6], i[7]]);
+                let deeper = |n: i64| u64::try_from(-n).unwrap_or(0);
+                match code & 7 {
+                    // ST, STX: store to dst + off; LDX: load from src + off.
+                    2 | 3 if dst == 10 => depth = depth.max(deeper(off.into())),
+                    1 if src == 10 => depth = depth.max(deeper(off.into())),
+                    _ => {}
+                }
+                if code == 0xbf && src == 10 {
+                    frame_ptrs |= 1 << dst;
+                } else if code == 0x07 && frame_ptrs & (1 << dst) != 0 {
+                    depth = depth.max(deeper(imm.into()));
+                    frame_ptrs &= !(1 << dst);
+                }
+                if code == 0x85 && src == 1 {
+                    // A call of a subprogram: relative to the next instruction, or to a
+                    // symbol when relocated.
+                    let target = match relocs.get(&at).map(|r| r.target()) {
+                        Some(RelocationTarget::Symbol(s)) => {
+                            let s = elf.symbol_by_index(s).expect("relocation symbol");
+                            let sec = s.section_index().expect("callee's section");
+                            (sec, s.address() as i64 + (i64::from(imm) + 1) * 8)
+                        }
+                        _ => (section, at as i64 + (i64::from(imm) + 1) * 8),
+                    };
+                    calls.push((target.0, target.1 as u64));
+                }
+                at += if code == 0x18 { 16 } else { 8 };
+            }
+            funcs.push(Func {
+                name: sym.name().expect("symbol name").to_owned(),
+                section,
+                start,
+                depth,
+                calls,
+                global: sym.is_global() && sec.name() != Ok(".text"),
+            });
+        }
+        fn chain(funcs: &[Func], f: usize, seen: &mut Vec<usize>) -> (u64, Frames) {
+            let own = funcs[f].depth.max(1).div_ceil(32) * 32;
+            let mut deepest = (0, Vec::new());
+            if !seen.contains(&f) {
+                seen.push(f);
+                for &(sec, start) in &funcs[f].calls {
+                    let callee = funcs
+                        .iter()
+                        .position(|g| g.section == sec && g.start == start);
+                    let callee = callee.expect("every call lands on a function");
+                    let c = chain(funcs, callee, seen);
+                    if c.0 > deepest.0 {
+                        deepest = c;
+                    }
+                }
+                seen.pop();
+            }
+            let mut frames = vec![(funcs[f].name.clone(), funcs[f].depth)];
+            frames.extend(deepest.1);
+            (own + deepest.0, frames)
+        }
+        (0..funcs.len())
+            .filter(|&f| funcs[f].global)
+            .map(|f| {
+                let (depth, frames) = chain(&funcs, f, &mut Vec::new());
+                (funcs[f].name.clone(), depth, frames)
+            })
+            .collect()
     }
 }

@@ -3,7 +3,7 @@
 //! userspace exits still held per thread when recording ends; and resolves vCPU ids.
 use std::collections::HashMap;
 
-use kvmprof_common::{flag, space, Batch, ExitRecord, ThreadState, BATCH, STAGES};
+use kvmprof_common::{flag, space, tally::NewSlot, Batch, ExitRecord, ThreadState, BATCH, STAGES};
 
 use crate::data::model::{Access, Exit, Reason, ReasonSpace};
 
@@ -19,6 +19,10 @@ pub struct Collector {
     in_ring: HashMap<u32, u64>,
     /// The window's end once known: records closed at or after it are outside the recording.
     end_ns: Option<u64>,
+    /// Tally slots the kernel made since [`Reader::discover`] last took these.
+    ///
+    /// [`Reader::discover`]: crate::live::tally::Reader::discover
+    pub new_slots: Vec<u32>,
 }
 
 impl Collector {
@@ -28,9 +32,15 @@ impl Collector {
         self.end_ns = Some(end_ns);
     }
 
-    /// One ring-buffer record: a batch, less what was already taken from its per-CPU copy.
-    /// A record of another size is not ours and yields nothing.
+    /// One ring-buffer record: a batch, less what was already taken from its per-CPU copy,
+    /// or a note of a new tally slot. A record of another size is not ours.
     pub fn ring(&mut self, bytes: &[u8], out: &mut Vec<Exit>) {
+        if bytes.len() == std::mem::size_of::<NewSlot>() {
+            // SAFETY: the kernel wrote a whole NewSlot (checked length); unaligned read.
+            let note: NewSlot = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            self.new_slots.push(note.slot);
+            return;
+        }
         if bytes.len() < std::mem::size_of::<Batch>() {
             return;
         }

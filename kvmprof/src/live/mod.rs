@@ -377,6 +377,7 @@ impl Session {
         let mut batch: Vec<Exit> = Vec::new();
         // Exits that came tallied rather than one by one, for the own-cost line.
         let mut tallied_exits = 0u64;
+        let mut one_by_one = 0u64;
         let mut tick = tokio::time::interval_at(on_grid(opts.tick), opts.tick);
         // The kernel wakes us only when a lot is waiting (see `WAKEUP_BYTES` in
         // kvmprof-ebpf), so drain on a timer too.
@@ -392,8 +393,9 @@ impl Session {
                     let mut guard = guard?;
                     drain(guard.get_inner_mut(), &mut collector, &mut batch);
                     guard.clear_ready();
-                    absorb(&mut batch, &mut sink, &mut agg)?;
-                    tallies.discover(&mut collector.vcpus)?;
+                    one_by_one += absorb(&mut batch, &mut sink, &mut agg)?;
+                    let slots = std::mem::take(&mut collector.new_slots);
+                    tallies.discover(&slots, &mut collector.vcpus)?;
                 }
                 _ = poll.tick() => {
                     // Often, to name a child before it exits (`sh -c` runs for milliseconds).
@@ -401,8 +403,9 @@ impl Session {
                         follow_children(&ebpf, &mut followed)?;
                     }
                     drain(ring.get_mut(), &mut collector, &mut batch);
-                    absorb(&mut batch, &mut sink, &mut agg)?;
-                    tallies.discover(&mut collector.vcpus)?;
+                    one_by_one += absorb(&mut batch, &mut sink, &mut agg)?;
+                    let slots = std::mem::take(&mut collector.new_slots);
+                    tallies.discover(&slots, &mut collector.vcpus)?;
                     // Sampled run-time stats switch here, just after a drain: the exit count
                     // then misses only exits still batched in the kernel, about as many at a
                     // sample's end as at its start, so a sample's count is off by a few
@@ -429,7 +432,7 @@ impl Session {
                     // The last exits of a VMM that exited are in batches of CPUs that may
                     // see no exit again (its threads' held exits went there at their end).
                     held.take_quiet(&mut collector, &mut batch)?;
-                    absorb(&mut batch, &mut sink, &mut agg)?;
+                    one_by_one += absorb(&mut batch, &mut sink, &mut agg)?;
                     tallied_exits += absorb_tallies(
                         &mut tallies,
                         &mut collector,
@@ -454,6 +457,7 @@ impl Session {
                         exited: &exited,
                         own_cost: OwnCost {
                             tallied: tallied_exits,
+                            one_by_one,
                             ..own_cost(&ebpf, &stats, Some(exits))
                         },
                     };
@@ -485,9 +489,10 @@ impl Session {
         collector.end_at(window.stop_ns);
         drain(ring.get_mut(), &mut collector, &mut batch);
         held.drain(&mut collector, &mut batch)?;
-        absorb(&mut batch, &mut sink, &mut agg)?;
+        one_by_one += absorb(&mut batch, &mut sink, &mut agg)?;
         tallied_exits += absorb_tallies(&mut tallies, &mut collector, &mut sink, &mut agg)?;
         own_cost.tallied = tallied_exits;
+        own_cost.one_by_one = one_by_one;
         let counters = read_counters(&counters);
         agg.add_lost(counters.lost);
         Ok(Outcome {
@@ -545,17 +550,18 @@ fn follow_children(ebpf: &aya::Ebpf, followed: &mut Vec<Target>) -> Result<()> {
     Ok(())
 }
 
-/// Hands drained exits to the sink and the aggregate.
+/// Hands drained exits to the sink and the aggregate; returns how many.
 fn absorb(
     batch: &mut Vec<Exit>,
     sink: &mut impl FnMut(Seen) -> Result<()>,
     agg: &mut Aggregate,
-) -> Result<()> {
+) -> Result<u64> {
+    let n = batch.len() as u64;
     for e in batch.drain(..) {
         sink(Seen::Exit(&e))?;
         agg.add(&e);
     }
-    Ok(())
+    Ok(n)
 }
 
 /// Reads what the kernel tallied since the last read and hands it to the sink and the

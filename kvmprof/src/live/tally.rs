@@ -4,11 +4,14 @@
 //! The kernel keeps adding while a read is under way, so one read may see a slot's count
 //! and its histogram rows a few exits apart; the next read takes the rest. The last read,
 //! after the window closed, sees everything: totals are exact.
+use std::{collections::HashMap, path::Path};
+
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, Queue};
 use kvmprof_common::{
+    flag,
     names::map,
-    tally::{self, Next, Row, TallyMeta, NO_ROW},
+    tally::{self, AddrKey, Kind, Row, TallyKey, TallyMeta, NO_ROW},
     STAGES,
 };
 
@@ -20,16 +23,20 @@ use crate::{
 pub struct Reader {
     meta: Array<MapData, TallyMeta>,
     rows: Array<MapData, Row>,
-    next: Array<MapData, Next>,
+    keys: BpfHashMap<MapData, TallyKey, u32>,
+    addrs: BpfHashMap<MapData, AddrKey, u64>,
+    free_slots: Queue<MapData, u32>,
+    free_rows: Queue<MapData, u32>,
     /// By slot: what earlier reads took.
     taken: Vec<Taken>,
-    /// Slots whose vCPU was looked up (see [`Reader::discover`]).
-    discovered: u32,
+    /// By slot and MMIO address: the exits earlier reads took (at most `tally::ADDRS`).
+    taken_addrs: HashMap<AddrKey, u64>,
 }
 
 #[derive(Default)]
 struct Taken {
     count: u64,
+    other: u64,
     last_ts: u64,
     sum_ns: [u64; STAGES],
     max_ns: [u64; STAGES],
@@ -38,55 +45,69 @@ struct Taken {
 }
 
 impl Reader {
+    /// Takes the tally's maps and hands the kernel every slot and row (before the window
+    /// opens: nothing is tallied yet).
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Reader> {
         let mut map = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map"));
-        Ok(Reader {
+        let mut r = Reader {
             meta: Array::try_from(map(map::TALLY_META)?)?,
             rows: Array::try_from(map(map::TALLY_ROWS)?)?,
-            next: Array::try_from(map(map::TALLY_NEXT)?)?,
-            taken: Vec::new(),
-            discovered: 0,
-        })
+            keys: BpfHashMap::try_from(map(map::TALLY_KEYS)?)?,
+            addrs: BpfHashMap::try_from(map(map::TALLY_ADDRS)?)?,
+            free_slots: Queue::try_from(map(map::TALLY_FREE_SLOTS)?)?,
+            free_rows: Queue::try_from(map(map::TALLY_FREE_ROWS)?)?,
+            taken: (0..tally::SLOTS).map(|_| Taken::default()).collect(),
+            taken_addrs: HashMap::new(),
+        };
+        for slot in 0..tally::SLOTS {
+            r.free_slots
+                .push(slot, 0)
+                .context("fill TALLY_FREE_SLOTS")?;
+        }
+        for row in 0..tally::ROWS {
+            r.free_rows.push(row, 0).context("fill TALLY_FREE_ROWS")?;
+        }
+        Ok(r)
     }
 
     /// Looks up the vCPU of each new slot while its process still runs: the vCPU comes from
     /// `/proc/PID/fd`, gone once the VMM exits, and a short VMM can exit before the first
-    /// [`Reader::read`]. The kernel wakes the reader when it makes a slot ([`NewSlot`]).
-    /// Cheap (new slots only).
+    /// [`Reader::read`]. The kernel wakes the reader with a note when it makes a slot
+    /// ([`NewSlot`]); a note lost to a full ring only loses this head start.
     ///
     /// [`NewSlot`]: kvmprof_common::tally::NewSlot
-    pub fn discover(&mut self, vcpus: &mut VcpuResolver) -> Result<()> {
-        let slots = self.next.get(&0, 0).context("read TALLY_NEXT")?.slots;
-        while self.discovered < slots.min(tally::SLOTS) {
-            let m = self
-                .meta
-                .get(&self.discovered, 0)
-                .context("read TALLY_META")?;
-            if m.exit.kind == 0 {
-                break;
-            }
-            if m.exit.vcpu_id < 0 {
+    pub fn discover(&mut self, slots: &[u32], vcpus: &mut VcpuResolver) -> Result<()> {
+        for &slot in slots {
+            let m = self.meta.get(&slot, 0).context("read TALLY_META")?;
+            if m.exit.kind != 0 && m.exit.vcpu_id < 0 {
                 vcpus.resolve(m.exit.pid, m.exit.vcpu_fd, m.exit.tid);
             }
-            self.discovered += 1;
         }
         Ok(())
     }
 
     /// Appends what the kernel tallied since the last call, one [`Tally`] per exit kind.
     pub fn read(&mut self, vcpus: &mut VcpuResolver, out: &mut Vec<Tally>) -> Result<()> {
-        let next = self.next.get(&0, 0).context("read TALLY_NEXT")?;
-        let slots = next.slots.min(tally::SLOTS);
-        if self.taken.len() < slots as usize {
-            self.taken.resize_with(slots as usize, Taken::default);
-        }
-        for slot in 0..slots {
-            let m = self.meta.get(&slot, 0).context("read TALLY_META")?;
-            // Still being set up by its thread: its exits wait for the next read.
+        // Where each slot's tally is in `out`, for its addresses.
+        let mut at: HashMap<u32, usize> = HashMap::new();
+        let mut mmio = false;
+        let mut done = Vec::new();
+        for slot in 0..tally::SLOTS {
+            let mut m = self.meta.get(&slot, 0).context("read TALLY_META")?;
+            // Free, or still being set up by its thread: its exits wait for the next read.
             if m.exit.kind == 0 {
                 continue;
             }
             let seen = &mut self.taken[slot as usize];
+            // A thread writes its slots until its end (`thread_exit` tallies the exit it
+            // held), which comes before its `/proc` entry goes: read after that, the slot
+            // is final and goes back to the kernel once taken (one `stat` per slot in use:
+            // given back at the first read after the end, they are there when many VMMs
+            // come and go).
+            if !thread_alive(m.exit.pid, m.exit.tid) {
+                m = self.meta.get(&slot, 0).context("read TALLY_META")?;
+                done.push((slot, m));
+            }
             if m.count == seen.count {
                 continue;
             }
@@ -100,6 +121,8 @@ impl Reader {
                 count: m.count - seen.count,
                 stages: Default::default(),
                 sum_ns: [0; STAGES],
+                addrs: Vec::new(),
+                other: m.other - seen.other,
             };
             t.exit.ts_ns = m.last_ts;
             t.exit.vcpu = t
@@ -124,13 +147,111 @@ impl Reader {
                 t.sum_ns[s] = m.sum_ns[s] - seen.sum_ns[s];
             }
             seen.count = m.count;
+            seen.other = m.other;
             seen.last_ts = m.last_ts;
             seen.sum_ns = m.sum_ns;
             seen.max_ns = m.max_ns;
+            if m.exit.flags & flag::MMIO != 0 {
+                mmio = true;
+                at.insert(slot, out.len());
+            }
             out.push(t);
+        }
+        // The kernel counts an MMIO exit's address before its slot's count: once a count
+        // grew, every address counted before it is in the hash. Walking the hash costs a
+        // syscall or two per entry, so only then.
+        if mmio {
+            self.read_addrs(&mut at, out)?;
+        }
+        if !done.is_empty() {
+            self.give_back(&done)?;
         }
         Ok(())
     }
+
+    /// Gives the slots of exited threads back to the kernel, with their rows, keys and
+    /// addresses, zeroed: nothing writes them any more (their threads are gone) and every
+    /// exit in them was taken.
+    fn give_back(&mut self, done: &[(u32, TallyMeta)]) -> Result<()> {
+        self.taken_addrs.retain(|key, _| {
+            if !done.iter().any(|&(slot, _)| slot == key.slot) {
+                return true;
+            }
+            // Absent only if already removed: nothing to undo.
+            let _ = self.addrs.remove(key);
+            false
+        });
+        let zero: Box<Row> = Box::new([0; tally::BUCKETS]);
+        for (slot, m) in done {
+            let key = TallyKey {
+                tag: u64::from(m.exit.pid) << 32 | u64::from(m.exit.tid),
+                kind: Kind::of(&m.exit),
+            };
+            // Unreachable first, so no thread finds it while it is zeroed.
+            let _ = self.keys.remove(&key);
+            for &row in m.row.iter().filter(|&&r| r != NO_ROW) {
+                self.rows
+                    .set(row - 1, *zero, 0)
+                    .context("zero TALLY_ROWS")?;
+                self.free_rows
+                    .push(row - 1, 0)
+                    .context("free a tally row")?;
+            }
+            self.meta
+                .set(*slot, TallyMeta::default(), 0)
+                .context("zero TALLY_META")?;
+            self.taken[*slot as usize] = Taken::default();
+            self.free_slots
+                .push(*slot, 0)
+                .context("free a tally slot")?;
+        }
+        Ok(())
+    }
+
+    /// Adds the MMIO address counts that grew to the tallies of their slots (a tally with
+    /// count 0 for a slot whose count is not in this read: its addresses ran ahead).
+    fn read_addrs(&mut self, at: &mut HashMap<u32, usize>, out: &mut Vec<Tally>) -> Result<()> {
+        for entry in self.addrs.iter() {
+            let (key, n) = entry.context("read TALLY_ADDRS")?;
+            let Some(seen) = self.taken.get(key.slot as usize) else {
+                continue;
+            };
+            let last_ts = seen.last_ts;
+            let was = self.taken_addrs.entry(key).or_default();
+            if n == *was {
+                continue;
+            }
+            let delta = n - *was;
+            *was = n;
+            let i = match at.get(&key.slot) {
+                Some(&i) => i,
+                None => {
+                    let m = self.meta.get(&key.slot, 0).context("read TALLY_META")?;
+                    let mut exit = collect::to_exit(&m.exit, None);
+                    exit.ts_ns = last_ts;
+                    out.push(Tally {
+                        exit,
+                        first_ts_ns: last_ts,
+                        count: 0,
+                        stages: Default::default(),
+                        sum_ns: [0; STAGES],
+                        addrs: Vec::new(),
+                        other: 0,
+                    });
+                    at.insert(key.slot, out.len() - 1);
+                    out.len() - 1
+                }
+            };
+            out[i].addrs.push((key.addr, delta));
+        }
+        Ok(())
+    }
+}
+
+/// Whether thread `tid` of process `pid` still runs (its `/proc` entry goes after
+/// `sched_process_exit`, where the kernel tallies its last exit).
+fn thread_alive(pid: u32, tid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
 }
 
 /// The buckets that grew since `was`, as (value standing for the bucket, count). Counters

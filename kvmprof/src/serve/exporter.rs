@@ -43,6 +43,20 @@ impl prometheus_client::collector::Collector for Exporter {
             MetricType::Counter,
         )?;
         m.encode_counter::<NoLabelSet, _, f64>(&s.lost, None)?;
+        let mut family = enc.encode_descriptor(
+            "kvmprof_self_exits",
+            "kvmprof's own cost: exits of every VM since the start, by how they reached \
+             kvmprof: tallied in kernel maps, or one by one as records (each costs more: \
+             --slow, or all 512 tally slots in use at once)",
+            None,
+            MetricType::Counter,
+        )?;
+        let c = &s.own_cost;
+        for (path, n) in [("tallied", c.tallied), ("one_by_one", c.one_by_one)] {
+            family
+                .encode_family(&[("path", path)])?
+                .encode_counter::<NoLabelSet, _, f64>(&(n as f64), None)?;
+        }
         encode_bpf_cost(&s.own_cost, &mut enc)?;
         drop(s);
         encode_cost(selfcost::cpu_time(), &mut enc)
@@ -261,6 +275,8 @@ mod tests {
                 }],
                 measured_exits: Some(50_000_000),
                 samples: 3,
+                tallied: 7,
+                one_by_one: 2,
                 ..OwnCost::default()
             },
         };
@@ -281,6 +297,8 @@ mod tests {
         has(format!(r#"{h}_count{{{l}}} 8"#));
         has(format!(r#"{h}_sum{{{l}}} 1.5"#));
         has("kvmprof_lost_exits_total 3".into());
+        has(r#"kvmprof_self_exits_total{path="tallied"} 7.0"#.into());
+        has(r#"kvmprof_self_exits_total{path="one_by_one"} 2.0"#.into());
         has(r#"kvmprof_self_bpf_seconds_total{program="kvm_pio"} 2.5"#.into());
         has(r#"kvmprof_self_bpf_runs_total{program="kvm_pio"} 40"#.into());
         // 2.5 s of run time over the samples' 50 million exits: 50 ns per exit.

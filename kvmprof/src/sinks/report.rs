@@ -162,6 +162,8 @@ struct PortRow {
     pid: u32,
     space: IoSpace,
     addr: u64,
+    /// The `other` row of MMIO exits whose address the kernel had no room to count apart.
+    folded: bool,
     write: bool,
     reason: Reason,
     reason_name: String,
@@ -224,6 +226,7 @@ fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
             pid: p.pid,
             space: p.space,
             addr: p.addr,
+            folded: p.folded,
             write: p.write,
             reason: p.reason,
             reason_name: reason_name(p.reason),
@@ -563,10 +566,23 @@ fn ports_table(out: &mut String, r: &Report) {
             out,
             "{:>8}  {space:<6}{:<20}{dir:<6}{:>10}{:>8}  {}",
             p.pid,
-            format!("{:#x}", p.addr),
+            if p.folded {
+                "other".to_owned()
+            } else {
+                format!("{:#x}", p.addr)
+            },
             p.count,
             p.userspace,
             p.reason_name
+        );
+    }
+    let folded: u64 = r.ports.iter().filter(|p| p.folded).map(|p| p.count).sum();
+    if folded > 0 {
+        let _ = writeln!(
+            out,
+            "other: {folded} MMIO exits at addresses past the kernel's {} address counts, \
+             one row per pid, direction and reason",
+            kvmprof_common::tally::ADDRS
         );
     }
 }

@@ -27,10 +27,22 @@ fn image(version: &str) -> Result<PathBuf> {
     Ok(image)
 }
 
-/// What the runner starts with here: the host's release binaries, the vendor module.
+/// What the runner starts with here: the host's release binaries, the vendor module, and one
+/// idle VM held for the whole boot.
+///
+/// Why the idle VM: the VM's deaths ("the VM stopped early", in the 6.12 cell mostly during
+/// `record -- testvmm`) are a kernel panic, captured with `vng -v` on the 6th of 8 such records
+/// in a row: "Oops: int3 … RIP: __schedule+0x428" in the idle task, "Kernel panic - not
+/// syncing: Fatal exception in interrupt". The faulting byte is a 5-byte jump-label site: a
+/// text patch's temporary `int3` that a TCG vCPU still ran after the patch was done. The static
+/// key there is most likely KVM's `preempt_notifier_key`, switched on when the first VM is
+/// created and off when the last is destroyed, so every test VMM run alone patched
+/// `__schedule` twice. With one VM alive throughout the key stays on. It makes no exit (never
+/// enters KVM_RUN), and no check records it.
 pub fn prelude(bins: &Binaries) -> String {
     format!(
-        "export KVMPROF='{}' TESTVMM='{}'\nTIMEOUT=timeout DATE=date\nmodprobe kvm_amd\n",
+        "export KVMPROF='{}' TESTVMM='{}'\nTIMEOUT=timeout DATE=date\nmodprobe kvm_amd\n\
+         \"$TESTVMM\" --vcpus 1 --start-delay 36000s > /dev/null 2>&1 &\n",
         bins.kvmprof.display(),
         bins.testvmm.display()
     )
