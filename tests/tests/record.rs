@@ -180,7 +180,7 @@ fn record_by_name_stops_when_the_process_exits_and_keeps_the_data() {
             // (nothing counts before that), then exits.
             "--forever",
             "--duration",
-            "6s",
+            "10s",
         ])
         .stdout(Stdio::null())
         .spawn()
