@@ -565,8 +565,10 @@ fn tally_slots_of_exited_vmms_are_given_back_and_no_exit_is_lost_or_counted_twic
 /// Issue 18: `serve`'s memory stays flat while VMs come and go. Rounds of 8 busy test VMMs
 /// of 8 vCPUs (each ~150 series of histograms while it runs) exit and leave `/metrics` after
 /// the grace period; once the allocator has warmed up (two rounds), serve's resident memory
-/// stays within 10 % round after round. Kept per VM that left, the histograms alone would
-/// grow it by megabytes per VMM.
+/// stays below 150 % of round 2's, round after round: what the allocator keeps swings it by
+/// tens of percent on a loaded host (seen 116-164 MiB after round 2's 129), while histograms
+/// kept per VM that left would grow it by megabytes per VMM, 8 VMMs a round, every round
+/// (before issue 18: 61 MB to 359 MB over five rounds of ten).
 #[test]
 fn serve_memory_stays_flat_while_vmms_come_and_go() {
     let test = "serve_memory_stays_flat_while_vmms_come_and_go";
@@ -617,8 +619,8 @@ fn serve_memory_stays_flat_while_vmms_come_and_go() {
     let base = curve[WARM_UP - 1];
     for (round, &kb) in curve.iter().enumerate().skip(WARM_UP) {
         assert!(
-            kb * 10 <= base * 11,
-            "round {}: {kb} KiB, over 110 % of {base} KiB after round {WARM_UP}: {curve:?}",
+            kb * 2 <= base * 3,
+            "round {}: {kb} KiB, over 150 % of {base} KiB after round {WARM_UP}: {curve:?}",
             round + 1
         );
     }
