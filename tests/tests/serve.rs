@@ -19,6 +19,10 @@ use serde_json::Value;
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
+/// Held by the tests that run dozens of busy test VMMs: each `serve` sees every VMM on the
+/// host, so run side by side they fill each other's tally slots and memory.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A port on 127.0.0.1 that was free a moment ago.
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -524,6 +528,7 @@ fn tally_slots_of_exited_vmms_are_given_back_and_no_exit_is_lost_or_counted_twic
         eprintln!("skipped {test}: exact counts need PVM (hardware backends add exits)");
         return;
     }
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch("serve-recycle");
     let (mut serve, url) = start_serve(&dir, &["--grace", "600s"]);
     let one_by_one = |m: &str| sample_sum(m, "kvmprof_self_exits_total{path=\"one_by_one\"}");
@@ -565,16 +570,15 @@ fn tally_slots_of_exited_vmms_are_given_back_and_no_exit_is_lost_or_counted_twic
 /// Issue 18: `serve`'s memory stays flat while VMs come and go. Rounds of 8 busy test VMMs
 /// of 8 vCPUs (each ~150 series of histograms while it runs) exit and leave `/metrics` after
 /// the grace period; once the allocator has warmed up (two rounds), serve's resident memory
-/// stays below 150 % of round 2's, round after round: what the allocator keeps swings it by
-/// tens of percent on a loaded host (seen 116-164 MiB after round 2's 129), while histograms
-/// kept per VM that left would grow it by megabytes per VMM, 8 VMMs a round, every round
-/// (before issue 18: 61 MB to 359 MB over five rounds of ten).
+/// does not keep growing. Kept per VM that left, the histograms alone grow it by megabytes
+/// per VMM.
 #[test]
 fn serve_memory_stays_flat_while_vmms_come_and_go() {
     let test = "serve_memory_stays_flat_while_vmms_come_and_go";
     if skip_without_kvm(test) {
         return;
     }
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     const ROUNDS: usize = 6;
     const WARM_UP: usize = 2;
     let dir = scratch("serve-memory");
@@ -602,9 +606,10 @@ fn serve_memory_stays_flat_while_vmms_come_and_go() {
         }
         // Served first (the last VMM's exits may still be on their way), then gone.
         let last = *pids.last().expect("a VMM");
-        wait_until(Duration::from_secs(10), || {
+        let served = wait_until(Duration::from_secs(10), || {
             get(&url, &[]).is_some_and(|m| served_exits(&m, last) > 0)
         });
+        assert!(served, "VMM {last} never served: {}", serve.log());
         let gone = wait_until(Duration::from_secs(30), || {
             get(&url, &[]).is_some_and(|m| pids.iter().all(|&p| served_exits(&m, p) == 0))
         });
@@ -616,14 +621,17 @@ fn serve_memory_stays_flat_while_vmms_come_and_go() {
         curve.push(rss_kb(serve.child.id()));
     }
     eprintln!("serve RSS after each round of 8 VMMs (KiB): {curve:?}");
+    // The allocator keeps some of what was freed and other tests' VMMs come and go in the
+    // same serve (it sees every VMM on the host): single rounds jump by a quarter, so the
+    // lower of the last two rounds is held to 140 % of round 2. Seen: flat alone (134, 127,
+    // 140, 129, 129 MiB after round 2) and beside the other tests (63 → 80 MiB); with the
+    // closing histograms of VMs that left kept, 181 → 289, 323 MiB.
     let base = curve[WARM_UP - 1];
-    for (round, &kb) in curve.iter().enumerate().skip(WARM_UP) {
-        assert!(
-            kb * 2 <= base * 3,
-            "round {}: {kb} KiB, over 150 % of {base} KiB after round {WARM_UP}: {curve:?}",
-            round + 1
-        );
-    }
+    let end = curve[ROUNDS - 2].min(curve[ROUNDS - 1]);
+    assert!(
+        end * 10 <= base * 14,
+        "serve's memory grew from {base} KiB after round {WARM_UP} to {end} KiB: {curve:?}"
+    );
     serve.stop();
 }
 
