@@ -94,7 +94,8 @@ for kp in kvmprof kvmprof-before; do
     sleep 1
     $P/$kp record --pid $vmm -o $D/idle.data > /dev/null 2> $D/idle.err &
     k=$!
-    while ! grep -q "^recording" $D/idle.err; do
+    # kvmprof says "kvmprof: recording …; Ctrl-C to stop" once every hook is attached.
+    while ! grep -q "Ctrl-C to stop" $D/idle.err; do
         kill -0 $k 2>/dev/null || { echo "@@FAIL idle $kp: $(tail -1 $D/idle.err)"; bad=1; break; }
         sleep 1
     done
