@@ -31,7 +31,6 @@ use kvmprof_common::{clock::monotonic_ns, counter, names::map, Batch, ThreadStat
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::SignalKind,
-    time::MissedTickBehavior,
 };
 
 use crate::data::cost::{BpfStats, OwnCost};
@@ -398,9 +397,8 @@ impl Session {
         // The kernel wakes us only when a lot is waiting (see `WAKEUP_BYTES` in
         // kvmprof-ebpf), so drain on a timer too.
         let mut poll = tokio::time::interval(DRAIN_EVERY);
-        // After a sleep, one catch-up tick rather than a burst of the missed ones.
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // (Missed ticks burst, as by default: the tally reads stay on the grid. A sleep misses
+        // none: waking resets both timers.)
         // While asleep: the pidfds of the targets and followed processes still running, so
         // that a sleeping session notices their end.
         let mut ends: Option<Ends> = None;
