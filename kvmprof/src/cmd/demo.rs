@@ -58,7 +58,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     let opts = options(
         vec![t.clone()],
         false,
-        &a.hooks,
+        a.hooks.pref(),
         None,
         interval,
         attach::Records::default(),
