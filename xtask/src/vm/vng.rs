@@ -38,11 +38,18 @@ fn image(version: &str) -> Result<PathBuf> {
 /// key there is most likely KVM's `preempt_notifier_key`, switched on when the first VM is
 /// created and off when the last is destroyed, so every test VMM run alone patched
 /// `__schedule` twice. With one VM alive throughout the key stays on. It makes no exit (never
-/// enters KVM_RUN), and no check records it.
+/// enters KVM_RUN), and no check records it. The scheduler stages' hooks switch the keys of
+/// the `sched_switch` and `sched_wakeup` tracepoints, also in `__schedule`, at every
+/// recording; the VM froze often once they came, so those events are enabled for the whole
+/// boot too (with `tracing_on` 0, nothing is recorded into ftrace's buffer).
 pub fn prelude(bins: &Binaries) -> String {
     format!(
         "export KVMPROF='{}' TESTVMM='{}'\nTIMEOUT=timeout DATE=date\nmodprobe kvm_amd\n\
-         \"$TESTVMM\" --vcpus 1 --start-delay 36000s > /dev/null 2>&1 &\n",
+         \"$TESTVMM\" --vcpus 1 --start-delay 36000s > /dev/null 2>&1 &\n\
+         t=/sys/kernel/tracing\n\
+         [ -d $t/events ] || mount -t tracefs nodev $t 2> /dev/null || true\n\
+         echo 0 > $t/tracing_on 2> /dev/null || true\n\
+         for e in sched_switch sched_wakeup; do echo 1 > $t/events/sched/$e/enable 2> /dev/null || true; done\n",
         bins.kvmprof.display(),
         bins.testvmm.display()
     )
