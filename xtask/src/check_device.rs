@@ -6,7 +6,9 @@ use anyhow::{ensure, Context, Result};
 use kvmprof_testvmm::{Counts, Workload};
 use serde_json::Value;
 
-use crate::checks::{expect_counts, parse_json, Captured, Check, Hooks, Notes};
+use crate::checks::{
+    ensure_as_made, expect_counts, parse_json, port_sum, Captured, Check, Hooks, Notes,
+};
 
 /// Two vCPUs, 300 iterations each: 600 exits to the VMM and 1200 in-kernel ones per vCPU,
 /// plus the out that ends the round.
@@ -55,13 +57,8 @@ pub fn verify(check: &Check, c: &Captured) -> Result<Notes> {
     let report = &json["report"];
     expect_counts(report, &[("lost", 0)], "report")?;
     let ports = report["ports"].as_array().context("report has no ports")?;
-    let port = |addr: u16, write: bool, field: &str| -> u64 {
-        ports
-            .iter()
-            .filter(|p| p["space"] == "pio" && p["addr"] == addr && p["write"] == write)
-            .filter_map(|p| p[field].as_u64())
-            .sum()
-    };
+    let port =
+        |addr: u16, write: bool, field: &str| port_sum(ports, "pio", addr.into(), write, field);
     let at = &made.ports;
     let [elcr1, elcr2] = [at.pio_device[0], at.pio_device[1]];
     // The pair on the first ELCR port precedes each out to the VMM; the rest are the second's.
@@ -131,12 +128,7 @@ pub fn verify(check: &Check, c: &Captured) -> Result<Notes> {
         number(&io["userspace"]),
         t.pio_mixed_in + t.pio_mixed_out + t.done,
     ));
-    let wrong: Vec<String> = expected
-        .iter()
-        .filter(|(_, got, want)| got != want)
-        .map(|(what, got, want)| format!("{what} = {got}, the test VMM made {want}"))
-        .collect();
-    ensure!(wrong.is_empty(), "report: {}", wrong.join("; "));
+    ensure_as_made(&expected)?;
     let mut notes = vec![format!(
         "ELCR {} reads and writes in the kernel, {} exits to the VMM around them, each port exact",
         t.pio_device,

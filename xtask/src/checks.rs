@@ -821,12 +821,8 @@ fn report_matches(report: &Value, made: &Counts, vendor: Vendor) -> Result<()> {
 
     // Port rows may be split by reason; add them up per (space, address, direction).
     let ports = report["ports"].as_array().context("report has no ports")?;
-    let port_count = |space: &str, addr: u64, write: bool, field: &str| -> u64 {
-        ports
-            .iter()
-            .filter(|p| p["space"] == space && p["addr"] == addr && p["write"] == write)
-            .filter_map(|p| p[field].as_u64())
-            .sum()
+    let port_count = |space: &str, addr: u64, write: bool, field: &str| {
+        port_sum(ports, space, addr, write, field)
     };
     let at = &made.ports;
     expected.extend([
@@ -859,6 +855,22 @@ fn report_matches(report: &Value, made: &Counts, vendor: Vendor) -> Result<()> {
             0,
         ));
     }
+    ensure_as_made(&expected)
+}
+
+/// `field` of the report's port rows of `space`, `addr` and direction, added up: rows may be
+/// split by reason.
+pub(crate) fn port_sum(ports: &[Value], space: &str, addr: u64, write: bool, field: &str) -> u64 {
+    ports
+        .iter()
+        .filter(|p| p["space"] == space && p["addr"] == addr && p["write"] == write)
+        .filter_map(|p| p[field].as_u64())
+        .sum()
+}
+
+/// Every `(what, got, want)` of the report has what the test VMM made, or one error naming
+/// each that has not.
+pub(crate) fn ensure_as_made(expected: &[(impl fmt::Display, u64, u64)]) -> Result<()> {
     let wrong: Vec<String> = expected
         .iter()
         .filter(|(_, got, want)| got != want)
