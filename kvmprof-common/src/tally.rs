@@ -60,28 +60,24 @@ pub fn bucket(v: u64) -> usize {
     if v < LINEAR {
         return v as usize;
     }
-    // floor(log2(v)) by halving the search range: 8 <= e <= 31 here.
-    let mut e = 0u32;
+    // floor(log2(v)) by halving the search range: 8 <= e <= 31 here. Each step's test is
+    // arithmetic, not a branch: `(t + m) >> k` is 1 exactly when `0 < t < 2^k` (`m` =
+    // 2^k - 1). With branches the verifier walked 32 paths per stage of every exit tallied,
+    // most of the work of loading the programs (seconds on an emulated CPU).
     let mut x = v;
-    if x >= 1 << 16 {
-        x >>= 16;
-        e += 16;
-    }
-    if x >= 1 << 8 {
-        x >>= 8;
-        e += 8;
-    }
-    if x >= 1 << 4 {
-        x >>= 4;
-        e += 4;
-    }
-    if x >= 1 << 2 {
-        x >>= 2;
-        e += 2;
-    }
-    if x >= 1 << 1 {
-        e += 1;
-    }
+    let b = ((x >> 16) + 0xffff) >> 16;
+    let mut e = (b as u32) << 4;
+    x >>= b << 4;
+    let b = ((x >> 8) + 0xff) >> 8;
+    e += (b as u32) << 3;
+    x >>= b << 3;
+    let b = ((x >> 4) + 0xf) >> 4;
+    e += (b as u32) << 2;
+    x >>= b << 2;
+    let b = ((x >> 2) + 0x3) >> 2;
+    e += (b as u32) << 1;
+    x >>= b << 1;
+    e += (x >> 1) as u32;
     let sub = (v >> (e - SUB_BITS)) as usize - (1 << SUB_BITS);
     LINEAR as usize + (e as usize - 8) * (1 << SUB_BITS) + sub
 }

@@ -128,20 +128,35 @@ impl<O, E> Running<O, E> {
 
     /// Waits for the child and returns its status and the writers holding its output. After
     /// `limit` it kills the child and its descendants and fails.
-    pub fn wait(mut self, limit: Duration) -> Result<(ExitStatus, O, E)> {
+    pub fn wait(self, limit: Duration) -> Result<(ExitStatus, O, E)> {
+        self.wait_watched(limit, || None)
+    }
+
+    /// As [`Running::wait`], and also kills the child as soon as `stalled` says why it will
+    /// not finish (polled every second).
+    pub fn wait_watched(
+        mut self,
+        limit: Duration,
+        mut stalled: impl FnMut() -> Option<String>,
+    ) -> Result<(ExitStatus, O, E)> {
         let start = Instant::now();
+        let mut polls = 0u32;
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;
             }
-            if start.elapsed() > limit {
+            polls += 1;
+            let why = if start.elapsed() > limit {
+                Some(format!("did not finish within {} s", limit.as_secs()))
+            } else if polls.is_multiple_of(10) {
+                stalled()
+            } else {
+                None
+            };
+            if let Some(why) = why {
                 kill_tree(self.child.id());
                 let _ = self.child.wait();
-                bail!(
-                    "`{}` did not finish within {} s",
-                    self.what,
-                    limit.as_secs()
-                );
+                bail!("`{}` {why}", self.what);
             }
             std::thread::sleep(Duration::from_millis(100));
         };

@@ -458,7 +458,11 @@ fn prepare(dir: &Path, backend: Backend, bins: &Binaries, list: &[&Check]) -> Re
         Backend::Svm => (
             dir.display().to_string(),
             check_dir.display().to_string(),
-            format!("{}publish() {{ :; }}\n", vng::prelude(bins)),
+            format!(
+                "{}publish() {{ :; }}\n{}",
+                vng::prelude(bins),
+                vng::heartbeat()
+            ),
         ),
         Backend::Vmx => (
             "/run/out".into(),

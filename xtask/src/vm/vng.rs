@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -64,7 +64,7 @@ fn command(version: &str, rwdir: &Path, exec: &str) -> Result<Command> {
     cmd.arg("-r")
         .arg(image(version)?)
         .args(["--disable-kvm", "--disable-microvm", "--qemu-opts=-cpu max"])
-        .args(["-m", "2G", "--rwdir"])
+        .args(["--cpus", "1", "-m", "2G", "--rwdir"])
         .arg(rwdir)
         .args(["--exec", exec])
         .current_dir(rwdir)
@@ -72,17 +72,48 @@ fn command(version: &str, rwdir: &Path, exec: &str) -> Result<Command> {
     Ok(cmd)
 }
 
+/// The file the runner touches every few seconds in the shared results directory.
+const HEARTBEAT: &str = "heartbeat";
+/// A VM that neither touched [`HEARTBEAT`] for this long, nor made it this long after
+/// starting, has frozen: its guest clock stopped (README, "Known issues"), and waiting for
+/// the deadline of all its checks would only lose the time of the retry VM.
+const STALL: Duration = Duration::from_secs(120);
+
+/// The runner's line (after `OUT` is set) that shows the host the guest's clock still runs.
+pub fn heartbeat() -> String {
+    format!("( while :; do : > \"$OUT/{HEARTBEAT}\"; sleep 5; done ) &\n")
+}
+
+/// Why the VM of results directory `dir`, started at `start`, has frozen, if it has.
+fn frozen(dir: &Path, start: Instant) -> Option<String> {
+    let beat = std::fs::metadata(dir.join(HEARTBEAT)).and_then(|m| m.modified());
+    let silent = match beat {
+        Ok(t) => t.elapsed().unwrap_or_default(),
+        Err(_) => start.elapsed(),
+    };
+    (silent > STALL).then(|| {
+        format!(
+            "froze: no heartbeat from the guest for {} s",
+            silent.as_secs()
+        )
+    })
+}
+
 /// Runs `sh <dir>/payload/run.sh` in a VM of kernel `version`, the console in `<dir>/vm.log`; the
-/// runner writes its results into `dir` itself. `None` when the VM hung and was killed.
+/// runner writes its results into `dir` itself, and [`heartbeat`]. `None` when the VM hung
+/// (or froze) and was killed.
 pub fn run(version: &str, dir: &Path, deadline: Duration) -> Result<Option<ExitStatus>> {
     let log = File::create(dir.join("vm.log")).context("cannot create vm.log")?;
     let exec = format!("sh {}", dir.join("payload/run.sh").display());
-    run_vm(
-        &mut command(version, dir, &exec)?,
-        log.try_clone()?,
-        log,
-        deadline,
-    )
+    let start = Instant::now();
+    let running = spawn_piped(&mut command(version, dir, &exec)?, log.try_clone()?, log)?;
+    match running.wait_watched(deadline, || frozen(dir, start)) {
+        Ok((status, _, _)) => Ok(Some(status)),
+        Err(e) => {
+            eprintln!("vm: hung, killed: {e:#}");
+            Ok(None)
+        }
+    }
 }
 
 /// `--shell-cmd`: runs `script` in the workspace root, its output straight to the terminal.
@@ -110,5 +141,30 @@ fn run_vm(
             eprintln!("vm: hung, killed: {e:#}");
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_is_frozen_once_its_heartbeat_is_older_than_the_stall_limit() {
+        let dir = crate::util::target_dir().join("xtask/test-heartbeat");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let now = Instant::now();
+        assert_eq!(frozen(&dir, now), None, "booting, no heartbeat yet");
+        let booted_long_ago = now - STALL - Duration::from_secs(1);
+        assert!(frozen(&dir, booted_long_ago).is_some(), "never beat");
+        let beat = File::create(dir.join(HEARTBEAT)).unwrap();
+        assert_eq!(frozen(&dir, booted_long_ago), None, "beats");
+        beat.set_modified(std::time::SystemTime::now() - STALL - Duration::from_secs(5))
+            .unwrap();
+        let why = frozen(&dir, booted_long_ago).unwrap();
+        assert!(
+            why.starts_with("froze: no heartbeat from the guest for 12"),
+            "{why}"
+        );
     }
 }
