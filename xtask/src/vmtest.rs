@@ -10,8 +10,8 @@
 //! judges them with the check's Rust `verify` function, so the VM side stays a dumb executor
 //! and all assertions live in Rust.
 //!
-//! The two backends' boots run at the same time (each emulator keeps about one host core
-//! busy), one lane per backend; each boot's log is kept and printed in matrix order.
+//! Boots run side by side, one per host core (each emulator keeps about one busy), Bochs'
+//! first as they take longest; each boot's log is kept and printed in matrix order.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -70,29 +70,43 @@ pub fn run(opts: &Options) -> Result<u8> {
         bail!("no check matches --only {}", opts.only.join(" "));
     }
 
-    // One lane per backend, both at once; a lane boots its kernels one after the other.
-    let reports: Vec<BootReport> = std::thread::scope(|scope| {
-        let lanes: Vec<_> = Backend::ALL
-            .into_iter()
-            .map(|backend| {
-                let mine: Vec<Series> = boots
-                    .iter()
-                    .filter(|(b, _)| *b == backend)
-                    .map(|(_, s)| *s)
-                    .collect();
-                let (bins, select, modes) = (&bins, &select, &selected);
+    // Each emulator keeps about one host core busy: as many boots run at once as there
+    // are cores (at least two), the slowest (Bochs) first, so that the quick SVM boots
+    // fill in beside them instead of waiting behind each other in lanes.
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
+    let mut queue: Vec<(usize, Backend, Series)> = boots
+        .iter()
+        .enumerate()
+        .map(|(i, &(b, s))| (i, b, s))
+        .collect();
+    queue.sort_by_key(|&(i, b, _)| (b != Backend::Vmx, i));
+    let queue = std::sync::Mutex::new(queue.into_iter());
+    let mut reports: Vec<(usize, BootReport)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (bins, select, modes, queue) = (&bins, &select, &selected, &queue);
                 scope.spawn(move || {
-                    mine.into_iter()
-                        .map(|series| boot(backend, series, bins, select, modes))
-                        .collect::<Vec<_>>()
+                    let mut done = Vec::new();
+                    loop {
+                        let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
+                        let Some((i, backend, series)) = next else {
+                            return done;
+                        };
+                        done.push((i, boot(backend, series, bins, select, modes)));
+                    }
                 })
             })
             .collect();
-        lanes
+        handles
             .into_iter()
-            .flat_map(|lane| lane.join().expect("a vmtest lane panicked"))
+            .flat_map(|h| h.join().expect("a vmtest worker panicked"))
             .collect()
     });
+    // Printed in matrix order, whichever finished first.
+    reports.sort_by_key(|(i, _)| *i);
+    let reports: Vec<BootReport> = reports.into_iter().map(|(_, r)| r).collect();
 
     for r in &reports {
         print!("{}", r.log);
