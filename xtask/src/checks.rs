@@ -238,7 +238,7 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
     list.push(check(
         "kvmprof_funcs",
         None,
-        crate::check_funcs::script(),
+        crate::check_funcs::script(vendor),
         crate::check_funcs::verify,
     ));
     list.push(check("kvm_stats", None, kvm_stats_script(), kvm_stats));
