@@ -124,3 +124,34 @@ fn probes_on_a_closed_pipe_or_a_full_disk_does_not_panic() {
     assert!(stderr(&out).is_empty(), "{}", stderr(&out));
     assert_clean_error(&run("> /dev/full"), "No space left on device");
 }
+
+/// Loading is paid at every start, mostly in the verifier: ~760 000 instructions walked on
+/// this host before the tally's bucket index lost its branches, ~105 000 since. The bound
+/// catches a change that makes a program's paths multiply again.
+#[test]
+fn probes_lists_the_programs_it_loaded_and_what_verifying_them_cost() {
+    let name = "probes_lists_the_programs_it_loaded_and_what_verifying_them_cost";
+    if skip_without_kvm(name) {
+        return;
+    }
+    let out = kvmprof(&["probes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("programs loaded: "))
+        .unwrap_or_else(|| panic!("no programs line in {text}"));
+    let (programs, total) = line
+        .strip_prefix("programs loaded: ")
+        .and_then(|r| r.split_once(", instructions verified: "))
+        .unwrap_or_else(|| panic!("unexpected programs line: {line}"));
+    let programs: usize = programs.parse().unwrap();
+    let total: u64 = total.parse().unwrap();
+    let listed = text.lines().skip_while(|l| *l != line).skip(1).count();
+    assert!(programs > 0 && listed == programs, "{text}");
+    if total == 0 {
+        println!("SKIP {name}: this kernel does not count verified instructions (before 5.16)");
+        return;
+    }
+    assert!(total < 300_000, "the verifier walked {total} instructions:\n{text}");
+}

@@ -506,12 +506,18 @@ fn a_steady_vmm_gives_a_steady_time_series() {
         .map(|row| row["rate_per_s"].as_f64().unwrap())
         .collect();
     let whole: f64 = rates[1..rates.len() - 1].iter().sum::<f64>() / (rates.len() - 2) as f64;
-    for (row, rate) in rows.iter().zip(&rates) {
+    for row in rows {
         assert!(row["offset_ns"].as_u64().unwrap() < duration, "{row}");
-        // Every interval, partial or not, near the steady rate (the test VMM's sleeps wobble).
+        // Every interval, partial or not, near the steady rate (the test VMM's sleeps
+        // wobble). Exits tallied in the kernel are filed under the interval of the read that
+        // takes them: a read that a loaded host runs late moves the exits since the boundary
+        // into the interval before (seen: 99 exits, 50 ms of them, out of a 105 ms last
+        // interval into the one before), hence 100 ms of exits of slack besides the 15 %.
+        let samples = row["samples"].as_f64().unwrap();
+        let expected = whole * row["length_ns"].as_f64().unwrap() / 1e9;
         assert!(
-            (rate / whole - 1.0).abs() < 0.15,
-            "{rate} vs {whole}: {rows:?}"
+            (samples - expected).abs() <= 0.15 * expected + 0.1 * whole,
+            "{samples} exits where {expected:.0} were due at {whole:.0}/s: {rows:?}"
         );
     }
     let covered: u64 = rows
