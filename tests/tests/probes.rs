@@ -153,5 +153,8 @@ fn probes_lists_the_programs_it_loaded_and_what_verifying_them_cost() {
         println!("SKIP {name}: this kernel does not count verified instructions (before 5.16)");
         return;
     }
-    assert!(total < 300_000, "the verifier walked {total} instructions:\n{text}");
+    assert!(
+        total < 300_000,
+        "the verifier walked {total} instructions:\n{text}"
+    );
 }
