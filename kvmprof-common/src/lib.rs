@@ -287,6 +287,18 @@ pub mod fixed {
 pub struct Window {
     pub start_ns: u64,
     pub stop_ns: u64,
+    /// Non-zero while the reader sleeps because no exit came: the first event inside the
+    /// window clears it and wakes the reader with a [`Wake`] note, so an idle recording
+    /// costs no timer wake-ups.
+    pub asleep: u64,
+}
+
+/// A ring-buffer note written only for its wake-up, by the first event after the reader went
+/// to sleep ([`Window::asleep`]); smaller than a [`Batch`], so batch readers skip it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wake {
+    pub _pad: u64,
 }
 
 impl Window {
@@ -523,6 +535,10 @@ pub mod names {
         pub const FENTRY: &str = "fe_";
         pub const FEXIT: &str = "fx_";
         pub const PREFIXES: [&str; 4] = [KPROBE, KRETPROBE, FENTRY, FEXIT];
+        /// The vendor run's fexit that also reads the exit reason (`Plan::reason_at_vendor_return`).
+        pub const VENDOR_RUN_REASON: &str = "fx_run_reason";
+        /// fentry on `kvm_arch_vcpu_ioctl_run` (`Plan::run_entry_fentry`).
+        pub const RUN_ENTRY: &str = "fe_kvm_run";
         pub const STEMS: [(usize, &str); 4] = [
             (stage::CYCLE, stage::NAMES[stage::CYCLE]),
             (stage::VENDOR_RUN, stage::NAMES[stage::VENDOR_RUN]),
@@ -584,7 +600,7 @@ pub mod names {
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 56 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Batch>() == 24 + (56 + 8 * STAGES) * BATCH);
 const _: () = assert!(core::mem::size_of::<Config>() == 28 * 4 + 8 * STAGES);
-const _: () = assert!(core::mem::size_of::<Window>() == 16);
+const _: () = assert!(core::mem::size_of::<Window>() == 24);
 const _: () = assert!(core::mem::size_of::<ThreadState>() == 312 + 2 * 40 + 16 + 40 + 16);
 
 /// The records' clock read from userspace: CLOCK_MONOTONIC, which `bpf_ktime_get_ns` reads

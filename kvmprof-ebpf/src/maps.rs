@@ -1,6 +1,7 @@
 //! Maps and load-time configuration shared by all probes. The size of `EVENTS` is set by
 //! userspace at load.
 use aya_ebpf::{
+    bindings::BPF_RB_FORCE_WAKEUP,
     helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
@@ -8,7 +9,7 @@ use aya_ebpf::{
 use kvmprof_common::{
     counter,
     tally::{self, AddrKey, Row, TallyKey, TallyMeta},
-    Batch, Config, ThreadState, Window, STATE_SLOTS,
+    Batch, Config, ThreadState, Wake, Window, STATE_SLOTS,
 };
 
 /// Batches of completed exits (`kvmprof_common::Batch`).
@@ -141,11 +142,24 @@ pub(crate) use config;
 
 /// The time of this event if it is inside the recording window. The time is read first:
 /// an event at `ts >= start` then sees the window userspace wrote before `start` (`live/mod.rs`).
+/// The first such event after the reader went to sleep wakes it (`Window::asleep`).
 #[inline(always)]
 pub fn window_now() -> Option<u64> {
     // SAFETY: helper without preconditions.
     let ts = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    WINDOW.get(0).is_some_and(|w| w.contains(ts)).then_some(ts)
+    let w = WINDOW.get_ptr_mut(0)?;
+    // SAFETY: map value pointer valid for this run; `asleep` is the only field written here,
+    // and a race with another CPU only sends one more wake-up.
+    let w = unsafe { &mut *w };
+    if !w.contains(ts) {
+        return None;
+    }
+    if w.asleep != 0 {
+        w.asleep = 0;
+        // A full ring loses only the wake-up; the reader then wakes at the next one.
+        let _ = EVENTS.output::<Wake>(&Wake::default(), BPF_RB_FORCE_WAKEUP as u64);
+    }
+    Some(ts)
 }
 
 /// The value read, or `None` once a refused read is counted (`counter::READ_FAILED`): the

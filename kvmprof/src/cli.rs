@@ -81,6 +81,10 @@ pub struct HookArgs {
     /// How to hook the exit-cycle stages: auto picks fentry, then kprobe, then tracepoints.
     #[arg(long, value_enum, default_value = "auto")]
     hooks: Hooks,
+    /// Also time the exit handler and `kvm_fast_pio` (the deep breakdown): four more BPF
+    /// programs on every exit. Without it: cycle, vendor run and VMM round trip.
+    #[arg(long)]
+    stages: bool,
 }
 
 impl HookArgs {
@@ -92,6 +96,11 @@ impl HookArgs {
             Hooks::Kprobe => HookPref::Kprobe,
             Hooks::Tracepoint => HookPref::Tracepoint,
         }
+    }
+
+    /// `--stages`: the deep breakdown.
+    pub fn deep(&self) -> bool {
+        self.stages
     }
 }
 

@@ -213,7 +213,7 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
                 "kvmprof_record_cmd",
                 Some(hooks),
                 kvmprof_script(Attach::Command, hooks),
-                kvmprof_report,
+                default_level,
             ),
             check(
                 "kvmprof_exits",
@@ -330,7 +330,7 @@ fn exits_script(hooks: Hooks) -> String {
     let dir = format!("/run/kvmprof-exits-{hooks}");
     format!(
         "mkdir -p {dir}\n\
-         \"$KVMPROF\" record --hooks {hooks} -o {dir}/k.data --exits {dir}/exits.jsonl -- sh -c '\
+         \"$KVMPROF\" record --hooks {hooks} --stages -o {dir}/k.data --exits {dir}/exits.jsonl -- sh -c '\
          bpftool prog show -j > {dir}/progs.json; bpftool link show -j > {dir}/links.json; \
          bpftool btf show -j > {dir}/btf.json; \
          grep -o \"bpf_trampoline_[0-9][0-9]*\" /proc/kallsyms > {dir}/trampolines || true; \
@@ -347,12 +347,14 @@ fn exits_script(hooks: Hooks) -> String {
     )
 }
 
-/// The fentry/fexit programs `auto` must attach where the kernel allows them, with the
-/// kernel's attach type: vendor run = `svm_vcpu_run`/`vmx_vcpu_run`, handler =
-/// `svm_handle_exit`/`vmx_handle_exit` (the vendor module), fast PIO = `kvm_fast_pio` (kvm.ko).
-const BTF_PROGRAMS: [(&str, &str); 6] = [
+/// The fentry/fexit programs `auto --stages` must attach where the kernel allows them, with
+/// the kernel's attach type: vendor run = `svm_vcpu_run`/`vmx_vcpu_run` (its fexit reads the
+/// exit reason), handler = `svm_handle_exit`/`vmx_handle_exit` (the vendor module), fast PIO
+/// = `kvm_fast_pio` and KVM_RUN's entry = `kvm_arch_vcpu_ioctl_run` (kvm.ko).
+const BTF_PROGRAMS: [(&str, &str); 7] = [
+    ("fe_kvm_run", "trace_fentry"),
     ("fe_vendor_run", "trace_fentry"),
-    ("fx_vendor_run", "trace_fexit"),
+    ("fx_run_reason", "trace_fexit"),
     ("fe_handler", "trace_fentry"),
     ("fx_handler", "trace_fexit"),
     ("fe_fast_pio", "trace_fentry"),
@@ -441,10 +443,10 @@ fn btf_links(json: &Value, vendor: Vendor) -> Result<()> {
             Some(_) => {}
         }
     }
-    match link_of("tpb_kvm_exit") {
-        Some(l) if l["type"] == "raw_tracepoint" && l["tp_name"] == "kvm_exit" => {}
-        Some(l) => wrong.push(format!("tpb_kvm_exit linked as {l}")),
-        None => wrong.push("tpb_kvm_exit (tp_btf kvm_exit) is not linked".into()),
+    if let Some(l) = link_of("tpb_kvm_exit") {
+        wrong.push(format!(
+            "tpb_kvm_exit linked as {l}, though fx_run_reason reads the exit reason"
+        ));
     }
     let btf_name = |obj: u64| {
         btf.iter()
@@ -458,9 +460,9 @@ fn btf_links(json: &Value, vendor: Vendor) -> Result<()> {
         .filter_map(|k| k.as_str()?.parse::<u64>().ok())
         .map(|key| btf_name(key >> 32))
         .collect();
-    // Two functions in the vendor module, one in kvm (each trampoline holds the fentry and
-    // the fexit program of its function).
-    for (module, want) in [(vendor.module(), 2), ("kvm", 1)] {
+    // Two functions in the vendor module, two in kvm (`kvm_fast_pio` and
+    // `kvm_arch_vcpu_ioctl_run`; each trampoline holds the programs on its function).
+    for (module, want) in [(vendor.module(), 2), ("kvm", 2)] {
         let got = homes.iter().filter(|h| *h == module).count();
         if got != want {
             wrong.push(format!(
@@ -592,8 +594,10 @@ fn kvmprof_script(attach: Attach, hooks: Hooks) -> String {
         }
         Attach::Command => {
             let dir = format!("/run/kvmprof-cmd-{hooks}");
+            // The held command lists the programs loaded once every hook is attached.
             let record = format!(
-                "\"$KVMPROF\" record --hooks {hooks} -o {dir}/k.data -- \"$TESTVMM\" {args} > {dir}/vmm.json\n"
+                "\"$KVMPROF\" record --hooks {hooks} -o {dir}/k.data -- sh -c '\
+                 bpftool prog show -j > {dir}/progs.json; exec \"$TESTVMM\" {args}' > {dir}/vmm.json\n"
             );
             (dir, record)
         }
@@ -602,7 +606,8 @@ fn kvmprof_script(attach: Attach, hooks: Hooks) -> String {
         "mkdir -p {dir}\n\
          {record}\
          \"$KVMPROF\" report -i {dir}/k.data --format json > {dir}/report.json\n\
-         printf '{{\"vmm\": %s, \"report\": %s}}\\n' \"$(cat {dir}/vmm.json)\" \"$(cat {dir}/report.json)\"\n"
+         test -s {dir}/progs.json || echo '[]' > {dir}/progs.json\n\
+         printf '{{\"vmm\": %s, \"report\": %s, \"progs\": %s}}\\n' \"$(cat {dir}/vmm.json)\" \"$(cat {dir}/report.json)\" \"$(cat {dir}/progs.json)\"\n"
     )
 }
 
@@ -771,6 +776,61 @@ fn kvmprof_report(check: &Check, c: &Captured) -> Result<Notes> {
     let json = parse_json(&c.stdout)?;
     let made = Made::read(&json["vmm"])?;
     made.judged(report_matches(&json["report"], &made.counts, check.vendor))
+}
+
+/// The programs the default level of detail (no `--stages`) must load, per hook mode: the
+/// vendor run's pair, its fexit reading the exit reason and KVM_RUN entered by fentry on
+/// `kvm_arch_vcpu_ioctl_run` (`auto`), or the vendor run's kprobe pair (`kprobe`).
+const DEFAULT_AUTO: [&str; 3] = ["fe_vendor_run", "fx_run_reason", "fe_kvm_run"];
+const DEFAULT_KPROBE: [&str; 2] = ["kp_vendor_run", "krp_vendor_run"];
+
+/// What the default level must not load: the deep stages (`--stages` only), and in `auto`
+/// the vendor run's plain fexit, the `kvm_exit` program and the `sys_enter_ioctl` one, which
+/// the reason-reading fexit and the `kvm_arch_vcpu_ioctl_run` fentry replace.
+const NOT_DEFAULT: [&str; 8] = [
+    "fe_handler",
+    "fx_handler",
+    "fe_fast_pio",
+    "fx_fast_pio",
+    "kp_handler",
+    "krp_handler",
+    "kp_fast_pio",
+    "krp_fast_pio",
+];
+const NOT_DEFAULT_AUTO: [&str; 4] = ["fx_vendor_run", "tpb_kvm_exit", "kvm_exit", "kvm_run_enter"];
+
+/// [`kvmprof_report`], and the programs the default level loads are the cheap set
+/// ([`DEFAULT_AUTO`] / [`DEFAULT_KPROBE`], none of [`NOT_DEFAULT`]).
+fn default_level(check: &Check, c: &Captured) -> Result<Notes> {
+    let json = parse_json(&c.stdout)?;
+    default_programs(&prog_names(&json), check.hooks)?;
+    kvmprof_report(check, c)
+}
+
+fn default_programs(names: &[String], hooks: Option<Hooks>) -> Result<()> {
+    let (want, not_auto): (&[&str], &[&str]) = match hooks {
+        Some(Hooks::Kprobe) => (&DEFAULT_KPROBE, &[]),
+        _ => (&DEFAULT_AUTO, &NOT_DEFAULT_AUTO),
+    };
+    let has = |p: &str| names.iter().any(|n| n == p);
+    let mut wrong: Vec<String> = want
+        .iter()
+        .filter(|p| !has(p))
+        .map(|p| format!("{p} is not loaded"))
+        .collect();
+    wrong.extend(
+        NOT_DEFAULT
+            .iter()
+            .chain(not_auto)
+            .filter(|p| has(p))
+            .map(|p| format!("{p} is loaded")),
+    );
+    ensure!(
+        wrong.is_empty(),
+        "default hooks: {} (loaded: {names:?})",
+        wrong.join("; ")
+    );
+    Ok(())
 }
 
 /// [`kvmprof_report`] on `report --format json`, held to the VMM's counts `made`.
@@ -1342,18 +1402,13 @@ mod tests {
                     "prog_id": 20 + i, "prog_type": "tracing", "attach_type": attach}));
             }
         }
-        progs.push(serde_json::json!({"id": 30, "type": "tracing", "name": "tpb_kvm_exit"}));
-        links.push(
-            serde_json::json!({"id": 9, "type": "raw_tracepoint", "prog_id": 30,
-            "tp_name": "kvm_exit"}),
-        );
         let key = |obj: u64, ty: u64| ((obj << 32) | ty).to_string();
         serde_json::json!({
             "progs": progs,
             "links": links,
             "btf": [{"id": 1, "name": "vmlinux"}, {"id": 2, "name": "kvm"},
                 {"id": 3, "name": "kvm_amd"}],
-            "trampolines": [key(3, 70000), key(3, 70010), key(2, 64000)],
+            "trampolines": [key(3, 70000), key(3, 70010), key(2, 64000), key(2, 64010)],
         })
     }
 
@@ -1367,9 +1422,57 @@ mod tests {
         v["trampolines"][2] = Value::String(((1u64 << 32) | 5).to_string());
         let err = btf_links(&v, Vendor::Svm).unwrap_err().to_string();
         assert!(
-            err.contains("0 trampolines on kvm BTF, expected 1"),
+            err.contains("1 trampolines on kvm BTF, expected 2"),
             "{err}"
         );
+        // A program on kvm_exit too, though the vendor run's fexit reads the reason.
+        let mut v = btf_view("");
+        let push = |v: &mut Value, k: &str, x: Value| v[k].as_array_mut().map(|a| a.push(x));
+        push(
+            &mut v,
+            "progs",
+            serde_json::json!({"id": 30, "type": "tracing", "name": "tpb_kvm_exit"}),
+        );
+        push(
+            &mut v,
+            "links",
+            serde_json::json!({"id": 9, "type": "raw_tracepoint", "prog_id": 30, "tp_name": "kvm_exit"}),
+        );
+        let err = btf_links(&v, Vendor::Svm).unwrap_err().to_string();
+        assert!(err.contains("tpb_kvm_exit linked"), "{err}");
+    }
+
+    #[test]
+    fn the_default_level_must_load_the_cheap_set_and_no_deep_stage() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let auto = names(&["fe_vendor_run", "fx_run_reason", "fe_kvm_run", "kvm_pio"]);
+        assert!(default_programs(&auto, Some(Hooks::Auto)).is_ok());
+        // The deep stages hooked by default, or the old kvm_exit/ioctl programs back.
+        for extra in ["fe_handler", "fx_fast_pio", "tpb_kvm_exit", "kvm_run_enter"] {
+            let mut n = auto.clone();
+            n.push(extra.into());
+            let err = default_programs(&n, Some(Hooks::Auto)).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("{extra} is loaded")),
+                "{err}"
+            );
+        }
+        // The reason read elsewhere again.
+        let err = default_programs(&auto[1..], Some(Hooks::Auto)).unwrap_err();
+        assert!(
+            err.to_string().contains("fe_vendor_run is not loaded"),
+            "{err}"
+        );
+        let kp = names(&[
+            "kp_vendor_run",
+            "krp_vendor_run",
+            "kvm_exit",
+            "kvm_run_enter",
+        ]);
+        assert!(default_programs(&kp, Some(Hooks::Kprobe)).is_ok());
+        let mut n = kp.clone();
+        n.push("krp_handler".into());
+        assert!(default_programs(&n, Some(Hooks::Kprobe)).is_err());
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub fn run(opts: &Options) -> Result<u8> {
 
 /// The VM runs the host's release binaries (under Bochs, copies of them), so they are built
 /// first.
-fn build_release_binaries() -> Result<()> {
+pub(crate) fn build_release_binaries() -> Result<()> {
     println!("building: cargo build --release -p kvmprof -p kvmprof-testvmm");
     run_cmd(cargo().args([
         "build",

@@ -1,10 +1,13 @@
-//! BTF tracepoints: the raw arguments of a tracepoint, without the trace-record copy a classic
-//! tracepoint makes before its program runs. Loaded against vmlinux or the `kvm` module's BTF
-//! (see kvmprof/src/live/attach.rs), where KVM's tracepoints live on distro kernels.
+//! BTF tracepoints and the vendor run's fexit that reads the exit reason: raw arguments,
+//! without the trace-record copy a classic tracepoint makes before its program runs. Loaded
+//! against vmlinux or the KVM modules' BTF (see kvmprof/src/live/attach.rs), where KVM's
+//! tracepoints and functions live on distro kernels.
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel, macros::btf_tracepoint, programs::BtfTracePointContext,
+    helpers::bpf_probe_read_kernel,
+    macros::{btf_tracepoint, fexit},
+    programs::{BtfTracePointContext, FExitContext},
 };
-use kvmprof_common::{space, NO_DEREF};
+use kvmprof_common::{space, stage, NO_DEREF};
 
 use crate::{exit, maps};
 
@@ -28,12 +31,54 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<u32> {
         return None;
     }
     let isa = ctx.arg::<u64>(1) as u32;
+    let sp = if isa == KVM_ISA_VMX {
+        space::VMX
+    } else {
+        space::SVM
+    };
+    let (reason, vcpu_id) = reason(vcpu)?;
+    exit::identify_reason(st, maps::config!(boundary), ts, sp as u32, reason, vcpu_id);
+    Some(0)
+}
+
+/// The vendor run's return (`fx_run_reason`, `Plan::reason_at_vendor_return`): the vendor
+/// run's stage ends, and the exit reason KVM stored in the vCPU struct meanwhile identifies
+/// the exit, so `kvm:kvm_exit` needs no program. The vendor run takes the vCPU first.
+#[fexit]
+pub fn fx_run_reason(ctx: FExitContext) -> u32 {
+    try_run_reason(&ctx).unwrap_or(0)
+}
+
+fn try_run_reason(ctx: &FExitContext) -> Option<u32> {
+    let (_, _, st) = maps::current(false)?;
+    // Only inside the recording window (time read first, then the window).
+    let ts = maps::window_now()?;
+    exit::stage_exit(st, stage::VENDOR_RUN, ts);
+    let vcpu: *const u8 = ctx.arg(0);
+    // As in `try_exit`: checked before any arithmetic, whatever the verifier's typing.
+    if vcpu.is_null() {
+        return None;
+    }
+    // The reason sits in the vCPU struct itself only on VMX (`Config::btf_exit_deref_off`).
+    let sp = if maps::config!(btf_exit_deref_off) == NO_DEREF {
+        space::VMX
+    } else {
+        space::SVM
+    };
+    let (reason, vcpu_id) = reason(vcpu)?;
+    exit::identify_reason(st, maps::config!(boundary), ts, sp as u32, reason, vcpu_id);
+    Some(0)
+}
+
+/// The exit reason and vCPU id of `vcpu`, at this kernel's BTF offsets.
+#[inline(always)]
+fn reason(vcpu: *const u8) -> Option<(u32, i32)> {
     let deref = maps::config!(btf_exit_deref_off);
     let reason_off = maps::config!(btf_exit_reason_off) as usize;
     let vcpu_id_off = maps::config!(btf_exit_vcpu_id_off) as usize;
     // SAFETY: probe reads of kernel memory at offsets from this kernel's BTF; a bad read
     // fails the helper, never faults.
-    let (reason, vcpu_id) = unsafe {
+    unsafe {
         let base = if deref == NO_DEREF {
             vcpu
         } else {
@@ -41,20 +86,13 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<u32> {
                 vcpu.wrapping_add(deref as usize) as *const *const u8
             ))?
         };
-        (
+        Some((
             maps::read(bpf_probe_read_kernel(
                 base.wrapping_add(reason_off) as *const u32
             ))?,
             maps::read(bpf_probe_read_kernel(
                 vcpu.wrapping_add(vcpu_id_off) as *const i32
             ))?,
-        )
-    };
-    let sp = if isa == KVM_ISA_VMX {
-        space::VMX
-    } else {
-        space::SVM
-    };
-    exit::identify_reason(st, maps::config!(boundary), ts, sp as u32, reason, vcpu_id);
-    Some(0)
+        ))
+    }
 }

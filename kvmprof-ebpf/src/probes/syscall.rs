@@ -1,8 +1,8 @@
 //! The KVM_RUN ioctl: where a vCPU thread enters the kernel (and its VMM round trip ends).
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_kernel},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{fentry, tracepoint},
+    programs::{FEntryContext, TracePointContext},
 };
 use kvmprof_common::{fixed, KVM_RUN};
 
@@ -49,4 +49,20 @@ fn kvm_run_of(fd: i32) -> Option<u64> {
     let file = follow(fds, (fd as u32 as u64) * 8)?;
     let vcpu = follow(file, maps::config!(run_private_off) as u64)?;
     follow(vcpu, maps::config!(run_vcpu_run_off) as u64)
+}
+
+/// fentry on `kvm_arch_vcpu_ioctl_run` (`Plan::run_entry_fentry`): KVM_RUN entered, seen
+/// from inside KVM, so only KVM_RUN pays for it. No fd here: the vCPU's id is read with
+/// each exit's reason instead.
+#[fentry]
+pub fn fe_kvm_run(_ctx: FEntryContext) -> u32 {
+    try_fe_kvm_run().unwrap_or(0)
+}
+
+fn try_fe_kvm_run() -> Option<u32> {
+    let (_, _, st) = maps::current(true)?;
+    // Only inside the recording window (time read first, then the window).
+    let ts = maps::window_now()?;
+    exit::kvm_run_enter(st, -1, ts);
+    Some(0)
 }

@@ -36,6 +36,10 @@ pub const ENTER_GUEST: &str = "vcpu_enter_guest";
 /// vendor's I/O exit handler.
 pub const FAST_PIO: &str = "kvm_fast_pio";
 
+/// KVM_RUN inside KVM (`x86.c`): where a vCPU thread enters the kernel's run loop, hooked
+/// instead of the ioctl tracepoint that fires for every ioctl of every process.
+pub const RUN_IOCTL: &str = "kvm_arch_vcpu_ioctl_run";
+
 /// Used when the backend is unknown: only the shared hooks apply.
 const UNKNOWN_HOOKS: HookSymbols = HookSymbols {
     vendor_run: &[],

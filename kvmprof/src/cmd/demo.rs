@@ -58,7 +58,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     let opts = options(
         vec![t.clone()],
         false,
-        a.hooks.pref(),
+        &a.hooks,
         None,
         interval,
         attach::Records::default(),

@@ -20,8 +20,14 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
     }
     // What is planned is loaded and attached (tracing no process, the window closed), so a
     // hook the kernel refuses is shown with its fallback, never as usable.
-    let (facts, plan, attached) =
-        live::attach_for_host(a.hooks.pref(), true, Default::default(), &[], false)?;
+    let (facts, plan, attached) = live::attach_for_host(
+        a.hooks.pref(),
+        a.hooks.deep(),
+        true,
+        Default::default(),
+        &[],
+        false,
+    )?;
     let text = match a.format {
         Format::Table => render(&plan, &facts) + &render_loaded(&attached),
         Format::Json => {

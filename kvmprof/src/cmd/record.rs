@@ -11,13 +11,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    cli::RecordArgs,
+    cli::{HookArgs, RecordArgs},
     data::cost::BpfStats,
     data::model::Exit,
     data::slow::SlowExits,
     data::target::{self as process, Target},
     host::kernel::Facts,
-    host::plan::{HookPref, Plan},
+    host::plan::Plan,
     live::attach,
     live::spawn::{self, spawn_held},
     live::target,
@@ -80,7 +80,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
     let session = Session::start(options(
         targets.clone(),
         held.is_some(),
-        a.hooks.pref(),
+        &a.hooks,
         a.duration,
         a.interval,
         records,
@@ -103,7 +103,7 @@ pub async fn record(a: RecordArgs) -> Result<()> {
 pub(super) fn options(
     targets: Vec<Target>,
     children: bool,
-    hooks: HookPref,
+    hooks: &HookArgs,
     duration: Option<Duration>,
     interval: Duration,
     records: attach::Records,
@@ -112,12 +112,14 @@ pub(super) fn options(
     live::Options {
         targets,
         children,
-        hooks,
+        hooks: hooks.pref(),
+        stages: hooks.deep(),
         duration,
         records,
         tick: TALLY_PERIOD,
         interval,
         bpf_stats,
+        sleep_when_idle: true,
     }
 }
 

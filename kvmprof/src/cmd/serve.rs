@@ -45,11 +45,13 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         targets: targets.clone(),
         children: false,
         hooks: a.hooks.pref(),
+        stages: a.hooks.deep(),
         duration: None,
         tick: TICK,
         interval: SERIES_INTERVAL,
         records: attach::Records::default(),
         bpf_stats: a.bpf_stats.mode(),
+        sleep_when_idle: false,
     })?;
 
     let names = target::names(&a.pids);

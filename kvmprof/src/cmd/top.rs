@@ -66,6 +66,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
         targets: targets.clone(),
         children: false,
         hooks: a.hooks.pref(),
+        stages: a.hooks.deep(),
         duration: None,
         tick: if a.batch {
             a.delay
@@ -79,6 +80,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
             .map(attach::Records::over)
             .unwrap_or_default(),
         bpf_stats: a.bpf_stats.mode(),
+        sleep_when_idle: false,
     };
     // Attach before taking the screen, so that loading errors print on a normal terminal.
     let mut session = live::Session::start(opts)?;

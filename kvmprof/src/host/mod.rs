@@ -14,8 +14,9 @@ use plan::{HookPref, Mode, Plan};
 /// Plans the hooks of one recording on this kernel: the one entry point of planning (the
 /// live session's and `probes`'). Gathers the facts, then learns the one no file tells,
 /// whether trampolines are allowed ([`btf::probe_trampoline`]), on the function the plan
-/// would hook first with fentry, and plans.
-pub fn plan_for_host(hooks: HookPref) -> Result<(Facts, Plan)> {
+/// would hook first with fentry, and plans; `deep` (`--stages`) keeps the handler and
+/// `kvm_fast_pio` stages ([`Plan::without_deep_stages`]).
+pub fn plan_for_host(hooks: HookPref, deep: bool) -> Result<(Facts, Plan)> {
     let mut facts = Facts::gather(&plan::candidate_functions())?;
     if matches!(hooks, HookPref::Auto | HookPref::Fentry) {
         // Planned as if trampolines were allowed: the first fentry stage is the test load.
@@ -30,6 +31,17 @@ pub fn plan_for_host(hooks: HookPref) -> Result<(Facts, Plan)> {
             facts.fentry = Some(btf::probe_trampoline(target).map_err(|e| format!("{e:#}")));
         }
     }
-    let plan = plan::plan(&facts, hooks)?;
+    let plan = plan_from(&facts, hooks, deep)?;
     Ok((facts, plan))
+}
+
+/// The plan for `facts` at the level of detail asked for: without `deep` (`--stages`) the
+/// handler and `kvm_fast_pio` stages are left unhooked ([`Plan::without_deep_stages`]).
+/// Also the plan made again after the kernel refused a program (`Facts::refused`).
+pub fn plan_from(facts: &Facts, hooks: HookPref, deep: bool) -> Result<Plan> {
+    let mut plan = plan::plan(facts, hooks)?;
+    if !deep {
+        plan.without_deep_stages();
+    }
+    Ok(plan)
 }

@@ -99,6 +99,13 @@ pub struct Plan {
     /// How each tracepoint is attached and why, for `kvmprof probes`.
     #[serde(default)]
     pub tracepoint_notes: Vec<String>,
+    /// The vendor run's fexit also reads the exit reason, so `kvm:kvm_exit` is not hooked.
+    #[serde(default)]
+    pub reason_at_vendor_return: bool,
+    /// KVM_RUN's entry is an fentry on [`backend::RUN_IOCTL`] rather than the
+    /// `sys_enter_ioctl` tracepoint.
+    #[serde(default)]
+    pub run_entry_fentry: bool,
 }
 
 impl Plan {
@@ -113,9 +120,29 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The default level of detail: the cycle, the vendor run (guest/host split) and the VMM
+    /// round trip. The handler and `kvm_fast_pio` stages, the deep breakdown, cost four more
+    /// programs on every exit and are hooked only with `--stages`.
+    pub fn without_deep_stages(&mut self) {
+        for sp in &mut self.stages {
+            if matches!(sp.stage, Stage::Handler | Stage::FastPio) && sp.mode != Mode::Unavailable {
+                let was = format!(
+                    "{} on {}: the deep breakdown, hooked only with --stages",
+                    sp.mode.name(),
+                    sp.symbol
+                );
+                sp.rejected.insert(0, was);
+                sp.mode = Mode::Unavailable;
+                sp.why = "not timed: --stages asks for it".into();
+            }
+        }
+    }
+}
+
 /// Every function the planner may consider, for `Facts::gather`.
 pub fn candidate_functions() -> Vec<&'static str> {
-    let mut v: Vec<&str> = vec![backend::ENTER_GUEST, backend::FAST_PIO];
+    let mut v: Vec<&str> = vec![backend::ENTER_GUEST, backend::FAST_PIO, backend::RUN_IOCTL];
     for vd in [Vendor::Vmx, Vendor::Svm, Vendor::Pvm] {
         let h = backend::hooks(vd);
         v.extend(h.vendor_run.iter().chain(h.handler));
@@ -226,10 +253,70 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
         tracepoints.push(tp::KVM_ENTRY.into());
     }
     let TracepointChoice {
-        btf: btf_tracepoints,
+        btf: mut btf_tracepoints,
         raw: raw_tracepoints,
-        notes: tracepoint_notes,
+        notes: mut tracepoint_notes,
     } = plan_tracepoints(f, pref, &tracepoints);
+    // By the vendor run's return KVM has stored the exit reason in the vCPU struct (the
+    // vendor run takes the vCPU first, `kvm_x86_ops.vcpu_run`): its fexit reads it at the
+    // offsets the tp_btf program would use, and `kvm_exit` needs no program of its own.
+    let vendor_run = stages.iter().find(|p| p.stage == Stage::VendorRun);
+    // It needs the reason's layout from BTF, not the tp_btf program: 6.12's verifier refuses
+    // that one (`Facts::refused`), and the fexit is loaded on its own. A refused fexit plans
+    // the vendor run's plain fexit and a `kvm_exit` program again.
+    let reason_at_vendor_return = boundary == boundary::VENDOR_RUN
+        && vendor_run.is_some_and(|p| p.mode == Mode::Fentry)
+        && tracepoints.iter().any(|t| t == tp::KVM_EXIT)
+        && matches!(f.kvm_exit_layout, Some(Ok(_)))
+        && !f.refused.contains_key(hook::VENDOR_RUN_REASON);
+    if reason_at_vendor_return {
+        let symbol = vendor_run.map_or("", |p| p.symbol.as_str());
+        tracepoints.retain(|t| t != tp::KVM_EXIT);
+        btf_tracepoints.retain(|t| t != tp::KVM_EXIT);
+        for n in &mut tracepoint_notes {
+            if n.starts_with(tp::KVM_EXIT) {
+                *n = format!(
+                    "{}: not hooked: the exit reason is read in the fexit of {symbol} (vendor vCPU struct, offsets from BTF), one program fewer per exit",
+                    tp::KVM_EXIT
+                );
+            }
+        }
+    }
+    // KVM_RUN's entry by fentry on KVM's own function, not on a tracepoint that runs for
+    // every ioctl on the host. Only where the exit reason comes from the vCPU struct: the
+    // vCPU's id then comes with it, and the ioctl's fd (the tracepoint's gift) is not needed.
+    let run_entry_fentry = reason_at_vendor_return
+        && f.fentry == Some(Ok(()))
+        && f.btf_funcs.contains_key(backend::RUN_IOCTL)
+        && !f.refused.contains_key(hook::RUN_ENTRY);
+    if run_entry_fentry {
+        tracepoints.retain(|t| t != tp::SYS_ENTER_IOCTL);
+        tracepoint_notes.retain(|n| !n.starts_with(tp::SYS_ENTER_IOCTL));
+        tracepoint_notes.push(format!(
+            "{}: not hooked: fentry on {} bounds KVM_RUN (it runs for KVM_RUN only)",
+            tp::SYS_ENTER_IOCTL,
+            backend::RUN_IOCTL
+        ));
+        for sp in &mut stages {
+            match sp.stage {
+                Stage::KvmRun => {
+                    sp.symbol = format!("{} .. kvm:kvm_userspace_exit", backend::RUN_IOCTL);
+                    sp.mode = Mode::Fentry;
+                    sp.rejected =
+                        vec!["sys_enter_ioctl(KVM_RUN): runs for every ioctl on the host".into()];
+                    sp.why = format!(
+                        "{} is in BTF, trampolines allowed; the vCPU id comes with the exit reason",
+                        backend::RUN_IOCTL
+                    );
+                }
+                Stage::Vmm => {
+                    sp.symbol = format!("kvm:kvm_userspace_exit .. {}", backend::RUN_IOCTL);
+                    sp.mode = Mode::Fentry;
+                }
+                _ => {}
+            }
+        }
+    }
     Ok(Plan {
         vendor,
         stages,
@@ -238,6 +325,8 @@ pub fn plan(f: &Facts, pref: HookPref) -> Result<Plan> {
         btf_tracepoints,
         raw_tracepoints,
         tracepoint_notes,
+        reason_at_vendor_return,
+        run_entry_fentry,
     })
 }
 
@@ -602,6 +691,36 @@ mod tests {
     }
 
     #[test]
+    fn the_default_level_leaves_the_deep_stages_unhooked_and_says_so() {
+        let full = plan(&svm_modules_with_btf(), HookPref::Auto).unwrap();
+        let mut p = full.clone();
+        p.without_deep_stages();
+        for s in [Stage::Handler, Stage::FastPio] {
+            assert_eq!(stage(&full, s).mode, Mode::Fentry);
+            let sp = stage(&p, s);
+            assert_eq!(sp.mode, Mode::Unavailable);
+            assert!(
+                sp.rejected[0].contains("only with --stages"),
+                "{:?}",
+                sp.rejected
+            );
+        }
+        // The cycle, the vendor run and the boundary stay as planned.
+        for s in [Stage::Cycle, Stage::VendorRun, Stage::KvmRun, Stage::Vmm] {
+            assert_eq!(stage(&p, s), stage(&full, s));
+        }
+        assert_eq!(
+            (p.boundary, &p.tracepoints),
+            (full.boundary, &full.tracepoints)
+        );
+        // Under PVM there is nothing to leave out.
+        let pvm = plan(&pvm_host(), HookPref::Auto).unwrap();
+        let mut shallow = pvm.clone();
+        shallow.without_deep_stages();
+        assert_eq!(shallow, pvm);
+    }
+
+    #[test]
     fn pvm_host_without_kprobes_falls_back_to_tracepoints_and_says_why() {
         let p = plan(&pvm_host(), HookPref::Auto).unwrap();
         assert_eq!(p.vendor, Vendor::Pvm);
@@ -747,7 +866,7 @@ mod tests {
     }
 
     #[test]
-    fn module_functions_with_module_btf_use_fentry_and_kvm_exit_uses_tp_btf() {
+    fn module_functions_with_module_btf_use_fentry_and_read_the_reason_in_the_vendor_fexit() {
         for pref in [HookPref::Auto, HookPref::Fentry] {
             let p = plan(&svm_modules_with_btf(), pref).unwrap();
             for (s, sym, home) in [
@@ -761,13 +880,43 @@ mod tests {
             }
             assert_eq!(p.boundary, boundary::VENDOR_RUN);
             assert_eq!(stage(&p, Stage::Cycle).mode, Mode::Fentry);
-            assert_eq!(p.btf_tracepoints, ["kvm/kvm_exit"]);
-            assert!(p.tracepoints.iter().any(|t| t == "kvm/kvm_exit"));
-            assert!(p
-                .tracepoint_notes
-                .iter()
-                .any(|n| n.starts_with("kvm/kvm_exit: tp_btf on btf_trace_kvm_exit in kvm BTF")));
+            // The fexit of svm_vcpu_run reads the reason: no program on kvm_exit.
+            assert!(p.reason_at_vendor_return);
+            assert!(p.btf_tracepoints.is_empty());
+            assert!(!p.tracepoints.iter().any(|t| t == "kvm/kvm_exit"));
+            assert!(p.tracepoint_notes.iter().any(|n| n.starts_with(
+                "kvm/kvm_exit: not hooked: the exit reason is read in the fexit of svm_vcpu_run"
+            )));
         }
+    }
+
+    #[test]
+    fn kvm_run_is_entered_by_fentry_on_kvm_where_the_reason_comes_from_the_vcpu() {
+        let mut f = svm_modules_with_btf();
+        assert!(
+            !plan(&f, HookPref::Auto).unwrap().run_entry_fentry,
+            "no BTF for it"
+        );
+        with_btf(&mut f, &[("kvm_arch_vcpu_ioctl_run", Some("kvm"))]);
+        let p = plan(&f, HookPref::Auto).unwrap();
+        assert!(p.run_entry_fentry);
+        assert!(!p
+            .tracepoints
+            .iter()
+            .any(|t| t == "syscalls/sys_enter_ioctl"));
+        let run = stage(&p, Stage::KvmRun);
+        assert_eq!(run.mode, Mode::Fentry);
+        assert_eq!(
+            run.symbol,
+            "kvm_arch_vcpu_ioctl_run .. kvm:kvm_userspace_exit"
+        );
+        // kprobe mode reads the reason on kvm_exit and keeps the ioctl tracepoint (its fd).
+        let k = plan(&f, HookPref::Kprobe).unwrap();
+        assert!(!k.run_entry_fentry);
+        assert!(k
+            .tracepoints
+            .iter()
+            .any(|t| t == "syscalls/sys_enter_ioctl"));
     }
 
     #[test]
@@ -790,8 +939,10 @@ mod tests {
         let vr = stage(&p, Stage::VendorRun);
         assert_eq!(vr.mode, Mode::Kprobe);
         assert!(vr.rejected[0].contains("fentry: refused by the kernel"));
-        // tp_btf needs BTF, not trampolines.
+        // tp_btf needs BTF, not trampolines; a kretprobe has no arguments to read the
+        // reason through.
         assert_eq!(p.btf_tracepoints, ["kvm/kvm_exit"]);
+        assert!(!p.reason_at_vendor_return);
     }
 
     #[test]
@@ -897,12 +1048,17 @@ mod tests {
         );
     }
 
-    /// 6.12's verifier refused the tp_btf `kvm_exit` program: `kvm_exit` is then a classic
-    /// tracepoint, and nothing else changes.
+    /// 6.12's verifier refused the tp_btf `kvm_exit` program where the vendor run's fexit does
+    /// not read the reason (refused too, here): `kvm_exit` is then a classic tracepoint, and
+    /// nothing else changes.
     #[test]
     fn a_refused_tp_btf_falls_back_to_the_classic_tracepoint_alone() {
         let mut f = svm_modules_with_btf();
+        f.refused
+            .insert("fx_run_reason".into(), "Permission denied".into());
         let before = plan(&f, HookPref::Auto).unwrap();
+        assert!(!before.reason_at_vendor_return);
+        assert_eq!(before.btf_tracepoints, ["kvm/kvm_exit"]);
         f.refused
             .insert("tpb_kvm_exit".into(), "Permission denied".into());
         let p = plan(&f, HookPref::Auto).unwrap();
@@ -916,6 +1072,41 @@ mod tests {
         );
         assert_eq!(p.stages, before.stages);
         assert_eq!(p.boundary, before.boundary);
+    }
+
+    /// On 6.12 the tp_btf `kvm_exit` program is refused, but the vendor run's fexit reads the
+    /// reason anyway (it needs the layout, not that program): still no `kvm_exit` program.
+    /// When the fexit itself is refused, the plain fexit and tp_btf `kvm_exit` come back, and
+    /// KVM_RUN's entry goes back to `sys_enter_ioctl` with it.
+    #[test]
+    fn the_reason_fexit_does_not_need_the_tp_btf_program_and_falls_back_when_refused() {
+        let mut f = svm_modules_with_btf();
+        with_btf(&mut f, &[("kvm_arch_vcpu_ioctl_run", Some("kvm"))]);
+        f.refused
+            .insert("tpb_kvm_exit".into(), "R3 pointer arithmetic".into());
+        let p = plan(&f, HookPref::Auto).unwrap();
+        assert!(p.reason_at_vendor_return && p.run_entry_fentry);
+        assert!(!p.tracepoints.iter().any(|t| t == "kvm/kvm_exit"));
+        f.refused.remove("tpb_kvm_exit");
+        f.refused
+            .insert("fx_run_reason".into(), "Permission denied".into());
+        let p = plan(&f, HookPref::Auto).unwrap();
+        assert!(!p.reason_at_vendor_return && !p.run_entry_fentry);
+        assert_eq!(p.btf_tracepoints, ["kvm/kvm_exit"]);
+        assert!(p
+            .tracepoints
+            .iter()
+            .any(|t| t == "syscalls/sys_enter_ioctl"));
+        assert_eq!(stage(&p, Stage::VendorRun).mode, Mode::Fentry);
+        // The ioctl fentry alone refused: the reason still comes from the fexit.
+        f.refused.remove("fx_run_reason");
+        f.refused.insert("fe_kvm_run".into(), "EINVAL".into());
+        let p = plan(&f, HookPref::Auto).unwrap();
+        assert!(p.reason_at_vendor_return && !p.run_entry_fentry);
+        assert!(p
+            .tracepoints
+            .iter()
+            .any(|t| t == "syscalls/sys_enter_ioctl"));
     }
 
     /// One refused fentry program moves its stage alone to kprobes; `--hooks fentry` then

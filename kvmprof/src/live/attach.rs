@@ -223,6 +223,16 @@ pub fn attach(
     }
     attach_thread_exit(ebpf)?;
     super::sched::attach(ebpf, plan, facts)?;
+    if plan.run_entry_fentry {
+        let (name, sym) = (hook::RUN_ENTRY, crate::backend::RUN_IOCTL);
+        try_hook(name, format!("fentry on {sym}"), || {
+            load_fentry(ebpf, facts, name, sym)?;
+            let prog: &mut FEntry = ebpf.program_mut(name).context(name)?.try_into()?;
+            prog.attach()
+                .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
+            Ok(())
+        })?;
+    }
 
     for sp in &plan.stages {
         let Some(stem) = hook::stem(sp.stage.index()) else {
@@ -258,7 +268,11 @@ pub fn attach(
                         .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
                     Ok(())
                 })?;
-                let name = format!("{}{stem}", hook::FEXIT);
+                let name = if sp.stage == Stage::VendorRun && plan.reason_at_vendor_return {
+                    hook::VENDOR_RUN_REASON.to_string()
+                } else {
+                    format!("{}{stem}", hook::FEXIT)
+                };
                 try_hook(&name, format!("fexit on {sym}"), || {
                     load_fexit(ebpf, facts, &name, sym)?;
                     let prog: &mut FExit =
@@ -319,10 +333,11 @@ fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Conf
     };
     let btf_exit = match &f.kvm_exit_layout {
         Some(Ok(l))
-            if plan
-                .btf_tracepoints
-                .iter()
-                .any(|t| t == names::tp::KVM_EXIT) =>
+            if plan.reason_at_vendor_return
+                || plan
+                    .btf_tracepoints
+                    .iter()
+                    .any(|t| t == names::tp::KVM_EXIT) =>
         {
             Some(*l)
         }
@@ -492,6 +507,8 @@ mod tests {
                 expect(&format!("{prefix}{stem}"), kind.to_owned());
             }
         }
+        expect(hook::VENDOR_RUN_REASON, "fexit".to_owned());
+        expect(hook::RUN_ENTRY, "fentry".to_owned());
         for m in map::ALL {
             if !obj.maps.contains_key(m) {
                 wrong.push(format!("map {m} missing"));

@@ -21,13 +21,18 @@ pub mod vmname;
 
 use std::{
     ops::ControlFlow,
+    os::fd::{FromRawFd, OwnedFd, RawFd},
+    task::Poll,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use kvmprof_common::{clock::monotonic_ns, counter, names::map, Batch, ThreadState, Window};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::SignalKind,
+};
 
 use crate::data::cost::{BpfStats, OwnCost};
 use crate::data::target::Target;
@@ -48,6 +53,10 @@ const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// as long as the write lands before that instant; this leaves the write ample time.
 const SWITCH_AHEAD: Duration = Duration::from_millis(20);
 
+/// Ticks without a new exit after which a session that may sleep does
+/// ([`Options::sleep_when_idle`]).
+const QUIET_TICKS: u32 = 5;
+
 /// Time allowed after the window closes for programs that read the window just before it
 /// closed to finish writing their records, before the programs are detached.
 const SETTLE: Duration = Duration::from_millis(5);
@@ -57,6 +66,8 @@ pub struct Options {
     /// Trace the processes the targets create, and theirs (`record -- CMD`).
     pub children: bool,
     pub hooks: HookPref,
+    /// `--stages`: the deep breakdown (handler and `kvm_fast_pio`) too.
+    pub stages: bool,
     pub duration: Option<Duration>,
     /// How often `on_tick` runs, the kernel's tallies are read and target liveness is
     /// checked. Ticks fall just after multiples of it on the records' clock: with a tick that
@@ -68,6 +79,10 @@ pub struct Options {
     pub records: attach::Records,
     /// When the kernel's BPF run-time statistics are on (`--bpf-stats`).
     pub bpf_stats: BpfStats,
+    /// Stop ticking while no exit comes: the first event in the window wakes the session
+    /// again (`Window::asleep`), as does a target's exit. For callers whose ticks only move
+    /// exits along (`record`), not those that show time passing (`top`, `serve`).
+    pub sleep_when_idle: bool,
 }
 
 /// What the kernel handed over: one exit, or a tally of exits of one kind.
@@ -142,12 +157,13 @@ pub struct Outcome {
 /// and the processes they create when `children`.
 pub fn attach_for_host(
     hooks: HookPref,
+    deep: bool,
     filter: bool,
     records: attach::Records,
     pids: &[u32],
     children: bool,
 ) -> Result<(Facts, Plan, aya::Ebpf)> {
-    let (mut facts, mut plan) = crate::host::plan_for_host(hooks)?;
+    let (mut facts, mut plan) = crate::host::plan_for_host(hooks, deep)?;
     loop {
         let mut ebpf = attach::load_for(&plan, &facts, filter, records)?;
         let err = match attach::attach(&mut ebpf, &plan, &facts, pids, children) {
@@ -163,7 +179,7 @@ pub fn attach_for_host(
         facts
             .refused
             .insert(refused.program.clone(), refused.why.clone());
-        let next = crate::host::plan::plan(&facts, hooks)?;
+        let next = crate::host::plan_from(&facts, hooks, deep)?;
         if next == plan {
             // Nothing less preferred for that hook (a classic tracepoint).
             return Err(refused.into());
@@ -268,6 +284,7 @@ impl Session {
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
         let (facts, plan, mut ebpf) = attach_for_host(
             opts.hooks,
+            opts.stages,
             !pids.is_empty(),
             opts.records,
             &pids,
@@ -382,6 +399,15 @@ impl Session {
         // The kernel wakes us only when a lot is waiting (see `WAKEUP_BYTES` in
         // kvmprof-ebpf), so drain on a timer too.
         let mut poll = tokio::time::interval(DRAIN_EVERY);
+        // (Missed ticks burst, as by default: the tally reads stay on the grid. A sleep misses
+        // none: waking resets both timers.)
+        // While asleep: the pidfds of the targets and followed processes still running, so
+        // that a sleeping session notices their end.
+        let mut ends: Option<Ends> = None;
+        let mut asleep = false;
+        // Whether exits came since the last tick, and how many ticks came without.
+        let mut moved = false;
+        let mut quiet = 0u32;
         let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut exited: Vec<Target> = Vec::new();
@@ -393,17 +419,34 @@ impl Session {
                     let mut guard = guard?;
                     drain(guard.get_inner_mut(), &mut collector, &mut batch);
                     guard.clear_ready();
-                    one_by_one += absorb(&mut batch, &mut sink, &mut agg)?;
+                    let n = absorb(&mut batch, &mut sink, &mut agg)?;
+                    one_by_one += n;
+                    moved |= n > 0;
                     let slots = std::mem::take(&mut collector.new_slots);
                     tallies.discover(&slots, &mut collector.vcpus)?;
+                    if asleep {
+                        asleep = false;
+                        quiet = 0;
+                        // Back on the grid (each tally read one interval's exits).
+                        tick.reset_at(on_grid(opts.tick));
+                        poll.reset();
+                    }
                 }
-                _ = poll.tick() => {
+                _ = next_end(&mut ends), if asleep => {
+                    // The tick checks which target ended.
+                    asleep = false;
+                    tick.reset_at(on_grid(opts.tick));
+                    poll.reset();
+                }
+                _ = poll.tick(), if !asleep => {
                     // Often, to name a child before it exits (`sh -c` runs for milliseconds).
                     if opts.children {
                         follow_children(&ebpf, &mut followed)?;
                     }
                     drain(ring.get_mut(), &mut collector, &mut batch);
-                    one_by_one += absorb(&mut batch, &mut sink, &mut agg)?;
+                    let n = absorb(&mut batch, &mut sink, &mut agg)?;
+                    one_by_one += n;
+                    moved |= n > 0;
                     let slots = std::mem::take(&mut collector.new_slots);
                     tallies.discover(&slots, &mut collector.vcpus)?;
                     // Sampled run-time stats switch here, just after a drain: the exit count
@@ -413,12 +456,9 @@ impl Session {
                     let since_open = monotonic_ns().saturating_sub(window.start_ns);
                     if stats.switching(Duration::from_nanos(since_open)) {
                         // Exits tallied in the kernel count at the edges too: take them now.
-                        tallied_exits += absorb_tallies(
-                            &mut tallies,
-                            &mut collector,
-                            &mut sink,
-                            &mut agg,
-                        )?;
+                        let n = absorb_tallies(&mut tallies, &mut collector, &mut sink, &mut agg)?;
+                        tallied_exits += n;
+                        moved |= n > 0;
                     }
                     stats.poll(
                         Duration::from_nanos(since_open),
@@ -427,18 +467,19 @@ impl Session {
                     );
                 }
                 _ = &mut duration_over => break Stop::Duration,
-                _ = tick.tick() => {
-                    drain(ring.get_mut(), &mut collector, &mut batch);
-                    // The last exits of a VMM that exited are in batches of CPUs that may
-                    // see no exit again (its threads' held exits went there at their end).
-                    held.take_quiet(&mut collector, &mut batch)?;
-                    one_by_one += absorb(&mut batch, &mut sink, &mut agg)?;
-                    tallied_exits += absorb_tallies(
+                _ = tick.tick(), if !asleep => {
+                    let n = take_all(
+                        &mut ring,
+                        &held,
                         &mut tallies,
                         &mut collector,
+                        &mut batch,
                         &mut sink,
                         &mut agg,
                     )?;
+                    tallied_exits += n.tallied;
+                    one_by_one += n.records;
+                    moved |= n.any();
                     for t in opts.targets.iter().chain(&followed) {
                         if !target::alive(t.pid) && !exited.contains(t) {
                             exited.push(t.clone());
@@ -465,6 +506,36 @@ impl Session {
                         break Stop::Caller;
                     }
                     stats.forgot(exits.saturating_sub(agg.total_exits()));
+                    quiet = if std::mem::take(&mut moved) { 0 } else { quiet + 1 };
+                    // A process whose end cannot be watched (it is ending) keeps us awake.
+                    if opts.sleep_when_idle && quiet >= QUIET_TICKS {
+                        ends = Ends::open(
+                            opts.targets
+                                .iter()
+                                .chain(&followed)
+                                .filter(|t| !exited.contains(t)),
+                        );
+                    }
+                    if ends.is_some() && quiet >= QUIET_TICKS {
+                        // Say so to the kernel, then look once more: an exit whose program
+                        // read the switch before this write wakes no one, and is taken
+                        // here (or, if its program was still running, at the next wake-up
+                        // or at the end).
+                        write_switch_asleep(&mut switch, window, true)?;
+                        let n = take_all(
+                            &mut ring,
+                            &held,
+                            &mut tallies,
+                            &mut collector,
+                            &mut batch,
+                            &mut sink,
+                            &mut agg,
+                        )?;
+                        tallied_exits += n.tallied;
+                    one_by_one += n.records;
+                        asleep = !n.any();
+                        quiet = 0;
+                    }
                 }
                 _ = sigint.recv() => break Stop::Signal("SIGINT"),
                 _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
@@ -564,6 +635,79 @@ fn absorb(
     Ok(n)
 }
 
+/// What [`take_all`] took.
+struct Taken {
+    /// Exits that came one by one, and tallied.
+    records: u64,
+    tallied: u64,
+}
+
+impl Taken {
+    fn any(&self) -> bool {
+        self.records > 0 || self.tallied > 0
+    }
+}
+
+/// Takes everything the kernel has for us while the programs run: the ring, the batches of
+/// CPUs gone quiet (the last exits of a VMM that exited are in batches of CPUs that may see
+/// no exit again: its threads' held exits went there at their end) and the tallies.
+fn take_all(
+    ring: &mut AsyncFd<RingBuf<MapData>>,
+    held: &Held,
+    tallies: &mut tally::Reader,
+    collector: &mut Collector,
+    batch: &mut Vec<Exit>,
+    sink: &mut impl FnMut(Seen) -> Result<()>,
+    agg: &mut Aggregate,
+) -> Result<Taken> {
+    drain(ring.get_mut(), collector, batch);
+    held.take_quiet(collector, batch)?;
+    let records = absorb(batch, sink, agg)?;
+    let tallied = absorb_tallies(tallies, collector, sink, agg)?;
+    Ok(Taken { records, tallied })
+}
+
+/// The targets' pidfds, readable once their process ends: a sleeping session still notices.
+struct Ends(Vec<AsyncFd<OwnedFd>>);
+
+impl Ends {
+    /// `None` when a target's pidfd cannot be had (it already ended, or no `pidfd_open`).
+    fn open<'a>(targets: impl Iterator<Item = &'a Target>) -> Option<Ends> {
+        let open = |pid: u32| {
+            // SAFETY: a plain system call; it returns a new descriptor or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+            let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+            // SAFETY: the descriptor was just made and nothing else owns it; the AsyncFd
+            // owns it from here and closes it when dropped.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: as above, no other owner can close it under the registration.
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+        };
+        targets
+            .map(|t| open(t.pid))
+            .collect::<Option<_>>()
+            .map(Ends)
+    }
+}
+
+/// Until one of the targets ends (forgetting it, so that it wakes only once); never without
+/// targets or pidfds.
+async fn next_end(ends: &mut Option<Ends>) {
+    let Some(Ends(fds)) = ends else {
+        return std::future::pending().await;
+    };
+    std::future::poll_fn(
+        |cx| match fds.iter().position(|fd| fd.poll_read_ready(cx).is_ready()) {
+            Some(i) => {
+                fds.swap_remove(i);
+                Poll::Ready(())
+            }
+            None => Poll::Pending,
+        },
+    )
+    .await
+}
+
 /// Reads what the kernel tallied since the last read and hands it to the sink and the
 /// aggregate; returns the exits it counts.
 fn absorb_tallies(
@@ -625,7 +769,11 @@ fn open_window(switch: &mut Array<MapData, Window>, duration: Option<Duration>) 
         Some(d) => start_ns.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
         None => 0,
     };
-    let w = Window { start_ns, stop_ns };
+    let w = Window {
+        start_ns,
+        stop_ns,
+        asleep: 0,
+    };
     write_switch(switch, w, start_ns)?;
     std::thread::sleep(until(start_ns));
     Ok(w)
@@ -636,6 +784,15 @@ fn close_window(switch: &mut Array<MapData, Window>, w: Window) -> Result<u64> {
     let stop_ns = monotonic_ns() + SWITCH_AHEAD.as_nanos() as u64;
     write_switch(switch, Window { stop_ns, ..w }, stop_ns)?;
     Ok(stop_ns)
+}
+
+/// Tells the programs whether the reader sleeps: the first event in the window wakes it.
+fn write_switch_asleep(switch: &mut Array<MapData, Window>, w: Window, asleep: bool) -> Result<()> {
+    let w = Window {
+        asleep: u64::from(asleep),
+        ..w
+    };
+    switch.set(0, w, 0).context("set the recording window")
 }
 
 /// Writes the switch and says so if the write landed after `edge`, the instant it announced.

@@ -478,6 +478,8 @@ mod tests {
             btf_tracepoints: vec![],
             raw_tracepoints: vec![],
             tracepoint_notes: vec![],
+            reason_at_vendor_return: false,
+            run_entry_fentry: false,
         }
     }
 
