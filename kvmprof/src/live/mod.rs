@@ -532,7 +532,7 @@ impl Session {
                             &mut agg,
                         )?;
                         tallied_exits += n.tallied;
-                    one_by_one += n.records;
+                        one_by_one += n.records;
                         asleep = !n.any();
                         quiet = 0;
                     }
