@@ -239,6 +239,10 @@ pub struct Config {
     pub run_fd_array_off: u32,
     pub run_private_off: u32,
     pub run_vcpu_run_off: u32,
+    /// 1 logs rare anomalies through aya-log (`--debug-bpf`); 0 lets the verifier drop
+    /// every log site.
+    pub debug_bpf: u32,
+    pub _pad_debug: u32,
     /// Per stage: an exit whose stage took longer is sent as a record (`--slow`);
     /// `u64::MAX` for none.
     pub slow_ns: [u64; STAGES],
@@ -599,7 +603,7 @@ pub mod names {
 // must not compile.
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 56 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Batch>() == 24 + (56 + 8 * STAGES) * BATCH);
-const _: () = assert!(core::mem::size_of::<Config>() == 28 * 4 + 8 * STAGES);
+const _: () = assert!(core::mem::size_of::<Config>() == 30 * 4 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Window>() == 24);
 const _: () = assert!(core::mem::size_of::<ThreadState>() == 312 + 2 * 40 + 16 + 40 + 16);
 

@@ -6,6 +6,7 @@ use kvmprof_common::{
     KVM_EXIT_IO, KVM_EXIT_MMIO, STAGES,
 };
 
+use crate::anomaly;
 use sink::{bump, emit, tally_open, tally_pending};
 
 /// Where records and counters go: this CPU's batch, written to the ring buffer when full.
@@ -65,6 +66,7 @@ mod sink {
         };
         if EVENTS.output::<Batch>(&*b, wake as u64).is_err() {
             add(counter::LOST, b.len as u64);
+            crate::anomaly::lost(b.len);
         }
         // A new generation: userspace's copies of the old one are now in the ring.
         b.gen += 1;
@@ -274,6 +276,7 @@ pub fn identify_io(pid: u32, tid: u32, st: &mut ThreadState, bound: u32, ts: u64
         // An access outside any cycle (the thread was already inside KVM_RUN when tracing
         // began): nothing to attribute it to.
         bump(counter::UNMATCHED);
+        anomaly::outside_cycle(st.tag as u32, "a port or MMIO access");
         return;
     }
     st.identified = 1;
@@ -286,6 +289,7 @@ pub fn identify_io(pid: u32, tid: u32, st: &mut ThreadState, bound: u32, ts: u64
 pub fn identify_reason(st: &mut ThreadState, bound: u32, ts: u64, sp: u32, reason: u32, vcpu: i32) {
     if st.open == 0 {
         bump(counter::UNMATCHED);
+        anomaly::outside_cycle(st.tag as u32, "an exit reason");
         return;
     }
     st.identified = 1;
@@ -447,6 +451,7 @@ pub fn stage_exit(st: &mut ThreadState, s: usize, ts: u64) {
     // A start from before this cycle belongs to a call whose return we missed.
     if start == 0 || start < st.cycle_start_ns || st.open == 0 {
         bump(counter::UNMATCHED);
+        anomaly::unmatched_return(st.tag as u32, s);
         return;
     }
     st.stage_start[s] = 0;

@@ -6,12 +6,14 @@
 //! Entry points are thin: each calls a `try_*` function in its module, and a failure ends
 //! the event without touching the traced code path. Failures that lose data are counted
 //! (`kvmprof_common::counter`: a full ring buffer, no room for a thread's state, a stage
-//! return without its entry, a refused read) and shown in the report.
+//! return without its entry, a refused read) and shown in the report; with `--debug-bpf`
+//! each is also logged through aya-log (`anomaly.rs`).
 // Built for the BPF target by kvmprof/build.rs; on the host it only type-checks (so that
 // `cargo clippy --workspace` lints it), as in the aya template.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod anomaly;
 mod exit;
 mod maps;
 mod probes;

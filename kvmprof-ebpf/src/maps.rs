@@ -126,6 +126,8 @@ pub static CONFIG: Config = Config {
     run_fd_array_off: 0,
     run_private_off: 0,
     run_vcpu_run_off: 0,
+    debug_bpf: 0,
+    _pad_debug: 0,
     slow_ns: [0; kvmprof_common::STAGES],
 };
 
@@ -162,14 +164,15 @@ pub fn window_now() -> Option<u64> {
     Some(ts)
 }
 
-/// The value read, or `None` once a refused read is counted (`counter::READ_FAILED`): the
-/// event it was for is dropped, never recorded with a made-up 0.
+/// The value read, or `None` once a refused read is counted (`counter::READ_FAILED`) and
+/// logged (`--debug-bpf`): the event it was for is dropped, never recorded with a made-up 0.
 #[inline(always)]
-pub fn read<T, E>(r: Result<T, E>) -> Option<T> {
+pub fn read<T, E: Into<i64>>(r: Result<T, E>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
-        Err(_) => {
+        Err(e) => {
             bump(counter::READ_FAILED);
+            crate::anomaly::read_refused(e.into());
             None
         }
     }
@@ -252,6 +255,7 @@ fn spill(id: u64, tgid: u32) -> Option<&'static mut ThreadState> {
     let made: &ThreadState = st;
     if THREADS_SPILL.insert(id, made, 0).is_err() {
         bump(counter::NO_STATE);
+        crate::anomaly::no_state(id as u32);
         return None;
     }
     bump(counter::SPILLED);

@@ -85,6 +85,11 @@ pub struct HookArgs {
     /// programs on every exit. Without it: cycle, vendor run and VMM round trip.
     #[arg(long)]
     stages: bool,
+    /// Log the eBPF programs' rare anomalies to stderr (a refused kernel read, a stage return
+    /// without its entry, no room for a thread's state, a full ring buffer), each with its
+    /// thread. Off, the log sites are not even loaded.
+    #[arg(long)]
+    debug_bpf: bool,
 }
 
 impl HookArgs {
@@ -101,6 +106,11 @@ impl HookArgs {
     /// `--stages`: the deep breakdown.
     pub fn deep(&self) -> bool {
         self.stages
+    }
+
+    /// `--debug-bpf`: the programs' anomaly log.
+    pub fn debug_bpf(&self) -> bool {
+        self.debug_bpf
     }
 }
 

@@ -78,6 +78,8 @@ pub fn header() -> Header {
         duration_ns: SEC,
         unobserved: None,
         read_failed: None,
+        unmatched: None,
+        no_state: None,
         stop: None,
         cut: None,
         own_cost: None,

@@ -134,7 +134,40 @@ fn probes_lists_the_programs_it_loaded_and_what_verifying_them_cost() {
     if skip_without_kvm(name) {
         return;
     }
-    let out = kvmprof(&["probes"]);
+    let (total, text) = verified(&[]);
+    if total == 0 {
+        println!("SKIP {name}: this kernel does not count verified instructions (before 5.16)");
+        return;
+    }
+    assert!(
+        total < 300_000,
+        "the verifier walked {total} instructions:\n{text}"
+    );
+}
+
+#[test]
+fn debug_bpf_loads_the_anomaly_log_only_when_asked() {
+    let name = "debug_bpf_loads_the_anomaly_log_only_when_asked";
+    if skip_without_kvm(name) {
+        return;
+    }
+    let (plain, _) = verified(&[]);
+    let (debug, text) = verified(&["--debug-bpf"]);
+    if plain == 0 {
+        println!("SKIP {name}: this kernel does not count verified instructions (before 5.16)");
+        return;
+    }
+    // The log sites are behind a load-time constant: pruned without the flag, verified with.
+    assert!(
+        debug > plain,
+        "--debug-bpf verified {debug} instructions, without it {plain}:\n{text}"
+    );
+}
+
+/// `kvmprof probes ARGS`: the total of instructions verified (0 where the kernel does not
+/// count them) and the text, once its list of programs is checked.
+fn verified(args: &[&str]) -> (u64, String) {
+    let out = kvmprof(&[&["probes"], args].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
     let line = text
@@ -149,12 +182,5 @@ fn probes_lists_the_programs_it_loaded_and_what_verifying_them_cost() {
     let total: u64 = total.parse().unwrap();
     let listed = text.lines().skip_while(|l| *l != line).skip(1).count();
     assert!(programs > 0 && listed == programs, "{text}");
-    if total == 0 {
-        println!("SKIP {name}: this kernel does not count verified instructions (before 5.16)");
-        return;
-    }
-    assert!(
-        total < 300_000,
-        "the verifier walked {total} instructions:\n{text}"
-    );
+    (total, text)
 }

@@ -96,16 +96,22 @@ fn apt_packages() -> Result<()> {
     }
     let mut updated = false;
     for series in Series::ALL {
-        // The archive's newest kernel, as vmtest looks it up; on a fresh machine apt's lists
-        // may be empty, so one update first.
-        let version = match series.newest() {
-            Ok(v) => v,
-            Err(_) if !updated => {
+        // The archive's newest kernel, as vmtest looks it up. On a fresh machine apt's lists
+        // may be empty, or old enough to name a kernel the archive has dropped since (a
+        // machine image's lists named 6.1.0-48 after the archive moved on): then one update
+        // and the lookup again.
+        let newest = series
+            .newest()
+            .and_then(|v| Ok(apt_has(&vm::package(&v))?.then_some(v)));
+        let version = match newest {
+            Ok(Some(v)) => v,
+            _ if !updated => {
                 println!("running: apt-get update");
                 run_cmd(apt_get().arg("update"))?;
                 updated = true;
                 series.newest()?
             }
+            Ok(None) => series.newest()?,
             Err(e) => return Err(e),
         };
         let pkg = vm::package(&version);

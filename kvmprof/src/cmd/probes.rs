@@ -23,6 +23,7 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
     let (facts, plan, attached) = live::attach_for_host(
         a.hooks.pref(),
         a.hooks.deep(),
+        a.hooks.debug_bpf(),
         true,
         Default::default(),
         &[],

@@ -46,6 +46,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         children: false,
         hooks: a.hooks.pref(),
         stages: a.hooks.deep(),
+        debug_bpf: a.hooks.debug_bpf(),
         duration: None,
         tick: TICK,
         interval: SERIES_INTERVAL,

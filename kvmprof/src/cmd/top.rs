@@ -67,6 +67,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
         children: false,
         hooks: a.hooks.pref(),
         stages: a.hooks.deep(),
+        debug_bpf: a.hooks.debug_bpf(),
         duration: None,
         tick: if a.batch {
             a.delay

@@ -147,6 +147,8 @@ pub fn header(import: &Capture) -> Header {
             .map_or(0, |(end, start)| end.saturating_sub(start)),
         unobserved: None,
         read_failed: None,
+        unmatched: None,
+        no_state: None,
         stop: Some("end of trace".to_owned()),
         cut: None,
         own_cost: None,

@@ -75,9 +75,19 @@ impl Records {
 }
 
 /// Loads the object configured for `plan` (the configuration is a load-time global), tracing
-/// only the processes in its PIDS map when `filter` is set.
-pub fn load_for(plan: &Plan, facts: &Facts, filter: bool, records: Records) -> Result<Ebpf> {
-    load(&config(plan, facts, filter, records)?)
+/// only the processes in its PIDS map when `filter` is set, logging anomalies when `debug`.
+pub fn load_for(
+    plan: &Plan,
+    facts: &Facts,
+    filter: bool,
+    records: Records,
+    debug: bool,
+) -> Result<Ebpf> {
+    let cfg = Config {
+        debug_bpf: debug as u32,
+        ..config(plan, facts, filter, records)?
+    };
+    load(&cfg)
 }
 
 /// Loads a BTF-targeted tracing program on `target`.
@@ -373,6 +383,8 @@ fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Conf
         run_fd_array_off: run.map_or(0, |r| r.fd_array),
         run_private_off: run.map_or(0, |r| r.private_data),
         run_vcpu_run_off: run.map_or(0, |r| r.run),
+        debug_bpf: 0,
+        _pad_debug: 0,
         slow_ns: records.over_ns,
     };
     cfg.fixed_fields = fixed_fields_hold(&cfg) as u32;

@@ -9,6 +9,7 @@
 //! instants are the recording's stated start and end (see docs/design.md, "The window").
 
 pub mod attach;
+pub mod bpflog;
 pub mod collect;
 pub mod follow;
 pub mod kvmstats;
@@ -68,6 +69,8 @@ pub struct Options {
     pub hooks: HookPref,
     /// `--stages`: the deep breakdown (handler and `kvm_fast_pio`) too.
     pub stages: bool,
+    /// `--debug-bpf`: the programs log their anomalies, written to stderr.
+    pub debug_bpf: bool,
     pub duration: Option<Duration>,
     /// How often `on_tick` runs, the kernel's tallies are read and target liveness is
     /// checked. Ticks fall just after multiples of it on the records' clock: with a tick that
@@ -158,6 +161,7 @@ pub struct Outcome {
 pub fn attach_for_host(
     hooks: HookPref,
     deep: bool,
+    debug_bpf: bool,
     filter: bool,
     records: attach::Records,
     pids: &[u32],
@@ -165,7 +169,7 @@ pub fn attach_for_host(
 ) -> Result<(Facts, Plan, aya::Ebpf)> {
     let (mut facts, mut plan) = crate::host::plan_for_host(hooks, deep)?;
     loop {
-        let mut ebpf = attach::load_for(&plan, &facts, filter, records)?;
+        let mut ebpf = attach::load_for(&plan, &facts, filter, records, debug_bpf)?;
         let err = match attach::attach(&mut ebpf, &plan, &facts, pids, children) {
             Ok(()) => return Ok((facts, plan, ebpf)),
             Err(e) => e,
@@ -206,6 +210,8 @@ pub struct Session {
     tallies: tally::Reader,
     stats: Sampling,
     kvm: kvmstats::Window,
+    /// `--debug-bpf`: the programs' anomaly log.
+    log: Option<bpflog::BpfLog>,
 }
 
 /// What the kernel holds outside the ring buffer: per-CPU batches not yet full, and
@@ -285,6 +291,7 @@ impl Session {
         let (facts, plan, mut ebpf) = attach_for_host(
             opts.hooks,
             opts.stages,
+            opts.debug_bpf,
             !pids.is_empty(),
             opts.records,
             &pids,
@@ -298,6 +305,11 @@ impl Session {
         let mut switch = Array::try_from(ebpf.take_map(map::WINDOW).context("WINDOW map")?)?;
         let window = open_window(&mut switch, opts.duration)?;
         let kvm = kvmstats::Window::open(&pids);
+        let log = if opts.debug_bpf {
+            Some(bpflog::BpfLog::take(&mut ebpf)?)
+        } else {
+            None
+        };
         Ok(Session {
             opts,
             facts,
@@ -312,6 +324,7 @@ impl Session {
             tallies,
             stats,
             kvm,
+            log,
         })
     }
 
@@ -364,6 +377,7 @@ impl Session {
             mut tallies,
             mut stats,
             mut kvm,
+            mut log,
         } = self;
         let cpu0 = selfcost::cpu_ns();
         let own_cost = |ebpf: &aya::Ebpf, stats: &Sampling, exits| OwnCost {
@@ -465,6 +479,9 @@ impl Session {
                         || selfcost::programs(&ebpf),
                         || agg.total_exits(),
                     );
+                    if let Some(log) = &mut log {
+                        log.flush();
+                    }
                 }
                 _ = &mut duration_over => break Stop::Duration,
                 _ = tick.tick(), if !asleep => {
@@ -557,6 +574,9 @@ impl Session {
         drop(stats);
         // Every program is off now; detaching them one by one can no longer add records.
         drop(ebpf);
+        if let Some(log) = &mut log {
+            log.flush();
+        }
         collector.end_at(window.stop_ns);
         drain(ring.get_mut(), &mut collector, &mut batch);
         held.drain(&mut collector, &mut batch)?;

@@ -112,6 +112,10 @@ struct EndRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     read_failed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    unmatched: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    no_state: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     own_cost: Option<OwnCost>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     slow: Option<SlowExits>,
@@ -130,6 +134,10 @@ pub struct End {
     pub unobserved: Option<u64>,
     /// See [`Header::read_failed`].
     pub read_failed: Option<u64>,
+    /// See [`Header::unmatched`].
+    pub unmatched: Option<u64>,
+    /// See [`Header::no_state`].
+    pub no_state: Option<u64>,
     /// See [`Header::own_cost`].
     pub own_cost: Option<OwnCost>,
     /// See [`Header::slow`].
@@ -275,6 +283,8 @@ impl<W: Write> Writer<W> {
             lost: end.lost,
             unobserved: end.unobserved,
             read_failed: end.read_failed,
+            unmatched: end.unmatched,
+            no_state: end.no_state,
             own_cost: end.own_cost.clone(),
             slow: end.slow.clone(),
             kvm_stats: end.kvm_stats.clone(),
@@ -392,6 +402,8 @@ pub fn write(path: &Path, h: &Header, exits: &[Exit], interval_ns: u64) -> Resul
         lost: 0,
         unobserved: h.unobserved,
         read_failed: h.read_failed,
+        unmatched: h.unmatched,
+        no_state: h.no_state,
         own_cost: h.own_cost.clone(),
         slow: h.slow.clone(),
         kvm_stats: h.kvm_stats.clone(),
@@ -540,6 +552,8 @@ fn complete_header(mut header: Header, a: &mut Aggregate, ends: Ends, cut: Cut) 
             header.stop = Some(end.stop);
             header.unobserved = end.unobserved;
             header.read_failed = end.read_failed;
+            header.unmatched = end.unmatched;
+            header.no_state = end.no_state;
             header.own_cost = end.own_cost;
             header.slow = end.slow;
             header.kvm_stats = end.kvm_stats;
@@ -732,6 +746,8 @@ mod tests {
             duration_ns: 3 * SEC,
             unobserved: Some(2),
             read_failed: None,
+            unmatched: None,
+            no_state: None,
             ..testdata::header()
         }
     }
@@ -874,6 +890,8 @@ mod tests {
             lost: 2,
             unobserved: Some(2),
             read_failed: None,
+            unmatched: None,
+            no_state: None,
             own_cost: None,
             slow: None,
             kvm_stats: Some(KvmStats {
@@ -1123,25 +1141,34 @@ mod tests {
     }
 
     #[test]
-    fn refused_reads_go_in_the_end_record_and_older_files_have_none() {
-        let end = |read_failed| End {
+    fn the_kernel_anomaly_counts_go_in_the_end_record_and_older_files_have_none() {
+        let end = |n: Option<u64>| End {
             duration_ns: SEC,
             stop: "duration".into(),
             lost: 0,
             unobserved: Some(0),
-            read_failed,
+            read_failed: n,
+            unmatched: n.map(|n| n + 1),
+            no_state: n.map(|n| n + 2),
             own_cost: None,
             slow: None,
             kvm_stats: None,
         };
-        let file = |read_failed| {
+        let file = |n| {
             let mut w = Writer::new(Vec::new(), SEC);
             w.write_header(&header(), header().start_ts_ns).unwrap();
-            w.finish(&end(read_failed)).unwrap()
+            w.finish(&end(n)).unwrap()
         };
-        assert_eq!(parse(&file(Some(3))).unwrap().0.read_failed, Some(3));
+        let h = parse(&file(Some(3))).unwrap().0;
+        assert_eq!(
+            (h.read_failed, h.unmatched, h.no_state),
+            (Some(3), Some(4), Some(5))
+        );
         let old = file(None);
-        assert!(!String::from_utf8_lossy(&old).contains("read_failed"));
-        assert_eq!(parse(&old).unwrap().0.read_failed, None);
+        for field in ["read_failed", "unmatched", "no_state"] {
+            assert!(!String::from_utf8_lossy(&old).contains(field));
+        }
+        let h = parse(&old).unwrap().0;
+        assert_eq!((h.read_failed, h.unmatched, h.no_state), (None, None, None));
     }
 }

@@ -77,6 +77,14 @@ pub struct Header {
     /// the end record). `None` for imports, cut files and files from before the count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_failed: Option<u64>,
+    /// Live: a stage return or a KVM event outside any exit cycle (`counter::UNMATCHED`):
+    /// the exit it belonged to lacks that stage's time. As `read_failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmatched: Option<u64>,
+    /// Live: events dropped because a thread's state had no room (`counter::NO_STATE`). As
+    /// `read_failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_state: Option<u64>,
     /// Why the recording stopped (from the end record; `None` in a cut file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<String>,

@@ -215,6 +215,8 @@ fn build(lines: Vec<Line>, start_time: Option<Duration>) -> Result<Foreign> {
         // Another tool's log says nothing of exits whose start was not observed.
         unobserved: None,
         read_failed: None,
+        unmatched: None,
+        no_state: None,
         stop: None,
         cut: None,
         own_cost: None,

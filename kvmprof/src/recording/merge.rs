@@ -203,6 +203,14 @@ fn merged_header(inputs: &[Input]) -> Header {
             .iter()
             .filter_map(|i| i.header.read_failed)
             .reduce(|a, b| a + b),
+        unmatched: inputs
+            .iter()
+            .filter_map(|i| i.header.unmatched)
+            .reduce(|a, b| a + b),
+        no_state: inputs
+            .iter()
+            .filter_map(|i| i.header.no_state)
+            .reduce(|a, b| a + b),
         // Each input's own stop and cut are said when it is read; the merge has neither.
         stop: None,
         cut: None,

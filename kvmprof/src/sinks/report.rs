@@ -413,6 +413,19 @@ fn header_lines(out: &mut String, r: &Report) {
             "kernel: {n} events dropped, a read refused (a tracepoint field or kernel memory)"
         );
     }
+    if let Some(n) = h.no_state.filter(|&n| n > 0) {
+        let _ = writeln!(
+            out,
+            "kernel: {n} events dropped, no room for their thread's state"
+        );
+    }
+    if let Some(n) = h.unmatched.filter(|&n| n > 0) {
+        let _ = writeln!(
+            out,
+            "kernel: {n} stage returns or KVM events outside any exit cycle (those exits lack \
+             that stage's time; --debug-bpf names them)"
+        );
+    }
     if let Some(unobserved) = h.unobserved {
         let _ = writeln!(
             out,
@@ -632,6 +645,8 @@ mod tests {
             duration_ns: 2 * SEC,
             unobserved: Some(0),
             read_failed: None,
+            unmatched: None,
+            no_state: None,
             ..testdata::header()
         }
     }
@@ -824,19 +839,20 @@ mod tests {
     }
 
     #[test]
-    fn refused_reads_in_the_kernel_are_said_only_when_there_were_some() {
+    fn the_kernel_anomalies_are_said_only_when_there_were_some() {
         let mut h = header();
         let quiet = render(&h, &Aggregate::new(SEC), By::Reason, Format::Table);
-        h.read_failed = Some(0);
+        (h.read_failed, h.unmatched, h.no_state) = (Some(0), Some(0), Some(0));
         assert_eq!(
             render(&h, &Aggregate::new(SEC), By::Reason, Format::Table),
             quiet
         );
-        h.read_failed = Some(3);
+        (h.read_failed, h.unmatched, h.no_state) = (Some(3), Some(4), Some(5));
         let t = render(&h, &Aggregate::new(SEC), By::Reason, Format::Table);
         assert!(t.contains(
             "exits: 0   lost events: 0\nkernel: 3 events dropped, a read refused (a tracepoint \
-             field or kernel memory)\n"
+             field or kernel memory)\nkernel: 5 events dropped, no room for their thread's \
+             state\nkernel: 4 stage returns or KVM events outside any exit cycle"
         ));
     }
 }
