@@ -394,7 +394,11 @@ pub mod counter {
     /// Events dropped because the kernel refused a read their program needed (a classic
     /// tracepoint's field, kernel memory at BTF offsets).
     pub const READ_FAILED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Exits of processes not traced (information): the programs ran for them too, only to
+    /// find out, so kvmprof's own cost per exit is their run time over these and the traced
+    /// exits together.
+    pub const UNTRACED_EXITS: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// `KVM_RUN` = `_IO(KVMIO, 0x80)`.

@@ -431,10 +431,15 @@ pub fn pio_in_done(st: &mut ThreadState, port: u64, size: u32) {
 }
 
 /// Entry of a hooked stage function.
+/// Whether the entry of stage `s` opens a cycle at boundary `bound`: one per exit.
+#[inline(always)]
+pub fn starts_cycle(bound: u32, s: usize) -> bool {
+    (s == stage::VENDOR_RUN && bound == boundary::VENDOR_RUN)
+        || (s == stage::CYCLE && bound == boundary::ENTER_GUEST)
+}
+
 pub fn stage_enter(pid: u32, tid: u32, st: &mut ThreadState, bound: u32, s: usize, ts: u64) {
-    let starts_cycle = (s == stage::VENDOR_RUN && bound == boundary::VENDOR_RUN)
-        || (s == stage::CYCLE && bound == boundary::ENTER_GUEST);
-    if starts_cycle {
+    if starts_cycle(bound, s) {
         start_cycle(pid, tid, st, ts);
     }
     if s < HOOKED_STAGES {

@@ -194,6 +194,35 @@ pub fn add(idx: u32, n: u64) {
 /// stage hooks never create it.
 #[inline(always)]
 pub fn current(create: bool) -> Option<(u32, u32, &'static mut ThreadState)> {
+    match thread(create)? {
+        Thread::Traced(pid, tid, st) => Some((pid, tid, st)),
+        Thread::Untraced(_) => None,
+    }
+}
+
+/// As [`current`], on an event that marks one exit of its thread (the hook that opens a
+/// cycle at this boundary): an untraced thread's exit is counted (`UNTRACED_EXITS`).
+#[inline(always)]
+pub fn current_counting(create: bool) -> Option<(u32, u32, &'static mut ThreadState)> {
+    match thread(create)? {
+        Thread::Traced(pid, tid, st) => Some((pid, tid, st)),
+        Thread::Untraced(_) => {
+            bump(counter::UNTRACED_EXITS);
+            None
+        }
+    }
+}
+
+/// A thread with state: traced, or of a process not traced (whose state is kept only to
+/// know that, and to count its exits).
+pub enum Thread {
+    Traced(u32, u32, &'static mut ThreadState),
+    Untraced(&'static mut ThreadState),
+}
+
+/// The current thread and its state, traced or not. See [`current`].
+#[inline(always)]
+pub fn thread(create: bool) -> Option<Thread> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     let tid = id as u32;
@@ -216,11 +245,11 @@ pub fn current(create: bool) -> Option<(u32, u32, &'static mut ThreadState)> {
         // next event. Only untraced threads pay this lookup, never traced ones.
         // SAFETY: plain lookup; the value is only tested for presence.
         if config!(filter_pids) == 0 || unsafe { PIDS.get(tgid) }.is_none() {
-            return None;
+            return Some(Thread::Untraced(st));
         }
         st.traced = 1;
     }
-    Some((tgid, tid, st))
+    Some(Thread::Traced(tgid, tid, st))
 }
 
 /// A thread's first state: whether its process is traced is decided here, once.

@@ -8,10 +8,13 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use kvmprof_common::{boundary, fixed, flag, space, KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_RUN_IO_OFF};
+use kvmprof_common::{
+    boundary, counter, fixed, flag, space, KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_MMIO,
+    KVM_RUN_IO_OFF,
+};
 
 use super::field::field;
-use crate::{exit, maps};
+use crate::{exit, maps, maps::Thread};
 
 /// `kvm:kvm_pio` `rw` value of a write (OUT).
 const KVM_PIO_OUT: u32 = 1;
@@ -42,7 +45,8 @@ fn try_userspace_exit(ctx: &TracePointContext) -> Option<u32> {
 }
 
 fn userspace_exit(reason: u32, errno: i32) -> Option<u32> {
-    let (pid, tid, st) = maps::current(true)?;
+    // A port or MMIO exit to the VMM counts at its access event; any other is one exit.
+    let (pid, tid, st) = untraced_exit_if(reason != KVM_EXIT_IO && reason != KVM_EXIT_MMIO)?;
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
     // Only a port write still open can be taken for this return by mistake (see
@@ -93,7 +97,9 @@ fn try_pio(ctx: &TracePointContext) -> Option<u32> {
 }
 
 fn pio(rw: u32, port: u32, size: u32) -> Option<u32> {
-    let (pid, tid, st) = maps::current(true)?;
+    // Under IDENT every port exit has exactly one `kvm_pio` (a read that went to the VMM,
+    // on its completion): an untraced thread's exit counts here.
+    let (pid, tid, st) = untraced_exit_if(true)?;
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
     let write = rw == KVM_PIO_OUT;
@@ -143,7 +149,17 @@ fn try_mmio(ctx: &TracePointContext) -> Option<u32> {
 }
 
 fn mmio(ty: u32, len: u32, gpa: u64) -> Option<u32> {
-    let (pid, tid, st) = maps::current(true)?;
+    let (pid, tid, st) = match maps::thread(true)? {
+        Thread::Traced(pid, tid, st) => (pid, tid, st),
+        Thread::Untraced(st) => {
+            // One exit per access, but a read that went to the VMM fires again, as a read,
+            // on its completion.
+            let completion = ty == MMIO_READ && st.await_mmio_read != 0;
+            st.await_mmio_read = (ty == MMIO_UNSATISFIED_READ) as u32;
+            untraced_exit(!completion);
+            return None;
+        }
+    };
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
     if st.await_mmio_read != 0 {
@@ -212,9 +228,30 @@ fn try_entry(_ctx: &TracePointContext) -> Option<u32> {
     if maps::config!(boundary) != boundary::KVM_ENTRY {
         return Some(0);
     }
-    let (pid, tid, st) = maps::current(false)?;
+    let (pid, tid, st) = maps::current_counting(false)?;
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
     exit::start_cycle(pid, tid, st, ts);
     Some(0)
+}
+
+/// The current thread if traced; for an untraced one, counts an exit when `is_exit` (under
+/// IDENT, where the KVM tracepoints mark the exits; other boundaries count at the hook that
+/// opens a cycle).
+#[inline(always)]
+fn untraced_exit_if(is_exit: bool) -> Option<(u32, u32, &'static mut kvmprof_common::ThreadState)> {
+    match maps::thread(true)? {
+        Thread::Traced(pid, tid, st) => Some((pid, tid, st)),
+        Thread::Untraced(_) => {
+            untraced_exit(is_exit);
+            None
+        }
+    }
+}
+
+#[inline(always)]
+fn untraced_exit(is_exit: bool) {
+    if is_exit && maps::config!(boundary) == boundary::IDENT {
+        maps::bump(counter::UNTRACED_EXITS);
+    }
 }

@@ -10,11 +10,17 @@ use kvmprof_common::stage;
 use crate::{exit, maps};
 
 fn try_enter(s: usize) -> Option<u32> {
-    // Only threads seen entering KVM_RUN have state; a hook never creates it.
-    let (pid, tid, st) = maps::current(false)?;
+    let bound = maps::config!(boundary);
+    // Only threads seen entering KVM_RUN have state; a hook never creates it. The entry
+    // that opens a cycle counts an untraced thread's exit.
+    let (pid, tid, st) = if exit::starts_cycle(bound, s) {
+        maps::current_counting(false)?
+    } else {
+        maps::current(false)?
+    };
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
-    exit::stage_enter(pid, tid, st, maps::config!(boundary), s, ts);
+    exit::stage_enter(pid, tid, st, bound, s, ts);
     Some(0)
 }
 

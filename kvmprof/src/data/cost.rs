@@ -101,10 +101,15 @@ pub struct OwnCost {
     pub tallied: u64,
     /// Only some processes were traced: the programs also ran (briefly, to find out) for
     /// the events of the others, other VMs' exits among them. The run-time statistics time
-    /// programs, not processes, so that time is in `programs` while only the traced exits
-    /// divide it: the figure is kvmprof's cost on the host per traced exit.
+    /// programs, not processes, so that time is in `programs`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub filtered: bool,
+    /// Exits of untraced processes over the same span as [`OwnCost::measured_exits`]
+    /// (counted in the kernel): the run time is divided by them and the traced exits
+    /// together, every exit the programs ran for. `None` in files from before the count,
+    /// whose figure is per traced exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untraced_exits: Option<u64>,
     /// Exits that came one by one, as records (`serve` shows it: its series of VMs that
     /// left no longer add up to every exit).
     #[serde(default)]
@@ -131,6 +136,7 @@ impl Default for OwnCost {
             note: None,
             tallied: 0,
             filtered: false,
+            untraced_exits: None,
             one_by_one: 0,
         }
     }
@@ -144,9 +150,10 @@ fn per_event(program: &str) -> bool {
 }
 
 impl OwnCost {
-    /// The exits the run time was measured over; `exits` are the recording's.
+    /// The exits the run time was measured over, untraced processes' among them; `exits`
+    /// are the recording's.
     pub fn measured(&self, exits: u64) -> u64 {
-        self.measured_exits.unwrap_or(exits)
+        self.measured_exits.unwrap_or(exits) + self.untraced_exits.unwrap_or(0)
     }
 
     /// Total BPF run time over the measured exits, in ns per exit.
@@ -194,13 +201,19 @@ impl OwnCost {
                 ),
                 _ => "run-time stats on throughout".to_owned(),
             };
-            let (per_exit, covers) = if self.filtered {
-                (
+            let (per_exit, covers) = match self.untraced_exits {
+                Some(n) if n > 0 => (
+                    "ns/exit",
+                    format!(
+                        "; {n} of the exits of untraced processes, for which the programs only \
+                         filter"
+                    ),
+                ),
+                None if self.filtered => (
                     "ns per traced exit",
-                    "; the programs' runs for untraced processes' events count too",
-                )
-            } else {
-                ("ns/exit", "")
+                    "; the programs' runs for untraced processes' events count too".to_owned(),
+                ),
+                _ => ("ns/exit", String::new()),
             };
             return format!("BPF {ns:.0} {per_exit} ({}; {how}{covers})", per.join(", "));
         }
@@ -314,13 +327,26 @@ pub(crate) mod tests {
             "BPF 100 ns/exit (kvm_pio 80, kvm_run_enter 20; run-time stats on throughout), \
              CPU 1.0% of a core, peak RSS 12 MiB, 99990 of 100000 exits tallied in the kernel"
         );
-        // With a process filter the same figure says what it divides.
+        // With a process filter, the other processes' exits divide the run time too: the
+        // programs ran for them.
         let filtered = OwnCost {
+            filtered: true,
+            untraced_exits: Some(300_000),
+            ..c.clone()
+        };
+        assert_eq!(filtered.bpf_ns_per_exit(100_000), Some(25.0));
+        assert_eq!(
+            filtered.bpf_summary(100_000),
+            "BPF 25 ns/exit (kvm_pio 20, kvm_run_enter 5; run-time stats on throughout; \
+             300000 of the exits of untraced processes, for which the programs only filter)"
+        );
+        // A file from before the count says what its figure divides.
+        let old = OwnCost {
             filtered: true,
             ..c.clone()
         };
         assert_eq!(
-            filtered.bpf_summary(100_000),
+            old.bpf_summary(100_000),
             "BPF 100 ns per traced exit (kvm_pio 80, kvm_run_enter 20; run-time stats on \
              throughout; the programs' runs for untraced processes' events count too)"
         );

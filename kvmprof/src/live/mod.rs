@@ -126,6 +126,8 @@ pub struct Counters {
     pub read_failed: u64,
     /// Exits already under way when the window opened: not recorded (see `Window`).
     pub unobserved: u64,
+    /// Exits of processes not traced, since the programs were attached.
+    pub untraced_exits: u64,
 }
 
 /// What the caller sees at each tick.
@@ -385,7 +387,11 @@ impl Session {
             peak_rss_bytes: selfcost::peak_rss_bytes(),
             tallied: 0,
             filtered: !opts.targets.is_empty(),
-            ..stats.cost(|| selfcost::programs(ebpf), exits)
+            ..stats.cost(
+                || selfcost::programs(ebpf),
+                exits,
+                read_counters(&counters).untraced_exits,
+            )
         };
         let t0 = Instant::now();
         // A set duration was announced to the kernel with the start: wake just after it.
@@ -477,7 +483,10 @@ impl Session {
                     stats.poll(
                         Duration::from_nanos(since_open),
                         || selfcost::programs(&ebpf),
-                        || agg.total_exits(),
+                        || selfcost::Exits {
+                            traced: agg.total_exits(),
+                            untraced: read_counters(&counters).untraced_exits,
+                        },
                     );
                     if let Some(log) = &mut log {
                         log.flush();
@@ -761,6 +770,7 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Counters {
         unmatched: sum(counter::UNMATCHED),
         read_failed: sum(counter::READ_FAILED),
         unobserved: sum(counter::UNOBSERVED),
+        untraced_exits: sum(counter::UNTRACED_EXITS),
     }
 }
 

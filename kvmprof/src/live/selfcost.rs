@@ -36,14 +36,24 @@ pub struct Sampling {
     stats: Option<RunTimeStats>,
     /// Why the kernel refused them; they are not asked for again.
     refused: Option<String>,
-    /// The open sample: the programs' run time and the exit count when it began.
-    open: Option<(Vec<ProgramCost>, u64)>,
+    /// The open sample: the programs' run time and the exit counts when it began.
+    open: Option<(Vec<ProgramCost>, Exits)>,
     /// Exits the aggregate forgot since the open sample began (`serve` drops VMs that exited).
     forgotten: u64,
     /// Run time and exits of the samples that ended.
     programs: Vec<ProgramCost>,
     exits: u64,
+    untraced: u64,
     samples: u32,
+}
+
+/// Exit counts the programs' run time is divided by: the aggregate's (traced) and the
+/// kernel's count of untraced processes' exits (`counter::UNTRACED_EXITS`), the programs
+/// having run for those too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exits {
+    pub traced: u64,
+    pub untraced: u64,
 }
 
 impl Sampling {
@@ -58,10 +68,11 @@ impl Sampling {
             forgotten: 0,
             programs: Vec::new(),
             exits: 0,
+            untraced: 0,
             samples: 0,
         };
         if mode == BpfStats::On && s.switch_on() {
-            s.open = Some((Vec::new(), 0));
+            s.open = Some((Vec::new(), Exits::default()));
         }
         s
     }
@@ -84,12 +95,12 @@ impl Sampling {
 
     /// Called often (every drain of the live loop) with the time since the window opened:
     /// starts or ends a sample when [`SAMPLES`] says so. `programs` reads the programs' run
-    /// time now; `exits` the aggregate's exit count, just drained (both read only then).
+    /// time now; `exits` the exit counts, the aggregate's just drained (both read only then).
     pub fn poll(
         &mut self,
         since_open: Duration,
         programs: impl FnOnce() -> Vec<ProgramCost>,
-        exits: impl FnOnce() -> u64,
+        exits: impl FnOnce() -> Exits,
     ) {
         if !self.switching(since_open) {
             return;
@@ -106,7 +117,9 @@ impl Sampling {
                 // Deltas, not totals: with the sysctl on, or another holder of the stats, the
                 // programs' counters also move between samples.
                 add_delta(&mut self.programs, &programs(), &at_on);
-                self.exits += (exits() + self.forgotten).saturating_sub(exits_at_on);
+                let now = exits();
+                self.exits += (now.traced + self.forgotten).saturating_sub(exits_at_on.traced);
+                self.untraced += now.untraced.saturating_sub(exits_at_on.untraced);
                 self.samples += 1;
                 self.stats = None;
             }
@@ -124,9 +137,15 @@ impl Sampling {
 
     /// The BPF part of the own cost now (CPU and RSS left at 0). `programs` reads the
     /// programs' run time now (`on` only); `exits` is the aggregate's exit count, or `None`
-    /// at the end of a recording (`on`: divide by all its exits). A sample still open is
-    /// left out: it did not run its full length.
-    pub fn cost(&self, programs: impl FnOnce() -> Vec<ProgramCost>, exits: Option<u64>) -> OwnCost {
+    /// at the end of a recording (`on`: divide by all its exits); `untraced` the kernel's
+    /// count of untraced exits now. A sample still open is left out: it did not run its
+    /// full length.
+    pub fn cost(
+        &self,
+        programs: impl FnOnce() -> Vec<ProgramCost>,
+        exits: Option<u64>,
+        untraced: u64,
+    ) -> OwnCost {
         let mut c = OwnCost {
             bpf_stats: self.mode,
             note: self.refused.clone(),
@@ -136,10 +155,12 @@ impl Sampling {
             BpfStats::On if self.refused.is_none() => {
                 c.programs = programs();
                 c.measured_exits = exits.map(|n| n + self.forgotten);
+                c.untraced_exits = Some(untraced);
             }
             BpfStats::Sampled => {
                 c.programs = self.programs.clone();
                 c.measured_exits = Some(self.exits);
+                c.untraced_exits = Some(self.untraced);
                 c.samples = self.samples;
             }
             _ => {}
@@ -292,9 +313,10 @@ mod tests {
         let s = |ms| Duration::from_millis(ms);
         let mut sm = Sampling::new(BpfStats::Sampled);
         let at = |ns, runs| move || vec![prog("raw_kvm_pio", ns, runs)];
-        sm.poll(s(500), at(0, 0), || 40);
+        let n = |traced, untraced| move || Exits { traced, untraced };
+        sm.poll(s(500), at(0, 0), n(40, 0));
         assert!(sm.stats.is_none(), "off before the first sample");
-        sm.poll(s(1_010), at(1_000, 10), || 100);
+        sm.poll(s(1_010), at(1_000, 10), n(100, 7));
         assert!(sm.stats.is_some(), "on in the sample");
         // No switch: nothing is read.
         sm.poll(
@@ -303,13 +325,17 @@ mod tests {
             || unreachable!("exits read"),
         );
         sm.forgot(30); // serve dropped a VM with 30 exits
-        sm.poll(s(2_010), at(6_000, 60), || 120);
+        sm.poll(s(2_010), at(6_000, 60), n(120, 57));
         assert!(sm.stats.is_none());
-        sm.poll(s(11_000), at(10_000, 100), || 500);
-        let c = sm.cost(|| vec![prog("raw_kvm_pio", 12_000, 120)], Some(600));
-        // The open sample is left out; the first one saw 120 + 30 - 100 exits.
+        sm.poll(s(11_000), at(10_000, 100), n(500, 90));
+        let c = sm.cost(|| vec![prog("raw_kvm_pio", 12_000, 120)], Some(600), 100);
+        // The open sample is left out; the first one saw 120 + 30 - 100 traced exits and
+        // 57 - 7 untraced ones, which the programs ran for too.
         assert_eq!(c.programs, [prog("raw_kvm_pio", 5_000, 50)]);
-        assert_eq!((c.measured_exits, c.samples), (Some(50), 1));
-        assert_eq!(c.bpf_ns_per_exit(600), Some(100.0));
+        assert_eq!(
+            (c.measured_exits, c.untraced_exits, c.samples),
+            (Some(50), Some(50), 1)
+        );
+        assert_eq!(c.bpf_ns_per_exit(600), Some(50.0));
     }
 }

@@ -179,13 +179,20 @@ fn encode_bpf_cost(cost: &OwnCost, enc: &mut DescriptorEncoder) -> fmt::Result {
             .encode_family(&[("program", p.name.as_str())])?
             .encode_counter::<NoLabelSet, _, f64>(&p.runs, None)?;
     }
-    let Some(exits) = cost.measured_exits.filter(|&n| n > 0) else {
+    // Every exit the programs ran for: the traced VMs' and, under a process filter, the
+    // others' (`OwnCost::untraced_exits`).
+    let Some(exits) = cost
+        .measured_exits
+        .map(|n| n + cost.untraced_exits.unwrap_or(0))
+        .filter(|&n| n > 0)
+    else {
         return Ok(());
     };
     let mut m = enc.encode_descriptor(
         "kvmprof_self_bpf_measured_exits",
         "kvmprof's own cost: the VM exits counted while the run-time statistics were on, \
-         which kvmprof_self_bpf_seconds_total is divided by for the run time per exit",
+         those of untraced processes among them (the programs ran for them too), which \
+         kvmprof_self_bpf_seconds_total is divided by for the run time per exit",
         None,
         MetricType::Counter,
     )?;
