@@ -1,7 +1,7 @@
 //! Maps and load-time configuration shared by all probes. The size of `EVENTS` is set by
 //! userspace at load.
 use aya_ebpf::{
-    bindings::BPF_RB_FORCE_WAKEUP,
+    bindings::{BPF_F_MMAPABLE, BPF_RB_FORCE_WAKEUP},
     helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
@@ -62,13 +62,15 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static TALLY_KEYS: HashMap<TallyKey, u32> = HashMap::with_max_entries(tally::SLOTS, 0);
 
-/// Per slot: the exit kind, count, sums, maxima and rows.
+/// Per slot: the exit kind, count, sums, maxima and rows. Mappable: userspace reads every
+/// slot each tick from memory, not one `bpf()` call per slot (`live/mapped.rs`).
 #[map]
-pub static TALLY_META: Array<TallyMeta> = Array::with_max_entries(tally::SLOTS, 0);
+pub static TALLY_META: Array<TallyMeta> = Array::with_max_entries(tally::SLOTS, BPF_F_MMAPABLE);
 
-/// Stage histograms, handed out to slots as their stages are first measured.
+/// Stage histograms, handed out to slots as their stages are first measured. Mappable, as
+/// `TALLY_META`.
 #[map]
-pub static TALLY_ROWS: Array<Row> = Array::with_max_entries(tally::ROWS, 0);
+pub static TALLY_ROWS: Array<Row> = Array::with_max_entries(tally::ROWS, BPF_F_MMAPABLE);
 
 /// MMIO exits by slot and address (`kvmprof_common::tally`, the module doc). Each key is
 /// written by its slot's thread only: plain increments.

@@ -190,11 +190,16 @@ fn by_default_bpf_run_time_is_sampled_one_second_in_ten() {
     // Only the sample's runs (other VMMs on the host may add some).
     let runs = pio["runs"].as_u64().unwrap();
     assert!(runs >= measured * 9 / 10 && runs < total, "{runs}: {cost}");
+    // The run time is divided by the untraced processes' exits too (tests alongside).
+    let untraced = cost["untraced_exits"]
+        .as_u64()
+        .expect("untraced exits counted");
     let text = report_text(&data);
     assert!(
         text.contains("kvmprof's own cost: BPF ")
             && text.contains(&format!(
-                "; run-time stats sampled 1 s in 10, {measured} exits"
+                "; run-time stats sampled 1 s in 10, {} exits",
+                measured + untraced
             )),
         "{text}"
     );

@@ -623,14 +623,15 @@ fn serve_memory_stays_flat_while_vmms_come_and_go() {
     eprintln!("serve RSS after each round of 8 VMMs (KiB): {curve:?}");
     // The allocator keeps some of what was freed and other tests' VMMs come and go in the
     // same serve (it sees every VMM on the host): single rounds jump by a quarter, so the
-    // lower of the last two rounds is held to 140 % of round 2. Seen: flat alone (134, 127,
-    // 140, 129, 129 MiB after round 2) and beside the other tests (63 → 80 MiB); with the
-    // closing histograms of VMs that left kept, 181 → 289, 323 MiB.
-    let base = curve[WARM_UP - 1];
+    // lower of the last two rounds is held to 140 % of the higher warm-up round (a warm-up
+    // round can dip as well: 199, 67, then 170-179 MiB beside the other tests). Seen: flat
+    // alone (134, 127, 140, 129, 129 MiB after round 2) and beside the other tests (63 → 80
+    // MiB); with the closing histograms of VMs that left kept, 181 → 289, 323 MiB.
+    let base = curve[..WARM_UP].iter().copied().max().unwrap_or(0);
     let end = curve[ROUNDS - 2].min(curve[ROUNDS - 1]);
     assert!(
         end * 10 <= base * 14,
-        "serve's memory grew from {base} KiB after round {WARM_UP} to {end} KiB: {curve:?}"
+        "serve's memory grew from {base} KiB in the first {WARM_UP} rounds to {end} KiB: {curve:?}"
     );
     serve.stop();
 }

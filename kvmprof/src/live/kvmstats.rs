@@ -3,11 +3,21 @@
 //! `io_exits`, `mmio_exits`, `halt_exits`, …; vCPU counters summed over the VM's vCPUs).
 //! The binary stats (`KVM_GET_STATS_FD`) are no way around it: KVM serves them only to the
 //! VMM itself (from another process, through `pidfd_getfd`, the ioctl fails with EIO).
-use std::{collections::BTreeMap, fs, io, path::Path};
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use crate::data::kvmstats::KvmStats;
 
 const DEBUGFS: &str = "/sys/kernel/debug";
+
+/// How often the counters are read while the window is open: only a VM destroyed before
+/// the close needs these reads (its directory goes with it), and a read of a VM's ~60 files
+/// cost ~1.5 M instructions under an emulated CPU, too much for every 100 ms tick.
+const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// One read of the counters: per VM directory (`1234-11`), stat → value.
 #[derive(Clone, Debug, Default)]
@@ -17,9 +27,21 @@ pub struct Snapshot {
 
 /// Reads the counters of every VM of `pids`; `Err` says in one line why they cannot be read.
 pub fn read(pids: &[u32]) -> Result<Snapshot, String> {
+    let mut snap = Snapshot::default();
+    for (name, dir) in vm_dirs(pids)? {
+        // A VM destroyed meanwhile is no error: it is simply gone.
+        if let Some(stats) = read_vm(&dir)? {
+            snap.vms.insert(name, stats);
+        }
+    }
+    Ok(snap)
+}
+
+/// The debugfs directories of the VMs of `pids` (`1234-11`), by name.
+fn vm_dirs(pids: &[u32]) -> Result<Vec<(String, std::path::PathBuf)>, String> {
     if pids.is_empty() {
         // Every process (`top`, `serve`): no window to state counts for.
-        return Ok(Snapshot::default());
+        return Ok(Vec::new());
     }
     let kvm = Path::new(DEBUGFS).join("kvm");
     if !kvm.is_dir() {
@@ -29,20 +51,14 @@ pub fn read(pids: &[u32]) -> Result<Snapshot, String> {
         }
     }
     let entries = fs::read_dir(&kvm).map_err(|e| why(&kvm, &e))?;
-    let mut snap = Snapshot::default();
-    for dir in entries.filter_map(|e| e.ok()) {
-        let name = dir.file_name().to_string_lossy().into_owned();
-        let owner = name
-            .split_once('-')
-            .and_then(|(p, _)| p.parse::<u32>().ok());
-        if owner.is_some_and(|p| pids.contains(&p)) {
-            // A VM destroyed meanwhile is no error: it is simply gone.
-            if let Some(stats) = read_vm(&dir.path())? {
-                snap.vms.insert(name, stats);
-            }
-        }
-    }
-    Ok(snap)
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter_map(|dir| {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            let owner = name.split_once('-')?.0.parse::<u32>().ok()?;
+            pids.contains(&owner).then(|| (name, dir.path()))
+        })
+        .collect())
 }
 
 /// Fails as reading a VM's counters would: KVM's sum over every VM (`kvm/exits`) is read,
@@ -124,6 +140,7 @@ pub struct Window {
     /// VMs destroyed before the close.
     gone: Vec<String>,
     error: Option<String>,
+    polled: Instant,
 }
 
 impl Window {
@@ -137,14 +154,28 @@ impl Window {
             first,
             gone: Vec::new(),
             error,
+            polled: Instant::now(),
         }
     }
 
-    /// Reads again; at `close`, VMs no longer there are noted as gone.
+    /// Reads again: every [`POLL_EVERY`], at `close`, and as soon as a VM not read yet
+    /// shows (one directory listing per call in between, so that a short-lived VM is seen);
+    /// at `close`, VMs no longer there are noted as gone.
     pub fn poll(&mut self, pids: &[u32], close: bool) {
         if self.error.is_some() {
             return;
         }
+        if !close && self.polled.elapsed() < POLL_EVERY {
+            match vm_dirs(pids) {
+                Ok(dirs) if dirs.iter().all(|(vm, _)| self.last.contains_key(vm)) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    self.error = Some(e);
+                    return;
+                }
+            }
+        }
+        self.polled = Instant::now();
         match read(pids) {
             Ok(now) => {
                 if close {
@@ -181,13 +212,13 @@ impl Window {
         }
         let note = if self.last.is_empty() {
             Some(
-                "KVM's own counts: no VM of the profiled processes seen in debugfs (read every \
-                 100 ms: a VM that lived less may be missed)"
+                "KVM's own counts: no VM of the profiled processes seen in debugfs (looked for \
+                 every 100 ms: a VM that lived less may be missed)"
                     .to_owned(),
             )
         } else if !self.gone.is_empty() {
             Some(format!(
-                "KVM's own counts of VM {} up to their last read (every 100 ms): it was \
+                "KVM's own counts of VM {} up to their last read (every second): it was \
                  destroyed before the window closed",
                 self.gone.join(", ")
             ))

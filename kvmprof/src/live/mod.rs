@@ -13,6 +13,7 @@ pub mod bpflog;
 pub mod collect;
 pub mod follow;
 pub mod kvmstats;
+pub mod mapped;
 pub mod sched;
 pub mod selfcost;
 pub mod spawn;

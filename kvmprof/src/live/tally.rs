@@ -7,7 +7,7 @@
 use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, Queue};
+use aya::maps::{Array, HashMap as BpfHashMap, IterableMap, MapData, Queue};
 use kvmprof_common::{
     flag,
     names::map,
@@ -18,11 +18,15 @@ use kvmprof_common::{
 use crate::{
     data::model::Tally,
     live::collect::{self, VcpuResolver},
+    live::mapped::MappedArray,
 };
 
 pub struct Reader {
+    /// Written through the map (zeroed when given back), read through the mapping.
     meta: Array<MapData, TallyMeta>,
     rows: Array<MapData, Row>,
+    meta_view: MappedArray<TallyMeta>,
+    rows_view: MappedArray<Row>,
     keys: BpfHashMap<MapData, TallyKey, u32>,
     addrs: BpfHashMap<MapData, AddrKey, u64>,
     free_slots: Queue<MapData, u32>,
@@ -49,9 +53,13 @@ impl Reader {
     /// opens: nothing is tallied yet).
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Reader> {
         let mut map = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map"));
+        let meta: Array<MapData, TallyMeta> = Array::try_from(map(map::TALLY_META)?)?;
+        let rows: Array<MapData, Row> = Array::try_from(map(map::TALLY_ROWS)?)?;
         let mut r = Reader {
-            meta: Array::try_from(map(map::TALLY_META)?)?,
-            rows: Array::try_from(map(map::TALLY_ROWS)?)?,
+            meta_view: MappedArray::map(meta.map(), tally::SLOTS).context("map TALLY_META")?,
+            rows_view: MappedArray::map(rows.map(), tally::ROWS).context("map TALLY_ROWS")?,
+            meta,
+            rows,
             keys: BpfHashMap::try_from(map(map::TALLY_KEYS)?)?,
             addrs: BpfHashMap::try_from(map(map::TALLY_ADDRS)?)?,
             free_slots: Queue::try_from(map(map::TALLY_FREE_SLOTS)?)?,
@@ -78,7 +86,7 @@ impl Reader {
     /// [`NewSlot`]: kvmprof_common::tally::NewSlot
     pub fn discover(&mut self, slots: &[u32], vcpus: &mut VcpuResolver) -> Result<()> {
         for &slot in slots {
-            let m = self.meta.get(&slot, 0).context("read TALLY_META")?;
+            let m = self.meta_view.get(slot).context("read TALLY_META")?;
             if m.exit.kind != 0 && m.exit.vcpu_id < 0 {
                 vcpus.resolve(m.exit.pid, m.exit.vcpu_fd, m.exit.tid);
             }
@@ -93,7 +101,7 @@ impl Reader {
         let mut mmio = false;
         let mut done = Vec::new();
         for slot in 0..tally::SLOTS {
-            let mut m = self.meta.get(&slot, 0).context("read TALLY_META")?;
+            let mut m = self.meta_view.get(slot).context("read TALLY_META")?;
             // Free, or still being set up by its thread: its exits wait for the next read.
             if m.exit.kind == 0 {
                 continue;
@@ -105,7 +113,7 @@ impl Reader {
             // given back at the first read after the end, they are there when many VMMs
             // come and go).
             if !thread_alive(m.exit.pid, m.exit.tid) {
-                m = self.meta.get(&slot, 0).context("read TALLY_META")?;
+                m = self.meta_view.get(slot).context("read TALLY_META")?;
                 done.push((slot, m));
             }
             if m.count == seen.count {
@@ -134,8 +142,8 @@ impl Reader {
                     continue;
                 }
                 let row = self
-                    .rows
-                    .get(&(m.row[s] - 1), 0)
+                    .rows_view
+                    .get(m.row[s] - 1)
                     .context("read TALLY_ROWS")?;
                 let was = seen.rows[s].get_or_insert_with(|| Box::new([0; tally::BUCKETS]));
                 let mut values = deltas(&row, was);
@@ -226,7 +234,7 @@ impl Reader {
             let i = match at.get(&key.slot) {
                 Some(&i) => i,
                 None => {
-                    let m = self.meta.get(&key.slot, 0).context("read TALLY_META")?;
+                    let m = self.meta_view.get(key.slot).context("read TALLY_META")?;
                     let mut exit = collect::to_exit(&m.exit, None);
                     exit.ts_ns = last_ts;
                     out.push(Tally {
