@@ -252,6 +252,7 @@ mod tests {
             last: BTreeMap::new(),
             gone: Vec::new(),
             error: None,
+            polled: Instant::now(),
         };
         w.last = snap(&[
             ("10-5", &[("exits", 130), ("io_exits", 60)]),
@@ -279,6 +280,7 @@ mod tests {
                  debugfs)"
                     .to_owned(),
             ),
+            polled: Instant::now(),
         };
         assert_eq!(
             w.stats().lines(3, crate::data::model::Vendor::Pvm),
