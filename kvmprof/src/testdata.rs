@@ -76,14 +76,6 @@ pub fn header() -> Header {
         start_unix_ns: 0,
         start_ts_ns: 0,
         duration_ns: SEC,
-        unobserved: None,
-        read_failed: None,
-        unmatched: None,
-        no_state: None,
-        stop: None,
-        cut: None,
-        own_cost: None,
-        slow: None,
-        kvm_stats: None,
+        ..Header::default()
     }
 }

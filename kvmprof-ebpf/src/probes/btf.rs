@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, fexit},
     programs::{BtfTracePointContext, FExitContext},
 };
-use kvmprof_common::{space, stage, NO_DEREF};
+use kvmprof_common::{space, stage, ThreadState, NO_DEREF};
 
 use crate::{exit, maps};
 
@@ -24,21 +24,13 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<u32> {
     let (_, _, st) = maps::current(false)?;
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
-    let vcpu: *const u8 = ctx.arg(0);
-    // Verifiers since ~6.7 type tracepoint pointer arguments as trusted-or-null and refuse
-    // arithmetic on them until they are checked.
-    if vcpu.is_null() {
-        return None;
-    }
     let isa = ctx.arg::<u64>(1) as u32;
     let sp = if isa == KVM_ISA_VMX {
         space::VMX
     } else {
         space::SVM
     };
-    let (reason, vcpu_id) = reason(vcpu)?;
-    exit::identify_reason(st, maps::config!(boundary), ts, sp as u32, reason, vcpu_id);
-    Some(0)
+    identify(st, ts, ctx.arg(0), sp as u32)
 }
 
 /// The vendor run's return (`fx_run_reason`, `Plan::reason_at_vendor_return`): the vendor
@@ -54,19 +46,25 @@ fn try_run_reason(ctx: &FExitContext) -> Option<u32> {
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
     exit::stage_exit(st, stage::VENDOR_RUN, ts);
-    let vcpu: *const u8 = ctx.arg(0);
-    // As in `try_exit`: checked before any arithmetic, whatever the verifier's typing.
-    if vcpu.is_null() {
-        return None;
-    }
     // The reason sits in the vCPU struct itself only on VMX (`Config::btf_exit_deref_off`).
     let sp = if maps::config!(btf_exit_deref_off) == NO_DEREF {
         space::VMX
     } else {
         space::SVM
     };
+    identify(st, ts, ctx.arg(0), sp as u32)
+}
+
+/// Files the open cycle under the reason KVM stored in `vcpu`, in vendor space `sp`.
+#[inline(always)]
+fn identify(st: &mut ThreadState, ts: u64, vcpu: *const u8, sp: u32) -> Option<u32> {
+    // Verifiers since ~6.7 type tracepoint and fexit pointer arguments as trusted-or-null
+    // and refuse arithmetic on them until they are checked.
+    if vcpu.is_null() {
+        return None;
+    }
     let (reason, vcpu_id) = reason(vcpu)?;
-    exit::identify_reason(st, maps::config!(boundary), ts, sp as u32, reason, vcpu_id);
+    exit::identify_reason(st, maps::config!(boundary), ts, sp, reason, vcpu_id);
     Some(0)
 }
 

@@ -437,15 +437,7 @@ fn live_header(
         start_unix_ns: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX),
         start_ts_ns,
         duration_ns: 0,
-        unobserved: None,
-        read_failed: None,
-        unmatched: None,
-        no_state: None,
-        stop: None,
-        cut: None,
-        own_cost: None,
-        slow: None,
-        kvm_stats: None,
+        ..Header::default()
     }
 }
 

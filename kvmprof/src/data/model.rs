@@ -5,7 +5,9 @@ use kvmprof_common::STAGES;
 use serde::{Deserialize, Serialize};
 
 /// The KVM backend that ran the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Vendor {
     /// Intel VMX (`kvm_intel`).
@@ -14,6 +16,7 @@ pub enum Vendor {
     Svm,
     /// PVM (`CONFIG_KVM_PVM`): no hardware virtualisation extensions.
     Pvm,
+    #[default]
     Unknown,
 }
 

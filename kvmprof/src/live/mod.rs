@@ -434,6 +434,25 @@ impl Session {
         let mut exited: Vec<Target> = Vec::new();
         let mut followed: Vec<Target> = Vec::new();
 
+        // Everything the kernel has, taken on each tick and before going to sleep, and
+        // counted for the own-cost line.
+        macro_rules! take_all {
+            () => {{
+                let n = take_all(
+                    &mut ring,
+                    &held,
+                    &mut tallies,
+                    &mut collector,
+                    &mut batch,
+                    &mut sink,
+                    &mut agg,
+                )?;
+                tallied_exits += n.tallied;
+                one_by_one += n.records;
+                n
+            }};
+        }
+
         let stop = loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
@@ -495,18 +514,7 @@ impl Session {
                 }
                 _ = &mut duration_over => break Stop::Duration,
                 _ = tick.tick(), if !asleep => {
-                    let n = take_all(
-                        &mut ring,
-                        &held,
-                        &mut tallies,
-                        &mut collector,
-                        &mut batch,
-                        &mut sink,
-                        &mut agg,
-                    )?;
-                    tallied_exits += n.tallied;
-                    one_by_one += n.records;
-                    moved |= n.any();
+                    moved |= take_all!().any();
                     for t in opts.targets.iter().chain(&followed) {
                         if !target::alive(t.pid) && !exited.contains(t) {
                             exited.push(t.clone());
@@ -549,18 +557,7 @@ impl Session {
                         // here (or, if its program was still running, at the next wake-up
                         // or at the end).
                         write_switch_asleep(&mut switch, window, true)?;
-                        let n = take_all(
-                            &mut ring,
-                            &held,
-                            &mut tallies,
-                            &mut collector,
-                            &mut batch,
-                            &mut sink,
-                            &mut agg,
-                        )?;
-                        tallied_exits += n.tallied;
-                        one_by_one += n.records;
-                        asleep = !n.any();
+                        asleep = !take_all!().any();
                         quiet = 0;
                     }
                 }

@@ -13,8 +13,9 @@ use crate::data::slow::SlowExits;
 use crate::data::target::Target;
 
 /// Where the exits came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Source {
+    #[default]
     #[serde(rename = "live")]
     Live,
     #[serde(rename = "ftrace import")]
@@ -45,7 +46,9 @@ pub struct HookUse {
 }
 
 /// What the recorder knows about a recording; the statistics come from the [`Aggregate`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The default is a live recording with nothing known yet: what the end of a recording
+/// tells (`unobserved` to `kvm_stats`) is `None` until then.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     pub source: Source,
     pub host: String,

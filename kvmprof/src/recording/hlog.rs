@@ -212,16 +212,9 @@ fn build(lines: Vec<Line>, start_time: Option<Duration>) -> Result<Foreign> {
         // The aggregate's clock is the wall clock.
         start_ts_ns: start_unix_ns,
         duration_ns: end - first,
-        // Another tool's log says nothing of exits whose start was not observed.
-        unobserved: None,
-        read_failed: None,
-        unmatched: None,
-        no_state: None,
-        stop: None,
-        cut: None,
-        own_cost: None,
-        slow: None,
-        kvm_stats: None,
+        // Another tool's log says nothing of exits whose start was not observed, nor of the
+        // kernel's counts or the recording's end.
+        ..Header::default()
     };
     Ok(Foreign {
         header,

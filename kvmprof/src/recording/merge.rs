@@ -147,6 +147,13 @@ fn merged_header(inputs: &[Input]) -> Header {
         v.dedup();
         v.join(", ")
     };
+    // A kernel count summed over the inputs that have it.
+    let sum = |f: &dyn Fn(&Header) -> Option<u64>| {
+        inputs
+            .iter()
+            .filter_map(|i| f(&i.header))
+            .reduce(|a, b| a + b)
+    };
     let first = &inputs[0].header;
     let same_vendor = inputs.iter().all(|i| i.header.vendor == first.vendor);
     let start = inputs
@@ -195,28 +202,12 @@ fn merged_header(inputs: &[Input]) -> Header {
         start_unix_ns: start,
         start_ts_ns: start,
         duration_ns,
-        unobserved: inputs
-            .iter()
-            .filter_map(|i| i.header.unobserved)
-            .reduce(|a, b| a + b),
-        read_failed: inputs
-            .iter()
-            .filter_map(|i| i.header.read_failed)
-            .reduce(|a, b| a + b),
-        unmatched: inputs
-            .iter()
-            .filter_map(|i| i.header.unmatched)
-            .reduce(|a, b| a + b),
-        no_state: inputs
-            .iter()
-            .filter_map(|i| i.header.no_state)
-            .reduce(|a, b| a + b),
+        unobserved: sum(&|h| h.unobserved),
+        read_failed: sum(&|h| h.read_failed),
+        unmatched: sum(&|h| h.unmatched),
+        no_state: sum(&|h| h.no_state),
         // Each input's own stop and cut are said when it is read; the merge has neither.
-        stop: None,
-        cut: None,
-        own_cost: None,
-        slow: None,
-        kvm_stats: None,
+        ..Header::default()
     }
 }
 
