@@ -166,6 +166,16 @@ pub fn window_now() -> Option<u64> {
     Some(ts)
 }
 
+/// Wakes the reader now with a note, asleep or not (`Window::asleep` cleared). A full ring
+/// loses only the wake-up; the reader's next tick does the rest.
+pub fn wake_reader() {
+    if let Some(w) = WINDOW.get_ptr_mut(0) {
+        // SAFETY: map value pointer valid for this run; a race only sends one more note.
+        unsafe { (*w).asleep = 0 };
+    }
+    let _ = EVENTS.output::<Wake>(&Wake::default(), BPF_RB_FORCE_WAKEUP as u64);
+}
+
 /// The value read, or `None` once a refused read is counted (`counter::READ_FAILED`) and
 /// logged (`--debug-bpf`): the event it was for is dropped, never recorded with a made-up 0.
 #[inline(always)]

@@ -49,6 +49,8 @@ run() { # mode workload tag
             || { echo "@@FAIL $1 $2: $(tail -1 $f.err)"; bad=1; return; }
         $kp report -i $f.data > $f.report 2>&1
         got=$(sed -n 's/^exits: \([0-9]*\) .*lost events: \([0-9]*\).*/\1 \2/p' $f.report)
+        # kvmprof's own account: its CPU (the reader) and, in the sampled second, BPF's.
+        echo "@@COST $1 $2 $3 $(grep "own cost" $f.report)"
         ;;
     perf)
         $P/perf kvm -o $f.data stat record -- $P/kvmprof-testvmm $(args $2) > $f.json 2> $f.err \

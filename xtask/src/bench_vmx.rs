@@ -113,7 +113,7 @@ fn report(out: &str) -> Result<()> {
                 }
                 println!("{line}");
             }
-            Some("@@STATS" | "@@IDLE") => println!("{line}"),
+            Some("@@STATS" | "@@IDLE" | "@@COST") => println!("{line}"),
             Some("@@FAIL") => failed.push(line.to_string()),
             _ => {}
         }

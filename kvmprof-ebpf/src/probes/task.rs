@@ -51,7 +51,7 @@ fn try_follow_fork(ctx: &TracePointContext) -> Option<u32> {
     // SAFETY: as above.
     let child: u32 = unsafe { ctx.read_at(pid_off as usize) }.ok()?;
     maps::PIDS.insert(child, pids::FOLLOWED, 0).ok()?;
-    // A sleeping reader (`Window::asleep`) wakes to name the new process and watch its end.
-    let _ = maps::window_now();
+    // The reader wakes to name the new process while it runs (and, asleep, to watch its end).
+    maps::wake_reader();
     Some(0)
 }

@@ -47,9 +47,6 @@ use crate::{
 use collect::Collector;
 use selfcost::Sampling;
 
-/// How often the ring buffer is drained without a wake-up from the kernel.
-const DRAIN_EVERY: Duration = Duration::from_millis(20);
-
 /// How far ahead of the map write the window opens or closes. A program reads its event's
 /// time before the window, so an event at or after the instant written sees the new value
 /// as long as the write lands before that instant; this leaves the write ample time.
@@ -416,12 +413,13 @@ impl Session {
         // Exits that came tallied rather than one by one, for the own-cost line.
         let mut tallied_exits = 0u64;
         let mut one_by_one = 0u64;
+        // The one timer: the kernel wakes us only when a lot is waiting (see `WAKEUP_BYTES`
+        // in kvmprof-ebpf), when it makes a tally slot and when it follows a new child, so
+        // the rest is taken on the tick. A timer of its own to drain more often woke the
+        // reader 50 times a second: under an emulated CPU a wake-up costs more than what it
+        // drains (docs/benchmarks.md). (Missed ticks burst, as by default: the tally reads
+        // stay on the grid. A sleep misses none: waking resets the timer.)
         let mut tick = tokio::time::interval_at(on_grid(opts.tick), opts.tick);
-        // The kernel wakes us only when a lot is waiting (see `WAKEUP_BYTES` in
-        // kvmprof-ebpf), so drain on a timer too.
-        let mut poll = tokio::time::interval(DRAIN_EVERY);
-        // (Missed ticks burst, as by default: the tally reads stay on the grid. A sleep misses
-        // none: waking resets both timers.)
         // While asleep: the pidfds of the targets and followed processes still running, so
         // that a sleeping session notices their end.
         let mut ends: Option<Ends> = None;
@@ -469,39 +467,30 @@ impl Session {
                         quiet = 0;
                         // Back on the grid (each tally read one interval's exits).
                         tick.reset_at(on_grid(opts.tick));
-                        poll.reset();
+                    }
+                    // A note may say the kernel followed a new child: name it while it runs
+                    // (`sh -c` runs for milliseconds).
+                    if opts.children {
+                        follow_children(&ebpf, &mut followed)?;
                     }
                 }
                 _ = next_end(&mut ends), if asleep => {
                     // The tick checks which target ended.
                     asleep = false;
                     tick.reset_at(on_grid(opts.tick));
-                    poll.reset();
                 }
-                _ = poll.tick(), if !asleep => {
-                    // Often, to name a child before it exits (`sh -c` runs for milliseconds).
+                _ = &mut duration_over => break Stop::Duration,
+                _ = tick.tick(), if !asleep => {
+                    // Names again: a child is named before its exec (`sh`, `timeout`).
                     if opts.children {
                         follow_children(&ebpf, &mut followed)?;
                     }
-                    drain(ring.get_mut(), &mut collector, &mut batch);
-                    let n = absorb(&mut batch, &mut sink, &mut agg)?;
-                    one_by_one += n;
-                    moved |= n > 0;
-                    let slots = std::mem::take(&mut collector.new_slots);
-                    tallies.discover(&slots, &mut collector.vcpus)?;
-                    // Sampled run-time stats switch here, just after a drain: the exit count
-                    // then misses only exits still batched in the kernel, about as many at a
-                    // sample's end as at its start, so a sample's count is off by a few
-                    // batched exits at its edges (fine against ~1 s of exits).
-                    let since_open = monotonic_ns().saturating_sub(window.start_ns);
-                    if stats.switching(Duration::from_nanos(since_open)) {
-                        // Exits tallied in the kernel count at the edges too: take them now.
-                        let n = absorb_tallies(&mut tallies, &mut collector, &mut sink, &mut agg)?;
-                        tallied_exits += n;
-                        moved |= n > 0;
-                    }
+                    moved |= take_all!().any();
+                    // Sampled run-time stats switch here, just after the tallies were read:
+                    // a sample's exit count is off by the exits batched in the kernel at its
+                    // edges, a few against ~1 s of exits.
                     stats.poll(
-                        Duration::from_nanos(since_open),
+                        Duration::from_nanos(monotonic_ns().saturating_sub(window.start_ns)),
                         || selfcost::programs(&ebpf),
                         || selfcost::Exits {
                             traced: agg.total_exits(),
@@ -511,10 +500,6 @@ impl Session {
                     if let Some(log) = &mut log {
                         log.flush();
                     }
-                }
-                _ = &mut duration_over => break Stop::Duration,
-                _ = tick.tick(), if !asleep => {
-                    moved |= take_all!().any();
                     for t in opts.targets.iter().chain(&followed) {
                         if !target::alive(t.pid) && !exited.contains(t) {
                             exited.push(t.clone());
