@@ -592,6 +592,10 @@ fn print_log_tail(out: &mut String, log: &Path, trouble: Option<&str>) {
 
 /// `--shell-cmd`: the command's output goes to the terminal (under Bochs once the VM has
 /// ended); its exit code is ours.
+/// The time a `--shell-cmd` gets, in checks' worth: a benchmark such as `svm-overhead.sh`
+/// runs minutes (5 rounds of 4 recordings under TCG took ~8).
+const SHELL_CHECKS: usize = 8;
+
 fn shell(backend: Backend, version: &str, bins: &Binaries, cmd: &str) -> Result<u8> {
     let flag = backend.vendor().flag();
     let info = format!(
@@ -602,7 +606,7 @@ fn shell(backend: Backend, version: &str, bins: &Binaries, cmd: &str) -> Result<
     let code = match backend {
         Backend::Svm => {
             let script = format!("{}{info}{cmd}", vng::prelude(bins));
-            let status = vng::shell(version, &script, backend.deadline(1))?
+            let status = vng::shell(version, &script, backend.deadline(SHELL_CHECKS))?
                 .ok_or_else(|| anyhow!("the VM hung"))?;
             // A VM killed by a signal has no code: report a plain failure.
             status
@@ -618,7 +622,7 @@ fn shell(backend: Backend, version: &str, bins: &Binaries, cmd: &str) -> Result<
             fs::create_dir_all(dir.join("payload"))?;
             let script = format!("{}{info}{cmd}\n", bochs::prelude());
             fs::write(dir.join("payload/run.sh"), script)?;
-            let end = bochs::run(version, &dir, &dir, bins, backend.deadline(1))?;
+            let end = bochs::run(version, &dir, &dir, bins, backend.deadline(SHELL_CHECKS))?;
             let (text, rc) = bochs::payload_output(&dir);
             print!("{text}");
             match end {
