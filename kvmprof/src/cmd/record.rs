@@ -34,10 +34,28 @@ use crate::{
 /// joined at the next exit of their thread, so most of its late ones are in by then.
 const WRITE_AFTER: Duration = Duration::from_millis(250);
 
-/// The time between two reads of the kernel's tallies. An interval must be a whole number of
-/// reads: a 10 ms interval would get 100 ms of exits, then none, and a 150 ms one alternately
-/// one read and two.
+/// The shortest time between two reads of the kernel's tallies. An interval must be a whole
+/// number of reads: a 10 ms interval would get 100 ms of exits, then none, and a 150 ms one
+/// alternately one read and two.
 const TALLY_PERIOD: Duration = Duration::from_millis(100);
+
+/// The time between two reads when the interval is whole seconds (the default 1 s): a read
+/// costs about the same however many exits it takes, and read every 100 ms it was most of
+/// what `record` cost per exit under an emulated CPU (docs/benchmarks.md). The reads also
+/// notice that the targets ended: `record` stops at most this long after they did.
+const TALLY_PERIOD_WHOLE: Duration = Duration::from_secs(1);
+
+/// How often `record` reads the tallies for intervals of `interval`.
+fn tally_period(interval: Duration) -> Duration {
+    if interval
+        .as_nanos()
+        .is_multiple_of(TALLY_PERIOD_WHOLE.as_nanos())
+    {
+        TALLY_PERIOD_WHOLE
+    } else {
+        TALLY_PERIOD
+    }
+}
 
 pub async fn record(a: RecordArgs) -> Result<()> {
     if !a
@@ -117,7 +135,7 @@ pub(super) fn options(
         debug_bpf: hooks.debug_bpf(),
         duration,
         records,
-        tick: TALLY_PERIOD,
+        tick: tally_period(interval),
         interval,
         bpf_stats,
         sleep_when_idle: true,

@@ -89,7 +89,9 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
                     follow_names(f);
                 }
                 let mut vms = vms.borrow_mut();
-                vms.expire(agg, Instant::now(), target::alive);
+                if vms.expire(agg, Instant::now(), target::alive) > 0 {
+                    give_back_memory();
+                }
                 let snap = Snapshot {
                     own_cost: st.own_cost.clone(),
                     ..Snapshot::take(agg, vms.known(), !a.no_vcpu_label, st.counters.lost)
@@ -150,4 +152,16 @@ fn say_why_stopped(stop: &Stop) -> Result<()> {
         Stop::Duration => {}
     }
     Ok(())
+}
+
+/// Hands the memory of VMs just forgotten back to the system. glibc keeps freed memory for
+/// reuse, so without a trim a `serve` running for months would keep the peak of the VMs that
+/// came and went (its resident size swung between 79 and 203 MiB across rounds of the same
+/// VMMs); with it, it follows what the VMs still running hold.
+fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions; it only returns free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -62,19 +62,19 @@ impl<V: Copy> MappedArray<V> {
 
     /// Element `i` as it is now; `None` past the end.
     pub fn get(&self, i: u32) -> Option<V> {
+        // SAFETY: a valid element (see `ptr`); volatile, since the kernel writes it.
+        self.ptr(i).map(|p| unsafe { std::ptr::read_volatile(p) })
+    }
+
+    /// Where element `i` is, to read a field of it alone (volatile: the kernel writes it);
+    /// `None` past the end. Valid while `self` is.
+    pub fn ptr(&self, i: u32) -> Option<*const V> {
         if i >= self.entries {
             return None;
         }
         // SAFETY: in bounds of the mapping (checked above), aligned to 8 (page-aligned base,
-        // stride a multiple of 8, and V needs no more); volatile, since the kernel writes it.
-        Some(unsafe {
-            std::ptr::read_volatile(
-                self.base
-                    .as_ptr()
-                    .add(i as usize * Self::STRIDE)
-                    .cast::<V>(),
-            )
-        })
+        // stride a multiple of 8, and the values kvmprof maps need no more).
+        Some(unsafe { self.base.as_ptr().add(i as usize * Self::STRIDE) }.cast::<V>())
     }
 }
 

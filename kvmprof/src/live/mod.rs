@@ -52,9 +52,9 @@ use selfcost::Sampling;
 /// as long as the write lands before that instant; this leaves the write ample time.
 const SWITCH_AHEAD: Duration = Duration::from_millis(20);
 
-/// Ticks without a new exit after which a session that may sleep does
-/// ([`Options::sleep_when_idle`]).
-const QUIET_TICKS: u32 = 5;
+/// Time without a new exit after which a session that may sleep does
+/// ([`Options::sleep_when_idle`]), in whole ticks.
+const QUIET: Duration = Duration::from_millis(500);
 
 /// Time allowed after the window closes for programs that read the window just before it
 /// closed to finish writing their records, before the programs are detached.
@@ -427,6 +427,7 @@ impl Session {
         // Whether exits came since the last tick, and how many ticks came without.
         let mut moved = false;
         let mut quiet = 0u32;
+        let quiet_ticks = (QUIET.as_nanos() / opts.tick.as_nanos().max(1)).max(1) as u32;
         let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut exited: Vec<Target> = Vec::new();
@@ -528,7 +529,7 @@ impl Session {
                     stats.forgot(exits.saturating_sub(agg.total_exits()));
                     quiet = if std::mem::take(&mut moved) { 0 } else { quiet + 1 };
                     // A process whose end cannot be watched (it is ending) keeps us awake.
-                    if opts.sleep_when_idle && quiet >= QUIET_TICKS {
+                    if opts.sleep_when_idle && quiet >= quiet_ticks {
                         ends = Ends::open(
                             opts.targets
                                 .iter()
@@ -536,7 +537,7 @@ impl Session {
                                 .filter(|t| !exited.contains(t)),
                         );
                     }
-                    if ends.is_some() && quiet >= QUIET_TICKS {
+                    if ends.is_some() && quiet >= quiet_ticks {
                         // Say so to the kernel, then look once more: an exit whose program
                         // read the switch before this write wakes no one, and is taken
                         // here (or, if its program was still running, at the next wake-up

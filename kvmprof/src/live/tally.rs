@@ -101,9 +101,19 @@ impl Reader {
         let mut mmio = false;
         let mut done = Vec::new();
         for slot in 0..tally::SLOTS {
-            let mut m = self.meta_view.get(slot).context("read TALLY_META")?;
+            let p = self.meta_view.ptr(slot).context("read TALLY_META")?;
+            // Most slots are free or did not change: four fields say so, without a copy of
+            // the whole slot. SAFETY: a slot of the mapping; volatile, the kernel writes it.
+            let (kind, count, pid, tid) = unsafe {
+                (
+                    std::ptr::read_volatile(std::ptr::addr_of!((*p).exit.kind)),
+                    std::ptr::read_volatile(std::ptr::addr_of!((*p).count)),
+                    std::ptr::read_volatile(std::ptr::addr_of!((*p).exit.pid)),
+                    std::ptr::read_volatile(std::ptr::addr_of!((*p).exit.tid)),
+                )
+            };
             // Free, or still being set up by its thread: its exits wait for the next read.
-            if m.exit.kind == 0 {
+            if kind == 0 {
                 continue;
             }
             let seen = &mut self.taken[slot as usize];
@@ -112,8 +122,12 @@ impl Reader {
             // is final and goes back to the kernel once taken (one `stat` per slot in use:
             // given back at the first read after the end, they are there when many VMMs
             // come and go).
-            if !thread_alive(m.exit.pid, m.exit.tid) {
-                m = self.meta_view.get(slot).context("read TALLY_META")?;
+            let ended = !thread_alive(pid, tid);
+            if !ended && count == seen.count {
+                continue;
+            }
+            let m = self.meta_view.get(slot).context("read TALLY_META")?;
+            if ended {
                 done.push((slot, m));
             }
             if m.count == seen.count {

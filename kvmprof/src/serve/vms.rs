@@ -42,9 +42,15 @@ impl Vms {
         });
     }
 
-    /// Forgets VMs whose process has been gone for the grace period, in `agg` too.
-    /// `alive` tells whether a process still runs.
-    pub fn expire(&mut self, agg: &mut Aggregate, now: Instant, alive: impl Fn(u32) -> bool) {
+    /// Forgets VMs whose process has been gone for the grace period, in `agg` too; returns
+    /// how many. `alive` tells whether a process still runs.
+    pub fn expire(
+        &mut self,
+        agg: &mut Aggregate,
+        now: Instant,
+        alive: impl Fn(u32) -> bool,
+    ) -> usize {
+        let mut forgotten = 0;
         let pids: BTreeSet<u32> = agg.keys().keys().map(|k| k.pid).collect();
         for pid in pids {
             if alive(pid) {
@@ -54,6 +60,7 @@ impl Vms {
             let since = *self.gone_since.entry(pid).or_insert(now);
             if now.duration_since(since) >= self.grace {
                 agg.forget_pid(pid);
+                forgotten += 1;
                 self.known.remove(&pid);
                 self.gone_since.remove(&pid);
                 if self.last_pid == Some(pid) {
@@ -61,6 +68,7 @@ impl Vms {
                 }
             }
         }
+        forgotten
     }
 
     pub fn known(&self) -> &BTreeMap<u32, Vm> {
