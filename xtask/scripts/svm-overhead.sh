@@ -47,7 +47,8 @@ while [ $r -le "$ROUNDS" ]; do
     done
     r=$((r + 1))
 done
-python3 - $D "$ROUNDS" "$ARGS" <<'PY'
+# The table goes to stderr, which the VM runner passes on.
+python3 - $D "$ROUNDS" "$ARGS" <<'PY' >&2
 import json, re, statistics, sys
 d, rounds, args = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 modes = {
