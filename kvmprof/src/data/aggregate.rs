@@ -166,8 +166,10 @@ impl Aggregate {
 
     /// Counts the exits of a kernel tally and records their stages' durations, as [`add`]
     /// would have one by one (within the tally's bucket precision; sums exact). They go in
-    /// the interval where the tally began: live reads fall just after interval boundaries
-    /// (`live::Options::tick`), so a read holds one interval and a few µs of the next.
+    /// the interval of the middle of their span: live reads fall just after interval
+    /// boundaries (`live::Options::tick`), so a read holds one interval and a few µs of the
+    /// next, and a read that comes late (or a timer that fires a little early) still files
+    /// its exits in the interval they mostly belong to, never a whole read away.
     ///
     /// [`add`]: Aggregate::add
     pub fn add_tally(&mut self, t: &Tally) {
@@ -207,9 +209,10 @@ impl Aggregate {
         }
     }
 
-    /// Counts `n` exits like `e` (the first of them at `first_ts`) in its key, the span and,
-    /// with `port`, the ports table (a tally's MMIO addresses go by
-    /// [`Aggregate::count_addrs`]); returns its key and the index of the interval of the first.
+    /// Counts `n` exits like `e` (the first of them at `first_ts`, the last at `e.ts_ns`) in
+    /// its key, the span and, with `port`, the ports table (a tally's MMIO addresses go by
+    /// [`Aggregate::count_addrs`]); returns its key and the index of the interval of the
+    /// middle of their span.
     fn count(&mut self, e: &Exit, n: u64, first_ts: u64, port: bool) -> (Key, u64) {
         let key = Key {
             pid: e.pid,
@@ -230,7 +233,8 @@ impl Aggregate {
         }
         let first_ts = first_ts.min(e.ts_ns);
         self.extend_span(first_ts, e.ts_ns);
-        (key, first_ts / self.interval_ns)
+        let middle = first_ts + (e.ts_ns - first_ts) / 2;
+        (key, middle / self.interval_ns)
     }
 
     /// Records (duration, how many) pairs of one stage of `key`, whose exact sum is `sum_ns`,

@@ -35,6 +35,8 @@ pub struct Reader {
     taken: Vec<Taken>,
     /// By slot and MMIO address: the exits earlier reads took (at most `tally::ADDRS`).
     taken_addrs: HashMap<AddrKey, u64>,
+    /// When the last read began, on the records' clock: the exits a read takes came after.
+    read_ns: u64,
 }
 
 #[derive(Default)]
@@ -66,6 +68,7 @@ impl Reader {
             free_rows: Queue::try_from(map(map::TALLY_FREE_ROWS)?)?,
             taken: (0..tally::SLOTS).map(|_| Taken::default()).collect(),
             taken_addrs: HashMap::new(),
+            read_ns: 0,
         };
         for slot in 0..tally::SLOTS {
             r.free_slots
@@ -100,6 +103,7 @@ impl Reader {
         let mut at: HashMap<u32, usize> = HashMap::new();
         let mut mmio = false;
         let mut done = Vec::new();
+        let since = std::mem::replace(&mut self.read_ns, kvmprof_common::clock::monotonic_ns());
         for slot in 0..tally::SLOTS {
             let p = self.meta_view.ptr(slot).context("read TALLY_META")?;
             // Most slots are free or did not change: four fields say so, without a copy of
@@ -135,10 +139,11 @@ impl Reader {
             }
             let mut t = Tally {
                 exit: collect::to_exit(&m.exit, None),
+                // The first of them came after the previous read and the exit it last saw.
                 first_ts_ns: if seen.count == 0 {
                     m.first_ts
                 } else {
-                    seen.last_ts
+                    seen.last_ts.max(since).min(m.last_ts)
                 },
                 count: m.count - seen.count,
                 stages: Default::default(),
