@@ -286,7 +286,12 @@ fn attached_to_a_running_qemu_no_stage_outlasts_the_window() {
     // SeaBIOS makes no exit that PVM shows).
     let dir = scratch("window-qemu");
     let boot = dir.join("boot.img");
+    let debugcon = dir.join("debugcon");
     let code = [
+        // First a byte on QEMU's debug console (port 0xe9): the boot sector runs. SeaBIOS
+        // may take seconds to get there on a loaded host, without an exit PVM shows.
+        0xb0, 0x6b, // mov al, 'k'
+        0xe6, 0xe9, // out 0xe9, al
         0xba, 0x80, 0x00, // mov dx, 0x80
         0xee, // l: out dx, al
         0xb9, 0xff, 0xff, // mov cx, 0xffff
@@ -310,6 +315,8 @@ fn attached_to_a_running_qemu_no_stage_outlasts_the_window() {
             "-drive",
         ])
         .arg(format!("file={},format=raw,if=floppy", boot.display()))
+        .arg("-debugcon")
+        .arg(format!("file:{}", debugcon.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -317,7 +324,12 @@ fn attached_to_a_running_qemu_no_stage_outlasts_the_window() {
         eprintln!("skipped attached_to_a_running_qemu_no_stage_outlasts_the_window: qemu-system-x86_64 not installed");
         return;
     };
-    sleep(Duration::from_secs(2));
+    let running = kvmprof_tests::wait_until(Duration::from_secs(60), || {
+        std::fs::metadata(&debugcon).is_ok_and(|m| m.len() > 0)
+    });
+    assert!(running, "the boot sector never ran");
+    // Well inside its loop, and the vCPU inside KVM_RUN, when kvmprof attaches.
+    sleep(Duration::from_millis(500));
     let data = dir.join("q.data");
     let o = kvmprof(&[
         "record",
