@@ -388,7 +388,7 @@ impl Session {
             ..stats.cost(
                 || selfcost::programs(ebpf),
                 exits,
-                read_counters(&counters).untraced_exits,
+                || read_counters(&counters).untraced_exits,
             )
         };
         let t0 = Instant::now();

@@ -137,14 +137,14 @@ impl Sampling {
 
     /// The BPF part of the own cost now (CPU and RSS left at 0). `programs` reads the
     /// programs' run time now (`on` only); `exits` is the aggregate's exit count, or `None`
-    /// at the end of a recording (`on`: divide by all its exits); `untraced` the kernel's
-    /// count of untraced exits now. A sample still open is left out: it did not run its
-    /// full length.
+    /// at the end of a recording (`on`: divide by all its exits); `untraced` reads the
+    /// kernel's count of untraced exits now (`on` only). A sample still open is left out: it
+    /// did not run its full length.
     pub fn cost(
         &self,
         programs: impl FnOnce() -> Vec<ProgramCost>,
         exits: Option<u64>,
-        untraced: u64,
+        untraced: impl FnOnce() -> u64,
     ) -> OwnCost {
         let mut c = OwnCost {
             bpf_stats: self.mode,
@@ -155,7 +155,7 @@ impl Sampling {
             BpfStats::On if self.refused.is_none() => {
                 c.programs = programs();
                 c.measured_exits = exits.map(|n| n + self.forgotten);
-                c.untraced_exits = Some(untraced);
+                c.untraced_exits = Some(untraced());
             }
             BpfStats::Sampled => {
                 c.programs = self.programs.clone();
@@ -328,7 +328,7 @@ mod tests {
         sm.poll(s(2_010), at(6_000, 60), n(120, 57));
         assert!(sm.stats.is_none());
         sm.poll(s(11_000), at(10_000, 100), n(500, 90));
-        let c = sm.cost(|| vec![prog("raw_kvm_pio", 12_000, 120)], Some(600), 100);
+        let c = sm.cost(|| vec![prog("raw_kvm_pio", 12_000, 120)], Some(600), || 100);
         // The open sample is left out; the first one saw 120 + 30 - 100 traced exits and
         // 57 - 7 untraced ones, which the programs ran for too.
         assert_eq!(c.programs, [prog("raw_kvm_pio", 5_000, 50)]);
