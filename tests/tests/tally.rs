@@ -144,3 +144,42 @@ fn slow_exits_come_one_by_one_and_the_rest_is_tallied() {
         );
     }
 }
+
+/// Issue 18: a guest that writes a range of MMIO addresses (a device's register window)
+/// gets a row per address, each with exactly its writes, tallied in the kernel: the kinds of
+/// exit stay few however many addresses there are.
+#[test]
+fn a_busy_mmio_range_is_counted_address_by_address() {
+    if skip_without_kvm("a_busy_mmio_range_is_counted_address_by_address") {
+        return;
+    }
+    const SPAN: u64 = 64;
+    let data = scratch("tally-span").join("k.data");
+    let counts = record_testvmm(
+        &data,
+        &[],
+        &["--vcpus", "2", "--mmio", "256", "--mmio-span", "64"],
+    );
+    let r = report_json(&data, "vcpu");
+    assert_eq!(r["lost"], 0);
+    let writes = counts["total"]["mmio_user"].as_u64().unwrap();
+    assert_eq!(writes, 2 * 256);
+    let rows: Vec<&Value> = r["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["space"] == "mmio")
+        .collect();
+    for k in 0..SPAN {
+        let addr = kvmprof_tests::MMIO_ADDR + k;
+        let n: u64 = rows
+            .iter()
+            .filter(|p| p["addr"] == addr && p["folded"] == false)
+            .map(|p| p["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(n, writes / SPAN, "address {addr:#x}: {rows:?}");
+    }
+    let in_rows: u64 = rows.iter().map(|p| p["count"].as_u64().unwrap()).sum();
+    assert_eq!(in_rows, writes, "{rows:?}");
+    assert!(tallied(&r) * 100 >= made(&counts["total"]) * 99, "{r}");
+}

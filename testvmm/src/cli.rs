@@ -20,6 +20,10 @@ pub struct WorkloadArgs {
     /// Byte writes to guest-physical 0xd0000 per round: KVM_EXIT_MMIO to userspace.
     #[arg(long)]
     pub mmio: Option<u64>,
+    /// The MMIO writes cycle through this many addresses from 0xd0000 (a power of two up to
+    /// 65536; 1 = all on 0xd0000).
+    #[arg(long, value_parser = mmio_span)]
+    pub mmio_span: Option<u32>,
     /// `in`s from port 0x3fd per round: KVM_EXIT_IO to userspace.
     #[arg(long)]
     pub pio_in: Option<u64>,
@@ -38,6 +42,7 @@ impl WorkloadArgs {
             pio_user: self.pio_user.unwrap_or(base.pio_user),
             pio_kernel: self.pio_kernel.unwrap_or(base.pio_kernel),
             mmio_user: self.mmio.unwrap_or(base.mmio_user),
+            mmio_span: self.mmio_span.unwrap_or(base.mmio_span),
             pio_in: self.pio_in.unwrap_or(base.pio_in),
             pio_device: self.pio_device.unwrap_or(base.pio_device),
             ..base
@@ -48,8 +53,9 @@ impl WorkloadArgs {
 /// The flags that make the test VMM run `w`'s exits per round.
 pub fn args(w: &Workload) -> String {
     format!(
-        "--vcpus {} --pio-user {} --pio-kernel {} --mmio {} --pio-in {} --pio-device {}",
-        w.vcpus, w.pio_user, w.pio_kernel, w.mmio_user, w.pio_in, w.pio_device
+        "--vcpus {} --pio-user {} --pio-kernel {} --mmio {} --mmio-span {} --pio-in {} \
+         --pio-device {}",
+        w.vcpus, w.pio_user, w.pio_kernel, w.mmio_user, w.mmio_span, w.pio_in, w.pio_device
     )
 }
 
@@ -58,6 +64,16 @@ pub fn vcpus(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
         Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
         _ => Err(format!("'{s}' is not a vCPU count from 1 to {MAX_VCPUS}")),
+    }
+}
+
+/// An MMIO span the guest can cycle through (its 16-bit offset register wraps at 65536).
+pub fn mmio_span(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= 0x1_0000 => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not an MMIO span: a power of two from 1 to 65536"
+        )),
     }
 }
 

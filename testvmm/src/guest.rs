@@ -52,6 +52,9 @@ pub struct Round {
     pub pio_in: u32,
     /// Iterations of the device loop (see [`CODE`]).
     pub pio_device: u32,
+    /// The MMIO writes go to `MMIO_ADDR + (i & mmio_mask)`: 0 keeps them on one address,
+    /// `2^k - 1` spreads them over 2^k (a device's register window, a frame buffer).
+    pub mmio_mask: u16,
 }
 
 const fn lo(v: u16) -> u8 {
@@ -68,7 +71,7 @@ const fn hi(v: u16) -> u8 {
 /// Each loop is guarded by `test/jz` so a count of zero skips it. No stack, and
 /// interrupts stay off, so ESP is free to count the device loop.
 #[rustfmt::skip]
-pub const CODE: [u8; 95] = [
+pub const CODE: [u8; 97] = [
     // 0x00  mov dx, PIO_USER_PORT
     0xba, lo(PIO_USER_PORT), hi(PIO_USER_PORT),
     // 0x03  test ebx, ebx            ; EBX = user PIO count
@@ -95,67 +98,71 @@ pub const CODE: [u8; 95] = [
     0x75, 0xfb,
     // 0x19  test edi, edi            ; EDI = MMIO write count
     0x66, 0x85, 0xff,
-    // 0x1c  jz 0x25
-    0x74, 0x07,
-    // 0x1e  mov [0x0000], al         ; DS:0 = MMIO_ADDR -> KVM_EXIT_MMIO
-    0xa2, 0x00, 0x00,
-    // 0x21  dec edi
+    // 0x1c  jz 0x27
+    0x74, 0x09,
+    // 0x1e  mov [bx], al             ; DS:BX = MMIO_ADDR + BX -> KVM_EXIT_MMIO (BX = 0 here)
+    0x88, 0x07,
+    // 0x20  inc bx
+    0x43,
+    // 0x21  and bx, ax               ; AX = the span's mask: the next of its addresses
+    0x21, 0xc3,
+    // 0x23  dec edi
     0x66, 0x4f,
-    // 0x23  jnz 0x1e
-    0x75, 0xf9,
-    // 0x25  mov dx, PIO_IN_PORT
+    // 0x25  jnz 0x1e
+    0x75, 0xf7,
+    // 0x27  mov dx, PIO_IN_PORT
     0xba, lo(PIO_IN_PORT), hi(PIO_IN_PORT),
-    // 0x28  test ebp, ebp            ; EBP = IN count
+    // 0x2a  test ebp, ebp            ; EBP = IN count
     0x66, 0x85, 0xed,
-    // 0x2b  jz 0x32
+    // 0x2d  jz 0x34
     0x74, 0x05,
-    // 0x2d  in al, dx                ; -> KVM_EXIT_IO (in)
+    // 0x2f  in al, dx                ; -> KVM_EXIT_IO (in)
     0xec,
-    // 0x2e  dec ebp
+    // 0x30  dec ebp
     0x66, 0x4d,
-    // 0x30  jnz 0x2d
+    // 0x32  jnz 0x2f
     0x75, 0xfb,
-    // 0x32  test esp, esp            ; ESP = device loop count
+    // 0x34  test esp, esp            ; ESP = device loop count
     0x66, 0x85, 0xe4,
-    // 0x35  jz 0x4d
+    // 0x37  jz 0x4f
     0x74, 0x16,
-    // 0x37  mov dx, PIO_MIXED_IN_PORT
+    // 0x39  mov dx, PIO_MIXED_IN_PORT
     0xba, lo(PIO_MIXED_IN_PORT), hi(PIO_MIXED_IN_PORT),
-    // 0x3a  in al, dx                ; -> KVM_EXIT_IO (in)
+    // 0x3c  in al, dx                ; -> KVM_EXIT_IO (in)
     0xec,
-    // 0x3b  mov dx, PIO_DEVICE_PORTS[0]
+    // 0x3d  mov dx, PIO_DEVICE_PORTS[0]
     0xba, lo(PIO_DEVICE_PORTS[0]), hi(PIO_DEVICE_PORTS[0]),
-    // 0x3e  in al, dx                ; in-kernel read, right after a read the VMM answered
+    // 0x40  in al, dx                ; in-kernel read, right after a read the VMM answered
     0xec,
-    // 0x3f  out dx, al               ; in-kernel write of what was read
+    // 0x41  out dx, al               ; in-kernel write of what was read
     0xee,
-    // 0x40  mov dx, PIO_MIXED_OUT_PORT
+    // 0x42  mov dx, PIO_MIXED_OUT_PORT
     0xba, lo(PIO_MIXED_OUT_PORT), hi(PIO_MIXED_OUT_PORT),
-    // 0x43  out dx, al               ; -> KVM_EXIT_IO (out)
+    // 0x45  out dx, al               ; -> KVM_EXIT_IO (out)
     0xee,
-    // 0x44  mov dx, PIO_DEVICE_PORTS[1]
+    // 0x46  mov dx, PIO_DEVICE_PORTS[1]
     0xba, lo(PIO_DEVICE_PORTS[1]), hi(PIO_DEVICE_PORTS[1]),
-    // 0x47  in al, dx                ; in-kernel read, right after a write to the VMM
+    // 0x49  in al, dx                ; in-kernel read, right after a write to the VMM
     0xec,
-    // 0x48  out dx, al               ; in-kernel write
+    // 0x4a  out dx, al               ; in-kernel write
     0xee,
-    // 0x49  dec esp
+    // 0x4b  dec esp
     0x66, 0x4c,
-    // 0x4b  jnz 0x37
+    // 0x4d  jnz 0x39
     0x75, 0xea,
-    // 0x4d  test ecx, END_WITH_OUT
+    // 0x4f  test ecx, END_WITH_OUT
     0x66, 0xf7, 0xc1, 0x00, 0x00, 0x00, 0x80,
-    // 0x54  jz 0x5c
+    // 0x56  jz 0x5e
     0x74, 0x06,
-    // 0x56  mov dx, PIO_DONE_PORT
+    // 0x58  mov dx, PIO_DONE_PORT
     0xba, lo(PIO_DONE_PORT), hi(PIO_DONE_PORT),
-    // 0x59  out dx, al               ; -> KVM_EXIT_IO (out): end of round (in-kernel irqchip)
+    // 0x5b  out dx, al               ; -> KVM_EXIT_IO (out): end of round (in-kernel irqchip)
     0xee,
-    // 0x5a  jmp 0x59                 ; re-entering without new registers ends again
+    // 0x5c  jmp 0x5b                 ; re-entering without new registers ends again
     0xeb, 0xfd,
-    // 0x5c  hlt                      ; -> KVM_EXIT_HLT: end of round
+    // 0x5e  hlt                      ; -> KVM_EXIT_HLT: end of round
     0xf4,
-    // 0x5d  jmp 0x5c                 ; re-entering without new registers halts again
+    // 0x5f  jmp 0x5e                 ; re-entering without new registers halts again
     0xeb, 0xfd,
 ];
 
@@ -166,6 +173,10 @@ const _: () = {
         "code must fit in RAM"
     );
     assert!(MMIO_ADDR >= RAM_SIZE as u64, "MMIO must miss the RAM slot");
+    assert!(
+        MMIO_ADDR + 0x1_0000 <= 0x10_0000,
+        "DS's 64 KiB must stay in the ISA hole"
+    );
     assert!(
         MMIO_ADDR.is_multiple_of(16) && MMIO_ADDR <= 0xf_fff0,
         "DS must reach MMIO_ADDR at offset 0"
@@ -180,7 +191,7 @@ const _: () = {
     assert!(user < kernel_ports.0 || user >= kernel_ports.1);
     let input = PIO_IN_PORT as u32;
     assert!(input < kernel_ports.0 || input >= kernel_ports.1);
-    assert!(END_WITH_OUT == 1 << 31, "the imm32 of `test ecx` at 0x4d");
+    assert!(END_WITH_OUT == 1 << 31, "the imm32 of `test ecx` at 0x4f");
     let own = [PIO_MIXED_IN_PORT, PIO_MIXED_OUT_PORT, PIO_DONE_PORT];
     let mut i = 0;
     while i < own.len() {
@@ -190,6 +201,11 @@ const _: () = {
         i += 1;
     }
 };
+
+/// Whether `addr` is one the MMIO loop can write: DS's 64 KiB from [`MMIO_ADDR`].
+pub fn in_mmio_span(addr: u64) -> bool {
+    (MMIO_ADDR..MMIO_ADDR + 0x1_0000).contains(&addr)
+}
 
 /// The in-kernel PIO port of vCPU `index`.
 pub fn kernel_port(index: u32) -> u16 {
@@ -213,6 +229,7 @@ pub fn round_regs(round: &Round, kernel_port: u16) -> kvm_regs {
         rip: CODE_ADDR,
         // Bit 1 is reserved and must be set; interrupts stay off.
         rflags: 0x2,
+        rax: round.mmio_mask.into(),
         rbx: round.pio_user.into(),
         rsi: round.pio_kernel.into(),
         rdi: round.mmio_user.into(),
@@ -224,7 +241,7 @@ pub fn round_regs(round: &Round, kernel_port: u16) -> kvm_regs {
 }
 
 /// Flat real mode: CS at linear 0 so RIP is the guest-physical address, DS at
-/// [`MMIO_ADDR`] so `mov [0], al` hits the MMIO hole.
+/// [`MMIO_ADDR`] so `mov [bx], al` hits the MMIO hole.
 pub fn setup_sregs(sregs: &mut kvm_sregs) {
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
@@ -305,9 +322,17 @@ mod tests {
                     events.push(Event::In(r[2] as u16));
                     ip += 1;
                 }
-                (0xa2, _) => {
-                    events.push(Event::Write(ds_base + u64::from(word(ip + 1))));
-                    ip += 3;
+                (0x88, 0x07) => {
+                    events.push(Event::Write(ds_base + (r[3] & 0xffff)));
+                    ip += 2;
+                }
+                (0x43, _) => {
+                    r[3] = (r[3] & !0xffff) | (r[3].wrapping_add(1) & 0xffff);
+                    ip += 1;
+                }
+                (0x21, 0xc3) => {
+                    r[3] &= !0xffff | (r[0] & 0xffff);
+                    ip += 2;
                 }
                 (0xf4, _) => {
                     events.push(Event::Hlt);
@@ -332,6 +357,7 @@ mod tests {
             mmio_user: 2,
             pio_in: 4,
             pio_device: 0,
+            mmio_mask: 0,
         };
         let port = kernel_port(1);
         let mut want = Vec::new();
@@ -381,6 +407,21 @@ mod tests {
             run(only_mmio, kernel_port(0)),
             vec![Event::Write(MMIO_ADDR), Event::Hlt]
         );
+    }
+
+    #[test]
+    fn mmio_writes_cycle_through_the_span() {
+        let round = Round {
+            mmio_user: 6,
+            mmio_mask: 3,
+            ..Round::default()
+        };
+        let want: Vec<Event> = [0, 1, 2, 3, 0, 1]
+            .iter()
+            .map(|i| Event::Write(MMIO_ADDR + i))
+            .chain([Event::Hlt])
+            .collect();
+        assert_eq!(run(round, kernel_port(0)), want);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! 1. `out`s to [`PIO_USER_PORT`] `pio_user` times (KVM_EXIT_IO, out),
 //! 2. `out`s to its own port `PIO_KERNEL_PORT_BASE + vcpu` `pio_kernel` times;
 //!    an ioeventfd there keeps these in the kernel, and its counter proves them,
-//! 3. writes a byte to [`MMIO_ADDR`], outside guest RAM, `mmio_user` times
-//!    (KVM_EXIT_MMIO),
+//! 3. writes a byte to [`MMIO_ADDR`] (or, with `mmio_span`, to each address of the span
+//!    from it in turn), outside guest RAM, `mmio_user` times (KVM_EXIT_MMIO),
 //! 4. `in`s from [`PIO_IN_PORT`] `pio_in` times (KVM_EXIT_IO, in),
 //! 5. runs the device loop `pio_device` times: an `in` the VMM answers
 //!    ([`PIO_MIXED_IN_PORT`]), an in-kernel read and write of the PIC's ELCR
@@ -63,6 +63,9 @@ pub struct Workload {
     pub pio_kernel: u64,
     /// Byte writes to [`MMIO_ADDR`], each a KVM_EXIT_MMIO to userspace.
     pub mmio_user: u64,
+    /// The MMIO writes cycle through this many addresses from [`MMIO_ADDR`]: a power of two
+    /// up to 65536 (1: all on [`MMIO_ADDR`]). Busy address ranges, as a real guest's.
+    pub mmio_span: u32,
     /// `in`s from [`PIO_IN_PORT`], each a KVM_EXIT_IO to userspace; the VMM
     /// answers [`PIO_IN_VALUE`].
     pub pio_in: u64,
@@ -99,6 +102,7 @@ impl Workload {
         pio_user: 0,
         pio_kernel: 0,
         mmio_user: 0,
+        mmio_span: 1,
         pio_in: 0,
         pio_device: 0,
         pio_in_delay_ms: 0,

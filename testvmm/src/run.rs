@@ -113,6 +113,12 @@ fn plan(w: &Workload) -> Result<Plan> {
             mmio_user: count("mmio_user", w.mmio_user)?,
             pio_in: count("pio_in", w.pio_in)?,
             pio_device: count("pio_device", w.pio_device)?,
+            mmio_mask: u16::try_from(w.mmio_span.wrapping_sub(1))
+                .ok()
+                .filter(|_| w.mmio_span.is_power_of_two())
+                .with_context(|| {
+                    format!("mmio_span {} is not a power of two up to 65536", w.mmio_span)
+                })?,
         },
         forever: w.forever,
         rate: w.rate,
@@ -215,6 +221,7 @@ mod tests {
                 mmio_user: 3,
                 pio_in: 4,
                 pio_device: 0,
+                mmio_mask: 0,
             }
         );
     }
@@ -236,6 +243,14 @@ mod tests {
             },
             Workload {
                 pio_kernel: u64::from(u32::MAX) + 1,
+                ..Workload::default()
+            },
+            Workload {
+                mmio_span: 3,
+                ..Workload::default()
+            },
+            Workload {
+                mmio_span: 0x2_0000,
                 ..Workload::default()
             },
         ];

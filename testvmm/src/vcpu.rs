@@ -186,7 +186,7 @@ fn classify(exit: VcpuExit) -> Exit {
             data.fill(guest::PIO_IN_VALUE);
             Exit::PioIn
         }
-        VcpuExit::MmioWrite(guest::MMIO_ADDR, _) => Exit::MmioUser,
+        VcpuExit::MmioWrite(addr, _) if guest::in_mmio_span(addr) => Exit::MmioUser,
         VcpuExit::IoIn(guest::PIO_MIXED_IN_PORT, data) => {
             data.fill(guest::PIO_IN_VALUE);
             Exit::MixedIn

@@ -7,6 +7,7 @@ mod check_funcs;
 mod checks;
 mod deb;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -49,6 +50,30 @@ enum Command {
     Vmtest(VmtestArgs),
     /// Compare guest exit rates of the test VMM alone, under kvmprof and under bpftrace.
     Bench(BenchArgs),
+    /// One `kvmprof serve` while many short-lived VMMs (test VMMs of 1-8 vCPUs with busy MMIO
+    /// ranges, QEMU SeaBIOS boots) come and go; checks every exit served exactly and memory
+    /// flat, and prints the memory curve.
+    Soak(SoakArgs),
+}
+
+#[derive(clap::Args)]
+struct SoakArgs {
+    /// VMMs in all.
+    #[arg(long, default_value_t = 2000)]
+    vmms: usize,
+    /// VMMs running at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Every Nth VMM is a QEMU SeaBIOS boot (0: none).
+    #[arg(long, default_value_t = 25)]
+    qemu_every: usize,
+    /// Print serve's memory every this many VMMs; the level after the first such round is
+    /// the one the end is held to (within 10 %).
+    #[arg(long, default_value_t = 100)]
+    checkpoint: usize,
+    /// Use the release binaries as they are instead of building them first.
+    #[arg(long)]
+    no_build: bool,
 }
 
 #[derive(clap::Args)]
@@ -146,6 +171,13 @@ fn run(command: Command) -> anyhow::Result<u8> {
             stats: !a.no_stats,
         })
         .map(|()| 0),
+        Command::Soak(a) => soak::run(&soak::Options {
+            vmms: a.vmms,
+            parallel: a.parallel,
+            qemu_every: a.qemu_every,
+            checkpoint: a.checkpoint,
+            build: !a.no_build,
+        }),
         Command::Bench(a) => bench::run(
             a.exits.unwrap_or(200_000),
             a.rounds.unwrap_or(7),
