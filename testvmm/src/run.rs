@@ -117,7 +117,10 @@ fn plan(w: &Workload) -> Result<Plan> {
                 .ok()
                 .filter(|_| w.mmio_span.is_power_of_two())
                 .with_context(|| {
-                    format!("mmio_span {} is not a power of two up to 65536", w.mmio_span)
+                    format!(
+                        "mmio_span {} is not a power of two up to 65536",
+                        w.mmio_span
+                    )
                 })?,
         },
         forever: w.forever,

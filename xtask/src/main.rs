@@ -29,8 +29,8 @@ enum Command {
     /// Install what the build and the tests need (Debian packages, the SVM kernel, nightly
     /// rust-src, bpf-linker, virtme-ng) and mount tracefs; does nothing when all is there.
     Setup,
-    /// The full test suite as CI runs it: setup, fmt, clippy, cargo test, deb --check, then
-    /// vmtest.
+    /// The full test suite as CI runs it: setup, fmt, clippy, cargo test, deb --check, soak
+    /// (small), then vmtest.
     Test,
     /// Set up, build kvmprof and run it: `kvmprof demo` without arguments, else the given
     /// kvmprof command (`cargo xtask run -- record --pid qemu`).

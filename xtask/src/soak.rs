@@ -2,8 +2,9 @@
 //! replaced, several at once: test VMMs of 1-8 vCPUs writing busy MMIO address ranges, and
 //! real QEMU SeaBIOS boots. At the end every test VMM's exits are on `/metrics` exactly (its
 //! own counts), the served totals equal what the VMMs were served, nothing was lost or sent one
-//! by one, every VMM has left `/metrics`, and serve's memory (RSS and BPF maps) is within 10 %
-//! of its level after the first `checkpoint` VMMs. Prints the memory curve as it goes.
+//! by one, every VMM has left `/metrics`, and the memory of serve (RSS and BPF maps) and of a
+//! `top --batch` beside it is within 10 % of its level after the first `checkpoint` VMMs.
+//! Prints the memory curve as it goes.
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -44,7 +45,14 @@ struct Started {
 }
 
 pub fn run(o: &Options) -> Result<u8> {
-    ensure!(o.parallel >= 1 && o.vmms >= o.checkpoint && o.checkpoint >= 1);
+    ensure!(
+        o.parallel >= 1 && o.vmms >= o.checkpoint && o.checkpoint >= 1,
+        "give at least one VMM at once and --vmms >= --checkpoint >= 1"
+    );
+    if !Path::new("/dev/kvm").exists() {
+        println!("soak skipped: this machine has no /dev/kvm");
+        return Ok(0);
+    }
     if o.build {
         println!("building: cargo build --release -p kvmprof -p kvmprof-testvmm");
         run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "kvmprof"]))?;
@@ -61,11 +69,18 @@ pub fn run(o: &Options) -> Result<u8> {
             0
         }
     };
-    let mut serve = Serve::start(&release.join("kvmprof"), &scratch)?;
+    let kvmprof = release.join("kvmprof");
+    let (mut serve, url) = start_serve(&kvmprof, &scratch)?;
+    // `top` beside it, printing frames nobody reads: its memory must stay flat too.
+    let mut top = Daemon::start(
+        &kvmprof,
+        &["top", "--batch", "--delay", "1s", "--bpf-stats", "off"],
+        scratch.join("top.log"),
+    )?;
     let seen = Arc::new(Mutex::new(HashMap::<u32, u64>::new()));
     let stop_scraper = Arc::new(AtomicBool::new(false));
     let scraper = {
-        let (url, seen, stop) = (serve.url.clone(), seen.clone(), stop_scraper.clone());
+        let (url, seen, stop) = (url.clone(), seen.clone(), stop_scraper.clone());
         thread::spawn(move || scrape(&url, &seen, &stop))
     };
 
@@ -75,8 +90,8 @@ pub fn run(o: &Options) -> Result<u8> {
     let t0 = Instant::now();
     let mut curve = Vec::new();
     println!(
-        "{:>6} {:>9} {:>9} {:>10} {:>8}",
-        "VMMs", "RSS MiB", "maps MiB", "exits", "seconds"
+        "{:>6} {:>9} {:>9} {:>9} {:>10} {:>8}",
+        "VMMs", "serve MiB", "maps MiB", "top MiB", "exits", "seconds"
     );
     // Rounds of `checkpoint` VMMs; after the first and the last every VMM has left /metrics,
     // so those two levels compare like with like.
@@ -108,13 +123,16 @@ pub fn run(o: &Options) -> Result<u8> {
             // Gone from /metrics and freed: the grace period and a refresh.
             thread::sleep(GRACE + Duration::from_secs(2));
         }
-        let point = (done, serve.rss_mib()?, serve.map_mib()?);
+        serve.check_running()?;
+        top.check_running()?;
+        let point = (done, serve.rss_mib()?, serve.map_mib()?, top.rss_mib()?);
         let exits: u64 = seen.lock().expect("lock").values().sum();
         println!(
-            "{:>6} {:>9.1} {:>9.1} {:>10} {:>8.0}",
+            "{:>6} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>8.0}",
             point.0,
             point.1,
             point.2,
+            point.3,
             exits,
             t0.elapsed().as_secs_f64()
         );
@@ -123,8 +141,7 @@ pub fn run(o: &Options) -> Result<u8> {
     }
     stop_scraper.store(true, Ordering::Relaxed);
     scraper.join().expect("scraper thread");
-    let last = get(&serve.url).context("/metrics at the end")?;
-    serve.check_running()?;
+    let last = get(&url).context("/metrics at the end")?;
     let seen = seen.lock().expect("lock");
     let started = started.into_inner().expect("lock");
 
@@ -171,10 +188,16 @@ pub fn run(o: &Options) -> Result<u8> {
         }
     }
     if lingering > 0 {
-        failures.push(format!("{lingering} VMMs still on /metrics after the grace period"));
+        failures.push(format!(
+            "{lingering} VMMs still on /metrics after the grace period"
+        ));
     }
     let (first, end) = (baseline.expect("a round"), *curve.last().expect("a round"));
-    for (what, a, b) in [("RSS", first.1, end.1), ("BPF map memory", first.2, end.2)] {
+    for (what, a, b) in [
+        ("serve's RSS", first.1, end.1),
+        ("serve's BPF map memory", first.2, end.2),
+        ("top's RSS", first.3, end.3),
+    ] {
         if b > a * 1.10 {
             failures.push(format!(
                 "{what} grew from {a:.1} MiB after {} VMMs to {b:.1} MiB after {}",
@@ -182,7 +205,7 @@ pub fn run(o: &Options) -> Result<u8> {
             ));
         }
     }
-    drop(serve);
+    drop((serve, top));
     if failures.is_empty() {
         println!("soak: ok");
         Ok(0)
@@ -265,48 +288,30 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// `kvmprof serve` on a free loopback port, stopped when dropped.
-struct Serve {
+/// A kvmprof session left running (`serve`, `top`), stopped when dropped.
+struct Daemon {
     child: Child,
-    url: String,
     log: PathBuf,
 }
 
-impl Serve {
-    fn start(kvmprof: &Path, scratch: &Path) -> Result<Serve> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let listen = format!("127.0.0.1:{port}");
-        let log = scratch.join("serve.log");
+impl Daemon {
+    fn start(kvmprof: &Path, args: &[&str], log: PathBuf) -> Result<Daemon> {
         let file = std::fs::File::create(&log)?;
         let child = Command::new(kvmprof)
-            .args(["serve", "--listen", &listen, "--bpf-stats", "off", "--grace"])
-            .arg(format!("{}s", GRACE.as_secs()))
+            .args(args)
             .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
+            .stdout(Stdio::null())
             .stderr(file)
             .spawn()
-            .with_context(|| format!("start {} serve", kvmprof.display()))?;
-        let mut serve = Serve {
-            child,
-            url: format!("http://{listen}/metrics"),
-            log,
-        };
-        let t0 = Instant::now();
-        while get(&serve.url).is_none() {
-            serve.check_running()?;
-            ensure!(
-                t0.elapsed() < Duration::from_secs(60),
-                "/metrics never answered"
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-        Ok(serve)
+            .with_context(|| format!("start {} {}", kvmprof.display(), args.join(" ")))?;
+        Ok(Daemon { child, log })
     }
 
     fn check_running(&mut self) -> Result<()> {
         if let Some(st) = self.child.try_wait()? {
             bail!(
-                "kvmprof serve exited ({st}): {}",
+                "{} exited ({st}): {}",
+                self.log.display(),
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
         }
@@ -319,11 +324,11 @@ impl Serve {
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .context("VmRSS of serve")?;
+            .context("VmRSS")?;
         Ok(kib / 1024.0)
     }
 
-    /// The memory of serve's BPF maps: the `memlock` of each map fd it holds.
+    /// The memory of its BPF maps: the `memlock` of each map fd it holds.
     fn map_mib(&self) -> Result<f64> {
         let pid = self.child.id();
         let mut bytes = 0u64;
@@ -346,10 +351,40 @@ impl Serve {
     }
 }
 
-impl Drop for Serve {
+impl Drop for Daemon {
     fn drop(&mut self) {
         stop(&mut self.child);
     }
+}
+
+/// `kvmprof serve` on a free loopback port, once `/metrics` answers.
+fn start_serve(kvmprof: &Path, scratch: &Path) -> Result<(Daemon, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let grace = format!("{}s", GRACE.as_secs());
+    let args = [
+        "serve",
+        "--listen",
+        &listen,
+        "--bpf-stats",
+        "off",
+        "--grace",
+        &grace,
+    ];
+    let mut serve = Daemon::start(kvmprof, &args, scratch.join("serve.log"))?;
+    let url = format!("http://{listen}/metrics");
+    let t0 = Instant::now();
+    while get(&url).is_none() {
+        serve.check_running()?;
+        ensure!(
+            t0.elapsed() < Duration::from_secs(60),
+            "/metrics never answered"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok((serve, url))
 }
 
 /// Keeps the highest exit count `/metrics` showed for each pid (counters only grow) until

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: everything CI runs, in order of cost, stopping at the first failure;
-//! (the package is built, installed, checked and removed between the cargo tests and vmtest);
+//! (between the cargo tests and vmtest, the package is built, installed, checked and removed,
+//! and the soak runs at its small size);
 //! `cargo xtask run`: build kvmprof and run it (the demo guest when no arguments are given).
 
 use anyhow::Result;
@@ -48,6 +49,18 @@ pub fn run_all() -> Result<u8> {
     }
     println!("== cargo xtask deb --check");
     crate::deb::run(true)?;
+    // The soak's small size (~1.5 min): the full one (2000 VMMs) is a benchmark.
+    println!("== cargo xtask soak --vmms 120 --checkpoint 40");
+    let soak = crate::soak::run(&crate::soak::Options {
+        vmms: 120,
+        parallel: 4,
+        qemu_every: 25,
+        checkpoint: 40,
+        build: true,
+    })?;
+    if soak != 0 {
+        return Ok(soak);
+    }
     println!("== cargo xtask vmtest");
     vmtest::run(&vmtest::Options {
         shell_cmd: None,

@@ -90,7 +90,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
                 }
                 let mut vms = vms.borrow_mut();
                 if vms.expire(agg, Instant::now(), target::alive) > 0 {
-                    give_back_memory();
+                    crate::util::memory::give_back();
                 }
                 let snap = Snapshot {
                     own_cost: st.own_cost.clone(),
@@ -152,16 +152,4 @@ fn say_why_stopped(stop: &Stop) -> Result<()> {
         Stop::Duration => {}
     }
     Ok(())
-}
-
-/// Hands the memory of VMs just forgotten back to the system. glibc keeps freed memory for
-/// reuse, so without a trim a `serve` running for months would keep the peak of the VMs that
-/// came and went (its resident size swung between 79 and 203 MiB across rounds of the same
-/// VMMs); with it, it follows what the VMs still running hold.
-fn give_back_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim has no preconditions; it only returns free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

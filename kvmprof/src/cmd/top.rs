@@ -196,14 +196,14 @@ impl Top {
     }
 
     /// The session's tick callback: an error stops the recording and is kept for `finish`.
-    fn tick(&mut self, agg: &Aggregate, st: &Status) -> ControlFlow<()> {
+    fn tick(&mut self, agg: &mut Aggregate, st: &Status) -> ControlFlow<()> {
         self.step(agg, st).unwrap_or_else(|e| {
             self.error = Some(e);
             ControlFlow::Break(())
         })
     }
 
-    fn step(&mut self, agg: &Aggregate, st: &Status) -> Result<ControlFlow<()>> {
+    fn step(&mut self, agg: &mut Aggregate, st: &Status) -> Result<ControlFlow<()>> {
         if self.done() {
             return Ok(ControlFlow::Break(()));
         }
@@ -213,6 +213,8 @@ impl Top {
             self.names.entry(t.pid).or_insert_with(|| t.name.clone());
         }
         self.watch.check(pids(agg), st.exited, st.elapsed);
+        self.forget_gone(agg, st.elapsed);
+        let agg: &Aggregate = agg;
         let mut redraw = !self.drawn;
         if let Output::Screen(screen) = &mut self.output {
             let events = screen.events()?;
@@ -291,6 +293,22 @@ impl Top {
             eprintln!("kvmprof: every watched process exited");
         }
         Ok(())
+    }
+
+    /// Drops the statistics of processes gone for the grace period (no longer shown), so
+    /// that memory follows the VMs still running however many came and went.
+    fn forget_gone(&mut self, agg: &mut Aggregate, now: Duration) {
+        let gone = self.watch.forget_gone(now);
+        for &pid in &gone {
+            agg.forget_pid(pid);
+            if let Some(base) = &mut self.base {
+                base.forget_pid(pid);
+            }
+            self.names.remove(&pid);
+        }
+        if !gone.is_empty() {
+            crate::util::memory::give_back();
+        }
     }
 
     /// Whether `-n` frames have been shown.

@@ -70,6 +70,20 @@ impl Watch {
         self.exited_where(|at| now.saturating_sub(at) >= GRACE)
     }
 
+    /// The processes gone (see [`Watch::gone`]) that were not given by `-p`, no longer
+    /// remembered here: the caller forgets their statistics, so a `top` left running while
+    /// VMs come and go keeps only those still shown. A `-p` target stays (listed as exited).
+    pub fn forget_gone(&mut self, now: Duration) -> BTreeSet<u32> {
+        let given: BTreeSet<u32> = self.targets.iter().map(|t| t.pid).collect();
+        let gone: BTreeSet<u32> = self
+            .gone(now)
+            .into_iter()
+            .filter(|p| !given.contains(p))
+            .collect();
+        self.exited.retain(|p, _| !gone.contains(p));
+        gone
+    }
+
     fn exited_where(&self, pick: impl Fn(Duration) -> bool) -> BTreeSet<u32> {
         self.exited
             .iter()
@@ -102,6 +116,13 @@ mod tests {
         // Checking again does not restart the grace period.
         w.check([], &[], later);
         assert_eq!(w.gone(later), BTreeSet::from([u32::MAX]));
+        // A process given by `-p` stays listed; one only seen is forgotten once gone.
+        let seen_only = u32::MAX - 1;
+        w.check([seen_only], &[], later);
+        assert!(w.forget_gone(later).is_empty());
+        let after = later + GRACE;
+        assert_eq!(w.forget_gone(after), BTreeSet::from([seen_only]));
+        assert_eq!(w.gone(after), BTreeSet::from([u32::MAX]));
         assert_eq!(target::names(&["12".into(), "qemu".into()]), ["qemu"]);
     }
 }

@@ -1,3 +1,4 @@
 pub mod diag;
+pub mod memory;
 pub mod output;
 pub mod units;
