@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod duration;
+pub mod halt;
 pub mod tally;
 
 /// Number of timed stages in one exit record.
@@ -369,6 +370,19 @@ pub struct ThreadState {
     /// handed to an exit: an off-CPU period lies between two events of the thread, so it
     /// goes whole to the exit whose interval holds it (`exit::take_sched`).
     pub sched_ns: [u64; 2],
+    /// The last time off its CPU, once it ran again ([`crate::halt`] splits a halt with
+    /// it): when it left, was woken (0 if not seen) and ran again.
+    pub last_off_ns: u64,
+    pub last_woken_ns: u64,
+    pub last_on_ns: u64,
+    /// It left its CPU runnable that last time (a preemption, not a block).
+    pub last_off_runnable: u32,
+    /// The vCPU's halt-polling window as `kvm:kvm_halt_poll_ns` last set it (0 until then:
+    /// a new vCPU's), and its value before, for the halt that moved it.
+    pub halt_poll_ns: u32,
+    pub halt_poll_old: u32,
+    /// 1 when `kvm:kvm_halt_poll_ns` fired since the last halt ended (inside the halt).
+    pub halt_poll_moved: u32,
     /// The `kvm_run` of the vCPU whose fd is `run_fd` (see `Config::run_known`), 0 unknown.
     pub run_ptr: u64,
     pub run_fd: i32,
@@ -431,6 +445,10 @@ pub mod names {
         pub const SCHED_PROCESS_EXIT: &str = "sched/sched_process_exit";
         /// Fires in the parent as it creates a task (`record -- CMD` follows its children).
         pub const TASK_NEWTASK: &str = "task/task_newtask";
+        /// The end of each halt KVM kept in the kernel, and its polling window moving
+        /// ([`crate::halt`]).
+        pub const KVM_VCPU_WAKEUP: &str = "kvm/kvm_vcpu_wakeup";
+        pub const KVM_HALT_POLL_NS: &str = "kvm/kvm_halt_poll_ns";
         /// Needed on every kernel: without them there is no exit record at all.
         pub const BASE: [&str; 4] = [SYS_ENTER_IOCTL, KVM_USERSPACE_EXIT, KVM_PIO, KVM_MMIO];
         /// Every KVM-related tracepoint kvmprof may use (the base ones, then those that fire
@@ -460,7 +478,7 @@ pub mod names {
     }
 
     /// Tracepoint ↔ programs (`kvmprof-ebpf/src/probes/`).
-    pub const TRACEPOINT_PROGRAMS: [TracepointPrograms; 8] = [
+    pub const TRACEPOINT_PROGRAMS: [TracepointPrograms; 10] = [
         TracepointPrograms {
             tracepoint: tp::SYS_ENTER_IOCTL,
             classic: "kvm_run_enter",
@@ -509,6 +527,18 @@ pub mod names {
         TracepointPrograms {
             tracepoint: tp::TASK_NEWTASK,
             classic: "follow_fork",
+            raw: None,
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_VCPU_WAKEUP,
+            classic: "halt_end",
+            raw: None,
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_HALT_POLL_NS,
+            classic: "halt_poll_moved",
             raw: None,
             btf: None,
         },
@@ -579,7 +609,10 @@ pub mod names {
         pub const SCRATCH_KEY: &str = "SCRATCH_KEY";
         pub const FOLLOW: &str = "FOLLOW";
         pub const SCRATCH_ADDR: &str = "SCRATCH_ADDR";
-        pub const ALL: [&str; 17] = [
+        pub const HALTS: &str = "HALTS";
+        pub const HALT_FIELDS: &str = "HALT_FIELDS";
+        pub const HALT_ZERO: &str = "HALT_ZERO";
+        pub const ALL: [&str; 20] = [
             EVENTS,
             BATCHES,
             PIDS,
@@ -597,6 +630,9 @@ pub mod names {
             SCRATCH_KEY,
             FOLLOW,
             SCRATCH_ADDR,
+            HALTS,
+            HALT_FIELDS,
+            HALT_ZERO,
         ];
         /// The [`crate::Config`] global, set before load.
         pub const CONFIG: &str = "CONFIG";
@@ -609,7 +645,7 @@ const _: () = assert!(core::mem::size_of::<ExitRecord>() == 56 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Batch>() == 24 + (56 + 8 * STAGES) * BATCH);
 const _: () = assert!(core::mem::size_of::<Config>() == 30 * 4 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Window>() == 24);
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 312 + 2 * 40 + 16 + 40 + 16);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 312 + 2 * 40 + 16 + 40 + 16 + 40);
 
 /// The records' clock read from userspace: CLOCK_MONOTONIC, which `bpf_ktime_get_ns` reads
 /// in the kernel. kvmprof states its window on it; the test VMM logs its exits on it.
@@ -647,4 +683,5 @@ mod pod {
     unsafe impl aya::Pod for super::tally::TallyMeta {}
     unsafe impl aya::Pod for super::tally::AddrKey {}
     unsafe impl aya::Pod for super::tally::TallyKey {}
+    unsafe impl aya::Pod for super::halt::HaltTally {}
 }

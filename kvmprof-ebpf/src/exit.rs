@@ -513,6 +513,10 @@ pub fn sched_in(st: &mut ThreadState, ts: u64) {
     };
     st.sched_ns[0] += wait;
     st.sched_ns[1] += sleep;
+    st.last_off_ns = off;
+    st.last_woken_ns = woken;
+    st.last_on_ns = ts;
+    st.last_off_runnable = st.off_runnable;
 }
 
 #[cfg(test)]

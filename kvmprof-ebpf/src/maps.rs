@@ -8,6 +8,7 @@ use aya_ebpf::{
 };
 use kvmprof_common::{
     counter,
+    halt::{self, HaltTally},
     tally::{self, AddrKey, Row, TallyKey, TallyMeta},
     Batch, Config, ThreadState, Wake, Window, STATE_SLOTS,
 };
@@ -302,3 +303,16 @@ fn spill(id: u64, tgid: u32) -> Option<&'static mut ThreadState> {
     bump(counter::SPILLED);
     spilled(id)
 }
+
+/// Each traced thread's halts (`kvmprof_common::halt`), written only by that thread.
+#[map]
+pub static HALTS: HashMap<u64, HaltTally> = HashMap::with_max_entries(halt::THREADS, 0);
+
+/// The halt tracepoints' field offsets (`kvmprof_common::halt::field`).
+#[map]
+pub static HALT_FIELDS: Array<u32> = Array::with_max_entries(halt::field::LEN, 0);
+
+/// A zeroed tally, never written: a thread's first halt tally is inserted from it (at
+/// ~1.3 KB it cannot be made on the stack).
+#[map]
+pub static HALT_ZERO: PerCpuArray<HaltTally> = PerCpuArray::with_max_entries(1, 0);

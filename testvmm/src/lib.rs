@@ -14,11 +14,15 @@
 //!    ([`PIO_DEVICE_PORTS`]), an `out` to the VMM ([`PIO_MIXED_OUT_PORT`]), and the
 //!    other ELCR port's read and write: in-kernel port I/O right after each kind of
 //!    userspace exit,
-//! 6. `hlt`s (KVM_EXIT_HLT): one round done.
+//! 6. on vCPU 0 only, `hlt`s `halts` times with interrupts enabled: KVM's in-kernel irqchip
+//!    keeps each in the kernel (the vCPU blocks in KVM) until the VMM's waker thread pulses
+//!    IRQ0 of the in-kernel PIC, every `halt_tick_us`. Only vCPU 0 halts because only it
+//!    receives the PIC's interrupts (KVM routes ExtINT to the boot vCPU's LINT0 alone),
+//! 7. `hlt`s (KVM_EXIT_HLT): one round done.
 //!
 //! The VMM creates KVM's in-kernel irqchip only for the device loop, whose ports it
-//! answers; KVM then keeps `hlt` in the kernel, so such rounds end with an `out` to
-//! [`PIO_DONE_PORT`] instead.
+//! answers, and for the halts; KVM then keeps `hlt` in the kernel, so such rounds end with
+//! an `out` to [`PIO_DONE_PORT`] instead (on every vCPU of the VM).
 //!
 //! Stopping a vCPU sends it [`kick_signal`] (SIGRTMIN), for which `run`
 //! installs a no-op handler in the calling process.
@@ -44,7 +48,7 @@ use serde::{Deserialize, Serialize};
 pub use counts::{Counts, ExitCounts, Ports, VcpuCounts};
 pub use exitlog::{Call, Outcome};
 pub use guest::{
-    MAX_VCPUS, MMIO_ADDR, PIO_DEVICE_PORTS, PIO_DONE_PORT, PIO_IN_PORT, PIO_IN_VALUE,
+    MAX_HALTS, MAX_VCPUS, MMIO_ADDR, PIO_DEVICE_PORTS, PIO_DONE_PORT, PIO_IN_PORT, PIO_IN_VALUE,
     PIO_KERNEL_PORT_BASE, PIO_MIXED_IN_PORT, PIO_MIXED_OUT_PORT, PIO_USER_PORT,
 };
 pub use ready::{Ready, ReadyVcpu};
@@ -72,6 +76,14 @@ pub struct Workload {
     /// Iterations of the device loop: each 2 userspace exits and 4 in-kernel port accesses
     /// that KVM's in-kernel PIC answers (the VMM then creates the in-kernel irqchip).
     pub pio_device: u64,
+    /// `hlt`s with interrupts enabled, by vCPU 0 only (at most [`MAX_HALTS`]), each kept in
+    /// the kernel by KVM's in-kernel irqchip (the VMM then creates it) until an interrupt
+    /// from the VMM wakes it: they are not exits the VMM sees (see [`ExitCounts::halts`]).
+    /// A round takes about `halts` × `halt_tick_us`.
+    pub halts: u64,
+    /// With `halts`, the VMM pulses the PIC's IRQ0 this often (µs, at least 1), from the
+    /// guest's start to the end of the run.
+    pub halt_tick_us: u64,
     /// The VMM takes this long to answer each `in` (a slow device): a known number of
     /// exits with a long VMM round trip, for profilers' slow-exit listings.
     pub pio_in_delay_ms: u64,
@@ -105,6 +117,8 @@ impl Workload {
         mmio_span: 1,
         pio_in: 0,
         pio_device: 0,
+        halts: 0,
+        halt_tick_us: 1000,
         pio_in_delay_ms: 0,
         rate: None,
         start_delay_ms: 0,

@@ -16,11 +16,15 @@ use vmm_sys_util::signal::create_sigset;
 /// Each vCPU runs in a thread named "CPU <n>/KVM" and, per round: `out`s to
 /// port 0x3f8 (userspace exit), `out`s to port 0x700+<n> (an ioeventfd keeps
 /// these in the kernel; its counter proves them), writes to MMIO 0xd0000
-/// (userspace exit), `in`s from port 0x3fd (userspace exit), then `hlt`s
-/// (userspace exit). All counts are per vCPU and per round.
+/// (userspace exit), `in`s from port 0x3fd (userspace exit), runs the device
+/// loop, on vCPU 0 `hlt`s --halts times with interrupts on (kept in the kernel,
+/// woken by the VMM's IRQ0 every --halt-tick), then `hlt`s (userspace exit; an
+/// `out` to 0x2f9 with --pio-device or --halts). All counts are per vCPU and per
+/// round.
 ///
 /// The JSON holds per-vCPU and total counts (in-kernel `out`s read from the
-/// ioeventfd counters), the ports used, wall_ns and exits_per_sec.
+/// ioeventfd counters; "halts", not exits, outside the totals), the ports used,
+/// wall_ns and exits_per_sec.
 ///
 /// SIGINT/SIGTERM stop the vCPUs cleanly; the counts so far are printed.
 #[derive(Debug, Parser)]
@@ -32,6 +36,11 @@ struct Args {
     /// The VMM takes this long to answer each `in` (e.g. 200ms; bare number = ms).
     #[arg(long, value_parser = parse_millis, default_value = "0")]
     pio_in_delay: Duration,
+    /// With --halts, the VMM pulses IRQ0 this often, waking one halt each time
+    /// (e.g. 1ms, 200us; bare number = ms; at least 1us): a round takes about
+    /// halts × this.
+    #[arg(long, value_parser = parse_millis, default_value = "1")]
+    halt_tick: Duration,
     /// Cap on each vCPU's average exits/s. The VMM sleeps at userspace exits;
     /// in-kernel exits still come in bursts of up to --pio-kernel.
     #[arg(long)]
@@ -65,6 +74,7 @@ fn main() -> Result<()> {
     stop_on_signals(&stop)?;
     let workload = Workload {
         pio_in_delay_ms: millis(args.pio_in_delay),
+        halt_tick_us: u64::try_from(args.halt_tick.as_micros()).unwrap_or(u64::MAX),
         rate: args.rate,
         start_delay_ms: millis(args.start_delay),
         forever: args.forever,

@@ -12,11 +12,11 @@ use vmm_sys_util::signal::Killable;
 
 use crate::counts::Counts;
 use crate::exitlog;
-use crate::guest::{self, Round, MAX_VCPUS};
+use crate::guest::{self, Round, MAX_HALTS, MAX_VCPUS};
 use crate::pace;
 use crate::ready::{Ready, ReadyVcpu};
 use crate::vcpu::{self, Finished, Plan};
-use crate::vm::{Machine, Vcpu};
+use crate::vm::{Irq0, Machine, Vcpu};
 use crate::{StopHandle, Workload};
 
 /// How often the watcher looks for a stop request or the deadline.
@@ -34,7 +34,8 @@ pub(crate) fn run(w: &Workload, stop: &StopHandle) -> Result<Counts> {
     vcpu::install_kick_handler()?;
     // Outlives the threads: they are joined below, or, on an early error,
     // see their `go` sender dropped and return without entering the guest.
-    let (_machine, vcpus) = Machine::new(w.vcpus, guest::needs_irqchip(&plan.round))?;
+    let halts = plan.round.halts > 0;
+    let (machine, vcpus) = Machine::new(w.vcpus, guest::needs_irqchip(&plan.round), halts)?;
     let halt = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
     let threads = vcpus
@@ -72,9 +73,42 @@ pub(crate) fn run(w: &Workload, stop: &StopHandle) -> Result<Counts> {
     let deadline = w
         .duration_ms
         .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
-    watch(&threads, &halt, stop, deadline);
+    // With halts, the waker pulses IRQ0 until the vCPUs are done: a scoped thread, as it
+    // borrows the VM, so it ends before the Machine (and the VM's RAM) goes.
+    let ended = AtomicBool::new(false);
+    let woke = thread::scope(|s| {
+        let waker = halts
+            .then(|| {
+                let tick = Duration::from_micros(w.halt_tick_us);
+                let (irq0, ended, halt) = (machine.irq0(), &ended, &*halt);
+                thread::Builder::new()
+                    .name("irq0 waker".into())
+                    .spawn_scoped(s, move || {
+                        let result = wake(&irq0, tick, ended);
+                        if result.is_err() {
+                            // vCPU 0 would halt for ever: bring the run down.
+                            halt.store(true, Ordering::Relaxed);
+                        }
+                        result
+                    })
+                    .context("spawn the IRQ0 waker thread")
+            })
+            .transpose();
+        if waker.is_err() {
+            halt.store(true, Ordering::Relaxed);
+        }
+        watch(&threads, &halt, stop, deadline);
+        ended.store(true, Ordering::Relaxed);
+        match waker? {
+            None => Ok(()),
+            Some(waker) => waker
+                .join()
+                .map_err(|_| anyhow!("the IRQ0 waker thread panicked"))?,
+        }
+    });
 
     let finished = threads.into_iter().map(join).collect::<Result<Vec<_>>>()?;
+    woke?;
     if let Some(path) = &w.exit_log {
         let logs: Vec<(u32, &[exitlog::Call])> = finished
             .iter()
@@ -102,6 +136,20 @@ fn plan(w: &Workload) -> Result<Plan> {
         w.vcpus
     );
     ensure!(w.rate != Some(0), "rate must be at least 1 exit/s");
+    let halts = u16::try_from(w.halts)
+        .ok()
+        .filter(|&n| u32::from(n) <= MAX_HALTS)
+        .with_context(|| {
+            format!(
+                "halts = {} is more than one round can do ({MAX_HALTS}: the guest counts them in \
+                 15 bits of ECX)",
+                w.halts
+            )
+        })?;
+    ensure!(
+        halts == 0 || w.halt_tick_us > 0,
+        "halt_tick must be at least 1 µs (the waker would spin)"
+    );
     let count = |name: &str, n: u64| {
         u32::try_from(n)
             .with_context(|| format!("{name} = {n} is more than one round can do ({})", u32::MAX))
@@ -122,6 +170,7 @@ fn plan(w: &Workload) -> Result<Plan> {
                         w.mmio_span
                     )
                 })?,
+            halts,
         },
         forever: w.forever,
         rate: w.rate,
@@ -166,6 +215,38 @@ fn spawn(
         })
         .context("spawn a vCPU thread")?;
     Ok(VcpuThread { handle, go })
+}
+
+/// The waker: pulses IRQ0 every `tick` (on a fixed schedule, skipping ticks it is late
+/// for) until `ended`, each pulse waking one `hlt` of vCPU 0's halt loop.
+///
+/// The guest counts the `hlt`s it executes, not the interrupts, so a pulse at the wrong
+/// moment cannot change the count: the loop's only IF=1 instant is its `hlt` (`sti`'s
+/// shadow covers the gap before it, `cli` follows the wake, and the end of the round, the
+/// other loops and the next round's registers all have IF=0). A pulse while IF=0 stays
+/// pending in the PIC's IRR (edge-triggered; lowering the line does not clear it) and
+/// wakes the next `hlt` at once: KVM then does not block at all, so the times it really
+/// blocked can be fewer than `halts`, but the `hlt`s executed are exactly `halts` per
+/// round. Pulses while one is pending merge into it, so at most one spare wake is ever
+/// owed; one pending at the end of the run is harmless. Pulses after vCPU 0's last round
+/// (without `forever`) go nowhere.
+fn wake(irq0: &Irq0, tick: Duration, ended: &AtomicBool) -> Result<()> {
+    let mut next = Instant::now();
+    loop {
+        next = next.checked_add(tick).context("halt tick too long")?;
+        pace::sleep_unless(next.saturating_duration_since(Instant::now()), || {
+            ended.load(Ordering::Relaxed)
+        });
+        if ended.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        irq0.pulse()?;
+        // Behind (a descheduled waker): start afresh rather than pulse in a burst, which
+        // the PIC would merge anyway.
+        if let Some(late) = Instant::now().checked_sub(tick) {
+            next = next.max(late);
+        }
+    }
 }
 
 /// Returns once every vCPU thread has ended, stopping them on request or at
@@ -225,8 +306,24 @@ mod tests {
                 pio_in: 4,
                 pio_device: 0,
                 mmio_mask: 0,
+                halts: 0,
             }
         );
+    }
+
+    #[test]
+    fn plan_takes_up_to_max_halts() {
+        let w = Workload {
+            halts: u64::from(MAX_HALTS),
+            ..Workload::default()
+        };
+        assert_eq!(plan(&w).unwrap().round.halts, 0x7fff);
+        let e = plan(&Workload {
+            halts: 40_000,
+            ..Workload::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("halts = 40000"), "{e}");
     }
 
     #[test]
@@ -254,6 +351,15 @@ mod tests {
             },
             Workload {
                 mmio_span: 0x2_0000,
+                ..Workload::default()
+            },
+            Workload {
+                halts: u64::from(MAX_HALTS) + 1,
+                ..Workload::default()
+            },
+            Workload {
+                halts: 1,
+                halt_tick_us: 0,
                 ..Workload::default()
             },
         ];

@@ -56,7 +56,9 @@ pub(crate) fn install_kick_handler() -> Result<()> {
 /// Runs the guest on `vcpu` until its round ends (or forever), `stop` is set
 /// or the guest does something unexpected.
 pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> Result<Finished> {
-    let regs = guest::round_regs(&plan.round, vcpu.kernel_port);
+    let regs = guest::round_regs(&plan.round, vcpu.index);
+    // The `hlt`s a completed round has made (in the kernel, so never seen here).
+    let round_halts = u64::from(guest::round_halts(&plan.round, vcpu.index));
     vcpu.fd.set_regs(&regs).context("KVM_SET_REGS")?;
     let mut exits = ExitCounts::default();
     let mut other_reasons = BTreeMap::new();
@@ -109,6 +111,8 @@ pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> R
                     exits.done += 1;
                     // The last iteration's pair on the second device port.
                     exits.pio_device += 2 * u64::from(round_mixed_in > 0);
+                    // The halt loop comes right before the end: all of it ran.
+                    exits.halts += round_halts;
                 }
                 round_mixed_in = 0;
                 if !plan.forever {

@@ -4,7 +4,10 @@
 use std::ptr::{self, NonNull};
 
 use anyhow::{Context, Result};
-use kvm_bindings::{kvm_mp_state, kvm_userspace_memory_region, KVM_MP_STATE_RUNNABLE};
+use kvm_bindings::{
+    kvm_irqchip, kvm_mp_state, kvm_userspace_memory_region, KVM_IRQCHIP_PIC_MASTER,
+    KVM_MP_STATE_RUNNABLE,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -13,7 +16,7 @@ use crate::guest;
 /// Keeps the VM and its RAM alive while the vCPUs run.
 pub(crate) struct Machine {
     // Fields drop in order: close the VM before unmapping the RAM it uses.
-    _vm: VmFd,
+    vm: VmFd,
     _ram: Ram,
 }
 
@@ -28,8 +31,9 @@ pub(crate) struct Vcpu {
 
 impl Machine {
     /// `irqchip`: KVM's in-kernel PIC, IOAPIC and LAPICs, created before the vCPUs as KVM
-    /// requires, for the guest's device loop.
-    pub(crate) fn new(vcpus: u32, irqchip: bool) -> Result<(Machine, Vec<Vcpu>)> {
+    /// requires, for the guest's device loop and halts. `irq0`: also set the PIC and the
+    /// guest's IVT up so that [`Irq0::pulse`] wakes vCPU 0's halts (needs `irqchip`).
+    pub(crate) fn new(vcpus: u32, irqchip: bool, irq0: bool) -> Result<(Machine, Vec<Vcpu>)> {
         let kvm = Kvm::new().context("open /dev/kvm")?;
         let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
         if irqchip {
@@ -37,6 +41,10 @@ impl Machine {
         }
         let ram = Ram::new(guest::RAM_SIZE)?;
         ram.write(guest::CODE_ADDR as usize, &guest::CODE);
+        if irq0 {
+            anyhow::ensure!(irqchip, "IRQ0 needs the in-kernel irqchip");
+            setup_irq0(&vm, &ram)?;
+        }
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
@@ -50,8 +58,60 @@ impl Machine {
         let vcpus = (0..vcpus)
             .map(|index| create_vcpu(&vm, index, irqchip))
             .collect::<Result<Vec<_>>>()?;
-        Ok((Machine { _vm: vm, _ram: ram }, vcpus))
+        Ok((Machine { vm, _ram: ram }, vcpus))
     }
+
+    /// IRQ0 of the VM's in-kernel PIC, for another thread (the RAM stays here).
+    pub(crate) fn irq0(&self) -> Irq0<'_> {
+        Irq0(&self.vm)
+    }
+}
+
+/// IRQ0 of a VM set up with `irq0` (see [`Machine::new`]).
+pub(crate) struct Irq0<'a>(&'a VmFd);
+
+impl Irq0<'_> {
+    /// One edge on IRQ0 of the in-kernel PIC (a timer tick): raise the line, lower it.
+    /// KVM latches the edge in the PIC's IRR until vCPU 0 takes the interrupt, which it
+    /// can only do at the `hlt` of its halt loop (IF=1 nowhere else); edges while one is
+    /// pending merge into it.
+    pub(crate) fn pulse(&self) -> Result<()> {
+        self.0.set_irq_line(0, true).context("KVM_IRQ_LINE 0 up")?;
+        self.0.set_irq_line(0, false).context("KVM_IRQ_LINE 0 down")
+    }
+}
+
+/// Makes IRQ0 reach the guest's handler: the master PIC delivers it as
+/// [`guest::IRQ0_VECTOR`] with everything else masked, in auto-EOI mode (the handler, a
+/// lone `iret`, sends no EOI), as if the guest had initialised it; and the real-mode IVT
+/// entry of that vector points at the handler. KVM hands the PIC's output to vCPU 0 through
+/// its LAPIC's LINT0 (ExtINT), set up so at reset for the boot vCPU only
+/// (KVM_X86_QUIRK_LINT0_REENABLED, on by default); the other vCPUs' LINT0 stays masked.
+fn setup_irq0(vm: &VmFd, ram: &Ram) -> Result<()> {
+    let mut chip = kvm_irqchip {
+        chip_id: KVM_IRQCHIP_PIC_MASTER,
+        ..Default::default()
+    };
+    vm.get_irqchip(&mut chip)
+        .context("KVM_GET_IRQCHIP (master PIC)")?;
+    // SAFETY: for chip_id KVM_IRQCHIP_PIC_MASTER KVM fills (and reads) the union's `pic`;
+    // it is plain bytes, valid whatever they hold.
+    let pic = unsafe { &mut chip.chip.pic };
+    pic.irq_base = guest::IRQ0_VECTOR;
+    // Only IRQ0 unmasked.
+    pic.imr = 0xfe;
+    pic.auto_eoi = 1;
+    // Initialised: not waiting for ICW2..4.
+    pic.init_state = 0;
+    vm.set_irqchip(&chip)
+        .context("KVM_SET_IRQCHIP (master PIC)")?;
+    let handler = guest::CODE_ADDR + guest::IRQ_HANDLER_OFFSET as u64;
+    let offset = u16::try_from(handler).context("IRQ0's handler is out of CS 0's reach")?;
+    let mut entry = [0u8; 4];
+    entry[..2].copy_from_slice(&offset.to_le_bytes());
+    // entry[2..]: segment 0, the code's CS.
+    ram.write(guest::IRQ0_IVT_ENTRY as usize, &entry);
+    Ok(())
 }
 
 fn create_vcpu(vm: &VmFd, index: u32, irqchip: bool) -> Result<Vcpu> {

@@ -89,6 +89,71 @@ fn the_device_loop_keeps_elcr_in_the_kernel_and_ends_with_an_out() {
     assert_eq!(c.ports.pio_device, PIO_DEVICE_PORTS);
 }
 
+/// The halt loop: vCPU 0 `hlt`s with interrupts on, KVM keeps each in the kernel (no exit
+/// the VMM sees) until the VMM's IRQ0 pulse wakes it, so a round takes about
+/// halts × halt tick; the other vCPU does not halt but ends as vCPU 0 does, with an `out`.
+#[test]
+fn halts_stay_in_the_kernel_until_the_vmms_interrupt() {
+    require_kvm!();
+    let w = Workload {
+        vcpus: 2,
+        pio_user: 10,
+        pio_kernel: 20,
+        halts: 50,
+        halt_tick_us: 2000,
+        ..Workload::default()
+    };
+    let t0 = Instant::now();
+    let c = run(&w).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let want = |halts| ExitCounts {
+        pio_user: 10,
+        pio_kernel: 20,
+        done: 1,
+        halts,
+        ..ExitCounts::default()
+    };
+    assert_eq!(c.vcpus[0].exits, want(50), "{:?}", c.vcpus[0].other_reasons);
+    assert_eq!(c.vcpus[1].exits, want(0), "{:?}", c.vcpus[1].other_reasons);
+    // Not exits: outside the totals the profilers' exact counts compare against.
+    assert_eq!(c.total.halts, 50);
+    assert_eq!(c.total.userspace(), 2 * 11);
+    assert_eq!(c.total.total(), 2 * 31);
+    // Each halt waited for a pulse (pulses before the guest's first `hlt` merge into one).
+    assert!(
+        c.vcpus[0].run_ns >= 40 * 2_000_000,
+        "{} ns for 50 halts at 2 ms",
+        c.vcpus[0].run_ns
+    );
+}
+
+/// Halts in endless rounds: exactly `halts` per completed round, whenever the pulses come,
+/// and a stop gets vCPU 0 out of a halt.
+#[test]
+fn halts_count_whole_rounds_and_a_halted_vcpu_stops() {
+    require_kvm!();
+    let w = Workload {
+        vcpus: 2,
+        pio_user: 3,
+        pio_device: 2,
+        halts: 7,
+        halt_tick_us: 300,
+        forever: true,
+        duration_ms: Some(300),
+        ..Workload::default()
+    };
+    let t0 = Instant::now();
+    let c = run(&w).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let (v0, v1) = (&c.vcpus[0].exits, &c.vcpus[1].exits);
+    assert!(v0.done >= 2, "{v0:?}");
+    assert_eq!(v0.halts, 7 * v0.done);
+    assert_eq!(v1.halts, 0);
+    assert!(v1.done > 0, "{v1:?}");
+    assert_eq!(c.total.other, 0, "{:?}", c.other_reasons);
+    assert_eq!(c.total.hlt, 0);
+}
+
 #[test]
 fn empty_workload_only_halts() {
     require_kvm!();

@@ -80,7 +80,7 @@ impl Vendor {
         }
     }
 
-    fn hlt_label(self) -> &'static str {
+    pub(crate) fn hlt_label(self) -> &'static str {
         match self {
             Vendor::Svm => "hlt",
             Vendor::Vmx => "HLT",
@@ -242,6 +242,12 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
         crate::check_funcs::verify,
     ));
     list.push(check("kvm_stats", None, kvm_stats_script(), kvm_stats));
+    list.push(check(
+        "kvmprof_halts",
+        None,
+        crate::check_halts::script(),
+        crate::check_halts::verify,
+    ));
     list
 }
 

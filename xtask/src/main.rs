@@ -4,6 +4,7 @@ mod bench;
 mod bench_vmx;
 mod check_device;
 mod check_funcs;
+mod check_halts;
 mod checks;
 mod deb;
 mod setup;

@@ -292,6 +292,7 @@ impl Recorder {
             own_cost: Some(out.own_cost.clone()),
             slow: self.slow,
             kvm_stats: Some(out.kvm_stats.clone()),
+            halts: out.halts.clone(),
         };
         self.data
             .finish(&end)

@@ -145,8 +145,13 @@ impl Default for OwnCost {
 /// Programs that run per scheduler event of the whole host rather than per exit: the own-cost
 /// line shows their cost per run and their runs as well.
 fn per_event(program: &str) -> bool {
-    use kvmprof_common::names::sched;
-    program == sched::SWITCH_PROGRAM || program == sched::WAKEUP_PROGRAM
+    use kvmprof_common::names::{sched, tp, tracepoint_programs};
+    // The halt hooks run per halt (`data::halts`).
+    let halt = [tp::KVM_VCPU_WAKEUP, tp::KVM_HALT_POLL_NS]
+        .iter()
+        .filter_map(|t| tracepoint_programs(t))
+        .any(|p| p.classic == program);
+    halt || program == sched::SWITCH_PROGRAM || program == sched::WAKEUP_PROGRAM
 }
 
 impl OwnCost {
@@ -182,7 +187,7 @@ impl OwnCost {
                 .map(|p| {
                     let per_exit = p.run_ns as f64 / measured as f64;
                     if per_event(&p.name) && p.runs > 0 {
-                        // They run per context switch or wake-up of the host, not per exit.
+                        // They run per context switch, wake-up or halt, not per exit.
                         format!(
                             "{} {per_exit:.0} ({:.0} ns × {} runs)",
                             p.name,

@@ -1,6 +1,7 @@
 pub mod aggregate;
 pub mod cost;
 pub mod group;
+pub mod halts;
 pub mod kvmstats;
 pub mod model;
 pub mod series;

@@ -154,6 +154,7 @@ pub fn header(import: &Capture) -> Header {
         own_cost: None,
         slow: None,
         kvm_stats: None,
+        halts: None,
     }
 }
 

@@ -233,6 +233,10 @@ pub fn attach(
     }
     attach_thread_exit(ebpf)?;
     super::sched::attach(ebpf, plan, facts)?;
+    if let Err(e) = attach_halts(ebpf, facts) {
+        // The exits are recorded all the same; only the halt table is missing.
+        eprintln!("kvmprof: warning: halts are not laid out: {e:#}");
+    }
     if plan.run_entry_fentry {
         let (name, sym) = (hook::RUN_ENTRY, crate::backend::RUN_IOCTL);
         try_hook(name, format!("fentry on {sym}"), || {
@@ -313,6 +317,26 @@ fn attach_follow(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
     offsets.set(follow::PID_OFF, facts.offset(tp, "pid")?, 0)?;
     offsets.set(follow::CLONE_FLAGS_OFF, facts.offset(tp, "clone_flags")?, 0)?;
     attach_classic(ebpf, tp)
+}
+
+/// `kvm:kvm_vcpu_wakeup` and `kvm:kvm_halt_poll_ns`: the halts KVM keeps in the kernel
+/// (`kvmprof_common::halt`), with their field offsets from this kernel's format files.
+fn attach_halts(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
+    use kvmprof_common::halt::field;
+    let (wake, poll) = (names::tp::KVM_VCPU_WAKEUP, names::tp::KVM_HALT_POLL_NS);
+    let mut fields: Array<_, u32> =
+        Array::try_from(ebpf.map_mut(map::HALT_FIELDS).context("HALT_FIELDS map")?)?;
+    for (i, tp, name) in [
+        (field::WAKEUP_NS, wake, "ns"),
+        (field::WAKEUP_WAITED, wake, "waited"),
+        (field::WAKEUP_VALID, wake, "valid"),
+        (field::POLL_NEW, poll, "new"),
+        (field::POLL_OLD, poll, "old"),
+    ] {
+        fields.set(i, facts.offset(tp, name)?, 0)?;
+    }
+    attach_classic(ebpf, poll)?;
+    attach_classic(ebpf, wake)
 }
 
 /// Loads and attaches the classic-tracepoint program of `tp` ("category/event"), for the

@@ -30,13 +30,16 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use kvmprof_common::{clock::monotonic_ns, counter, names::map, Batch, ThreadState, Window};
+use kvmprof_common::{
+    clock::monotonic_ns, counter, halt::HaltTally, names::map, Batch, ThreadState, Window,
+};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::SignalKind,
 };
 
 use crate::data::cost::{BpfStats, OwnCost};
+use crate::data::halts::Halts;
 use crate::data::target::Target;
 use crate::{
     data::aggregate::Aggregate,
@@ -150,6 +153,8 @@ pub struct Outcome {
     pub own_cost: OwnCost,
     /// KVM's own counters over the window.
     pub kvm_stats: crate::data::kvmstats::KvmStats,
+    /// The halts KVM kept in the kernel, laid out; `None` when there were none.
+    pub halts: Option<crate::data::halts::Halts>,
 }
 
 /// Plans for this kernel and attaches the plan, loading the object once per attempt: when
@@ -214,12 +219,15 @@ pub struct Session {
     log: Option<bpflog::BpfLog>,
 }
 
-/// What the kernel holds outside the ring buffer: per-CPU batches not yet full, and
-/// userspace exits waiting per thread for their VMM round trip.
+/// What the kernel holds outside the ring buffer: per-CPU batches not yet full, userspace
+/// exits waiting per thread for their VMM round trip, and the threads' halt tallies.
 struct Held {
     batches: PerCpuArray<MapData, Batch>,
     threads: Array<MapData, ThreadState>,
     spill: HashMap<MapData, u64, ThreadState>,
+    halts: HashMap<MapData, u64, HaltTally>,
+    /// Threads with a halt tally whose vCPU was named already (see [`Held::name_halters`]).
+    halters: std::cell::RefCell<std::collections::HashSet<u64>>,
 }
 
 impl Held {
@@ -229,6 +237,8 @@ impl Held {
             batches: PerCpuArray::try_from(map(map::BATCHES)?)?,
             threads: Array::try_from(map(map::THREADS)?)?,
             spill: HashMap::try_from(map(map::THREADS_SPILL)?)?,
+            halts: HashMap::try_from(map(map::HALTS)?)?,
+            halters: Default::default(),
         })
     }
 
@@ -256,6 +266,36 @@ impl Held {
             c.held(&st, out);
         }
         Ok(())
+    }
+
+    /// Names the vCPU of each thread that began to halt, while it still runs: at the end its
+    /// process may be gone, and with it the `/proc` entries that name it.
+    fn name_halters(&self, c: &mut Collector) -> Result<()> {
+        let mut named = self.halters.borrow_mut();
+        for tag in self.halts.keys() {
+            let tag = tag.context("read HALTS")?;
+            if !named.insert(tag) {
+                continue;
+            }
+            if let Ok(t) = self.halts.get(&tag, 0) {
+                if t.vcpu_id < 0 {
+                    c.vcpus.resolve(t.pid, t.vcpu_fd, t.tid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The halts tallied per thread, per VM and vCPU; `None` when there were none.
+    fn halts(&self, c: &mut Collector) -> Result<Option<Halts>> {
+        let tallies = self
+            .halts
+            .iter()
+            .map(|kv| kv.map(|(_, t)| t))
+            .collect::<Result<Vec<_>, _>>()
+            .context("read HALTS")?;
+        let halts = Halts::from_kernel(&tallies, |pid, fd, tid| c.vcpus.resolve(pid, fd, tid));
+        Ok(Some(halts).filter(|h| !h.rows.is_empty()))
     }
 }
 
@@ -573,6 +613,7 @@ impl Session {
         collector.end_at(window.stop_ns);
         drain(ring.get_mut(), &mut collector, &mut batch);
         held.drain(&mut collector, &mut batch)?;
+        let halts = held.halts(&mut collector)?;
         one_by_one += absorb(&mut batch, &mut sink, &mut agg)?;
         tallied_exits += absorb_tallies(&mut tallies, &mut collector, &mut sink, &mut agg)?;
         own_cost.tallied = tallied_exits;
@@ -589,6 +630,7 @@ impl Session {
             followed,
             own_cost,
             kvm_stats: kvm.stats(),
+            halts,
         })
     }
 }
@@ -675,6 +717,7 @@ fn take_all(
 ) -> Result<Taken> {
     drain(ring.get_mut(), collector, batch);
     held.take_quiet(collector, batch)?;
+    held.name_halters(collector)?;
     let records = absorb(batch, sink, agg)?;
     let tallied = absorb_tallies(tallies, collector, sink, agg)?;
     Ok(Taken { records, tallied })

@@ -293,6 +293,13 @@ mod tests {
         fs::copy("/bin/sleep", &exe).unwrap();
         let mut child = std::process::Command::new(&exe).arg("10").spawn().unwrap();
         let pid = child.id();
+        // The child has its name once it has exec'd: until then it has its parent's.
+        let t0 = std::time::Instant::now();
+        while !fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("slp-"))
+            && t0.elapsed() < std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let name = process_name(pid);
         let alive_then = alive(pid);
         let by_name = by_name("slp-éé").unwrap();

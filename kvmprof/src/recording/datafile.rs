@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::reason_name;
 use crate::data::aggregate::{self, Aggregate, Key, PortKey, PortStats};
 use crate::data::cost::OwnCost;
+use crate::data::halts::Halts;
 use crate::data::kvmstats::KvmStats;
 use crate::data::model::{Exit, Reason, ReasonSpace, Stage, Tally};
 use crate::data::slow::SlowExits;
@@ -121,6 +122,8 @@ struct EndRecord {
     slow: Option<SlowExits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kvm_stats: Option<KvmStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    halts: Option<Halts>,
 }
 
 /// How a recording ended, for its end record.
@@ -144,6 +147,8 @@ pub struct End {
     pub slow: Option<SlowExits>,
     /// See [`Header::kvm_stats`].
     pub kvm_stats: Option<KvmStats>,
+    /// See [`Header::halts`].
+    pub halts: Option<Halts>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -288,6 +293,7 @@ impl<W: Write> Writer<W> {
             own_cost: end.own_cost.clone(),
             slow: end.slow.clone(),
             kvm_stats: end.kvm_stats.clone(),
+            halts: end.halts.clone(),
         };
         let line = format!("{END_MARK}{}\n", serde_json::to_string(&rec)?);
         self.emit(line.as_bytes())?;
@@ -407,6 +413,7 @@ pub fn write(path: &Path, h: &Header, exits: &[Exit], interval_ns: u64) -> Resul
         own_cost: h.own_cost.clone(),
         slow: h.slow.clone(),
         kvm_stats: h.kvm_stats.clone(),
+        halts: h.halts.clone(),
     };
     let written = w
         .write_header(h, base_ts_ns)
@@ -557,6 +564,7 @@ fn complete_header(mut header: Header, a: &mut Aggregate, ends: Ends, cut: Cut) 
             header.own_cost = end.own_cost;
             header.slow = end.slow;
             header.kvm_stats = end.kvm_stats;
+            header.halts = end.halts;
             a.add_lost(end.lost);
         }
         (None, Some(cp)) => {
@@ -898,6 +906,14 @@ mod tests {
                 change: [("exits".to_owned(), 1501)].into(),
                 note: None,
             }),
+            halts: Some(Halts {
+                rows: vec![crate::data::halts::HaltRow {
+                    pid: 7,
+                    vcpu: Some(0),
+                    halts: 3,
+                    ..Default::default()
+                }],
+            }),
         };
         let bytes = w.finish(&end).unwrap();
 
@@ -915,6 +931,7 @@ mod tests {
             h.kvm_stats, end.kvm_stats,
             "KVM's counts come back from the end record"
         );
+        assert_eq!(h.halts, end.halts, "so do the halts");
         assert_same(&want, &a);
 
         let err = parse(&header_only).unwrap_err().to_string();
@@ -1153,6 +1170,7 @@ mod tests {
             own_cost: None,
             slow: None,
             kvm_stats: None,
+            halts: None,
         };
         let file = |n| {
             let mut w = Writer::new(Vec::new(), SEC);

@@ -103,6 +103,9 @@ pub struct Header {
     /// KVM's own counters over the window (live recordings; from the end record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kvm_stats: Option<KvmStats>,
+    /// The halts KVM kept in the kernel, laid out (live recordings; from the end record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halts: Option<crate::data::halts::Halts>,
 }
 
 /// Where a data file without its end record was cut, and what of it is kept.
