@@ -94,6 +94,9 @@ pub struct Workload {
     /// Sleep between creating the VM and vCPU threads and the first KVM_RUN,
     /// so a profiler can attach first.
     pub start_delay_ms: u64,
+    /// Keep the VM this long after the guest stopped, before it is destroyed, so that a
+    /// reader of KVM's per-VM counters (debugfs, gone with the VM) sees their final values.
+    pub end_delay_ms: u64,
     /// Run rounds until stopped (or `duration_ms`), instead of one round.
     pub forever: bool,
     /// Stop the guest this long after it starts, even mid-round.
@@ -122,6 +125,7 @@ impl Workload {
         pio_in_delay_ms: 0,
         rate: None,
         start_delay_ms: 0,
+        end_delay_ms: 0,
         forever: false,
         duration_ms: None,
         ready_file: None,

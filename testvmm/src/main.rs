@@ -49,6 +49,11 @@ struct Args {
     /// KVM_RUN, so a profiler can attach (e.g. 500ms, 2s; bare number = ms).
     #[arg(long, value_parser = parse_millis, default_value = "0")]
     start_delay: Duration,
+    /// Keep the VM this long after the guest stopped, before destroying it, so a
+    /// reader of KVM's per-VM debugfs counters sees their final values (bare number
+    /// = ms).
+    #[arg(long, value_parser = parse_millis, default_value = "0")]
+    end_delay: Duration,
     /// Start a new round after each `hlt` until stopped or --duration ends.
     #[arg(long)]
     forever: bool,
@@ -77,6 +82,7 @@ fn main() -> Result<()> {
         halt_tick_us: u64::try_from(args.halt_tick.as_micros()).unwrap_or(u64::MAX),
         rate: args.rate,
         start_delay_ms: millis(args.start_delay),
+        end_delay_ms: millis(args.end_delay),
         forever: args.forever,
         duration_ms: args.duration.map(millis),
         ready_file: args.ready_file,

@@ -109,6 +109,10 @@ pub(crate) fn run(w: &Workload, stop: &StopHandle) -> Result<Counts> {
 
     let finished = threads.into_iter().map(join).collect::<Result<Vec<_>>>()?;
     woke?;
+    // The Machine (and with it the VM) lives until the end of this function.
+    pace::sleep_unless(Duration::from_millis(w.end_delay_ms), || {
+        stop.is_requested()
+    });
     if let Some(path) = &w.exit_log {
         let logs: Vec<(u32, &[exitlog::Call])> = finished
             .iter()

@@ -158,6 +158,16 @@ impl Window {
         }
     }
 
+    /// Reads now, however recent the last read: the reader is about to sleep until the
+    /// next exit, with no tick meanwhile, and a VM that ends while it sleeps keeps the
+    /// counts read here (every exit so far is in them).
+    pub fn read_now(&mut self, pids: &[u32]) {
+        if let Some(long_ago) = Instant::now().checked_sub(POLL_EVERY) {
+            self.polled = long_ago;
+        }
+        self.poll(pids, false);
+    }
+
     /// Reads again: every [`POLL_EVERY`], at `close`, and as soon as a VM not read yet
     /// shows (one directory listing per call in between, so that a short-lived VM is seen);
     /// at `close`, VMs no longer there are noted as gone.
@@ -213,7 +223,7 @@ impl Window {
         let note = if self.last.is_empty() {
             Some(
                 "KVM's own counts: no VM of the profiled processes seen in debugfs (looked for \
-                 every 100 ms: a VM that lived less may be missed)"
+                 every second while exits come: a VM that lived less may be missed)"
                     .to_owned(),
             )
         } else if !self.gone.is_empty() {

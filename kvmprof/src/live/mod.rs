@@ -578,6 +578,7 @@ impl Session {
                         );
                     }
                     if ends.is_some() && quiet >= quiet_ticks {
+                        kvm.read_now(&pids_of(&opts.targets, &followed));
                         // Say so to the kernel, then look once more: an exit whose program
                         // read the switch before this write wakes no one, and is taken
                         // here (or, if its program was still running, at the next wake-up
