@@ -3,6 +3,8 @@
 //!
 //! Tests that need root and `/dev/kvm` call [`skip_without_kvm`] first: on a machine
 //! without them they print why and return, rather than fail or pass silently.
+pub mod metrics;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},

@@ -12,8 +12,9 @@ use std::{
 };
 
 use kvmprof_tests::{
-    assert_clean_error, bin, kvmprof, made, report_json, scratch, skip_without_kvm, wait_for,
-    wait_until,
+    assert_clean_error, bin, kvmprof, made,
+    metrics::{sample_sum, served_exits},
+    report_json, scratch, skip_without_kvm, wait_for, wait_until,
 };
 use serde_json::Value;
 
@@ -140,25 +141,6 @@ fn run_vmm(vcpus: &str) -> Value {
         .expect("run the test VMM");
     assert!(out.status.success(), "test VMM failed");
     serde_json::from_slice(&out.stdout).expect("test VMM counts")
-}
-
-/// Sum of `kvmprof_exits_total` samples of `pid` in a /metrics text.
-fn served_exits(metrics: &str, pid: u64) -> u64 {
-    let label = format!("pid=\"{pid}\"");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("kvmprof_exits_total{") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
-/// Sum of the samples of `metric` (a name with its `{` or ` `) in a /metrics text.
-fn sample_sum(metrics: &str, metric: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(metric))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Under PVM (this host) exactly the exits the VMM made are visible; hardware backends also

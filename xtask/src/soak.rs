@@ -18,6 +18,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
+use kvmprof_tests::metrics::{exits_by_pid, sample_sum};
 use kvmprof_testvmm::Workload;
 
 use crate::util::{cargo, run as run_cmd, target_dir, which};
@@ -40,7 +41,7 @@ const SPANS: [u32; 4] = [1, 16, 256, 4096];
 
 /// One VMM started by the soak: its pid, and its own exit count (a test VMM's).
 struct Started {
-    pid: u32,
+    pid: u64,
     own: Option<u64>,
 }
 
@@ -77,7 +78,7 @@ pub fn run(o: &Options) -> Result<u8> {
         &["top", "--batch", "--delay", "1s", "--bpf-stats", "off"],
         scratch.join("top.log"),
     )?;
-    let seen = Arc::new(Mutex::new(HashMap::<u32, u64>::new()));
+    let seen = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
     let stop_scraper = Arc::new(AtomicBool::new(false));
     let scraper = {
         let (url, seen, stop) = (url.clone(), seen.clone(), stop_scraper.clone());
@@ -166,7 +167,7 @@ pub fn run(o: &Options) -> Result<u8> {
         sample("kvmprof_self_exits_total{path=\"one_by_one\"}"),
     );
     let lost = sample("kvmprof_lost_exits_total");
-    let left = per_pid(&last);
+    let left = exits_by_pid(&last);
     let lingering = started.iter().filter(|s| left.contains_key(&s.pid)).count();
     println!(
         "{} VMMs ({} test VMMs, {qemus} QEMU boots) in {:.0} s: {own_total} test VMM exits, \
@@ -249,7 +250,7 @@ fn run_testvmm(testvmm: &Path, i: usize) -> Result<Started> {
         "the test VMM's guest went off script: {:?}",
         counts.other_reasons
     );
-    let (pid, own) = (counts.pid, counts.total.total());
+    let (pid, own) = (counts.pid.into(), counts.total.total());
     Ok(Started {
         pid,
         own: Some(own),
@@ -267,7 +268,7 @@ fn boot_qemu(qemu: &Path, i: usize) -> Result<Started> {
         .stderr(Stdio::null())
         .spawn()
         .context("start qemu-system-x86_64")?;
-    let pid = child.id();
+    let pid = child.id().into();
     thread::sleep(QEMU_RUN);
     stop(&mut child);
     Ok(Started { pid, own: None })
@@ -389,11 +390,11 @@ fn start_serve(kvmprof: &Path, scratch: &Path) -> Result<(Daemon, String)> {
 
 /// Keeps the highest exit count `/metrics` showed for each pid (counters only grow) until
 /// `stop`: a VMM's series leave after the grace period, its count stays here.
-fn scrape(url: &str, seen: &Mutex<HashMap<u32, u64>>, stop: &AtomicBool) {
+fn scrape(url: &str, seen: &Mutex<HashMap<u64, u64>>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         if let Some(m) = get(url) {
             let mut seen = seen.lock().expect("lock");
-            for (pid, n) in per_pid(&m) {
+            for (pid, n) in exits_by_pid(&m) {
                 let e = seen.entry(pid).or_default();
                 *e = (*e).max(n);
             }
@@ -410,46 +411,4 @@ fn get(url: &str) -> Option<String> {
         .build()
         .into();
     agent.get(url).call().ok()?.body_mut().read_to_string().ok()
-}
-
-/// `kvmprof_exits_total` summed per `pid` label.
-fn per_pid(metrics: &str) -> HashMap<u32, u64> {
-    let mut out = HashMap::new();
-    for l in metrics.lines() {
-        let Some(rest) = l.strip_prefix("kvmprof_exits_total{") else {
-            continue;
-        };
-        let pid = rest
-            .split("pid=\"")
-            .nth(1)
-            .and_then(|p| p.split('"').next()?.parse::<u32>().ok());
-        let n = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-        if let (Some(pid), Some(n)) = (pid, n) {
-            *out.entry(pid).or_default() += n as u64;
-        }
-    }
-    out
-}
-
-/// Sum of the samples of `metric` (a name with its `{` or ` `).
-fn sample_sum(metrics: &str, metric: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(metric))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exits_are_summed_per_pid_and_other_metrics_ignored() {
-        let m = "kvmprof_exits_total{pid=\"7\",process=\"q\",vcpu=\"0\",reason=\"io\"} 5\n\
-                 kvmprof_exits_total{pid=\"7\",process=\"q\",vcpu=\"1\",reason=\"io\"} 6\n\
-                 kvmprof_exits_total{pid=\"9\",process=\"q\",vcpu=\"0\",reason=\"io\"} 1\n\
-                 kvmprof_lost_exits_total 0\n";
-        assert_eq!(per_pid(m), HashMap::from([(7, 11), (9, 1)]));
-    }
 }
