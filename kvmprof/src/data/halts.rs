@@ -66,8 +66,13 @@ impl Phase {
     }
 }
 
-/// Per phase, bucket → halts: the kernel's histograms summed.
-type Buckets = [BTreeMap<u16, u64>; phase::COUNT];
+/// One VM and vCPU's halts so far: its row, and per phase the summed time and the kernel's
+/// histograms summed (bucket → halts).
+type Acc = (
+    HaltRow,
+    [u64; phase::COUNT],
+    [BTreeMap<u16, u64>; phase::COUNT],
+);
 
 impl Halts {
     /// The kernel's per-thread tallies, summed per VM and vCPU; `vcpu` names a thread's
@@ -76,12 +81,12 @@ impl Halts {
         tallies: &[HaltTally],
         mut vcpu: impl FnMut(u32, i32, u32) -> Option<u32>,
     ) -> Halts {
-        let mut by: BTreeMap<(u32, Option<u32>), (HaltRow, Buckets)> = BTreeMap::new();
+        let mut by: BTreeMap<(u32, Option<u32>), Acc> = BTreeMap::new();
         for t in tallies.iter().filter(|t| t.halts > 0) {
             let v = u32::try_from(t.vcpu_id)
                 .ok()
                 .or_else(|| vcpu(t.pid, t.vcpu_fd, t.tid));
-            let (row, hist) = by.entry((t.pid, v)).or_default();
+            let (row, sums, hist) = by.entry((t.pid, v)).or_default();
             row.pid = t.pid;
             row.vcpu = v;
             row.halts += t.halts;
@@ -91,26 +96,28 @@ impl Halts {
             row.invalid += t.invalid;
             row.split += t.split;
             row.halt_ns += t.halt_ns;
+            for (sum, ns) in sums.iter_mut().zip(t.ns) {
+                *sum += ns;
+            }
             for (into, from) in hist.iter_mut().zip(&t.hist) {
                 for (b, &n) in from.iter().enumerate().filter(|(_, &n)| n > 0) {
                     *into.entry(b as u16).or_default() += u64::from(n);
                 }
             }
-            let sums = row.phases.iter().map(|p| p.sum_ns).collect::<Vec<_>>();
-            row.phases = (0..phase::COUNT)
-                .map(|p| Phase {
-                    name: phase::NAMES[p].to_owned(),
-                    sum_ns: sums.get(p).copied().unwrap_or(0) + t.ns[p],
-                    buckets: Vec::new(),
-                })
-                .collect();
         }
+        // The phases are made once, from the sums and histograms of every thread.
         let rows = by
             .into_values()
-            .map(|(mut row, hist)| {
-                for (p, h) in row.phases.iter_mut().zip(hist) {
-                    p.buckets = h.into_iter().collect();
-                }
+            .map(|(mut row, sums, hist)| {
+                row.phases = (0..phase::COUNT)
+                    .zip(sums)
+                    .zip(hist)
+                    .map(|((p, sum_ns), h)| Phase {
+                        name: phase::NAMES[p].to_owned(),
+                        sum_ns,
+                        buckets: h.into_iter().collect(),
+                    })
+                    .collect();
                 row
             })
             .collect();
