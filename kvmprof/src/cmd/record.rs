@@ -139,6 +139,7 @@ pub(super) fn options(
         interval,
         bpf_stats,
         sleep_when_idle: true,
+        histograms: false,
     }
 }
 

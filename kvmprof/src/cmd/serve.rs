@@ -53,6 +53,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         records: attach::Records::default(),
         bpf_stats: a.bpf_stats.mode(),
         sleep_when_idle: false,
+        histograms: true,
     })?;
 
     let names = target::names(&a.pids);

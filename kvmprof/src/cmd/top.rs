@@ -82,6 +82,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
             .unwrap_or_default(),
         bpf_stats: a.bpf_stats.mode(),
         sleep_when_idle: false,
+        histograms: true,
     };
     // Attach before taking the screen, so that loading errors print on a normal terminal.
     let mut session = live::Session::start(opts)?;

@@ -7,14 +7,13 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-use hdrhistogram::serialization::{
-    DeserializeError, Deserializer, Serializer as _, V2DeflateSerializeError, V2DeflateSerializer,
-};
+use hdrhistogram::serialization::{DeserializeError, Deserializer, Serializer as _};
 use hdrhistogram::Histogram;
 use kvmprof_common::STAGES;
 use serde::{Deserialize, Serialize};
 
 use crate::data::model::{Access, Exit, Reason, Stage, Tally};
+use crate::data::v2deflate::{EncodeError, Encoder};
 
 /// Longest duration a histogram tracks (one hour); longer values are clamped to it.
 pub const MAX_NS: u64 = 3_600 * 1_000_000_000;
@@ -135,6 +134,8 @@ pub struct Aggregate {
     /// Earliest and latest exit timestamp.
     span: Option<(u64, u64)>,
     intervals: Intervals,
+    /// Whether stages are recorded at all (see [`Aggregate::counting`]).
+    stages: bool,
 }
 
 impl Aggregate {
@@ -149,6 +150,17 @@ impl Aggregate {
             lost: 0,
             span: None,
             intervals: Intervals::default(),
+            stages: true,
+        }
+    }
+
+    /// An aggregate of counts only (keys, ports, span, lost): no stage is recorded, so no
+    /// histogram is kept. For `record`'s live view, which only prints totals: the data file
+    /// has the histograms, and keeping them twice cost the profiled guest (issue 20).
+    pub fn counting(interval_ns: u64) -> Self {
+        Aggregate {
+            stages: false,
+            ..Aggregate::new(interval_ns)
         }
     }
 
@@ -247,16 +259,14 @@ impl Aggregate {
         values: &[(u64, u64)],
         sum_ns: u64,
     ) {
+        if !self.stages {
+            return;
+        }
         let stats = self.keys.entry(key).or_default().stages[stage.index()]
             .get_or_insert_with(StageStats::new);
-        for &(ns, n) in values {
-            record_n(&mut stats.hist, ns.min(MAX_NS), n);
-        }
+        record_all(&mut stats.hist, values);
         stats.sum_ns = stats.sum_ns.saturating_add(sum_ns);
-        let hist = self.intervals.hist(idx, key, stage);
-        for &(ns, n) in values {
-            record_n(hist, ns.min(MAX_NS), n);
-        }
+        record_all(self.intervals.hist(idx, key, stage), values);
     }
 
     /// Drops everything recorded about process `pid` (`serve` forgets VMs that exited).
@@ -514,6 +524,19 @@ fn record_n(h: &mut Histogram<u64>, ns: u64, n: u64) {
     }
 }
 
+/// Records (duration, how many) pairs, the largest first: a histogram grows once to hold
+/// it, not once (a copy of its counts each) per larger value, as a tally's values come in
+/// increasing order.
+fn record_all(h: &mut Histogram<u64>, values: &[(u64, u64)]) {
+    let Some(top) = (0..values.len()).max_by_key(|&i| values[i].0) else {
+        return;
+    };
+    let rest = values.iter().enumerate().filter(|&(i, _)| i != top);
+    for (_, &(ns, n)) in std::iter::once((top, &values[top])).chain(rest) {
+        record_n(h, ns.min(MAX_NS), n);
+    }
+}
+
 /// Adds `src` into `dst`, growing `dst` as needed.
 fn add_histogram(dst: &mut Histogram<u64>, src: &Histogram<u64>) {
     if dst.add(src).is_err() {
@@ -525,9 +548,12 @@ fn add_histogram(dst: &mut Histogram<u64>, src: &Histogram<u64>) {
 }
 
 /// The compressed V2 encoding of `h` (what interval logs carry, base64'd).
-pub fn encode(h: &Histogram<u64>) -> Result<Vec<u8>, V2DeflateSerializeError> {
+pub fn encode(h: &Histogram<u64>) -> Result<Vec<u8>, EncodeError> {
+    thread_local! {
+        static ENCODER: std::cell::RefCell<Encoder> = std::cell::RefCell::default();
+    }
     let mut blob = Vec::new();
-    V2DeflateSerializer::new().serialize(h, &mut blob)?;
+    ENCODER.with(|e| e.borrow_mut().serialize(h, &mut blob))?;
     Ok(blob)
 }
 

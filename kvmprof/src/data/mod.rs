@@ -7,3 +7,4 @@ pub mod model;
 pub mod series;
 pub mod slow;
 pub mod target;
+pub mod v2deflate;

@@ -87,6 +87,9 @@ pub struct Options {
     /// again (`Window::asleep`), as does a target's exit. For callers whose ticks only move
     /// exits along (`record`), not those that show time passing (`top`, `serve`).
     pub sleep_when_idle: bool,
+    /// Keep the stages' histograms in the live aggregate (`top`, `serve` show them);
+    /// without, it holds counts only ([`Aggregate::counting`]: `record`).
+    pub histograms: bool,
 }
 
 /// What the kernel handed over: one exit, or a tally of exits of one kind.
@@ -444,7 +447,12 @@ impl Session {
             }
         };
         tokio::pin!(duration_over);
-        let mut agg = Aggregate::new(opts.interval.as_nanos() as u64);
+        let interval_ns = opts.interval.as_nanos() as u64;
+        let mut agg = if opts.histograms {
+            Aggregate::new(interval_ns)
+        } else {
+            Aggregate::counting(interval_ns)
+        };
         let mut collector = Collector::default();
         // SAFETY: the ring buffer map owns its fd and outlives the registration (both are
         // dropped together at the end of this function).

@@ -157,7 +157,8 @@ impl Reader {
                 .vcpu
                 .or_else(|| vcpus.resolve(m.exit.pid, m.exit.vcpu_fd, m.exit.tid));
             for s in 0..STAGES {
-                if m.row[s] == NO_ROW {
+                // A stage's row changes only with its sum (durations of 0 are not tallied).
+                if m.row[s] == NO_ROW || m.sum_ns[s] == seen.sum_ns[s] {
                     continue;
                 }
                 let row = self

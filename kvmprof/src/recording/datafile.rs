@@ -40,7 +40,6 @@ use base64::Engine as _;
 use hdrhistogram::serialization::interval_log::{
     IntervalLogHistogram, IntervalLogIterator, IntervalLogWriterBuilder, LogEntry, Tag,
 };
-use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 use kvmprof_common::STAGES;
 use serde::{Deserialize, Serialize};
@@ -52,6 +51,7 @@ use crate::data::halts::Halts;
 use crate::data::kvmstats::KvmStats;
 use crate::data::model::{Exit, Reason, ReasonSpace, Stage, Tally};
 use crate::data::slow::SlowExits;
+use crate::data::v2deflate::Encoder;
 use crate::recording::header::{Cut, Header};
 use crate::util::output;
 
@@ -191,6 +191,7 @@ pub struct Writer<W: Write> {
     pending: BTreeMap<u64, Aggregate>,
     histograms: u64,
     complete_ns: u64,
+    encoder: Encoder,
 }
 
 impl<W: Write> Writer<W> {
@@ -203,6 +204,7 @@ impl<W: Write> Writer<W> {
             pending: BTreeMap::new(),
             histograms: 0,
             complete_ns: 0,
+            encoder: Encoder::default(),
         }
     }
 
@@ -245,7 +247,7 @@ impl<W: Write> Writer<W> {
             .add_comment(LOG_VERSION)
             .with_start_time(unix_time(h.log_start_unix_ns(base_ts_ns)))
             .with_base_time(unix_time(h.wall_ns(base_ts_ns)))
-            .begin_log_with(&mut block, &mut V2DeflateSerializer::new())?;
+            .begin_log_with(&mut block, &mut self.encoder)?;
         writeln!(block, "{LEGEND}")?;
         self.emit(&block)?;
         self.begun = Some((base_ts_ns, h.start_ts_ns));
@@ -305,9 +307,8 @@ impl<W: Write> Writer<W> {
         let (base_ts_ns, _) = self.begun.context("data file header not written")?;
         let interval_ns = self.interval_ns;
         let mut block = Vec::new();
-        let mut serializer = V2DeflateSerializer::new();
         let mut log =
-            IntervalLogWriterBuilder::new().begin_log_with(&mut block, &mut serializer)?;
+            IntervalLogWriterBuilder::new().begin_log_with(&mut block, &mut self.encoder)?;
         let mut histograms = 0u64;
         let mut write = |start_ns: u64, hist: &Histogram<u64>, tag: Option<&str>| -> Result<()> {
             let offset = Duration::from_nanos(start_ns.saturating_sub(base_ts_ns));
