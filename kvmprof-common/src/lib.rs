@@ -243,7 +243,9 @@ pub struct Config {
     /// 1 logs rare anomalies through aya-log (`--debug-bpf`); 0 lets the verifier drop
     /// every log site.
     pub debug_bpf: u32,
-    pub _pad_debug: u32,
+    /// 1 when a stage of [`Config::slow_ns`] has a threshold: the tally then checks each
+    /// stage against it (one flag read per exit instead of one per stage, issue 20).
+    pub any_slow: u32,
     /// Per stage: an exit whose stage took longer is sent as a record (`--slow`);
     /// `u64::MAX` for none.
     pub slow_ns: [u64; STAGES],
@@ -387,6 +389,9 @@ pub struct ThreadState {
     pub run_ptr: u64,
     pub run_fd: i32,
     pub _pad_run: u32,
+    /// The `struct kvm_vcpu *` of the thread's last KVM_RUN (fentry on KVM's run ioctl): while
+    /// it stays the same, so does [`ThreadState::vcpu_id`], read once instead of per exit.
+    pub vcpu_ptr: u64,
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -645,7 +650,7 @@ const _: () = assert!(core::mem::size_of::<ExitRecord>() == 56 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Batch>() == 24 + (56 + 8 * STAGES) * BATCH);
 const _: () = assert!(core::mem::size_of::<Config>() == 30 * 4 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Window>() == 24);
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 312 + 2 * 40 + 16 + 40 + 16 + 40);
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 312 + 2 * 40 + 16 + 40 + 16 + 40 + 8);
 
 /// The records' clock read from userspace: CLOCK_MONOTONIC, which `bpf_ktime_get_ns` reads
 /// in the kernel. kvmprof states its window on it; the test VMM logs its exits on it.

@@ -317,6 +317,10 @@ pub fn kvm_run_enter(st: &mut ThreadState, fd: i32, ts: u64) {
     // Outside any exit in the recording otherwise (before the first KVM_RUN, or the round
     // trip of an exit that began before the window).
     clear_all(&mut st.sched_ns);
+    // Another vCPU fd, another vCPU: its id is read again (`probes::btf` keeps it).
+    if fd != st.vcpu_fd {
+        st.vcpu_id = -1;
+    }
     st.vcpu_fd = fd;
     st.user_since_ns = 0;
     st.run_start_ns = ts;

@@ -130,7 +130,7 @@ pub static CONFIG: Config = Config {
     run_private_off: 0,
     run_vcpu_run_off: 0,
     debug_bpf: 0,
-    _pad_debug: 0,
+    any_slow: 0,
     slow_ns: [0; kvmprof_common::STAGES],
 };
 

@@ -6,7 +6,8 @@
 # instruction the CPU ran meanwhile — the vCPU thread, the profiler's threads, interrupts.
 #
 # ROUNDS alternating rounds of each workload in each of MODES: alone, under `kvmprof record`
-# (`default`, `stages` = `--stages`, `kprobe` = `--hooks kprobe`), under `perf kvm stat record`
+# (`default`, `stages` = `--stages`, `kprobe` = `--hooks kprobe`, `tracepoint` = `--hooks
+# tracepoint`), under `perf kvm stat record`
 # and, when /payload/kvmprof-before exists, under that build's default `record` (`before`: the
 # code before a change, in the same boot). With STATS=1, one `--bpf-stats on` recording per
 # workload (the programs that ran per exit). Then kvmprof's cost while the VM makes no exit (its
@@ -40,10 +41,11 @@ run() { # mode workload tag
     f=$D/$1.$2.$3
     case $1 in
     alone) $P/kvmprof-testvmm $(args $2) > $f.json ;;
-    default | stages | kprobe | before)
+    default | stages | kprobe | tracepoint | before)
         kp=$P/kvmprof; h="--hooks auto"
         [ $1 = stages ] && h="--stages"
         [ $1 = kprobe ] && h="--hooks kprobe"
+        [ $1 = tracepoint ] && h="--hooks tracepoint"
         [ $1 = before ] && kp=$P/kvmprof-before
         $kp record $h -o $f.data -- $P/kvmprof-testvmm $(args $2) > $f.json 2> $f.err \
             || { echo "@@FAIL $1 $2: $(tail -1 $f.err)"; bad=1; return; }

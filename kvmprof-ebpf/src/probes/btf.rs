@@ -63,14 +63,15 @@ fn identify(st: &mut ThreadState, ts: u64, vcpu: *const u8, sp: u32) -> Option<u
     if vcpu.is_null() {
         return None;
     }
-    let (reason, vcpu_id) = reason(vcpu)?;
+    let (reason, vcpu_id) = reason(vcpu, st.vcpu_id)?;
     exit::identify_reason(st, maps::config!(boundary), ts, sp, reason, vcpu_id);
     Some(0)
 }
 
-/// The exit reason and vCPU id of `vcpu`, at this kernel's BTF offsets.
+/// The exit reason and vCPU id of `vcpu`, at this kernel's BTF offsets; the id is read only
+/// when `known` (the thread's, reset when it runs another vCPU) is not one.
 #[inline(always)]
-fn reason(vcpu: *const u8) -> Option<(u32, i32)> {
+fn reason(vcpu: *const u8, known: i32) -> Option<(u32, i32)> {
     let deref = maps::config!(btf_exit_deref_off);
     let reason_off = maps::config!(btf_exit_reason_off) as usize;
     let vcpu_id_off = maps::config!(btf_exit_vcpu_id_off) as usize;
@@ -84,10 +85,14 @@ fn reason(vcpu: *const u8) -> Option<(u32, i32)> {
                 vcpu.wrapping_add(deref as usize) as *const *const u8
             ))?
         };
+        let reason = maps::read(bpf_probe_read_kernel(
+            base.wrapping_add(reason_off) as *const u32
+        ))?;
+        if known >= 0 {
+            return Some((reason, known));
+        }
         Some((
-            maps::read(bpf_probe_read_kernel(
-                base.wrapping_add(reason_off) as *const u32
-            ))?,
+            reason,
             maps::read(bpf_probe_read_kernel(
                 vcpu.wrapping_add(vcpu_id_off) as *const i32
             ))?,

@@ -55,14 +55,21 @@ fn kvm_run_of(fd: i32) -> Option<u64> {
 /// from inside KVM, so only KVM_RUN pays for it. No fd here: the vCPU's id is read with
 /// each exit's reason instead.
 #[fentry]
-pub fn fe_kvm_run(_ctx: FEntryContext) -> u32 {
-    try_fe_kvm_run().unwrap_or(0)
+pub fn fe_kvm_run(ctx: FEntryContext) -> u32 {
+    try_fe_kvm_run(&ctx).unwrap_or(0)
 }
 
-fn try_fe_kvm_run() -> Option<u32> {
+fn try_fe_kvm_run(ctx: &FEntryContext) -> Option<u32> {
     let (_, _, st) = maps::current(true)?;
     // Only inside the recording window (time read first, then the window).
     let ts = maps::window_now()?;
+    // `kvm_arch_vcpu_ioctl_run(struct kvm_vcpu *)`: another vCPU on this thread has
+    // another id, read again at its first exit.
+    let vcpu: u64 = ctx.arg(0);
+    if vcpu != st.vcpu_ptr {
+        st.vcpu_ptr = vcpu;
+        st.vcpu_id = -1;
+    }
     exit::kvm_run_enter(st, -1, ts);
     Some(0)
 }

@@ -408,7 +408,7 @@ fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Conf
         run_private_off: run.map_or(0, |r| r.private_data),
         run_vcpu_run_off: run.map_or(0, |r| r.run),
         debug_bpf: 0,
-        _pad_debug: 0,
+        any_slow: records.over_ns.iter().any(|&t| t != u64::MAX) as u32,
         slow_ns: records.over_ns,
     };
     cfg.fixed_fields = fixed_fields_hold(&cfg) as u32;
