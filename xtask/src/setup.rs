@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::util::{display, output, run as run_cmd, which};
 use crate::vm::{self, bochs, Series};
@@ -94,27 +94,24 @@ fn apt_packages() -> Result<()> {
             None => wanted.push(pkg.to_string()),
         }
     }
+    // The archive's newest kernel of each series, as vmtest looks it up. apt's lists may be
+    // empty on a fresh machine, or old enough to name a kernel the archive has dropped since
+    // (a machine image's lists named 6.1.0-48 after the archive moved to 6.1.0-57, and the
+    // install after the update then failed): whenever apt-get update runs, the kernels are
+    // looked up again after it.
     let mut updated = false;
-    for series in Series::ALL {
-        // The archive's newest kernel, as vmtest looks it up. On a fresh machine apt's lists
-        // may be empty, or old enough to name a kernel the archive has dropped since (a
-        // machine image's lists named 6.1.0-48 after the archive moved on): then one update
-        // and the lookup again.
-        let newest = series
-            .newest()
-            .and_then(|v| Ok(apt_has(&vm::package(&v))?.then_some(v)));
-        let version = match newest {
-            Ok(Some(v)) => v,
-            _ if !updated => {
-                println!("running: apt-get update");
-                run_cmd(apt_get().arg("update"))?;
-                updated = true;
-                series.newest()?
-            }
-            Ok(None) => series.newest()?,
-            Err(e) => return Err(e),
-        };
-        let pkg = vm::package(&version);
+    let mut kernels = newest_kernels();
+    let kernels_missing = |k: &Result<Vec<String>>| {
+        k.as_ref()
+            .map_or(true, |k| k.iter().any(|p| !installed.contains_key(p)))
+    };
+    if !wanted.is_empty() || kernels_missing(&kernels) {
+        println!("running: apt-get update");
+        run_cmd(apt_get().arg("update"))?;
+        updated = true;
+        kernels = newest_kernels();
+    }
+    for pkg in kernels? {
         if installed.contains_key(&pkg) {
             println!("ok: {pkg} present");
         } else {
@@ -147,6 +144,22 @@ fn apt_packages() -> Result<()> {
             .args(["install", "-y", "--no-install-recommends"])
             .args(&wanted),
     )
+}
+
+/// The package of each series' newest kernel in apt's lists, as vmtest boots it.
+fn newest_kernels() -> Result<Vec<String>> {
+    Series::ALL
+        .iter()
+        .map(|series| {
+            let v = series.newest()?;
+            let pkg = vm::package(&v);
+            ensure!(
+                apt_has(&pkg)?,
+                "apt names {pkg} but has no candidate for it"
+            );
+            Ok(pkg)
+        })
+        .collect()
 }
 
 fn apt_get() -> Command {
