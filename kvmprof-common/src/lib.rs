@@ -520,7 +520,8 @@ pub mod names {
         TracepointPrograms {
             tracepoint: tp::KVM_ENTRY,
             classic: "kvm_entry",
-            raw: None,
+            // Reads no argument.
+            raw: Some(("raw_kvm_entry", &[])),
             btf: None,
         },
         TracepointPrograms {

@@ -60,10 +60,12 @@ pub fn bucket(v: u64) -> usize {
     if v < LINEAR {
         return v as usize;
     }
-    // floor(log2(v)) by halving the search range: 8 <= e <= 31 here. Each step's test is
-    // arithmetic, not a branch: `(t + m) >> k` is 1 exactly when `0 < t < 2^k` (`m` =
-    // 2^k - 1). With branches the verifier walked 32 paths per stage of every exit tallied,
-    // most of the work of loading the programs (seconds on an emulated CPU).
+    // floor(log2(v)) (8 <= e <= 31 here): two halving steps bring v below 2^8, a table does
+    // the rest. Each step's test is arithmetic, not a branch: `(t + m) >> k` is 1 exactly
+    // when `0 < t < 2^k` (`m` = 2^k - 1). With branches the verifier walked 32 paths per
+    // stage of every exit tallied, most of the work of loading the programs (seconds on an
+    // emulated CPU); three more halving steps instead of the table cost ~50 instructions
+    // per exit on the vCPU thread (Bochs, `docs/benchmarks.md`).
     let mut x = v;
     let b = ((x >> 16) + 0xffff) >> 16;
     let mut e = (b as u32) << 4;
@@ -71,16 +73,22 @@ pub fn bucket(v: u64) -> usize {
     let b = ((x >> 8) + 0xff) >> 8;
     e += (b as u32) << 3;
     x >>= b << 3;
-    let b = ((x >> 4) + 0xf) >> 4;
-    e += (b as u32) << 2;
-    x >>= b << 2;
-    let b = ((x >> 2) + 0x3) >> 2;
-    e += (b as u32) << 1;
-    x >>= b << 1;
-    e += (x >> 1) as u32;
+    e += LOG2[(x & 0xff) as usize] as u32;
     let sub = (v >> (e - SUB_BITS)) as usize - (1 << SUB_BITS);
     LINEAR as usize + (e as usize - 8) * (1 << SUB_BITS) + sub
 }
+
+/// floor(log2(i)) for 1 <= i < 256 (0 for 0): the last step of [`bucket`]. A static, so the
+/// eBPF build reads it from its read-only data rather than building it on the stack.
+static LOG2: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 2;
+    while i < 256 {
+        t[i] = t[i / 2] + 1;
+        i += 1;
+    }
+    t
+};
 
 /// The lowest value of bucket `i` and its width.
 pub fn bucket_range(i: usize) -> (u64, u64) {
@@ -169,7 +177,11 @@ pub struct Cache {
     pub slot: [u32; 2],
     /// Which of the two the next new kind replaces.
     pub victim: u32,
-    pub _pad: u32,
+    /// Scratch of the exit being tallied: the stages after this one are not measured. Kept
+    /// in map memory, which the verifier does not follow, so that each value is not a path
+    /// of its own (as a register it took the verifier's work from 114k to 192k
+    /// instructions).
+    pub end: u32,
 }
 
 /// [`Cache::slot`] of a kind that got no slot: its exits go as records.

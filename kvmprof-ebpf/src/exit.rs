@@ -250,8 +250,8 @@ pub struct Io {
     pub size: u32,
 }
 
-/// The exit has been identified as an I/O access (`kvm_pio` / `kvm_mmio`). Inlined: six
-/// arguments are more than a BPF call passes in registers.
+/// The exit has been identified as an I/O access (`kvm_pio` / `kvm_mmio`); `ts` is used
+/// under IDENT only. Inlined: six arguments are more than a BPF call passes in registers.
 #[inline(always)]
 pub fn identify_io(pid: u32, tid: u32, st: &mut ThreadState, bound: u32, ts: u64, io: Io) {
     if bound == boundary::IDENT {

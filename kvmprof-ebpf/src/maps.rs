@@ -150,8 +150,7 @@ pub(crate) use config;
 /// The first such event after the reader went to sleep wakes it (`Window::asleep`).
 #[inline(always)]
 pub fn window_now() -> Option<u64> {
-    // SAFETY: helper without preconditions.
-    let ts = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let ts = now();
     let w = WINDOW.get_ptr_mut(0)?;
     // SAFETY: map value pointer valid for this run; `asleep` is the only field written here,
     // and a race with another CPU only sends one more wake-up.
@@ -165,6 +164,13 @@ pub fn window_now() -> Option<u64> {
         let _ = EVENTS.output::<Wake>(&Wake::default(), BPF_RB_FORCE_WAKEUP as u64);
     }
     Some(ts)
+}
+
+/// The monotonic clock, for an event of a cycle already open (see [`window_now`]).
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
 }
 
 /// Wakes the reader now with a note, asleep or not (`Window::asleep` cleared). A full ring

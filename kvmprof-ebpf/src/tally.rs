@@ -8,7 +8,7 @@ use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP};
 use kvmprof_common::{
     counter, flag, kind,
     tally::{self, AddrKey, Cache, Kind, TallyKey, TallyMeta, NO_ROW, REFUSED},
-    ThreadState, STAGES,
+    ExitRecord, ThreadState, STAGES,
 };
 
 use crate::maps::{
@@ -19,76 +19,115 @@ use crate::maps::{
 /// Tallies the open exit of `st`, handled in the kernel (as `exit::fill_exit!` would record
 /// it), closed at `ts`. `false` when it must go as a record instead.
 ///
-/// A subprogram of its own, called from `exit::close` and [`add_pending`] alike, that builds
-/// its key in a per-CPU scratch slot: inlined at each call site with the key on the stack,
-/// the tally took ~300 of the 512 bytes of stack that the whole call chain of
+/// A subprogram of its own, called from `exit::close` and [`add_pending`] alike: inlined at
+/// each call site, the tally took ~300 of the 512 bytes of stack that the whole call chain of
 /// `kvm_userspace_exit` shares, and Debian 6.1's verifier refused it (576 bytes).
 #[inline(never)]
 pub fn add_open(pid: u32, tid: u32, st: &mut ThreadState, ts: u64) -> bool {
-    let Some(key) = scratch_key(pid, tid, &st.stage_ns) else {
+    if !may_tally(&st.stage_ns) {
         return false;
+    }
+    let slot = match cached(&st.tally, &open_kind(st)) {
+        Some(s) => s,
+        None => new_open_kind(pid, tid, st, ts),
     };
-    let k = &mut key.kind;
-    k.vcpu_fd = st.vcpu_fd;
-    k.vcpu_id = st.vcpu_id;
-    k.space = st.space as u8 as u32;
-    k.reason = st.reason;
-    k.flags = st.flags;
-    k.io_size = st.io_size as u8 as u32;
-    k.io_addr = tally::port_of(st.flags, st.io_addr);
-    k.user_reason = 0;
-    k.errno = 0;
-    add(key, st.io_addr, &st.stage_ns, &mut st.tally, ts)
+    add(slot, st.flags, st.io_addr, &st.stage_ns, &mut st.tally, ts)
 }
 
 /// Tallies the exit held in `st.pending` (a return to userspace, now whole); `false` when
 /// it must go as a record instead. A subprogram for the reason [`add_open`] gives.
 #[inline(never)]
 pub fn add_pending(st: &mut ThreadState) -> bool {
-    let p = &st.pending;
-    let Some(key) = scratch_key(p.pid, p.tid, &p.stage_ns) else {
+    if !may_tally(&st.pending.stage_ns) {
         return false;
-    };
-    let k = &mut key.kind;
-    k.vcpu_fd = p.vcpu_fd;
-    k.vcpu_id = p.vcpu_id;
-    k.space = p.space as u32;
-    k.reason = p.reason;
-    k.flags = p.flags;
-    k.io_size = p.io_size as u32;
-    k.io_addr = tally::port_of(p.flags, p.io_addr);
-    k.user_reason = p.user_reason;
-    k.errno = p.errno;
-    add(key, p.io_addr, &p.stage_ns, &mut st.tally, p.ts_ns)
-}
-
-/// This CPU's key scratch slot tagged with `pid`/`tid`, when an exit with these stage
-/// durations may be tallied at all; the caller fills in its kind.
-#[inline(always)]
-fn scratch_key(pid: u32, tid: u32, stage_ns: &[u64; STAGES]) -> Option<&'static mut TallyKey> {
-    if config!(per_exit) != 0 || !fits(stage_ns) {
-        return None;
     }
-    let key = SCRATCH_KEY.get_ptr_mut(0)?;
-    // SAFETY: per-CPU map value, no other user on this CPU while we run.
-    let key = unsafe { &mut *key };
-    key.tag = (pid as u64) << 32 | tid as u64;
-    Some(key)
+    let slot = match cached(&st.tally, &pending_kind(&st.pending)) {
+        Some(s) => s,
+        None => new_pending_kind(st),
+    };
+    let p = &st.pending;
+    add(
+        slot,
+        p.flags,
+        p.io_addr,
+        &p.stage_ns,
+        &mut st.tally,
+        p.ts_ns,
+    )
 }
 
-/// Tallies one whole exit of `key` (its kind made by `tally::Kind::of`'s rules), at MMIO
-/// address `addr` when it is one, with these stage durations, closed at `ts`. `false` when
-/// it must go as a record instead (see `kvmprof_common::tally`).
+/// The kind of the open exit of `st` (see `tally::Kind::of`).
 #[inline(always)]
-fn add(key: &TallyKey, addr: u64, stage_ns: &[u64; STAGES], cache: &mut Cache, ts: u64) -> bool {
-    let slot = match cached(cache, &key.kind) {
-        Some(s) => s,
-        None => {
-            let s = slot_of(key, ts);
-            remember(cache, &key.kind, s);
-            s
-        }
-    };
+fn open_kind(st: &ThreadState) -> Kind {
+    Kind {
+        vcpu_fd: st.vcpu_fd,
+        vcpu_id: st.vcpu_id,
+        space: st.space as u8 as u32,
+        reason: st.reason,
+        flags: st.flags,
+        io_size: st.io_size as u8 as u32,
+        io_addr: tally::port_of(st.flags, st.io_addr),
+        user_reason: 0,
+        errno: 0,
+    }
+}
+
+/// The kind of a held userspace exit.
+#[inline(always)]
+fn pending_kind(p: &ExitRecord) -> Kind {
+    Kind {
+        vcpu_fd: p.vcpu_fd,
+        vcpu_id: p.vcpu_id,
+        space: p.space as u32,
+        reason: p.reason,
+        flags: p.flags,
+        io_size: p.io_size as u32,
+        io_addr: tally::port_of(p.flags, p.io_addr),
+        user_reason: p.user_reason,
+        errno: p.errno,
+    }
+}
+
+/// The slot of the open exit's kind when the thread's cache missed it. Out of line, so that
+/// the kind is built in memory (for the map key) only on a miss: the common hit compares it
+/// in registers.
+#[inline(never)]
+fn new_open_kind(pid: u32, tid: u32, st: &mut ThreadState, ts: u64) -> u32 {
+    let k = open_kind(st);
+    let slot = slot_of(pid, tid, &k, ts);
+    remember(&mut st.tally, &k, slot);
+    slot
+}
+
+/// [`new_open_kind`] for the held userspace exit.
+#[inline(never)]
+fn new_pending_kind(st: &mut ThreadState) -> u32 {
+    let p = &st.pending;
+    let k = pending_kind(p);
+    let slot = slot_of(p.pid, p.tid, &k, p.ts_ns);
+    remember(&mut st.tally, &k, slot);
+    slot
+}
+
+/// Whether an exit with these stage durations may be tallied at all.
+#[inline(always)]
+fn may_tally(stage_ns: &[u64; STAGES]) -> bool {
+    config!(per_exit) == 0 && fits(stage_ns)
+}
+
+/// Tallies one whole exit of the thread whose kinds `cache` holds into `slot` ([`REFUSED`]:
+/// none), with these flags and stage durations, at MMIO address `addr` when it is one,
+/// closed at `ts`. `false` when it must go
+/// as a record instead (see `kvmprof_common::tally`).
+#[inline(always)]
+fn add(
+    slot: u32,
+    flags: u32,
+    addr: u64,
+    stage_ns: &[u64; STAGES],
+    cache: &mut Cache,
+    ts: u64,
+) -> bool {
     if slot == REFUSED {
         bump(counter::TALLY_FULL);
         return false;
@@ -100,13 +139,28 @@ fn add(key: &TallyKey, addr: u64, stage_ns: &[u64; STAGES], cache: &mut Cache, t
     let meta = unsafe { &mut *meta };
     // Rows first: an exit is either tallied whole or sent as a record. (No array of the
     // rows: LLVM would zero it with a byte-at-a-time memset, see `exit::clear`.)
+    // The stages after the last one measured are not visited: an in-kernel exit's are the
+    // cycle and the vendor run, the first two (six turns of the loop fewer per exit).
+    let mut end = 0;
     for s in 0..STAGES {
-        if stage_ns[s] != 0 && meta.row[s] == NO_ROW && !new_row(meta, s) {
-            bump(counter::TALLY_FULL);
-            return false;
+        if stage_ns[s] != 0 {
+            end = s + 1;
+            if meta.row[s] == NO_ROW && !new_row(meta, s) {
+                bump(counter::TALLY_FULL);
+                return false;
+            }
         }
     }
+    // SAFETY: a field of the thread's state (map memory), written then read back as a value
+    // the verifier does not know (see `Cache::end`).
+    let end = unsafe {
+        core::ptr::write_volatile(&mut cache.end, end as u32);
+        core::ptr::read_volatile(&cache.end)
+    } as usize;
     for s in 0..STAGES {
+        if s >= end {
+            break;
+        }
         let v = stage_ns[s];
         if v == 0 {
             continue;
@@ -126,7 +180,7 @@ fn add(key: &TallyKey, addr: u64, stage_ns: &[u64; STAGES], cache: &mut Cache, t
     }
     // Before the count: userspace reads the addresses after a slot's count grew, so every
     // address counted is read with or after the exit it belongs to.
-    if key.kind.flags & flag::MMIO != 0 && !count_addr(slot, addr) {
+    if flags & flag::MMIO != 0 && !count_addr(slot, addr) {
         meta.other += 1;
     }
     meta.count += 1;
@@ -206,10 +260,20 @@ fn remember(cache: &mut Cache, k: &Kind, slot: u32) {
     cache.victim = cache.victim.wrapping_add(1);
 }
 
-/// The slot of `key` (a thread's exits of one kind), made on first use; [`REFUSED`] when
-/// none is left. `key` is in a per-CPU scratch slot, off the stack that the whole call chain
-/// shares (512 bytes).
-fn slot_of(key: &TallyKey, ts: u64) -> u32 {
+/// The slot of thread `pid`/`tid`'s exits of kind `k`, made on first use; [`REFUSED`] when
+/// none is left. The map key is built in a per-CPU scratch slot, off the stack that the whole
+/// call chain shares (512 bytes).
+#[inline(never)]
+fn slot_of(pid: u32, tid: u32, k: &Kind, ts: u64) -> u32 {
+    let Some(key) = SCRATCH_KEY.get_ptr_mut(0) else {
+        return REFUSED;
+    };
+    // SAFETY: per-CPU map value, no other user on this CPU while we run.
+    let key: &TallyKey = unsafe {
+        (*key).tag = (pid as u64) << 32 | tid as u64;
+        (*key).kind = *k;
+        &*key
+    };
     // SAFETY: plain lookup, value copied out.
     if let Some(s) = unsafe { TALLY_KEYS.get(key) } {
         return *s;

@@ -207,7 +207,7 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
                 "kvmprof_record_pid",
                 Some(hooks),
                 kvmprof_script(Attach::Pid, hooks),
-                kvmprof_report,
+                refused_entry_falls_back,
             ),
             check(
                 "kvmprof_record_cmd",
@@ -577,6 +577,10 @@ fn kvmprof_script(attach: Attach, hooks: Hooks) -> String {
     let (dir, record) = match attach {
         Attach::Pid => {
             let dir = format!("/run/kvmprof-pid-{hooks}");
+            let refuse = match hooks {
+                Hooks::Auto => format!("{REFUSE_ENV}={REFUSED_ENTRY} "),
+                Hooks::Kprobe => String::new(),
+            };
             let record = format!(
                 "\"$TESTVMM\" {args} --start-delay 2s --ready-file {dir}/ready > {dir}/vmm.json &\n\
                  vmm=$!\n\
@@ -585,7 +589,7 @@ fn kvmprof_script(attach: Attach, hooks: Hooks) -> String {
                  \tsleep 0.05\n\
                  done\n\
                  kill -STOP $vmm\n\
-                 \"$KVMPROF\" record --hooks {hooks} --pid $vmm -o {dir}/k.data 2> {dir}/record.err &\n\
+                 {refuse}\"$KVMPROF\" record --hooks {hooks} --pid $vmm -o {dir}/k.data 2> {dir}/record.err &\n\
                  rec=$!\n\
                  until grep -q 'Ctrl-C to stop' {dir}/record.err; do\n\
                  \tkill -0 $rec 2> /dev/null || {{ kill -KILL $vmm; cat {dir}/record.err >&2; exit 1; }}\n\
@@ -784,15 +788,45 @@ fn kvmprof_report(check: &Check, c: &Captured) -> Result<Notes> {
     made.judged(report_matches(&json["report"], &made.counts, check.vendor))
 }
 
+/// kvmprof's test switch that makes it act as if the kernel refused the programs named
+/// (`live::attach::REFUSE_ENV`).
+const REFUSE_ENV: &str = "KVMPROF_REFUSE";
+/// The program `kvmprof_record_pid_auto` has refused: the default level's cycle boundary.
+const REFUSED_ENTRY: &str = "raw_kvm_entry";
+
+/// [`kvmprof_report`] where the kernel "refused" (`KVMPROF_REFUSE`) the default level's
+/// `kvm_entry` program under `auto`: the recording falls back to the vendor run's own hooks,
+/// says so in the report's hooks line, and stays exact.
+fn refused_entry_falls_back(check: &Check, c: &Captured) -> Result<Notes> {
+    if check.hooks == Some(Hooks::Auto) {
+        let json = parse_json(&c.stdout)?;
+        let hooks = json["report"]["header"]["hooks"]
+            .as_array()
+            .context("report has no hooks")?;
+        let vendor_run = hooks
+            .iter()
+            .find(|h| h["stage"] == "vendor_run")
+            .context("no vendor_run hook in the report")?;
+        let mode = vendor_run["mode"].as_str().unwrap_or("");
+        ensure!(
+            mode.starts_with("fentry;") && mode.contains("refused by the kernel"),
+            "{REFUSED_ENTRY} refused: the vendor run's hook is {vendor_run}"
+        );
+    }
+    kvmprof_report(check, c)
+}
+
 /// The programs the default level of detail (no `--stages`) must load, per hook mode: the
-/// vendor run's pair, its fexit reading the exit reason and KVM_RUN entered by fentry on
-/// `kvm_arch_vcpu_ioctl_run` (`auto`), or the vendor run's kprobe pair (`kprobe`).
-const DEFAULT_AUTO: [&str; 3] = ["fe_vendor_run", "fx_run_reason", "fe_kvm_run"];
+/// raw `kvm_entry` and tp_btf `kvm_exit` programs that bound the vendor run without a
+/// trampoline, and KVM_RUN entered by fentry on `kvm_arch_vcpu_ioctl_run` (`auto`), or the
+/// vendor run's kprobe pair (`kprobe`).
+const DEFAULT_AUTO: [&str; 3] = ["raw_kvm_entry", "tpb_kvm_exit", "fe_kvm_run"];
 const DEFAULT_KPROBE: [&str; 2] = ["kp_vendor_run", "krp_vendor_run"];
 
 /// What the default level must not load: the deep stages (`--stages` only), and in `auto`
-/// the vendor run's plain fexit, the `kvm_exit` program and the `sys_enter_ioctl` one, which
-/// the reason-reading fexit and the `kvm_arch_vcpu_ioctl_run` fentry replace.
+/// the vendor run's hooks, the classic `kvm_entry`/`kvm_exit` programs and the
+/// `sys_enter_ioctl` one, which the tracepoints' cheap programs and the
+/// `kvm_arch_vcpu_ioctl_run` fentry replace.
 const NOT_DEFAULT: [&str; 8] = [
     "fe_handler",
     "fx_handler",
@@ -803,7 +837,14 @@ const NOT_DEFAULT: [&str; 8] = [
     "kp_fast_pio",
     "krp_fast_pio",
 ];
-const NOT_DEFAULT_AUTO: [&str; 4] = ["fx_vendor_run", "tpb_kvm_exit", "kvm_exit", "kvm_run_enter"];
+const NOT_DEFAULT_AUTO: [&str; 6] = [
+    "fe_vendor_run",
+    "fx_vendor_run",
+    "fx_run_reason",
+    "kvm_entry",
+    "kvm_exit",
+    "kvm_run_enter",
+];
 
 /// [`kvmprof_report`], and the programs the default level loads are the cheap set
 /// ([`DEFAULT_AUTO`] / [`DEFAULT_KPROBE`], none of [`NOT_DEFAULT`]).
@@ -1451,10 +1492,16 @@ mod tests {
     #[test]
     fn the_default_level_must_load_the_cheap_set_and_no_deep_stage() {
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let auto = names(&["fe_vendor_run", "fx_run_reason", "fe_kvm_run", "kvm_pio"]);
+        let auto = names(&["raw_kvm_entry", "tpb_kvm_exit", "fe_kvm_run", "kvm_pio"]);
         assert!(default_programs(&auto, Some(Hooks::Auto)).is_ok());
-        // The deep stages hooked by default, or the old kvm_exit/ioctl programs back.
-        for extra in ["fe_handler", "fx_fast_pio", "tpb_kvm_exit", "kvm_run_enter"] {
+        // The deep stages hooked by default, or the vendor run's trampoline or the old
+        // kvm_exit/ioctl programs back.
+        for extra in [
+            "fe_handler",
+            "fx_fast_pio",
+            "fe_vendor_run",
+            "kvm_run_enter",
+        ] {
             let mut n = auto.clone();
             n.push(extra.into());
             let err = default_programs(&n, Some(Hooks::Auto)).unwrap_err();
@@ -1463,10 +1510,10 @@ mod tests {
                 "{err}"
             );
         }
-        // The reason read elsewhere again.
+        // The cycle bounded elsewhere again.
         let err = default_programs(&auto[1..], Some(Hooks::Auto)).unwrap_err();
         assert!(
-            err.to_string().contains("fe_vendor_run is not loaded"),
+            err.to_string().contains("raw_kvm_entry is not loaded"),
             "{err}"
         );
         let kp = names(&[

@@ -36,12 +36,13 @@ pub fn plan_for_host(hooks: HookPref, deep: bool) -> Result<(Facts, Plan)> {
 }
 
 /// The plan for `facts` at the level of detail asked for: without `deep` (`--stages`) the
-/// handler and `kvm_fast_pio` stages are left unhooked ([`Plan::without_deep_stages`]).
+/// handler and `kvm_fast_pio` stages are left unhooked, and the vendor run is bounded as cheaply
+/// as the kernel allows ([`Plan::at_default_level`]).
 /// Also the plan made again after the kernel refused a program (`Facts::refused`).
 pub fn plan_from(facts: &Facts, hooks: HookPref, deep: bool) -> Result<Plan> {
     let mut plan = plan::plan(facts, hooks)?;
     if !deep {
-        plan.without_deep_stages();
+        plan.at_default_level(facts, hooks);
     }
     Ok(plan)
 }

@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use kvmprof_common::{
     boundary,
-    names::{hook, tp, tracepoint_programs},
+    names::{hook, tp, tracepoint_programs, TracepointPrograms},
 };
 use serde::{Deserialize, Serialize};
 
@@ -122,8 +122,94 @@ impl Plan {
 
 impl Plan {
     /// The default level of detail: the cycle, the vendor run (guest/host split) and the VMM
-    /// round trip. The handler and `kvm_fast_pio` stages, the deep breakdown, cost four more
-    /// programs on every exit and are hooked only with `--stages`.
+    /// round trip, at the least cost this kernel allows (see [`Plan::without_deep_stages`]
+    /// and [`Plan::vendor_run_by_tracepoints`]).
+    pub fn at_default_level(&mut self, f: &Facts, pref: HookPref) {
+        self.without_deep_stages();
+        if pref == HookPref::Auto {
+            self.vendor_run_by_tracepoints(f);
+        }
+    }
+
+    /// Bounds the cycle and the vendor run by `kvm:kvm_entry` and `kvm:kvm_exit` instead of
+    /// a hook pair on the vendor run, where a raw `kvm_entry` and a tp_btf `kvm_exit` program
+    /// fit this kernel: both tracepoints fire inside `vmx_vcpu_run` (and `svm_vcpu_run` from
+    /// 6.x; on 6.1 SVM's `kvm_exit` is at the handler's start), and a tracepoint's program
+    /// costs less than the trampoline that an fentry/fexit pair needs (measured in Bochs,
+    /// `docs/benchmarks.md`). `--stages` times the function itself, as its handler stage
+    /// nests in the cycle that function opens.
+    fn vendor_run_by_tracepoints(&mut self, f: &Facts) {
+        if self.boundary != boundary::VENDOR_RUN || !f.tracepoints.contains_key(tp::KVM_ENTRY) {
+            return;
+        }
+        let Some(TracepointPrograms {
+            raw: Some(entry_raw),
+            ..
+        }) = tracepoint_programs(tp::KVM_ENTRY)
+        else {
+            return;
+        };
+        let Some(exit_btf) = tracepoint_programs(tp::KVM_EXIT).and_then(|p| p.btf) else {
+            return;
+        };
+        let entry = refused(f, &[entry_raw.0], "raw")
+            .and_then(|()| raw_tracepoint(f, tp::KVM_ENTRY, *entry_raw));
+        let exit = refused(f, &[exit_btf], "tp_btf")
+            .and_then(|()| btf_tracepoint(f, HookPref::Auto, tp::KVM_EXIT));
+        let (entry, exit) = match (entry, exit) {
+            (Ok(entry), Ok(exit)) => (entry, exit),
+            (Err(why), _) | (_, Err(why)) => {
+                // Said in the plan, and in the report's hooks line when the kernel refused.
+                for sp in &mut self.stages {
+                    if matches!(sp.stage, Stage::Cycle | Stage::VendorRun) {
+                        sp.rejected
+                            .insert(0, format!("kvm_entry/kvm_exit tracepoints: {why}"));
+                    }
+                }
+                return;
+            }
+        };
+        for sp in &mut self.stages {
+            let symbol = match sp.stage {
+                Stage::Cycle => "kvm:kvm_entry .. next kvm:kvm_entry",
+                Stage::VendorRun => "kvm:kvm_entry .. kvm:kvm_exit",
+                _ => continue,
+            };
+            let function = sp.symbol.trim_end_matches(" .. next");
+            sp.rejected.insert(
+                0,
+                format!(
+                    "{} on {function}: a trampoline per exit, dearer than two tracepoints; --stages uses it",
+                    sp.mode.name()
+                ),
+            );
+            sp.why = format!("kvm_entry and kvm_exit fire in {function}, no trampoline");
+            sp.symbol = symbol.into();
+            sp.mode = Mode::Tracepoint;
+        }
+        self.boundary = boundary::KVM_ENTRY;
+        self.reason_at_vendor_return = false;
+        self.tracepoint_notes
+            .retain(|n| !n.starts_with(tp::KVM_EXIT) && !n.starts_with(tp::KVM_ENTRY));
+        self.tracepoint_notes
+            .push(format!("{}: {entry}", tp::KVM_ENTRY));
+        self.tracepoint_notes
+            .push(format!("{}: {exit}", tp::KVM_EXIT));
+        for (t, list) in [
+            (tp::KVM_ENTRY, &mut self.raw_tracepoints),
+            (tp::KVM_EXIT, &mut self.btf_tracepoints),
+        ] {
+            if !list.iter().any(|x| x == t) {
+                list.push(t.into());
+            }
+            if !self.tracepoints.iter().any(|x| x == t) {
+                self.tracepoints.push(t.into());
+            }
+        }
+    }
+
+    /// The handler and `kvm_fast_pio` stages, the deep breakdown, cost four more programs on
+    /// every exit and are hooked only with `--stages`.
     pub fn without_deep_stages(&mut self) {
         for sp in &mut self.stages {
             if matches!(sp.stage, Stage::Handler | Stage::FastPio) && sp.mode != Mode::Unavailable {
@@ -718,6 +804,91 @@ mod tests {
         let mut shallow = pvm.clone();
         shallow.without_deep_stages();
         assert_eq!(shallow, pvm);
+    }
+
+    /// `plan` at the default level of detail, as `host::plan_from` makes it without --stages.
+    fn default_level(f: &Facts, pref: HookPref) -> Plan {
+        let mut p = plan(f, pref).unwrap();
+        p.at_default_level(f, pref);
+        p
+    }
+
+    #[test]
+    fn the_default_level_bounds_the_vendor_run_by_kvm_entry_and_kvm_exit_where_both_fit() {
+        let mut f = svm_modules_with_btf();
+        f.tracepoint_args
+            .insert("kvm/kvm_entry".into(), vec![Arg::Ptr]);
+        let p = default_level(&f, HookPref::Auto);
+        assert_eq!(p.boundary, boundary::KVM_ENTRY);
+        for (s, symbol) in [
+            (Stage::Cycle, "kvm:kvm_entry .. next kvm:kvm_entry"),
+            (Stage::VendorRun, "kvm:kvm_entry .. kvm:kvm_exit"),
+        ] {
+            let sp = stage(&p, s);
+            assert_eq!((sp.mode, sp.symbol.as_str()), (Mode::Tracepoint, symbol));
+            assert!(
+                sp.rejected[0].starts_with("fentry on svm_vcpu_run: a trampoline per exit"),
+                "{:?}",
+                sp.rejected
+            );
+            assert_eq!(
+                sp.why,
+                "kvm_entry and kvm_exit fire in svm_vcpu_run, no trampoline"
+            );
+        }
+        assert!(!p.reason_at_vendor_return);
+        assert_eq!(p.raw_tracepoints, ["kvm/kvm_entry"]);
+        assert_eq!(p.btf_tracepoints, ["kvm/kvm_exit"]);
+        for t in ["kvm/kvm_entry", "kvm/kvm_exit"] {
+            assert!(p.tracepoints.iter().any(|x| x == t), "{t} not attached");
+        }
+        let note = |t: &str| {
+            p.tracepoint_notes
+                .iter()
+                .filter(|n| n.starts_with(t))
+                .count()
+        };
+        assert_eq!(
+            (
+                note("kvm/kvm_entry: raw tracepoint"),
+                note("kvm/kvm_exit: tp_btf on")
+            ),
+            (1, 1)
+        );
+        assert_eq!(
+            note("kvm/kvm_"),
+            2 + note("kvm/kvm_pio") + note("kvm/kvm_mmio") + note("kvm/kvm_userspace_exit")
+        );
+
+        // --stages (the plan itself) and --hooks fentry keep the vendor run's own hooks; so
+        // does a kernel that refuses either tracepoint program or has no kvm_entry prototype.
+        assert_eq!(
+            plan(&f, HookPref::Auto).unwrap().boundary,
+            boundary::VENDOR_RUN
+        );
+        assert_eq!(
+            default_level(&f, HookPref::Fentry).boundary,
+            boundary::VENDOR_RUN
+        );
+        for refused in ["raw_kvm_entry", "tpb_kvm_exit"] {
+            let mut g = f.clone();
+            g.refused.insert(refused.into(), "Permission denied".into());
+            let p = default_level(&g, HookPref::Auto);
+            assert_eq!(p.boundary, boundary::VENDOR_RUN, "{refused} refused");
+            let vr = stage(&p, Stage::VendorRun);
+            assert_eq!(vr.mode, Mode::Fentry);
+            assert!(
+                vr.mode_label().contains("kvm_entry/kvm_exit tracepoints: ")
+                    && vr
+                        .mode_label()
+                        .contains("refused by the kernel (Permission denied)"),
+                "{}",
+                vr.mode_label()
+            );
+        }
+        let p = default_level(&svm_modules_with_btf(), HookPref::Auto);
+        assert_eq!(p.boundary, boundary::VENDOR_RUN);
+        assert!(p.reason_at_vendor_return);
     }
 
     #[test]
