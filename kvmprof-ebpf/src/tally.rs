@@ -8,7 +8,7 @@ use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP};
 use kvmprof_common::{
     counter, flag, kind,
     tally::{self, AddrKey, Cache, Kind, TallyKey, TallyMeta, NO_ROW, REFUSED},
-    ExitRecord, ThreadState, STAGES,
+    ThreadState, STAGES,
 };
 
 use crate::maps::{
@@ -41,7 +41,7 @@ pub fn add_pending(st: &mut ThreadState) -> bool {
     if !may_tally(&st.pending.stage_ns) {
         return false;
     }
-    let slot = match cached(&st.tally, &pending_kind(&st.pending)) {
+    let slot = match cached(&st.tally, &Kind::of(&st.pending)) {
         Some(s) => s,
         None => new_pending_kind(st),
     };
@@ -56,7 +56,7 @@ pub fn add_pending(st: &mut ThreadState) -> bool {
     )
 }
 
-/// The kind of the open exit of `st` (see `tally::Kind::of`).
+/// The kind of the open exit of `st` (as `tally::Kind::of` makes it of the exit's record).
 #[inline(always)]
 fn open_kind(st: &ThreadState) -> Kind {
     Kind {
@@ -69,22 +69,6 @@ fn open_kind(st: &ThreadState) -> Kind {
         io_addr: tally::port_of(st.flags, st.io_addr),
         user_reason: 0,
         errno: 0,
-    }
-}
-
-/// The kind of a held userspace exit.
-#[inline(always)]
-fn pending_kind(p: &ExitRecord) -> Kind {
-    Kind {
-        vcpu_fd: p.vcpu_fd,
-        vcpu_id: p.vcpu_id,
-        space: p.space as u32,
-        reason: p.reason,
-        flags: p.flags,
-        io_size: p.io_size as u32,
-        io_addr: tally::port_of(p.flags, p.io_addr),
-        user_reason: p.user_reason,
-        errno: p.errno,
     }
 }
 
@@ -103,7 +87,7 @@ fn new_open_kind(pid: u32, tid: u32, st: &mut ThreadState, ts: u64) -> u32 {
 #[inline(never)]
 fn new_pending_kind(st: &mut ThreadState) -> u32 {
     let p = &st.pending;
-    let k = pending_kind(p);
+    let k = Kind::of(p);
     let slot = slot_of(p.pid, p.tid, &k, p.ts_ns);
     remember(&mut st.tally, &k, slot);
     slot
