@@ -14,7 +14,13 @@
 set -e
 ROUNDS=${ROUNDS:-5}
 ARGS=${ARGS:-"--vcpus 1 --pio-user 1000 --pio-kernel 4000"}
-MODES="alone fentry kprobe perf"
+# BEFORE: an earlier kvmprof binary (in the repository, which the VM sees), whose default
+# `record` then takes the kprobe mode's turn: before and after in one alternating run.
+if [ -n "$BEFORE" ]; then
+    MODES="alone fentry before perf"
+else
+    MODES="alone fentry kprobe perf"
+fi
 # A nested vCPU occasionally stalls for minutes under TCG on a loaded host (see vmtest.rs):
 # fail the run rather than hang the VM.
 T="timeout 120"
@@ -30,11 +36,12 @@ while [ $r -le "$ROUNDS" ]; do
         f=$D/$mode.$r
         case $mode in
         alone) $T "$TESTVMM" $ARGS > $f.vmm.json ;;
-        fentry | kprobe)
-            [ $mode = fentry ] && hooks=auto || hooks=kprobe
-            $T "$KVMPROF" record --hooks $hooks -o $f.data -- "$TESTVMM" $ARGS > $f.vmm.json 2> $f.err \
+        fentry | kprobe | before)
+            [ $mode = kprobe ] && hooks=kprobe || hooks=auto
+            [ $mode = before ] && bin=$BEFORE || bin=$KVMPROF
+            $T "$bin" record --hooks $hooks -o $f.data -- "$TESTVMM" $ARGS > $f.vmm.json 2> $f.err \
                 || { cat $f.err >&2; exit 1; }
-            "$KVMPROF" report -i $f.data --format json > $f.report.json
+            "$bin" report -i $f.data --format json > $f.report.json
             ;;
         perf)
             $T perf kvm -o $f.data stat record -- "$TESTVMM" $ARGS > $f.vmm.json 2> $f.err \
@@ -48,15 +55,17 @@ while [ $r -le "$ROUNDS" ]; do
     r=$((r + 1))
 done
 # The table goes to stderr, which the VM runner passes on.
-python3 - $D "$ROUNDS" "$ARGS" <<'PY' >&2
+python3 - $D "$ROUNDS" "$ARGS" "$MODES" <<'PY' >&2
 import json, re, statistics, sys
 d, rounds, args = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-modes = {
+labels = {
     "alone": "test VMM alone",
     "fentry": "kvmprof record --hooks auto",
     "kprobe": "kvmprof record --hooks kprobe",
+    "before": "kvmprof record --hooks auto, $BEFORE",
     "perf": "perf kvm stat record",
 }
+modes = {m: labels[m] for m in sys.argv[4].split()}
 bad = []
 
 def vmm(mode, r):
