@@ -8,9 +8,8 @@
 # `kvmprof record --hooks kprobe` and under `perf kvm stat record`. The figure is the VMM's
 # own exits per second (its exits over the time from its first KVM_RUN to its last return,
 # so the tools' start-up and tear-down are left out). Prints per mode the median and its
-# ratio to the median alone,
-# and checks every recording's io count against the VMM's: kvmprof's report (and 0 lost) and
-# `perf kvm stat report`. Under QEMU TCG every instruction is emulated: only the ratios mean
+# ratio to the median alone, and checks every recording's io count against the VMM's:
+# kvmprof's report (and 0 lost) and `perf kvm stat report`. Under QEMU TCG every instruction is emulated: only the ratios mean
 # anything, and those only roughly (the tools' costs are emulated too).
 set -e
 ROUNDS=${ROUNDS:-5}
