@@ -101,8 +101,7 @@ fn may_tally(stage_ns: &[u64; STAGES]) -> bool {
 
 /// Tallies one whole exit of the thread whose kinds `cache` holds into `slot` ([`REFUSED`]:
 /// none), with these flags and stage durations, at MMIO address `addr` when it is one,
-/// closed at `ts`. `false` when it must go
-/// as a record instead (see `kvmprof_common::tally`).
+/// closed at `ts`. `false` when it must go as a record instead (see `kvmprof_common::tally`).
 #[inline(always)]
 fn add(
     slot: u32,

@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use kvmprof_common::{
-    boundary, counter, fixed, flag, space, KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_MMIO,
-    KVM_RUN_IO_OFF,
+    boundary, counter, fixed, flag, space, ThreadState, KVM_EXIT_IO, KVM_EXIT_IO_OUT,
+    KVM_EXIT_MMIO, KVM_RUN_IO_OFF,
 };
 
 use super::field::field;
@@ -101,14 +101,7 @@ fn pio(rw: u32, port: u32, size: u32) -> Option<u32> {
     // on its completion): an untraced thread's exit counts here.
     let (pid, tid, st) = untraced_exit_if(true)?;
     let bound = maps::config!(boundary);
-    // Only inside the recording window (time read first, then the window). Other than under
-    // IDENT, an access to file in an open cycle needs neither: the cycle opened inside the
-    // window, and the time is not used (one clock read fewer on every port exit).
-    let ts = if bound == boundary::IDENT || st.open == 0 {
-        maps::window_now()?
-    } else {
-        0
-    };
+    let ts = access_now(st, bound)?;
     let write = rw == KVM_PIO_OUT;
     if st.await_pio_in != 0 {
         st.await_pio_in = 0;
@@ -127,6 +120,19 @@ fn pio(rw: u32, port: u32, size: u32) -> Option<u32> {
     };
     exit::identify_io(pid, tid, st, bound, ts, io);
     Some(0)
+}
+
+/// The time of a port or MMIO access (for `exit::identify_io`), `None` outside the recording
+/// window (time read first, then the window). Other than under IDENT, an access filed in an
+/// open cycle needs neither: the cycle opened inside the window, and the time is not used
+/// (0 then: one clock read fewer on every I/O exit).
+#[inline(always)]
+fn access_now(st: &ThreadState, bound: u32) -> Option<u64> {
+    if bound == boundary::IDENT || st.open == 0 {
+        maps::window_now()
+    } else {
+        Some(0)
+    }
 }
 
 #[tracepoint(category = "kvm", name = "kvm_mmio")]
@@ -168,12 +174,7 @@ fn mmio(ty: u32, len: u32, gpa: u64) -> Option<u32> {
         }
     };
     let bound = maps::config!(boundary);
-    // As for a port access (`pio`): the clock and the window only where they are used.
-    let ts = if bound == boundary::IDENT || st.open == 0 {
-        maps::window_now()?
-    } else {
-        0
-    };
+    let ts = access_now(st, bound)?;
     if st.await_mmio_read != 0 {
         st.await_mmio_read = 0;
         if ty == MMIO_READ {
@@ -259,7 +260,7 @@ fn try_entry() -> Option<u32> {
 /// IDENT, where the KVM tracepoints mark the exits; other boundaries count at the hook that
 /// opens a cycle).
 #[inline(always)]
-fn untraced_exit_if(is_exit: bool) -> Option<(u32, u32, &'static mut kvmprof_common::ThreadState)> {
+fn untraced_exit_if(is_exit: bool) -> Option<(u32, u32, &'static mut ThreadState)> {
     match maps::thread(true)? {
         Thread::Traced(pid, tid, st) => Some((pid, tid, st)),
         Thread::Untraced(_) => {

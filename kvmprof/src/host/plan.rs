@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use kvmprof_common::{
     boundary,
-    names::{hook, tp, tracepoint_programs, TracepointPrograms},
+    names::{hook, tp, tracepoint_programs},
 };
 use serde::{Deserialize, Serialize};
 
@@ -132,8 +132,8 @@ impl Plan {
     }
 
     /// Bounds the cycle and the vendor run by `kvm:kvm_entry` and `kvm:kvm_exit` instead of
-    /// a hook pair on the vendor run, where a raw `kvm_entry` and a tp_btf `kvm_exit` program
-    /// fit this kernel: both tracepoints fire inside `vmx_vcpu_run` (and `svm_vcpu_run` from
+    /// a hook pair on the vendor run, where programs cheaper than classic ones fit this kernel
+    /// for both (raw `kvm_entry`, tp_btf `kvm_exit`): both tracepoints fire inside `vmx_vcpu_run` (and `svm_vcpu_run` from
     /// 6.x; on 6.1 SVM's `kvm_exit` is at the handler's start), and a tracepoint's program
     /// costs less than the trampoline that an fentry/fexit pair needs (measured in Bochs,
     /// `docs/benchmarks.md`). `--stages` times the function itself, as its handler stage
@@ -142,33 +142,31 @@ impl Plan {
         if self.boundary != boundary::VENDOR_RUN || !f.tracepoints.contains_key(tp::KVM_ENTRY) {
             return;
         }
-        let Some(TracepointPrograms {
-            raw: Some(entry_raw),
-            ..
-        }) = tracepoint_programs(tp::KVM_ENTRY)
-        else {
-            return;
-        };
-        let Some(exit_btf) = tracepoint_programs(tp::KVM_EXIT).and_then(|p| p.btf) else {
-            return;
-        };
-        let entry = refused(f, &[entry_raw.0], "raw")
-            .and_then(|()| raw_tracepoint(f, tp::KVM_ENTRY, *entry_raw));
-        let exit = refused(f, &[exit_btf], "tp_btf")
-            .and_then(|()| btf_tracepoint(f, HookPref::Auto, tp::KVM_EXIT));
-        let (entry, exit) = match (entry, exit) {
-            (Ok(entry), Ok(exit)) => (entry, exit),
-            (Err(why), _) | (_, Err(why)) => {
-                // Said in the plan, and in the report's hooks line when the kernel refused.
-                for sp in &mut self.stages {
-                    if matches!(sp.stage, Stage::Cycle | Stage::VendorRun) {
-                        sp.rejected
-                            .insert(0, format!("kvm_entry/kvm_exit tracepoints: {why}"));
-                    }
+        // The tracepoints' programs as every tracepoint is planned: tp_btf, then raw, each
+        // where it fits this kernel and was not refused. A classic one would copy its record
+        // on every exit: then the vendor run keeps its hooks.
+        let bounds = [tp::KVM_ENTRY.to_string(), tp::KVM_EXIT.to_string()];
+        let choice = plan_tracepoints(f, HookPref::Auto, &bounds);
+        let classic: Vec<&String> = choice
+            .notes
+            .iter()
+            .filter(|n| n.contains(": classic tracepoint"))
+            .collect();
+        if !classic.is_empty() {
+            // Said in the plan, and in the report's hooks line when the kernel refused.
+            let why = classic
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            for sp in &mut self.stages {
+                if matches!(sp.stage, Stage::Cycle | Stage::VendorRun) {
+                    sp.rejected
+                        .insert(0, format!("kvm_entry/kvm_exit tracepoints: {why}"));
                 }
-                return;
             }
-        };
+            return;
+        }
         for sp in &mut self.stages {
             let symbol = match sp.stage {
                 Stage::Cycle => "kvm:kvm_entry .. next kvm:kvm_entry",
@@ -190,20 +188,19 @@ impl Plan {
         self.boundary = boundary::KVM_ENTRY;
         self.reason_at_vendor_return = false;
         self.tracepoint_notes
-            .retain(|n| !n.starts_with(tp::KVM_EXIT) && !n.starts_with(tp::KVM_ENTRY));
-        self.tracepoint_notes
-            .push(format!("{}: {entry}", tp::KVM_ENTRY));
-        self.tracepoint_notes
-            .push(format!("{}: {exit}", tp::KVM_EXIT));
-        for (t, list) in [
-            (tp::KVM_ENTRY, &mut self.raw_tracepoints),
-            (tp::KVM_EXIT, &mut self.btf_tracepoints),
+            .retain(|n| !bounds.iter().any(|t| n.starts_with(t.as_str())));
+        self.tracepoint_notes.extend(choice.notes);
+        for (chosen, list) in [
+            (choice.btf, &mut self.btf_tracepoints),
+            (choice.raw, &mut self.raw_tracepoints),
         ] {
-            if !list.iter().any(|x| x == t) {
-                list.push(t.into());
-            }
-            if !self.tracepoints.iter().any(|x| x == t) {
-                self.tracepoints.push(t.into());
+            for t in chosen {
+                if !self.tracepoints.contains(&t) {
+                    self.tracepoints.push(t.clone());
+                }
+                if !list.contains(&t) {
+                    list.push(t);
+                }
             }
         }
     }
