@@ -4,22 +4,26 @@
 #   cargo xtask vmtest --shell-cmd 'sh xtask/scripts/svm-overhead.sh'
 #
 # ROUNDS alternating rounds of the same test-VMM workload, each round run alone, under
-# `kvmprof record --hooks auto` (the default: tracepoints inside the vendor run), under
-# `kvmprof record --hooks kprobe` and under `perf kvm stat record`. The figure is the VMM's
+# `kvmprof record` (MODES, below) and under `perf kvm stat record`. The figure is the VMM's
 # own exits per second (its exits over the time from its first KVM_RUN to its last return,
 # so the tools' start-up and tear-down are left out). Prints per mode the median and its
 # ratio to the median alone, and checks every recording's io count against the VMM's:
-# kvmprof's report (and 0 lost) and `perf kvm stat report`. Under QEMU TCG every instruction is emulated: only the ratios mean
-# anything, and those only roughly (the tools' costs are emulated too).
+# kvmprof's report (and 0 lost) and `perf kvm stat report`. Under QEMU TCG every instruction
+# is emulated, the tools' too: only ratios mean anything. Run with `vmtest --icount` the
+# guest clock counts instructions (1 a ns), so the rates are instruction counts, repeatable
+# and load-independent, and a few rounds suffice; without it they are TCG's wall time, which
+# varied threefold between rounds of the same mode.
 set -e
 ROUNDS=${ROUNDS:-5}
 ARGS=${ARGS:-"--vcpus 1 --pio-user 1000 --pio-kernel 4000"}
-# BEFORE: an earlier kvmprof binary (in the repository, which the VM sees), whose default
-# `record` then takes the kprobe mode's turn: before and after in one alternating run.
+# MODES: which to alternate, of alone, auto (`--hooks auto`, the default), fentry, kprobe
+# (`--hooks fentry|kprobe`), before and perf. BEFORE: an earlier kvmprof binary (in the
+# repository, which the VM sees), whose default `record` is mode `before`: before and after
+# in one alternating run (it then takes the kprobe mode's turn unless MODES says otherwise).
 if [ -n "$BEFORE" ]; then
-    MODES="alone fentry before perf"
+    MODES=${MODES:-"alone auto before perf"}
 else
-    MODES="alone fentry kprobe perf"
+    MODES=${MODES:-"alone auto kprobe perf"}
 fi
 # A nested vCPU occasionally stalls for minutes under TCG on a loaded host (see vmtest.rs):
 # fail the run rather than hang the VM.
@@ -36,8 +40,8 @@ while [ $r -le "$ROUNDS" ]; do
         f=$D/$mode.$r
         case $mode in
         alone) $T "$TESTVMM" $ARGS > $f.vmm.json ;;
-        fentry | kprobe | before)
-            [ $mode = kprobe ] && hooks=kprobe || hooks=auto
+        auto | fentry | kprobe | before)
+            [ $mode = before ] && hooks=auto || hooks=$mode
             [ $mode = before ] && bin=$BEFORE || bin=$KVMPROF
             $T "$bin" record --hooks $hooks -o $f.data -- "$TESTVMM" $ARGS > $f.vmm.json 2> $f.err \
                 || { cat $f.err >&2; exit 1; }
@@ -60,7 +64,8 @@ import json, re, statistics, sys
 d, rounds, args = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 labels = {
     "alone": "test VMM alone",
-    "fentry": "kvmprof record --hooks auto",
+    "auto": "kvmprof record --hooks auto",
+    "fentry": "kvmprof record --hooks fentry",
     "kprobe": "kvmprof record --hooks kprobe",
     "before": "kvmprof record --hooks auto, $BEFORE",
     "perf": "perf kvm stat record",

@@ -84,6 +84,11 @@ struct VmtestArgs {
     /// ended); $KVMPROF and $TESTVMM hold the paths of the release binaries there.
     #[arg(long, value_name = "CMD")]
     shell_cmd: Option<String>,
+    /// With --shell-cmd in the SVM VM: QEMU runs the guest's clock on emulated instructions
+    /// (`-icount shift=0,sleep=off`: one instruction a nanosecond, idle time skipped), so
+    /// guest-clock times are instruction counts, deterministic as in Bochs.
+    #[arg(long, requires = "shell_cmd")]
+    icount: bool,
     /// Run only the checks whose name contains this text (repeatable).
     #[arg(long, value_name = "TEXT")]
     only: Vec<String>,
@@ -154,6 +159,7 @@ fn run(command: Command) -> anyhow::Result<u8> {
         Command::Deb { check } => deb::run(check),
         Command::Vmtest(a) => vmtest::run(&vmtest::Options {
             shell_cmd: a.shell_cmd,
+            icount: a.icount,
             only: a.only,
             backend: a.backend,
             series: a.kernel_series,

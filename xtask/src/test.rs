@@ -64,6 +64,7 @@ pub fn run_all() -> Result<u8> {
     println!("== cargo xtask vmtest");
     vmtest::run(&vmtest::Options {
         shell_cmd: None,
+        icount: false,
         only: Vec::new(),
         backend: None,
         series: None,

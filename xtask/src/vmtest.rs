@@ -27,6 +27,7 @@ use crate::vm::{bochs, vng, Backend, Binaries, Series};
 
 pub struct Options {
     pub shell_cmd: Option<String>,
+    pub icount: bool,
     pub only: Vec<String>,
     pub backend: Option<Backend>,
     pub series: Option<Series>,
@@ -44,8 +45,11 @@ pub fn run(opts: &Options) -> Result<u8> {
         // One VM, SVM 6.1 unless told: shell commands are mostly the host's scripts, which
         // only the SVM VM (sharing the host's filesystem) can see.
         let backend = opts.backend.unwrap_or(Backend::Svm);
+        if opts.icount && backend == Backend::Vmx {
+            bail!("--icount is QEMU's (SVM): Bochs' guest clock counts instructions already");
+        }
         let series = opts.series.unwrap_or(Series::V6_1);
-        return shell(backend, &series.newest()?, &bins, cmd);
+        return shell(backend, &series.newest()?, &bins, cmd, opts.icount);
     }
     let boots: Vec<(Backend, Series)> = Backend::ALL
         .into_iter()
@@ -596,7 +600,7 @@ fn print_log_tail(out: &mut String, log: &Path, trouble: Option<&str>) {
 /// runs minutes (5 rounds of 4 recordings under TCG took ~8).
 const SHELL_CHECKS: usize = 8;
 
-fn shell(backend: Backend, version: &str, bins: &Binaries, cmd: &str) -> Result<u8> {
+fn shell(backend: Backend, version: &str, bins: &Binaries, cmd: &str, icount: bool) -> Result<u8> {
     let flag = backend.vendor().flag();
     let info = format!(
         "echo \"vm: kernel $(uname -r), {flag} flag: $(grep -qw {flag} /proc/cpuinfo && echo yes || echo no)\" >&2\n"
@@ -606,7 +610,7 @@ fn shell(backend: Backend, version: &str, bins: &Binaries, cmd: &str) -> Result<
     let code = match backend {
         Backend::Svm => {
             let script = format!("{}{info}{cmd}", vng::prelude(bins));
-            let status = vng::shell(version, &script, backend.deadline(SHELL_CHECKS))?
+            let status = vng::shell(version, &script, backend.deadline(SHELL_CHECKS), icount)?
                 .ok_or_else(|| anyhow!("the VM hung"))?;
             // A VM killed by a signal has no code: report a plain failure.
             status

@@ -57,13 +57,18 @@ pub fn prelude(bins: &Binaries) -> String {
 
 /// The vng command line of PLATFORM.md: `--disable-kvm` because QEMU with KVM acceleration on
 /// the PVM host cannot run this kernel; no microvm so the full PC machine (and `-cpu max`, with
-/// SVM) is used.
-fn command(version: &str, rwdir: &Path, exec: &str) -> Result<Command> {
+/// SVM) is used. `icount`: the guest clock counts emulated instructions (see `--icount`).
+fn command(version: &str, rwdir: &Path, exec: &str, icount: bool) -> Result<Command> {
     let vng = find_vng().context("`vng` (virtme-ng) not found: run `cargo xtask setup`")?;
     let mut cmd = Command::new(vng);
     cmd.arg("-r")
         .arg(image(version)?)
-        .args(["--disable-kvm", "--disable-microvm", "--qemu-opts=-cpu max"])
+        .args(["--disable-kvm", "--disable-microvm"])
+        .arg(if icount {
+            "--qemu-opts=-cpu max -icount shift=0,sleep=off"
+        } else {
+            "--qemu-opts=-cpu max"
+        })
         .args(["--cpus", "1", "-m", "2G", "--rwdir"])
         .arg(rwdir)
         .args(["--exec", exec])
@@ -106,7 +111,11 @@ pub fn run(version: &str, dir: &Path, deadline: Duration) -> Result<Option<ExitS
     let log = File::create(dir.join("vm.log")).context("cannot create vm.log")?;
     let exec = format!("sh {}", dir.join("payload/run.sh").display());
     let start = Instant::now();
-    let running = spawn_piped(&mut command(version, dir, &exec)?, log.try_clone()?, log)?;
+    let running = spawn_piped(
+        &mut command(version, dir, &exec, false)?,
+        log.try_clone()?,
+        log,
+    )?;
     match running.wait_watched(deadline, || frozen(dir, start)) {
         Ok((status, _, _)) => Ok(Some(status)),
         Err(e) => {
@@ -117,10 +126,15 @@ pub fn run(version: &str, dir: &Path, deadline: Duration) -> Result<Option<ExitS
 }
 
 /// `--shell-cmd`: runs `script` in the workspace root, its output straight to the terminal.
-pub fn shell(version: &str, script: &str, deadline: Duration) -> Result<Option<ExitStatus>> {
+pub fn shell(
+    version: &str,
+    script: &str,
+    deadline: Duration,
+    icount: bool,
+) -> Result<Option<ExitStatus>> {
     let root = crate::util::workspace_root();
     run_vm(
-        &mut command(version, &root, script)?,
+        &mut command(version, &root, script, icount)?,
         io::stdout(),
         io::stderr(),
         deadline,
