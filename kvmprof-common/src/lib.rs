@@ -4,6 +4,7 @@
 //! buffer, userspace reads it back byte for byte.
 #![no_std]
 
+pub mod detail;
 pub mod duration;
 pub mod halt;
 pub mod tally;
@@ -103,6 +104,13 @@ pub mod flag {
     /// thread was already inside KVM_RUN when the window opened). Such an exit is counted
     /// in [`super::counter::UNOBSERVED`] instead of being emitted with a made-up cycle.
     pub const UNOBSERVED: u32 = 1 << 6;
+    /// `io_addr` is the MSR index of an RDMSR/WRMSR exit (`WRITE` for WRMSR) (`--detail`,
+    /// [`crate::detail`]).
+    pub const MSR: u32 = 1 << 7;
+    /// `io_addr` is the leaf and subleaf of a CPUID exit ([`crate::detail::cpuid_key`]).
+    pub const CPUID: u32 = 1 << 8;
+    /// `io_addr` is the number of a hypercall.
+    pub const HYPERCALL: u32 = 1 << 9;
 }
 
 /// One exit (120 bytes), inside a [`Batch`].
@@ -454,6 +462,11 @@ pub mod names {
         /// ([`crate::halt`]).
         pub const KVM_VCPU_WAKEUP: &str = "kvm/kvm_vcpu_wakeup";
         pub const KVM_HALT_POLL_NS: &str = "kvm/kvm_halt_poll_ns";
+        /// `--detail` ([`crate::detail`]): fire in the handler of an MSR, CPUID or hypercall
+        /// exit.
+        pub const KVM_MSR: &str = "kvm/kvm_msr";
+        pub const KVM_CPUID: &str = "kvm/kvm_cpuid";
+        pub const KVM_HYPERCALL: &str = "kvm/kvm_hypercall";
         /// Needed on every kernel: without them there is no exit record at all.
         pub const BASE: [&str; 4] = [SYS_ENTER_IOCTL, KVM_USERSPACE_EXIT, KVM_PIO, KVM_MMIO];
         /// Every KVM-related tracepoint kvmprof may use (the base ones, then those that fire
@@ -483,7 +496,7 @@ pub mod names {
     }
 
     /// Tracepoint ↔ programs (`kvmprof-ebpf/src/probes/`).
-    pub const TRACEPOINT_PROGRAMS: [TracepointPrograms; 10] = [
+    pub const TRACEPOINT_PROGRAMS: [TracepointPrograms; 13] = [
         TracepointPrograms {
             tracepoint: tp::SYS_ENTER_IOCTL,
             classic: "kvm_run_enter",
@@ -545,6 +558,24 @@ pub mod names {
         TracepointPrograms {
             tracepoint: tp::KVM_HALT_POLL_NS,
             classic: "halt_poll_moved",
+            raw: None,
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_MSR,
+            classic: "detail_msr",
+            raw: None,
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_CPUID,
+            classic: "detail_cpuid",
+            raw: None,
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_HYPERCALL,
+            classic: "detail_hypercall",
             raw: None,
             btf: None,
         },
@@ -618,7 +649,8 @@ pub mod names {
         pub const HALTS: &str = "HALTS";
         pub const HALT_FIELDS: &str = "HALT_FIELDS";
         pub const HALT_ZERO: &str = "HALT_ZERO";
-        pub const ALL: [&str; 20] = [
+        pub const DETAIL_FIELDS: &str = "DETAIL_FIELDS";
+        pub const ALL: [&str; 21] = [
             EVENTS,
             BATCHES,
             PIDS,
@@ -639,6 +671,7 @@ pub mod names {
             HALTS,
             HALT_FIELDS,
             HALT_ZERO,
+            DETAIL_FIELDS,
         ];
         /// The [`crate::Config`] global, set before load.
         pub const CONFIG: &str = "CONFIG";

@@ -285,6 +285,20 @@ pub fn identify_io(pid: u32, tid: u32, st: &mut ThreadState, bound: u32, ts: u64
     st.io_size = io.size;
 }
 
+/// `--detail`: the open exit's MSR index, CPUID leaf or hypercall number (`flags` says
+/// which), filed as its access is (`kvmprof_common::detail`). Nothing outside an open cycle
+/// (an MSR access completed after the VMM answered it comes after its exit closed), nor
+/// under IDENT, where only port and MMIO accesses open exits: the one open there is an
+/// earlier access's.
+#[inline(always)]
+pub fn identify_detail(st: &mut ThreadState, bound: u32, flags: u32, key: u64) {
+    if st.open == 0 || bound == boundary::IDENT {
+        return;
+    }
+    st.flags |= flags;
+    st.io_addr = key;
+}
+
 /// `kvm:kvm_exit`: the vendor's exit reason for the open cycle.
 pub fn identify_reason(st: &mut ThreadState, bound: u32, ts: u64, sp: u32, reason: u32, vcpu: i32) {
     if st.open == 0 {
@@ -620,6 +634,35 @@ mod tests {
         );
         assert_eq!((e.io_addr, e.flags & flag::USERSPACE), (0x700, 0));
         assert_eq!(unmatched(), 0);
+    }
+
+    /// `--detail`: an MSR exit's index and direction go with it, as a port does; an event
+    /// outside a cycle, or under IDENT (where the open exit is an earlier access's), files
+    /// nothing.
+    #[test]
+    fn a_detail_event_files_the_open_exit_under_its_msr() {
+        const SVM_MSR: u32 = 0x7c;
+        let mut st = fresh();
+        let b = boundary::VENDOR_RUN;
+        identify_detail(&mut st, b, flag::MSR, 0x1b);
+        assert_eq!((st.flags, st.io_addr), (0, 0), "no open cycle");
+        kvm_run_enter(&mut st, 7, 0);
+        stage_enter(PID, TID, &mut st, b, stage::VENDOR_RUN, 100);
+        identify_reason(&mut st, b, 390, space::SVM as u32, SVM_MSR, 0);
+        stage_exit(&mut st, stage::VENDOR_RUN, 400);
+        identify_detail(&mut st, b, flag::MSR | flag::WRITE, 0x6e0);
+        svm_io_exit(&mut st, 1000);
+        let r = records();
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].reason, r[0].flags & !flag::CYCLE_INTERVAL, r[0].io_addr),
+            (SVM_MSR, flag::MSR | flag::WRITE, 0x6e0)
+        );
+        let mut st = fresh();
+        let ident = boundary::IDENT;
+        identify_io(PID, TID, &mut st, ident, LATE, pio(0x3f8, true));
+        identify_detail(&mut st, ident, flag::MSR, 0x1b);
+        assert_eq!((st.flags & flag::MSR, st.io_addr), (0, 0x3f8));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use aya_ebpf::{
 };
 use kvmprof_common::{
     counter,
+    detail,
     halt::{self, HaltTally},
     tally::{self, AddrKey, Row, TallyKey, TallyMeta},
     Batch, Config, ThreadState, Wake, Window, STATE_SLOTS,
@@ -317,6 +318,10 @@ pub static HALTS: HashMap<u64, HaltTally> = HashMap::with_max_entries(halt::THRE
 /// The halt tracepoints' field offsets (`kvmprof_common::halt::field`).
 #[map]
 pub static HALT_FIELDS: Array<u32> = Array::with_max_entries(halt::field::LEN, 0);
+
+/// The `--detail` tracepoints' field offsets (`kvmprof_common::detail::field`).
+#[map]
+pub static DETAIL_FIELDS: Array<u32> = Array::with_max_entries(detail::field::LEN, 0);
 
 /// A zeroed tally, never written: a thread's first halt tally is inserted from it (at
 /// ~1.3 KB it cannot be made on the stack).

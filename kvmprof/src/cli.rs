@@ -85,6 +85,11 @@ pub struct HookArgs {
     /// programs on every exit. Without it: cycle, vendor run and VMM round trip.
     #[arg(long)]
     stages: bool,
+    /// Also file MSR exits by MSR index and direction, CPUID exits by leaf and subleaf and
+    /// hypercalls by number (`kvm:kvm_msr`, `kvm:kvm_cpuid`, `kvm:kvm_hypercall`; not under
+    /// PVM): one more BPF program on those exits only.
+    #[arg(long)]
+    detail: bool,
     /// Log the eBPF programs' rare anomalies to stderr (a refused kernel read, a stage return
     /// without its entry, no room for a thread's state, a full ring buffer), each with its
     /// thread. Off, the log sites are not even loaded.
@@ -106,6 +111,11 @@ impl HookArgs {
     /// `--stages`: the deep breakdown.
     pub fn deep(&self) -> bool {
         self.stages
+    }
+
+    /// `--detail`: MSRs, CPUID leaves and hypercalls.
+    pub fn detail(&self) -> bool {
+        self.detail
     }
 
     /// `--debug-bpf`: the programs' anomaly log.

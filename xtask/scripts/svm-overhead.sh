@@ -44,12 +44,12 @@ while [ $r -le "$ROUNDS" ]; do
             [ $mode = before ] && hooks=auto || hooks=$mode
             [ $mode = before ] && bin=$BEFORE || bin=$KVMPROF
             $T "$bin" record --hooks $hooks -o $f.data -- "$TESTVMM" $ARGS > $f.vmm.json 2> $f.err \
-                || { cat $f.err >&2; exit 1; }
+                || { cat $f.err $f.vmm.json >&2; exit 1; }
             "$bin" report -i $f.data --format json > $f.report.json
             ;;
         perf)
             $T perf kvm -o $f.data stat record -- "$TESTVMM" $ARGS > $f.vmm.json 2> $f.err \
-                || { cat $f.err >&2; exit 1; }
+                || { cat $f.err $f.vmm.json >&2; exit 1; }
             # The table goes to stderr; its `io` row holds the sample count.
             perf kvm -i $f.data stat report > $f.report.txt 2>&1
             ;;

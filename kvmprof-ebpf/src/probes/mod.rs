@@ -1,5 +1,6 @@
 //! Program entry points, one module per kind of hook.
 mod btf;
+mod detail;
 mod field;
 mod halt;
 mod kvm;

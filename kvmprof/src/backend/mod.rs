@@ -4,6 +4,7 @@ pub mod pvm;
 pub mod svm;
 pub mod userspace;
 pub mod vmx;
+pub mod x86;
 
 use crate::data::model::{Reason, ReasonSpace, Vendor};
 

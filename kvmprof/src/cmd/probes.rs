@@ -24,6 +24,7 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
         a.hooks.pref(),
         a.hooks.deep(),
         a.hooks.debug_bpf(),
+        a.hooks.detail(),
         true,
         Default::default(),
         &[],

@@ -133,6 +133,7 @@ pub(super) fn options(
         hooks: hooks.pref(),
         stages: hooks.deep(),
         debug_bpf: hooks.debug_bpf(),
+        detail: hooks.detail(),
         duration,
         records,
         tick: tally_period(interval),

@@ -47,6 +47,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         hooks: a.hooks.pref(),
         stages: a.hooks.deep(),
         debug_bpf: a.hooks.debug_bpf(),
+        detail: a.hooks.detail(),
         duration: None,
         tick: TICK,
         interval: SERIES_INTERVAL,

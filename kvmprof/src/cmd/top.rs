@@ -68,6 +68,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
         hooks: a.hooks.pref(),
         stages: a.hooks.deep(),
         debug_bpf: a.hooks.debug_bpf(),
+        detail: a.hooks.detail(),
         duration: None,
         tick: if a.batch {
             a.delay

@@ -93,12 +93,34 @@ impl KeyStats {
     }
 }
 
-/// The address space of an I/O access.
+/// The address space of an I/O access, or (`--detail`) what else names an exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IoSpace {
     Pio,
     Mmio,
+    Msr,
+    Cpuid,
+    Hypercall,
+}
+
+impl IoSpace {
+    /// The spelling of reports (as in JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            IoSpace::Pio => "pio",
+            IoSpace::Mmio => "mmio",
+            IoSpace::Msr => "msr",
+            IoSpace::Cpuid => "cpuid",
+            IoSpace::Hypercall => "hypercall",
+        }
+    }
+
+    /// Whether rows of this space name an exit's MSR, CPUID leaf or hypercall (`--detail`)
+    /// rather than a port or an address.
+    pub fn is_detail(self) -> bool {
+        matches!(self, IoSpace::Msr | IoSpace::Cpuid | IoSpace::Hypercall)
+    }
 }
 
 /// One row of the ports/addresses table.
@@ -106,7 +128,8 @@ pub enum IoSpace {
 pub struct PortKey {
     pub pid: u32,
     pub space: IoSpace,
-    /// Port (PIO) or guest physical address (MMIO).
+    /// Port (PIO), guest physical address (MMIO), MSR index, CPUID leaf and subleaf
+    /// (`kvmprof_common::detail::cpuid_key`) or hypercall number.
     pub addr: u64,
     pub write: bool,
     /// The exit reason the access was attributed to.
@@ -122,6 +145,23 @@ pub struct PortStats {
     pub count: u64,
     /// Accesses that the VMM handled.
     pub userspace: u64,
+    /// Summed cycle time of those of them whose cycle was measured (`cycle_count`), exact:
+    /// the row's mean cycle. MMIO address rows have none (the kernel counts their addresses
+    /// apart from the stages).
+    #[serde(default)]
+    pub cycle_ns: u64,
+    #[serde(default)]
+    pub cycle_count: u64,
+}
+
+impl PortStats {
+    /// Adds another's counts and sums (a block of a data file, another recording).
+    pub fn merge(&mut self, other: &PortStats) {
+        self.count = self.count.saturating_add(other.count);
+        self.userspace = self.userspace.saturating_add(other.userspace);
+        self.cycle_ns = self.cycle_ns.saturating_add(other.cycle_ns);
+        self.cycle_count = self.cycle_count.saturating_add(other.cycle_count);
+    }
 }
 
 /// All statistics of a recording.
@@ -166,7 +206,8 @@ impl Aggregate {
 
     /// Counts `e` and records each of its measured stages.
     pub fn add(&mut self, e: &Exit) {
-        let (key, idx) = self.count(e, 1, e.ts_ns, true);
+        let cycle = e.stages[Stage::Cycle.index()].map_or((0, 0), |ns| (ns, 1));
+        let (key, idx) = self.count(e, 1, e.ts_ns, Some(cycle));
         for stage in Stage::ALL {
             if let Some(ns) = e.stages[stage.index()] {
                 let ns = ns.min(MAX_NS);
@@ -190,7 +231,10 @@ impl Aggregate {
             return;
         }
         let mmio = matches!(t.exit.access, Some(Access::Mmio { .. }));
-        let (key, idx) = self.count(&t.exit, t.count, t.first_ts_ns, !mmio);
+        let cycle = Stage::Cycle.index();
+        let cycles: u64 = t.stages[cycle].iter().map(|(_, n)| n).sum();
+        let port = (!mmio).then_some((t.sum_ns[cycle], cycles));
+        let (key, idx) = self.count(&t.exit, t.count, t.first_ts_ns, port);
         for stage in Stage::ALL {
             let values = &t.stages[stage.index()];
             if !values.is_empty() {
@@ -222,10 +266,10 @@ impl Aggregate {
     }
 
     /// Counts `n` exits like `e` (the first of them at `first_ts`, the last at `e.ts_ns`) in
-    /// its key, the span and, with `port`, the ports table (a tally's MMIO addresses go by
-    /// [`Aggregate::count_addrs`]); returns its key and the index of the interval of the
+    /// its key, the span and, with `port` (their summed cycle time and how many of them had
+    /// one), the ports table (a tally's MMIO addresses go by [`Aggregate::count_addrs`]); returns its key and the index of the interval of the
     /// middle of their span.
-    fn count(&mut self, e: &Exit, n: u64, first_ts: u64, port: bool) -> (Key, u64) {
+    fn count(&mut self, e: &Exit, n: u64, first_ts: u64, port: Option<(u64, u64)>) -> (Key, u64) {
         let key = Key {
             pid: e.pid,
             vcpu: e.vcpu,
@@ -236,12 +280,14 @@ impl Aggregate {
         if let Some(code) = e.userspace_reason {
             *stats.userspace.entry(code).or_default() += n;
         }
-        if let Some(access) = e.access.filter(|_| port) {
+        if let (Some(access), Some((cycle_ns, cycle_count))) = (e.access, port) {
             let stats = self.ports.entry(port_key(e, access)).or_default();
             stats.count += n;
             if e.userspace_reason.is_some() {
                 stats.userspace += n;
             }
+            stats.cycle_ns += cycle_ns;
+            stats.cycle_count += cycle_count;
         }
         let first_ts = first_ts.min(e.ts_ns);
         self.extend_span(first_ts, e.ts_ns);
@@ -358,9 +404,7 @@ impl Aggregate {
     /// Restores a row of the ports table saved by [`crate::recording::datafile`], adding to what an
     /// earlier block restored.
     pub fn restore_port(&mut self, port: PortKey, stats: PortStats) {
-        let row = self.ports.entry(port).or_default();
-        row.count = row.count.saturating_add(stats.count);
-        row.userspace = row.userspace.saturating_add(stats.userspace);
+        self.ports.entry(port).or_default().merge(&stats);
     }
 
     /// Restores the timestamp span saved by [`crate::recording::datafile`].
@@ -505,6 +549,13 @@ fn port_key(e: &Exit, access: Access) -> PortKey {
     let (space, addr, write) = match access {
         Access::Pio { port, write, .. } => (IoSpace::Pio, u64::from(port), write),
         Access::Mmio { gpa, write, .. } => (IoSpace::Mmio, gpa, write),
+        Access::Msr { index, write } => (IoSpace::Msr, u64::from(index), write),
+        Access::Cpuid { leaf, subleaf } => (
+            IoSpace::Cpuid,
+            kvmprof_common::detail::cpuid_key(leaf, subleaf),
+            false,
+        ),
+        Access::Hypercall { nr } => (IoSpace::Hypercall, nr, false),
     };
     PortKey {
         pid: e.pid,
@@ -749,13 +800,7 @@ mod tests {
             reason: IO,
             folded: false,
         };
-        assert_eq!(
-            a.ports()[&pio],
-            PortStats {
-                count: 2,
-                userspace: 1
-            }
-        );
+        assert_eq!((a.ports()[&pio].count, a.ports()[&pio].userspace), (2, 1));
         assert_eq!(a.ports().len(), 2);
     }
 

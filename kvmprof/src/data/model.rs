@@ -88,6 +88,12 @@ pub struct Reason {
 pub enum Access {
     Pio { port: u16, size: u8, write: bool },
     Mmio { gpa: u64, size: u8, write: bool },
+    /// `--detail`: an RDMSR, or with `write` a WRMSR, of MSR `index`.
+    Msr { index: u32, write: bool },
+    /// `--detail`: a CPUID of `leaf` (EAX) and `subleaf` (ECX).
+    Cpuid { leaf: u32, subleaf: u32 },
+    /// `--detail`: a hypercall, by its number (RAX).
+    Hypercall { nr: u64 },
 }
 
 /// A stage of the exit cycle (`kvmprof_common::stage` indices and names).

@@ -121,6 +121,11 @@ pub fn row(e: &Exit) -> String {
         Some(Access::Mmio { gpa, write, .. }) => {
             format!("mmio {gpa:#x} {}", if write { "write" } else { "read" })
         }
+        Some(Access::Msr { index, write }) => {
+            format!("msr {index:#x} {}", if write { "write" } else { "read" })
+        }
+        Some(Access::Cpuid { leaf, subleaf }) => format!("cpuid {leaf:#x}/{subleaf:#x}"),
+        Some(Access::Hypercall { nr }) => format!("hypercall {nr}"),
         None => "-".to_owned(),
     };
     let stages: Vec<String> = Stage::ALL

@@ -178,6 +178,7 @@ pub fn attach(
     facts: &Facts,
     targets: &[u32],
     children: bool,
+    detail: bool,
 ) -> Result<()> {
     let mut pid_map: HashMap<_, u32, u8> =
         HashMap::try_from(ebpf.map_mut(map::PIDS).context("PIDS map")?)?;
@@ -236,6 +237,12 @@ pub fn attach(
     if let Err(e) = attach_halts(ebpf, facts) {
         // The exits are recorded all the same; only the halt table is missing.
         eprintln!("kvmprof: warning: halts are not laid out: {e:#}");
+    }
+    if detail {
+        if let Err(e) = attach_detail(ebpf, facts) {
+            // The exits are recorded all the same, filed by reason and port only.
+            eprintln!("kvmprof: warning: --detail: {e:#}");
+        }
     }
     if plan.run_entry_fentry {
         let (name, sym) = (hook::RUN_ENTRY, crate::backend::RUN_IOCTL);
@@ -337,6 +344,50 @@ fn attach_halts(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
     }
     attach_classic(ebpf, poll)?;
     attach_classic(ebpf, wake)
+}
+
+/// `--detail`: `kvm:kvm_msr`, `kvm:kvm_cpuid` and `kvm:kvm_hypercall` name the MSR, leaf
+/// or hypercall of their exits (`kvmprof_common::detail`), with their field offsets from
+/// this kernel's format files. Each that cannot be attached is named in the error; the
+/// others stay attached.
+fn attach_detail(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
+    use kvmprof_common::detail::field;
+    let (msr, cpuid, hcall) = (
+        names::tp::KVM_MSR,
+        names::tp::KVM_CPUID,
+        names::tp::KVM_HYPERCALL,
+    );
+    let fields: [(u32, &str, &str); field::LEN as usize] = [
+        (field::MSR_WRITE, msr, "write"),
+        (field::MSR_ECX, msr, "ecx"),
+        (field::CPUID_FUNCTION, cpuid, "function"),
+        (field::CPUID_INDEX, cpuid, "index"),
+        (field::HYPERCALL_NR, hcall, "nr"),
+    ];
+    let mut failed = Vec::new();
+    for tp in [msr, cpuid, hcall] {
+        let attached = (|| {
+            let mut offsets: Array<_, u32> = Array::try_from(
+                ebpf.map_mut(map::DETAIL_FIELDS)
+                    .context("DETAIL_FIELDS map")?,
+            )?;
+            for (i, _, name) in fields.iter().filter(|(_, t, _)| *t == tp) {
+                offsets.set(*i, facts.offset(tp, name)?, 0)?;
+            }
+            attach_classic(ebpf, tp)
+        })();
+        if let Err(e) = attached {
+            failed.push(format!("{tp}: {e:#}"));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{}; those exits keep only their reason",
+            failed.join("; ")
+        )
+    }
 }
 
 /// Loads and attaches the classic-tracepoint program of `tp` ("category/event"), for the

@@ -136,6 +136,16 @@ pub fn to_exit(r: &ExitRecord, vcpu: Option<u32>) -> Exit {
             size: r.io_size,
             write,
         })
+    } else if r.flags & flag::MSR != 0 {
+        Some(Access::Msr {
+            index: r.io_addr as u32,
+            write,
+        })
+    } else if r.flags & flag::CPUID != 0 {
+        let (leaf, subleaf) = kvmprof_common::detail::cpuid_leaf(r.io_addr);
+        Some(Access::Cpuid { leaf, subleaf })
+    } else if r.flags & flag::HYPERCALL != 0 {
+        Some(Access::Hypercall { nr: r.io_addr })
     } else {
         None
     };

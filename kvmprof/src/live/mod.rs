@@ -72,6 +72,8 @@ pub struct Options {
     pub stages: bool,
     /// `--debug-bpf`: the programs log their anomalies, written to stderr.
     pub debug_bpf: bool,
+    /// `--detail`: MSR, CPUID and hypercall exits filed by index, leaf and number.
+    pub detail: bool,
     pub duration: Option<Duration>,
     /// How often `on_tick` runs, the kernel's tallies are read and target liveness is
     /// checked. Ticks fall just after multiples of it on the records' clock: with a tick that
@@ -170,6 +172,7 @@ pub fn attach_for_host(
     hooks: HookPref,
     deep: bool,
     debug_bpf: bool,
+    detail: bool,
     filter: bool,
     records: attach::Records,
     pids: &[u32],
@@ -178,7 +181,7 @@ pub fn attach_for_host(
     let (mut facts, mut plan) = crate::host::plan_for_host(hooks, deep)?;
     loop {
         let mut ebpf = attach::load_for(&plan, &facts, filter, records, debug_bpf)?;
-        let err = match attach::attach(&mut ebpf, &plan, &facts, pids, children) {
+        let err = match attach::attach(&mut ebpf, &plan, &facts, pids, children, detail) {
             Ok(()) => return Ok((facts, plan, ebpf)),
             Err(e) => e,
         };
@@ -335,6 +338,7 @@ impl Session {
             opts.hooks,
             opts.stages,
             opts.debug_bpf,
+            opts.detail,
             !pids.is_empty(),
             opts.records,
             &pids,

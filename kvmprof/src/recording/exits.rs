@@ -8,7 +8,9 @@
 //!  "stages":{"cycle":7915,"vendor_run":3206,"handler":3116,"fast_pio":2594}}
 //! ```
 //! `access`/`port` or `access`/`gpa` (with `size`, `write`) appear only when the access is
-//! known; `stages` holds only the stages measured. Version 1 called the access `space`, the
+//! known; with `--detail`, `"access":"msr","index":27,"write":false`, `"access":"cpuid",
+//! "leaf":1,"subleaf":0` or `"access":"hypercall","nr":5` name an exit's MSR, leaf or
+//! hypercall; `stages` holds only the stages measured. Version 1 called the access `space`, the
 //! word `reason.space` (whose exit-reason table) also uses in the same line.
 use kvmprof_common::STAGES;
 use serde::Serialize;
@@ -49,6 +51,9 @@ struct NamedReason {
 enum FlatAccess {
     Pio { port: u16, size: u8, write: bool },
     Mmio { gpa: u64, size: u8, write: bool },
+    Msr { index: u32, write: bool },
+    Cpuid { leaf: u32, subleaf: u32 },
+    Hypercall { nr: u64 },
 }
 
 /// The measured stages by name, in the order of the exit cycle.
@@ -82,6 +87,9 @@ impl From<&Exit> for Line {
             access: e.access.map(|a| match a {
                 Access::Pio { port, size, write } => FlatAccess::Pio { port, size, write },
                 Access::Mmio { gpa, size, write } => FlatAccess::Mmio { gpa, size, write },
+                Access::Msr { index, write } => FlatAccess::Msr { index, write },
+                Access::Cpuid { leaf, subleaf } => FlatAccess::Cpuid { leaf, subleaf },
+                Access::Hypercall { nr } => FlatAccess::Hypercall { nr },
             }),
             stages: Stages(e.stages),
         }

@@ -105,9 +105,7 @@ pub fn merge(mut inputs: Vec<Input>) -> Result<(Header, Aggregate)> {
             }
         }
         for (port, stats) in a.ports() {
-            let p = ports.entry(*port).or_default();
-            p.count += stats.count;
-            p.userspace += stats.userspace;
+            ports.entry(*port).or_default().merge(stats);
         }
         lost = lost.saturating_add(a.lost());
         if let Some((f, l)) = a.span() {

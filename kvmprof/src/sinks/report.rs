@@ -167,8 +167,30 @@ struct PortRow {
     write: bool,
     reason: Reason,
     reason_name: String,
+    /// The name of the MSR or hypercall, the leaf and subleaf of a CPUID (`--detail`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     count: u64,
     userspace: u64,
+    /// This row's exits over all exits of its pid and reason.
+    reason_share: f64,
+    /// Mean cycle of the row's exits, where measured (none for MMIO address rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean_cycle_ns: Option<u64>,
+}
+
+/// The name of a `--detail` row's key.
+fn detail_name(space: IoSpace, key: u64) -> Option<String> {
+    use crate::backend::x86;
+    match space {
+        IoSpace::Msr => x86::msr_name(key as u32).map(str::to_owned),
+        IoSpace::Cpuid => {
+            let (leaf, subleaf) = kvmprof_common::detail::cpuid_leaf(key);
+            Some(format!("leaf {leaf:#x} subleaf {subleaf:#x}"))
+        }
+        IoSpace::Hypercall => x86::hypercall_name(key).map(str::to_owned),
+        IoSpace::Pio | IoSpace::Mmio => None,
+    }
 }
 
 fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
@@ -219,6 +241,10 @@ fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
         .collect();
     breakdown.sort_by_key(|x| std::cmp::Reverse(x.count));
 
+    let mut by_pid_reason: BTreeMap<(u32, Reason), u64> = BTreeMap::new();
+    for (key, stats) in a.keys() {
+        *by_pid_reason.entry((key.pid, key.reason)).or_default() += stats.count;
+    }
     let mut ports: Vec<PortRow> = a
         .ports()
         .iter()
@@ -230,8 +256,14 @@ fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
             write: p.write,
             reason: p.reason,
             reason_name: reason_name(p.reason),
+            name: detail_name(p.space, p.addr),
             count: s.count,
             userspace: s.userspace,
+            reason_share: units::ratio(
+                s.count,
+                by_pid_reason.get(&(p.pid, p.reason)).copied().unwrap_or(0),
+            ),
+            mean_cycle_ns: (s.cycle_count > 0).then(|| s.cycle_ns / s.cycle_count),
         })
         .collect();
     ports.sort_by_key(|x| std::cmp::Reverse(x.count));
@@ -319,6 +351,7 @@ fn table(r: &Report) -> String {
     group_table(&mut out, r);
     breakdown_table(&mut out, r);
     ports_table(&mut out, r);
+    detail_table(&mut out, r);
     intervals_table(&mut out, r);
     if let Some(slow) = &r.header.slow {
         slow.render(&mut out);
@@ -556,32 +589,34 @@ fn breakdown_table(out: &mut String, r: &Report) {
 }
 
 fn ports_table(out: &mut String, r: &Report) {
-    if r.ports.is_empty() {
+    let ports: Vec<&PortRow> = r.ports.iter().filter(|p| !p.space.is_detail()).collect();
+    if ports.is_empty() {
         return;
     }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
         "Ports and addresses (top {} of {})",
-        TOP_PORTS.min(r.ports.len()),
-        r.ports.len()
+        TOP_PORTS.min(ports.len()),
+        ports.len()
     );
     let _ = writeln!(
         out,
         "{:>8}  {:<6}{:<20}{:<6}{:>10}{:>8}  reason",
         "pid", "space", "address", "dir", "count", "to VMM"
     );
-    for p in r.ports.iter().take(TOP_PORTS) {
-        let (space, dir) = match (p.space, p.write) {
-            (IoSpace::Pio, true) => ("pio", "out"),
-            (IoSpace::Pio, false) => ("pio", "in"),
-            (IoSpace::Mmio, true) => ("mmio", "write"),
-            (IoSpace::Mmio, false) => ("mmio", "read"),
+    for p in ports.iter().take(TOP_PORTS) {
+        let dir = match (p.space, p.write) {
+            (IoSpace::Pio, true) => "out",
+            (IoSpace::Pio, false) => "in",
+            (_, true) => "write",
+            (_, false) => "read",
         };
         let _ = writeln!(
             out,
-            "{:>8}  {space:<6}{:<20}{dir:<6}{:>10}{:>8}  {}",
+            "{:>8}  {:<6}{:<20}{dir:<6}{:>10}{:>8}  {}",
             p.pid,
+            p.space.name(),
             if p.folded {
                 "other".to_owned()
             } else {
@@ -592,13 +627,62 @@ fn ports_table(out: &mut String, r: &Report) {
             p.reason_name
         );
     }
-    let folded: u64 = r.ports.iter().filter(|p| p.folded).map(|p| p.count).sum();
+    let folded: u64 = ports.iter().filter(|p| p.folded).map(|p| p.count).sum();
     if folded > 0 {
         let _ = writeln!(
             out,
             "other: {folded} MMIO exits at addresses past the kernel's {} address counts, \
              one row per pid, direction and reason",
             kvmprof_common::tally::ADDRS
+        );
+    }
+}
+
+/// `--detail`: the exits' MSRs, CPUID leaves and hypercalls, each with its share of its
+/// reason's exits and its mean cycle.
+fn detail_table(out: &mut String, r: &Report) {
+    let rows: Vec<&PortRow> = r.ports.iter().filter(|p| p.space.is_detail()).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "MSRs, CPUID leaves and hypercalls (top {} of {})",
+        TOP_PORTS.min(rows.len()),
+        rows.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<10}{:<12}{:<6}{:>10}{:>8}{:>11}  {:<28}reason",
+        "pid", "what", "key", "dir", "count", "share", "mean cycle", "name"
+    );
+    for p in rows.iter().take(TOP_PORTS) {
+        let dir = match (p.space, p.write) {
+            (IoSpace::Msr, true) => "write",
+            (IoSpace::Msr, false) => "read",
+            _ => "-",
+        };
+        let key = match p.space {
+            IoSpace::Cpuid => {
+                let (leaf, subleaf) = kvmprof_common::detail::cpuid_leaf(p.addr);
+                format!("{leaf:#x}/{subleaf:#x}")
+            }
+            _ => format!("{:#x}", p.addr),
+        };
+        let name = match p.space {
+            IoSpace::Cpuid => "-",
+            _ => p.name.as_deref().unwrap_or("-"),
+        };
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<10}{key:<12}{dir:<6}{:>10}{:>8}{:>11}  {name:<28}{}",
+            p.pid,
+            p.space.name(),
+            p.count,
+            units::pct(p.reason_share),
+            p.mean_cycle_ns.map_or_else(|| "-".to_owned(), units::ns),
+            p.reason_name
         );
     }
 }
@@ -701,6 +785,75 @@ mod tests {
             a.add(&e);
         }
         a
+    }
+
+    /// `--detail`: 30 RDMSRs of APIC_BASE, 10 WRMSRs of an unnamed MSR, 20 CPUIDs of leaf 1
+    /// and 5 unidentified CPUID exits, each in its own table row with its share of its
+    /// reason and its exact mean cycle; the ports table keeps only ports.
+    #[test]
+    fn detail_rows_name_msrs_leaves_and_hypercalls_with_share_and_mean_cycle() {
+        const MSR: Reason = Reason {
+            space: ReasonSpace::Svm,
+            code: 0x7c,
+        };
+        const CPUID: Reason = Reason {
+            space: ReasonSpace::Svm,
+            code: 0x72,
+        };
+        let mut a = sample();
+        let cycle = |ns| [Some(ns), None, None, None, None, None, None, None];
+        let detail = [
+            (30, MSR, 1000, Some(Access::Msr { index: 0x1b, write: false })),
+            (10, MSR, 3000, Some(Access::Msr { index: 0x1234, write: true })),
+            (20, CPUID, 500, Some(Access::Cpuid { leaf: 1, subleaf: 0 })),
+            (5, CPUID, 500, None),
+            (2, CPUID, 700, Some(Access::Hypercall { nr: 5 })),
+        ];
+        for (n, reason, ns, access) in detail {
+            for _ in 0..n {
+                let mut e = exit(0, reason, cycle(ns));
+                e.access = access;
+                a.add(&e);
+            }
+        }
+        let h = header();
+        let r = build(&h, &a, By::Reason);
+        let row = |space, addr| {
+            r.ports
+                .iter()
+                .find(|p| p.space == space && p.addr == addr)
+                .map(|p| (p.count, p.reason_share, p.mean_cycle_ns, p.name.clone()))
+        };
+        assert_eq!(
+            row(IoSpace::Msr, 0x1b),
+            Some((30, 0.75, Some(1000), Some("IA32_APIC_BASE".into())))
+        );
+        assert_eq!(row(IoSpace::Msr, 0x1234), Some((10, 0.25, Some(3000), None)));
+        let leaf1 = kvmprof_common::detail::cpuid_key(1, 0);
+        assert_eq!(
+            row(IoSpace::Cpuid, leaf1),
+            Some((20, 20.0 / 27.0, Some(500), Some("leaf 0x1 subleaf 0x0".into())))
+        );
+        assert_eq!(
+            row(IoSpace::Hypercall, 5),
+            Some((2, 2.0 / 27.0, Some(700), Some("KVM_HC_KICK_CPU".into())))
+        );
+        let t = render(&h, &a, By::Reason, Format::Table);
+        let ports = t.split("Ports and addresses (top 2 of 2)").nth(1).unwrap_or_default();
+        let ports = ports.split("MSRs, CPUID").next().unwrap_or_default();
+        assert!(!ports.contains("msr") && !ports.contains("cpuid"), "{t}");
+        assert!(t.contains("MSRs, CPUID leaves and hypercalls (top 4 of 4)"), "{t}");
+        let line = t.lines().find(|l| l.contains("IA32_APIC_BASE")).unwrap_or_default();
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[..6], ["7", "msr", "0x1b", "read", "30", "75.0%"], "{t}");
+        assert!(t.contains(" 0x1/0x0 "), "{t}");
+        let j: serde_json::Value = serde_json::from_str(&render(&h, &a, By::Reason, Format::Json))
+            .expect("json");
+        let msr = j["ports"]
+            .as_array()
+            .and_then(|p| p.iter().find(|r| r["space"] == "msr" && r["addr"] == 0x1b))
+            .expect("msr row");
+        assert_eq!((msr["count"].as_u64(), msr["write"].as_bool()), (Some(30), Some(false)));
     }
 
     #[test]

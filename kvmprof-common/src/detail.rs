@@ -1,0 +1,43 @@
+//! Which MSR, which CPUID leaf, which hypercall (issue 21, `--detail`): three KVM tracepoints
+//! that fire in an exit's handler name what the guest asked for, and the open exit is filed
+//! under it. The name goes in the exit's `io_addr`, marked by its flag ([`crate::flag::MSR`],
+//! [`crate::flag::CPUID`], [`crate::flag::HYPERCALL`]), exactly as a port does: it is part
+//! of the exit's kind, so each MSR index (and direction), leaf and hypercall number gets its
+//! own tally slot, with an exact count and stage histograms. These are few per guest (tens),
+//! unlike MMIO addresses; a guest that used up the slots would still be counted exactly (its
+//! further kinds go as records, `crate::tally`).
+
+/// Indices of the `DETAIL_FIELDS` map: the offsets of the fields read, from this kernel's
+/// format files.
+pub mod field {
+    /// `kvm:kvm_msr`: `write` (0 for RDMSR), `ecx` (the MSR index).
+    pub const MSR_WRITE: u32 = 0;
+    pub const MSR_ECX: u32 = 1;
+    /// `kvm:kvm_cpuid`: `function` (the leaf, EAX) and `index` (the subleaf, ECX).
+    pub const CPUID_FUNCTION: u32 = 2;
+    pub const CPUID_INDEX: u32 = 3;
+    /// `kvm:kvm_hypercall`: `nr` (RAX).
+    pub const HYPERCALL_NR: u32 = 4;
+    pub const LEN: u32 = 5;
+}
+
+/// The key of a CPUID exit: the leaf in the low half, the subleaf in the high one.
+#[inline(always)]
+pub fn cpuid_key(leaf: u32, subleaf: u32) -> u64 {
+    (subleaf as u64) << 32 | leaf as u64
+}
+
+/// (leaf, subleaf) of a CPUID exit's key.
+pub fn cpuid_leaf(key: u64) -> (u32, u32) {
+    (key as u32, (key >> 32) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpuid_key_holds_leaf_and_subleaf() {
+        assert_eq!(cpuid_leaf(cpuid_key(0x8000_0001, 7)), (0x8000_0001, 7));
+    }
+}

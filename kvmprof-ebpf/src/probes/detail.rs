@@ -1,0 +1,59 @@
+//! `--detail` (`kvmprof_common::detail`): the MSR index, CPUID leaf or hypercall number of
+//! the open exit, from the KVM tracepoint its handler fires. Classic tracepoints, fields at
+//! the offsets of this kernel's format files (`DETAIL_FIELDS`): they run only on the exits
+//! they name, and only when asked for, so their record copy costs nothing on the others.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use kvmprof_common::{detail, detail::field, flag};
+
+use crate::{exit, maps};
+
+/// `TP_PROTO(unsigned write, u32 ecx, u64 data, bool exception)`, in `kvm_emulate_rdmsr`,
+/// `kvm_emulate_wrmsr` and the WRMSR fast path.
+#[tracepoint(category = "kvm", name = "kvm_msr")]
+pub fn detail_msr(ctx: TracePointContext) -> u32 {
+    try_msr(&ctx).unwrap_or(0)
+}
+
+fn try_msr(ctx: &TracePointContext) -> Option<u32> {
+    let (_, _, st) = maps::current(false)?;
+    let write: u32 = read_field(ctx, field::MSR_WRITE)?;
+    let ecx: u32 = read_field(ctx, field::MSR_ECX)?;
+    let dir = if write != 0 { flag::WRITE } else { 0 };
+    exit::identify_detail(st, maps::config!(boundary), flag::MSR | dir, ecx as u64);
+    Some(0)
+}
+
+/// `TP_PROTO(unsigned int function, unsigned int index, ...)`, in `kvm_emulate_cpuid`.
+#[tracepoint(category = "kvm", name = "kvm_cpuid")]
+pub fn detail_cpuid(ctx: TracePointContext) -> u32 {
+    try_cpuid(&ctx).unwrap_or(0)
+}
+
+fn try_cpuid(ctx: &TracePointContext) -> Option<u32> {
+    let (_, _, st) = maps::current(false)?;
+    let leaf: u32 = read_field(ctx, field::CPUID_FUNCTION)?;
+    let subleaf: u32 = read_field(ctx, field::CPUID_INDEX)?;
+    let key = detail::cpuid_key(leaf, subleaf);
+    exit::identify_detail(st, maps::config!(boundary), flag::CPUID, key);
+    Some(0)
+}
+
+/// `TP_PROTO(unsigned long nr, unsigned long a0, ...)`, in KVM's hypercall emulation.
+#[tracepoint(category = "kvm", name = "kvm_hypercall")]
+pub fn detail_hypercall(ctx: TracePointContext) -> u32 {
+    try_hypercall(&ctx).unwrap_or(0)
+}
+
+fn try_hypercall(ctx: &TracePointContext) -> Option<u32> {
+    let (_, _, st) = maps::current(false)?;
+    let nr: u64 = read_field(ctx, field::HYPERCALL_NR)?;
+    exit::identify_detail(st, maps::config!(boundary), flag::HYPERCALL, nr);
+    Some(0)
+}
+
+#[inline(always)]
+fn read_field<T: Copy>(ctx: &TracePointContext, f: u32) -> Option<T> {
+    let off = *maps::DETAIL_FIELDS.get(f)?;
+    // SAFETY: the offset comes from this kernel's format file for this tracepoint.
+    maps::read(unsafe { ctx.read_at::<T>(off as usize) })
+}
