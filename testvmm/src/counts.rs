@@ -295,6 +295,33 @@ mod tests {
     }
 
     #[test]
+    fn detail_exits_sum_apart_from_the_totals_and_name_the_hypercall() {
+        let a = ExitCounts {
+            hlt: 1,
+            msr_read: 3,
+            msr_write: 2,
+            cpuid: [5, 5],
+            hypercall: 7,
+            ..ExitCounts::default()
+        };
+        let c = Counts::new(
+            vec![vcpu(0, a, &[]), vcpu(1, a, &[])],
+            Duration::ZERO,
+            Some(guest::VMMCALL),
+        );
+        assert_eq!(c.total.cpuid, [10, 10]);
+        assert_eq!(c.total.detail(), 2 * 22);
+        assert_eq!((c.total.total(), c.total.userspace()), (2, 2));
+        assert_eq!(c.ports.hypercall_insn, "vmmcall");
+        assert_eq!(c.ports.rips["rdmsr"], guest::RDMSR_RIP);
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["vcpus"][1]["cpuid"], serde_json::json!([5, 5]));
+        assert_eq!(json["ports"]["msr_read"], 0x1b);
+        let none = Counts::new(vec![], Duration::ZERO, None);
+        assert_eq!(none.ports.hypercall_insn, "");
+    }
+
+    #[test]
     fn json_is_flat_per_vcpu_and_round_trips() {
         let c = Counts::new(
             vec![vcpu(

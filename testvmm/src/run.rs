@@ -337,6 +337,47 @@ mod tests {
     }
 
     #[test]
+    fn plan_patches_the_backends_hypercall_and_refuses_pvm() {
+        use backend::Backend;
+        let w = Workload {
+            msr_read: 1,
+            msr_write: 2,
+            cpuid: 3,
+            hypercall: 4,
+            ..Workload::default()
+        };
+        let p = plan_on(&w, || Backend::Svm).unwrap();
+        assert_eq!(
+            (
+                p.round.msr_read,
+                p.round.msr_write,
+                p.round.cpuid,
+                p.round.hypercall
+            ),
+            (1, 2, 3, 4)
+        );
+        assert_eq!(p.hypercall, guest::VMMCALL);
+        assert_eq!(
+            plan_on(&w, || Backend::Vmx).unwrap().hypercall,
+            guest::VMCALL
+        );
+        let e = plan_on(&w, || Backend::Pvm).unwrap_err().to_string();
+        assert!(e.contains("PVM"), "{e}");
+        // Without hypercalls the backend is not even asked.
+        let none = Workload {
+            hypercall: 0,
+            ..w.clone()
+        };
+        let p = plan_on(&none, || panic!("asked")).unwrap();
+        assert_eq!(p.round.cpuid, 3);
+        let too_many = Workload {
+            cpuid: u64::from(u32::MAX) + 1,
+            ..Workload::default()
+        };
+        assert!(plan(&too_many).is_err());
+    }
+
+    #[test]
     fn plan_takes_up_to_max_halts() {
         let w = Workload {
             halts: u64::from(MAX_HALTS),
