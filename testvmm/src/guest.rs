@@ -79,9 +79,9 @@ pub const CPUID_LEAVES: [u32; 2] = [0, 1];
 /// numbers), so KVM answers -KVM_ENOSYS in EAX in the kernel; the guest runs at CPL 0, so no
 /// -KVM_EPERM either, and only KVM_HC_MAP_GPA_RANGE could exit to userspace.
 pub const HYPERCALL_NR: u32 = 0x7e57;
-/// Intel VMX's hypercall instruction, the one [`CODE`] holds.
+/// Intel VMX's hypercall instruction, the one the guest's code holds.
 pub const VMCALL: [u8; 3] = [0x0f, 0x01, 0xc1];
-/// AMD SVM's: patched over [`VMCALL`] (see [`code`]). Each backend intercepts only its own;
+/// AMD SVM's: patched over [`VMCALL`] by the VMM. Each backend intercepts only its own;
 /// KVM would emulate the other from a #UD and patch the guest's code.
 pub const VMMCALL: [u8; 3] = [0x0f, 0x01, 0xd9];
 /// Where the VMM puts the detail section's four loop counts (u32 each, in this order:
