@@ -50,12 +50,45 @@ pub const IRQ0_VECTOR: u8 = 0x08;
 /// (u16). The IVT is at 0 (KVM resets the IDT base to 0).
 pub const IRQ0_IVT_ENTRY: u64 = IRQ0_VECTOR as u64 * 4;
 /// Offset in [`CODE`] of IRQ0's handler: a lone `iret`.
-pub const IRQ_HANDLER_OFFSET: usize = 0x7d;
+pub const IRQ_HANDLER_OFFSET: usize = 0xf7;
 
 /// Guest-physical target of the MMIO writes: in the ISA hole, far outside
 /// the RAM slot, so KVM finds no memslot and exits with KVM_EXIT_MMIO.
 /// Real mode reaches it through DS (base = this address, offset 0).
 pub const MMIO_ADDR: u64 = 0xd_0000;
+
+/// The MSR the detail section's `rdmsr` loop reads: IA32_APIC_BASE. Intercepted on Intel VMX
+/// and AMD SVM alike (never in either's pass-through MSR bitmap), answered by KVM in the
+/// kernel from `vcpu->arch.apic_base` (in-kernel LAPIC or not), never a #GP.
+pub const MSR_READ: u32 = 0x1b;
+/// The MSR the `wrmsr` loop writes: MSR_KVM_WALL_CLOCK_NEW. KVM's own, so intercepted on every
+/// backend and handled in `kvm_set_msr_common`; accepted without any CPUID set up (KVM checks
+/// the PV feature bit only once a VMM enforces PV CPUID). Each write makes KVM write the wall
+/// clock (12 bytes) to guest RAM at [`MSR_WRITE_VALUE`].
+pub const MSR_WRITE: u32 = 0x4b56_4d00;
+/// What the `wrmsr` loop writes (EDX:EAX): the guest-physical address of the wall-clock
+/// structure KVM fills in, in RAM and apart from everything else there.
+pub const MSR_WRITE_VALUE: u64 = 0x0f00;
+/// Size of KVM's `struct pvclock_wall_clock` (version, sec, nsec: three u32).
+const WALL_CLOCK_SIZE: u64 = 12;
+/// The leaves of the `cpuid` loop, one `cpuid` of each per iteration (subleaf 0): the vendor
+/// leaf and the feature leaf, so a per-leaf table has two keys. KVM answers both in the kernel
+/// from the vCPU's CPUID table (empty here: all zeros), never a userspace exit.
+pub const CPUID_LEAVES: [u32; 2] = [0, 1];
+/// The hypercall number (EAX) of the hypercall loop: none KVM knows (its KVM_HC_* are small
+/// numbers), so KVM answers -KVM_ENOSYS in EAX in the kernel; the guest runs at CPL 0, so no
+/// -KVM_EPERM either, and only KVM_HC_MAP_GPA_RANGE could exit to userspace.
+pub const HYPERCALL_NR: u32 = 0x7e57;
+/// Intel VMX's hypercall instruction, the one the guest's code holds.
+pub const VMCALL: [u8; 3] = [0x0f, 0x01, 0xc1];
+/// AMD SVM's: patched over [`VMCALL`] by the VMM. Each backend intercepts only its own;
+/// KVM would emulate the other from a #UD and patch the guest's code.
+pub const VMMCALL: [u8; 3] = [0x0f, 0x01, 0xd9];
+/// Where the VMM puts the detail section's four loop counts (u32 each, in this order:
+/// `rdmsr`s, `wrmsr`s, `cpuid` iterations, hypercalls), which the guest reads through CS
+/// (base 0). In memory, not registers: by the detail section every register is taken or
+/// clobbered by the instructions themselves (`cpuid` writes EAX..EDX). The same for every vCPU.
+pub const DETAIL_COUNTS_ADDR: u64 = 0x0e00;
 
 /// How many iterations of each loop one round of the guest runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,6 +105,14 @@ pub struct Round {
     /// `hlt`s with interrupts enabled, each woken by IRQ0 (at most [`MAX_HALTS`]), made by
     /// vCPU 0 only: the PIC's interrupts reach vCPU 0 alone (see [`round_halts`]).
     pub halts: u16,
+    /// `rdmsr`s of [`MSR_READ`].
+    pub msr_read: u32,
+    /// `wrmsr`s of [`MSR_WRITE`].
+    pub msr_write: u32,
+    /// Iterations of the `cpuid` loop: one `cpuid` of each of [`CPUID_LEAVES`].
+    pub cpuid: u32,
+    /// Hypercalls [`HYPERCALL_NR`].
+    pub hypercall: u32,
 }
 
 const fn lo(v: u16) -> u8 {
@@ -82,16 +123,42 @@ const fn hi(v: u16) -> u8 {
     v.to_le_bytes()[1]
 }
 
+const fn b0(v: u32) -> u8 {
+    v.to_le_bytes()[0]
+}
+
+const fn b1(v: u32) -> u8 {
+    v.to_le_bytes()[1]
+}
+
+const fn b2(v: u32) -> u8 {
+    v.to_le_bytes()[2]
+}
+
+const fn b3(v: u32) -> u8 {
+    v.to_le_bytes()[3]
+}
+
+/// The 16-bit address of detail count `i` (see [`DETAIL_COUNTS_ADDR`]).
+const fn detail_count(i: u16) -> u16 {
+    DETAIL_COUNTS_ADDR as u16 + 4 * i
+}
+
 /// The guest, hand-assembled 16-bit code (0x66 widens an operation to 32
 /// bits so each loop can run up to 2^32-1 times). The loop counts come in
-/// registers (see [`round_regs`]), so this one blob serves every workload.
+/// registers (see [`round_regs`]), but for the detail section's, which come in memory
+/// ([`DETAIL_COUNTS_ADDR`]); so this one blob serves every workload.
 /// Each loop is guarded by `test/jz` so a count of zero skips it. The code itself uses
 /// no stack, so ESP is free to count the device loop. Interrupts stay off except at the
-/// `hlt` of the halt loop (0x58..0x6b, vCPU 0 only), where IRQ0 wakes the guest: its
+/// `hlt` of the halt loop (0xd2..0xe5, vCPU 0 only), where IRQ0 wakes the guest: its
 /// delivery pushes FLAGS, CS and IP at SS:SP, with SS base 0 and SP 0 (see [`round_regs`]),
 /// so at linear 0xfffa..=0xffff, inside RAM, and its `iret` pops them again.
+///
+/// The detail section (0x34..0xae) makes exits KVM handles in the kernel without telling the
+/// VMM: `rdmsr`, `wrmsr`, `cpuid` and a hypercall. It keeps ECX (port, halts, end flag) in
+/// EBP, free since the `in` loop, and clobbers EAX, EBX, EDX, ESI, all free by then.
 #[rustfmt::skip]
-pub const CODE: [u8; 126] = [
+pub const CODE: [u8; 248] = [
     // 0x00  mov dx, PIO_USER_PORT
     0xba, lo(PIO_USER_PORT), hi(PIO_USER_PORT),
     // 0x03  test ebx, ebx            ; EBX = user PIO count
@@ -142,68 +209,249 @@ pub const CODE: [u8; 126] = [
     0x66, 0x4d,
     // 0x32  jnz 0x2f
     0x75, 0xfb,
-    // 0x34  test esp, esp            ; ESP = device loop count
+    // 0x34  mov ebp, ecx             ; keep ECX through the detail section
+    0x66, 0x89, 0xcd,
+    // 0x37  mov esi, cs:[DETAIL_COUNTS_ADDR]      ; rdmsr count
+    0x66, 0x2e, 0x8b, 0x36, lo(detail_count(0)), hi(detail_count(0)),
+    // 0x3d  test esi, esi
+    0x66, 0x85, 0xf6,
+    // 0x40  jz 0x4e
+    0x74, 0x0c,
+    // 0x42  mov ecx, MSR_READ
+    0x66, 0xb9, b0(MSR_READ), b1(MSR_READ), b2(MSR_READ), b3(MSR_READ),
+    // 0x48  rdmsr                    ; -> in-kernel exit (EDX:EAX = the MSR)
+    0x0f, 0x32,
+    // 0x4a  dec esi
+    0x66, 0x4e,
+    // 0x4c  jnz 0x48
+    0x75, 0xfa,
+    // 0x4e  mov esi, cs:[DETAIL_COUNTS_ADDR + 4]  ; wrmsr count
+    0x66, 0x2e, 0x8b, 0x36, lo(detail_count(1)), hi(detail_count(1)),
+    // 0x54  test esi, esi
+    0x66, 0x85, 0xf6,
+    // 0x57  jz 0x6e
+    0x74, 0x15,
+    // 0x59  mov ecx, MSR_WRITE
+    0x66, 0xb9, b0(MSR_WRITE), b1(MSR_WRITE), b2(MSR_WRITE), b3(MSR_WRITE),
+    // 0x5f  mov eax, MSR_WRITE_VALUE
+    0x66, 0xb8,
+    b0(MSR_WRITE_VALUE as u32), b1(MSR_WRITE_VALUE as u32),
+    b2(MSR_WRITE_VALUE as u32), b3(MSR_WRITE_VALUE as u32),
+    // 0x65  xor edx, edx
+    0x66, 0x31, 0xd2,
+    // 0x68  wrmsr                    ; -> in-kernel exit
+    0x0f, 0x30,
+    // 0x6a  dec esi
+    0x66, 0x4e,
+    // 0x6c  jnz 0x68
+    0x75, 0xfa,
+    // 0x6e  mov esi, cs:[DETAIL_COUNTS_ADDR + 8]  ; cpuid iterations
+    0x66, 0x2e, 0x8b, 0x36, lo(detail_count(2)), hi(detail_count(2)),
+    // 0x74  test esi, esi
+    0x66, 0x85, 0xf6,
+    // 0x77  jz 0x93
+    0x74, 0x1a,
+    // 0x79  mov eax, CPUID_LEAVES[0]
+    0x66, 0xb8,
+    b0(CPUID_LEAVES[0]), b1(CPUID_LEAVES[0]), b2(CPUID_LEAVES[0]), b3(CPUID_LEAVES[0]),
+    // 0x7f  xor ecx, ecx             ; subleaf 0
+    0x66, 0x31, 0xc9,
+    // 0x82  cpuid                    ; -> in-kernel exit (writes EAX, EBX, ECX, EDX)
+    0x0f, 0xa2,
+    // 0x84  mov eax, CPUID_LEAVES[1]
+    0x66, 0xb8,
+    b0(CPUID_LEAVES[1]), b1(CPUID_LEAVES[1]), b2(CPUID_LEAVES[1]), b3(CPUID_LEAVES[1]),
+    // 0x8a  xor ecx, ecx
+    0x66, 0x31, 0xc9,
+    // 0x8d  cpuid                    ; -> in-kernel exit
+    0x0f, 0xa2,
+    // 0x8f  dec esi
+    0x66, 0x4e,
+    // 0x91  jnz 0x79
+    0x75, 0xe6,
+    // 0x93  mov esi, cs:[DETAIL_COUNTS_ADDR + 12] ; hypercall count
+    0x66, 0x2e, 0x8b, 0x36, lo(detail_count(3)), hi(detail_count(3)),
+    // 0x99  test esi, esi
+    0x66, 0x85, 0xf6,
+    // 0x9c  jz 0xab
+    0x74, 0x0d,
+    // 0x9e  mov eax, HYPERCALL_NR    ; again each time: KVM returns its answer in EAX
+    0x66, 0xb8,
+    b0(HYPERCALL_NR), b1(HYPERCALL_NR), b2(HYPERCALL_NR), b3(HYPERCALL_NR),
+    // 0xa4  vmcall                   ; -> in-kernel exit (`vmmcall` patched in on SVM)
+    VMCALL[0], VMCALL[1], VMCALL[2],
+    // 0xa7  dec esi
+    0x66, 0x4e,
+    // 0xa9  jnz 0x9e
+    0x75, 0xf3,
+    // 0xab  mov ecx, ebp             ; ECX back for the halt loop and the end
+    0x66, 0x89, 0xe9,
+    // 0xae  test esp, esp            ; ESP = device loop count
     0x66, 0x85, 0xe4,
-    // 0x37  jz 0x4f
+    // 0xb1  jz 0xc9
     0x74, 0x16,
-    // 0x39  mov dx, PIO_MIXED_IN_PORT
+    // 0xb3  mov dx, PIO_MIXED_IN_PORT
     0xba, lo(PIO_MIXED_IN_PORT), hi(PIO_MIXED_IN_PORT),
-    // 0x3c  in al, dx                ; -> KVM_EXIT_IO (in)
+    // 0xb6  in al, dx                ; -> KVM_EXIT_IO (in)
     0xec,
-    // 0x3d  mov dx, PIO_DEVICE_PORTS[0]
+    // 0xb7  mov dx, PIO_DEVICE_PORTS[0]
     0xba, lo(PIO_DEVICE_PORTS[0]), hi(PIO_DEVICE_PORTS[0]),
-    // 0x40  in al, dx                ; in-kernel read, right after a read the VMM answered
+    // 0xba  in al, dx                ; in-kernel read, right after a read the VMM answered
     0xec,
-    // 0x41  out dx, al               ; in-kernel write of what was read
+    // 0xbb  out dx, al               ; in-kernel write of what was read
     0xee,
-    // 0x42  mov dx, PIO_MIXED_OUT_PORT
+    // 0xbc  mov dx, PIO_MIXED_OUT_PORT
     0xba, lo(PIO_MIXED_OUT_PORT), hi(PIO_MIXED_OUT_PORT),
-    // 0x45  out dx, al               ; -> KVM_EXIT_IO (out)
+    // 0xbf  out dx, al               ; -> KVM_EXIT_IO (out)
     0xee,
-    // 0x46  mov dx, PIO_DEVICE_PORTS[1]
+    // 0xc0  mov dx, PIO_DEVICE_PORTS[1]
     0xba, lo(PIO_DEVICE_PORTS[1]), hi(PIO_DEVICE_PORTS[1]),
-    // 0x49  in al, dx                ; in-kernel read, right after a write to the VMM
+    // 0xc3  in al, dx                ; in-kernel read, right after a write to the VMM
     0xec,
-    // 0x4a  out dx, al               ; in-kernel write
+    // 0xc4  out dx, al               ; in-kernel write
     0xee,
-    // 0x4b  dec esp
+    // 0xc5  dec esp
     0x66, 0x4c,
-    // 0x4d  jnz 0x39
+    // 0xc7  jnz 0xb3
     0x75, 0xea,
-    // 0x4f  test ecx, HALTS_MASK      ; ECX bits 16-30 = halts left (vCPU 0 only)
+    // 0xc9  test ecx, HALTS_MASK      ; ECX bits 16-30 = halts left (vCPU 0 only)
     0x66, 0xf7, 0xc1, 0x00, 0x00, 0xff, 0x7f,
-    // 0x56  jz 0x6b
+    // 0xd0  jz 0xe5
     0x74, 0x13,
-    // 0x58  sti                      ; its one-instruction shadow makes `sti; hlt` atomic
+    // 0xd2  sti                      ; its one-instruction shadow makes `sti; hlt` atomic
     0xfb,
-    // 0x59  hlt                      ; IF=1, in-kernel irqchip: KVM blocks the vCPU until
-    //                                ; IRQ0, whose handler (0x7d) returns to the `cli`
+    // 0xd3  hlt                      ; IF=1, in-kernel irqchip: KVM blocks the vCPU until
+    //                                ; IRQ0, whose handler (0xf7) returns to the `cli`
     0xf4,
-    // 0x5a  cli
+    // 0xd4  cli
     0xfa,
-    // 0x5b  sub ecx, 1 << 16         ; one halt done (never borrows into END_WITH_OUT)
+    // 0xd5  sub ecx, 1 << 16         ; one halt done (never borrows into END_WITH_OUT)
     0x66, 0x81, 0xe9, 0x00, 0x00, 0x01, 0x00,
-    // 0x62  test ecx, HALTS_MASK
+    // 0xdc  test ecx, HALTS_MASK
     0x66, 0xf7, 0xc1, 0x00, 0x00, 0xff, 0x7f,
-    // 0x69  jnz 0x58
+    // 0xe3  jnz 0xd2
     0x75, 0xed,
-    // 0x6b  test ecx, END_WITH_OUT
+    // 0xe5  test ecx, END_WITH_OUT
     0x66, 0xf7, 0xc1, 0x00, 0x00, 0x00, 0x80,
-    // 0x72  jz 0x7a
+    // 0xec  jz 0xf4
     0x74, 0x06,
-    // 0x74  mov dx, PIO_DONE_PORT
+    // 0xee  mov dx, PIO_DONE_PORT
     0xba, lo(PIO_DONE_PORT), hi(PIO_DONE_PORT),
-    // 0x77  out dx, al               ; -> KVM_EXIT_IO (out): end of round (in-kernel irqchip)
+    // 0xf1  out dx, al               ; -> KVM_EXIT_IO (out): end of round (in-kernel irqchip)
     0xee,
-    // 0x78  jmp 0x77                 ; re-entering without new registers ends again
+    // 0xf2  jmp 0xf1                 ; re-entering without new registers ends again
     0xeb, 0xfd,
-    // 0x7a  hlt                      ; IF=0 -> KVM_EXIT_HLT: end of round
+    // 0xf4  hlt                      ; IF=0 -> KVM_EXIT_HLT: end of round
     0xf4,
-    // 0x7b  jmp 0x7a                 ; re-entering without new registers halts again
+    // 0xf5  jmp 0xf4                 ; re-entering without new registers halts again
     0xeb, 0xfd,
-    // 0x7d  iret                     ; IRQ0's handler (IVT vector IRQ0_VECTOR): wake and return
+    // 0xf7  iret                     ; IRQ0's handler (IVT vector IRQ0_VECTOR): wake and return
     0xcf,
 ];
+
+/// Offsets in [`CODE`] of the instructions that exit (checked against the bytes below).
+const PIO_USER_AT: usize = 0x08;
+const PIO_KERNEL_AT: usize = 0x14;
+const MMIO_AT: usize = 0x1e;
+const PIO_IN_AT: usize = 0x2f;
+const RDMSR_AT: usize = 0x48;
+const WRMSR_AT: usize = 0x68;
+const CPUID_AT: [usize; 2] = [0x82, 0x8d];
+const HYPERCALL_AT: usize = 0xa4;
+const PIO_MIXED_IN_AT: usize = 0xb6;
+/// The device loop's in-kernel `in`, `out` on the first port, then on the second.
+const PIO_DEVICE_AT: [usize; 4] = [0xba, 0xbb, 0xc3, 0xc4];
+const PIO_MIXED_OUT_AT: usize = 0xbf;
+const HALT_AT: usize = 0xd3;
+const PIO_DONE_AT: usize = 0xf1;
+const HLT_AT: usize = 0xf4;
+
+const fn rip(at: usize) -> u64 {
+    CODE_ADDR + at as u64
+}
+
+// The guest-physical address (= RIP: CS base 0) of each exiting instruction, for a profiler's
+// "top guest RIPs": every execution of one is one exit of its kind.
+/// `out` to [`PIO_USER_PORT`].
+pub const PIO_USER_RIP: u64 = rip(PIO_USER_AT);
+/// `out` to the vCPU's in-kernel port.
+pub const PIO_KERNEL_RIP: u64 = rip(PIO_KERNEL_AT);
+/// The MMIO write.
+pub const MMIO_RIP: u64 = rip(MMIO_AT);
+/// `in` from [`PIO_IN_PORT`].
+pub const PIO_IN_RIP: u64 = rip(PIO_IN_AT);
+/// `rdmsr` of [`MSR_READ`].
+pub const RDMSR_RIP: u64 = rip(RDMSR_AT);
+/// `wrmsr` of [`MSR_WRITE`].
+pub const WRMSR_RIP: u64 = rip(WRMSR_AT);
+/// `cpuid` of each of [`CPUID_LEAVES`], in that order.
+pub const CPUID_RIPS: [u64; 2] = [rip(CPUID_AT[0]), rip(CPUID_AT[1])];
+/// The hypercall (`vmcall` or `vmmcall`).
+pub const HYPERCALL_RIP: u64 = rip(HYPERCALL_AT);
+/// The device loop's `in` from [`PIO_MIXED_IN_PORT`].
+pub const PIO_MIXED_IN_RIP: u64 = rip(PIO_MIXED_IN_AT);
+/// The device loop's `out` to [`PIO_MIXED_OUT_PORT`].
+pub const PIO_MIXED_OUT_RIP: u64 = rip(PIO_MIXED_OUT_AT);
+/// The device loop's in-kernel accesses: `in` and `out` of `PIO_DEVICE_PORTS[0]`, then of
+/// `PIO_DEVICE_PORTS[1]`.
+pub const PIO_DEVICE_RIPS: [u64; 4] = [
+    rip(PIO_DEVICE_AT[0]),
+    rip(PIO_DEVICE_AT[1]),
+    rip(PIO_DEVICE_AT[2]),
+    rip(PIO_DEVICE_AT[3]),
+];
+/// The halt loop's `hlt` (interrupts on, kept in the kernel).
+pub const HALT_RIP: u64 = rip(HALT_AT);
+/// The `out` to [`PIO_DONE_PORT`] that ends a round with the in-kernel irqchip.
+pub const PIO_DONE_RIP: u64 = rip(PIO_DONE_AT);
+/// The `hlt` that ends a round without it (KVM_EXIT_HLT).
+pub const HLT_RIP: u64 = rip(HLT_AT);
+
+/// Every exiting instruction's RIP by name, for the counts' JSON.
+pub fn rips() -> Vec<(&'static str, u64)> {
+    vec![
+        ("pio_user", PIO_USER_RIP),
+        ("pio_kernel", PIO_KERNEL_RIP),
+        ("mmio_user", MMIO_RIP),
+        ("pio_in", PIO_IN_RIP),
+        ("rdmsr", RDMSR_RIP),
+        ("wrmsr", WRMSR_RIP),
+        ("cpuid_0", CPUID_RIPS[0]),
+        ("cpuid_1", CPUID_RIPS[1]),
+        ("hypercall", HYPERCALL_RIP),
+        ("pio_mixed_in", PIO_MIXED_IN_RIP),
+        ("pio_device_0_in", PIO_DEVICE_RIPS[0]),
+        ("pio_device_0_out", PIO_DEVICE_RIPS[1]),
+        ("pio_mixed_out", PIO_MIXED_OUT_RIP),
+        ("pio_device_1_in", PIO_DEVICE_RIPS[2]),
+        ("pio_device_1_out", PIO_DEVICE_RIPS[3]),
+        ("halt", HALT_RIP),
+        ("done", PIO_DONE_RIP),
+        ("hlt", HLT_RIP),
+    ]
+}
+
+/// [`CODE`] with `hypercall` ([`VMCALL`] or [`VMMCALL`]) as its hypercall instruction.
+pub fn code(hypercall: [u8; 3]) -> [u8; CODE.len()] {
+    let mut code = CODE;
+    code[HYPERCALL_AT..HYPERCALL_AT + 3].copy_from_slice(&hypercall);
+    code
+}
+
+/// What the VMM writes at [`DETAIL_COUNTS_ADDR`] for `round`.
+pub fn detail_counts(round: &Round) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    let counts = [
+        round.msr_read,
+        round.msr_write,
+        round.cpuid,
+        round.hypercall,
+    ];
+    for (chunk, n) in bytes.chunks_exact_mut(4).zip(counts) {
+        chunk.copy_from_slice(&n.to_le_bytes());
+    }
+    bytes
+}
 
 /// The imm32 of the instruction `66 <op> <modrm> <imm32>` at `at` in [`CODE`].
 const fn imm32(at: usize) -> u32 {
@@ -236,20 +484,20 @@ const _: () = {
     let input = PIO_IN_PORT as u32;
     assert!(input < kernel_ports.0 || input >= kernel_ports.1);
     assert!(
-        imm32(0x4f) as u64 == HALTS_MASK,
-        "the imm32 of `test ecx` at 0x4f"
+        imm32(0xc9) as u64 == HALTS_MASK,
+        "the imm32 of `test ecx` at 0xc9"
     );
     assert!(
-        imm32(0x62) as u64 == HALTS_MASK,
-        "the imm32 of `test ecx` at 0x62"
+        imm32(0xdc) as u64 == HALTS_MASK,
+        "the imm32 of `test ecx` at 0xdc"
     );
     assert!(
-        imm32(0x5b) == 1 << HALTS_SHIFT,
-        "the imm32 of `sub ecx` at 0x5b"
+        imm32(0xd5) == 1 << HALTS_SHIFT,
+        "the imm32 of `sub ecx` at 0xd5"
     );
     assert!(
-        imm32(0x6b) as u64 == END_WITH_OUT,
-        "the imm32 of `test ecx` at 0x6b"
+        imm32(0xe5) as u64 == END_WITH_OUT,
+        "the imm32 of `test ecx` at 0xe5"
     );
     assert!(END_WITH_OUT == 1 << 31 && HALTS_MASK & END_WITH_OUT == 0);
     assert!(
@@ -257,7 +505,7 @@ const _: () = {
         "the halts must miss the port in CX"
     );
     assert!(
-        CODE[0x58] == 0xfb && CODE[0x59] == 0xf4,
+        CODE[HALT_AT - 1] == 0xfb && CODE[HALT_AT] == 0xf4,
         "`sti; hlt` in the halt loop"
     );
     assert!(
@@ -281,6 +529,43 @@ const _: () = {
         CODE_ADDR as usize + CODE.len() <= 0xfffa,
         "the interrupt's stack must miss the code"
     );
+    // The exiting instructions are where their RIPs say.
+    assert!(CODE[PIO_USER_AT] == 0xee && CODE[PIO_KERNEL_AT] == 0xee && CODE[PIO_IN_AT] == 0xec);
+    assert!(CODE[MMIO_AT] == 0x88 && CODE[PIO_MIXED_IN_AT] == 0xec);
+    assert!(CODE[PIO_MIXED_OUT_AT] == 0xee && CODE[PIO_DONE_AT] == 0xee && CODE[HLT_AT] == 0xf4);
+    assert!(CODE[PIO_DEVICE_AT[0]] == 0xec && CODE[PIO_DEVICE_AT[1]] == 0xee);
+    assert!(CODE[PIO_DEVICE_AT[2]] == 0xec && CODE[PIO_DEVICE_AT[3]] == 0xee);
+    assert!(
+        CODE[RDMSR_AT] == 0x0f && CODE[RDMSR_AT + 1] == 0x32,
+        "rdmsr"
+    );
+    assert!(
+        CODE[WRMSR_AT] == 0x0f && CODE[WRMSR_AT + 1] == 0x30,
+        "wrmsr"
+    );
+    assert!(
+        CODE[CPUID_AT[0]] == 0x0f && CODE[CPUID_AT[0] + 1] == 0xa2,
+        "cpuid"
+    );
+    assert!(
+        CODE[CPUID_AT[1]] == 0x0f && CODE[CPUID_AT[1] + 1] == 0xa2,
+        "cpuid"
+    );
+    assert!(
+        CODE[HYPERCALL_AT] == VMCALL[0]
+            && CODE[HYPERCALL_AT + 1] == VMCALL[1]
+            && CODE[HYPERCALL_AT + 2] == VMCALL[2],
+        "vmcall"
+    );
+    assert!(VMCALL[0] == VMMCALL[0] && VMCALL[1] == VMMCALL[1]);
+    // The detail section's data: past the IVT, before the code, apart from each other.
+    assert!(DETAIL_COUNTS_ADDR >= 0x400 && DETAIL_COUNTS_ADDR + 16 <= MSR_WRITE_VALUE);
+    assert!(MSR_WRITE_VALUE + WALL_CLOCK_SIZE <= CODE_ADDR);
+    assert!(
+        MSR_WRITE_VALUE != 0,
+        "a wall-clock address of 0 would mean none"
+    );
+    assert!(CPUID_LEAVES[0] != CPUID_LEAVES[1]);
     let own = [PIO_MIXED_IN_PORT, PIO_MIXED_OUT_PORT, PIO_DONE_PORT];
     let mut i = 0;
     while i < own.len() {
@@ -376,11 +661,24 @@ mod tests {
         IrqHlt,
         /// The `hlt` that ends the round, interrupts off.
         Hlt,
+        /// `rdmsr` of ECX, at this RIP.
+        Rdmsr(u32, u64),
+        /// `wrmsr` of ECX with EDX:EAX.
+        Wrmsr(u32, u64, u64),
+        /// `cpuid` of EAX, subleaf ECX.
+        Cpuid(u32, u32, u64),
+        /// A hypercall, EAX = its number.
+        Hypercall(u32, u64),
     }
 
+    /// What `cpuid` leaves in EAX..EDX and `rdmsr` in EAX and EDX: junk the code must not
+    /// depend on.
+    const JUNK: u64 = 0xdead_beef;
+
     /// Interprets exactly the instructions [`CODE`] uses, recording the
-    /// accesses that would exit. Proves the hand-assembled bytes without KVM.
-    fn interpret(regs: &kvm_regs, ds_base: u64) -> Vec<Event> {
+    /// accesses that would exit. Proves the hand-assembled bytes without KVM. `detail` is
+    /// what the VMM put at [`DETAIL_COUNTS_ADDR`], the only memory the code reads.
+    fn interpret(regs: &kvm_regs, ds_base: u64, detail: [u8; 16]) -> Vec<Event> {
         let mut r = [
             regs.rax, regs.rcx, 0, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi,
         ];
@@ -404,6 +702,76 @@ mod tests {
                 (0x89, 0xca) => {
                     r[2] = r[1] & 0xffff;
                     ip += 2;
+                }
+                (0x66, 0x89) => {
+                    let m = byte(ip + 2);
+                    assert_eq!(m >> 6, 3, "register operands only");
+                    r[usize::from(m & 7)] = r[usize::from((m >> 3) & 7)] & 0xffff_ffff;
+                    ip += 3;
+                }
+                (0x66, 0x31) => {
+                    let m = byte(ip + 2);
+                    assert_eq!(m >> 6, 3, "register operands only");
+                    let v = r[usize::from(m & 7)] ^ r[usize::from((m >> 3) & 7)];
+                    r[usize::from(m & 7)] = v & 0xffff_ffff;
+                    zf = v & 0xffff_ffff == 0;
+                    ip += 3;
+                }
+                (0x66, op @ 0xb8..=0xbf) => {
+                    r[usize::from(op - 0xb8)] = u32::from_le_bytes([
+                        byte(ip + 2),
+                        byte(ip + 3),
+                        byte(ip + 4),
+                        byte(ip + 5),
+                    ])
+                    .into();
+                    ip += 6;
+                }
+                (0x66, 0x2e) => {
+                    // mov r32, cs:[disp16] (CS base 0): only the detail counts are read.
+                    assert_eq!(byte(ip + 2), 0x8b, "mov r32, r/m32 only");
+                    let m = byte(ip + 3);
+                    assert_eq!(m & 0xc7, 0x06, "a disp16 operand only");
+                    let at = u64::from(word(ip + 4));
+                    assert!(
+                        (DETAIL_COUNTS_ADDR..DETAIL_COUNTS_ADDR + 13).contains(&at),
+                        "reads {at:#x}"
+                    );
+                    let i = (at - DETAIL_COUNTS_ADDR) as usize;
+                    let v = u32::from_le_bytes([
+                        detail[i],
+                        detail[i + 1],
+                        detail[i + 2],
+                        detail[i + 3],
+                    ]);
+                    r[usize::from((m >> 3) & 7)] = v.into();
+                    ip += 6;
+                }
+                (0x0f, 0x32) => {
+                    events.push(Event::Rdmsr(r[1] as u32, CODE_ADDR + ip as u64));
+                    (r[0], r[2]) = (JUNK, JUNK);
+                    ip += 2;
+                }
+                (0x0f, 0x30) => {
+                    let value = (r[2] & 0xffff_ffff) << 32 | (r[0] & 0xffff_ffff);
+                    events.push(Event::Wrmsr(r[1] as u32, value, CODE_ADDR + ip as u64));
+                    ip += 2;
+                }
+                (0x0f, 0xa2) => {
+                    events.push(Event::Cpuid(
+                        r[0] as u32,
+                        r[1] as u32,
+                        CODE_ADDR + ip as u64,
+                    ));
+                    (r[0], r[1], r[2], r[3]) = (JUNK, JUNK, JUNK, JUNK);
+                    ip += 2;
+                }
+                (0x0f, 0x01) => {
+                    assert_eq!(&CODE[ip..ip + 3], VMCALL, "the hypercall only");
+                    events.push(Event::Hypercall(r[0] as u32, CODE_ADDR + ip as u64));
+                    // KVM's answer: -KVM_ENOSYS, truncated to 32 bits outside long mode.
+                    r[0] = (-1000i32 as u32).into();
+                    ip += 3;
                 }
                 (0x66, 0x85) => {
                     let m = byte(ip + 2);
@@ -490,7 +858,11 @@ mod tests {
     fn run(round: Round, vcpu: u32) -> Vec<Event> {
         let mut sregs = kvm_sregs::default();
         setup_sregs(&mut sregs);
-        interpret(&round_regs(&round, vcpu), sregs.ds.base)
+        interpret(
+            &round_regs(&round, vcpu),
+            sregs.ds.base,
+            detail_counts(&round),
+        )
     }
 
     #[test]
@@ -500,9 +872,7 @@ mod tests {
             pio_kernel: 5,
             mmio_user: 2,
             pio_in: 4,
-            pio_device: 0,
-            mmio_mask: 0,
-            halts: 0,
+            ..Round::default()
         };
         let port = kernel_port(1);
         let mut want = Vec::new();
@@ -633,6 +1003,119 @@ mod tests {
         let handler = CODE_ADDR + IRQ_HANDLER_OFFSET as u64;
         assert!(handler <= 0xffff && (handler as usize) < RAM_SIZE);
         assert_eq!(IRQ0_IVT_ENTRY, 0x20);
+    }
+
+    /// The detail section's instructions, `n` iterations of each loop as `round` asks.
+    fn detail_events(round: &Round) -> Vec<Event> {
+        let mut want = Vec::new();
+        want.extend((0..round.msr_read).map(|_| Event::Rdmsr(MSR_READ, RDMSR_RIP)));
+        want.extend(
+            (0..round.msr_write).map(|_| Event::Wrmsr(MSR_WRITE, MSR_WRITE_VALUE, WRMSR_RIP)),
+        );
+        for _ in 0..round.cpuid {
+            want.push(Event::Cpuid(CPUID_LEAVES[0], 0, CPUID_RIPS[0]));
+            want.push(Event::Cpuid(CPUID_LEAVES[1], 0, CPUID_RIPS[1]));
+        }
+        want.extend((0..round.hypercall).map(|_| Event::Hypercall(HYPERCALL_NR, HYPERCALL_RIP)));
+        want
+    }
+
+    #[test]
+    fn the_detail_section_comes_after_the_ins_and_keeps_ecx_for_the_halts_and_the_end() {
+        let round = Round {
+            pio_in: 1,
+            pio_kernel: 1,
+            msr_read: 3,
+            msr_write: 2,
+            cpuid: 2,
+            hypercall: 4,
+            pio_device: 1,
+            halts: 2,
+            ..Round::default()
+        };
+        let [elcr1, elcr2] = PIO_DEVICE_PORTS;
+        let mut want = vec![Event::Out(kernel_port(0)), Event::In(PIO_IN_PORT)];
+        want.extend(detail_events(&round));
+        want.extend([
+            Event::In(PIO_MIXED_IN_PORT),
+            Event::In(elcr1),
+            Event::Out(elcr1),
+            Event::Out(PIO_MIXED_OUT_PORT),
+            Event::In(elcr2),
+            Event::Out(elcr2),
+            Event::IrqHlt,
+            Event::IrqHlt,
+            Event::Out(PIO_DONE_PORT),
+        ]);
+        assert_eq!(run(round, 0), want);
+    }
+
+    #[test]
+    fn each_detail_loop_runs_alone_and_zero_skips_it() {
+        for round in [
+            Round {
+                msr_read: 5,
+                ..Round::default()
+            },
+            Round {
+                msr_write: 5,
+                ..Round::default()
+            },
+            Round {
+                cpuid: 5,
+                ..Round::default()
+            },
+            Round {
+                hypercall: 5,
+                ..Round::default()
+            },
+        ] {
+            let mut want = detail_events(&round);
+            assert_eq!(want.len(), 5 * if round.cpuid > 0 { 2 } else { 1 });
+            want.push(Event::Hlt);
+            assert_eq!(run(round, 1), want, "{round:?}");
+        }
+    }
+
+    #[test]
+    fn detail_counts_are_four_little_endian_u32s() {
+        let round = Round {
+            msr_read: 1,
+            msr_write: 0x0203,
+            cpuid: u32::MAX,
+            hypercall: 4,
+            ..Round::default()
+        };
+        assert_eq!(
+            detail_counts(&round),
+            [1, 0, 0, 0, 3, 2, 0, 0, 0xff, 0xff, 0xff, 0xff, 4, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn the_hypercall_instruction_is_patched_in_place() {
+        let amd = code(VMMCALL);
+        assert_eq!(&amd[HYPERCALL_AT..HYPERCALL_AT + 3], VMMCALL);
+        assert_eq!(amd[..HYPERCALL_AT], CODE[..HYPERCALL_AT]);
+        assert_eq!(amd[HYPERCALL_AT + 3..], CODE[HYPERCALL_AT + 3..]);
+        assert_eq!(code(VMCALL), CODE);
+        assert_eq!(HYPERCALL_RIP, CODE_ADDR + 0xa4);
+    }
+
+    #[test]
+    fn every_exiting_instruction_has_a_distinct_named_rip_in_the_code() {
+        let rips = rips();
+        let mut seen: Vec<u64> = rips.iter().map(|(_, r)| *r).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), rips.len());
+        assert!(seen
+            .iter()
+            .all(|r| (CODE_ADDR..CODE_ADDR + CODE.len() as u64).contains(r)));
+        assert_eq!(RDMSR_RIP, 0x1048);
+        assert_eq!(WRMSR_RIP, 0x1068);
+        assert_eq!(CPUID_RIPS, [0x1082, 0x108d]);
+        assert_eq!(PIO_USER_RIP, 0x1008);
     }
 
     #[test]

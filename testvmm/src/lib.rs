@@ -20,6 +20,13 @@
 //!    receives the PIC's interrupts (KVM routes ExtINT to the boot vCPU's LINT0 alone),
 //! 7. `hlt`s (KVM_EXIT_HLT): one round done.
 //!
+//! Between steps 4 and 5 the detail section makes exits KVM handles entirely in the kernel,
+//! which the VMM never sees, for profilers' per-reason detail: `msr_read` `rdmsr`s of
+//! [`MSR_READ`], `msr_write` `wrmsr`s of [`MSR_WRITE`], `cpuid` `cpuid`s of each of
+//! [`CPUID_LEAVES`] and `hypercall` hypercalls [`HYPERCALL_NR`] (`vmcall` on Intel VMX,
+//! `vmmcall` on AMD SVM; refused on KVM's PVM backend, which cannot run them from a
+//! real-mode guest). The counts report what the guest was told to make.
+//!
 //! The VMM creates KVM's in-kernel irqchip only for the device loop, whose ports it
 //! answers, and for the halts; KVM then keeps `hlt` in the kernel, so such rounds end with
 //! an `out` to [`PIO_DONE_PORT`] instead (on every vCPU of the VM).
@@ -27,6 +34,7 @@
 //! Stopping a vCPU sends it [`kick_signal`] (SIGRTMIN), for which `run`
 //! installs a no-op handler in the calling process.
 
+mod backend;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod counts;
@@ -48,8 +56,12 @@ use serde::{Deserialize, Serialize};
 pub use counts::{Counts, ExitCounts, Ports, VcpuCounts};
 pub use exitlog::{Call, Outcome};
 pub use guest::{
-    MAX_HALTS, MAX_VCPUS, MMIO_ADDR, PIO_DEVICE_PORTS, PIO_DONE_PORT, PIO_IN_PORT, PIO_IN_VALUE,
-    PIO_KERNEL_PORT_BASE, PIO_MIXED_IN_PORT, PIO_MIXED_OUT_PORT, PIO_USER_PORT,
+    CODE_ADDR, CPUID_LEAVES, CPUID_RIPS, DETAIL_COUNTS_ADDR, HALT_RIP, HLT_RIP, HYPERCALL_NR,
+    HYPERCALL_RIP, MAX_HALTS, MAX_VCPUS, MMIO_ADDR, MMIO_RIP, MSR_READ, MSR_WRITE, MSR_WRITE_VALUE,
+    PIO_DEVICE_PORTS, PIO_DEVICE_RIPS, PIO_DONE_PORT, PIO_DONE_RIP, PIO_IN_PORT, PIO_IN_RIP,
+    PIO_IN_VALUE, PIO_KERNEL_PORT_BASE, PIO_KERNEL_RIP, PIO_MIXED_IN_PORT, PIO_MIXED_IN_RIP,
+    PIO_MIXED_OUT_PORT, PIO_MIXED_OUT_RIP, PIO_USER_PORT, PIO_USER_RIP, RDMSR_RIP, VMCALL, VMMCALL,
+    WRMSR_RIP,
 };
 pub use ready::{Ready, ReadyVcpu};
 pub use vcpu::kick_signal;
@@ -81,6 +93,17 @@ pub struct Workload {
     /// from the VMM wakes it: they are not exits the VMM sees (see [`ExitCounts::halts`]).
     /// A round takes about `halts` × `halt_tick_us`.
     pub halts: u64,
+    /// `rdmsr`s of [`MSR_READ`], each an exit KVM handles in the kernel (see
+    /// [`ExitCounts::msr_read`]).
+    pub msr_read: u64,
+    /// `wrmsr`s of [`MSR_WRITE`] (value [`MSR_WRITE_VALUE`]), each handled in the kernel.
+    pub msr_write: u64,
+    /// Iterations of the `cpuid` loop: one `cpuid` of each of [`CPUID_LEAVES`] per
+    /// iteration, each handled in the kernel.
+    pub cpuid: u64,
+    /// Hypercalls [`HYPERCALL_NR`], each answered by KVM in the kernel (-KVM_ENOSYS). Needs
+    /// KVM on Intel VMX or AMD SVM: refused elsewhere (PVM) before the guest starts.
+    pub hypercall: u64,
     /// With `halts`, the VMM pulses the PIC's IRQ0 this often (µs, at least 1), from the
     /// guest's start to the end of the run.
     pub halt_tick_us: u64,
@@ -121,6 +144,10 @@ impl Workload {
         pio_in: 0,
         pio_device: 0,
         halts: 0,
+        msr_read: 0,
+        msr_write: 0,
+        cpuid: 0,
+        hypercall: 0,
         halt_tick_us: 1000,
         pio_in_delay_ms: 0,
         rate: None,

@@ -16,8 +16,9 @@ use vmm_sys_util::signal::create_sigset;
 /// Each vCPU runs in a thread named "CPU <n>/KVM" and, per round: `out`s to
 /// port 0x3f8 (userspace exit), `out`s to port 0x700+<n> (an ioeventfd keeps
 /// these in the kernel; its counter proves them), writes to MMIO 0xd0000
-/// (userspace exit), `in`s from port 0x3fd (userspace exit), runs the device
-/// loop, on vCPU 0 `hlt`s --halts times with interrupts on (kept in the kernel,
+/// (userspace exit), `in`s from port 0x3fd (userspace exit), makes the exits KVM
+/// handles without telling the VMM (--msr-read, --msr-write, --cpuid, --hypercall;
+/// reported as told, outside the totals), runs the device loop, on vCPU 0 `hlt`s --halts times with interrupts on (kept in the kernel,
 /// woken by the VMM's IRQ0 every --halt-tick), then `hlt`s (userspace exit; an
 /// `out` to 0x2f9 with --pio-device or --halts). All counts are per vCPU and per
 /// round.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, ensure, Context, Result};
 use vmm_sys_util::signal::Killable;
 
+use crate::backend;
 use crate::counts::Counts;
 use crate::exitlog;
 use crate::guest::{self, Round, MAX_HALTS, MAX_VCPUS};
@@ -35,7 +36,13 @@ pub(crate) fn run(w: &Workload, stop: &StopHandle) -> Result<Counts> {
     // Outlives the threads: they are joined below, or, on an early error,
     // see their `go` sender dropped and return without entering the guest.
     let halts = plan.round.halts > 0;
-    let (machine, vcpus) = Machine::new(w.vcpus, guest::needs_irqchip(&plan.round), halts)?;
+    let (machine, vcpus) = Machine::new(
+        w.vcpus,
+        guest::needs_irqchip(&plan.round),
+        halts,
+        &plan.round,
+        plan.hypercall,
+    )?;
     let halt = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
     let threads = vcpus
@@ -129,11 +136,17 @@ pub(crate) fn run(w: &Workload, stop: &StopHandle) -> Result<Counts> {
     Ok(Counts::new(
         finished.into_iter().map(|f| f.counts).collect(),
         wall,
+        (plan.round.hypercall > 0).then_some(plan.hypercall),
     ))
 }
 
 /// Checks `w` and turns it into what each vCPU runs.
 fn plan(w: &Workload) -> Result<Plan> {
+    plan_on(w, backend::detect)
+}
+
+/// [`plan`], asking `backend` which KVM backend runs the guest only if it makes hypercalls.
+fn plan_on(w: &Workload, backend: impl FnOnce() -> backend::Backend) -> Result<Plan> {
     ensure!(
         (1..=MAX_VCPUS).contains(&w.vcpus),
         "vcpus must be 1..={MAX_VCPUS}, not {}",
@@ -175,6 +188,16 @@ fn plan(w: &Workload) -> Result<Plan> {
                     )
                 })?,
             halts,
+            msr_read: count("msr_read", w.msr_read)?,
+            msr_write: count("msr_write", w.msr_write)?,
+            cpuid: count("cpuid", w.cpuid)?,
+            hypercall: count("hypercall", w.hypercall)?,
+        },
+        // Never executed without hypercalls: no need to ask then.
+        hypercall: if w.hypercall > 0 {
+            backend::hypercall(backend())?
+        } else {
+            guest::VMCALL
         },
         forever: w.forever,
         rate: w.rate,
@@ -308,11 +331,50 @@ mod tests {
                 pio_kernel: 2,
                 mmio_user: 3,
                 pio_in: 4,
-                pio_device: 0,
-                mmio_mask: 0,
-                halts: 0,
+                ..Round::default()
             }
         );
+    }
+
+    #[test]
+    fn plan_patches_the_backends_hypercall_and_refuses_pvm() {
+        use backend::Backend;
+        let w = Workload {
+            msr_read: 1,
+            msr_write: 2,
+            cpuid: 3,
+            hypercall: 4,
+            ..Workload::default()
+        };
+        let p = plan_on(&w, || Backend::Svm).unwrap();
+        assert_eq!(
+            (
+                p.round.msr_read,
+                p.round.msr_write,
+                p.round.cpuid,
+                p.round.hypercall
+            ),
+            (1, 2, 3, 4)
+        );
+        assert_eq!(p.hypercall, guest::VMMCALL);
+        assert_eq!(
+            plan_on(&w, || Backend::Vmx).unwrap().hypercall,
+            guest::VMCALL
+        );
+        let e = plan_on(&w, || Backend::Pvm).unwrap_err().to_string();
+        assert!(e.contains("PVM"), "{e}");
+        // Without hypercalls the backend is not even asked.
+        let none = Workload {
+            hypercall: 0,
+            ..w.clone()
+        };
+        let p = plan_on(&none, || panic!("asked")).unwrap();
+        assert_eq!(p.round.cpuid, 3);
+        let too_many = Workload {
+            cpuid: u64::from(u32::MAX) + 1,
+            ..Workload::default()
+        };
+        assert!(plan(&too_many).is_err());
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub(crate) struct Plan {
     pub log: bool,
     /// The VMM's time to answer each `in`.
     pub pio_in_delay: Duration,
+    /// The hypercall instruction patched into the guest's code (see `backend`).
+    pub hypercall: [u8; 3],
 }
 
 /// A vCPU's counts and when it was in the guest.
@@ -59,6 +61,14 @@ pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> R
     let regs = guest::round_regs(&plan.round, vcpu.index);
     // The `hlt`s a completed round has made (in the kernel, so never seen here).
     let round_halts = u64::from(guest::round_halts(&plan.round, vcpu.index));
+    // Likewise the detail section's exits: KVM handles them without telling the VMM.
+    let detail = ExitCounts {
+        msr_read: plan.round.msr_read.into(),
+        msr_write: plan.round.msr_write.into(),
+        cpuid: [plan.round.cpuid.into(); 2],
+        hypercall: plan.round.hypercall.into(),
+        ..ExitCounts::default()
+    };
     vcpu.fd.set_regs(&regs).context("KVM_SET_REGS")?;
     let mut exits = ExitCounts::default();
     let mut other_reasons = BTreeMap::new();
@@ -114,6 +124,8 @@ pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> R
                     // The halt loop comes right before the end: all of it ran.
                     exits.halts += round_halts;
                 }
+                // Both ends come after the detail section: all of it ran.
+                exits.add(&detail);
                 round_mixed_in = 0;
                 if !plan.forever {
                     break;

@@ -33,14 +33,26 @@ impl Machine {
     /// `irqchip`: KVM's in-kernel PIC, IOAPIC and LAPICs, created before the vCPUs as KVM
     /// requires, for the guest's device loop and halts. `irq0`: also set the PIC and the
     /// guest's IVT up so that [`Irq0::pulse`] wakes vCPU 0's halts (needs `irqchip`).
-    pub(crate) fn new(vcpus: u32, irqchip: bool, irq0: bool) -> Result<(Machine, Vec<Vcpu>)> {
+    /// `round` gives the detail section's counts, which the guest reads from RAM, and
+    /// `hypercall` the instruction patched into the code.
+    pub(crate) fn new(
+        vcpus: u32,
+        irqchip: bool,
+        irq0: bool,
+        round: &guest::Round,
+        hypercall: [u8; 3],
+    ) -> Result<(Machine, Vec<Vcpu>)> {
         let kvm = Kvm::new().context("open /dev/kvm")?;
         let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
         if irqchip {
             vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
         }
         let ram = Ram::new(guest::RAM_SIZE)?;
-        ram.write(guest::CODE_ADDR as usize, &guest::CODE);
+        ram.write(guest::CODE_ADDR as usize, &guest::code(hypercall));
+        ram.write(
+            guest::DETAIL_COUNTS_ADDR as usize,
+            &guest::detail_counts(round),
+        );
         if irq0 {
             anyhow::ensure!(irqchip, "IRQ0 needs the in-kernel irqchip");
             setup_irq0(&vm, &ram)?;
