@@ -655,7 +655,11 @@ mod tests {
         let r = records();
         assert_eq!(r.len(), 1);
         assert_eq!(
-            (r[0].reason, r[0].flags & !flag::CYCLE_INTERVAL, r[0].io_addr),
+            (
+                r[0].reason,
+                r[0].flags & !flag::CYCLE_INTERVAL,
+                r[0].io_addr
+            ),
             (SVM_MSR, flag::MSR | flag::WRITE, 0x6e0)
         );
         let mut st = fresh();

@@ -7,8 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use kvmprof_common::{
-    counter,
-    detail,
+    counter, detail,
     halt::{self, HaltTally},
     tally::{self, AddrKey, Row, TallyKey, TallyMeta},
     Batch, Config, ThreadState, Wake, Window, STATE_SLOTS,

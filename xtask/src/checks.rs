@@ -233,6 +233,12 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
                 recycle_script(hooks),
                 recycled,
             ),
+            check(
+                "kvmprof_detail",
+                Some(hooks),
+                crate::check_detail::script(hooks),
+                crate::check_detail::verify,
+            ),
         ]);
     }
     list.push(check(

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_vmx;
+mod check_detail;
 mod check_device;
 mod check_funcs;
 mod check_halts;

@@ -86,14 +86,30 @@ pub struct Reason {
 /// The I/O access that caused an exit, where known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Access {
-    Pio { port: u16, size: u8, write: bool },
-    Mmio { gpa: u64, size: u8, write: bool },
+    Pio {
+        port: u16,
+        size: u8,
+        write: bool,
+    },
+    Mmio {
+        gpa: u64,
+        size: u8,
+        write: bool,
+    },
     /// `--detail`: an RDMSR, or with `write` a WRMSR, of MSR `index`.
-    Msr { index: u32, write: bool },
+    Msr {
+        index: u32,
+        write: bool,
+    },
     /// `--detail`: a CPUID of `leaf` (EAX) and `subleaf` (ECX).
-    Cpuid { leaf: u32, subleaf: u32 },
+    Cpuid {
+        leaf: u32,
+        subleaf: u32,
+    },
     /// `--detail`: a hypercall, by its number (RAX).
-    Hypercall { nr: u64 },
+    Hypercall {
+        nr: u64,
+    },
 }
 
 /// A stage of the exit cycle (`kvmprof_common::stage` indices and names).

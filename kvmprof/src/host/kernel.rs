@@ -86,9 +86,16 @@ impl Facts {
             .to_string();
         let kallsyms = fs::read_to_string("/proc/kallsyms").context("read /proc/kallsyms")?;
         let mut tracepoints = HashMap::new();
-        // task_newtask's fields too (`record -- CMD` follows children with it), and the
-        // halt tracepoints' (`data::halts`).
-        let more = [tp::TASK_NEWTASK, tp::KVM_VCPU_WAKEUP, tp::KVM_HALT_POLL_NS];
+        // task_newtask's fields too (`record -- CMD` follows children with it), the halt
+        // tracepoints' (`data::halts`) and `--detail`'s.
+        let more = [
+            tp::TASK_NEWTASK,
+            tp::KVM_VCPU_WAKEUP,
+            tp::KVM_HALT_POLL_NS,
+            tp::KVM_MSR,
+            tp::KVM_CPUID,
+            tp::KVM_HYPERCALL,
+        ];
         for tp in tp::ALL.iter().chain(&more) {
             let path = Path::new(TRACEFS).join("events").join(tp).join("format");
             if let Ok(text) = fs::read_to_string(&path) {

@@ -383,10 +383,7 @@ fn attach_detail(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
     if failed.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!(
-            "{}; those exits keep only their reason",
-            failed.join("; ")
-        )
+        anyhow::bail!("{}; those exits keep only their reason", failed.join("; "))
     }
 }
 

@@ -803,9 +803,33 @@ mod tests {
         let mut a = sample();
         let cycle = |ns| [Some(ns), None, None, None, None, None, None, None];
         let detail = [
-            (30, MSR, 1000, Some(Access::Msr { index: 0x1b, write: false })),
-            (10, MSR, 3000, Some(Access::Msr { index: 0x1234, write: true })),
-            (20, CPUID, 500, Some(Access::Cpuid { leaf: 1, subleaf: 0 })),
+            (
+                30,
+                MSR,
+                1000,
+                Some(Access::Msr {
+                    index: 0x1b,
+                    write: false,
+                }),
+            ),
+            (
+                10,
+                MSR,
+                3000,
+                Some(Access::Msr {
+                    index: 0x1234,
+                    write: true,
+                }),
+            ),
+            (
+                20,
+                CPUID,
+                500,
+                Some(Access::Cpuid {
+                    leaf: 1,
+                    subleaf: 0,
+                }),
+            ),
             (5, CPUID, 500, None),
             (2, CPUID, 700, Some(Access::Hypercall { nr: 5 })),
         ];
@@ -828,32 +852,56 @@ mod tests {
             row(IoSpace::Msr, 0x1b),
             Some((30, 0.75, Some(1000), Some("IA32_APIC_BASE".into())))
         );
-        assert_eq!(row(IoSpace::Msr, 0x1234), Some((10, 0.25, Some(3000), None)));
+        assert_eq!(
+            row(IoSpace::Msr, 0x1234),
+            Some((10, 0.25, Some(3000), None))
+        );
         let leaf1 = kvmprof_common::detail::cpuid_key(1, 0);
         assert_eq!(
             row(IoSpace::Cpuid, leaf1),
-            Some((20, 20.0 / 27.0, Some(500), Some("leaf 0x1 subleaf 0x0".into())))
+            Some((
+                20,
+                20.0 / 27.0,
+                Some(500),
+                Some("leaf 0x1 subleaf 0x0".into())
+            ))
         );
         assert_eq!(
             row(IoSpace::Hypercall, 5),
             Some((2, 2.0 / 27.0, Some(700), Some("KVM_HC_KICK_CPU".into())))
         );
         let t = render(&h, &a, By::Reason, Format::Table);
-        let ports = t.split("Ports and addresses (top 2 of 2)").nth(1).unwrap_or_default();
+        let ports = t
+            .split("Ports and addresses (top 2 of 2)")
+            .nth(1)
+            .unwrap_or_default();
         let ports = ports.split("MSRs, CPUID").next().unwrap_or_default();
         assert!(!ports.contains("msr") && !ports.contains("cpuid"), "{t}");
-        assert!(t.contains("MSRs, CPUID leaves and hypercalls (top 4 of 4)"), "{t}");
-        let line = t.lines().find(|l| l.contains("IA32_APIC_BASE")).unwrap_or_default();
+        assert!(
+            t.contains("MSRs, CPUID leaves and hypercalls (top 4 of 4)"),
+            "{t}"
+        );
+        let line = t
+            .lines()
+            .find(|l| l.contains("IA32_APIC_BASE"))
+            .unwrap_or_default();
         let cols: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(cols[..6], ["7", "msr", "0x1b", "read", "30", "75.0%"], "{t}");
+        assert_eq!(
+            cols[..6],
+            ["7", "msr", "0x1b", "read", "30", "75.0%"],
+            "{t}"
+        );
         assert!(t.contains(" 0x1/0x0 "), "{t}");
-        let j: serde_json::Value = serde_json::from_str(&render(&h, &a, By::Reason, Format::Json))
-            .expect("json");
+        let j: serde_json::Value =
+            serde_json::from_str(&render(&h, &a, By::Reason, Format::Json)).expect("json");
         let msr = j["ports"]
             .as_array()
             .and_then(|p| p.iter().find(|r| r["space"] == "msr" && r["addr"] == 0x1b))
             .expect("msr row");
-        assert_eq!((msr["count"].as_u64(), msr["write"].as_bool()), (Some(30), Some(false)));
+        assert_eq!(
+            (msr["count"].as_u64(), msr["write"].as_bool()),
+            (Some(30), Some(false))
+        );
     }
 
     #[test]

@@ -1,0 +1,179 @@
+//! The VM check of `--detail` (issue 21): a guest that reads one MSR, writes another, runs
+//! CPUID on two leaves and makes hypercalls, each a known number of times, recorded with
+//! `record --detail`. The report's detail rows must hold exactly the guest's counts per MSR
+//! and direction, leaf and hypercall number, and nothing else under those spaces; KVM's own
+//! `hypercalls` counter (debugfs, read by kvmprof over the window), where the kernel has
+//! it, must agree.
+use anyhow::{Context, Result};
+use kvmprof_testvmm::{Counts, Workload};
+
+use crate::checks::{ensure_as_made, parse_json, port_sum, Captured, Check, Hooks, Notes};
+
+const DETAIL: Workload = Workload {
+    vcpus: 1,
+    pio_user: 10,
+    msr_read: 300,
+    msr_write: 200,
+    cpuid: 150,
+    hypercall: 100,
+    ..Workload::IDLE
+};
+
+/// `record --detail -- VMM`; prints `{"vmm", "report"}`. kvmprof reads the VM's counters
+/// every second while exits come and once more when they stop: the VMM's delays put reads
+/// before the first exit and after the last.
+pub fn script(hooks: Hooks) -> String {
+    let dir = format!("/run/kvmprof-detail-{hooks}");
+    let args = kvmprof_testvmm::cli::args(&DETAIL);
+    format!(
+        "mkdir -p {dir}\n\
+         \"$KVMPROF\" record --detail --hooks {hooks} -o {dir}/k.data -- \"$TESTVMM\" \
+         --start-delay 1500 --end-delay 2500 {args} > {dir}/vmm.json\n\
+         \"$KVMPROF\" report -i {dir}/k.data --format json > {dir}/report.json\n\
+         printf '{{\"vmm\": %s, \"report\": %s}}\\n' \"$(cat {dir}/vmm.json)\" \"$(cat {dir}/report.json)\"\n"
+    )
+}
+
+pub fn verify(_: &Check, c: &Captured) -> Result<Notes> {
+    let json = parse_json(&c.stdout)?;
+    let made: Counts =
+        serde_json::from_value(json["vmm"].clone()).context("not the test VMM's counts")?;
+    let report = &json["report"];
+    let rows = report["ports"].as_array().context("report has no ports")?;
+    let (t, at) = (&made.total, &made.ports);
+    let space_total = |space: &str| -> u64 {
+        rows.iter()
+            .filter(|p| p["space"] == space)
+            .filter_map(|p| p["count"].as_u64())
+            .sum()
+    };
+    let cpuid = |i: usize| -> Result<(u64, u64)> {
+        let leaf = *at
+            .cpuid_leaves
+            .get(i)
+            .context("the VMM names no cpuid leaf")?;
+        let got = port_sum(rows, "cpuid", u64::from(leaf), false, "count");
+        Ok((got, t.cpuid[i]))
+    };
+    let (leaf0, leaf1) = (cpuid(0)?, cpuid(1)?);
+    let mut expected = vec![
+        (
+            format!("msr {:#x} read", at.msr_read),
+            port_sum(rows, "msr", at.msr_read.into(), false, "count"),
+            t.msr_read,
+        ),
+        (
+            format!("msr {:#x} write", at.msr_write),
+            port_sum(rows, "msr", at.msr_write.into(), true, "count"),
+            t.msr_write,
+        ),
+        (
+            "msr rows in all".into(),
+            space_total("msr"),
+            t.msr_read + t.msr_write,
+        ),
+        ("cpuid leaf 0".into(), leaf0.0, leaf0.1),
+        ("cpuid leaf 1".into(), leaf1.0, leaf1.1),
+        (
+            "cpuid rows in all".into(),
+            space_total("cpuid"),
+            t.cpuid.iter().sum(),
+        ),
+        (
+            format!("hypercall {:#x}", at.hypercall_nr),
+            port_sum(rows, "hypercall", at.hypercall_nr.into(), false, "count"),
+            t.hypercall,
+        ),
+        (
+            "hypercall rows in all".into(),
+            space_total("hypercall"),
+            t.hypercall,
+        ),
+        (
+            "lost".into(),
+            report["lost"].as_u64().unwrap_or(u64::MAX),
+            0,
+        ),
+    ];
+    let mut notes = Vec::new();
+    match report["kvm_stats"]["hypercalls"].as_u64() {
+        Some(kvm) => expected.push(("KVM's hypercalls counter".into(), kvm, t.hypercall)),
+        None => notes.push("no hypercalls counter among KVM's per-VM stats".to_string()),
+    }
+    ensure_as_made(&expected)?;
+    Ok(notes)
+}
+
+/// The rows of a report that recorded [`DETAIL`] (unit tests of the verdict).
+#[cfg(test)]
+fn report_rows(msr_read: u64, cpuid0: u64) -> serde_json::Value {
+    serde_json::json!({"lost": 0, "kvm_stats": {"hypercalls": 100}, "ports": [
+        {"space": "msr", "addr": 0x1b, "write": false, "count": msr_read},
+        {"space": "msr", "addr": 0x4b56_4d00u64, "write": true, "count": 200},
+        {"space": "cpuid", "addr": 0, "write": false, "count": cpuid0},
+        {"space": "cpuid", "addr": 1, "write": false, "count": 150},
+        {"space": "hypercall", "addr": 0x7e57, "write": false, "count": 100},
+        {"space": "pio", "addr": 0x3f8, "write": true, "count": 10},
+    ]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::{Hooks, Vendor};
+    use kvmprof_testvmm::{self as guest, ExitCounts, Ports};
+
+    fn captured(report: serde_json::Value) -> Captured {
+        let mut made = Counts {
+            pid: 1,
+            ports: Ports::default(),
+            vcpus: Vec::new(),
+            total: ExitCounts::default(),
+            other_reasons: Default::default(),
+            wall_ns: 1,
+            exits_per_sec: 1.0,
+        };
+        made.total.msr_read = 300;
+        made.total.msr_write = 200;
+        made.total.cpuid = [150, 150];
+        made.total.hypercall = 100;
+        made.ports.msr_read = guest::MSR_READ;
+        made.ports.msr_write = guest::MSR_WRITE;
+        made.ports.cpuid_leaves = guest::CPUID_LEAVES.to_vec();
+        made.ports.hypercall_nr = guest::HYPERCALL_NR;
+        let out = serde_json::json!({"vmm": made, "report": report});
+        Captured {
+            rc: 0,
+            stdout: out.to_string(),
+            stderr: String::new(),
+            elapsed: Default::default(),
+        }
+    }
+
+    fn check() -> Check {
+        Check {
+            name: "kvmprof_detail",
+            hooks: Some(Hooks::Auto),
+            vendor: Vendor::Svm,
+            script: String::new(),
+            verify,
+        }
+    }
+
+    #[test]
+    fn detail_rows_must_hold_the_guests_counts_exactly() {
+        let c = check();
+        assert!(verify(&c, &captured(report_rows(300, 150))).is_ok());
+        let short = verify(&c, &captured(report_rows(299, 150))).unwrap_err();
+        assert!(
+            format!("{short}").contains("msr 0x1b read = 299"),
+            "{short}"
+        );
+        // One CPUID exit too many under leaf 0: the leaf row and the total both disagree.
+        let wrong = verify(&c, &captured(report_rows(300, 151))).unwrap_err();
+        assert!(
+            format!("{wrong}").contains("cpuid rows in all = 301"),
+            "{wrong}"
+        );
+    }
+}
