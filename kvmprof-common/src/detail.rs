@@ -6,6 +6,12 @@
 //! own tally slot, with an exact count and stage histograms. These are few per guest (tens),
 //! unlike MMIO addresses; a guest that used up the slots would still be counted exactly (its
 //! further kinds go as records, `crate::tally`).
+//!
+//! Guest RIPs are many (a guest exits from thousands of instructions), so they are no part
+//! of a kind: `kvm:kvm_exit`, which carries the RIP it read, counts each exit in the `RIPS`
+//! hash by thread, reason and RIP ([`RipKey`]), beside the tally; the exits whose RIP found
+//! that hash full are counted in `RIPS_OTHER` under the same key with RIP 0. Keyed by
+//! thread, so only one CPU at a time writes an entry: plain increments.
 
 /// Indices of the `DETAIL_FIELDS` map: the offsets of the fields read, from this kernel's
 /// format files.
@@ -18,8 +24,31 @@ pub mod field {
     pub const CPUID_INDEX: u32 = 3;
     /// `kvm:kvm_hypercall`: `nr` (RAX).
     pub const HYPERCALL_NR: u32 = 4;
-    pub const LEN: u32 = 5;
+    /// `kvm:kvm_exit`: `exit_reason`, `isa` (1: VMX) and `guest_rip`.
+    pub const EXIT_REASON: u32 = 5;
+    pub const EXIT_ISA: u32 = 6;
+    pub const EXIT_RIP: u32 = 7;
+    pub const LEN: u32 = 8;
 }
+
+/// (thread, reason, RIP) entries with a count of their own, per recording.
+pub const RIPS: u32 = 16384;
+/// (thread, reason) entries of `RIPS_OTHER`.
+pub const RIPS_OTHER: u32 = 4096;
+
+/// Key of the `RIPS` and `RIPS_OTHER` hashes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RipKey {
+    pub pid: u32,
+    pub tid: u32,
+    /// `crate::space` of the reason.
+    pub space: u32,
+    pub reason: u32,
+    pub rip: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<RipKey>() == 24);
 
 /// The key of a CPUID exit: the leaf in the low half, the subleaf in the high one.
 #[inline(always)]

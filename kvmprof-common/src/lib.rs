@@ -78,6 +78,16 @@ pub mod space {
     /// Derived from the KVM tracepoint that identified an in-kernel exit (PIO or MMIO)
     /// on a kernel where `kvm:kvm_exit` does not fire (PVM).
     pub const TRACEPOINT: u8 = 4;
+
+    /// The space of `kvm:kvm_exit`'s `isa` argument (`KVM_ISA_VMX` 1, `KVM_ISA_SVM` 2).
+    #[inline(always)]
+    pub fn of_isa(isa: u32) -> u8 {
+        if isa == 1 {
+            VMX
+        } else {
+            SVM
+        }
+    }
 }
 
 /// Values of [`ExitRecord::reason`] in [`space::TRACEPOINT`].
@@ -595,6 +605,11 @@ pub mod names {
         pub const WAKEUP_PROGRAM: &str = "raw_sched_wakeup";
     }
 
+    /// `--detail`'s second program on `kvm:kvm_exit` (classic: its record carries the guest
+    /// RIP, which on VMX only the tracepoint's own VMCS read yields): counts each exit by
+    /// RIP ([`crate::detail::RipKey`]).
+    pub const RIP_PROGRAM: &str = "detail_rip";
+
     /// The programs of tracepoint `tp` (`category/name`).
     pub fn tracepoint_programs(tp: &str) -> Option<&'static TracepointPrograms> {
         TRACEPOINT_PROGRAMS.iter().find(|p| p.tracepoint == tp)
@@ -650,7 +665,9 @@ pub mod names {
         pub const HALT_FIELDS: &str = "HALT_FIELDS";
         pub const HALT_ZERO: &str = "HALT_ZERO";
         pub const DETAIL_FIELDS: &str = "DETAIL_FIELDS";
-        pub const ALL: [&str; 21] = [
+        pub const RIPS: &str = "RIPS";
+        pub const RIPS_OTHER: &str = "RIPS_OTHER";
+        pub const ALL: [&str; 23] = [
             EVENTS,
             BATCHES,
             PIDS,
@@ -672,6 +689,8 @@ pub mod names {
             HALT_FIELDS,
             HALT_ZERO,
             DETAIL_FIELDS,
+            RIPS,
+            RIPS_OTHER,
         ];
         /// The [`crate::Config`] global, set before load.
         pub const CONFIG: &str = "CONFIG";
@@ -723,4 +742,5 @@ mod pod {
     unsafe impl aya::Pod for super::tally::AddrKey {}
     unsafe impl aya::Pod for super::tally::TallyKey {}
     unsafe impl aya::Pod for super::halt::HaltTally {}
+    unsafe impl aya::Pod for super::detail::RipKey {}
 }

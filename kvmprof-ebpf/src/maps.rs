@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use kvmprof_common::{
-    counter, detail,
+    counter,
+    detail::{self, RipKey},
     halt::{self, HaltTally},
     tally::{self, AddrKey, Row, TallyKey, TallyMeta},
     Batch, Config, ThreadState, Wake, Window, STATE_SLOTS,
@@ -321,6 +322,13 @@ pub static HALT_FIELDS: Array<u32> = Array::with_max_entries(halt::field::LEN, 0
 /// The `--detail` tracepoints' field offsets (`kvmprof_common::detail::field`).
 #[map]
 pub static DETAIL_FIELDS: Array<u32> = Array::with_max_entries(detail::field::LEN, 0);
+
+/// `--detail`: exits by thread, reason and guest RIP, and those whose RIP found `RIPS` full
+/// (`kvmprof_common::detail`).
+#[map]
+pub static RIPS: HashMap<RipKey, u64> = HashMap::with_max_entries(detail::RIPS, 0);
+#[map]
+pub static RIPS_OTHER: HashMap<RipKey, u64> = HashMap::with_max_entries(detail::RIPS_OTHER, 0);
 
 /// A zeroed tally, never written: a thread's first halt tally is inserted from it (at
 /// ~1.3 KB it cannot be made on the stack).

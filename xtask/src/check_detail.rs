@@ -1,7 +1,8 @@
 //! The VM check of `--detail` (issue 21): a guest that reads one MSR, writes another, runs
 //! CPUID on two leaves and makes hypercalls, each a known number of times, recorded with
 //! `record --detail`. The report's detail rows must hold exactly the guest's counts per MSR
-//! and direction, leaf and hypercall number, and nothing else under those spaces; KVM's own
+//! and direction, leaf and hypercall number, and nothing else under those spaces; its guest
+//! RIPs, each exiting instruction's address with its count; KVM's own
 //! `hypercalls` counter (debugfs, read by kvmprof over the window), where the kernel has
 //! it, must agree.
 use anyhow::{Context, Result};
@@ -95,6 +96,30 @@ pub fn verify(_: &Check, c: &Captured) -> Result<Notes> {
             0,
         ),
     ];
+    // Top guest RIPs: each of the guest's exiting instructions, at the address the VMM
+    // loaded it, with as many exits as it made.
+    let rips = report["rips"].as_array().context("report has no rips")?;
+    let at_rip = |name: &str| -> Result<u64> {
+        let rip = *at
+            .rips
+            .get(name)
+            .with_context(|| format!("the VMM names no {name} RIP"))?;
+        Ok(rips
+            .iter()
+            .filter(|r| r["rip"] == rip)
+            .filter_map(|r| r["count"].as_u64())
+            .sum())
+    };
+    for (name, made) in [
+        ("rdmsr", t.msr_read),
+        ("wrmsr", t.msr_write),
+        ("cpuid_0", t.cpuid[0]),
+        ("cpuid_1", t.cpuid[1]),
+        ("hypercall", t.hypercall),
+        ("pio_user", t.pio_user),
+    ] {
+        expected.push((format!("exits at the {name} RIP"), at_rip(name)?, made));
+    }
     let mut notes = Vec::new();
     match report["kvm_stats"]["hypercalls"].as_u64() {
         Some(kvm) => expected.push(("KVM's hypercalls counter".into(), kvm, t.hypercall)),
@@ -107,7 +132,12 @@ pub fn verify(_: &Check, c: &Captured) -> Result<Notes> {
 /// The rows of a report that recorded [`DETAIL`] (unit tests of the verdict).
 #[cfg(test)]
 fn report_rows(msr_read: u64, cpuid0: u64) -> serde_json::Value {
-    serde_json::json!({"lost": 0, "kvm_stats": {"hypercalls": 100}, "ports": [
+    serde_json::json!({"lost": 0, "kvm_stats": {"hypercalls": 100}, "rips": [
+        {"rip": 0x1048, "count": msr_read}, {"rip": 0x1068, "count": 200},
+        {"rip": 0x1082, "count": 150}, {"rip": 0x108d, "count": 150},
+        {"rip": 0x10a4, "count": 100}, {"rip": 0x1008, "count": 10},
+        {"rip": null, "count": 3},
+    ], "ports": [
         {"space": "msr", "addr": 0x1b, "write": false, "count": msr_read},
         {"space": "msr", "addr": 0x4b56_4d00u64, "write": true, "count": 200},
         {"space": "cpuid", "addr": 0, "write": false, "count": cpuid0},
@@ -141,6 +171,18 @@ mod tests {
         made.ports.msr_write = guest::MSR_WRITE;
         made.ports.cpuid_leaves = guest::CPUID_LEAVES.to_vec();
         made.ports.hypercall_nr = guest::HYPERCALL_NR;
+        made.total.pio_user = 10;
+        made.ports.rips = [
+            ("rdmsr", guest::RDMSR_RIP),
+            ("wrmsr", guest::WRMSR_RIP),
+            ("cpuid_0", guest::CPUID_RIPS[0]),
+            ("cpuid_1", guest::CPUID_RIPS[1]),
+            ("hypercall", guest::HYPERCALL_RIP),
+            ("pio_user", guest::PIO_USER_RIP),
+        ]
+        .into_iter()
+        .map(|(n, r)| (n.to_string(), r))
+        .collect();
         let out = serde_json::json!({"vmm": made, "report": report});
         Captured {
             rc: 0,

@@ -11,9 +11,6 @@ use kvmprof_common::{space, stage, ThreadState, NO_DEREF};
 
 use crate::{exit, maps};
 
-/// `kvm:kvm_exit` `isa` values.
-const KVM_ISA_VMX: u32 = 1;
-
 /// `kvm_exit(struct kvm_vcpu *vcpu, u32 isa)`: userspace checked this prototype in BTF.
 #[btf_tracepoint(function = "kvm_exit")]
 pub fn tpb_kvm_exit(ctx: BtfTracePointContext) -> u32 {
@@ -24,11 +21,7 @@ fn try_exit(ctx: &BtfTracePointContext) -> Option<u32> {
     let (_, _, st) = maps::current(false)?;
     let ts = open_cycle_now(st)?;
     let isa = ctx.arg::<u64>(1) as u32;
-    let sp = if isa == KVM_ISA_VMX {
-        space::VMX
-    } else {
-        space::SVM
-    };
+    let sp = space::of_isa(isa);
     identify(st, ts, ctx.arg(0), sp as u32)
 }
 

@@ -2,8 +2,11 @@
 //! the open exit, from the KVM tracepoint its handler fires. Classic tracepoints, fields at
 //! the offsets of this kernel's format files (`DETAIL_FIELDS`): they run only on the exits
 //! they name, and only when asked for, so their record copy costs nothing on the others.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use kvmprof_common::{detail, detail::field, flag};
+use aya_ebpf::{bindings::BPF_NOEXIST, macros::tracepoint, programs::TracePointContext};
+use kvmprof_common::{
+    detail::{self, field, RipKey},
+    flag, space,
+};
 
 use crate::{exit, maps};
 
@@ -48,6 +51,43 @@ fn try_hypercall(ctx: &TracePointContext) -> Option<u32> {
     let (_, _, st) = maps::current(false)?;
     let nr: u64 = read_field(ctx, field::HYPERCALL_NR)?;
     exit::identify_detail(st, maps::config!(boundary), flag::HYPERCALL, nr);
+    Some(0)
+}
+
+/// `kvm:kvm_exit`, beside the exit's own hook: counts the exit by the guest RIP the
+/// tracepoint read (`kvmprof_common::detail::RipKey`).
+#[tracepoint(category = "kvm", name = "kvm_exit")]
+pub fn detail_rip(ctx: TracePointContext) -> u32 {
+    try_rip(&ctx).unwrap_or(0)
+}
+
+fn try_rip(ctx: &TracePointContext) -> Option<u32> {
+    let (pid, tid, _) = maps::current(false)?;
+    maps::window_now()?;
+    let isa: u32 = read_field(ctx, field::EXIT_ISA)?;
+    let key = RipKey {
+        pid,
+        tid,
+        space: space::of_isa(isa) as u32,
+        reason: read_field(ctx, field::EXIT_REASON)?,
+        rip: read_field(ctx, field::EXIT_RIP)?,
+    };
+    if let Some(c) = maps::RIPS.get_ptr_mut(&key) {
+        // SAFETY: map value pointer valid for this run; keyed by thread, so this CPU alone
+        // writes it now.
+        unsafe { *c += 1 };
+        return Some(0);
+    }
+    if maps::RIPS.insert(&key, &1, BPF_NOEXIST as u64).is_ok() {
+        return Some(0);
+    }
+    let other = RipKey { rip: 0, ..key };
+    if let Some(c) = maps::RIPS_OTHER.get_ptr_mut(&other) {
+        // SAFETY: as above.
+        unsafe { *c += 1 };
+    } else {
+        let _ = maps::RIPS_OTHER.insert(&other, &1, BPF_NOEXIST as u64);
+    }
     Some(0)
 }
 

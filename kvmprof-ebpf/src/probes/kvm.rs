@@ -22,8 +22,6 @@ const KVM_PIO_OUT: u32 = 1;
 const MMIO_UNSATISFIED_READ: u32 = 0;
 const MMIO_READ: u32 = 1;
 const MMIO_WRITE: u32 = 2;
-/// `kvm:kvm_exit` `isa` values.
-const KVM_ISA_VMX: u32 = 1;
 
 #[tracepoint(category = "kvm", name = "kvm_userspace_exit")]
 pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
@@ -216,11 +214,7 @@ fn try_exit(ctx: &TracePointContext) -> Option<u32> {
             maps::read(ctx.read_at(offsets.2))?,
         )
     };
-    let sp = if isa == KVM_ISA_VMX {
-        space::VMX
-    } else {
-        space::SVM
-    };
+    let sp = space::of_isa(isa);
     exit::identify_reason(
         st,
         maps::config!(boundary),

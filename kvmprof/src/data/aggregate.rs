@@ -140,6 +140,16 @@ pub struct PortKey {
     pub folded: bool,
 }
 
+/// One row of the guest-RIP table (`--detail`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RipKey {
+    pub pid: u32,
+    pub reason: Reason,
+    /// `None`: the exits of this pid and reason whose RIP the kernel had no room to count
+    /// apart (the `other` row).
+    pub rip: Option<u64>,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortStats {
     pub count: u64,
@@ -170,6 +180,7 @@ pub struct Aggregate {
     interval_ns: u64,
     keys: BTreeMap<Key, KeyStats>,
     ports: BTreeMap<PortKey, PortStats>,
+    rips: BTreeMap<RipKey, u64>,
     lost: u64,
     /// Earliest and latest exit timestamp.
     span: Option<(u64, u64)>,
@@ -187,6 +198,7 @@ impl Aggregate {
             interval_ns: interval_ns.max(MIN_INTERVAL_NS),
             keys: BTreeMap::new(),
             ports: BTreeMap::new(),
+            rips: BTreeMap::new(),
             lost: 0,
             span: None,
             intervals: Intervals::default(),
@@ -227,6 +239,7 @@ impl Aggregate {
     /// [`add`]: Aggregate::add
     pub fn add_tally(&mut self, t: &Tally) {
         self.count_addrs(t);
+        self.count_rips(t);
         if t.count == 0 {
             return;
         }
@@ -242,6 +255,22 @@ impl Aggregate {
             }
         }
         self.intervals.advance(idx);
+    }
+
+    /// The guest-RIP rows of a tally (`--detail`).
+    fn count_rips(&mut self, t: &Tally) {
+        let folded = (t.rips_other > 0).then_some((None, t.rips_other));
+        let rows = t.rips.iter().map(|&(r, n)| (Some(r), n)).chain(folded);
+        for (rip, n) in rows {
+            self.restore_rip(
+                RipKey {
+                    pid: t.exit.pid,
+                    reason: t.exit.reason,
+                    rip,
+                },
+                n,
+            );
+        }
     }
 
     /// The address rows of a tally's MMIO exits (its access has no address).
@@ -319,6 +348,7 @@ impl Aggregate {
     pub fn forget_pid(&mut self, pid: u32) {
         self.keys.retain(|k, _| k.pid != pid);
         self.ports.retain(|p, _| p.pid != pid);
+        self.rips.retain(|r, _| r.pid != pid);
         for series in self.intervals.open.values_mut() {
             series.retain(|(k, _), _| k.pid != pid);
         }
@@ -336,6 +366,17 @@ impl Aggregate {
 
     pub fn ports(&self) -> &BTreeMap<PortKey, PortStats> {
         &self.ports
+    }
+
+    /// Exits by guest RIP (`--detail`).
+    pub fn rips(&self) -> &BTreeMap<RipKey, u64> {
+        &self.rips
+    }
+
+    /// Adds `n` exits to a row of the guest-RIP table (a tally, a block of a data file).
+    pub fn restore_rip(&mut self, rip: RipKey, n: u64) {
+        let c = self.rips.entry(rip).or_default();
+        *c = c.saturating_add(n);
     }
 
     pub fn lost(&self) -> u64 {
@@ -696,6 +737,8 @@ mod tests {
             sum_ns,
             addrs: Vec::new(),
             other: 0,
+            rips: Vec::new(),
+            rips_other: 0,
         });
         for a in [&one_by_one, &tallied] {
             let io = &a.keys()[&key(0, IO)];
@@ -758,6 +801,8 @@ mod tests {
             sum_ns: [0; STAGES],
             addrs,
             other,
+            rips: Vec::new(),
+            rips_other: 0,
         };
         a.add_tally(&tally(5, vec![(0xb8000, 2), (0xb8001, 1)], 1));
         // Addresses a read took before their count: ports only.

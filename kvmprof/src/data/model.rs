@@ -205,6 +205,12 @@ pub struct Tally {
     /// few exits ahead of it (even with `count` 0), never behind at the end.
     pub addrs: Vec<(u64, u64)>,
     pub other: u64,
+    /// `--detail`: (guest RIP, exits) of exits of the thread and reason of `exit`, and
+    /// `rips_other`, those whose RIP the kernel had no room for
+    /// (`kvmprof_common::detail`). Counted apart from everything else: a tally of RIPs
+    /// has `count` 0.
+    pub rips: Vec<(u64, u64)>,
+    pub rips_other: u64,
 }
 
 #[cfg(test)]

@@ -347,25 +347,37 @@ fn attach_halts(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
 }
 
 /// `--detail`: `kvm:kvm_msr`, `kvm:kvm_cpuid` and `kvm:kvm_hypercall` name the MSR, leaf
-/// or hypercall of their exits (`kvmprof_common::detail`), with their field offsets from
-/// this kernel's format files. Each that cannot be attached is named in the error; the
-/// others stay attached.
+/// or hypercall of their exits, and a second program on `kvm:kvm_exit` counts exits by guest
+/// RIP (`kvmprof_common::detail`), with their field offsets from this kernel's format files.
+/// Each that cannot be attached is named in the error; the others stay attached.
 fn attach_detail(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
     use kvmprof_common::detail::field;
-    let (msr, cpuid, hcall) = (
-        names::tp::KVM_MSR,
-        names::tp::KVM_CPUID,
-        names::tp::KVM_HYPERCALL,
-    );
+    use names::tp;
+    let (msr, cpuid, hcall, exit) = (tp::KVM_MSR, tp::KVM_CPUID, tp::KVM_HYPERCALL, tp::KVM_EXIT);
     let fields: [(u32, &str, &str); field::LEN as usize] = [
         (field::MSR_WRITE, msr, "write"),
         (field::MSR_ECX, msr, "ecx"),
         (field::CPUID_FUNCTION, cpuid, "function"),
         (field::CPUID_INDEX, cpuid, "index"),
         (field::HYPERCALL_NR, hcall, "nr"),
+        (field::EXIT_REASON, exit, "exit_reason"),
+        (field::EXIT_ISA, exit, "isa"),
+        (field::EXIT_RIP, exit, "guest_rip"),
+    ];
+    let programs = [
+        (msr, programs_of(msr)?.classic),
+        (cpuid, programs_of(cpuid)?.classic),
+        (hcall, programs_of(hcall)?.classic),
+        (exit, names::RIP_PROGRAM),
     ];
     let mut failed = Vec::new();
-    for tp in [msr, cpuid, hcall] {
+    if !crate::backend::hooks(facts.vendor()).kvm_exit_fires {
+        failed.push(format!(
+            "guest RIPs: {exit} does not fire on {}",
+            facts.vendor().label()
+        ));
+    }
+    for (tp, program) in programs {
         let attached = (|| {
             let mut offsets: Array<_, u32> = Array::try_from(
                 ebpf.map_mut(map::DETAIL_FIELDS)
@@ -374,7 +386,7 @@ fn attach_detail(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
             for (i, _, name) in fields.iter().filter(|(_, t, _)| *t == tp) {
                 offsets.set(*i, facts.offset(tp, name)?, 0)?;
             }
-            attach_classic(ebpf, tp)
+            attach_classic_program(ebpf, program, tp)
         })();
         if let Err(e) = attached {
             failed.push(format!("{tp}: {e:#}"));
@@ -387,12 +399,18 @@ fn attach_detail(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
     }
 }
 
+fn programs_of(tp: &str) -> Result<&'static names::TracepointPrograms> {
+    tracepoint_programs(tp).with_context(|| format!("no program for {tp}"))
+}
+
 /// Loads and attaches the classic-tracepoint program of `tp` ("category/event"), for the
 /// hooks that are not stages and so are never planned (no fallback to choose from).
 fn attach_classic(ebpf: &mut Ebpf, tp: &str) -> Result<()> {
-    let name = tracepoint_programs(tp)
-        .map(|p| p.classic)
-        .with_context(|| format!("no program for {tp}"))?;
+    attach_classic_program(ebpf, programs_of(tp)?.classic, tp)
+}
+
+/// Loads classic-tracepoint program `name` and attaches it to `tp` ("category/event").
+fn attach_classic_program(ebpf: &mut Ebpf, name: &'static str, tp: &str) -> Result<()> {
     let (cat, ev) = tp.split_once('/').context("tracepoint name")?;
     let prog: &mut TracePoint = ebpf.program_mut(name).context(name)?.try_into()?;
     prog.load()
@@ -569,6 +587,9 @@ mod tests {
         for p in names::TRACEPOINT_PROGRAMS {
             let event = p.tracepoint.split_once('/').map_or("", |(_, e)| e);
             expect(p.classic, format!("tracepoint/{}", p.tracepoint));
+            if p.tracepoint == names::tp::KVM_EXIT {
+                expect(names::RIP_PROGRAM, format!("tracepoint/{}", p.tracepoint));
+            }
             if let Some((raw, _)) = p.raw {
                 expect(raw, format!("raw_tp/{event}"));
             }

@@ -14,6 +14,7 @@ pub mod collect;
 pub mod follow;
 pub mod kvmstats;
 pub mod mapped;
+mod rips;
 pub mod sched;
 pub mod selfcost;
 pub mod spawn;
@@ -348,7 +349,7 @@ impl Session {
         let counters =
             PerCpuArray::try_from(ebpf.take_map(map::COUNTERS).context("COUNTERS map")?)?;
         let held = Held::take(&mut ebpf)?;
-        let tallies = tally::Reader::take(&mut ebpf)?;
+        let tallies = tally::Reader::take(&mut ebpf, opts.detail)?;
         let mut switch = Array::try_from(ebpf.take_map(map::WINDOW).context("WINDOW map")?)?;
         let window = open_window(&mut switch, opts.duration)?;
         let kvm = kvmstats::Window::open(&pids);

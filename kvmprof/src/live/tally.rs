@@ -37,6 +37,8 @@ pub struct Reader {
     taken_addrs: HashMap<AddrKey, u64>,
     /// When the last read began, on the records' clock: the exits a read takes came after.
     read_ns: u64,
+    /// `--detail`: the exits' guest RIPs, read with the tallies.
+    rips: Option<super::rips::Reader>,
 }
 
 #[derive(Default)]
@@ -53,7 +55,11 @@ struct Taken {
 impl Reader {
     /// Takes the tally's maps and hands the kernel every slot and row (before the window
     /// opens: nothing is tallied yet).
-    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Reader> {
+    pub fn take(ebpf: &mut aya::Ebpf, detail: bool) -> Result<Reader> {
+        let rips = match detail {
+            true => Some(super::rips::Reader::take(ebpf)?),
+            false => None,
+        };
         let mut map = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map"));
         let meta: Array<MapData, TallyMeta> = Array::try_from(map(map::TALLY_META)?)?;
         let rows: Array<MapData, Row> = Array::try_from(map(map::TALLY_ROWS)?)?;
@@ -69,6 +75,7 @@ impl Reader {
             taken: (0..tally::SLOTS).map(|_| Taken::default()).collect(),
             taken_addrs: HashMap::new(),
             read_ns: 0,
+            rips,
         };
         for slot in 0..tally::SLOTS {
             r.free_slots
@@ -150,6 +157,8 @@ impl Reader {
                 sum_ns: [0; STAGES],
                 addrs: Vec::new(),
                 other: m.other - seen.other,
+                rips: Vec::new(),
+                rips_other: 0,
             };
             t.exit.ts_ns = m.last_ts;
             t.exit.vcpu = t
@@ -190,6 +199,11 @@ impl Reader {
         // syscall or two per entry, so only then.
         if mmio {
             self.read_addrs(&mut at, out)?;
+        }
+        // Every read, not only those that found exits: the kernel counts an exit's RIP as it
+        // begins, its tally when it ends. (`--detail` pays a walk of the hash per read.)
+        if let Some(rips) = &mut self.rips {
+            rips.read(self.read_ns, out)?;
         }
         if !done.is_empty() {
             self.give_back(&done)?;
@@ -265,6 +279,8 @@ impl Reader {
                         sum_ns: [0; STAGES],
                         addrs: Vec::new(),
                         other: 0,
+                        rips: Vec::new(),
+                        rips_other: 0,
                     });
                     at.insert(key.slot, out.len() - 1);
                     out.len() - 1

@@ -98,6 +98,9 @@ struct Checkpoint {
     last_ts_ns: Option<u64>,
     keys: Vec<KeyEntry>,
     ports: Vec<PortEntry>,
+    /// `--detail`'s guest RIPs (absent from files of earlier versions and without it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rips: Vec<RipEntry>,
 }
 
 /// The JSON of the `#[kvmprof-end]` line: what is known only when the recording ends.
@@ -177,6 +180,13 @@ struct PortEntry {
     reason_name: String,
     #[serde(flatten)]
     stats: PortStats,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RipEntry {
+    #[serde(flatten)]
+    rip: aggregate::RipKey,
+    count: u64,
 }
 
 /// Writes a data file as exits arrive: [`Writer::add`] each exit, [`Writer::write_header`]
@@ -383,6 +393,11 @@ fn checkpoint(a: &Aggregate, histograms: u64, complete_ns: u64, lost: u64) -> Ch
             stats: *stats,
         })
         .collect();
+    let rips = a
+        .rips()
+        .iter()
+        .map(|(rip, &count)| RipEntry { rip: *rip, count })
+        .collect();
     Checkpoint {
         histograms,
         complete_ns,
@@ -391,6 +406,7 @@ fn checkpoint(a: &Aggregate, histograms: u64, complete_ns: u64, lost: u64) -> Ch
         last_ts_ns: a.span().map(|s| s.1),
         keys,
         ports,
+        rips,
     }
 }
 
@@ -632,6 +648,9 @@ fn apply_block(
     for p in &cp.ports {
         a.restore_port(p.port, p.stats);
     }
+    for r in &cp.rips {
+        a.restore_rip(r.rip, r.count);
+    }
     if let (Some(first), Some(last)) = (cp.first_ts_ns, cp.last_ts_ns) {
         a.restore_span(first, last);
     }
@@ -828,6 +847,7 @@ mod tests {
         assert_eq!(b.span(), a.span());
         assert_eq!(b.total_exits(), a.total_exits());
         assert_eq!(b.ports(), a.ports());
+        assert_eq!(b.rips(), a.rips());
         assert_eq!(b.keys().len(), a.keys().len());
         for (key, x) in a.keys() {
             let y = &b.keys()[key];
@@ -872,6 +892,58 @@ mod tests {
         assert_eq!(text.matches("\n#[kvmprof-checkpoint] ").count(), 3);
         assert!(text.contains("\n#[kvmprof-end] {\"histograms\":39,"));
         assert!(text.ends_with("\"stop\":\"end of input\",\"lost\":0,\"unobserved\":2}\n"));
+    }
+
+    /// `--detail`'s guest RIPs, read in two ticks, come back added up, `other` row included.
+    #[test]
+    fn guest_rips_come_back_from_every_block() {
+        let exits = sample_exits();
+        let rips = |ts_ns, rips, rips_other| Tally {
+            exit: Exit {
+                ts_ns,
+                ..exits[0].clone()
+            },
+            first_ts_ns: ts_ns,
+            count: 0,
+            stages: Default::default(),
+            sum_ns: [0; kvmprof_common::STAGES],
+            addrs: Vec::new(),
+            other: 0,
+            rips,
+            rips_other,
+        };
+        let mut w = Writer::new(Vec::new(), SEC);
+        w.write_header(&header(), header().start_ts_ns).unwrap();
+        let mut want = Aggregate::new(SEC);
+        for e in &exits {
+            w.add(e);
+            want.add(e);
+        }
+        let ticks = [
+            rips(exits[0].ts_ns, vec![(0x1048, 30), (0x1068, 2)], 0),
+            rips(exits[exits.len() - 1].ts_ns, vec![(0x1048, 5)], 4),
+        ];
+        for t in &ticks {
+            w.add_tally(t);
+            want.add_tally(t);
+        }
+        let end = End {
+            duration_ns: 3 * SEC,
+            stop: "SIGINT".into(),
+            lost: 0,
+            unobserved: None,
+            read_failed: None,
+            unmatched: None,
+            no_state: None,
+            own_cost: None,
+            slow: None,
+            kvm_stats: None,
+            halts: None,
+        };
+        let (_, a) = parse(&w.finish(&end).unwrap()).unwrap();
+        let counts: Vec<(Option<u64>, u64)> = a.rips().iter().map(|(k, n)| (k.rip, *n)).collect();
+        assert_eq!(counts, [(None, 4), (Some(0x1048), 35), (Some(0x1068), 2)]);
+        assert_same(&want, &a);
     }
 
     /// What a live recording does: header first, intervals as time passes (one with a late

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use kvmprof_common::STAGES;
 use serde::Serialize;
 
-use crate::data::aggregate::{Aggregate, Key, PortKey, PortStats};
+use crate::data::aggregate::{Aggregate, Key, PortKey, PortStats, RipKey};
 use crate::data::model::Vendor;
 use crate::recording::header::Header;
 use crate::recording::hlog;
@@ -88,6 +88,7 @@ pub fn merge(mut inputs: Vec<Input>) -> Result<(Header, Aggregate)> {
 
     let mut keys: BTreeMap<Key, Totals> = BTreeMap::new();
     let mut ports: BTreeMap<PortKey, PortStats> = BTreeMap::new();
+    let mut rips: BTreeMap<RipKey, u64> = BTreeMap::new();
     let mut lost = 0u64;
     let mut span: Option<(u64, u64)> = None;
     for (i, &off) in inputs.iter().zip(&offsets) {
@@ -107,6 +108,9 @@ pub fn merge(mut inputs: Vec<Input>) -> Result<(Header, Aggregate)> {
         for (port, stats) in a.ports() {
             ports.entry(*port).or_default().merge(stats);
         }
+        for (rip, n) in a.rips() {
+            *rips.entry(*rip).or_default() += n;
+        }
         lost = lost.saturating_add(a.lost());
         if let Some((f, l)) = a.span() {
             let (f, l) = (wall(f, off), wall(l, off));
@@ -119,6 +123,9 @@ pub fn merge(mut inputs: Vec<Input>) -> Result<(Header, Aggregate)> {
     }
     for (port, stats) in ports {
         merged.restore_port(port, stats);
+    }
+    for (rip, n) in rips {
+        merged.restore_rip(rip, n);
     }
     merged.add_lost(lost);
     // Without every file's wall-clock start there is no common clock: no span, no rates.

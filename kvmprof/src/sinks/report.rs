@@ -82,6 +82,9 @@ struct Report<'a> {
     groups: Vec<Group>,
     breakdown: Vec<Breakdown>,
     ports: Vec<PortRow>,
+    /// `--detail`: exits by guest RIP, most first within each pid and reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rips: Vec<RipRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     intervals: Option<Intervals>,
 }
@@ -177,6 +180,45 @@ struct PortRow {
     /// Mean cycle of the row's exits, where measured (none for MMIO address rows).
     #[serde(skip_serializing_if = "Option::is_none")]
     mean_cycle_ns: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct RipRow {
+    pid: u32,
+    reason: Reason,
+    reason_name: String,
+    /// `None`: the `other` row, RIPs past the kernel's `RIPS` entries.
+    rip: Option<u64>,
+    count: u64,
+    /// Over the RIP-counted exits of its pid and reason.
+    reason_share: f64,
+}
+
+/// The guest-RIP rows, grouped by pid and reason (the largest group first), most exits first.
+fn rip_rows(a: &Aggregate) -> Vec<RipRow> {
+    let mut groups: BTreeMap<(u32, Reason), Vec<(Option<u64>, u64)>> = BTreeMap::new();
+    for (k, &n) in a.rips() {
+        groups
+            .entry((k.pid, k.reason))
+            .or_default()
+            .push((k.rip, n));
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by_key(|(_, rows)| std::cmp::Reverse(rows.iter().map(|r| r.1).sum::<u64>()));
+    let mut out = Vec::new();
+    for ((pid, reason), mut rows) in groups {
+        let total = rows.iter().map(|r| r.1).sum();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+        out.extend(rows.into_iter().map(|(rip, count)| RipRow {
+            pid,
+            reason,
+            reason_name: reason_name(reason),
+            rip,
+            count,
+            reason_share: units::ratio(count, total),
+        }));
+    }
+    out
 }
 
 /// The name of a `--detail` row's key.
@@ -284,6 +326,7 @@ fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
         groups,
         breakdown,
         ports,
+        rips: rip_rows(a),
         intervals: None,
     }
 }
@@ -352,6 +395,7 @@ fn table(r: &Report) -> String {
     breakdown_table(&mut out, r);
     ports_table(&mut out, r);
     detail_table(&mut out, r);
+    rips_table(&mut out, r);
     intervals_table(&mut out, r);
     if let Some(slow) = &r.header.slow {
         slow.render(&mut out);
@@ -687,6 +731,46 @@ fn detail_table(out: &mut String, r: &Report) {
     }
 }
 
+/// Guest RIPs shown per pid and reason in the text format (JSON has them all).
+const TOP_RIPS: usize = 5;
+
+/// `--detail`: the guest instructions that exited most, per pid and reason.
+fn rips_table(out: &mut String, r: &Report) {
+    if r.rips.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Guest RIPs (top {TOP_RIPS} per pid and reason)");
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<24}{:<20}{:>10}{:>8}",
+        "pid", "reason", "rip", "count", "share"
+    );
+    let mut shown = 0;
+    let mut last = None;
+    for row in &r.rips {
+        if last != Some((row.pid, row.reason)) {
+            last = Some((row.pid, row.reason));
+            shown = 0;
+        }
+        shown += 1;
+        if shown > TOP_RIPS {
+            continue;
+        }
+        let rip = row
+            .rip
+            .map_or_else(|| "other".to_owned(), |v| format!("{v:#x}"));
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<24}{rip:<20}{:>10}{:>8}",
+            row.pid,
+            row.reason_name,
+            row.count,
+            units::pct(row.reason_share)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -901,6 +985,39 @@ mod tests {
         assert_eq!(
             (msr["count"].as_u64(), msr["write"].as_bool()),
             (Some(30), Some(false))
+        );
+    }
+
+    /// `--detail`'s guest RIPs: per pid and reason, most first, the `other` row last among
+    /// equals, each with its share of the reason's RIP-counted exits; the text shows the top
+    /// few per reason.
+    #[test]
+    fn guest_rips_are_listed_per_reason_most_first() {
+        let mut a = sample();
+        let rips: Vec<(u64, u64)> = (0..7).map(|i| (0x1000 + i, 10 + i)).collect();
+        a.add_tally(&crate::data::model::Tally {
+            exit: exit(0, NPF, [None; STAGES]),
+            first_ts_ns: SEC,
+            count: 0,
+            stages: Default::default(),
+            sum_ns: [0; STAGES],
+            addrs: Vec::new(),
+            other: 0,
+            rips,
+            rips_other: 2,
+        });
+        let h = header();
+        let r = build(&h, &a, By::Reason);
+        assert_eq!(r.total_exits, 400, "RIPs count no exit of their own");
+        let top: Vec<(Option<u64>, u64)> = r.rips.iter().map(|x| (x.rip, x.count)).collect();
+        assert_eq!(top[..2], [(Some(0x1006), 16), (Some(0x1005), 15)]);
+        assert_eq!(top.last(), Some(&(None, 2)));
+        assert_eq!(r.rips[0].reason_share, 16.0 / 93.0);
+        let t = render(&h, &a, By::Reason, Format::Table);
+        assert!(t.contains("Guest RIPs (top 5 per pid and reason)"), "{t}");
+        assert!(
+            t.contains("0x1006") && t.contains("0x1002") && !t.contains("0x1001"),
+            "{t}"
         );
     }
 
