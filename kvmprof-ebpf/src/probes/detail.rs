@@ -72,21 +72,21 @@ fn try_rip(ctx: &TracePointContext) -> Option<u32> {
         reason: read_field(ctx, field::EXIT_REASON)?,
         rip: read_field(ctx, field::EXIT_RIP)?,
     };
-    if let Some(c) = maps::RIPS.get_ptr_mut(&key) {
+    if let Some(c) = maps::RIPS.get_ptr_mut(key) {
         // SAFETY: map value pointer valid for this run; keyed by thread, so this CPU alone
         // writes it now.
         unsafe { *c += 1 };
         return Some(0);
     }
-    if maps::RIPS.insert(&key, &1, BPF_NOEXIST as u64).is_ok() {
+    if maps::RIPS.insert(key, 1, BPF_NOEXIST as u64).is_ok() {
         return Some(0);
     }
     let other = RipKey { rip: 0, ..key };
-    if let Some(c) = maps::RIPS_OTHER.get_ptr_mut(&other) {
+    if let Some(c) = maps::RIPS_OTHER.get_ptr_mut(other) {
         // SAFETY: as above.
         unsafe { *c += 1 };
     } else {
-        let _ = maps::RIPS_OTHER.insert(&other, &1, BPF_NOEXIST as u64);
+        let _ = maps::RIPS_OTHER.insert(other, 1, BPF_NOEXIST as u64);
     }
     Some(0)
 }

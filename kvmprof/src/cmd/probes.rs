@@ -25,10 +25,12 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
         a.hooks.deep(),
         a.hooks.debug_bpf(),
         a.hooks.detail(),
-        true,
         Default::default(),
-        &[],
-        false,
+        live::Tracing {
+            filter: true,
+            pids: &[],
+            children: false,
+        },
     )?;
     let text = match a.format {
         Format::Table => render(&plan, &facts) + &render_loaded(&attached),

@@ -163,22 +163,33 @@ pub struct Outcome {
     pub halts: Option<crate::data::halts::Halts>,
 }
 
+/// The processes a session traces: only `pids` (none at all when `filter` is set and `pids`
+/// is empty, for `probes`; every process without `filter`), and the processes they create
+/// when `children`.
+pub struct Tracing<'a> {
+    pub filter: bool,
+    pub pids: &'a [u32],
+    pub children: bool,
+}
+
 /// Plans for this kernel and attaches the plan, loading the object once per attempt: when
 /// the kernel refuses a program, the plan is made again without it (the next hook for that
 /// stage or tracepoint, and why, in the plan) and the object loaded afresh, since the plan
 /// fixes its load-time configuration. Fails only when nothing less preferred is left.
-/// Tracing only `pids` (none at all when `filter` is set and `pids` is empty, for `probes`),
-/// and the processes they create when `children`.
+/// Tracing what `tracing` says.
 pub fn attach_for_host(
     hooks: HookPref,
     deep: bool,
     debug_bpf: bool,
     detail: bool,
-    filter: bool,
     records: attach::Records,
-    pids: &[u32],
-    children: bool,
+    tracing: Tracing,
 ) -> Result<(Facts, Plan, aya::Ebpf)> {
+    let Tracing {
+        filter,
+        pids,
+        children,
+    } = tracing;
     let (mut facts, mut plan) = crate::host::plan_for_host(hooks, deep)?;
     loop {
         let mut ebpf = attach::load_for(&plan, &facts, filter, records, debug_bpf)?;
@@ -340,10 +351,12 @@ impl Session {
             opts.stages,
             opts.debug_bpf,
             opts.detail,
-            !pids.is_empty(),
             opts.records,
-            &pids,
-            opts.children,
+            Tracing {
+                filter: !pids.is_empty(),
+                pids: &pids,
+                children: opts.children,
+            },
         )?;
         let ring = RingBuf::try_from(ebpf.take_map(map::EVENTS).context("EVENTS map")?)?;
         let counters =

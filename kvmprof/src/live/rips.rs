@@ -9,6 +9,9 @@ use kvmprof_common::{detail::RipKey, names::map, STAGES};
 
 use crate::data::model::{Exit, Reason, ReasonSpace, Tally};
 
+/// Per (pid, space, reason): the (RIP, exits) that grew, and the `other` row's growth.
+type Grown = BTreeMap<(u32, u32, u32), (Vec<(u64, u64)>, u64)>;
+
 pub struct Reader {
     rips: BpfHashMap<MapData, RipKey, u64>,
     other: BpfHashMap<MapData, RipKey, u64>,
@@ -29,7 +32,7 @@ impl Reader {
     /// Appends to `out` the RIP counts that grew, at `ts_ns`.
     pub fn read(&mut self, ts_ns: u64, out: &mut Vec<Tally>) -> Result<()> {
         // (pid, space, reason) -> (rip, exits); RIP 0 in `RIPS_OTHER` is the `other` row.
-        let mut grown: BTreeMap<(u32, u32, u32), (Vec<(u64, u64)>, u64)> = BTreeMap::new();
+        let mut grown = Grown::new();
         for (map, folded) in [(&self.rips, false), (&self.other, true)] {
             for entry in map.iter() {
                 let (key, n) = entry.context("read the RIP counts")?;

@@ -196,7 +196,8 @@ struct RipRow {
 
 /// The guest-RIP rows, grouped by pid and reason (the largest group first), most exits first.
 fn rip_rows(a: &Aggregate) -> Vec<RipRow> {
-    let mut groups: BTreeMap<(u32, Reason), Vec<(Option<u64>, u64)>> = BTreeMap::new();
+    type Rows = Vec<(Option<u64>, u64)>;
+    let mut groups: BTreeMap<(u32, Reason), Rows> = BTreeMap::new();
     for (k, &n) in a.rips() {
         groups
             .entry((k.pid, k.reason))
