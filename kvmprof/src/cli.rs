@@ -85,9 +85,10 @@ pub struct HookArgs {
     /// programs on every exit. Without it: cycle, vendor run and VMM round trip.
     #[arg(long)]
     stages: bool,
-    /// Also file MSR exits by MSR index and direction, CPUID exits by leaf and subleaf and
-    /// hypercalls by number (`kvm:kvm_msr`, `kvm:kvm_cpuid`, `kvm:kvm_hypercall`; not under
-    /// PVM): one more BPF program on those exits only.
+    /// Also file MSR exits by MSR index and direction, CPUID exits by leaf and subleaf,
+    /// hypercalls by number (`kvm:kvm_msr`, `kvm:kvm_cpuid`, `kvm:kvm_hypercall`: a program
+    /// on those exits only) and count every exit by guest RIP (a second program on
+    /// `kvm:kvm_exit`). Intel VMX and AMD SVM; `record` only.
     #[arg(long)]
     detail: bool,
     /// Log the eBPF programs' rare anomalies to stderr (a refused kernel read, a stage return
@@ -113,9 +114,19 @@ impl HookArgs {
         self.stages
     }
 
-    /// `--detail`: MSRs, CPUID leaves and hypercalls.
+    /// `--detail`: MSRs, CPUID leaves, hypercalls and guest RIPs.
     pub fn detail(&self) -> bool {
         self.detail
+    }
+
+    /// Refuses `--detail` for a command (`top`, `serve`) whose views do not show it yet.
+    pub fn no_detail(&self, command: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.detail,
+            "--detail is shown by `record` (then `report`); `{command}` does not show MSRs, \
+             leaves, hypercalls or guest RIPs yet"
+        );
+        Ok(())
     }
 
     /// `--debug-bpf`: the programs' anomaly log.
@@ -474,6 +485,22 @@ pub fn parse_period(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detail_is_for_record_and_refused_where_nothing_shows_it() {
+        let cli = Cli::try_parse_from(["kvmprof", "top", "--detail"]).expect("parses");
+        let Cmd::Top(top) = cli.cmd else {
+            panic!("top")
+        };
+        let e = top.hooks.no_detail("top").unwrap_err().to_string();
+        assert!(e.starts_with("--detail is shown by `record`"), "{e}");
+        let cli =
+            Cli::try_parse_from(["kvmprof", "record", "--detail", "-p", "1"]).expect("parses");
+        let Cmd::Record(rec) = cli.cmd else {
+            panic!("record")
+        };
+        assert!(rec.hooks.detail());
+    }
 
     #[test]
     fn durations_take_ms_s_m_h_or_bare_seconds() {

@@ -37,6 +37,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     }
     target::preflight()?;
     let targets = target::resolve_watched(&a.pids)?;
+    a.hooks.no_detail("serve")?;
     // Bind before loading anything: a port in use is the likeliest mistake.
     let listener = TcpListener::bind(a.listen)
         .await
@@ -47,7 +48,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         hooks: a.hooks.pref(),
         stages: a.hooks.deep(),
         debug_bpf: a.hooks.debug_bpf(),
-        detail: a.hooks.detail(),
+        detail: false,
         duration: None,
         tick: TICK,
         interval: SERIES_INTERVAL,

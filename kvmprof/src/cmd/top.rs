@@ -60,6 +60,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
     if !a.batch && !io::stdout().is_terminal() {
         bail!("standard output is not a terminal: use --batch for plain-text frames");
     }
+    a.hooks.no_detail("top")?;
     target::preflight()?;
     let targets = target::resolve_watched(&a.pids)?;
     let opts = live::Options {
@@ -68,7 +69,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
         hooks: a.hooks.pref(),
         stages: a.hooks.deep(),
         debug_bpf: a.hooks.debug_bpf(),
-        detail: a.hooks.detail(),
+        detail: false,
         duration: None,
         tick: if a.batch {
             a.delay
