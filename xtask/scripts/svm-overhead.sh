@@ -17,7 +17,7 @@ set -e
 ROUNDS=${ROUNDS:-5}
 ARGS=${ARGS:-"--vcpus 1 --pio-user 1000 --pio-kernel 4000"}
 # MODES: which to alternate, of alone, auto (`--hooks auto`, the default), fentry, kprobe
-# (`--hooks fentry|kprobe`), before and perf. BEFORE: an earlier kvmprof binary (in the
+# (`--hooks fentry|kprobe`), detail (the default with `--detail`), before and perf. BEFORE: an earlier kvmprof binary (in the
 # repository, which the VM sees), whose default `record` is mode `before`: before and after
 # in one alternating run (it then takes the kprobe mode's turn unless MODES says otherwise).
 if [ -n "$BEFORE" ]; then
@@ -40,8 +40,8 @@ while [ $r -le "$ROUNDS" ]; do
         f=$D/$mode.$r
         case $mode in
         alone) $T "$TESTVMM" $ARGS > $f.vmm.json ;;
-        auto | fentry | kprobe | before)
-            [ $mode = before ] && hooks=auto || hooks=$mode
+        auto | fentry | kprobe | detail | before)
+            case $mode in before) hooks=auto ;; detail) hooks="auto --detail" ;; *) hooks=$mode ;; esac
             [ $mode = before ] && bin=$BEFORE || bin=$KVMPROF
             $T "$bin" record --hooks $hooks -o $f.data -- "$TESTVMM" $ARGS > $f.vmm.json 2> $f.err \
                 || { cat $f.err $f.vmm.json >&2; exit 1; }
@@ -66,6 +66,7 @@ labels = {
     "alone": "test VMM alone",
     "auto": "kvmprof record --hooks auto",
     "fentry": "kvmprof record --hooks fentry",
+    "detail": "kvmprof record --detail",
     "kprobe": "kvmprof record --hooks kprobe",
     "before": "kvmprof record --hooks auto, $BEFORE",
     "perf": "perf kvm stat record",
