@@ -955,19 +955,10 @@ mod tests {
         assert_eq!(round_halts(&round, 1), 0);
     }
 
-    #[test]
-    fn the_halts_come_after_the_device_loop_and_keep_the_port() {
-        let round = Round {
-            pio_kernel: 2,
-            pio_device: 1,
-            halts: 2,
-            ..Round::default()
-        };
+    /// What vCPU 0 of a round with one device-loop iteration and two halts does last.
+    fn one_device_loop_two_halts_and_the_end() -> [Event; 9] {
         let [elcr1, elcr2] = PIO_DEVICE_PORTS;
-        let port = kernel_port(0);
-        let want = vec![
-            Event::Out(port),
-            Event::Out(port),
+        [
             Event::In(PIO_MIXED_IN_PORT),
             Event::In(elcr1),
             Event::Out(elcr1),
@@ -977,7 +968,20 @@ mod tests {
             Event::IrqHlt,
             Event::IrqHlt,
             Event::Out(PIO_DONE_PORT),
-        ];
+        ]
+    }
+
+    #[test]
+    fn the_halts_come_after_the_device_loop_and_keep_the_port() {
+        let round = Round {
+            pio_kernel: 2,
+            pio_device: 1,
+            halts: 2,
+            ..Round::default()
+        };
+        let port = kernel_port(0);
+        let mut want = vec![Event::Out(port), Event::Out(port)];
+        want.extend(one_device_loop_two_halts_and_the_end());
         assert_eq!(run(round, 0), want);
     }
 
@@ -1033,20 +1037,9 @@ mod tests {
             halts: 2,
             ..Round::default()
         };
-        let [elcr1, elcr2] = PIO_DEVICE_PORTS;
         let mut want = vec![Event::Out(kernel_port(0)), Event::In(PIO_IN_PORT)];
         want.extend(detail_events(&round));
-        want.extend([
-            Event::In(PIO_MIXED_IN_PORT),
-            Event::In(elcr1),
-            Event::Out(elcr1),
-            Event::Out(PIO_MIXED_OUT_PORT),
-            Event::In(elcr2),
-            Event::Out(elcr2),
-            Event::IrqHlt,
-            Event::IrqHlt,
-            Event::Out(PIO_DONE_PORT),
-        ]);
+        want.extend(one_device_loop_two_halts_and_the_end());
         assert_eq!(run(round, 0), want);
     }
 

@@ -213,6 +213,24 @@ pub struct Tally {
     pub rips_other: u64,
 }
 
+impl Tally {
+    /// A tally of guest RIPs only (`--detail`): exits like `exit` by RIP, and those whose
+    /// RIP the kernel had no room for.
+    pub fn of_rips(exit: Exit, rips: Vec<(u64, u64)>, rips_other: u64) -> Tally {
+        Tally {
+            first_ts_ns: exit.ts_ns,
+            exit,
+            count: 0,
+            stages: Default::default(),
+            sum_ns: [0; STAGES],
+            addrs: Vec::new(),
+            other: 0,
+            rips,
+            rips_other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,29 +56,20 @@ impl Reader {
             } else {
                 ReasonSpace::Svm
             };
-            out.push(Tally {
-                exit: Exit {
-                    pid,
-                    tid: 0,
-                    vcpu: None,
-                    ts_ns,
-                    reason: Reason {
-                        space,
-                        code: reason,
-                    },
-                    userspace_reason: None,
-                    access: None,
-                    stages: [None; STAGES],
+            let exit = Exit {
+                pid,
+                tid: 0,
+                vcpu: None,
+                ts_ns,
+                reason: Reason {
+                    space,
+                    code: reason,
                 },
-                first_ts_ns: ts_ns,
-                count: 0,
-                stages: Default::default(),
-                sum_ns: [0; STAGES],
-                addrs: Vec::new(),
-                other: 0,
-                rips,
-                rips_other,
-            });
+                userspace_reason: None,
+                access: None,
+                stages: [None; STAGES],
+            };
+            out.push(Tally::of_rips(exit, rips, rips_other));
         }
         Ok(())
     }

@@ -898,19 +898,12 @@ mod tests {
     #[test]
     fn guest_rips_come_back_from_every_block() {
         let exits = sample_exits();
-        let rips = |ts_ns, rips, rips_other| Tally {
-            exit: Exit {
+        let rips = |ts_ns, rips, rips_other| {
+            let exit = Exit {
                 ts_ns,
                 ..exits[0].clone()
-            },
-            first_ts_ns: ts_ns,
-            count: 0,
-            stages: Default::default(),
-            sum_ns: [0; kvmprof_common::STAGES],
-            addrs: Vec::new(),
-            other: 0,
-            rips,
-            rips_other,
+            };
+            Tally::of_rips(exit, rips, rips_other)
         };
         let mut w = Writer::new(Vec::new(), SEC);
         w.write_header(&header(), header().start_ts_ns).unwrap();

@@ -996,17 +996,8 @@ mod tests {
     fn guest_rips_are_listed_per_reason_most_first() {
         let mut a = sample();
         let rips: Vec<(u64, u64)> = (0..7).map(|i| (0x1000 + i, 10 + i)).collect();
-        a.add_tally(&crate::data::model::Tally {
-            exit: exit(0, NPF, [None; STAGES]),
-            first_ts_ns: SEC,
-            count: 0,
-            stages: Default::default(),
-            sum_ns: [0; STAGES],
-            addrs: Vec::new(),
-            other: 0,
-            rips,
-            rips_other: 2,
-        });
+        let tally = crate::data::model::Tally::of_rips(exit(0, NPF, [None; STAGES]), rips, 2);
+        a.add_tally(&tally);
         let h = header();
         let r = build(&h, &a, By::Reason);
         assert_eq!(r.total_exits, 400, "RIPs count no exit of their own");
