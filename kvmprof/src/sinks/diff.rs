@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::backend::reason_name;
-use crate::data::aggregate::Aggregate;
+use crate::data::aggregate::{Aggregate, IoSpace};
 use crate::data::group::Percentiles;
 use crate::data::model::{Reason, Stage};
 use crate::data::series::{self, Selection};
@@ -34,6 +34,49 @@ pub struct Diff {
     a: SideSummary,
     b: SideSummary,
     rows: Vec<Row>,
+    /// `record --detail`: exits per MSR and direction, CPUID leaf and hypercall number on
+    /// each side (over all processes), most first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    detail: Vec<DetailRow>,
+}
+
+#[derive(Serialize)]
+struct DetailRow {
+    space: IoSpace,
+    /// As in the report's rows (`ports`): MSR index, CPUID leaf and subleaf, hypercall nr.
+    addr: u64,
+    write: bool,
+    a: u64,
+    b: u64,
+}
+
+/// Exits per `--detail` key of `a`, over all its processes and reasons.
+fn detail_counts(a: &Aggregate) -> BTreeMap<(IoSpace, u64, bool), u64> {
+    let mut out = BTreeMap::new();
+    for (p, s) in a.ports().iter().filter(|(p, _)| p.space.is_detail()) {
+        *out.entry((p.space, p.addr, p.write)).or_default() += s.count;
+    }
+    out
+}
+
+/// The `--detail` rows of both sides.
+fn detail_rows(a: &Aggregate, b: &Aggregate) -> Vec<DetailRow> {
+    let (ca, cb) = (detail_counts(a), detail_counts(b));
+    let mut keys: Vec<_> = ca.keys().chain(cb.keys()).copied().collect();
+    keys.sort();
+    keys.dedup();
+    let mut rows: Vec<DetailRow> = keys
+        .into_iter()
+        .map(|k| DetailRow {
+            space: k.0,
+            addr: k.1,
+            write: k.2,
+            a: ca.get(&k).copied().unwrap_or(0),
+            b: cb.get(&k).copied().unwrap_or(0),
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.a.max(r.b)));
+    rows
 }
 
 #[derive(Serialize)]
@@ -194,6 +237,7 @@ pub fn diff(a: &Side, b: &Side, sel: &Selection) -> Diff {
         a: summary(a, da),
         b: summary(b, db),
         rows,
+        detail: detail_rows(a.aggregate, b.aggregate),
     }
 }
 
@@ -284,7 +328,38 @@ pub fn table_text(d: &Diff) -> String {
         };
         let _ = writeln!(out, "{:<24}{:>4}{}", "", "B/A", line.trim_end());
     }
+    detail_text(&mut out, &d.detail);
     out
+}
+
+/// `--detail`'s keys, exits in A and B and B/A.
+fn detail_text(out: &mut String, rows: &[DetailRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "MSRs, CPUID leaves and hypercalls (record --detail)");
+    let _ = writeln!(
+        out,
+        "{:<10}{:<14}{:<6}{:>10}{:>10}{:>9}",
+        "what", "key", "dir", "A", "B", "B/A"
+    );
+    for r in rows {
+        let dir = match (r.space, r.write) {
+            (IoSpace::Msr, true) => "write",
+            (IoSpace::Msr, false) => "read",
+            _ => "-",
+        };
+        let b_a = ratio(r.a as f64, r.b as f64).map_or_else(|| "-".to_owned(), ratio_text);
+        let _ = writeln!(
+            out,
+            "{:<10}{:<14}{dir:<6}{:>10}{:>10}{b_a:>9}",
+            r.space.name(),
+            format!("{:#x}", r.addr),
+            r.a,
+            r.b
+        );
+    }
 }
 
 /// A ratio in at most 6 characters, so that columns 9 wide keep a space between them:
@@ -350,6 +425,42 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json(&d)).expect("JSON");
         assert_eq!(v["schema_version"], 1);
         assert_eq!(v["rows"][0]["reason_name"], "io");
+    }
+
+    /// `--detail`'s keys on each side, summed over processes, one only in B.
+    #[test]
+    fn detail_keys_are_compared_side_by_side() {
+        use crate::data::model::Access;
+        let h = header();
+        let with = |msrs: &[(u32, u64)]| {
+            let mut a = agg(&[(IO, 5, 1000)]);
+            for &(index, n) in msrs {
+                for _ in 0..n {
+                    let mut e = testdata::exit(1, 0, IO, testdata::cycle(Some(900)));
+                    e.access = Some(Access::Msr {
+                        index,
+                        write: false,
+                    });
+                    a.add(&e);
+                }
+            }
+            a
+        };
+        let (a, b) = (with(&[(0x1b, 4)]), with(&[(0x1b, 8), (0x6e0, 3)]));
+        let side = |a| Side {
+            name: "x".into(),
+            header: &h,
+            aggregate: a,
+        };
+        let d = diff(&side(&a), &side(&b), &Selection::default());
+        let rows: Vec<(u64, u64, u64)> = d.detail.iter().map(|r| (r.addr, r.a, r.b)).collect();
+        assert_eq!(rows, [(0x1b, 4, 8), (0x6e0, 0, 3)]);
+        let text = table_text(&d);
+        let line = text.lines().find(|l| l.contains("0x1b")).expect("row");
+        assert_eq!(
+            line.split_whitespace().collect::<Vec<_>>(),
+            ["msr", "0x1b", "read", "4", "8", "2.00"]
+        );
     }
 
     #[test]

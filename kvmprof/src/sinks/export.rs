@@ -233,6 +233,12 @@ struct JsonExport<'a> {
     series: Vec<JsonSeries>,
     #[serde(skip_serializing_if = "Option::is_none")]
     intervals: Option<Vec<JsonInterval>>,
+    /// `record --detail`: the MSR, CPUID and hypercall rows and the guest RIPs, as
+    /// `report --format json` has them (`ports` rows of those spaces, `rips`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    detail: Vec<super::report::PortRow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rips: Vec<super::report::RipRow>,
 }
 
 #[derive(Serialize)]
@@ -321,6 +327,11 @@ pub fn json(h: &Header, a: &Aggregate, sel: &Selection, intervals: bool) -> Resu
         lost: a.lost(),
         series,
         intervals,
+        detail: super::report::port_rows(a)
+            .into_iter()
+            .filter(|p| p.space.is_detail())
+            .collect(),
+        rips: super::report::rip_rows(a),
     };
     Ok(serde_json::to_string_pretty(&export)? + "\n")
 }
@@ -328,6 +339,46 @@ pub fn json(h: &Header, a: &Aggregate, sel: &Selection, intervals: bool) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--detail`'s rows go into the JSON export as the report has them; none without it.
+    #[test]
+    fn the_json_export_carries_the_detail_rows_and_guest_rips() {
+        use crate::data::model::{Access, Tally};
+        use crate::testdata::{self, IO};
+        let msr = Reason {
+            space: crate::data::model::ReasonSpace::Vmx,
+            code: 31,
+        };
+        let mut a = Aggregate::new(testdata::SEC);
+        let mut e = testdata::exit(
+            7,
+            0,
+            msr,
+            [Some(900), None, None, None, None, None, None, None],
+        );
+        e.access = Some(Access::Msr {
+            index: 0x6e0,
+            write: true,
+        });
+        a.add(&e);
+        let plain = json(&testdata::header(), &a, &Selection::default(), false).expect("json");
+        let v: serde_json::Value = serde_json::from_str(&plain).expect("parses");
+        assert_eq!(v["detail"][0]["name"], "IA32_TSC_DEADLINE");
+        assert!(v.get("rips").is_none());
+        a.add_tally(&Tally::of_rips(
+            testdata::exit(7, 0, IO, [None; 8]),
+            vec![(0x1008, 3)],
+            0,
+        ));
+        let v: serde_json::Value = serde_json::from_str(
+            &json(&testdata::header(), &a, &Selection::default(), false).expect("json"),
+        )
+        .expect("parses");
+        assert_eq!(
+            (v["rips"][0]["rip"].as_u64(), v["rips"][0]["count"].as_u64()),
+            (Some(0x1008), Some(3))
+        );
+    }
 
     #[test]
     fn csv_fields_are_quoted_when_needed() {

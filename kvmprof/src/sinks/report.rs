@@ -161,9 +161,9 @@ struct BreakdownRow {
 }
 
 #[derive(Serialize)]
-struct PortRow {
+pub(super) struct PortRow {
     pid: u32,
-    space: IoSpace,
+    pub(super) space: IoSpace,
     addr: u64,
     /// The `other` row of MMIO exits whose address the kernel had no room to count apart.
     folded: bool,
@@ -183,7 +183,7 @@ struct PortRow {
 }
 
 #[derive(Serialize)]
-struct RipRow {
+pub(super) struct RipRow {
     pid: u32,
     reason: Reason,
     reason_name: String,
@@ -194,8 +194,39 @@ struct RipRow {
     reason_share: f64,
 }
 
+/// The rows of the ports table and `--detail`'s, most exits first.
+pub(super) fn port_rows(a: &Aggregate) -> Vec<PortRow> {
+    let mut by_pid_reason: BTreeMap<(u32, Reason), u64> = BTreeMap::new();
+    for (key, stats) in a.keys() {
+        *by_pid_reason.entry((key.pid, key.reason)).or_default() += stats.count;
+    }
+    let mut ports: Vec<PortRow> = a
+        .ports()
+        .iter()
+        .map(|(p, s)| PortRow {
+            pid: p.pid,
+            space: p.space,
+            addr: p.addr,
+            folded: p.folded,
+            write: p.write,
+            reason: p.reason,
+            reason_name: reason_name(p.reason),
+            name: detail_name(p.space, p.addr),
+            count: s.count,
+            userspace: s.userspace,
+            reason_share: units::ratio(
+                s.count,
+                by_pid_reason.get(&(p.pid, p.reason)).copied().unwrap_or(0),
+            ),
+            mean_cycle_ns: (s.cycle_count > 0).then(|| s.cycle_ns / s.cycle_count),
+        })
+        .collect();
+    ports.sort_by_key(|x| std::cmp::Reverse(x.count));
+    ports
+}
+
 /// The guest-RIP rows, grouped by pid and reason (the largest group first), most exits first.
-fn rip_rows(a: &Aggregate) -> Vec<RipRow> {
+pub(super) fn rip_rows(a: &Aggregate) -> Vec<RipRow> {
     type Rows = Vec<(Option<u64>, u64)>;
     let mut groups: BTreeMap<(u32, Reason), Rows> = BTreeMap::new();
     for (k, &n) in a.rips() {
@@ -284,33 +315,6 @@ fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
         .collect();
     breakdown.sort_by_key(|x| std::cmp::Reverse(x.count));
 
-    let mut by_pid_reason: BTreeMap<(u32, Reason), u64> = BTreeMap::new();
-    for (key, stats) in a.keys() {
-        *by_pid_reason.entry((key.pid, key.reason)).or_default() += stats.count;
-    }
-    let mut ports: Vec<PortRow> = a
-        .ports()
-        .iter()
-        .map(|(p, s)| PortRow {
-            pid: p.pid,
-            space: p.space,
-            addr: p.addr,
-            folded: p.folded,
-            write: p.write,
-            reason: p.reason,
-            reason_name: reason_name(p.reason),
-            name: detail_name(p.space, p.addr),
-            count: s.count,
-            userspace: s.userspace,
-            reason_share: units::ratio(
-                s.count,
-                by_pid_reason.get(&(p.pid, p.reason)).copied().unwrap_or(0),
-            ),
-            mean_cycle_ns: (s.cycle_count > 0).then(|| s.cycle_ns / s.cycle_count),
-        })
-        .collect();
-    ports.sort_by_key(|x| std::cmp::Reverse(x.count));
-
     Report {
         header: h,
         merged: None,
@@ -326,7 +330,7 @@ fn build<'a>(h: &'a Header, a: &Aggregate, by: By) -> Report<'a> {
         by: by.name(),
         groups,
         breakdown,
-        ports,
+        ports: port_rows(a),
         rips: rip_rows(a),
         intervals: None,
     }
