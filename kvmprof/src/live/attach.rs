@@ -370,13 +370,15 @@ fn attach_detail(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
         (hcall, programs_of(hcall)?.classic),
         (exit, names::RIP_PROGRAM),
     ];
-    let mut failed = Vec::new();
+    // Under PVM no exit opens before its port or MMIO access (IDENT), so there is no open
+    // exit to file, and `kvm_exit` does not fire: nothing to attach.
     if !crate::backend::hooks(facts.vendor()).kvm_exit_fires {
-        failed.push(format!(
-            "guest RIPs: {exit} does not fire on {}",
+        anyhow::bail!(
+            "{exit} does not fire on {}: exits keep their reason, port and address only",
             facts.vendor().label()
-        ));
+        );
     }
+    let mut failed = Vec::new();
     for (tp, program) in programs {
         let attached = (|| {
             let mut offsets: Array<_, u32> = Array::try_from(
