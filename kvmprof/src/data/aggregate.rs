@@ -121,6 +121,44 @@ impl IoSpace {
     pub fn is_detail(self) -> bool {
         matches!(self, IoSpace::Msr | IoSpace::Cpuid | IoSpace::Hypercall)
     }
+
+    /// The space, address (port, GPA, MSR index, CPUID key, hypercall number) and direction
+    /// of an access.
+    pub fn of(access: Access) -> (IoSpace, u64, bool) {
+        match access {
+            Access::Pio { port, write, .. } => (IoSpace::Pio, u64::from(port), write),
+            Access::Mmio { gpa, write, .. } => (IoSpace::Mmio, gpa, write),
+            Access::Msr { index, write } => (IoSpace::Msr, u64::from(index), write),
+            Access::Cpuid { leaf, subleaf } => (
+                IoSpace::Cpuid,
+                kvmprof_common::detail::cpuid_key(leaf, subleaf),
+                false,
+            ),
+            Access::Hypercall { nr } => (IoSpace::Hypercall, nr, false),
+        }
+    }
+
+    /// The direction of a row of this space, as tables spell it.
+    pub fn direction(self, write: bool) -> &'static str {
+        match (self, write) {
+            (IoSpace::Pio, true) => "out",
+            (IoSpace::Pio, false) => "in",
+            (IoSpace::Mmio | IoSpace::Msr, true) => "write",
+            (IoSpace::Mmio | IoSpace::Msr, false) => "read",
+            (IoSpace::Cpuid | IoSpace::Hypercall, _) => "-",
+        }
+    }
+
+    /// A row's `addr` as tables spell it: hex, a CPUID key as `leaf/subleaf`.
+    pub fn key_text(self, addr: u64) -> String {
+        match self {
+            IoSpace::Cpuid => {
+                let (leaf, subleaf) = kvmprof_common::detail::cpuid_leaf(addr);
+                format!("{leaf:#x}/{subleaf:#x}")
+            }
+            _ => format!("{addr:#x}"),
+        }
+    }
 }
 
 /// One row of the ports/addresses table.
@@ -587,17 +625,7 @@ pub fn new_histogram() -> Histogram<u64> {
 
 /// The ports-table row of `e`'s access.
 fn port_key(e: &Exit, access: Access) -> PortKey {
-    let (space, addr, write) = match access {
-        Access::Pio { port, write, .. } => (IoSpace::Pio, u64::from(port), write),
-        Access::Mmio { gpa, write, .. } => (IoSpace::Mmio, gpa, write),
-        Access::Msr { index, write } => (IoSpace::Msr, u64::from(index), write),
-        Access::Cpuid { leaf, subleaf } => (
-            IoSpace::Cpuid,
-            kvmprof_common::detail::cpuid_key(leaf, subleaf),
-            false,
-        ),
-        Access::Hypercall { nr } => (IoSpace::Hypercall, nr, false),
-    };
+    let (space, addr, write) = IoSpace::of(access);
     PortKey {
         pid: e.pid,
         space,

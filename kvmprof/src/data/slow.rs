@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     backend::reason_name,
-    data::model::{Access, Exit, Stage},
+    data::{
+        aggregate::IoSpace,
+        model::{Exit, Stage},
+    },
     util::units,
 };
 
@@ -115,17 +118,15 @@ pub fn heading() -> String {
 pub fn row(e: &Exit) -> String {
     let vcpu = e.vcpu.map_or("-".to_owned(), |v| v.to_string());
     let access = match e.access {
-        Some(Access::Pio { port, write, .. }) => {
-            format!("pio {port:#x} {}", if write { "out" } else { "in" })
+        Some(a) => {
+            let (space, addr, write) = IoSpace::of(a);
+            format!(
+                "{} {} {}",
+                space.name(),
+                space.key_text(addr),
+                space.direction(write)
+            )
         }
-        Some(Access::Mmio { gpa, write, .. }) => {
-            format!("mmio {gpa:#x} {}", if write { "write" } else { "read" })
-        }
-        Some(Access::Msr { index, write }) => {
-            format!("msr {index:#x} {}", if write { "write" } else { "read" })
-        }
-        Some(Access::Cpuid { leaf, subleaf }) => format!("cpuid {leaf:#x}/{subleaf:#x}"),
-        Some(Access::Hypercall { nr }) => format!("hypercall {nr}"),
         None => "-".to_owned(),
     };
     let stages: Vec<String> = Stage::ALL

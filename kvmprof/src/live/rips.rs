@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use kvmprof_common::{detail::RipKey, names::map, STAGES};
 
-use crate::data::model::{Exit, Reason, ReasonSpace, Tally};
+use crate::data::model::{Exit, Reason, Tally};
+use crate::live::collect;
 
 /// Per (pid, space, reason): the (RIP, exits) that grew, and the `other` row's growth.
 type Grown = BTreeMap<(u32, u32, u32), (Vec<(u64, u64)>, u64)>;
@@ -50,19 +51,13 @@ impl Reader {
             }
         }
         for ((pid, space, reason), (rips, rips_other)) in grown {
-            // Only `kvm:kvm_exit` counts RIPs: VMX or SVM reasons.
-            let space = if space == u32::from(kvmprof_common::space::VMX) {
-                ReasonSpace::Vmx
-            } else {
-                ReasonSpace::Svm
-            };
             let exit = Exit {
                 pid,
                 tid: 0,
                 vcpu: None,
                 ts_ns,
                 reason: Reason {
-                    space,
+                    space: collect::reason_space(space as u8),
                     code: reason,
                 },
                 userspace_reason: None,

@@ -345,17 +345,13 @@ fn detail_text(out: &mut String, rows: &[DetailRow]) {
         "what", "key", "dir", "A", "B", "B/A"
     );
     for r in rows {
-        let dir = match (r.space, r.write) {
-            (IoSpace::Msr, true) => "write",
-            (IoSpace::Msr, false) => "read",
-            _ => "-",
-        };
         let b_a = ratio(r.a as f64, r.b as f64).map_or_else(|| "-".to_owned(), ratio_text);
         let _ = writeln!(
             out,
-            "{:<10}{:<14}{dir:<6}{:>10}{:>10}{b_a:>9}",
+            "{:<10}{:<14}{:<6}{:>10}{:>10}{b_a:>9}",
             r.space.name(),
-            format!("{:#x}", r.addr),
+            r.space.key_text(r.addr),
+            r.space.direction(r.write),
             r.a,
             r.b
         );

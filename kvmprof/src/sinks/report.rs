@@ -655,22 +655,17 @@ fn ports_table(out: &mut String, r: &Report) {
         "pid", "space", "address", "dir", "count", "to VMM"
     );
     for p in ports.iter().take(TOP_PORTS) {
-        let dir = match (p.space, p.write) {
-            (IoSpace::Pio, true) => "out",
-            (IoSpace::Pio, false) => "in",
-            (_, true) => "write",
-            (_, false) => "read",
-        };
         let _ = writeln!(
             out,
-            "{:>8}  {:<6}{:<20}{dir:<6}{:>10}{:>8}  {}",
+            "{:>8}  {:<6}{:<20}{:<6}{:>10}{:>8}  {}",
             p.pid,
             p.space.name(),
             if p.folded {
                 "other".to_owned()
             } else {
-                format!("{:#x}", p.addr)
+                p.space.key_text(p.addr)
             },
+            p.space.direction(p.write),
             p.count,
             p.userspace,
             p.reason_name
@@ -707,27 +702,18 @@ fn detail_table(out: &mut String, r: &Report) {
         "pid", "what", "key", "dir", "count", "share", "mean cycle", "name"
     );
     for p in rows.iter().take(TOP_PORTS) {
-        let dir = match (p.space, p.write) {
-            (IoSpace::Msr, true) => "write",
-            (IoSpace::Msr, false) => "read",
-            _ => "-",
-        };
-        let key = match p.space {
-            IoSpace::Cpuid => {
-                let (leaf, subleaf) = kvmprof_common::detail::cpuid_leaf(p.addr);
-                format!("{leaf:#x}/{subleaf:#x}")
-            }
-            _ => format!("{:#x}", p.addr),
-        };
+        // A leaf's name would only say its key again.
         let name = match p.space {
             IoSpace::Cpuid => "-",
             _ => p.name.as_deref().unwrap_or("-"),
         };
         let _ = writeln!(
             out,
-            "{:>8}  {:<10}{key:<12}{dir:<6}{:>10}{:>8}{:>11}  {name:<28}{}",
+            "{:>8}  {:<10}{:<12}{:<6}{:>10}{:>8}{:>11}  {name:<28}{}",
             p.pid,
             p.space.name(),
+            p.space.key_text(p.addr),
+            p.space.direction(p.write),
             p.count,
             units::pct(p.reason_share),
             p.mean_cycle_ns.map_or_else(|| "-".to_owned(), units::ns),
