@@ -1,7 +1,7 @@
 //! Maps and load-time configuration shared by all probes. The size of `EVENTS` is set by
 //! userspace at load.
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_RB_FORCE_WAKEUP},
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP},
     helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
@@ -318,6 +318,18 @@ pub static HALTS: HashMap<u64, HaltTally> = HashMap::with_max_entries(halt::THRE
 /// The halt tracepoints' field offsets (`kvmprof_common::halt::field`).
 #[map]
 pub static HALT_FIELDS: Array<u32> = Array::with_max_entries(halt::field::LEN, 0);
+
+/// Adds one to `key`'s count in `map`, making it `one` (1) if new; `false` when the map
+/// has no room for it. The caller's thread must be the only writer of `key` (plain add).
+#[inline(always)]
+pub fn count_in<K>(map: &HashMap<K, u64>, key: &K, one: &u64) -> bool {
+    if let Some(c) = map.get_ptr_mut(key) {
+        // SAFETY: map value pointer valid for this run; the caller's thread alone writes it.
+        unsafe { *c += 1 };
+        return true;
+    }
+    map.insert(key, one, BPF_NOEXIST as u64).is_ok()
+}
 
 /// The `--detail` tracepoints' field offsets (`kvmprof_common::detail::field`).
 #[map]

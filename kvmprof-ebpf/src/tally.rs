@@ -3,7 +3,7 @@
 //! (`kvmprof_common::tally` has the layout and why).
 use core::sync::atomic::Ordering;
 
-use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP};
+use aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP;
 
 use kvmprof_common::{
     counter, flag, kind,
@@ -186,14 +186,8 @@ fn count_addr(slot: u32, addr: u64) -> bool {
         addr,
     };
     sc.one = 1;
-    if let Some(c) = TALLY_ADDRS.get_ptr_mut(&sc.key) {
-        // SAFETY: map value pointer valid for this run; only the slot's thread writes it.
-        unsafe { *c += 1 };
-        return true;
-    }
-    TALLY_ADDRS
-        .insert(&sc.key, &sc.one, BPF_NOEXIST as u64)
-        .is_ok()
+    // Only the slot's thread writes its addresses.
+    crate::maps::count_in(&TALLY_ADDRS, &sc.key, &sc.one)
 }
 
 /// Whether every measured stage fits the histograms and no `--slow` threshold asks for the

@@ -2,7 +2,7 @@
 //! the open exit, from the KVM tracepoint its handler fires. Classic tracepoints, fields at
 //! the offsets of this kernel's format files (`DETAIL_FIELDS`): they run only on the exits
 //! they name, and only when asked for, so their record copy costs nothing on the others.
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmprof_common::{
     detail::{self, field, RipKey},
     flag, space,
@@ -72,28 +72,14 @@ fn try_rip(ctx: &TracePointContext) -> Option<u32> {
         reason: read_field(ctx, field::EXIT_REASON)?,
         rip: read_field(ctx, field::EXIT_RIP)?,
     };
-    if let Some(c) = maps::RIPS.get_ptr_mut(key) {
-        // SAFETY: map value pointer valid for this run; keyed by thread, so this CPU alone
-        // writes it now.
-        unsafe { *c += 1 };
-        return Some(0);
-    }
-    if maps::RIPS.insert(key, 1, BPF_NOEXIST as u64).is_ok() {
-        return Some(0);
-    }
-    let other = RipKey { rip: 0, ..key };
-    if let Some(c) = maps::RIPS_OTHER.get_ptr_mut(other) {
-        // SAFETY: as above.
-        unsafe { *c += 1 };
-    } else {
-        let _ = maps::RIPS_OTHER.insert(other, 1, BPF_NOEXIST as u64);
+    // Keyed by thread: this CPU alone writes the entry now.
+    if !maps::count_in(&maps::RIPS, &key, &1) {
+        maps::count_in(&maps::RIPS_OTHER, &RipKey { rip: 0, ..key }, &1);
     }
     Some(0)
 }
 
 #[inline(always)]
 fn read_field<T: Copy>(ctx: &TracePointContext, f: u32) -> Option<T> {
-    let off = *maps::DETAIL_FIELDS.get(f)?;
-    // SAFETY: the offset comes from this kernel's format file for this tracepoint.
-    maps::read(unsafe { ctx.read_at::<T>(off as usize) })
+    super::field::listed(ctx, &maps::DETAIL_FIELDS, f)
 }

@@ -1,5 +1,5 @@
 //! Reading the fields of a classic tracepoint's record.
-use aya_ebpf::{programs::TracePointContext, EbpfContext};
+use aya_ebpf::{maps::Array, programs::TracePointContext, EbpfContext};
 
 /// Reads a `T` of the record: at `FIXED` straight from the context when userspace found
 /// every fixed offset right for this kernel (`Config::fixed_fields`, a constant to the
@@ -17,4 +17,13 @@ pub fn field<T: Copy, const FIXED: u32>(ctx: &TracePointContext, off: u32) -> Op
         // SAFETY: `off` comes from this kernel's format file for this tracepoint.
         crate::maps::read(unsafe { ctx.read_at(off as usize) })
     }
+}
+
+/// Reads a `T` of the record at the offset userspace stored at index `f` of `offsets`, from
+/// this kernel's format file: the tracepoints with no fixed fast path (halts, `--detail`).
+#[inline(always)]
+pub fn listed<T: Copy>(ctx: &TracePointContext, offsets: &Array<u32>, f: u32) -> Option<T> {
+    let off = *offsets.get(f)?;
+    // SAFETY: the offset comes from this kernel's format file for this tracepoint.
+    crate::maps::read(unsafe { ctx.read_at::<T>(off as usize) })
 }

@@ -148,7 +148,5 @@ fn tally_of(pid: u32, tid: u32, st: &ThreadState) -> Option<&'static mut HaltTal
 /// A field of the record at the offset userspace found in this kernel's format file.
 #[inline(always)]
 fn read_field<T: Copy>(ctx: &TracePointContext, f: u32) -> Option<T> {
-    let off = *maps::HALT_FIELDS.get(f)?;
-    // SAFETY: the offset comes from this kernel's format file for this tracepoint.
-    maps::read(unsafe { ctx.read_at::<T>(off as usize) })
+    super::field::listed(ctx, &maps::HALT_FIELDS, f)
 }
