@@ -73,7 +73,8 @@ pub struct Options {
     pub stages: bool,
     /// `--debug-bpf`: the programs log their anomalies, written to stderr.
     pub debug_bpf: bool,
-    /// `--detail`: MSR, CPUID and hypercall exits filed by index, leaf and number.
+    /// `--detail`: MSR, CPUID and hypercall exits filed by index, leaf and number, and every
+    /// exit counted by guest RIP.
     pub detail: bool,
     pub duration: Option<Duration>,
     /// How often `on_tick` runs, the kernel's tallies are read and target liveness is
