@@ -6,6 +6,7 @@
 
 pub mod detail;
 pub mod duration;
+pub mod func;
 pub mod halt;
 pub mod tally;
 
@@ -267,6 +268,10 @@ pub struct Config {
     /// Per stage: an exit whose stage took longer is sent as a record (`--slow`);
     /// `u64::MAX` for none.
     pub slow_ns: [u64; STAGES],
+    /// `--func`: how many functions are hooked ([`func`]); 0 lets the verifier drop the
+    /// per-exit tally of their calls.
+    pub funcs: u32,
+    pub _pad_funcs: u32,
 }
 
 /// Values of the `PIDS` map: why a process is traced.
@@ -410,6 +415,12 @@ pub struct ThreadState {
     /// The `struct kvm_vcpu *` of the thread's last KVM_RUN (fentry on KVM's run ioctl): while
     /// it stays the same, so does [`ThreadState::vcpu_id`], read once instead of per exit.
     pub vcpu_ptr: u64,
+    /// `--func` ([`func`]): per function, the entry time of the outermost call in progress,
+    /// the calls in progress (recursion), and the open exit's time in it and calls so far.
+    pub func_start: [u64; func::MAX],
+    pub func_ns: [u64; func::MAX],
+    pub func_depth: [u32; func::MAX],
+    pub func_calls: [u32; func::MAX],
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -667,7 +678,10 @@ pub mod names {
         pub const DETAIL_FIELDS: &str = "DETAIL_FIELDS";
         pub const RIPS: &str = "RIPS";
         pub const RIPS_OTHER: &str = "RIPS_OTHER";
-        pub const ALL: [&str; 23] = [
+        pub const FUNCS: &str = "FUNCS";
+        pub const FUNC_COUNTS: &str = "FUNC_COUNTS";
+        pub const FUNC_ZERO: &str = "FUNC_ZERO";
+        pub const ALL: [&str; 26] = [
             EVENTS,
             BATCHES,
             PIDS,
@@ -691,6 +705,9 @@ pub mod names {
             DETAIL_FIELDS,
             RIPS,
             RIPS_OTHER,
+            FUNCS,
+            FUNC_COUNTS,
+            FUNC_ZERO,
         ];
         /// The [`crate::Config`] global, set before load.
         pub const CONFIG: &str = "CONFIG";
@@ -701,9 +718,11 @@ pub mod names {
 // must not compile.
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 56 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Batch>() == 24 + (56 + 8 * STAGES) * BATCH);
-const _: () = assert!(core::mem::size_of::<Config>() == 30 * 4 + 8 * STAGES);
+const _: () = assert!(core::mem::size_of::<Config>() == 32 * 4 + 8 * STAGES);
 const _: () = assert!(core::mem::size_of::<Window>() == 24);
-const _: () = assert!(core::mem::size_of::<ThreadState>() == 312 + 2 * 40 + 16 + 40 + 16 + 40 + 8);
+const _: () = assert!(
+    core::mem::size_of::<ThreadState>() == 312 + 2 * 40 + 16 + 40 + 16 + 40 + 8 + 24 * func::MAX
+);
 
 /// The records' clock read from userspace: CLOCK_MONOTONIC, which `bpf_ktime_get_ns` reads
 /// in the kernel. kvmprof states its window on it; the test VMM logs its exits on it.
@@ -743,4 +762,6 @@ mod pod {
     unsafe impl aya::Pod for super::tally::TallyKey {}
     unsafe impl aya::Pod for super::halt::HaltTally {}
     unsafe impl aya::Pod for super::detail::RipKey {}
+    unsafe impl aya::Pod for super::func::FuncKey {}
+    unsafe impl aya::Pod for super::func::FuncTally {}
 }

@@ -176,6 +176,19 @@ fn since_cycle_start(st: &mut ThreadState, ts: u64) -> u64 {
 /// its VMM round trip (and a PIO read's port) is known, so that it leaves whole. An exit
 /// whose start was not observed is only counted.
 fn close(pid: u32, tid: u32, st: &mut ThreadState, ts: u64, user: Option<(u32, i32)>) {
+    if crate::maps::config!(funcs) != 0 {
+        // Filed under the reason the record gets (`fill_exit`).
+        let (sp, reason) = match user {
+            Some((r, _))
+                if st.space == space::NONE as u32 || st.space == space::TRACEPOINT as u32 =>
+            {
+                (space::USERSPACE as u32, r)
+            }
+            _ => (st.space, st.reason),
+        };
+        let counted = st.flags & flag::UNOBSERVED == 0;
+        crate::func::close(pid, tid, st, sp, reason, counted);
+    }
     if st.flags & flag::UNOBSERVED != 0 {
         bump(counter::UNOBSERVED);
     } else if user.is_some() {

@@ -15,6 +15,7 @@
 
 mod anomaly;
 mod exit;
+mod func;
 mod maps;
 mod probes;
 // Needs the kernel's maps at run time; the host build (unit tests) sends every exit as a

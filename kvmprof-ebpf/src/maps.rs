@@ -9,6 +9,7 @@ use aya_ebpf::{
 use kvmprof_common::{
     counter,
     detail::{self, RipKey},
+    func::{self, FuncKey, FuncTally},
     halt::{self, HaltTally},
     tally::{self, AddrKey, Row, TallyKey, TallyMeta},
     Batch, Config, ThreadState, Wake, Window, STATE_SLOTS,
@@ -133,6 +134,8 @@ pub static CONFIG: Config = Config {
     debug_bpf: 0,
     any_slow: 0,
     slow_ns: [0; kvmprof_common::STAGES],
+    funcs: 0,
+    _pad_funcs: 0,
 };
 
 /// One field of the load-time configuration. Read volatile so that the compiler does not
@@ -346,3 +349,18 @@ pub static RIPS_OTHER: HashMap<RipKey, u64> = HashMap::with_max_entries(detail::
 /// ~1.3 KB it cannot be made on the stack).
 #[map]
 pub static HALT_ZERO: PerCpuArray<HaltTally> = PerCpuArray::with_max_entries(1, 0);
+
+/// `--func`: each thread's exits by reason and function (`kvmprof_common::func`), written
+/// only by that thread.
+#[map]
+pub static FUNCS: HashMap<FuncKey, FuncTally> = HashMap::with_max_entries(func::KEYS, 0);
+
+/// `--func`'s per-CPU counts: calls outside an exit and exits folded, per function
+/// (`func::OUTSIDE`, `func::FOLDED`).
+#[map]
+pub static FUNC_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(func::COUNTS, 0);
+
+/// A zeroed func tally, never written: new keys are inserted from it (at 448 bytes it does
+/// not fit the stack beside the exit's state).
+#[map]
+pub static FUNC_ZERO: PerCpuArray<FuncTally> = PerCpuArray::with_max_entries(1, 0);

@@ -91,6 +91,12 @@ pub struct HookArgs {
     /// `kvm:kvm_exit`). Intel VMX and AMD SVM; `record` only.
     #[arg(long)]
     detail: bool,
+    /// Also time a KVM function inside the exits that call it (repeat for up to 4; `kvmprof
+    /// funcs` lists what this kernel can hook): per exit reason, the exits that called it,
+    /// calls per exit and the time in it per exit. fentry/fexit where the kernel allows,
+    /// else kprobe/kretprobe. `record` only.
+    #[arg(long = "func", value_name = "NAME", value_parser = func_name)]
+    funcs: Vec<String>,
     /// Log the eBPF programs' rare anomalies to stderr (a refused kernel read, a stage return
     /// without its entry, no room for a thread's state, a full ring buffer), each with its
     /// thread. Off, the log sites are not even loaded.
@@ -125,6 +131,21 @@ impl HookArgs {
             !self.detail,
             "--detail is shown by `record` (then `report`); `{command}` does not show MSRs, \
              leaves, hypercalls or guest RIPs yet"
+        );
+        Ok(())
+    }
+
+    /// `--func`: the KVM functions to time.
+    pub fn funcs(&self) -> &[String] {
+        &self.funcs
+    }
+
+    /// Refuses `--func` for a command (`top`, `serve`) whose views do not show it.
+    pub fn no_func(&self, command: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.funcs.is_empty(),
+            "--func is shown by `record` (then `report`); `{command}` does not show timed \
+             functions"
         );
         Ok(())
     }
@@ -480,6 +501,20 @@ pub fn parse_period(s: &str) -> Result<Duration, String> {
         return Err(format!("'{s}' is too short (at least 1ms)"));
     }
     Ok(d)
+}
+
+/// A `--func` name: a C identifier (what kallsyms and BTF can hold), so that a typo or a
+/// path fails here in one line rather than as a missing symbol.
+fn func_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("'{s}' is not a kernel function name"))
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 mod btf;
 mod detail;
 mod field;
+mod func;
 mod halt;
 mod kvm;
 mod sched;

@@ -13,9 +13,9 @@ use serde::Serialize;
 use crate::{
     cli::FuncsArgs,
     host::{
-        btf::{self, KernelBtf, KVM_BTF_MODULES, SYSFS_BTF},
-        funcs::{self, Hook, Kernel, Verdict},
-        kernel::{KPROBE_PMU, TRACEFS},
+        btf,
+        funcs::{self, Hook, Verdict},
+        kernel::KPROBE_PMU,
     },
     sinks::report::Format,
     util::output,
@@ -57,26 +57,12 @@ pub fn command(a: &FuncsArgs) -> Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms")
-        .map_err(|e| anyhow!("cannot read /proc/kallsyms: {e}"))?;
-    let mut unread = Vec::new();
-    let ftrace_list = Path::new(TRACEFS).join("available_filter_functions");
-    let traceable = std::fs::read_to_string(&ftrace_list)
-        .map_err(|e| {
-            unread.push(format!(
-                "{}: {e} (notrace not checked)",
-                ftrace_list.display()
-            ))
-        })
-        .ok();
-    let btf = KernelBtf::read(Path::new(SYSFS_BTF), KVM_BTF_MODULES)
-        .map_err(|e| unread.push(format!("BTF: {e:#} (fentry not judged)")))
-        .ok();
+    let (kernel, unread) = funcs::read_running()?;
     // Only a load tells whether fentry is allowed: one stub on KVM_RUN's function, as root.
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let fentry = btf
-        .as_ref()
+    let fentry = kernel
+        .btf()
         .and_then(|b| b.function("kvm_arch_vcpu_ioctl_run"))
         .filter(|_| root)
         .map(|t| btf::probe_trampoline(&t).map_err(|e| format!("{e:#}")));
@@ -91,7 +77,7 @@ pub fn command(a: &FuncsArgs) -> Result<()> {
         "fentry: {fentry_said}   kprobes: {}",
         if kprobes { "available" } else { "absent" }
     );
-    let kernel = Kernel::new(&kallsyms, traceable.as_deref(), btf).allowing(fentry, kprobes);
+    let kernel = kernel.allowing(fentry, kprobes);
     if !kernel.has_kvm() {
         bail!(
             "KVM is not in this kernel (no kvm_arch_vcpu_ioctl_run in /proc/kallsyms): load \

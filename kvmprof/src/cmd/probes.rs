@@ -20,11 +20,12 @@ pub fn command(a: &ProbesArgs) -> Result<()> {
     }
     // What is planned is loaded and attached (tracing no process, the window closed), so a
     // hook the kernel refuses is shown with its fallback, never as usable.
-    let (facts, plan, attached) = live::attach_for_host(
+    let (facts, plan, attached, _) = live::attach_for_host(
         a.hooks.pref(),
         a.hooks.deep(),
         a.hooks.debug_bpf(),
         a.hooks.detail(),
+        a.hooks.funcs(),
         Default::default(),
         live::Tracing {
             filter: true,

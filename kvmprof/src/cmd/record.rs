@@ -134,6 +134,7 @@ pub(super) fn options(
         stages: hooks.deep(),
         debug_bpf: hooks.debug_bpf(),
         detail: hooks.detail(),
+        funcs: hooks.funcs().to_vec(),
         duration,
         records,
         tick: tally_period(interval),
@@ -295,6 +296,7 @@ impl Recorder {
             slow: self.slow,
             kvm_stats: Some(out.kvm_stats.clone()),
             halts: out.halts.clone(),
+            funcs: out.funcs.clone(),
         };
         self.data
             .finish(&end)

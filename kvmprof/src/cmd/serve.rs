@@ -38,6 +38,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     target::preflight()?;
     let targets = target::resolve_watched(&a.pids)?;
     a.hooks.no_detail("serve")?;
+    a.hooks.no_func("serve")?;
     // Bind before loading anything: a port in use is the likeliest mistake.
     let listener = TcpListener::bind(a.listen)
         .await
@@ -49,6 +50,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         stages: a.hooks.deep(),
         debug_bpf: a.hooks.debug_bpf(),
         detail: false,
+        funcs: Vec::new(),
         duration: None,
         tick: TICK,
         interval: SERIES_INTERVAL,

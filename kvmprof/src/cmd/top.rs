@@ -61,6 +61,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
         bail!("standard output is not a terminal: use --batch for plain-text frames");
     }
     a.hooks.no_detail("top")?;
+    a.hooks.no_func("top")?;
     target::preflight()?;
     let targets = target::resolve_watched(&a.pids)?;
     let opts = live::Options {
@@ -70,6 +71,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
         stages: a.hooks.deep(),
         debug_bpf: a.hooks.debug_bpf(),
         detail: false,
+        funcs: Vec::new(),
         duration: None,
         tick: if a.batch {
             a.delay

@@ -1,5 +1,6 @@
 pub mod aggregate;
 pub mod cost;
+pub mod funcs;
 pub mod group;
 pub mod halts;
 pub mod kvmstats;

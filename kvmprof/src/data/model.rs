@@ -50,6 +50,18 @@ pub enum ReasonSpace {
 }
 
 impl ReasonSpace {
+    /// The space of a kernel record's `kvmprof_common::space` (an error return aside).
+    pub fn of_record(sp: u8) -> ReasonSpace {
+        use kvmprof_common::space;
+        match sp {
+            space::USERSPACE => ReasonSpace::Userspace,
+            space::VMX => ReasonSpace::Vmx,
+            space::SVM => ReasonSpace::Svm,
+            space::TRACEPOINT => ReasonSpace::Tracepoint,
+            _ => ReasonSpace::None,
+        }
+    }
+
     /// Each space with its short name, the spelling of data-file tags and of `--reason
     /// <space>:<code>`. JSON spells the variant names (`userspace`, `tracepoint`); files of
     /// both spellings exist, so both stay.

@@ -155,6 +155,7 @@ pub fn header(import: &Capture) -> Header {
         slow: None,
         kvm_stats: None,
         halts: None,
+        funcs: None,
     }
 }
 

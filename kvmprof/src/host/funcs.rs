@@ -6,13 +6,16 @@
 //! (inlined into every caller, or not built into this kernel). Which one depends on the
 //! kernel's build, so it is read off the running kernel: /proc/kallsyms, BTF and
 //! `available_filter_functions`.
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::host::btf::{KernelBtf, KIND_FUNC, KVM_BTF_MODULES};
-use crate::host::kernel::text_symbols;
+use crate::host::btf::{KernelBtf, KIND_FUNC, KVM_BTF_MODULES, SYSFS_BTF};
+use crate::host::kernel::{text_symbols, TRACEFS};
 
 /// The catalogue shipped with the binary: the functions of KVM's `arch/x86/kvm/x86.c`, one
 /// per line as `name : metrics… ：label` (label 1 marks the instruction emulator's entry
@@ -67,6 +70,27 @@ pub fn parse_catalogue(text: &str) -> Result<Vec<Entry>> {
         bail!("no function names in it");
     }
     Ok(out)
+}
+
+/// The running kernel's lists, read: /proc/kallsyms (needed), `available_filter_functions`
+/// and the BTF of vmlinux and the KVM modules (each said in `unread` when it could not be).
+pub fn read_running() -> Result<(Kernel, Vec<String>)> {
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms")
+        .map_err(|e| anyhow::anyhow!("cannot read /proc/kallsyms: {e}"))?;
+    let mut unread = Vec::new();
+    let ftrace_list = Path::new(TRACEFS).join("available_filter_functions");
+    let traceable = std::fs::read_to_string(&ftrace_list)
+        .map_err(|e| {
+            unread.push(format!(
+                "{}: {e} (notrace not checked)",
+                ftrace_list.display()
+            ))
+        })
+        .ok();
+    let btf = KernelBtf::read(Path::new(SYSFS_BTF), KVM_BTF_MODULES)
+        .map_err(|e| unread.push(format!("BTF: {e:#} (fentry not judged)")))
+        .ok();
+    Ok((Kernel::new(&kallsyms, traceable.as_deref(), btf), unread))
 }
 
 /// How a function can be hooked on this kernel.
@@ -174,6 +198,11 @@ impl Kernel {
             fentry: None,
             kprobes: true,
         }
+    }
+
+    /// vmlinux's and the KVM modules' BTF, where it could be read.
+    pub fn btf(&self) -> Option<&KernelBtf> {
+        self.btf.as_ref()
     }
 
     /// Whether KVM is in this kernel at all (built in or its module loaded).

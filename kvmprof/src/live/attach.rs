@@ -22,10 +22,10 @@ use kvmprof_common::{
 };
 
 use crate::{
-    data::model::Stage,
+    data::{funcs::FuncHook, model::Stage},
     host::btf,
     host::kernel::Facts,
-    host::plan::{Mode, Plan},
+    host::plan::{HookPref, Mode, Plan},
 };
 
 /// The eBPF object built by build.rs.
@@ -82,9 +82,11 @@ pub fn load_for(
     filter: bool,
     records: Records,
     debug: bool,
+    funcs: usize,
 ) -> Result<Ebpf> {
     let cfg = Config {
         debug_bpf: debug as u32,
+        funcs: funcs as u32,
         ..config(plan, facts, filter, records)?
     };
     load(&cfg)
@@ -105,18 +107,25 @@ macro_rules! load_btf_program {
 }
 
 fn load_fentry(ebpf: &mut Ebpf, facts: &Facts, name: &str, sym: &str) -> Result<()> {
-    let target = facts
-        .btf_funcs
-        .get(sym)
-        .with_context(|| format!("{sym} has no BTF entry"))?;
-    load_btf_program!(FEntry, ebpf, name, target)
+    load_fentry_on(ebpf, name, btf_target(facts, sym)?)
 }
 
 fn load_fexit(ebpf: &mut Ebpf, facts: &Facts, name: &str, sym: &str) -> Result<()> {
-    let target = facts
+    load_fexit_on(ebpf, name, btf_target(facts, sym)?)
+}
+
+fn btf_target<'a>(facts: &'a Facts, sym: &str) -> Result<&'a btf::Target> {
+    facts
         .btf_funcs
         .get(sym)
-        .with_context(|| format!("{sym} has no BTF entry"))?;
+        .with_context(|| format!("{sym} has no BTF entry"))
+}
+
+pub(super) fn load_fentry_on(ebpf: &mut Ebpf, name: &str, target: &btf::Target) -> Result<()> {
+    load_btf_program!(FEntry, ebpf, name, target)
+}
+
+pub(super) fn load_fexit_on(ebpf: &mut Ebpf, name: &str, target: &btf::Target) -> Result<()> {
     load_btf_program!(FExit, ebpf, name, target)
 }
 
@@ -168,6 +177,15 @@ pub(super) fn try_hook(
     })
 }
 
+/// What a session asks for beyond the plan's stages.
+pub struct Asked<'a> {
+    /// `--detail`.
+    pub detail: bool,
+    /// `--func`, hooked as `hooks` prefers.
+    pub funcs: &'a [String],
+    pub hooks: HookPref,
+}
+
 /// Attaches everything in `plan` to the object [`load_for`] loaded for it, filtered to
 /// `targets` (that object traces every process when it was loaded without `filter`), and
 /// to the processes they create from now on when `children`. A program the kernel refuses
@@ -178,8 +196,9 @@ pub fn attach(
     facts: &Facts,
     targets: &[u32],
     children: bool,
-    detail: bool,
-) -> Result<()> {
+    asked: &Asked,
+) -> Result<Vec<FuncHook>> {
+    let detail = asked.detail;
     let mut pid_map: HashMap<_, u32, u8> =
         HashMap::try_from(ebpf.map_mut(map::PIDS).context("PIDS map")?)?;
     for p in targets {
@@ -306,7 +325,7 @@ pub fn attach(
             Mode::Tracepoint | Mode::Unavailable => {}
         }
     }
-    Ok(())
+    super::funcs::attach(ebpf, facts, asked.hooks, asked.funcs)
 }
 
 /// `sched:sched_process_exit`: a thread's held userspace exit is handed over when the thread
@@ -478,6 +497,8 @@ fn config(plan: &Plan, f: &Facts, filter: bool, records: Records) -> Result<Conf
         debug_bpf: 0,
         any_slow: records.over_ns.iter().any(|&t| t != u64::MAX) as u32,
         slow_ns: records.over_ns,
+        funcs: 0,
+        _pad_funcs: 0,
     };
     cfg.fixed_fields = fixed_fields_hold(&cfg) as u32;
     Ok(cfg)
@@ -610,7 +631,8 @@ mod tests {
             .iter()
             .zip(["kprobe", "kretprobe", "fentry", "fexit"])
         {
-            for (_, stem) in hook::STEMS {
+            let stages = hook::STEMS.iter().map(|(_, stem)| *stem);
+            for stem in stages.chain(kvmprof_common::func::STEMS) {
                 expect(&format!("{prefix}{stem}"), kind.to_owned());
             }
         }

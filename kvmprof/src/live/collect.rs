@@ -110,17 +110,6 @@ fn nonzero(v: u64) -> Option<u64> {
     (v != 0).then_some(v)
 }
 
-/// The reason space of a record's `kvmprof_common::space` (an error return aside).
-pub fn reason_space(sp: u8) -> ReasonSpace {
-    match sp {
-        space::USERSPACE => ReasonSpace::Userspace,
-        space::VMX => ReasonSpace::Vmx,
-        space::SVM => ReasonSpace::Svm,
-        space::TRACEPOINT => ReasonSpace::Tracepoint,
-        _ => ReasonSpace::None,
-    }
-}
-
 /// Converts one EXIT record.
 pub fn to_exit(r: &ExitRecord, vcpu: Option<u32>) -> Exit {
     let errno = r.flags & flag::ERRNO != 0;
@@ -128,7 +117,7 @@ pub fn to_exit(r: &ExitRecord, vcpu: Option<u32>) -> Exit {
         // The `exit_reason` of an error return is stale or 0 (KVM_EXIT_UNKNOWN): the error is
         // the reason.
         space::USERSPACE if errno => (ReasonSpace::Errno, r.errno.unsigned_abs()),
-        sp => (reason_space(sp), r.reason),
+        sp => (ReasonSpace::of_record(sp), r.reason),
     };
     let write = r.flags & flag::WRITE != 0;
     let access = if r.flags & flag::PIO != 0 {

@@ -12,6 +12,7 @@ pub mod attach;
 pub mod bpflog;
 pub mod collect;
 pub mod follow;
+mod funcs;
 pub mod kvmstats;
 pub mod mapped;
 mod rips;
@@ -40,6 +41,7 @@ use tokio::{
 };
 
 use crate::data::cost::{BpfStats, OwnCost};
+use crate::data::funcs::FuncHook;
 use crate::data::halts::Halts;
 use crate::data::target::Target;
 use crate::{
@@ -76,6 +78,8 @@ pub struct Options {
     /// `--detail`: MSR, CPUID and hypercall exits filed by index, leaf and number, and every
     /// exit counted by guest RIP.
     pub detail: bool,
+    /// `--func`: KVM functions timed inside the exits that call them.
+    pub funcs: Vec<String>,
     pub duration: Option<Duration>,
     /// How often `on_tick` runs, the kernel's tallies are read and target liveness is
     /// checked. Ticks fall just after multiples of it on the records' clock: with a tick that
@@ -162,6 +166,8 @@ pub struct Outcome {
     pub kvm_stats: crate::data::kvmstats::KvmStats,
     /// The halts KVM kept in the kernel, laid out; `None` when there were none.
     pub halts: Option<crate::data::halts::Halts>,
+    /// `--func`'s functions, laid out; `None` when none was asked for.
+    pub funcs: Option<crate::data::funcs::Funcs>,
 }
 
 /// The processes a session traces: only `pids` (none at all when `filter` is set and `pids`
@@ -183,9 +189,10 @@ pub fn attach_for_host(
     deep: bool,
     debug_bpf: bool,
     detail: bool,
+    funcs: &[String],
     records: attach::Records,
     tracing: Tracing,
-) -> Result<(Facts, Plan, aya::Ebpf)> {
+) -> Result<(Facts, Plan, aya::Ebpf, Vec<FuncHook>)> {
     let Tracing {
         filter,
         pids,
@@ -193,9 +200,14 @@ pub fn attach_for_host(
     } = tracing;
     let (mut facts, mut plan) = crate::host::plan_for_host(hooks, deep)?;
     loop {
-        let mut ebpf = attach::load_for(&plan, &facts, filter, records, debug_bpf)?;
-        let err = match attach::attach(&mut ebpf, &plan, &facts, pids, children, detail) {
-            Ok(()) => return Ok((facts, plan, ebpf)),
+        let mut ebpf = attach::load_for(&plan, &facts, filter, records, debug_bpf, funcs.len())?;
+        let asked = attach::Asked {
+            detail,
+            funcs,
+            hooks,
+        };
+        let err = match attach::attach(&mut ebpf, &plan, &facts, pids, children, &asked) {
+            Ok(f) => return Ok((facts, plan, ebpf, f)),
             Err(e) => e,
         };
         // Detach what this attempt attached before the next one.
@@ -232,6 +244,8 @@ pub struct Session {
     open: bool,
     held: Held,
     tallies: tally::Reader,
+    /// `--func`: the kernel's tallies and how each function was hooked.
+    funcs: Option<(funcs::Reader, Vec<FuncHook>)>,
     stats: Sampling,
     kvm: kvmstats::Window,
     /// `--debug-bpf`: the programs' anomaly log.
@@ -347,11 +361,12 @@ impl Session {
         target::preflight()?;
         let stats = Sampling::new(opts.bpf_stats);
         let pids: Vec<u32> = opts.targets.iter().map(|t| t.pid).collect();
-        let (facts, plan, mut ebpf) = attach_for_host(
+        let (facts, plan, mut ebpf, func_hooks) = attach_for_host(
             opts.hooks,
             opts.stages,
             opts.debug_bpf,
             opts.detail,
+            &opts.funcs,
             opts.records,
             Tracing {
                 filter: !pids.is_empty(),
@@ -364,6 +379,9 @@ impl Session {
             PerCpuArray::try_from(ebpf.take_map(map::COUNTERS).context("COUNTERS map")?)?;
         let held = Held::take(&mut ebpf)?;
         let tallies = tally::Reader::take(&mut ebpf, opts.detail)?;
+        let funcs = (!func_hooks.is_empty())
+            .then(|| funcs::Reader::take(&mut ebpf))
+            .transpose()?;
         let mut switch = Array::try_from(ebpf.take_map(map::WINDOW).context("WINDOW map")?)?;
         let window = open_window(&mut switch, opts.duration)?;
         let kvm = kvmstats::Window::open(&pids);
@@ -384,6 +402,7 @@ impl Session {
             open: false,
             held,
             tallies,
+            funcs: funcs.map(|r| (r, func_hooks)),
             stats,
             kvm,
             log,
@@ -437,6 +456,7 @@ impl Session {
             open,
             held,
             mut tallies,
+            funcs,
             mut stats,
             mut kvm,
             mut log,
@@ -642,6 +662,10 @@ impl Session {
         drain(ring.get_mut(), &mut collector, &mut batch);
         held.drain(&mut collector, &mut batch)?;
         let halts = held.halts(&mut collector)?;
+        let funcs = match funcs {
+            Some((reader, hooks)) => reader.funcs(hooks)?,
+            None => None,
+        };
         one_by_one += absorb(&mut batch, &mut sink, &mut agg)?;
         tallied_exits += absorb_tallies(&mut tallies, &mut collector, &mut sink, &mut agg)?;
         own_cost.tallied = tallied_exits;
@@ -659,6 +683,7 @@ impl Session {
             own_cost,
             kvm_stats: kvm.stats(),
             halts,
+            funcs,
         })
     }
 }

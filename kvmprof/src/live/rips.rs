@@ -7,8 +7,7 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use kvmprof_common::{detail::RipKey, names::map, STAGES};
 
-use crate::data::model::{Exit, Reason, Tally};
-use crate::live::collect;
+use crate::data::model::{Exit, Reason, ReasonSpace, Tally};
 
 /// Per (pid, space, reason): the (RIP, exits) that grew, and the `other` row's growth.
 type Grown = BTreeMap<(u32, u32, u32), (Vec<(u64, u64)>, u64)>;
@@ -57,7 +56,7 @@ impl Reader {
                 vcpu: None,
                 ts_ns,
                 reason: Reason {
-                    space: collect::reason_space(space as u8),
+                    space: ReasonSpace::of_record(space as u8),
                     code: reason,
                 },
                 userspace_reason: None,

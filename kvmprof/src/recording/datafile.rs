@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::reason_name;
 use crate::data::aggregate::{self, Aggregate, Key, PortKey, PortStats};
 use crate::data::cost::OwnCost;
+use crate::data::funcs::Funcs;
 use crate::data::halts::Halts;
 use crate::data::kvmstats::KvmStats;
 use crate::data::model::{Exit, Reason, ReasonSpace, Stage, Tally};
@@ -127,6 +128,8 @@ struct EndRecord {
     kvm_stats: Option<KvmStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     halts: Option<Halts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    funcs: Option<Funcs>,
 }
 
 /// How a recording ended, for its end record.
@@ -152,6 +155,8 @@ pub struct End {
     pub kvm_stats: Option<KvmStats>,
     /// See [`Header::halts`].
     pub halts: Option<Halts>,
+    /// See [`Header::funcs`].
+    pub funcs: Option<Funcs>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -306,6 +311,7 @@ impl<W: Write> Writer<W> {
             slow: end.slow.clone(),
             kvm_stats: end.kvm_stats.clone(),
             halts: end.halts.clone(),
+            funcs: end.funcs.clone(),
         };
         let line = format!("{END_MARK}{}\n", serde_json::to_string(&rec)?);
         self.emit(line.as_bytes())?;
@@ -431,6 +437,7 @@ pub fn write(path: &Path, h: &Header, exits: &[Exit], interval_ns: u64) -> Resul
         slow: h.slow.clone(),
         kvm_stats: h.kvm_stats.clone(),
         halts: h.halts.clone(),
+        funcs: h.funcs.clone(),
     };
     let written = w
         .write_header(h, base_ts_ns)
@@ -582,6 +589,7 @@ fn complete_header(mut header: Header, a: &mut Aggregate, ends: Ends, cut: Cut) 
             header.slow = end.slow;
             header.kvm_stats = end.kvm_stats;
             header.halts = end.halts;
+            header.funcs = end.funcs;
             a.add_lost(end.lost);
         }
         (None, Some(cp)) => {
@@ -932,6 +940,7 @@ mod tests {
             slow: None,
             kvm_stats: None,
             halts: None,
+            funcs: None,
         };
         let (_, a) = parse(&w.finish(&end).unwrap()).unwrap();
         let counts: Vec<(Option<u64>, u64)> = a.rips().iter().map(|(k, n)| (k.rip, *n)).collect();
@@ -980,6 +989,16 @@ mod tests {
                     ..Default::default()
                 }],
             }),
+            funcs: Some(Funcs {
+                hooks: vec![crate::data::funcs::FuncHook {
+                    name: "x86_decode_emulated_instruction".to_owned(),
+                    mode: "fentry".to_owned(),
+                    symbol: "x86_decode_emulated_instruction".to_owned(),
+                    outside: 2,
+                    folded: 0,
+                }],
+                rows: Vec::new(),
+            }),
         };
         let bytes = w.finish(&end).unwrap();
 
@@ -998,6 +1017,7 @@ mod tests {
             "KVM's counts come back from the end record"
         );
         assert_eq!(h.halts, end.halts, "so do the halts");
+        assert_eq!(h.funcs, end.funcs, "and the timed functions");
         assert_same(&want, &a);
 
         let err = parse(&header_only).unwrap_err().to_string();
@@ -1237,6 +1257,7 @@ mod tests {
             slow: None,
             kvm_stats: None,
             halts: None,
+            funcs: None,
         };
         let file = |n| {
             let mut w = Writer::new(Vec::new(), SEC);

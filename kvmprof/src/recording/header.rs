@@ -106,6 +106,9 @@ pub struct Header {
     /// The halts KVM kept in the kernel, laid out (live recordings; from the end record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halts: Option<crate::data::halts::Halts>,
+    /// `--func`'s functions, laid out (live recordings; from the end record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funcs: Option<crate::data::funcs::Funcs>,
 }
 
 /// Where a data file without its end record was cut, and what of it is kept.

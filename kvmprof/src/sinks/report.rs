@@ -526,6 +526,9 @@ fn header_lines(out: &mut String, r: &Report) {
     for line in h.halts.iter().flat_map(|x| x.lines()) {
         let _ = writeln!(out, "{line}");
     }
+    for line in h.funcs.iter().flat_map(|x| x.lines()) {
+        let _ = writeln!(out, "{line}");
+    }
     if let Some(c) = &h.own_cost {
         let wall = std::time::Duration::from_nanos(h.duration_ns);
         let _ = writeln!(
