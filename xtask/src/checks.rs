@@ -239,6 +239,12 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
                 crate::check_detail::script(hooks),
                 crate::check_detail::verify,
             ),
+            check(
+                "kvmprof_func",
+                Some(hooks),
+                crate::check_func::script(hooks),
+                crate::check_func::verify,
+            ),
         ]);
     }
     list.push(check(

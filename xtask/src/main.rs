@@ -4,6 +4,7 @@ mod bench;
 mod bench_vmx;
 mod check_detail;
 mod check_device;
+mod check_func;
 mod check_funcs;
 mod check_halts;
 mod checks;

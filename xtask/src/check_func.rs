@@ -1,0 +1,184 @@
+//! The VM check of `record --func` (issue 21): a guest whose MMIO writes each exit to the
+//! VMM, recorded with `--func x86_decode_emulated_instruction`, the instruction emulator's
+//! entry point. KVM decodes each emulated MMIO access once (a write completes in the VMM
+//! without a second decode), and no port exit decodes, so the function's rows must hold
+//! exactly one exit and one call per MMIO write the guest made, filed under the vendor's
+//! MMIO exit reasons only, with its time inside those exits' cycles. Run in both hook modes:
+//! `auto` times it with fentry/fexit where the kernel allows, `kprobe` with kprobes.
+use anyhow::{ensure, Context, Result};
+use kvmprof_testvmm::{Counts, Workload};
+use serde_json::Value;
+
+use crate::checks::{ensure_as_made, parse_json, Captured, Check, Hooks, Notes, Vendor};
+
+const FUNC: &str = "x86_decode_emulated_instruction";
+
+const MMIO: Workload = Workload {
+    vcpus: 1,
+    mmio_user: 300,
+    pio_user: 50,
+    pio_kernel: 200,
+    ..Workload::IDLE
+};
+
+/// `record --func FUNC -- VMM`; prints `{"vmm", "report"}`.
+pub fn script(hooks: Hooks) -> String {
+    let dir = format!("/run/kvmprof-func-{hooks}");
+    let args = kvmprof_testvmm::cli::args(&MMIO);
+    format!(
+        "mkdir -p {dir}\n\
+         \"$KVMPROF\" record --func {FUNC} --hooks {hooks} -o {dir}/k.data -- \"$TESTVMM\" \
+         {args} > {dir}/vmm.json\n\
+         \"$KVMPROF\" report -i {dir}/k.data --format json > {dir}/report.json\n\
+         printf '{{\"vmm\": %s, \"report\": %s}}\\n' \"$(cat {dir}/vmm.json)\" \"$(cat {dir}/report.json)\"\n"
+    )
+}
+
+/// The reasons an emulated MMIO access exits with.
+fn mmio_reasons(vendor: Vendor) -> &'static [&'static str] {
+    match vendor {
+        Vendor::Svm => &["npf"],
+        // The first access to the page is an EPT violation that installs the MMIO entry;
+        // the others are EPT misconfigurations.
+        Vendor::Vmx => &["EPT_VIOLATION", "EPT_MISCONFIG"],
+    }
+}
+
+pub fn verify(check: &Check, c: &Captured) -> Result<Notes> {
+    let json = parse_json(&c.stdout)?;
+    let made: Counts =
+        serde_json::from_value(json["vmm"].clone()).context("not the test VMM's counts")?;
+    let funcs = &json["report"]["header"]["funcs"];
+    let hook = funcs["hooks"]
+        .as_array()
+        .and_then(|h| h.first())
+        .context("the report has no --func hooks")?;
+    ensure!(hook["name"] == FUNC, "hooked {}, not {FUNC}", hook["name"]);
+    let mode = hook["mode"].as_str().unwrap_or("?");
+    if check.hooks == Some(Hooks::Kprobe) {
+        ensure!(mode == "kprobe", "--hooks kprobe timed {FUNC} with {mode}");
+    }
+    let rows: Vec<&Value> = funcs["rows"]
+        .as_array()
+        .context("the report has no --func rows")?
+        .iter()
+        .filter(|r| r["func"] == FUNC)
+        .collect();
+    let allowed = mmio_reasons(check.vendor);
+    let elsewhere: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r["reason_name"].as_str())
+        .filter(|n| !allowed.contains(n))
+        .map(str::to_owned)
+        .collect();
+    ensure!(
+        elsewhere.is_empty(),
+        "{FUNC} filed under {elsewhere:?}, not only {allowed:?}"
+    );
+    let sum = |f: &str| -> u64 { rows.iter().filter_map(|r| r[f].as_u64()).sum() };
+    let most = rows
+        .iter()
+        .filter_map(|r| r["max_calls"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let mmio = made.total.mmio_user;
+    ensure_as_made(&[
+        (format!("exits that called {FUNC}"), sum("exits"), mmio),
+        (format!("calls of {FUNC}"), sum("calls"), mmio),
+        ("most calls in one exit".to_string(), most, 1),
+        (
+            "calls outside a recorded exit".to_string(),
+            hook["outside"].as_u64().unwrap_or(u64::MAX),
+            0,
+        ),
+        (
+            "exits folded".to_string(),
+            hook["folded"].as_u64().unwrap_or(u64::MAX),
+            0,
+        ),
+    ])?;
+    // Nested: its time lies inside those exits' cycles.
+    for r in &rows {
+        let (t, cycle) = (r["time"]["sum_ns"].as_u64(), r["cycle_ns"].as_u64());
+        ensure!(
+            matches!((t, cycle), (Some(t), Some(c)) if t > 0 && t < c),
+            "{FUNC} under {}: {t:?} ns in it, not inside its exits' {cycle:?} ns",
+            r["reason_name"]
+        );
+    }
+    Ok(vec![format!("{FUNC} timed with {mode}")])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvmprof_testvmm::{ExitCounts, Ports};
+
+    fn captured(rows: Value) -> Captured {
+        let mut made = Counts {
+            pid: 1,
+            ports: Ports::default(),
+            vcpus: Vec::new(),
+            total: ExitCounts::default(),
+            other_reasons: Default::default(),
+            wall_ns: 1,
+            exits_per_sec: 1.0,
+        };
+        made.total.mmio_user = 300;
+        let hooks = serde_json::json!([{"name": FUNC, "mode": "kprobe", "symbol": FUNC,
+                                        "outside": 0, "folded": 0}]);
+        let report = serde_json::json!({"header": {"funcs": {"hooks": hooks, "rows": rows}}});
+        Captured {
+            rc: 0,
+            stdout: serde_json::json!({"vmm": made, "report": report}).to_string(),
+            stderr: String::new(),
+            elapsed: Default::default(),
+        }
+    }
+
+    fn row(reason: &str, exits: u64, calls: u64, max: u64) -> Value {
+        serde_json::json!({"func": FUNC, "reason_name": reason, "exits": exits, "calls": calls,
+                           "max_calls": max, "cycle_ns": 1_000_000, "time": {"sum_ns": 5000}})
+    }
+
+    fn check(vendor: Vendor) -> Check {
+        Check {
+            name: "kvmprof_func",
+            hooks: Some(Hooks::Kprobe),
+            vendor,
+            script: String::new(),
+            verify,
+        }
+    }
+
+    #[test]
+    fn one_call_per_emulated_mmio_exit_under_the_mmio_reasons_only() {
+        let vmx = check(Vendor::Vmx);
+        let split = serde_json::json!([
+            row("EPT_MISCONFIG", 299, 299, 1),
+            row("EPT_VIOLATION", 1, 1, 1)
+        ]);
+        assert!(verify(&vmx, &captured(split)).is_ok());
+        let svm = check(Vendor::Svm);
+        assert!(verify(
+            &svm,
+            &captured(serde_json::json!([row("npf", 300, 300, 1)]))
+        )
+        .is_ok());
+        let twice = verify(
+            &svm,
+            &captured(serde_json::json!([row("npf", 300, 301, 2)])),
+        );
+        assert!(format!("{}", twice.unwrap_err()).contains("calls of"));
+        let io = verify(
+            &svm,
+            &captured(serde_json::json!([
+                row("npf", 300, 300, 1),
+                row("io", 1, 1, 1)
+            ])),
+        );
+        assert!(format!("{}", io.unwrap_err()).contains("filed under [\"io\"]"));
+        // The feature gone: no rows.
+        assert!(verify(&svm, &captured(Value::Null)).is_err());
+    }
+}
