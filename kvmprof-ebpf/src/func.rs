@@ -112,7 +112,13 @@ mod sink {
         }
         t.ns += ns;
         t.cycle_ns += cycle_ns;
-        if let Some(b) = t.hist.get_mut(kvmprof_common::halt::bucket(ns)) {
+        let i = kvmprof_common::halt::bucket(ns);
+        // Through memory, as the halt tally does: LLVM otherwise checks the bound on a
+        // register it derived the index from, which the verifier cannot carry over
+        // ("unbounded memory access").
+        // SAFETY: a read of a local.
+        let i = unsafe { core::ptr::read_volatile(&i) };
+        if let Some(b) = t.hist.get_mut(i) {
             *b += 1;
         }
     }
