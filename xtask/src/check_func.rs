@@ -202,7 +202,7 @@ mod tests {
         ]);
         assert!(verify(&vmx, &captured(split, true)).is_ok());
         let npf = row("npf", 300, 300, 1);
-        assert!(verify(&svm, &captured(rows(&[npf.clone()]), true)).is_ok());
+        assert!(verify(&svm, &captured(rows(std::slice::from_ref(&npf)), true)).is_ok());
         let twice = verify(&svm, &captured(rows(&[row("npf", 300, 301, 2)]), true));
         assert!(format!("{}", twice.unwrap_err()).contains("calls of"));
         let io = verify(
