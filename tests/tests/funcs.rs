@@ -113,3 +113,40 @@ fn a_catalogue_that_is_not_one_is_a_one_line_error() {
         "over 4 MiB, not a list of function names",
     );
 }
+
+/// `record --func` with names it cannot time: each refused in one line before anything runs
+/// (or, for a function the kernel lacks, before the VMM is released), never an empty report.
+#[test]
+fn record_func_refuses_what_it_cannot_time_in_one_line() {
+    if skip_without_kvm("record_func_refuses_what_it_cannot_time_in_one_line") {
+        return;
+    }
+    let data = scratch("record_func_refuses").join("k.data");
+    let data = data.to_str().expect("utf-8 path");
+    let vmm = kvmprof_tests::bin("kvmprof-testvmm");
+    let vmm = vmm.to_str().expect("utf-8 path");
+    let record = |funcs: &[&str]| {
+        let mut args = vec!["record", "-o", data];
+        for f in funcs {
+            args.extend(["--func", f]);
+        }
+        args.extend(["--", vmm, "--pio-user", "1"]);
+        kvmprof(&args)
+    };
+    assert_clean_error(
+        &record(&["kvmprof_no_such_function"]),
+        "--func kvmprof_no_such_function: cannot be hooked on this kernel",
+    );
+    assert_clean_error(&record(&["not-a/name"]), "is not a kernel function name");
+    let five = ["kvm_emulate_halt"; 5];
+    assert_clean_error(&record(&five), "at most 4 functions");
+    assert_clean_error(
+        &record(&["kvm_emulate_halt", "kvm_emulate_halt"]),
+        "is given twice",
+    );
+    // `top` and `serve` do not show timed functions: refused, not ignored.
+    assert_clean_error(
+        &kvmprof(&["top", "--batch", "--func", "kvm_emulate_halt"]),
+        "--func is shown by `record`",
+    );
+}

@@ -42,13 +42,17 @@ pub fn attach(
             names.len()
         );
     }
+    if let Some(name) = names
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| names[..i].contains(n).then_some(n))
+    {
+        bail!("--func {name} is given twice");
+    }
     let (kernel, _) = crate::host::funcs::read_running()?;
     let kernel = kernel.allowing(facts.fentry.clone(), facts.kprobes);
     let mut hooks = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        if names[..i].contains(name) {
-            bail!("--func {name} is given twice");
-        }
         let v = kernel.judge(&Entry {
             name: name.clone(),
             label: None,
