@@ -34,9 +34,9 @@ const fn npf_reason(vendor: Vendor) -> (&'static str, u64) {
 }
 
 /// `record --detail -- VMM`; prints `{"vmm", "report", "mmio_caching"}` (KVM's parameter:
-/// whether an MMIO page, once seen, exits as an EPT misconfiguration on VMX). kvmprof reads the VM's counters
-/// every second while exits come and once more when they stop: the VMM's delays put reads
-/// before the first exit and after the last.
+/// whether an MMIO page, once seen, exits as an EPT misconfiguration on VMX). kvmprof reads
+/// the VM's counters every second while exits come and once more when they stop: the VMM's
+/// delays put reads before the first exit and after the last.
 pub fn script(hooks: Hooks) -> String {
     let dir = format!("/run/kvmprof-detail-{hooks}");
     let args = kvmprof_testvmm::cli::args(&DETAIL);
@@ -239,15 +239,17 @@ fn pages(
 #[cfg(test)]
 fn report_rows(msr_read: u64, cpuid0: u64, pages: &[u64]) -> serde_json::Value {
     let npf = serde_json::json!({"space": "svm", "code": 0x400});
-    let mut ports: Vec<serde_json::Value> = pages
-        .iter()
-        .map(|&p| serde_json::json!({"space": "page", "addr": p, "write": false, "count": 1, "reason": npf}))
-        .collect();
+    let page = |addr: u64, mmio: bool, count: u64| {
+        serde_json::json!({"space": "page", "addr": addr, "write": mmio, "count": count,
+            "reason": npf})
+    };
+    let mut ports: Vec<serde_json::Value> = pages.iter().map(|&p| page(p, false, 1)).collect();
     // The guest's code page, and the MMIO page's 20 writes.
-    ports.push(serde_json::json!({"space": "page", "addr": 0x1000, "write": false, "count": 1, "reason": npf}));
-    ports.push(serde_json::json!({"space": "page", "addr": 0xd_0000, "write": true, "count": 20, "reason": npf}));
+    ports.push(page(0x1000, false, 1));
+    ports.push(page(0xd_0000, true, 20));
     let npf_exits = 21 + pages.len() as u64;
-    let mut report = serde_json::json!({"lost": 0, "kvm_stats": {"hypercalls": 100, "pf_fixed": 17},
+    let mut report = serde_json::json!({"lost": 0,
+        "kvm_stats": {"hypercalls": 100, "pf_fixed": 17},
         "groups": [{"reason": npf, "count": npf_exits}], "rips": [
         {"rip": 0x1048, "count": msr_read}, {"rip": 0x1068, "count": 200},
         {"rip": 0x1082, "count": 150}, {"rip": 0x108d, "count": 150},

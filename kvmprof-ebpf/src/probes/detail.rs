@@ -1,7 +1,8 @@
 //! `--detail` (`kvmprof_common::detail`): the MSR index, CPUID leaf, hypercall number or
-//! guest page of the open exit, from the KVM tracepoint its handler fires. Classic tracepoints, fields at
-//! the offsets of this kernel's format files (`DETAIL_FIELDS`): they run only on the exits
-//! they name, and only when asked for, so their record copy costs nothing on the others.
+//! guest page of the open exit, from the KVM tracepoint its handler fires. Classic
+//! tracepoints, fields at the offsets of this kernel's format files (`DETAIL_FIELDS`): they
+//! run only on the exits they name, and only when asked for, so their record copy costs
+//! nothing on the others.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmprof_common::{
     detail::{self, field, RipKey},

@@ -129,8 +129,8 @@ impl IoSpace {
         )
     }
 
-    /// The space, address (port, GPA, MSR index, CPUID key, hypercall number) and direction
-    /// of an access.
+    /// The space, address (port, GPA, MSR index, CPUID key, hypercall number, guest page) and
+    /// direction of an access.
     pub fn of(access: Access) -> (IoSpace, u64, bool) {
         match access {
             Access::Pio { port, write, .. } => (IoSpace::Pio, u64::from(port), write),

@@ -347,8 +347,9 @@ fn attach_halts(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
 }
 
 /// `--detail`: `kvm:kvm_msr`, `kvm:kvm_cpuid`, `kvm:kvm_hypercall` and `kvm:kvm_page_fault`
-/// name the MSR, leaf, hypercall or guest page of their exits, and a second program on `kvm:kvm_exit` counts exits by guest
-/// RIP (`kvmprof_common::detail`), with their field offsets from this kernel's format files.
+/// name the MSR, leaf, hypercall or guest page of their exits, and a second program on
+/// `kvm:kvm_exit` counts exits by guest RIP (`kvmprof_common::detail`), with their field
+/// offsets from this kernel's format files.
 /// Each that cannot be attached is named in the error; the others stay attached.
 fn attach_detail(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
     use kvmprof_common::detail::field;

@@ -32,7 +32,8 @@ pub struct Reader {
     free_rows: Queue<MapData, u32>,
     /// By slot: what earlier reads took.
     taken: Vec<Taken>,
-    /// By slot and MMIO address or guest page: the exits earlier reads took (at most `tally::ADDRS`).
+    /// By slot and MMIO address or guest page: the exits earlier reads took (at most
+    /// `tally::ADDRS`).
     taken_addrs: HashMap<AddrKey, u64>,
     /// When the last read began, on the records' clock: the exits a read takes came after.
     read_ns: u64,
