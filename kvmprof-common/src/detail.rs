@@ -7,6 +7,15 @@
 //! unlike MMIO addresses; a guest that used up the slots would still be counted exactly (its
 //! further kinds go as records, `crate::tally`).
 //!
+//! Guest pages (`kvm:kvm_page_fault`, in the handler of an EPT violation or NPF) are many too:
+//! a booting guest faults in every page of its RAM. So they are no part of a kind either: the
+//! exit is marked [`crate::flag::NPF`] and its page goes in `io_addr`, counted beside the slot
+//! in `TALLY_ADDRS` as MMIO addresses are ([`crate::tally`]), a slot's pages and its `other`
+//! being its exits. A fault that KVM finds to be MMIO then fires `kvm:kvm_mmio`, which adds
+//! [`crate::flag::MMIO`] and puts the whole address of the access in `io_addr`: such an exit
+//! is both an MMIO access and an NPF, its page being that address's ([`page`]); one without
+//! MMIO was a fault-in of RAM.
+//!
 //! Guest RIPs are many (a guest exits from thousands of instructions), so they are no part
 //! of a kind: `kvm:kvm_exit`, which carries the RIP it read, counts each exit in the `RIPS`
 //! hash by thread, reason and RIP ([`RipKey`]), beside the tally; the exits whose RIP found
@@ -28,7 +37,16 @@ pub mod field {
     pub const EXIT_REASON: u32 = 5;
     pub const EXIT_ISA: u32 = 6;
     pub const EXIT_RIP: u32 = 7;
-    pub const LEN: u32 = 8;
+    /// `kvm:kvm_page_fault`: `fault_address` (the guest-physical address; an `unsigned long`
+    /// on 6.1, a `u64` after the vCPU's id and RIP on 6.12).
+    pub const PAGE_FAULT_ADDRESS: u32 = 8;
+    pub const LEN: u32 = 9;
+}
+
+/// The guest-physical page (4 KiB) of an address.
+#[inline(always)]
+pub fn page(gpa: u64) -> u64 {
+    gpa & !0xfff
 }
 
 /// (thread, reason, RIP) entries with a count of their own, per recording.
@@ -68,5 +86,11 @@ mod tests {
     #[test]
     fn a_cpuid_key_holds_leaf_and_subleaf() {
         assert_eq!(cpuid_leaf(cpuid_key(0x8000_0001, 7)), (0x8000_0001, 7));
+    }
+
+    #[test]
+    fn a_page_is_its_address_without_the_offset() {
+        assert_eq!(page(0xd_0fff), 0xd_0000);
+        assert_eq!(page(0x2_1000), 0x2_1000);
     }
 }

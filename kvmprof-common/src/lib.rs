@@ -122,6 +122,10 @@ pub mod flag {
     pub const CPUID: u32 = 1 << 8;
     /// `io_addr` is the number of a hypercall.
     pub const HYPERCALL: u32 = 1 << 9;
+    /// The exit fired `kvm:kvm_page_fault` (an EPT violation, an NPF; a guest #PF under
+    /// shadow paging): `io_addr` is its guest-physical page, or with [`MMIO`] the address of
+    /// the MMIO access it became ([`crate::detail`]).
+    pub const NPF: u32 = 1 << 10;
 }
 
 /// One exit (120 bytes), inside a [`Batch`].
@@ -488,6 +492,9 @@ pub mod names {
         pub const KVM_MSR: &str = "kvm/kvm_msr";
         pub const KVM_CPUID: &str = "kvm/kvm_cpuid";
         pub const KVM_HYPERCALL: &str = "kvm/kvm_hypercall";
+        /// `--detail`: fires in the handler of an EPT violation or NPF, before it decides
+        /// whether the page is MMIO.
+        pub const KVM_PAGE_FAULT: &str = "kvm/kvm_page_fault";
         /// Needed on every kernel: without them there is no exit record at all.
         pub const BASE: [&str; 4] = [SYS_ENTER_IOCTL, KVM_USERSPACE_EXIT, KVM_PIO, KVM_MMIO];
         /// Every KVM-related tracepoint kvmprof may use (the base ones, then those that fire
@@ -517,7 +524,7 @@ pub mod names {
     }
 
     /// Tracepoint ↔ programs (`kvmprof-ebpf/src/probes/`).
-    pub const TRACEPOINT_PROGRAMS: [TracepointPrograms; 13] = [
+    pub const TRACEPOINT_PROGRAMS: [TracepointPrograms; 14] = [
         TracepointPrograms {
             tracepoint: tp::SYS_ENTER_IOCTL,
             classic: "kvm_run_enter",
@@ -597,6 +604,12 @@ pub mod names {
         TracepointPrograms {
             tracepoint: tp::KVM_HYPERCALL,
             classic: "detail_hypercall",
+            raw: None,
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_PAGE_FAULT,
+            classic: "detail_page_fault",
             raw: None,
             btf: None,
         },

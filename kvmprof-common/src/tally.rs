@@ -27,6 +27,8 @@
 //! ([`AddrKey`] → exits): the first [`ADDRS`] (slot, address) pairs seen get exact counts,
 //! and the MMIO exits of a slot whose address found the hash full are counted in its
 //! [`TallyMeta::other`]. So a slot's address counts plus its `other` are its exits.
+//! `--detail`'s guest pages of EPT violations and NPFs ([`crate::flag::NPF`]) are counted
+//! the same way, for the same reason ([`crate::detail`]).
 
 use crate::{ExitRecord, STAGES};
 
@@ -43,7 +45,7 @@ pub const BUCKETS: usize = LINEAR as usize + (32 - 8) * (1 << SUB_BITS);
 /// Tallied exit kinds (slots) and stage histograms (rows) per recording.
 pub const SLOTS: u32 = 512;
 pub const ROWS: u32 = 1024;
-/// (slot, MMIO address) pairs with a count of their own, per recording.
+/// (slot, MMIO address or guest page) pairs with a count of their own, per recording.
 pub const ADDRS: u32 = 8192;
 
 /// No row yet for this stage of a slot (a row index is stored +1).
@@ -157,11 +159,18 @@ impl Kind {
     }
 }
 
-/// The `io_addr` of a kind: the port of a PIO exit, 0 for an MMIO exit (its address is
-/// counted apart, see the module).
+/// Whether `io_addr` of exits with these flags is counted apart ([`AddrKey`]): an MMIO
+/// address or a guest page (see the module).
+#[inline(always)]
+pub fn by_addr(flags: u32) -> bool {
+    flags & (crate::flag::MMIO | crate::flag::NPF) != 0
+}
+
+/// The `io_addr` of a kind: the port of a PIO exit, 0 for an MMIO exit or a guest page
+/// (counted apart, see the module).
 #[inline(always)]
 pub fn port_of(flags: u32, io_addr: u64) -> u64 {
-    if flags & crate::flag::MMIO != 0 {
+    if by_addr(flags) {
         0
     } else {
         io_addr
@@ -213,11 +222,12 @@ pub struct TallyMeta {
     pub sum_ns: [u64; STAGES],
     pub max_ns: [u64; STAGES],
     pub row: [u32; STAGES],
-    /// MMIO exits whose address got no count of its own (`TALLY_ADDRS` was full).
+    /// MMIO and `--detail` page-fault exits whose address got no count of its own
+    /// (`TALLY_ADDRS` was full).
     pub other: u64,
 }
 
-/// Key of the `TALLY_ADDRS` hash: an MMIO address of a slot's exits.
+/// Key of the `TALLY_ADDRS` hash: an MMIO address or guest page of a slot's exits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AddrKey {
@@ -297,6 +307,19 @@ mod tests {
         };
         let a = Kind::of(&r);
         r.io_addr = 0xb8001;
+        assert_eq!(Kind::of(&r), a);
+        assert_eq!(a.io_addr, 0);
+    }
+
+    #[test]
+    fn a_guest_page_is_not_part_of_a_kind() {
+        let mut r = ExitRecord {
+            flags: crate::flag::NPF,
+            io_addr: 0x2_0000,
+            ..ExitRecord::default()
+        };
+        let a = Kind::of(&r);
+        r.io_addr = 0x2_1000;
         assert_eq!(Kind::of(&r), a);
         assert_eq!(a.io_addr, 0);
     }

@@ -682,6 +682,42 @@ mod tests {
         assert_eq!((st.flags & flag::MSR, st.io_addr), (0, 0x3f8));
     }
 
+    /// `--detail`: an EPT violation or NPF is filed under its guest page, a fault-in; one that
+    /// `kvm_mmio` then names is an MMIO access at that address, still marked as a fault.
+    #[test]
+    fn a_page_fault_files_the_open_exit_under_its_page_or_its_mmio_access() {
+        const SVM_NPF: u32 = 0x400;
+        let b = boundary::VENDOR_RUN;
+        let npf = |st: &mut ThreadState, t: u64| {
+            stage_enter(PID, TID, st, b, stage::VENDOR_RUN, t + 100);
+            identify_reason(st, b, t + 390, space::SVM as u32, SVM_NPF, 0);
+            stage_exit(st, stage::VENDOR_RUN, t + 400);
+            identify_detail(st, b, flag::NPF, kvmprof_common::detail::page(0x2_1abc));
+        };
+        let mut st = fresh();
+        kvm_run_enter(&mut st, 7, 0);
+        npf(&mut st, 0);
+        npf(&mut st, 1000);
+        let mmio = Io {
+            flags: flag::MMIO | flag::WRITE,
+            addr: 0xd_0004,
+            size: 1,
+        };
+        identify_io(PID, TID, &mut st, b, 1500, mmio);
+        svm_io_exit(&mut st, 2000);
+        let r: Vec<_> = records()
+            .iter()
+            .map(|r| (r.reason, r.flags & !flag::CYCLE_INTERVAL, r.io_addr))
+            .collect();
+        assert_eq!(
+            r,
+            [
+                (SVM_NPF, flag::NPF, 0x2_1000),
+                (SVM_NPF, flag::NPF | flag::MMIO | flag::WRITE, 0xd_0004)
+            ]
+        );
+    }
+
     #[test]
     fn a_missed_return_does_not_leak_into_the_next_exit() {
         let mut st = fresh();

@@ -6,7 +6,7 @@ use core::sync::atomic::Ordering;
 use aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP;
 
 use kvmprof_common::{
-    counter, flag, kind,
+    counter, kind,
     tally::{self, AddrKey, Cache, Kind, TallyKey, TallyMeta, NO_ROW, REFUSED},
     ThreadState, STAGES,
 };
@@ -100,7 +100,8 @@ fn may_tally(stage_ns: &[u64; STAGES]) -> bool {
 }
 
 /// Tallies one whole exit of the thread whose kinds `cache` holds into `slot` ([`REFUSED`]:
-/// none), with these flags and stage durations, at MMIO address `addr` when it is one,
+/// none), with these flags and stage durations, at MMIO address or guest page `addr` when it
+/// has one (`kvmprof_common::tally::by_addr`),
 /// closed at `ts`. `false` when it must go as a record instead (see `kvmprof_common::tally`).
 #[inline(always)]
 fn add(
@@ -163,7 +164,7 @@ fn add(
     }
     // Before the count: userspace reads the addresses after a slot's count grew, so every
     // address counted is read with or after the exit it belongs to.
-    if flags & flag::MMIO != 0 && !count_addr(slot, addr) {
+    if tally::by_addr(flags) && !count_addr(slot, addr) {
         meta.other += 1;
     }
     meta.count += 1;
@@ -171,7 +172,7 @@ fn add(
     true
 }
 
-/// Counts one exit of `slot` at MMIO address `addr`; `false` when the address has no count
+/// Counts one exit of `slot` at MMIO address or guest page `addr`; `false` when it has no count
 /// and none is left to give it.
 #[inline(always)]
 fn count_addr(slot: u32, addr: u64) -> bool {

@@ -86,7 +86,8 @@ pub struct HookArgs {
     #[arg(long)]
     stages: bool,
     /// Also file MSR exits by MSR index and direction, CPUID exits by leaf and subleaf,
-    /// hypercalls by number (`kvm:kvm_msr`, `kvm:kvm_cpuid`, `kvm:kvm_hypercall`: a program
+    /// hypercalls by number, EPT violations and NPFs by guest page, fault-in or MMIO
+    /// (`kvm:kvm_msr`, `kvm:kvm_cpuid`, `kvm:kvm_hypercall`, `kvm:kvm_page_fault`: a program
     /// on those exits only) and count every exit by guest RIP (a second program on
     /// `kvm:kvm_exit`). Intel VMX and AMD SVM; `record` only.
     #[arg(long)]

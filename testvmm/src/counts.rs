@@ -59,6 +59,12 @@ pub struct ExitCounts {
     pub cpuid: [u64; 2],
     /// Hypercalls [`guest::HYPERCALL_NR`] at [`guest::HYPERCALL_RIP`].
     pub hypercall: u64,
+    /// Fresh pages (`Ports::npf_pages`) vCPU 0 wrote once each at [`guest::NPF_RIP`], in a
+    /// first round that ended. Each is one EPT violation (Intel VMX) or NPF (AMD SVM) that
+    /// faults the page in, but outside [`ExitCounts::total`] and [`ExitCounts::detail`], as
+    /// the detail section's exits are, for the same reasons (and the guest's own code, data
+    /// and stack pages take such exits too, uncounted here).
+    pub npf_pages: u64,
 }
 
 impl ExitCounts {
@@ -107,6 +113,7 @@ impl ExitCounts {
         self.cpuid[0] += o.cpuid[0];
         self.cpuid[1] += o.cpuid[1];
         self.hypercall += o.hypercall;
+        self.npf_pages += o.npf_pages;
     }
 }
 
@@ -167,9 +174,12 @@ pub struct Ports {
     /// "pio_kernel", "mmio_user", "pio_in", "rdmsr", "wrmsr", "cpuid_0", "cpuid_1" (of
     /// `cpuid_leaves[0]`, `[1]`), "hypercall", "pio_mixed_in", "pio_device_0_in",
     /// "pio_device_0_out", "pio_mixed_out", "pio_device_1_in", "pio_device_1_out", "halt"
-    /// (the halt loop's), "done", "hlt" (the round's end).
+    /// (the halt loop's), "done", "hlt" (the round's end), "npf" (the page loop's write).
     #[serde(default)]
     pub rips: BTreeMap<String, u64>,
+    /// The guest-physical pages the page loop wrote, in order (`ExitCounts::npf_pages`).
+    #[serde(default)]
+    pub npf_pages: Vec<u64>,
 }
 
 /// The result of a run.
@@ -228,6 +238,7 @@ impl Counts {
                     .into_iter()
                     .map(|(name, rip)| (name.to_string(), rip))
                     .collect(),
+                npf_pages: guest::npf_pages(u32::try_from(total.npf_pages).unwrap_or(0)),
             },
             exits_per_sec: if secs > 0.0 {
                 total.total() as f64 / secs

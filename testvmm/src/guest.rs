@@ -89,6 +89,16 @@ pub const VMMCALL: [u8; 3] = [0x0f, 0x01, 0xd9];
 /// (base 0). In memory, not registers: by the detail section every register is taken or
 /// clobbered by the instructions themselves (`cpuid` writes EAX..EDX). The same for every vCPU.
 pub const DETAIL_COUNTS_ADDR: u64 = 0x0e00;
+/// Where the page loop's fresh pages start: a RAM slot of their own, which nothing but that
+/// loop touches, so that each of its writes is the first access to its page (see
+/// [`NPF_LOOP_AT`]).
+pub const NPF_ADDR: u64 = 0x2_0000;
+pub const PAGE_SIZE: u64 = 0x1000;
+/// Most pages the loop can write: up to the ISA hole (0xa0000), within real mode's reach.
+pub const MAX_NPF_PAGES: u32 = ((0xa_0000 - NPF_ADDR) / PAGE_SIZE) as u32;
+/// Where the VMM puts the segment (u16) at which the page loop stops: that of the page after
+/// the last one. Read through CS, as the detail counts are.
+pub const NPF_END_ADDR: u64 = DETAIL_COUNTS_ADDR + 16;
 
 /// How many iterations of each loop one round of the guest runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -113,6 +123,9 @@ pub struct Round {
     pub cpuid: u32,
     /// Hypercalls [`HYPERCALL_NR`].
     pub hypercall: u32,
+    /// Fresh pages from [`NPF_ADDR`] that vCPU 0 writes once each, in its first round only
+    /// (at most [`MAX_NPF_PAGES`]; see [`first_round_regs`]).
+    pub npf_pages: u32,
 }
 
 const fn lo(v: u16) -> u8 {
@@ -157,8 +170,13 @@ const fn detail_count(i: u16) -> u16 {
 /// The detail section (0x34..0xae) makes exits KVM handles in the kernel without telling the
 /// VMM: `rdmsr`, `wrmsr`, `cpuid` and a hypercall. It keeps ECX (port, halts, end flag) in
 /// EBP, free since the `in` loop, and clobbers EAX, EBX, EDX, ESI, all free by then.
+///
+/// The page loop (0xf8..0x10f) runs before all that, once: vCPU 0's first round starts there
+/// with ES at [`NPF_ADDR`] (see [`first_round_regs`]). It writes the first byte of each page
+/// through ES, 4 KiB (0x100 paragraphs) apart, until ES reaches the segment at
+/// [`NPF_END_ADDR`], then jumps to the top. Only EDX is its own (the top sets DX first).
 #[rustfmt::skip]
-pub const CODE: [u8; 248] = [
+pub const CODE: [u8; 271] = [
     // 0x00  mov dx, PIO_USER_PORT
     0xba, lo(PIO_USER_PORT), hi(PIO_USER_PORT),
     // 0x03  test ebx, ebx            ; EBX = user PIO count
@@ -347,6 +365,20 @@ pub const CODE: [u8; 248] = [
     0xeb, 0xfd,
     // 0xf7  iret                     ; IRQ0's handler (IVT vector IRQ0_VECTOR): wake and return
     0xcf,
+    // 0xf8  mov es:[0], al           ; the page's first access -> EPT violation / NPF
+    0x26, 0x88, 0x06, 0x00, 0x00,
+    // 0xfd  mov dx, es
+    0x8c, 0xc2,
+    // 0xff  add dx, 0x100            ; the next page
+    0x81, 0xc2, 0x00, 0x01,
+    // 0x103 mov es, dx
+    0x8e, 0xc2,
+    // 0x105 cmp dx, cs:[NPF_END_ADDR]
+    0x2e, 0x3b, 0x16, lo(NPF_END_ADDR as u16), hi(NPF_END_ADDR as u16),
+    // 0x10a jne 0xf8
+    0x75, 0xec,
+    // 0x10c jmp 0x00                 ; on to the round
+    0xe9, 0xf1, 0xfe,
 ];
 
 /// Offsets in [`CODE`] of the instructions that exit (checked against the bytes below).
@@ -365,6 +397,8 @@ const PIO_MIXED_OUT_AT: usize = 0xbf;
 const HALT_AT: usize = 0xd3;
 const PIO_DONE_AT: usize = 0xf1;
 const HLT_AT: usize = 0xf4;
+/// The page loop's write.
+pub const NPF_LOOP_AT: usize = 0xf8;
 
 const fn rip(at: usize) -> u64 {
     CODE_ADDR + at as u64
@@ -406,6 +440,8 @@ pub const HALT_RIP: u64 = rip(HALT_AT);
 pub const PIO_DONE_RIP: u64 = rip(PIO_DONE_AT);
 /// The `hlt` that ends a round without it (KVM_EXIT_HLT).
 pub const HLT_RIP: u64 = rip(HLT_AT);
+/// The page loop's write (one exit per page, on VMX and SVM).
+pub const NPF_RIP: u64 = rip(NPF_LOOP_AT);
 
 /// Every exiting instruction's RIP by name, for the counts' JSON.
 pub fn rips() -> Vec<(&'static str, u64)> {
@@ -428,6 +464,7 @@ pub fn rips() -> Vec<(&'static str, u64)> {
         ("halt", HALT_RIP),
         ("done", PIO_DONE_RIP),
         ("hlt", HLT_RIP),
+        ("npf", NPF_RIP),
     ]
 }
 
@@ -451,6 +488,19 @@ pub fn detail_counts(round: &Round) -> [u8; 16] {
         chunk.copy_from_slice(&n.to_le_bytes());
     }
     bytes
+}
+
+/// The segment at which the page loop of `round` stops, which the VMM puts at
+/// [`NPF_END_ADDR`].
+pub fn npf_end(round: &Round) -> u16 {
+    (NPF_ADDR >> 4) as u16 + (round.npf_pages * (PAGE_SIZE >> 4) as u32) as u16
+}
+
+/// The guest-physical pages the page loop writes for `n` pages, in order.
+pub fn npf_pages(n: u32) -> Vec<u64> {
+    (0..u64::from(n))
+        .map(|i| NPF_ADDR + i * PAGE_SIZE)
+        .collect()
 }
 
 /// The imm32 of the instruction `66 <op> <modrm> <imm32>` at `at` in [`CODE`].
@@ -561,6 +611,18 @@ const _: () = {
     // The detail section's data: past the IVT, before the code, apart from each other.
     assert!(DETAIL_COUNTS_ADDR >= 0x400 && DETAIL_COUNTS_ADDR + 16 <= MSR_WRITE_VALUE);
     assert!(MSR_WRITE_VALUE + WALL_CLOCK_SIZE <= CODE_ADDR);
+    assert!(NPF_END_ADDR + 2 <= MSR_WRITE_VALUE);
+    // The page loop's pages: apart from RAM, page-aligned, ES-reachable, their end in a u16.
+    assert!(NPF_ADDR >= RAM_SIZE as u64 && NPF_ADDR.is_multiple_of(PAGE_SIZE));
+    assert!(NPF_ADDR + MAX_NPF_PAGES as u64 * PAGE_SIZE <= 0xa_0000);
+    assert!(
+        CODE[NPF_LOOP_AT] == 0x26 && CODE[NPF_LOOP_AT + 1] == 0x88,
+        "the page write"
+    );
+    assert!(
+        CODE[NPF_LOOP_AT - 1] == 0xcf,
+        "the page loop follows the handler"
+    );
     assert!(
         MSR_WRITE_VALUE != 0,
         "a wall-clock address of 0 would mean none"
@@ -606,6 +668,26 @@ pub fn round_halts(round: &Round, vcpu: u32) -> u16 {
     }
 }
 
+/// The pages vCPU `vcpu` writes in its first round of `round`: only vCPU 0 writes them, so
+/// that each is written exactly once.
+pub fn round_npf_pages(round: &Round, vcpu: u32) -> u32 {
+    if vcpu == 0 {
+        round.npf_pages
+    } else {
+        0
+    }
+}
+
+/// General registers that start vCPU `vcpu`'s first round of `round`: [`round_regs`], at the
+/// page loop when it has pages to write (it goes on to the top of [`CODE`]).
+pub fn first_round_regs(round: &Round, vcpu: u32) -> kvm_regs {
+    let mut regs = round_regs(round, vcpu);
+    if round_npf_pages(round, vcpu) > 0 {
+        regs.rip = NPF_RIP;
+    }
+    regs
+}
+
 /// General registers that start one round of `round` at the top of [`CODE`] on vCPU `vcpu`.
 pub fn round_regs(round: &Round, vcpu: u32) -> kvm_regs {
     let end = if needs_irqchip(round) {
@@ -634,8 +716,9 @@ pub fn round_regs(round: &Round, vcpu: u32) -> kvm_regs {
 }
 
 /// Flat real mode: CS at linear 0 so RIP is the guest-physical address, DS at
-/// [`MMIO_ADDR`] so `mov [bx], al` hits the MMIO hole, SS at 0 so an interrupt's pushes
-/// land in RAM (KVM resets it so; set here so it does not depend on that).
+/// [`MMIO_ADDR`] so `mov [bx], al` hits the MMIO hole, ES at [`NPF_ADDR`] for the page loop,
+/// SS at 0 so an interrupt's pushes land in RAM (KVM resets it so; set here so it does not
+/// depend on that).
 pub fn setup_sregs(sregs: &mut kvm_sregs) {
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
@@ -646,6 +729,8 @@ pub fn setup_sregs(sregs: &mut kvm_sregs) {
     sregs.ds.base = MMIO_ADDR;
     // Real mode requires base == selector << 4.
     sregs.ds.selector = (MMIO_ADDR >> 4) as u16;
+    sregs.es.base = NPF_ADDR;
+    sregs.es.selector = (NPF_ADDR >> 4) as u16;
 }
 
 #[cfg(test)]
@@ -676,9 +761,12 @@ mod tests {
     const JUNK: u64 = 0xdead_beef;
 
     /// Interprets exactly the instructions [`CODE`] uses, recording the
-    /// accesses that would exit. Proves the hand-assembled bytes without KVM. `detail` is
-    /// what the VMM put at [`DETAIL_COUNTS_ADDR`], the only memory the code reads.
-    fn interpret(regs: &kvm_regs, ds_base: u64, detail: [u8; 16]) -> Vec<Event> {
+    /// accesses that would exit. Proves the hand-assembled bytes without KVM. `detail` and
+    /// `npf_end` are what the VMM put at [`DETAIL_COUNTS_ADDR`] and [`NPF_END_ADDR`], the
+    /// only memory the code reads.
+    fn interpret(regs: &kvm_regs, sregs: &kvm_sregs, detail: [u8; 16], npf_end: u16) -> Vec<Event> {
+        let ds_base = sregs.ds.base;
+        let mut es = u64::from(sregs.es.selector);
         let mut r = [
             regs.rax, regs.rcx, 0, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi,
         ];
@@ -820,6 +908,37 @@ mod tests {
                     events.push(Event::In(r[2] as u16));
                     ip += 1;
                 }
+                (0x26, 0x88) => {
+                    // mov es:[disp16], al
+                    assert_eq!(byte(ip + 2), 0x06, "a disp16 operand only");
+                    events.push(Event::Write((es << 4) + u64::from(word(ip + 3))));
+                    ip += 5;
+                }
+                (0x8c, 0xc2) => {
+                    r[2] = (r[2] & !0xffff) | es;
+                    ip += 2;
+                }
+                (0x81, 0xc2) => {
+                    let dx = (r[2] as u16).wrapping_add(word(ip + 2));
+                    r[2] = (r[2] & !0xffff) | u64::from(dx);
+                    ip += 4;
+                }
+                (0x8e, 0xc2) => {
+                    es = r[2] & 0xffff;
+                    ip += 2;
+                }
+                (0x2e, 0x3b) => {
+                    // cmp dx, cs:[disp16]: only the page loop's end is read.
+                    assert_eq!(byte(ip + 2), 0x16, "cmp dx, [disp16] only");
+                    assert_eq!(u64::from(word(ip + 3)), NPF_END_ADDR);
+                    zf = r[2] as u16 == npf_end;
+                    ip += 5;
+                }
+                (0xe9, _) => {
+                    let to =
+                        ip as isize + 3 + i16::from_le_bytes([byte(ip + 1), byte(ip + 2)]) as isize;
+                    ip = to as usize;
+                }
                 (0x88, 0x07) => {
                     events.push(Event::Write(ds_base + (r[3] & 0xffff)));
                     ip += 2;
@@ -856,13 +975,54 @@ mod tests {
     }
 
     fn run(round: Round, vcpu: u32) -> Vec<Event> {
+        run_from(&round_regs(&round, vcpu), round)
+    }
+
+    fn run_from(regs: &kvm_regs, round: Round) -> Vec<Event> {
         let mut sregs = kvm_sregs::default();
         setup_sregs(&mut sregs);
-        interpret(
-            &round_regs(&round, vcpu),
-            sregs.ds.base,
-            detail_counts(&round),
-        )
+        interpret(regs, &sregs, detail_counts(&round), npf_end(&round))
+    }
+
+    /// vCPU 0's first round writes each page once, in order, then makes the round; later
+    /// rounds and the other vCPUs write none.
+    #[test]
+    fn the_page_loop_writes_each_fresh_page_once_before_the_first_round() {
+        let round = Round {
+            pio_user: 2,
+            npf_pages: 3,
+            ..Round::default()
+        };
+        let mut want: Vec<Event> = npf_pages(3).into_iter().map(Event::Write).collect();
+        assert_eq!(
+            want,
+            [
+                Event::Write(0x2_0000),
+                Event::Write(0x2_1000),
+                Event::Write(0x2_2000)
+            ]
+        );
+        let rest = || {
+            vec![
+                Event::Out(PIO_USER_PORT),
+                Event::Out(PIO_USER_PORT),
+                Event::Hlt,
+            ]
+        };
+        want.extend(rest());
+        assert_eq!(run_from(&first_round_regs(&round, 0), round), want);
+        assert_eq!(run_from(&first_round_regs(&round, 1), round), rest());
+        assert_eq!(run(round, 0), rest());
+        let most = Round {
+            npf_pages: MAX_NPF_PAGES,
+            ..Round::default()
+        };
+        let events = run_from(&first_round_regs(&most, 0), most);
+        assert_eq!(events.len(), MAX_NPF_PAGES as usize + 1);
+        assert_eq!(
+            events[MAX_NPF_PAGES as usize - 1],
+            Event::Write(0xa_0000 - PAGE_SIZE)
+        );
     }
 
     #[test]

@@ -56,12 +56,12 @@ use serde::{Deserialize, Serialize};
 pub use counts::{Counts, ExitCounts, Ports, VcpuCounts};
 pub use exitlog::{Call, Outcome};
 pub use guest::{
-    CODE_ADDR, CPUID_LEAVES, CPUID_RIPS, DETAIL_COUNTS_ADDR, HALT_RIP, HLT_RIP, HYPERCALL_NR,
-    HYPERCALL_RIP, MAX_HALTS, MAX_VCPUS, MMIO_ADDR, MMIO_RIP, MSR_READ, MSR_WRITE, MSR_WRITE_VALUE,
-    PIO_DEVICE_PORTS, PIO_DEVICE_RIPS, PIO_DONE_PORT, PIO_DONE_RIP, PIO_IN_PORT, PIO_IN_RIP,
-    PIO_IN_VALUE, PIO_KERNEL_PORT_BASE, PIO_KERNEL_RIP, PIO_MIXED_IN_PORT, PIO_MIXED_IN_RIP,
-    PIO_MIXED_OUT_PORT, PIO_MIXED_OUT_RIP, PIO_USER_PORT, PIO_USER_RIP, RDMSR_RIP, VMCALL, VMMCALL,
-    WRMSR_RIP,
+    npf_pages, CODE_ADDR, CPUID_LEAVES, CPUID_RIPS, DETAIL_COUNTS_ADDR, HALT_RIP, HLT_RIP,
+    HYPERCALL_NR, HYPERCALL_RIP, MAX_HALTS, MAX_NPF_PAGES, MAX_VCPUS, MMIO_ADDR, MMIO_RIP,
+    MSR_READ, MSR_WRITE, MSR_WRITE_VALUE, NPF_ADDR, NPF_RIP, PIO_DEVICE_PORTS, PIO_DEVICE_RIPS,
+    PIO_DONE_PORT, PIO_DONE_RIP, PIO_IN_PORT, PIO_IN_RIP, PIO_IN_VALUE, PIO_KERNEL_PORT_BASE,
+    PIO_KERNEL_RIP, PIO_MIXED_IN_PORT, PIO_MIXED_IN_RIP, PIO_MIXED_OUT_PORT, PIO_MIXED_OUT_RIP,
+    PIO_USER_PORT, PIO_USER_RIP, RDMSR_RIP, VMCALL, VMMCALL, WRMSR_RIP,
 };
 pub use ready::{Ready, ReadyVcpu};
 pub use vcpu::kick_signal;
@@ -104,6 +104,10 @@ pub struct Workload {
     /// Hypercalls [`HYPERCALL_NR`], each answered by KVM in the kernel (-KVM_ENOSYS). Needs
     /// KVM on Intel VMX or AMD SVM: refused elsewhere (PVM) before the guest starts.
     pub hypercall: u64,
+    /// Fresh guest pages (from [`NPF_ADDR`], at most [`MAX_NPF_PAGES`]) that vCPU 0 writes
+    /// once each before its first round: on Intel VMX and AMD SVM each is one EPT violation or
+    /// NPF that faults the page in (see [`ExitCounts::npf_pages`]).
+    pub npf_pages: u64,
     /// With `halts`, the VMM pulses the PIC's IRQ0 this often (µs, at least 1), from the
     /// guest's start to the end of the run.
     pub halt_tick_us: u64,
@@ -148,6 +152,7 @@ impl Workload {
         msr_write: 0,
         cpuid: 0,
         hypercall: 0,
+        npf_pages: 0,
         halt_tick_us: 1000,
         pio_in_delay_ms: 0,
         rate: None,

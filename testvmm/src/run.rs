@@ -192,6 +192,16 @@ fn plan_on(w: &Workload, backend: impl FnOnce() -> backend::Backend) -> Result<P
             msr_write: count("msr_write", w.msr_write)?,
             cpuid: count("cpuid", w.cpuid)?,
             hypercall: count("hypercall", w.hypercall)?,
+            npf_pages: u32::try_from(w.npf_pages)
+                .ok()
+                .filter(|&n| n <= guest::MAX_NPF_PAGES)
+                .with_context(|| {
+                    format!(
+                        "npf_pages = {} is more than the guest's page loop can write ({})",
+                        w.npf_pages,
+                        guest::MAX_NPF_PAGES
+                    )
+                })?,
         },
         // Never executed without hypercalls: no need to ask then.
         hypercall: if w.hypercall > 0 {

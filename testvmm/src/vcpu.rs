@@ -59,6 +59,8 @@ pub(crate) fn install_kick_handler() -> Result<()> {
 /// or the guest does something unexpected.
 pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> Result<Finished> {
     let regs = guest::round_regs(&plan.round, vcpu.index);
+    // The first round's page loop, vCPU 0's only: its pages are counted when it ends.
+    let mut npf_pages = u64::from(guest::round_npf_pages(&plan.round, vcpu.index));
     // The `hlt`s a completed round has made (in the kernel, so never seen here).
     let round_halts = u64::from(guest::round_halts(&plan.round, vcpu.index));
     // Likewise the detail section's exits: KVM handles them without telling the VMM.
@@ -69,7 +71,8 @@ pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> R
         hypercall: plan.round.hypercall.into(),
         ..ExitCounts::default()
     };
-    vcpu.fd.set_regs(&regs).context("KVM_SET_REGS")?;
+    let first = guest::first_round_regs(&plan.round, vcpu.index);
+    vcpu.fd.set_regs(&first).context("KVM_SET_REGS")?;
     let mut exits = ExitCounts::default();
     let mut other_reasons = BTreeMap::new();
     let started = Instant::now();
@@ -124,8 +127,9 @@ pub(crate) fn run(mut vcpu: Vcpu, plan: &Plan, stop: &AtomicBool, tid: i32) -> R
                     // The halt loop comes right before the end: all of it ran.
                     exits.halts += round_halts;
                 }
-                // Both ends come after the detail section: all of it ran.
+                // Both ends come after the detail section and the page loop: all of it ran.
                 exits.add(&detail);
+                exits.npf_pages += std::mem::take(&mut npf_pages);
                 round_mixed_in = 0;
                 if !plan.forever {
                     break;

@@ -1,5 +1,5 @@
-//! Builds the VM: /dev/kvm, one RAM slot holding the guest code, and the
-//! vCPUs, each with its own ioeventfd.
+//! Builds the VM: /dev/kvm, one RAM slot holding the guest code (and one for the page loop's
+//! pages), and the vCPUs, each with its own ioeventfd.
 
 use std::ptr::{self, NonNull};
 
@@ -18,6 +18,7 @@ pub(crate) struct Machine {
     // Fields drop in order: close the VM before unmapping the RAM it uses.
     vm: VmFd,
     _ram: Ram,
+    _npf: Option<Ram>,
 }
 
 /// A vCPU ready to run, handed to its thread.
@@ -53,6 +54,10 @@ impl Machine {
             guest::DETAIL_COUNTS_ADDR as usize,
             &guest::detail_counts(round),
         );
+        ram.write(
+            guest::NPF_END_ADDR as usize,
+            &guest::npf_end(round).to_le_bytes(),
+        );
         if irq0 {
             anyhow::ensure!(irqchip, "IRQ0 needs the in-kernel irqchip");
             setup_irq0(&vm, &ram)?;
@@ -67,10 +72,21 @@ impl Machine {
         // SAFETY: the mapping is RAM_SIZE bytes long and outlives the VM (see
         // the field order of Machine).
         unsafe { vm.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION")?;
+        let npf = match round.npf_pages {
+            0 => None,
+            n => Some(npf_slot(&vm, n)?),
+        };
         let vcpus = (0..vcpus)
             .map(|index| create_vcpu(&vm, index, irqchip))
             .collect::<Result<Vec<_>>>()?;
-        Ok((Machine { vm, _ram: ram }, vcpus))
+        Ok((
+            Machine {
+                vm,
+                _ram: ram,
+                _npf: npf,
+            },
+            vcpus,
+        ))
     }
 
     /// IRQ0 of the VM's in-kernel PIC, for another thread (the RAM stays here).
@@ -124,6 +140,33 @@ fn setup_irq0(vm: &VmFd, ram: &Ram) -> Result<()> {
     // entry[2..]: segment 0, the code's CS.
     ram.write(guest::IRQ0_IVT_ENTRY as usize, &entry);
     Ok(())
+}
+
+/// The page loop's RAM: `n` pages at [`guest::NPF_ADDR`] in a slot of their own, so that each
+/// of the guest's writes there is one EPT violation or NPF. KVM maps a guest page as it is
+/// first touched, 4 KiB at a time unless the host backs it with a huge page: the slot, under
+/// 2 MiB, can hold none, and MADV_NOHUGEPAGE says so again. Nor does it map the pages around
+/// it: the TDP MMU prefetches nothing, the shadow MMU only pages the host already has, and
+/// the VMM leaves these untouched (KVM's fault allocates each; a real-mode guest has no
+/// async page faults, which could make it fault twice).
+fn npf_slot(vm: &VmFd, n: u32) -> Result<Ram> {
+    let len = n as usize * guest::PAGE_SIZE as usize;
+    let ram = Ram::new(len)?;
+    // SAFETY: advice on the mapping just made, which nothing else uses.
+    let advised = unsafe { libc::madvise(ram.addr.as_ptr().cast(), len, libc::MADV_NOHUGEPAGE) };
+    if advised != 0 {
+        return Err(std::io::Error::last_os_error()).context("madvise(MADV_NOHUGEPAGE)");
+    }
+    let region = kvm_userspace_memory_region {
+        slot: 1,
+        flags: 0,
+        guest_phys_addr: guest::NPF_ADDR,
+        memory_size: len as u64,
+        userspace_addr: ram.addr.as_ptr() as u64,
+    };
+    // SAFETY: the mapping is `len` bytes long and outlives the VM (see Machine).
+    unsafe { vm.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION (pages)")?;
+    Ok(ram)
 }
 
 fn create_vcpu(vm: &VmFd, index: u32, irqchip: bool) -> Result<Vcpu> {

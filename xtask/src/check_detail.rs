@@ -1,14 +1,17 @@
 //! The VM check of `--detail` (issue 21): a guest that reads one MSR, writes another, runs
-//! CPUID on two leaves and makes hypercalls, each a known number of times, recorded with
-//! `record --detail`. The report's detail rows must hold exactly the guest's counts per MSR
-//! and direction, leaf and hypercall number, and nothing else under those spaces; its guest
-//! RIPs, each exiting instruction's address with its count; KVM's own
-//! `hypercalls` counter (debugfs, read by kvmprof over the window), where the kernel has
-//! it, must agree.
+//! CPUID on two leaves, makes hypercalls and MMIO writes, each a known number of times, and
+//! writes fresh pages once each, recorded with `record --detail`. The report's detail rows
+//! must hold exactly the guest's counts per MSR and direction, leaf and hypercall number, and
+//! nothing else under those spaces; its guest RIPs, each exiting instruction's address with
+//! its count; its guest pages, each fresh page once as a fault-in, the MMIO page as MMIO as
+//! many times as its writes were EPT violations or NPFs, and the page rows of that reason
+//! its exits exactly. KVM's own `hypercalls` counter (debugfs, read by kvmprof over the
+//! window), where the kernel has it, must agree, and its `pf_fixed` must lie between the
+//! guest's fresh pages and kvmprof's fault-ins.
 use anyhow::{Context, Result};
 use kvmprof_testvmm::{Counts, Workload};
 
-use crate::checks::{ensure_as_made, parse_json, port_sum, Captured, Check, Hooks, Notes};
+use crate::checks::{ensure_as_made, parse_json, port_sum, Captured, Check, Hooks, Notes, Vendor};
 
 const DETAIL: Workload = Workload {
     vcpus: 1,
@@ -17,12 +20,23 @@ const DETAIL: Workload = Workload {
     msr_write: 200,
     cpuid: 150,
     hypercall: 100,
+    mmio_user: 20,
+    npf_pages: 16,
     ..Workload::IDLE
 };
 
-/// `record --detail -- VMM`; prints `{"vmm", "report"}`. kvmprof reads the VM's counters
-/// every second while exits come and once more when they stop: the VMM's delays put reads
-/// before the first exit and after the last.
+/// The exit reason of EPT violations (Intel VMX) and NPFs (AMD SVM).
+const fn npf_reason(vendor: Vendor) -> (&'static str, u64) {
+    match vendor {
+        Vendor::Vmx => ("vmx", 48),
+        Vendor::Svm => ("svm", 0x400),
+    }
+}
+
+/// `record --detail -- VMM`; prints `{"vmm", "report", "mmio_caching"}` (KVM's parameter:
+/// whether an MMIO page, once seen, exits as an EPT misconfiguration on VMX). kvmprof reads
+/// the VM's counters every second while exits come and once more when they stop: the VMM's
+/// delays put reads before the first exit and after the last.
 pub fn script(hooks: Hooks) -> String {
     let dir = format!("/run/kvmprof-detail-{hooks}");
     let args = kvmprof_testvmm::cli::args(&DETAIL);
@@ -31,11 +45,12 @@ pub fn script(hooks: Hooks) -> String {
          \"$KVMPROF\" record --detail --hooks {hooks} -o {dir}/k.data -- \"$TESTVMM\" \
          --start-delay 1500 --end-delay 2500 {args} > {dir}/vmm.json\n\
          \"$KVMPROF\" report -i {dir}/k.data --format json > {dir}/report.json\n\
-         printf '{{\"vmm\": %s, \"report\": %s}}\\n' \"$(cat {dir}/vmm.json)\" \"$(cat {dir}/report.json)\"\n"
+         printf '{{\"vmm\": %s, \"report\": %s, \"mmio_caching\": \"%s\"}}\\n' \"$(cat {dir}/vmm.json)\" \
+         \"$(cat {dir}/report.json)\" \"$(cat /sys/module/kvm/parameters/mmio_caching 2>/dev/null)\"\n"
     )
 }
 
-pub fn verify(_: &Check, c: &Captured) -> Result<Notes> {
+pub fn verify(check: &Check, c: &Captured) -> Result<Notes> {
     let json = parse_json(&c.stdout)?;
     let made: Counts =
         serde_json::from_value(json["vmm"].clone()).context("not the test VMM's counts")?;
@@ -125,14 +140,117 @@ pub fn verify(_: &Check, c: &Captured) -> Result<Notes> {
         Some(kvm) => expected.push(("KVM's hypercalls counter".into(), kvm, t.hypercall)),
         None => notes.push("no hypercalls counter among KVM's per-VM stats".to_string()),
     }
+    let caching = json["mmio_caching"].as_str().unwrap_or("");
+    notes.extend(pages(check.vendor, report, &made, caching, &mut expected)?);
     ensure_as_made(&expected)?;
     Ok(notes)
 }
 
-/// The rows of a report that recorded [`DETAIL`] (unit tests of the verdict).
+/// The guest-page rows: each fresh page one fault-in, the MMIO page MMIO as often as its
+/// writes were EPT violations or NPFs (each of them on SVM; on VMX the first, after which
+/// KVM's cached MMIO SPTE makes them EPT misconfigurations, which fire no `kvm_page_fault`,
+/// unless `mmio_caching` is off), and the page rows of that reason, `other` included, its
+/// exits.
+fn pages(
+    vendor: Vendor,
+    report: &serde_json::Value,
+    made: &Counts,
+    caching: &str,
+    expected: &mut Vec<(String, u64, u64)>,
+) -> Result<Notes> {
+    let rows = report["ports"].as_array().context("report has no ports")?;
+    let (t, at) = (&made.total, &made.ports);
+    anyhow::ensure!(
+        at.npf_pages.len() as u64 == t.npf_pages && t.npf_pages == DETAIL.npf_pages,
+        "the VMM wrote {} fresh pages and names {}, not {}",
+        t.npf_pages,
+        at.npf_pages.len(),
+        DETAIL.npf_pages
+    );
+    for &page in &at.npf_pages {
+        for (kind, mmio, want) in [("fault-in", false, 1), ("mmio", true, 0)] {
+            let got = port_sum(rows, "page", page, mmio, "count");
+            expected.push((format!("page {page:#x} {kind}"), got, want));
+        }
+    }
+    let mmio_page = kvmprof_common::detail::page(at.mmio_addr);
+    let mut notes = Vec::new();
+    let mmio_faults = match (vendor, caching) {
+        (Vendor::Svm, _) | (Vendor::Vmx, "N") => t.mmio_user,
+        (Vendor::Vmx, "Y") => t.mmio_user.min(1),
+        (Vendor::Vmx, _) => {
+            notes.push("no kvm.mmio_caching parameter: the MMIO page's count not held".into());
+            port_sum(rows, "page", mmio_page, true, "count")
+        }
+    };
+    expected.push((
+        format!("page {mmio_page:#x} mmio"),
+        port_sum(rows, "page", mmio_page, true, "count"),
+        mmio_faults,
+    ));
+    expected.push((
+        format!("page {mmio_page:#x} fault-in"),
+        port_sum(rows, "page", mmio_page, false, "count"),
+        0,
+    ));
+    let (space, code) = npf_reason(vendor);
+    let of_reason = |v: &serde_json::Value| v["space"] == space && v["code"] == code;
+    let page_rows: u64 = rows
+        .iter()
+        .filter(|p| p["space"] == "page" && of_reason(&p["reason"]))
+        .filter_map(|p| p["count"].as_u64())
+        .sum();
+    let groups = report["groups"]
+        .as_array()
+        .context("report has no groups")?;
+    let exits: u64 = groups
+        .iter()
+        .filter(|g| of_reason(&g["reason"]))
+        .filter_map(|g| g["count"].as_u64())
+        .sum();
+    expected.push((format!("page rows of reason {code:#x}"), page_rows, exits));
+    match report["kvm_stats"]["pf_fixed"].as_u64() {
+        Some(fixed) => {
+            let fault_ins: u64 = rows
+                .iter()
+                .filter(|p| p["space"] == "page" && p["write"] == false)
+                .filter_map(|p| p["count"].as_u64())
+                .sum();
+            // Each page KVM mapped was an exit; an exit may find its page already mapped
+            // (another vCPU's, a retry).
+            expected.push((
+                "KVM's pf_fixed, at least the fresh pages".into(),
+                fixed.min(t.npf_pages),
+                t.npf_pages,
+            ));
+            expected.push((
+                "KVM's pf_fixed, at most kvmprof's fault-ins".into(),
+                fixed.max(fault_ins),
+                fault_ins,
+            ));
+        }
+        None => notes.push("no pf_fixed counter among KVM's per-VM stats".to_string()),
+    }
+    Ok(notes)
+}
+
+/// The rows of a report that recorded [`DETAIL`] on SVM (unit tests of the verdict), the
+/// fresh pages' rows from `pages`.
 #[cfg(test)]
-fn report_rows(msr_read: u64, cpuid0: u64) -> serde_json::Value {
-    serde_json::json!({"lost": 0, "kvm_stats": {"hypercalls": 100}, "rips": [
+fn report_rows(msr_read: u64, cpuid0: u64, pages: &[u64]) -> serde_json::Value {
+    let npf = serde_json::json!({"space": "svm", "code": 0x400});
+    let page = |addr: u64, mmio: bool, count: u64| {
+        serde_json::json!({"space": "page", "addr": addr, "write": mmio, "count": count,
+            "reason": npf})
+    };
+    let mut ports: Vec<serde_json::Value> = pages.iter().map(|&p| page(p, false, 1)).collect();
+    // The guest's code page, and the MMIO page's 20 writes.
+    ports.push(page(0x1000, false, 1));
+    ports.push(page(0xd_0000, true, 20));
+    let npf_exits = 21 + pages.len() as u64;
+    let mut report = serde_json::json!({"lost": 0,
+        "kvm_stats": {"hypercalls": 100, "pf_fixed": 17},
+        "groups": [{"reason": npf, "count": npf_exits}], "rips": [
         {"rip": 0x1048, "count": msr_read}, {"rip": 0x1068, "count": 200},
         {"rip": 0x1082, "count": 150}, {"rip": 0x108d, "count": 150},
         {"rip": 0x10a4, "count": 100}, {"rip": 0x1008, "count": 10},
@@ -144,7 +262,11 @@ fn report_rows(msr_read: u64, cpuid0: u64) -> serde_json::Value {
         {"space": "cpuid", "addr": 1, "write": false, "count": 150},
         {"space": "hypercall", "addr": 0x7e57, "write": false, "count": 100},
         {"space": "pio", "addr": 0x3f8, "write": true, "count": 10},
-    ]})
+    ]});
+    if let Some(rows) = report["ports"].as_array_mut() {
+        rows.extend(ports);
+    }
+    report
 }
 
 #[cfg(test)]
@@ -172,6 +294,10 @@ mod tests {
         made.ports.cpuid_leaves = guest::CPUID_LEAVES.to_vec();
         made.ports.hypercall_nr = guest::HYPERCALL_NR;
         made.total.pio_user = 10;
+        made.total.mmio_user = 20;
+        made.total.npf_pages = DETAIL.npf_pages;
+        made.ports.mmio_addr = guest::MMIO_ADDR;
+        made.ports.npf_pages = guest::npf_pages(DETAIL.npf_pages as u32);
         made.ports.rips = [
             ("rdmsr", guest::RDMSR_RIP),
             ("wrmsr", guest::WRMSR_RIP),
@@ -183,7 +309,7 @@ mod tests {
         .into_iter()
         .map(|(n, r)| (n.to_string(), r))
         .collect();
-        let out = serde_json::json!({"vmm": made, "report": report});
+        let out = serde_json::json!({"vmm": made, "report": report, "mmio_caching": "Y"});
         Captured {
             rc: 0,
             stdout: out.to_string(),
@@ -205,17 +331,39 @@ mod tests {
     #[test]
     fn detail_rows_must_hold_the_guests_counts_exactly() {
         let c = check();
-        assert!(verify(&c, &captured(report_rows(300, 150))).is_ok());
-        let short = verify(&c, &captured(report_rows(299, 150))).unwrap_err();
+        let pages = guest::npf_pages(DETAIL.npf_pages as u32);
+        assert!(verify(&c, &captured(report_rows(300, 150, &pages))).is_ok());
+        let short = verify(&c, &captured(report_rows(299, 150, &pages))).unwrap_err();
         assert!(
             format!("{short}").contains("msr 0x1b read = 299"),
             "{short}"
         );
         // One CPUID exit too many under leaf 0: the leaf row and the total both disagree.
-        let wrong = verify(&c, &captured(report_rows(300, 151))).unwrap_err();
+        let wrong = verify(&c, &captured(report_rows(300, 151, &pages))).unwrap_err();
         assert!(
             format!("{wrong}").contains("cpuid rows in all = 301"),
             "{wrong}"
         );
+    }
+
+    /// Without its page rows (`--detail` filing no page fault) the verdict fails, naming
+    /// the first fresh page; with one page missing, so do its row and the reason's sum.
+    #[test]
+    fn page_rows_must_hold_each_fresh_page_once_and_the_reasons_exits() {
+        let c = check();
+        let pages = guest::npf_pages(DETAIL.npf_pages as u32);
+        let mut none = report_rows(300, 150, &pages);
+        if let Some(rows) = none["ports"].as_array_mut() {
+            rows.retain(|p| p["space"] != "page");
+        }
+        let err = format!("{}", verify(&c, &captured(none)).unwrap_err());
+        assert!(err.contains("page 0x20000 fault-in = 0"), "{err}");
+        assert!(err.contains("page 0xd0000 mmio = 0"), "{err}");
+        assert!(err.contains("page rows of reason 0x400 = 0"), "{err}");
+        let mut one_short = report_rows(300, 150, &pages[1..]);
+        one_short["groups"][0]["count"] = serde_json::json!(21 + pages.len());
+        let err = format!("{}", verify(&c, &captured(one_short)).unwrap_err());
+        assert!(err.contains("page 0x20000 fault-in = 0"), "{err}");
+        assert!(err.contains("page rows of reason 0x400 = 36"), "{err}");
     }
 }

@@ -1,7 +1,8 @@
-//! `--detail` (`kvmprof_common::detail`): the MSR index, CPUID leaf or hypercall number of
-//! the open exit, from the KVM tracepoint its handler fires. Classic tracepoints, fields at
-//! the offsets of this kernel's format files (`DETAIL_FIELDS`): they run only on the exits
-//! they name, and only when asked for, so their record copy costs nothing on the others.
+//! `--detail` (`kvmprof_common::detail`): the MSR index, CPUID leaf, hypercall number or
+//! guest page of the open exit, from the KVM tracepoint its handler fires. Classic
+//! tracepoints, fields at the offsets of this kernel's format files (`DETAIL_FIELDS`): they
+//! run only on the exits they name, and only when asked for, so their record copy costs
+//! nothing on the others.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmprof_common::{
     detail::{self, field, RipKey},
@@ -51,6 +52,22 @@ fn try_hypercall(ctx: &TracePointContext) -> Option<u32> {
     let (_, _, st) = maps::current(false)?;
     let nr: u64 = read_field(ctx, field::HYPERCALL_NR)?;
     exit::identify_detail(st, maps::config!(boundary), flag::HYPERCALL, nr);
+    Some(0)
+}
+
+/// `TP_PROTO(unsigned long fault_address, unsigned int error_code)` (6.1), `(struct kvm_vcpu
+/// *vcpu, u64 fault_address, u64 error_code)` (6.12), in the handlers of EPT violations and
+/// NPFs (and of guest #PFs under shadow paging): the exit's guest page, a fault-in unless
+/// `kvm:kvm_mmio` then names an MMIO access (`kvmprof_common::detail`).
+#[tracepoint(category = "kvm", name = "kvm_page_fault")]
+pub fn detail_page_fault(ctx: TracePointContext) -> u32 {
+    try_page_fault(&ctx).unwrap_or(0)
+}
+
+fn try_page_fault(ctx: &TracePointContext) -> Option<u32> {
+    let (_, _, st) = maps::current(false)?;
+    let gpa: u64 = read_field(ctx, field::PAGE_FAULT_ADDRESS)?;
+    exit::identify_detail(st, maps::config!(boundary), flag::NPF, detail::page(gpa));
     Some(0)
 }
 

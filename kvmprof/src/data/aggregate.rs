@@ -102,6 +102,9 @@ pub enum IoSpace {
     Msr,
     Cpuid,
     Hypercall,
+    /// Guest pages of EPT violations and NPFs; `write` is set for a page whose fault became
+    /// MMIO, clear for a fault-in.
+    Page,
 }
 
 impl IoSpace {
@@ -113,17 +116,21 @@ impl IoSpace {
             IoSpace::Msr => "msr",
             IoSpace::Cpuid => "cpuid",
             IoSpace::Hypercall => "hypercall",
+            IoSpace::Page => "page",
         }
     }
 
-    /// Whether rows of this space name an exit's MSR, CPUID leaf or hypercall (`--detail`)
-    /// rather than a port or an address.
+    /// Whether rows of this space name an exit's MSR, CPUID leaf, hypercall or guest page
+    /// (`--detail`) rather than a port or an MMIO address.
     pub fn is_detail(self) -> bool {
-        matches!(self, IoSpace::Msr | IoSpace::Cpuid | IoSpace::Hypercall)
+        matches!(
+            self,
+            IoSpace::Msr | IoSpace::Cpuid | IoSpace::Hypercall | IoSpace::Page
+        )
     }
 
-    /// The space, address (port, GPA, MSR index, CPUID key, hypercall number) and direction
-    /// of an access.
+    /// The space, address (port, GPA, MSR index, CPUID key, hypercall number, guest page) and
+    /// direction of an access.
     pub fn of(access: Access) -> (IoSpace, u64, bool) {
         match access {
             Access::Pio { port, write, .. } => (IoSpace::Pio, u64::from(port), write),
@@ -135,7 +142,20 @@ impl IoSpace {
                 false,
             ),
             Access::Hypercall { nr } => (IoSpace::Hypercall, nr, false),
+            Access::Page { gpa } => (IoSpace::Page, gpa, false),
         }
+    }
+
+    /// The rows of an access: its own ([`IoSpace::of`]) and, for an MMIO access that was an
+    /// EPT violation or NPF, its page's, marked MMIO.
+    pub fn rows(access: Access) -> impl Iterator<Item = (IoSpace, u64, bool)> {
+        let page = match access {
+            Access::Mmio { gpa, npf: true, .. } => {
+                Some((IoSpace::Page, kvmprof_common::detail::page(gpa), true))
+            }
+            _ => None,
+        };
+        std::iter::once(IoSpace::of(access)).chain(page)
     }
 
     /// The direction of a row of this space, as tables spell it.
@@ -146,6 +166,8 @@ impl IoSpace {
             (IoSpace::Mmio | IoSpace::Msr, true) => "write",
             (IoSpace::Mmio | IoSpace::Msr, false) => "read",
             (IoSpace::Cpuid | IoSpace::Hypercall, _) => "-",
+            (IoSpace::Page, true) => "mmio",
+            (IoSpace::Page, false) => "fault-in",
         }
     }
 
@@ -167,13 +189,14 @@ pub struct PortKey {
     pub pid: u32,
     pub space: IoSpace,
     /// Port (PIO), guest physical address (MMIO), MSR index, CPUID leaf and subleaf
-    /// (`kvmprof_common::detail::cpuid_key`) or hypercall number.
+    /// (`kvmprof_common::detail::cpuid_key`), hypercall number or guest page.
     pub addr: u64,
+    /// The direction; for a guest page, whether its fault became MMIO.
     pub write: bool,
     /// The exit reason the access was attributed to.
     pub reason: Reason,
-    /// The MMIO exits of this pid, direction and reason whose address the kernel had no
-    /// room to count apart (`addr` 0): the `other` row.
+    /// The MMIO (or guest-page) exits of this pid, direction and reason whose address the
+    /// kernel had no room to count apart (`addr` 0): the `other` row.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub folded: bool,
 }
@@ -281,10 +304,13 @@ impl Aggregate {
         if t.count == 0 {
             return;
         }
-        let mmio = matches!(t.exit.access, Some(Access::Mmio { .. }));
+        let by_addr = matches!(
+            t.exit.access,
+            Some(Access::Mmio { .. } | Access::Page { .. })
+        );
         let cycle = Stage::Cycle.index();
         let cycles: u64 = t.stages[cycle].iter().map(|(_, n)| n).sum();
-        let port = (!mmio).then_some((t.sum_ns[cycle], cycles));
+        let port = (!by_addr).then_some((t.sum_ns[cycle], cycles));
         let (key, idx) = self.count(&t.exit, t.count, t.first_ts_ns, port);
         for stage in Stage::ALL {
             let values = &t.stages[stage.index()];
@@ -311,23 +337,21 @@ impl Aggregate {
         }
     }
 
-    /// The address rows of a tally's MMIO exits (its access has no address).
+    /// The address rows of a tally's MMIO and guest-page exits (its access has no address).
     fn count_addrs(&mut self, t: &Tally) {
-        let Some(access @ Access::Mmio { .. }) = t.exit.access else {
+        let Some(access @ (Access::Mmio { .. } | Access::Page { .. })) = t.exit.access else {
             return;
         };
         let folded = (t.other > 0).then_some((0, t.other, true));
-        let rows = t.addrs.iter().map(|&(a, n)| (a, n, false)).chain(folded);
-        for (addr, n, folded) in rows {
-            let stats = self.ports.entry(PortKey {
-                addr,
-                folded,
-                ..port_key(&t.exit, access)
-            });
-            let stats = stats.or_default();
-            stats.count += n;
-            if t.exit.userspace_reason.is_some() {
-                stats.userspace += n;
+        let addrs = t.addrs.iter().map(|&(a, n)| (a, n, false)).chain(folded);
+        for (addr, n, folded) in addrs {
+            for key in port_keys(&t.exit, access.at(addr)) {
+                let stats = self.ports.entry(PortKey { folded, ..key });
+                let stats = stats.or_default();
+                stats.count += n;
+                if t.exit.userspace_reason.is_some() {
+                    stats.userspace += n;
+                }
             }
         }
     }
@@ -348,13 +372,15 @@ impl Aggregate {
             *stats.userspace.entry(code).or_default() += n;
         }
         if let (Some(access), Some((cycle_ns, cycle_count))) = (e.access, port) {
-            let stats = self.ports.entry(port_key(e, access)).or_default();
-            stats.count += n;
-            if e.userspace_reason.is_some() {
-                stats.userspace += n;
+            for key in port_keys(e, access) {
+                let stats = self.ports.entry(key).or_default();
+                stats.count += n;
+                if e.userspace_reason.is_some() {
+                    stats.userspace += n;
+                }
+                stats.cycle_ns += cycle_ns;
+                stats.cycle_count += cycle_count;
             }
-            stats.cycle_ns += cycle_ns;
-            stats.cycle_count += cycle_count;
         }
         let first_ts = first_ts.min(e.ts_ns);
         self.extend_span(first_ts, e.ts_ns);
@@ -623,17 +649,16 @@ pub fn new_histogram() -> Histogram<u64> {
     h
 }
 
-/// The ports-table row of `e`'s access.
-fn port_key(e: &Exit, access: Access) -> PortKey {
-    let (space, addr, write) = IoSpace::of(access);
-    PortKey {
+/// The ports-table rows of `e`'s access ([`IoSpace::rows`]).
+fn port_keys(e: &Exit, access: Access) -> impl Iterator<Item = PortKey> + '_ {
+    IoSpace::rows(access).map(|(space, addr, write)| PortKey {
         pid: e.pid,
         space,
         addr,
         write,
         reason: e.reason,
         folded: false,
-    }
+    })
 }
 
 /// Records `ns` (at most [`MAX_NS`]) `n` times, growing the histogram as needed.
@@ -820,6 +845,7 @@ mod tests {
             gpa: 0,
             size: 1,
             write: true,
+            npf: false,
         });
         let tally = |count, addrs, other| Tally {
             exit: e.clone(),
@@ -847,6 +873,68 @@ mod tests {
         );
     }
 
+    /// `--detail`: a tally's fault-ins count by page and in `other`; an MMIO access that was
+    /// an NPF counts under its address and, marked MMIO, under its page; a record's page rows
+    /// carry its cycle.
+    #[test]
+    fn guest_pages_count_as_fault_ins_or_under_their_mmio_access() {
+        let mut a = Aggregate::new(SEC);
+        let tally = |access, addrs, other| {
+            let mut e = exit(0, IO, 5_000, None);
+            e.access = Some(access);
+            Tally {
+                exit: e,
+                first_ts_ns: 1_000,
+                count: 4,
+                stages: Default::default(),
+                sum_ns: [0; STAGES],
+                addrs,
+                other,
+                rips: Vec::new(),
+                rips_other: 0,
+            }
+        };
+        a.add_tally(&tally(
+            Access::Page { gpa: 0 },
+            vec![(0x2_0000, 2), (0x2_1000, 1)],
+            1,
+        ));
+        let mmio = Access::Mmio {
+            gpa: 0,
+            size: 1,
+            write: true,
+            npf: true,
+        };
+        a.add_tally(&tally(mmio, vec![(0xd_0000, 3), (0xd_0001, 1)], 0));
+        let mut e = exit(0, IO, 6_000, Some(700));
+        e.access = Some(Access::Page { gpa: 0x2_0000 });
+        a.add(&e);
+        assert_eq!(a.total_exits(), 9);
+        let rows: Vec<_> = a
+            .ports()
+            .iter()
+            .map(|(p, s)| (p.space, p.addr, p.write, p.folded, s.count, s.cycle_count))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (IoSpace::Mmio, 0xd_0000, true, false, 3, 0),
+                (IoSpace::Mmio, 0xd_0001, true, false, 1, 0),
+                (IoSpace::Page, 0, false, true, 1, 0),
+                (IoSpace::Page, 0x2_0000, false, false, 3, 1),
+                (IoSpace::Page, 0x2_1000, false, false, 1, 0),
+                (IoSpace::Page, 0xd_0000, true, false, 4, 0),
+            ]
+        );
+        assert_eq!(
+            (
+                IoSpace::Page.direction(true),
+                IoSpace::Page.direction(false)
+            ),
+            ("mmio", "fault-in")
+        );
+    }
+
     #[test]
     fn ports_table() {
         let mut a = Aggregate::new(SEC);
@@ -863,6 +951,7 @@ mod tests {
             gpa: 0xfee0_0000,
             size: 4,
             write: false,
+            npf: false,
         });
         a.add(&e);
         let pio = PortKey {

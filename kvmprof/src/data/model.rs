@@ -107,6 +107,10 @@ pub enum Access {
         gpa: u64,
         size: u8,
         write: bool,
+        /// `--detail`: the access was an EPT violation or NPF (`kvm:kvm_page_fault` fired)
+        /// that KVM found to be MMIO: its page is also a row of the guest pages.
+        #[serde(default)]
+        npf: bool,
     },
     /// `--detail`: an RDMSR, or with `write` a WRMSR, of MSR `index`.
     Msr {
@@ -122,6 +126,33 @@ pub enum Access {
     Hypercall {
         nr: u64,
     },
+    /// `--detail`: an EPT violation or NPF that faulted in guest-physical page `gpa` (one that
+    /// became MMIO is an [`Access::Mmio`] with `npf`).
+    Page {
+        gpa: u64,
+    },
+}
+
+impl Access {
+    /// The access with `addr` as its address: the MMIO address or guest page the kernel
+    /// counted apart from a tally's access (`kvmprof_common::tally`).
+    pub fn at(self, addr: u64) -> Access {
+        match self {
+            Access::Mmio {
+                gpa: _,
+                size,
+                write,
+                npf,
+            } => Access::Mmio {
+                gpa: addr,
+                size,
+                write,
+                npf,
+            },
+            Access::Page { .. } => Access::Page { gpa: addr },
+            other => other,
+        }
+    }
 }
 
 /// A stage of the exit cycle (`kvmprof_common::stage` indices and names).
@@ -211,7 +242,8 @@ pub struct Tally {
     pub stages: [Vec<(u64, u64)>; STAGES],
     /// Per stage: the exact sum of the durations.
     pub sum_ns: [u64; STAGES],
-    /// For MMIO exits, whose `exit.access` carries no address: (address, exits) of those
+    /// For MMIO and guest-page exits, whose `exit.access` carries no address: (address or
+    /// page, exits) of those
     /// counted by address, and `other`, those whose address the kernel had no room for
     /// (`kvmprof_common::tally`). Read apart from `count`: within one tally they may be a
     /// few exits ahead of it (even with `count` 0), never behind at the end.

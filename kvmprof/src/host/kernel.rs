@@ -95,6 +95,7 @@ impl Facts {
             tp::KVM_MSR,
             tp::KVM_CPUID,
             tp::KVM_HYPERCALL,
+            tp::KVM_PAGE_FAULT,
         ];
         for tp in tp::ALL.iter().chain(&more) {
             let path = Path::new(TRACEFS).join("events").join(tp).join("format");

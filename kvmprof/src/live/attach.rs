@@ -365,14 +365,16 @@ fn attach_halts(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
     attach_classic(ebpf, wake)
 }
 
-/// `--detail`: `kvm:kvm_msr`, `kvm:kvm_cpuid` and `kvm:kvm_hypercall` name the MSR, leaf
-/// or hypercall of their exits, and a second program on `kvm:kvm_exit` counts exits by guest
-/// RIP (`kvmprof_common::detail`), with their field offsets from this kernel's format files.
+/// `--detail`: `kvm:kvm_msr`, `kvm:kvm_cpuid`, `kvm:kvm_hypercall` and `kvm:kvm_page_fault`
+/// name the MSR, leaf, hypercall or guest page of their exits, and a second program on
+/// `kvm:kvm_exit` counts exits by guest RIP (`kvmprof_common::detail`), with their field
+/// offsets from this kernel's format files.
 /// Each that cannot be attached is named in the error; the others stay attached.
 fn attach_detail(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
     use kvmprof_common::detail::field;
     use names::tp;
     let (msr, cpuid, hcall, exit) = (tp::KVM_MSR, tp::KVM_CPUID, tp::KVM_HYPERCALL, tp::KVM_EXIT);
+    let fault = tp::KVM_PAGE_FAULT;
     let fields: [(u32, &str, &str); field::LEN as usize] = [
         (field::MSR_WRITE, msr, "write"),
         (field::MSR_ECX, msr, "ecx"),
@@ -382,11 +384,13 @@ fn attach_detail(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
         (field::EXIT_REASON, exit, "exit_reason"),
         (field::EXIT_ISA, exit, "isa"),
         (field::EXIT_RIP, exit, "guest_rip"),
+        (field::PAGE_FAULT_ADDRESS, fault, "fault_address"),
     ];
     let programs = [
         (msr, programs_of(msr)?.classic),
         (cpuid, programs_of(cpuid)?.classic),
         (hcall, programs_of(hcall)?.classic),
+        (fault, programs_of(fault)?.classic),
         (exit, names::RIP_PROGRAM),
     ];
     // Under PVM no exit opens before its port or MMIO access (IDENT), so there is no open

@@ -131,6 +131,7 @@ pub fn to_exit(r: &ExitRecord, vcpu: Option<u32>) -> Exit {
             gpa: r.io_addr,
             size: r.io_size,
             write,
+            npf: r.flags & flag::NPF != 0,
         })
     } else if r.flags & flag::MSR != 0 {
         Some(Access::Msr {
@@ -142,6 +143,8 @@ pub fn to_exit(r: &ExitRecord, vcpu: Option<u32>) -> Exit {
         Some(Access::Cpuid { leaf, subleaf })
     } else if r.flags & flag::HYPERCALL != 0 {
         Some(Access::Hypercall { nr: r.io_addr })
+    } else if r.flags & flag::NPF != 0 {
+        Some(Access::Page { gpa: r.io_addr })
     } else {
         None
     };

@@ -9,7 +9,6 @@ use std::{collections::HashMap, path::Path};
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, IterableMap, MapData, Queue};
 use kvmprof_common::{
-    flag,
     names::map,
     tally::{self, AddrKey, Kind, Row, TallyKey, TallyMeta, NO_ROW},
     STAGES,
@@ -33,7 +32,8 @@ pub struct Reader {
     free_rows: Queue<MapData, u32>,
     /// By slot: what earlier reads took.
     taken: Vec<Taken>,
-    /// By slot and MMIO address: the exits earlier reads took (at most `tally::ADDRS`).
+    /// By slot and MMIO address or guest page: the exits earlier reads took (at most
+    /// `tally::ADDRS`).
     taken_addrs: HashMap<AddrKey, u64>,
     /// When the last read began, on the records' clock: the exits a read takes came after.
     read_ns: u64,
@@ -188,7 +188,7 @@ impl Reader {
             seen.last_ts = m.last_ts;
             seen.sum_ns = m.sum_ns;
             seen.max_ns = m.max_ns;
-            if m.exit.flags & flag::MMIO != 0 {
+            if tally::by_addr(m.exit.flags) {
                 mmio = true;
                 at.insert(slot, out.len());
             }

@@ -815,10 +815,22 @@ mod tests {
                     ts_ns: 5 * SEC + 100 + i * 1_000_000,
                     reason: reasons[(i % 3) as usize],
                     userspace_reason: (i % 4 == 0).then_some(2),
-                    access: Some(Access::Pio {
-                        port: 0x3f8,
-                        size: 1,
-                        write: i % 2 == 0,
+                    // Some `--detail` guest pages: fault-ins and an MMIO page.
+                    access: Some(match i % 7 {
+                        0 => Access::Page {
+                            gpa: 0x2_0000 + (i % 3) * 0x1000,
+                        },
+                        1 => Access::Mmio {
+                            gpa: 0xd_0004,
+                            size: 1,
+                            write: true,
+                            npf: true,
+                        },
+                        _ => Access::Pio {
+                            port: 0x3f8,
+                            size: 1,
+                            write: i % 2 == 0,
+                        },
                     }),
                     stages,
                 }

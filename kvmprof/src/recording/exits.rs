@@ -49,11 +49,34 @@ struct NamedReason {
 #[derive(Serialize)]
 #[serde(tag = "access", rename_all = "lowercase")]
 enum FlatAccess {
-    Pio { port: u16, size: u8, write: bool },
-    Mmio { gpa: u64, size: u8, write: bool },
-    Msr { index: u32, write: bool },
-    Cpuid { leaf: u32, subleaf: u32 },
-    Hypercall { nr: u64 },
+    Pio {
+        port: u16,
+        size: u8,
+        write: bool,
+    },
+    Mmio {
+        gpa: u64,
+        size: u8,
+        write: bool,
+        /// `--detail`: it was an EPT violation or NPF (absent otherwise).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        npf: bool,
+    },
+    Msr {
+        index: u32,
+        write: bool,
+    },
+    Cpuid {
+        leaf: u32,
+        subleaf: u32,
+    },
+    Hypercall {
+        nr: u64,
+    },
+    /// `--detail`: a fault-in of this guest page.
+    Page {
+        gpa: u64,
+    },
 }
 
 /// The measured stages by name, in the order of the exit cycle.
@@ -86,10 +109,21 @@ impl From<&Exit> for Line {
                 .then(|| -i32::try_from(e.reason.code).unwrap_or(i32::MAX)),
             access: e.access.map(|a| match a {
                 Access::Pio { port, size, write } => FlatAccess::Pio { port, size, write },
-                Access::Mmio { gpa, size, write } => FlatAccess::Mmio { gpa, size, write },
+                Access::Mmio {
+                    gpa,
+                    size,
+                    write,
+                    npf,
+                } => FlatAccess::Mmio {
+                    gpa,
+                    size,
+                    write,
+                    npf,
+                },
                 Access::Msr { index, write } => FlatAccess::Msr { index, write },
                 Access::Cpuid { leaf, subleaf } => FlatAccess::Cpuid { leaf, subleaf },
                 Access::Hypercall { nr } => FlatAccess::Hypercall { nr },
+                Access::Page { gpa } => FlatAccess::Page { gpa },
             }),
             stages: Stages(e.stages),
         }
@@ -136,11 +170,19 @@ mod tests {
             gpa: 0xd0000,
             size: 4,
             write: false,
+            npf: false,
         });
         let v: serde_json::Value = serde_json::to_value(Line::from(&e)).expect("serializes");
         assert_eq!(
             (v["access"].as_str(), v["gpa"].as_u64()),
             (Some("mmio"), Some(0xd0000))
+        );
+        assert!(v.get("npf").is_none(), "said only under --detail");
+        e.access = Some(Access::Page { gpa: 0x2_0000 });
+        let v: serde_json::Value = serde_json::to_value(Line::from(&e)).expect("serializes");
+        assert_eq!(
+            (v["access"].as_str(), v["gpa"].as_u64()),
+            (Some("page"), Some(0x2_0000))
         );
         e.access = None;
         let v = serde_json::to_value(Line::from(&e)).expect("serializes");

@@ -34,8 +34,8 @@ pub struct Diff {
     a: SideSummary,
     b: SideSummary,
     rows: Vec<Row>,
-    /// `record --detail`: exits per MSR and direction, CPUID leaf and hypercall number on
-    /// each side (over all processes), most first.
+    /// `record --detail`: exits per MSR and direction, CPUID leaf, hypercall number and
+    /// guest page (fault-in or MMIO) on each side (over all processes), most first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     detail: Vec<DetailRow>,
 }
@@ -43,7 +43,8 @@ pub struct Diff {
 #[derive(Serialize)]
 struct DetailRow {
     space: IoSpace,
-    /// As in the report's rows (`ports`): MSR index, CPUID leaf and subleaf, hypercall nr.
+    /// As in the report's rows (`ports`): MSR index, CPUID leaf and subleaf, hypercall nr,
+    /// guest page.
     addr: u64,
     write: bool,
     a: u64,
@@ -338,17 +339,20 @@ fn detail_text(out: &mut String, rows: &[DetailRow]) {
         return;
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "MSRs, CPUID leaves and hypercalls (record --detail)");
     let _ = writeln!(
         out,
-        "{:<10}{:<14}{:<6}{:>10}{:>10}{:>9}",
+        "MSRs, CPUID leaves, hypercalls and guest pages (record --detail)"
+    );
+    let _ = writeln!(
+        out,
+        "{:<10}{:<14}{:<9}{:>10}{:>10}{:>9}",
         "what", "key", "dir", "A", "B", "B/A"
     );
     for r in rows {
         let b_a = ratio(r.a as f64, r.b as f64).map_or_else(|| "-".to_owned(), ratio_text);
         let _ = writeln!(
             out,
-            "{:<10}{:<14}{:<6}{:>10}{:>10}{b_a:>9}",
+            "{:<10}{:<14}{:<9}{:>10}{:>10}{b_a:>9}",
             r.space.name(),
             r.space.key_text(r.addr),
             r.space.direction(r.write),
@@ -442,7 +446,10 @@ mod tests {
             }
             a
         };
-        let (a, b) = (with(&[(0x1b, 4)]), with(&[(0x1b, 8), (0x6e0, 3)]));
+        let (a, mut b) = (with(&[(0x1b, 4)]), with(&[(0x1b, 8), (0x6e0, 3)]));
+        let mut fault = testdata::exit(1, 0, IO, testdata::cycle(Some(900)));
+        fault.access = Some(Access::Page { gpa: 0x2_0000 });
+        b.add(&fault);
         let side = |a| Side {
             name: "x".into(),
             header: &h,
@@ -450,12 +457,17 @@ mod tests {
         };
         let d = diff(&side(&a), &side(&b), &Selection::default());
         let rows: Vec<(u64, u64, u64)> = d.detail.iter().map(|r| (r.addr, r.a, r.b)).collect();
-        assert_eq!(rows, [(0x1b, 4, 8), (0x6e0, 0, 3)]);
+        assert_eq!(rows, [(0x1b, 4, 8), (0x6e0, 0, 3), (0x2_0000, 0, 1)]);
         let text = table_text(&d);
         let line = text.lines().find(|l| l.contains("0x1b")).expect("row");
         assert_eq!(
             line.split_whitespace().collect::<Vec<_>>(),
             ["msr", "0x1b", "read", "4", "8", "2.00"]
+        );
+        let line = text.lines().find(|l| l.contains("0x20000")).expect("row");
+        assert_eq!(
+            line.split_whitespace().collect::<Vec<_>>(),
+            ["page", "0x20000", "fault-in", "0", "1", "-"]
         );
     }
 

@@ -180,6 +180,9 @@ pub(super) struct PortRow {
     /// Mean cycle of the row's exits, where measured (none for MMIO address rows).
     #[serde(skip_serializing_if = "Option::is_none")]
     mean_cycle_ns: Option<u64>,
+    /// A guest page's: "mmio" or "fault-in" (`IoSpace::direction`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -219,6 +222,7 @@ pub(super) fn port_rows(a: &Aggregate) -> Vec<PortRow> {
                 by_pid_reason.get(&(p.pid, p.reason)).copied().unwrap_or(0),
             ),
             mean_cycle_ns: (s.cycle_count > 0).then(|| s.cycle_ns / s.cycle_count),
+            kind: (p.space == IoSpace::Page).then(|| p.space.direction(p.write)),
         })
         .collect();
     ports.sort_by_key(|x| std::cmp::Reverse(x.count));
@@ -263,7 +267,7 @@ fn detail_name(space: IoSpace, key: u64) -> Option<String> {
             Some(format!("leaf {leaf:#x} subleaf {subleaf:#x}"))
         }
         IoSpace::Hypercall => x86::hypercall_name(key).map(str::to_owned),
-        IoSpace::Pio | IoSpace::Mmio => None,
+        IoSpace::Pio | IoSpace::Mmio | IoSpace::Page => None,
     }
 }
 
@@ -400,6 +404,7 @@ fn table(r: &Report) -> String {
     breakdown_table(&mut out, r);
     ports_table(&mut out, r);
     detail_table(&mut out, r);
+    pages_table(&mut out, r);
     rips_table(&mut out, r);
     intervals_table(&mut out, r);
     if let Some(slow) = &r.header.slow {
@@ -688,7 +693,8 @@ fn ports_table(out: &mut String, r: &Report) {
 /// `--detail`: the exits' MSRs, CPUID leaves and hypercalls, each with its share of its
 /// reason's exits and its mean cycle.
 fn detail_table(out: &mut String, r: &Report) {
-    let rows: Vec<&PortRow> = r.ports.iter().filter(|p| p.space.is_detail()).collect();
+    let detail = |p: &&PortRow| p.space.is_detail() && p.space != IoSpace::Page;
+    let rows: Vec<&PortRow> = r.ports.iter().filter(detail).collect();
     if rows.is_empty() {
         return;
     }
@@ -721,6 +727,61 @@ fn detail_table(out: &mut String, r: &Report) {
             units::pct(p.reason_share),
             p.mean_cycle_ns.map_or_else(|| "-".to_owned(), units::ns),
             p.reason_name
+        );
+    }
+}
+
+/// Guest pages shown per pid and reason in the text format (JSON has them all).
+const TOP_PAGES: usize = 10;
+
+/// `--detail`: the guest pages of EPT violations and NPFs, most exits first per pid and
+/// reason, each a fault-in or MMIO, with its share of its reason's exits and its mean cycle.
+fn pages_table(out: &mut String, r: &Report) {
+    let mut rows: Vec<&PortRow> = r
+        .ports
+        .iter()
+        .filter(|p| p.space == IoSpace::Page)
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    // Stable: most exits first within each pid and reason, as `port_rows` sorted them.
+    rows.sort_by_key(|p| (p.pid, p.reason));
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Guest pages (EPT violations / NPF; top {TOP_PAGES} per pid and reason)"
+    );
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<24}{:<20}{:<10}{:>10}{:>8}{:>11}",
+        "pid", "reason", "page", "kind", "count", "share", "mean cycle"
+    );
+    let mut shown = 0;
+    let mut last = None;
+    for p in rows {
+        if last != Some((p.pid, p.reason)) {
+            last = Some((p.pid, p.reason));
+            shown = 0;
+        }
+        shown += 1;
+        if shown > TOP_PAGES {
+            continue;
+        }
+        let page = if p.folded {
+            "other".to_owned()
+        } else {
+            p.space.key_text(p.addr)
+        };
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<24}{page:<20}{:<10}{:>10}{:>8}{:>11}",
+            p.pid,
+            p.reason_name,
+            p.space.direction(p.write),
+            p.count,
+            units::pct(p.reason_share),
+            p.mean_cycle_ns.map_or_else(|| "-".to_owned(), units::ns),
         );
     }
 }
@@ -859,6 +920,7 @@ mod tests {
                 gpa: 0xfebf_0000,
                 size: 4,
                 write: false,
+                npf: false,
             });
             a.add(&e);
         }
@@ -980,6 +1042,74 @@ mod tests {
             (msr["count"].as_u64(), msr["write"].as_bool()),
             (Some(30), Some(false))
         );
+    }
+
+    /// `--detail`'s guest pages: their own table, per pid and reason, each a fault-in or
+    /// MMIO with its share of the reason and its mean cycle; JSON says the kind.
+    #[test]
+    fn guest_pages_are_listed_as_fault_ins_or_mmio_with_share_and_mean_cycle() {
+        let mut a = sample();
+        let cycle = |ns| [Some(ns), None, None, None, None, None, None, None];
+        let mmio = Access::Mmio {
+            gpa: 0xd_0004,
+            size: 1,
+            write: true,
+            npf: true,
+        };
+        for (n, ns, access) in [
+            (3, 1000, Access::Page { gpa: 0x2_0000 }),
+            (1, 3000, Access::Page { gpa: 0x2_1000 }),
+            (2, 5000, mmio),
+        ] {
+            for _ in 0..n {
+                let mut e = exit(0, NPF, cycle(ns));
+                e.access = Some(access);
+                a.add(&e);
+            }
+        }
+        let h = header();
+        let t = render(&h, &a, By::Reason, Format::Table);
+        assert!(t.contains("Guest pages (EPT violations / NPF"), "{t}");
+        assert!(!t.contains("MSRs, CPUID"), "{t}");
+        let cols = |page: &str| -> Vec<String> {
+            t.lines()
+                .find(|l| l.contains(page) && !l.contains("Ports"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        let first = cols(" 0x20000 ");
+        assert_eq!(first[2..6], ["0x20000", "fault-in", "3", "2.8%"], "{t}");
+        let mmio_row = cols(" 0xd0000 ");
+        assert_eq!(mmio_row[2..5], ["0xd0000", "mmio", "2"], "{t}");
+        let j: serde_json::Value =
+            serde_json::from_str(&render(&h, &a, By::Reason, Format::Json)).expect("json");
+        let page = |addr: u64| {
+            j["ports"]
+                .as_array()
+                .and_then(|p| p.iter().find(|r| r["space"] == "page" && r["addr"] == addr))
+                .map(|r| {
+                    (
+                        r["kind"].clone(),
+                        r["count"].as_u64(),
+                        r["mean_cycle_ns"].as_u64(),
+                    )
+                })
+        };
+        assert_eq!(
+            page(0x2_0000),
+            Some((serde_json::json!("fault-in"), Some(3), Some(1000)))
+        );
+        assert_eq!(
+            page(0xd_0000),
+            Some((serde_json::json!("mmio"), Some(2), Some(5000)))
+        );
+        let mmio_addr = j["ports"].as_array().and_then(|p| {
+            p.iter()
+                .find(|r| r["space"] == "mmio" && r["addr"] == 0xd_0004)
+        });
+        assert!(mmio_addr.is_some_and(|r| r.get("kind").is_none()), "{j}");
     }
 
     /// `--detail`'s guest RIPs: per pid and reason, most first, the `other` row last among
