@@ -127,6 +127,11 @@ pub fn merge(mut inputs: Vec<Input>) -> Result<(Header, Aggregate)> {
     for (rip, n) in rips {
         merged.restore_rip(rip, n);
     }
+    for i in &inputs {
+        for (port, hist) in i.aggregate.row_cycles() {
+            merged.restore_row_cycle(*port, hist);
+        }
+    }
     merged.add_lost(lost);
     // Without every file's wall-clock start there is no common clock: no span, no rates.
     if let Some((f, l)) = span.filter(|_| wall_clock_known(&inputs)) {
