@@ -4,9 +4,10 @@
 //! and direction, leaf and hypercall number, and nothing else under those spaces; its guest
 //! RIPs, each exiting instruction's address with its count; KVM's own
 //! `hypercalls` counter (debugfs, read by kvmprof over the window), where the kernel has
-//! it, must agree.
-use anyhow::{Context, Result};
+//! it, must agree. Each row's cycle p50 and p99 must be there and fit its reason's cycle.
+use anyhow::{ensure, Context, Result};
 use kvmprof_testvmm::{Counts, Workload};
+use serde_json::Value;
 
 use crate::checks::{ensure_as_made, parse_json, port_sum, Captured, Check, Hooks, Notes};
 
@@ -126,20 +127,86 @@ pub fn verify(_: &Check, c: &Captured) -> Result<Notes> {
         None => notes.push("no hypercalls counter among KVM's per-VM stats".to_string()),
     }
     ensure_as_made(&expected)?;
+    percentiles(report)?;
     Ok(notes)
 }
 
-/// The rows of a report that recorded [`DETAIL`] (unit tests of the verdict).
+/// Each row with a measured cycle (ports, MSRs, leaves, hypercalls) has a p50 and a p99, in
+/// order, and they and its mean are no longer than its reason's longest cycle. A reason whose exits
+/// are all in rows (its MSRs, say) has its p50 and p99 between its rows' (a mixture's
+/// quantile lies between its parts'): the rows' histograms hold the same exits.
+fn percentiles(report: &Value) -> Result<()> {
+    let rows = report["ports"].as_array().context("report has no ports")?;
+    let groups = report["groups"]
+        .as_array()
+        .context("report has no groups")?;
+    // The histograms' precision: values stand for their bucket, within 0.1 %.
+    let le = |a: u64, b: u64| a <= b + b / 1000 + 1;
+    for g in groups {
+        let cycle = g["stages"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["stage"] == "cycle"));
+        let Some(cycle) = cycle else { continue };
+        let stat = |name: &str| cycle[name].as_u64().unwrap_or(0);
+        let mine: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["reason"] == g["reason"] && r["mean_cycle_ns"].is_u64())
+            .collect();
+        let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+        for r in &mine {
+            let what = format!("{} {} {}", r["space"], r["addr"], r["write"]);
+            let (Some(p50), Some(p99)) = (r["p50_cycle_ns"].as_u64(), r["p99_cycle_ns"].as_u64())
+            else {
+                anyhow::bail!("report: row {what} has a mean cycle but no p50 or p99");
+            };
+            let mean = r["mean_cycle_ns"].as_u64().unwrap_or(0);
+            ensure!(
+                0 < p50 && p50 <= p99 && le(p99, stat("max_ns")) && le(mean, stat("max_ns")),
+                "report: row {what}: cycle p50 {p50}, p99 {p99}, mean {mean} do not fit \
+                 0 < p50 <= p99 <= max {}",
+                stat("max_ns")
+            );
+            p50s.push(p50);
+            p99s.push(p99);
+        }
+        let in_rows: u64 = mine.iter().filter_map(|r| r["count"].as_u64()).sum();
+        if mine.is_empty() || in_rows != g["count"].as_u64().unwrap_or(0) {
+            continue;
+        }
+        for (name, parts) in [("p50_ns", &p50s), ("p99_ns", &p99s)] {
+            let lo = parts.iter().min().copied().unwrap_or(0);
+            let hi = parts.iter().max().copied().unwrap_or(0);
+            let whole = stat(name);
+            ensure!(
+                le(lo, whole) && le(whole, hi),
+                "report: {} cycle {name} {whole} is not between its rows' ({lo}..{hi})",
+                g["label"]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The rows of a report that recorded [`DETAIL`] (unit tests of the verdict): the MSR
+/// reads' cycle p50 is `msr_p50`, in a reason whose p50 is 6000 and longest cycle 50 µs.
 #[cfg(test)]
-fn report_rows(msr_read: u64, cpuid0: u64) -> serde_json::Value {
-    serde_json::json!({"lost": 0, "kvm_stats": {"hypercalls": 100}, "rips": [
+fn report_rows(msr_read: u64, cpuid0: u64, msr_p50: Option<u64>) -> Value {
+    let msr = |space, addr: u64, write, count, p50: Option<u64>| {
+        serde_json::json!({"space": space, "addr": addr, "write": write, "count": count,
+            "reason": "msr", "mean_cycle_ns": 7000, "p50_cycle_ns": p50, "p99_cycle_ns": 20000})
+    };
+    let cycle = serde_json::json!([{"stage": "cycle", "p50_ns": 6000, "p99_ns": 20000,
+        "max_ns": 50000}]);
+    serde_json::json!({"lost": 0, "kvm_stats": {"hypercalls": 100}, "groups": [
+        {"label": "msr", "reason": "msr", "count": msr_read + 200, "stages": cycle},
+    ], "rips": [
         {"rip": 0x1048, "count": msr_read}, {"rip": 0x1068, "count": 200},
         {"rip": 0x1082, "count": 150}, {"rip": 0x108d, "count": 150},
         {"rip": 0x10a4, "count": 100}, {"rip": 0x1008, "count": 10},
         {"rip": null, "count": 3},
     ], "ports": [
-        {"space": "msr", "addr": 0x1b, "write": false, "count": msr_read},
-        {"space": "msr", "addr": 0x4b56_4d00u64, "write": true, "count": 200},
+        msr("msr", 0x1b, false, msr_read, msr_p50),
+        msr("msr", 0x4b56_4d00, true, 200, Some(7000)),
         {"space": "cpuid", "addr": 0, "write": false, "count": cpuid0},
         {"space": "cpuid", "addr": 1, "write": false, "count": 150},
         {"space": "hypercall", "addr": 0x7e57, "write": false, "count": 100},
@@ -205,17 +272,39 @@ mod tests {
     #[test]
     fn detail_rows_must_hold_the_guests_counts_exactly() {
         let c = check();
-        assert!(verify(&c, &captured(report_rows(300, 150))).is_ok());
-        let short = verify(&c, &captured(report_rows(299, 150))).unwrap_err();
+        assert!(verify(&c, &captured(report_rows(300, 150, Some(5000)))).is_ok());
+        let short = verify(&c, &captured(report_rows(299, 150, Some(5000)))).unwrap_err();
         assert!(
             format!("{short}").contains("msr 0x1b read = 299"),
             "{short}"
         );
         // One CPUID exit too many under leaf 0: the leaf row and the total both disagree.
-        let wrong = verify(&c, &captured(report_rows(300, 151))).unwrap_err();
+        let wrong = verify(&c, &captured(report_rows(300, 151, Some(5000)))).unwrap_err();
         assert!(
             format!("{wrong}").contains("cpuid rows in all = 301"),
             "{wrong}"
+        );
+    }
+
+    /// Rows without percentiles, percentiles out of order, and a reason's p50 outside its
+    /// rows' are each an error.
+    #[test]
+    fn detail_rows_must_have_consistent_percentiles() {
+        let c = check();
+        let error = |p50| {
+            format!(
+                "{:#}",
+                verify(&c, &captured(report_rows(300, 150, p50))).unwrap_err()
+            )
+        };
+        assert!(error(None).contains("no p50 or p99"), "{}", error(None));
+        let e = error(Some(30_000));
+        assert!(e.contains("do not fit"), "{e}");
+        // Both rows' p50 above the reason's: the rows' histograms are not its exits'.
+        let e = error(Some(6_500));
+        assert!(
+            e.contains("cycle p50_ns 6000 is not between its rows' (6500..7000)"),
+            "{e}"
         );
     }
 }
