@@ -264,6 +264,14 @@ pub(super) fn rip_rows(a: &Aggregate) -> Vec<RipRow> {
     out
 }
 
+/// The name of a row's key in a table: none for a CPUID leaf, whose key says it already.
+pub(crate) fn table_name(space: IoSpace, key: u64) -> Option<String> {
+    match space {
+        IoSpace::Cpuid => None,
+        _ => detail_name(space, key),
+    }
+}
+
 /// The name of a `--detail` row's key.
 fn detail_name(space: IoSpace, key: u64) -> Option<String> {
     use crate::backend::x86;
@@ -733,11 +741,7 @@ fn detail_table(out: &mut String, r: &Report) {
         "pid", "what", "key", "dir", "count", "share", "mean", "p50", "p99", "name"
     );
     for p in rows.iter().take(TOP_PORTS) {
-        // A leaf's name would only say its key again.
-        let name = match p.space {
-            IoSpace::Cpuid => "-",
-            _ => p.name.as_deref().unwrap_or("-"),
-        };
+        let name = table_name(p.space, p.addr).unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
             "{:>8}  {:<10}{:<12}{:<6}{:>10}{:>8}{:>9}{:>9}{:>9}  {name:<28}{}",
