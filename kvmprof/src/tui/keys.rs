@@ -86,8 +86,8 @@ pub fn lines(
             rows.len()
         ));
         out.push(format!(
-            "{:>8}  {:<14}{:<10}{:<16}{:<6}{:>10}{:>8}{:>9}{:>9}{:>9}  name",
-            "pid", "reason", "space", "key", "dir", "count", "share", "exits/s", "p50", "p99"
+            "{:>8}  {:<10}{:<16}{:<6}{:>10}{:>8}{:>9}{:>9}{:>9}  {:<28}reason",
+            "pid", "space", "key", "dir", "count", "share", "exits/s", "p50", "p99", "name"
         ));
     }
     for &(k, n) in rows.iter().take(TOP_KEYS) {
@@ -102,9 +102,8 @@ pub fn lines(
                 .map_or_else(|| "-".to_owned(), |h| units::ns(h.value_at_quantile(q)))
         };
         let line = format!(
-            "{:>8}  {:<14}{:<10}{key:<16}{:<6}{n:>10}{:>8}{:>9}{:>9}{:>9}  {}",
+            "{:>8}  {:<10}{key:<16}{:<6}{n:>10}{:>8}{:>9}{:>9}{:>9}  {:<28}{}",
             k.pid,
-            reason_name(k.reason),
             k.space.name(),
             k.space.direction(k.write),
             units::pct(units::ratio(n, exits[&(k.pid, k.reason)])),
@@ -112,8 +111,9 @@ pub fn lines(
             q(0.5),
             q(0.99),
             table_name(k.space, k.addr).unwrap_or_else(|| "-".into()),
+            reason_name(k.reason),
         );
-        out.push(line.trim_end().to_owned());
+        out.push(line);
     }
     let rips = agg.rips();
     let mut rip_rows: Vec<(RipKey, u64)> = rips
@@ -135,7 +135,7 @@ pub fn lines(
             rip_rows.len()
         ));
         out.push(format!(
-            "{:>8}  {:<14}{:<20}{:>10}{:>8}",
+            "{:>8}  {:<24}{:<20}{:>10}{:>8}",
             "pid", "reason", "rip", "count", "share"
         ));
     }
@@ -144,7 +144,7 @@ pub fn lines(
             .rip
             .map_or_else(|| "other".to_owned(), |r| format!("{r:#x}"));
         out.push(format!(
-            "{:>8}  {:<14}{rip:<20}{n:>10}{:>8}",
+            "{:>8}  {:<24}{rip:<20}{n:>10}{:>8}",
             k.pid,
             reason_name(k.reason),
             units::pct(units::ratio(n, counted[&(k.pid, k.reason)]))
@@ -196,11 +196,11 @@ mod tests {
         assert_eq!(lines[0], "io: keys (top 2 of 2)");
         assert_eq!(
             cols(2),
-            ["7", "io", "pio", "0x3f8", "out", "2", "66.7%", "2.00", "2.00µs", "2.00µs", "-"],
+            ["7", "pio", "0x3f8", "out", "2", "66.7%", "2.00", "2.00µs", "2.00µs", "-", "io"],
             "{lines:#?}"
         );
         assert_eq!(
-            cols(3)[3..10],
+            cols(3)[2..9],
             ["0x70", "out", "1", "33.3%", "1.00", "7.00µs", "7.00µs"]
         );
         assert_eq!(lines[4], "io: guest RIPs (top 1 of 1)");
