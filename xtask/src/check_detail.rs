@@ -5,6 +5,7 @@
 //! RIPs, each exiting instruction's address with its count; KVM's own
 //! `hypercalls` counter (debugfs, read by kvmprof over the window), where the kernel has
 //! it, must agree. Each row's cycle p50 and p99 must be there and fit its reason's cycle.
+//! `top --batch --detail` of the same guest must show the same counts per key.
 use anyhow::{ensure, Context, Result};
 use kvmprof_testvmm::{Counts, Workload};
 use serde_json::Value;
@@ -34,6 +35,94 @@ pub fn script(hooks: Hooks) -> String {
          \"$KVMPROF\" report -i {dir}/k.data --format json > {dir}/report.json\n\
          printf '{{\"vmm\": %s, \"report\": %s}}\\n' \"$(cat {dir}/vmm.json)\" \"$(cat {dir}/report.json)\"\n"
     )
+}
+
+/// `top --batch --detail -p VMM`; prints the VMM's counts (one JSON line), `--- top` and
+/// top's frames. The VMM is stopped once its vCPUs exist and goes on once top has drawn a
+/// frame (all its hooks attached), so top counts its every exit; top prints a last frame
+/// when it ends.
+pub fn top_script(hooks: Hooks) -> String {
+    let dir = format!("/run/kvmprof-detail-top-{hooks}");
+    let args = kvmprof_testvmm::cli::args(&DETAIL);
+    format!(
+        "mkdir -p {dir}\n\
+         \"$TESTVMM\" {args} --start-delay 1s --ready-file {dir}/ready > {dir}/vmm.json &\n\
+         vmm=$!\n\
+         until [ -s {dir}/ready ]; do\n\
+         \tkill -0 $vmm 2> /dev/null || {{ echo 'the test VMM ended before its vCPUs were ready' >&2; exit 1; }}\n\
+         \tsleep 0.05\n\
+         done\n\
+         kill -STOP $vmm\n\
+         \"$KVMPROF\" top --batch --detail --hooks {hooks} --delay 1s -p $vmm > {dir}/top.txt 2> {dir}/top.err &\n\
+         top=$!\n\
+         until grep -q 'kvmprof top' {dir}/top.txt; do\n\
+         \tkill -0 $top 2> /dev/null || {{ kill -KILL $vmm; cat {dir}/top.err >&2; exit 1; }}\n\
+         \tsleep 0.2\n\
+         done\n\
+         kill -CONT $vmm\n\
+         wait $vmm\n\
+         wait $top || {{ cat {dir}/top.err >&2; exit 1; }}\n\
+         cat {dir}/vmm.json\n\
+         echo '--- top'\n\
+         cat {dir}/top.txt\n"
+    )
+}
+
+/// The keys of `top`'s last frame must hold exactly the guest's MSR reads and writes, CPUID
+/// leaves and hypercalls.
+pub fn verify_top(_: &Check, c: &Captured) -> Result<Notes> {
+    let (vmm, top) = c
+        .stdout
+        .split_once("\n--- top\n")
+        .context("no `--- top` line in the output")?;
+    let made: Counts =
+        serde_json::from_value(parse_json(vmm)?).context("not the test VMM's counts")?;
+    let last = top.rsplit("kvmprof top").next().unwrap_or_default();
+    let (t, at) = (&made.total, &made.ports);
+    // pid, space, key, dir, count: one line per key, under its reason's row.
+    let count = |space: &str, key: String, dir: &str| -> u64 {
+        last.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|c| c.len() > 4 && c[1] == space && c[2] == key && c[3] == dir)
+            .filter_map(|c| c[4].parse::<u64>().ok())
+            .sum()
+    };
+    let leaf = |i: usize| -> Result<String> {
+        let leaf = at
+            .cpuid_leaves
+            .get(i)
+            .context("the VMM names no cpuid leaf")?;
+        Ok(format!("{leaf:#x}/0x0"))
+    };
+    let expected = [
+        (
+            format!("top: msr {:#x} read", at.msr_read),
+            count("msr", format!("{:#x}", at.msr_read), "read"),
+            t.msr_read,
+        ),
+        (
+            format!("top: msr {:#x} write", at.msr_write),
+            count("msr", format!("{:#x}", at.msr_write), "write"),
+            t.msr_write,
+        ),
+        (
+            "top: cpuid leaf 0".into(),
+            count("cpuid", leaf(0)?, "-"),
+            t.cpuid[0],
+        ),
+        (
+            "top: cpuid leaf 1".into(),
+            count("cpuid", leaf(1)?, "-"),
+            t.cpuid[1],
+        ),
+        (
+            format!("top: hypercall {:#x}", at.hypercall_nr),
+            count("hypercall", format!("{:#x}", at.hypercall_nr), "-"),
+            t.hypercall,
+        ),
+    ];
+    ensure_as_made(&expected)?;
+    Ok(Vec::new())
 }
 
 pub fn verify(_: &Check, c: &Captured) -> Result<Notes> {
@@ -220,7 +309,8 @@ mod tests {
     use crate::checks::{Hooks, Vendor};
     use kvmprof_testvmm::{self as guest, ExitCounts, Ports};
 
-    fn captured(report: serde_json::Value) -> Captured {
+    /// What the test VMM says it made of [`DETAIL`].
+    fn made() -> Counts {
         let mut made = Counts {
             pid: 1,
             ports: Ports::default(),
@@ -250,13 +340,38 @@ mod tests {
         .into_iter()
         .map(|(n, r)| (n.to_string(), r))
         .collect();
-        let out = serde_json::json!({"vmm": made, "report": report});
+        made
+    }
+
+    fn output(stdout: String) -> Captured {
         Captured {
             rc: 0,
-            stdout: out.to_string(),
+            stdout,
             stderr: String::new(),
             elapsed: Default::default(),
         }
+    }
+
+    fn captured(report: serde_json::Value) -> Captured {
+        output(serde_json::json!({"vmm": made(), "report": report}).to_string())
+    }
+
+    /// `top`'s output: a first frame without keys, then a last one with `msr_read` reads.
+    fn top_captured(msr_read: u64) -> Captured {
+        let vmm = serde_json::to_string(&made()).expect("json");
+        output(format!(
+            "{vmm}\n--- top\nkvmprof top   SVM\nREASON  EXITS/s\nmsr  0 0\n\n\
+             kvmprof top   SVM\nREASON  EXITS/s\nmsr  600 500\n\n\
+             msr: keys (top 2 of 2)\n\
+             \x20    pid  space     key             dir        count   share\n\
+             \x20     7  msr       0x1b            read    {msr_read}   60.0%   1.00  IA32_APIC_BASE  msr\n\
+             \x20     7  msr       0x4b564d00      write         200   40.0%  MSR_KVM_WALL_CLOCK_NEW  msr\n\
+             cpuid: keys (top 2 of 2)\n\
+             \x20     7  cpuid     0x0/0x0         -             150   50.0%  -  cpuid\n\
+             \x20     7  cpuid     0x1/0x0         -             150   50.0%  -  cpuid\n\
+             vmmcall: keys (top 1 of 1)\n\
+             \x20     7  hypercall 0x7e57          -             100  100.0%  -  vmmcall\n"
+        ))
     }
 
     fn check() -> Check {
@@ -284,6 +399,25 @@ mod tests {
             format!("{wrong}").contains("cpuid rows in all = 301"),
             "{wrong}"
         );
+    }
+
+    /// `top`'s last frame must list each key with the guest's count; without keys (top
+    /// without `--detail`'s panel lines) every key is missing.
+    #[test]
+    fn top_must_list_each_key_with_the_guests_count() {
+        let c = check();
+        verify_top(&c, &top_captured(300)).expect("the counts as made");
+        let e = format!("{:#}", verify_top(&c, &top_captured(299)).unwrap_err());
+        assert!(e.contains("top: msr 0x1b read = 299"), "{e}");
+        let mut bare = top_captured(300);
+        bare.stdout = bare
+            .stdout
+            .split("msr: keys")
+            .next()
+            .unwrap_or_default()
+            .into();
+        let e = format!("{:#}", verify_top(&c, &bare).unwrap_err());
+        assert!(e.contains("top: hypercall 0x7e57 = 0"), "{e}");
     }
 
     /// Rows without percentiles, percentiles out of order, and a reason's p50 outside its

@@ -239,6 +239,12 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
                 crate::check_detail::script(hooks),
                 crate::check_detail::verify,
             ),
+            check(
+                "kvmprof_detail_top",
+                Some(hooks),
+                crate::check_detail::top_script(hooks),
+                crate::check_detail::verify_top,
+            ),
         ]);
     }
     list.push(check(
