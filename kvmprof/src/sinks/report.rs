@@ -714,8 +714,7 @@ fn no_percentiles(out: &mut String, rows: &[&PortRow]) {
     if rows.iter().any(|p| p.p50_cycle_ns.is_none()) {
         let _ = writeln!(
             out,
-            "p50, p99 of the exits' cycle; - where not measured: MMIO addresses (counted beside \
-             the kernel's tally, without cycles), rows past the first {}",
+            "p50, p99: the exits' cycle; - for MMIO addresses (no cycle) and rows past the first {}",
             crate::data::aggregate::ROW_HISTS
         );
     }
@@ -1163,6 +1162,10 @@ mod tests {
         assert!(t.contains(
             "       7  mmio  0xfebf0000          read         100     100   20.0µs   20.0µs  npf"
         ));
+        assert!(
+            !t.contains("p50, p99: the exits' cycle"),
+            "no row lacks them"
+        );
     }
 
     #[test]
