@@ -27,7 +27,8 @@ pub fn sample(rates: &mut Rates<PortKey>, agg: &Aggregate, at: Duration) {
     rates.sample_counts(agg.ports().iter().map(|(k, s)| (*k, s.count)).collect(), at);
 }
 
-/// Whether exits of `pid` and `reason` are in the row `id`.
+/// Whether exits of `pid` and `reason` are in the row `id`. Keys are not counted per vCPU,
+/// so a vCPU's row has its process's.
 fn in_row(id: GroupId, pid: u32, reason: Reason) -> bool {
     match id {
         GroupId::Reason(r) => r == reason,
