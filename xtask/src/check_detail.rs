@@ -6,7 +6,7 @@
 //! `hypercalls` counter (debugfs, read by kvmprof over the window), where the kernel has
 //! it, must agree. Each row's cycle p50 and p99 must be there and fit its reason's cycle.
 //! `top --batch --detail` of the same guest must show the same counts per key.
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use kvmprof_testvmm::{Counts, Workload};
 use serde_json::Value;
 
@@ -246,7 +246,7 @@ fn percentiles(report: &Value) -> Result<()> {
             let what = format!("{} {} {}", r["space"], r["addr"], r["write"]);
             let (Some(p50), Some(p99)) = (r["p50_cycle_ns"].as_u64(), r["p99_cycle_ns"].as_u64())
             else {
-                anyhow::bail!("report: row {what} has a mean cycle but no p50 or p99");
+                bail!("report: row {what} has a mean cycle but no p50 or p99");
             };
             let mean = r["mean_cycle_ns"].as_u64().unwrap_or(0);
             ensure!(
