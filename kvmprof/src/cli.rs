@@ -89,7 +89,8 @@ pub struct HookArgs {
     /// hypercalls by number, EPT violations and NPFs by guest page, fault-in or MMIO
     /// (`kvm:kvm_msr`, `kvm:kvm_cpuid`, `kvm:kvm_hypercall`, `kvm:kvm_page_fault`: a program
     /// on those exits only) and count every exit by guest RIP (a second program on
-    /// `kvm:kvm_exit`). Intel VMX and AMD SVM; `record` only.
+    /// `kvm:kvm_exit`). Intel VMX and AMD SVM. `top` shows them in a row's panel (Enter) and,
+    /// with --batch, after each frame; `serve` as kvmprof_exit_detail_total.
     #[arg(long)]
     detail: bool,
     /// Also time a KVM function inside the exits that call it (repeat for up to 4; `kvmprof
@@ -124,16 +125,6 @@ impl HookArgs {
     /// `--detail`: MSRs, CPUID leaves, hypercalls and guest RIPs.
     pub fn detail(&self) -> bool {
         self.detail
-    }
-
-    /// Refuses `--detail` for a command (`top`, `serve`) whose views do not show it yet.
-    pub fn no_detail(&self, command: &str) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            !self.detail,
-            "--detail is shown by `record` (then `report`); `{command}` does not show MSRs, \
-             leaves, hypercalls or guest RIPs yet"
-        );
-        Ok(())
     }
 
     /// `--func`: the KVM functions to time.
@@ -404,6 +395,10 @@ pub struct ServeArgs {
     /// How long a VM that exited stays on /metrics (so its final counts get scraped).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub grace: Duration,
+    /// With --detail: how many keys (ports, addresses, MSRs, leaves, hypercalls) of each VM
+    /// get a series of their own; the rest are summed per reason under key="other".
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub detail_top: usize,
     #[command(flatten)]
     pub hooks: HookArgs,
     #[command(flatten)]
@@ -523,13 +518,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn detail_is_for_record_and_refused_where_nothing_shows_it() {
+    fn detail_is_an_option_of_record_top_and_serve() {
         let cli = Cli::try_parse_from(["kvmprof", "top", "--detail"]).expect("parses");
         let Cmd::Top(top) = cli.cmd else {
             panic!("top")
         };
-        let e = top.hooks.no_detail("top").unwrap_err().to_string();
-        assert!(e.starts_with("--detail is shown by `record`"), "{e}");
+        assert!(top.hooks.detail());
+        let cli = Cli::try_parse_from(["kvmprof", "serve", "--detail", "--detail-top", "3"])
+            .expect("parses");
+        let Cmd::Serve(serve) = cli.cmd else {
+            panic!("serve")
+        };
+        assert!(serve.hooks.detail() && serve.detail_top == 3);
         let cli =
             Cli::try_parse_from(["kvmprof", "record", "--detail", "-p", "1"]).expect("parses");
         let Cmd::Record(rec) = cli.cmd else {

@@ -761,3 +761,126 @@ fn every_dashboard_query_returns_data_and_every_rule_evaluates_against_a_real_pr
         "rules of packaging/kvmprof-alerts.yml"
     );
 }
+
+/// `(labels, value)` of each `kvmprof_exit_detail_total` series of `pid`.
+fn detail_series(metrics: &str, pid: u64) -> Vec<(String, u64)> {
+    let mine = format!("kvmprof_exit_detail_total{{pid=\"{pid}\",");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&mine))
+        .filter_map(|l| {
+            let (labels, n) = l.rsplit_once(' ')?;
+            Some((
+                labels.trim_end_matches('}').to_owned(),
+                n.parse::<f64>().ok()? as u64,
+            ))
+        })
+        .collect()
+}
+
+/// `serve --detail`: a VM's first `--detail-top` keys have series, exact, and with `other`
+/// each reason's series add up to its exits.
+#[test]
+fn serve_detail_exports_the_top_keys_exactly_and_the_rest_as_other() {
+    let test = "serve_detail_exports_the_top_keys_exactly_and_the_rest_as_other";
+    if skip_without_kvm(test) {
+        return;
+    }
+    let dir = scratch("serve-detail");
+    // The VMM waits until `serve` is surely attached, and after its last exit stays long
+    // enough for a scrape to hold every exit: `serve --pid` ends with its process.
+    let mut vmm = Command::new(bin("kvmprof-testvmm"))
+        .args(["--vcpus", "1", "--pio-user", "300", "--pio-kernel", "2000"])
+        .args(["--mmio", "100", "--pio-in", "20"])
+        .args(["--start-delay", "8s", "--end-delay", "4s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the test VMM");
+    let pid = u64::from(vmm.id());
+    let (serve, url) = start_serve(
+        &dir,
+        &["--pid", &pid.to_string(), "--detail", "--detail-top", "2"],
+    );
+    let mut metrics = String::new();
+    while vmm.try_wait().expect("the test VMM").is_none() {
+        if let Some(m) = get(&url, &[]) {
+            metrics = m;
+        }
+        sleep(Duration::from_millis(300));
+    }
+    let out = vmm.wait_with_output().expect("wait for the test VMM");
+    assert!(out.status.success(), "test VMM failed");
+    let counts: Value = serde_json::from_slice(&out.stdout).expect("test VMM counts");
+    let t = &counts["total"];
+    if pvm() {
+        assert_eq!(served_exits(&metrics, pid), made(t), "{}", serve.log());
+    }
+    let series = detail_series(&metrics, pid);
+    let keyed: Vec<&(String, u64)> = series
+        .iter()
+        .filter(|(l, _)| !l.contains("key=\"other\""))
+        .collect();
+    assert_eq!(keyed.len(), 2, "{metrics}");
+    let ports = &counts["ports"];
+    let hex = |v: &Value| format!("{:#x}", v.as_u64().unwrap_or(u64::MAX));
+    let known = [
+        (
+            format!(
+                "space=\"pio\",key=\"{}\",dir=\"out\"",
+                hex(&ports["pio_user"])
+            ),
+            &t["pio_user"],
+        ),
+        (
+            format!(
+                "space=\"pio\",key=\"{}\",dir=\"out\"",
+                hex(&ports["pio_kernel"][0])
+            ),
+            &t["pio_kernel"],
+        ),
+        (
+            format!("space=\"pio\",key=\"{}\",dir=\"in\"", hex(&ports["pio_in"])),
+            &t["pio_in"],
+        ),
+        (
+            format!(
+                "space=\"mmio\",key=\"{}\",dir=\"write\"",
+                hex(&ports["mmio_addr"])
+            ),
+            &t["mmio_user"],
+        ),
+    ];
+    for (labels, n) in &keyed {
+        let (_, made) = known
+            .iter()
+            .find(|(k, _)| labels.ends_with(k.as_str()))
+            .unwrap_or_else(|| panic!("unknown key {labels}"));
+        if pvm() {
+            assert_eq!(Some(*n), made.as_u64(), "{labels}");
+        }
+    }
+    // Each reason's series add up to its exits.
+    let reason = |l: &str| {
+        l.split("reason=\"")
+            .nth(1)?
+            .split('"')
+            .next()
+            .map(str::to_owned)
+    };
+    let mut reasons: Vec<String> = series.iter().filter_map(|(l, _)| reason(l)).collect();
+    reasons.dedup();
+    let exits = format!("kvmprof_exits_total{{pid=\"{pid}\",");
+    for r in reasons {
+        let of = |metric: &str| -> u64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(metric) && reason(l).as_deref() == Some(r.as_str()))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .map(|n| n as u64)
+                .sum()
+        };
+        let keys = of(&format!("kvmprof_exit_detail_total{{pid=\"{pid}\","));
+        assert_eq!(keys, of(&exits), "reason {r}:\n{metrics}");
+    }
+    drop(serve);
+}

@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvmprof_tests::{bin, made, scratch, skip_without_kvm, wait_until, PIO_IN_PORT, SLOW_INS};
+use kvmprof_tests::{
+    bin, made, scratch, skip_without_kvm, wait_until, PIO_IN_PORT, PIO_KERNEL_PORT_BASE,
+    PIO_USER_PORT, SLOW_INS,
+};
 use serde_json::Value;
 
 /// Skips (printing why) without root, /dev/kvm or tmux.
@@ -364,6 +367,7 @@ fn top_scrolls_filters_pauses_and_lists_every_key_in_a_terminal() {
         "I ",
         "r v p",
         "z ",
+        "Enter d",
         "? h",
         "Esc",
         "q  Ctrl-C",
@@ -401,6 +405,24 @@ fn top_scrolls_filters_pauses_and_lists_every_key_in_a_terminal() {
     pane.keys("z");
     let s = pane.wait_for("the reset", |s| footer(s).contains("since reset"));
     assert!(exits(&s) < before, "{before} then\n{s}");
+
+    // `d` opens the keys of the first row shown, here the in-kernel port exits' ports; Esc
+    // closes them, then clears the filter.
+    pane.keys("/");
+    pane.text("in-kernel");
+    pane.keys("Enter");
+    pane.wait_for("the in-kernel row alone", |s| !s.contains("KVM_EXIT_IO"));
+    pane.keys("d");
+    let s = pane.wait_for("the keys panel", |s| {
+        s.contains("keys of the first row shown")
+    });
+    assert!(s.contains("pio (in-kernel): keys (top "), "{s}");
+    assert!(s.contains(" pio "), "{s}");
+    pane.keys("Escape");
+    let s = pane.wait_for("the panel closed", |s| {
+        !s.contains("keys of the first row shown")
+    });
+    assert!(footer(&s).contains("/in-kernel/"), "{s}");
 
     pane.keys("q");
     pane.wait_for("kvmprof to quit", |s| s.contains("kvmprof exited with 0"));
@@ -531,4 +553,52 @@ fn top_batch_counts_exactly_the_exits_over_the_slow_threshold_and_lists_the_late
         5,
         "{text}"
     );
+}
+
+#[test]
+fn top_batch_detail_lists_each_rows_ports_with_exact_counts() {
+    let test = "top_batch_detail_lists_each_rows_ports_with_exact_counts";
+    if skip_without_kvm(test) {
+        return;
+    }
+    let dir = scratch("top-detail");
+    // As above: the VMM waits until `top` is surely attached.
+    let args = [
+        "--vcpus",
+        "1",
+        "--pio-user",
+        "200",
+        "--pio-kernel",
+        "300",
+        "--start-delay",
+        "8s",
+    ];
+    let vmm = Vmm::start(&bin("kvmprof-testvmm"), &args, &dir.join("ready"));
+    let pid = vmm.pid.to_string();
+    let top = Command::new(bin("kvmprof"))
+        .args(["top", "--batch", "--detail", "--delay", "500ms", "-p", &pid])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvmprof top");
+    vmm.wait();
+    let out = top.wait_with_output().expect("wait for kvmprof top");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.rsplit("kvmprof top").next().expect("a last frame");
+    // pid, space, key, dir, count: once per key, under its reason's row.
+    let count = |port: u64| -> Vec<String> {
+        last.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|c| c.len() > 4 && c[1] == "pio" && c[2] == format!("{port:#x}"))
+            .map(|c| format!("{} {}", c[3], c[4]))
+            .collect()
+    };
+    assert_eq!(count(PIO_USER_PORT), ["out 200"], "{last}");
+    assert_eq!(count(PIO_KERNEL_PORT_BASE), ["out 300"], "{last}");
+    assert!(last.contains(": keys (top "), "{last}");
 }

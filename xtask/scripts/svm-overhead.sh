@@ -17,7 +17,9 @@ set -e
 ROUNDS=${ROUNDS:-5}
 ARGS=${ARGS:-"--vcpus 1 --pio-user 1000 --pio-kernel 4000"}
 # MODES: which to alternate, of alone, auto (`--hooks auto`, the default), fentry, kprobe
-# (`--hooks fentry|kprobe`), detail (the default with `--detail`), before and perf. BEFORE: an earlier kvmprof binary (in the
+# (`--hooks fentry|kprobe`), detail (the default with `--detail`), func (the default with
+# `--func x86_decode_emulated_instruction`, the emulator's entry: MMIO exits call it), before
+# and perf. BEFORE: an earlier kvmprof binary (in the
 # repository, which the VM sees), whose default `record` is mode `before`: before and after
 # in one alternating run (it then takes the kprobe mode's turn unless MODES says otherwise).
 if [ -n "$BEFORE" ]; then
@@ -40,8 +42,13 @@ while [ $r -le "$ROUNDS" ]; do
         f=$D/$mode.$r
         case $mode in
         alone) $T "$TESTVMM" $ARGS > $f.vmm.json ;;
-        auto | fentry | kprobe | detail | before)
-            case $mode in before) hooks=auto ;; detail) hooks="auto --detail" ;; *) hooks=$mode ;; esac
+        auto | fentry | kprobe | detail | func | before)
+            case $mode in
+            before) hooks=auto ;;
+            detail) hooks="auto --detail" ;;
+            func) hooks="auto --func x86_decode_emulated_instruction" ;;
+            *) hooks=$mode ;;
+            esac
             [ $mode = before ] && bin=$BEFORE || bin=$KVMPROF
             $T "$bin" record --hooks $hooks -o $f.data -- "$TESTVMM" $ARGS > $f.vmm.json 2> $f.err \
                 || { cat $f.err $f.vmm.json >&2; exit 1; }
@@ -67,6 +74,7 @@ labels = {
     "auto": "kvmprof record --hooks auto",
     "fentry": "kvmprof record --hooks fentry",
     "detail": "kvmprof record --detail",
+    "func": "kvmprof record --func x86_decode_emulated_instruction",
     "kprobe": "kvmprof record --hooks kprobe",
     "before": "kvmprof record --hooks auto, $BEFORE",
     "perf": "perf kvm stat record",

@@ -7,9 +7,12 @@
 //! many times as its writes were EPT violations or NPFs, and the page rows of that reason
 //! its exits exactly. KVM's own `hypercalls` counter (debugfs, read by kvmprof over the
 //! window), where the kernel has it, must agree, and its `pf_fixed` must lie between the
-//! guest's fresh pages and kvmprof's fault-ins.
-use anyhow::{Context, Result};
+//! guest's fresh pages and kvmprof's fault-ins. Each row's cycle p50 and p99 must be there
+//! and fit its reason's cycle. `top --batch --detail` of the same guest must show the same
+//! counts per key.
+use anyhow::{bail, ensure, Context, Result};
 use kvmprof_testvmm::{Counts, Workload};
+use serde_json::Value;
 
 use crate::checks::{ensure_as_made, parse_json, port_sum, Captured, Check, Hooks, Notes, Vendor};
 
@@ -48,6 +51,94 @@ pub fn script(hooks: Hooks) -> String {
          printf '{{\"vmm\": %s, \"report\": %s, \"mmio_caching\": \"%s\"}}\\n' \"$(cat {dir}/vmm.json)\" \
          \"$(cat {dir}/report.json)\" \"$(cat /sys/module/kvm/parameters/mmio_caching 2>/dev/null)\"\n"
     )
+}
+
+/// `top --batch --detail -p VMM`; prints the VMM's counts (one JSON line), `--- top` and
+/// top's frames. The VMM is stopped once its vCPUs exist and goes on once top has drawn a
+/// frame (all its hooks attached), so top counts its every exit; top prints a last frame
+/// when it ends.
+pub fn top_script(hooks: Hooks) -> String {
+    let dir = format!("/run/kvmprof-detail-top-{hooks}");
+    let args = kvmprof_testvmm::cli::args(&DETAIL);
+    format!(
+        "mkdir -p {dir}\n\
+         \"$TESTVMM\" {args} --start-delay 1s --ready-file {dir}/ready > {dir}/vmm.json &\n\
+         vmm=$!\n\
+         until [ -s {dir}/ready ]; do\n\
+         \tkill -0 $vmm 2> /dev/null || {{ echo 'the test VMM ended before its vCPUs were ready' >&2; exit 1; }}\n\
+         \tsleep 0.05\n\
+         done\n\
+         kill -STOP $vmm\n\
+         \"$KVMPROF\" top --batch --detail --hooks {hooks} --delay 1s -p $vmm > {dir}/top.txt 2> {dir}/top.err &\n\
+         top=$!\n\
+         until grep -q 'kvmprof top' {dir}/top.txt; do\n\
+         \tkill -0 $top 2> /dev/null || {{ kill -KILL $vmm; cat {dir}/top.err >&2; exit 1; }}\n\
+         \tsleep 0.2\n\
+         done\n\
+         kill -CONT $vmm\n\
+         wait $vmm\n\
+         wait $top || {{ cat {dir}/top.err >&2; exit 1; }}\n\
+         cat {dir}/vmm.json\n\
+         echo '--- top'\n\
+         cat {dir}/top.txt\n"
+    )
+}
+
+/// The keys of `top`'s last frame must hold exactly the guest's MSR reads and writes, CPUID
+/// leaves and hypercalls.
+pub fn verify_top(_: &Check, c: &Captured) -> Result<Notes> {
+    let (vmm, top) = c
+        .stdout
+        .split_once("\n--- top\n")
+        .context("no `--- top` line in the output")?;
+    let made: Counts =
+        serde_json::from_value(parse_json(vmm)?).context("not the test VMM's counts")?;
+    let last = top.rsplit("kvmprof top").next().unwrap_or_default();
+    let (t, at) = (&made.total, &made.ports);
+    // pid, space, key, dir, count: one line per key, under its reason's row.
+    let count = |space: &str, key: String, dir: &str| -> u64 {
+        last.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|c| c.len() > 4 && c[1] == space && c[2] == key && c[3] == dir)
+            .filter_map(|c| c[4].parse::<u64>().ok())
+            .sum()
+    };
+    let leaf = |i: usize| -> Result<String> {
+        let leaf = at
+            .cpuid_leaves
+            .get(i)
+            .context("the VMM names no cpuid leaf")?;
+        Ok(format!("{leaf:#x}/0x0"))
+    };
+    let expected = [
+        (
+            format!("top: msr {:#x} read", at.msr_read),
+            count("msr", format!("{:#x}", at.msr_read), "read"),
+            t.msr_read,
+        ),
+        (
+            format!("top: msr {:#x} write", at.msr_write),
+            count("msr", format!("{:#x}", at.msr_write), "write"),
+            t.msr_write,
+        ),
+        (
+            "top: cpuid leaf 0".into(),
+            count("cpuid", leaf(0)?, "-"),
+            t.cpuid[0],
+        ),
+        (
+            "top: cpuid leaf 1".into(),
+            count("cpuid", leaf(1)?, "-"),
+            t.cpuid[1],
+        ),
+        (
+            format!("top: hypercall {:#x}", at.hypercall_nr),
+            count("hypercall", format!("{:#x}", at.hypercall_nr), "-"),
+            t.hypercall,
+        ),
+    ];
+    ensure_as_made(&expected)?;
+    Ok(Vec::new())
 }
 
 pub fn verify(check: &Check, c: &Captured) -> Result<Notes> {
@@ -143,7 +234,64 @@ pub fn verify(check: &Check, c: &Captured) -> Result<Notes> {
     let caching = json["mmio_caching"].as_str().unwrap_or("");
     notes.extend(pages(check.vendor, report, &made, caching, &mut expected)?);
     ensure_as_made(&expected)?;
+    percentiles(report)?;
     Ok(notes)
+}
+
+/// Each row with a measured cycle (ports, MSRs, leaves, hypercalls) has a p50 and a p99, in
+/// order, and they and its mean are no longer than its reason's longest cycle. A reason whose exits
+/// are all in rows (its MSRs, say) has its p50 and p99 between its rows' (a mixture's
+/// quantile lies between its parts'): the rows' histograms hold the same exits.
+fn percentiles(report: &Value) -> Result<()> {
+    let rows = report["ports"].as_array().context("report has no ports")?;
+    let groups = report["groups"]
+        .as_array()
+        .context("report has no groups")?;
+    // The histograms' precision: values stand for their bucket, within 0.1 %.
+    let le = |a: u64, b: u64| a <= b + b / 1000 + 1;
+    for g in groups {
+        let cycle = g["stages"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["stage"] == "cycle"));
+        let Some(cycle) = cycle else { continue };
+        let stat = |name: &str| cycle[name].as_u64().unwrap_or(0);
+        let mine: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["reason"] == g["reason"] && r["mean_cycle_ns"].is_u64())
+            .collect();
+        let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+        for r in &mine {
+            let what = format!("{} {} {}", r["space"], r["addr"], r["write"]);
+            let (Some(p50), Some(p99)) = (r["p50_cycle_ns"].as_u64(), r["p99_cycle_ns"].as_u64())
+            else {
+                bail!("report: row {what} has a mean cycle but no p50 or p99");
+            };
+            let mean = r["mean_cycle_ns"].as_u64().unwrap_or(0);
+            ensure!(
+                0 < p50 && p50 <= p99 && le(p99, stat("max_ns")) && le(mean, stat("max_ns")),
+                "report: row {what}: cycle p50 {p50}, p99 {p99}, mean {mean} do not fit \
+                 0 < p50 <= p99 <= max {}",
+                stat("max_ns")
+            );
+            p50s.push(p50);
+            p99s.push(p99);
+        }
+        let in_rows: u64 = mine.iter().filter_map(|r| r["count"].as_u64()).sum();
+        if mine.is_empty() || in_rows != g["count"].as_u64().unwrap_or(0) {
+            continue;
+        }
+        for (name, parts) in [("p50_ns", &p50s), ("p99_ns", &p99s)] {
+            let lo = parts.iter().min().copied().unwrap_or(0);
+            let hi = parts.iter().max().copied().unwrap_or(0);
+            let whole = stat(name);
+            ensure!(
+                le(lo, whole) && le(whole, hi),
+                "report: {} cycle {name} {whole} is not between its rows' ({lo}..{hi})",
+                g["label"]
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The guest-page rows: each fresh page one fault-in, the MMIO page MMIO as often as its
@@ -235,9 +383,16 @@ fn pages(
 }
 
 /// The rows of a report that recorded [`DETAIL`] on SVM (unit tests of the verdict), the
-/// fresh pages' rows from `pages`.
+/// fresh pages' rows from `pages`: the MSR reads' cycle p50 is `msr_p50`, in a reason whose
+/// p50 is 6000 and longest cycle 50 µs.
 #[cfg(test)]
-fn report_rows(msr_read: u64, cpuid0: u64, pages: &[u64]) -> serde_json::Value {
+fn report_rows(msr_read: u64, cpuid0: u64, pages: &[u64], msr_p50: Option<u64>) -> Value {
+    let msr = |space, addr: u64, write, count, p50: Option<u64>| {
+        serde_json::json!({"space": space, "addr": addr, "write": write, "count": count,
+            "reason": "msr", "mean_cycle_ns": 7000, "p50_cycle_ns": p50, "p99_cycle_ns": 20000})
+    };
+    let cycle = serde_json::json!([{"stage": "cycle", "p50_ns": 6000, "p99_ns": 20000,
+        "max_ns": 50000}]);
     let npf = serde_json::json!({"space": "svm", "code": 0x400});
     let page = |addr: u64, mmio: bool, count: u64| {
         serde_json::json!({"space": "page", "addr": addr, "write": mmio, "count": count,
@@ -250,14 +405,16 @@ fn report_rows(msr_read: u64, cpuid0: u64, pages: &[u64]) -> serde_json::Value {
     let npf_exits = 21 + pages.len() as u64;
     let mut report = serde_json::json!({"lost": 0,
         "kvm_stats": {"hypercalls": 100, "pf_fixed": 17},
-        "groups": [{"reason": npf, "count": npf_exits}], "rips": [
+        "groups": [{"reason": npf, "count": npf_exits},
+            {"label": "msr", "reason": "msr", "count": msr_read + 200, "stages": cycle}],
+        "rips": [
         {"rip": 0x1048, "count": msr_read}, {"rip": 0x1068, "count": 200},
         {"rip": 0x1082, "count": 150}, {"rip": 0x108d, "count": 150},
         {"rip": 0x10a4, "count": 100}, {"rip": 0x1008, "count": 10},
         {"rip": null, "count": 3},
     ], "ports": [
-        {"space": "msr", "addr": 0x1b, "write": false, "count": msr_read},
-        {"space": "msr", "addr": 0x4b56_4d00u64, "write": true, "count": 200},
+        msr("msr", 0x1b, false, msr_read, msr_p50),
+        msr("msr", 0x4b56_4d00, true, 200, Some(7000)),
         {"space": "cpuid", "addr": 0, "write": false, "count": cpuid0},
         {"space": "cpuid", "addr": 1, "write": false, "count": 150},
         {"space": "hypercall", "addr": 0x7e57, "write": false, "count": 100},
@@ -275,7 +432,8 @@ mod tests {
     use crate::checks::{Hooks, Vendor};
     use kvmprof_testvmm::{self as guest, ExitCounts, Ports};
 
-    fn captured(report: serde_json::Value) -> Captured {
+    /// What the test VMM says it made of [`DETAIL`].
+    fn made() -> Counts {
         let mut made = Counts {
             pid: 1,
             ports: Ports::default(),
@@ -309,13 +467,39 @@ mod tests {
         .into_iter()
         .map(|(n, r)| (n.to_string(), r))
         .collect();
-        let out = serde_json::json!({"vmm": made, "report": report, "mmio_caching": "Y"});
+        made
+    }
+
+    fn output(stdout: String) -> Captured {
         Captured {
             rc: 0,
-            stdout: out.to_string(),
+            stdout,
             stderr: String::new(),
             elapsed: Default::default(),
         }
+    }
+
+    fn captured(report: serde_json::Value) -> Captured {
+        let out = serde_json::json!({"vmm": made(), "report": report, "mmio_caching": "Y"});
+        output(out.to_string())
+    }
+
+    /// `top`'s output: a first frame without keys, then a last one with `msr_read` reads.
+    fn top_captured(msr_read: u64) -> Captured {
+        let vmm = serde_json::to_string(&made()).expect("json");
+        output(format!(
+            "{vmm}\n--- top\nkvmprof top   SVM\nREASON  EXITS/s\nmsr  0 0\n\n\
+             kvmprof top   SVM\nREASON  EXITS/s\nmsr  600 500\n\n\
+             msr: keys (top 2 of 2)\n\
+             \x20    pid  space     key             dir        count   share\n\
+             \x20     7  msr       0x1b            read    {msr_read}   60.0%   1.00  IA32_APIC_BASE  msr\n\
+             \x20     7  msr       0x4b564d00      write         200   40.0%  MSR_KVM_WALL_CLOCK_NEW  msr\n\
+             cpuid: keys (top 2 of 2)\n\
+             \x20     7  cpuid     0x0/0x0         -             150   50.0%  -  cpuid\n\
+             \x20     7  cpuid     0x1/0x0         -             150   50.0%  -  cpuid\n\
+             vmmcall: keys (top 1 of 1)\n\
+             \x20     7  hypercall 0x7e57          -             100  100.0%  -  vmmcall\n"
+        ))
     }
 
     fn check() -> Check {
@@ -332,14 +516,14 @@ mod tests {
     fn detail_rows_must_hold_the_guests_counts_exactly() {
         let c = check();
         let pages = guest::npf_pages(DETAIL.npf_pages as u32);
-        assert!(verify(&c, &captured(report_rows(300, 150, &pages))).is_ok());
-        let short = verify(&c, &captured(report_rows(299, 150, &pages))).unwrap_err();
+        assert!(verify(&c, &captured(report_rows(300, 150, &pages, Some(5000)))).is_ok());
+        let short = verify(&c, &captured(report_rows(299, 150, &pages, Some(5000)))).unwrap_err();
         assert!(
             format!("{short}").contains("msr 0x1b read = 299"),
             "{short}"
         );
         // One CPUID exit too many under leaf 0: the leaf row and the total both disagree.
-        let wrong = verify(&c, &captured(report_rows(300, 151, &pages))).unwrap_err();
+        let wrong = verify(&c, &captured(report_rows(300, 151, &pages, Some(5000)))).unwrap_err();
         assert!(
             format!("{wrong}").contains("cpuid rows in all = 301"),
             "{wrong}"
@@ -352,7 +536,7 @@ mod tests {
     fn page_rows_must_hold_each_fresh_page_once_and_the_reasons_exits() {
         let c = check();
         let pages = guest::npf_pages(DETAIL.npf_pages as u32);
-        let mut none = report_rows(300, 150, &pages);
+        let mut none = report_rows(300, 150, &pages, Some(5000));
         if let Some(rows) = none["ports"].as_array_mut() {
             rows.retain(|p| p["space"] != "page");
         }
@@ -360,10 +544,52 @@ mod tests {
         assert!(err.contains("page 0x20000 fault-in = 0"), "{err}");
         assert!(err.contains("page 0xd0000 mmio = 0"), "{err}");
         assert!(err.contains("page rows of reason 0x400 = 0"), "{err}");
-        let mut one_short = report_rows(300, 150, &pages[1..]);
+        let mut one_short = report_rows(300, 150, &pages[1..], Some(5000));
         one_short["groups"][0]["count"] = serde_json::json!(21 + pages.len());
         let err = format!("{}", verify(&c, &captured(one_short)).unwrap_err());
         assert!(err.contains("page 0x20000 fault-in = 0"), "{err}");
         assert!(err.contains("page rows of reason 0x400 = 36"), "{err}");
+    }
+
+    /// `top`'s last frame must list each key with the guest's count; without keys (top
+    /// without `--detail`'s panel lines) every key is missing.
+    #[test]
+    fn top_must_list_each_key_with_the_guests_count() {
+        let c = check();
+        verify_top(&c, &top_captured(300)).expect("the counts as made");
+        let e = format!("{:#}", verify_top(&c, &top_captured(299)).unwrap_err());
+        assert!(e.contains("top: msr 0x1b read = 299"), "{e}");
+        let mut bare = top_captured(300);
+        bare.stdout = bare
+            .stdout
+            .split("msr: keys")
+            .next()
+            .unwrap_or_default()
+            .into();
+        let e = format!("{:#}", verify_top(&c, &bare).unwrap_err());
+        assert!(e.contains("top: hypercall 0x7e57 = 0"), "{e}");
+    }
+
+    /// Rows without percentiles, percentiles out of order, and a reason's p50 outside its
+    /// rows' are each an error.
+    #[test]
+    fn detail_rows_must_have_consistent_percentiles() {
+        let c = check();
+        let pages = guest::npf_pages(DETAIL.npf_pages as u32);
+        let error = |p50| {
+            format!(
+                "{:#}",
+                verify(&c, &captured(report_rows(300, 150, &pages, p50))).unwrap_err()
+            )
+        };
+        assert!(error(None).contains("no p50 or p99"), "{}", error(None));
+        let e = error(Some(30_000));
+        assert!(e.contains("do not fit"), "{e}");
+        // Both rows' p50 above the reason's: the rows' histograms are not its exits'.
+        let e = error(Some(6_500));
+        assert!(
+            e.contains("cycle p50_ns 6000 is not between its rows' (6500..7000)"),
+            "{e}"
+        );
     }
 }

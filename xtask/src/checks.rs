@@ -245,6 +245,12 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
                 crate::check_func::script(hooks),
                 crate::check_func::verify,
             ),
+            check(
+                "kvmprof_detail_top",
+                Some(hooks),
+                crate::check_detail::top_script(hooks),
+                crate::check_detail::verify_top,
+            ),
         ]);
     }
     list.push(check(

@@ -10,7 +10,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::oneshot};
 
-use crate::serve::{exporter::Exporter, http, snapshot::Snapshot, vms::Vms};
+use crate::serve::{
+    exporter::Exporter,
+    http,
+    snapshot::{DetailSeries, Snapshot},
+    vms::Vms,
+};
 use crate::{
     cli::ServeArgs,
     data::target::Target,
@@ -37,7 +42,6 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     }
     target::preflight()?;
     let targets = target::resolve_watched(&a.pids)?;
-    a.hooks.no_detail("serve")?;
     a.hooks.no_func("serve")?;
     // Bind before loading anything: a port in use is the likeliest mistake.
     let listener = TcpListener::bind(a.listen)
@@ -49,7 +53,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         hooks: a.hooks.pref(),
         stages: a.hooks.deep(),
         debug_bpf: a.hooks.debug_bpf(),
-        detail: false,
+        detail: a.hooks.detail(),
         funcs: Vec::new(),
         duration: None,
         tick: TICK,
@@ -87,6 +91,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
 
     // Both callbacks run on this task, one at a time; the cell lets them share the VM list.
     let vms = std::cell::RefCell::new(Vms::new(a.grace));
+    let mut detail = DetailSeries::new(a.detail_top);
     let outcome = session
         .run(
             |agg, st| {
@@ -99,6 +104,11 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
                 }
                 let snap = Snapshot {
                     own_cost: st.own_cost.clone(),
+                    detail: if a.hooks.detail() {
+                        detail.take(agg, vms.known())
+                    } else {
+                        Vec::new()
+                    },
                     ..Snapshot::take(agg, vms.known(), !a.no_vcpu_label, st.counters.lost)
                 };
                 match exporter.snapshot.lock() {

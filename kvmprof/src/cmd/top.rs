@@ -22,6 +22,7 @@ use anyhow::{bail, Result};
 
 use crate::tui::{
     frame::{self, Slow, Summary},
+    keys,
     screen::Screen,
     since,
     ui::{Action, Ui},
@@ -30,7 +31,7 @@ use crate::tui::{
 };
 use crate::{
     cli::TopArgs,
-    data::aggregate::Aggregate,
+    data::aggregate::{Aggregate, PortKey},
     data::model::Exit,
     data::slow::{self, SlowExits},
     data::target::Target,
@@ -60,7 +61,6 @@ pub async fn top(a: TopArgs) -> Result<()> {
     if !a.batch && !io::stdout().is_terminal() {
         bail!("standard output is not a terminal: use --batch for plain-text frames");
     }
-    a.hooks.no_detail("top")?;
     a.hooks.no_func("top")?;
     target::preflight()?;
     let targets = target::resolve_watched(&a.pids)?;
@@ -70,7 +70,7 @@ pub async fn top(a: TopArgs) -> Result<()> {
         hooks: a.hooks.pref(),
         stages: a.hooks.deep(),
         debug_bpf: a.hooks.debug_bpf(),
-        detail: false,
+        detail: a.hooks.detail(),
         funcs: Vec::new(),
         duration: None,
         tick: if a.batch {
@@ -129,6 +129,10 @@ struct Top {
     watch: Watch,
     ui: Ui,
     rates: Rates,
+    /// Rates of the rows' keys ([`keys`]).
+    key_rates: Rates<PortKey>,
+    /// `--detail`: `--batch` prints every row's keys and guest RIPs.
+    detail: bool,
     /// Process names by pid, for rows grouped by process.
     names: BTreeMap<u32, String>,
     /// Refreshes so far.
@@ -179,6 +183,8 @@ impl Top {
             watch,
             ui: Ui::default(),
             rates: Rates::default(),
+            key_rates: Rates::default(),
+            detail: a.hooks.detail(),
             frames: 0,
             next: a.delay,
             drawn: false,
@@ -267,6 +273,7 @@ impl Top {
     /// Ends the interval of the next frame.
     fn refresh(&mut self, agg: &Aggregate, at: Duration) {
         self.rates.sample(agg, at);
+        keys::sample(&mut self.key_rates, agg, at);
         self.learn_names(agg);
         self.frames += 1;
     }
@@ -361,8 +368,37 @@ impl Top {
             }
         }
         let exited = exited_list;
+        let rows = view::rows(&keys, &cx, self.ui.view);
+        let lines = |r: &Row| {
+            keys::lines(
+                agg,
+                self.base.as_ref(),
+                &keys,
+                &self.key_rates,
+                r.id,
+                &r.label,
+            )
+        };
+        let detail = match &self.output {
+            Output::Batch if self.detail => rows.iter().flat_map(lines).collect(),
+            // The panel is of the first row on screen.
+            Output::Screen(screen) if self.ui.keys => rows
+                .get(self.ui.scroll.min(rows.len().saturating_sub(screen.page())))
+                .map(|r| (r.label.clone(), lines(r)))
+                .into_iter()
+                .flat_map(|(label, lines)| {
+                    if lines.is_empty() {
+                        vec![format!("{label}: no ports, addresses or --detail keys yet")]
+                    } else {
+                        lines
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         Snapshot {
-            rows: view::rows(&keys, &cx, self.ui.view),
+            rows,
+            detail,
             targets,
             exited,
             elapsed,
@@ -400,6 +436,10 @@ impl Top {
         let lines = frame::frame(&self.summary(&snap, st), &snap.rows, self.ui.view);
         let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         text.push('\n');
+        if !snap.detail.is_empty() {
+            text.extend(snap.detail.iter().map(|l| format!("{l}\n")));
+            text.push('\n');
+        }
         Ok(match output::stdout(text.as_bytes())? {
             true => ControlFlow::Continue(()),
             false => ControlFlow::Break(()),
@@ -417,7 +457,7 @@ impl Top {
         let legend = format!("exits/s over {refresh}, latency since {since}");
         let summary = self.summary(&snap, st);
         if let Output::Screen(screen) = &mut self.output {
-            screen.draw(&summary, &snap.rows, &mut self.ui, &legend)?;
+            screen.draw(&summary, &snap.rows, &snap.detail, &mut self.ui, &legend)?;
         }
         self.drawn = true;
         Ok(())
@@ -427,6 +467,8 @@ impl Top {
 /// The data of one frame.
 struct Snapshot {
     rows: Vec<Row>,
+    /// `--batch --detail`: every row's keys; on screen: those of the panel's row.
+    detail: Vec<String>,
     /// Watched processes still running, and those that exited within the grace period.
     targets: Vec<Target>,
     exited: Vec<Target>,

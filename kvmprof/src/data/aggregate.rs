@@ -24,6 +24,11 @@ pub const MIN_INTERVAL_NS: u64 = 1_000_000;
 /// Significant decimal digits of every histogram (values are exact to ±0.1%).
 const SIGFIG: u8 = 3;
 
+/// Rows of the ports table that keep a cycle histogram (for their p50/p99): as many as the
+/// kernel has tally slots. A guest's ports, MSRs and leaves are tens; one that used up the
+/// slots (its further kinds sent as records) adds rows without percentiles, not memory.
+pub const ROW_HISTS: usize = kvmprof_common::tally::SLOTS as usize;
+
 /// What exits are grouped by. Every report grouping (reason, vCPU, process) is a union of keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Key {
@@ -242,6 +247,9 @@ pub struct Aggregate {
     keys: BTreeMap<Key, KeyStats>,
     ports: BTreeMap<PortKey, PortStats>,
     rips: BTreeMap<RipKey, u64>,
+    /// The cycle of each row of `ports` whose cycle is measured (not the kernel's MMIO
+    /// address counts), for its percentiles; at most [`ROW_HISTS`] rows.
+    row_cycles: BTreeMap<PortKey, Histogram<u64>>,
     lost: u64,
     /// Earliest and latest exit timestamp.
     span: Option<(u64, u64)>,
@@ -260,6 +268,7 @@ impl Aggregate {
             keys: BTreeMap::new(),
             ports: BTreeMap::new(),
             rips: BTreeMap::new(),
+            row_cycles: BTreeMap::new(),
             lost: 0,
             span: None,
             intervals: Intervals::default(),
@@ -281,6 +290,9 @@ impl Aggregate {
     pub fn add(&mut self, e: &Exit) {
         let cycle = e.stages[Stage::Cycle.index()].map_or((0, 0), |ns| (ns, 1));
         let (key, idx) = self.count(e, 1, e.ts_ns, Some(cycle));
+        if let Some(ns) = e.stages[Stage::Cycle.index()] {
+            self.record_row_cycle(e, &[(ns, 1)]);
+        }
         for stage in Stage::ALL {
             if let Some(ns) = e.stages[stage.index()] {
                 let ns = ns.min(MAX_NS);
@@ -312,6 +324,9 @@ impl Aggregate {
         let cycles: u64 = t.stages[cycle].iter().map(|(_, n)| n).sum();
         let port = (!by_addr).then_some((t.sum_ns[cycle], cycles));
         let (key, idx) = self.count(&t.exit, t.count, t.first_ts_ns, port);
+        if !by_addr {
+            self.record_row_cycle(&t.exit, &t.stages[cycle]);
+        }
         for stage in Stage::ALL {
             let values = &t.stages[stage.index()];
             if !values.is_empty() {
@@ -388,6 +403,26 @@ impl Aggregate {
         (key, middle / self.interval_ns)
     }
 
+    /// Records (cycle, how many) pairs in the histogram of `e`'s ports-table row.
+    fn record_row_cycle(&mut self, e: &Exit, values: &[(u64, u64)]) {
+        let Some(access) = e.access.filter(|_| self.stages && !values.is_empty()) else {
+            return;
+        };
+        for port in port_keys(e, access) {
+            if let Some(hist) = self.row_cycle_mut(port) {
+                record_all(hist, values);
+            }
+        }
+    }
+
+    /// The cycle histogram of a row, `None` once [`ROW_HISTS`] other rows have one.
+    fn row_cycle_mut(&mut self, port: PortKey) -> Option<&mut Histogram<u64>> {
+        if self.row_cycles.len() >= ROW_HISTS && !self.row_cycles.contains_key(&port) {
+            return None;
+        }
+        Some(self.row_cycles.entry(port).or_insert_with(new_histogram))
+    }
+
     /// Records (duration, how many) pairs of one stage of `key`, whose exact sum is `sum_ns`,
     /// in its totals and its interval `idx`.
     fn record_stage(
@@ -413,6 +448,7 @@ impl Aggregate {
         self.keys.retain(|k, _| k.pid != pid);
         self.ports.retain(|p, _| p.pid != pid);
         self.rips.retain(|r, _| r.pid != pid);
+        self.row_cycles.retain(|p, _| p.pid != pid);
         for series in self.intervals.open.values_mut() {
             series.retain(|(k, _), _| k.pid != pid);
         }
@@ -435,6 +471,19 @@ impl Aggregate {
     /// Exits by guest RIP (`--detail`).
     pub fn rips(&self) -> &BTreeMap<RipKey, u64> {
         &self.rips
+    }
+
+    /// The cycle histograms of the ports table's rows (see [`ROW_HISTS`]).
+    pub fn row_cycles(&self) -> &BTreeMap<PortKey, Histogram<u64>> {
+        &self.row_cycles
+    }
+
+    /// Adds to the cycle histogram of a row of the ports table (a block of a data file,
+    /// another recording).
+    pub fn restore_row_cycle(&mut self, port: PortKey, hist: &Histogram<u64>) {
+        if let Some(mine) = self.row_cycle_mut(port) {
+            add_histogram(mine, hist);
+        }
     }
 
     /// Adds `n` exits to a row of the guest-RIP table (a tally, a block of a data file).
@@ -964,6 +1013,61 @@ mod tests {
         };
         assert_eq!((a.ports()[&pio].count, a.ports()[&pio].userspace), (2, 1));
         assert_eq!(a.ports().len(), 2);
+    }
+
+    /// Each measured row keeps its cycle histogram (exits and tallies alike), MMIO address
+    /// rows of a tally none, and no more than `ROW_HISTS` rows keep one.
+    #[test]
+    fn rows_keep_a_bounded_cycle_histogram_for_percentiles() {
+        let mut a = Aggregate::new(SEC);
+        let msr = |index| Access::Msr {
+            index,
+            write: false,
+        };
+        for ns in [1_000, 1_000, 1_000, 9_000] {
+            let mut e = exit(0, IO, 1, Some(ns));
+            e.access = Some(msr(0x1b));
+            a.add(&e);
+        }
+        let mut e = exit(0, IO, 5_000, None);
+        e.access = Some(msr(0x1b));
+        let mut stages: [Vec<(u64, u64)>; STAGES] = Default::default();
+        stages[Stage::Cycle.index()] = vec![(2_000, 4)];
+        let mut tally = Tally {
+            exit: e.clone(),
+            first_ts_ns: 1_000,
+            count: 4,
+            stages,
+            sum_ns: [0; STAGES],
+            addrs: Vec::new(),
+            other: 0,
+            rips: Vec::new(),
+            rips_other: 0,
+        };
+        a.add_tally(&tally);
+        let row = port_keys(&e, msr(0x1b)).next().expect("an MSR row");
+        let hist = &a.row_cycles()[&row];
+        assert_eq!(hist.len(), 8);
+        assert!(close(hist.value_at_quantile(0.5), 2_000));
+        assert!(close(hist.value_at_quantile(0.99), 9_000));
+        tally.exit.access = Some(Access::Mmio {
+            gpa: 0,
+            size: 1,
+            write: false,
+            npf: false,
+        });
+        tally.addrs = vec![(0xb8000, 4)];
+        a.add_tally(&tally);
+        assert_eq!(a.row_cycles().len(), 1);
+        for index in 0x1000..0x1000 + 2 * ROW_HISTS as u32 {
+            let mut e = exit(0, IO, 1, Some(100));
+            e.access = Some(msr(index));
+            a.add(&e);
+        }
+        assert_eq!(a.row_cycles().len(), ROW_HISTS);
+        assert_eq!(a.row_cycles()[&row].len(), 8);
+        a.forget_pid(100);
+        assert!(a.row_cycles().is_empty());
     }
 
     fn interval_counts(a: &Aggregate) -> Vec<(u64, Key, u64)> {

@@ -185,6 +185,10 @@ struct PortEntry {
     reason_name: String,
     #[serde(flatten)]
     stats: PortStats,
+    /// The row's cycle histogram in this block, a V2 compressed histogram in base64 as on
+    /// interval lines (absent where not measured and from earlier files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cycle_hist: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -354,7 +358,7 @@ impl<W: Write> Writer<W> {
         }
         drop(log);
         self.histograms += histograms;
-        let cp = checkpoint(a, self.histograms, self.complete_ns, lost);
+        let cp = checkpoint(a, self.histograms, self.complete_ns, lost)?;
         writeln!(block, "{CHECKPOINT_MARK}{}", serde_json::to_string(&cp)?)?;
         self.emit(&block)
     }
@@ -366,7 +370,7 @@ impl<W: Write> Writer<W> {
     }
 }
 
-fn checkpoint(a: &Aggregate, histograms: u64, complete_ns: u64, lost: u64) -> Checkpoint {
+fn checkpoint(a: &Aggregate, histograms: u64, complete_ns: u64, lost: u64) -> Result<Checkpoint> {
     let keys = a
         .keys()
         .iter()
@@ -393,18 +397,30 @@ fn checkpoint(a: &Aggregate, histograms: u64, complete_ns: u64, lost: u64) -> Ch
     let ports = a
         .ports()
         .iter()
-        .map(|(port, stats)| PortEntry {
-            port: *port,
-            reason_name: reason_name(port.reason),
-            stats: *stats,
+        .map(|(port, stats)| {
+            let cycle_hist = a
+                .row_cycles()
+                .get(port)
+                .map(|h| {
+                    aggregate::encode(h)
+                        .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+                })
+                .transpose()
+                .map_err(|e| anyhow!("{e:?}"))?;
+            Ok(PortEntry {
+                port: *port,
+                reason_name: reason_name(port.reason),
+                stats: *stats,
+                cycle_hist,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let rips = a
         .rips()
         .iter()
         .map(|(rip, &count)| RipEntry { rip: *rip, count })
         .collect();
-    Checkpoint {
+    Ok(Checkpoint {
         histograms,
         complete_ns,
         lost,
@@ -413,7 +429,7 @@ fn checkpoint(a: &Aggregate, histograms: u64, complete_ns: u64, lost: u64) -> Ch
         keys,
         ports,
         rips,
-    }
+    })
 }
 
 /// Writes a whole recording to `path` at once (e.g. an import): `h.duration_ns` is its length.
@@ -655,6 +671,9 @@ fn apply_block(
     }
     for p in &cp.ports {
         a.restore_port(p.port, p.stats);
+        if let Some(encoded) = &p.cycle_hist {
+            a.restore_row_cycle(p.port, &decode_histogram(encoded)?.0);
+        }
     }
     for r in &cp.rips {
         a.restore_rip(r.rip, r.count);
@@ -868,6 +887,7 @@ mod tests {
         assert_eq!(b.total_exits(), a.total_exits());
         assert_eq!(b.ports(), a.ports());
         assert_eq!(b.rips(), a.rips());
+        assert_eq!(b.row_cycles(), a.row_cycles());
         assert_eq!(b.keys().len(), a.keys().len());
         for (key, x) in a.keys() {
             let y = &b.keys()[key];

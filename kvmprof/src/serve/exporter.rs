@@ -35,6 +35,7 @@ impl prometheus_client::collector::Collector for Exporter {
         // A poisoned lock means a tick panicked mid-update: better no scrape than a wrong one.
         let s = self.snapshot.lock().map_err(|_| fmt::Error)?;
         encode_exits(&s, &mut enc)?;
+        encode_detail(&s, &mut enc)?;
         encode_latency(&s, &mut enc)?;
         let mut m = enc.encode_descriptor(
             "kvmprof_lost_exits",
@@ -90,6 +91,42 @@ fn encode_exits(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
         family
             .encode_family(&labels)?
             .encode_counter::<NoLabelSet, _, f64>(&e.count, None)?;
+    }
+    Ok(())
+}
+
+/// `--detail`: exits by key, the top keys of each VM and the rest as `other`
+/// ([`super::snapshot::DetailSeries`]).
+fn encode_detail(s: &Snapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+    if s.detail.is_empty() {
+        return Ok(());
+    }
+    let mut family = enc.encode_descriptor(
+        "kvmprof_exit_detail",
+        "VM exits by VM, exit reason and key (--detail): port, MMIO address, MSR and \
+         direction, CPUID leaf/subleaf, hypercall number; a VM's first --detail-top keys \
+         seen (the largest first) have a series, key=\"other\" counts the reason's other \
+         exits, so a reason's series add up to its exits",
+        None,
+        MetricType::Counter,
+    )?;
+    for d in &s.detail {
+        let Some(vm) = s.vms.get(&d.pid) else {
+            continue;
+        };
+        let mut labels = vm_labels(vm);
+        labels.push(("reason", d.reason.clone()));
+        match &d.key {
+            Some((space, key, dir)) => {
+                labels.push(("space", space.to_string()));
+                labels.push(("key", key.clone()));
+                labels.push(("dir", dir.to_string()));
+            }
+            None => labels.push(("key", "other".into())),
+        }
+        family
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, f64>(&d.count, None)?;
     }
     Ok(())
 }
@@ -233,7 +270,7 @@ mod tests {
         data::cost::ProgramCost,
         data::model::Stage,
         live::vmname::VmName,
-        serve::snapshot::{ExitCount, Latency},
+        serve::snapshot::{DetailCount, ExitCount, Latency},
     };
 
     fn text(s: Snapshot) -> String {
@@ -273,6 +310,20 @@ mod tests {
                 count: 8,
                 sum_ns: 1_500_000_000,
             }],
+            detail: vec![
+                DetailCount {
+                    pid: 42,
+                    reason: "msr".into(),
+                    key: Some(("msr", "0x1b".into(), "read")),
+                    count: 6,
+                },
+                DetailCount {
+                    pid: 42,
+                    reason: "msr".into(),
+                    key: None,
+                    count: 2,
+                },
+            ],
             lost: 3,
             own_cost: OwnCost {
                 programs: vec![ProgramCost {
@@ -303,6 +354,12 @@ mod tests {
         has(format!(r#"{h}_bucket{{le="+Inf",{l}}} 8"#));
         has(format!(r#"{h}_count{{{l}}} 8"#));
         has(format!(r#"{h}_sum{{{l}}} 1.5"#));
+        has(format!(
+            r#"kvmprof_exit_detail_total{{{vm},reason="msr",space="msr",key="0x1b",dir="read"}} 6"#
+        ));
+        has(format!(
+            r#"kvmprof_exit_detail_total{{{vm},reason="msr",key="other"}} 2"#
+        ));
         has("kvmprof_lost_exits_total 3".into());
         has(r#"kvmprof_self_exits_total{path="tallied"} 7.0"#.into());
         has(r#"kvmprof_self_exits_total{path="one_by_one"} 2.0"#.into());

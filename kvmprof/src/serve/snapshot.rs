@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     backend::reason_name,
-    data::aggregate::Aggregate,
+    data::aggregate::{Aggregate, PortKey},
     data::cost::OwnCost,
     data::model::{Reason, Stage},
     live::vmname::VmName,
@@ -41,11 +41,112 @@ pub struct Latency {
     pub sum_ns: u64,
 }
 
+/// `--detail`: exits of one VM and reason under one key (port, address, MSR and direction,
+/// CPUID leaf, hypercall), or under none with a series of its own (`key` `None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetailCount {
+    pub pid: u32,
+    pub reason: String,
+    /// Space, key and direction, as tables spell them.
+    pub key: Option<(&'static str, String, &'static str)>,
+    pub count: u64,
+}
+
+/// Which keys of `--detail` have a series of their own. Counters must never go backwards,
+/// so a key's fate is decided once, at the tick it is first seen: it gets a series if its VM
+/// has fewer than `top` (the largest of a tick's new keys first), and keeps it for the VM's
+/// life; any other key stays in its reason's `other` series for good. `other` is the
+/// reason's exits less those of its keys with a series, so the series of a reason add up to
+/// its exits, and it never goes down: a kernel MMIO address count may run a few exits ahead
+/// of its reason's count for a tick, which it waits out rather than report. Series per VM:
+/// `top` plus one per reason with keys.
+#[derive(Debug, Default)]
+pub struct DetailSeries {
+    top: usize,
+    /// Every key seen, and whether it has a series.
+    keys: BTreeMap<PortKey, bool>,
+    /// Keys with a series, per VM.
+    shown: BTreeMap<u32, usize>,
+    /// The last `other` reported, per VM and reason.
+    other: BTreeMap<(u32, Reason), u64>,
+}
+
+impl DetailSeries {
+    pub fn new(top: usize) -> Self {
+        DetailSeries {
+            top,
+            ..DetailSeries::default()
+        }
+    }
+
+    /// The series of the VMs in `vms` (VMs gone from it are forgotten).
+    pub fn take(&mut self, agg: &Aggregate, vms: &BTreeMap<u32, Vm>) -> Vec<DetailCount> {
+        let known = |pid: &u32| vms.contains_key(pid);
+        self.keys.retain(|k, _| known(&k.pid));
+        self.shown.retain(|pid, _| known(pid));
+        self.other.retain(|(pid, _), _| known(pid));
+        let rows: Vec<(&PortKey, u64)> = agg
+            .ports()
+            .iter()
+            .filter(|(k, _)| known(&k.pid))
+            .map(|(k, s)| (k, s.count))
+            .collect();
+        let mut new: Vec<&(&PortKey, u64)> = rows
+            .iter()
+            .filter(|(k, _)| !self.keys.contains_key(k))
+            .collect();
+        new.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        for (k, _) in new {
+            let shown = self.shown.entry(k.pid).or_default();
+            // The kernel's `other` MMIO row names no address.
+            let own = !k.folded && *shown < self.top;
+            *shown += usize::from(own);
+            self.keys.insert(**k, own);
+        }
+        let mut keyed: BTreeMap<(u32, Reason), u64> = BTreeMap::new();
+        let mut out = Vec::new();
+        for &(k, count) in &rows {
+            let in_keys = keyed.entry((k.pid, k.reason)).or_default();
+            if self.keys.get(k) == Some(&true) {
+                *in_keys += count;
+                out.push(DetailCount {
+                    pid: k.pid,
+                    reason: reason_name(k.reason),
+                    key: Some((
+                        k.space.name(),
+                        k.space.key_text(k.addr),
+                        k.space.direction(k.write),
+                    )),
+                    count,
+                });
+            }
+        }
+        let mut exits: BTreeMap<(u32, Reason), u64> = BTreeMap::new();
+        for (key, stats) in agg.keys() {
+            *exits.entry((key.pid, key.reason)).or_default() += stats.count;
+        }
+        for ((pid, reason), in_keys) in keyed {
+            let total = exits.get(&(pid, reason)).copied().unwrap_or(0);
+            let other = self.other.entry((pid, reason)).or_default();
+            *other = (*other).max(total.saturating_sub(in_keys));
+            out.push(DetailCount {
+                pid,
+                reason: reason_name(reason),
+                key: None,
+                count: *other,
+            });
+        }
+        out
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub vms: BTreeMap<u32, Vm>,
     pub exits: Vec<ExitCount>,
     pub latency: Vec<Latency>,
+    /// `--detail`'s series ([`DetailSeries`]).
+    pub detail: Vec<DetailCount>,
     /// Exits dropped because the ring buffer was full.
     pub lost: u64,
     /// kvmprof's own cost: the run time of its eBPF programs while the run-time statistics
@@ -98,6 +199,7 @@ impl Snapshot {
                 })
                 .collect(),
             latency: latency.into_values().collect(),
+            detail: Vec::new(),
             lost,
             own_cost: OwnCost::default(),
         }
@@ -124,6 +226,62 @@ mod tests {
                 (pid, Vm { pid, name })
             })
             .collect()
+    }
+
+    /// The first `top` keys of a VM get series, the largest first; later keys, however large,
+    /// go to `other`, which with them adds up to the reason's exits and never goes down.
+    #[test]
+    fn detail_series_are_bounded_monotonic_and_add_up() {
+        let mut a = Aggregate::new(1_000_000_000);
+        let port = |a: &mut Aggregate, pid, port, n| {
+            for _ in 0..n {
+                let mut e = exit(pid, 0, 1_000);
+                e.access = Some(crate::data::model::Access::Pio {
+                    port,
+                    size: 1,
+                    write: true,
+                });
+                a.add(&e);
+            }
+        };
+        port(&mut a, 100, 0x10, 1);
+        port(&mut a, 100, 0x20, 3);
+        port(&mut a, 100, 0x30, 5);
+        port(&mut a, 200, 0x30, 5);
+        a.add(&exit(100, 0, 1_000));
+        let mut series = DetailSeries::new(2);
+        let rows = |d: &[DetailCount]| -> Vec<(Option<String>, u64)> {
+            d.iter()
+                .map(|d| {
+                    (
+                        d.key.as_ref().map(|k| format!("{} {} {}", k.0, k.1, k.2)),
+                        d.count,
+                    )
+                })
+                .collect()
+        };
+        let d = series.take(&a, &vms(&[100]));
+        assert_eq!(
+            rows(&d),
+            [
+                (Some("pio 0x20 out".into()), 3),
+                (Some("pio 0x30 out".into()), 5),
+                (None, 2)
+            ]
+        );
+        port(&mut a, 100, 0x40, 100);
+        port(&mut a, 100, 0x10, 1);
+        port(&mut a, 100, 0x30, 1);
+        let d = series.take(&a, &vms(&[100]));
+        assert_eq!(
+            rows(&d),
+            [
+                (Some("pio 0x20 out".into()), 3),
+                (Some("pio 0x30 out".into()), 6),
+                (None, 103)
+            ]
+        );
+        assert_eq!(d.iter().map(|d| d.count).sum::<u64>(), a.total_exits() - 5);
     }
 
     #[test]

@@ -364,6 +364,13 @@ mod tests {
         let plain = json(&testdata::header(), &a, &Selection::default(), false).expect("json");
         let v: serde_json::Value = serde_json::from_str(&plain).expect("parses");
         assert_eq!(v["detail"][0]["name"], "IA32_TSC_DEADLINE");
+        assert_eq!(
+            (
+                v["detail"][0]["p50_cycle_ns"].as_u64(),
+                v["detail"][0]["p99_cycle_ns"].as_u64()
+            ),
+            (Some(900), Some(900))
+        );
         assert!(v.get("rips").is_none());
         a.add_tally(&Tally::of_rips(
             testdata::exit(7, 0, IO, [None; 8]),

@@ -183,6 +183,12 @@ pub(super) struct PortRow {
     /// A guest page's: "mmio" or "fault-in" (`IoSpace::direction`).
     #[serde(skip_serializing_if = "Option::is_none")]
     kind: Option<&'static str>,
+    /// Median and 99th percentile of the row's cycle, where measured: none for MMIO address
+    /// rows, and for rows past [`crate::data::aggregate::ROW_HISTS`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p50_cycle_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p99_cycle_ns: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -206,23 +212,28 @@ pub(super) fn port_rows(a: &Aggregate) -> Vec<PortRow> {
     let mut ports: Vec<PortRow> = a
         .ports()
         .iter()
-        .map(|(p, s)| PortRow {
-            pid: p.pid,
-            space: p.space,
-            addr: p.addr,
-            folded: p.folded,
-            write: p.write,
-            reason: p.reason,
-            reason_name: reason_name(p.reason),
-            name: detail_name(p.space, p.addr),
-            count: s.count,
-            userspace: s.userspace,
-            reason_share: units::ratio(
-                s.count,
-                by_pid_reason.get(&(p.pid, p.reason)).copied().unwrap_or(0),
-            ),
-            mean_cycle_ns: (s.cycle_count > 0).then(|| s.cycle_ns / s.cycle_count),
-            kind: (p.space == IoSpace::Page).then(|| p.space.direction(p.write)),
+        .map(|(p, s)| {
+            let quantile = |q| a.row_cycles().get(p).map(|h| h.value_at_quantile(q));
+            PortRow {
+                pid: p.pid,
+                space: p.space,
+                addr: p.addr,
+                folded: p.folded,
+                write: p.write,
+                reason: p.reason,
+                reason_name: reason_name(p.reason),
+                name: detail_name(p.space, p.addr),
+                count: s.count,
+                userspace: s.userspace,
+                reason_share: units::ratio(
+                    s.count,
+                    by_pid_reason.get(&(p.pid, p.reason)).copied().unwrap_or(0),
+                ),
+                mean_cycle_ns: (s.cycle_count > 0).then(|| s.cycle_ns / s.cycle_count),
+                kind: (p.space == IoSpace::Page).then(|| p.space.direction(p.write)),
+                p50_cycle_ns: quantile(0.5),
+                p99_cycle_ns: quantile(0.99),
+            }
         })
         .collect();
     ports.sort_by_key(|x| std::cmp::Reverse(x.count));
@@ -255,6 +266,14 @@ pub(super) fn rip_rows(a: &Aggregate) -> Vec<RipRow> {
         }));
     }
     out
+}
+
+/// The name of a row's key in a table: none for a CPUID leaf, whose key says it already.
+pub(crate) fn table_name(space: IoSpace, key: u64) -> Option<String> {
+    match space {
+        IoSpace::Cpuid => None,
+        _ => detail_name(space, key),
+    }
 }
 
 /// The name of a `--detail` row's key.
@@ -659,13 +678,13 @@ fn ports_table(out: &mut String, r: &Report) {
     );
     let _ = writeln!(
         out,
-        "{:>8}  {:<6}{:<20}{:<6}{:>10}{:>8}  reason",
-        "pid", "space", "address", "dir", "count", "to VMM"
+        "{:>8}  {:<6}{:<20}{:<6}{:>10}{:>8}{:>9}{:>9}  reason",
+        "pid", "space", "address", "dir", "count", "to VMM", "p50", "p99"
     );
     for p in ports.iter().take(TOP_PORTS) {
         let _ = writeln!(
             out,
-            "{:>8}  {:<6}{:<20}{:<6}{:>10}{:>8}  {}",
+            "{:>8}  {:<6}{:<20}{:<6}{:>10}{:>8}{:>9}{:>9}  {}",
             p.pid,
             p.space.name(),
             if p.folded {
@@ -676,9 +695,12 @@ fn ports_table(out: &mut String, r: &Report) {
             p.space.direction(p.write),
             p.count,
             p.userspace,
+            cycle_cell(p.p50_cycle_ns),
+            cycle_cell(p.p99_cycle_ns),
             p.reason_name
         );
     }
+    no_percentiles(out, &ports);
     let folded: u64 = ports.iter().filter(|p| p.folded).map(|p| p.count).sum();
     if folded > 0 {
         let _ = writeln!(
@@ -690,8 +712,24 @@ fn ports_table(out: &mut String, r: &Report) {
     }
 }
 
+/// p50 and p99 of a row's cycle, `-` where not measured.
+fn cycle_cell(ns: Option<u64>) -> String {
+    ns.map_or_else(|| "-".to_owned(), units::ns)
+}
+
+/// Says why rows of the ports or detail table lack percentiles, if some do.
+fn no_percentiles(out: &mut String, rows: &[&PortRow]) {
+    if rows.iter().any(|p| p.p50_cycle_ns.is_none()) {
+        let _ = writeln!(
+            out,
+            "p50, p99: the exits' cycle; - for MMIO addresses (no cycle) and rows past the first {}",
+            crate::data::aggregate::ROW_HISTS
+        );
+    }
+}
+
 /// `--detail`: the exits' MSRs, CPUID leaves and hypercalls, each with its share of its
-/// reason's exits and its mean cycle.
+/// reason's exits and its cycle's mean, p50 and p99.
 fn detail_table(out: &mut String, r: &Report) {
     let detail = |p: &&PortRow| p.space.is_detail() && p.space != IoSpace::Page;
     let rows: Vec<&PortRow> = r.ports.iter().filter(detail).collect();
@@ -707,28 +745,27 @@ fn detail_table(out: &mut String, r: &Report) {
     );
     let _ = writeln!(
         out,
-        "{:>8}  {:<10}{:<12}{:<6}{:>10}{:>8}{:>11}  {:<28}reason",
-        "pid", "what", "key", "dir", "count", "share", "mean cycle", "name"
+        "{:>8}  {:<10}{:<12}{:<6}{:>10}{:>8}{:>9}{:>9}{:>9}  {:<28}reason",
+        "pid", "what", "key", "dir", "count", "share", "mean", "p50", "p99", "name"
     );
     for p in rows.iter().take(TOP_PORTS) {
-        // A leaf's name would only say its key again.
-        let name = match p.space {
-            IoSpace::Cpuid => "-",
-            _ => p.name.as_deref().unwrap_or("-"),
-        };
+        let name = table_name(p.space, p.addr).unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "{:>8}  {:<10}{:<12}{:<6}{:>10}{:>8}{:>11}  {name:<28}{}",
+            "{:>8}  {:<10}{:<12}{:<6}{:>10}{:>8}{:>9}{:>9}{:>9}  {name:<28}{}",
             p.pid,
             p.space.name(),
             p.space.key_text(p.addr),
             p.space.direction(p.write),
             p.count,
             units::pct(p.reason_share),
-            p.mean_cycle_ns.map_or_else(|| "-".to_owned(), units::ns),
+            cycle_cell(p.mean_cycle_ns),
+            cycle_cell(p.p50_cycle_ns),
+            cycle_cell(p.p99_cycle_ns),
             p.reason_name
         );
     }
+    no_percentiles(out, &rows);
 }
 
 /// Guest pages shown per pid and reason in the text format (JSON has them all).
@@ -988,6 +1025,17 @@ mod tests {
                 .find(|p| p.space == space && p.addr == addr)
                 .map(|p| (p.count, p.reason_share, p.mean_cycle_ns, p.name.clone()))
         };
+        let percentiles = |space, addr| {
+            r.ports
+                .iter()
+                .find(|p| p.space == space && p.addr == addr)
+                .map(|p| (p.p50_cycle_ns, p.p99_cycle_ns))
+        };
+        // The highest value of 3000's histogram bucket, as stage percentiles are.
+        assert_eq!(
+            percentiles(IoSpace::Msr, 0x1234),
+            Some((Some(3001), Some(3001)))
+        );
         assert_eq!(
             row(IoSpace::Msr, 0x1b),
             Some((30, 0.75, Some(1000), Some("IA32_APIC_BASE".into())))
@@ -1027,8 +1075,8 @@ mod tests {
             .unwrap_or_default();
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(
-            cols[..6],
-            ["7", "msr", "0x1b", "read", "30", "75.0%"],
+            cols[..9],
+            ["7", "msr", "0x1b", "read", "30", "75.0%", "1.00µs", "1.00µs", "1.00µs"],
             "{t}"
         );
         assert!(t.contains(" 0x1/0x0 "), "{t}");
@@ -1041,6 +1089,10 @@ mod tests {
         assert_eq!(
             (msr["count"].as_u64(), msr["write"].as_bool()),
             (Some(30), Some(false))
+        );
+        assert_eq!(
+            (msr["p50_cycle_ns"].as_u64(), msr["p99_cycle_ns"].as_u64()),
+            (Some(1000), Some(1000))
         );
     }
 
@@ -1237,8 +1289,16 @@ mod tests {
             "{starts:?}"
         );
         assert!(t.contains("\n      fast_pio    kvm_fast_pio "));
-        assert!(t.contains("       7  pio   0x3f8               out          300       0  io"));
-        assert!(t.contains("       7  mmio  0xfebf0000          read         100     100  npf"));
+        assert!(t.contains(
+            "       7  pio   0x3f8               out          300       0   7.92µs   7.92µs  io"
+        ));
+        assert!(t.contains(
+            "       7  mmio  0xfebf0000          read         100     100   20.0µs   20.0µs  npf"
+        ));
+        assert!(
+            !t.contains("p50, p99: the exits' cycle"),
+            "no row lacks them"
+        );
     }
 
     #[test]

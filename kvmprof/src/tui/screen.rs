@@ -58,10 +58,18 @@ impl Screen {
     }
 
     /// Draws a frame; clamps `ui.scroll` to the rows there are.
-    pub fn draw(&mut self, s: &Summary, rows: &[Row], ui: &mut Ui, legend: &str) -> Result<()> {
+    /// `keys`: the lines of the keys panel, if open.
+    pub fn draw(
+        &mut self,
+        s: &Summary,
+        rows: &[Row],
+        keys: &[String],
+        ui: &mut Ui,
+        legend: &str,
+    ) -> Result<()> {
         let mut page = self.page;
         self.term
-            .draw(|f| page = render(f, s, rows, ui, legend))
+            .draw(|f| page = render(f, s, rows, keys, ui, legend))
             .context("draw the screen")?;
         self.page = page;
         Ok(())
@@ -75,7 +83,14 @@ impl Drop for Screen {
 }
 
 /// Draws the frame; returns how many rows fit.
-fn render(f: &mut ratatui::Frame, s: &Summary, rows: &[Row], ui: &mut Ui, legend: &str) -> usize {
+fn render(
+    f: &mut ratatui::Frame,
+    s: &Summary,
+    rows: &[Row],
+    keys: &[String],
+    ui: &mut Ui,
+    legend: &str,
+) -> usize {
     let [body, foot] =
         Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(f.area());
     let laid = frame::layout(s, rows, ui.view, usize::from(body.width), Detail::Full);
@@ -96,10 +111,33 @@ fn render(f: &mut ratatui::Frame, s: &Summary, rows: &[Row], ui: &mut Ui, legend
     };
     let footer = footer(ui, &shown, legend, usize::from(foot.width));
     f.render_widget(Paragraph::new(footer), foot);
+    if ui.keys && !keys.is_empty() {
+        panel(f, keys);
+    }
     if ui.help {
         help(f);
     }
     page
+}
+
+/// The keys panel ([`crate::tui::keys`]), in a box over the lower part of the table.
+fn panel(f: &mut ratatui::Frame, keys: &[String]) {
+    let width = keys.iter().map(|l| l.chars().count()).max().unwrap_or(0) + 2;
+    let area = f.area();
+    let height = (keys.len() as u16 + 2).min(area.height.saturating_sub(1));
+    let [_, row, _] = Layout::vertical([
+        Constraint::Min(0),
+        Constraint::Length(height),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    let [cell] = Layout::horizontal([Constraint::Length((width as u16).min(area.width))])
+        .flex(Flex::Center)
+        .areas(row);
+    let lines: Vec<Line> = keys.iter().map(|l| Line::raw(l.clone())).collect();
+    f.render_widget(Clear, cell);
+    let block = Block::bordered().title(bold(" keys of the first row shown (Esc closes) "));
+    f.render_widget(Paragraph::new(lines).block(block), cell);
 }
 
 /// The summary lines that leave room for `table` lines in `height`, and a blank line
@@ -249,7 +287,7 @@ fn footer(ui: &Ui, shown: &Shown, legend: &str, width: usize) -> Line<'static> {
 
 /// Every key, in a box over the table.
 fn help(f: &mut ratatui::Frame) {
-    let keys: [(&str, String); 14] = [
+    let keys: [(&str, String); 16] = [
         ("↑ ↓  k j", "scroll one row".into()),
         ("PgUp PgDn", "scroll one page".into()),
         ("Home End  g G", "first / last row".into()),
@@ -263,8 +301,19 @@ fn help(f: &mut ratatui::Frame) {
         ("I", "reverse the sort order".into()),
         ("r v p", "rows by reason, vCPU, process".into()),
         ("z", "reset totals and latencies".into()),
+        (
+            "Enter d",
+            "keys of the first row shown: ports, MMIO addresses and, with".into(),
+        ),
+        (
+            "",
+            "--detail, MSRs, CPUID leaves, hypercalls, guest RIPs".into(),
+        ),
         ("? h", "show / hide this help".into()),
-        ("Esc", "close help, else clear the filter, else quit".into()),
+        (
+            "Esc",
+            "close help, else the keys, else clear the filter, else quit".into(),
+        ),
         ("q  Ctrl-C", "quit".into()),
         (
             EXITED_MARK.trim(),

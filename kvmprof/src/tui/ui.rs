@@ -22,6 +22,8 @@ pub struct Ui {
     /// The display is frozen; recording goes on.
     pub paused: bool,
     pub help: bool,
+    /// The panel of the first row shown: its keys and guest RIPs ([`super::keys`]).
+    pub keys: bool,
 }
 
 /// What a key asks of `top`, beyond the state it changed.
@@ -60,9 +62,11 @@ impl Ui {
         match k.code {
             KeyCode::Char('q') => return Action::Quit,
             KeyCode::Esc if self.help => self.help = false,
+            KeyCode::Esc if self.keys => self.keys = false,
             KeyCode::Esc if self.filter.is_some() => self.filter = None,
             KeyCode::Esc => return Action::Quit,
             KeyCode::Char('?' | 'h') => self.help = !self.help,
+            KeyCode::Enter | KeyCode::Char('d') => self.keys = !self.keys,
             KeyCode::Up | KeyCode::Char('k') => self.scroll = self.scroll.saturating_sub(1),
             KeyCode::Down | KeyCode::Char('j') => self.scroll = self.scroll.saturating_add(1),
             KeyCode::PageUp => self.scroll = self.scroll.saturating_sub(page),
@@ -254,5 +258,21 @@ mod tests {
         assert_eq!(press(&mut ui, ' '), Action::Pause);
         assert!(!ui.paused);
         assert_eq!(press(&mut ui, 'z'), Action::Reset);
+    }
+
+    #[test]
+    fn the_keys_panel_opens_with_enter_or_d_and_esc_closes_it_first() {
+        let mut ui = Ui::default();
+        code(&mut ui, KeyCode::Enter);
+        assert!(ui.keys);
+        press(&mut ui, 'd');
+        assert!(!ui.keys);
+        press(&mut ui, 'd');
+        ui.filter = regex::Regex::new("io").ok();
+        assert_eq!(code(&mut ui, KeyCode::Esc), Action::Redraw);
+        assert!(
+            !ui.keys && ui.filter.is_some(),
+            "Esc closes the panel first"
+        );
     }
 }

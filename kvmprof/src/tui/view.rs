@@ -99,24 +99,47 @@ impl Default for View {
     }
 }
 
-/// Exits per aggregate key in the last refresh interval, from the difference of two
-/// snapshots of the (cumulative) counts. Keyed by the finest key, so every grouping gets
-/// its rates from the same interval and regrouping shows rates at once.
-#[derive(Debug, Default)]
-pub struct Rates {
+/// Exits per aggregate key (or, `--detail`, per ports-table row) in the last refresh
+/// interval, from the difference of two snapshots of the (cumulative) counts. Keyed by the
+/// finest key, so every grouping gets its rates from the same interval and regrouping shows
+/// rates at once.
+#[derive(Debug)]
+pub struct Rates<K = Key> {
     /// Counts at the last sample, and when it was taken.
-    counts: BTreeMap<Key, u64>,
+    counts: BTreeMap<K, u64>,
     at: Duration,
     /// Exits in the last interval, for keys that had any.
-    delta: BTreeMap<Key, u64>,
+    delta: BTreeMap<K, u64>,
     /// Length of the last interval; `None` before the first one ended.
     secs: Option<f64>,
+}
+
+impl<K> Default for Rates<K> {
+    fn default() -> Self {
+        Rates {
+            counts: BTreeMap::new(),
+            at: Duration::ZERO,
+            delta: BTreeMap::new(),
+            secs: None,
+        }
+    }
 }
 
 impl Rates {
     /// Ends the current interval at `at` (time since recording began).
     pub fn sample(&mut self, agg: &Aggregate, at: Duration) {
-        let counts: BTreeMap<Key, u64> = agg.keys().iter().map(|(k, s)| (*k, s.count)).collect();
+        self.sample_counts(agg.keys().iter().map(|(k, s)| (*k, s.count)).collect(), at);
+    }
+
+    /// Exits/s of all keys over the last interval.
+    pub fn total(&self) -> Option<f64> {
+        self.rate(|_| true)
+    }
+}
+
+impl<K: Ord + Copy> Rates<K> {
+    /// Ends the current interval at `at` with these counts.
+    pub fn sample_counts(&mut self, counts: BTreeMap<K, u64>, at: Duration) {
         self.delta = counts
             .iter()
             .map(|(k, &n)| {
@@ -133,7 +156,7 @@ impl Rates {
     }
 
     /// Exits/s over the last interval of the keys `pick` selects.
-    fn rate(&self, mut pick: impl FnMut(&Key) -> bool) -> Option<f64> {
+    pub fn rate(&self, mut pick: impl FnMut(&K) -> bool) -> Option<f64> {
         let secs = self.secs?;
         let n: u64 = self
             .delta
@@ -142,11 +165,6 @@ impl Rates {
             .map(|(_, &d)| d)
             .sum();
         Some(n as f64 / secs)
-    }
-
-    /// Exits/s of all keys over the last interval.
-    pub fn total(&self) -> Option<f64> {
-        self.rate(|_| true)
     }
 }
 
