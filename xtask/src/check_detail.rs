@@ -60,28 +60,12 @@ pub fn script(hooks: Hooks) -> String {
 pub fn top_script(hooks: Hooks) -> String {
     let dir = format!("/run/kvmprof-detail-top-{hooks}");
     let args = kvmprof_testvmm::cli::args(&DETAIL);
-    format!(
-        "mkdir -p {dir}\n\
-         \"$TESTVMM\" {args} --start-delay 1s --ready-file {dir}/ready > {dir}/vmm.json &\n\
-         vmm=$!\n\
-         until [ -s {dir}/ready ]; do\n\
-         \tkill -0 $vmm 2> /dev/null || {{ echo 'the test VMM ended before its vCPUs were ready' >&2; exit 1; }}\n\
-         \tsleep 0.05\n\
-         done\n\
-         kill -STOP $vmm\n\
-         \"$KVMPROF\" top --batch --detail --hooks {hooks} --delay 1s -p $vmm > {dir}/top.txt 2> {dir}/top.err &\n\
-         top=$!\n\
-         until grep -q 'kvmprof top' {dir}/top.txt; do\n\
-         \tkill -0 $top 2> /dev/null || {{ kill -KILL $vmm; cat {dir}/top.err >&2; exit 1; }}\n\
-         \tsleep 0.2\n\
-         done\n\
-         kill -CONT $vmm\n\
-         wait $vmm\n\
-         wait $top || {{ cat {dir}/top.err >&2; exit 1; }}\n\
-         cat {dir}/vmm.json\n\
-         echo '--- top'\n\
-         cat {dir}/top.txt\n"
-    )
+    let tool = format!(
+        "\"$KVMPROF\" top --batch --detail --hooks {hooks} --delay 1s -p $vmm > {dir}/top.txt 2> {dir}/top.err"
+    );
+    let (out, err) = (format!("{dir}/top.txt"), format!("{dir}/top.err"));
+    let run = crate::checks::held_vmm_script(&dir, &args, "1s", &tool, (&out, "kvmprof top"), &err);
+    format!("mkdir -p {dir}\n{run}cat {dir}/vmm.json\necho '--- top'\ncat {out}\n")
 }
 
 /// The keys of `top`'s last frame must hold exactly the guest's MSR reads and writes, CPUID
@@ -430,19 +414,11 @@ fn report_rows(msr_read: u64, cpuid0: u64, pages: &[u64], msr_p50: Option<u64>) 
 mod tests {
     use super::*;
     use crate::checks::{Hooks, Vendor};
-    use kvmprof_testvmm::{self as guest, ExitCounts, Ports};
+    use kvmprof_testvmm::{self as guest};
 
     /// What the test VMM says it made of [`DETAIL`].
     fn made() -> Counts {
-        let mut made = Counts {
-            pid: 1,
-            ports: Ports::default(),
-            vcpus: Vec::new(),
-            total: ExitCounts::default(),
-            other_reasons: Default::default(),
-            wall_ns: 1,
-            exits_per_sec: 1.0,
-        };
+        let mut made = crate::checks::no_counts();
         made.total.msr_read = 300;
         made.total.msr_write = 200;
         made.total.cpuid = [150, 150];

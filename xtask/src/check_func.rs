@@ -152,18 +152,9 @@ pub fn verify(check: &Check, c: &Captured) -> Result<Notes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvmprof_testvmm::{ExitCounts, Ports};
 
     fn captured(rows: Value, nrips: bool) -> Captured {
-        let mut made = Counts {
-            pid: 1,
-            ports: Ports::default(),
-            vcpus: Vec::new(),
-            total: ExitCounts::default(),
-            other_reasons: Default::default(),
-            wall_ns: 1,
-            exits_per_sec: 1.0,
-        };
+        let mut made = crate::checks::no_counts();
         made.total.mmio_user = 300;
         let hooks = serde_json::json!([{"name": FUNC, "mode": "kprobe", "symbol": FUNC,
                                         "outside": 0, "folded": 0}]);

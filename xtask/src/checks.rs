@@ -588,6 +588,39 @@ enum Attach {
     Command,
 }
 
+/// Starts the test VMM (`args`, its counts to `DIR/vmm.json`), stops it once its vCPUs exist,
+/// starts `tool` in the background (a kvmprof command that may use the VMM's pid, `$vmm`),
+/// lets the VMM go on once the file `ready.0` holds `ready.1` (every hook attached), and
+/// waits for both. On a failure it prints the file `err` and exits 1.
+pub(crate) fn held_vmm_script(
+    dir: &str,
+    args: &str,
+    delay: &str,
+    tool: &str,
+    ready: (&str, &str),
+    err: &str,
+) -> String {
+    let (file, text) = ready;
+    format!(
+        "\"$TESTVMM\" {args} --start-delay {delay} --ready-file {dir}/ready > {dir}/vmm.json &\n\
+         vmm=$!\n\
+         until [ -s {dir}/ready ]; do\n\
+         \tkill -0 $vmm 2> /dev/null || {{ echo 'the test VMM ended before its vCPUs were ready' >&2; exit 1; }}\n\
+         \tsleep 0.05\n\
+         done\n\
+         kill -STOP $vmm\n\
+         {tool} &\n\
+         tool=$!\n\
+         until grep -q '{text}' {file}; do\n\
+         \tkill -0 $tool 2> /dev/null || {{ kill -KILL $vmm; cat {err} >&2; exit 1; }}\n\
+         \tsleep 0.2\n\
+         done\n\
+         kill -CONT $vmm\n\
+         wait $vmm\n\
+         wait $tool || {{ cat {err} >&2; exit 1; }}\n"
+    )
+}
+
 /// Records the workload with kvmprof on `hooks` and prints `{"vmm": <test VMM counts>,
 /// "report": <report --format json>}`.
 fn kvmprof_script(attach: Attach, hooks: Hooks) -> String {
@@ -599,25 +632,12 @@ fn kvmprof_script(attach: Attach, hooks: Hooks) -> String {
                 Hooks::Auto => format!("{REFUSE_ENV}={REFUSED_ENTRY} "),
                 Hooks::Kprobe => String::new(),
             };
-            let record = format!(
-                "\"$TESTVMM\" {args} --start-delay 2s --ready-file {dir}/ready > {dir}/vmm.json &\n\
-                 vmm=$!\n\
-                 until [ -s {dir}/ready ]; do\n\
-                 \tkill -0 $vmm 2> /dev/null || {{ echo 'the test VMM ended before its vCPUs were ready' >&2; exit 1; }}\n\
-                 \tsleep 0.05\n\
-                 done\n\
-                 kill -STOP $vmm\n\
-                 {refuse}\"$KVMPROF\" record --hooks {hooks} --pid $vmm -o {dir}/k.data 2> {dir}/record.err &\n\
-                 rec=$!\n\
-                 until grep -q 'Ctrl-C to stop' {dir}/record.err; do\n\
-                 \tkill -0 $rec 2> /dev/null || {{ kill -KILL $vmm; cat {dir}/record.err >&2; exit 1; }}\n\
-                 \tsleep 0.2\n\
-                 done\n\
-                 kill -CONT $vmm\n\
-                 wait $vmm\n\
-                 wait $rec || {{ cat {dir}/record.err >&2; exit 1; }}\n\
-                 cat {dir}/record.err >&2\n"
+            let tool = format!(
+                "{refuse}\"$KVMPROF\" record --hooks {hooks} --pid $vmm -o {dir}/k.data 2> {dir}/record.err"
             );
+            let err = format!("{dir}/record.err");
+            let record = held_vmm_script(&dir, &args, "2s", &tool, (&err, "Ctrl-C to stop"), &err)
+                + &format!("cat {err} >&2\n");
             (dir, record)
         }
         Attach::Command => {
@@ -991,6 +1011,20 @@ pub(crate) fn port_sum(ports: &[Value], space: &str, addr: u64, write: bool, fie
         .filter(|p| p["space"] == space && p["addr"] == addr && p["write"] == write)
         .filter_map(|p| p[field].as_u64())
         .sum()
+}
+
+/// The counts of a test VMM that made nothing yet, for unit tests of verdicts to fill in.
+#[cfg(test)]
+pub(crate) fn no_counts() -> Counts {
+    Counts {
+        pid: 1,
+        ports: Default::default(),
+        vcpus: Vec::new(),
+        total: Default::default(),
+        other_reasons: Default::default(),
+        wall_ns: 1,
+        exits_per_sec: 1.0,
+    }
 }
 
 /// Every `(what, got, want)` of the report has what the test VMM made, or one error naming
