@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     backend::reason_name,
-    data::aggregate::{Aggregate, PortKey},
+    data::aggregate::{Aggregate, IoSpace, PortKey},
     data::cost::OwnCost,
     data::model::{Reason, Stage},
     live::vmname::VmName,
@@ -85,10 +85,13 @@ impl DetailSeries {
         self.keys.retain(|k, _| known(&k.pid));
         self.shown.retain(|pid, _| known(pid));
         self.other.retain(|(pid, _), _| known(pid));
+        // A guest page marked MMIO repeats its MMIO address row's exits (`IoSpace::rows`):
+        // left out, so that a reason's series add up to its exits.
+        let repeats = |k: &PortKey| k.space == IoSpace::Page && k.write;
         let rows: Vec<(&PortKey, u64)> = agg
             .ports()
             .iter()
-            .filter(|(k, _)| known(&k.pid))
+            .filter(|(k, _)| known(&k.pid) && !repeats(k))
             .map(|(k, s)| (k, s.count))
             .collect();
         let mut new: Vec<&(&PortKey, u64)> = rows
@@ -313,5 +316,32 @@ mod tests {
         let s = Snapshot::take(&a, &vms(&[100, 200]), false, 0);
         let counts: Vec<_> = s.exits.iter().map(|e| (e.pid, e.vcpu, e.count)).collect();
         assert_eq!(counts, [(100, None, 20), (200, None, 1)]);
+    }
+
+    /// An MMIO access that was an NPF has a page row too (marked MMIO): it repeats the
+    /// address row's exits, so it gets no series and the reason's series still add up.
+    #[test]
+    fn an_mmio_page_row_is_not_counted_twice() {
+        let mut a = Aggregate::new(1_000_000_000);
+        for _ in 0..4 {
+            let mut e = exit(100, 0, 1_000);
+            e.access = Some(crate::data::model::Access::Mmio {
+                gpa: 0xd_0004,
+                size: 1,
+                write: true,
+                npf: true,
+            });
+            a.add(&e);
+        }
+        assert_eq!(a.ports().len(), 2, "an address row and a page row");
+        let d = DetailSeries::new(10).take(&a, &vms(&[100]));
+        let keyed: Vec<_> = d.iter().map(|d| (d.key.clone(), d.count)).collect();
+        assert_eq!(
+            keyed,
+            [
+                (Some(("mmio", "0xd0004".to_owned(), "write")), 4),
+                (None, 0)
+            ]
+        );
     }
 }
