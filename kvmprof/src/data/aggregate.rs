@@ -316,10 +316,7 @@ impl Aggregate {
         if t.count == 0 {
             return;
         }
-        let by_addr = matches!(
-            t.exit.access,
-            Some(Access::Mmio { .. } | Access::Page { .. })
-        );
+        let by_addr = t.exit.access.is_some_and(Access::by_address);
         let cycle = Stage::Cycle.index();
         let cycles: u64 = t.stages[cycle].iter().map(|(_, n)| n).sum();
         let port = (!by_addr).then_some((t.sum_ns[cycle], cycles));
@@ -354,7 +351,7 @@ impl Aggregate {
 
     /// The address rows of a tally's MMIO and guest-page exits (its access has no address).
     fn count_addrs(&mut self, t: &Tally) {
-        let Some(access @ (Access::Mmio { .. } | Access::Page { .. })) = t.exit.access else {
+        let Some(access) = t.exit.access.filter(|a| a.by_address()) else {
             return;
         };
         let folded = (t.other > 0).then_some((0, t.other, true));

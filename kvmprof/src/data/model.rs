@@ -134,6 +134,13 @@ pub enum Access {
 }
 
 impl Access {
+    /// Whether a tally of such exits carries no address of its own: MMIO addresses and guest
+    /// pages are counted beside its slot (`kvmprof_common::tally::by_addr`), and the tally
+    /// has no per-address cycle.
+    pub fn by_address(self) -> bool {
+        matches!(self, Access::Mmio { .. } | Access::Page { .. })
+    }
+
     /// The access with `addr` as its address: the MMIO address or guest page the kernel
     /// counted apart from a tally's access (`kvmprof_common::tally`).
     pub fn at(self, addr: u64) -> Access {
