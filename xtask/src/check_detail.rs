@@ -285,14 +285,14 @@ fn percentiles(report: &Value) -> Result<()> {
 /// exits.
 fn pages(
     vendor: Vendor,
-    report: &serde_json::Value,
+    report: &Value,
     made: &Counts,
     caching: &str,
     expected: &mut Vec<(String, u64, u64)>,
 ) -> Result<Notes> {
     let rows = report["ports"].as_array().context("report has no ports")?;
     let (t, at) = (&made.total, &made.ports);
-    anyhow::ensure!(
+    ensure!(
         at.npf_pages.len() as u64 == t.npf_pages && t.npf_pages == DETAIL.npf_pages,
         "the VMM wrote {} fresh pages and names {}, not {}",
         t.npf_pages,
@@ -326,7 +326,7 @@ fn pages(
         0,
     ));
     let (space, code) = npf_reason(vendor);
-    let of_reason = |v: &serde_json::Value| v["space"] == space && v["code"] == code;
+    let of_reason = |v: &Value| v["space"] == space && v["code"] == code;
     let page_rows: u64 = rows
         .iter()
         .filter(|p| p["space"] == "page" && of_reason(&p["reason"]))
@@ -382,7 +382,7 @@ fn report_rows(msr_read: u64, cpuid0: u64, pages: &[u64], msr_p50: Option<u64>) 
         serde_json::json!({"space": "page", "addr": addr, "write": mmio, "count": count,
             "reason": npf})
     };
-    let mut ports: Vec<serde_json::Value> = pages.iter().map(|&p| page(p, false, 1)).collect();
+    let mut ports: Vec<Value> = pages.iter().map(|&p| page(p, false, 1)).collect();
     // The guest's code page, and the MMIO page's 20 writes.
     ports.push(page(0x1000, false, 1));
     ports.push(page(0xd_0000, true, 20));
@@ -455,7 +455,7 @@ mod tests {
         }
     }
 
-    fn captured(report: serde_json::Value) -> Captured {
+    fn captured(report: Value) -> Captured {
         let out = serde_json::json!({"vmm": made(), "report": report, "mmio_caching": "Y"});
         output(out.to_string())
     }
