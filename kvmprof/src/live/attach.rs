@@ -107,26 +107,59 @@ macro_rules! load_btf_program {
 }
 
 fn load_fentry(ebpf: &mut Ebpf, facts: &Facts, name: &str, sym: &str) -> Result<()> {
-    load_fentry_on(ebpf, name, btf_target(facts, sym)?)
-}
-
-fn load_fexit(ebpf: &mut Ebpf, facts: &Facts, name: &str, sym: &str) -> Result<()> {
-    load_fexit_on(ebpf, name, btf_target(facts, sym)?)
-}
-
-fn btf_target<'a>(facts: &'a Facts, sym: &str) -> Result<&'a btf::Target> {
-    facts
+    let target = facts
         .btf_funcs
         .get(sym)
-        .with_context(|| format!("{sym} has no BTF entry"))
-}
-
-pub(super) fn load_fentry_on(ebpf: &mut Ebpf, name: &str, target: &btf::Target) -> Result<()> {
+        .with_context(|| format!("{sym} has no BTF entry"))?;
     load_btf_program!(FEntry, ebpf, name, target)
 }
 
-pub(super) fn load_fexit_on(ebpf: &mut Ebpf, name: &str, target: &btf::Target) -> Result<()> {
-    load_btf_program!(FExit, ebpf, name, target)
+/// Loads and attaches kprobe `kp_<stem>` and kretprobe `krp_<stem>` on `sym` (a stage's, or
+/// `--func`'s): each failure is [`Refused`].
+pub(super) fn attach_kprobes(ebpf: &mut Ebpf, stem: &str, sym: &str) -> Result<()> {
+    for (prefix, what) in [(hook::KPROBE, "kprobe"), (hook::KRETPROBE, "kretprobe")] {
+        let name = format!("{prefix}{stem}");
+        try_hook(&name, format!("{what} on {sym}"), || {
+            let prog: &mut KProbe = ebpf.program_mut(&name).context(name.clone())?.try_into()?;
+            prog.load().map_err(|e| anyhow!("{}", describe(&e)))?;
+            prog.attach(sym, 0)
+                .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Loads and attaches fentry program `names[0]` and fexit program `names[1]` on `sym`,
+/// whose BTF entry is `target`: each failure, a missing entry too, is [`Refused`].
+pub(super) fn attach_fentry_fexit(
+    ebpf: &mut Ebpf,
+    names: [&str; 2],
+    sym: &str,
+    target: Option<&btf::Target>,
+) -> Result<()> {
+    let target = || target.with_context(|| format!("{sym} has no BTF entry"));
+    let [fentry, fexit] = names;
+    try_hook(fentry, format!("fentry on {sym}"), || {
+        load_btf_program!(FEntry, ebpf, fentry, target()?)?;
+        let prog: &mut FEntry = ebpf
+            .program_mut(fentry)
+            .context(fentry.to_owned())?
+            .try_into()?;
+        prog.attach()
+            .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
+        Ok(())
+    })?;
+    try_hook(fexit, format!("fexit on {sym}"), || {
+        load_btf_program!(FExit, ebpf, fexit, target()?)?;
+        let prog: &mut FExit = ebpf
+            .program_mut(fexit)
+            .context(fexit.to_owned())?
+            .try_into()?;
+        prog.attach()
+            .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
+        Ok(())
+    })
 }
 
 /// The kernel refused a program of the plan when it was loaded or attached: the session
@@ -285,42 +318,16 @@ pub fn attach(
         }
         let sym = sp.symbol.as_str();
         match sp.mode {
-            Mode::Kprobe => {
-                for (prefix, what) in [(hook::KPROBE, "kprobe"), (hook::KRETPROBE, "kretprobe")] {
-                    let name = format!("{prefix}{stem}");
-                    try_hook(&name, format!("{what} on {sym}"), || {
-                        let prog: &mut KProbe =
-                            ebpf.program_mut(&name).context(name.clone())?.try_into()?;
-                        prog.load().map_err(|e| anyhow!("{}", describe(&e)))?;
-                        prog.attach(sym, 0)
-                            .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
-                        Ok(())
-                    })?;
-                }
-            }
+            Mode::Kprobe => attach_kprobes(ebpf, stem, sym)?,
             Mode::Fentry => {
-                let name = format!("{}{stem}", hook::FENTRY);
-                try_hook(&name, format!("fentry on {sym}"), || {
-                    load_fentry(ebpf, facts, &name, sym)?;
-                    let prog: &mut FEntry =
-                        ebpf.program_mut(&name).context(name.clone())?.try_into()?;
-                    prog.attach()
-                        .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
-                    Ok(())
-                })?;
-                let name = if sp.stage == Stage::VendorRun && plan.reason_at_vendor_return {
+                let fexit = if sp.stage == Stage::VendorRun && plan.reason_at_vendor_return {
                     hook::VENDOR_RUN_REASON.to_string()
                 } else {
                     format!("{}{stem}", hook::FEXIT)
                 };
-                try_hook(&name, format!("fexit on {sym}"), || {
-                    load_fexit(ebpf, facts, &name, sym)?;
-                    let prog: &mut FExit =
-                        ebpf.program_mut(&name).context(name.clone())?.try_into()?;
-                    prog.attach()
-                        .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
-                    Ok(())
-                })?;
+                let fentry = format!("{}{stem}", hook::FENTRY);
+                let target = facts.btf_funcs.get(sym);
+                attach_fentry_fexit(ebpf, [&fentry, &fexit], sym, target)?;
             }
             Mode::Tracepoint | Mode::Unavailable => {}
         }

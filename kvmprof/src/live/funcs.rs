@@ -4,10 +4,10 @@
 //! kprobe`), else a kprobe/kretprobe on its symbol or on the compiler clone standing for
 //! it. A refused fentry falls back to the kprobe, and says so. At the end the kernel's
 //! tallies are read into [`Funcs`].
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{FEntry, FExit, KProbe},
+    programs::{FEntry, FExit},
     Ebpf,
 };
 use kvmprof_common::{
@@ -15,10 +15,9 @@ use kvmprof_common::{
     names::{hook, map},
 };
 
-use super::attach::{describe, load_fentry_on, load_fexit_on, try_hook};
+use super::attach::{attach_fentry_fexit, attach_kprobes};
 use crate::data::funcs::{FuncHook, Funcs};
 use crate::host::{
-    btf,
     funcs::{Entry, Hook},
     kernel::Facts,
     plan::HookPref,
@@ -58,18 +57,20 @@ pub fn attach(
             label: None,
         });
         let stem = func::STEMS[i];
-        let fentry = v.hook == Hook::Fentry && pref != HookPref::Kprobe;
-        let target = kernel.btf().and_then(|b| b.function(name));
-        let hooked = match (fentry, target) {
-            (true, Some(t)) => match attach_fentry(ebpf, stem, name, &t) {
+        let hooked = if v.hook == Hook::Fentry && pref != HookPref::Kprobe {
+            let target = kernel.btf().and_then(|b| b.function(name));
+            let programs = fentry_names(stem);
+            let programs = programs.each_ref().map(String::as_str);
+            match attach_fentry_fexit(ebpf, programs, name, target.as_ref()) {
                 Ok(()) => Some(("fentry", name.clone())),
                 Err(e) => {
                     eprintln!("kvmprof: warning: --func {name}: {e:#}; a kprobe instead");
                     unload_fentry(ebpf, stem);
                     None
                 }
-            },
-            _ => None,
+            }
+        } else {
+            None
         };
         let (mode, symbol) = match hooked {
             Some(h) => h,
@@ -87,7 +88,7 @@ pub fn attach(
                          symbol; timing that"
                     );
                 }
-                attach_kprobe(ebpf, stem, &symbol)?;
+                attach_kprobes(ebpf, stem, &symbol)?;
                 ("kprobe", symbol)
             }
         };
@@ -101,57 +102,21 @@ pub fn attach(
     Ok(hooks)
 }
 
-fn attach_fentry(ebpf: &mut Ebpf, stem: &str, sym: &str, target: &btf::Target) -> Result<()> {
-    for (prefix, what) in [(hook::FENTRY, "fentry"), (hook::FEXIT, "fexit")] {
-        let name = format!("{prefix}{stem}");
-        try_hook(&name, format!("{what} on {sym}"), || {
-            if prefix == hook::FENTRY {
-                load_fentry_on(ebpf, &name, target)?;
-                let prog: &mut FEntry =
-                    ebpf.program_mut(&name).context(name.clone())?.try_into()?;
-                prog.attach()
-                    .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
-            } else {
-                load_fexit_on(ebpf, &name, target)?;
-                let prog: &mut FExit = ebpf.program_mut(&name).context(name.clone())?.try_into()?;
-                prog.attach()
-                    .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
-            }
-            Ok(())
-        })?;
-    }
-    Ok(())
+/// The fentry and fexit programs of function slot `stem`.
+fn fentry_names(stem: &str) -> [String; 2] {
+    [hook::FENTRY, hook::FEXIT].map(|prefix| format!("{prefix}{stem}"))
 }
 
 /// Takes back whichever of a function's fentry/fexit pair got attached before the other
 /// was refused, so the kprobe that replaces them is its only hook.
 fn unload_fentry(ebpf: &mut Ebpf, stem: &str) {
-    if let Some(p) = ebpf.program_mut(&format!("{}{stem}", hook::FENTRY)) {
-        let p: Result<&mut FEntry, _> = p.try_into();
-        if let Ok(p) = p {
-            let _ = p.unload();
-        }
+    let [fentry, fexit] = fentry_names(stem);
+    if let Some(Ok(p)) = ebpf.program_mut(&fentry).map(<&mut FEntry>::try_from) {
+        let _ = p.unload();
     }
-    if let Some(p) = ebpf.program_mut(&format!("{}{stem}", hook::FEXIT)) {
-        let p: Result<&mut FExit, _> = p.try_into();
-        if let Ok(p) = p {
-            let _ = p.unload();
-        }
+    if let Some(Ok(p)) = ebpf.program_mut(&fexit).map(<&mut FExit>::try_from) {
+        let _ = p.unload();
     }
-}
-
-fn attach_kprobe(ebpf: &mut Ebpf, stem: &str, sym: &str) -> Result<()> {
-    for (prefix, what) in [(hook::KPROBE, "kprobe"), (hook::KRETPROBE, "kretprobe")] {
-        let name = format!("{prefix}{stem}");
-        try_hook(&name, format!("{what} on {sym}"), || {
-            let prog: &mut KProbe = ebpf.program_mut(&name).context(name.clone())?.try_into()?;
-            prog.load().map_err(|e| anyhow!("{}", describe(&e)))?;
-            prog.attach(sym, 0)
-                .map_err(|e| anyhow!("attach: {}", describe(&e)))?;
-            Ok(())
-        })?;
-    }
-    Ok(())
 }
 
 /// The kernel's tallies, read once the programs are detached.
