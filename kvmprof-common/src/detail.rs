@@ -1,5 +1,6 @@
-//! Which MSR, which CPUID leaf, which hypercall (issue 21, `--detail`): three KVM tracepoints
-//! that fire in an exit's handler name what the guest asked for, and the open exit is filed
+//! Which MSR, which CPUID leaf, which hypercall (issue 21, `--detail`): the KVM tracepoints
+//! that fire in an exit's handler name what the guest asked for (a hypercall by KVM's, Xen's
+//! or Hyper-V's ABI, [`crate::flag::XEN`], [`crate::flag::HYPERV`]), and the open exit is filed
 //! under it. The name goes in the exit's `io_addr`, marked by its flag ([`crate::flag::MSR`],
 //! [`crate::flag::CPUID`], [`crate::flag::HYPERCALL`]), exactly as a port does: it is part
 //! of the exit's kind, so each MSR index (and direction), leaf and hypercall number gets its
@@ -40,7 +41,11 @@ pub mod field {
     /// `kvm:kvm_page_fault`: `fault_address` (the guest-physical address; an `unsigned long`
     /// on 6.1, a `u64` after the vCPU's id and RIP on 6.12).
     pub const PAGE_FAULT_ADDRESS: u32 = 8;
-    pub const LEN: u32 = 9;
+    /// `kvm:kvm_xen_hypercall`: `nr` (Xen's hypercall number, EAX).
+    pub const XEN_HYPERCALL_NR: u32 = 9;
+    /// `kvm:kvm_hv_hypercall`: `code` (the call code, the low 16 bits of the control input).
+    pub const HV_HYPERCALL_CODE: u32 = 10;
+    pub const LEN: u32 = 11;
 }
 
 /// The guest-physical page (4 KiB) of an address.

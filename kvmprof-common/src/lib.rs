@@ -126,6 +126,12 @@ pub mod flag {
     /// shadow paging): `io_addr` is its guest-physical page, or with [`MMIO`] the address of
     /// the MMIO access it became ([`crate::detail`]).
     pub const NPF: u32 = 1 << 10;
+    /// With [`HYPERCALL`]: the guest made it by Xen's ABI (`kvm:kvm_xen_hypercall`, in a VM
+    /// whose VMM had KVM intercept Xen hypercalls), `io_addr` being Xen's number.
+    pub const XEN: u32 = 1 << 11;
+    /// With [`HYPERCALL`]: by Hyper-V's ABI (`kvm:kvm_hv_hypercall`, in a VM with Hyper-V
+    /// enlightenments), `io_addr` being the call code.
+    pub const HYPERV: u32 = 1 << 12;
 }
 
 /// One exit (120 bytes), inside a [`Batch`].
@@ -492,6 +498,11 @@ pub mod names {
         pub const KVM_MSR: &str = "kvm/kvm_msr";
         pub const KVM_CPUID: &str = "kvm/kvm_cpuid";
         pub const KVM_HYPERCALL: &str = "kvm/kvm_hypercall";
+        /// `--detail`: the hypercalls of Xen and Hyper-V guests, which KVM handles instead of
+        /// its own (and which do not fire `kvm_hypercall`). `kvm_xen_hypercall` exists only in
+        /// kernels built with CONFIG_KVM_XEN (not Debian's 6.1).
+        pub const KVM_XEN_HYPERCALL: &str = "kvm/kvm_xen_hypercall";
+        pub const KVM_HV_HYPERCALL: &str = "kvm/kvm_hv_hypercall";
         /// `--detail`: fires in the handler of an EPT violation or NPF, before it decides
         /// whether the page is MMIO.
         pub const KVM_PAGE_FAULT: &str = "kvm/kvm_page_fault";
@@ -524,7 +535,7 @@ pub mod names {
     }
 
     /// Tracepoint ↔ programs (`kvmprof-ebpf/src/probes/`).
-    pub const TRACEPOINT_PROGRAMS: [TracepointPrograms; 14] = [
+    pub const TRACEPOINT_PROGRAMS: [TracepointPrograms; 16] = [
         TracepointPrograms {
             tracepoint: tp::SYS_ENTER_IOCTL,
             classic: "kvm_run_enter",
@@ -604,6 +615,18 @@ pub mod names {
         TracepointPrograms {
             tracepoint: tp::KVM_HYPERCALL,
             classic: "detail_hypercall",
+            raw: None,
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_XEN_HYPERCALL,
+            classic: "detail_xen_hypercall",
+            raw: None,
+            btf: None,
+        },
+        TracepointPrograms {
+            tracepoint: tp::KVM_HV_HYPERCALL,
+            classic: "detail_hv_hypercall",
             raw: None,
             btf: None,
         },

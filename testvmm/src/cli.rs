@@ -55,6 +55,11 @@ pub struct WorkloadArgs {
     /// totals. Refused on KVM's PVM backend, which cannot run them from a real-mode guest.
     #[arg(long)]
     pub hypercall: Option<u64>,
+    /// The hypercalls go by Xen's ABI (Xen's `sched_op`, 29, SCHEDOP_yield), the VMM having
+    /// asked KVM to handle Xen hypercalls, as a VMM of Xen guests does: handled in the kernel
+    /// (`kvm_xen_hypercall`). Needs a kernel built with CONFIG_KVM_XEN.
+    #[arg(long)]
+    pub xen_hypercalls: bool,
     /// Fresh guest pages vCPU 0 writes once each before its first round (at most 128, from
     /// guest-physical 0x20000): one EPT violation or NPF each on VMX and SVM, a fault-in,
     /// counted as "npf_pages", outside the totals.
@@ -78,6 +83,7 @@ impl WorkloadArgs {
             msr_write: self.msr_write.unwrap_or(base.msr_write),
             cpuid: self.cpuid.unwrap_or(base.cpuid),
             hypercall: self.hypercall.unwrap_or(base.hypercall),
+            xen_hypercalls: self.xen_hypercalls || base.xen_hypercalls,
             npf_pages: self.npf_pages.unwrap_or(base.npf_pages),
             ..base
         }
@@ -89,7 +95,7 @@ pub fn args(w: &Workload) -> String {
     format!(
         "--vcpus {} --pio-user {} --pio-kernel {} --mmio {} --mmio-span {} --pio-in {} \
          --pio-device {} --halts {} --msr-read {} --msr-write {} --cpuid {} --hypercall {} \
-         --npf-pages {}",
+         --npf-pages {}{}",
         w.vcpus,
         w.pio_user,
         w.pio_kernel,
@@ -102,7 +108,12 @@ pub fn args(w: &Workload) -> String {
         w.msr_write,
         w.cpuid,
         w.hypercall,
-        w.npf_pages
+        w.npf_pages,
+        if w.xen_hypercalls {
+            " --xen-hypercalls"
+        } else {
+            ""
+        }
     )
 }
 

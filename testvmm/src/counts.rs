@@ -166,6 +166,9 @@ pub struct Ports {
     /// The hypercall number (EAX) of the guest's hypercalls.
     #[serde(default)]
     pub hypercall_nr: u32,
+    /// Whose ABI numbers them: "kvm", or "xen" (`--xen-hypercalls`).
+    #[serde(default)]
+    pub hypercall_abi: String,
     /// The hypercall instruction the guest ran: "vmcall" (Intel VMX), "vmmcall" (AMD SVM), or
     /// "" when it made none.
     #[serde(default)]
@@ -197,11 +200,11 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// `hypercall`: the hypercall instruction the guest ran, if it made any.
+    /// `hypercall`: the hypercalls the guest made, if any.
     pub(crate) fn new(
         vcpus: Vec<VcpuCounts>,
         wall: Duration,
-        hypercall: Option<[u8; 3]>,
+        hypercall: Option<guest::Hypercall>,
     ) -> Counts {
         let mut total = ExitCounts::default();
         let mut other_reasons = BTreeMap::new();
@@ -227,8 +230,14 @@ impl Counts {
                 msr_write: guest::MSR_WRITE,
                 msr_write_value: guest::MSR_WRITE_VALUE,
                 cpuid_leaves: guest::CPUID_LEAVES.to_vec(),
-                hypercall_nr: guest::HYPERCALL_NR,
-                hypercall_insn: match hypercall {
+                hypercall_nr: hypercall.map_or(guest::HYPERCALL_NR, |h| h.nr()),
+                hypercall_abi: if hypercall.is_some_and(|h| h.xen) {
+                    "xen"
+                } else {
+                    "kvm"
+                }
+                .to_string(),
+                hypercall_insn: match hypercall.map(|h| h.insn) {
                     Some(guest::VMCALL) => "vmcall",
                     Some(guest::VMMCALL) => "vmmcall",
                     _ => "",
@@ -318,12 +327,17 @@ mod tests {
         let c = Counts::new(
             vec![vcpu(0, a, &[]), vcpu(1, a, &[])],
             Duration::ZERO,
-            Some(guest::VMMCALL),
+            Some(guest::Hypercall {
+                insn: guest::VMMCALL,
+                xen: true,
+            }),
         );
         assert_eq!(c.total.cpuid, [10, 10]);
         assert_eq!(c.total.detail(), 2 * 22);
         assert_eq!((c.total.total(), c.total.userspace()), (2, 2));
         assert_eq!(c.ports.hypercall_insn, "vmmcall");
+        assert_eq!(c.ports.hypercall_abi, "xen");
+        assert_eq!(c.ports.hypercall_nr, guest::XEN_SCHED_OP);
         assert_eq!(c.ports.rips["rdmsr"], guest::RDMSR_RIP);
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(json["vcpus"][1]["cpuid"], serde_json::json!([5, 5]));

@@ -79,6 +79,30 @@ pub const CPUID_LEAVES: [u32; 2] = [0, 1];
 /// numbers), so KVM answers -KVM_ENOSYS in EAX in the kernel; the guest runs at CPL 0, so no
 /// -KVM_EPERM either, and only KVM_HC_MAP_GPA_RANGE could exit to userspace.
 pub const HYPERCALL_NR: u32 = 0x7e57;
+/// With `--xen-hypercalls`, the hypercall loop's number instead: Xen's `sched_op`. KVM
+/// handles it in the kernel (`kvm_xen_hypercall`) for a VM whose VMM asked it to intercept
+/// Xen hypercalls; EBX (the command) is 0 there, SCHEDOP_yield: the `user PIO` loop ends
+/// with EBX 0, and the `cpuid`s of an empty CPUID table answer EBX 0 too.
+pub const XEN_SCHED_OP: u32 = 29;
+/// The hypercalls of the hypercall loop: the instruction KVM's backend intercepts, and whose
+/// ABI (KVM's own, or Xen's) numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hypercall {
+    pub insn: [u8; 3],
+    pub xen: bool,
+}
+
+impl Hypercall {
+    /// The number (EAX) of the loop's hypercalls.
+    pub fn nr(self) -> u32 {
+        if self.xen {
+            XEN_SCHED_OP
+        } else {
+            HYPERCALL_NR
+        }
+    }
+}
+
 /// Intel VMX's hypercall instruction, the one the guest's code holds.
 pub const VMCALL: [u8; 3] = [0x0f, 0x01, 0xc1];
 /// AMD SVM's: patched over [`VMCALL`] by the VMM. Each backend intercepts only its own;
@@ -390,6 +414,8 @@ const RDMSR_AT: usize = 0x48;
 const WRMSR_AT: usize = 0x68;
 const CPUID_AT: [usize; 2] = [0x82, 0x8d];
 const HYPERCALL_AT: usize = 0xa4;
+/// The immediate of the `mov eax, HYPERCALL_NR` before it.
+const HYPERCALL_NR_AT: usize = 0xa0;
 const PIO_MIXED_IN_AT: usize = 0xb6;
 /// The device loop's in-kernel `in`, `out` on the first port, then on the second.
 const PIO_DEVICE_AT: [usize; 4] = [0xba, 0xbb, 0xc3, 0xc4];
@@ -468,10 +494,11 @@ pub fn rips() -> Vec<(&'static str, u64)> {
     ]
 }
 
-/// [`CODE`] with `hypercall` ([`VMCALL`] or [`VMMCALL`]) as its hypercall instruction.
-pub fn code(hypercall: [u8; 3]) -> [u8; CODE.len()] {
+/// [`CODE`] with `hypercall`'s instruction ([`VMCALL`] or [`VMMCALL`]) and number.
+pub fn code(hypercall: Hypercall) -> [u8; CODE.len()] {
     let mut code = CODE;
-    code[HYPERCALL_AT..HYPERCALL_AT + 3].copy_from_slice(&hypercall);
+    code[HYPERCALL_AT..HYPERCALL_AT + 3].copy_from_slice(&hypercall.insn);
+    code[HYPERCALL_NR_AT..HYPERCALL_NR_AT + 4].copy_from_slice(&hypercall.nr().to_le_bytes());
     code
 }
 
@@ -1247,12 +1274,26 @@ mod tests {
 
     #[test]
     fn the_hypercall_instruction_is_patched_in_place() {
-        let amd = code(VMMCALL);
+        let call = |insn, xen| code(Hypercall { insn, xen });
+        let amd = call(VMMCALL, false);
         assert_eq!(&amd[HYPERCALL_AT..HYPERCALL_AT + 3], VMMCALL);
         assert_eq!(amd[..HYPERCALL_AT], CODE[..HYPERCALL_AT]);
         assert_eq!(amd[HYPERCALL_AT + 3..], CODE[HYPERCALL_AT + 3..]);
-        assert_eq!(code(VMCALL), CODE);
+        assert_eq!(call(VMCALL, false), CODE);
         assert_eq!(HYPERCALL_RIP, CODE_ADDR + 0xa4);
+        // Xen's number goes in the `mov eax` right before, and nothing else moves.
+        let xen = call(VMCALL, true);
+        assert_eq!(
+            CODE[HYPERCALL_NR_AT..HYPERCALL_AT],
+            HYPERCALL_NR.to_le_bytes()
+        );
+        assert_eq!(&xen[HYPERCALL_NR_AT - 2..HYPERCALL_NR_AT], [0x66, 0xb8]);
+        assert_eq!(
+            xen[HYPERCALL_NR_AT..HYPERCALL_AT],
+            XEN_SCHED_OP.to_le_bytes()
+        );
+        assert_eq!(xen[..HYPERCALL_NR_AT], CODE[..HYPERCALL_NR_AT]);
+        assert_eq!(xen[HYPERCALL_AT..], CODE[HYPERCALL_AT..]);
     }
 
     #[test]

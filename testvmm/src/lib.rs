@@ -61,7 +61,7 @@ pub use guest::{
     MSR_READ, MSR_WRITE, MSR_WRITE_VALUE, NPF_ADDR, NPF_RIP, PIO_DEVICE_PORTS, PIO_DEVICE_RIPS,
     PIO_DONE_PORT, PIO_DONE_RIP, PIO_IN_PORT, PIO_IN_RIP, PIO_IN_VALUE, PIO_KERNEL_PORT_BASE,
     PIO_KERNEL_RIP, PIO_MIXED_IN_PORT, PIO_MIXED_IN_RIP, PIO_MIXED_OUT_PORT, PIO_MIXED_OUT_RIP,
-    PIO_USER_PORT, PIO_USER_RIP, RDMSR_RIP, VMCALL, VMMCALL, WRMSR_RIP,
+    PIO_USER_PORT, PIO_USER_RIP, RDMSR_RIP, VMCALL, VMMCALL, WRMSR_RIP, XEN_SCHED_OP,
 };
 pub use ready::{Ready, ReadyVcpu};
 pub use vcpu::kick_signal;
@@ -104,6 +104,10 @@ pub struct Workload {
     /// Hypercalls [`HYPERCALL_NR`], each answered by KVM in the kernel (-KVM_ENOSYS). Needs
     /// KVM on Intel VMX or AMD SVM: refused elsewhere (PVM) before the guest starts.
     pub hypercall: u64,
+    /// The hypercalls go by Xen's ABI: [`XEN_SCHED_OP`] (`sched_op(SCHEDOP_yield)`), which KVM
+    /// handles in the kernel once the VMM asks it to handle Xen hypercalls (KVM_XEN_HVM_CONFIG;
+    /// refused by kernels built without CONFIG_KVM_XEN).
+    pub xen_hypercalls: bool,
     /// Fresh guest pages (from [`NPF_ADDR`], at most [`MAX_NPF_PAGES`]) that vCPU 0 writes
     /// once each before its first round: on Intel VMX and AMD SVM each is one EPT violation or
     /// NPF that faults the page in (see [`ExitCounts::npf_pages`]).
@@ -152,6 +156,7 @@ impl Workload {
         msr_write: 0,
         cpuid: 0,
         hypercall: 0,
+        xen_hypercalls: false,
         npf_pages: 0,
         halt_tick_us: 1000,
         pio_in_delay_ms: 0,

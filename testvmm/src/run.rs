@@ -204,10 +204,13 @@ fn plan_on(w: &Workload, backend: impl FnOnce() -> backend::Backend) -> Result<P
                 })?,
         },
         // Never executed without hypercalls: no need to ask then.
-        hypercall: if w.hypercall > 0 {
-            backend::hypercall(backend())?
-        } else {
-            guest::VMCALL
+        hypercall: guest::Hypercall {
+            insn: if w.hypercall > 0 {
+                backend::hypercall(backend())?
+            } else {
+                guest::VMCALL
+            },
+            xen: w.xen_hypercalls,
         },
         forever: w.forever,
         rate: w.rate,
@@ -366,11 +369,18 @@ mod tests {
             ),
             (1, 2, 3, 4)
         );
-        assert_eq!(p.hypercall, guest::VMMCALL);
+        assert_eq!(p.hypercall.insn, guest::VMMCALL);
+        assert_eq!(p.hypercall.nr(), guest::HYPERCALL_NR);
         assert_eq!(
-            plan_on(&w, || Backend::Vmx).unwrap().hypercall,
+            plan_on(&w, || Backend::Vmx).unwrap().hypercall.insn,
             guest::VMCALL
         );
+        let xen = Workload {
+            xen_hypercalls: true,
+            ..w.clone()
+        };
+        let p = plan_on(&xen, || Backend::Vmx).unwrap();
+        assert_eq!(p.hypercall.nr(), guest::XEN_SCHED_OP);
         let e = plan_on(&w, || Backend::Pvm).unwrap_err().to_string();
         assert!(e.contains("PVM"), "{e}");
         // Without hypercalls the backend is not even asked.

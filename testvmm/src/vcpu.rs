@@ -30,8 +30,8 @@ pub(crate) struct Plan {
     pub log: bool,
     /// The VMM's time to answer each `in`.
     pub pio_in_delay: Duration,
-    /// The hypercall instruction patched into the guest's code (see `backend`).
-    pub hypercall: [u8; 3],
+    /// The hypercall instruction (see `backend`) and number patched into the guest's code.
+    pub hypercall: guest::Hypercall,
 }
 
 /// A vCPU's counts and when it was in the guest.

@@ -35,16 +35,20 @@ impl Machine {
     /// requires, for the guest's device loop and halts. `irq0`: also set the PIC and the
     /// guest's IVT up so that [`Irq0::pulse`] wakes vCPU 0's halts (needs `irqchip`).
     /// `round` gives the detail section's counts, which the guest reads from RAM, and
-    /// `hypercall` the instruction patched into the code.
+    /// `hypercall` the instruction and number patched into the code; Xen's, and KVM is asked
+    /// to handle Xen hypercalls.
     pub(crate) fn new(
         vcpus: u32,
         irqchip: bool,
         irq0: bool,
         round: &guest::Round,
-        hypercall: [u8; 3],
+        hypercall: guest::Hypercall,
     ) -> Result<(Machine, Vec<Vcpu>)> {
         let kvm = Kvm::new().context("open /dev/kvm")?;
         let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+        if hypercall.xen {
+            intercept_xen_hypercalls(&vm)?;
+        }
         if irqchip {
             vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
         }
@@ -139,6 +143,41 @@ fn setup_irq0(vm: &VmFd, ram: &Ram) -> Result<()> {
     entry[..2].copy_from_slice(&offset.to_le_bytes());
     // entry[2..]: segment 0, the code's CS.
     ram.write(guest::IRQ0_IVT_ENTRY as usize, &entry);
+    Ok(())
+}
+
+// KVM_XEN_HVM_CONFIG, which kvm-ioctls does not wrap.
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_XEN_HVM_CONFIG,
+    kvm_bindings::KVMIO,
+    0x7a,
+    kvm_bindings::kvm_xen_hvm_config
+);
+
+/// The MSR through which a Xen guest would have KVM write its hypercall page: unused by this
+/// guest, but KVM turns its Xen support on only once a VM names one (within 0x40000000..
+/// 0x4fffffff, apart from Hyper-V's and KVM's own); QEMU's choice.
+const XEN_HYPERCALL_MSR: u32 = 0x4000_0200;
+
+/// Has KVM handle the guest's hypercalls by Xen's ABI (`kvm_xen_hypercall`), as a VMM running
+/// a Xen guest does: `sched_op`, among others, is then answered in the kernel.
+fn intercept_xen_hypercalls(vm: &VmFd) -> Result<()> {
+    let caps = vm.check_extension_raw(kvm_bindings::KVM_CAP_XEN_HVM.into()) as u32;
+    let intercept = kvm_bindings::KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL;
+    anyhow::ensure!(
+        caps & intercept != 0,
+        "this kernel's KVM cannot handle Xen hypercalls (built without CONFIG_KVM_XEN)"
+    );
+    let config = kvm_bindings::kvm_xen_hvm_config {
+        flags: intercept,
+        msr: XEN_HYPERCALL_MSR,
+        ..Default::default()
+    };
+    // SAFETY: KVM_XEN_HVM_CONFIG reads one kvm_xen_hvm_config, which `config` is, from a VM fd.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vm, KVM_XEN_HVM_CONFIG(), &config) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error()).context("KVM_XEN_HVM_CONFIG");
+    }
     Ok(())
 }
 

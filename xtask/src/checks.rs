@@ -259,6 +259,12 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
         crate::check_funcs::script(vendor),
         crate::check_funcs::verify,
     ));
+    list.push(check(
+        "kvmprof_xen_hypercalls",
+        None,
+        crate::check_xen::script(),
+        crate::check_xen::verify,
+    ));
     list.push(check("kvm_stats", None, kvm_stats_script(), kvm_stats));
     list.push(check(
         "kvmprof_halts",

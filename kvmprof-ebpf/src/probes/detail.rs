@@ -1,5 +1,5 @@
-//! `--detail` (`kvmprof_common::detail`): the MSR index, CPUID leaf, hypercall number or
-//! guest page of the open exit, from the KVM tracepoint its handler fires. Classic
+//! `--detail` (`kvmprof_common::detail`): the MSR index, CPUID leaf, hypercall number (KVM's,
+//! Xen's or Hyper-V's) or guest page of the open exit, from the KVM tracepoint its handler fires. Classic
 //! tracepoints, fields at the offsets of this kernel's format files (`DETAIL_FIELDS`): they
 //! run only on the exits they name, and only when asked for, so their record copy costs
 //! nothing on the others.
@@ -52,6 +52,36 @@ fn try_hypercall(ctx: &TracePointContext) -> Option<u32> {
     let (_, _, st) = maps::current(false)?;
     let nr: u64 = read_field(ctx, field::HYPERCALL_NR)?;
     exit::identify_detail(st, maps::config!(boundary), flag::HYPERCALL, nr);
+    Some(0)
+}
+
+/// `TP_PROTO(u8 cpl, unsigned long nr, ...)` (6.12; no `cpl` before), in `kvm_xen_hypercall`:
+/// a Xen guest's hypercall, which KVM handles instead of its own once the VMM asked it to.
+#[tracepoint(category = "kvm", name = "kvm_xen_hypercall")]
+pub fn detail_xen_hypercall(ctx: TracePointContext) -> u32 {
+    try_xen_hypercall(&ctx).unwrap_or(0)
+}
+
+fn try_xen_hypercall(ctx: &TracePointContext) -> Option<u32> {
+    let (_, _, st) = maps::current(false)?;
+    let nr: u64 = read_field(ctx, field::XEN_HYPERCALL_NR)?;
+    let flags = flag::HYPERCALL | flag::XEN;
+    exit::identify_detail(st, maps::config!(boundary), flags, nr);
+    Some(0)
+}
+
+/// `TP_PROTO(u16 code, bool fast, ...)`, in `kvm_hv_hypercall`: a Hyper-V guest's hypercall
+/// (Windows, or Linux with Hyper-V enlightenments), which KVM handles instead of its own.
+#[tracepoint(category = "kvm", name = "kvm_hv_hypercall")]
+pub fn detail_hv_hypercall(ctx: TracePointContext) -> u32 {
+    try_hv_hypercall(&ctx).unwrap_or(0)
+}
+
+fn try_hv_hypercall(ctx: &TracePointContext) -> Option<u32> {
+    let (_, _, st) = maps::current(false)?;
+    let code: u16 = read_field(ctx, field::HV_HYPERCALL_CODE)?;
+    let flags = flag::HYPERCALL | flag::HYPERV;
+    exit::identify_detail(st, maps::config!(boundary), flags, code as u64);
     Some(0)
 }
 

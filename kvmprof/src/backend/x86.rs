@@ -1,6 +1,6 @@
-//! Names of what a guest asks of the x86 CPU, for `--detail`'s table: well-known MSRs and
-//! KVM's hypercall numbers. Vendor-neutral: the same MSR index and hypercall ABI serve Intel
-//! VMX, AMD SVM and PVM guests.
+//! Names of what a guest asks of the x86 CPU, for `--detail`'s table: well-known MSRs and the
+//! hypercall numbers of KVM's, Xen's and Hyper-V's ABIs. Vendor-neutral: the same MSR index
+//! and hypercall ABI serve Intel VMX, AMD SVM and PVM guests.
 
 /// (index, name) of MSRs guests touch often enough to exit on: the SDM's `IA32_*` names,
 /// AMD's for theirs, the x2APIC registers (`0x800 + APIC offset / 16`), KVM's paravirtual
@@ -92,6 +92,91 @@ pub fn hypercall_name(nr: u64) -> Option<&'static str> {
     HYPERCALLS.iter().find(|(n, _)| *n == nr).map(|(_, s)| *s)
 }
 
+/// (number, name) of Xen's hypercalls (Xen's `xen/include/public/xen.h`), which KVM
+/// handles for a Xen guest whose VMM asked it to (KVM_XEN_HVM_CONFIG).
+const XEN_HYPERCALLS: &[(u64, &str)] = &[
+    (0, "__HYPERVISOR_set_trap_table"),
+    (1, "__HYPERVISOR_mmu_update"),
+    (2, "__HYPERVISOR_set_gdt"),
+    (3, "__HYPERVISOR_stack_switch"),
+    (4, "__HYPERVISOR_set_callbacks"),
+    (5, "__HYPERVISOR_fpu_taskswitch"),
+    (6, "__HYPERVISOR_sched_op_compat"),
+    (7, "__HYPERVISOR_platform_op"),
+    (8, "__HYPERVISOR_set_debugreg"),
+    (9, "__HYPERVISOR_get_debugreg"),
+    (10, "__HYPERVISOR_update_descriptor"),
+    (12, "__HYPERVISOR_memory_op"),
+    (13, "__HYPERVISOR_multicall"),
+    (14, "__HYPERVISOR_update_va_mapping"),
+    (15, "__HYPERVISOR_set_timer_op"),
+    (16, "__HYPERVISOR_event_channel_op_compat"),
+    (17, "__HYPERVISOR_xen_version"),
+    (18, "__HYPERVISOR_console_io"),
+    (19, "__HYPERVISOR_physdev_op_compat"),
+    (20, "__HYPERVISOR_grant_table_op"),
+    (21, "__HYPERVISOR_vm_assist"),
+    (22, "__HYPERVISOR_update_va_mapping_otherdomain"),
+    (23, "__HYPERVISOR_iret"),
+    (24, "__HYPERVISOR_vcpu_op"),
+    (25, "__HYPERVISOR_set_segment_base"),
+    (26, "__HYPERVISOR_mmuext_op"),
+    (27, "__HYPERVISOR_xsm_op"),
+    (28, "__HYPERVISOR_nmi_op"),
+    (29, "__HYPERVISOR_sched_op"),
+    (30, "__HYPERVISOR_callback_op"),
+    (31, "__HYPERVISOR_xenoprof_op"),
+    (32, "__HYPERVISOR_event_channel_op"),
+    (33, "__HYPERVISOR_physdev_op"),
+    (34, "__HYPERVISOR_hvm_op"),
+    (35, "__HYPERVISOR_sysctl"),
+    (36, "__HYPERVISOR_domctl"),
+    (37, "__HYPERVISOR_kexec_op"),
+    (38, "__HYPERVISOR_tmem_op"),
+    (39, "__HYPERVISOR_argo_op"),
+    (40, "__HYPERVISOR_xenpmu_op"),
+    (41, "__HYPERVISOR_dm_op"),
+    (42, "__HYPERVISOR_hypfs_op"),
+];
+
+/// (call code, name) of the Hyper-V hypercalls a guest makes of KVM (the kernel's
+/// `hyperv-tlfs.h`): those KVM handles, those it passes to the VMM, and the debugger's.
+const HV_HYPERCALLS: &[(u64, &str)] = &[
+    (0x0002, "HVCALL_FLUSH_VIRTUAL_ADDRESS_SPACE"),
+    (0x0003, "HVCALL_FLUSH_VIRTUAL_ADDRESS_LIST"),
+    (0x0008, "HVCALL_NOTIFY_LONG_SPIN_WAIT"),
+    (0x000b, "HVCALL_SEND_IPI"),
+    (0x0013, "HVCALL_FLUSH_VIRTUAL_ADDRESS_SPACE_EX"),
+    (0x0014, "HVCALL_FLUSH_VIRTUAL_ADDRESS_LIST_EX"),
+    (0x0015, "HVCALL_SEND_IPI_EX"),
+    (0x005c, "HVCALL_POST_MESSAGE"),
+    (0x005d, "HVCALL_SIGNAL_EVENT"),
+    (0x0069, "HVCALL_POST_DEBUG_DATA"),
+    (0x006a, "HVCALL_RETRIEVE_DEBUG_DATA"),
+    (0x006b, "HVCALL_RESET_DEBUG_SESSION"),
+    (0x007e, "HVCALL_RETARGET_INTERRUPT"),
+    (0x00af, "HVCALL_FLUSH_GUEST_PHYSICAL_ADDRESS_SPACE"),
+    (0x00b0, "HVCALL_FLUSH_GUEST_PHYSICAL_ADDRESS_LIST"),
+    (0x8001, "HV_EXT_CALL_QUERY_CAPABILITIES"),
+    (0x8003, "HV_EXT_CALL_MEMORY_HEAT_HINT"),
+];
+
+/// The name of Xen hypercall `nr`, if it is one.
+pub fn xen_hypercall_name(nr: u64) -> Option<&'static str> {
+    XEN_HYPERCALLS
+        .iter()
+        .find(|(n, _)| *n == nr)
+        .map(|(_, s)| *s)
+}
+
+/// The name of Hyper-V hypercall `code`, if well known.
+pub fn hv_hypercall_name(code: u64) -> Option<&'static str> {
+    HV_HYPERCALLS
+        .iter()
+        .find(|(n, _)| *n == code)
+        .map(|(_, s)| *s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,7 +187,21 @@ mod tests {
             assert!(MSRS[..i].iter().all(|(j, _)| j != index), "{name} twice");
             assert_eq!(msr_name(*index), Some(*name));
         }
+        for table in [HYPERCALLS, XEN_HYPERCALLS, HV_HYPERCALLS] {
+            for (i, (nr, name)) in table.iter().enumerate() {
+                assert!(table[..i].iter().all(|(m, _)| m != nr), "{name} twice");
+            }
+        }
         assert_eq!(hypercall_name(5), Some("KVM_HC_KICK_CPU"));
         assert_eq!((msr_name(0x1234), hypercall_name(0)), (None, None));
+    }
+
+    #[test]
+    fn each_abi_names_its_own_numbers() {
+        // 29 is nothing to KVM, Xen's sched_op; 8 Hyper-V's long spin wait.
+        assert_eq!(hypercall_name(29), None);
+        assert_eq!(xen_hypercall_name(29), Some("__HYPERVISOR_sched_op"));
+        assert_eq!(hv_hypercall_name(8), Some("HVCALL_NOTIFY_LONG_SPIN_WAIT"));
+        assert_eq!((xen_hypercall_name(11), hv_hypercall_name(1)), (None, None));
     }
 }

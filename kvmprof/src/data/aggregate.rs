@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use kvmprof_common::STAGES;
 use serde::{Deserialize, Serialize};
 
-use crate::data::model::{Access, Exit, Reason, Stage, Tally};
+use crate::data::model::{Access, Exit, HypercallAbi, Reason, Stage, Tally};
 use crate::data::v2deflate::{EncodeError, Encoder};
 
 /// Longest duration a histogram tracks (one hour); longer values are clamped to it.
@@ -106,7 +106,13 @@ pub enum IoSpace {
     Mmio,
     Msr,
     Cpuid,
+    /// KVM's own hypercalls, then Xen's and Hyper-V's ([`super::model::HypercallAbi`]): each
+    /// ABI numbers its calls its own way, so each is a space of its own.
     Hypercall,
+    #[serde(rename = "xen_hypercall")]
+    XenHypercall,
+    #[serde(rename = "hv_hypercall")]
+    HvHypercall,
     /// Guest pages of EPT violations and NPFs; `write` is set for a page whose fault became
     /// MMIO, clear for a fault-in.
     Page,
@@ -121,6 +127,8 @@ impl IoSpace {
             IoSpace::Msr => "msr",
             IoSpace::Cpuid => "cpuid",
             IoSpace::Hypercall => "hypercall",
+            IoSpace::XenHypercall => "xen_hypercall",
+            IoSpace::HvHypercall => "hv_hypercall",
             IoSpace::Page => "page",
         }
     }
@@ -130,7 +138,12 @@ impl IoSpace {
     pub fn is_detail(self) -> bool {
         matches!(
             self,
-            IoSpace::Msr | IoSpace::Cpuid | IoSpace::Hypercall | IoSpace::Page
+            IoSpace::Msr
+                | IoSpace::Cpuid
+                | IoSpace::Hypercall
+                | IoSpace::XenHypercall
+                | IoSpace::HvHypercall
+                | IoSpace::Page
         )
     }
 
@@ -146,7 +159,14 @@ impl IoSpace {
                 kvmprof_common::detail::cpuid_key(leaf, subleaf),
                 false,
             ),
-            Access::Hypercall { nr } => (IoSpace::Hypercall, nr, false),
+            Access::Hypercall { abi, nr } => {
+                let space = match abi {
+                    HypercallAbi::Kvm => IoSpace::Hypercall,
+                    HypercallAbi::Xen => IoSpace::XenHypercall,
+                    HypercallAbi::Hyperv => IoSpace::HvHypercall,
+                };
+                (space, nr, false)
+            }
             Access::Page { gpa } => (IoSpace::Page, gpa, false),
         }
     }
@@ -170,7 +190,10 @@ impl IoSpace {
             (IoSpace::Pio, false) => "in",
             (IoSpace::Mmio | IoSpace::Msr, true) => "write",
             (IoSpace::Mmio | IoSpace::Msr, false) => "read",
-            (IoSpace::Cpuid | IoSpace::Hypercall, _) => "-",
+            (
+                IoSpace::Cpuid | IoSpace::Hypercall | IoSpace::XenHypercall | IoSpace::HvHypercall,
+                _,
+            ) => "-",
             (IoSpace::Page, true) => "mmio",
             (IoSpace::Page, false) => "fault-in",
         }

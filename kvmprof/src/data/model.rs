@@ -95,6 +95,19 @@ pub struct Reason {
     pub code: u32,
 }
 
+/// Whose hypercall ABI a guest used: KVM's own, or Xen's or Hyper-V's, which KVM handles in
+/// their place for guests of those hypervisors (`kvmprof_common::flag::XEN`, `HYPERV`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum HypercallAbi {
+    #[default]
+    Kvm,
+    Xen,
+    Hyperv,
+}
+
 /// The I/O access that caused an exit, where known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Access {
@@ -122,8 +135,11 @@ pub enum Access {
         leaf: u32,
         subleaf: u32,
     },
-    /// `--detail`: a hypercall, by its number (RAX).
+    /// `--detail`: a hypercall, by its number (KVM's and Xen's: RAX; Hyper-V's: the call code).
     Hypercall {
+        /// Files from before Xen's and Hyper-V's hypercalls were told apart hold KVM's only.
+        #[serde(default)]
+        abi: HypercallAbi,
         nr: u64,
     },
     /// `--detail`: an EPT violation or NPF that faulted in guest-physical page `gpa` (one that

@@ -95,6 +95,8 @@ impl Facts {
             tp::KVM_MSR,
             tp::KVM_CPUID,
             tp::KVM_HYPERCALL,
+            tp::KVM_XEN_HYPERCALL,
+            tp::KVM_HV_HYPERCALL,
             tp::KVM_PAGE_FAULT,
         ];
         for tp in tp::ALL.iter().chain(&more) {

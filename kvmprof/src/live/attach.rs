@@ -372,16 +372,22 @@ fn attach_halts(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
     attach_classic(ebpf, wake)
 }
 
-/// `--detail`: `kvm:kvm_msr`, `kvm:kvm_cpuid`, `kvm:kvm_hypercall` and `kvm:kvm_page_fault`
-/// name the MSR, leaf, hypercall or guest page of their exits, and a second program on
-/// `kvm:kvm_exit` counts exits by guest RIP (`kvmprof_common::detail`), with their field
-/// offsets from this kernel's format files.
-/// Each that cannot be attached is named in the error; the others stay attached.
+/// `--detail`: `kvm:kvm_msr`, `kvm:kvm_cpuid`, `kvm:kvm_hypercall` (and Xen's and Hyper-V's)
+/// and `kvm:kvm_page_fault` name the MSR, leaf, hypercall or guest page of their exits, and a
+/// second program on `kvm:kvm_exit` counts exits by guest RIP (`kvmprof_common::detail`), with
+/// their field offsets from this kernel's format files.
+/// Each that cannot be attached is named in the error; the others stay attached. A kernel
+/// without the Xen or Hyper-V tracepoint was built without KVM's support of that ABI, so no
+/// guest of it makes such hypercalls: nothing to attach, nothing lost.
 fn attach_detail(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
     use kvmprof_common::detail::field;
     use names::tp;
     let (msr, cpuid, hcall, exit) = (tp::KVM_MSR, tp::KVM_CPUID, tp::KVM_HYPERCALL, tp::KVM_EXIT);
-    let fault = tp::KVM_PAGE_FAULT;
+    let (fault, xen, hv) = (
+        tp::KVM_PAGE_FAULT,
+        tp::KVM_XEN_HYPERCALL,
+        tp::KVM_HV_HYPERCALL,
+    );
     let fields: [(u32, &str, &str); field::LEN as usize] = [
         (field::MSR_WRITE, msr, "write"),
         (field::MSR_ECX, msr, "ecx"),
@@ -392,14 +398,16 @@ fn attach_detail(ebpf: &mut Ebpf, facts: &Facts) -> Result<()> {
         (field::EXIT_ISA, exit, "isa"),
         (field::EXIT_RIP, exit, "guest_rip"),
         (field::PAGE_FAULT_ADDRESS, fault, "fault_address"),
+        (field::XEN_HYPERCALL_NR, xen, "nr"),
+        (field::HV_HYPERCALL_CODE, hv, "code"),
     ];
-    let programs = [
-        (msr, programs_of(msr)?.classic),
-        (cpuid, programs_of(cpuid)?.classic),
-        (hcall, programs_of(hcall)?.classic),
-        (fault, programs_of(fault)?.classic),
-        (exit, names::RIP_PROGRAM),
-    ];
+    let abi_built_in = |tp: &str| ![xen, hv].contains(&tp) || facts.tracepoints.contains_key(tp);
+    let programs = [msr, cpuid, hcall, xen, hv, fault]
+        .into_iter()
+        .filter(|tp| abi_built_in(tp))
+        .map(|tp| Ok((tp, programs_of(tp)?.classic)))
+        .chain([Ok((exit, names::RIP_PROGRAM))])
+        .collect::<Result<Vec<_>>>()?;
     // Under PVM no exit opens before its port or MMIO access (IDENT), so there is no open
     // exit to file, and `kvm_exit` does not fire: nothing to attach.
     if !crate::backend::hooks(facts.vendor()).kvm_exit_fires {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use kvmprof_common::{flag, space, tally::NewSlot, Batch, ExitRecord, ThreadState, BATCH, STAGES};
 
-use crate::data::model::{Access, Exit, Reason, ReasonSpace};
+use crate::data::model::{Access, Exit, HypercallAbi, Reason, ReasonSpace};
 
 /// Collects the exits the kernel hands over, each exactly once: whole batches from the ring
 /// buffer, the records of batches still being filled on each CPU (read without writing,
@@ -142,7 +142,14 @@ pub fn to_exit(r: &ExitRecord, vcpu: Option<u32>) -> Exit {
         let (leaf, subleaf) = kvmprof_common::detail::cpuid_leaf(r.io_addr);
         Some(Access::Cpuid { leaf, subleaf })
     } else if r.flags & flag::HYPERCALL != 0 {
-        Some(Access::Hypercall { nr: r.io_addr })
+        let abi = if r.flags & flag::XEN != 0 {
+            HypercallAbi::Xen
+        } else if r.flags & flag::HYPERV != 0 {
+            HypercallAbi::Hyperv
+        } else {
+            HypercallAbi::Kvm
+        };
+        Some(Access::Hypercall { abi, nr: r.io_addr })
     } else if r.flags & flag::NPF != 0 {
         Some(Access::Page { gpa: r.io_addr })
     } else {

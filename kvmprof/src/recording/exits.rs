@@ -9,14 +9,14 @@
 //! ```
 //! `access`/`port` or `access`/`gpa` (with `size`, `write`) appear only when the access is
 //! known; with `--detail`, `"access":"msr","index":27,"write":false`, `"access":"cpuid",
-//! "leaf":1,"subleaf":0` or `"access":"hypercall","nr":5` name an exit's MSR, leaf or
-//! hypercall; `stages` holds only the stages measured. Version 1 called the access `space`, the
+//! "leaf":1,"subleaf":0` or `"access":"hypercall","nr":5` (`"abi":"xen"` or `"hyperv"` added
+//! for those guests' hypercalls) name an exit's MSR, leaf or hypercall; `stages` holds only the stages measured. Version 1 called the access `space`, the
 //! word `reason.space` (whose exit-reason table) also uses in the same line.
 use kvmprof_common::STAGES;
 use serde::Serialize;
 
 use crate::backend::reason_name;
-use crate::data::model::{Access, Exit, Reason, ReasonSpace, Stage};
+use crate::data::model::{Access, Exit, HypercallAbi, Reason, ReasonSpace, Stage};
 
 /// Bumped when a field changes meaning or goes away (2: the access is `access`, not `space`).
 pub const SCHEMA_VERSION: u32 = 2;
@@ -71,12 +71,19 @@ enum FlatAccess {
         subleaf: u32,
     },
     Hypercall {
+        /// Absent for KVM's own hypercalls, as before Xen's and Hyper-V's were told apart.
+        #[serde(skip_serializing_if = "is_kvm")]
+        abi: HypercallAbi,
         nr: u64,
     },
     /// `--detail`: a fault-in of this guest page.
     Page {
         gpa: u64,
     },
+}
+
+fn is_kvm(abi: &HypercallAbi) -> bool {
+    *abi == HypercallAbi::Kvm
 }
 
 /// The measured stages by name, in the order of the exit cycle.
@@ -122,7 +129,7 @@ impl From<&Exit> for Line {
                 },
                 Access::Msr { index, write } => FlatAccess::Msr { index, write },
                 Access::Cpuid { leaf, subleaf } => FlatAccess::Cpuid { leaf, subleaf },
-                Access::Hypercall { nr } => FlatAccess::Hypercall { nr },
+                Access::Hypercall { abi, nr } => FlatAccess::Hypercall { abi, nr },
                 Access::Page { gpa } => FlatAccess::Page { gpa },
             }),
             stages: Stages(e.stages),

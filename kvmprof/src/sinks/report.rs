@@ -286,6 +286,8 @@ fn detail_name(space: IoSpace, key: u64) -> Option<String> {
             Some(format!("leaf {leaf:#x} subleaf {subleaf:#x}"))
         }
         IoSpace::Hypercall => x86::hypercall_name(key).map(str::to_owned),
+        IoSpace::XenHypercall => x86::xen_hypercall_name(key).map(str::to_owned),
+        IoSpace::HvHypercall => x86::hv_hypercall_name(key).map(str::to_owned),
         IoSpace::Pio | IoSpace::Mmio | IoSpace::Page => None,
     }
 }
@@ -866,7 +868,7 @@ fn rips_table(out: &mut String, r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::model::{Access, Exit};
+    use crate::data::model::{Access, Exit, HypercallAbi};
     use crate::data::target::Target;
     use crate::testdata::{self, IO, SEC};
     use kvmprof_common::STAGES;
@@ -1008,7 +1010,25 @@ mod tests {
                 }),
             ),
             (5, CPUID, 500, None),
-            (2, CPUID, 700, Some(Access::Hypercall { nr: 5 })),
+            (
+                2,
+                CPUID,
+                700,
+                Some(Access::Hypercall {
+                    abi: HypercallAbi::Kvm,
+                    nr: 5,
+                }),
+            ),
+            // Xen's 5 is another call than KVM's 5: a row of its own.
+            (
+                3,
+                CPUID,
+                700,
+                Some(Access::Hypercall {
+                    abi: HypercallAbi::Xen,
+                    nr: 5,
+                }),
+            ),
         ];
         for (n, reason, ns, access) in detail {
             for _ in 0..n {
@@ -1049,14 +1069,23 @@ mod tests {
             row(IoSpace::Cpuid, leaf1),
             Some((
                 20,
-                20.0 / 27.0,
+                20.0 / 30.0,
                 Some(500),
                 Some("leaf 0x1 subleaf 0x0".into())
             ))
         );
         assert_eq!(
             row(IoSpace::Hypercall, 5),
-            Some((2, 2.0 / 27.0, Some(700), Some("KVM_HC_KICK_CPU".into())))
+            Some((2, 2.0 / 30.0, Some(700), Some("KVM_HC_KICK_CPU".into())))
+        );
+        assert_eq!(
+            row(IoSpace::XenHypercall, 5),
+            Some((
+                3,
+                3.0 / 30.0,
+                Some(700),
+                Some("__HYPERVISOR_fpu_taskswitch".into())
+            ))
         );
         let t = render(&h, &a, By::Reason, Format::Table);
         let ports = t
@@ -1066,7 +1095,7 @@ mod tests {
         let ports = ports.split("MSRs, CPUID").next().unwrap_or_default();
         assert!(!ports.contains("msr") && !ports.contains("cpuid"), "{t}");
         assert!(
-            t.contains("MSRs, CPUID leaves and hypercalls (top 4 of 4)"),
+            t.contains("MSRs, CPUID leaves and hypercalls (top 5 of 5)"),
             "{t}"
         );
         let line = t
