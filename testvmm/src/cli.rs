@@ -55,11 +55,13 @@ pub struct WorkloadArgs {
     /// totals. Refused on KVM's PVM backend, which cannot run them from a real-mode guest.
     #[arg(long)]
     pub hypercall: Option<u64>,
-    /// The hypercalls go by Xen's ABI (Xen's `sched_op`, 29, SCHEDOP_yield), the VMM having
-    /// asked KVM to handle Xen hypercalls, as a VMM of Xen guests does: handled in the kernel
-    /// (`kvm_xen_hypercall`). Needs a kernel built with CONFIG_KVM_XEN.
-    #[arg(long)]
-    pub xen_hypercalls: bool,
+    /// Whose ABI the hypercalls go by: KVM's; Xen's (`sched_op`, 29), the VMM having asked
+    /// KVM to handle Xen hypercalls, as a VMM of Xen guests does (needs CONFIG_KVM_XEN); or
+    /// Hyper-V's (HvCallNotifyLongSpinWait, 8), the vCPUs given Hyper-V's CPUID signature, as
+    /// a VMM of Windows guests does, the guest with CR0.PE set (no --halts, --npf-pages).
+    /// Handled in the kernel either way.
+    #[arg(long, value_enum)]
+    pub hypercall_abi: Option<crate::HypercallAbi>,
     /// Fresh guest pages vCPU 0 writes once each before its first round (at most 128, from
     /// guest-physical 0x20000): one EPT violation or NPF each on VMX and SVM, a fault-in,
     /// counted as "npf_pages", outside the totals.
@@ -83,7 +85,7 @@ impl WorkloadArgs {
             msr_write: self.msr_write.unwrap_or(base.msr_write),
             cpuid: self.cpuid.unwrap_or(base.cpuid),
             hypercall: self.hypercall.unwrap_or(base.hypercall),
-            xen_hypercalls: self.xen_hypercalls || base.xen_hypercalls,
+            hypercall_abi: self.hypercall_abi.unwrap_or(base.hypercall_abi),
             npf_pages: self.npf_pages.unwrap_or(base.npf_pages),
             ..base
         }
@@ -95,7 +97,7 @@ pub fn args(w: &Workload) -> String {
     format!(
         "--vcpus {} --pio-user {} --pio-kernel {} --mmio {} --mmio-span {} --pio-in {} \
          --pio-device {} --halts {} --msr-read {} --msr-write {} --cpuid {} --hypercall {} \
-         --npf-pages {}{}",
+         --npf-pages {} --hypercall-abi {}",
         w.vcpus,
         w.pio_user,
         w.pio_kernel,
@@ -109,11 +111,7 @@ pub fn args(w: &Workload) -> String {
         w.cpuid,
         w.hypercall,
         w.npf_pages,
-        if w.xen_hypercalls {
-            " --xen-hypercalls"
-        } else {
-            ""
-        }
+        w.hypercall_abi.name()
     )
 }
 

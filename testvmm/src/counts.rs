@@ -166,7 +166,7 @@ pub struct Ports {
     /// The hypercall number (EAX) of the guest's hypercalls.
     #[serde(default)]
     pub hypercall_nr: u32,
-    /// Whose ABI numbers them: "kvm", or "xen" (`--xen-hypercalls`).
+    /// Whose ABI numbers them: "kvm", "xen" or "hyperv" (`--hypercall-abi`).
     #[serde(default)]
     pub hypercall_abi: String,
     /// The hypercall instruction the guest ran: "vmcall" (Intel VMX), "vmmcall" (AMD SVM), or
@@ -231,12 +231,10 @@ impl Counts {
                 msr_write_value: guest::MSR_WRITE_VALUE,
                 cpuid_leaves: guest::CPUID_LEAVES.to_vec(),
                 hypercall_nr: hypercall.map_or(guest::HYPERCALL_NR, |h| h.nr()),
-                hypercall_abi: if hypercall.is_some_and(|h| h.xen) {
-                    "xen"
-                } else {
-                    "kvm"
-                }
-                .to_string(),
+                hypercall_abi: hypercall
+                    .map_or(guest::Abi::Kvm, |h| h.abi)
+                    .name()
+                    .to_string(),
                 hypercall_insn: match hypercall.map(|h| h.insn) {
                     Some(guest::VMCALL) => "vmcall",
                     Some(guest::VMMCALL) => "vmmcall",
@@ -329,7 +327,7 @@ mod tests {
             Duration::ZERO,
             Some(guest::Hypercall {
                 insn: guest::VMMCALL,
-                xen: true,
+                abi: guest::Abi::Xen,
             }),
         );
         assert_eq!(c.total.cpuid, [10, 10]);

@@ -79,26 +79,60 @@ pub const CPUID_LEAVES: [u32; 2] = [0, 1];
 /// numbers), so KVM answers -KVM_ENOSYS in EAX in the kernel; the guest runs at CPL 0, so no
 /// -KVM_EPERM either, and only KVM_HC_MAP_GPA_RANGE could exit to userspace.
 pub const HYPERCALL_NR: u32 = 0x7e57;
-/// With `--xen-hypercalls`, the hypercall loop's number instead: Xen's `sched_op`. KVM
+/// With `--hypercall-abi xen`, the hypercall loop's number instead: Xen's `sched_op`. KVM
 /// handles it in the kernel (`kvm_xen_hypercall`) for a VM whose VMM asked it to intercept
 /// Xen hypercalls; EBX (the command) is 0 there, SCHEDOP_yield: the `user PIO` loop ends
-/// with EBX 0, and the `cpuid`s of an empty CPUID table answer EBX 0 too.
+/// with EBX 0, and the `cpuid`s of a CPUID table without leaf 0 answer EBX 0 too.
 pub const XEN_SCHED_OP: u32 = 29;
+/// With `--hypercall-abi hyperv`, the call code in EAX (EDX:EAX is the control input of a
+/// 32-bit caller): HvCallNotifyLongSpinWait, which KVM handles in the kernel
+/// (`kvm_hv_hypercall`), answering an error status when EDX (a port, from the PIO loops)
+/// names a rep count. Hyper-V's hypercalls #UD in real mode: see [`protected_mode`].
+pub const HV_NOTIFY_LONG_SPIN_WAIT: u32 = 0x0008;
+
+/// Whose hypercall ABI the hypercall loop uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Abi {
+    /// KVM's own: [`HYPERCALL_NR`], answered -KVM_ENOSYS.
+    #[default]
+    Kvm,
+    /// Xen's ([`XEN_SCHED_OP`]), the VMM having asked KVM to handle Xen hypercalls, as a VMM
+    /// of Xen guests does (needs a kernel built with CONFIG_KVM_XEN).
+    Xen,
+    /// Hyper-V's ([`HV_NOTIFY_LONG_SPIN_WAIT`]), the VMM having given the vCPUs Hyper-V's
+    /// CPUID signature and a guest OS id, as a VMM of Windows guests does; the guest runs
+    /// with CR0.PE set (see [`protected_mode`]).
+    Hyperv,
+}
+
+impl Abi {
+    /// The name counts and reports give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Abi::Kvm => "kvm",
+            Abi::Xen => "xen",
+            Abi::Hyperv => "hyperv",
+        }
+    }
+}
+
 /// The hypercalls of the hypercall loop: the instruction KVM's backend intercepts, and whose
-/// ABI (KVM's own, or Xen's) numbers them.
+/// ABI numbers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hypercall {
     pub insn: [u8; 3],
-    pub xen: bool,
+    pub abi: Abi,
 }
 
 impl Hypercall {
     /// The number (EAX) of the loop's hypercalls.
     pub fn nr(self) -> u32 {
-        if self.xen {
-            XEN_SCHED_OP
-        } else {
-            HYPERCALL_NR
+        match self.abi {
+            Abi::Kvm => HYPERCALL_NR,
+            Abi::Xen => XEN_SCHED_OP,
+            Abi::Hyperv => HV_NOTIFY_LONG_SPIN_WAIT,
         }
     }
 }
@@ -746,7 +780,7 @@ pub fn round_regs(round: &Round, vcpu: u32) -> kvm_regs {
 /// [`MMIO_ADDR`] so `mov [bx], al` hits the MMIO hole, ES at [`NPF_ADDR`] for the page loop,
 /// SS at 0 so an interrupt's pushes land in RAM (KVM resets it so; set here so it does not
 /// depend on that).
-pub fn setup_sregs(sregs: &mut kvm_sregs) {
+pub fn setup_sregs(sregs: &mut kvm_sregs, abi: Abi) {
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
     sregs.ss.base = 0;
@@ -758,6 +792,21 @@ pub fn setup_sregs(sregs: &mut kvm_sregs) {
     sregs.ds.selector = (MMIO_ADDR >> 4) as u16;
     sregs.es.base = NPF_ADDR;
     sregs.es.selector = (NPF_ADDR >> 4) as u16;
+    if protected_mode(abi) {
+        sregs.cr0 |= CR0_PE;
+    }
+}
+
+const CR0_PE: u64 = 1;
+
+/// Whether the guest runs with CR0.PE set: for Hyper-V's hypercalls, which KVM answers with
+/// #UD in real mode. The code stays the same: it never loads a segment register outside the
+/// page loop, so the 16-bit segments of real mode, cached in the vCPU, carry on unchanged
+/// (CPL 0), as between a real-mode kernel's `mov cr0` and its far jump. Its halts, whose
+/// interrupt would go through a protected-mode IDT, and its page loop (`mov es`) cannot
+/// run then.
+pub fn protected_mode(abi: Abi) -> bool {
+    abi == Abi::Hyperv
 }
 
 #[cfg(test)]
@@ -1007,7 +1056,7 @@ mod tests {
 
     fn run_from(regs: &kvm_regs, round: Round) -> Vec<Event> {
         let mut sregs = kvm_sregs::default();
-        setup_sregs(&mut sregs);
+        setup_sregs(&mut sregs, Abi::Kvm);
         interpret(regs, &sregs, detail_counts(&round), npf_end(&round))
     }
 
@@ -1274,15 +1323,15 @@ mod tests {
 
     #[test]
     fn the_hypercall_instruction_is_patched_in_place() {
-        let call = |insn, xen| code(Hypercall { insn, xen });
-        let amd = call(VMMCALL, false);
+        let call = |insn, abi| code(Hypercall { insn, abi });
+        let amd = call(VMMCALL, Abi::Kvm);
         assert_eq!(&amd[HYPERCALL_AT..HYPERCALL_AT + 3], VMMCALL);
         assert_eq!(amd[..HYPERCALL_AT], CODE[..HYPERCALL_AT]);
         assert_eq!(amd[HYPERCALL_AT + 3..], CODE[HYPERCALL_AT + 3..]);
-        assert_eq!(call(VMCALL, false), CODE);
+        assert_eq!(call(VMCALL, Abi::Kvm), CODE);
         assert_eq!(HYPERCALL_RIP, CODE_ADDR + 0xa4);
         // Xen's number goes in the `mov eax` right before, and nothing else moves.
-        let xen = call(VMCALL, true);
+        let xen = call(VMCALL, Abi::Xen);
         assert_eq!(
             CODE[HYPERCALL_NR_AT..HYPERCALL_AT],
             HYPERCALL_NR.to_le_bytes()
@@ -1294,6 +1343,11 @@ mod tests {
         );
         assert_eq!(xen[..HYPERCALL_NR_AT], CODE[..HYPERCALL_NR_AT]);
         assert_eq!(xen[HYPERCALL_AT..], CODE[HYPERCALL_AT..]);
+        let hv = call(VMCALL, Abi::Hyperv);
+        assert_eq!(
+            hv[HYPERCALL_NR_AT..HYPERCALL_AT],
+            HV_NOTIFY_LONG_SPIN_WAIT.to_le_bytes()
+        );
     }
 
     #[test]

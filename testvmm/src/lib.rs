@@ -56,12 +56,13 @@ use serde::{Deserialize, Serialize};
 pub use counts::{Counts, ExitCounts, Ports, VcpuCounts};
 pub use exitlog::{Call, Outcome};
 pub use guest::{
-    npf_pages, CODE_ADDR, CPUID_LEAVES, CPUID_RIPS, DETAIL_COUNTS_ADDR, HALT_RIP, HLT_RIP,
-    HYPERCALL_NR, HYPERCALL_RIP, MAX_HALTS, MAX_NPF_PAGES, MAX_VCPUS, MMIO_ADDR, MMIO_RIP,
-    MSR_READ, MSR_WRITE, MSR_WRITE_VALUE, NPF_ADDR, NPF_RIP, PIO_DEVICE_PORTS, PIO_DEVICE_RIPS,
-    PIO_DONE_PORT, PIO_DONE_RIP, PIO_IN_PORT, PIO_IN_RIP, PIO_IN_VALUE, PIO_KERNEL_PORT_BASE,
-    PIO_KERNEL_RIP, PIO_MIXED_IN_PORT, PIO_MIXED_IN_RIP, PIO_MIXED_OUT_PORT, PIO_MIXED_OUT_RIP,
-    PIO_USER_PORT, PIO_USER_RIP, RDMSR_RIP, VMCALL, VMMCALL, WRMSR_RIP, XEN_SCHED_OP,
+    npf_pages, Abi as HypercallAbi, CODE_ADDR, CPUID_LEAVES, CPUID_RIPS, DETAIL_COUNTS_ADDR,
+    HALT_RIP, HLT_RIP, HV_NOTIFY_LONG_SPIN_WAIT, HYPERCALL_NR, HYPERCALL_RIP, MAX_HALTS,
+    MAX_NPF_PAGES, MAX_VCPUS, MMIO_ADDR, MMIO_RIP, MSR_READ, MSR_WRITE, MSR_WRITE_VALUE, NPF_ADDR,
+    NPF_RIP, PIO_DEVICE_PORTS, PIO_DEVICE_RIPS, PIO_DONE_PORT, PIO_DONE_RIP, PIO_IN_PORT,
+    PIO_IN_RIP, PIO_IN_VALUE, PIO_KERNEL_PORT_BASE, PIO_KERNEL_RIP, PIO_MIXED_IN_PORT,
+    PIO_MIXED_IN_RIP, PIO_MIXED_OUT_PORT, PIO_MIXED_OUT_RIP, PIO_USER_PORT, PIO_USER_RIP,
+    RDMSR_RIP, VMCALL, VMMCALL, WRMSR_RIP, XEN_SCHED_OP,
 };
 pub use ready::{Ready, ReadyVcpu};
 pub use vcpu::kick_signal;
@@ -104,10 +105,11 @@ pub struct Workload {
     /// Hypercalls [`HYPERCALL_NR`], each answered by KVM in the kernel (-KVM_ENOSYS). Needs
     /// KVM on Intel VMX or AMD SVM: refused elsewhere (PVM) before the guest starts.
     pub hypercall: u64,
-    /// The hypercalls go by Xen's ABI: [`XEN_SCHED_OP`] (`sched_op(SCHEDOP_yield)`), which KVM
-    /// handles in the kernel once the VMM asks it to handle Xen hypercalls (KVM_XEN_HVM_CONFIG;
-    /// refused by kernels built without CONFIG_KVM_XEN).
-    pub xen_hypercalls: bool,
+    /// Whose ABI the hypercalls go by: KVM's, Xen's ([`XEN_SCHED_OP`], KVM asked to handle
+    /// Xen hypercalls; refused by kernels built without CONFIG_KVM_XEN) or Hyper-V's
+    /// ([`HV_NOTIFY_LONG_SPIN_WAIT`], the vCPUs given Hyper-V's CPUID signature; the guest
+    /// in protected mode, so without halts or fresh pages).
+    pub hypercall_abi: HypercallAbi,
     /// Fresh guest pages (from [`NPF_ADDR`], at most [`MAX_NPF_PAGES`]) that vCPU 0 writes
     /// once each before its first round: on Intel VMX and AMD SVM each is one EPT violation or
     /// NPF that faults the page in (see [`ExitCounts::npf_pages`]).
@@ -156,7 +158,7 @@ impl Workload {
         msr_write: 0,
         cpuid: 0,
         hypercall: 0,
-        xen_hypercalls: false,
+        hypercall_abi: HypercallAbi::Kvm,
         npf_pages: 0,
         halt_tick_us: 1000,
         pio_in_delay_ms: 0,

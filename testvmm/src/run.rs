@@ -164,6 +164,11 @@ fn plan_on(w: &Workload, backend: impl FnOnce() -> backend::Backend) -> Result<P
             )
         })?;
     ensure!(
+        !guest::protected_mode(w.hypercall_abi) || (halts == 0 && w.npf_pages == 0),
+        "Hyper-V's hypercalls need the guest in protected mode, where its halts and page loop \
+         cannot run: no --halts or --npf-pages with --hypercall-abi hyperv"
+    );
+    ensure!(
         halts == 0 || w.halt_tick_us > 0,
         "halt_tick must be at least 1 µs (the waker would spin)"
     );
@@ -210,7 +215,7 @@ fn plan_on(w: &Workload, backend: impl FnOnce() -> backend::Backend) -> Result<P
             } else {
                 guest::VMCALL
             },
-            xen: w.xen_hypercalls,
+            abi: w.hypercall_abi,
         },
         forever: w.forever,
         rate: w.rate,
@@ -376,11 +381,22 @@ mod tests {
             guest::VMCALL
         );
         let xen = Workload {
-            xen_hypercalls: true,
+            hypercall_abi: guest::Abi::Xen,
             ..w.clone()
         };
         let p = plan_on(&xen, || Backend::Vmx).unwrap();
         assert_eq!(p.hypercall.nr(), guest::XEN_SCHED_OP);
+        // Hyper-V's need protected mode, where halts and the page loop cannot run.
+        for (halts, npf_pages) in [(1, 0), (0, 1)] {
+            let hv = Workload {
+                hypercall_abi: guest::Abi::Hyperv,
+                halts,
+                npf_pages,
+                ..w.clone()
+            };
+            let e = plan_on(&hv, || Backend::Svm).unwrap_err().to_string();
+            assert!(e.contains("--hypercall-abi hyperv"), "{e}");
+        }
         let e = plan_on(&w, || Backend::Pvm).unwrap_err().to_string();
         assert!(e.contains("PVM"), "{e}");
         // Without hypercalls the backend is not even asked.

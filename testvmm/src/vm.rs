@@ -5,8 +5,8 @@ use std::ptr::{self, NonNull};
 
 use anyhow::{Context, Result};
 use kvm_bindings::{
-    kvm_irqchip, kvm_mp_state, kvm_userspace_memory_region, KVM_IRQCHIP_PIC_MASTER,
-    KVM_MP_STATE_RUNNABLE,
+    kvm_cpuid_entry2, kvm_irqchip, kvm_mp_state, kvm_msr_entry, kvm_userspace_memory_region, CpuId,
+    Msrs, KVM_IRQCHIP_PIC_MASTER, KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -46,8 +46,15 @@ impl Machine {
     ) -> Result<(Machine, Vec<Vcpu>)> {
         let kvm = Kvm::new().context("open /dev/kvm")?;
         let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
-        if hypercall.xen {
+        if hypercall.abi == guest::Abi::Xen {
             intercept_xen_hypercalls(&vm)?;
+        }
+        if hypercall.abi == guest::Abi::Hyperv {
+            anyhow::ensure!(
+                kvm.check_extension(kvm_ioctls::Cap::Hyperv),
+                "this kernel's KVM cannot handle Hyper-V hypercalls (built without \
+                 CONFIG_KVM_HYPERV)"
+            );
         }
         if irqchip {
             vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
@@ -81,7 +88,7 @@ impl Machine {
             n => Some(npf_slot(&vm, n)?),
         };
         let vcpus = (0..vcpus)
-            .map(|index| create_vcpu(&vm, index, irqchip))
+            .map(|index| create_vcpu(&vm, index, irqchip, hypercall.abi))
             .collect::<Result<Vec<_>>>()?;
         Ok((
             Machine {
@@ -208,7 +215,7 @@ fn npf_slot(vm: &VmFd, n: u32) -> Result<Ram> {
     Ok(ram)
 }
 
-fn create_vcpu(vm: &VmFd, index: u32, irqchip: bool) -> Result<Vcpu> {
+fn create_vcpu(vm: &VmFd, index: u32, irqchip: bool, abi: guest::Abi) -> Result<Vcpu> {
     let fd = vm
         .create_vcpu(index.into())
         .with_context(|| format!("KVM_CREATE_VCPU {index}"))?;
@@ -221,8 +228,11 @@ fn create_vcpu(vm: &VmFd, index: u32, irqchip: bool) -> Result<Vcpu> {
         .with_context(|| format!("KVM_SET_MP_STATE on vCPU {index}"))?;
     }
     let mut sregs = fd.get_sregs().context("KVM_GET_SREGS")?;
-    guest::setup_sregs(&mut sregs);
+    guest::setup_sregs(&mut sregs, abi);
     fd.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+    if abi == guest::Abi::Hyperv {
+        enable_hyperv(&fd)?;
+    }
     let ioeventfd = EventFd::new(EFD_NONBLOCK).context("eventfd")?;
     let kernel_port = guest::kernel_port(index);
     // No datamatch: every `out` to the port, whatever its value, is counted.
@@ -238,6 +248,44 @@ fn create_vcpu(vm: &VmFd, index: u32, irqchip: bool) -> Result<Vcpu> {
         ioeventfd,
         kernel_port,
     })
+}
+
+/// Hyper-V's CPUID leaves (its vendor and interface leaves).
+const HYPERV_CPUID_VENDOR: u32 = 0x4000_0000;
+const HYPERV_CPUID_INTERFACE: u32 = 0x4000_0001;
+/// HV_X64_MSR_GUEST_OS_ID, and what the VMM writes to it: Linux's vendor id (0x8100 in the top
+/// bits). Any value but 0 enables the partition's hypercalls.
+const HV_X64_MSR_GUEST_OS_ID: u32 = 0x4000_0000;
+const GUEST_OS_ID: u64 = 0x8100_0000_0000_0000;
+
+/// Makes KVM handle the vCPU's hypercalls by Hyper-V's ABI (`kvm_hv_hypercall`), as for a
+/// Windows guest: Hyper-V's signature in its CPUID ("Hv#1" in the interface leaf) and a guest
+/// OS id, set by the VMM as one restoring such a guest would (the guest could write it too).
+fn enable_hyperv(fd: &VcpuFd) -> Result<()> {
+    let leaf = |function, regs: [&[u8; 4]; 4]| kvm_cpuid_entry2 {
+        function,
+        eax: u32::from_le_bytes(*regs[0]),
+        ebx: u32::from_le_bytes(*regs[1]),
+        ecx: u32::from_le_bytes(*regs[2]),
+        edx: u32::from_le_bytes(*regs[3]),
+        ..Default::default()
+    };
+    let top = HYPERV_CPUID_INTERFACE.to_le_bytes();
+    let cpuid = CpuId::from_entries(&[
+        leaf(HYPERV_CPUID_VENDOR, [&top, b"Micr", b"osof", b"t Hv"]),
+        leaf(HYPERV_CPUID_INTERFACE, [b"Hv#1", &[0; 4], &[0; 4], &[0; 4]]),
+    ])
+    .map_err(|e| anyhow::anyhow!("Hyper-V's CPUID table: {e:?}"))?;
+    fd.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
+    let msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index: HV_X64_MSR_GUEST_OS_ID,
+        data: GUEST_OS_ID,
+        ..Default::default()
+    }])
+    .map_err(|e| anyhow::anyhow!("Hyper-V's guest OS id: {e:?}"))?;
+    let set = fd.set_msrs(&msrs).context("KVM_SET_MSRS")?;
+    anyhow::ensure!(set == 1, "KVM refused Hyper-V's guest OS id MSR");
+    Ok(())
 }
 
 /// Anonymous host memory backing the guest's RAM slot.

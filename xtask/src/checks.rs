@@ -262,8 +262,14 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
     list.push(check(
         "kvmprof_xen_hypercalls",
         None,
-        crate::check_xen::script(),
-        crate::check_xen::verify,
+        crate::check_hypercall_abi::script(kvmprof_testvmm::HypercallAbi::Xen),
+        crate::check_hypercall_abi::verify_xen,
+    ));
+    list.push(check(
+        "kvmprof_hv_hypercalls",
+        None,
+        crate::check_hypercall_abi::script(kvmprof_testvmm::HypercallAbi::Hyperv),
+        crate::check_hypercall_abi::verify_hyperv,
     ));
     list.push(check("kvm_stats", None, kvm_stats_script(), kvm_stats));
     list.push(check(

@@ -7,7 +7,7 @@ mod check_device;
 mod check_func;
 mod check_funcs;
 mod check_halts;
-mod check_xen;
+mod check_hypercall_abi;
 mod checks;
 mod deb;
 mod setup;
