@@ -86,9 +86,10 @@ pub struct HookArgs {
     #[arg(long)]
     stages: bool,
     /// Also file MSR exits by MSR index and direction, CPUID exits by leaf and subleaf,
-    /// hypercalls by number, EPT violations and NPFs by guest page, fault-in or MMIO
-    /// (`kvm:kvm_msr`, `kvm:kvm_cpuid`, `kvm:kvm_hypercall`, `kvm:kvm_page_fault`: a program
-    /// on those exits only) and count every exit by guest RIP (a second program on
+    /// hypercalls by number (KVM's, Xen's, Hyper-V's), EPT violations and NPFs by guest page,
+    /// fault-in or MMIO (`kvm:kvm_msr`, `kvm:kvm_cpuid`, `kvm:kvm_hypercall`,
+    /// `kvm:kvm_xen_hypercall`, `kvm:kvm_hv_hypercall`, `kvm:kvm_page_fault`: a program on
+    /// those exits only) and count every exit by guest RIP (a second program on
     /// `kvm:kvm_exit`). Intel VMX and AMD SVM. `top` shows them in a row's panel (Enter) and,
     /// with --batch, after each frame; `serve` as kvmprof_exit_detail_total.
     #[arg(long)]
