@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::checks::{ensure_as_made, parse_json, port_sum, Captured, Check, Hooks, Notes, Vendor};
 
-const DETAIL: Workload = Workload {
+pub(crate) const DETAIL: Workload = Workload {
     vcpus: 1,
     pio_user: 10,
     msr_read: 300,

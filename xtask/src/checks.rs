@@ -260,6 +260,12 @@ pub fn checks(vendor: Vendor) -> Vec<Check> {
         crate::check_funcs::verify,
     ));
     list.push(check(
+        "kvmprof_serve_detail",
+        None,
+        crate::check_serve_detail::script(),
+        crate::check_serve_detail::verify,
+    ));
+    list.push(check(
         "kvmprof_xen_hypercalls",
         None,
         crate::check_hypercall_abi::script(kvmprof_testvmm::HypercallAbi::Xen),

@@ -8,6 +8,7 @@ mod check_func;
 mod check_funcs;
 mod check_halts;
 mod check_hypercall_abi;
+mod check_serve_detail;
 mod checks;
 mod deb;
 mod setup;
