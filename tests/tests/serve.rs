@@ -245,21 +245,15 @@ fn prometheus_gets_the_exact_exit_count_and_the_p99_bucket_of_the_test_vmm() {
         .iter()
         .find(|g| g["stages"].is_array())
         .expect("a group");
-    let p99_ns = group["stages"]
+    let cycle = group["stages"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["stage"] == "cycle")
-        .and_then(|s| s["p99_ns"].as_u64())
         .expect("record measured the cycle");
+    let p99_ns = cycle["p99_ns"].as_u64().expect("the cycle's p99");
     let p99 = p99_ns as f64 / 1e9;
-    let record_mean_ns = group["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == "cycle")
-        .and_then(|s| s["mean_ns"].as_f64())
-        .expect("record's mean cycle");
+    let record_mean_ns = cycle["mean_ns"].as_f64().expect("the cycle's mean");
 
     let quantile = format!(
         "histogram_quantile(0.99, sum by (le) \

@@ -78,7 +78,6 @@ pub fn verify_top(_: &Check, c: &Captured) -> Result<Notes> {
     let made: Counts =
         serde_json::from_value(parse_json(vmm)?).context("not the test VMM's counts")?;
     let last = top.rsplit("kvmprof top").next().unwrap_or_default();
-    let (t, at) = (&made.total, &made.ports);
     // pid, space, key, dir, count: one line per key, under its reason's row.
     let count = |space: &str, key: String, dir: &str| -> u64 {
         last.lines()
@@ -87,6 +86,19 @@ pub fn verify_top(_: &Check, c: &Captured) -> Result<Notes> {
             .filter_map(|c| c[4].parse::<u64>().ok())
             .sum()
     };
+    ensure_as_made(&keyed("top: ", &made, count)?)?;
+    Ok(Vec::new())
+}
+
+/// `(what, got, made)` of each MSR and direction, CPUID leaf and hypercall number of the
+/// guest, `count(space, key, dir)` giving a table's count of a key as `top` and `serve`
+/// spell it (`0x1b`, `0x1/0x0`, dir `-` where there is none).
+pub(crate) fn keyed(
+    what: &str,
+    made: &Counts,
+    count: impl Fn(&str, String, &str) -> u64,
+) -> Result<Vec<(String, u64, u64)>> {
+    let (t, at) = (&made.total, &made.ports);
     let leaf = |i: usize| -> Result<String> {
         let leaf = at
             .cpuid_leaves
@@ -94,41 +106,42 @@ pub fn verify_top(_: &Check, c: &Captured) -> Result<Notes> {
             .context("the VMM names no cpuid leaf")?;
         Ok(format!("{leaf:#x}/0x0"))
     };
-    let expected = [
+    let (msr_read, msr_write) = (
+        format!("{:#x}", at.msr_read),
+        format!("{:#x}", at.msr_write),
+    );
+    let hypercall = format!("{:#x}", at.hypercall_nr);
+    Ok(vec![
         (
-            format!("top: msr {:#x} read", at.msr_read),
-            count("msr", format!("{:#x}", at.msr_read), "read"),
+            format!("{what}msr {msr_read} read"),
+            count("msr", msr_read, "read"),
             t.msr_read,
         ),
         (
-            format!("top: msr {:#x} write", at.msr_write),
-            count("msr", format!("{:#x}", at.msr_write), "write"),
+            format!("{what}msr {msr_write} write"),
+            count("msr", msr_write, "write"),
             t.msr_write,
         ),
         (
-            "top: cpuid leaf 0".into(),
+            format!("{what}cpuid leaf 0"),
             count("cpuid", leaf(0)?, "-"),
             t.cpuid[0],
         ),
         (
-            "top: cpuid leaf 1".into(),
+            format!("{what}cpuid leaf 1"),
             count("cpuid", leaf(1)?, "-"),
             t.cpuid[1],
         ),
         (
-            format!("top: hypercall {:#x}", at.hypercall_nr),
-            count("hypercall", format!("{:#x}", at.hypercall_nr), "-"),
+            format!("{what}hypercall {hypercall}"),
+            count("hypercall", hypercall, "-"),
             t.hypercall,
         ),
-    ];
-    ensure_as_made(&expected)?;
-    Ok(Vec::new())
+    ])
 }
 
 pub fn verify(check: &Check, c: &Captured) -> Result<Notes> {
-    let json = parse_json(&c.stdout)?;
-    let made: Counts =
-        serde_json::from_value(json["vmm"].clone()).context("not the test VMM's counts")?;
+    let (json, made) = crate::checks::vmm_json(&c.stdout)?;
     let report = &json["report"];
     let rows = report["ports"].as_array().context("report has no ports")?;
     let (t, at) = (&made.total, &made.ports);

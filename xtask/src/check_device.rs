@@ -3,12 +3,10 @@
 //! answers right after a read and after a write that go to the VMM. kvmprof must file each
 //! port and direction exactly: the ELCR ones in the kernel, the loop's own to the VMM.
 use anyhow::{ensure, Context, Result};
-use kvmprof_testvmm::{Counts, Workload};
+use kvmprof_testvmm::Workload;
 use serde_json::Value;
 
-use crate::checks::{
-    ensure_as_made, expect_counts, parse_json, port_sum, Captured, Check, Hooks, Notes,
-};
+use crate::checks::{ensure_as_made, expect_counts, port_sum, Captured, Check, Hooks, Notes};
 
 /// Two vCPUs, 300 iterations each: 600 exits to the VMM and 1200 in-kernel ones per vCPU,
 /// plus the out that ends the round.
@@ -33,9 +31,7 @@ pub fn script(hooks: Hooks) -> String {
 /// Every port and direction of the loop in the report as the test VMM made them, with the
 /// ELCR ones never to the VMM, and the io group's totals; 0 lost.
 pub fn verify(check: &Check, c: &Captured) -> Result<Notes> {
-    let json = parse_json(&c.stdout)?;
-    let made: Counts =
-        serde_json::from_value(json["vmm"].clone()).context("not the test VMM's counts")?;
+    let (json, made) = crate::checks::vmm_json(&c.stdout)?;
     let t = &made.total;
     ensure!(
         t.other == 0 && made.vcpus.len() == DEVICE.vcpus as usize,

@@ -6,10 +6,10 @@
 //! MMIO exit reasons only, with its time inside those exits' cycles. Run in both hook modes:
 //! `auto` times it with fentry/fexit where the kernel allows, `kprobe` with kprobes.
 use anyhow::{ensure, Context, Result};
-use kvmprof_testvmm::{Counts, Workload};
+use kvmprof_testvmm::Workload;
 use serde_json::Value;
 
-use crate::checks::{ensure_as_made, parse_json, Captured, Check, Hooks, Notes, Vendor};
+use crate::checks::{ensure_as_made, Captured, Check, Hooks, Notes, Vendor};
 
 const FUNC: &str = "x86_decode_emulated_instruction";
 
@@ -47,9 +47,7 @@ fn mmio_reasons(vendor: Vendor) -> &'static [&'static str] {
 }
 
 pub fn verify(check: &Check, c: &Captured) -> Result<Notes> {
-    let json = parse_json(&c.stdout)?;
-    let made: Counts =
-        serde_json::from_value(json["vmm"].clone()).context("not the test VMM's counts")?;
+    let (json, made) = crate::checks::vmm_json(&c.stdout)?;
     let funcs = &json["report"]["header"]["funcs"];
     let hook = funcs["hooks"]
         .as_array()

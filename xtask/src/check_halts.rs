@@ -8,7 +8,7 @@
 //!   window. kvmprof's polled and won halts are KVM's `halt_attempted_poll` and
 //!   `halt_successful_poll`, exactly, and some polled.
 use anyhow::{ensure, Context, Result};
-use kvmprof_testvmm::{Counts, Workload};
+use kvmprof_testvmm::Workload;
 use serde_json::Value;
 
 use crate::checks::{parse_json, Captured, Check, Notes};
@@ -100,8 +100,7 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     fn of(json: &'a Value, halts: u64) -> Result<Run<'a>> {
-        let made: Counts =
-            serde_json::from_value(json["vmm"].clone()).context("not the test VMM's counts")?;
+        let made = crate::checks::vmm_counts(&json["vmm"])?;
         ensure!(
             made.total.halts == halts && made.total.other == 0,
             "the guest halted {} times of {halts} ({:?})",

@@ -7,11 +7,9 @@
 //! reason's exits and the hypercall instruction's RIP must hold the same count. Skipped, with
 //! the VMM's reason, where the kernel's KVM lacks the ABI (Debian's 6.1: CONFIG_KVM_XEN unset).
 use anyhow::{Context, Result};
-use kvmprof_testvmm::{Counts, HypercallAbi, Workload};
+use kvmprof_testvmm::{HypercallAbi, Workload};
 
-use crate::checks::{
-    ensure_as_made, parse_json, port_sum, Captured, Check, Notes, Vendor, SKIP_RC,
-};
+use crate::checks::{ensure_as_made, port_sum, Captured, Check, Notes, Vendor, SKIP_RC};
 
 /// The workload of `abi`'s check: one vCPU, a few userspace exits, 200 hypercalls.
 const fn workload(abi: HypercallAbi) -> Workload {
@@ -70,9 +68,7 @@ pub fn verify_hyperv(check: &Check, c: &Captured) -> Result<Notes> {
 }
 
 fn verify(abi: HypercallAbi, check: &Check, c: &Captured) -> Result<Notes> {
-    let json = parse_json(&c.stdout)?;
-    let made: Counts =
-        serde_json::from_value(json["vmm"].clone()).context("not the test VMM's counts")?;
+    let (json, made) = crate::checks::vmm_json(&c.stdout)?;
     let report = &json["report"];
     let rows = report["ports"].as_array().context("report has no ports")?;
     let (t, at) = (&made.total, &made.ports);

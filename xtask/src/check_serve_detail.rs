@@ -20,15 +20,10 @@ pub fn script() -> String {
     let dir = "/run/kvmprof-serve-detail";
     let args = kvmprof_testvmm::cli::args(&crate::check_detail::DETAIL);
     let url = format!("http://127.0.0.1:{PORT}/metrics");
+    let held = crate::checks::held_vmm(dir, &format!("{args} --end-delay 5s"), "1s");
     format!(
         "mkdir -p {dir}\n\
-         \"$TESTVMM\" {args} --start-delay 1s --end-delay 5s --ready-file {dir}/ready > {dir}/vmm.json &\n\
-         vmm=$!\n\
-         until [ -s {dir}/ready ]; do\n\
-         \tkill -0 $vmm 2> /dev/null || {{ echo 'the test VMM ended before its vCPUs were ready' >&2; exit 1; }}\n\
-         \tsleep 0.05\n\
-         done\n\
-         kill -STOP $vmm\n\
+         {held}\
          \"$KVMPROF\" serve --pid $vmm --detail --detail-top 64 --listen 127.0.0.1:{PORT} 2> {dir}/serve.err &\n\
          serve=$!\n\
          until grep -q 'serving http' {dir}/serve.err; do\n\
@@ -108,35 +103,7 @@ pub fn verify(_: &Check, c: &Captured) -> Result<Notes> {
             .map(|s| s.value as u64)
             .sum()
     };
-    let (t, at) = (&made.total, &made.ports);
-    let leaf = |i: usize| format!("{:#x}/0x0", at.cpuid_leaves.get(i).copied().unwrap_or(0));
-    let mut expected = vec![
-        (
-            format!("msr {:#x} read", at.msr_read),
-            key("msr", format!("{:#x}", at.msr_read), "read"),
-            t.msr_read,
-        ),
-        (
-            format!("msr {:#x} write", at.msr_write),
-            key("msr", format!("{:#x}", at.msr_write), "write"),
-            t.msr_write,
-        ),
-        (
-            format!("cpuid {}", leaf(0)),
-            key("cpuid", leaf(0), "-"),
-            t.cpuid[0],
-        ),
-        (
-            format!("cpuid {}", leaf(1)),
-            key("cpuid", leaf(1), "-"),
-            t.cpuid[1],
-        ),
-        (
-            format!("hypercall {:#x}", at.hypercall_nr),
-            key("hypercall", format!("{:#x}", at.hypercall_nr), "-"),
-            t.hypercall,
-        ),
-    ];
+    let mut expected = crate::check_detail::keyed("", &made, key)?;
     // Each reason's series, its keys' and `other`, add up to its exits.
     let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
     for s in &detail {

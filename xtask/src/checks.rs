@@ -606,6 +606,20 @@ enum Attach {
     Command,
 }
 
+/// Starts the test VMM (`args`, `--start-delay delay`, its counts to `DIR/vmm.json`) as `$vmm`
+/// and stops it once its vCPUs exist.
+pub(crate) fn held_vmm(dir: &str, args: &str, delay: &str) -> String {
+    format!(
+        "\"$TESTVMM\" {args} --start-delay {delay} --ready-file {dir}/ready > {dir}/vmm.json &\n\
+         vmm=$!\n\
+         until [ -s {dir}/ready ]; do\n\
+         \tkill -0 $vmm 2> /dev/null || {{ echo 'the test VMM ended before its vCPUs were ready' >&2; exit 1; }}\n\
+         \tsleep 0.05\n\
+         done\n\
+         kill -STOP $vmm\n"
+    )
+}
+
 /// Starts the test VMM (`args`, its counts to `DIR/vmm.json`), stops it once its vCPUs exist,
 /// starts `tool` in the background (a kvmprof command that may use the VMM's pid, `$vmm`),
 /// lets the VMM go on once the file `ready.0` holds `ready.1` (every hook attached), and
@@ -619,14 +633,9 @@ pub(crate) fn held_vmm_script(
     err: &str,
 ) -> String {
     let (file, text) = ready;
+    let held = held_vmm(dir, args, delay);
     format!(
-        "\"$TESTVMM\" {args} --start-delay {delay} --ready-file {dir}/ready > {dir}/vmm.json &\n\
-         vmm=$!\n\
-         until [ -s {dir}/ready ]; do\n\
-         \tkill -0 $vmm 2> /dev/null || {{ echo 'the test VMM ended before its vCPUs were ready' >&2; exit 1; }}\n\
-         \tsleep 0.05\n\
-         done\n\
-         kill -STOP $vmm\n\
+        "{held}\
          {tool} &\n\
          tool=$!\n\
          until grep -q '{text}' {file}; do\n\
@@ -1158,6 +1167,18 @@ fn off_script_io(v: &VcpuCounts) -> u64 {
         .filter(|(reason, _)| reason.starts_with("IoOut(") || reason.starts_with("IoIn("))
         .map(|(_, n)| n)
         .sum()
+}
+
+/// What a script printed as `{"vmm": <test VMM counts>, ...}`: the object, and the counts.
+pub(crate) fn vmm_json(stdout: &str) -> Result<(Value, Counts)> {
+    let json = parse_json(stdout)?;
+    let made = vmm_counts(&json["vmm"])?;
+    Ok((json, made))
+}
+
+/// The test VMM's counts, as it printed them.
+pub(crate) fn vmm_counts(vmm: &Value) -> Result<Counts> {
+    serde_json::from_value(vmm.clone()).context("not the test VMM's counts")
 }
 
 pub(crate) fn parse_json(stdout: &str) -> Result<Value> {
