@@ -21,8 +21,10 @@ pub fn script() -> String {
     let args = kvmprof_testvmm::cli::args(&crate::check_detail::DETAIL);
     let url = format!("http://127.0.0.1:{PORT}/metrics");
     let held = crate::checks::held_vmm(dir, &format!("{args} --end-delay 5s"), "1s");
+    // The Bochs initramfs leaves the loopback interface down.
     format!(
         "mkdir -p {dir}\n\
+         busybox ip link set lo up\n\
          {held}\
          \"$KVMPROF\" serve --pid $vmm --detail --detail-top 64 --listen 127.0.0.1:{PORT} 2> {dir}/serve.err &\n\
          serve=$!\n\
@@ -37,6 +39,7 @@ pub fn script() -> String {
          done\n\
          wait $vmm\n\
          wait $serve || {{ cat {dir}/serve.err >&2; exit 1; }}\n\
+         [ -s {dir}/metrics ] || {{ echo 'no scrape of {url} succeeded' >&2; exit 1; }}\n\
          cat {dir}/vmm.json\n\
          echo '--- metrics'\n\
          cat {dir}/metrics\n"
