@@ -1,8 +1,8 @@
 //! `--detail` (`kvmprof_common::detail`): the MSR index, CPUID leaf, hypercall number (KVM's,
-//! Xen's or Hyper-V's) or guest page of the open exit, from the KVM tracepoint its handler fires. Classic
-//! tracepoints, fields at the offsets of this kernel's format files (`DETAIL_FIELDS`): they
-//! run only on the exits they name, and only when asked for, so their record copy costs
-//! nothing on the others.
+//! Xen's or Hyper-V's) or guest page of the open exit, from the KVM tracepoint its handler
+//! fires. Classic tracepoints, fields at the offsets of this kernel's format files
+//! (`DETAIL_FIELDS`): they run only on the exits they name, and only when asked for, so their
+//! record copy costs nothing on the others.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmprof_common::{
     detail::{self, field, RipKey},
@@ -19,12 +19,12 @@ pub fn detail_msr(ctx: TracePointContext) -> u32 {
 }
 
 fn try_msr(ctx: &TracePointContext) -> Option<u32> {
-    let (_, _, st) = maps::current(false)?;
-    let write: u32 = read_field(ctx, field::MSR_WRITE)?;
-    let ecx: u32 = read_field(ctx, field::MSR_ECX)?;
-    let dir = if write != 0 { flag::WRITE } else { 0 };
-    exit::identify_detail(st, maps::config!(boundary), flag::MSR | dir, ecx as u64);
-    Some(0)
+    file(|| {
+        let write: u32 = read_field(ctx, field::MSR_WRITE)?;
+        let ecx: u32 = read_field(ctx, field::MSR_ECX)?;
+        let dir = if write != 0 { flag::WRITE } else { 0 };
+        Some((flag::MSR | dir, ecx as u64))
+    })
 }
 
 /// `TP_PROTO(unsigned int function, unsigned int index, ...)`, in `kvm_emulate_cpuid`.
@@ -34,12 +34,11 @@ pub fn detail_cpuid(ctx: TracePointContext) -> u32 {
 }
 
 fn try_cpuid(ctx: &TracePointContext) -> Option<u32> {
-    let (_, _, st) = maps::current(false)?;
-    let leaf: u32 = read_field(ctx, field::CPUID_FUNCTION)?;
-    let subleaf: u32 = read_field(ctx, field::CPUID_INDEX)?;
-    let key = detail::cpuid_key(leaf, subleaf);
-    exit::identify_detail(st, maps::config!(boundary), flag::CPUID, key);
-    Some(0)
+    file(|| {
+        let leaf: u32 = read_field(ctx, field::CPUID_FUNCTION)?;
+        let subleaf: u32 = read_field(ctx, field::CPUID_INDEX)?;
+        Some((flag::CPUID, detail::cpuid_key(leaf, subleaf)))
+    })
 }
 
 /// `TP_PROTO(unsigned long nr, unsigned long a0, ...)`, in KVM's hypercall emulation.
@@ -49,10 +48,10 @@ pub fn detail_hypercall(ctx: TracePointContext) -> u32 {
 }
 
 fn try_hypercall(ctx: &TracePointContext) -> Option<u32> {
-    let (_, _, st) = maps::current(false)?;
-    let nr: u64 = read_field(ctx, field::HYPERCALL_NR)?;
-    exit::identify_detail(st, maps::config!(boundary), flag::HYPERCALL, nr);
-    Some(0)
+    file(|| {
+        let nr: u64 = read_field(ctx, field::HYPERCALL_NR)?;
+        Some((flag::HYPERCALL, nr))
+    })
 }
 
 /// `TP_PROTO(u8 cpl, unsigned long nr, ...)` (6.12; no `cpl` before), in `kvm_xen_hypercall`:
@@ -63,11 +62,10 @@ pub fn detail_xen_hypercall(ctx: TracePointContext) -> u32 {
 }
 
 fn try_xen_hypercall(ctx: &TracePointContext) -> Option<u32> {
-    let (_, _, st) = maps::current(false)?;
-    let nr: u64 = read_field(ctx, field::XEN_HYPERCALL_NR)?;
-    let flags = flag::HYPERCALL | flag::XEN;
-    exit::identify_detail(st, maps::config!(boundary), flags, nr);
-    Some(0)
+    file(|| {
+        let nr: u64 = read_field(ctx, field::XEN_HYPERCALL_NR)?;
+        Some((flag::HYPERCALL | flag::XEN, nr))
+    })
 }
 
 /// `TP_PROTO(u16 code, bool fast, ...)`, in `kvm_hv_hypercall`: a Hyper-V guest's hypercall
@@ -78,11 +76,10 @@ pub fn detail_hv_hypercall(ctx: TracePointContext) -> u32 {
 }
 
 fn try_hv_hypercall(ctx: &TracePointContext) -> Option<u32> {
-    let (_, _, st) = maps::current(false)?;
-    let code: u16 = read_field(ctx, field::HV_HYPERCALL_CODE)?;
-    let flags = flag::HYPERCALL | flag::HYPERV;
-    exit::identify_detail(st, maps::config!(boundary), flags, code as u64);
-    Some(0)
+    file(|| {
+        let code: u16 = read_field(ctx, field::HV_HYPERCALL_CODE)?;
+        Some((flag::HYPERCALL | flag::HYPERV, code as u64))
+    })
 }
 
 /// `TP_PROTO(unsigned long fault_address, unsigned int error_code)` (6.1), `(struct kvm_vcpu
@@ -95,10 +92,10 @@ pub fn detail_page_fault(ctx: TracePointContext) -> u32 {
 }
 
 fn try_page_fault(ctx: &TracePointContext) -> Option<u32> {
-    let (_, _, st) = maps::current(false)?;
-    let gpa: u64 = read_field(ctx, field::PAGE_FAULT_ADDRESS)?;
-    exit::identify_detail(st, maps::config!(boundary), flag::NPF, detail::page(gpa));
-    Some(0)
+    file(|| {
+        let gpa: u64 = read_field(ctx, field::PAGE_FAULT_ADDRESS)?;
+        Some((flag::NPF, detail::page(gpa)))
+    })
 }
 
 /// `kvm:kvm_exit`, beside the exit's own hook: counts the exit by the guest RIP the
@@ -123,6 +120,16 @@ fn try_rip(ctx: &TracePointContext) -> Option<u32> {
     if !maps::count_in(&maps::RIPS, &key, &1) {
         maps::count_in(&maps::RIPS_OTHER, &RipKey { rip: 0, ..key }, &1);
     }
+    Some(0)
+}
+
+/// Files the calling thread's open exit under the flags and key `read` takes from the
+/// tracepoint's record; a thread kvmprof does not follow has nothing read.
+#[inline(always)]
+fn file(read: impl FnOnce() -> Option<(u32, u64)>) -> Option<u32> {
+    let (_, _, st) = maps::current(false)?;
+    let (flags, key) = read()?;
+    exit::identify_detail(st, maps::config!(boundary), flags, key);
     Some(0)
 }
 

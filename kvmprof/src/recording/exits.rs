@@ -10,8 +10,9 @@
 //! `access`/`port` or `access`/`gpa` (with `size`, `write`) appear only when the access is
 //! known; with `--detail`, `"access":"msr","index":27,"write":false`, `"access":"cpuid",
 //! "leaf":1,"subleaf":0` or `"access":"hypercall","nr":5` (`"abi":"xen"` or `"hyperv"` added
-//! for those guests' hypercalls) name an exit's MSR, leaf or hypercall; `stages` holds only the stages measured. Version 1 called the access `space`, the
-//! word `reason.space` (whose exit-reason table) also uses in the same line.
+//! for those guests' hypercalls) name an exit's MSR, leaf or hypercall; `stages` holds only
+//! the stages measured. Version 1 called the access `space`, the word `reason.space` (whose
+//! exit-reason table) also uses in the same line.
 use kvmprof_common::STAGES;
 use serde::Serialize;
 
