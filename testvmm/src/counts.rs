@@ -168,7 +168,7 @@ pub struct Ports {
     pub hypercall_nr: u32,
     /// Whose ABI numbers them: "kvm", "xen" or "hyperv" (`--hypercall-abi`).
     #[serde(default)]
-    pub hypercall_abi: String,
+    pub hypercall_abi: guest::Abi,
     /// The hypercall instruction the guest ran: "vmcall" (Intel VMX), "vmmcall" (AMD SVM), or
     /// "" when it made none.
     #[serde(default)]
@@ -231,10 +231,7 @@ impl Counts {
                 msr_write_value: guest::MSR_WRITE_VALUE,
                 cpuid_leaves: guest::CPUID_LEAVES.to_vec(),
                 hypercall_nr: hypercall.map_or(guest::HYPERCALL_NR, |h| h.nr()),
-                hypercall_abi: hypercall
-                    .map_or(guest::Abi::Kvm, |h| h.abi)
-                    .name()
-                    .to_string(),
+                hypercall_abi: hypercall.map_or(guest::Abi::Kvm, |h| h.abi),
                 hypercall_insn: match hypercall.map(|h| h.insn) {
                     Some(guest::VMCALL) => "vmcall",
                     Some(guest::VMMCALL) => "vmmcall",
@@ -334,10 +331,11 @@ mod tests {
         assert_eq!(c.total.detail(), 2 * 22);
         assert_eq!((c.total.total(), c.total.userspace()), (2, 2));
         assert_eq!(c.ports.hypercall_insn, "vmmcall");
-        assert_eq!(c.ports.hypercall_abi, "xen");
+        assert_eq!(c.ports.hypercall_abi, guest::Abi::Xen);
         assert_eq!(c.ports.hypercall_nr, guest::XEN_SCHED_OP);
         assert_eq!(c.ports.rips["rdmsr"], guest::RDMSR_RIP);
         let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["ports"]["hypercall_abi"], "xen");
         assert_eq!(json["vcpus"][1]["cpuid"], serde_json::json!([5, 5]));
         assert_eq!(json["ports"]["msr_read"], 0x1b);
         let none = Counts::new(vec![], Duration::ZERO, None);

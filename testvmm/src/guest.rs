@@ -108,7 +108,8 @@ pub enum Abi {
 }
 
 impl Abi {
-    /// The name counts and reports give it.
+    /// Its spelling on the command line (`--hypercall-abi`) and in the counts, as clap and
+    /// serde spell it too.
     pub fn name(self) -> &'static str {
         match self {
             Abi::Kvm => "kvm",

@@ -129,7 +129,7 @@ fn verify(abi: HypercallAbi, check: &Check, c: &Captured) -> Result<Notes> {
         .and_then(|r| r["name"].as_str())
         .unwrap_or("");
     anyhow::ensure!(
-        at.hypercall_abi == abi.name() && name == want_name,
+        at.hypercall_abi == abi && name == want_name,
         "{space} {nr:#x} (the VMM's ABI {:?}) is named {name:?}, not {want_name}",
         at.hypercall_abi
     );
@@ -150,7 +150,7 @@ mod tests {
             HypercallAbi::Xen => kvmprof_testvmm::XEN_SCHED_OP,
             _ => kvmprof_testvmm::HV_NOTIFY_LONG_SPIN_WAIT,
         };
-        made.ports.hypercall_abi = abi.name().into();
+        made.ports.hypercall_abi = abi;
         made.ports.rips = [("hypercall".to_string(), kvmprof_testvmm::HYPERCALL_RIP)].into();
         let nr = made.ports.hypercall_nr;
         let report = json!({
