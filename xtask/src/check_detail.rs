@@ -75,8 +75,7 @@ pub fn verify_top(_: &Check, c: &Captured) -> Result<Notes> {
         .stdout
         .split_once("\n--- top\n")
         .context("no `--- top` line in the output")?;
-    let made: Counts =
-        serde_json::from_value(parse_json(vmm)?).context("not the test VMM's counts")?;
+    let made = crate::checks::vmm_counts(&parse_json(vmm)?)?;
     let last = top.rsplit("kvmprof top").next().unwrap_or_default();
     // pid, space, key, dir, count: one line per key, under its reason's row.
     let count = |space: &str, key: String, dir: &str| -> u64 {

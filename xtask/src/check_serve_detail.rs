@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use anyhow::{ensure, Context, Result};
-use kvmprof_testvmm::Counts;
 
 use crate::checks::{ensure_as_made, Captured, Check, Notes};
 
@@ -21,24 +20,22 @@ pub fn script() -> String {
     let args = kvmprof_testvmm::cli::args(&crate::check_detail::DETAIL);
     let url = format!("http://127.0.0.1:{PORT}/metrics");
     let held = crate::checks::held_vmm(dir, &format!("{args} --end-delay 5s"), "1s");
+    let err = format!("{dir}/serve.err");
+    let serve = format!(
+        "\"$KVMPROF\" serve --pid $vmm --detail --detail-top 64 --listen 127.0.0.1:{PORT} 2> {err}"
+    );
+    let attached = crate::checks::attached_tool(&serve, (&err, "serving http"), &err);
     // The Bochs initramfs leaves the loopback interface down.
     format!(
         "mkdir -p {dir}\n\
          busybox ip link set lo up\n\
-         {held}\
-         \"$KVMPROF\" serve --pid $vmm --detail --detail-top 64 --listen 127.0.0.1:{PORT} 2> {dir}/serve.err &\n\
-         serve=$!\n\
-         until grep -q 'serving http' {dir}/serve.err; do\n\
-         \tkill -0 $serve 2> /dev/null || {{ kill -KILL $vmm; cat {dir}/serve.err >&2; exit 1; }}\n\
-         \tsleep 0.2\n\
-         done\n\
-         kill -CONT $vmm\n\
+         {held}{attached}\
          while kill -0 $vmm 2> /dev/null; do\n\
          \tbusybox wget -q -O {dir}/scrape {url} 2> /dev/null && mv {dir}/scrape {dir}/metrics\n\
          \tsleep 0.3\n\
          done\n\
          wait $vmm\n\
-         wait $serve || {{ cat {dir}/serve.err >&2; exit 1; }}\n\
+         wait $tool || {{ cat {err} >&2; exit 1; }}\n\
          [ -s {dir}/metrics ] || {{ echo 'no scrape of {url} succeeded' >&2; exit 1; }}\n\
          cat {dir}/vmm.json\n\
          echo '--- metrics'\n\
@@ -83,7 +80,7 @@ pub fn verify(_: &Check, c: &Captured) -> Result<Notes> {
         .stdout
         .split_once("--- metrics")
         .context("no `--- metrics` in the output")?;
-    let made: Counts = serde_json::from_str(vmm.trim()).context("not the test VMM's counts")?;
+    let made = crate::checks::vmm_counts(&crate::checks::parse_json(vmm)?)?;
     let pid = made.pid.to_string();
     let all = samples(metrics);
     let mine = |name: &'static str| -> Vec<&Sample> {

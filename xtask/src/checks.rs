@@ -620,6 +620,22 @@ pub(crate) fn held_vmm(dir: &str, args: &str, delay: &str) -> String {
     )
 }
 
+/// Starts `tool` in the background as `$tool` (a kvmprof command that may use the held VMM's
+/// pid, `$vmm`) and lets the VMM go on once the file `ready.0` holds `ready.1` (every hook
+/// attached). If the tool ends before, it kills the VMM, prints the file `err` and exits 1.
+pub(crate) fn attached_tool(tool: &str, ready: (&str, &str), err: &str) -> String {
+    let (file, text) = ready;
+    format!(
+        "{tool} &\n\
+         tool=$!\n\
+         until grep -q '{text}' {file}; do\n\
+         \tkill -0 $tool 2> /dev/null || {{ kill -KILL $vmm; cat {err} >&2; exit 1; }}\n\
+         \tsleep 0.2\n\
+         done\n\
+         kill -CONT $vmm\n"
+    )
+}
+
 /// Starts the test VMM (`args`, its counts to `DIR/vmm.json`), stops it once its vCPUs exist,
 /// starts `tool` in the background (a kvmprof command that may use the VMM's pid, `$vmm`),
 /// lets the VMM go on once the file `ready.0` holds `ready.1` (every hook attached), and
@@ -632,17 +648,10 @@ pub(crate) fn held_vmm_script(
     ready: (&str, &str),
     err: &str,
 ) -> String {
-    let (file, text) = ready;
     let held = held_vmm(dir, args, delay);
+    let attached = attached_tool(tool, ready, err);
     format!(
-        "{held}\
-         {tool} &\n\
-         tool=$!\n\
-         until grep -q '{text}' {file}; do\n\
-         \tkill -0 $tool 2> /dev/null || {{ kill -KILL $vmm; cat {err} >&2; exit 1; }}\n\
-         \tsleep 0.2\n\
-         done\n\
-         kill -CONT $vmm\n\
+        "{held}{attached}\
          wait $vmm\n\
          wait $tool || {{ cat {err} >&2; exit 1; }}\n"
     )
@@ -1077,8 +1086,7 @@ impl Made {
     /// A VMM that fell short of the plan is taken at its word (under TCG a nested vCPU has
     /// been seen to end early); one that made more than planned, or ran other vCPUs, is broken.
     fn read(vmm: &Value) -> Result<Made> {
-        let counts: Counts =
-            serde_json::from_value(vmm.clone()).context("not the test VMM's counts")?;
+        let counts = vmm_counts(vmm)?;
         let short = shortfall(&counts, &WORKLOAD)?;
         Ok(Made { counts, short })
     }
